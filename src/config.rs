@@ -1,0 +1,449 @@
+//! The configuration file: TOML sections deserialised with serde, unknown keys
+//! refused by name, every value checked by [`Config::validate`].
+//!
+//! `config.example.toml` is the documentation *and* the embedded default:
+//! `dropseed config --default` prints it, and a test checks that it parses to
+//! exactly `Config::default()`, so the two cannot drift apart.
+
+use crate::storage::BackendKind;
+use crate::types::parse_size;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.example.toml");
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+#[derive(Default)]
+pub struct Config {
+    pub paths: Paths,
+    pub network: Network,
+    pub dht: Dht,
+    pub log: Log,
+    pub watch: Watch,
+    pub limits: Limits,
+    pub seeding: Seeding,
+    pub storage: Storage,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Paths {
+    pub watch_dir: PathBuf,
+    pub download_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        Paths {
+            watch_dir: "dropseed-data/watch".into(),
+            download_dir: "dropseed-data/downloads".into(),
+            state_dir: "dropseed-data/state".into(),
+            log_dir: "dropseed-data/logs".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    pub listen_port: u16,
+    pub listen_address: String,
+}
+
+impl Default for Network {
+    fn default() -> Network {
+        Network {
+            listen_port: 6881,
+            listen_address: "::".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dht {
+    pub enabled: bool,
+    pub bootstrap: Vec<String>,
+}
+
+impl Default for Dht {
+    fn default() -> Dht {
+        Dht {
+            enabled: true,
+            bootstrap: [
+                "router.bittorrent.com:6881",
+                "dht.transmissionbt.com:6881",
+                "router.utorrent.com:6881",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    Minutely,
+    Hourly,
+    Daily,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+    pub rotation: Rotation,
+    pub max_files: usize,
+    pub status_interval_secs: u64,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            level: "info".into(),
+            rotation: Rotation::Daily,
+            max_files: 14,
+            status_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAdded {
+    Rename,
+    Delete,
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Watch {
+    pub on_added: OnAdded,
+    pub poll_secs: u64,
+}
+
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch {
+            on_added: OnAdded::Rename,
+            poll_secs: 10,
+        }
+    }
+}
+
+/// A byte count written as an integer or a string with a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as seconds or a string such as "36h", "7d", "90m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span(pub u64);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Span(n)),
+            Raw::Str(s) => parse_span(&s).map(Span).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_span(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (expected e.g. 90m, 36h, 7d)"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        other => return Err(format!("unknown duration unit '{other}' in '{s}'")),
+    };
+    Ok(n * mult)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub download_rate: ByteSize,
+    pub upload_rate: ByteSize,
+    pub max_active_downloads: usize,
+    pub max_connections: usize,
+    pub max_peers_per_torrent: usize,
+    pub upload_slots: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            download_rate: ByteSize(0),
+            upload_rate: ByteSize(0),
+            max_active_downloads: 5,
+            max_connections: 500,
+            max_peers_per_torrent: 50,
+            upload_slots: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitAction {
+    Stop,
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Seeding {
+    pub ratio_limit: f64,
+    pub seed_time_limit: Span,
+    pub action: LimitAction,
+}
+
+impl Default for Seeding {
+    fn default() -> Seeding {
+        Seeding {
+            ratio_limit: 0.0,
+            seed_time_limit: Span(0),
+            action: LimitAction::Stop,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    pub backend: BackendKind,
+    pub disk_threads: usize,
+    pub piece_buffer: ByteSize,
+    pub resume_interval_secs: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage {
+            backend: BackendKind::Mmap,
+            disk_threads: 0,
+            piece_buffer: ByteSize(32 * 1024 * 1024),
+            resume_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("{path}: {key}: {msg}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        msg: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.into(),
+            err,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            msg: one_line(&e.to_string()),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, msg)| ConfigError::Invalid {
+                path: path.into(),
+                key,
+                msg,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let level = self.log.level.trim();
+        let plain = ["error", "warn", "info", "debug", "trace", "off"]
+            .contains(&level.to_ascii_lowercase().as_str());
+        let directive =
+            level.contains('=') && tracing_subscriber::EnvFilter::try_new(level).is_ok();
+        if !plain && !directive {
+            return Err((
+                "log.level",
+                format!("'{level}' is not a level (error, warn, info, debug, trace, off) or a filter like \"dropseed=debug\""),
+            ));
+        }
+        if self.log.max_files == 0 {
+            return Err(("log.max_files", "must be at least 1".into()));
+        }
+        if self.watch.poll_secs == 0 {
+            return Err(("watch.poll_secs", "must be at least 1".into()));
+        }
+        if !(self.seeding.ratio_limit >= 0.0 && self.seeding.ratio_limit.is_finite()) {
+            return Err((
+                "seeding.ratio_limit",
+                format!("{} is not a ratio (0 or more)", self.seeding.ratio_limit),
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(("limits.max_connections", "must be at least 1".into()));
+        }
+        if self.limits.max_peers_per_torrent == 0 {
+            return Err(("limits.max_peers_per_torrent", "must be at least 1".into()));
+        }
+        if self.storage.piece_buffer.0 < 1024 * 1024 {
+            return Err(("storage.piece_buffer", "must be at least 1MiB".into()));
+        }
+        if self.storage.resume_interval_secs == 0 {
+            return Err(("storage.resume_interval_secs", "must be at least 1".into()));
+        }
+        self.network
+            .listen_address
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| {
+                (
+                    "network.listen_address",
+                    format!("'{}' is not an IP address", self.network.listen_address),
+                )
+            })?;
+        for (key, p) in [
+            ("paths.watch_dir", &self.paths.watch_dir),
+            ("paths.download_dir", &self.paths.download_dir),
+            ("paths.state_dir", &self.paths.state_dir),
+            ("paths.log_dir", &self.paths.log_dir),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err((key, "must not be empty".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn seed_time_limit(&self) -> Option<Duration> {
+        (self.seeding.seed_time_limit.0 > 0)
+            .then(|| Duration::from_secs(self.seeding.seed_time_limit.0))
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.paths.state_dir.join("control.sock")
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_the_default() {
+        let parsed = Config::parse(DEFAULT_CONFIG_TOML, Path::new("config.example.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("[network]\nlisten_prot = 5\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_prot"), "{e}");
+        let e = Config::parse("[nope]\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("[log]\nlevel = \"loud!!\"\n", "log.level"),
+            ("[seeding]\nratio_limit = -1.0\n", "seeding.ratio_limit"),
+            (
+                "[network]\nlisten_address = \"nowhere\"\n",
+                "network.listen_address",
+            ),
+            ("[storage]\npiece_buffer = \"1K\"\n", "storage.piece_buffer"),
+        ] {
+            let e = Config::parse(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = Config::parse(
+            "[limits]\nupload_rate = \"5 parsecs\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("parsecs"), "{e}");
+        let e = Config::parse("[log]\nrotation = \"weekly\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("weekly"), "{e}");
+    }
+
+    #[test]
+    fn units_parse() {
+        let c = Config::parse(
+            "[limits]\nupload_rate = \"1MiB\"\ndownload_rate = 1000\n[seeding]\nseed_time_limit = \"36h\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.upload_rate, ByteSize(1 << 20));
+        assert_eq!(c.limits.download_rate, ByteSize(1000));
+        assert_eq!(c.seed_time_limit(), Some(Duration::from_secs(36 * 3600)));
+    }
+}

@@ -1,0 +1,187 @@
+//! The control channel: a Unix socket (`state_dir/control.sock`, mode 0600,
+//! nothing reachable from the network) speaking one JSON request and one JSON
+//! reply per line; and the client side the CLI commands use.
+
+use crate::session::{AddOutcome, Session};
+use crate::torrent::task::Cmd;
+use crate::torrent::TorrentStatus;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Add { source: String },
+    Pause { id: String },
+    Resume { id: String },
+    Recheck { id: String },
+    Remove { id: String, delete_data: bool },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torrents: Option<Vec<TorrentStatus>>,
+}
+
+impl Reply {
+    fn ok(message: String) -> Reply {
+        Reply {
+            ok: true,
+            message: Some(message),
+            torrents: None,
+        }
+    }
+    fn err(message: String) -> Reply {
+        Reply {
+            ok: false,
+            message: Some(message),
+            torrents: None,
+        }
+    }
+}
+
+/// Binds the socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another dropseed is running (control socket {} answers)",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    session: Arc<Session>,
+    cancel: CancellationToken,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            r = listener.accept() => {
+                let Ok((stream, _)) = r else { continue };
+                let (s, c) = (session.clone(), cancel.clone());
+                conns.spawn(async move { handle(stream, s, c).await });
+            }
+        }
+    }
+    conns.shutdown().await;
+    let _ = std::fs::remove_file(path);
+}
+
+async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationToken) {
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    loop {
+        let line = tokio::select! {
+            _ = cancel.cancelled() => return,
+            l = lines.next_line() => l,
+        };
+        let Ok(Some(line)) = line else { return };
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => execute(req, &session).await,
+            Err(e) => Reply::err(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+        out.push(b'\n');
+        if wr.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn execute(req: Request, session: &Arc<Session>) -> Reply {
+    let result = match req {
+        Request::Status => {
+            return Reply {
+                ok: true,
+                message: None,
+                torrents: Some(session.statuses()),
+            }
+        }
+        Request::Add { source } => add(session, &source),
+        Request::Pause { id } => session.command(&id, Cmd::Pause).await,
+        Request::Resume { id } => session.command(&id, Cmd::Resume).await,
+        Request::Recheck { id } => session.command(&id, Cmd::Recheck).await,
+        Request::Remove { id, delete_data } => session.remove(&id, delete_data).await,
+    };
+    match result {
+        Ok(m) => Reply::ok(m),
+        Err(e) => Reply::err(e),
+    }
+}
+
+fn add(session: &Arc<Session>, source: &str) -> Result<String, String> {
+    let trimmed = source.trim();
+    let outcome_text = |o: AddOutcome, name: &str| match o {
+        AddOutcome::Added => format!("added {name}"),
+        AddOutcome::AlreadyManaged => format!("{name} is already managed"),
+    };
+    if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(trimmed).is_some() {
+        let m = crate::magnet::Magnet::parse(trimmed)?;
+        let name = m.name.clone().unwrap_or_else(|| m.info_hash.hex());
+        let o = session.add_magnet(m).map_err(|e| e.to_string())?;
+        tracing::info!(torrent = %name, "added from the control socket");
+        return Ok(outcome_text(o, &name));
+    }
+    match crate::watch::parse_file(Path::new(trimmed)).map_err(|e| format!("{trimmed}: {e}"))? {
+        crate::watch::Parsed::Torrent(meta) => {
+            let name = meta.name.clone();
+            let o = session.add_metainfo(*meta).map_err(|e| e.to_string())?;
+            tracing::info!(file = %trimmed, torrent = %name, "added from the control socket");
+            Ok(outcome_text(o, &name))
+        }
+        crate::watch::Parsed::Magnets(list) => {
+            let mut said = Vec::new();
+            for m in list {
+                let name = m.name.clone().unwrap_or_else(|| m.info_hash.hex());
+                let o = session.add_magnet(m).map_err(|e| e.to_string())?;
+                said.push(outcome_text(o, &name));
+            }
+            Ok(said.join("\n"))
+        }
+    }
+}
+
+/// Client side: sends one request, returns the reply.
+pub async fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "dropseed is not running (cannot reach the control socket {}: {e})",
+            socket.display()
+        )
+    })?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    wr.write_all(&line).await.map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(rd).lines();
+    let reply = lines
+        .next_line()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the daemon closed the connection")?;
+    serde_json::from_str(&reply).map_err(|e| format!("unreadable reply: {e}"))
+}

@@ -1,0 +1,230 @@
+//! The daemon: starts the session, the watch folder, the control socket and
+//! the status logger; turns signals into reloads and an orderly shutdown.
+//!
+//! SIGTERM/SIGINT: stop accepting, announce `stopped` (bounded), flush and
+//! write resume state, exit 0. A second one exits at once; resume records are
+//! written atomically, so what is on disk stays consistent. SIGHUP: reload the
+//! config, rescan the watch folder, re-point the log link.
+
+use crate::config::Config;
+use crate::logging::LogHandle;
+use crate::session::Session;
+use crate::torrent::TorrentState;
+use crate::types::{human_bytes, human_duration};
+use crate::watch::WatchFolder;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    log: LogHandle,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.paths.state_dir)?;
+    // Bind the control socket first: it refuses to start a second daemon.
+    let control_path = config.control_socket();
+    let control = crate::control::bind(&control_path)?;
+    let session = Session::start(config.clone()).await?;
+    if config.dht.enabled {
+        tracing::info!(
+            "DHT is enabled in the config but not available in this build yet; using trackers"
+        );
+    }
+    let cancel = CancellationToken::new();
+
+    // Signals arrive on a plain thread (signal-hook) and are forwarded.
+    let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let signals_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stops = 0;
+            for sig in signals.forever() {
+                if sig != SIGHUP {
+                    stops += 1;
+                    if stops > 1 {
+                        eprintln!("second stop signal: exiting now");
+                        std::process::exit(1);
+                    }
+                }
+                if sig_tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })?;
+
+    let rescan = Arc::new(Notify::new());
+    let watch_task = tokio::spawn(WatchFolder::new(session.clone(), &config).run(
+        rescan.clone(),
+        Arc::new(std::sync::RwLock::new(config.clone())),
+        cancel.clone(),
+    ));
+    // The watch folder rereads config through its own cell on SIGHUP.
+    let control_task = tokio::spawn(crate::control::serve(
+        control,
+        control_path,
+        session.clone(),
+        cancel.clone(),
+    ));
+    let status_task = tokio::spawn(status_logger(session.clone(), cancel.clone()));
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %config.paths.state_dir.display(), "dropseed started");
+
+    while let Some(SIGHUP) = sig_rx.recv().await {
+        reload(&session, config_path.as_deref(), &log, &rescan);
+    }
+    tracing::info!("stopping: announcing to trackers and saving state");
+    cancel.cancel();
+    let _ = tokio::join!(watch_task, control_task, status_task);
+    if tokio::time::timeout(Duration::from_secs(9), session.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown took too long; exiting with state as last saved");
+    }
+    signals_handle.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, rescan: &Notify) {
+    log.reopen();
+    let Some(path) = path else {
+        tracing::info!(
+            "SIGHUP: no config file to reload (running on defaults); rescanning the watch folder"
+        );
+        rescan.notify_one();
+        return;
+    };
+    match Config::load(path) {
+        Ok(new) => {
+            let old = session.env.config();
+            let mut changed = Vec::new();
+            if new.log.level != old.log.level {
+                match log.set_level(&new.log.level) {
+                    Ok(()) => changed.push(format!("log.level={}", new.log.level)),
+                    Err(e) => tracing::warn!(error = %e, "cannot apply log.level"),
+                }
+            }
+            if new.limits != old.limits {
+                changed.push("limits".into());
+            }
+            if new.seeding != old.seeding {
+                changed.push("seeding".into());
+            }
+            if new.watch != old.watch {
+                changed.push("watch".into());
+            }
+            if new.log.status_interval_secs != old.log.status_interval_secs {
+                changed.push(format!(
+                    "log.status_interval_secs={}",
+                    new.log.status_interval_secs
+                ));
+            }
+            let mut restart = Vec::new();
+            if new.paths != old.paths {
+                restart.push("paths");
+            }
+            if new.network != old.network {
+                restart.push("network");
+            }
+            if new.storage != old.storage {
+                restart.push("storage");
+            }
+            if new.limits.max_active_downloads != old.limits.max_active_downloads
+                || new.limits.max_connections != old.limits.max_connections
+            {
+                restart.push("limits.max_active_downloads/max_connections");
+            }
+            if new.log.rotation != old.log.rotation || new.log.max_files != old.log.max_files {
+                restart.push("log.rotation/max_files");
+            }
+            session.set_config(Arc::new(new));
+            tracing::info!(
+                changed = %if changed.is_empty() { "nothing".to_string() } else { changed.join(",") },
+                "SIGHUP: config reloaded"
+            );
+            if !restart.is_empty() {
+                tracing::warn!(settings = %restart.join(","), "these changes take effect after a restart");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP: config not reloaded; keeping the running one")
+        }
+    }
+    rescan.notify_one();
+}
+
+/// Every `status_interval_secs`: one logfmt line per active torrent and a summary.
+async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
+    loop {
+        let secs = session.env.config().log.status_interval_secs;
+        let wait = Duration::from_secs(if secs == 0 { 60 } else { secs });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if session.env.config().log.status_interval_secs == 0 {
+            continue;
+        }
+        let all = session.statuses();
+        let mut per_state: std::collections::BTreeMap<&str, usize> = Default::default();
+        let (mut down, mut up, mut peers) = (0, 0, 0);
+        for t in &all {
+            *per_state.entry(t.state.as_str()).or_default() += 1;
+            down += t.download_rate;
+            up += t.upload_rate;
+            peers += t.peers;
+            if matches!(t.state, TorrentState::Paused | TorrentState::Stopped) {
+                continue;
+            }
+            let ratio = if t.ratio < 0.0 {
+                "inf".to_string()
+            } else {
+                format!("{:.2}", t.ratio)
+            };
+            let eta = t.eta_secs.map(human_duration).unwrap_or_else(|| "-".into());
+            tracing::info!(
+                "status name={:?} hash={} state={} progress={:.1}% size={} down={}/s up={}/s peers={} seeds={} ratio={} eta={}",
+                t.name,
+                &t.info_hash[..8],
+                t.state.as_str(),
+                t.progress * 100.0,
+                human_bytes(t.size),
+                human_bytes(t.download_rate),
+                human_bytes(t.upload_rate),
+                t.peers,
+                t.seeds,
+                ratio,
+                eta
+            );
+        }
+        let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let free = crate::storage::free_space(&session.env.download_dir)
+            .map(human_bytes)
+            .unwrap_or_else(|_| "?".into());
+        tracing::info!(
+            "summary torrents={} {} down={}/s up={}/s peers={} disk_free={} mem_anon={}",
+            all.len(),
+            states.join(" "),
+            human_bytes(down),
+            human_bytes(up),
+            peers,
+            free,
+            anon_memory().map(human_bytes).unwrap_or_else(|| "?".into())
+        );
+    }
+}
+
+/// This process's anonymous resident memory (RssAnon), without file pages.
+pub fn anon_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

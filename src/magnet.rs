@@ -1,0 +1,169 @@
+//! Magnet URIs (BEP 9) and the lines of a `.magnet` file.
+//!
+//! Limits are set, not assumed: a URI over [`MAX_URI_LEN`] or with more than
+//! [`MAX_TRACKERS`] trackers or [`MAX_PEERS`] `x.pe` addresses is refused.
+
+use crate::types::InfoHash;
+use percent_encoding::percent_decode_str;
+use std::net::SocketAddr;
+
+pub const MAX_URI_LEN: usize = 64 * 1024;
+pub const MAX_TRACKERS: usize = 200;
+pub const MAX_PEERS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Magnet {
+    pub info_hash: InfoHash,
+    pub name: Option<String>,
+    pub trackers: Vec<String>,
+    pub peers: Vec<SocketAddr>,
+}
+
+impl Magnet {
+    /// Parses a `magnet:?` URI, or a bare 40-hex / 32-base32 info hash.
+    pub fn parse(s: &str) -> Result<Magnet, String> {
+        let s = s.trim();
+        if s.len() > MAX_URI_LEN {
+            return Err(format!(
+                "magnet URI of {} bytes is over the {MAX_URI_LEN}-byte limit",
+                s.len()
+            ));
+        }
+        if let Some(h) = InfoHash::parse(s) {
+            return Ok(Magnet {
+                info_hash: h,
+                name: None,
+                trackers: vec![],
+                peers: vec![],
+            });
+        }
+        let query = s
+            .strip_prefix("magnet:?")
+            .or_else(|| s.strip_prefix("MAGNET:?"))
+            .ok_or_else(|| "not a magnet URI or info hash".to_string())?;
+        let mut hash = None;
+        let mut m = Magnet {
+            info_hash: InfoHash([0; 20]),
+            name: None,
+            trackers: vec![],
+            peers: vec![],
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            match k {
+                "xt" => {
+                    if let Some(h) = v.strip_prefix("urn:btih:") {
+                        hash = Some(
+                            InfoHash::parse(h)
+                                .ok_or_else(|| format!("bad info hash '{h}' in xt"))?,
+                        );
+                    } else if v.starts_with("urn:btmh:") && hash.is_none() {
+                        return Err(
+                            "v2-only magnet (urn:btmh) is not supported; a v1 btih hash is needed"
+                                .into(),
+                        );
+                    }
+                }
+                "dn" => m.name = Some(v),
+                "tr" => {
+                    if m.trackers.len() >= MAX_TRACKERS {
+                        return Err(format!("more than {MAX_TRACKERS} trackers"));
+                    }
+                    m.trackers.push(v);
+                }
+                "x.pe" => {
+                    if m.peers.len() >= MAX_PEERS {
+                        return Err(format!("more than {MAX_PEERS} x.pe peers"));
+                    }
+                    let addr = v
+                        .parse()
+                        .map_err(|_| format!("bad x.pe peer address '{v}'"))?;
+                    m.peers.push(addr);
+                }
+                _ => {}
+            }
+        }
+        m.info_hash = hash.ok_or_else(|| "no xt=urn:btih: info hash".to_string())?;
+        Ok(m)
+    }
+}
+
+/// Parses a `.magnet` file: one URI or bare hash per line; blank lines and
+/// `#` comments skipped.
+pub fn parse_file(text: &str) -> Result<Vec<Magnet>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(Magnet::parse(line).map_err(|e| format!("line {}: {e}", i + 1))?);
+    }
+    if out.is_empty() {
+        return Err("no magnet URI or info hash in the file".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_uri() {
+        let m = Magnet::parse("magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=My+File%21&tr=http%3A%2F%2F127.0.0.1%3A6969%2Fannounce&tr=udp://127.0.0.1:6969&x.pe=127.0.0.1:7000&x.pe=[::1]:7001").unwrap();
+        assert_eq!(
+            m.info_hash.hex(),
+            "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
+        );
+        assert_eq!(m.name.as_deref(), Some("My File!"));
+        assert_eq!(
+            m.trackers,
+            vec!["http://127.0.0.1:6969/announce", "udp://127.0.0.1:6969"]
+        );
+        assert_eq!(m.peers.len(), 2);
+    }
+
+    #[test]
+    fn base32_and_bare_hashes() {
+        let a = Magnet::parse("magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK").unwrap();
+        let b = Magnet::parse("c12fe1c06bba254a9dc9f519b335aa7c1367a88a").unwrap();
+        assert_eq!(a.info_hash, b.info_hash);
+    }
+
+    #[test]
+    fn rejections_are_clear() {
+        assert!(Magnet::parse("magnet:?xt=urn:btmh:1220abcd")
+            .unwrap_err()
+            .contains("v2-only"));
+        assert!(Magnet::parse("magnet:?dn=x").unwrap_err().contains("no xt"));
+        assert!(Magnet::parse("magnet:?xt=urn:btih:xyz")
+            .unwrap_err()
+            .contains("bad info hash"));
+        assert!(Magnet::parse("http://example").is_err());
+        let many = format!(
+            "magnet:?xt=urn:btih:{}{}",
+            "c12fe1c06bba254a9dc9f519b335aa7c1367a88a",
+            "&tr=http://a/".repeat(201)
+        );
+        assert!(Magnet::parse(&many).unwrap_err().contains("trackers"));
+        assert!(Magnet::parse(&"a".repeat(MAX_URI_LEN + 1))
+            .unwrap_err()
+            .contains("limit"));
+        assert!(Magnet::parse(
+            "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&x.pe=nope"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn file_with_comments() {
+        let text = "# my magnets\n\nc12fe1c06bba254a9dc9f519b335aa7c1367a88a\n  magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=x\n";
+        assert_eq!(parse_file(text).unwrap().len(), 2);
+        assert!(parse_file("# nothing\n").is_err());
+        assert!(parse_file("garbage\n").unwrap_err().starts_with("line 1"));
+    }
+}

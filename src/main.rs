@@ -1,0 +1,214 @@
+//! The `dropseed` command: the daemon (`run`, the default) and the small
+//! control CLI that talks to it over its Unix socket.
+
+use clap::{Parser, Subcommand};
+use dropseed::config::{Config, DEFAULT_CONFIG_TOML};
+use dropseed::control::{self, Request};
+use dropseed::torrent::TorrentStatus;
+use dropseed::types::{human_bytes, human_duration};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "dropseed",
+    version,
+    about = "Headless BitTorrent seedbox: drop .torrent/.magnet files in a folder"
+)]
+struct Cli {
+    /// Config file (TOML). Without it, built-in defaults apply.
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (the default).
+    Run,
+    /// Show the torrents of the running daemon.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a .torrent or .magnet file, or a magnet URI.
+    Add { source: String },
+    /// Pause a torrent (by name or unique info-hash prefix).
+    Pause { id: String },
+    /// Resume a paused or stopped torrent.
+    Resume { id: String },
+    /// Verify every piece of a torrent again.
+    Recheck { id: String },
+    /// Remove a torrent; its data stays unless --delete-data.
+    Remove {
+        #[arg(long)]
+        delete_data: bool,
+        id: String,
+    },
+    /// Print the default config, or check a config file.
+    Config {
+        #[arg(long, conflicts_with = "check")]
+        default: bool,
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    match command {
+        Command::Config { default, check } => {
+            if default || !check {
+                print!("{DEFAULT_CONFIG_TOML}");
+                return ExitCode::SUCCESS;
+            }
+            match load_config(cli.config.as_deref()) {
+                Ok(_) => {
+                    println!("config ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Run => run_daemon(cli.config),
+        other => client(cli.config.as_deref(), other),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match load_config(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = match dropseed::logging::init(&config.log, &config.paths.log_dir, true) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "cannot set up logging in {}: {e}",
+                config.paths.log_dir.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(log_dir = %config.paths.log_dir.display(), "logging to {}", config.paths.log_dir.join("dropseed.log").display());
+    match runtime().block_on(dropseed::daemon::run(config, config_path, log)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "dropseed failed");
+            eprintln!("dropseed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let json = matches!(command, Command::Status { json: true });
+    let req = match command {
+        Command::Status { .. } => Request::Status,
+        Command::Add { source } => {
+            // Paths are resolved here: the daemon may run elsewhere.
+            let p = Path::new(&source);
+            let source = if p.exists() {
+                std::fs::canonicalize(p)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or(source)
+            } else {
+                source
+            };
+            Request::Add { source }
+        }
+        Command::Pause { id } => Request::Pause { id },
+        Command::Resume { id } => Request::Resume { id },
+        Command::Recheck { id } => Request::Recheck { id },
+        Command::Remove { delete_data, id } => Request::Remove { id, delete_data },
+        Command::Run | Command::Config { .. } => unreachable!(),
+    };
+    let reply = match runtime().block_on(control::request(&config.control_socket(), &req)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !reply.ok {
+        eprintln!("error: {}", reply.message.unwrap_or_default());
+        return ExitCode::from(1);
+    }
+    if let Some(torrents) = reply.torrents {
+        if json {
+            println!("{}", serde_json::json!({ "torrents": torrents }));
+        } else {
+            print_table(&torrents);
+        }
+    } else if let Some(m) = reply.message {
+        println!("{m}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_table(torrents: &[TorrentStatus]) {
+    if torrents.is_empty() {
+        println!("no torrents");
+        return;
+    }
+    println!(
+        "{:<40} {:<11} {:>7} {:>9} {:>11} {:>11} {:>5} {:>6} {:>8}",
+        "NAME", "STATE", "DONE", "SIZE", "DOWN", "UP", "PEERS", "RATIO", "ETA"
+    );
+    for t in torrents {
+        let mut name: String = t.name.chars().take(40).collect();
+        if t.name.chars().count() > 40 {
+            name.pop();
+            name.push('~');
+        }
+        let ratio = if t.ratio < 0.0 {
+            "inf".into()
+        } else {
+            format!("{:.2}", t.ratio)
+        };
+        println!(
+            "{:<40} {:<11} {:>6.1}% {:>9} {:>9}/s {:>9}/s {:>5} {:>6} {:>8}",
+            name,
+            t.state.as_str(),
+            t.progress * 100.0,
+            human_bytes(t.size),
+            human_bytes(t.download_rate),
+            human_bytes(t.upload_rate),
+            t.peers,
+            ratio,
+            t.eta_secs.map(human_duration).unwrap_or_else(|| "-".into())
+        );
+        if let Some(e) = &t.error {
+            println!("    error: {e}");
+        }
+    }
+}

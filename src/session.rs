@@ -1,0 +1,444 @@
+//! The session: every torrent of the daemon, the TCP listener that routes
+//! incoming peers to them by info hash, and the shared environment (peer id,
+//! disk pool, HTTP client, connection and download budgets).
+//!
+//! It owns each torrent's task and stops them all on shutdown. Torrents are
+//! persisted in `state_dir` as soon as they are added, and restored from it at
+//! start in the state they had.
+
+use crate::config::Config;
+use crate::magnet::Magnet;
+use crate::metainfo::Metainfo;
+use crate::resume::{self, now_unix, ResumeRecord};
+use crate::storage::disk::DiskPool;
+use crate::torrent::peer::{read_handshake, HANDSHAKE_TIMEOUT};
+use crate::torrent::task::{self, Cmd, Exit};
+use crate::torrent::{Env, TorrentShared, TorrentState, TorrentStatus};
+use crate::types::{InfoHash, PeerId};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct TorrentHandle {
+    pub shared: Arc<TorrentShared>,
+    cmd: mpsc::Sender<Cmd>,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<Exit>>>,
+}
+
+/// A magnet whose metadata we do not have yet.
+pub struct PendingMagnet {
+    pub magnet: Magnet,
+    pub added_at: u64,
+}
+
+pub struct Session {
+    pub env: Arc<Env>,
+    torrents: Mutex<HashMap<InfoHash, Arc<TorrentHandle>>>,
+    magnets: Mutex<HashMap<InfoHash, PendingMagnet>>,
+    cancel: CancellationToken,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    removals: mpsc::UnboundedSender<InfoHash>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    Added,
+    AlreadyManaged,
+}
+
+impl Session {
+    /// Binds the listener, restores the torrents in `state_dir`, and starts them.
+    pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Session>> {
+        for dir in [&config.paths.download_dir, &config.paths.state_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        let ip: IpAddr = config.network.listen_address.parse()?;
+        let port = config.network.listen_port;
+        let listener = match TcpListener::bind(SocketAddr::new(ip, port)).await {
+            Ok(l) => l,
+            // A host without IPv6 still gets IPv4.
+            Err(_) if ip.is_unspecified() && ip.is_ipv6() => {
+                TcpListener::bind(("0.0.0.0", port)).await?
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot listen on {ip} port {port}: {e}")),
+        };
+        let listen_port = listener.local_addr()?.port();
+        tracing::info!(port = listen_port, "listening for peers");
+        let env = Arc::new(Env {
+            peer_id: PeerId::generate(),
+            listen_port,
+            disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
+            http: reqwest::Client::builder()
+                .user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION")))
+                .build()?,
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            download_slots: Arc::new(Semaphore::new(match config.limits.max_active_downloads {
+                0 => Semaphore::MAX_PERMITS,
+                n => n,
+            })),
+            download_dir: config.paths.download_dir.clone(),
+            state_dir: config.paths.state_dir.clone(),
+            config: RwLock::new(config),
+            started: Instant::now(),
+        });
+        let (removals, mut removal_rx) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            env,
+            torrents: Mutex::new(HashMap::new()),
+            magnets: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+            listener: Mutex::new(None),
+            removals,
+        });
+        session.restore();
+        let s = session.clone();
+        *session.listener.lock().unwrap() =
+            Some(tokio::spawn(async move { s.accept_loop(listener).await }));
+        // Torrents that asked to be removed (seeding limit with action=remove).
+        let s = Arc::downgrade(&session);
+        let cancel = session.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    Some(h) = removal_rx.recv() => {
+                        if let Some(s) = s.upgrade() {
+                            let _ = s.remove(&h.hex(), false).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(session)
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.env.listen_port
+    }
+
+    fn restore(self: &Arc<Self>) {
+        let dir = self.env.state_dir.clone();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let ext = path.extension().and_then(|x| x.to_str()).unwrap_or("");
+            let result = match ext {
+                "torrent" => std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| Metainfo::from_torrent_bytes(&b).map_err(|e| e.to_string()))
+                    .map(|m| {
+                        let record = ResumeRecord::load(&dir, &m.info_hash).unwrap_or_else(|e| {
+                            tracing::warn!(file = %path.display(), error = %e, "resume record unreadable; the data will be rechecked");
+                            None
+                        });
+                        self.spawn_torrent(Arc::new(m), record.unwrap_or_default());
+                    }),
+                "magnet" => std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Magnet::parse(&t)).map(|m| {
+                    if !resume::torrent_path(&dir, &m.info_hash).exists() {
+                        self.magnets.lock().unwrap().insert(m.info_hash, PendingMagnet { magnet: m, added_at: now_unix() });
+                    }
+                }),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(file = %path.display(), error = %e, "cannot restore torrent from state");
+            }
+        }
+        let n = self.torrents.lock().unwrap().len();
+        if n > 0 {
+            tracing::info!(torrents = n, "restored torrents from state");
+        }
+    }
+
+    fn spawn_torrent(self: &Arc<Self>, meta: Arc<Metainfo>, record: ResumeRecord) {
+        let hash = meta.info_hash;
+        let shared = TorrentShared::new(meta, self.env.clone(), record);
+        let (cmd, cmd_rx) = mpsc::channel(32);
+        let cancel = self.cancel.child_token();
+        let removals = self.removals.clone();
+        let task = tokio::spawn({
+            let (shared, cancel) = (shared.clone(), cancel.clone());
+            async move {
+                let exit = task::run(shared, cmd_rx, cancel).await;
+                if let Exit::RemoveRequested = exit {
+                    let _ = removals.send(hash);
+                }
+                exit
+            }
+        });
+        let handle = Arc::new(TorrentHandle {
+            shared,
+            cmd,
+            cancel,
+            task: Mutex::new(Some(task)),
+        });
+        self.torrents.lock().unwrap().insert(hash, handle);
+    }
+
+    /// Adds a torrent; persisted before it starts, so a crash right after
+    /// still knows it.
+    pub fn add_metainfo(self: &Arc<Self>, meta: Metainfo) -> std::io::Result<AddOutcome> {
+        let hash = meta.info_hash;
+        if self.torrents.lock().unwrap().contains_key(&hash) {
+            return Ok(AddOutcome::AlreadyManaged);
+        }
+        let dir = &self.env.state_dir;
+        resume::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
+        let record = ResumeRecord {
+            name: meta.name.clone(),
+            added_at: now_unix(),
+            ..Default::default()
+        };
+        record.save(dir, &hash)?;
+        self.magnets.lock().unwrap().remove(&hash);
+        let _ = std::fs::remove_file(resume::magnet_path(dir, &hash));
+        self.spawn_torrent(Arc::new(meta), record);
+        Ok(AddOutcome::Added)
+    }
+
+    /// Records a magnet; it waits in state `metadata` for its metadata.
+    pub fn add_magnet(self: &Arc<Self>, magnet: Magnet) -> std::io::Result<AddOutcome> {
+        let hash = magnet.info_hash;
+        if self.torrents.lock().unwrap().contains_key(&hash)
+            || self.magnets.lock().unwrap().contains_key(&hash)
+        {
+            return Ok(AddOutcome::AlreadyManaged);
+        }
+        let mut uri = format!("magnet:?xt=urn:btih:{}", hash.hex());
+        if let Some(n) = &magnet.name {
+            uri.push_str(&format!(
+                "&dn={}",
+                percent_encoding::utf8_percent_encode(n, percent_encoding::NON_ALPHANUMERIC)
+            ));
+        }
+        for t in &magnet.trackers {
+            uri.push_str(&format!(
+                "&tr={}",
+                percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
+            ));
+        }
+        for p in &magnet.peers {
+            uri.push_str(&format!("&x.pe={p}"));
+        }
+        resume::write_atomic(
+            &resume::magnet_path(&self.env.state_dir, &hash),
+            uri.as_bytes(),
+        )?;
+        self.magnets.lock().unwrap().insert(
+            hash,
+            PendingMagnet {
+                magnet,
+                added_at: now_unix(),
+            },
+        );
+        Ok(AddOutcome::Added)
+    }
+
+    pub fn statuses(&self) -> Vec<TorrentStatus> {
+        let handles: Vec<Arc<TorrentHandle>> =
+            self.torrents.lock().unwrap().values().cloned().collect();
+        let mut out: Vec<TorrentStatus> = handles.iter().map(|h| h.shared.status()).collect();
+        for (hash, m) in self.magnets.lock().unwrap().iter() {
+            out.push(TorrentStatus {
+                info_hash: hash.hex(),
+                name: m.magnet.name.clone().unwrap_or_else(|| hash.hex()),
+                state: TorrentState::Metadata,
+                progress: 0.0,
+                size: 0,
+                downloaded: 0,
+                uploaded: 0,
+                download_rate: 0,
+                upload_rate: 0,
+                peers: 0,
+                seeds: 0,
+                ratio: 0.0,
+                eta_secs: None,
+                error: None,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
+        out
+    }
+
+    /// Finds a torrent by exact name or unique info-hash prefix.
+    pub fn find(&self, id: &str) -> Result<InfoHash, String> {
+        let id_lower = id.to_ascii_lowercase();
+        let statuses = self.statuses();
+        let by_name: Vec<&TorrentStatus> = statuses.iter().filter(|s| s.name == id).collect();
+        if by_name.len() == 1 {
+            return Ok(InfoHash::parse(&by_name[0].info_hash).unwrap());
+        }
+        let by_hash: Vec<&TorrentStatus> = statuses
+            .iter()
+            .filter(|s| !id_lower.is_empty() && s.info_hash.starts_with(&id_lower))
+            .collect();
+        match (by_name.len(), by_hash.len()) {
+            (_, 1) => Ok(InfoHash::parse(&by_hash[0].info_hash).unwrap()),
+            (0, 0) => Err(format!("no torrent named or hashed '{id}'")),
+            _ => Err(format!(
+                "'{id}' matches several torrents; give more of the info hash"
+            )),
+        }
+    }
+
+    fn handle(&self, hash: &InfoHash) -> Option<Arc<TorrentHandle>> {
+        self.torrents.lock().unwrap().get(hash).cloned()
+    }
+
+    pub async fn command(&self, id: &str, cmd: Cmd) -> Result<String, String> {
+        let hash = self.find(id)?;
+        let h = self
+            .handle(&hash)
+            .ok_or_else(|| "that torrent is still waiting for its metadata".to_string())?;
+        let what = match cmd {
+            Cmd::Pause => "pausing",
+            Cmd::Resume => "resuming",
+            Cmd::Recheck => "rechecking",
+            Cmd::Incoming(..) => "",
+        };
+        h.cmd
+            .send(cmd)
+            .await
+            .map_err(|_| "torrent task has stopped".to_string())?;
+        Ok(format!("{what} {}", h.shared.name()))
+    }
+
+    /// Removes a torrent (and with `delete_data`, its files).
+    pub async fn remove(&self, id: &str, delete_data: bool) -> Result<String, String> {
+        let hash = self.find(id)?;
+        let dir = self.env.state_dir.clone();
+        if let Some(m) = self.magnets.lock().unwrap().remove(&hash) {
+            let _ = std::fs::remove_file(resume::magnet_path(&dir, &hash));
+            return Ok(format!(
+                "removed {}",
+                m.magnet.name.unwrap_or_else(|| hash.hex())
+            ));
+        }
+        let h = self
+            .torrents
+            .lock()
+            .unwrap()
+            .remove(&hash)
+            .ok_or("no such torrent")?;
+        h.cancel.cancel();
+        let task = h.task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        for p in [
+            resume::torrent_path(&dir, &hash),
+            resume::resume_path(&dir, &hash),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        let name = h.shared.name().to_string();
+        if delete_data {
+            let meta = h.shared.meta.clone();
+            let base = self.env.download_dir.clone();
+            let r = self.env.disk.run(move || delete_files(&base, &meta)).await;
+            if let Ok(Err(e)) = r {
+                return Err(format!("removed {name}, but deleting its data failed: {e}"));
+            }
+        }
+        tracing::info!(torrent = %name, delete_data, "removed");
+        Ok(format!(
+            "removed {name}{}",
+            if delete_data { " and its data" } else { "" }
+        ))
+    }
+
+    /// Replaces the live configuration (SIGHUP); limits apply from the next
+    /// use, paths and ports need a restart.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.env.config.write().unwrap() = config;
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut handshakes = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+                r = listener.accept() => {
+                    let Ok((mut stream, addr)) = r else { continue };
+                    if handshakes.len() >= 256 {
+                        continue; // shed load: too many half-open handshakes
+                    }
+                    let s = self.clone();
+                    handshakes.spawn(async move {
+                        let hs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_handshake(&mut stream)).await {
+                            Ok(Ok(hs)) => hs,
+                            _ => return,
+                        };
+                        if let Some(h) = s.handle(&hs.info_hash) {
+                            let _ = h.cmd.try_send(Cmd::Incoming(stream, addr, hs));
+                        }
+                    });
+                }
+            }
+        }
+        handshakes.shutdown().await;
+    }
+
+    /// Stops every torrent (each announces `stopped` and saves its state),
+    /// then the disk pool.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let listener = self.listener.lock().unwrap().take();
+        if let Some(l) = listener {
+            let _ = l.await;
+        }
+        let handles: Vec<Arc<TorrentHandle>> =
+            self.torrents.lock().unwrap().values().cloned().collect();
+        let mut tasks = Vec::new();
+        for h in &handles {
+            if let Some(t) = h.task.lock().unwrap().take() {
+                tasks.push(t);
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let disk = self.env.disk.clone();
+        let _ = tokio::task::spawn_blocking(move || disk.shutdown()).await;
+    }
+}
+
+fn delete_files(base: &Path, meta: &Metainfo) -> std::io::Result<()> {
+    for (i, f) in meta.files.iter().enumerate() {
+        if f.padding {
+            continue;
+        }
+        match std::fs::remove_file(crate::storage::file_path(base, meta, i)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    // Remove the torrent's now-empty directories, deepest first; never base.
+    if meta.files.len() > 1 || meta.files[0].path.len() > 1 {
+        let mut dirs: Vec<std::path::PathBuf> = meta
+            .files
+            .iter()
+            .flat_map(|f| {
+                (1..f.path.len())
+                    .map(|n| base.join(f.path[..n].iter().collect::<std::path::PathBuf>()))
+            })
+            .collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        dirs.dedup();
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    Ok(())
+}

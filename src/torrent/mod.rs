@@ -1,0 +1,441 @@
+//! One torrent: its shared state (pieces, peers, counters) and the pieces of
+//! logic that touch it from several tasks.
+//!
+//! Lock order: the session's torrent map, then [`TorrentShared::inner`], then
+//! a peer's control mutex. No lock here is ever held across an `.await`.
+
+pub mod choker;
+pub mod peer;
+pub mod picker;
+pub mod task;
+
+use crate::config::Config;
+use crate::metainfo::Metainfo;
+use crate::resume::ResumeRecord;
+use crate::storage::disk::DiskPool;
+use crate::storage::TorrentStorage;
+use crate::types::{Bitfield, PeerId};
+use crate::wire::BlockRef;
+use picker::{PeerKey, Picker};
+use serde::Serialize;
+use sha1::{Digest, Sha1};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Pieces failed by a peer as the sole contributor before it is banned.
+pub const STRIKES_TO_BAN: u32 = 3;
+
+/// Everything a torrent needs from the session around it.
+pub struct Env {
+    pub peer_id: PeerId,
+    pub listen_port: u16,
+    pub config: RwLock<Arc<Config>>,
+    pub disk: Arc<DiskPool>,
+    pub http: reqwest::Client,
+    /// Global peer-connection budget (`limits.max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Downloads allowed at once (`limits.max_active_downloads`).
+    pub download_slots: Arc<Semaphore>,
+    pub download_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub started: Instant,
+}
+
+impl Env {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TorrentState {
+    Metadata,
+    Queued,
+    Checking,
+    Downloading,
+    Seeding,
+    Paused,
+    Stopped,
+    Error,
+}
+
+impl TorrentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TorrentState::Metadata => "metadata",
+            TorrentState::Queued => "queued",
+            TorrentState::Checking => "checking",
+            TorrentState::Downloading => "downloading",
+            TorrentState::Seeding => "seeding",
+            TorrentState::Paused => "paused",
+            TorrentState::Stopped => "stopped",
+            TorrentState::Error => "error",
+        }
+    }
+}
+
+/// What other tasks see of one connected peer.
+pub struct PeerHandle {
+    pub peer_id: [u8; 20],
+    pub connected_at: Instant,
+    pub bytes_down: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub peer_interested: AtomicBool,
+    pub is_seed: AtomicBool,
+    pub snubbed: AtomicBool,
+    /// The choker's decision; the peer task applies it.
+    pub unchoke: AtomicBool,
+    pub close: AtomicBool,
+    pub cancels: Mutex<Vec<BlockRef>>,
+    pub notify: Notify,
+}
+
+impl PeerHandle {
+    pub fn new(peer_id: [u8; 20]) -> PeerHandle {
+        PeerHandle {
+            peer_id,
+            connected_at: Instant::now(),
+            bytes_down: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            peer_interested: AtomicBool::new(false),
+            is_seed: AtomicBool::new(false),
+            snubbed: AtomicBool::new(false),
+            unchoke: AtomicBool::new(false),
+            close: AtomicBool::new(false),
+            cancels: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn kick(&self) {
+        self.close.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+}
+
+pub struct Inner {
+    pub have: Bitfield,
+    pub picker: Picker,
+    /// Verified pieces in the order they completed, for `have` broadcasts.
+    pub completed_order: Vec<u32>,
+    /// Verified and written, but not yet flushed to disk.
+    pub unflushed: Vec<u32>,
+    pub peers: HashMap<PeerKey, Arc<PeerHandle>>,
+    pub strikes: HashMap<[u8; 20], u32>,
+    pub banned_ids: HashSet<[u8; 20]>,
+    pub banned_addrs: HashSet<PeerKey>,
+    pub disk_error: Option<String>,
+}
+
+pub struct TorrentShared {
+    pub meta: Arc<Metainfo>,
+    pub env: Arc<Env>,
+    pub storage: OnceLock<Arc<TorrentStorage>>,
+    pub inner: Mutex<Inner>,
+    /// Payload bytes received (including wasted) and sent, this session plus
+    /// what the resume record carried.
+    pub downloaded: AtomicU64,
+    pub uploaded: AtomicU64,
+    /// Bytes of verified pieces.
+    pub verified_bytes: AtomicU64,
+    /// Count of verified pieces; peers wait on it to send `have`.
+    pub have_tx: watch::Sender<usize>,
+    pub status: Mutex<StatusCell>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusCell {
+    pub state: TorrentState,
+    pub error: Option<String>,
+    pub download_rate: u64,
+    pub upload_rate: u64,
+    pub record: ResumeRecord,
+}
+
+impl TorrentShared {
+    pub fn new(meta: Arc<Metainfo>, env: Arc<Env>, record: ResumeRecord) -> Arc<TorrentShared> {
+        let n = meta.piece_count();
+        let have = Bitfield::from_bytes(&record.have, n).unwrap_or_else(|| Bitfield::new(n));
+        let budget = env.config().storage.piece_buffer.0 as usize;
+        let picker = Picker::new(
+            meta.piece_length,
+            meta.total_length,
+            &have,
+            budget,
+            rand::random(),
+        );
+        let verified = have.iter_ones().map(|i| meta.piece_len(i) as u64).sum();
+        Arc::new(TorrentShared {
+            downloaded: AtomicU64::new(record.downloaded),
+            uploaded: AtomicU64::new(record.uploaded),
+            verified_bytes: AtomicU64::new(verified),
+            have_tx: watch::Sender::new(have.count()),
+            inner: Mutex::new(Inner {
+                have,
+                picker,
+                completed_order: Vec::new(),
+                unflushed: Vec::new(),
+                peers: HashMap::new(),
+                strikes: HashMap::new(),
+                banned_ids: HashSet::new(),
+                banned_addrs: HashSet::new(),
+                disk_error: None,
+            }),
+            status: Mutex::new(StatusCell {
+                state: TorrentState::Queued,
+                error: None,
+                download_rate: 0,
+                upload_rate: 0,
+                record,
+            }),
+            storage: OnceLock::new(),
+            meta,
+            env,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    pub fn storage(&self) -> Option<&Arc<TorrentStorage>> {
+        self.storage.get()
+    }
+
+    pub fn left(&self) -> u64 {
+        self.meta.total_length - self.verified_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.inner.lock().unwrap().have.is_full()
+    }
+
+    pub fn set_state(&self, state: TorrentState, error: Option<String>) {
+        let mut s = self.status.lock().unwrap();
+        s.state = state;
+        s.error = error;
+    }
+
+    pub fn state(&self) -> TorrentState {
+        self.status.lock().unwrap().state
+    }
+
+    /// Hands a complete piece to the disk pool: hash, write if good, then
+    /// record the outcome. Waits only for room in the pool's queue.
+    pub async fn submit_piece(self: &Arc<Self>, piece: picker::CompletePiece) {
+        let shared = self.clone();
+        let _ = self
+            .env
+            .disk
+            .spawn(move || {
+                let index = piece.index as usize;
+                let good =
+                    <[u8; 20]>::from(Sha1::digest(&piece.data)) == shared.meta.piece_hashes[index];
+                let write = match (good, shared.storage()) {
+                    (true, Some(s)) => s
+                        .write(index as u64 * shared.meta.piece_length, &piece.data)
+                        .map_err(|e| e.to_string()),
+                    (true, None) => Err("storage is not open".to_string()),
+                    (false, _) => Ok(()),
+                };
+                shared.piece_done(piece.index, good, &piece.contributors, write);
+            })
+            .await;
+    }
+
+    /// Runs on a disk thread once a piece was hashed (and written).
+    fn piece_done(
+        &self,
+        index: u32,
+        good: bool,
+        contributors: &[PeerKey],
+        write: Result<(), String>,
+    ) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Err(e) = write {
+            tracing::warn!(torrent = %self.meta.name, piece = index, error = %e, "disk write failed");
+            inner.picker.piece_failed(index, 0);
+            inner.disk_error.get_or_insert(e);
+            drop(inner);
+            self.have_tx.send_modify(|_| {});
+            return;
+        }
+        if good {
+            inner.picker.piece_verified(index);
+            if inner.have.set(index as usize) {
+                inner.completed_order.push(index);
+                inner.unflushed.push(index);
+                self.verified_bytes.fetch_add(
+                    self.meta.piece_len(index as usize) as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            let count = inner.have.count();
+            drop(inner);
+            self.have_tx.send_replace(count);
+            return;
+        }
+        inner.picker.piece_failed(index, contributors.len());
+        let shown: Vec<String> = contributors.iter().map(|c| c.to_string()).collect();
+        tracing::warn!(torrent = %self.meta.name, piece = index, peers = %shown.join(","), "piece failed its hash check; downloading it again");
+        if let [culprit] = contributors {
+            let Some(handle) = inner.peers.get(culprit).cloned() else {
+                return;
+            };
+            let strikes = inner.strikes.entry(handle.peer_id).or_insert(0);
+            *strikes += 1;
+            if *strikes >= STRIKES_TO_BAN {
+                inner.banned_ids.insert(handle.peer_id);
+                inner.banned_addrs.insert(*culprit);
+                tracing::warn!(torrent = %self.meta.name, peer = %culprit, "peer sent {STRIKES_TO_BAN} corrupt pieces; disconnected and banned for this torrent");
+                handle.kick();
+            }
+        }
+    }
+
+    /// Flushes every piece verified since the last save, then writes the
+    /// resume record: the record never claims a piece that is not on disk.
+    /// Blocking: run on the disk pool.
+    pub fn save_resume_blocking(&self) -> std::io::Result<()> {
+        let (flush, have) = {
+            let mut inner = self.inner.lock().unwrap();
+            (
+                std::mem::take(&mut inner.unflushed),
+                inner.have.as_bytes().to_vec(),
+            )
+        };
+        if let Some(storage) = self.storage() {
+            for &p in &flush {
+                let r = storage.layout().piece_range(p as usize);
+                if let Err(e) = storage.flush(r.start, (r.end - r.start) as usize) {
+                    self.inner
+                        .lock()
+                        .unwrap()
+                        .unflushed
+                        .extend_from_slice(&flush);
+                    return Err(e);
+                }
+            }
+        }
+        let mut record = self.status.lock().unwrap().record.clone();
+        if self.storage().is_some() || record.have.is_empty() {
+            record.have = have;
+        }
+        record.piece_count = self.meta.piece_count() as u64;
+        record.name = self.meta.name.clone();
+        record.uploaded = self.uploaded.load(Ordering::Relaxed);
+        record.downloaded = self.downloaded.load(Ordering::Relaxed);
+        record.save(&self.env.state_dir, &self.meta.info_hash)?;
+        self.status.lock().unwrap().record = record;
+        Ok(())
+    }
+
+    pub async fn save_resume(self: &Arc<Self>) {
+        let shared = self.clone();
+        match self
+            .env
+            .disk
+            .run(move || shared.save_resume_blocking())
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(torrent = %self.meta.name, error = %e, "could not save resume state")
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Snapshot for the control socket and the status lines.
+    pub fn status(&self) -> TorrentStatus {
+        let (peers, seeds) = {
+            let inner = self.inner.lock().unwrap();
+            let seeds = inner
+                .peers
+                .values()
+                .filter(|p| p.is_seed.load(Ordering::Relaxed))
+                .count();
+            (inner.peers.len(), seeds)
+        };
+        let s = self.status.lock().unwrap().clone();
+        let size = self.meta.total_length;
+        let done = self.verified_bytes.load(Ordering::Relaxed);
+        let downloaded = self.downloaded.load(Ordering::Relaxed);
+        let uploaded = self.uploaded.load(Ordering::Relaxed);
+        let ratio = if downloaded > 0 {
+            uploaded as f64 / downloaded as f64
+        } else if uploaded > 0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        let eta = (s.state == TorrentState::Downloading && s.download_rate > 0)
+            .then(|| (size - done) / s.download_rate);
+        TorrentStatus {
+            info_hash: self.meta.info_hash.hex(),
+            name: self.meta.name.clone(),
+            state: s.state,
+            progress: done as f64 / size as f64,
+            size,
+            downloaded,
+            uploaded,
+            download_rate: s.download_rate,
+            upload_rate: s.upload_rate,
+            peers,
+            seeds,
+            ratio: if ratio.is_finite() { ratio } else { -1.0 },
+            eta_secs: eta,
+            error: s.error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TorrentStatus {
+    pub info_hash: String,
+    pub name: String,
+    pub state: TorrentState,
+    pub progress: f64,
+    pub size: u64,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub download_rate: u64,
+    pub upload_rate: u64,
+    pub peers: usize,
+    #[serde(default)]
+    pub seeds: usize,
+    /// uploaded / downloaded; -1 when nothing was downloaded but something uploaded.
+    pub ratio: f64,
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for TorrentState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "metadata" => TorrentState::Metadata,
+            "queued" => TorrentState::Queued,
+            "checking" => TorrentState::Checking,
+            "downloading" => TorrentState::Downloading,
+            "seeding" => TorrentState::Seeding,
+            "paused" => TorrentState::Paused,
+            "stopped" => TorrentState::Stopped,
+            _ => TorrentState::Error,
+        })
+    }
+}
+
+/// Hashes piece `index` from disk and compares it with the metainfo.
+pub fn piece_matches(meta: &Metainfo, storage: &TorrentStorage, index: usize) -> bool {
+    match storage.read_piece(index) {
+        Ok(buf) => <[u8; 20]>::from(Sha1::digest(&buf)) == meta.piece_hashes[index],
+        Err(_) => false,
+    }
+}

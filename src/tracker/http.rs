@@ -1,0 +1,270 @@
+//! One HTTP(S) announce (BEP 3, 23 compact peers, 7 `peers6`): the URL, the
+//! bounded read of the reply, and the pure parse of the bencoded response.
+
+use crate::types::{InfoHash, PeerId};
+use percent_encoding::{percent_encode, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use serde_bencode::value::Value;
+use serde_bytes::ByteBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// Largest tracker reply read.
+pub const MAX_RESPONSE: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Started,
+    Completed,
+    Stopped,
+    /// A regular re-announce.
+    None,
+}
+
+impl Event {
+    fn as_str(self) -> Option<&'static str> {
+        match self {
+            Event::Started => Some("started"),
+            Event::Completed => Some("completed"),
+            Event::Stopped => Some("stopped"),
+            Event::None => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AnnounceParams {
+    pub info_hash: InfoHash,
+    pub peer_id: PeerId,
+    pub port: u16,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub left: u64,
+    pub event: Event,
+    pub key: u32,
+    pub numwant: u32,
+    pub tracker_id: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnnounceReply {
+    pub interval: Option<u64>,
+    pub min_interval: Option<u64>,
+    pub peers: Vec<SocketAddr>,
+    pub warning: Option<String>,
+    pub tracker_id: Option<Vec<u8>>,
+    pub seeders: Option<u64>,
+    pub leechers: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("tracker refused: {0}")]
+    Failure(String),
+    #[error("{0}")]
+    Http(String),
+    #[error("reply over {MAX_RESPONSE} bytes")]
+    TooLarge,
+    #[error("unreadable reply: {0}")]
+    Malformed(String),
+}
+
+pub fn announce_url(base: &str, p: &AnnounceParams) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut url = format!(
+        "{base}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant={}&key={:08x}",
+        percent_encode(&p.info_hash.0, NON_ALPHANUMERIC),
+        percent_encode(&p.peer_id.0, NON_ALPHANUMERIC),
+        p.port,
+        p.uploaded,
+        p.downloaded,
+        p.left,
+        p.numwant,
+        p.key,
+    );
+    if let Some(e) = p.event.as_str() {
+        url.push_str("&event=");
+        url.push_str(e);
+    }
+    if let Some(id) = &p.tracker_id {
+        url.push_str("&trackerid=");
+        url.push_str(&percent_encode(id, NON_ALPHANUMERIC).to_string());
+    }
+    url
+}
+
+pub async fn announce(
+    client: &reqwest::Client,
+    base: &str,
+    p: &AnnounceParams,
+) -> Result<AnnounceReply, TrackerError> {
+    let mut resp = client
+        .get(announce_url(base, p))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| TrackerError::Http(e.without_url().to_string()))?;
+    if !resp.status().is_success() {
+        return Err(TrackerError::Http(format!("HTTP {}", resp.status())));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| TrackerError::Http(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(TrackerError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse_reply(&body)
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    #[serde(rename = "failure reason")]
+    failure: Option<ByteBuf>,
+    #[serde(rename = "warning message")]
+    warning: Option<ByteBuf>,
+    interval: Option<i64>,
+    #[serde(rename = "min interval")]
+    min_interval: Option<i64>,
+    #[serde(rename = "tracker id")]
+    tracker_id: Option<ByteBuf>,
+    complete: Option<i64>,
+    incomplete: Option<i64>,
+    peers: Option<Value>,
+    peers6: Option<ByteBuf>,
+}
+
+/// Parses a bencoded announce reply (pure).
+pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
+    crate::bencode::top_level_value(body, b"peers")
+        .map_err(|e| TrackerError::Malformed(e.to_string()))?;
+    let raw: RawReply =
+        serde_bencode::from_bytes(body).map_err(|e| TrackerError::Malformed(e.to_string()))?;
+    if let Some(f) = raw.failure {
+        return Err(TrackerError::Failure(
+            String::from_utf8_lossy(&f).into_owned(),
+        ));
+    }
+    let mut peers = Vec::new();
+    match raw.peers {
+        Some(Value::Bytes(b)) => peers.extend(compact_v4(&b)),
+        Some(Value::List(list)) => {
+            for item in list {
+                if let Value::Dict(d) = item {
+                    let ip = match d.get(&b"ip"[..]) {
+                        Some(Value::Bytes(ip)) => {
+                            String::from_utf8_lossy(ip).parse::<IpAddr>().ok()
+                        }
+                        _ => None,
+                    };
+                    let port = match d.get(&b"port"[..]) {
+                        Some(Value::Int(p)) => u16::try_from(*p).ok(),
+                        _ => None,
+                    };
+                    if let (Some(ip), Some(port)) = (ip, port) {
+                        peers.push(SocketAddr::new(ip, port));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(b) = raw.peers6 {
+        peers.extend(compact_v6(&b));
+    }
+    peers.retain(|p| p.port() != 0);
+    let positive = |v: Option<i64>| v.filter(|&n| n >= 0).map(|n| n as u64);
+    Ok(AnnounceReply {
+        interval: positive(raw.interval),
+        min_interval: positive(raw.min_interval),
+        peers,
+        warning: raw
+            .warning
+            .map(|w| String::from_utf8_lossy(&w).into_owned()),
+        tracker_id: raw.tracker_id.map(|t| t.into_vec()),
+        seeders: positive(raw.complete),
+        leechers: positive(raw.incomplete),
+    })
+}
+
+pub fn compact_v4(b: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
+    b.chunks_exact(6).map(|c| {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])),
+            u16::from_be_bytes([c[4], c[5]]),
+        )
+    })
+}
+
+pub fn compact_v6(b: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
+    b.chunks_exact(18).map(|c| {
+        let ip: [u8; 16] = c[..16].try_into().unwrap();
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::from(ip)),
+            u16::from_be_bytes([c[16], c[17]]),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_and_dictionary_peers() {
+        let body = b"d8:intervali1800e12:min intervali60e5:peers12:\x7f\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x00\x506:peers618:\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x1a\xe2e";
+        let r = parse_reply(body).unwrap();
+        assert_eq!(r.interval, Some(1800));
+        assert_eq!(r.min_interval, Some(60));
+        assert_eq!(
+            r.peers,
+            vec![
+                "127.0.0.1:6881".parse().unwrap(),
+                "10.0.0.2:80".parse().unwrap(),
+                "[::1]:6882".parse().unwrap()
+            ]
+        );
+        let dict = b"d8:intervali900e5:peersld2:ip9:127.0.0.17:peer id20:aaaaaaaaaaaaaaaaaaaa4:porti7000eed2:ip3:bad4:porti1eeee";
+        let r = parse_reply(dict).unwrap();
+        assert_eq!(r.peers, vec!["127.0.0.1:7000".parse().unwrap()]);
+    }
+
+    #[test]
+    fn failure_and_warning() {
+        let e =
+            parse_reply(b"d14:failure reason36:Requested download is not authorizede").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tracker refused: Requested download is not authorized"
+        );
+        let r = parse_reply(b"d15:warning message4:slow8:intervali5e10:tracker id2:abe").unwrap();
+        assert_eq!(r.warning.as_deref(), Some("slow"));
+        assert_eq!(r.tracker_id.as_deref(), Some(&b"ab"[..]));
+        assert!(parse_reply(b"<html>").is_err());
+        assert!(parse_reply(b"").is_err());
+    }
+
+    #[test]
+    fn url_encodes_binary_fields() {
+        let p = AnnounceParams {
+            info_hash: InfoHash([0xab; 20]),
+            peer_id: PeerId(*b"-DS0100-abcdefghijkl"),
+            port: 6881,
+            uploaded: 1,
+            downloaded: 2,
+            left: 3,
+            event: Event::Started,
+            key: 0x1234,
+            numwant: 50,
+            tracker_id: None,
+        };
+        let u = announce_url("http://t/announce?x=1", &p);
+        assert!(u.starts_with("http://t/announce?x=1&info_hash=%AB%AB"));
+        assert!(u.contains("&port=6881&uploaded=1&downloaded=2&left=3&compact=1"));
+        assert!(u.ends_with("&event=started"));
+    }
+}

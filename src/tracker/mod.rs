@@ -1,0 +1,178 @@
+//! The announce loop of one torrent: BEP 12 tiers tried in order (a tracker
+//! that answers moves to the front of its tier), `started` first, re-announces
+//! at the tracker's `interval` (never faster than `min interval`),
+//! `completed` once, `stopped` when the torrent stops, and exponential
+//! back-off on failures. Failures are logged once per streak, not per retry.
+
+pub mod http;
+
+use crate::types::{InfoHash, PeerId};
+use http::{AnnounceParams, Event};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Counters the tracker reports, read fresh for every announce.
+pub trait TransferCounters: Send + Sync {
+    fn uploaded(&self) -> u64;
+    fn downloaded(&self) -> u64;
+    fn left(&self) -> u64;
+}
+
+pub struct TrackerConfig {
+    pub info_hash: InfoHash,
+    pub name: String,
+    pub peer_id: PeerId,
+    pub port: u16,
+    pub tiers: Vec<Vec<String>>,
+}
+
+const DEFAULT_INTERVAL: u64 = 1800;
+const MIN_BACKOFF: u64 = 15;
+const MAX_BACKOFF: u64 = 1800;
+const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs until `cancel`; then sends `stopped` (bounded in time) if `started`
+/// was ever accepted. `completed` is sent when `completed_rx` turns true.
+pub async fn run(
+    cfg: TrackerConfig,
+    client: reqwest::Client,
+    counters: Arc<dyn TransferCounters>,
+    peers_tx: mpsc::Sender<Vec<SocketAddr>>,
+    mut completed_rx: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut tiers: Vec<Vec<String>> = cfg
+        .tiers
+        .iter()
+        .map(|t| {
+            t.iter()
+                .filter(|u| !u.starts_with("udp"))
+                .cloned()
+                .collect()
+        })
+        .collect();
+    tiers.retain(|t| !t.is_empty());
+    if tiers.is_empty() {
+        if cfg.tiers.iter().flatten().next().is_some() {
+            tracing::warn!(torrent = %cfg.name, "only UDP trackers, which this build does not speak yet");
+        }
+        return;
+    }
+    let key: u32 = rand::random();
+    let mut tracker_id = None;
+    let mut started = false;
+    let mut completed_sent = *completed_rx.borrow();
+    let mut failures = 0u32;
+    let mut next_event = Event::Started;
+    loop {
+        if *completed_rx.borrow() && !completed_sent && started {
+            next_event = Event::Completed;
+        }
+        let params = AnnounceParams {
+            info_hash: cfg.info_hash,
+            peer_id: cfg.peer_id,
+            port: cfg.port,
+            uploaded: counters.uploaded(),
+            downloaded: counters.downloaded(),
+            left: counters.left(),
+            event: next_event,
+            key,
+            numwant: 80,
+            tracker_id: tracker_id.clone(),
+        };
+        let wait = match announce_tiers(&client, &mut tiers, &params).await {
+            Ok(reply) => {
+                if failures > 0 {
+                    tracing::info!(torrent = %cfg.name, "tracker reachable again");
+                }
+                failures = 0;
+                if next_event == Event::Started {
+                    started = true;
+                }
+                if next_event == Event::Completed {
+                    completed_sent = true;
+                }
+                next_event = Event::None;
+                if let Some(w) = &reply.warning {
+                    tracing::warn!(torrent = %cfg.name, warning = %w, "tracker warning");
+                }
+                if reply.tracker_id.is_some() {
+                    tracker_id = reply.tracker_id.clone();
+                }
+                tracing::debug!(torrent = %cfg.name, peers = reply.peers.len(), "announce ok");
+                if !reply.peers.is_empty() && peers_tx.send(reply.peers).await.is_err() {
+                    return;
+                }
+                let interval = reply
+                    .interval
+                    .unwrap_or(DEFAULT_INTERVAL)
+                    .max(reply.min_interval.unwrap_or(0))
+                    .max(30);
+                Duration::from_secs(interval)
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(torrent = %cfg.name, error = %e, "tracker announce failed; retrying with back-off");
+                }
+                Duration::from_secs((MIN_BACKOFF << (failures - 1).min(7)).min(MAX_BACKOFF))
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+            changed = completed_rx.changed(), if !completed_sent => {
+                if changed.is_err() { break; }
+            }
+        }
+    }
+    if started {
+        let params = AnnounceParams {
+            info_hash: cfg.info_hash,
+            peer_id: cfg.peer_id,
+            port: cfg.port,
+            uploaded: counters.uploaded(),
+            downloaded: counters.downloaded(),
+            left: counters.left(),
+            event: Event::Stopped,
+            key,
+            numwant: 0,
+            tracker_id,
+        };
+        match tokio::time::timeout(
+            STOPPED_TIMEOUT,
+            announce_tiers(&client, &mut tiers, &params),
+        )
+        .await
+        {
+            Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
+            _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
+        }
+    }
+}
+
+/// BEP 12: try each tier in order, each tracker of a tier in order; the one
+/// that answers moves to the front of its tier.
+async fn announce_tiers(
+    client: &reqwest::Client,
+    tiers: &mut [Vec<String>],
+    params: &AnnounceParams,
+) -> Result<http::AnnounceReply, http::TrackerError> {
+    let mut last_err = None;
+    for tier in tiers.iter_mut() {
+        for i in 0..tier.len() {
+            match http::announce(client, &tier[i], params).await {
+                Ok(reply) => {
+                    let url = tier.remove(i);
+                    tier.insert(0, url);
+                    return Ok(reply);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| http::TrackerError::Http("no trackers".into())))
+}

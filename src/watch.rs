@@ -1,0 +1,347 @@
+//! The watch folder: `*.torrent` and `*.magnet` files dropped in are added.
+//!
+//! inotify (notify) makes us look quickly; a full scan at start and every
+//! `poll_secs` catches what inotify misses (NFS, SMB). A file is acted on only
+//! once complete: after a close-after-write or moved-to event, or when its
+//! size and mtime held still between two looks a second apart. A file that
+//! does not parse is retried for [`INVALID_AFTER`] (it may still be arriving),
+//! then renamed `NAME.invalid` with the reason in the log.
+
+use crate::config::{Config, OnAdded};
+use crate::magnet;
+use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
+use crate::session::{AddOutcome, Session};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub const INVALID_AFTER: Duration = Duration::from_secs(15);
+const SETTLE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Torrent,
+    Magnet,
+}
+
+fn kind_of(path: &Path) -> Option<Kind> {
+    let name = path.file_name()?.to_str()?;
+    if name.starts_with('.') || name.ends_with('~') {
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".torrent") {
+        Some(Kind::Torrent)
+    } else if lower.ends_with(".magnet") {
+        Some(Kind::Magnet)
+    } else {
+        None // *.part, *.tmp, *.added, *.invalid and anything else
+    }
+}
+
+struct Pending {
+    first_seen: Instant,
+    last_look: Instant,
+    size: u64,
+    mtime: Option<SystemTime>,
+    /// A close-after-write or moved-to event vouched for it.
+    closed: bool,
+    last_error: Option<String>,
+}
+
+pub struct WatchFolder {
+    session: Arc<Session>,
+    dir: PathBuf,
+    on_added: OnAdded,
+    poll: Duration,
+    pending: HashMap<PathBuf, Pending>,
+    /// Files kept in place (`on_added = "keep"`), by size and mtime.
+    kept: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+}
+
+/// Parses a dropped file into what it adds.
+pub enum Parsed {
+    Torrent(Box<Metainfo>),
+    Magnets(Vec<magnet::Magnet>),
+}
+
+pub fn parse_file(path: &Path) -> Result<Parsed, String> {
+    let kind = kind_of(path).ok_or("not a .torrent or .magnet file")?;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let limit = match kind {
+        Kind::Torrent => MAX_TORRENT_FILE as u64,
+        Kind::Magnet => 1024 * 1024,
+    };
+    if meta.len() > limit {
+        return Err(format!(
+            "file is {} bytes, over the {limit}-byte limit",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    match kind {
+        Kind::Torrent => Metainfo::from_torrent_bytes(&bytes)
+            .map(|m| Parsed::Torrent(Box::new(m)))
+            .map_err(|e| e.to_string()),
+        Kind::Magnet => {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| "magnet file is not UTF-8 text".to_string())?;
+            magnet::parse_file(&text).map(Parsed::Magnets)
+        }
+    }
+}
+
+impl WatchFolder {
+    pub fn new(session: Arc<Session>, config: &Config) -> WatchFolder {
+        WatchFolder {
+            session,
+            dir: config.paths.watch_dir.clone(),
+            on_added: config.watch.on_added,
+            poll: Duration::from_secs(config.watch.poll_secs),
+            pending: HashMap::new(),
+            kept: HashMap::new(),
+        }
+    }
+
+    /// Runs until `cancel`; `rescan` forces a scan and rereads `config`.
+    pub async fn run(
+        mut self,
+        rescan: Arc<Notify>,
+        config: Arc<std::sync::RwLock<Arc<Config>>>,
+        cancel: CancellationToken,
+    ) {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            tracing::error!(dir = %self.dir.display(), error = %e, "cannot create the watch folder");
+        }
+        let (tx, mut rx) = mpsc::channel::<(PathBuf, bool)>(1024);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                // Close-after-write and moved-to mean the file is complete.
+                let complete = matches!(
+                    ev.kind,
+                    EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    )) | EventKind::Modify(notify::event::ModifyKind::Name(
+                        notify::event::RenameMode::To
+                    )) | EventKind::Modify(notify::event::ModifyKind::Name(
+                        notify::event::RenameMode::Both
+                    ))
+                );
+                for p in ev.paths {
+                    // A full channel only delays us until the next scan.
+                    let _ = tx.try_send((p, complete));
+                }
+            }
+        });
+        let _watcher = match watcher {
+            Ok(mut w) => match w.watch(&self.dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "inotify unavailable; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable; polling only");
+                None
+            }
+        };
+        tracing::info!(dir = %self.dir.display(), "watching for .torrent and .magnet files");
+        self.scan();
+        let mut last_full = Instant::now();
+        loop {
+            // Look again soon while files are settling, else at the poll interval.
+            let wait = if self.pending.is_empty() {
+                self.poll.saturating_sub(last_full.elapsed())
+            } else {
+                SETTLE
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = rescan.notified() => {
+                    let c = config.read().unwrap().clone();
+                    self.on_added = c.watch.on_added;
+                    self.poll = Duration::from_secs(c.watch.poll_secs);
+                    self.scan();
+                    last_full = Instant::now();
+                }
+                Some((path, complete)) = rx.recv() => {
+                    if kind_of(&path).is_some() && path.exists() {
+                        let p = self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
+                        p.closed |= complete;
+                        if complete {
+                            self.consider(&path);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {
+                    if last_full.elapsed() >= self.poll {
+                        self.scan();
+                        last_full = Instant::now();
+                    } else {
+                        let paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+                        for p in paths {
+                            self.consider(&p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lists the folder and considers every candidate file.
+    pub fn scan(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut present = HashSet::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if kind_of(&path).is_none() || !e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                continue;
+            }
+            present.insert(path.clone());
+            self.pending
+                .entry(path.clone())
+                .or_insert_with(|| new_pending(&path));
+            self.consider(&path);
+        }
+        self.pending.retain(|p, _| present.contains(p));
+        self.kept.retain(|p, _| present.contains(p));
+    }
+
+    /// Acts on a file if it is complete; returns whether it was handled.
+    fn consider(&mut self, path: &Path) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            self.pending.remove(path);
+            return;
+        };
+        let (size, mtime) = (meta.len(), meta.modified().ok());
+        if self.kept.get(path) == Some(&(size, mtime)) {
+            self.pending.remove(path);
+            return;
+        }
+        let Some(p) = self.pending.get_mut(path) else {
+            return;
+        };
+        let unchanged = p.size == size && p.mtime == mtime;
+        let settled = size > 0 && (p.closed || (unchanged && p.last_look.elapsed() >= SETTLE));
+        if !unchanged {
+            p.size = size;
+            p.mtime = mtime;
+            p.last_look = Instant::now();
+            p.closed = false;
+        }
+        if !settled {
+            return;
+        }
+        p.last_look = Instant::now();
+        match parse_file(path) {
+            Ok(parsed) => {
+                self.pending.remove(path);
+                self.add(path, parsed, (size, mtime));
+            }
+            Err(e) => {
+                if p.first_seen.elapsed() >= INVALID_AFTER {
+                    self.pending.remove(path);
+                    let target = with_suffix(path, "invalid");
+                    let _ = std::fs::rename(path, &target);
+                    tracing::warn!(file = %path.display(), reason = %e, "invalid file; renamed to {}", target.display());
+                } else {
+                    p.last_error = Some(e);
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, path: &Path, parsed: Parsed, stamp: (u64, Option<SystemTime>)) {
+        let file = path.display();
+        let results: Vec<(String, String, std::io::Result<AddOutcome>)> = match parsed {
+            Parsed::Torrent(meta) => {
+                let (name, hash) = (meta.name.clone(), meta.info_hash.hex());
+                vec![(name, hash, self.session.add_metainfo(*meta))]
+            }
+            Parsed::Magnets(list) => list
+                .into_iter()
+                .map(|m| {
+                    let name = m.name.clone().unwrap_or_else(|| m.info_hash.hex());
+                    let hash = m.info_hash.hex();
+                    (name, hash, self.session.add_magnet(m))
+                })
+                .collect(),
+        };
+        for (name, hash, r) in &results {
+            match r {
+                Ok(AddOutcome::Added) => {
+                    tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "added")
+                }
+                Ok(AddOutcome::AlreadyManaged) => {
+                    tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "already managed; nothing to add")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file, torrent = %name, error = %e, "could not record the torrent in state_dir; will retry");
+                    return; // leave the file for the next scan
+                }
+            }
+        }
+        match self.on_added {
+            OnAdded::Rename => {
+                if let Err(e) = std::fs::rename(path, with_suffix(path, "added")) {
+                    tracing::warn!(file = %file, error = %e, "cannot rename the added file");
+                }
+            }
+            OnAdded::Delete => {
+                let _ = std::fs::remove_file(path);
+            }
+            OnAdded::Keep => {
+                self.kept.insert(path.to_path_buf(), stamp);
+            }
+        }
+    }
+}
+
+fn new_pending(path: &Path) -> Pending {
+    let meta = std::fs::metadata(path).ok();
+    Pending {
+        first_seen: Instant::now(),
+        last_look: Instant::now(),
+        size: meta.as_ref().map_or(0, |m| m.len()),
+        mtime: meta.and_then(|m| m.modified().ok()),
+        closed: false,
+        last_error: None,
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_files_count() {
+        assert_eq!(kind_of(Path::new("/w/a.torrent")), Some(Kind::Torrent));
+        assert_eq!(kind_of(Path::new("/w/A.TORRENT")), Some(Kind::Torrent));
+        assert_eq!(kind_of(Path::new("/w/x.Magnet")), Some(Kind::Magnet));
+        for ignored in [
+            ".hidden.torrent",
+            "a.torrent.part",
+            "a.tmp",
+            "a.torrent~",
+            "a.torrent.added",
+            "a.torrent.invalid",
+            "notes.txt",
+        ] {
+            assert_eq!(kind_of(&Path::new("/w").join(ignored)), None, "{ignored}");
+        }
+    }
+}
