@@ -1,0 +1,637 @@
+//! The local swarm every integration test uses: real programs on 127.0.0.1,
+//! each with free ports and its own temp dir, killed when dropped.
+//!
+//! * [`Tracker`]: Debian's opentracker (HTTP and UDP on one port) with a
+//!   whitelist that [`Tracker::allow`] extends and reloads with SIGHUP.
+//! * [`Aria2`], [`Transmission`], [`Libtorrent`]: reference peers.
+//! * [`Dropseed`]: the real `dropseed` binary with a config of the test's.
+//! * [`payload`] writes deterministic pseudo-random data; [`mktorrent`]
+//!   makes the torrent with a real tool.
+//!
+//! A missing tool fails the test with the package to install when `CI` is
+//! set, and skips it with the same message otherwise.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn dropseed_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dropseed"))
+}
+
+/// True when `tool` is on PATH; otherwise fails (CI) or asks to skip.
+pub fn require(tool: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if found {
+        return true;
+    }
+    let msg = format!(
+        "{tool} is missing: install the Debian package '{package}' (scripts/install-test-deps.sh)"
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// Debian's python3 with python3-libtorrent importable, if present.
+pub fn require_libtorrent() -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import libtorrent"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return true;
+    }
+    let msg = "libtorrent is missing: install the Debian package 'python3-libtorrent' (scripts/install-test-deps.sh)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+pub fn free_port() -> u16 {
+    // Ports from the OS, so parallel tests do not collide.
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temp dir others can read (opentracker drops to `nobody`).
+pub fn tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("dropseed-test")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// Writes `len` deterministic pseudo-random bytes (xorshift from `seed`).
+pub fn payload(path: &Path, len: u64, seed: u64) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// Makes a torrent of `src` (file or directory) with mktorrent.
+pub fn mktorrent(src: &Path, announce: &str, piece_log2: u32, out: &Path, extra: &[&str]) {
+    let st = Command::new("mktorrent")
+        .args(["-a", announce, "-l", &piece_log2.to_string(), "-o"])
+        .arg(out)
+        .args(extra)
+        .arg(src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run mktorrent");
+    assert!(st.success(), "mktorrent failed");
+}
+
+/// The info hash of a torrent file, via dropseed's own parser.
+pub fn info_hash(torrent: &Path) -> String {
+    let bytes = std::fs::read(torrent).unwrap();
+    dropseed::metainfo::Metainfo::from_torrent_bytes(&bytes)
+        .unwrap()
+        .info_hash
+        .hex()
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every file under `a` equals the same path under `b`, byte for byte.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let mut stack = vec![PathBuf::new()];
+    let mut files = 0;
+    while let Some(rel) = stack.pop() {
+        let e = expected.join(&rel);
+        if e.is_dir() {
+            for entry in std::fs::read_dir(&e).unwrap() {
+                stack.push(rel.join(entry.unwrap().file_name()));
+            }
+        } else {
+            let want = std::fs::read(&e).unwrap();
+            let got = std::fs::read(actual.join(&rel))
+                .unwrap_or_else(|err| panic!("{}: {err}", actual.join(&rel).display()));
+            assert!(
+                want == got,
+                "{} differs from the source",
+                actual.join(&rel).display()
+            );
+            files += 1;
+        }
+    }
+    assert!(files > 0, "no files compared");
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+pub struct Tracker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    proc: Proc,
+}
+
+impl Tracker {
+    pub fn start() -> Tracker {
+        let dir = tempdir();
+        let wl = dir.path().join("wl.txt");
+        std::fs::write(&wl, "").unwrap();
+        std::fs::set_permissions(&wl, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let port = free_port();
+        let child = Command::new("opentracker")
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-P",
+                &port.to_string(),
+                "-d",
+            ])
+            .arg(dir.path())
+            .args(["-w", "wl.txt"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start opentracker");
+        let t = Tracker {
+            port,
+            dir,
+            proc: Proc(child),
+        };
+        wait_for("opentracker to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        t
+    }
+
+    pub fn announce_url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
+    }
+
+    pub fn udp_url(&self) -> String {
+        format!("udp://127.0.0.1:{}/announce", self.port)
+    }
+
+    /// Adds an info hash to the whitelist and makes opentracker reload it.
+    pub fn allow(&self, hash: &str) {
+        let wl = self.dir.path().join("wl.txt");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&wl).unwrap();
+        writeln!(f, "{hash}").unwrap();
+        drop(f);
+        self.proc.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Scrape: (seeders, leechers, completed) as opentracker counts them.
+    pub fn scrape(&self, hash: &str) -> Option<(u64, u64, u64)> {
+        use std::io::Read;
+        let bytes = dropseed::types::from_hex(hash)?;
+        let enc: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET /scrape?info_hash={enc} HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).ok()?;
+        let find = |key: &[u8]| -> Option<u64> {
+            let pos = body.windows(key.len()).position(|w| w == key)? + key.len();
+            let rest = &body[pos..];
+            let end = rest.iter().position(|&c| c == b'e')?;
+            std::str::from_utf8(&rest[1..end]).ok()?.parse().ok()
+        };
+        Some((
+            find(b"8:complete")?,
+            find(b"10:incomplete")?,
+            find(b"10:downloaded")?,
+        ))
+    }
+
+    /// Waits until the tracker counts at least `n` seeders for `hash`.
+    pub fn wait_seeders(&self, hash: &str, n: u64) {
+        wait_for(
+            &format!("{n} seeder(s) announced to the tracker"),
+            Duration::from_secs(60),
+            || self.scrape(hash).filter(|s| s.0 >= n).map(|_| ()),
+        );
+    }
+
+    /// Waits until the tracker counts at least `n` peers (seeders + leechers).
+    pub fn wait_peers(&self, hash: &str, n: u64) {
+        wait_for(
+            &format!("{n} peer(s) announced to the tracker"),
+            Duration::from_secs(60),
+            || self.scrape(hash).filter(|s| s.0 + s.1 >= n).map(|_| ()),
+        );
+    }
+}
+
+pub struct Aria2 {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Aria2 {
+    fn spawn(torrent: &Path, dir: &Path, seed: bool, log: &Path) -> Aria2 {
+        let port = free_port();
+        let mut cmd = Command::new("aria2c");
+        cmd.args([
+            "--enable-dht=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            "--file-allocation=none",
+            "--bt-tracker-connect-timeout=5",
+            "--bt-request-peer-speed-limit=0",
+            "--allow-overwrite=true",
+            &format!("--listen-port={port}"),
+            &format!("--dir={}", dir.display()),
+        ]);
+        if seed {
+            cmd.args(["-V", "--seed-ratio=0.0"]);
+        } else {
+            cmd.args(["--seed-time=0"]);
+        }
+        let log = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .arg(torrent)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start aria2c");
+        Aria2 {
+            port,
+            proc: Proc(child),
+        }
+    }
+
+    /// Seeds `torrent` from the data in `dir` (checks it first).
+    pub fn seed(torrent: &Path, dir: &Path, log: &Path) -> Aria2 {
+        Aria2::spawn(torrent, dir, true, log)
+    }
+
+    /// Downloads into `dir` and exits when complete.
+    pub fn leech(torrent: &Path, dir: &Path, log: &Path) -> Aria2 {
+        Aria2::spawn(torrent, dir, false, log)
+    }
+
+    /// Waits for aria2 to exit; true when it exited successfully.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        wait_for("aria2c to finish", timeout, || {
+            self.proc.0.try_wait().unwrap()
+        })
+        .success()
+    }
+}
+
+pub struct Transmission {
+    pub rpc_port: u16,
+    pub peer_port: u16,
+    pub proc: Proc,
+    _home: tempfile::TempDir,
+}
+
+impl Transmission {
+    pub fn start(download_dir: &Path) -> Transmission {
+        let home = tempdir();
+        let (rpc_port, peer_port) = (free_port(), free_port());
+        let settings = serde_json::json!({
+            "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
+            "port-forwarding-enabled": false, "rpc-port": rpc_port, "rpc-bind-address": "127.0.0.1",
+            "rpc-authentication-required": false, "rpc-whitelist-enabled": false, "peer-port": peer_port,
+            "download-dir": download_dir, "incomplete-dir-enabled": false, "ratio-limit-enabled": false,
+            "speed-limit-up-enabled": false, "speed-limit-down-enabled": false, "message-level": 1
+        });
+        std::fs::write(home.path().join("settings.json"), settings.to_string()).unwrap();
+        let child = Command::new("transmission-daemon")
+            .args(["-f", "-g"])
+            .arg(home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start transmission-daemon");
+        let t = Transmission {
+            rpc_port,
+            peer_port,
+            proc: Proc(child),
+            _home: home,
+        };
+        wait_for("transmission RPC", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", rpc_port)).ok()
+        });
+        t
+    }
+
+    fn remote(&self, args: &[&str]) -> String {
+        let out = Command::new("transmission-remote")
+            .arg(self.rpc_port.to_string())
+            .args(args)
+            .output()
+            .expect("transmission-remote");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn add(&self, torrent: &Path) {
+        let out = self.remote(&["-a", torrent.to_str().unwrap()]);
+        assert!(out.contains("success"), "transmission-remote -a: {out}");
+    }
+
+    /// Percent done of the first torrent, from `transmission-remote -l`.
+    pub fn percent_done(&self) -> Option<u32> {
+        let out = self.remote(&["-l"]);
+        let line = out.lines().nth(1)?;
+        let field = line.split_whitespace().nth(1)?;
+        field.trim_end_matches('%').parse().ok()
+    }
+}
+
+/// A libtorrent session driven by scripts/lt_peer.py.
+pub struct Libtorrent {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Libtorrent {
+    pub fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lt_peer.py")
+    }
+
+    /// `mode` is "seed" or "leech"; extra args go to the script.
+    pub fn start(
+        mode: &str,
+        torrent_or_magnet: &str,
+        dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Libtorrent {
+        let port = free_port();
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new("/usr/bin/python3")
+            .arg(Libtorrent::script())
+            .args([mode, torrent_or_magnet, "--dir"])
+            .arg(dir)
+            .args(["--port", &port.to_string()])
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start libtorrent");
+        Libtorrent {
+            port,
+            proc: Proc(child),
+        }
+    }
+}
+
+/// The real dropseed binary with its own data directory and config.
+pub struct Dropseed {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub proc: Option<Proc>,
+}
+
+impl Dropseed {
+    /// Writes a config (`extra` is appended TOML) without starting.
+    pub fn new(extra: &str) -> Dropseed {
+        let dir = tempdir();
+        let port = free_port();
+        let d = dir.path();
+        let config = d.join("dropseed.toml");
+        let text = format!(
+            "[paths]\nwatch_dir = \"{w}\"\ndownload_dir = \"{dl}\"\nstate_dir = \"{st}\"\nlog_dir = \"{lg}\"\n\
+             [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n[dht]\nenabled = false\n{extra}\n",
+            w = d.join("watch").display(),
+            dl = d.join("downloads").display(),
+            st = d.join("state").display(),
+            lg = d.join("logs").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Dropseed {
+            dir,
+            config,
+            port,
+            proc: None,
+        }
+    }
+
+    pub fn start_with(extra: &str) -> Dropseed {
+        let mut d = Dropseed::new(extra);
+        d.start();
+        d
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("console.log"))
+            .unwrap();
+        let child = Command::new(dropseed_bin())
+            .arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dropseed");
+        self.proc = Some(Proc(child));
+        let sock = self.dir.path().join("state/control.sock");
+        wait_for("dropseed control socket", Duration::from_secs(15), || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
+    }
+
+    pub fn watch_dir(&self) -> PathBuf {
+        self.dir.path().join("watch")
+    }
+    pub fn download_dir(&self) -> PathBuf {
+        self.dir.path().join("downloads")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// Drops a file into the watch folder the way a careful user does:
+    /// written under a temporary name, then renamed in.
+    pub fn drop_file(&self, src: &Path, name: &str) {
+        let tmp = self.watch_dir().join(format!("{name}.part"));
+        std::fs::create_dir_all(self.watch_dir()).unwrap();
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::rename(&tmp, self.watch_dir().join(name)).unwrap();
+    }
+
+    /// Runs a CLI subcommand against this daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(dropseed_bin())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The status entry of the torrent with this info hash, if any.
+    pub fn torrent(&self, hash: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["torrents"]
+            .as_array()?
+            .iter()
+            .find(|t| t["info_hash"] == hash)
+            .cloned()
+    }
+
+    pub fn wait_state(&self, hash: &str, state: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let t = self.torrent(hash);
+            if let Some(t) = t.as_ref().filter(|t| t["state"] == state) {
+                return t.clone();
+            }
+            if std::time::Instant::now() > deadline {
+                let log = self.log_text();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for torrent {} to be {state}; last status: {t:?}\nlog tail:\n{}",
+                    &hash[..8],
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Everything the daemon logged to its files so far.
+    pub fn log_text(&self) -> String {
+        let mut all = String::new();
+        let Ok(entries) = std::fs::read_dir(self.log_dir()) else {
+            return all;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| !p.is_symlink())
+            .collect();
+        paths.sort();
+        for p in paths {
+            all.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+        }
+        all
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(&format!("log line containing {needle:?}"), timeout, || {
+            let t = self.log_text();
+            t.contains(needle).then_some(t)
+        })
+    }
+
+    pub fn signal(&self, sig: i32) {
+        self.proc.as_ref().expect("running").signal(sig);
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut p = self.proc.take().expect("running");
+        p.signal(libc::SIGTERM);
+        let status = wait_for("dropseed to exit", Duration::from_secs(15), || {
+            p.0.try_wait().unwrap()
+        });
+        drop(p);
+        status
+    }
+
+    pub fn kill9(&mut self) {
+        let mut p = self.proc.take().expect("running");
+        let _ = p.0.kill();
+        let _ = p.0.wait();
+    }
+}
