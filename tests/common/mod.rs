@@ -635,3 +635,51 @@ impl Dropseed {
         let _ = p.0.wait();
     }
 }
+
+/// A ready swarm: opentracker, a torrent made by mktorrent over fresh
+/// payload, and an aria2 seeder announced to the tracker.
+pub struct Swarm {
+    pub work: tempfile::TempDir,
+    pub tracker: Tracker,
+    pub torrent: PathBuf,
+    pub hash: String,
+    /// The directory holding the payload (what a downloader's tree must equal).
+    pub data: PathBuf,
+    pub seeder: Option<Aria2>,
+}
+
+impl Swarm {
+    /// A single-file torrent named `name` of `len` bytes, seeded by aria2.
+    pub fn single(name: &str, len: u64, piece_log2: u32, seed: u64) -> Swarm {
+        let work = tempdir();
+        let tracker = Tracker::start();
+        let data = work.path().join("data");
+        payload(&data.join(name), len, seed);
+        let torrent = work.path().join(format!("{name}.torrent"));
+        mktorrent(
+            &data.join(name),
+            &tracker.announce_url(),
+            piece_log2,
+            &torrent,
+            &[],
+        );
+        let hash = info_hash(&torrent);
+        tracker.allow(&hash);
+        let seeder = Aria2::seed(&torrent, &data, &work.path().join("aria2-seed.log"));
+        tracker.wait_seeders(&hash, 1);
+        Swarm {
+            work,
+            tracker,
+            torrent,
+            hash,
+            data,
+            seeder: Some(seeder),
+        }
+    }
+
+    pub fn tools_present() -> bool {
+        require("opentracker", "opentracker")
+            && require("aria2c", "aria2")
+            && require("mktorrent", "mktorrent")
+    }
+}
