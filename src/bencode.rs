@@ -64,11 +64,7 @@ pub fn skip_value(buf: &[u8], pos: usize) -> Result<usize, ScanError> {
 }
 
 fn find(buf: &[u8], from: usize, byte: u8) -> Result<usize, ScanError> {
-    buf[from.min(buf.len())..]
-        .iter()
-        .position(|&b| b == byte)
-        .map(|p| from + p)
-        .ok_or(ScanError::Truncated(buf.len()))
+    buf[from.min(buf.len())..].iter().position(|&b| b == byte).map(|p| from + p).ok_or(ScanError::Truncated(buf.len()))
 }
 
 /// Skips a `len:bytes` string starting at `pos` and returns its end.
@@ -94,10 +90,7 @@ pub fn top_level_value(buf: &[u8], key: &[u8]) -> Result<Option<Range<usize>>, S
     }
     let end = skip_value(buf, 0)?;
     if end != buf.len() {
-        return Err(ScanError::Invalid(
-            end,
-            "trailing bytes after the dictionary",
-        ));
+        return Err(ScanError::Invalid(end, "trailing bytes after the dictionary"));
     }
     let mut i = 1;
     let mut found = None;
@@ -138,11 +131,7 @@ mod tests {
             b"d99999999999999:x",
             b"",
         ] {
-            assert!(
-                top_level_value(bad, b"info").is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(top_level_value(bad, b"info").is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -56,10 +56,7 @@ pub struct Network {
 
 impl Default for Network {
     fn default() -> Network {
-        Network {
-            listen_port: 6881,
-            listen_address: "::".into(),
-        }
+        Network { listen_port: 6881, listen_address: "::".into() }
     }
 }
 
@@ -74,13 +71,9 @@ impl Default for Dht {
     fn default() -> Dht {
         Dht {
             enabled: true,
-            bootstrap: [
-                "router.bittorrent.com:6881",
-                "dht.transmissionbt.com:6881",
-                "router.utorrent.com:6881",
-            ]
-            .map(String::from)
-            .to_vec(),
+            bootstrap: ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "router.utorrent.com:6881"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -105,12 +98,7 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Log {
-        Log {
-            level: "info".into(),
-            rotation: Rotation::Daily,
-            max_files: 14,
-            status_interval_secs: 60,
-        }
+        Log { level: "info".into(), rotation: Rotation::Daily, max_files: 14, status_interval_secs: 60 }
     }
 }
 
@@ -131,10 +119,7 @@ pub struct Watch {
 
 impl Default for Watch {
     fn default() -> Watch {
-        Watch {
-            on_added: OnAdded::Rename,
-            poll_secs: 10,
-        }
+        Watch { on_added: OnAdded::Rename, poll_secs: 10 }
     }
 }
 
@@ -152,9 +137,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => parse_size(&s)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
+            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -182,9 +165,7 @@ fn parse_span(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (expected e.g. 90m, 36h, 7d)"))?;
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration (expected e.g. 90m, 36h, 7d)"))?;
     let mult = match unit.trim() {
         "" | "s" => 1,
         "m" => 60,
@@ -237,11 +218,7 @@ pub struct Seeding {
 
 impl Default for Seeding {
     fn default() -> Seeding {
-        Seeding {
-            ratio_limit: 0.0,
-            seed_time_limit: Span(0),
-            action: LimitAction::Stop,
-        }
+        Seeding { ratio_limit: 0.0, seed_time_limit: Span(0), action: LimitAction::Stop }
     }
 }
 
@@ -272,44 +249,27 @@ pub enum ConfigError {
     #[error("{path}: {msg}")]
     Parse { path: PathBuf, msg: String },
     #[error("{path}: {key}: {msg}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        msg: String,
-    },
+    Invalid { path: PathBuf, key: &'static str, msg: String },
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-            path: path.into(),
-            err,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.into(), err })?;
         Config::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            msg: one_line(&e.to_string()),
-        })?;
-        config
-            .validate()
-            .map_err(|(key, msg)| ConfigError::Invalid {
-                path: path.into(),
-                key,
-                msg,
-            })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), msg: one_line(&e.to_string()) })?;
+        config.validate().map_err(|(key, msg)| ConfigError::Invalid { path: path.into(), key, msg })?;
         Ok(config)
     }
 
     /// Checks values serde cannot: returns the offending key and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let level = self.log.level.trim();
-        let plain = ["error", "warn", "info", "debug", "trace", "off"]
-            .contains(&level.to_ascii_lowercase().as_str());
-        let directive =
-            level.contains('=') && tracing_subscriber::EnvFilter::try_new(level).is_ok();
+        let plain = ["error", "warn", "info", "debug", "trace", "off"].contains(&level.to_ascii_lowercase().as_str());
+        let directive = level.contains('=') && tracing_subscriber::EnvFilter::try_new(level).is_ok();
         if !plain && !directive {
             return Err((
                 "log.level",
@@ -323,10 +283,7 @@ impl Config {
             return Err(("watch.poll_secs", "must be at least 1".into()));
         }
         if !(self.seeding.ratio_limit >= 0.0 && self.seeding.ratio_limit.is_finite()) {
-            return Err((
-                "seeding.ratio_limit",
-                format!("{} is not a ratio (0 or more)", self.seeding.ratio_limit),
-            ));
+            return Err(("seeding.ratio_limit", format!("{} is not a ratio (0 or more)", self.seeding.ratio_limit)));
         }
         if self.limits.max_connections == 0 {
             return Err(("limits.max_connections", "must be at least 1".into()));
@@ -340,15 +297,9 @@ impl Config {
         if self.storage.resume_interval_secs == 0 {
             return Err(("storage.resume_interval_secs", "must be at least 1".into()));
         }
-        self.network
-            .listen_address
-            .parse::<std::net::IpAddr>()
-            .map_err(|_| {
-                (
-                    "network.listen_address",
-                    format!("'{}' is not an IP address", self.network.listen_address),
-                )
-            })?;
+        self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
+            ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
+        })?;
         for (key, p) in [
             ("paths.watch_dir", &self.paths.watch_dir),
             ("paths.download_dir", &self.paths.download_dir),
@@ -363,8 +314,7 @@ impl Config {
     }
 
     pub fn seed_time_limit(&self) -> Option<Duration> {
-        (self.seeding.seed_time_limit.0 > 0)
-            .then(|| Duration::from_secs(self.seeding.seed_time_limit.0))
+        (self.seeding.seed_time_limit.0 > 0).then(|| Duration::from_secs(self.seeding.seed_time_limit.0))
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -388,21 +338,14 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_default() {
-        assert_eq!(
-            Config::parse("", Path::new("x")).unwrap(),
-            Config::default()
-        );
+        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let e = Config::parse("[network]\nlisten_prot = 5\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[network]\nlisten_prot = 5\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("listen_prot"), "{e}");
-        let e = Config::parse("[nope]\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[nope]\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
     }
 
@@ -411,27 +354,15 @@ mod tests {
         for (text, key) in [
             ("[log]\nlevel = \"loud!!\"\n", "log.level"),
             ("[seeding]\nratio_limit = -1.0\n", "seeding.ratio_limit"),
-            (
-                "[network]\nlisten_address = \"nowhere\"\n",
-                "network.listen_address",
-            ),
+            ("[network]\nlisten_address = \"nowhere\"\n", "network.listen_address"),
             ("[storage]\npiece_buffer = \"1K\"\n", "storage.piece_buffer"),
         ] {
-            let e = Config::parse(text, Path::new("c.toml"))
-                .unwrap_err()
-                .to_string();
+            let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
-        let e = Config::parse(
-            "[limits]\nupload_rate = \"5 parsecs\"\n",
-            Path::new("c.toml"),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = Config::parse("[limits]\nupload_rate = \"5 parsecs\"\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("parsecs"), "{e}");
-        let e = Config::parse("[log]\nrotation = \"weekly\"\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[log]\nrotation = \"weekly\"\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("weekly"), "{e}");
     }
 

@@ -35,18 +35,10 @@ pub struct Reply {
 
 impl Reply {
     fn ok(message: String) -> Reply {
-        Reply {
-            ok: true,
-            message: Some(message),
-            torrents: None,
-        }
+        Reply { ok: true, message: Some(message), torrents: None }
     }
     fn err(message: String) -> Reply {
-        Reply {
-            ok: false,
-            message: Some(message),
-            torrents: None,
-        }
+        Reply { ok: false, message: Some(message), torrents: None }
     }
 }
 
@@ -56,10 +48,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!(
-                    "another dropseed is running (control socket {} answers)",
-                    path.display()
-                ),
+                format!("another dropseed is running (control socket {} answers)", path.display()),
             ));
         }
         std::fs::remove_file(path)?;
@@ -69,12 +58,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(
-    listener: UnixListener,
-    path: PathBuf,
-    session: Arc<Session>,
-    cancel: CancellationToken,
-) {
+pub async fn serve(listener: UnixListener, path: PathBuf, session: Arc<Session>, cancel: CancellationToken) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -114,13 +98,7 @@ async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationT
 
 async fn execute(req: Request, session: &Arc<Session>) -> Reply {
     let result = match req {
-        Request::Status => {
-            return Reply {
-                ok: true,
-                message: None,
-                torrents: Some(session.statuses()),
-            }
-        }
+        Request::Status => return Reply { ok: true, message: None, torrents: Some(session.statuses()) },
         Request::Add { source } => add(session, &source),
         Request::Pause { id } => session.command(&id, Cmd::Pause).await,
         Request::Resume { id } => session.command(&id, Cmd::Resume).await,
@@ -167,21 +145,14 @@ fn add(session: &Arc<Session>, source: &str) -> Result<String, String> {
 
 /// Client side: sends one request, returns the reply.
 pub async fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        format!(
-            "dropseed is not running (cannot reach the control socket {}: {e})",
-            socket.display()
-        )
-    })?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("dropseed is not running (cannot reach the control socket {}: {e})", socket.display()))?;
     let (rd, mut wr) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
     wr.write_all(&line).await.map_err(|e| e.to_string())?;
     let mut lines = BufReader::new(rd).lines();
-    let reply = lines
-        .next_line()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the daemon closed the connection")?;
+    let reply = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the daemon closed the connection")?;
     serde_json::from_str(&reply).map_err(|e| format!("unreadable reply: {e}"))
 }

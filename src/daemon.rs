@@ -19,11 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(
-    config: Config,
-    config_path: Option<PathBuf>,
-    log: LogHandle,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.paths.state_dir)?;
     // Bind the control socket first: it refuses to start a second daemon.
@@ -31,9 +27,7 @@ pub async fn run(
     let control = crate::control::bind(&control_path)?;
     let session = Session::start(config.clone()).await?;
     if config.dht.enabled {
-        tracing::info!(
-            "DHT is enabled in the config but not available in this build yet; using trackers"
-        );
+        tracing::info!("DHT is enabled in the config but not available in this build yet; using trackers");
     }
     let cancel = CancellationToken::new();
 
@@ -41,23 +35,21 @@ pub async fn run(
     let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signals_handle = signals.handle();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut stops = 0;
-            for sig in signals.forever() {
-                if sig != SIGHUP {
-                    stops += 1;
-                    if stops > 1 {
-                        eprintln!("second stop signal: exiting now");
-                        std::process::exit(1);
-                    }
-                }
-                if sig_tx.send(sig).is_err() {
-                    break;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut stops = 0;
+        for sig in signals.forever() {
+            if sig != SIGHUP {
+                stops += 1;
+                if stops > 1 {
+                    eprintln!("second stop signal: exiting now");
+                    std::process::exit(1);
                 }
             }
-        })?;
+            if sig_tx.send(sig).is_err() {
+                break;
+            }
+        }
+    })?;
 
     let rescan = Arc::new(Notify::new());
     let watch_task = tokio::spawn(WatchFolder::new(session.clone(), &config).run(
@@ -66,12 +58,7 @@ pub async fn run(
         cancel.clone(),
     ));
     // The watch folder rereads config through its own cell on SIGHUP.
-    let control_task = tokio::spawn(crate::control::serve(
-        control,
-        control_path,
-        session.clone(),
-        cancel.clone(),
-    ));
+    let control_task = tokio::spawn(crate::control::serve(control, control_path, session.clone(), cancel.clone()));
     let status_task = tokio::spawn(status_logger(session.clone(), cancel.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %config.paths.state_dir.display(), "dropseed started");
 
@@ -81,10 +68,7 @@ pub async fn run(
     tracing::info!("stopping: announcing to trackers and saving state");
     cancel.cancel();
     let _ = tokio::join!(watch_task, control_task, status_task);
-    if tokio::time::timeout(Duration::from_secs(9), session.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(9), session.shutdown()).await.is_err() {
         tracing::warn!("shutdown took too long; exiting with state as last saved");
     }
     signals_handle.close();
@@ -95,9 +79,7 @@ pub async fn run(
 fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, rescan: &Notify) {
     log.reopen();
     let Some(path) = path else {
-        tracing::info!(
-            "SIGHUP: no config file to reload (running on defaults); rescanning the watch folder"
-        );
+        tracing::info!("SIGHUP: no config file to reload (running on defaults); rescanning the watch folder");
         rescan.notify_one();
         return;
     };
@@ -121,10 +103,7 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, re
                 changed.push("watch".into());
             }
             if new.log.status_interval_secs != old.log.status_interval_secs {
-                changed.push(format!(
-                    "log.status_interval_secs={}",
-                    new.log.status_interval_secs
-                ));
+                changed.push(format!("log.status_interval_secs={}", new.log.status_interval_secs));
             }
             let mut restart = Vec::new();
             if new.paths != old.paths {
@@ -183,11 +162,7 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
             if matches!(t.state, TorrentState::Paused | TorrentState::Stopped) {
                 continue;
             }
-            let ratio = if t.ratio < 0.0 {
-                "inf".to_string()
-            } else {
-                format!("{:.2}", t.ratio)
-            };
+            let ratio = if t.ratio < 0.0 { "inf".to_string() } else { format!("{:.2}", t.ratio) };
             let eta = t.eta_secs.map(human_duration).unwrap_or_else(|| "-".into());
             tracing::info!(
                 "status name={:?} hash={} state={} progress={:.1}% size={} down={}/s up={}/s peers={} seeds={} ratio={} eta={}",
@@ -205,9 +180,8 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
             );
         }
         let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let free = crate::storage::free_space(&session.env.download_dir)
-            .map(human_bytes)
-            .unwrap_or_else(|_| "?".into());
+        let free =
+            crate::storage::free_space(&session.env.download_dir).map(human_bytes).unwrap_or_else(|_| "?".into());
         tracing::info!(
             "summary torrents={} {} down={}/s up={}/s peers={} disk_free={} mem_anon={}",
             all.len(),

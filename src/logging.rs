@@ -42,11 +42,8 @@ impl LogHandle {
 
 fn filter_for(level: &str) -> EnvFilter {
     // A bare level applies to dropseed; other crates stay at warn.
-    let directive = if level.contains('=') || level.contains(',') {
-        level.to_string()
-    } else {
-        format!("warn,dropseed={level}")
-    };
+    let directive =
+        if level.contains('=') || level.contains(',') { level.to_string() } else { format!("warn,dropseed={level}") };
     EnvFilter::try_new(directive).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
@@ -59,10 +56,8 @@ pub fn init(cfg: &Log, log_dir: &Path, console: bool) -> io::Result<LogHandle> {
         Rotation::Daily => AppenderRotation::DAILY,
         Rotation::Never => AppenderRotation::NEVER,
     };
-    let mut builder = RollingFileAppender::builder()
-        .rotation(rotation)
-        .filename_prefix("dropseed")
-        .filename_suffix("log");
+    let mut builder =
+        RollingFileAppender::builder().rotation(rotation).filename_prefix("dropseed").filename_suffix("log");
     if cfg.rotation != Rotation::Never {
         builder = builder.max_log_files(cfg.max_files);
     }
@@ -77,14 +72,9 @@ pub fn init(cfg: &Log, log_dir: &Path, console: bool) -> io::Result<LogHandle> {
         l.refresh();
         l
     });
-    let file_writer = LinkedWriter {
-        inner: writer,
-        link: link.clone(),
-    };
+    let file_writer = LinkedWriter { inner: writer, link: link.clone() };
     let (filter, handle) = reload::Layer::new(filter_for(&cfg.level));
-    let file_layer = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .with_writer(file_writer);
+    let file_layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file_writer);
     let console_layer = console.then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -96,11 +86,7 @@ pub fn init(cfg: &Log, log_dir: &Path, console: bool) -> io::Result<LogHandle> {
         .with(console_layer)
         .try_init()
         .map_err(io::Error::other)?;
-    Ok(LogHandle {
-        filter: handle,
-        _guard: guard,
-        link,
-    })
+    Ok(LogHandle { filter: handle, _guard: guard, link })
 }
 
 struct LinkState {
@@ -121,10 +107,8 @@ impl LinkState {
 
     /// Moves the link when a new period (so a new file) has begun.
     fn refresh(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let period = now / self.period_secs();
         if self.period.swap(period, Ordering::Relaxed) == period {
             return;
@@ -189,14 +173,8 @@ mod tests {
         // 2026-11-23 23:20:10 UTC
         let t = 1795476010;
         assert_eq!(file_name_for(Rotation::Daily, t), "dropseed.2026-11-23.log");
-        assert_eq!(
-            file_name_for(Rotation::Hourly, t),
-            "dropseed.2026-11-23-23.log"
-        );
-        assert_eq!(
-            file_name_for(Rotation::Minutely, t),
-            "dropseed.2026-11-23-23-20.log"
-        );
+        assert_eq!(file_name_for(Rotation::Hourly, t), "dropseed.2026-11-23-23.log");
+        assert_eq!(file_name_for(Rotation::Minutely, t), "dropseed.2026-11-23-23-20.log");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11016), (2000, 2, 29));
     }

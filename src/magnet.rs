@@ -24,47 +24,26 @@ impl Magnet {
     pub fn parse(s: &str) -> Result<Magnet, String> {
         let s = s.trim();
         if s.len() > MAX_URI_LEN {
-            return Err(format!(
-                "magnet URI of {} bytes is over the {MAX_URI_LEN}-byte limit",
-                s.len()
-            ));
+            return Err(format!("magnet URI of {} bytes is over the {MAX_URI_LEN}-byte limit", s.len()));
         }
         if let Some(h) = InfoHash::parse(s) {
-            return Ok(Magnet {
-                info_hash: h,
-                name: None,
-                trackers: vec![],
-                peers: vec![],
-            });
+            return Ok(Magnet { info_hash: h, name: None, trackers: vec![], peers: vec![] });
         }
         let query = s
             .strip_prefix("magnet:?")
             .or_else(|| s.strip_prefix("MAGNET:?"))
             .ok_or_else(|| "not a magnet URI or info hash".to_string())?;
         let mut hash = None;
-        let mut m = Magnet {
-            info_hash: InfoHash([0; 20]),
-            name: None,
-            trackers: vec![],
-            peers: vec![],
-        };
+        let mut m = Magnet { info_hash: InfoHash([0; 20]), name: None, trackers: vec![], peers: vec![] };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned();
+            let v = percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned();
             match k {
                 "xt" => {
                     if let Some(h) = v.strip_prefix("urn:btih:") {
-                        hash = Some(
-                            InfoHash::parse(h)
-                                .ok_or_else(|| format!("bad info hash '{h}' in xt"))?,
-                        );
+                        hash = Some(InfoHash::parse(h).ok_or_else(|| format!("bad info hash '{h}' in xt"))?);
                     } else if v.starts_with("urn:btmh:") && hash.is_none() {
-                        return Err(
-                            "v2-only magnet (urn:btmh) is not supported; a v1 btih hash is needed"
-                                .into(),
-                        );
+                        return Err("v2-only magnet (urn:btmh) is not supported; a v1 btih hash is needed".into());
                     }
                 }
                 "dn" => m.name = Some(v),
@@ -78,9 +57,7 @@ impl Magnet {
                     if m.peers.len() >= MAX_PEERS {
                         return Err(format!("more than {MAX_PEERS} x.pe peers"));
                     }
-                    let addr = v
-                        .parse()
-                        .map_err(|_| format!("bad x.pe peer address '{v}'"))?;
+                    let addr = v.parse().map_err(|_| format!("bad x.pe peer address '{v}'"))?;
                     m.peers.push(addr);
                 }
                 _ => {}
@@ -115,15 +92,9 @@ mod tests {
     #[test]
     fn full_uri() {
         let m = Magnet::parse("magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=My+File%21&tr=http%3A%2F%2F127.0.0.1%3A6969%2Fannounce&tr=udp://127.0.0.1:6969&x.pe=127.0.0.1:7000&x.pe=[::1]:7001").unwrap();
-        assert_eq!(
-            m.info_hash.hex(),
-            "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
-        );
+        assert_eq!(m.info_hash.hex(), "c12fe1c06bba254a9dc9f519b335aa7c1367a88a");
         assert_eq!(m.name.as_deref(), Some("My File!"));
-        assert_eq!(
-            m.trackers,
-            vec!["http://127.0.0.1:6969/announce", "udp://127.0.0.1:6969"]
-        );
+        assert_eq!(m.trackers, vec!["http://127.0.0.1:6969/announce", "udp://127.0.0.1:6969"]);
         assert_eq!(m.peers.len(), 2);
     }
 
@@ -136,13 +107,9 @@ mod tests {
 
     #[test]
     fn rejections_are_clear() {
-        assert!(Magnet::parse("magnet:?xt=urn:btmh:1220abcd")
-            .unwrap_err()
-            .contains("v2-only"));
+        assert!(Magnet::parse("magnet:?xt=urn:btmh:1220abcd").unwrap_err().contains("v2-only"));
         assert!(Magnet::parse("magnet:?dn=x").unwrap_err().contains("no xt"));
-        assert!(Magnet::parse("magnet:?xt=urn:btih:xyz")
-            .unwrap_err()
-            .contains("bad info hash"));
+        assert!(Magnet::parse("magnet:?xt=urn:btih:xyz").unwrap_err().contains("bad info hash"));
         assert!(Magnet::parse("http://example").is_err());
         let many = format!(
             "magnet:?xt=urn:btih:{}{}",
@@ -150,13 +117,8 @@ mod tests {
             "&tr=http://a/".repeat(201)
         );
         assert!(Magnet::parse(&many).unwrap_err().contains("trackers"));
-        assert!(Magnet::parse(&"a".repeat(MAX_URI_LEN + 1))
-            .unwrap_err()
-            .contains("limit"));
-        assert!(Magnet::parse(
-            "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&x.pe=nope"
-        )
-        .is_err());
+        assert!(Magnet::parse(&"a".repeat(MAX_URI_LEN + 1)).unwrap_err().contains("limit"));
+        assert!(Magnet::parse("magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&x.pe=nope").is_err());
     }
 
     #[test]

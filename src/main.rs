@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "dropseed",
-    version,
-    about = "Headless BitTorrent seedbox: drop .torrent/.magnet files in a folder"
-)]
+#[command(name = "dropseed", version, about = "Headless BitTorrent seedbox: drop .torrent/.magnet files in a folder")]
 struct Cli {
     /// Config file (TOML). Without it, built-in defaults apply.
     #[arg(short, long, global = true)]
@@ -88,10 +84,7 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
@@ -105,10 +98,7 @@ fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
     let log = match dropseed::logging::init(&config.log, &config.paths.log_dir, true) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "cannot set up logging in {}: {e}",
-                config.paths.log_dir.display()
-            );
+            eprintln!("cannot set up logging in {}: {e}", config.paths.log_dir.display());
             return ExitCode::from(1);
         }
     };
@@ -138,9 +128,7 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             // Paths are resolved here: the daemon may run elsewhere.
             let p = Path::new(&source);
             let source = if p.exists() {
-                std::fs::canonicalize(p)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or(source)
+                std::fs::canonicalize(p).map(|p| p.display().to_string()).unwrap_or(source)
             } else {
                 source
             };
@@ -190,11 +178,7 @@ fn print_table(torrents: &[TorrentStatus]) {
             name.pop();
             name.push('~');
         }
-        let ratio = if t.ratio < 0.0 {
-            "inf".into()
-        } else {
-            format!("{:.2}", t.ratio)
-        };
+        let ratio = if t.ratio < 0.0 { "inf".into() } else { format!("{:.2}", t.ratio) };
         println!(
             "{:<40} {:<11} {:>6.1}% {:>9} {:>9}/s {:>9}/s {:>5} {:>6} {:>8}",
             name,

@@ -36,11 +36,7 @@ pub enum MetainfoError {
     #[error("pieces length {0} is not a multiple of 20")]
     PiecesLength(usize),
     #[error("{pieces} piece hashes but the total length {total} needs {expected}")]
-    PieceCount {
-        pieces: usize,
-        total: u64,
-        expected: u64,
-    },
+    PieceCount { pieces: usize, total: u64, expected: u64 },
     #[error("negative length {0} for file '{1}'")]
     NegativeLength(i64, String),
     #[error("unsafe path element {0:?} in '{1}'")]
@@ -121,17 +117,12 @@ impl Metainfo {
             return Err(MetainfoError::TooLarge(bytes.len()));
         }
         let span = bencode::top_level_value(bytes, b"info")?.ok_or(MetainfoError::NoInfo)?;
-        let raw: RawTorrent =
-            serde_bencode::from_bytes(bytes).map_err(|e| MetainfoError::Field(e.to_string()))?;
+        let raw: RawTorrent = serde_bencode::from_bytes(bytes).map_err(|e| MetainfoError::Field(e.to_string()))?;
         let mut trackers: Vec<Vec<String>> = raw
             .announce_list
             .unwrap_or_default()
             .into_iter()
-            .map(|tier| {
-                tier.iter()
-                    .filter_map(|u| tracker_url(u))
-                    .collect::<Vec<_>>()
-            })
+            .map(|tier| tier.iter().filter_map(|u| tracker_url(u)).collect::<Vec<_>>())
             .filter(|tier| !tier.is_empty())
             .collect();
         if trackers.is_empty() {
@@ -143,10 +134,7 @@ impl Metainfo {
     }
 
     /// Builds from a raw `info` dictionary, as a magnet's metadata arrives.
-    pub fn from_info_bytes(
-        info_bytes: &[u8],
-        trackers: Vec<Vec<String>>,
-    ) -> Result<Metainfo, MetainfoError> {
+    pub fn from_info_bytes(info_bytes: &[u8], trackers: Vec<Vec<String>>) -> Result<Metainfo, MetainfoError> {
         if info_bytes.len() > MAX_TORRENT_FILE {
             return Err(MetainfoError::TooLarge(info_bytes.len()));
         }
@@ -155,14 +143,10 @@ impl Metainfo {
         }
         let end = bencode::skip_value(info_bytes, 0)?;
         if end != info_bytes.len() {
-            return Err(bencode::ScanError::Invalid(
-                end,
-                "trailing bytes after the info dictionary",
-            )
-            .into());
+            return Err(bencode::ScanError::Invalid(end, "trailing bytes after the info dictionary").into());
         }
-        let info: RawInfo = serde_bencode::from_bytes(info_bytes)
-            .map_err(|e| MetainfoError::Field(format!("info: {e}")))?;
+        let info: RawInfo =
+            serde_bencode::from_bytes(info_bytes).map_err(|e| MetainfoError::Field(format!("info: {e}")))?;
         let name = path_element(&info.name, "name")?;
         if info.piece_length <= 0 || info.piece_length as u64 > MAX_PIECE_LENGTH {
             return Err(MetainfoError::PieceLength(info.piece_length));
@@ -171,11 +155,7 @@ impl Metainfo {
         if !info.pieces.len().is_multiple_of(20) {
             return Err(MetainfoError::PiecesLength(info.pieces.len()));
         }
-        let piece_hashes: Vec<[u8; 20]> = info
-            .pieces
-            .chunks(20)
-            .map(|c| c.try_into().unwrap())
-            .collect();
+        let piece_hashes: Vec<[u8; 20]> = info.pieces.chunks(20).map(|c| c.try_into().unwrap()).collect();
 
         let mut files = Vec::new();
         let mut offset = 0u64;
@@ -184,12 +164,7 @@ impl Metainfo {
                 if length < 0 {
                     return Err(MetainfoError::NegativeLength(length, name));
                 }
-                files.push(FileEntry {
-                    path: vec![name.clone()],
-                    length: length as u64,
-                    offset: 0,
-                    padding: false,
-                });
+                files.push(FileEntry { path: vec![name.clone()], length: length as u64, offset: 0, padding: false });
                 offset = length as u64;
             }
             (None, Some(raw_files)) => {
@@ -199,12 +174,7 @@ impl Metainfo {
                 let mut seen = HashSet::new();
                 let mut dirs = HashSet::new();
                 for f in raw_files {
-                    let shown = f
-                        .path
-                        .iter()
-                        .map(|p| String::from_utf8_lossy(p))
-                        .collect::<Vec<_>>()
-                        .join("/");
+                    let shown = f.path.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>().join("/");
                     if f.path.is_empty() {
                         return Err(MetainfoError::UnsafePath(String::new(), shown));
                     }
@@ -230,12 +200,7 @@ impl Metainfo {
                             dirs.insert(dir);
                         }
                     }
-                    files.push(FileEntry {
-                        path,
-                        length: f.length as u64,
-                        offset,
-                        padding,
-                    });
+                    files.push(FileEntry { path, length: f.length as u64, offset, padding });
                     offset = offset
                         .checked_add(f.length as u64)
                         .ok_or_else(|| MetainfoError::Field("total length overflows".into()))?;
@@ -249,11 +214,7 @@ impl Metainfo {
         }
         let expected = total_length.div_ceil(piece_length);
         if expected != piece_hashes.len() as u64 {
-            return Err(MetainfoError::PieceCount {
-                pieces: piece_hashes.len(),
-                total: total_length,
-                expected,
-            });
+            return Err(MetainfoError::PieceCount { pieces: piece_hashes.len(), total: total_length, expected });
         }
         Ok(Metainfo {
             info_hash: InfoHash(Sha1::digest(info_bytes).into()),
@@ -309,8 +270,7 @@ fn tracker_url(raw: &[u8]) -> Option<String> {
 /// A single path component that is safe to join below `download_dir`.
 fn path_element(raw: &[u8], context: &str) -> Result<String, MetainfoError> {
     let s = String::from_utf8_lossy(raw).into_owned();
-    let unsafe_element =
-        s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) || s.len() > 255;
+    let unsafe_element = s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) || s.len() > 255;
     if unsafe_element {
         return Err(MetainfoError::UnsafePath(s, context.to_string()));
     }
@@ -333,38 +293,23 @@ pub(crate) mod tests {
 
     #[test]
     fn single_file_parses() {
-        let info = format!(
-            "d6:lengthi40000e4:name5:a.bin12:piece lengthi16384e6:pieces{}e",
-            pieces(3)
-        );
+        let info = format!("d6:lengthi40000e4:name5:a.bin12:piece lengthi16384e6:pieces{}e", pieces(3));
         let m = Metainfo::from_torrent_bytes(&torrent(&info)).unwrap();
         assert_eq!(m.name, "a.bin");
         assert_eq!(m.piece_count(), 3);
         assert_eq!(m.piece_len(2), 40000 - 2 * 16384);
         assert_eq!(m.trackers, vec![vec!["http://127.0.0.1:1/ann".to_string()]]);
-        assert_eq!(
-            m.info_hash.0,
-            <[u8; 20]>::from(Sha1::digest(info.as_bytes()))
-        );
+        assert_eq!(m.info_hash.0, <[u8; 20]>::from(Sha1::digest(info.as_bytes())));
     }
 
     #[test]
     fn unknown_keys_stay_in_the_hash() {
-        let plain = format!(
-            "d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces{}e",
-            pieces(1)
-        );
-        let extra = format!(
-            "d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces{}7:zzextrai5ee",
-            pieces(1)
-        );
+        let plain = format!("d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces{}e", pieces(1));
+        let extra = format!("d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces{}7:zzextrai5ee", pieces(1));
         let a = Metainfo::from_torrent_bytes(&torrent(&plain)).unwrap();
         let b = Metainfo::from_torrent_bytes(&torrent(&extra)).unwrap();
         assert_ne!(a.info_hash, b.info_hash);
-        assert_eq!(
-            b.info_hash.0,
-            <[u8; 20]>::from(Sha1::digest(extra.as_bytes()))
-        );
+        assert_eq!(b.info_hash.0, <[u8; 20]>::from(Sha1::digest(extra.as_bytes())));
         // Round trip through the state_dir form keeps the hash.
         let again = Metainfo::from_torrent_bytes(&b.to_torrent_bytes()).unwrap();
         assert_eq!(again.info_hash, b.info_hash);
@@ -393,104 +338,76 @@ pub(crate) mod tests {
     #[test]
     fn bad_inputs_name_the_problem() {
         let p1 = pieces(1);
-        assert_eq!(err("d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces41:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxe").to_string(), "pieces length 41 is not a multiple of 20");
+        assert_eq!(
+            err("d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces41:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxe")
+                .to_string(),
+            "pieces length 41 is not a multiple of 20"
+        );
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name2:..12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi10e4:name2:..12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::UnsafePath(..)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name0:12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi10e4:name0:12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::UnsafePath(..)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name3:a/b12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi10e4:name3:a/b12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::UnsafePath(..)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name3:a\\b12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi10e4:name3:a\\b12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::UnsafePath(..)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name3:a\0b12:piece lengthi16384e6:pieces{p1}e"
-            )),
-            MetainfoError::UnsafePath(..)
-        ));
-        assert!(matches!(err(&format!("d5:filesld6:lengthi5e4:pathl2:..1:xeee4:name1:d12:piece lengthi16384e6:pieces{p1}e")), MetainfoError::UnsafePath(..)));
-        assert!(matches!(
-            err(&format!(
-                "d5:filesld6:lengthi5e4:pathl1:.eee4:name1:d12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi10e4:name3:a\0b12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::UnsafePath(..)
         ));
         assert!(matches!(
-            err(&format!(
-                "d5:filesld6:lengthi5e4:pathleee4:name1:d12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d5:filesld6:lengthi5e4:pathl2:..1:xeee4:name1:d12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::UnsafePath(..)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name1:x12:piece lengthi0e6:pieces{p1}e"
-            )),
+            err(&format!("d5:filesld6:lengthi5e4:pathl1:.eee4:name1:d12:piece lengthi16384e6:pieces{p1}e")),
+            MetainfoError::UnsafePath(..)
+        ));
+        assert!(matches!(
+            err(&format!("d5:filesld6:lengthi5e4:pathleee4:name1:d12:piece lengthi16384e6:pieces{p1}e")),
+            MetainfoError::UnsafePath(..)
+        ));
+        assert!(matches!(
+            err(&format!("d6:lengthi10e4:name1:x12:piece lengthi0e6:pieces{p1}e")),
             MetainfoError::PieceLength(0)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name1:x12:piece lengthi-5e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi10e4:name1:x12:piece lengthi-5e6:pieces{p1}e")),
             MetainfoError::PieceLength(-5)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi10e4:name1:x12:piece lengthi999999999999e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi10e4:name1:x12:piece lengthi999999999999e6:pieces{p1}e")),
             MetainfoError::PieceLength(_)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi-10e4:name1:x12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi-10e4:name1:x12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::NegativeLength(..)
         ));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi99999e4:name1:x12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi99999e4:name1:x12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::PieceCount { .. }
         ));
-        assert!(matches!(
-            err("d6:lengthi0e4:name1:x12:piece lengthi16384e6:pieces0:e"),
-            MetainfoError::Empty
-        ));
+        assert!(matches!(err("d6:lengthi0e4:name1:x12:piece lengthi16384e6:pieces0:e"), MetainfoError::Empty));
         assert!(matches!(err(&format!("d5:filesld6:lengthi5e4:pathl1:aeed6:lengthi5e4:pathl1:aeee4:name1:d12:piece lengthi16384e6:pieces{p1}e")), MetainfoError::DuplicatePath(_)));
         assert!(matches!(err(&format!("d5:filesld6:lengthi5e4:pathl1:aeed6:lengthi5e4:pathl1:a1:beee4:name1:d12:piece lengthi16384e6:pieces{p1}e")), MetainfoError::DuplicatePath(_)));
         assert!(matches!(
-            err(&format!(
-                "d6:lengthi5e5:filesle4:name1:x12:piece lengthi16384e6:pieces{p1}e"
-            )),
+            err(&format!("d6:lengthi5e5:filesle4:name1:x12:piece lengthi16384e6:pieces{p1}e")),
             MetainfoError::Shape
         ));
         assert!(matches!(err("d4:name1:xe"), MetainfoError::Field(_)));
-        assert!(matches!(
-            Metainfo::from_torrent_bytes(b"d8:announce1:xe"),
-            Err(MetainfoError::NoInfo)
-        ));
+        assert!(matches!(Metainfo::from_torrent_bytes(b"d8:announce1:xe"), Err(MetainfoError::NoInfo)));
         assert!(matches!(
             Metainfo::from_torrent_bytes(&vec![b'x'; MAX_TORRENT_FILE + 1]),
             Err(MetainfoError::TooLarge(_))
         ));
-        assert!(matches!(
-            Metainfo::from_torrent_bytes(b"not bencode"),
-            Err(MetainfoError::Bencode(_))
-        ));
+        assert!(matches!(Metainfo::from_torrent_bytes(b"not bencode"), Err(MetainfoError::Bencode(_))));
     }
 }

@@ -45,10 +45,7 @@ pub fn magnet_path(state_dir: &Path, hash: &InfoHash) -> PathBuf {
 /// Writes `bytes` to `path` so that a crash leaves the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -66,9 +63,9 @@ impl ResumeRecord {
 
     pub fn load(state_dir: &Path, hash: &InfoHash) -> io::Result<Option<ResumeRecord>> {
         match std::fs::read(resume_path(state_dir, hash)) {
-            Ok(bytes) => serde_bencode::from_bytes(&bytes).map(Some).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("resume record: {e}"))
-            }),
+            Ok(bytes) => serde_bencode::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("resume record: {e}"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -76,10 +73,7 @@ impl ResumeRecord {
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -91,24 +85,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = InfoHash([7; 20]);
         assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap(), None);
-        let mut r = ResumeRecord {
-            name: "x".into(),
-            have: vec![0xf0],
-            piece_count: 4,
-            uploaded: 9,
-            ..Default::default()
-        };
+        let mut r =
+            ResumeRecord { name: "x".into(), have: vec![0xf0], piece_count: 4, uploaded: 9, ..Default::default() };
         r.save(dir.path(), &h).unwrap();
         assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap(), Some(r.clone()));
         r.uploaded = 10;
         r.save(dir.path(), &h).unwrap();
-        assert_eq!(
-            ResumeRecord::load(dir.path(), &h)
-                .unwrap()
-                .unwrap()
-                .uploaded,
-            10
-        );
+        assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap().unwrap().uploaded, 10);
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         std::fs::write(resume_path(dir.path(), &h), b"garbage").unwrap();

@@ -12,6 +12,7 @@ use crate::metainfo::Metainfo;
 use crate::resume::{self, now_unix, ResumeRecord};
 use crate::storage::disk::DiskPool;
 use crate::torrent::peer::{read_handshake, HANDSHAKE_TIMEOUT};
+use crate::torrent::ratelimit::RateLimiter;
 use crate::torrent::task::{self, Cmd, Exit};
 use crate::torrent::{Env, TorrentShared, TorrentState, TorrentStatus};
 use crate::types::{InfoHash, PeerId};
@@ -57,17 +58,14 @@ impl Session {
     /// Binds the listener, restores the torrents in `state_dir`, and starts them.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Session>> {
         for dir in [&config.paths.download_dir, &config.paths.state_dir] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
         let ip: IpAddr = config.network.listen_address.parse()?;
         let port = config.network.listen_port;
         let listener = match TcpListener::bind(SocketAddr::new(ip, port)).await {
             Ok(l) => l,
             // A host without IPv6 still gets IPv4.
-            Err(_) if ip.is_unspecified() && ip.is_ipv6() => {
-                TcpListener::bind(("0.0.0.0", port)).await?
-            }
+            Err(_) if ip.is_unspecified() && ip.is_ipv6() => TcpListener::bind(("0.0.0.0", port)).await?,
             Err(e) => return Err(anyhow::anyhow!("cannot listen on {ip} port {port}: {e}")),
         };
         let listen_port = listener.local_addr()?.port();
@@ -76,14 +74,14 @@ impl Session {
             peer_id: PeerId::generate(),
             listen_port,
             disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
-            http: reqwest::Client::builder()
-                .user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION")))
-                .build()?,
+            http: reqwest::Client::builder().user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION"))).build()?,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             download_slots: Arc::new(Semaphore::new(match config.limits.max_active_downloads {
                 0 => Semaphore::MAX_PERMITS,
                 n => n,
             })),
+            download_limit: RateLimiter::new(config.limits.download_rate.0),
+            upload_limit: RateLimiter::new(config.limits.upload_rate.0),
             download_dir: config.paths.download_dir.clone(),
             state_dir: config.paths.state_dir.clone(),
             config: RwLock::new(config),
@@ -100,8 +98,7 @@ impl Session {
         });
         session.restore();
         let s = session.clone();
-        *session.listener.lock().unwrap() =
-            Some(tokio::spawn(async move { s.accept_loop(listener).await }));
+        *session.listener.lock().unwrap() = Some(tokio::spawn(async move { s.accept_loop(listener).await }));
         // Torrents that asked to be removed (seeding limit with action=remove).
         let s = Arc::downgrade(&session);
         let cancel = session.cancel.clone();
@@ -176,12 +173,7 @@ impl Session {
                 exit
             }
         });
-        let handle = Arc::new(TorrentHandle {
-            shared,
-            cmd,
-            cancel,
-            task: Mutex::new(Some(task)),
-        });
+        let handle = Arc::new(TorrentHandle { shared, cmd, cancel, task: Mutex::new(Some(task)) });
         self.torrents.lock().unwrap().insert(hash, handle);
     }
 
@@ -194,11 +186,7 @@ impl Session {
         }
         let dir = &self.env.state_dir;
         resume::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
-        let record = ResumeRecord {
-            name: meta.name.clone(),
-            added_at: now_unix(),
-            ..Default::default()
-        };
+        let record = ResumeRecord { name: meta.name.clone(), added_at: now_unix(), ..Default::default() };
         record.save(dir, &hash)?;
         self.magnets.lock().unwrap().remove(&hash);
         let _ = std::fs::remove_file(resume::magnet_path(dir, &hash));
@@ -209,9 +197,7 @@ impl Session {
     /// Records a magnet; it waits in state `metadata` for its metadata.
     pub fn add_magnet(self: &Arc<Self>, magnet: Magnet) -> std::io::Result<AddOutcome> {
         let hash = magnet.info_hash;
-        if self.torrents.lock().unwrap().contains_key(&hash)
-            || self.magnets.lock().unwrap().contains_key(&hash)
-        {
+        if self.torrents.lock().unwrap().contains_key(&hash) || self.magnets.lock().unwrap().contains_key(&hash) {
             return Ok(AddOutcome::AlreadyManaged);
         }
         let mut uri = format!("magnet:?xt=urn:btih:{}", hash.hex());
@@ -230,23 +216,13 @@ impl Session {
         for p in &magnet.peers {
             uri.push_str(&format!("&x.pe={p}"));
         }
-        resume::write_atomic(
-            &resume::magnet_path(&self.env.state_dir, &hash),
-            uri.as_bytes(),
-        )?;
-        self.magnets.lock().unwrap().insert(
-            hash,
-            PendingMagnet {
-                magnet,
-                added_at: now_unix(),
-            },
-        );
+        resume::write_atomic(&resume::magnet_path(&self.env.state_dir, &hash), uri.as_bytes())?;
+        self.magnets.lock().unwrap().insert(hash, PendingMagnet { magnet, added_at: now_unix() });
         Ok(AddOutcome::Added)
     }
 
     pub fn statuses(&self) -> Vec<TorrentStatus> {
-        let handles: Vec<Arc<TorrentHandle>> =
-            self.torrents.lock().unwrap().values().cloned().collect();
+        let handles: Vec<Arc<TorrentHandle>> = self.torrents.lock().unwrap().values().cloned().collect();
         let mut out: Vec<TorrentStatus> = handles.iter().map(|h| h.shared.status()).collect();
         for (hash, m) in self.magnets.lock().unwrap().iter() {
             out.push(TorrentStatus {
@@ -278,16 +254,12 @@ impl Session {
         if by_name.len() == 1 {
             return Ok(InfoHash::parse(&by_name[0].info_hash).unwrap());
         }
-        let by_hash: Vec<&TorrentStatus> = statuses
-            .iter()
-            .filter(|s| !id_lower.is_empty() && s.info_hash.starts_with(&id_lower))
-            .collect();
+        let by_hash: Vec<&TorrentStatus> =
+            statuses.iter().filter(|s| !id_lower.is_empty() && s.info_hash.starts_with(&id_lower)).collect();
         match (by_name.len(), by_hash.len()) {
             (_, 1) => Ok(InfoHash::parse(&by_hash[0].info_hash).unwrap()),
             (0, 0) => Err(format!("no torrent named or hashed '{id}'")),
-            _ => Err(format!(
-                "'{id}' matches several torrents; give more of the info hash"
-            )),
+            _ => Err(format!("'{id}' matches several torrents; give more of the info hash")),
         }
     }
 
@@ -297,19 +269,14 @@ impl Session {
 
     pub async fn command(&self, id: &str, cmd: Cmd) -> Result<String, String> {
         let hash = self.find(id)?;
-        let h = self
-            .handle(&hash)
-            .ok_or_else(|| "that torrent is still waiting for its metadata".to_string())?;
+        let h = self.handle(&hash).ok_or_else(|| "that torrent is still waiting for its metadata".to_string())?;
         let what = match cmd {
             Cmd::Pause => "pausing",
             Cmd::Resume => "resuming",
             Cmd::Recheck => "rechecking",
             Cmd::Incoming(..) => "",
         };
-        h.cmd
-            .send(cmd)
-            .await
-            .map_err(|_| "torrent task has stopped".to_string())?;
+        h.cmd.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
         Ok(format!("{what} {}", h.shared.name()))
     }
 
@@ -319,26 +286,15 @@ impl Session {
         let dir = self.env.state_dir.clone();
         if let Some(m) = self.magnets.lock().unwrap().remove(&hash) {
             let _ = std::fs::remove_file(resume::magnet_path(&dir, &hash));
-            return Ok(format!(
-                "removed {}",
-                m.magnet.name.unwrap_or_else(|| hash.hex())
-            ));
+            return Ok(format!("removed {}", m.magnet.name.unwrap_or_else(|| hash.hex())));
         }
-        let h = self
-            .torrents
-            .lock()
-            .unwrap()
-            .remove(&hash)
-            .ok_or("no such torrent")?;
+        let h = self.torrents.lock().unwrap().remove(&hash).ok_or("no such torrent")?;
         h.cancel.cancel();
         let task = h.task.lock().unwrap().take();
         if let Some(t) = task {
             let _ = t.await;
         }
-        for p in [
-            resume::torrent_path(&dir, &hash),
-            resume::resume_path(&dir, &hash),
-        ] {
+        for p in [resume::torrent_path(&dir, &hash), resume::resume_path(&dir, &hash)] {
             let _ = std::fs::remove_file(p);
         }
         let name = h.shared.name().to_string();
@@ -351,15 +307,14 @@ impl Session {
             }
         }
         tracing::info!(torrent = %name, delete_data, "removed");
-        Ok(format!(
-            "removed {name}{}",
-            if delete_data { " and its data" } else { "" }
-        ))
+        Ok(format!("removed {name}{}", if delete_data { " and its data" } else { "" }))
     }
 
     /// Replaces the live configuration (SIGHUP); limits apply from the next
     /// use, paths and ports need a restart.
     pub fn set_config(&self, config: Arc<Config>) {
+        self.env.download_limit.set_rate(config.limits.download_rate.0);
+        self.env.upload_limit.set_rate(config.limits.upload_rate.0);
         *self.env.config.write().unwrap() = config;
     }
 
@@ -398,8 +353,7 @@ impl Session {
         if let Some(l) = listener {
             let _ = l.await;
         }
-        let handles: Vec<Arc<TorrentHandle>> =
-            self.torrents.lock().unwrap().values().cloned().collect();
+        let handles: Vec<Arc<TorrentHandle>> = self.torrents.lock().unwrap().values().cloned().collect();
         let mut tasks = Vec::new();
         for h in &handles {
             if let Some(t) = h.task.lock().unwrap().take() {
@@ -429,10 +383,7 @@ fn delete_files(base: &Path, meta: &Metainfo) -> std::io::Result<()> {
         let mut dirs: Vec<std::path::PathBuf> = meta
             .files
             .iter()
-            .flat_map(|f| {
-                (1..f.path.len())
-                    .map(|n| base.join(f.path[..n].iter().collect::<std::path::PathBuf>()))
-            })
+            .flat_map(|f| (1..f.path.len()).map(|n| base.join(f.path[..n].iter().collect::<std::path::PathBuf>())))
             .collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         dirs.dedup();

@@ -78,10 +78,7 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
+    s.as_bytes().chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect()
 }
 
 /// RFC 4648 base32 without padding, as BEP 9 allows for magnet hashes.
@@ -135,13 +132,9 @@ pub fn human_duration(secs: u64) -> String {
 /// understood; a bare `K`/`M`/`G` means the binary unit.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (expected e.g. 500000, 10M, 1.5MiB)"))?;
+    let num: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (expected e.g. 500000, 10M, 1.5MiB)"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kib" => 1024.0,
@@ -165,11 +158,7 @@ pub struct Bitfield {
 
 impl Bitfield {
     pub fn new(len: usize) -> Bitfield {
-        Bitfield {
-            bytes: vec![0; len.div_ceil(8)],
-            len,
-            ones: 0,
-        }
+        Bitfield { bytes: vec![0; len.div_ceil(8)], len, ones: 0 }
     }
 
     pub fn full(len: usize) -> Bitfield {
@@ -190,11 +179,7 @@ impl Bitfield {
             return None;
         }
         let ones = bytes.iter().map(|b| b.count_ones() as usize).sum();
-        Some(Bitfield {
-            bytes: bytes.to_vec(),
-            len,
-            ones,
-        })
+        Some(Bitfield { bytes: bytes.to_vec(), len, ones })
     }
 
     pub fn len(&self) -> usize {

@@ -77,19 +77,15 @@ pub fn parse_file(path: &Path) -> Result<Parsed, String> {
         Kind::Magnet => 1024 * 1024,
     };
     if meta.len() > limit {
-        return Err(format!(
-            "file is {} bytes, over the {limit}-byte limit",
-            meta.len()
-        ));
+        return Err(format!("file is {} bytes, over the {limit}-byte limit", meta.len()));
     }
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     match kind {
-        Kind::Torrent => Metainfo::from_torrent_bytes(&bytes)
-            .map(|m| Parsed::Torrent(Box::new(m)))
-            .map_err(|e| e.to_string()),
+        Kind::Torrent => {
+            Metainfo::from_torrent_bytes(&bytes).map(|m| Parsed::Torrent(Box::new(m))).map_err(|e| e.to_string())
+        }
         Kind::Magnet => {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| "magnet file is not UTF-8 text".to_string())?;
+            let text = String::from_utf8(bytes).map_err(|_| "magnet file is not UTF-8 text".to_string())?;
             magnet::parse_file(&text).map(Parsed::Magnets)
         }
     }
@@ -123,13 +119,9 @@ impl WatchFolder {
                 // Close-after-write and moved-to mean the file is complete.
                 let complete = matches!(
                     ev.kind,
-                    EventKind::Access(notify::event::AccessKind::Close(
-                        notify::event::AccessMode::Write
-                    )) | EventKind::Modify(notify::event::ModifyKind::Name(
-                        notify::event::RenameMode::To
-                    )) | EventKind::Modify(notify::event::ModifyKind::Name(
-                        notify::event::RenameMode::Both
-                    ))
+                    EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+                        | EventKind::Modify(notify::event::ModifyKind::Name(notify::event::RenameMode::To))
+                        | EventKind::Modify(notify::event::ModifyKind::Name(notify::event::RenameMode::Both))
                 );
                 for p in ev.paths {
                     // A full channel only delays us until the next scan.
@@ -155,11 +147,7 @@ impl WatchFolder {
         let mut last_full = Instant::now();
         loop {
             // Look again soon while files are settling, else at the poll interval.
-            let wait = if self.pending.is_empty() {
-                self.poll.saturating_sub(last_full.elapsed())
-            } else {
-                SETTLE
-            };
+            let wait = if self.pending.is_empty() { self.poll.saturating_sub(last_full.elapsed()) } else { SETTLE };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = rescan.notified() => {
@@ -205,9 +193,7 @@ impl WatchFolder {
                 continue;
             }
             present.insert(path.clone());
-            self.pending
-                .entry(path.clone())
-                .or_insert_with(|| new_pending(&path));
+            self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
             self.consider(&path);
         }
         self.pending.retain(|p, _| present.contains(p));

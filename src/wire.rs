@@ -33,11 +33,7 @@ impl Handshake {
         if dht {
             reserved[DHT_BIT.0] |= DHT_BIT.1;
         }
-        Handshake {
-            reserved,
-            info_hash,
-            peer_id,
-        }
+        Handshake { reserved, info_hash, peer_id }
     }
 
     pub fn supports_extensions(&self) -> bool {
@@ -134,10 +130,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, WireError> {
         if body.len() == n {
             Ok(())
         } else {
-            Err(WireError::BadLength {
-                id,
-                len: body.len(),
-            })
+            Err(WireError::BadLength { id, len: body.len() })
         }
     };
     let msg = match id {
@@ -149,11 +142,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, WireError> {
         5 => Message::Bitfield(body),
         6 | 8 => {
             fixed(12)?;
-            let block = BlockRef {
-                piece: u32_at(body, 0),
-                offset: u32_at(body, 4),
-                len: u32_at(body, 8),
-            };
+            let block = BlockRef { piece: u32_at(body, 0), offset: u32_at(body, 4), len: u32_at(body, 8) };
             if id == 6 {
                 Message::Request(block)
             } else {
@@ -162,26 +151,16 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, WireError> {
         }
         7 => {
             if body.len() < 8 {
-                return Err(WireError::BadLength {
-                    id,
-                    len: body.len(),
-                });
+                return Err(WireError::BadLength { id, len: body.len() });
             }
-            Message::Piece {
-                piece: u32_at(body, 0),
-                offset: u32_at(body, 4),
-                data: &body[8..],
-            }
+            Message::Piece { piece: u32_at(body, 0), offset: u32_at(body, 4), data: &body[8..] }
         }
         9 => fixed(2).map(|_| Message::Port(u16::from_be_bytes([body[0], body[1]])))?,
         20 => {
             if body.is_empty() {
                 return Err(WireError::BadLength { id, len: 0 });
             }
-            Message::Extended {
-                id: body[0],
-                payload: &body[1..],
-            }
+            Message::Extended { id: body[0], payload: &body[1..] }
         }
         other => Message::Unknown(other),
     };
@@ -217,11 +196,7 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
             header(out, 12, 6);
             block(out, b);
         }
-        Message::Piece {
-            piece,
-            offset,
-            data,
-        } => {
+        Message::Piece { piece, offset, data } => {
             header(out, 8 + data.len(), 7);
             out.extend_from_slice(&piece.to_be_bytes());
             out.extend_from_slice(&offset.to_be_bytes());
@@ -258,11 +233,7 @@ mod tests {
     use super::*;
 
     fn samples() -> Vec<Message<'static>> {
-        let b = BlockRef {
-            piece: 7,
-            offset: 16384,
-            len: 16384,
-        };
+        let b = BlockRef { piece: 7, offset: 16384, len: 16384 };
         vec![
             Message::KeepAlive,
             Message::Choke,
@@ -273,22 +244,11 @@ mod tests {
             Message::Bitfield(&[0xff, 0x80]),
             Message::Bitfield(&[]),
             Message::Request(b),
-            Message::Piece {
-                piece: 3,
-                offset: 0,
-                data: b"hello",
-            },
-            Message::Piece {
-                piece: 3,
-                offset: 0,
-                data: b"",
-            },
+            Message::Piece { piece: 3, offset: 0, data: b"hello" },
+            Message::Piece { piece: 3, offset: 0, data: b"" },
             Message::Cancel(b),
             Message::Port(6881),
-            Message::Extended {
-                id: 0,
-                payload: b"d1:md11:ut_metadatai1eee",
-            },
+            Message::Extended { id: 0, payload: b"d1:md11:ut_metadatai1eee" },
             Message::Unknown(13),
         ]
     }
@@ -311,14 +271,7 @@ mod tests {
     #[test]
     fn piece_header_matches_full_encoding() {
         let mut a = Vec::new();
-        encode(
-            &Message::Piece {
-                piece: 9,
-                offset: 32768,
-                data: &[1, 2, 3],
-            },
-            &mut a,
-        );
+        encode(&Message::Piece { piece: 9, offset: 32768, data: &[1, 2, 3] }, &mut a);
         let mut b = Vec::new();
         encode_piece_header(9, 32768, 3, &mut b);
         b.extend_from_slice(&[1, 2, 3]);
@@ -334,15 +287,7 @@ mod tests {
     #[test]
     fn wrong_fixed_lengths_are_invalid() {
         // have with 3 bytes, request with 11, choke with 1, port with 3, piece with 4.
-        for (id, len) in [
-            (4u8, 3usize),
-            (6, 11),
-            (0, 1),
-            (9, 3),
-            (7, 4),
-            (8, 13),
-            (20, 0),
-        ] {
+        for (id, len) in [(4u8, 3usize), (6, 11), (0, 1), (9, 3), (7, 4), (8, 13), (20, 0)] {
             let mut buf = ((len + 1) as u32).to_be_bytes().to_vec();
             buf.push(id);
             buf.extend(std::iter::repeat_n(0u8, len));
@@ -357,9 +302,7 @@ mod tests {
             for _ in 0..20 {
                 let junk: Vec<u8> = (0..len)
                     .map(|_| {
-                        seed = seed
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                         (seed >> 56) as u8
                     })
                     .collect();

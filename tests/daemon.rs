@@ -31,10 +31,26 @@ fn watch_folder_picks_up_files_and_rejects_bad_ones() {
     // Invalid files of several kinds, each with its reason in the log.
     let p20 = format!("20:{}", "a".repeat(20));
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("pieces.torrent", bad_torrent("d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces41:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxe"), "pieces length 41 is not a multiple of 20"),
-        ("escape.torrent", bad_torrent(&format!("d5:filesld6:lengthi5e4:pathl2:..6:passwdeee4:name1:d12:piece lengthi16384e6:pieces{p20}e")), "unsafe path element"),
+        (
+            "pieces.torrent",
+            bad_torrent(
+                "d6:lengthi10e4:name1:x12:piece lengthi16384e6:pieces41:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxe",
+            ),
+            "pieces length 41 is not a multiple of 20",
+        ),
+        (
+            "escape.torrent",
+            bad_torrent(&format!(
+                "d5:filesld6:lengthi5e4:pathl2:..6:passwdeee4:name1:d12:piece lengthi16384e6:pieces{p20}e"
+            )),
+            "unsafe path element",
+        ),
         ("junk.torrent", b"this is not bencode at all".to_vec(), "bencode is invalid"),
-        ("count.torrent", bad_torrent(&format!("d6:lengthi99999e4:name1:x12:piece lengthi16384e6:pieces{p20}e")), "piece hashes but the total length"),
+        (
+            "count.torrent",
+            bad_torrent(&format!("d6:lengthi99999e4:name1:x12:piece lengthi16384e6:pieces{p20}e")),
+            "piece hashes but the total length",
+        ),
         ("v2.magnet", b"magnet:?xt=urn:btmh:1220aaaa\n".to_vec(), "v2-only"),
     ];
     for (name, bytes, _) in &bad {
@@ -42,77 +58,42 @@ fn watch_folder_picks_up_files_and_rejects_bad_ones() {
     }
     // A partial write: half now, the rest after a pause shorter than the retry window.
     let good2 = swarm.work.path().join("second.torrent");
-    mktorrent(
-        &swarm.data.join("good.bin"),
-        &swarm.tracker.announce_url(),
-        15,
-        &good2,
-        &[],
-    );
+    mktorrent(&swarm.data.join("good.bin"), &swarm.tracker.announce_url(), 15, &good2, &[]);
     let bytes = std::fs::read(&good2).unwrap();
     let partial = ds.watch_dir().join("slow.torrent");
     std::fs::write(&partial, &bytes[..bytes.len() / 2]).unwrap();
     std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        partial.exists(),
-        "a half-written file is left alone while it may still grow"
-    );
+    assert!(partial.exists(), "a half-written file is left alone while it may still grow");
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&partial)
-            .unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&partial).unwrap();
         f.write_all(&bytes[bytes.len() / 2..]).unwrap();
     }
-    wait_for(
-        "the completed slow file to be added",
-        Duration::from_secs(20),
-        || {
-            ds.watch_dir()
-                .join("slow.torrent.added")
-                .exists()
-                .then_some(())
-        },
-    );
+    wait_for("the completed slow file to be added", Duration::from_secs(20), || {
+        ds.watch_dir().join("slow.torrent.added").exists().then_some(())
+    });
 
     for (name, _, reason) in &bad {
         let invalid = ds.watch_dir().join(format!("{name}.invalid"));
-        wait_for(
-            &format!("{name} to become .invalid"),
-            Duration::from_secs(30),
-            || invalid.exists().then_some(()),
-        );
+        wait_for(&format!("{name} to become .invalid"), Duration::from_secs(30), || invalid.exists().then_some(()));
         let log = ds.log_text();
         let line = log
             .lines()
             .find(|l| l.contains("invalid file") && l.contains(name))
             .unwrap_or_else(|| panic!("no WARN for {name}"));
-        assert!(
-            line.contains("WARN") && line.contains(reason),
-            "{name}: {line}"
-        );
+        assert!(line.contains("WARN") && line.contains(reason), "{name}: {line}");
     }
     // The same torrent under another name: treated as added, said to be known.
     std::fs::copy(&swarm.torrent, ds.watch_dir().join("again.torrent")).unwrap();
-    wait_for(
-        "duplicate to be marked added",
-        Duration::from_secs(20),
-        || {
-            ds.watch_dir()
-                .join("again.torrent.added")
-                .exists()
-                .then_some(())
-        },
-    );
+    wait_for("duplicate to be marked added", Duration::from_secs(20), || {
+        ds.watch_dir().join("again.torrent.added").exists().then_some(())
+    });
     assert!(ds.log_text().contains("already managed"));
     // Re-dropping a name seen before works (dedup is by hash, not name).
     std::fs::copy(&swarm.torrent, ds.watch_dir().join("Early.TORRENT")).unwrap();
-    wait_for(
-        "re-dropped name to be handled",
-        Duration::from_secs(20),
-        || (!ds.watch_dir().join("Early.TORRENT").exists()).then_some(()),
-    );
+    wait_for("re-dropped name to be handled", Duration::from_secs(20), || {
+        (!ds.watch_dir().join("Early.TORRENT").exists()).then_some(())
+    });
     assert!(ds.watch_dir().join(".hidden.torrent").exists());
     assert!(ds.watch_dir().join("upload.torrent.part").exists());
     // The good torrent kept seeding through all of it.
@@ -128,11 +109,7 @@ fn control_cli_adds_pauses_resumes_and_removes() {
     let swarm = Swarm::single("cli.bin", 2 * 1024 * 1024, 16, 21);
     let ds = Dropseed::start_with("");
     let out = ds.cli(&["add", swarm.torrent.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("added cli.bin"));
     let t = ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(60));
     for key in [
@@ -156,10 +133,7 @@ fn control_cli_adds_pauses_resumes_and_removes() {
 
     // The table names the torrent.
     let table = String::from_utf8(ds.cli(&["status"]).stdout).unwrap();
-    assert!(
-        table.contains("cli.bin") && table.contains("seeding"),
-        "{table}"
-    );
+    assert!(table.contains("cli.bin") && table.contains("seeding"), "{table}");
 
     // Pause by name, resume by hash prefix.
     assert!(ds.cli(&["pause", "cli.bin"]).status.success());
@@ -175,11 +149,7 @@ fn control_cli_adds_pauses_resumes_and_removes() {
     // A magnet is accepted and waits for metadata.
     let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=waiting";
     assert!(ds.cli(&["add", magnet]).status.success());
-    ds.wait_state(
-        "0123456789abcdef0123456789abcdef01234567",
-        "metadata",
-        Duration::from_secs(5),
-    );
+    ds.wait_state("0123456789abcdef0123456789abcdef01234567", "metadata", Duration::from_secs(5));
     assert!(ds.cli(&["remove", "waiting"]).status.success());
 
     // Remove keeps the data unless asked.
@@ -187,21 +157,11 @@ fn control_cli_adds_pauses_resumes_and_removes() {
     assert!(ds.cli(&["remove", "cli.bin"]).status.success());
     assert!(data.exists());
     assert!(ds.torrent(&swarm.hash).is_none());
-    assert!(!ds
-        .state_dir()
-        .join(format!("{}.resume", swarm.hash))
-        .exists());
-    assert!(ds
-        .cli(&["add", swarm.torrent.to_str().unwrap()])
-        .status
-        .success());
+    assert!(!ds.state_dir().join(format!("{}.resume", swarm.hash)).exists());
+    assert!(ds.cli(&["add", swarm.torrent.to_str().unwrap()]).status.success());
     ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(30));
     let out = ds.cli(&["remove", "--delete-data", &swarm.hash]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!data.exists(), "--delete-data removes the files");
 }
 
@@ -215,14 +175,9 @@ fn cli_without_daemon_says_so() {
 
 #[test]
 fn config_default_and_check() {
-    let out = std::process::Command::new(dropseed_bin())
-        .args(["config", "--default"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(dropseed_bin()).args(["config", "--default"]).output().unwrap();
     assert!(out.status.success());
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
-            .unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), example);
 
     let dir = tempdir();
@@ -236,34 +191,20 @@ fn config_default_and_check() {
     ] {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, text).unwrap();
-        let out = std::process::Command::new(dropseed_bin())
-            .args(["config", "--check", "-c"])
-            .arg(&f)
-            .output()
-            .unwrap();
+        let out =
+            std::process::Command::new(dropseed_bin()).args(["config", "--check", "-c"]).arg(&f).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{text} was accepted");
-        assert!(
-            err.contains(needle) || (needle == "TOML" && err.contains("c.toml")),
-            "{text}: {err}"
-        );
+        assert!(err.contains(needle) || (needle == "TOML" && err.contains("c.toml")), "{text}: {err}");
     }
     let f = dir.path().join("ok.toml");
     std::fs::write(&f, "[limits]\nupload_rate = \"2MiB\"\n").unwrap();
-    let out = std::process::Command::new(dropseed_bin())
-        .args(["config", "--check", "-c"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(dropseed_bin()).args(["config", "--check", "-c"]).arg(&f).output().unwrap();
     assert!(out.status.success());
     // The daemon refuses to start on a bad config, naming the key.
     let f = dir.path().join("bad.toml");
     std::fs::write(&f, "[watch]\non_added = \"shred\"\n").unwrap();
-    let out = std::process::Command::new(dropseed_bin())
-        .args(["run", "-c"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(dropseed_bin()).args(["run", "-c"]).arg(&f).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("shred"));
 }
@@ -282,45 +223,25 @@ fn sigterm_saves_state_and_restart_restores_it() {
     ds.wait_state(&other.hash, "seeding", Duration::from_secs(60));
     assert!(ds.cli(&["pause", "paused.bin"]).status.success());
     ds.wait_state(&other.hash, "paused", Duration::from_secs(10));
-    let downloaded = ds.torrent(&swarm.hash).unwrap()["downloaded"]
-        .as_u64()
-        .unwrap();
+    let downloaded = ds.torrent(&swarm.hash).unwrap()["downloaded"].as_u64().unwrap();
 
     let started = std::time::Instant::now();
     let status = ds.stop();
     assert!(status.success(), "exit status {status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "graceful stop took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "graceful stop took {:?}", started.elapsed());
     assert!(ds.log_text().contains("stopped"));
     for h in [&swarm.hash, &other.hash] {
         assert!(ds.state_dir().join(format!("{h}.resume")).exists());
         assert!(ds.state_dir().join(format!("{h}.torrent")).exists());
     }
-    assert!(
-        !ds.state_dir().join("control.sock").exists(),
-        "socket removed on exit"
-    );
+    assert!(!ds.state_dir().join("control.sock").exists(), "socket removed on exit");
 
     // Restart: the same states, nothing downloaded again.
     ds.start();
     let t = ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(20));
-    assert_eq!(
-        t["downloaded"].as_u64().unwrap(),
-        downloaded,
-        "no data downloaded again"
-    );
+    assert_eq!(t["downloaded"].as_u64().unwrap(), downloaded, "no data downloaded again");
     ds.wait_state(&other.hash, "paused", Duration::from_secs(10));
-    assert_same_tree(
-        &swarm.data,
-        &ds.download_dir()
-            .join("keep.bin")
-            .parent()
-            .unwrap()
-            .join(""),
-    );
+    assert_same_tree(&swarm.data, &ds.download_dir().join("keep.bin").parent().unwrap().join(""));
 }
 
 #[test]
@@ -338,54 +259,37 @@ fn second_signal_exits_at_once() {
 fn sighup_reloads_config_and_rescans() {
     let ds = Dropseed::start_with("[watch]\npoll_secs = 3600\n");
     ds.wait_log("dropseed started", Duration::from_secs(10));
-    let text = std::fs::read_to_string(&ds.config).unwrap().replace(
-        "poll_secs = 3600",
-        "poll_secs = 3600\n[log]\nlevel = \"debug\"\n[limits]\nupload_rate = \"1MiB\"",
-    );
+    let text = std::fs::read_to_string(&ds.config)
+        .unwrap()
+        .replace("poll_secs = 3600", "poll_secs = 3600\n[log]\nlevel = \"debug\"\n[limits]\nupload_rate = \"1MiB\"");
     std::fs::write(&ds.config, text).unwrap();
     ds.signal(libc::SIGHUP);
     let log = ds.wait_log("config reloaded", Duration::from_secs(10));
     let line = log.lines().find(|l| l.contains("config reloaded")).unwrap();
-    assert!(
-        line.contains("log.level=debug") && line.contains("limits"),
-        "{line}"
-    );
+    assert!(line.contains("log.level=debug") && line.contains("limits"), "{line}");
     // A bad config on SIGHUP keeps the running one.
     let good = std::fs::read_to_string(&ds.config).unwrap();
     std::fs::write(&ds.config, "[log]\nlevel = 5\n").unwrap();
     ds.signal(libc::SIGHUP);
     ds.wait_log("config not reloaded", Duration::from_secs(10));
     std::fs::write(&ds.config, good).unwrap();
-    assert!(
-        ds.status()["torrents"].as_array().unwrap().is_empty(),
-        "still serving"
-    );
+    assert!(ds.status()["torrents"].as_array().unwrap().is_empty(), "still serving");
 }
 
 #[test]
 fn status_lines_and_log_link_survive_rotation() {
     let ds = Dropseed::start_with("[log]\nrotation = \"minutely\"\nstatus_interval_secs = 1\n");
     let link = ds.log_dir().join("dropseed.log");
-    let first = wait_for("dropseed.log link", Duration::from_secs(10), || {
-        std::fs::read_link(&link).ok()
+    let first = wait_for("dropseed.log link", Duration::from_secs(10), || std::fs::read_link(&link).ok());
+    let text = wait_for("a summary line in dropseed.log", Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(&link).ok()?;
+        t.contains("summary torrents=0").then_some(t)
     });
-    let text = wait_for(
-        "a summary line in dropseed.log",
-        Duration::from_secs(10),
-        || {
-            let t = std::fs::read_to_string(&link).ok()?;
-            t.contains("summary torrents=0").then_some(t)
-        },
-    );
     assert!(text.contains("mem_anon="), "{text}");
     // Across the next minute boundary the link moves to the new file.
-    let second = wait_for("rotation", Duration::from_secs(75), || {
-        std::fs::read_link(&link).ok().filter(|t| *t != first)
-    });
+    let second =
+        wait_for("rotation", Duration::from_secs(75), || std::fs::read_link(&link).ok().filter(|t| *t != first));
     wait_for("new lines after rotation", Duration::from_secs(10), || {
-        std::fs::read_to_string(ds.log_dir().join(&second))
-            .ok()
-            .filter(|t| t.contains("summary"))
-            .map(|_| ())
+        std::fs::read_to_string(ds.log_dir().join(&second)).ok().filter(|t| t.contains("summary")).map(|_| ())
     });
 }

@@ -19,10 +19,7 @@ fn multi_payload(root: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn multi_file_from_aria2() {
-    if !(require("opentracker", "opentracker")
-        && require("aria2c", "aria2")
-        && require("mktorrent", "mktorrent"))
-    {
+    if !(require("opentracker", "opentracker") && require("aria2c", "aria2") && require("mktorrent", "mktorrent")) {
         return;
     }
     let work = tempdir();
@@ -32,11 +29,7 @@ fn multi_file_from_aria2() {
     mktorrent(&src, &tracker.announce_url(), 15, &torrent, &[]);
     let hash = info_hash(&torrent);
     tracker.allow(&hash);
-    let _seed = Aria2::seed(
-        &torrent,
-        &work.path().join("src"),
-        &work.path().join("aria2.log"),
-    );
+    let _seed = Aria2::seed(&torrent, &work.path().join("src"), &work.path().join("aria2.log"));
     tracker.wait_seeders(&hash, 1);
 
     let ds = Dropseed::start_with("");
@@ -45,10 +38,7 @@ fn multi_file_from_aria2() {
     assert_eq!(t["progress"], 1.0);
     assert_eq!(t["size"], 100_000 + 333_333 + 7);
     assert_same_tree(&src, &ds.download_dir().join("album"));
-    assert!(
-        ds.download_dir().join("album/empty.txt").exists(),
-        "zero-length file created"
-    );
+    assert!(ds.download_dir().join("album/empty.txt").exists(), "zero-length file created");
     // The file was renamed once added, and the log says so.
     assert!(ds.watch_dir().join("album.torrent.added").exists());
     let log = ds.log_text();
@@ -69,22 +59,12 @@ fn single_file_from_transmission() {
     let data = work.path().join("seed");
     payload(&data.join("big.bin"), 24 * 1024 * 1024 + 12345, 7);
     let torrent = work.path().join("big.torrent");
-    mktorrent(
-        &data.join("big.bin"),
-        &tracker.announce_url(),
-        18,
-        &torrent,
-        &[],
-    );
+    mktorrent(&data.join("big.bin"), &tracker.announce_url(), 18, &torrent, &[]);
     let hash = info_hash(&torrent);
     tracker.allow(&hash);
     let tr = Transmission::start(&data);
     tr.add(&torrent);
-    wait_for(
-        "transmission to verify its data",
-        Duration::from_secs(60),
-        || (tr.percent_done()? == 100).then_some(()),
-    );
+    wait_for("transmission to verify its data", Duration::from_secs(60), || (tr.percent_done()? == 100).then_some(()));
 
     tracker.wait_seeders(&hash, 1);
     let ds = Dropseed::start_with("");

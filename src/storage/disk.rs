@@ -23,10 +23,7 @@ impl DiskPool {
     /// `threads` = 0 means one per core (at least 2).
     pub fn new(threads: usize, queue: usize) -> DiskPool {
         let n = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .max(2)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
         } else {
             threads
         };
@@ -44,10 +41,7 @@ impl DiskPool {
                     .expect("spawn disk thread")
             })
             .collect();
-        DiskPool {
-            tx,
-            threads: std::sync::Mutex::new(threads),
-        }
+        DiskPool { tx, threads: std::sync::Mutex::new(threads) }
     }
 
     pub fn threads(&self) -> usize {
@@ -55,10 +49,7 @@ impl DiskPool {
     }
 
     /// Runs `f` on a disk thread and waits for its result.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, PoolClosed> {
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolClosed> {
         let (tx, rx) = oneshot::channel();
         self.spawn(move || {
             let _ = tx.send(f());
@@ -88,10 +79,7 @@ mod tests {
     #[tokio::test]
     async fn runs_jobs_off_the_runtime_and_shuts_down() {
         let pool = DiskPool::new(2, 4);
-        let name = pool
-            .run(|| std::thread::current().name().map(String::from))
-            .await
-            .unwrap();
+        let name = pool.run(|| std::thread::current().name().map(String::from)).await.unwrap();
         assert!(name.unwrap().starts_with("disk-"));
         let sum = pool.run(|| (1..=10).sum::<u32>()).await.unwrap();
         assert_eq!(sum, 55);

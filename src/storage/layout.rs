@@ -29,11 +29,7 @@ pub struct Layout {
 impl Layout {
     pub fn new(meta: &Metainfo) -> Layout {
         Layout {
-            files: meta
-                .files
-                .iter()
-                .map(|f| (f.offset, f.length, f.padding))
-                .collect(),
+            files: meta.files.iter().map(|f| (f.offset, f.length, f.padding)).collect(),
             piece_length: meta.piece_length,
             total_length: meta.total_length,
         }
@@ -50,11 +46,7 @@ impl Layout {
                 f
             })
             .collect();
-        Layout {
-            files,
-            piece_length,
-            total_length: offset,
-        }
+        Layout { files, piece_length, total_length: offset }
     }
 
     pub fn piece_range(&self, index: usize) -> Range<u64> {
@@ -69,9 +61,7 @@ impl Layout {
         let end = offset + len as u64;
         assert!(end <= self.total_length, "range beyond the torrent");
         // First file whose end is past `offset`.
-        let mut i = self
-            .files
-            .partition_point(|&(start, flen, _)| start + flen <= offset);
+        let mut i = self.files.partition_point(|&(start, flen, _)| start + flen <= offset);
         let mut pos = offset;
         while pos < end && i < self.files.len() {
             let (fstart, flen, padding) = self.files[i];
@@ -117,43 +107,16 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                Segment {
-                    file: 0,
-                    file_offset: 0,
-                    buf_offset: 0,
-                    len: 10,
-                    padding: false
-                },
-                Segment {
-                    file: 2,
-                    file_offset: 0,
-                    buf_offset: 10,
-                    len: 6,
-                    padding: true
-                },
+                Segment { file: 0, file_offset: 0, buf_offset: 0, len: 10, padding: false },
+                Segment { file: 2, file_offset: 0, buf_offset: 10, len: 6, padding: true },
             ]
         );
         let s = l.segments(8, 12);
         assert_eq!(s.len(), 3);
-        assert_eq!(
-            s[2],
-            Segment {
-                file: 3,
-                file_offset: 0,
-                buf_offset: 8,
-                len: 4,
-                padding: false
-            }
-        );
+        assert_eq!(s[2], Segment { file: 3, file_offset: 0, buf_offset: 8, len: 4, padding: false });
         assert_eq!(
             l.segments(32, 4),
-            vec![Segment {
-                file: 3,
-                file_offset: 16,
-                buf_offset: 0,
-                len: 4,
-                padding: false
-            }]
+            vec![Segment { file: 3, file_offset: 16, buf_offset: 0, len: 4, padding: false }]
         );
         assert_eq!(l.pieces_of_file(0), 0..1);
         assert_eq!(l.pieces_of_file(1), 0..0);
@@ -169,8 +132,7 @@ mod tests {
             (seed >> 33) % m
         };
         for _ in 0..500 {
-            let files: Vec<(u64, bool)> =
-                (0..1 + next(8)).map(|_| (next(40), next(5) == 0)).collect();
+            let files: Vec<(u64, bool)> = (0..1 + next(8)).map(|_| (next(40), next(5) == 0)).collect();
             let total: u64 = files.iter().map(|f| f.0).sum();
             if total == 0 {
                 continue;
@@ -196,15 +158,6 @@ mod tests {
         let l = Layout::from_parts(&[(big, false), (100, false)], 1 << 20);
         let s = l.segments(big - 10, 20);
         assert_eq!(s[0].file_offset, big - 10);
-        assert_eq!(
-            s[1],
-            Segment {
-                file: 1,
-                file_offset: 0,
-                buf_offset: 10,
-                len: 10,
-                padding: false
-            }
-        );
+        assert_eq!(s[1], Segment { file: 1, file_offset: 0, buf_offset: 10, len: 10, padding: false });
     }
 }

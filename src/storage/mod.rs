@@ -60,9 +60,7 @@ pub fn survey(download_dir: &Path, meta: &Metainfo) -> DiskSurvey {
         if f.padding {
             continue;
         }
-        let len = std::fs::metadata(file_path(download_dir, meta, i))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let len = std::fs::metadata(file_path(download_dir, meta, i)).map(|m| m.len()).unwrap_or(0);
         if len > 0 {
             s.existing_files.push(i);
         }
@@ -78,8 +76,7 @@ pub fn survey(download_dir: &Path, meta: &Metainfo) -> DiskSurvey {
 pub fn free_space(dir: &Path) -> io::Result<u64> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let c =
-        CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid C string and st a valid out pointer.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
@@ -114,11 +111,7 @@ impl TorrentStorage {
     /// Creates every file at full size (zero-length files too, padding never)
     /// and opens the backend. Nothing is written outside `download_dir`:
     /// metainfo validation already refused unsafe path elements.
-    pub fn open(
-        download_dir: &Path,
-        meta: &Metainfo,
-        kind: BackendKind,
-    ) -> io::Result<TorrentStorage> {
+    pub fn open(download_dir: &Path, meta: &Metainfo, kind: BackendKind) -> io::Result<TorrentStorage> {
         let mut files = Vec::with_capacity(meta.files.len());
         let mut all_preallocated = true;
         for (i, f) in meta.files.iter().enumerate() {
@@ -130,12 +123,7 @@ impl TorrentStorage {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
             if file.metadata()?.len() < f.length {
                 all_preallocated &= preallocate(&file, f.length)?;
             }
@@ -151,11 +139,7 @@ impl TorrentStorage {
             BackendKind::Mmap => Box::new(MmapBackend::new(files)?),
             BackendKind::File => Box::new(PlainBackend { files }),
         };
-        Ok(TorrentStorage {
-            layout: Layout::new(meta),
-            backend,
-            kind,
-        })
+        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -166,11 +150,7 @@ impl TorrentStorage {
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         for s in self.layout.segments(offset, data.len()) {
             if !s.padding {
-                self.backend.write_at(
-                    s.file,
-                    s.file_offset,
-                    &data[s.buf_offset..s.buf_offset + s.len],
-                )?;
+                self.backend.write_at(s.file, s.file_offset, &data[s.buf_offset..s.buf_offset + s.len])?;
             }
         }
         Ok(())
@@ -231,9 +211,8 @@ impl MmapBackend {
     /// touching a mapped page past the end of a truncated file is SIGBUS, so a
     /// file cut short behind our back becomes an error instead.
     fn checked(&self, file: usize, offset: u64, len: usize) -> io::Result<&MmapRaw> {
-        let (f, expected, map) = self.maps[file]
-            .as_ref()
-            .ok_or_else(|| io::Error::other("access to an unmapped file"))?;
+        let (f, expected, map) =
+            self.maps[file].as_ref().ok_or_else(|| io::Error::other("access to an unmapped file"))?;
         let end = offset + len as u64;
         if end > *expected {
             return Err(io::Error::other("access beyond the end of the file"));
@@ -255,13 +234,7 @@ impl FileBackend for MmapBackend {
         // SAFETY: the range is inside the mapping (checked above). Pieces are
         // disjoint ranges and each piece is written by one disk job, so no two
         // threads write the same bytes at once.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                map.as_mut_ptr().add(offset as usize),
-                data.len(),
-            )
-        };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), map.as_mut_ptr().add(offset as usize), data.len()) };
         Ok(())
     }
 
@@ -269,13 +242,7 @@ impl FileBackend for MmapBackend {
         let map = self.checked(file, offset, buf.len())?;
         // SAFETY: in range (checked); readers only see verified pieces, which
         // are never written again.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                map.as_ptr().add(offset as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        unsafe { std::ptr::copy_nonoverlapping(map.as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
 
@@ -291,10 +258,7 @@ struct PlainBackend {
 
 impl PlainBackend {
     fn file(&self, file: usize) -> io::Result<&File> {
-        self.files[file]
-            .as_ref()
-            .map(|f| &f.0)
-            .ok_or_else(|| io::Error::other("access to a padding file"))
+        self.files[file].as_ref().map(|f| &f.0).ok_or_else(|| io::Error::other("access to a padding file"))
     }
 }
 
@@ -339,14 +303,8 @@ mod tests {
             expect[5..16].fill(0);
             assert_eq!(back, expect);
             assert_eq!(std::fs::read(dir.path().join("dir/a")).unwrap(), &data[..5]);
-            assert_eq!(
-                std::fs::read(dir.path().join("dir/sub/b")).unwrap(),
-                &data[16..]
-            );
-            assert_eq!(
-                std::fs::read(dir.path().join("dir/empty")).unwrap().len(),
-                0
-            );
+            assert_eq!(std::fs::read(dir.path().join("dir/sub/b")).unwrap(), &data[16..]);
+            assert_eq!(std::fs::read(dir.path().join("dir/empty")).unwrap().len(), 0);
             assert!(!dir.path().join("dir/.pad").exists());
         }
     }
@@ -356,12 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = multi();
         let s = TorrentStorage::open(dir.path(), &meta, BackendKind::Mmap).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("dir/sub/b"))
-            .unwrap()
-            .set_len(2)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(dir.path().join("dir/sub/b")).unwrap().set_len(2).unwrap();
         let mut buf = vec![0u8; 20];
         let err = s.read(16, &mut buf).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");

@@ -38,12 +38,7 @@ const NEW_PEER_SECS: u64 = 60;
 
 impl Choker {
     pub fn new(slots: usize, seed: u64) -> Choker {
-        Choker {
-            slots,
-            round: 0,
-            optimistic: None,
-            rng: SmallRng::seed_from_u64(seed),
-        }
+        Choker { slots, round: 0, optimistic: None, rng: SmallRng::seed_from_u64(seed) }
     }
 
     pub fn set_slots(&mut self, slots: usize) {
@@ -59,47 +54,26 @@ impl Choker {
         let rotate = self.round.is_multiple_of(OPTIMISTIC_EVERY);
         self.round += 1;
 
-        let mut ranked: Vec<&ChokeInput> = peers
-            .iter()
-            .filter(|p| p.interested && !p.snubbed)
-            .collect();
+        let mut ranked: Vec<&ChokeInput> = peers.iter().filter(|p| p.interested && !p.snubbed).collect();
         // Highest rate first; ties keep a stable order by address.
         ranked.sort_by(|a, b| b.rate.cmp(&a.rate).then(a.key.cmp(&b.key)));
-        let mut unchoked: HashSet<PeerKey> =
-            ranked.iter().take(self.slots).map(|p| p.key).collect();
+        let mut unchoked: HashSet<PeerKey> = ranked.iter().take(self.slots).map(|p| p.key).collect();
 
-        let still_valid = self
-            .optimistic
-            .filter(|k| peers.iter().any(|p| p.key == *k && p.interested) && !unchoked.contains(k));
-        self.optimistic = if rotate || still_valid.is_none() {
-            self.draw_optimistic(peers, &unchoked)
-        } else {
-            still_valid
-        };
+        let still_valid =
+            self.optimistic.filter(|k| peers.iter().any(|p| p.key == *k && p.interested) && !unchoked.contains(k));
+        self.optimistic =
+            if rotate || still_valid.is_none() { self.draw_optimistic(peers, &unchoked) } else { still_valid };
         if let Some(k) = self.optimistic {
             unchoked.insert(k);
         }
         unchoked
     }
 
-    fn draw_optimistic(
-        &mut self,
-        peers: &[ChokeInput],
-        unchoked: &HashSet<PeerKey>,
-    ) -> Option<PeerKey> {
+    fn draw_optimistic(&mut self, peers: &[ChokeInput], unchoked: &HashSet<PeerKey>) -> Option<PeerKey> {
         let candidates: Vec<(&ChokeInput, u32)> = peers
             .iter()
             .filter(|p| p.interested && !unchoked.contains(&p.key))
-            .map(|p| {
-                (
-                    p,
-                    if p.connected_secs < NEW_PEER_SECS {
-                        3
-                    } else {
-                        1
-                    },
-                )
-            })
+            .map(|p| (p, if p.connected_secs < NEW_PEER_SECS { 3 } else { 1 }))
             .collect();
         let total: u32 = candidates.iter().map(|c| c.1).sum();
         if total == 0 {
@@ -125,13 +99,7 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], n))
     }
     fn peer(n: u16, rate: u64) -> ChokeInput {
-        ChokeInput {
-            key: key(n),
-            interested: true,
-            rate,
-            connected_secs: 600,
-            snubbed: false,
-        }
+        ChokeInput { key: key(n), interested: true, rate, connected_secs: 600, snubbed: false }
     }
 
     #[test]

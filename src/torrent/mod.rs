@@ -7,6 +7,7 @@
 pub mod choker;
 pub mod peer;
 pub mod picker;
+pub mod ratelimit;
 pub mod task;
 
 use crate::config::Config;
@@ -43,6 +44,8 @@ pub struct Env {
     pub download_dir: PathBuf,
     pub state_dir: PathBuf,
     pub started: Instant,
+    pub download_limit: ratelimit::RateLimiter,
+    pub upload_limit: ratelimit::RateLimiter,
 }
 
 impl Env {
@@ -162,13 +165,7 @@ impl TorrentShared {
         let n = meta.piece_count();
         let have = Bitfield::from_bytes(&record.have, n).unwrap_or_else(|| Bitfield::new(n));
         let budget = env.config().storage.piece_buffer.0 as usize;
-        let picker = Picker::new(
-            meta.piece_length,
-            meta.total_length,
-            &have,
-            budget,
-            rand::random(),
-        );
+        let picker = Picker::new(meta.piece_length, meta.total_length, &have, budget, rand::random());
         let verified = have.iter_ones().map(|i| meta.piece_len(i) as u64).sum();
         Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
@@ -234,12 +231,11 @@ impl TorrentShared {
             .disk
             .spawn(move || {
                 let index = piece.index as usize;
-                let good =
-                    <[u8; 20]>::from(Sha1::digest(&piece.data)) == shared.meta.piece_hashes[index];
+                let good = <[u8; 20]>::from(Sha1::digest(&piece.data)) == shared.meta.piece_hashes[index];
                 let write = match (good, shared.storage()) {
-                    (true, Some(s)) => s
-                        .write(index as u64 * shared.meta.piece_length, &piece.data)
-                        .map_err(|e| e.to_string()),
+                    (true, Some(s)) => {
+                        s.write(index as u64 * shared.meta.piece_length, &piece.data).map_err(|e| e.to_string())
+                    }
                     (true, None) => Err("storage is not open".to_string()),
                     (false, _) => Ok(()),
                 };
@@ -249,13 +245,7 @@ impl TorrentShared {
     }
 
     /// Runs on a disk thread once a piece was hashed (and written).
-    fn piece_done(
-        &self,
-        index: u32,
-        good: bool,
-        contributors: &[PeerKey],
-        write: Result<(), String>,
-    ) {
+    fn piece_done(&self, index: u32, good: bool, contributors: &[PeerKey], write: Result<(), String>) {
         let mut inner = self.inner.lock().unwrap();
         if let Err(e) = write {
             tracing::warn!(torrent = %self.meta.name, piece = index, error = %e, "disk write failed");
@@ -270,10 +260,7 @@ impl TorrentShared {
             if inner.have.set(index as usize) {
                 inner.completed_order.push(index);
                 inner.unflushed.push(index);
-                self.verified_bytes.fetch_add(
-                    self.meta.piece_len(index as usize) as u64,
-                    Ordering::Relaxed,
-                );
+                self.verified_bytes.fetch_add(self.meta.piece_len(index as usize) as u64, Ordering::Relaxed);
             }
             let count = inner.have.count();
             drop(inner);
@@ -304,20 +291,13 @@ impl TorrentShared {
     pub fn save_resume_blocking(&self) -> std::io::Result<()> {
         let (flush, have) = {
             let mut inner = self.inner.lock().unwrap();
-            (
-                std::mem::take(&mut inner.unflushed),
-                inner.have.as_bytes().to_vec(),
-            )
+            (std::mem::take(&mut inner.unflushed), inner.have.as_bytes().to_vec())
         };
         if let Some(storage) = self.storage() {
             for &p in &flush {
                 let r = storage.layout().piece_range(p as usize);
                 if let Err(e) = storage.flush(r.start, (r.end - r.start) as usize) {
-                    self.inner
-                        .lock()
-                        .unwrap()
-                        .unflushed
-                        .extend_from_slice(&flush);
+                    self.inner.lock().unwrap().unflushed.extend_from_slice(&flush);
                     return Err(e);
                 }
             }
@@ -337,12 +317,7 @@ impl TorrentShared {
 
     pub async fn save_resume(self: &Arc<Self>) {
         let shared = self.clone();
-        match self
-            .env
-            .disk
-            .run(move || shared.save_resume_blocking())
-            .await
-        {
+        match self.env.disk.run(move || shared.save_resume_blocking()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(torrent = %self.meta.name, error = %e, "could not save resume state")
@@ -355,11 +330,7 @@ impl TorrentShared {
     pub fn status(&self) -> TorrentStatus {
         let (peers, seeds) = {
             let inner = self.inner.lock().unwrap();
-            let seeds = inner
-                .peers
-                .values()
-                .filter(|p| p.is_seed.load(Ordering::Relaxed))
-                .count();
+            let seeds = inner.peers.values().filter(|p| p.is_seed.load(Ordering::Relaxed)).count();
             (inner.peers.len(), seeds)
         };
         let s = self.status.lock().unwrap().clone();
@@ -374,8 +345,8 @@ impl TorrentShared {
         } else {
             0.0
         };
-        let eta = (s.state == TorrentState::Downloading && s.download_rate > 0)
-            .then(|| (size - done) / s.download_rate);
+        let eta =
+            (s.state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
         TorrentStatus {
             info_hash: self.meta.info_hash.hex(),
             name: self.meta.name.clone(),

@@ -57,10 +57,7 @@ pub enum PeerError {
 type ReadBatch = Vec<(BlockRef, Vec<u8>)>;
 
 /// Sends our handshake and reads theirs (outgoing side).
-pub async fn handshake_outgoing(
-    stream: &mut TcpStream,
-    ours: &Handshake,
-) -> Result<Handshake, PeerError> {
+pub async fn handshake_outgoing(stream: &mut TcpStream, ours: &Handshake) -> Result<Handshake, PeerError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream.write_all(&ours.encode()).await?;
         read_handshake(stream).await
@@ -93,8 +90,14 @@ struct Peer {
     last_sent: Instant,
     last_block: Instant,
     bytes_this_tick: u64,
+    /// Payload received but not yet charged to the download limit.
+    bytes_unmetered: u64,
     rate: u64,
     completed: Vec<super::picker::CompletePiece>,
+    /// Upload data waiting for the upload limit, with when it may go.
+    throttled: VecDeque<(Instant, Vec<u8>)>,
+    /// Reading paused until then by the download limit.
+    read_resume_at: Option<Instant>,
 }
 
 /// Runs an established connection (handshakes done) until it ends.
@@ -125,8 +128,11 @@ pub async fn run(
         last_sent: Instant::now(),
         last_block: Instant::now(),
         bytes_this_tick: 0,
+        bytes_unmetered: 0,
         rate: 0,
         completed: Vec::new(),
+        throttled: VecDeque::new(),
+        read_resume_at: None,
     };
     let result = peer.run(stream, cancel).await;
     peer.cleanup();
@@ -139,6 +145,7 @@ enum Event {
     Control,
     Have,
     ReadDone(ReadBatch),
+    Throttle,
     Tick,
     Cancelled,
 }
@@ -166,8 +173,16 @@ impl Peer {
         loop {
             let event = {
                 let slices = out.slices();
+                let reading = self.read_resume_at.is_none();
+                let wake = self
+                    .read_resume_at
+                    .into_iter()
+                    .chain(self.throttled.front().map(|t| t.0))
+                    .min()
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
-                    r = rd.read_buf(&mut rbuf) => Event::Read(r),
+                    r = rd.read_buf(&mut rbuf), if reading => Event::Read(r),
+                    _ = tokio::time::sleep_until(wake.into()), if !reading || !self.throttled.is_empty() => Event::Throttle,
                     w = wr.write_vectored(&slices), if !slices.is_empty() => Event::Wrote(w),
                     _ = self.handle.notify.notified() => Event::Control,
                     r = have_rx.changed() => if r.is_ok() { Event::Have } else { Event::Cancelled },
@@ -191,6 +206,15 @@ impl Peer {
                     if rbuf.capacity() - rbuf.len() < 64 * 1024 {
                         rbuf.reserve(256 * 1024);
                     }
+                    // The download limit pauses reading; TCP then slows the sender.
+                    let got = std::mem::take(&mut self.bytes_unmetered);
+                    if got > 0 {
+                        if let Some(at) = self.shared.env.download_limit.reserve(got) {
+                            if at > Instant::now() {
+                                self.read_resume_at = Some(at);
+                            }
+                        }
+                    }
                     for piece in std::mem::take(&mut self.completed) {
                         self.shared.submit_piece(piece).await;
                     }
@@ -198,9 +222,7 @@ impl Peer {
                 Event::Wrote(w) => {
                     let n = w?;
                     if n == 0 {
-                        return Err(PeerError::Protocol(
-                            "connection closed while writing".into(),
-                        ));
+                        return Err(PeerError::Protocol("connection closed while writing".into()));
                     }
                     out.advance(n);
                     self.last_sent = Instant::now();
@@ -221,15 +243,26 @@ impl Peer {
                 Event::ReadDone(batch) => {
                     self.reads_in_flight -= 1;
                     for (block, msg) in batch {
-                        if !self.am_choking {
-                            self.shared
-                                .uploaded
-                                .fetch_add(block.len as u64, Ordering::Relaxed);
-                            self.handle
-                                .bytes_up
-                                .fetch_add(block.len as u64, Ordering::Relaxed);
-                            out.push_owned(msg);
+                        if self.am_choking {
+                            continue;
                         }
+                        self.shared.uploaded.fetch_add(block.len as u64, Ordering::Relaxed);
+                        self.handle.bytes_up.fetch_add(block.len as u64, Ordering::Relaxed);
+                        match self.shared.env.upload_limit.reserve(block.len as u64) {
+                            Some(at) if at > Instant::now() || !self.throttled.is_empty() => {
+                                self.throttled.push_back((at, msg))
+                            }
+                            _ => out.push_owned(msg),
+                        }
+                    }
+                }
+                Event::Throttle => {
+                    let now = Instant::now();
+                    if self.read_resume_at.is_some_and(|t| t <= now) {
+                        self.read_resume_at = None;
+                    }
+                    while self.throttled.front().is_some_and(|t| t.0 <= now) {
+                        out.push_owned(self.throttled.pop_front().unwrap().1);
                     }
                 }
                 Event::Tick => self.on_tick(&mut out)?,
@@ -258,9 +291,7 @@ impl Peer {
             }
             Message::Have(i) => {
                 if i as usize >= n {
-                    return Err(PeerError::Protocol(format!(
-                        "have {i} out of range ({n} pieces)"
-                    )));
+                    return Err(PeerError::Protocol(format!("have {i} out of range ({n} pieces)")));
                 }
                 if self.peer_has.set(i as usize) {
                     let mut inner = self.shared.inner.lock().unwrap();
@@ -276,9 +307,8 @@ impl Peer {
                 if self.got_bitfield || self.peer_has.count() > 0 {
                     return Err(PeerError::Protocol("bitfield after other messages".into()));
                 }
-                let bf = Bitfield::from_bytes(bytes, n).ok_or_else(|| {
-                    PeerError::Protocol(format!("bitfield of {} bytes for {n} pieces", bytes.len()))
-                })?;
+                let bf = Bitfield::from_bytes(bytes, n)
+                    .ok_or_else(|| PeerError::Protocol(format!("bitfield of {} bytes for {n} pieces", bytes.len())))?;
                 self.got_bitfield = true;
                 self.peer_has = bf;
                 let mut inner = self.shared.inner.lock().unwrap();
@@ -292,11 +322,7 @@ impl Peer {
             }
             Message::Request(b) => self.on_request(b)?,
             Message::Cancel(b) => self.upload_queue.retain(|q| *q != b),
-            Message::Piece {
-                piece,
-                offset,
-                data,
-            } => self.on_piece(piece, offset, data),
+            Message::Piece { piece, offset, data } => self.on_piece(piece, offset, data),
             Message::Extended { .. } => {}
         }
         Ok(())
@@ -316,16 +342,10 @@ impl Peer {
     fn on_request(&mut self, b: BlockRef) -> Result<(), PeerError> {
         let n = self.peer_has.len() as u32;
         if b.piece >= n {
-            return Err(PeerError::Protocol(format!(
-                "request for piece {} of {n}",
-                b.piece
-            )));
+            return Err(PeerError::Protocol(format!("request for piece {} of {n}", b.piece)));
         }
         let plen = self.shared.meta.piece_len(b.piece as usize);
-        if b.len == 0
-            || b.len > BLOCK_LEN
-            || b.offset.checked_add(b.len).is_none_or(|end| end > plen)
-        {
+        if b.len == 0 || b.len > BLOCK_LEN || b.offset.checked_add(b.len).is_none_or(|end| end > plen) {
             return Err(PeerError::Protocol(format!("bad request {b:?}")));
         }
         if self.am_choking || self.upload_queue.len() >= MAX_QUEUED_REQUESTS {
@@ -341,16 +361,14 @@ impl Peer {
     }
 
     fn on_piece(&mut self, piece: u32, offset: u32, data: &[u8]) {
-        let block = BlockRef {
-            piece,
-            offset,
-            len: data.len() as u32,
-        };
+        let block = BlockRef { piece, offset, len: data.len() as u32 };
         self.outstanding.remove(&block);
         let len = data.len() as u64;
         self.shared.downloaded.fetch_add(len, Ordering::Relaxed);
         self.handle.bytes_down.fetch_add(len, Ordering::Relaxed);
         self.bytes_this_tick += len;
+        self.bytes_unmetered += len;
+        self.bytes_unmetered += len;
         let (outcome, complete, endgame) = {
             let mut inner = self.shared.inner.lock().unwrap();
             let (o, c) = inner.picker.block_received(self.key, piece, offset, data);
@@ -386,11 +404,7 @@ impl Peer {
         }
         let slots = self.shared.env.config().limits.upload_slots;
         let inner = self.shared.inner.lock().unwrap();
-        let used = inner
-            .peers
-            .values()
-            .filter(|p| p.unchoke.load(Ordering::Relaxed))
-            .count();
+        let used = inner.peers.values().filter(|p| p.unchoke.load(Ordering::Relaxed)).count();
         if used < slots {
             self.handle.unchoke.store(true, Ordering::Relaxed);
             drop(inner);
@@ -413,10 +427,7 @@ impl Peer {
     fn send_haves(&mut self, out: &mut OutQueue) -> Result<(), PeerError> {
         let (new, complete): (Vec<u32>, bool) = {
             let inner = self.shared.inner.lock().unwrap();
-            (
-                inner.completed_order[self.haves_sent..].to_vec(),
-                inner.have.is_full(),
-            )
+            (inner.completed_order[self.haves_sent..].to_vec(), inner.have.is_full())
         };
         self.haves_sent += new.len();
         for i in new {
@@ -448,9 +459,7 @@ impl Peer {
         // Smoothed rate sets the pipeline depth: about half a second of data.
         self.rate = (self.rate * 3 + self.bytes_this_tick) / 4;
         self.bytes_this_tick = 0;
-        let snubbed = !self.peer_choking
-            && !self.outstanding.is_empty()
-            && now - self.last_block > SNUB_AFTER;
+        let snubbed = !self.peer_choking && !self.outstanding.is_empty() && now - self.last_block > SNUB_AFTER;
         self.handle.snubbed.store(snubbed, Ordering::Relaxed);
         self.pipeline = if snubbed {
             1
@@ -463,20 +472,10 @@ impl Peer {
         if self.am_interested && !self.outstanding.is_empty() {
             return Ok(());
         }
-        let wants = self
-            .shared
-            .inner
-            .lock()
-            .unwrap()
-            .picker
-            .wants_any(&self.peer_has);
+        let wants = self.shared.inner.lock().unwrap().picker.wants_any(&self.peer_has);
         if wants != self.am_interested {
             self.am_interested = wants;
-            out.push_small(if wants {
-                &Message::Interested
-            } else {
-                &Message::NotInterested
-            });
+            out.push_small(if wants { &Message::Interested } else { &Message::NotInterested });
         }
         Ok(())
     }
@@ -494,13 +493,7 @@ impl Peer {
         {
             let outstanding = &self.outstanding;
             let mut inner = self.shared.inner.lock().unwrap();
-            inner.picker.pick(
-                self.key,
-                &self.peer_has,
-                want,
-                &|b| outstanding.contains(b),
-                &mut picked,
-            );
+            inner.picker.pick(self.key, &self.peer_has, want, &|b| outstanding.contains(b), &mut picked);
         }
         for b in picked {
             self.outstanding.insert(b);
@@ -510,6 +503,7 @@ impl Peer {
 
     fn serve_uploads(&mut self, out: &OutQueue, reads_tx: &mpsc::Sender<ReadBatch>) {
         while !self.am_choking
+            && self.throttled.is_empty()
             && !self.upload_queue.is_empty()
             && self.reads_in_flight < READS_IN_FLIGHT
             && out.len() < OUT_HIGH_WATER
@@ -531,13 +525,7 @@ impl Peer {
                     let mut msg = Vec::with_capacity(13 + b.len as usize);
                     wire::encode_piece_header(b.piece, b.offset, b.len as usize, &mut msg);
                     msg.resize(13 + b.len as usize, 0);
-                    if storage
-                        .read(
-                            b.piece as u64 * piece_length + b.offset as u64,
-                            &mut msg[13..],
-                        )
-                        .is_ok()
-                    {
+                    if storage.read(b.piece as u64 * piece_length + b.offset as u64, &mut msg[13..]).is_ok() {
                         batch.push((b, msg));
                     }
                 }
@@ -563,11 +551,7 @@ impl Peer {
         self.drop_outstanding();
         let mut inner = self.shared.inner.lock().unwrap();
         inner.picker.peer_bitfield(&self.peer_has, false);
-        if inner
-            .peers
-            .get(&self.key)
-            .is_some_and(|h| Arc::ptr_eq(h, &self.handle))
-        {
+        if inner.peers.get(&self.key).is_some_and(|h| Arc::ptr_eq(h, &self.handle)) {
             inner.peers.remove(&self.key);
         }
     }

@@ -73,23 +73,9 @@ pub struct Picker {
 }
 
 impl Picker {
-    pub fn new(
-        piece_length: u64,
-        total_length: u64,
-        have: &Bitfield,
-        buffer_budget: usize,
-        seed: u64,
-    ) -> Picker {
+    pub fn new(piece_length: u64, total_length: u64, have: &Bitfield, buffer_budget: usize, seed: u64) -> Picker {
         let n = have.len();
-        let status = (0..n)
-            .map(|i| {
-                if have.get(i) {
-                    Status::Have
-                } else {
-                    Status::Wanted
-                }
-            })
-            .collect();
+        let status = (0..n).map(|i| if have.get(i) { Status::Have } else { Status::Wanted }).collect();
         Picker {
             piece_length,
             total_length,
@@ -120,11 +106,7 @@ impl Picker {
 
     fn block(&self, index: u32, b: usize) -> BlockRef {
         let offset = b as u32 * BLOCK_LEN;
-        BlockRef {
-            piece: index,
-            offset,
-            len: BLOCK_LEN.min(self.piece_len(index) - offset),
-        }
+        BlockRef { piece: index, offset, len: BLOCK_LEN.min(self.piece_len(index) - offset) }
     }
 
     pub fn is_complete(&self) -> bool {
@@ -147,16 +129,11 @@ impl Picker {
 
     /// Whether the peer has any piece we still want.
     pub fn wants_any(&self, peer_has: &Bitfield) -> bool {
-        peer_has
-            .iter_ones()
-            .any(|i| matches!(self.status[i], Status::Wanted | Status::Partial))
+        peer_has.iter_ones().any(|i| matches!(self.status[i], Status::Wanted | Status::Partial))
     }
 
     pub fn wants(&self, piece: u32) -> bool {
-        matches!(
-            self.status.get(piece as usize),
-            Some(Status::Wanted | Status::Partial)
-        )
+        matches!(self.status.get(piece as usize), Some(Status::Wanted | Status::Partial))
     }
 
     pub fn peer_bitfield(&mut self, has: &Bitfield, added: bool) {
@@ -195,14 +172,7 @@ impl Picker {
             .collect();
         partials.sort_unstable();
         for &(_, index) in &partials {
-            self.take_blocks(
-                index,
-                peer_has,
-                max - (out.len() - start_len),
-                false,
-                mine,
-                out,
-            );
+            self.take_blocks(index, peer_has, max - (out.len() - start_len), false, mine, out);
             if out.len() - start_len >= max {
                 return;
             }
@@ -229,27 +199,13 @@ impl Picker {
             self.buffered += len;
             self.unstarted -= 1;
             self.status[index as usize] = Status::Partial;
-            self.take_blocks(
-                index,
-                peer_has,
-                max - (out.len() - start_len),
-                false,
-                mine,
-                out,
-            );
+            self.take_blocks(index, peer_has, max - (out.len() - start_len), false, mine, out);
         }
         // 3. Endgame: nothing new to start, every missing block is requested;
         // ask for blocks others have outstanding too.
         if out.len() == start_len && !self.any_wanted_unstarted(peer_has) {
             for &(_, index) in &partials {
-                self.take_blocks(
-                    index,
-                    peer_has,
-                    max - (out.len() - start_len),
-                    true,
-                    mine,
-                    out,
-                );
+                self.take_blocks(index, peer_has, max - (out.len() - start_len), true, mine, out);
                 if out.len() - start_len >= max {
                     return;
                 }
@@ -258,9 +214,7 @@ impl Picker {
     }
 
     fn any_wanted_unstarted(&self, peer_has: &Bitfield) -> bool {
-        peer_has
-            .iter_ones()
-            .any(|i| self.status[i] == Status::Wanted)
+        peer_has.iter_ones().any(|i| self.status[i] == Status::Wanted)
     }
 
     fn take_blocks(
@@ -286,8 +240,7 @@ impl Picker {
             let free = p.requested[b] == 0;
             // In endgame a block may be asked of two peers at most, and only
             // outside parole (where one peer must deliver the whole piece).
-            let endgame_ok =
-                endgame && p.exclusive.is_none() && p.requested[b] < 2 && !mine(&block);
+            let endgame_ok = endgame && p.exclusive.is_none() && p.requested[b] < 2 && !mine(&block);
             if free || endgame_ok {
                 p.requested[b] = p.requested[b].saturating_add(1);
                 out.push(block);
@@ -376,14 +329,7 @@ impl Picker {
         let p = self.partial.remove(&piece).unwrap();
         self.buffered -= p.buf.len();
         self.status[piece as usize] = Status::Verifying;
-        (
-            BlockOutcome::Accepted,
-            Some(CompletePiece {
-                index: piece,
-                data: p.buf,
-                contributors: p.contributors,
-            }),
-        )
+        (BlockOutcome::Accepted, Some(CompletePiece { index: piece, data: p.buf, contributors: p.contributors }))
     }
 
     pub fn piece_verified(&mut self, piece: u32) {
@@ -446,10 +392,7 @@ mod tests {
         if !picked.contains(&5) {
             let mut next = Vec::new();
             p.pick(peer(1), &all, 1, NONE, &mut next);
-            assert_eq!(
-                next[0].piece, 5,
-                "rarest piece comes first after the random phase"
-            );
+            assert_eq!(next[0].piece, 5, "rarest piece comes first after the random phase");
         }
     }
 
@@ -461,36 +404,18 @@ mod tests {
         p.peer_bitfield(&all, true);
         let mut out = Vec::new();
         p.pick(peer(1), &all, 10, NONE, &mut out);
-        assert_eq!(
-            out.iter().map(|b| b.len).collect::<Vec<_>>(),
-            vec![16384, 16384, 7232]
-        );
+        assert_eq!(out.iter().map(|b| b.len).collect::<Vec<_>>(), vec![16384, 16384, 7232]);
         assert_eq!(p.buffered_bytes(), 40000);
         let data: Vec<u8> = (0..40000u32).map(|i| i as u8).collect();
         // Wrong length and wrong offset are refused.
-        assert_eq!(
-            p.block_received(peer(1), 0, 0, &data[..100]).0,
-            BlockOutcome::Unexpected
-        );
-        assert_eq!(
-            p.block_received(peer(1), 0, 5, &data[..16384]).0,
-            BlockOutcome::Unexpected
-        );
-        assert_eq!(
-            p.block_received(peer(1), 0, 16384 * 9, &data[..16384]).0,
-            BlockOutcome::Unexpected
-        );
+        assert_eq!(p.block_received(peer(1), 0, 0, &data[..100]).0, BlockOutcome::Unexpected);
+        assert_eq!(p.block_received(peer(1), 0, 5, &data[..16384]).0, BlockOutcome::Unexpected);
+        assert_eq!(p.block_received(peer(1), 0, 16384 * 9, &data[..16384]).0, BlockOutcome::Unexpected);
         let (o, done) = p.block_received(peer(1), 0, 0, &data[..16384]);
         assert_eq!(o, BlockOutcome::Accepted);
         assert!(done.is_none());
-        assert_eq!(
-            p.block_received(peer(1), 0, 0, &data[..16384]).0,
-            BlockOutcome::Duplicate
-        );
-        assert!(p
-            .block_received(peer(1), 0, 32768, &data[32768..])
-            .1
-            .is_none());
+        assert_eq!(p.block_received(peer(1), 0, 0, &data[..16384]).0, BlockOutcome::Duplicate);
+        assert!(p.block_received(peer(1), 0, 32768, &data[32768..]).1.is_none());
         let (o, done) = p.block_received(peer(1), 0, 16384, &data[16384..32768]);
         assert_eq!(o, BlockOutcome::Accepted);
         let done = done.unwrap();
@@ -568,13 +493,7 @@ mod tests {
         p.pick(peer(2), &all, 1, NONE, &mut c);
         let mut d = Vec::new();
         p.pick(peer(1), &all, 5, NONE, &mut d);
-        assert!(
-            d.is_empty(),
-            "peer 1 may not help with a piece on parole for peer 2"
-        );
-        assert_eq!(
-            p.block_received(peer(1), 0, 16384, &zeros).0,
-            BlockOutcome::Unexpected
-        );
+        assert!(d.is_empty(), "peer 1 may not help with a piece on parole for peer 2");
+        assert_eq!(p.block_received(peer(1), 0, 16384, &zeros).0, BlockOutcome::Unexpected);
     }
 }

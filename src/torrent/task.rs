@@ -71,11 +71,7 @@ impl TransferCounters for TorrentShared {
     }
 }
 
-pub async fn run(
-    shared: Arc<TorrentShared>,
-    mut cmds: mpsc::Receiver<Cmd>,
-    cancel: CancellationToken,
-) -> Exit {
+pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, cancel: CancellationToken) -> Exit {
     let mut recheck_all = false;
     loop {
         let (paused, stopped) = {
@@ -83,14 +79,7 @@ pub async fn run(
             (s.record.paused == 1, s.record.stopped == 1)
         };
         if paused || stopped {
-            shared.set_state(
-                if paused {
-                    TorrentState::Paused
-                } else {
-                    TorrentState::Stopped
-                },
-                None,
-            );
+            shared.set_state(if paused { TorrentState::Paused } else { TorrentState::Stopped }, None);
             shared.save_resume().await;
             loop {
                 tokio::select! {
@@ -205,13 +194,9 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
     let dir = env.download_dir.clone();
     let survey = {
         let (meta, dir) = (meta.clone(), dir.clone());
-        env.disk
-            .run(move || storage::survey(&dir, &meta))
-            .await
-            .map_err(|e| e.to_string())?
+        env.disk.run(move || storage::survey(&dir, &meta)).await.map_err(|e| e.to_string())?
     };
-    let free = storage::free_space(&dir)
-        .map_err(|e| format!("cannot read free space of {}: {e}", dir.display()))?;
+    let free = storage::free_space(&dir).map_err(|e| format!("cannot read free space of {}: {e}", dir.display()))?;
     if survey.bytes_needed > free {
         return Err(format!(
             "not enough disk space in {}: {} needed, {} free",
@@ -241,14 +226,7 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
     // Which pieces to hash: all on a full recheck; for a new torrent, those
     // touching files that already held data; otherwise the pieces the resume
     // record claims in files that were missing or short.
-    let had_record = shared
-        .status
-        .lock()
-        .unwrap()
-        .record
-        .have
-        .iter()
-        .any(|&b| b != 0);
+    let had_record = shared.status.lock().unwrap().record.have.iter().any(|&b| b != 0);
     let mut to_check: Vec<usize> = {
         let inner = shared.inner.lock().unwrap();
         let layout = storage.layout();
@@ -276,9 +254,7 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
             if inner.have.get(p) {
                 inner.have.clear(p);
                 inner.picker.piece_lost(p as u32);
-                shared
-                    .verified_bytes
-                    .fetch_sub(meta.piece_len(p) as u64, Ordering::Relaxed);
+                shared.verified_bytes.fetch_sub(meta.piece_len(p) as u64, Ordering::Relaxed);
             }
         }
     }
@@ -292,14 +268,7 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
         while jobs.len() < parallel {
             let Some(p) = to_check.pop() else { break };
             let (m, s, disk) = (meta.clone(), storage.clone(), env.disk.clone());
-            jobs.spawn(async move {
-                (
-                    p,
-                    disk.run(move || piece_matches(&m, &s, p))
-                        .await
-                        .unwrap_or(false),
-                )
-            });
+            jobs.spawn(async move { (p, disk.run(move || piece_matches(&m, &s, p)).await.unwrap_or(false)) });
         }
         let Some(done) = jobs.join_next().await else {
             break;
@@ -310,9 +279,7 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
             if inner.have.set(p) {
                 inner.picker.piece_verified(p as u32);
                 inner.unflushed.push(p as u32);
-                shared
-                    .verified_bytes
-                    .fetch_add(meta.piece_len(p) as u64, Ordering::Relaxed);
+                shared.verified_bytes.fetch_add(meta.piece_len(p) as u64, Ordering::Relaxed);
             }
         }
     }
@@ -353,14 +320,7 @@ async fn run_active(
     let env = shared.env.clone();
     let config = env.config();
     let complete = shared.is_complete();
-    shared.set_state(
-        if complete {
-            TorrentState::Seeding
-        } else {
-            TorrentState::Downloading
-        },
-        None,
-    );
+    shared.set_state(if complete { TorrentState::Seeding } else { TorrentState::Downloading }, None);
     let started = Instant::now();
     let downloaded_at_start = shared.downloaded.load(Ordering::Relaxed);
 
@@ -390,10 +350,7 @@ async fn run_active(
         choker: Choker::new(config.limits.upload_slots, rand::random()),
         last_counts: HashMap::new(),
         rate_window: VecDeque::new(),
-        last_totals: (
-            shared.downloaded.load(Ordering::Relaxed),
-            shared.uploaded.load(Ordering::Relaxed),
-        ),
+        last_totals: (shared.downloaded.load(Ordering::Relaxed), shared.uploaded.load(Ordering::Relaxed)),
     };
     let mut have_rx = shared.have_tx.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -469,10 +426,7 @@ async fn run_active(
     // Stop everything this activity started, then persist.
     child.cancel();
     let drain = async { while a.peers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         a.peers.abort_all();
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker).await;
@@ -492,25 +446,14 @@ fn limit_reached(shared: &TorrentShared) -> Option<String> {
     if cfg.seeding.ratio_limit > 0.0 {
         let up = shared.uploaded.load(Ordering::Relaxed) as f64;
         let down = shared.downloaded.load(Ordering::Relaxed);
-        let base = if down > 0 {
-            down
-        } else {
-            shared.meta.total_length
-        } as f64;
+        let base = if down > 0 { down } else { shared.meta.total_length } as f64;
         if up / base >= cfg.seeding.ratio_limit {
-            return Some(format!(
-                "ratio {:.2} >= {}",
-                up / base,
-                cfg.seeding.ratio_limit
-            ));
+            return Some(format!("ratio {:.2} >= {}", up / base, cfg.seeding.ratio_limit));
         }
     }
     if let Some(limit) = cfg.seed_time_limit() {
         if s.record.seeding_secs >= limit.as_secs() {
-            return Some(format!(
-                "seeded for {}",
-                human_duration(s.record.seeding_secs)
-            ));
+            return Some(format!("seeded for {}", human_duration(s.record.seeding_secs)));
         }
     }
     None
@@ -519,10 +462,7 @@ fn limit_reached(shared: &TorrentShared) -> Option<String> {
 impl Active<'_> {
     fn add_candidates(&mut self, list: Vec<SocketAddr>) {
         for addr in list {
-            let fresh = self
-                .known
-                .get(&addr)
-                .is_none_or(|t| t.elapsed() >= RETRY_PEER_AFTER);
+            let fresh = self.known.get(&addr).is_none_or(|t| t.elapsed() >= RETRY_PEER_AFTER);
             if fresh {
                 self.known.insert(addr, Instant::now());
                 self.candidates.push_back(addr);
@@ -573,21 +513,14 @@ impl Active<'_> {
     }
 
     fn update_rates(&mut self) {
-        let now = (
-            self.shared.downloaded.load(Ordering::Relaxed),
-            self.shared.uploaded.load(Ordering::Relaxed),
-        );
-        self.rate_window
-            .push_back((now.0 - self.last_totals.0, now.1 - self.last_totals.1));
+        let now = (self.shared.downloaded.load(Ordering::Relaxed), self.shared.uploaded.load(Ordering::Relaxed));
+        self.rate_window.push_back((now.0 - self.last_totals.0, now.1 - self.last_totals.1));
         self.last_totals = now;
         if self.rate_window.len() > 5 {
             self.rate_window.pop_front();
         }
         let n = self.rate_window.len() as u64;
-        let (d, u) = self
-            .rate_window
-            .iter()
-            .fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
+        let (d, u) = self.rate_window.iter().fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
         let mut s = self.shared.status.lock().unwrap();
         s.download_rate = d / n;
         s.upload_rate = u / n;
@@ -595,29 +528,15 @@ impl Active<'_> {
 
     fn choke_round(&mut self) {
         let seeding = self.shared.is_complete();
-        let handles: Vec<(PeerKey, Arc<PeerHandle>)> = self
-            .shared
-            .inner
-            .lock()
-            .unwrap()
-            .peers
-            .iter()
-            .map(|(k, h)| (*k, h.clone()))
-            .collect();
+        let handles: Vec<(PeerKey, Arc<PeerHandle>)> =
+            self.shared.inner.lock().unwrap().peers.iter().map(|(k, h)| (*k, h.clone())).collect();
         let mut inputs = Vec::with_capacity(handles.len());
         let mut counts = HashMap::with_capacity(handles.len());
         for (k, h) in &handles {
-            let now = (
-                h.bytes_down.load(Ordering::Relaxed),
-                h.bytes_up.load(Ordering::Relaxed),
-            );
+            let now = (h.bytes_down.load(Ordering::Relaxed), h.bytes_up.load(Ordering::Relaxed));
             let before = self.last_counts.get(k).copied().unwrap_or((0, 0));
             counts.insert(*k, now);
-            let rate = if seeding {
-                now.1 - before.1
-            } else {
-                now.0 - before.0
-            } / CHOKE_EVERY_TICKS;
+            let rate = if seeding { now.1 - before.1 } else { now.0 - before.0 } / CHOKE_EVERY_TICKS;
             inputs.push(ChokeInput {
                 key: *k,
                 interested: h.peer_interested.load(Ordering::Relaxed),
@@ -627,8 +546,7 @@ impl Active<'_> {
             });
         }
         self.last_counts = counts;
-        self.choker
-            .set_slots(self.shared.env.config().limits.upload_slots);
+        self.choker.set_slots(self.shared.env.config().limits.upload_slots);
         let unchoked = self.choker.run(&inputs);
         for (k, h) in handles {
             let want = unchoked.contains(&k);
@@ -640,11 +558,7 @@ impl Active<'_> {
 }
 
 /// Admits a peer into the torrent's peer map, or says why not.
-fn register(
-    shared: &TorrentShared,
-    addr: SocketAddr,
-    peer_id: [u8; 20],
-) -> Result<Arc<PeerHandle>, String> {
+fn register(shared: &TorrentShared, addr: SocketAddr, peer_id: [u8; 20]) -> Result<Arc<PeerHandle>, String> {
     if peer_id == shared.env.peer_id.0 {
         return Err("connected to ourselves".into());
     }
@@ -660,20 +574,14 @@ fn register(
     Ok(handle)
 }
 
-async fn outgoing(
-    shared: Arc<TorrentShared>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-) -> Result<(), String> {
+async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: CancellationToken) -> Result<(), String> {
     let ours = Handshake::new(shared.meta.info_hash, shared.env.peer_id, false);
     let connect = async {
         let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        let theirs = peer::handshake_outgoing(&mut stream, &ours)
-            .await
-            .map_err(|e| e.to_string())?;
+        let theirs = peer::handshake_outgoing(&mut stream, &ours).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((stream, theirs))
     };
     let (stream, theirs) = tokio::select! {
@@ -685,9 +593,7 @@ async fn outgoing(
     }
     let handle = register(&shared, addr, theirs.peer_id.0)?;
     tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
-    peer::run(shared, handle, stream, addr, cancel)
-        .await
-        .map_err(|e| e.to_string())
+    peer::run(shared, handle, stream, addr, cancel).await.map_err(|e| e.to_string())
 }
 
 async fn incoming(
@@ -711,7 +617,5 @@ async fn incoming(
         }
     }
     tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
-    peer::run(shared, handle, stream, addr, cancel)
-        .await
-        .map_err(|e| e.to_string())
+    peer::run(shared, handle, stream, addr, cancel).await.map_err(|e| e.to_string())
 }

@@ -93,11 +93,7 @@ pub fn announce_url(base: &str, p: &AnnounceParams) -> String {
     url
 }
 
-pub async fn announce(
-    client: &reqwest::Client,
-    base: &str,
-    p: &AnnounceParams,
-) -> Result<AnnounceReply, TrackerError> {
+pub async fn announce(client: &reqwest::Client, base: &str, p: &AnnounceParams) -> Result<AnnounceReply, TrackerError> {
     let mut resp = client
         .get(announce_url(base, p))
         .timeout(Duration::from_secs(15))
@@ -108,11 +104,7 @@ pub async fn announce(
         return Err(TrackerError::Http(format!("HTTP {}", resp.status())));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| TrackerError::Http(e.without_url().to_string()))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| TrackerError::Http(e.without_url().to_string()))? {
         if body.len() + chunk.len() > MAX_RESPONSE {
             return Err(TrackerError::TooLarge);
         }
@@ -140,14 +132,10 @@ struct RawReply {
 
 /// Parses a bencoded announce reply (pure).
 pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
-    crate::bencode::top_level_value(body, b"peers")
-        .map_err(|e| TrackerError::Malformed(e.to_string()))?;
-    let raw: RawReply =
-        serde_bencode::from_bytes(body).map_err(|e| TrackerError::Malformed(e.to_string()))?;
+    crate::bencode::top_level_value(body, b"peers").map_err(|e| TrackerError::Malformed(e.to_string()))?;
+    let raw: RawReply = serde_bencode::from_bytes(body).map_err(|e| TrackerError::Malformed(e.to_string()))?;
     if let Some(f) = raw.failure {
-        return Err(TrackerError::Failure(
-            String::from_utf8_lossy(&f).into_owned(),
-        ));
+        return Err(TrackerError::Failure(String::from_utf8_lossy(&f).into_owned()));
     }
     let mut peers = Vec::new();
     match raw.peers {
@@ -156,9 +144,7 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
             for item in list {
                 if let Value::Dict(d) = item {
                     let ip = match d.get(&b"ip"[..]) {
-                        Some(Value::Bytes(ip)) => {
-                            String::from_utf8_lossy(ip).parse::<IpAddr>().ok()
-                        }
+                        Some(Value::Bytes(ip)) => String::from_utf8_lossy(ip).parse::<IpAddr>().ok(),
                         _ => None,
                     };
                     let port = match d.get(&b"port"[..]) {
@@ -182,9 +168,7 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
         interval: positive(raw.interval),
         min_interval: positive(raw.min_interval),
         peers,
-        warning: raw
-            .warning
-            .map(|w| String::from_utf8_lossy(&w).into_owned()),
+        warning: raw.warning.map(|w| String::from_utf8_lossy(&w).into_owned()),
         tracker_id: raw.tracker_id.map(|t| t.into_vec()),
         seeders: positive(raw.complete),
         leechers: positive(raw.incomplete),
@@ -192,21 +176,14 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
 }
 
 pub fn compact_v4(b: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
-    b.chunks_exact(6).map(|c| {
-        SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])),
-            u16::from_be_bytes([c[4], c[5]]),
-        )
-    })
+    b.chunks_exact(6)
+        .map(|c| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])), u16::from_be_bytes([c[4], c[5]])))
 }
 
 pub fn compact_v6(b: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
     b.chunks_exact(18).map(|c| {
         let ip: [u8; 16] = c[..16].try_into().unwrap();
-        SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::from(ip)),
-            u16::from_be_bytes([c[16], c[17]]),
-        )
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), u16::from_be_bytes([c[16], c[17]]))
     })
 }
 
@@ -222,11 +199,7 @@ mod tests {
         assert_eq!(r.min_interval, Some(60));
         assert_eq!(
             r.peers,
-            vec![
-                "127.0.0.1:6881".parse().unwrap(),
-                "10.0.0.2:80".parse().unwrap(),
-                "[::1]:6882".parse().unwrap()
-            ]
+            vec!["127.0.0.1:6881".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), "[::1]:6882".parse().unwrap()]
         );
         let dict = b"d8:intervali900e5:peersld2:ip9:127.0.0.17:peer id20:aaaaaaaaaaaaaaaaaaaa4:porti7000eed2:ip3:bad4:porti1eeee";
         let r = parse_reply(dict).unwrap();
@@ -235,12 +208,8 @@ mod tests {
 
     #[test]
     fn failure_and_warning() {
-        let e =
-            parse_reply(b"d14:failure reason36:Requested download is not authorizede").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "tracker refused: Requested download is not authorized"
-        );
+        let e = parse_reply(b"d14:failure reason36:Requested download is not authorizede").unwrap_err();
+        assert_eq!(e.to_string(), "tracker refused: Requested download is not authorized");
         let r = parse_reply(b"d15:warning message4:slow8:intervali5e10:tracker id2:abe").unwrap();
         assert_eq!(r.warning.as_deref(), Some("slow"));
         assert_eq!(r.tracker_id.as_deref(), Some(&b"ab"[..]));

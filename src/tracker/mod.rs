@@ -44,16 +44,8 @@ pub async fn run(
     mut completed_rx: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
-    let mut tiers: Vec<Vec<String>> = cfg
-        .tiers
-        .iter()
-        .map(|t| {
-            t.iter()
-                .filter(|u| !u.starts_with("udp"))
-                .cloned()
-                .collect()
-        })
-        .collect();
+    let mut tiers: Vec<Vec<String>> =
+        cfg.tiers.iter().map(|t| t.iter().filter(|u| !u.starts_with("udp")).cloned().collect()).collect();
     tiers.retain(|t| !t.is_empty());
     if tiers.is_empty() {
         if cfg.tiers.iter().flatten().next().is_some() {
@@ -106,11 +98,7 @@ pub async fn run(
                 if !reply.peers.is_empty() && peers_tx.send(reply.peers).await.is_err() {
                     return;
                 }
-                let interval = reply
-                    .interval
-                    .unwrap_or(DEFAULT_INTERVAL)
-                    .max(reply.min_interval.unwrap_or(0))
-                    .max(30);
+                let interval = reply.interval.unwrap_or(DEFAULT_INTERVAL).max(reply.min_interval.unwrap_or(0)).max(30);
                 Duration::from_secs(interval)
             }
             Err(e) => {
@@ -142,12 +130,7 @@ pub async fn run(
             numwant: 0,
             tracker_id,
         };
-        match tokio::time::timeout(
-            STOPPED_TIMEOUT,
-            announce_tiers(&client, &mut tiers, &params),
-        )
-        .await
-        {
+        match tokio::time::timeout(STOPPED_TIMEOUT, announce_tiers(&client, &mut tiers, &params)).await {
             Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
             _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
         }

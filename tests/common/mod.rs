@@ -36,9 +36,7 @@ pub fn require(tool: &str, package: &str) -> bool {
     if found {
         return true;
     }
-    let msg = format!(
-        "{tool} is missing: install the Debian package '{package}' (scripts/install-test-deps.sh)"
-    );
+    let msg = format!("{tool} is missing: install the Debian package '{package}' (scripts/install-test-deps.sh)");
     if std::env::var_os("CI").is_some() {
         panic!("{msg}");
     }
@@ -67,19 +65,12 @@ pub fn require_libtorrent() -> bool {
 
 pub fn free_port() -> u16 {
     // Ports from the OS, so parallel tests do not collide.
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A temp dir others can read (opentracker drops to `nobody`).
 pub fn tempdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("dropseed-test")
-        .tempdir()
-        .unwrap();
+    let d = tempfile::Builder::new().prefix("dropseed-test").tempdir().unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -125,10 +116,7 @@ pub fn mktorrent(src: &Path, announce: &str, piece_log2: u32, out: &Path, extra:
 /// The info hash of a torrent file, via dropseed's own parser.
 pub fn info_hash(torrent: &Path) -> String {
     let bytes = std::fs::read(torrent).unwrap();
-    dropseed::metainfo::Metainfo::from_torrent_bytes(&bytes)
-        .unwrap()
-        .info_hash
-        .hex()
+    dropseed::metainfo::Metainfo::from_torrent_bytes(&bytes).unwrap().info_hash.hex()
 }
 
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -156,13 +144,9 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
             }
         } else {
             let want = std::fs::read(&e).unwrap();
-            let got = std::fs::read(actual.join(&rel))
-                .unwrap_or_else(|err| panic!("{}: {err}", actual.join(&rel).display()));
-            assert!(
-                want == got,
-                "{} differs from the source",
-                actual.join(&rel).display()
-            );
+            let got =
+                std::fs::read(actual.join(&rel)).unwrap_or_else(|err| panic!("{}: {err}", actual.join(&rel).display()));
+            assert!(want == got, "{} differs from the source", actual.join(&rel).display());
             files += 1;
         }
     }
@@ -202,26 +186,14 @@ impl Tracker {
         std::fs::set_permissions(&wl, std::fs::Permissions::from_mode(0o644)).unwrap();
         let port = free_port();
         let child = Command::new("opentracker")
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-P",
-                &port.to_string(),
-                "-d",
-            ])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-P", &port.to_string(), "-d"])
             .arg(dir.path())
             .args(["-w", "wl.txt"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start opentracker");
-        let t = Tracker {
-            port,
-            dir,
-            proc: Proc(child),
-        };
+        let t = Tracker { port, dir, proc: Proc(child) };
         wait_for("opentracker to listen", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -262,29 +234,36 @@ impl Tracker {
             let end = rest.iter().position(|&c| c == b'e')?;
             std::str::from_utf8(&rest[1..end]).ok()?.parse().ok()
         };
-        Some((
-            find(b"8:complete")?,
-            find(b"10:incomplete")?,
-            find(b"10:downloaded")?,
-        ))
+        Some((find(b"8:complete")?, find(b"10:incomplete")?, find(b"10:downloaded")?))
+    }
+
+    /// Announces a peer at `port` by hand (for test peers that cannot).
+    pub fn announce(&self, hash: &str, port: u16, left: u64) {
+        use std::io::Read;
+        let bytes = dropseed::types::from_hex(hash).unwrap();
+        let enc: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "GET /announce?info_hash={enc}&peer_id=-XX0001-{port:012}&port={port}&uploaded=0&downloaded=0&left={left}&compact=1&event=started HTTP/1.0\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = Vec::new();
+        let _ = s.read_to_end(&mut body);
     }
 
     /// Waits until the tracker counts at least `n` seeders for `hash`.
     pub fn wait_seeders(&self, hash: &str, n: u64) {
-        wait_for(
-            &format!("{n} seeder(s) announced to the tracker"),
-            Duration::from_secs(60),
-            || self.scrape(hash).filter(|s| s.0 >= n).map(|_| ()),
-        );
+        wait_for(&format!("{n} seeder(s) announced to the tracker"), Duration::from_secs(60), || {
+            self.scrape(hash).filter(|s| s.0 >= n).map(|_| ())
+        });
     }
 
     /// Waits until the tracker counts at least `n` peers (seeders + leechers).
     pub fn wait_peers(&self, hash: &str, n: u64) {
-        wait_for(
-            &format!("{n} peer(s) announced to the tracker"),
-            Duration::from_secs(60),
-            || self.scrape(hash).filter(|s| s.0 + s.1 >= n).map(|_| ()),
-        );
+        wait_for(&format!("{n} peer(s) announced to the tracker"), Duration::from_secs(60), || {
+            self.scrape(hash).filter(|s| s.0 + s.1 >= n).map(|_| ())
+        });
     }
 }
 
@@ -295,6 +274,15 @@ pub struct Aria2 {
 
 impl Aria2 {
     fn spawn(torrent: &Path, dir: &Path, seed: bool, log: &Path) -> Aria2 {
+        Aria2::spawn_with(torrent, dir, seed, log, &[])
+    }
+
+    /// Seeds with extra aria2c options (e.g. `--max-upload-limit=1M`).
+    pub fn seed_with(torrent: &Path, dir: &Path, log: &Path, extra: &[&str]) -> Aria2 {
+        Aria2::spawn_with(torrent, dir, true, log, extra)
+    }
+
+    fn spawn_with(torrent: &Path, dir: &Path, seed: bool, log: &Path, extra: &[&str]) -> Aria2 {
         let port = free_port();
         let mut cmd = Command::new("aria2c");
         cmd.args([
@@ -315,17 +303,10 @@ impl Aria2 {
         } else {
             cmd.args(["--seed-time=0"]);
         }
+        cmd.args(extra);
         let log = std::fs::File::create(log).unwrap();
-        let child = cmd
-            .arg(torrent)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start aria2c");
-        Aria2 {
-            port,
-            proc: Proc(child),
-        }
+        let child = cmd.arg(torrent).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start aria2c");
+        Aria2 { port, proc: Proc(child) }
     }
 
     /// Seeds `torrent` from the data in `dir` (checks it first).
@@ -340,10 +321,7 @@ impl Aria2 {
 
     /// Waits for aria2 to exit; true when it exited successfully.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        wait_for("aria2c to finish", timeout, || {
-            self.proc.0.try_wait().unwrap()
-        })
-        .success()
+        wait_for("aria2c to finish", timeout, || self.proc.0.try_wait().unwrap()).success()
     }
 }
 
@@ -373,12 +351,7 @@ impl Transmission {
             .stderr(Stdio::null())
             .spawn()
             .expect("start transmission-daemon");
-        let t = Transmission {
-            rpc_port,
-            peer_port,
-            proc: Proc(child),
-            _home: home,
-        };
+        let t = Transmission { rpc_port, peer_port, proc: Proc(child), _home: home };
         wait_for("transmission RPC", Duration::from_secs(15), || {
             std::net::TcpStream::connect(("127.0.0.1", rpc_port)).ok()
         });
@@ -420,13 +393,7 @@ impl Libtorrent {
     }
 
     /// `mode` is "seed" or "leech"; extra args go to the script.
-    pub fn start(
-        mode: &str,
-        torrent_or_magnet: &str,
-        dir: &Path,
-        log: &Path,
-        extra: &[&str],
-    ) -> Libtorrent {
+    pub fn start(mode: &str, torrent_or_magnet: &str, dir: &Path, log: &Path, extra: &[&str]) -> Libtorrent {
         let port = free_port();
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new("/usr/bin/python3")
@@ -439,10 +406,7 @@ impl Libtorrent {
             .stderr(log)
             .spawn()
             .expect("start libtorrent");
-        Libtorrent {
-            port,
-            proc: Proc(child),
-        }
+        Libtorrent { port, proc: Proc(child) }
     }
 }
 
@@ -470,12 +434,7 @@ impl Dropseed {
             lg = d.join("logs").display(),
         );
         std::fs::write(&config, text).unwrap();
-        Dropseed {
-            dir,
-            config,
-            port,
-            proc: None,
-        }
+        Dropseed { dir, config, port, proc: None }
     }
 
     pub fn start_with(extra: &str) -> Dropseed {
@@ -485,11 +444,8 @@ impl Dropseed {
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("console.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("console.log")).unwrap();
         let child = Command::new(dropseed_bin())
             .arg("run")
             .arg("-c")
@@ -530,21 +486,12 @@ impl Dropseed {
 
     /// Runs a CLI subcommand against this daemon.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(dropseed_bin())
-            .args(args)
-            .arg("-c")
-            .arg(&self.config)
-            .output()
-            .unwrap()
+        Command::new(dropseed_bin()).args(args).arg("-c").arg(&self.config).output().unwrap()
     }
 
     pub fn status(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -555,11 +502,7 @@ impl Dropseed {
             return None;
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["torrents"]
-            .as_array()?
-            .iter()
-            .find(|t| t["info_hash"] == hash)
-            .cloned()
+        v["torrents"].as_array()?.iter().find(|t| t["info_hash"] == hash).cloned()
     }
 
     pub fn wait_state(&self, hash: &str, state: &str, timeout: Duration) -> serde_json::Value {
@@ -571,14 +514,7 @@ impl Dropseed {
             }
             if std::time::Instant::now() > deadline {
                 let log = self.log_text();
-                let tail: Vec<&str> = log
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
                 panic!(
                     "timed out after {timeout:?} waiting for torrent {} to be {state}; last status: {t:?}\nlog tail:\n{}",
                     &hash[..8],
@@ -595,11 +531,7 @@ impl Dropseed {
         let Ok(entries) = std::fs::read_dir(self.log_dir()) else {
             return all;
         };
-        let mut paths: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| !p.is_symlink())
-            .collect();
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| !p.is_symlink()).collect();
         paths.sort();
         for p in paths {
             all.push_str(&std::fs::read_to_string(p).unwrap_or_default());
@@ -622,9 +554,7 @@ impl Dropseed {
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut p = self.proc.take().expect("running");
         p.signal(libc::SIGTERM);
-        let status = wait_for("dropseed to exit", Duration::from_secs(15), || {
-            p.0.try_wait().unwrap()
-        });
+        let status = wait_for("dropseed to exit", Duration::from_secs(15), || p.0.try_wait().unwrap());
         drop(p);
         status
     }
@@ -651,35 +581,25 @@ pub struct Swarm {
 impl Swarm {
     /// A single-file torrent named `name` of `len` bytes, seeded by aria2.
     pub fn single(name: &str, len: u64, piece_log2: u32, seed: u64) -> Swarm {
+        Swarm::single_with(name, len, piece_log2, seed, &[])
+    }
+
+    /// The same, with extra options for the aria2 seeder.
+    pub fn single_with(name: &str, len: u64, piece_log2: u32, seed: u64, aria2: &[&str]) -> Swarm {
         let work = tempdir();
         let tracker = Tracker::start();
         let data = work.path().join("data");
         payload(&data.join(name), len, seed);
         let torrent = work.path().join(format!("{name}.torrent"));
-        mktorrent(
-            &data.join(name),
-            &tracker.announce_url(),
-            piece_log2,
-            &torrent,
-            &[],
-        );
+        mktorrent(&data.join(name), &tracker.announce_url(), piece_log2, &torrent, &[]);
         let hash = info_hash(&torrent);
         tracker.allow(&hash);
-        let seeder = Aria2::seed(&torrent, &data, &work.path().join("aria2-seed.log"));
+        let seeder = Aria2::seed_with(&torrent, &data, &work.path().join("aria2-seed.log"), aria2);
         tracker.wait_seeders(&hash, 1);
-        Swarm {
-            work,
-            tracker,
-            torrent,
-            hash,
-            data,
-            seeder: Some(seeder),
-        }
+        Swarm { work, tracker, torrent, hash, data, seeder: Some(seeder) }
     }
 
     pub fn tools_present() -> bool {
-        require("opentracker", "opentracker")
-            && require("aria2c", "aria2")
-            && require("mktorrent", "mktorrent")
+        require("opentracker", "opentracker") && require("aria2c", "aria2") && require("mktorrent", "mktorrent")
     }
 }

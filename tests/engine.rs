@@ -1,0 +1,124 @@
+//! The engine under stress: a kill -9 in the middle of a download, and a
+//! peer that sends corrupt data beside an honest one.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[test]
+fn kill_9_mid_download_resumes_without_refetching() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let size: u64 = 12 * 1024 * 1024;
+    // A slow seeder so the kill lands mid-transfer.
+    let swarm = Swarm::single_with("crash.bin", size, 18, 41, &["--max-upload-limit=1M"]);
+    let mut ds = Dropseed::start_with("[storage]\nresume_interval_secs = 1\n");
+    ds.drop_file(&swarm.torrent, "crash.torrent");
+    let progress_at_kill = wait_for("a third of the download", Duration::from_secs(60), || {
+        let p = ds.torrent(&swarm.hash)?["progress"].as_f64()?;
+        (p >= 0.33).then_some(p)
+    });
+    ds.kill9();
+
+    ds.start();
+    let t = wait_for("the restarted torrent to run", Duration::from_secs(30), || {
+        ds.torrent(&swarm.hash).filter(|t| t["state"] == "downloading" || t["state"] == "seeding")
+    });
+    let progress_at_restart = t["progress"].as_f64().unwrap();
+    let downloaded_at_restart = t["downloaded"].as_u64().unwrap();
+    // At most the last resume interval (1 s at 1 MiB/s) plus pieces in flight is lost.
+    assert!(
+        progress_at_restart >= progress_at_kill - 0.15,
+        "restart knows {progress_at_restart:.3}, kill was at {progress_at_kill:.3}"
+    );
+    let done = ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(60));
+    assert_same_tree(&swarm.data, &ds.download_dir());
+    let fetched_again = done["downloaded"].as_u64().unwrap() - downloaded_at_restart;
+    let missing = ((1.0 - progress_at_restart) * size as f64) as u64;
+    assert!(
+        fetched_again <= missing + 2 * 256 * 1024,
+        "downloaded {fetched_again} after restart for {missing} missing bytes"
+    );
+}
+
+/// A peer that claims every piece and answers every request with garbage.
+fn spawn_corrupt_peer(info_hash: [u8; 20], pieces: usize) -> (u16, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut hs = [0u8; 68];
+                if s.read_exact(&mut hs).is_err() || hs[28..48] != info_hash {
+                    return;
+                }
+                let mut reply = hs;
+                reply[48..68].copy_from_slice(b"-XX0001-corruptcorru");
+                let mut out = reply.to_vec();
+                let bf = dropseed::types::Bitfield::full(pieces);
+                dropseed::wire::encode(&dropseed::wire::Message::Bitfield(bf.as_bytes()), &mut out);
+                dropseed::wire::encode(&dropseed::wire::Message::Unchoke, &mut out);
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let Ok(n) = s.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut used = 0;
+                    let mut reply = Vec::new();
+                    while let Ok(Some((msg, len))) = dropseed::wire::decode(&buf[used..]) {
+                        if let dropseed::wire::Message::Request(b) = msg {
+                            let junk = vec![0xA5u8; b.len as usize];
+                            dropseed::wire::encode(
+                                &dropseed::wire::Message::Piece { piece: b.piece, offset: b.offset, data: &junk },
+                                &mut reply,
+                            );
+                        }
+                        used += len;
+                    }
+                    buf.drain(..used);
+                    if s.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn corrupt_peer_is_banned_and_pieces_come_from_an_honest_one() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let size = 4 * 1024 * 1024;
+    let swarm = Swarm::single_with("honest.bin", size, 15, 51, &["--max-upload-limit=512K"]);
+    let hash_bytes: [u8; 20] = dropseed::types::from_hex(&swarm.hash).unwrap().try_into().unwrap();
+    let (port, accepted) = spawn_corrupt_peer(hash_bytes, (size / 32768) as usize);
+    swarm.tracker.announce(&swarm.hash, port, 0);
+    swarm.tracker.wait_seeders(&swarm.hash, 2);
+
+    let ds = Dropseed::start_with("");
+    ds.drop_file(&swarm.torrent, "honest.torrent");
+    ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(120));
+    assert_same_tree(&swarm.data, &ds.download_dir());
+    let log = ds.log_text();
+    assert!(log.contains("piece failed its hash check"), "hash failures are logged");
+    let ban = log.lines().find(|l| l.contains("banned")).expect("the corrupt peer is banned");
+    assert!(ban.contains(&format!("127.0.0.1:{port}")), "{ban}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "a banned peer is not dialled again");
+}
