@@ -77,7 +77,6 @@ struct Peer {
     handle: Arc<PeerHandle>,
     key: PeerKey,
     peer_has: Bitfield,
-    got_bitfield: bool,
     am_choking: bool,
     am_interested: bool,
     peer_choking: bool,
@@ -115,7 +114,6 @@ pub async fn run(
         handle: handle.clone(),
         key,
         peer_has: Bitfield::new(n),
-        got_bitfield: false,
         am_choking: true,
         am_interested: false,
         peer_choking: true,
@@ -304,16 +302,15 @@ impl Peer {
                 self.note_seed()?;
             }
             Message::Bitfield(bytes) => {
-                if self.got_bitfield || self.peer_has.count() > 0 {
-                    return Err(PeerError::Protocol("bitfield after other messages".into()));
-                }
+                // BEP 3 wants it first, but some clients send it late or
+                // twice; it then replaces what we knew of the peer.
                 let bf = Bitfield::from_bytes(bytes, n)
                     .ok_or_else(|| PeerError::Protocol(format!("bitfield of {} bytes for {n} pieces", bytes.len())))?;
-                self.got_bitfield = true;
-                self.peer_has = bf;
                 let mut inner = self.shared.inner.lock().unwrap();
+                inner.picker.peer_bitfield(&self.peer_has, false);
+                self.peer_has = bf;
                 inner.picker.peer_bitfield(&self.peer_has, true);
-                if inner.picker.wants_any(&self.peer_has) {
+                if !self.am_interested && inner.picker.wants_any(&self.peer_has) {
                     self.am_interested = true;
                     out.push_small(&Message::Interested);
                 }
