@@ -4,6 +4,7 @@
     lt_peer.py seed  FILE.torrent --dir DATA --port P      seeds until killed
     lt_peer.py leech FILE.torrent|MAGNET --dir DIR --port P [--peer HOST:PORT]
                                                            exits 0 when complete
+A line "connect HOST:PORT" on stdin makes it dial that peer.
 
 Runs on loopback only: DHT, LSD, UPnP and NAT-PMP are off, and several
 connections per IP are allowed because every peer is 127.0.0.1. Prints one
@@ -12,6 +13,7 @@ line per second: state, progress, rates. Needs Debian's python3-libtorrent
 """
 import argparse
 import sys
+import threading
 import time
 
 import libtorrent as lt
@@ -49,6 +51,15 @@ def main():
         host, port = p.rsplit(":", 1)
         h.connect_peer((host.strip("[]"), int(port)))
 
+    def commands():
+        # "connect HOST:PORT" on stdin dials a peer (for peers that never dial).
+        for line in sys.stdin:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "connect":
+                host, port = parts[1].rsplit(":", 1)
+                h.connect_peer((host.strip("[]"), int(port)))
+
+    threading.Thread(target=commands, daemon=True).start()
     start = time.time()
     while True:
         s = h.status()

@@ -25,6 +25,7 @@ pub mod bencode;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod extension;
 pub mod logging;
 pub mod magnet;
 pub mod metainfo;

@@ -16,6 +16,10 @@ pub struct ResumeRecord {
     #[serde(with = "serde_bytes")]
     pub have: Vec<u8>,
     pub piece_count: u64,
+    /// Pieces verified and written but not yet flushed when the record was
+    /// saved: hash-checked on restart, never trusted.
+    #[serde(with = "serde_bytes", default)]
+    pub unverified: Vec<u8>,
     pub uploaded: u64,
     pub downloaded: u64,
     /// Unix seconds.

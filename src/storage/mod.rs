@@ -231,6 +231,7 @@ impl MmapBackend {
 impl FileBackend for MmapBackend {
     fn write_at(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
         let map = self.checked(file, offset, data.len())?;
+        populate_for_write(map, offset as usize, data.len());
         // SAFETY: the range is inside the mapping (checked above). Pieces are
         // disjoint ranges and each piece is written by one disk job, so no two
         // threads write the same bytes at once.
@@ -249,6 +250,21 @@ impl FileBackend for MmapBackend {
     fn flush(&self, file: usize, offset: u64, len: usize) -> io::Result<()> {
         let map = self.checked(file, offset, len)?;
         map.flush_range(offset as usize, len)
+    }
+}
+
+/// Faults in the pages of a range in one system call before a copy, instead
+/// of one page fault per 4 KiB page during it (Linux 5.14+; a no-op where the
+/// kernel does not know MADV_POPULATE_WRITE, the copy then faults as usual).
+fn populate_for_write(map: &MmapRaw, offset: usize, len: usize) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    let page = 4096;
+    let start = offset / page * page;
+    let end = (offset + len).min(map.len());
+    // SAFETY: the range lies within the mapping; madvise does not change its
+    // contents, it only makes the pages resident and writable.
+    unsafe {
+        libc::madvise(map.as_mut_ptr().add(start).cast(), end - start, MADV_POPULATE_WRITE);
     }
 }
 

@@ -27,6 +27,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify, Semaphore};
 
+/// A verified piece is flushed and claimed in the resume record once this
+/// old; the kernel has usually written it back by then.
+pub const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Pieces failed by a peer as the sole contributor before it is banned.
 pub const STRIKES_TO_BAN: u32 = 3;
 
@@ -126,8 +130,8 @@ pub struct Inner {
     pub picker: Picker,
     /// Verified pieces in the order they completed, for `have` broadcasts.
     pub completed_order: Vec<u32>,
-    /// Verified and written, but not yet flushed to disk.
-    pub unflushed: Vec<u32>,
+    /// Verified and written, but not yet flushed to disk, with when.
+    pub unflushed: Vec<(u32, Instant)>,
     pub peers: HashMap<PeerKey, Arc<PeerHandle>>,
     pub strikes: HashMap<[u8; 20], u32>,
     pub banned_ids: HashSet<[u8; 20]>,
@@ -164,7 +168,9 @@ impl TorrentShared {
     pub fn new(meta: Arc<Metainfo>, env: Arc<Env>, record: ResumeRecord) -> Arc<TorrentShared> {
         let n = meta.piece_count();
         let have = Bitfield::from_bytes(&record.have, n).unwrap_or_else(|| Bitfield::new(n));
-        let budget = env.config().storage.piece_buffer.0 as usize;
+        // At least four pieces, whatever the setting, or large pieces would
+        // leave peers idle.
+        let budget = (env.config().storage.piece_buffer.0 as usize).max(4 * meta.piece_length as usize);
         let picker = Picker::new(meta.piece_length, meta.total_length, &have, budget, rand::random());
         let verified = have.iter_ones().map(|i| meta.piece_len(i) as u64).sum();
         Arc::new(TorrentShared {
@@ -240,6 +246,7 @@ impl TorrentShared {
                     (false, _) => Ok(()),
                 };
                 shared.piece_done(piece.index, good, &piece.contributors, write);
+                shared.inner.lock().unwrap().picker.recycle(piece.data);
             })
             .await;
     }
@@ -259,7 +266,7 @@ impl TorrentShared {
             inner.picker.piece_verified(index);
             if inner.have.set(index as usize) {
                 inner.completed_order.push(index);
-                inner.unflushed.push(index);
+                inner.unflushed.push((index, Instant::now()));
                 self.verified_bytes.fetch_add(self.meta.piece_len(index as usize) as u64, Ordering::Relaxed);
             }
             let count = inner.have.count();
@@ -285,16 +292,23 @@ impl TorrentShared {
         }
     }
 
-    /// Flushes every piece verified since the last save, then writes the
-    /// resume record: the record never claims a piece that is not on disk.
-    /// Blocking: run on the disk pool.
-    pub fn save_resume_blocking(&self) -> std::io::Result<()> {
-        let (flush, have) = {
+    /// Writes the resume record. Pieces verified at least [`FLUSH_DELAY`] ago
+    /// (or all, with `flush_all`) are flushed first and claimed as verified;
+    /// younger ones are listed as candidates to hash-check on restart. So the
+    /// record never claims a piece that is not on disk, and the flush mostly
+    /// finds pages the kernel has written back already instead of forcing
+    /// writeback on our thread. Blocking: run on the disk pool.
+    pub fn save_resume_blocking(&self, flush_all: bool) -> std::io::Result<()> {
+        let (flush, pending, mut have) = {
             let mut inner = self.inner.lock().unwrap();
-            (std::mem::take(&mut inner.unflushed), inner.have.as_bytes().to_vec())
+            let (flush, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.unflushed)
+                .into_iter()
+                .partition(|(_, at)| flush_all || at.elapsed() >= FLUSH_DELAY);
+            inner.unflushed = pending.clone();
+            (flush, pending, inner.have.clone())
         };
         if let Some(storage) = self.storage() {
-            for &p in &flush {
+            for &(p, _) in &flush {
                 let r = storage.layout().piece_range(p as usize);
                 if let Err(e) = storage.flush(r.start, (r.end - r.start) as usize) {
                     self.inner.lock().unwrap().unflushed.extend_from_slice(&flush);
@@ -302,9 +316,15 @@ impl TorrentShared {
                 }
             }
         }
+        let mut candidates = Bitfield::new(have.len());
+        for &(p, _) in &pending {
+            have.clear(p as usize);
+            candidates.set(p as usize);
+        }
         let mut record = self.status.lock().unwrap().record.clone();
         if self.storage().is_some() || record.have.is_empty() {
-            record.have = have;
+            record.have = have.as_bytes().to_vec();
+            record.unverified = if pending.is_empty() { Vec::new() } else { candidates.as_bytes().to_vec() };
         }
         record.piece_count = self.meta.piece_count() as u64;
         record.name = self.meta.name.clone();
@@ -315,9 +335,9 @@ impl TorrentShared {
         Ok(())
     }
 
-    pub async fn save_resume(self: &Arc<Self>) {
+    pub async fn save_resume(self: &Arc<Self>, flush_all: bool) {
         let shared = self.clone();
-        match self.env.disk.run(move || shared.save_resume_blocking()).await {
+        match self.env.disk.run(move || shared.save_resume_blocking(flush_all)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(torrent = %self.meta.name, error = %e, "could not save resume state")

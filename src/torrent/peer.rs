@@ -13,6 +13,7 @@
 
 use super::picker::{BlockOutcome, PeerKey};
 use super::{PeerHandle, TorrentShared};
+use crate::extension::{self, ExtHandshake};
 use crate::types::Bitfield;
 use crate::wire::{self, BlockRef, Handshake, Message, BLOCK_LEN, HANDSHAKE_LEN};
 use bytes::{Buf, BytesMut};
@@ -31,7 +32,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 const SNUB_AFTER: Duration = Duration::from_secs(60);
 /// Requests we accept queued from one peer (advertised as `reqq`).
-pub const MAX_QUEUED_REQUESTS: usize = 250;
+pub const MAX_QUEUED_REQUESTS: usize = 500;
 /// Blocks read from storage per disk job when uploading.
 const READ_BATCH: usize = 16;
 /// Disk read batches in flight per peer.
@@ -93,6 +94,10 @@ struct Peer {
     bytes_unmetered: u64,
     rate: u64,
     completed: Vec<super::picker::CompletePiece>,
+    /// The peer speaks BEP 10.
+    extensions: bool,
+    /// Our pipeline's ceiling: ours, or the peer's `reqq` if lower.
+    max_pipeline: usize,
     /// Upload data waiting for the upload limit, with when it may go.
     throttled: VecDeque<(Instant, Vec<u8>)>,
     /// Reading paused until then by the download limit.
@@ -105,6 +110,7 @@ pub async fn run(
     handle: Arc<PeerHandle>,
     stream: TcpStream,
     key: PeerKey,
+    extensions: bool,
     cancel: CancellationToken,
 ) -> Result<(), PeerError> {
     let _ = stream.set_nodelay(true);
@@ -129,6 +135,8 @@ pub async fn run(
         bytes_unmetered: 0,
         rate: 0,
         completed: Vec::new(),
+        extensions,
+        max_pipeline: MAX_PIPELINE,
         throttled: VecDeque::new(),
         read_resume_at: None,
     };
@@ -158,6 +166,15 @@ impl Peer {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+        if self.extensions {
+            let hs = ExtHandshake::ours(
+                self.shared.env.listen_port,
+                MAX_QUEUED_REQUESTS,
+                self.key.ip(),
+                Some(self.shared.meta.info_bytes.len()),
+            );
+            out.push_small(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() });
+        }
         // Our bitfield (and where it is empty, nothing: that is allowed).
         {
             let inner = self.shared.inner.lock().unwrap();
@@ -320,6 +337,15 @@ impl Peer {
             Message::Request(b) => self.on_request(b)?,
             Message::Cancel(b) => self.upload_queue.retain(|q| *q != b),
             Message::Piece { piece, offset, data } => self.on_piece(piece, offset, data),
+            Message::Extended { id: extension::HANDSHAKE_ID, payload } => {
+                if let Some(hs) = ExtHandshake::decode(payload) {
+                    if let Some(q) = hs.request_limit() {
+                        self.max_pipeline = q.min(MAX_PIPELINE);
+                        self.pipeline = self.pipeline.min(self.max_pipeline);
+                    }
+                    tracing::debug!(peer = %self.key, client = %hs.client(), reqq = ?hs.reqq, "extension handshake");
+                }
+            }
             Message::Extended { .. } => {}
         }
         Ok(())
@@ -482,7 +508,7 @@ impl Peer {
             return;
         }
         // Grow the pipeline while the peer keeps it drained (slow start).
-        if self.outstanding.len() < self.pipeline / 2 && self.pipeline < MAX_PIPELINE {
+        if self.outstanding.len() < self.pipeline / 2 && self.pipeline < self.max_pipeline {
             self.pipeline += 4;
         }
         let want = self.pipeline - self.outstanding.len();

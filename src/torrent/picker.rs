@@ -69,6 +69,9 @@ pub struct Picker {
     unstarted: usize,
     buffer_budget: usize,
     buffered: usize,
+    /// Piece buffers given back after hashing, reused so that every piece does
+    /// not fault in and zero fresh memory. Within the budget with `buffered`.
+    spare: Vec<Vec<u8>>,
     rng: SmallRng,
 }
 
@@ -87,6 +90,7 @@ impl Picker {
             unstarted: n - have.count(),
             buffer_budget,
             buffered: 0,
+            spare: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
         }
     }
@@ -185,10 +189,11 @@ impl Picker {
             let len = self.piece_len(index) as usize;
             let blocks = self.block_count(index);
             let exclusive = self.parole.remove(&index).then_some(peer);
+            let buf = self.take_buffer(len);
             self.partial.insert(
                 index,
                 Partial {
-                    buf: vec![0u8; len],
+                    buf,
                     requested: vec![0; blocks],
                     received: vec![false; blocks],
                     received_count: 0,
@@ -210,6 +215,26 @@ impl Picker {
                     return;
                 }
             }
+        }
+    }
+
+    /// A buffer of `len` bytes; its old contents do not matter, as every
+    /// byte is overwritten by a block before the piece is complete.
+    fn take_buffer(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.iter().position(|b| b.len() == len) {
+            Some(i) => self.spare.swap_remove(i),
+            None => vec![0u8; len],
+        }
+    }
+
+    /// Takes back a piece buffer once its hash job is done.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        let spare_bytes: usize = self.spare.iter().map(|b| b.len()).sum();
+        if !self.is_complete() && self.buffered + spare_bytes + buf.len() <= self.buffer_budget {
+            self.spare.push(buf);
+        }
+        if self.is_complete() {
+            self.spare = Vec::new();
         }
     }
 
@@ -326,13 +351,22 @@ impl Picker {
         if p.received_count < p.received.len() {
             return (BlockOutcome::Accepted, None);
         }
+        // The piece stays in the budget until its hash job is done: the disk
+        // queue holds its buffer until then.
         let p = self.partial.remove(&piece).unwrap();
-        self.buffered -= p.buf.len();
         self.status[piece as usize] = Status::Verifying;
         (BlockOutcome::Accepted, Some(CompletePiece { index: piece, data: p.buf, contributors: p.contributors }))
     }
 
+    /// Returns a verifying piece's bytes to the buffer budget.
+    fn release_verifying(&mut self, piece: u32) {
+        if self.status[piece as usize] == Status::Verifying {
+            self.buffered -= self.piece_len(piece) as usize;
+        }
+    }
+
     pub fn piece_verified(&mut self, piece: u32) {
+        self.release_verifying(piece);
         if self.status[piece as usize] != Status::Have {
             self.status[piece as usize] = Status::Have;
             self.have_count += 1;
@@ -342,6 +376,7 @@ impl Picker {
     /// The piece failed its hash: download it again; with several
     /// contributors, from one peer alone.
     pub fn piece_failed(&mut self, piece: u32, contributors: usize) {
+        self.release_verifying(piece);
         self.status[piece as usize] = Status::Wanted;
         self.unstarted += 1;
         if contributors > 1 {
@@ -421,8 +456,9 @@ mod tests {
         let done = done.unwrap();
         assert_eq!(done.data, data);
         assert_eq!(done.contributors, vec![peer(1)]);
-        assert_eq!(p.buffered_bytes(), 0);
+        assert_eq!(p.buffered_bytes(), 40000, "counted until verified");
         p.piece_verified(0);
+        assert_eq!(p.buffered_bytes(), 0);
         assert!(p.is_complete());
     }
 

@@ -18,7 +18,7 @@ use crate::config::LimitAction;
 use crate::resume::now_unix;
 use crate::storage::{self, TorrentStorage};
 use crate::tracker::{self, TrackerConfig, TransferCounters};
-use crate::types::{human_bytes, human_duration};
+use crate::types::{human_bytes, human_duration, Bitfield};
 use crate::wire::Handshake;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -80,7 +80,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
         };
         if paused || stopped {
             shared.set_state(if paused { TorrentState::Paused } else { TorrentState::Stopped }, None);
-            shared.save_resume().await;
+            shared.save_resume(true).await;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return Exit::Cancelled,
@@ -141,7 +141,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
                 tracing::info!(torrent = %shared.name(), reason = %why, action = ?action, "seeding limit reached");
                 shared.status.lock().unwrap().record.stopped = 1;
                 if action == LimitAction::Remove {
-                    shared.save_resume().await;
+                    shared.save_resume(true).await;
                     return Exit::RemoveRequested;
                 }
             }
@@ -226,7 +226,11 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
     // Which pieces to hash: all on a full recheck; for a new torrent, those
     // touching files that already held data; otherwise the pieces the resume
     // record claims in files that were missing or short.
-    let had_record = shared.status.lock().unwrap().record.have.iter().any(|&b| b != 0);
+    let (had_record, candidates) = {
+        let s = shared.status.lock().unwrap();
+        let candidates = Bitfield::from_bytes(&s.record.unverified, meta.piece_count());
+        (s.record.have.iter().any(|&b| b != 0), candidates)
+    };
     let mut to_check: Vec<usize> = {
         let inner = shared.inner.lock().unwrap();
         let layout = storage.layout();
@@ -241,6 +245,10 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
             for &f in &survey.short_files {
                 set.extend(layout.pieces_of_file(f).filter(|&p| inner.have.get(p)));
             }
+        }
+        // Written but not flushed before a crash: keep what still verifies.
+        if let Some(c) = &candidates {
+            set.extend(c.iter_ones());
         }
         set.into_iter().collect()
     };
@@ -278,7 +286,7 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
             let mut inner = shared.inner.lock().unwrap();
             if inner.have.set(p) {
                 inner.picker.piece_verified(p as u32);
-                inner.unflushed.push(p as u32);
+                inner.unflushed.push((p as u32, Instant::now()));
                 shared.verified_bytes.fetch_add(meta.piece_len(p) as u64, Ordering::Relaxed);
             }
         }
@@ -294,7 +302,7 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),
         "checking done"
     );
-    shared.save_resume().await;
+    shared.save_resume(false).await;
     Ok(())
 }
 
@@ -392,7 +400,7 @@ async fn run_active(
                         avg = %format!("{}/s", human_bytes((got as f64 / secs) as u64)),
                         "completed"
                     );
-                    shared.save_resume().await;
+                    shared.save_resume(false).await;
                     last_save = Instant::now();
                 }
             }
@@ -418,7 +426,7 @@ async fn run_active(
                 if last_save.elapsed() >= interval && (have != last_saved_have || ticks.is_multiple_of(60)) {
                     last_saved_have = have;
                     last_save = Instant::now();
-                    shared.save_resume().await;
+                    shared.save_resume(false).await;
                 }
             }
         }
@@ -436,7 +444,7 @@ async fn run_active(
         s.download_rate = 0;
         s.upload_rate = 0;
     }
-    shared.save_resume().await;
+    shared.save_resume(true).await;
     exit
 }
 
@@ -593,7 +601,7 @@ async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: Cancella
     }
     let handle = register(&shared, addr, theirs.peer_id.0)?;
     tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
-    peer::run(shared, handle, stream, addr, cancel).await.map_err(|e| e.to_string())
+    peer::run(shared, handle, stream, addr, theirs.supports_extensions(), cancel).await.map_err(|e| e.to_string())
 }
 
 async fn incoming(
@@ -617,5 +625,5 @@ async fn incoming(
         }
     }
     tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
-    peer::run(shared, handle, stream, addr, cancel).await.map_err(|e| e.to_string())
+    peer::run(shared, handle, stream, addr, theirs.supports_extensions(), cancel).await.map_err(|e| e.to_string())
 }

@@ -1,0 +1,559 @@
+#!/usr/bin/env python3
+"""dropseed's benchmark against the clients users would otherwise pick.
+
+    scripts/bench [--size-mib N] [--rounds N] [--torrents N] [--out FILE]
+
+Everything runs on 127.0.0.1: opentracker, two libtorrent seeders, and each
+downloader in turn, alternating, for several rounds. Reported per client:
+median MiB/s, CPU seconds per GiB (user+sys of the downloader), peak
+anonymous memory (RssAnon), every byte verified. Then seeding (a libtorrent
+leecher downloads from one seeder of each kind), recheck speed against the
+sha1 crate's single-core speed times the cores, and scale (N small torrents
+seeding in one daemon: idle CPU and memory). Writes a markdown table to
+bench/results.md and prints it.
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LT = ["/usr/bin/python3", str(ROOT / "scripts/lt_peer.py")]
+TICK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """user+sys of a live process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_anon(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Watch:
+    """Samples a process's peak RssAnon and last CPU while it runs."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.cpu = pid, 0, 0.0
+
+    def sample(self):
+        try:
+            self.peak = max(self.peak, rss_anon(self.pid))
+            self.cpu = cpu_seconds(self.pid)
+        except OSError:
+            pass
+
+
+def wait(cond, timeout, what, watch=None, every=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if watch:
+            watch.sample()
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def sha1_file(path):
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def scrape(port, info_hash):
+    enc = "".join(f"%{b:02X}" for b in bytes.fromhex(info_hash))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET /scrape?info_hash={enc} HTTP/1.0\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+
+    def num(key):
+        i = data.find(key)
+        if i < 0:
+            return 0
+        j = data.index(b"e", i + len(key))
+        return int(data[i + len(key) + 1 : j])
+
+    return num(b"8:complete"), num(b"10:incomplete")
+
+
+def info_hash_of(torrent):
+    data = Path(torrent).read_bytes()
+    i = data.index(b"4:infod") + 6
+    return hashlib.sha1(data[i:-1]).hexdigest()
+
+
+class Tracker:
+    def __init__(self, work):
+        self.dir = work / "tracker"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        (self.dir / "wl.txt").write_text("")
+        os.chmod(self.dir / "wl.txt", 0o644)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["opentracker", "-i", "127.0.0.1", "-p", str(self.port), "-P", str(self.port), "-d", str(self.dir), "-w", "wl.txt"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait(lambda: self._up(), 10, "opentracker")
+
+    def _up(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def allow(self, hashes):
+        with open(self.dir / "wl.txt", "a") as f:
+            for h in hashes:
+                f.write(h + "\n")
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/announce"
+
+
+def kill(proc):
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Dropseed:
+    BIN = ROOT / "target/release/dropseed"
+
+    def __init__(self, work, name, extra=""):
+        self.dir = work / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.port = free_port()
+        d = self.dir
+        self.config = d / "dropseed.toml"
+        self.config.write_text(
+            f'[paths]\nwatch_dir = "{d}/watch"\ndownload_dir = "{d}/downloads"\nstate_dir = "{d}/state"\nlog_dir = "{d}/logs"\n'
+            f'[network]\nlisten_port = {self.port}\nlisten_address = "127.0.0.1"\n[dht]\nenabled = false\n'
+            f'[log]\nstatus_interval_secs = 0\n{extra}\n')
+        (d / "downloads").mkdir()
+        (d / "watch").mkdir()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([str(self.BIN), "run", "-c", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "console.log", "w"))
+        wait(lambda: (self.dir / "state/control.sock").exists(), 15, "dropseed socket")
+
+    def request(self, req):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(self.dir / "state/control.sock"))
+        s.sendall((json.dumps(req) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return json.loads(data)
+
+    def torrents(self):
+        return self.request({"cmd": "status"}).get("torrents", [])
+
+    def state_of(self, h):
+        for t in self.torrents():
+            if t["info_hash"] == h:
+                return t["state"]
+        return None
+
+    def drop(self, torrent):
+        tmp = self.dir / "watch" / (Path(torrent).name + ".part")
+        shutil.copy(torrent, tmp)
+        os.rename(tmp, self.dir / "watch" / Path(torrent).name)
+
+    def stop(self):
+        kill(self.proc)
+
+
+def lt_start(mode, torrent, d, extra=()):
+    port = free_port()
+    proc = subprocess.Popen(LT + [mode, str(torrent), "--dir", str(d), "--port", str(port), *extra],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    return proc, port
+
+
+def transmission_start(work, download_dir):
+    home = work / "tr-home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    rpc, peer = free_port(), free_port()
+    (home / "settings.json").write_text(json.dumps({
+        "dht-enabled": False, "lpd-enabled": False, "pex-enabled": False, "utp-enabled": False,
+        "port-forwarding-enabled": False, "rpc-port": rpc, "rpc-bind-address": "127.0.0.1",
+        "rpc-authentication-required": False, "rpc-whitelist-enabled": False, "peer-port": peer,
+        "download-dir": str(download_dir), "ratio-limit-enabled": False, "message-level": 1,
+        "cache-size-mb": 4, "incomplete-dir-enabled": False}))
+    proc = subprocess.Popen(["transmission-daemon", "-f", "-g", str(home)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait(lambda: _port_open(rpc), 15, "transmission rpc")
+    return proc, rpc, peer
+
+
+def _port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def transmission_percent(rpc):
+    out = subprocess.run(["transmission-remote", str(rpc), "-l"], capture_output=True, text=True).stdout.splitlines()
+    if len(out) < 2:
+        return 0
+    try:
+        return float(out[1].split()[1].rstrip("%"))
+    except (IndexError, ValueError):
+        return 0
+
+
+# ---------------------------------------------------------------- download
+
+def download_round(client, ctx):
+    work, torrent, size, expect = ctx["work"], ctx["torrent"], ctx["size"], ctx["sha1"]
+    out = work / f"dl-{client}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    name = ctx["name"]
+    t0 = time.time()
+    if client == "dropseed":
+        ds = Dropseed(work, "dl-dropseed")
+        ds.start()
+        w = Watch(ds.proc.pid)
+        t0 = time.time()
+        ds.drop(torrent)
+        wait(lambda: ds.state_of(ctx["hash"]) == "seeding", 600, "dropseed download", w, 0.05)
+        elapsed = time.time() - t0
+        w.sample()
+        cpu = w.cpu
+        path = ds.dir / "downloads" / name
+        got = sha1_file(path)
+        ds.stop()
+    elif client == "aria2":
+        port = free_port()
+        proc = subprocess.Popen(["aria2c", "--enable-dht=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+                                 "--seed-time=0", "--console-log-level=error", "--summary-interval=0",
+                                 "--file-allocation=falloc", f"--listen-port={port}", f"--dir={out}", str(torrent)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        w = Watch(proc.pid)
+        wait(lambda: proc.poll() is not None, 600, "aria2 download", w, 0.05)
+        elapsed = time.time() - t0
+        cpu = w.cpu
+        path = out / name
+        got = sha1_file(path)
+    elif client == "transmission":
+        proc, rpc, peer = transmission_start(work, out)
+        w = Watch(proc.pid)
+        t0 = time.time()
+        subprocess.run(["transmission-remote", str(rpc), "-a", str(torrent)], capture_output=True)
+        # transmission never dials loopback peers: the seeders dial it.
+        for s in ctx["seeders"]:
+            s.stdin.write(f"connect 127.0.0.1:{peer}\n")
+            s.stdin.flush()
+        wait(lambda: transmission_percent(rpc) >= 100, 600, "transmission download", w, 0.2)
+        elapsed = time.time() - t0
+        w.sample()
+        cpu = w.cpu
+        kill(proc)
+        path = out / name
+        got = sha1_file(path)
+    elif client == "libtorrent":
+        proc, _ = lt_start("leech", torrent, out)
+        w = Watch(proc.pid)
+        wait(lambda: proc.poll() is not None, 600, "libtorrent download", w, 0.05)
+        elapsed = time.time() - t0
+        cpu = w.cpu
+        path = out / name
+        got = sha1_file(path)
+    shutil.rmtree(out, ignore_errors=True)
+    if client == "dropseed":
+        shutil.rmtree(work / "dl-dropseed", ignore_errors=True)
+    return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "anon": w.peak, "ok": got == expect, "secs": elapsed}
+
+
+# ---------------------------------------------------------------- seeding
+
+def seed_round(client, ctx):
+    work, torrent, size = ctx["work"], ctx["torrent"], ctx["size"]
+    d = work / f"seed-{client}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    name = ctx["name"]
+    proc = ds = None
+    if client == "dropseed":
+        ds = Dropseed(work, "seed-dropseed")
+        os.link(ctx["data"], ds.dir / "downloads" / name)
+        ds.start()
+        ds.drop(torrent)
+        wait(lambda: ds.state_of(ctx["hash"]) == "seeding", 120, "dropseed seeder ready")
+        pid, port = ds.proc.pid, ds.port
+    else:
+        os.link(ctx["data"], d / name)
+        if client == "aria2":
+            port = free_port()
+            proc = subprocess.Popen(["aria2c", "-V", "--seed-ratio=0.0", "--enable-dht=false", "--bt-enable-lpd=false",
+                                     "--enable-peer-exchange=false", "--console-log-level=error", "--summary-interval=0",
+                                     f"--listen-port={port}", f"--dir={d}", str(torrent)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "aria2 seeder ready")
+        elif client == "transmission":
+            proc, rpc, port = transmission_start(work, d)
+            subprocess.run(["transmission-remote", str(rpc), "-a", str(torrent)], capture_output=True)
+            wait(lambda: transmission_percent(rpc) >= 100, 120, "transmission seeder ready", every=0.5)
+        elif client == "libtorrent":
+            proc, port = lt_start("seed", torrent, d)
+            wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "libtorrent seeder ready")
+        pid = proc.pid
+    time.sleep(1)
+    out = work / "seed-leecher"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    cpu0 = cpu_seconds(pid)
+    t0 = time.time()
+    leech, _ = lt_start("leech", torrent, out, ["--peer", f"127.0.0.1:{port}"])
+    w = Watch(pid)
+    wait(lambda: leech.poll() is not None, 600, f"leecher from {client}", w, 0.1)
+    elapsed = time.time() - t0
+    cpu = cpu_seconds(pid) - cpu0
+    ok = sha1_file(out / name) == ctx["sha1"]
+    recheck = None
+    if client == "dropseed":
+        # Recheck: verify all the data again while it is in the page cache.
+        t1 = time.time()
+        ds.request({"cmd": "recheck", "id": ctx["hash"]})
+        wait(lambda: ds.state_of(ctx["hash"]) == "checking", 30, "checking to start", every=0.01)
+        wait(lambda: ds.state_of(ctx["hash"]) == "seeding", 300, "recheck", every=0.01)
+        recheck = time.time() - t1
+        ds.stop()
+    else:
+        kill(proc)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(work / "seed-dropseed", ignore_errors=True)
+    return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "ok": ok, "recheck": recheck}
+
+
+# ---------------------------------------------------------------- scale
+
+def scale(ctx, count):
+    work, tracker = ctx["work"], ctx["tracker"]
+    ds = Dropseed(work, "scale")
+    src = work / "scale-src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir()
+    torrents, hashes = [], []
+    rng = random.Random(5)
+    for i in range(count):
+        name = f"small-{i:04d}.bin"
+        (src / name).write_bytes(rng.randbytes(64 * 1024))
+        t = work / "scale-torrents" / f"{name}.torrent"
+        t.parent.mkdir(exist_ok=True)
+        subprocess.run(["mktorrent", "-a", tracker.url, "-l", "15", "-o", str(t), str(src / name)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        os.link(src / name, ds.dir / "downloads" / name)
+        torrents.append(t)
+        hashes.append(info_hash_of(t))
+    tracker.allow(hashes)
+    ds.start()
+    for t in torrents:
+        shutil.copy(t, ds.dir / "watch" / t.name)
+    wait(lambda: sum(1 for t in ds.torrents() if t["state"] == "seeding") == count, 300, f"{count} torrents seeding", every=1)
+    time.sleep(5)
+    cpu0, t0 = cpu_seconds(ds.proc.pid), time.time()
+    time.sleep(30)
+    idle = (cpu_seconds(ds.proc.pid) - cpu0) / (time.time() - t0) * 100
+    anon = rss_anon(ds.proc.pid)
+    ds.stop()
+    shutil.rmtree(work / "scale", ignore_errors=True)
+    return {"count": count, "idle_cpu_pct": idle, "anon": anon}
+
+
+def fmt_mib(b):
+    return f"{b / MIB:.1f} MiB"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--torrents", type=int, default=500)
+    ap.add_argument("--clients", default="dropseed,aria2,transmission,libtorrent")
+    ap.add_argument("--skip", default="", help="comma list of: download,seeding,scale")
+    ap.add_argument("--out", default=str(ROOT / "bench/results.md"))
+    ap.add_argument("--work", default=str(ROOT / "bench/work"))
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    clients = args.clients.split(",")
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.chmod(work, 0o755)
+    size = args.size_mib * MIB
+    cores = os.cpu_count()
+    sha1_speed = float(subprocess.run([str(ROOT / "target/release/examples/sha1speed")], capture_output=True, text=True, check=True).stdout)
+    print(f"sha1 crate, one core: {sha1_speed / MIB:.0f} MiB/s; cores: {cores}", flush=True)
+
+    tracker = Tracker(work)
+    data = work / "src" / "payload.bin"
+    data.parent.mkdir()
+    rng = random.Random(1)
+    with open(data, "wb") as f:
+        for _ in range(args.size_mib):
+            f.write(rng.randbytes(MIB))
+    torrent = work / "payload.torrent"
+    subprocess.run(["mktorrent", "-a", tracker.url, "-l", "20", "-o", str(torrent), str(data)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    h = info_hash_of(torrent)
+    tracker.allow([h])
+    ctx = {"work": work, "torrent": torrent, "size": size, "sha1": sha1_file(data), "hash": h, "name": data.name,
+           "data": data, "tracker": tracker, "seeders": []}
+    results = {"download": {}, "seeding": {}, "scale": None, "recheck": None}
+    try:
+        if "download" not in skip:
+            for i in range(2):
+                d = work / f"lt-seed{i}"
+                d.mkdir()
+                os.link(data, d / data.name)
+                p, _ = lt_start("seed", torrent, d)
+                ctx["seeders"].append(p)
+            wait(lambda: scrape(tracker.port, h)[0] >= 2, 300, "two libtorrent seeders")
+            for r in range(args.rounds):
+                order = clients[r % len(clients):] + clients[:r % len(clients)]
+                for c in order:
+                    res = download_round(c, ctx)
+                    results["download"].setdefault(c, []).append(res)
+                    print(f"round {r + 1} download {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
+                          f"anon {fmt_mib(res['anon'])}  ok={res['ok']}", flush=True)
+            for p in ctx["seeders"]:
+                kill(p)
+            ctx["seeders"] = []
+        if "seeding" not in skip:
+            for c in clients:
+                res = seed_round(c, ctx)
+                results["seeding"][c] = res
+                print(f"seeding {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  ok={res['ok']}", flush=True)
+                if res["recheck"]:
+                    results["recheck"] = res["recheck"]
+        if "scale" not in skip:
+            results["scale"] = scale(ctx, args.torrents)
+            s = results["scale"]
+            print(f"scale {s['count']} torrents: idle CPU {s['idle_cpu_pct']:.2f}%  anon {fmt_mib(s['anon'])}", flush=True)
+    finally:
+        for p in ctx["seeders"]:
+            kill(p)
+        kill(tracker.proc)
+    report = render(results, args, sha1_speed, cores)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+    print(report)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def render(res, args, sha1_speed, cores):
+    lines = [f"# dropseed benchmark", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cores} cores, loopback; payload {args.size_mib} MiB, "
+             f"1 MiB pieces; {args.rounds} rounds, clients alternating. sha1 crate single-core: {sha1_speed / MIB:.0f} MiB/s "
+             f"({GIB / sha1_speed:.2f} CPU-s/GiB).", ""]
+    targets = []
+    dl = res["download"]
+    if dl:
+        lines += ["## Download (two libtorrent seeders via opentracker)", "",
+                  "| client | median MiB/s | median CPU-s/GiB | peak RssAnon | verified |", "|---|---|---|---|---|"]
+        med = {}
+        for c, runs in dl.items():
+            m = (statistics.median(r["mibs"] for r in runs), statistics.median(r["cpu_per_gib"] for r in runs),
+                 max(r["anon"] for r in runs), all(r["ok"] for r in runs))
+            med[c] = m
+            lines.append(f"| {c} | {m[0]:.1f} | {m[1]:.2f} | {fmt_mib(m[2])} | {'all' if m[3] else 'NO'} |")
+        lines.append("")
+        others = {c: m for c, m in med.items() if c != "dropseed"}
+        if "dropseed" in med and others:
+            d = med["dropseed"]
+            fastest = max(others.items(), key=lambda kv: kv[1][0])
+            frugal = min(others.items(), key=lambda kv: kv[1][1])
+            sha_cost = GIB / sha1_speed
+            targets += [
+                ("download MiB/s >= 1.5x fastest reference", f"{d[0]:.1f} vs {fastest[0]} {fastest[1][0]:.1f} = {d[0] / fastest[1][0]:.2f}x", d[0] >= 1.5 * fastest[1][0]),
+                ("download CPU/GiB <= 0.5x most frugal reference", f"{d[1]:.2f} vs {frugal[0]} {frugal[1][1]:.2f} = {d[1] / frugal[1][1]:.2f}x", d[1] <= 0.5 * frugal[1][1]),
+                ("download CPU/GiB <= 2x SHA-1 cost", f"{d[1]:.2f} vs {sha_cost:.2f} = {d[1] / sha_cost:.2f}x", d[1] <= 2 * sha_cost),
+                ("RssAnon < 48 MiB while downloading", fmt_mib(d[2]), d[2] < 48 * MIB),
+            ]
+    sd = res["seeding"]
+    if sd:
+        lines += ["## Seeding (one libtorrent leecher, one seeder)", "",
+                  "| seeder | MiB/s | seeder CPU-s/GiB | verified |", "|---|---|---|---|"]
+        for c, r in sd.items():
+            lines.append(f"| {c} | {r['mibs']:.1f} | {r['cpu_per_gib']:.2f} | {'yes' if r['ok'] else 'NO'} |")
+        lines.append("")
+        others = {c: r for c, r in sd.items() if c != "dropseed"}
+        if "dropseed" in sd and others:
+            frugal = min(others.items(), key=lambda kv: kv[1]["cpu_per_gib"])
+            d = sd["dropseed"]["cpu_per_gib"]
+            targets.append(("seeding CPU/GiB <= 0.5x most frugal reference", f"{d:.2f} vs {frugal[0]} {frugal[1]['cpu_per_gib']:.2f} = {d / frugal[1]['cpu_per_gib']:.2f}x", d <= 0.5 * frugal[1]["cpu_per_gib"]))
+    if res["recheck"]:
+        speed = args.size_mib * MIB / res["recheck"]
+        ratio = speed / (sha1_speed * cores)
+        lines += ["## Recheck", "", f"{args.size_mib} MiB verified in {res['recheck']:.2f} s = {speed / MIB:.0f} MiB/s; "
+                  f"SHA-1 x {cores} cores = {sha1_speed * cores / MIB:.0f} MiB/s; ratio {ratio:.2f}.", ""]
+        targets.append(("recheck >= 80% of SHA-1 x cores", f"{ratio:.2f}", ratio >= 0.8))
+    if res["scale"]:
+        s = res["scale"]
+        lines += ["## Scale", "", f"{s['count']} seeding torrents in one daemon: idle CPU {s['idle_cpu_pct']:.2f}% of one core, "
+                  f"RssAnon {fmt_mib(s['anon'])}.", ""]
+        targets.append((f"RssAnon < 64 MiB with {s['count']} torrents", fmt_mib(s["anon"]), s["anon"] < 64 * MIB))
+    if targets:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        for name, measured, ok in targets:
+            lines.append(f"| {name} | {measured} | {'yes' if ok else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
