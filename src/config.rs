@@ -186,6 +186,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_peers_per_torrent: usize,
     pub upload_slots: usize,
+    /// A download that received nothing for this long yields its slot.
+    pub stall_secs: u64,
 }
 
 impl Default for Limits {
@@ -197,6 +199,7 @@ impl Default for Limits {
             max_connections: 500,
             max_peers_per_torrent: 50,
             upload_slots: 4,
+            stall_secs: 600,
         }
     }
 }
@@ -236,7 +239,7 @@ impl Default for Storage {
         Storage {
             backend: BackendKind::Mmap,
             disk_threads: 0,
-            piece_buffer: ByteSize(32 * 1024 * 1024),
+            piece_buffer: ByteSize(16 * 1024 * 1024),
             resume_interval_secs: 10,
         }
     }
@@ -287,6 +290,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return Err(("limits.max_connections", "must be at least 1".into()));
+        }
+        if self.limits.stall_secs == 0 {
+            return Err(("limits.stall_secs", "must be at least 1".into()));
         }
         if self.limits.max_peers_per_torrent == 0 {
             return Err(("limits.max_peers_per_torrent", "must be at least 1".into()));

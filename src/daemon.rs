@@ -183,22 +183,24 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
         let free =
             crate::storage::free_space(&session.env.download_dir).map(human_bytes).unwrap_or_else(|_| "?".into());
         tracing::info!(
-            "summary torrents={} {} down={}/s up={}/s peers={} disk_free={} mem_anon={}",
+            "summary torrents={} {} down={}/s up={}/s peers={} disk_free={} mem_anon={} mem_file={}",
             all.len(),
             states.join(" "),
             human_bytes(down),
             human_bytes(up),
             peers,
             free,
-            anon_memory().map(human_bytes).unwrap_or_else(|| "?".into())
+            memory("RssAnon:").map(human_bytes).unwrap_or_else(|| "?".into()),
+            memory("RssFile:").map(human_bytes).unwrap_or_else(|| "?".into())
         );
     }
 }
 
-/// This process's anonymous resident memory (RssAnon), without file pages.
-pub fn anon_memory() -> Option<u64> {
+/// One of this process's resident memory figures from /proc: `RssAnon:`
+/// (its own memory) or `RssFile:` (mapped file pages, the kernel's cache).
+pub fn memory(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

@@ -87,7 +87,19 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
+/// Piece buffers (hundreds of KiB and up) are allocated and freed on
+/// different threads; glibc's adaptive threshold would move them into malloc
+/// arenas, where freed memory lingers. A fixed threshold keeps them as
+/// their own mappings, returned to the system when freed.
+fn keep_large_allocations_mapped() {
+    // SAFETY: mallopt only tunes the allocator; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
+    keep_large_allocations_mapped();
     let config = match load_config(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -80,6 +80,7 @@ impl Session {
                 0 => Semaphore::MAX_PERMITS,
                 n => n,
             })),
+            queued: Default::default(),
             download_limit: RateLimiter::new(config.limits.download_rate.0),
             upload_limit: RateLimiter::new(config.limits.upload_rate.0),
             download_dir: config.paths.download_dir.clone(),

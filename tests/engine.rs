@@ -122,3 +122,38 @@ fn corrupt_peer_is_banned_and_pieces_come_from_an_honest_one() {
     assert!(ban.contains(&format!("127.0.0.1:{port}")), "{ban}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "a banned peer is not dialled again");
 }
+
+#[test]
+fn missing_and_truncated_files_are_rechecked_and_fetched_again() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let src = work.path().join("data/set");
+    payload(&src.join("a.bin"), 700_000, 91);
+    payload(&src.join("b.bin"), 900_000, 92);
+    payload(&src.join("c.bin"), 500_000, 93);
+    let torrent = work.path().join("set.torrent");
+    mktorrent(&src, &tracker.announce_url(), 16, &torrent, &[]);
+    let hash = info_hash(&torrent);
+    tracker.allow(&hash);
+    let _seed = Aria2::seed(&torrent, &work.path().join("data"), &work.path().join("seed.log"));
+    tracker.wait_seeders(&hash, 1);
+
+    let mut ds = Dropseed::start_with("");
+    ds.drop_file(&torrent, "set.torrent");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(60));
+    assert!(ds.stop().success());
+
+    // Behind the daemon's back: one file gone, one cut short.
+    let got = ds.download_dir().join("set");
+    std::fs::remove_file(got.join("a.bin")).unwrap();
+    std::fs::OpenOptions::new().write(true).open(got.join("c.bin")).unwrap().set_len(1000).unwrap();
+    ds.start();
+    ds.wait_state(&hash, "seeding", Duration::from_secs(60));
+    assert_same_tree(&src, &got);
+    let log = ds.log_text();
+    let check = log.lines().rfind(|l| l.contains("checking done")).expect("a recheck at start");
+    assert!(!check.contains("checked=0"), "{check}");
+}

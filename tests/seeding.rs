@@ -161,3 +161,24 @@ fn upload_rate_limit_holds_within_ten_percent() {
     eprintln!("measured upload {rate:.0} B/s against a limit of {limit} B/s ({ratio:.3})");
     assert!((0.9..=1.1).contains(&ratio), "upload ran at {ratio:.3} of the limit");
 }
+
+#[test]
+fn a_stalled_download_yields_its_slot_to_a_queued_one() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    // `stalled` has no seeder at all; `live` has one but waits for the slot.
+    let live = Swarm::single("live.bin", 2 * 1024 * 1024, 16, 95);
+    let (t_stalled, h_stalled, _) =
+        swarm_without_seeder("stalled.bin", false, 1024 * 1024, 96, &live.tracker, live.work.path());
+    let ds = Dropseed::start_with("[limits]\nmax_active_downloads = 1\nstall_secs = 3\n");
+    ds.drop_file(&t_stalled, "stalled.torrent");
+    ds.wait_state(&h_stalled, "downloading", Duration::from_secs(10));
+    ds.drop_file(&live.torrent, "live.torrent");
+    ds.wait_state(&live.hash, "queued", Duration::from_secs(10));
+    ds.wait_state(&live.hash, "seeding", Duration::from_secs(60));
+    assert_same_tree(&live.data, &ds.download_dir().join("live.bin").parent().unwrap().join(""));
+    assert!(ds.log_text().contains("yielding the download slot"));
+    // The stalled one queued again behind it, then got the free slot back.
+    ds.wait_state(&h_stalled, "downloading", Duration::from_secs(10));
+}

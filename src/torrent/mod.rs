@@ -45,6 +45,8 @@ pub struct Env {
     pub connections: Arc<Semaphore>,
     /// Downloads allowed at once (`limits.max_active_downloads`).
     pub download_slots: Arc<Semaphore>,
+    /// Torrents waiting for a download slot.
+    pub queued: std::sync::atomic::AtomicUsize,
     pub download_dir: PathBuf,
     pub state_dir: PathBuf,
     pub started: Instant,
@@ -425,8 +427,5 @@ impl<'de> serde::Deserialize<'de> for TorrentState {
 
 /// Hashes piece `index` from disk and compares it with the metainfo.
 pub fn piece_matches(meta: &Metainfo, storage: &TorrentStorage, index: usize) -> bool {
-    match storage.read_piece(index) {
-        Ok(buf) => <[u8; 20]>::from(Sha1::digest(&buf)) == meta.piece_hashes[index],
-        Err(_) => false,
-    }
+    storage.hash_piece(index).is_ok_and(|h| h == meta.piece_hashes[index])
 }

@@ -53,6 +53,8 @@ pub enum Exit {
 
 enum ActiveExit {
     Cancelled,
+    /// Downloading, received nothing for `limits.stall_secs`, others queued.
+    Stalled(Duration),
     Paused,
     Recheck,
     Limit(String),
@@ -118,6 +120,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
         if !shared.is_complete() {
             shared.set_state(TorrentState::Queued, None);
             let slots = shared.env.download_slots.clone();
+            let _waiting = QueuedGuard::new(&shared.env.queued);
             tokio::select! {
                 _ = cancel.cancelled() => return Exit::Cancelled,
                 p = slots.acquire_owned() => permit = p.ok(),
@@ -136,6 +139,9 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
             ActiveExit::Cancelled => return Exit::Cancelled,
             ActiveExit::Paused => pause(&shared),
             ActiveExit::Recheck => recheck_all = true,
+            ActiveExit::Stalled(idle) => {
+                tracing::info!(torrent = %shared.name(), idle = %human_duration(idle.as_secs()), "no data; yielding the download slot to a queued torrent");
+            }
             ActiveExit::Limit(why) => {
                 let action = shared.env.config().seeding.action;
                 tracing::info!(torrent = %shared.name(), reason = %why, action = ?action, "seeding limit reached");
@@ -156,6 +162,22 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
                 }
             }
         }
+    }
+}
+
+/// Counts a torrent as waiting for a download slot while it lives.
+struct QueuedGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> QueuedGuard<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> QueuedGuard<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        QueuedGuard(counter)
+    }
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -364,6 +386,7 @@ async fn run_active(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    let mut last_data = Instant::now();
     let mut last_save = Instant::now();
     let mut last_saved_have = shared.inner.lock().unwrap().have.count();
     let exit = loop {
@@ -406,7 +429,15 @@ async fn run_active(
             }
             _ = tick.tick() => {
                 ticks += 1;
+                let before = a.last_totals.0;
                 a.update_rates();
+                if a.last_totals.0 != before {
+                    last_data = Instant::now();
+                }
+                let stall = Duration::from_secs(env.config().limits.stall_secs);
+                if permit.is_some() && last_data.elapsed() >= stall && env.queued.load(Ordering::Relaxed) > 0 {
+                    break ActiveExit::Stalled(last_data.elapsed());
+                }
                 if ticks.is_multiple_of(CHOKE_EVERY_TICKS) {
                     a.choke_round();
                 }

@@ -1,0 +1,116 @@
+//! Micro-benchmarks of the hot paths: the wire codec, the piece picker,
+//! piece hashing, and copies into and out of storage. Run: `cargo bench`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use dropseed::metainfo::Metainfo;
+use dropseed::storage::{BackendKind, TorrentStorage};
+use dropseed::torrent::picker::Picker;
+use dropseed::types::Bitfield;
+use dropseed::wire::{self, BlockRef, Message};
+use sha1::{Digest, Sha1};
+use std::net::SocketAddr;
+
+fn codec(c: &mut Criterion) {
+    let block = vec![7u8; 16384];
+    let mut encoded = Vec::new();
+    for i in 0..64 {
+        wire::encode(&Message::Piece { piece: 1, offset: i * 16384, data: &block }, &mut encoded);
+    }
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Bytes(encoded.len() as u64));
+    g.bench_function("decode 64 piece messages", |b| {
+        b.iter(|| {
+            let mut pos = 0;
+            while let Ok(Some((msg, used))) = wire::decode(&encoded[pos..]) {
+                std::hint::black_box(&msg);
+                pos += used;
+            }
+        })
+    });
+    g.bench_function("encode 64 requests", |b| {
+        let mut out = Vec::with_capacity(64 * 17);
+        b.iter(|| {
+            out.clear();
+            for i in 0..64 {
+                wire::encode(&Message::Request(BlockRef { piece: 3, offset: i * 16384, len: 16384 }), &mut out);
+            }
+            std::hint::black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+fn picker(c: &mut Criterion) {
+    // 1 GiB in 1 MiB pieces: pick every block of a piece and feed it back.
+    let pieces = 1024usize;
+    let plen = 1u64 << 20;
+    let all = Bitfield::full(pieces);
+    let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let block = vec![0u8; 16384];
+    let mut g = c.benchmark_group("picker");
+    g.throughput(Throughput::Bytes(plen));
+    g.bench_function("pick and receive one 1 MiB piece", |b| {
+        b.iter_batched(
+            || {
+                let mut p = Picker::new(plen, plen * pieces as u64, &Bitfield::new(pieces), 64 << 20, 1);
+                p.peer_bitfield(&all, true);
+                p
+            },
+            |mut p| {
+                let mut out = Vec::with_capacity(64);
+                p.pick(peer, &all, 64, &|_| false, &mut out);
+                for r in &out {
+                    std::hint::black_box(p.block_received(peer, r.piece, r.offset, &block));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn hashing(c: &mut Criterion) {
+    let piece = vec![0x5au8; 1 << 20];
+    let mut g = c.benchmark_group("hash");
+    g.throughput(Throughput::Bytes(piece.len() as u64));
+    g.bench_function("sha1 of a 1 MiB piece", |b| b.iter(|| std::hint::black_box(Sha1::digest(&piece))));
+    g.finish();
+}
+
+fn storage(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let pieces = 64;
+    let info = format!(
+        "d6:lengthi{}e4:name5:s.bin12:piece lengthi1048576e6:pieces{}:{}e",
+        pieces << 20,
+        pieces * 20,
+        "a".repeat(pieces * 20)
+    );
+    let torrent = format!("d4:info{info}e");
+    let meta = Metainfo::from_torrent_bytes(torrent.as_bytes()).unwrap();
+    let piece = vec![0x11u8; 1 << 20];
+    let mut g = c.benchmark_group("storage");
+    g.throughput(Throughput::Bytes(piece.len() as u64));
+    for kind in [BackendKind::Mmap, BackendKind::File] {
+        let s = TorrentStorage::open(dir.path(), &meta, kind).unwrap();
+        let mut i = 0u64;
+        g.bench_function(format!("{kind:?} write 1 MiB piece"), |b| {
+            b.iter(|| {
+                s.write((i % pieces as u64) << 20, &piece).unwrap();
+                i += 1;
+            })
+        });
+        let mut buf = vec![0u8; 16384];
+        g.bench_function(format!("{kind:?} read 64 blocks"), |b| {
+            b.iter(|| {
+                for k in 0..64u64 {
+                    s.read(k * 16384, &mut buf).unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codec, picker, hashing, storage);
+criterion_main!(benches);
