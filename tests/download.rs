@@ -72,3 +72,69 @@ fn single_file_from_transmission() {
     ds.wait_state(&hash, "seeding", Duration::from_secs(120));
     assert_same_tree(&data, &ds.download_dir());
 }
+
+#[test]
+fn single_file_from_libtorrent() {
+    if !(require("opentracker", "opentracker") && require("mktorrent", "mktorrent") && require_libtorrent()) {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let data = work.path().join("seed");
+    payload(&data.join("lt.bin"), 9 * 1024 * 1024 + 1, 8);
+    let torrent = work.path().join("lt.torrent");
+    mktorrent(&data.join("lt.bin"), &tracker.announce_url(), 17, &torrent, &[]);
+    let hash = info_hash(&torrent);
+    tracker.allow(&hash);
+    let _lt = Libtorrent::start("seed", torrent.to_str().unwrap(), &data, &work.path().join("lt.log"), &[]);
+    tracker.wait_seeders(&hash, 1);
+
+    let ds = Dropseed::start_with("");
+    ds.drop_file(&torrent, "lt.torrent");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(90));
+    assert_same_tree(&data, &ds.download_dir());
+}
+
+#[test]
+fn a_full_disk_is_a_torrent_error_not_a_crash() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    // A 4 MiB filesystem for the downloads (tmpfs needs root; skip elsewhere).
+    let mut ds = Dropseed::new("");
+    let small = ds.download_dir();
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        let msg = "cannot mount a small tmpfs (needs root)";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+
+    let big = Swarm::single("big.bin", 8 * 1024 * 1024, 16, 101);
+    let fits = Swarm::single("fits.bin", 1024 * 1024, 16, 102);
+    ds.start();
+    ds.drop_file(&big.torrent, "big.torrent");
+    let t = ds.wait_state(&big.hash, "error", Duration::from_secs(20));
+    let err = t["error"].as_str().unwrap();
+    assert!(err.contains("not enough disk space") && err.contains("needed") && err.contains("free"), "{err}");
+    // The daemon goes on: another torrent that fits completes.
+    ds.drop_file(&fits.torrent, "fits.torrent");
+    ds.wait_state(&fits.hash, "seeding", Duration::from_secs(60));
+    assert_same_tree(&fits.data, &small.join("fits.bin").parent().unwrap().join(""));
+    assert!(ds.log_text().contains("not enough disk space"));
+    assert!(ds.stop().success());
+}

@@ -377,9 +377,9 @@ impl Peer {
         if !self.shared.inner.lock().unwrap().have.get(b.piece as usize) {
             return Ok(());
         }
-        if !self.upload_queue.contains(&b) {
-            self.upload_queue.push_back(b);
-        }
+        // A duplicate request costs one extra block at worst, bounded by the
+        // queue cap; not worth a scan of the queue per request.
+        self.upload_queue.push_back(b);
         Ok(())
     }
 

@@ -32,7 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ERROR_RETRY: Duration = Duration::from_secs(60);
-const CHOKE_EVERY_TICKS: u64 = 10;
+const CHOKE_EVERY: Duration = Duration::from_secs(10);
+const TICK: Duration = Duration::from_secs(1);
+/// A seeding torrent with no peers and none to call wakes this seldom, so
+/// hundreds of idle torrents cost next to nothing.
+const IDLE_TICK: Duration = Duration::from_secs(5);
 /// New outgoing connection attempts per second per torrent.
 const CONNECTS_PER_TICK: usize = 8;
 /// An address heard of again is tried again after this long.
@@ -337,7 +341,9 @@ struct Active<'a> {
     known: HashMap<SocketAddr, Instant>,
     choker: Choker,
     last_counts: HashMap<PeerKey, (u64, u64)>,
-    rate_window: VecDeque<(u64, u64)>,
+    /// (downloaded, uploaded, seconds) per tick, the last few seconds.
+    rate_window: VecDeque<(u64, u64, f64)>,
+    last_choke: Instant,
     last_totals: (u64, u64),
 }
 
@@ -380,12 +386,13 @@ async fn run_active(
         choker: Choker::new(config.limits.upload_slots, rand::random()),
         last_counts: HashMap::new(),
         rate_window: VecDeque::new(),
+        last_choke: Instant::now(),
         last_totals: (shared.downloaded.load(Ordering::Relaxed), shared.uploaded.load(Ordering::Relaxed)),
     };
     let mut have_rx = shared.have_tx.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u64;
+    let mut last_tick = Instant::now();
+    let mut next_tick = last_tick + TICK;
+    let mut seeding_ms = 0u64;
     let mut last_data = Instant::now();
     let mut last_save = Instant::now();
     let mut last_saved_have = shared.inner.lock().unwrap().have.count();
@@ -427,10 +434,13 @@ async fn run_active(
                     last_save = Instant::now();
                 }
             }
-            _ = tick.tick() => {
-                ticks += 1;
+            _ = tokio::time::sleep_until(next_tick.into()) => {
+                let elapsed = last_tick.elapsed();
+                last_tick = Instant::now();
+                let idle = shared.state() == TorrentState::Seeding && a.peers.is_empty() && a.candidates.is_empty();
+                next_tick = last_tick + if idle { IDLE_TICK } else { TICK };
                 let before = a.last_totals.0;
-                a.update_rates();
+                a.update_rates(elapsed);
                 if a.last_totals.0 != before {
                     last_data = Instant::now();
                 }
@@ -438,7 +448,7 @@ async fn run_active(
                 if permit.is_some() && last_data.elapsed() >= stall && env.queued.load(Ordering::Relaxed) > 0 {
                     break ActiveExit::Stalled(last_data.elapsed());
                 }
-                if ticks.is_multiple_of(CHOKE_EVERY_TICKS) {
+                if a.last_choke.elapsed() >= CHOKE_EVERY {
                     a.choke_round();
                 }
                 a.connect_candidates();
@@ -447,14 +457,17 @@ async fn run_active(
                 }
                 let seeding = shared.state() == TorrentState::Seeding;
                 if seeding {
-                    shared.status.lock().unwrap().record.seeding_secs += 1;
+                    seeding_ms += elapsed.as_millis() as u64;
+                    shared.status.lock().unwrap().record.seeding_secs += seeding_ms / 1000;
+                    seeding_ms %= 1000;
                     if let Some(why) = limit_reached(shared) {
                         break ActiveExit::Limit(why);
                     }
                 }
                 let interval = Duration::from_secs(env.config().storage.resume_interval_secs);
                 let have = shared.inner.lock().unwrap().have.count();
-                if last_save.elapsed() >= interval && (have != last_saved_have || ticks.is_multiple_of(60)) {
+                let overdue = last_save.elapsed() >= Duration::from_secs(60);
+                if last_save.elapsed() >= interval && (have != last_saved_have || overdue) {
                     last_saved_have = have;
                     last_save = Instant::now();
                     shared.save_resume(false).await;
@@ -551,21 +564,24 @@ impl Active<'_> {
         });
     }
 
-    fn update_rates(&mut self) {
+    /// Rates over the last few ticks, whatever their length.
+    fn update_rates(&mut self, elapsed: Duration) {
         let now = (self.shared.downloaded.load(Ordering::Relaxed), self.shared.uploaded.load(Ordering::Relaxed));
-        self.rate_window.push_back((now.0 - self.last_totals.0, now.1 - self.last_totals.1));
+        self.rate_window.push_back((now.0 - self.last_totals.0, now.1 - self.last_totals.1, elapsed.as_secs_f64()));
         self.last_totals = now;
         if self.rate_window.len() > 5 {
             self.rate_window.pop_front();
         }
-        let n = self.rate_window.len() as u64;
-        let (d, u) = self.rate_window.iter().fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
+        let (d, u, secs) = self.rate_window.iter().fold((0, 0, 0.0), |acc, x| (acc.0 + x.0, acc.1 + x.1, acc.2 + x.2));
+        let secs = secs.max(0.001);
         let mut s = self.shared.status.lock().unwrap();
-        s.download_rate = d / n;
-        s.upload_rate = u / n;
+        s.download_rate = (d as f64 / secs) as u64;
+        s.upload_rate = (u as f64 / secs) as u64;
     }
 
     fn choke_round(&mut self) {
+        let secs = self.last_choke.elapsed().as_secs_f64().max(1.0);
+        self.last_choke = Instant::now();
         let seeding = self.shared.is_complete();
         let handles: Vec<(PeerKey, Arc<PeerHandle>)> =
             self.shared.inner.lock().unwrap().peers.iter().map(|(k, h)| (*k, h.clone())).collect();
@@ -575,7 +591,7 @@ impl Active<'_> {
             let now = (h.bytes_down.load(Ordering::Relaxed), h.bytes_up.load(Ordering::Relaxed));
             let before = self.last_counts.get(k).copied().unwrap_or((0, 0));
             counts.insert(*k, now);
-            let rate = if seeding { now.1 - before.1 } else { now.0 - before.0 } / CHOKE_EVERY_TICKS;
+            let rate = (if seeding { now.1 - before.1 } else { now.0 - before.0 } as f64 / secs) as u64;
             inputs.push(ChokeInput {
                 key: *k,
                 interested: h.peer_interested.load(Ordering::Relaxed),
