@@ -37,6 +37,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// A seeding torrent with no peers and none to call wakes this seldom, so
 /// hundreds of idle torrents cost next to nothing.
 const IDLE_TICK: Duration = Duration::from_secs(5);
+/// Resume records without new pieces are rewritten this often.
+const IDLE_SAVE_EVERY: Duration = Duration::from_secs(300);
 /// New outgoing connection attempts per second per torrent.
 const CONNECTS_PER_TICK: usize = 8;
 /// An address heard of again is tried again after this long.
@@ -466,7 +468,10 @@ async fn run_active(
                 }
                 let interval = Duration::from_secs(env.config().storage.resume_interval_secs);
                 let have = shared.inner.lock().unwrap().have.count();
-                let overdue = last_save.elapsed() >= Duration::from_secs(60);
+                // Counters and seeding time are refreshed on disk now and then
+                // even when no piece arrived; rarely, as hundreds of idle
+                // torrents would otherwise fsync constantly.
+                let overdue = last_save.elapsed() >= IDLE_SAVE_EVERY;
                 if last_save.elapsed() >= interval && (have != last_saved_have || overdue) {
                     last_saved_have = have;
                     last_save = Instant::now();
