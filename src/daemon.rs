@@ -52,12 +52,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -
     })?;
 
     let rescan = Arc::new(Notify::new());
-    let watch_task = tokio::spawn(WatchFolder::new(session.clone(), &config).run(
-        rescan.clone(),
-        Arc::new(std::sync::RwLock::new(config.clone())),
-        cancel.clone(),
-    ));
-    // The watch folder rereads config through its own cell on SIGHUP.
+    let watch_task = tokio::spawn(WatchFolder::new(session.clone(), &config).run(rescan.clone(), cancel.clone()));
     let control_task = tokio::spawn(crate::control::serve(control, control_path, session.clone(), cancel.clone()));
     let status_task = tokio::spawn(status_logger(session.clone(), cancel.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %config.paths.state_dir.display(), "dropseed started");

@@ -103,13 +103,9 @@ impl WatchFolder {
         }
     }
 
-    /// Runs until `cancel`; `rescan` forces a scan and rereads `config`.
-    pub async fn run(
-        mut self,
-        rescan: Arc<Notify>,
-        config: Arc<std::sync::RwLock<Arc<Config>>>,
-        cancel: CancellationToken,
-    ) {
+    /// Runs until `cancel`; `rescan` forces a scan and rereads the session's
+    /// live config, which SIGHUP replaces.
+    pub async fn run(mut self, rescan: Arc<Notify>, cancel: CancellationToken) {
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot create the watch folder");
         }
@@ -151,7 +147,7 @@ impl WatchFolder {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = rescan.notified() => {
-                    let c = config.read().unwrap().clone();
+                    let c = self.session.env.config();
                     self.on_added = c.watch.on_added;
                     self.poll = Duration::from_secs(c.watch.poll_secs);
                     self.scan();

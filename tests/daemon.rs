@@ -259,21 +259,28 @@ fn second_signal_exits_at_once() {
 fn sighup_reloads_config_and_rescans() {
     let ds = Dropseed::start_with("[watch]\npoll_secs = 3600\n");
     ds.wait_log("dropseed started", Duration::from_secs(10));
-    let text = std::fs::read_to_string(&ds.config)
-        .unwrap()
-        .replace("poll_secs = 3600", "poll_secs = 3600\n[log]\nlevel = \"debug\"\n[limits]\nupload_rate = \"1MiB\"");
+    let text = std::fs::read_to_string(&ds.config).unwrap().replace(
+        "poll_secs = 3600",
+        "poll_secs = 3600\non_added = \"delete\"\n[log]\nlevel = \"debug\"\n[limits]\nupload_rate = \"1MiB\"",
+    );
     std::fs::write(&ds.config, text).unwrap();
     ds.signal(libc::SIGHUP);
     let log = ds.wait_log("config reloaded", Duration::from_secs(10));
     let line = log.lines().find(|l| l.contains("config reloaded")).unwrap();
-    assert!(line.contains("log.level=debug") && line.contains("limits"), "{line}");
+    assert!(line.contains("log.level=debug") && line.contains("limits") && line.contains("watch"), "{line}");
+    // The watch folder follows the reloaded settings: added files are now deleted.
+    let magnet = ds.watch_dir().join("reload.magnet");
+    std::fs::write(&magnet, "0123456789abcdef0123456789abcdef01234567\n").unwrap();
+    ds.wait_state("0123456789abcdef0123456789abcdef01234567", "metadata", Duration::from_secs(10));
+    wait_for("the added file to be deleted", Duration::from_secs(10), || (!magnet.exists()).then_some(()));
+    assert!(!ds.watch_dir().join("reload.magnet.added").exists(), "renamed instead of deleted");
     // A bad config on SIGHUP keeps the running one.
     let good = std::fs::read_to_string(&ds.config).unwrap();
     std::fs::write(&ds.config, "[log]\nlevel = 5\n").unwrap();
     ds.signal(libc::SIGHUP);
     ds.wait_log("config not reloaded", Duration::from_secs(10));
     std::fs::write(&ds.config, good).unwrap();
-    assert!(ds.status()["torrents"].as_array().unwrap().is_empty(), "still serving");
+    assert_eq!(ds.status()["torrents"].as_array().unwrap().len(), 1, "still serving");
 }
 
 #[test]
