@@ -211,6 +211,14 @@ class Dropseed:
         kill(self.proc)
 
 
+def aria2_start(mode_args, port, d, torrent):
+    """aria2c on loopback: no DHT, LSD or PEX; quiet."""
+    return subprocess.Popen(["aria2c", *mode_args, "--enable-dht=false", "--bt-enable-lpd=false",
+                             "--enable-peer-exchange=false", "--console-log-level=error", "--summary-interval=0",
+                             f"--listen-port={port}", f"--dir={d}", str(torrent)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def lt_start(mode, torrent, d, extra=()):
     port = free_port()
     proc = subprocess.Popen(LT + [mode, str(torrent), "--dir", str(d), "--port", str(port), *extra],
@@ -276,10 +284,7 @@ def download_round(client, ctx):
         ds.stop()
     elif client == "aria2":
         port = free_port()
-        proc = subprocess.Popen(["aria2c", "--enable-dht=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-                                 "--seed-time=0", "--console-log-level=error", "--summary-interval=0",
-                                 "--file-allocation=falloc", f"--listen-port={port}", f"--dir={out}", str(torrent)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = aria2_start(["--seed-time=0", "--file-allocation=falloc"], port, out, torrent)
         w = Watch(proc.pid)
         wait(lambda: proc.poll() is not None, 600, "aria2 download", w, 0.05)
         elapsed = time.time() - t0
@@ -336,10 +341,7 @@ def seed_round(client, ctx):
         os.link(ctx["data"], d / name)
         if client == "aria2":
             port = free_port()
-            proc = subprocess.Popen(["aria2c", "-V", "--seed-ratio=0.0", "--enable-dht=false", "--bt-enable-lpd=false",
-                                     "--enable-peer-exchange=false", "--console-log-level=error", "--summary-interval=0",
-                                     f"--listen-port={port}", f"--dir={d}", str(torrent)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = aria2_start(["-V", "--seed-ratio=0.0"], port, d, torrent)
             time.sleep(1)
             wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "aria2 seeder ready")
         elif client == "transmission":

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -33,16 +32,11 @@ pub struct TorrentHandle {
     task: Mutex<Option<JoinHandle<Exit>>>,
 }
 
-/// A magnet whose metadata we do not have yet.
-pub struct PendingMagnet {
-    pub magnet: Magnet,
-    pub added_at: u64,
-}
-
 pub struct Session {
     pub env: Arc<Env>,
     torrents: Mutex<HashMap<InfoHash, Arc<TorrentHandle>>>,
-    magnets: Mutex<HashMap<InfoHash, PendingMagnet>>,
+    /// Magnets whose metadata we do not have yet.
+    magnets: Mutex<HashMap<InfoHash, Magnet>>,
     cancel: CancellationToken,
     listener: Mutex<Option<JoinHandle<()>>>,
     removals: mpsc::UnboundedSender<InfoHash>,
@@ -86,7 +80,6 @@ impl Session {
             download_dir: config.paths.download_dir.clone(),
             state_dir: config.paths.state_dir.clone(),
             config: RwLock::new(config),
-            started: Instant::now(),
         });
         let (removals, mut removal_rx) = mpsc::unbounded_channel();
         let session = Arc::new(Session {
@@ -143,7 +136,7 @@ impl Session {
                     }),
                 "magnet" => std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Magnet::parse(&t)).map(|m| {
                     if !resume::torrent_path(&dir, &m.info_hash).exists() {
-                        self.magnets.lock().unwrap().insert(m.info_hash, PendingMagnet { magnet: m, added_at: now_unix() });
+                        self.magnets.lock().unwrap().insert(m.info_hash, m);
                     }
                 }),
                 _ => Ok(()),
@@ -218,7 +211,7 @@ impl Session {
             uri.push_str(&format!("&x.pe={p}"));
         }
         resume::write_atomic(&resume::magnet_path(&self.env.state_dir, &hash), uri.as_bytes())?;
-        self.magnets.lock().unwrap().insert(hash, PendingMagnet { magnet, added_at: now_unix() });
+        self.magnets.lock().unwrap().insert(hash, magnet);
         Ok(AddOutcome::Added)
     }
 
@@ -228,7 +221,7 @@ impl Session {
         for (hash, m) in self.magnets.lock().unwrap().iter() {
             out.push(TorrentStatus {
                 info_hash: hash.hex(),
-                name: m.magnet.name.clone().unwrap_or_else(|| hash.hex()),
+                name: m.name.clone().unwrap_or_else(|| hash.hex()),
                 state: TorrentState::Metadata,
                 progress: 0.0,
                 size: 0,
@@ -287,7 +280,7 @@ impl Session {
         let dir = self.env.state_dir.clone();
         if let Some(m) = self.magnets.lock().unwrap().remove(&hash) {
             let _ = std::fs::remove_file(resume::magnet_path(&dir, &hash));
-            return Ok(format!("removed {}", m.magnet.name.unwrap_or_else(|| hash.hex())));
+            return Ok(format!("removed {}", m.name.unwrap_or_else(|| hash.hex())));
         }
         let h = self.torrents.lock().unwrap().remove(&hash).ok_or("no such torrent")?;
         h.cancel.cancel();

@@ -50,7 +50,6 @@ struct Pending {
     mtime: Option<SystemTime>,
     /// A close-after-write or moved-to event vouched for it.
     closed: bool,
-    last_error: Option<String>,
 }
 
 pub struct WatchFolder {
@@ -227,16 +226,14 @@ impl WatchFolder {
                 self.pending.remove(path);
                 self.add(path, parsed, (size, mtime));
             }
-            Err(e) => {
-                if p.first_seen.elapsed() >= INVALID_AFTER {
-                    self.pending.remove(path);
-                    let target = with_suffix(path, "invalid");
-                    let _ = std::fs::rename(path, &target);
-                    tracing::warn!(file = %path.display(), reason = %e, "invalid file; renamed to {}", target.display());
-                } else {
-                    p.last_error = Some(e);
-                }
+            Err(e) if p.first_seen.elapsed() >= INVALID_AFTER => {
+                self.pending.remove(path);
+                let target = with_suffix(path, "invalid");
+                let _ = std::fs::rename(path, &target);
+                tracing::warn!(file = %path.display(), reason = %e, "invalid file; renamed to {}", target.display());
             }
+            // Within the retry window it may still be arriving: look again later.
+            Err(_) => {}
         }
     }
 
@@ -294,7 +291,6 @@ fn new_pending(path: &Path) -> Pending {
         size: meta.as_ref().map_or(0, |m| m.len()),
         mtime: meta.and_then(|m| m.modified().ok()),
         closed: false,
-        last_error: None,
     }
 }
 

@@ -111,9 +111,7 @@ fn a_full_disk_is_a_torrent_error_not_a_crash() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        let msg = "cannot mount a small tmpfs (needs root)";
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
+        missing("cannot mount a small tmpfs (needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);

@@ -49,7 +49,6 @@ pub struct Env {
     pub queued: std::sync::atomic::AtomicUsize,
     pub download_dir: PathBuf,
     pub state_dir: PathBuf,
-    pub started: Instant,
     pub download_limit: ratelimit::RateLimiter,
     pub upload_limit: ratelimit::RateLimiter,
 }

@@ -176,7 +176,7 @@ impl Picker {
             .collect();
         partials.sort_unstable();
         for &(_, index) in &partials {
-            self.take_blocks(index, peer_has, max - (out.len() - start_len), false, mine, out);
+            self.take_blocks(index, max - (out.len() - start_len), false, mine, out);
             if out.len() - start_len >= max {
                 return;
             }
@@ -204,13 +204,13 @@ impl Picker {
             self.buffered += len;
             self.unstarted -= 1;
             self.status[index as usize] = Status::Partial;
-            self.take_blocks(index, peer_has, max - (out.len() - start_len), false, mine, out);
+            self.take_blocks(index, max - (out.len() - start_len), false, mine, out);
         }
         // 3. Endgame: nothing new to start, every missing block is requested;
         // ask for blocks others have outstanding too.
         if out.len() == start_len && !self.any_wanted_unstarted(peer_has) {
             for &(_, index) in &partials {
-                self.take_blocks(index, peer_has, max - (out.len() - start_len), true, mine, out);
+                self.take_blocks(index, max - (out.len() - start_len), true, mine, out);
                 if out.len() - start_len >= max {
                     return;
                 }
@@ -245,7 +245,6 @@ impl Picker {
     fn take_blocks(
         &mut self,
         index: u32,
-        _peer_has: &Bitfield,
         max: usize,
         endgame: bool,
         mine: &dyn Fn(&BlockRef) -> bool,

@@ -63,18 +63,7 @@ pub async fn run(
         if *completed_rx.borrow() && !completed_sent && started {
             next_event = Event::Completed;
         }
-        let params = AnnounceParams {
-            info_hash: cfg.info_hash,
-            peer_id: cfg.peer_id,
-            port: cfg.port,
-            uploaded: counters.uploaded(),
-            downloaded: counters.downloaded(),
-            left: counters.left(),
-            event: next_event,
-            key,
-            numwant: 80,
-            tracker_id: tracker_id.clone(),
-        };
+        let params = params_for(&cfg, counters.as_ref(), next_event, key, 80, tracker_id.clone());
         let wait = match announce_tiers(&client, &mut tiers, &params).await {
             Ok(reply) => {
                 if failures > 0 {
@@ -118,22 +107,34 @@ pub async fn run(
         }
     }
     if started {
-        let params = AnnounceParams {
-            info_hash: cfg.info_hash,
-            peer_id: cfg.peer_id,
-            port: cfg.port,
-            uploaded: counters.uploaded(),
-            downloaded: counters.downloaded(),
-            left: counters.left(),
-            event: Event::Stopped,
-            key,
-            numwant: 0,
-            tracker_id,
-        };
+        let params = params_for(&cfg, counters.as_ref(), Event::Stopped, key, 0, tracker_id);
         match tokio::time::timeout(STOPPED_TIMEOUT, announce_tiers(&client, &mut tiers, &params)).await {
             Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
             _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
         }
+    }
+}
+
+/// An announce's parameters, with the counters read now.
+fn params_for(
+    cfg: &TrackerConfig,
+    counters: &dyn TransferCounters,
+    event: Event,
+    key: u32,
+    numwant: u32,
+    tracker_id: Option<Vec<u8>>,
+) -> AnnounceParams {
+    AnnounceParams {
+        info_hash: cfg.info_hash,
+        peer_id: cfg.peer_id,
+        port: cfg.port,
+        uploaded: counters.uploaded(),
+        downloaded: counters.downloaded(),
+        left: counters.left(),
+        event,
+        key,
+        numwant,
+        tracker_id,
     }
 }
 

@@ -33,15 +33,8 @@ pub fn require(tool: &str, package: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if found {
-        return true;
-    }
-    let msg = format!("{tool} is missing: install the Debian package '{package}' (scripts/install-test-deps.sh)");
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    false
+    found
+        || missing(&format!("{tool} is missing: install the Debian package '{package}' (scripts/install-test-deps.sh)"))
 }
 
 /// Debian's python3 with python3-libtorrent importable, if present.
@@ -52,13 +45,14 @@ pub fn require_libtorrent() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if ok {
-        return true;
-    }
-    let msg = "libtorrent is missing: install the Debian package 'python3-libtorrent' (scripts/install-test-deps.sh)";
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
+    ok || missing(
+        "libtorrent is missing: install the Debian package 'python3-libtorrent' (scripts/install-test-deps.sh)",
+    )
+}
+
+/// A test's missing prerequisite: fails under `CI`, skips (returns false) elsewhere.
+pub fn missing(msg: &str) -> bool {
+    assert!(std::env::var_os("CI").is_none(), "{msg}");
     eprintln!("SKIPPED: {msg}");
     false
 }
