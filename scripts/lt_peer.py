@@ -5,9 +5,13 @@
     lt_peer.py leech FILE.torrent|MAGNET --dir DIR --port P [--peer HOST:PORT]
                                                            exits 0 when complete
 A line "connect HOST:PORT" on stdin makes it dial that peer.
+--dht-bootstrap HOST:PORT (repeatable) turns the DHT on, bootstrapping from
+those nodes only; it then re-announces every few seconds so tests need not
+wait for libtorrent's 15-minute announce interval.
 
-Runs on loopback only: DHT, LSD, UPnP and NAT-PMP are off, and several
-connections per IP are allowed because every peer is 127.0.0.1. Prints one
+Runs on loopback only: LSD, UPnP and NAT-PMP are off, the DHT is off unless
+asked for, and several connections per IP are allowed because every peer is
+127.0.0.1 (so is every DHT node: the one-node-per-IP rules are off). Prints one
 line per second: state, progress, rates. Needs Debian's python3-libtorrent
 (run with /usr/bin/python3).
 """
@@ -27,11 +31,17 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--peer", action="append", default=[], help="HOST:PORT to connect to")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--dht-bootstrap", action="append", default=[], help="HOST:PORT of a DHT node")
     args = ap.parse_args()
+    dht = bool(args.dht_bootstrap)
 
     settings = {
         "listen_interfaces": f"127.0.0.1:{args.port}",
-        "enable_dht": False,
+        "enable_dht": dht,
+        "dht_bootstrap_nodes": ",".join(args.dht_bootstrap),
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_prefer_verified_node_ids": False,
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
@@ -61,9 +71,14 @@ def main():
 
     threading.Thread(target=commands, daemon=True).start()
     start = time.time()
+    last_announce = 0.0
     while True:
+        if dht and time.time() - last_announce > 5:
+            h.force_dht_announce()
+            last_announce = time.time()
         s = h.status()
-        print(f"state={s.state} progress={s.progress:.4f} down={s.download_rate} up={s.upload_rate} peers={s.num_peers}", flush=True)
+        nodes = f" dht_nodes={ses.status().dht_nodes}" if dht else ""
+        print(f"state={s.state} progress={s.progress:.4f} down={s.download_rate} up={s.upload_rate} peers={s.num_peers}{nodes}", flush=True)
         if args.mode == "leech" and s.is_seeding:
             print("complete", flush=True)
             return 0

@@ -26,9 +26,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -
     let control_path = config.control_socket();
     let control = crate::control::bind(&control_path)?;
     let session = Session::start(config.clone()).await?;
-    if config.dht.enabled {
-        tracing::info!("DHT is enabled in the config but not available in this build yet; using trackers");
-    }
     let cancel = CancellationToken::new();
 
     // Signals arrive on a plain thread (signal-hook) and are forwarded.

@@ -22,12 +22,15 @@
 //!   async workers, so a page fault never stalls a peer.
 
 pub mod bencode;
+pub mod compact;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dht;
 pub mod extension;
 pub mod logging;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod resume;
 pub mod session;

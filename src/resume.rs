@@ -32,6 +32,10 @@ pub struct ResumeRecord {
     pub paused: u8,
     /// 1 when stopped by a ratio or seed-time limit.
     pub stopped: u8,
+    /// Listening addresses of peers last connected (or a magnet's `x.pe`
+    /// peers), dialled first after a restart.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 pub fn torrent_path(state_dir: &Path, hash: &InfoHash) -> PathBuf {

@@ -11,6 +11,7 @@ use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, now_unix, ResumeRecord};
 use crate::storage::disk::DiskPool;
+use crate::torrent::fetch::{self, Fetched, IncomingPeer, MagnetProgress};
 use crate::torrent::peer::{read_handshake, HANDSHAKE_TIMEOUT};
 use crate::torrent::ratelimit::RateLimiter;
 use crate::torrent::task::{self, Cmd, Exit};
@@ -32,14 +33,28 @@ pub struct TorrentHandle {
     task: Mutex<Option<JoinHandle<Exit>>>,
 }
 
+/// A magnet whose metadata is still being fetched, and its task.
+struct MagnetHandle {
+    magnet: Magnet,
+    progress: Arc<MagnetProgress>,
+    incoming: mpsc::Sender<IncomingPeer>,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
 pub struct Session {
     pub env: Arc<Env>,
     torrents: Mutex<HashMap<InfoHash, Arc<TorrentHandle>>>,
     /// Magnets whose metadata we do not have yet.
-    magnets: Mutex<HashMap<InfoHash, Magnet>>,
+    magnets: Mutex<HashMap<InfoHash, Arc<MagnetHandle>>>,
     cancel: CancellationToken,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// The loop that removes torrents and turns fetched magnets into torrents.
+    housekeeping: Mutex<Option<JoinHandle<()>>>,
     removals: mpsc::UnboundedSender<InfoHash>,
+    fetched: mpsc::UnboundedSender<Fetched>,
+    /// Tasks of magnets made obsolete by a .torrent, still winding down.
+    retired: Mutex<Vec<JoinHandle<()>>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -64,6 +79,17 @@ impl Session {
         };
         let listen_port = listener.local_addr()?.port();
         tracing::info!(port = listen_port, "listening for peers");
+        let dht = if config.dht.enabled {
+            match crate::dht::Dht::start(ip, listen_port, &config.paths.state_dir, config.dht.bootstrap.clone()).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, port = listen_port, "cannot start the DHT; trackers and PEX only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let env = Arc::new(Env {
             peer_id: PeerId::generate(),
             listen_port,
@@ -80,23 +106,29 @@ impl Session {
             download_dir: config.paths.download_dir.clone(),
             state_dir: config.paths.state_dir.clone(),
             config: RwLock::new(config),
+            dht,
         });
         let (removals, mut removal_rx) = mpsc::unbounded_channel();
+        let (fetched, mut fetched_rx) = mpsc::unbounded_channel::<Fetched>();
         let session = Arc::new(Session {
             env,
             torrents: Mutex::new(HashMap::new()),
             magnets: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
             listener: Mutex::new(None),
+            housekeeping: Mutex::new(None),
             removals,
+            fetched,
+            retired: Mutex::new(Vec::new()),
         });
         session.restore();
         let s = session.clone();
         *session.listener.lock().unwrap() = Some(tokio::spawn(async move { s.accept_loop(listener).await }));
-        // Torrents that asked to be removed (seeding limit with action=remove).
+        // Torrents that asked to be removed (seeding limit with action=remove),
+        // and magnets whose metadata arrived.
         let s = Arc::downgrade(&session);
         let cancel = session.cancel.clone();
-        tokio::spawn(async move {
+        let housekeeping = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -105,9 +137,15 @@ impl Session {
                             let _ = s.remove(&h.hex(), false).await;
                         }
                     }
+                    Some(f) = fetched_rx.recv() => {
+                        if let Some(s) = s.upgrade() {
+                            s.metadata_arrived(f).await;
+                        }
+                    }
                 }
             }
         });
+        *session.housekeeping.lock().unwrap() = Some(housekeeping);
         Ok(session)
     }
 
@@ -135,8 +173,10 @@ impl Session {
                         self.spawn_torrent(Arc::new(m), record.unwrap_or_default());
                     }),
                 "magnet" => std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Magnet::parse(&t)).map(|m| {
-                    if !resume::torrent_path(&dir, &m.info_hash).exists() {
-                        self.magnets.lock().unwrap().insert(m.info_hash, m);
+                    if resume::torrent_path(&dir, &m.info_hash).exists() {
+                        let _ = std::fs::remove_file(&path); // fetched just before a crash
+                    } else {
+                        self.spawn_magnet(m);
                     }
                 }),
                 _ => Ok(()),
@@ -172,20 +212,76 @@ impl Session {
     }
 
     /// Adds a torrent; persisted before it starts, so a crash right after
-    /// still knows it.
+    /// still knows it. A magnet of the same torrent still fetching is dropped.
     pub fn add_metainfo(self: &Arc<Self>, meta: Metainfo) -> std::io::Result<AddOutcome> {
+        self.add_metainfo_with_peers(meta, Vec::new())
+    }
+
+    fn add_metainfo_with_peers(
+        self: &Arc<Self>,
+        meta: Metainfo,
+        peers: Vec<SocketAddr>,
+    ) -> std::io::Result<AddOutcome> {
         let hash = meta.info_hash;
         if self.torrents.lock().unwrap().contains_key(&hash) {
             return Ok(AddOutcome::AlreadyManaged);
         }
         let dir = &self.env.state_dir;
         resume::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
-        let record = ResumeRecord { name: meta.name.clone(), added_at: now_unix(), ..Default::default() };
+        let record = ResumeRecord {
+            name: meta.name.clone(),
+            added_at: now_unix(),
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
         record.save(dir, &hash)?;
-        self.magnets.lock().unwrap().remove(&hash);
+        if let Some(m) = self.magnets.lock().unwrap().remove(&hash) {
+            // Its task ends within seconds; shutdown still waits for it.
+            m.cancel.cancel();
+            self.retired.lock().unwrap().extend(m.task.lock().unwrap().take());
+        }
         let _ = std::fs::remove_file(resume::magnet_path(dir, &hash));
         self.spawn_torrent(Arc::new(meta), record);
         Ok(AddOutcome::Added)
+    }
+
+    /// A magnet's metadata arrived: it becomes a torrent like any other.
+    async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
+        let hash = f.meta.info_hash;
+        let name = f.meta.name.clone();
+        let magnet = self.magnets.lock().unwrap().get(&hash).cloned();
+        let Some(magnet) = magnet else {
+            return; // removed meanwhile
+        };
+        let task = magnet.task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        match self.add_metainfo_with_peers(f.meta, f.peers) {
+            Ok(_) => tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent"),
+            Err(e) => {
+                tracing::warn!(torrent = %name, error = %e, "cannot save the fetched metadata");
+                *magnet.progress.error.lock().unwrap() = Some(format!("cannot save the metadata: {e}"));
+            }
+        }
+    }
+
+    fn spawn_magnet(self: &Arc<Self>, magnet: Magnet) {
+        let hash = magnet.info_hash;
+        let progress = Arc::new(MagnetProgress::default());
+        let (incoming, incoming_rx) = mpsc::channel(8);
+        let cancel = self.cancel.child_token();
+        let task = tokio::spawn({
+            let (m, env, p, c, done) =
+                (magnet.clone(), self.env.clone(), progress.clone(), cancel.clone(), self.fetched.clone());
+            async move {
+                if let Some(f) = fetch::run(m, env, p, incoming_rx, c).await {
+                    let _ = done.send(f);
+                }
+            }
+        });
+        let handle = MagnetHandle { magnet, progress, incoming, cancel, task: Mutex::new(Some(task)) };
+        self.magnets.lock().unwrap().insert(hash, Arc::new(handle));
     }
 
     /// Records a magnet; it waits in state `metadata` for its metadata.
@@ -211,29 +307,30 @@ impl Session {
             uri.push_str(&format!("&x.pe={p}"));
         }
         resume::write_atomic(&resume::magnet_path(&self.env.state_dir, &hash), uri.as_bytes())?;
-        self.magnets.lock().unwrap().insert(hash, magnet);
+        self.spawn_magnet(magnet);
         Ok(AddOutcome::Added)
     }
 
     pub fn statuses(&self) -> Vec<TorrentStatus> {
         let handles: Vec<Arc<TorrentHandle>> = self.torrents.lock().unwrap().values().cloned().collect();
         let mut out: Vec<TorrentStatus> = handles.iter().map(|h| h.shared.status()).collect();
-        for (hash, m) in self.magnets.lock().unwrap().iter() {
+        for (hash, h) in self.magnets.lock().unwrap().iter() {
+            let error = h.progress.error.lock().unwrap().clone();
             out.push(TorrentStatus {
                 info_hash: hash.hex(),
-                name: m.name.clone().unwrap_or_else(|| hash.hex()),
-                state: TorrentState::Metadata,
+                name: h.magnet.name.clone().unwrap_or_else(|| hash.hex()),
+                state: if error.is_some() { TorrentState::Error } else { TorrentState::Metadata },
                 progress: 0.0,
                 size: 0,
                 downloaded: 0,
                 uploaded: 0,
                 download_rate: 0,
                 upload_rate: 0,
-                peers: 0,
+                peers: h.progress.peers.load(std::sync::atomic::Ordering::Relaxed),
                 seeds: 0,
                 ratio: 0.0,
                 eta_secs: None,
-                error: None,
+                error,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
@@ -278,9 +375,15 @@ impl Session {
     pub async fn remove(&self, id: &str, delete_data: bool) -> Result<String, String> {
         let hash = self.find(id)?;
         let dir = self.env.state_dir.clone();
-        if let Some(m) = self.magnets.lock().unwrap().remove(&hash) {
+        let magnet = self.magnets.lock().unwrap().remove(&hash);
+        if let Some(m) = magnet {
+            m.cancel.cancel();
+            let task = m.task.lock().unwrap().take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
             let _ = std::fs::remove_file(resume::magnet_path(&dir, &hash));
-            return Ok(format!("removed {}", m.name.unwrap_or_else(|| hash.hex())));
+            return Ok(format!("removed {}", m.magnet.name.clone().unwrap_or_else(|| hash.hex())));
         }
         let h = self.torrents.lock().unwrap().remove(&hash).ok_or("no such torrent")?;
         h.cancel.cancel();
@@ -331,6 +434,11 @@ impl Session {
                         };
                         if let Some(h) = s.handle(&hs.info_hash) {
                             let _ = h.cmd.try_send(Cmd::Incoming(stream, addr, hs));
+                        } else {
+                            let magnet = s.magnets.lock().unwrap().get(&hs.info_hash).cloned();
+                            if let Some(m) = magnet {
+                                let _ = m.incoming.try_send((stream, addr, hs));
+                            }
                         }
                     });
                 }
@@ -347,6 +455,10 @@ impl Session {
         if let Some(l) = listener {
             let _ = l.await;
         }
+        let housekeeping = self.housekeeping.lock().unwrap().take();
+        if let Some(h) = housekeeping {
+            let _ = h.await;
+        }
         let handles: Vec<Arc<TorrentHandle>> = self.torrents.lock().unwrap().values().cloned().collect();
         let mut tasks = Vec::new();
         for h in &handles {
@@ -354,8 +466,18 @@ impl Session {
                 tasks.push(t);
             }
         }
+        let mut magnet_tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.retired.lock().unwrap());
+        for m in self.magnets.lock().unwrap().values() {
+            magnet_tasks.extend(m.task.lock().unwrap().take());
+        }
         for t in tasks {
             let _ = t.await;
+        }
+        for t in magnet_tasks {
+            let _ = t.await;
+        }
+        if let Some(dht) = &self.env.dht {
+            dht.shutdown().await;
         }
         let disk = self.env.disk.clone();
         let _ = tokio::task::spawn_blocking(move || disk.shutdown()).await;

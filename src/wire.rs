@@ -36,6 +36,10 @@ impl Handshake {
         Handshake { reserved, info_hash, peer_id }
     }
 
+    pub fn supports_dht(&self) -> bool {
+        self.reserved[DHT_BIT.0] & DHT_BIT.1 != 0
+    }
+
     pub fn supports_extensions(&self) -> bool {
         self.reserved[EXTENSION_BIT.0] & EXTENSION_BIT.1 != 0
     }

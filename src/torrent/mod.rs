@@ -5,6 +5,7 @@
 //! a peer's control mutex. No lock here is ever held across an `.await`.
 
 pub mod choker;
+pub mod fetch;
 pub mod peer;
 pub mod picker;
 pub mod ratelimit;
@@ -21,6 +22,7 @@ use picker::{PeerKey, Picker};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -51,6 +53,8 @@ pub struct Env {
     pub state_dir: PathBuf,
     pub download_limit: ratelimit::RateLimiter,
     pub upload_limit: ratelimit::RateLimiter,
+    /// The DHT node, when enabled.
+    pub dht: Option<Arc<crate::dht::Dht>>,
 }
 
 impl Env {
@@ -99,12 +103,15 @@ pub struct PeerHandle {
     /// The choker's decision; the peer task applies it.
     pub unchoke: AtomicBool,
     pub close: AtomicBool,
+    /// Where the peer accepts connections: the address we dialled, or its
+    /// extension handshake's `p`. What PEX and the resume record pass on.
+    pub listen: Mutex<Option<SocketAddr>>,
     pub cancels: Mutex<Vec<BlockRef>>,
     pub notify: Notify,
 }
 
 impl PeerHandle {
-    pub fn new(peer_id: [u8; 20]) -> PeerHandle {
+    pub fn new(peer_id: [u8; 20], listen: Option<SocketAddr>) -> PeerHandle {
         PeerHandle {
             peer_id,
             connected_at: Instant::now(),
@@ -115,6 +122,7 @@ impl PeerHandle {
             snubbed: AtomicBool::new(false),
             unchoke: AtomicBool::new(false),
             close: AtomicBool::new(false),
+            listen: Mutex::new(listen),
             cancels: Mutex::new(Vec::new()),
             notify: Notify::new(),
         }
@@ -138,6 +146,8 @@ pub struct Inner {
     pub banned_ids: HashSet<[u8; 20]>,
     pub banned_addrs: HashSet<PeerKey>,
     pub disk_error: Option<String>,
+    /// Peers heard of through PEX, for the torrent task to dial.
+    pub pex_learned: Vec<SocketAddr>,
 }
 
 pub struct TorrentShared {
@@ -189,6 +199,7 @@ impl TorrentShared {
                 banned_ids: HashSet::new(),
                 banned_addrs: HashSet::new(),
                 disk_error: None,
+                pex_learned: Vec::new(),
             }),
             status: Mutex::new(StatusCell {
                 state: TorrentState::Queued,
@@ -331,6 +342,14 @@ impl TorrentShared {
         record.name = self.meta.name.clone();
         record.uploaded = self.uploaded.load(Ordering::Relaxed);
         record.downloaded = self.downloaded.load(Ordering::Relaxed);
+        // Where to find peers again after a restart (what PEX would tell).
+        let peers: Vec<String> = {
+            let inner = self.inner.lock().unwrap();
+            inner.peers.values().filter_map(|h| *h.listen.lock().unwrap()).take(50).map(|a| a.to_string()).collect()
+        };
+        if !peers.is_empty() {
+            record.peers = peers;
+        }
         record.save(&self.env.state_dir, &self.meta.info_hash)?;
         self.status.lock().unwrap().record = record;
         Ok(())

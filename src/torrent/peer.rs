@@ -13,12 +13,14 @@
 
 use super::picker::{BlockOutcome, PeerKey};
 use super::{PeerHandle, TorrentShared};
-use crate::extension::{self, ExtHandshake};
+use crate::extension::{self, ExtHandshake, MetadataMsg, PexMsg};
+use crate::metadata::MetadataAssembler;
 use crate::types::Bitfield;
 use crate::wire::{self, BlockRef, Handshake, Message, BLOCK_LEN, HANDSHAKE_LEN};
 use bytes::{Buf, BytesMut};
 use std::collections::{HashSet, VecDeque};
 use std::io::IoSlice;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +44,12 @@ const OUT_HIGH_WATER: usize = 512 * 1024;
 const MIN_PIPELINE: usize = 8;
 const MAX_PIPELINE: usize = 256;
 const START_PIPELINE: usize = 32;
+/// PEX messages are sent this often, and accepted no more often than
+/// [`PEX_MIN_GAP`] (BEP 11 asks for one a minute).
+const PEX_EVERY: Duration = Duration::from_secs(60);
+const PEX_MIN_GAP: Duration = Duration::from_secs(45);
+/// Peers learned through PEX waiting for the torrent task, at most.
+pub const MAX_PEX_BACKLOG: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -94,8 +102,15 @@ struct Peer {
     bytes_unmetered: u64,
     rate: u64,
     completed: Vec<super::picker::CompletePiece>,
-    /// The peer speaks BEP 10.
-    extensions: bool,
+    /// The peer's handshake (extension and DHT bits).
+    theirs: Handshake,
+    /// The peer's ids for the extensions we speak, once it told us.
+    peer_ut_metadata: Option<u8>,
+    peer_ut_pex: Option<u8>,
+    /// Listening addresses we told this peer of through PEX, and when.
+    pex_sent: HashSet<SocketAddr>,
+    last_pex_out: Option<Instant>,
+    last_pex_in: Option<Instant>,
     /// Our pipeline's ceiling: ours, or the peer's `reqq` if lower.
     max_pipeline: usize,
     /// Upload data waiting for the upload limit, with when it may go.
@@ -110,7 +125,7 @@ pub async fn run(
     handle: Arc<PeerHandle>,
     stream: TcpStream,
     key: PeerKey,
-    extensions: bool,
+    theirs: Handshake,
     cancel: CancellationToken,
 ) -> Result<(), PeerError> {
     let _ = stream.set_nodelay(true);
@@ -135,7 +150,12 @@ pub async fn run(
         bytes_unmetered: 0,
         rate: 0,
         completed: Vec::new(),
-        extensions,
+        theirs,
+        peer_ut_metadata: None,
+        peer_ut_pex: None,
+        pex_sent: HashSet::new(),
+        last_pex_out: None,
+        last_pex_in: None,
         max_pipeline: MAX_PIPELINE,
         throttled: VecDeque::new(),
         read_resume_at: None,
@@ -166,14 +186,20 @@ impl Peer {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        if self.extensions {
+        if self.theirs.supports_extensions() {
             let hs = ExtHandshake::ours(
                 self.shared.env.listen_port,
                 MAX_QUEUED_REQUESTS,
                 self.key.ip(),
                 Some(self.shared.meta.info_bytes.len()),
+                !self.shared.meta.private,
             );
             out.push_small(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() });
+        }
+        if let Some(dht) =
+            self.shared.env.dht.as_ref().filter(|_| self.theirs.supports_dht() && !self.shared.meta.private)
+        {
+            out.push_small(&Message::Port(dht.port()));
         }
         // Our bitfield (and where it is empty, nothing: that is allowed).
         {
@@ -291,7 +317,14 @@ impl Peer {
     fn on_message(&mut self, msg: Message<'_>, out: &mut OutQueue) -> Result<(), PeerError> {
         let n = self.peer_has.len();
         match msg {
-            Message::KeepAlive | Message::Port(_) | Message::Unknown(_) => {}
+            Message::KeepAlive | Message::Unknown(_) => {}
+            Message::Port(port) => {
+                if let (Some(dht), false) = (&self.shared.env.dht, self.shared.meta.private) {
+                    if port != 0 {
+                        dht.add_node(SocketAddr::new(self.key.ip(), port));
+                    }
+                }
+            }
             Message::Choke => {
                 self.peer_choking = true;
                 self.drop_outstanding();
@@ -343,12 +376,78 @@ impl Peer {
                         self.max_pipeline = q.min(MAX_PIPELINE);
                         self.pipeline = self.pipeline.min(self.max_pipeline);
                     }
+                    self.peer_ut_metadata = hs.id_of(extension::UT_METADATA);
+                    self.peer_ut_pex = hs.id_of(extension::UT_PEX);
+                    if let Some(addr) = hs.listen_addr(self.key) {
+                        self.handle.listen.lock().unwrap().get_or_insert(addr);
+                    }
                     tracing::debug!(peer = %self.key, client = %hs.client(), reqq = ?hs.reqq, "extension handshake");
                 }
             }
+            Message::Extended { id: extension::OUR_UT_METADATA, payload } => self.on_metadata(payload, out),
+            Message::Extended { id: extension::OUR_UT_PEX, payload } => self.on_pex(payload),
             Message::Extended { .. } => {}
         }
         Ok(())
+    }
+
+    /// Serves our metadata (BEP 9); refuses when the send queue is already
+    /// long, so a peer cannot make us buffer without bound.
+    fn on_metadata(&mut self, payload: &[u8], out: &mut OutQueue) {
+        let Some(id) = self.peer_ut_metadata else {
+            return;
+        };
+        if let Ok(MetadataMsg::Request { piece }) = MetadataMsg::decode(payload) {
+            let info = &self.shared.meta.info_bytes;
+            let reply = match MetadataAssembler::serve(info, piece) {
+                Some(data) if out.len() < OUT_HIGH_WATER => MetadataMsg::Data { piece, total_size: info.len(), data },
+                _ => MetadataMsg::Reject { piece },
+            };
+            out.push_small(&Message::Extended { id, payload: &reply.encode() });
+        }
+    }
+
+    /// Takes peers from a PEX message, within BEP 11's limits.
+    fn on_pex(&mut self, payload: &[u8]) {
+        if self.shared.meta.private || self.last_pex_in.is_some_and(|t| t.elapsed() < PEX_MIN_GAP) {
+            return;
+        }
+        self.last_pex_in = Some(Instant::now());
+        let Ok(msg) = PexMsg::decode(payload) else {
+            return;
+        };
+        let mut inner = self.shared.inner.lock().unwrap();
+        let room = MAX_PEX_BACKLOG.saturating_sub(inner.pex_learned.len());
+        inner.pex_learned.extend(msg.added.into_iter().take(room));
+    }
+
+    /// Tells the peer which peers joined and left since the last message.
+    fn send_pex(&mut self, out: &mut OutQueue) {
+        let Some(id) = self.peer_ut_pex else {
+            return;
+        };
+        if self.shared.meta.private || self.last_pex_out.is_some_and(|t| t.elapsed() < PEX_EVERY) {
+            return;
+        }
+        let current: HashSet<SocketAddr> = {
+            let inner = self.shared.inner.lock().unwrap();
+            inner.peers.iter().filter(|(k, _)| **k != self.key).filter_map(|(_, h)| *h.listen.lock().unwrap()).collect()
+        };
+        let added: Vec<SocketAddr> =
+            current.difference(&self.pex_sent).copied().take(extension::MAX_PEX_PEERS).collect();
+        let dropped: Vec<SocketAddr> =
+            self.pex_sent.difference(&current).copied().take(extension::MAX_PEX_PEERS).collect();
+        if added.is_empty() && dropped.is_empty() {
+            return;
+        }
+        self.last_pex_out = Some(Instant::now());
+        for a in &added {
+            self.pex_sent.insert(*a);
+        }
+        for d in &dropped {
+            self.pex_sent.remove(d);
+        }
+        out.push_small(&Message::Extended { id, payload: &PexMsg { added, dropped }.encode() });
     }
 
     /// Marks a peer that has everything; two seeds have nothing to say.
@@ -479,6 +578,7 @@ impl Peer {
         if now - self.last_sent > KEEPALIVE_EVERY && out.is_empty() {
             out.push_small(&Message::KeepAlive);
         }
+        self.send_pex(out);
         // Smoothed rate sets the pipeline depth: about half a second of data.
         self.rate = (self.rate * 3 + self.bytes_this_tick) / 4;
         self.bytes_this_tick = 0;

@@ -41,6 +41,9 @@ const IDLE_TICK: Duration = Duration::from_secs(5);
 const IDLE_SAVE_EVERY: Duration = Duration::from_secs(300);
 /// New outgoing connection attempts per second per torrent.
 const CONNECTS_PER_TICK: usize = 8;
+/// How often a torrent looks itself up in the DHT (and announces).
+const DHT_DOWNLOADING_EVERY: Duration = Duration::from_secs(120);
+const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
 /// An address heard of again is tried again after this long.
 const RETRY_PEER_AFTER: Duration = Duration::from_secs(300);
 
@@ -375,7 +378,7 @@ async fn run_active(
         },
         env.http.clone(),
         shared.clone() as Arc<dyn TransferCounters>,
-        peers_tx,
+        peers_tx.clone(),
         completed_rx,
         child.clone(),
     ));
@@ -391,6 +394,16 @@ async fn run_active(
         last_choke: Instant::now(),
         last_totals: (shared.downloaded.load(Ordering::Relaxed), shared.uploaded.load(Ordering::Relaxed)),
     };
+    let dht = match (&env.dht, shared.meta.private) {
+        (Some(dht), false) => {
+            Some(tokio::spawn(dht_discovery(shared.clone(), dht.clone(), peers_tx.clone(), child.clone())))
+        }
+        _ => None,
+    };
+    // Peers known from the last run (or a magnet's x.pe) are dialled first.
+    let remembered: Vec<SocketAddr> =
+        shared.status.lock().unwrap().record.peers.iter().filter_map(|p| p.parse().ok()).collect();
+    a.add_candidates(remembered.clone());
     let mut have_rx = shared.have_tx.subscribe();
     let mut last_tick = Instant::now();
     let mut next_tick = last_tick + TICK;
@@ -453,7 +466,12 @@ async fn run_active(
                 if a.last_choke.elapsed() >= CHOKE_EVERY {
                     a.choke_round();
                 }
-                a.connect_candidates();
+                let mut learned = std::mem::take(&mut shared.inner.lock().unwrap().pex_learned);
+                if a.peers.is_empty() && a.candidates.is_empty() {
+                    // Alone: the peers of last time are worth another try now and then.
+                    learned.extend_from_slice(&remembered);
+                }
+                a.add_candidates(learned);
                 if let Some(e) = shared.inner.lock().unwrap().disk_error.clone() {
                     break ActiveExit::DiskError(e);
                 }
@@ -487,6 +505,9 @@ async fn run_active(
         a.peers.abort_all();
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker).await;
+    if let Some(d) = dht {
+        let _ = d.await;
+    }
     shared.set_state(shared.state(), None);
     {
         let mut s = shared.status.lock().unwrap();
@@ -618,7 +639,12 @@ impl Active<'_> {
 }
 
 /// Admits a peer into the torrent's peer map, or says why not.
-fn register(shared: &TorrentShared, addr: SocketAddr, peer_id: [u8; 20]) -> Result<Arc<PeerHandle>, String> {
+fn register(
+    shared: &TorrentShared,
+    addr: SocketAddr,
+    peer_id: [u8; 20],
+    listen: Option<SocketAddr>,
+) -> Result<Arc<PeerHandle>, String> {
     if peer_id == shared.env.peer_id.0 {
         return Err("connected to ourselves".into());
     }
@@ -629,13 +655,13 @@ fn register(shared: &TorrentShared, addr: SocketAddr, peer_id: [u8; 20]) -> Resu
     if inner.peers.contains_key(&addr) || inner.peers.values().any(|p| p.peer_id == peer_id) {
         return Err("already connected".into());
     }
-    let handle = Arc::new(PeerHandle::new(peer_id));
+    let handle = Arc::new(PeerHandle::new(peer_id, listen));
     inner.peers.insert(addr, handle.clone());
     Ok(handle)
 }
 
 async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: CancellationToken) -> Result<(), String> {
-    let ours = Handshake::new(shared.meta.info_hash, shared.env.peer_id, false);
+    let ours = our_handshake(&shared);
     let connect = async {
         let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -651,9 +677,9 @@ async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: Cancella
     if theirs.info_hash != shared.meta.info_hash {
         return Err("peer answered for another torrent".into());
     }
-    let handle = register(&shared, addr, theirs.peer_id.0)?;
+    let handle = register(&shared, addr, theirs.peer_id.0, Some(addr))?;
     tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
-    peer::run(shared, handle, stream, addr, theirs.supports_extensions(), cancel).await.map_err(|e| e.to_string())
+    peer::run(shared, handle, stream, addr, theirs, cancel).await.map_err(|e| e.to_string())
 }
 
 async fn incoming(
@@ -663,8 +689,8 @@ async fn incoming(
     theirs: Handshake,
     cancel: CancellationToken,
 ) -> Result<(), String> {
-    let handle = register(&shared, addr, theirs.peer_id.0)?;
-    let ours = Handshake::new(shared.meta.info_hash, shared.env.peer_id, false);
+    let handle = register(&shared, addr, theirs.peer_id.0, None)?;
+    let ours = our_handshake(&shared);
     let send = async {
         use tokio::io::AsyncWriteExt;
         stream.write_all(&ours.encode()).await
@@ -677,5 +703,37 @@ async fn incoming(
         }
     }
     tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
-    peer::run(shared, handle, stream, addr, theirs.supports_extensions(), cancel).await.map_err(|e| e.to_string())
+    peer::run(shared, handle, stream, addr, theirs, cancel).await.map_err(|e| e.to_string())
+}
+
+/// The DHT bit is set only where the DHT may be used: never for private torrents.
+fn our_handshake(shared: &TorrentShared) -> Handshake {
+    Handshake::new(shared.meta.info_hash, shared.env.peer_id, shared.env.dht.is_some() && !shared.meta.private)
+}
+
+/// Looks the torrent up in the DHT and announces it there, again and again
+/// while the torrent runs: often while downloading, seldom while seeding.
+async fn dht_discovery(
+    shared: Arc<TorrentShared>,
+    dht: Arc<crate::dht::Dht>,
+    peers_tx: mpsc::Sender<Vec<SocketAddr>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let hash = shared.meta.info_hash;
+        let port = shared.env.listen_port;
+        let found = tokio::select! {
+            _ = cancel.cancelled() => return,
+            found = dht.get_peers(hash, Some(port)) => found,
+        };
+        tracing::debug!(torrent = %shared.name(), peers = found.len(), "DHT lookup done");
+        if !found.is_empty() && peers_tx.send(found).await.is_err() {
+            return;
+        }
+        let wait = if shared.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -1,12 +1,13 @@
 //! One HTTP(S) announce (BEP 3, 23 compact peers, 7 `peers6`): the URL, the
 //! bounded read of the reply, and the pure parse of the bencoded response.
 
+use crate::compact;
 use crate::types::{InfoHash, PeerId};
 use percent_encoding::{percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_bencode::value::Value;
 use serde_bytes::ByteBuf;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Largest tracker reply read.
@@ -139,7 +140,7 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
     }
     let mut peers = Vec::new();
     match raw.peers {
-        Some(Value::Bytes(b)) => peers.extend(compact_v4(&b)),
+        Some(Value::Bytes(b)) => peers.extend(compact::parse_v4(&b)),
         Some(Value::List(list)) => {
             for item in list {
                 if let Value::Dict(d) = item {
@@ -160,7 +161,7 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
         _ => {}
     }
     if let Some(b) = raw.peers6 {
-        peers.extend(compact_v6(&b));
+        peers.extend(compact::parse_v6(&b));
     }
     peers.retain(|p| p.port() != 0);
     let positive = |v: Option<i64>| v.filter(|&n| n >= 0).map(|n| n as u64);
@@ -172,18 +173,6 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
         tracker_id: raw.tracker_id.map(|t| t.into_vec()),
         seeders: positive(raw.complete),
         leechers: positive(raw.incomplete),
-    })
-}
-
-pub fn compact_v4(b: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
-    b.chunks_exact(6)
-        .map(|c| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])), u16::from_be_bytes([c[4], c[5]])))
-}
-
-pub fn compact_v6(b: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
-    b.chunks_exact(18).map(|c| {
-        let ip: [u8; 16] = c[..16].try_into().unwrap();
-        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), u16::from_be_bytes([c[16], c[17]]))
     })
 }
 

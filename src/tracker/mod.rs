@@ -1,10 +1,12 @@
-//! The announce loop of one torrent: BEP 12 tiers tried in order (a tracker
+//! The announce loop of one torrent: BEP 12 tiers of HTTP(S) and UDP
+//! (BEP 15) trackers, mixed, tried in order (a tracker
 //! that answers moves to the front of its tier), `started` first, re-announces
 //! at the tracker's `interval` (never faster than `min interval`),
 //! `completed` once, `stopped` when the torrent stops, and exponential
 //! back-off on failures. Failures are logged once per streak, not per retry.
 
 pub mod http;
+pub mod udp;
 
 use crate::types::{InfoHash, PeerId};
 use http::{AnnounceParams, Event};
@@ -44,15 +46,17 @@ pub async fn run(
     mut completed_rx: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
+    let supported = |u: &String| ["http://", "https://", "udp://"].iter().any(|s| u.starts_with(s));
     let mut tiers: Vec<Vec<String>> =
-        cfg.tiers.iter().map(|t| t.iter().filter(|u| !u.starts_with("udp")).cloned().collect()).collect();
+        cfg.tiers.iter().map(|t| t.iter().filter(|u| supported(u)).cloned().collect()).collect();
     tiers.retain(|t| !t.is_empty());
     if tiers.is_empty() {
         if cfg.tiers.iter().flatten().next().is_some() {
-            tracing::warn!(torrent = %cfg.name, "only UDP trackers, which this build does not speak yet");
+            tracing::warn!(torrent = %cfg.name, "no tracker with a supported scheme (http, https, udp)");
         }
         return;
     }
+    let mut udp_connections = udp::Connections::default();
     let key: u32 = rand::random();
     let mut tracker_id = None;
     let mut started = false;
@@ -64,7 +68,7 @@ pub async fn run(
             next_event = Event::Completed;
         }
         let params = params_for(&cfg, counters.as_ref(), next_event, key, 80, tracker_id.clone());
-        let wait = match announce_tiers(&client, &mut tiers, &params).await {
+        let wait = match announce_tiers(&client, &mut udp_connections, &mut tiers, &params).await {
             Ok(reply) => {
                 if failures > 0 {
                     tracing::info!(torrent = %cfg.name, "tracker reachable again");
@@ -108,7 +112,9 @@ pub async fn run(
     }
     if started {
         let params = params_for(&cfg, counters.as_ref(), Event::Stopped, key, 0, tracker_id);
-        match tokio::time::timeout(STOPPED_TIMEOUT, announce_tiers(&client, &mut tiers, &params)).await {
+        match tokio::time::timeout(STOPPED_TIMEOUT, announce_tiers(&client, &mut udp_connections, &mut tiers, &params))
+            .await
+        {
             Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
             _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
         }
@@ -142,13 +148,19 @@ fn params_for(
 /// that answers moves to the front of its tier.
 async fn announce_tiers(
     client: &reqwest::Client,
+    udp_connections: &mut udp::Connections,
     tiers: &mut [Vec<String>],
     params: &AnnounceParams,
 ) -> Result<http::AnnounceReply, http::TrackerError> {
     let mut last_err = None;
     for tier in tiers.iter_mut() {
         for i in 0..tier.len() {
-            match http::announce(client, &tier[i], params).await {
+            let reply = if tier[i].starts_with("udp://") {
+                udp::announce(udp_connections, &tier[i], params, &udp::RETRY_TIMEOUTS).await
+            } else {
+                http::announce(client, &tier[i], params).await
+            };
+            match reply {
                 Ok(reply) => {
                     let url = tier.remove(i);
                     tier.insert(0, url);

@@ -58,8 +58,14 @@ pub fn missing(msg: &str) -> bool {
 }
 
 pub fn free_port() -> u16 {
-    // Ports from the OS, so parallel tests do not collide.
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    // Ports from the OS, so parallel tests do not collide; free for UDP too,
+    // as dropseed's DHT and libtorrent use the same number there.
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A temp dir others can read (opentracker drops to `nobody`).
@@ -401,7 +407,18 @@ impl Libtorrent {
 
     /// `mode` is "seed" or "leech"; extra args go to the script.
     pub fn start(mode: &str, torrent_or_magnet: &str, dir: &Path, log: &Path, extra: &[&str]) -> Libtorrent {
-        let port = free_port();
+        Libtorrent::start_on(free_port(), mode, torrent_or_magnet, dir, log, extra)
+    }
+
+    /// The same on a given port (TCP and, with the DHT, UDP).
+    pub fn start_on(
+        port: u16,
+        mode: &str,
+        torrent_or_magnet: &str,
+        dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Libtorrent {
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new("/usr/bin/python3")
             .arg(Libtorrent::script())
@@ -434,7 +451,9 @@ impl Dropseed {
         let config = d.join("dropseed.toml");
         let text = format!(
             "[paths]\nwatch_dir = \"{w}\"\ndownload_dir = \"{dl}\"\nstate_dir = \"{st}\"\nlog_dir = \"{lg}\"\n\
-             [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n[dht]\nenabled = false\n{extra}\n",
+             [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n{dht}{extra}\n",
+            // Tests never reach the public DHT: off unless the test sets it up.
+            dht = if extra.contains("[dht]") { "" } else { "[dht]\nenabled = false\n" },
             w = d.join("watch").display(),
             dl = d.join("downloads").display(),
             st = d.join("state").display(),

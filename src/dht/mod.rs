@@ -1,0 +1,542 @@
+//! The mainline DHT node (BEP 5): one UDP socket, a routing table, a store of
+//! announced peers, and iterative lookups for the torrents we run.
+//!
+//! Tasks: the receive loop answers queries and routes responses to waiting
+//! lookups; the maintenance loop bootstraps, pings questionable nodes,
+//! rotates the token secret and saves the node list. Both belong to [`Dht`]
+//! and stop on [`Dht::shutdown`]. Work per packet is bounded: replies are
+//! rate-capped, and every table (peers, pending queries) has a fixed size.
+
+pub mod krpc;
+pub mod routing;
+
+use crate::types::InfoHash;
+use krpc::{Body, Message, NodeId, Query, Response, MAX_PACKET};
+use routing::{Insert, RoutingTable, K};
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(4);
+/// Queries in flight at once, over all lookups.
+const MAX_PENDING: usize = 256;
+/// Replies sent per second at most; a query flood beyond is dropped.
+const MAX_REPLIES_PER_SEC: u32 = 500;
+/// Queries in flight per lookup, and queries per lookup at most.
+const ALPHA: usize = 4;
+const MAX_LOOKUP_QUERIES: usize = 64;
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Announced peers kept: torrents, peers per torrent, and for how long.
+const MAX_STORED_TORRENTS: usize = 2000;
+const MAX_PEERS_PER_TORRENT: usize = 100;
+const PEER_TTL: Duration = Duration::from_secs(30 * 60);
+/// Peers returned in one `get_peers` reply (keeps it under one datagram).
+const MAX_VALUES: usize = 50;
+const SECRET_EVERY: Duration = Duration::from_secs(5 * 60);
+const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
+const STATE_FILE: &str = "dht.json";
+
+#[derive(Serialize, Deserialize, Default)]
+struct SavedState {
+    id: String,
+    nodes: Vec<String>,
+}
+
+struct Pending {
+    addr: SocketAddr,
+    reply: oneshot::Sender<Response>,
+}
+
+struct State {
+    table: RoutingTable,
+    pending: HashMap<u16, Pending>,
+    next_tid: u16,
+    /// Announced peers by info hash, with when they announced.
+    store: HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>,
+    secret: [u8; 16],
+    previous_secret: [u8; 16],
+    secret_at: Instant,
+    replies_window: (Instant, u32),
+}
+
+pub struct Dht {
+    socket: UdpSocket,
+    port: u16,
+    started: Instant,
+    state: Mutex<State>,
+    state_file: PathBuf,
+    bootstrap: Vec<String>,
+    /// Addresses to ping (from `port` messages), handled by maintenance.
+    new_nodes: mpsc::Sender<SocketAddr>,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Where a lookup stands with one candidate node.
+enum Contact {
+    Unasked,
+    /// Asked; no answer yet.
+    Asked,
+    /// Answered, with the write token it gave (for `get_peers`).
+    Answered(Option<Vec<u8>>),
+}
+
+/// The kind of iterative lookup.
+#[derive(Clone, Copy)]
+enum Lookup {
+    Nodes(NodeId),
+    Peers([u8; 20]),
+}
+
+impl Dht {
+    /// Binds the node's UDP socket and starts its tasks. `ip` is the address
+    /// to bind (IPv4; the unspecified IPv6 address means every IPv4 one).
+    pub async fn start(ip: IpAddr, port: u16, state_dir: &Path, bootstrap: Vec<String>) -> std::io::Result<Arc<Dht>> {
+        let ip = match ip {
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0, 0, 0, 0]),
+            IpAddr::V6(_) => return Err(std::io::Error::other("the DHT needs an IPv4 listen address")),
+            v4 => v4,
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(ip, port)).await?;
+        let port = socket.local_addr()?.port();
+        let state_file = state_dir.join(STATE_FILE);
+        let saved: SavedState =
+            std::fs::read(&state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let own = crate::types::from_hex(&saved.id)
+            .and_then(|b| <[u8; 20]>::try_from(b).ok())
+            .map(NodeId)
+            .unwrap_or_else(NodeId::random);
+        let (new_nodes, new_rx) = mpsc::channel(64);
+        let now = Instant::now();
+        let dht = Arc::new(Dht {
+            socket,
+            port,
+            started: now,
+            state: Mutex::new(State {
+                table: RoutingTable::new(own),
+                pending: HashMap::new(),
+                next_tid: rand::random(),
+                store: HashMap::new(),
+                secret: rand::random(),
+                previous_secret: rand::random(),
+                secret_at: now,
+                replies_window: (now, 0),
+            }),
+            state_file,
+            bootstrap,
+            new_nodes,
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let saved_nodes: Vec<SocketAddr> = saved.nodes.iter().filter_map(|n| n.parse().ok()).collect();
+        let receive = tokio::spawn(dht.clone().receive_loop());
+        let maintain = tokio::spawn(dht.clone().maintain_loop(saved_nodes, new_rx));
+        dht.tasks.lock().unwrap().extend([receive, maintain]);
+        tracing::info!(port, id = %crate::types::to_hex(&own.0[..4]), "DHT node listening");
+        Ok(dht)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.state.lock().unwrap().table.len()
+    }
+
+    /// A peer told us its DHT port: ping it, and keep it if it answers.
+    pub fn add_node(&self, addr: SocketAddr) {
+        let _ = self.new_nodes.try_send(addr);
+    }
+
+    /// Stops both tasks and saves the node list.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.save();
+    }
+
+    fn save(&self) {
+        let (id, nodes) = {
+            let s = self.state.lock().unwrap();
+            (s.table.own_id(), s.table.addresses())
+        };
+        let saved =
+            SavedState { id: crate::types::to_hex(&id.0), nodes: nodes.iter().map(|a| a.to_string()).collect() };
+        if let Ok(bytes) = serde_json::to_vec(&saved) {
+            if let Err(e) = crate::resume::write_atomic(&self.state_file, &bytes) {
+                tracing::warn!(error = %e, "cannot save the DHT node list");
+            }
+        }
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    // ---- serving ----------------------------------------------------------
+
+    async fn receive_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; MAX_PACKET + 1];
+        loop {
+            let (n, from) = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(_) => continue, // ICMP errors surface here; the query times out
+                },
+            };
+            let from = crate::compact::normalize(from);
+            let Ok(msg) = Message::decode(&buf[..n]) else {
+                continue; // junk is dropped: answering it would amplify floods
+            };
+            if let Some(reply) = self.handle(msg, from) {
+                let _ = self.socket.try_send_to(&reply.encode(), from);
+            }
+        }
+    }
+
+    /// Handles one message; returns the reply to send, if any. No await:
+    /// one packet costs a bounded amount of work under one short lock.
+    fn handle(&self, msg: Message, from: SocketAddr) -> Option<Message> {
+        let now = self.now_secs();
+        let mut s = self.state.lock().unwrap();
+        match msg.body {
+            Body::Response(r) => {
+                let tid = tid_of(&msg.t)?;
+                let p = s.pending.remove(&tid)?;
+                if p.addr != from {
+                    s.pending.insert(tid, p); // a reply from elsewhere is not the reply
+                    return None;
+                }
+                if let Some(id) = msg.id {
+                    if let Insert::Full { ping } = s.table.insert(id, from, now) {
+                        for addr in ping.into_iter().take(2) {
+                            let _ = self.new_nodes.try_send(addr); // fails twice: bad, replaceable
+                        }
+                    }
+                }
+                let _ = p.reply.send(r);
+                None
+            }
+            Body::Error { .. } => {
+                let tid = tid_of(&msg.t)?;
+                if s.pending.get(&tid).is_some_and(|p| p.addr == from) {
+                    s.pending.remove(&tid); // the waiting query sees its sender dropped
+                }
+                None
+            }
+            Body::Query(q) => {
+                let t0 = Instant::now();
+                if t0.duration_since(s.replies_window.0) >= Duration::from_secs(1) {
+                    s.replies_window = (t0, 0);
+                }
+                if s.replies_window.1 >= MAX_REPLIES_PER_SEC {
+                    return None;
+                }
+                s.replies_window.1 += 1;
+                if let Some(id) = msg.id {
+                    if !s.table.heard_from(id, from, now) {
+                        // Unknown: it gets in once it answers a ping of ours.
+                        let _ = self.new_nodes.try_send(from);
+                    }
+                }
+                self.rotate_secret(&mut s);
+                let own = s.table.own_id();
+                let body = match q {
+                    Query::Ping => Body::Response(Response::default()),
+                    Query::FindNode { target } => {
+                        Body::Response(Response { nodes: s.table.closest(&target, K), ..Default::default() })
+                    }
+                    Query::GetPeers { info_hash } => {
+                        let token = Some(token_for(&s.secret, from.ip()));
+                        let values: Vec<SocketAddr> = s
+                            .store
+                            .get(&info_hash)
+                            .map(|v| {
+                                v.iter()
+                                    .filter(|(_, at)| at.elapsed() < PEER_TTL)
+                                    .map(|(a, _)| *a)
+                                    .take(MAX_VALUES)
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let nodes = if values.is_empty() { s.table.closest(&NodeId(info_hash), K) } else { Vec::new() };
+                        Body::Response(Response { nodes, values, token })
+                    }
+                    Query::AnnouncePeer { info_hash, port, token, implied_port } => {
+                        let valid = token == token_for(&s.secret, from.ip())
+                            || token == token_for(&s.previous_secret, from.ip());
+                        if !valid {
+                            Body::Error { code: 203, message: "bad token".into() }
+                        } else {
+                            let port = if implied_port { from.port() } else { port };
+                            store_peer(&mut s.store, info_hash, SocketAddr::new(from.ip(), port));
+                            Body::Response(Response::default())
+                        }
+                    }
+                };
+                Some(Message { t: msg.t, id: Some(own), body })
+            }
+        }
+    }
+
+    fn rotate_secret(&self, s: &mut State) {
+        if s.secret_at.elapsed() >= SECRET_EVERY {
+            s.previous_secret = s.secret;
+            s.secret = rand::random();
+            s.secret_at = Instant::now();
+        }
+    }
+
+    // ---- querying ---------------------------------------------------------
+
+    /// Sends one query and waits for its response (`None` on timeout or error).
+    async fn query(&self, addr: SocketAddr, q: Query) -> Option<Response> {
+        let (tx, rx) = oneshot::channel();
+        let (tid, own) = {
+            let mut s = self.state.lock().unwrap();
+            if s.pending.len() >= MAX_PENDING {
+                return None;
+            }
+            let mut tid = s.next_tid;
+            while s.pending.contains_key(&tid) {
+                tid = tid.wrapping_add(1);
+            }
+            s.next_tid = tid.wrapping_add(1);
+            s.pending.insert(tid, Pending { addr, reply: tx });
+            (tid, s.table.own_id())
+        };
+        let msg = Message { t: tid.to_be_bytes().to_vec(), id: Some(own), body: Body::Query(q) };
+        let sent = self.socket.send_to(&msg.encode(), addr).await.is_ok();
+        let reply = if sent { tokio::time::timeout(QUERY_TIMEOUT, rx).await.ok().and_then(Result::ok) } else { None };
+        if reply.is_none() {
+            let mut s = self.state.lock().unwrap();
+            s.pending.remove(&tid);
+            s.table.failed(addr);
+        }
+        reply
+    }
+
+    /// Finds peers for `info_hash` and, with `announce_port`, announces us to
+    /// the closest nodes that gave a token.
+    pub async fn get_peers(self: &Arc<Self>, info_hash: InfoHash, announce_port: Option<u16>) -> Vec<SocketAddr> {
+        let (peers, closest) = self.lookup(Lookup::Peers(info_hash.0)).await;
+        if let Some(port) = announce_port {
+            let mut jobs = JoinSet::new();
+            for (addr, token) in closest.into_iter().filter_map(|(a, t)| Some((a, t?))).take(K) {
+                let dht = self.clone();
+                let q = Query::AnnouncePeer { info_hash: info_hash.0, port, token, implied_port: false };
+                jobs.spawn(async move { dht.query(addr, q).await });
+            }
+            while jobs.join_next().await.is_some() {}
+        }
+        peers
+    }
+
+    /// An iterative lookup: ask the closest known nodes, then the closer ones
+    /// they name, until the closest K have answered. Returns the peers found
+    /// and the closest responders with their tokens.
+    async fn lookup(self: &Arc<Self>, kind: Lookup) -> (Vec<SocketAddr>, Vec<(SocketAddr, Option<Vec<u8>>)>) {
+        let target = match kind {
+            Lookup::Nodes(id) => id,
+            Lookup::Peers(h) => NodeId(h),
+        };
+        let mut shortlist: BTreeMap<[u8; 20], (SocketAddr, Contact)> = BTreeMap::new();
+        for (id, addr) in self.state.lock().unwrap().table.closest(&target, K * 2) {
+            shortlist.insert(id.distance(&target), (addr, Contact::Unasked));
+        }
+        let mut peers = HashSet::new();
+        let mut asked = 0;
+        let mut jobs = JoinSet::new();
+        let deadline = tokio::time::sleep(LOOKUP_DEADLINE);
+        tokio::pin!(deadline);
+        loop {
+            // Ask the closest unasked candidates, while the closest K are not all answered.
+            while jobs.len() < ALPHA && asked < MAX_LOOKUP_QUERIES {
+                let next = shortlist.iter_mut().take(K).find(|(_, (_, c))| matches!(c, Contact::Unasked)).map(
+                    |(d, (addr, c))| {
+                        *c = Contact::Asked;
+                        (*d, *addr)
+                    },
+                );
+                let Some((dist, addr)) = next else { break };
+                asked += 1;
+                let dht = self.clone();
+                let q = match kind {
+                    Lookup::Nodes(t) => Query::FindNode { target: t },
+                    Lookup::Peers(h) => Query::GetPeers { info_hash: h },
+                };
+                jobs.spawn(async move { (dist, dht.query(addr, q).await) });
+            }
+            let done = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = &mut deadline => break,
+                d = jobs.join_next() => d,
+            };
+            let Some(Ok((dist, reply))) = done else {
+                break; // nothing in flight and nothing left to ask
+            };
+            let Some(r) = reply else {
+                shortlist.remove(&dist);
+                continue;
+            };
+            if let Some(e) = shortlist.get_mut(&dist) {
+                e.1 = Contact::Answered(r.token.clone());
+            }
+            peers.extend(r.values.iter().filter(|a| a.port() != 0));
+            for (id, addr) in r.nodes {
+                if id != self.state.lock().unwrap().table.own_id() && addr.port() != 0 {
+                    shortlist.entry(id.distance(&target)).or_insert((addr, Contact::Unasked));
+                }
+            }
+            // Keep the shortlist small: only the closest matter.
+            while shortlist.len() > K * 4 {
+                shortlist.pop_last();
+            }
+        }
+        let closest = shortlist
+            .into_values()
+            .filter_map(|(addr, c)| match c {
+                Contact::Answered(token) => Some((addr, token)),
+                _ => None,
+            })
+            .take(K)
+            .collect();
+        (peers.into_iter().collect(), closest)
+    }
+
+    // ---- maintenance ------------------------------------------------------
+
+    async fn maintain_loop(self: Arc<Self>, saved: Vec<SocketAddr>, mut new_rx: mpsc::Receiver<SocketAddr>) {
+        let mut last_bootstrap: Option<Instant> = None;
+        let mut last_save = Instant::now();
+        let mut pings = JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let table_len = self.node_count();
+            // Bootstrap at start, and again while the table stays nearly empty.
+            if table_len < K && last_bootstrap.is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY) {
+                last_bootstrap = Some(Instant::now());
+                let mut addrs = saved.clone();
+                for b in &self.bootstrap {
+                    if let Ok(found) = tokio::net::lookup_host(b.as_str()).await {
+                        addrs.extend(found.filter(|a| a.is_ipv4()));
+                    }
+                }
+                for addr in addrs {
+                    let dht = self.clone();
+                    pings.spawn(async move {
+                        let _ = dht.query(addr, Query::Ping).await;
+                    });
+                }
+                while pings.join_next().await.is_some() {}
+                let own = self.state.lock().unwrap().table.own_id();
+                let _ = self.lookup(Lookup::Nodes(own)).await;
+                tracing::debug!(nodes = self.node_count(), "DHT bootstrap round done");
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                Some(addr) = new_rx.recv() => {
+                    if pings.len() < 16 {
+                        let dht = self.clone();
+                        pings.spawn(async move { let _ = dht.query(addr, Query::Ping).await; });
+                    }
+                }
+                Some(_) = pings.join_next(), if !pings.is_empty() => {}
+                _ = tick.tick() => {
+                    let questionable = self.state.lock().unwrap().table.questionable(self.now_secs(), 4);
+                    for addr in questionable {
+                        if pings.len() < 16 {
+                            let dht = self.clone();
+                            pings.spawn(async move { let _ = dht.query(addr, Query::Ping).await; });
+                        }
+                    }
+                    expire_store(&mut self.state.lock().unwrap().store);
+                    if last_save.elapsed() >= SECRET_EVERY {
+                        last_save = Instant::now();
+                        self.save();
+                    }
+                }
+            }
+        }
+        pings.shutdown().await;
+    }
+}
+
+fn tid_of(t: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(t.try_into().ok()?))
+}
+
+/// A write token: who asked (their IP) under our current secret.
+fn token_for(secret: &[u8; 16], ip: IpAddr) -> Vec<u8> {
+    let mut h = Sha1::new();
+    h.update(secret);
+    match ip {
+        IpAddr::V4(v4) => h.update(v4.octets()),
+        IpAddr::V6(v6) => h.update(v6.octets()),
+    }
+    h.finalize()[..8].to_vec()
+}
+
+fn store_peer(store: &mut HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>, hash: [u8; 20], peer: SocketAddr) {
+    if !store.contains_key(&hash) && store.len() >= MAX_STORED_TORRENTS {
+        expire_store(store);
+        if store.len() >= MAX_STORED_TORRENTS {
+            return;
+        }
+    }
+    let list = store.entry(hash).or_default();
+    list.retain(|(a, _)| *a != peer);
+    if list.len() >= MAX_PEERS_PER_TORRENT {
+        list.remove(0); // the oldest announce
+    }
+    list.push((peer, Instant::now()));
+}
+
+fn expire_store(store: &mut HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>) {
+    store.retain(|_, list| {
+        list.retain(|(_, at)| at.elapsed() < PEER_TTL);
+        !list.is_empty()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_depend_on_secret_and_ip() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(token_for(&[1; 16], a), token_for(&[1; 16], a));
+        assert_ne!(token_for(&[1; 16], a), token_for(&[1; 16], b));
+        assert_ne!(token_for(&[1; 16], a), token_for(&[2; 16], a));
+    }
+
+    #[test]
+    fn peer_store_is_bounded() {
+        let mut store = HashMap::new();
+        for i in 0..(MAX_PEERS_PER_TORRENT as u32 + 20) {
+            store_peer(&mut store, [1; 20], SocketAddr::from((i.to_be_bytes(), 6881)));
+        }
+        assert_eq!(store[&[1; 20]].len(), MAX_PEERS_PER_TORRENT);
+        for i in 0..(MAX_STORED_TORRENTS as u32 + 50) {
+            let mut h = [0u8; 20];
+            h[..4].copy_from_slice(&i.to_be_bytes());
+            store_peer(&mut store, h, "10.0.0.1:1".parse().unwrap());
+        }
+        assert_eq!(store.len(), MAX_STORED_TORRENTS);
+    }
+}

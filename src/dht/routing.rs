@@ -1,0 +1,256 @@
+//! The DHT routing table (BEP 5): k-buckets over the 160-bit id space, split
+//! only where our own id lies, so the table knows many nodes near us and a
+//! few far away. Pure: the caller passes the time in seconds.
+//!
+//! A node is good while it answered in the last 15 minutes, questionable
+//! after that, and bad after two failed queries. A full bucket takes a new
+//! node only in place of a bad one; questionable ones are handed back to be
+//! pinged, and replaced once they fail.
+
+use super::krpc::NodeId;
+use std::net::SocketAddr;
+
+pub const K: usize = 8;
+/// Seconds without a reply after which a node is questionable.
+pub const QUESTIONABLE_AFTER: u64 = 15 * 60;
+/// Failed queries in a row after which a node is bad.
+pub const BAD_AFTER_FAILURES: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub last_seen: u64,
+    pub failures: u8,
+}
+
+impl Node {
+    fn is_bad(&self) -> bool {
+        self.failures >= BAD_AFTER_FAILURES
+    }
+
+    fn is_questionable(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_seen) >= QUESTIONABLE_AFTER || self.failures > 0
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Insert {
+    Added,
+    Updated,
+    /// A bad node made room.
+    Replaced(SocketAddr),
+    /// No room; these questionable nodes should be pinged.
+    Full {
+        ping: Vec<SocketAddr>,
+    },
+    Ignored,
+}
+
+pub struct RoutingTable {
+    own: NodeId,
+    /// Bucket `i` holds nodes sharing exactly `i` leading bits with us; the
+    /// last holds every node sharing at least `len - 1`.
+    buckets: Vec<Vec<Node>>,
+}
+
+impl RoutingTable {
+    pub fn new(own: NodeId) -> RoutingTable {
+        RoutingTable { own, buckets: vec![Vec::new()] }
+    }
+
+    pub fn own_id(&self) -> NodeId {
+        self.own
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    fn bucket_of(&self, id: &NodeId) -> usize {
+        self.own.common_prefix(id).min(self.buckets.len() - 1)
+    }
+
+    /// Records that `id` at `addr` was heard from now.
+    pub fn insert(&mut self, id: NodeId, addr: SocketAddr, now: u64) -> Insert {
+        if id == self.own || addr.port() == 0 {
+            return Insert::Ignored;
+        }
+        loop {
+            let b = self.bucket_of(&id);
+            let bucket = &mut self.buckets[b];
+            if let Some(n) = bucket.iter_mut().find(|n| n.id == id) {
+                // An id that moved is not followed: that is how a node gets
+                // hijacked. The old address must fail first.
+                if n.addr != addr {
+                    return Insert::Ignored;
+                }
+                n.last_seen = now;
+                n.failures = 0;
+                return Insert::Updated;
+            }
+            if bucket.iter().any(|n| n.addr == addr) {
+                return Insert::Ignored; // one id per address
+            }
+            let node = Node { id, addr, last_seen: now, failures: 0 };
+            if bucket.len() < K {
+                bucket.push(node);
+                return Insert::Added;
+            }
+            if let Some(i) = bucket.iter().position(Node::is_bad) {
+                let old = std::mem::replace(&mut bucket[i], node);
+                return Insert::Replaced(old.addr);
+            }
+            let last = self.buckets.len() - 1;
+            if b == last && last < 159 {
+                self.split_last();
+                continue;
+            }
+            let ping = self.buckets[b].iter().filter(|n| n.is_questionable(now)).map(|n| n.addr).collect();
+            return Insert::Full { ping };
+        }
+    }
+
+    fn split_last(&mut self) {
+        let depth = self.buckets.len(); // nodes with prefix >= depth move on
+        let old = self.buckets.pop().unwrap_or_default();
+        let (far, near): (Vec<Node>, Vec<Node>) = old.into_iter().partition(|n| self.own.common_prefix(&n.id) < depth);
+        self.buckets.push(far);
+        self.buckets.push(near);
+    }
+
+    /// A known node sent us a query: it is alive (BEP 5 counts that for a
+    /// node that has answered before). Returns false for unknown nodes,
+    /// which must answer a query of ours before they get in.
+    pub fn heard_from(&mut self, id: NodeId, addr: SocketAddr, now: u64) -> bool {
+        let b = self.bucket_of(&id);
+        match self.buckets[b].iter_mut().find(|n| n.id == id && n.addr == addr) {
+            Some(n) => {
+                n.last_seen = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A query to `addr` went unanswered.
+    pub fn failed(&mut self, addr: SocketAddr) {
+        for n in self.buckets.iter_mut().flatten().filter(|n| n.addr == addr) {
+            n.failures = n.failures.saturating_add(1);
+        }
+    }
+
+    /// The `n` good-or-questionable nodes closest to `target`.
+    pub fn closest(&self, target: &NodeId, n: usize) -> Vec<(NodeId, SocketAddr)> {
+        let mut all: Vec<&Node> = self.buckets.iter().flatten().filter(|n| !n.is_bad()).collect();
+        all.sort_by_key(|node| node.id.distance(target));
+        all.into_iter().take(n).map(|node| (node.id, node.addr)).collect()
+    }
+
+    /// Nodes that have not answered for a while, to be pinged.
+    pub fn questionable(&self, now: u64, max: usize) -> Vec<SocketAddr> {
+        self.buckets.iter().flatten().filter(|n| n.is_questionable(now)).take(max).map(|n| n.addr).collect()
+    }
+
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.buckets.iter().flatten().filter(|n| !n.is_bad()).map(|n| n.addr).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An id sharing exactly `prefix` leading bits with the all-zero id.
+    fn id_with_prefix(prefix: usize, salt: u8) -> NodeId {
+        let mut b = [0u8; 20];
+        b[prefix / 8] = 0x80 >> (prefix % 8);
+        b[19] ^= salt;
+        if prefix / 8 == 19 {
+            b[19] = (0x80 >> (prefix % 8)) | (salt & ((0x80u8 >> (prefix % 8)).wrapping_sub(1)));
+        }
+        NodeId(b)
+    }
+
+    fn addr(n: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 6881))
+    }
+
+    #[test]
+    fn fills_then_splits_near_our_id() {
+        let mut t = RoutingTable::new(NodeId([0; 20]));
+        // Eight far nodes (first bit differs) fill the single bucket.
+        for i in 0..8 {
+            assert_eq!(t.insert(id_with_prefix(0, i), addr(i as u16), 0), Insert::Added);
+        }
+        assert_eq!(t.bucket_count(), 1);
+        // A ninth node near us splits it: far nodes stay in bucket 0.
+        assert_eq!(t.insert(id_with_prefix(3, 1), addr(100), 0), Insert::Added);
+        assert!(t.bucket_count() >= 2);
+        assert_eq!(t.len(), 9);
+        // Another far node finds bucket 0 full of good nodes and is refused.
+        assert_eq!(t.insert(id_with_prefix(0, 99), addr(101), 0), Insert::Full { ping: vec![] });
+        // Near nodes keep splitting the last bucket, never the far ones.
+        for i in 0..20u8 {
+            t.insert(id_with_prefix(5 + i as usize, i), addr(200 + i as u16), 0);
+        }
+        assert_eq!(t.len(), 9 + 20);
+        assert!(t.bucket_count() > 5);
+    }
+
+    #[test]
+    fn bad_nodes_are_replaced_and_questionable_ones_pinged() {
+        let mut t = RoutingTable::new(NodeId([0; 20]));
+        for i in 0..8 {
+            t.insert(id_with_prefix(0, i), addr(i as u16), 0);
+        }
+        t.insert(id_with_prefix(2, 1), addr(50), 0); // split so bucket 0 is no longer last
+                                                     // Later, every far node is questionable: the caller is told to ping them.
+        let later = QUESTIONABLE_AFTER + 1;
+        match t.insert(id_with_prefix(0, 77), addr(77), later) {
+            Insert::Full { ping } => assert_eq!(ping.len(), 8),
+            other => panic!("{other:?}"),
+        }
+        // One fails twice: it is bad, and the newcomer takes its place.
+        t.failed(addr(3));
+        t.failed(addr(3));
+        assert_eq!(t.insert(id_with_prefix(0, 77), addr(77), later), Insert::Replaced(addr(3)));
+        assert!(!t.addresses().contains(&addr(3)));
+        assert!(t.addresses().contains(&addr(77)));
+    }
+
+    #[test]
+    fn updates_known_nodes_and_ignores_hijacks() {
+        let mut t = RoutingTable::new(NodeId([0; 20]));
+        let a = id_with_prefix(1, 1);
+        assert_eq!(t.insert(a, addr(1), 0), Insert::Added);
+        t.failed(addr(1));
+        assert_eq!(t.insert(a, addr(1), 10), Insert::Updated);
+        assert_eq!(t.insert(a, addr(2), 10), Insert::Ignored, "same id from another address");
+        assert_eq!(t.insert(NodeId([0; 20]), addr(3), 10), Insert::Ignored, "our own id");
+        assert_eq!(t.questionable(10, 10), Vec::<SocketAddr>::new(), "the update cleared the failure");
+        assert!(t.heard_from(a, addr(1), QUESTIONABLE_AFTER + 20));
+        assert!(t.questionable(QUESTIONABLE_AFTER + 20, 10).is_empty(), "a query refreshes a known node");
+        assert!(!t.heard_from(id_with_prefix(2, 2), addr(9), 20), "unknown nodes are not added by their queries");
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn closest_orders_by_xor_distance() {
+        let mut t = RoutingTable::new(NodeId([0; 20]));
+        for p in [0usize, 4, 9, 30] {
+            t.insert(id_with_prefix(p, 0), addr(p as u16), 0);
+        }
+        let target = id_with_prefix(9, 0);
+        let got: Vec<SocketAddr> = t.closest(&target, 2).into_iter().map(|(_, a)| a).collect();
+        assert_eq!(got, vec![addr(9), addr(30)]);
+    }
+}

@@ -1,0 +1,209 @@
+//! Magnets and peer discovery against real clients on loopback: metadata
+//! fetched over ut_metadata from libtorrent and aria2 and served to
+//! libtorrent, peers found through a tracker in `tr`, an `x.pe` address, a
+//! UDP tracker (opentracker), the DHT and PEX. Every download is compared
+//! byte for byte with its source.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A payload and its torrent (announcing to `announce`), in a fresh dir.
+fn make_torrent(work: &Path, name: &str, len: u64, announce: &str) -> (PathBuf, PathBuf, String) {
+    let data = work.join("data");
+    payload(&data.join(name), len, 11);
+    let torrent = work.join(format!("{name}.torrent"));
+    mktorrent(&data.join(name), announce, 16, &torrent, &[]);
+    let hash = info_hash(&torrent);
+    (data, torrent, hash)
+}
+
+fn write_magnet(dir: &Path, uri: &str) -> PathBuf {
+    let p = dir.join("in.magnet");
+    std::fs::write(&p, format!("# dropped by a test\n{uri}\n")).unwrap();
+    p
+}
+
+fn tools() -> bool {
+    require("mktorrent", "mktorrent") && require_libtorrent()
+}
+
+#[test]
+fn magnet_through_the_tracker_in_tr() {
+    if !(tools() && require("opentracker", "opentracker")) {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let (data, torrent, hash) =
+        make_torrent(work.path(), "via-tr.bin", 3 * 1024 * 1024 + 1000, &tracker.announce_url());
+    tracker.allow(&hash);
+    let _seed = Libtorrent::start("seed", torrent.to_str().unwrap(), &data, &work.path().join("lt.log"), &[]);
+    tracker.wait_seeders(&hash, 1);
+
+    let ds = Dropseed::start_with("");
+    let enc: String = tracker.announce_url().bytes().map(|b| format!("%{b:02X}")).collect();
+    let magnet = write_magnet(work.path(), &format!("magnet:?xt=urn:btih:{hash}&dn=via-tr.bin&tr={enc}"));
+    ds.drop_file(&magnet, "via-tr.magnet");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(90));
+    assert_same_tree(&data, &ds.download_dir());
+    assert!(ds.log_text().contains("metadata received"));
+    // The metadata is kept: the state dir holds the torrent, not the magnet.
+    assert!(ds.state_dir().join(format!("{hash}.torrent")).exists());
+    assert!(!ds.state_dir().join(format!("{hash}.magnet")).exists());
+}
+
+#[test]
+fn magnet_with_only_an_x_pe_peer_then_restart_without_refetch() {
+    if !tools() {
+        return;
+    }
+    let work = tempdir();
+    let (data, torrent, hash) =
+        make_torrent(work.path(), "via-xpe.bin", 2 * 1024 * 1024 + 77, "http://127.0.0.1:1/announce");
+    let seed = Libtorrent::start("seed", torrent.to_str().unwrap(), &data, &work.path().join("lt.log"), &[]);
+
+    let mut ds = Dropseed::start_with("");
+    let magnet = write_magnet(work.path(), &format!("magnet:?xt=urn:btih:{hash}&x.pe=127.0.0.1:{}", seed.port));
+    ds.drop_file(&magnet, "xpe.magnet");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(90));
+    assert_same_tree(&data, &ds.download_dir());
+    // A restart with the seed gone: the torrent is known and complete at once.
+    drop(seed);
+    assert!(ds.stop().success());
+    ds.start();
+    let t = ds.wait_state(&hash, "seeding", Duration::from_secs(30));
+    assert_eq!(t["name"], "via-xpe.bin");
+    assert_eq!(ds.log_text().matches("fetching metadata").count(), 1, "metadata fetched once only");
+}
+
+#[test]
+fn libtorrent_fetches_metadata_from_a_dropseed_seeder() {
+    if !tools() {
+        return;
+    }
+    let work = tempdir();
+    let (data, torrent, hash) =
+        make_torrent(work.path(), "served.bin", 3 * 1024 * 1024 + 5, "http://127.0.0.1:1/announce");
+    let ds = Dropseed::start_with("");
+    payload(&ds.download_dir().join("served.bin"), 3 * 1024 * 1024 + 5, 11);
+    ds.drop_file(&torrent, "served.torrent");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(30));
+
+    let out = work.path().join("lt-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let uri = format!("magnet:?xt=urn:btih:{hash}&x.pe=127.0.0.1:{}", ds.port);
+    let mut leech = Libtorrent::start("leech", &uri, &out, &work.path().join("lt.log"), &["--timeout", "90"]);
+    let status = wait_for("libtorrent to finish", Duration::from_secs(100), || leech.proc.0.try_wait().unwrap());
+    let log = std::fs::read_to_string(work.path().join("lt.log")).unwrap();
+    assert!(status.success(), "libtorrent did not complete:\n{log}");
+    assert_same_tree(&data, &out);
+}
+
+#[test]
+fn magnet_through_a_udp_tracker() {
+    if !(Swarm::tools_present()) {
+        return;
+    }
+    // aria2 seeds and announces over HTTP; dropseed knows only the UDP URL
+    // of the same opentracker.
+    let swarm = Swarm::single("udp.bin", 2 * 1024 * 1024 + 3, 16, 5);
+    let ds = Dropseed::start_with("");
+    let magnet =
+        write_magnet(swarm.work.path(), &format!("magnet:?xt=urn:btih:{}&tr={}", swarm.hash, swarm.tracker.udp_url()));
+    ds.drop_file(&magnet, "udp.magnet");
+    ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(90));
+    assert_same_tree(&swarm.data, &ds.download_dir());
+    // The `completed` announce went over UDP too: a UDP scrape sees two seeders.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let hash: [u8; 20] = dropseed::types::from_hex(&swarm.hash).unwrap().try_into().unwrap();
+    wait_for("two seeders in a UDP scrape", Duration::from_secs(30), || {
+        let mut conns = dropseed::tracker::udp::Connections::default();
+        let timeouts = [Duration::from_secs(2)];
+        let r = rt.block_on(dropseed::tracker::udp::scrape(&mut conns, &swarm.tracker.udp_url(), &[hash], &timeouts));
+        r.ok().filter(|v| v[0].0 >= 2)
+    });
+}
+
+#[test]
+fn peer_learned_only_through_pex() {
+    if !(Swarm::tools_present() && require("mktorrent", "mktorrent")) {
+        return;
+    }
+    // S: aria2 seeding. X: dropseed that knows S but downloads at 1 KiB/s.
+    // D: dropseed that knows only X. D can finish only by learning S from
+    // X's PEX message (X serves D the metadata, not the data).
+    let swarm = Swarm::single("pex.bin", 4 * 1024 * 1024, 16, 9);
+    let seeder_port = swarm.seeder.as_ref().unwrap().port;
+    let x = Dropseed::start_with("[limits]\ndownload_rate = \"1KiB\"\n");
+    let m =
+        write_magnet(swarm.work.path(), &format!("magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{seeder_port}", swarm.hash));
+    x.drop_file(&m, "s.magnet");
+    x.wait_state(&swarm.hash, "downloading", Duration::from_secs(60));
+
+    let d = Dropseed::start_with("");
+    let m = write_magnet(swarm.work.path(), &format!("magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{}", swarm.hash, x.port));
+    d.drop_file(&m, "x.magnet");
+    d.wait_state(&swarm.hash, "seeding", Duration::from_secs(120));
+    assert_same_tree(&swarm.data, &d.download_dir());
+    let xs = x.torrent(&swarm.hash).unwrap();
+    assert!(xs["progress"].as_f64().unwrap() < 0.5, "X was throttled, so the data came from S: {xs}");
+}
+
+#[test]
+fn magnet_found_through_the_dht_only() {
+    if !tools() {
+        return;
+    }
+    let work = tempdir();
+    let (data, torrent, hash) =
+        make_torrent(work.path(), "dht.bin", 2 * 1024 * 1024 + 99, "http://127.0.0.1:1/announce");
+    // Two dropseed nodes route; libtorrent seeds and announces into the DHT;
+    // a third dropseed gets a magnet with nothing but the info hash.
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let node_conf = |me: usize| {
+        let others: Vec<String> =
+            ports.iter().enumerate().filter(|(i, _)| *i != me).map(|(_, p)| format!("\"127.0.0.1:{p}\"")).collect();
+        format!("[dht]\nenabled = true\nbootstrap = [{}]\n", others.join(", "))
+    };
+    let mut routers = Vec::new();
+    for (i, &port) in ports[..2].iter().enumerate() {
+        let mut d = Dropseed::new(&node_conf(i));
+        set_port(&mut d, port);
+        d.start();
+        routers.push(d);
+    }
+    let lt_args: Vec<String> =
+        ports[..3].iter().flat_map(|p| ["--dht-bootstrap".to_string(), format!("127.0.0.1:{p}")]).collect();
+    let lt_args: Vec<&str> = lt_args.iter().map(String::as_str).collect();
+    let seed =
+        Libtorrent::start_on(ports[3], "seed", torrent.to_str().unwrap(), &data, &work.path().join("lt.log"), &lt_args);
+
+    let mut ds = Dropseed::new(&node_conf(2));
+    set_port(&mut ds, ports[2]);
+    ds.start();
+    let magnet = write_magnet(work.path(), &format!("magnet:?xt=urn:btih:{hash}"));
+    ds.drop_file(&magnet, "dht.magnet");
+    let lt_log = work.path().join("lt.log");
+    let t = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ds.wait_state(&hash, "seeding", Duration::from_secs(120))
+    }));
+    if t.is_err() {
+        panic!("not found through the DHT; libtorrent log:\n{}", std::fs::read_to_string(&lt_log).unwrap_or_default());
+    }
+    assert_same_tree(&data, &ds.download_dir());
+    drop(seed);
+    // The node list survives a restart, for bootstrapping without routers.
+    assert!(ds.stop().success());
+    let saved = std::fs::read_to_string(ds.state_dir().join("dht.json")).unwrap();
+    assert!(saved.contains(&format!("127.0.0.1:{}", ports[0])), "{saved}");
+}
+
+/// Rewrites a not-yet-started daemon's config to listen on `port`.
+fn set_port(d: &mut Dropseed, port: u16) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace(&format!("listen_port = {}", d.port), &format!("listen_port = {port}"));
+    std::fs::write(&d.config, text).unwrap();
+    d.port = port;
+}
