@@ -31,14 +31,17 @@ pub struct Reply {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torrents: Option<Vec<TorrentStatus>>,
+    /// Nodes in the DHT routing table, with `status` when the DHT runs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dht_nodes: Option<usize>,
 }
 
 impl Reply {
     fn ok(message: String) -> Reply {
-        Reply { ok: true, message: Some(message), torrents: None }
+        Reply { ok: true, message: Some(message), ..Default::default() }
     }
     fn err(message: String) -> Reply {
-        Reply { ok: false, message: Some(message), torrents: None }
+        Reply { ok: false, message: Some(message), ..Default::default() }
     }
 }
 
@@ -98,7 +101,14 @@ async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationT
 
 async fn execute(req: Request, session: &Arc<Session>) -> Reply {
     let result = match req {
-        Request::Status => return Reply { ok: true, message: None, torrents: Some(session.statuses()) },
+        Request::Status => {
+            return Reply {
+                ok: true,
+                torrents: Some(session.statuses()),
+                dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
+                ..Default::default()
+            }
+        }
         Request::Add { source } => add(session, &source),
         Request::Pause { id } => session.command(&id, Cmd::Pause).await,
         Request::Resume { id } => session.command(&id, Cmd::Resume).await,

@@ -174,13 +174,15 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
         let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let free =
             crate::storage::free_space(&session.env.download_dir).map(human_bytes).unwrap_or_else(|_| "?".into());
+        let dht = session.env.dht.as_ref().map(|d| format!(" dht_nodes={}", d.node_count())).unwrap_or_default();
         tracing::info!(
-            "summary torrents={} {} down={}/s up={}/s peers={} disk_free={} mem_anon={} mem_file={}",
+            "summary torrents={} {} down={}/s up={}/s peers={}{} disk_free={} mem_anon={} mem_file={}",
             all.len(),
             states.join(" "),
             human_bytes(down),
             human_bytes(up),
             peers,
+            dht,
             free,
             memory("RssAnon:").map(human_bytes).unwrap_or_else(|| "?".into()),
             memory("RssFile:").map(human_bytes).unwrap_or_else(|| "?".into())

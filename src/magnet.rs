@@ -68,6 +68,24 @@ impl Magnet {
     }
 }
 
+impl Magnet {
+    /// The magnet as a URI again (how it is kept in `state_dir`).
+    pub fn to_uri(&self) -> String {
+        use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+        let mut uri = format!("magnet:?xt=urn:btih:{}", self.info_hash.hex());
+        if let Some(n) = &self.name {
+            uri.push_str(&format!("&dn={}", utf8_percent_encode(n, NON_ALPHANUMERIC)));
+        }
+        for t in &self.trackers {
+            uri.push_str(&format!("&tr={}", utf8_percent_encode(t, NON_ALPHANUMERIC)));
+        }
+        for p in &self.peers {
+            uri.push_str(&format!("&x.pe={p}"));
+        }
+        uri
+    }
+}
+
 /// Parses a `.magnet` file: one URI or bare hash per line; blank lines and
 /// `#` comments skipped.
 pub fn parse_file(text: &str) -> Result<Vec<Magnet>, String> {
@@ -96,6 +114,12 @@ mod tests {
         assert_eq!(m.name.as_deref(), Some("My File!"));
         assert_eq!(m.trackers, vec!["http://127.0.0.1:6969/announce", "udp://127.0.0.1:6969"]);
         assert_eq!(m.peers.len(), 2);
+    }
+
+    #[test]
+    fn uri_round_trip() {
+        let m = Magnet::parse("magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=a%26b+c&tr=udp%3A%2F%2F127.0.0.1%3A1&x.pe=[::1]:7001").unwrap();
+        assert_eq!(Magnet::parse(&m.to_uri()).unwrap(), m);
     }
 
     #[test]

@@ -165,9 +165,16 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
     }
     if let Some(torrents) = reply.torrents {
         if json {
-            println!("{}", serde_json::json!({ "torrents": torrents }));
+            let mut out = serde_json::json!({ "torrents": torrents });
+            if let Some(n) = reply.dht_nodes {
+                out["dht_nodes"] = n.into();
+            }
+            println!("{out}");
         } else {
             print_table(&torrents);
+            if let Some(n) = reply.dht_nodes {
+                println!("DHT: {n} nodes");
+            }
         }
     } else if let Some(m) = reply.message {
         println!("{m}");

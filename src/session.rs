@@ -36,6 +36,8 @@ pub struct TorrentHandle {
 /// A magnet whose metadata is still being fetched, and its task.
 struct MagnetHandle {
     magnet: Magnet,
+    /// Paused by the user: no task runs.
+    paused: bool,
     progress: Arc<MagnetProgress>,
     incoming: mpsc::Sender<IncomingPeer>,
     cancel: CancellationToken,
@@ -172,12 +174,17 @@ impl Session {
                         });
                         self.spawn_torrent(Arc::new(m), record.unwrap_or_default());
                     }),
-                "magnet" => std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Magnet::parse(&t)).map(|m| {
+                "magnet" => std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| {
+                    let paused = t.lines().any(|l| l.trim() == PAUSED_MARK.trim());
+                    let m = crate::magnet::parse_file(&t)?.swap_remove(0);
                     if resume::torrent_path(&dir, &m.info_hash).exists() {
                         let _ = std::fs::remove_file(&path); // fetched just before a crash
+                    } else if paused {
+                        self.insert_paused_magnet(m);
                     } else {
                         self.spawn_magnet(m);
                     }
+                    Ok(())
                 }),
                 _ => Ok(()),
             };
@@ -280,8 +287,50 @@ impl Session {
                 }
             }
         });
-        let handle = MagnetHandle { magnet, progress, incoming, cancel, task: Mutex::new(Some(task)) };
+        let handle = MagnetHandle { magnet, paused: false, progress, incoming, cancel, task: Mutex::new(Some(task)) };
         self.magnets.lock().unwrap().insert(hash, Arc::new(handle));
+    }
+
+    fn insert_paused_magnet(&self, magnet: Magnet) {
+        if self.torrents.lock().unwrap().contains_key(&magnet.info_hash) {
+            return; // the metadata arrived as it was being paused
+        }
+        let handle = MagnetHandle {
+            paused: true,
+            progress: Default::default(),
+            incoming: mpsc::channel(1).0,
+            cancel: CancellationToken::new(),
+            task: Mutex::new(None),
+            magnet,
+        };
+        self.magnets.lock().unwrap().insert(handle.magnet.info_hash, Arc::new(handle));
+    }
+
+    /// Pause and resume of a magnet still fetching; it has nothing to check.
+    async fn magnet_command(self: &Arc<Self>, m: Arc<MagnetHandle>, cmd: Cmd) -> Result<String, String> {
+        let name = m.magnet.name.clone().unwrap_or_else(|| m.magnet.info_hash.hex());
+        match cmd {
+            Cmd::Pause if !m.paused => {
+                m.cancel.cancel();
+                let task = m.task.lock().unwrap().take();
+                if let Some(t) = task {
+                    let _ = t.await;
+                }
+                save_magnet(&self.env.state_dir, &m.magnet, true).map_err(|e| e.to_string())?;
+                self.insert_paused_magnet(m.magnet.clone());
+                tracing::info!(torrent = %name, "paused");
+                Ok(format!("pausing {name}"))
+            }
+            Cmd::Resume if m.paused => {
+                save_magnet(&self.env.state_dir, &m.magnet, false).map_err(|e| e.to_string())?;
+                self.spawn_magnet(m.magnet.clone());
+                tracing::info!(torrent = %name, "resumed");
+                Ok(format!("resuming {name}"))
+            }
+            Cmd::Pause => Ok(format!("{name} is already paused")),
+            Cmd::Resume => Ok(format!("{name} is not paused")),
+            _ => Err(format!("{name} has no data to check until its metadata arrives")),
+        }
     }
 
     /// Records a magnet; it waits in state `metadata` for its metadata.
@@ -290,23 +339,7 @@ impl Session {
         if self.torrents.lock().unwrap().contains_key(&hash) || self.magnets.lock().unwrap().contains_key(&hash) {
             return Ok(AddOutcome::AlreadyManaged);
         }
-        let mut uri = format!("magnet:?xt=urn:btih:{}", hash.hex());
-        if let Some(n) = &magnet.name {
-            uri.push_str(&format!(
-                "&dn={}",
-                percent_encoding::utf8_percent_encode(n, percent_encoding::NON_ALPHANUMERIC)
-            ));
-        }
-        for t in &magnet.trackers {
-            uri.push_str(&format!(
-                "&tr={}",
-                percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
-            ));
-        }
-        for p in &magnet.peers {
-            uri.push_str(&format!("&x.pe={p}"));
-        }
-        resume::write_atomic(&resume::magnet_path(&self.env.state_dir, &hash), uri.as_bytes())?;
+        save_magnet(&self.env.state_dir, &magnet, false)?;
         self.spawn_magnet(magnet);
         Ok(AddOutcome::Added)
     }
@@ -319,7 +352,11 @@ impl Session {
             out.push(TorrentStatus {
                 info_hash: hash.hex(),
                 name: h.magnet.name.clone().unwrap_or_else(|| hash.hex()),
-                state: if error.is_some() { TorrentState::Error } else { TorrentState::Metadata },
+                state: match (&error, h.paused) {
+                    (Some(_), _) => TorrentState::Error,
+                    (None, true) => TorrentState::Paused,
+                    (None, false) => TorrentState::Metadata,
+                },
                 progress: 0.0,
                 size: 0,
                 downloaded: 0,
@@ -358,9 +395,13 @@ impl Session {
         self.torrents.lock().unwrap().get(hash).cloned()
     }
 
-    pub async fn command(&self, id: &str, cmd: Cmd) -> Result<String, String> {
+    pub async fn command(self: &Arc<Self>, id: &str, cmd: Cmd) -> Result<String, String> {
         let hash = self.find(id)?;
-        let h = self.handle(&hash).ok_or_else(|| "that torrent is still waiting for its metadata".to_string())?;
+        let magnet = self.magnets.lock().unwrap().get(&hash).cloned();
+        if let Some(m) = magnet {
+            return self.magnet_command(m, cmd).await;
+        }
+        let h = self.handle(&hash).ok_or_else(|| "no such torrent".to_string())?;
         let what = match cmd {
             Cmd::Pause => "pausing",
             Cmd::Resume => "resuming",
@@ -483,6 +524,14 @@ impl Session {
         let _ = tokio::task::spawn_blocking(move || disk.shutdown()).await;
     }
 }
+
+/// A magnet in `state_dir`: its URI, and a `# paused` line while paused.
+fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool) -> std::io::Result<()> {
+    let text = format!("{}\n{}", magnet.to_uri(), if paused { PAUSED_MARK } else { "" });
+    resume::write_atomic(&resume::magnet_path(state_dir, &magnet.info_hash), text.as_bytes())
+}
+
+const PAUSED_MARK: &str = "# paused\n";
 
 fn delete_files(base: &Path, meta: &Metainfo) -> std::io::Result<()> {
     for (i, f) in meta.files.iter().enumerate() {

@@ -207,3 +207,92 @@ fn set_port(d: &mut Dropseed, port: u16) {
     std::fs::write(&d.config, text).unwrap();
     d.port = port;
 }
+
+fn transmission_tools() -> bool {
+    require("opentracker", "opentracker")
+        && require("transmission-daemon", "transmission-daemon")
+        && require("transmission-remote", "transmission-cli")
+        && require("mktorrent", "mktorrent")
+}
+
+fn tracker_magnet(hash: &str, tracker: &Tracker) -> String {
+    let enc: String = tracker.announce_url().bytes().map(|b| format!("%{b:02X}")).collect();
+    format!("magnet:?xt=urn:btih:{hash}&tr={enc}")
+}
+
+#[test]
+fn magnet_from_a_transmission_seeder() {
+    if !transmission_tools() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let (data, torrent, hash) = make_torrent(work.path(), "from-tr.bin", 3 * 1024 * 1024 + 17, &tracker.announce_url());
+    tracker.allow(&hash);
+    let tr = Transmission::start(&data);
+    tr.add(&torrent);
+    tracker.wait_seeders(&hash, 1);
+    // Transmission never dials loopback peers; dropseed dials it, fetches the
+    // metadata from it, then the data.
+    let ds = Dropseed::start_with("");
+    let magnet = write_magnet(work.path(), &tracker_magnet(&hash, &tracker));
+    ds.drop_file(&magnet, "tr.magnet");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(90));
+    assert_same_tree(&data, &ds.download_dir());
+}
+
+#[test]
+fn transmission_and_aria2_fetch_metadata_from_a_dropseed_seeder() {
+    if !(transmission_tools() && require("aria2c", "aria2")) {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let len = 2 * 1024 * 1024 + 321;
+    let (data, torrent, hash) = make_torrent(work.path(), "to-both.bin", len, &tracker.announce_url());
+    tracker.allow(&hash);
+    // Transmission announces first, holding only the magnet, so the seeder
+    // hears of it from the tracker and dials it.
+    let tr_dir = work.path().join("tr");
+    std::fs::create_dir_all(&tr_dir).unwrap();
+    let tr = Transmission::start(&tr_dir);
+    let uri = tracker_magnet(&hash, &tracker);
+    tr.add(Path::new(&uri));
+    tracker.wait_peers(&hash, 1);
+
+    let ds = Dropseed::start_with("");
+    payload(&ds.download_dir().join("to-both.bin"), len, 11);
+    ds.drop_file(&torrent, "to-both.torrent");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(30));
+    // aria2 dials the seeder it gets from the tracker.
+    let aria_dir = work.path().join("aria2");
+    let mut aria = Aria2::leech(Path::new(&uri), &aria_dir, &work.path().join("aria2.log"));
+    assert!(
+        aria.wait_exit(Duration::from_secs(90)),
+        "aria2 failed: {}",
+        std::fs::read_to_string(work.path().join("aria2.log")).unwrap()
+    );
+    assert_same_tree(&data, &aria_dir);
+    wait_for("transmission to finish", Duration::from_secs(90), || (tr.percent_done() == Some(100)).then_some(()));
+    assert_same_data(&data, &tr_dir);
+}
+
+#[test]
+fn a_magnet_stays_paused_across_a_restart() {
+    let mut ds = Dropseed::start_with("");
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    assert!(ds.cli(&["add", &format!("magnet:?xt=urn:btih:{hash}&dn=later")]).status.success());
+    ds.wait_state(hash, "metadata", Duration::from_secs(5));
+    assert!(ds.cli(&["pause", "later"]).status.success());
+    ds.wait_state(hash, "paused", Duration::from_secs(5));
+    let out = ds.cli(&["recheck", "later"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("until its metadata arrives"));
+    assert!(ds.stop().success());
+    ds.start();
+    let t = ds.wait_state(hash, "paused", Duration::from_secs(5));
+    assert_eq!(t["name"], "later");
+    assert!(ds.cli(&["resume", &hash[..8]]).status.success());
+    ds.wait_state(hash, "metadata", Duration::from_secs(5));
+    assert!(!ds.log_text().contains("cannot restore"));
+}

@@ -32,6 +32,9 @@ const MAX_PENDING: usize = 256;
 const MAX_REPLIES_PER_SEC: u32 = 500;
 /// Queries in flight per lookup, and queries per lookup at most.
 const ALPHA: usize = 4;
+/// Lookups running at once; hundreds of torrents starting together queue here
+/// instead of flooding the network and the pending table.
+const MAX_LOOKUPS: usize = 8;
 const MAX_LOOKUP_QUERIES: usize = 64;
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
 /// Announced peers kept: torrents, peers per torrent, and for how long.
@@ -76,6 +79,7 @@ pub struct Dht {
     bootstrap: Vec<String>,
     /// Addresses to ping (from `port` messages), handled by maintenance.
     new_nodes: mpsc::Sender<SocketAddr>,
+    lookups: tokio::sync::Semaphore,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -133,6 +137,7 @@ impl Dht {
             state_file,
             bootstrap,
             new_nodes,
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -332,6 +337,9 @@ impl Dht {
     /// Finds peers for `info_hash` and, with `announce_port`, announces us to
     /// the closest nodes that gave a token.
     pub async fn get_peers(self: &Arc<Self>, info_hash: InfoHash, announce_port: Option<u16>) -> Vec<SocketAddr> {
+        let Ok(_turn) = self.lookups.acquire().await else {
+            return Vec::new();
+        };
         let (peers, closest) = self.lookup(Lookup::Peers(info_hash.0)).await;
         if let Some(port) = announce_port {
             let mut jobs = JoinSet::new();

@@ -43,6 +43,8 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Addresses remembered per magnet, at most.
 const MAX_KNOWN: usize = 1000;
 
+const SELF_CONNECTION: &str = "connected to ourselves";
+
 struct Retry {
     at: Instant,
     failures: u32,
@@ -154,7 +156,7 @@ pub async fn run(
     };
     learn(&mut known, magnet.peers.clone());
     let mut connected: HashSet<SocketAddr> = HashSet::new();
-    let mut conns: JoinSet<(SocketAddr, bool)> = JoinSet::new();
+    let mut conns: JoinSet<(SocketAddr, Option<bool>)> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Dial while there is room.
@@ -177,7 +179,9 @@ pub async fn run(
                 if let Err(e) = &r {
                     tracing::debug!(peer = %addr, error = %e, "metadata connection ended");
                 }
-                (addr, r.is_ok())
+                // Our own address (the tracker lists us too) is never dialled again.
+                let ourselves = r.as_ref().is_err_and(|e| e == SELF_CONNECTION);
+                (addr, if ourselves { None } else { Some(r.is_ok()) })
             });
         }
         ctx.progress.peers.store(conns.len(), Ordering::Relaxed);
@@ -187,6 +191,10 @@ pub async fn run(
             Some(r) = conns.join_next(), if !conns.is_empty() => {
                 if let Ok((addr, ok)) = r {
                     connected.remove(&addr);
+                    let Some(ok) = ok else {
+                        known.insert(addr, Retry { at: Instant::now() + Duration::from_secs(86400 * 365), failures: 0 });
+                        continue;
+                    };
                     if let Some(k) = known.get_mut(&addr) {
                         // Back off from peers that fail (still starting, or not serving).
                         k.failures = if ok { 0 } else { k.failures + 1 };
@@ -201,7 +209,7 @@ pub async fn run(
                         if let Err(e) = accepted(&ctx, stream, addr, theirs).await {
                             tracing::debug!(peer = %addr, error = %e, "metadata connection ended");
                         }
-                        (addr, true)
+                        (addr, Some(true))
                     });
                 }
             }
@@ -266,7 +274,7 @@ async fn accepted(ctx: &Ctx, mut stream: TcpStream, addr: SocketAddr, theirs: Ha
 /// The extension-protocol conversation with one peer.
 async fn exchange(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake) -> Result<(), String> {
     if theirs.peer_id == ctx.env.peer_id {
-        return Err("connected to ourselves".into());
+        return Err(SELF_CONNECTION.into());
     }
     if !theirs.supports_extensions() {
         return Err("peer does not speak the extension protocol".into());

@@ -44,6 +44,10 @@ const CONNECTS_PER_TICK: usize = 8;
 /// How often a torrent looks itself up in the DHT (and announces).
 const DHT_DOWNLOADING_EVERY: Duration = Duration::from_secs(120);
 const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
+/// Dials again after a connection failed: first delay, doubling, and how
+/// many times in a row.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const MAX_RETRIES: u32 = 5;
 /// An address heard of again is tried again after this long.
 const RETRY_PEER_AFTER: Duration = Duration::from_secs(300);
 
@@ -337,13 +341,22 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
     Ok(())
 }
 
+struct Known {
+    queued_at: Instant,
+    /// Connections in a row that failed or ended early.
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
 struct Active<'a> {
     shared: &'a Arc<TorrentShared>,
-    peers: JoinSet<()>,
+    /// Peer tasks; outgoing ones return their address and whether it is
+    /// worth dialling again.
+    peers: JoinSet<Option<(SocketAddr, bool, Duration)>>,
     child: CancellationToken,
     candidates: VecDeque<SocketAddr>,
-    /// Addresses heard of, with when we last queued them.
-    known: HashMap<SocketAddr, Instant>,
+    /// Addresses heard of: when we last queued them, and retries after failures.
+    known: HashMap<SocketAddr, Known>,
     choker: Choker,
     last_counts: HashMap<PeerKey, (u64, u64)>,
     /// (downloaded, uploaded, seconds) per tick, the last few seconds.
@@ -422,7 +435,11 @@ async fn run_active(
                 Some(Cmd::Incoming(stream, addr, hs)) => a.accept(stream, addr, hs),
             },
             Some(list) = peers_rx.recv() => a.add_candidates(list),
-            Some(_) = a.peers.join_next(), if !a.peers.is_empty() => {}
+            Some(ended) = a.peers.join_next(), if !a.peers.is_empty() => {
+                if let Ok(Some((addr, retry, lasted))) = ended {
+                    a.connection_ended(addr, retry, lasted);
+                }
+            }
             r = have_rx.changed() => {
                 if r.is_err() { break ActiveExit::Cancelled; }
                 if let Some(e) = shared.inner.lock().unwrap().disk_error.clone() {
@@ -467,6 +484,7 @@ async fn run_active(
                     a.choke_round();
                 }
                 let mut learned = std::mem::take(&mut shared.inner.lock().unwrap().pex_learned);
+                a.queue_due_retries();
                 if a.peers.is_empty() && a.candidates.is_empty() {
                     // Alone: the peers of last time are worth another try now and then.
                     learned.extend_from_slice(&remembered);
@@ -539,14 +557,43 @@ fn limit_reached(shared: &TorrentShared) -> Option<String> {
 
 impl Active<'_> {
     fn add_candidates(&mut self, list: Vec<SocketAddr>) {
+        let now = Instant::now();
         for addr in list {
-            let fresh = self.known.get(&addr).is_none_or(|t| t.elapsed() >= RETRY_PEER_AFTER);
-            if fresh {
-                self.known.insert(addr, Instant::now());
-                self.candidates.push_back(addr);
+            match self.known.get_mut(&addr) {
+                Some(k) if k.queued_at.elapsed() < RETRY_PEER_AFTER => {}
+                Some(k) => {
+                    k.queued_at = now;
+                    self.candidates.push_back(addr);
+                }
+                None => {
+                    self.known.insert(addr, Known { queued_at: now, failures: 0, retry_at: None });
+                    self.candidates.push_back(addr);
+                }
             }
         }
         self.connect_candidates();
+    }
+
+    /// An outgoing connection ended. Peers drop connections for passing
+    /// reasons (still starting, a duplicate not yet cleaned up), so an
+    /// address is dialled again after 5 s, then 10, 20, 40, 80, and then left
+    /// until a tracker, the DHT or PEX names it again.
+    fn connection_ended(&mut self, addr: SocketAddr, retry: bool, lasted: Duration) {
+        let Some(k) = self.known.get_mut(&addr) else { return };
+        k.failures = if lasted >= Duration::from_secs(60) { 0 } else { k.failures + 1 };
+        k.retry_at = (retry && k.failures <= MAX_RETRIES)
+            .then(|| Instant::now() + RETRY_FIRST * 2u32.pow(k.failures.saturating_sub(1)));
+    }
+
+    fn queue_due_retries(&mut self) {
+        let now = Instant::now();
+        for (addr, k) in self.known.iter_mut() {
+            if k.retry_at.is_some_and(|t| t <= now) {
+                k.retry_at = None;
+                k.queued_at = now;
+                self.candidates.push_back(*addr);
+            }
+        }
     }
 
     fn connect_candidates(&mut self) {
@@ -556,8 +603,11 @@ impl Active<'_> {
             let Some(addr) = self.candidates.pop_front() else {
                 break;
             };
-            if self.shared.inner.lock().unwrap().peers.contains_key(&addr) {
-                continue;
+            {
+                let inner = self.shared.inner.lock().unwrap();
+                if inner.peers.contains_key(&addr) || inner.banned_addrs.contains(&addr) {
+                    continue;
+                }
             }
             let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
                 break;
@@ -566,9 +616,15 @@ impl Active<'_> {
             let (shared, cancel) = (self.shared.clone(), self.child.clone());
             self.peers.spawn(async move {
                 let _permit = permit;
-                if let Err(e) = outgoing(shared, addr, cancel).await {
-                    tracing::debug!(peer = %addr, error = %e, "peer connection ended");
-                }
+                let started = Instant::now();
+                let retry = match outgoing(shared, addr, cancel).await {
+                    Ok(()) => true,
+                    Err((e, retry)) => {
+                        tracing::debug!(peer = %addr, error = %e, "peer connection ended");
+                        retry
+                    }
+                };
+                Some((addr, retry, started.elapsed()))
             });
         }
     }
@@ -587,6 +643,7 @@ impl Active<'_> {
             if let Err(e) = incoming(shared, stream, addr, hs, cancel).await {
                 tracing::debug!(peer = %addr, error = %e, "peer connection ended");
             }
+            None
         });
     }
 
@@ -660,7 +717,13 @@ fn register(
     Ok(handle)
 }
 
-async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: CancellationToken) -> Result<(), String> {
+/// Dials `addr`; `Err((reason, worth_retrying))`. Reaching ourselves, a
+/// banned peer or another torrent is not worth another try.
+async fn outgoing(
+    shared: Arc<TorrentShared>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> Result<(), (String, bool)> {
     let ours = our_handshake(&shared);
     let connect = async {
         let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -672,14 +735,17 @@ async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: Cancella
     };
     let (stream, theirs) = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
-        r = connect => r?,
+        r = connect => r.map_err(|e| (e, true))?,
     };
     if theirs.info_hash != shared.meta.info_hash {
-        return Err("peer answered for another torrent".into());
+        return Err(("peer answered for another torrent".into(), false));
     }
-    let handle = register(&shared, addr, theirs.peer_id.0, Some(addr))?;
+    let handle = register(&shared, addr, theirs.peer_id.0, Some(addr)).map_err(|e| (e, false))?;
     tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
-    peer::run(shared, handle, stream, addr, theirs, cancel).await.map_err(|e| e.to_string())
+    let result = peer::run(shared.clone(), handle.clone(), stream, addr, theirs, cancel).await;
+    // Two seeds part for good; anything else may be worth another try.
+    let both_seeds = handle.is_seed.load(Ordering::Relaxed) && shared.is_complete();
+    result.map_err(|e| (e.to_string(), !both_seeds))
 }
 
 async fn incoming(
