@@ -396,3 +396,116 @@ fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
         assert!(ds.log_text().contains("metadata failed the info-hash check"), "the junk was noticed");
     }
 }
+
+#[test]
+fn the_dht_node_survives_a_flood_of_junk_and_queries() {
+    use dropseed::dht::krpc::{Body, Message, NodeId, Query};
+    let mut ds = Dropseed::new("[dht]\nenabled = true\nbootstrap = []\n");
+    let port = ds.port;
+    ds.start();
+    ds.wait_log("DHT node listening", Duration::from_secs(10));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = ("127.0.0.1", port);
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..20_000u32 {
+        let packet = match i % 4 {
+            0 => (0..(next() % 1400) as usize).map(|_| next() as u8).collect::<Vec<u8>>(),
+            1 => Message {
+                t: i.to_be_bytes().to_vec(),
+                id: Some(NodeId([i as u8; 20])),
+                body: Body::Query(Query::GetPeers { info_hash: [(next() % 256) as u8; 20] }),
+            }
+            .encode(),
+            2 => Message {
+                t: i.to_be_bytes().to_vec(),
+                id: Some(NodeId([7; 20])),
+                body: Body::Query(Query::AnnouncePeer {
+                    info_hash: next().to_be_bytes().repeat(3)[..20].try_into().unwrap(),
+                    port: 1000,
+                    token: b"forged".to_vec(),
+                    implied_port: false,
+                }),
+            }
+            .encode(),
+            _ => b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe".repeat(2),
+        };
+        let _ = sock.send_to(&packet, target);
+    }
+    // After the flood (replies are rate-capped per second) a ping is answered.
+    std::thread::sleep(Duration::from_millis(1100));
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let ping = Message { t: b"zz".to_vec(), id: Some(NodeId([9; 20])), body: Body::Query(Query::Ping) }.encode();
+    let answered = wait_for("a ping answered after the flood", Duration::from_secs(10), || {
+        sock.send_to(&ping, target).unwrap();
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            if let Ok(m) = Message::decode(&buf[..n]) {
+                if m.t == b"zz" {
+                    return Some(m);
+                }
+            }
+        }
+    });
+    assert!(matches!(answered.body, Body::Response(_)));
+    // Still serving the control socket, and it knows no node from the flood
+    // (nodes get in by answering our pings, which nobody here does).
+    assert_eq!(ds.status()["dht_nodes"], 0);
+}
+
+#[test]
+fn private_torrents_never_touch_the_dht() {
+    use dropseed::dht::krpc::{Body, Message, NodeId, Query, Response};
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    payload(&work.path().join("pub/public.bin"), 100_000, 1);
+    payload(&work.path().join("priv/private.bin"), 100_000, 2);
+    let (public, private) = (work.path().join("public.torrent"), work.path().join("private.torrent"));
+    mktorrent(&work.path().join("pub/public.bin"), "http://127.0.0.1:1/announce", 15, &public, &[]);
+    mktorrent(&work.path().join("priv/private.bin"), "http://127.0.0.1:1/announce", 15, &private, &["-p"]);
+    let (public_hash, private_hash) = (info_hash(&public), info_hash(&private));
+
+    // A stand-in DHT node that answers everything and notes what is asked.
+    let node = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    node.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let node_addr = node.local_addr().unwrap();
+    let ds = Dropseed::start_with(&format!("[dht]\nenabled = true\nbootstrap = [\"{node_addr}\"]\n"));
+    ds.drop_file(&private, "private.torrent");
+    ds.drop_file(&public, "public.torrent");
+    let mut asked: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut public_seen_at = None;
+    while std::time::Instant::now() < deadline {
+        if public_seen_at.is_some_and(|t: std::time::Instant| t.elapsed() > Duration::from_secs(3)) {
+            break;
+        }
+        let mut buf = [0u8; 1500];
+        let Ok((n, from)) = node.recv_from(&mut buf) else { continue };
+        let Ok(m) = Message::decode(&buf[..n]) else { continue };
+        let Body::Query(q) = m.body else { continue };
+        if let Query::GetPeers { info_hash } | Query::AnnouncePeer { info_hash, .. } = &q {
+            let hex: String = info_hash.iter().map(|b| format!("{b:02x}")).collect();
+            if hex == public_hash && public_seen_at.is_none() {
+                public_seen_at = Some(std::time::Instant::now());
+            }
+            asked.push(hex);
+        }
+        let token = matches!(q, Query::GetPeers { .. }).then(|| b"tok".to_vec());
+        let reply = Message {
+            t: m.t,
+            id: Some(NodeId([3; 20])),
+            body: Body::Response(Response { token, ..Default::default() }),
+        };
+        node.send_to(&reply.encode(), from).unwrap();
+    }
+    assert!(asked.contains(&public_hash), "the public torrent was looked up: {asked:?}");
+    assert!(!asked.contains(&private_hash), "the private torrent stayed off the DHT: {asked:?}");
+}
