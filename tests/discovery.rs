@@ -7,6 +7,8 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A payload and its torrent (announcing to `announce`), in a fresh dir.
@@ -299,68 +301,28 @@ fn a_magnet_stays_paused_across_a_restart() {
 
 /// A peer that has the right metadata size but answers every ut_metadata
 /// request with junk. Returns its port and how many blocks it sent.
-fn spawn_metadata_liar(
-    info_hash: [u8; 20],
-    metadata_size: usize,
-) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use dropseed::extension::{MetadataMsg, METADATA_BLOCK};
-    use dropseed::wire::{self, Message};
-    use std::io::{Read, Write};
-    use std::sync::atomic::Ordering;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+fn spawn_metadata_liar(info_hash: [u8; 20], metadata_size: usize) -> (u16, Arc<AtomicUsize>) {
+    use dropseed::extension::{ExtHandshake, MetadataMsg, METADATA_BLOCK};
+    use dropseed::wire::{encode, Message};
+    let sent = Arc::new(AtomicUsize::new(0));
     let count = sent.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut hs = [0u8; 68];
-                if s.read_exact(&mut hs).is_err() || hs[28..48] != info_hash {
-                    return;
-                }
-                let mut out = hs.to_vec();
-                out[48..68].copy_from_slice(b"-XX0001-metadataliar");
-                let ext = format!("d1:md11:ut_metadatai3ee13:metadata_sizei{metadata_size}ee");
-                wire::encode(&Message::Extended { id: 0, payload: ext.as_bytes() }, &mut out);
-                if s.write_all(&out).is_err() {
-                    return;
-                }
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let mut their_id = None;
-                loop {
-                    let Ok(n) = s.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let mut used = 0;
-                    let mut reply = Vec::new();
-                    while let Ok(Some((msg, len))) = wire::decode(&buf[used..]) {
-                        if let Message::Extended { id, payload } = msg {
-                            if id == 0 {
-                                let hs = dropseed::extension::ExtHandshake::decode(payload).unwrap();
-                                their_id = hs.id_of("ut_metadata");
-                            } else if let (Ok(MetadataMsg::Request { piece }), Some(tid)) =
-                                (MetadataMsg::decode(payload), their_id)
-                            {
-                                let start = piece as usize * METADATA_BLOCK;
-                                let junk = vec![b'x'; (metadata_size - start).min(METADATA_BLOCK)];
-                                let data = MetadataMsg::Data { piece, total_size: metadata_size, data: &junk };
-                                wire::encode(&Message::Extended { id: tid, payload: &data.encode() }, &mut reply);
-                                count.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        used += len;
-                    }
-                    buf.drain(..used);
-                    if s.write_all(&reply).is_err() {
-                        return;
-                    }
-                }
-            });
+    let mut greeting = Vec::new();
+    let ext = format!("d1:md11:ut_metadatai3ee13:metadata_sizei{metadata_size}ee");
+    encode(&Message::Extended { id: 0, payload: ext.as_bytes() }, &mut greeting);
+    let (port, _) = spawn_scripted_peer(info_hash, *b"-XX0001-metadataliar", greeting, move || {
+        let count = count.clone();
+        let mut their_id = None;
+        move |msg: &Message<'_>, reply: &mut Vec<u8>| {
+            let Message::Extended { id, payload } = msg else { return };
+            if *id == 0 {
+                their_id = ExtHandshake::decode(payload).and_then(|h| h.id_of("ut_metadata"));
+            } else if let (Ok(MetadataMsg::Request { piece }), Some(tid)) = (MetadataMsg::decode(payload), their_id) {
+                let start = piece as usize * METADATA_BLOCK;
+                let junk = vec![b'x'; metadata_size.saturating_sub(start).min(METADATA_BLOCK)];
+                let data = MetadataMsg::Data { piece, total_size: metadata_size, data: &junk };
+                encode(&Message::Extended { id: tid, payload: &data.encode() }, reply);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
         }
     });
     (port, sent)
@@ -392,7 +354,7 @@ fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
     assert_same_tree(&data, &ds.download_dir());
     let saved = std::fs::read(ds.state_dir().join(format!("{hash}.torrent"))).unwrap();
     assert_eq!(dropseed::metainfo::Metainfo::from_torrent_bytes(&saved).unwrap().info_bytes, meta.info_bytes);
-    if liar_sent.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+    if liar_sent.load(Ordering::SeqCst) > 0 {
         assert!(ds.log_text().contains("metadata failed the info-hash check"), "the junk was noticed");
     }
 }

@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,57 +46,18 @@ fn kill_9_mid_download_resumes_without_refetching() {
 
 /// A peer that claims every piece and answers every request with garbage.
 fn spawn_corrupt_peer(info_hash: [u8; 20], pieces: usize) -> (u16, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            count.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut hs = [0u8; 68];
-                if s.read_exact(&mut hs).is_err() || hs[28..48] != info_hash {
-                    return;
-                }
-                let mut reply = hs;
-                reply[48..68].copy_from_slice(b"-XX0001-corruptcorru");
-                let mut out = reply.to_vec();
-                let bf = dropseed::types::Bitfield::full(pieces);
-                dropseed::wire::encode(&dropseed::wire::Message::Bitfield(bf.as_bytes()), &mut out);
-                dropseed::wire::encode(&dropseed::wire::Message::Unchoke, &mut out);
-                if s.write_all(&out).is_err() {
-                    return;
-                }
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 65536];
-                loop {
-                    let Ok(n) = s.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let mut used = 0;
-                    let mut reply = Vec::new();
-                    while let Ok(Some((msg, len))) = dropseed::wire::decode(&buf[used..]) {
-                        if let dropseed::wire::Message::Request(b) = msg {
-                            let junk = vec![0xA5u8; b.len as usize];
-                            dropseed::wire::encode(
-                                &dropseed::wire::Message::Piece { piece: b.piece, offset: b.offset, data: &junk },
-                                &mut reply,
-                            );
-                        }
-                        used += len;
-                    }
-                    buf.drain(..used);
-                    if s.write_all(&reply).is_err() {
-                        return;
-                    }
-                }
-            });
+    use dropseed::wire::{encode, Message};
+    let mut greeting = Vec::new();
+    encode(&Message::Bitfield(dropseed::types::Bitfield::full(pieces).as_bytes()), &mut greeting);
+    encode(&Message::Unchoke, &mut greeting);
+    spawn_scripted_peer(info_hash, *b"-XX0001-corruptcorru", greeting, || {
+        |msg: &Message<'_>, reply: &mut Vec<u8>| {
+            if let Message::Request(b) = msg {
+                let junk = vec![0xA5u8; b.len as usize];
+                encode(&Message::Piece { piece: b.piece, offset: b.offset, data: &junk }, reply);
+            }
         }
-    });
-    (port, accepted)
+    })
 }
 
 #[test]

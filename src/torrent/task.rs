@@ -48,6 +48,8 @@ const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
 /// many times in a row.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const MAX_RETRIES: u32 = 5;
+/// Addresses remembered per torrent before old ones are forgotten.
+const MAX_KNOWN_PEERS: usize = 5000;
 /// An address heard of again is tried again after this long.
 const RETRY_PEER_AFTER: Duration = Duration::from_secs(300);
 
@@ -558,6 +560,10 @@ fn limit_reached(shared: &TorrentShared) -> Option<String> {
 impl Active<'_> {
     fn add_candidates(&mut self, list: Vec<SocketAddr>) {
         let now = Instant::now();
+        if self.known.len() > MAX_KNOWN_PEERS {
+            // Forget addresses that are neither recent nor due for a retry.
+            self.known.retain(|_, k| k.retry_at.is_some() || k.queued_at.elapsed() < RETRY_PEER_AFTER);
+        }
         for addr in list {
             match self.known.get_mut(&addr) {
                 Some(k) if k.queued_at.elapsed() < RETRY_PEER_AFTER => {}

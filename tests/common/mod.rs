@@ -629,3 +629,65 @@ impl Swarm {
         require("opentracker", "opentracker") && require("aria2c", "aria2") && require("mktorrent", "mktorrent")
     }
 }
+
+/// A scripted peer for hostile-input tests. It accepts connections for
+/// `info_hash`, answers the handshake as `peer_id` followed by `greeting`
+/// (already encoded messages), then hands every message it receives to a
+/// handler made fresh for each connection, which appends its replies.
+/// Returns its port and how many connections it accepted.
+pub fn spawn_scripted_peer<F, H>(
+    info_hash: [u8; 20],
+    peer_id: [u8; 20],
+    greeting: Vec<u8>,
+    new_handler: F,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn() -> H + Send + 'static,
+    H: FnMut(&dropseed::wire::Message<'_>, &mut Vec<u8>) + Send + 'static,
+{
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            let (greeting, mut handler) = (greeting.clone(), new_handler());
+            std::thread::spawn(move || {
+                let mut hs = [0u8; 68];
+                if s.read_exact(&mut hs).is_err() || hs[28..48] != info_hash {
+                    return;
+                }
+                let mut out = hs.to_vec();
+                out[48..68].copy_from_slice(&peer_id);
+                out.extend_from_slice(&greeting);
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let Ok(n) = s.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut used = 0;
+                    let mut reply = Vec::new();
+                    while let Ok(Some((msg, len))) = dropseed::wire::decode(&buf[used..]) {
+                        handler(&msg, &mut reply);
+                        used += len;
+                    }
+                    buf.drain(..used);
+                    if s.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
