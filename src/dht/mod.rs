@@ -55,13 +55,33 @@ struct SavedState {
 
 struct Pending {
     addr: SocketAddr,
+    /// Tells this query from a later one that reuses its transaction id.
+    seq: u64,
     reply: oneshot::Sender<Response>,
+}
+
+/// Removes a query's pending entry however its future ends (answered,
+/// timed out, or dropped when a lookup is cancelled).
+struct PendingGuard<'a> {
+    state: &'a Mutex<State>,
+    tid: u16,
+    seq: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap();
+        if s.pending.get(&self.tid).is_some_and(|p| p.seq == self.seq) {
+            s.pending.remove(&self.tid);
+        }
+    }
 }
 
 struct State {
     table: RoutingTable,
     pending: HashMap<u16, Pending>,
     next_tid: u16,
+    next_seq: u64,
     /// Announced peers by info hash, with when they announced.
     store: HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>,
     secret: [u8; 16],
@@ -128,6 +148,7 @@ impl Dht {
                 table: RoutingTable::new(own),
                 pending: HashMap::new(),
                 next_tid: rand::random(),
+                next_seq: 0,
                 store: HashMap::new(),
                 secret: rand::random(),
                 previous_secret: rand::random(),
@@ -310,7 +331,7 @@ impl Dht {
     /// Sends one query and waits for its response (`None` on timeout or error).
     async fn query(&self, addr: SocketAddr, q: Query) -> Option<Response> {
         let (tx, rx) = oneshot::channel();
-        let (tid, own) = {
+        let (guard, own) = {
             let mut s = self.state.lock().unwrap();
             if s.pending.len() >= MAX_PENDING {
                 return None;
@@ -320,16 +341,17 @@ impl Dht {
                 tid = tid.wrapping_add(1);
             }
             s.next_tid = tid.wrapping_add(1);
-            s.pending.insert(tid, Pending { addr, reply: tx });
-            (tid, s.table.own_id())
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.pending.insert(tid, Pending { addr, seq, reply: tx });
+            (PendingGuard { state: &self.state, tid, seq }, s.table.own_id())
         };
-        let msg = Message { t: tid.to_be_bytes().to_vec(), id: Some(own), body: Body::Query(q) };
+        let msg = Message { t: guard.tid.to_be_bytes().to_vec(), id: Some(own), body: Body::Query(q) };
         let sent = self.socket.send_to(&msg.encode(), addr).await.is_ok();
         let reply = if sent { tokio::time::timeout(QUERY_TIMEOUT, rx).await.ok().and_then(Result::ok) } else { None };
+        drop(guard);
         if reply.is_none() {
-            let mut s = self.state.lock().unwrap();
-            s.pending.remove(&tid);
-            s.table.failed(addr);
+            self.state.lock().unwrap().table.failed(addr);
         }
         reply
     }
@@ -427,6 +449,28 @@ impl Dht {
 
     // ---- maintenance ------------------------------------------------------
 
+    /// Pings the saved and configured nodes, then looks up our own id, which
+    /// fills the table with the nodes around us.
+    async fn bootstrap_round(self: &Arc<Self>, saved: &[SocketAddr]) {
+        let mut addrs = saved.to_vec();
+        for b in &self.bootstrap {
+            if let Ok(found) = tokio::net::lookup_host(b.as_str()).await {
+                addrs.extend(found.filter(|a| a.is_ipv4()));
+            }
+        }
+        let mut pings = JoinSet::new();
+        for addr in addrs {
+            let dht = self.clone();
+            pings.spawn(async move {
+                let _ = dht.query(addr, Query::Ping).await;
+            });
+        }
+        while pings.join_next().await.is_some() {}
+        let own = self.state.lock().unwrap().table.own_id();
+        let _ = self.lookup(Lookup::Nodes(own)).await;
+        tracing::debug!(nodes = self.node_count(), "DHT bootstrap round done");
+    }
+
     async fn maintain_loop(self: Arc<Self>, saved: Vec<SocketAddr>, mut new_rx: mpsc::Receiver<SocketAddr>) {
         let mut last_bootstrap: Option<Instant> = None;
         let mut last_save = Instant::now();
@@ -437,22 +481,10 @@ impl Dht {
             // Bootstrap at start, and again while the table stays nearly empty.
             if table_len < K && last_bootstrap.is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY) {
                 last_bootstrap = Some(Instant::now());
-                let mut addrs = saved.clone();
-                for b in &self.bootstrap {
-                    if let Ok(found) = tokio::net::lookup_host(b.as_str()).await {
-                        addrs.extend(found.filter(|a| a.is_ipv4()));
-                    }
+                tokio::select! {
+                    _ = self.cancel.cancelled() => break,
+                    _ = self.bootstrap_round(&saved) => {}
                 }
-                for addr in addrs {
-                    let dht = self.clone();
-                    pings.spawn(async move {
-                        let _ = dht.query(addr, Query::Ping).await;
-                    });
-                }
-                while pings.join_next().await.is_some() {}
-                let own = self.state.lock().unwrap().table.own_id();
-                let _ = self.lookup(Lookup::Nodes(own)).await;
-                tracing::debug!(nodes = self.node_count(), "DHT bootstrap round done");
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -546,5 +578,19 @@ mod tests {
             store_peer(&mut store, h, "10.0.0.1:1".parse().unwrap());
         }
         assert_eq!(store.len(), MAX_STORED_TORRENTS);
+    }
+
+    /// A query dropped mid-flight (a cancelled lookup) leaves no pending
+    /// entry behind; otherwise the table of pending queries would fill up.
+    #[tokio::test]
+    async fn cancelled_queries_leave_nothing_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let dht = Dht::start("127.0.0.1".parse().unwrap(), 0, dir.path(), vec![]).await.unwrap();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let q = dht.query(silent.local_addr().unwrap(), Query::Ping);
+        assert!(tokio::time::timeout(Duration::from_millis(50), q).await.is_err());
+        assert_eq!(dht.state.lock().unwrap().pending.len(), 0);
+        dht.shutdown().await;
+        assert!(dir.path().join(STATE_FILE).exists(), "the node list is saved at shutdown");
     }
 }

@@ -297,7 +297,10 @@ async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake)
     let mut outstanding = 0usize;
     loop {
         if !out.is_empty() {
-            wr.write_all(&out).await.map_err(|e| e.to_string())?;
+            tokio::time::timeout(READ_TIMEOUT, wr.write_all(&out))
+                .await
+                .map_err(|_| "write timed out".to_string())?
+                .map_err(|e| e.to_string())?;
             out.clear();
         }
         let n = tokio::select! {
