@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,8 +263,12 @@ def transmission_percent(rpc):
 
 # ---------------------------------------------------------------- download
 
-def download_round(client, ctx):
-    work, torrent, size, expect = ctx["work"], ctx["torrent"], ctx["size"], ctx["sha1"]
+def download_round(client, ctx, magnet=False):
+    """One client downloads the payload from the seeders, given the torrent
+    file or (magnet=True) only a magnet with the tracker in `tr`."""
+    work, size, expect = ctx["work"], ctx["size"], ctx["sha1"]
+    torrent = ctx["magnet"] if magnet else ctx["torrent"]
+    meta_secs = None
     out = work / f"dl-{client}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -273,9 +278,20 @@ def download_round(client, ctx):
         ds = Dropseed(work, "dl-dropseed")
         ds.start()
         w = Watch(ds.proc.pid)
+        source = torrent
+        if magnet:
+            source = work / "payload.magnet"
+            source.write_text(ctx["magnet"] + "\n")
         t0 = time.time()
-        ds.drop(torrent)
-        wait(lambda: ds.state_of(ctx["hash"]) == "seeding", 600, "dropseed download", w, 0.05)
+        ds.drop(source)
+
+        def done():
+            nonlocal meta_secs
+            state = ds.state_of(ctx["hash"])
+            if meta_secs is None and state not in (None, "metadata"):
+                meta_secs = time.time() - t0
+            return state == "seeding"
+        wait(done, 600, "dropseed download", w, 0.05)
         elapsed = time.time() - t0
         w.sample()
         cpu = w.cpu
@@ -318,7 +334,8 @@ def download_round(client, ctx):
     shutil.rmtree(out, ignore_errors=True)
     if client == "dropseed":
         shutil.rmtree(work / "dl-dropseed", ignore_errors=True)
-    return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "anon": w.peak, "ok": got == expect, "secs": elapsed}
+    return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "anon": w.peak, "ok": got == expect,
+            "secs": elapsed, "meta_secs": meta_secs}
 
 
 # ---------------------------------------------------------------- seeding
@@ -427,7 +444,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--torrents", type=int, default=500)
     ap.add_argument("--clients", default="dropseed,aria2,transmission,libtorrent")
-    ap.add_argument("--skip", default="", help="comma list of: download,seeding,scale")
+    ap.add_argument("--skip", default="", help="comma list of: download,magnet,seeding,scale")
+    ap.add_argument("--magnet-rounds", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench/results.md"))
     ap.add_argument("--work", default=str(ROOT / "bench/work"))
     args = ap.parse_args()
@@ -454,11 +472,12 @@ def main():
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     h = info_hash_of(torrent)
     tracker.allow([h])
-    ctx = {"work": work, "torrent": torrent, "size": size, "sha1": sha1_file(data), "hash": h, "name": data.name,
-           "data": data, "tracker": tracker, "seeders": []}
-    results = {"download": {}, "seeding": {}, "scale": None, "recheck": None}
+    magnet = f"magnet:?xt=urn:btih:{h}&dn={data.name}&tr={urllib.parse.quote(tracker.url, safe='')}"
+    ctx = {"work": work, "torrent": torrent, "magnet": magnet, "size": size, "sha1": sha1_file(data), "hash": h,
+           "name": data.name, "data": data, "tracker": tracker, "seeders": []}
+    results = {"download": {}, "magnet": {}, "seeding": {}, "scale": None, "recheck": None}
     try:
-        if "download" not in skip:
+        if "download" not in skip or "magnet" not in skip:
             for i in range(2):
                 d = work / f"lt-seed{i}"
                 d.mkdir()
@@ -466,13 +485,16 @@ def main():
                 p, _ = lt_start("seed", torrent, d)
                 ctx["seeders"].append(p)
             wait(lambda: scrape(tracker.port, h)[0] >= 2, 300, "two libtorrent seeders")
-            for r in range(args.rounds):
-                order = clients[r % len(clients):] + clients[:r % len(clients)]
-                for c in order:
-                    res = download_round(c, ctx)
-                    results["download"].setdefault(c, []).append(res)
-                    print(f"round {r + 1} download {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
-                          f"anon {fmt_mib(res['anon'])}  ok={res['ok']}", flush=True)
+            phases = [(kind, n) for kind, n in (("download", args.rounds), ("magnet", args.magnet_rounds)) if kind not in skip]
+            for kind, rounds in phases:
+                for r in range(rounds):
+                    order = clients[r % len(clients):] + clients[:r % len(clients)]
+                    for c in order:
+                        res = download_round(c, ctx, magnet=kind == "magnet")
+                        results[kind].setdefault(c, []).append(res)
+                        meta = f"  metadata {res['meta_secs']:.2f}s" if kind == "magnet" and res["meta_secs"] is not None else ""
+                        print(f"round {r + 1} {kind:8} {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
+                              f"anon {fmt_mib(res['anon'])}  ok={res['ok']}{meta}", flush=True)
             for p in ctx["seeders"]:
                 kill(p)
             ctx["seeders"] = []
@@ -527,6 +549,18 @@ def render(res, args, sha1_speed, cores):
                 ("download CPU/GiB <= 2x SHA-1 cost", f"{d[1]:.2f} vs {sha_cost:.2f} = {d[1] / sha_cost:.2f}x", d[1] <= 2 * sha_cost),
                 ("RssAnon < 48 MiB while downloading", fmt_mib(d[2]), d[2] < 48 * MIB),
             ]
+    mg = res["magnet"]
+    if mg:
+        lines += ["## Magnet (same swarm, started from a magnet with the tracker in `tr`)", "",
+                  "| client | median s to complete | median MiB/s | median CPU-s/GiB | s to metadata | verified |",
+                  "|---|---|---|---|---|---|"]
+        for c, runs in mg.items():
+            metas = [r["meta_secs"] for r in runs if r["meta_secs"] is not None]
+            meta = f"{statistics.median(metas):.2f}" if metas else "-"
+            lines.append(f"| {c} | {statistics.median(r['secs'] for r in runs):.1f} | "
+                         f"{statistics.median(r['mibs'] for r in runs):.1f} | {statistics.median(r['cpu_per_gib'] for r in runs):.2f} | "
+                         f"{meta} | {'all' if all(r['ok'] for r in runs) else 'NO'} |")
+        lines.append("")
     sd = res["seeding"]
     if sd:
         lines += ["## Seeding (one libtorrent leecher, one seeder)", "",

@@ -471,3 +471,43 @@ fn private_torrents_never_touch_the_dht() {
     assert!(asked.contains(&public_hash), "the public torrent was looked up: {asked:?}");
     assert!(!asked.contains(&private_hash), "the private torrent stayed off the DHT: {asked:?}");
 }
+
+#[test]
+fn libtorrent_finds_a_dropseed_seeder_through_the_dht() {
+    if !tools() {
+        return;
+    }
+    let work = tempdir();
+    let len = 1024 * 1024 + 4321;
+    let (data, torrent, hash) = make_torrent(work.path(), "dht-seeded.bin", len, "http://127.0.0.1:1/announce");
+    // A dropseed router and a dropseed seeder bootstrap from each other; the
+    // seeder announces itself. libtorrent, given only the info hash, asks
+    // them, then fetches metadata and data from the seeder.
+    let (router_port, seeder_port, lt_port) = (free_port(), free_port(), free_port());
+    let dht =
+        |other: u16| format!("[dht]\nenabled = true\nbootstrap = [\"127.0.0.1:{other}\", \"127.0.0.1:{lt_port}\"]\n");
+    let mut router = Dropseed::new(&dht(seeder_port));
+    set_port(&mut router, router_port);
+    router.start();
+    let mut seeder = Dropseed::new(&dht(router_port));
+    set_port(&mut seeder, seeder_port);
+    payload(&seeder.download_dir().join("dht-seeded.bin"), len, 11);
+    seeder.start();
+    seeder.drop_file(&torrent, "seeded.torrent");
+    seeder.wait_state(&hash, "seeding", Duration::from_secs(30));
+
+    let out = work.path().join("lt-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let args: Vec<String> = [router_port, seeder_port]
+        .iter()
+        .flat_map(|p| ["--dht-bootstrap".to_string(), format!("127.0.0.1:{p}")])
+        .chain(["--timeout".to_string(), "100".to_string()])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let uri = format!("magnet:?xt=urn:btih:{hash}");
+    let log = work.path().join("lt.log");
+    let mut leech = Libtorrent::start_on(lt_port, "leech", &uri, &out, &log, &args);
+    let status = wait_for("libtorrent to finish", Duration::from_secs(110), || leech.proc.0.try_wait().unwrap());
+    assert!(status.success(), "libtorrent did not complete:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert_same_tree(&data, &out);
+}

@@ -37,6 +37,8 @@ const ALPHA: usize = 4;
 const MAX_LOOKUPS: usize = 8;
 const MAX_LOOKUP_QUERIES: usize = 64;
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest a lookup waits for the first bootstrap round.
+const BOOTSTRAP_WAIT: Duration = Duration::from_secs(30);
 /// Announced peers kept: torrents, peers per torrent, and for how long.
 const MAX_STORED_TORRENTS: usize = 2000;
 const MAX_PEERS_PER_TORRENT: usize = 100;
@@ -100,6 +102,8 @@ pub struct Dht {
     /// Addresses to ping (from `port` messages), handled by maintenance.
     new_nodes: mpsc::Sender<SocketAddr>,
     lookups: tokio::sync::Semaphore,
+    /// Turns true once the first bootstrap round is over.
+    bootstrapped: tokio::sync::watch::Sender<bool>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -159,6 +163,7 @@ impl Dht {
             bootstrap,
             new_nodes,
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+            bootstrapped: tokio::sync::watch::Sender::new(false),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -359,6 +364,10 @@ impl Dht {
     /// Finds peers for `info_hash` and, with `announce_port`, announces us to
     /// the closest nodes that gave a token.
     pub async fn get_peers(self: &Arc<Self>, info_hash: InfoHash, announce_port: Option<u16>) -> Vec<SocketAddr> {
+        // Torrents starting with the daemon wait for the first bootstrap
+        // round, or their first lookup would find an empty table.
+        let mut ready = self.bootstrapped.subscribe();
+        let _ = tokio::time::timeout(BOOTSTRAP_WAIT, ready.wait_for(|b| *b)).await;
         let Ok(_turn) = self.lookups.acquire().await else {
             return Vec::new();
         };
@@ -485,6 +494,7 @@ impl Dht {
                     _ = self.cancel.cancelled() => break,
                     _ = self.bootstrap_round(&saved) => {}
                 }
+                self.bootstrapped.send_replace(true);
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,

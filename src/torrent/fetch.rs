@@ -227,6 +227,7 @@ pub async fn run(
         Ok(meta) => {
             let mut peers = std::mem::take(&mut *ctx.good_peers.lock().unwrap());
             peers.extend(magnet.peers.iter().copied());
+            peers.sort();
             peers.dedup();
             Some(Fetched { meta, peers })
         }
