@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--peer", action="append", default=[], help="HOST:PORT to connect to")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--dht-bootstrap", action="append", default=[], help="HOST:PORT of a DHT node")
+    ap.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = none")
     args = ap.parse_args()
     dht = bool(args.dht_bootstrap)
 
@@ -46,10 +47,17 @@ def main():
         "enable_upnp": False,
         "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,
+        "download_rate_limit": args.download_limit,
         "alert_mask": lt.alert.category_t.error_notification,
         "user_agent": "lt_peer",
     }
     ses = lt.session(settings)
+    if args.download_limit:
+        # Loopback peers are "local" and exempt from rate limits by default;
+        # put every address in the global class so the limit holds.
+        everyone = lt.ip_filter()
+        everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+        ses.set_peer_class_filter(everyone)
     if args.source.startswith("magnet:"):
         params = lt.parse_magnet_uri(args.source)
     else:

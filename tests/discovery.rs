@@ -511,3 +511,65 @@ fn libtorrent_finds_a_dropseed_seeder_through_the_dht() {
     assert!(status.success(), "libtorrent did not complete:\n{}", std::fs::read_to_string(&log).unwrap());
     assert_same_tree(&data, &out);
 }
+
+#[test]
+fn magnet_found_through_the_dht_from_an_aria2_seeder() {
+    if !(tools() && require("aria2c", "aria2")) {
+        return;
+    }
+    let work = tempdir();
+    let len = 1024 * 1024 + 999;
+    let (data, torrent, hash) = make_torrent(work.path(), "aria-dht.bin", len, "http://127.0.0.1:1/announce");
+    let (router_port, aria_dht_port, me_port) = (free_port(), free_port(), free_port());
+    let mut router = Dropseed::new(&format!(
+        "[dht]\nenabled = true\nbootstrap = [\"127.0.0.1:{aria_dht_port}\", \"127.0.0.1:{me_port}\"]\n"
+    ));
+    set_port(&mut router, router_port);
+    router.start();
+    let dht_file = work.path().join("aria2-dht.dat");
+    let _seed = Aria2::seed_with(
+        &torrent,
+        &data,
+        &work.path().join("aria2.log"),
+        &[
+            "--enable-dht=true",
+            &format!("--dht-listen-port={aria_dht_port}"),
+            &format!("--dht-entry-point=127.0.0.1:{router_port}"),
+            &format!("--dht-file-path={}", dht_file.display()),
+        ],
+    );
+    let mut ds = Dropseed::new(&format!(
+        "[dht]\nenabled = true\nbootstrap = [\"127.0.0.1:{router_port}\", \"127.0.0.1:{aria_dht_port}\"]\n"
+    ));
+    set_port(&mut ds, me_port);
+    ds.start();
+    ds.drop_file(&write_magnet(work.path(), &format!("magnet:?xt=urn:btih:{hash}")), "aria.magnet");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(120));
+    assert_same_tree(&data, &ds.download_dir());
+}
+
+#[test]
+fn peer_learned_through_pex_from_libtorrent() {
+    if !(Swarm::tools_present() && tools()) {
+        return;
+    }
+    // S: aria2 seeding. L: libtorrent knowing S, downloading at 2 KiB/s.
+    // dropseed knows only L, and can finish only with S's address from L's PEX.
+    let swarm = Swarm::single("lt-pex.bin", 3 * 1024 * 1024, 16, 19);
+    let seeder_port = swarm.seeder.as_ref().unwrap().port;
+    let l_dir = swarm.work.path().join("l");
+    std::fs::create_dir_all(&l_dir).unwrap();
+    let peer = format!("127.0.0.1:{seeder_port}");
+    let l = Libtorrent::start(
+        "leech",
+        swarm.torrent.to_str().unwrap(),
+        &l_dir,
+        &swarm.work.path().join("lt.log"),
+        &["--peer", &peer, "--download-limit", "2048"],
+    );
+    let ds = Dropseed::start_with("");
+    let m = write_magnet(swarm.work.path(), &format!("magnet:?xt=urn:btih:{}&x.pe=127.0.0.1:{}", swarm.hash, l.port));
+    ds.drop_file(&m, "l.magnet");
+    ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(90));
+    assert_same_tree(&swarm.data, &ds.download_dir());
+}
