@@ -104,6 +104,9 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, re
             if new.network != old.network {
                 restart.push("network");
             }
+            if new.dht != old.dht {
+                restart.push("dht");
+            }
             if new.storage != old.storage {
                 restart.push("storage");
             }
