@@ -196,10 +196,18 @@ fn magnet_found_through_the_dht_only() {
     }
     assert_same_tree(&data, &ds.download_dir());
     drop(seed);
-    // The node list survives a restart, for bootstrapping without routers.
+    // The node list survives a restart: with no bootstrap nodes configured,
+    // the saved ones bring the node back into the DHT.
     assert!(ds.stop().success());
     let saved = std::fs::read_to_string(ds.state_dir().join("dht.json")).unwrap();
     assert!(saved.contains(&format!("127.0.0.1:{}", ports[0])), "{saved}");
+    let config = std::fs::read_to_string(&ds.config).unwrap();
+    let bootstrap_line = config.lines().find(|l| l.starts_with("bootstrap")).unwrap().to_string();
+    std::fs::write(&ds.config, config.replace(&bootstrap_line, "bootstrap = []")).unwrap();
+    ds.start();
+    wait_for("DHT nodes from the saved list", Duration::from_secs(20), || {
+        (ds.status()["dht_nodes"].as_u64()? >= 2).then_some(())
+    });
 }
 
 /// Rewrites a not-yet-started daemon's config to listen on `port`.

@@ -7,7 +7,7 @@
 //! once the metadata is whole they all close, and the torrent task dials the
 //! peers that served it.
 
-use super::peer::{handshake_outgoing, HANDSHAKE_TIMEOUT};
+use super::peer::{handshake_outgoing, HANDSHAKE_TIMEOUT, MAX_QUEUED_REQUESTS};
 use super::Env;
 use crate::extension::{self, ExtHandshake, MetadataMsg, PexMsg};
 use crate::magnet::Magnet;
@@ -288,7 +288,7 @@ async fn exchange(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handsh
 async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
     let mut out = Vec::new();
-    let hs = ExtHandshake::ours(ctx.env.listen_port, 0, addr.ip(), None, true);
+    let hs = ExtHandshake::ours(ctx.env.listen_port, MAX_QUEUED_REQUESTS, addr.ip(), None, true);
     wire::encode(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() }, &mut out);
     if let Some(dht) = ctx.env.dht.as_ref().filter(|_| theirs.supports_dht()) {
         wire::encode(&Message::Port(dht.port()), &mut out);
