@@ -7,6 +7,7 @@
 pub mod choker;
 pub mod fetch;
 pub mod peer;
+pub mod peerbook;
 pub mod picker;
 pub mod ratelimit;
 pub mod task;

@@ -12,6 +12,7 @@
 
 use super::choker::{ChokeInput, Choker};
 use super::peer::{self, HANDSHAKE_TIMEOUT};
+use super::peerbook::PeerBook;
 use super::picker::PeerKey;
 use super::{piece_matches, PeerHandle, TorrentShared, TorrentState};
 use crate::config::LimitAction;
@@ -44,15 +45,6 @@ const CONNECTS_PER_TICK: usize = 8;
 /// How often a torrent looks itself up in the DHT (and announces).
 const DHT_DOWNLOADING_EVERY: Duration = Duration::from_secs(120);
 const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
-/// Dials again after a connection failed: first delay, doubling, and how
-/// many times in a row.
-const RETRY_FIRST: Duration = Duration::from_secs(5);
-const MAX_RETRIES: u32 = 5;
-/// Addresses remembered per torrent before old ones are forgotten.
-const MAX_KNOWN_PEERS: usize = 5000;
-/// An address heard of again is tried again after this long.
-const RETRY_PEER_AFTER: Duration = Duration::from_secs(300);
-
 pub enum Cmd {
     Pause,
     Resume,
@@ -343,22 +335,14 @@ async fn prepare(shared: &Arc<TorrentShared>, full: bool) -> Result<(), String> 
     Ok(())
 }
 
-struct Known {
-    queued_at: Instant,
-    /// Connections in a row that failed or ended early.
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
 struct Active<'a> {
     shared: &'a Arc<TorrentShared>,
     /// Peer tasks; outgoing ones return their address and whether it is
     /// worth dialling again.
     peers: JoinSet<Option<(SocketAddr, bool, Duration)>>,
     child: CancellationToken,
-    candidates: VecDeque<SocketAddr>,
-    /// Addresses heard of: when we last queued them, and retries after failures.
-    known: HashMap<SocketAddr, Known>,
+    /// Every address heard of, and when to dial it.
+    book: PeerBook,
     choker: Choker,
     last_counts: HashMap<PeerKey, (u64, u64)>,
     /// (downloaded, uploaded, seconds) per tick, the last few seconds.
@@ -401,8 +385,7 @@ async fn run_active(
         shared,
         peers: JoinSet::new(),
         child: child.clone(),
-        candidates: VecDeque::new(),
-        known: HashMap::new(),
+        book: PeerBook::default(),
         choker: Choker::new(config.limits.upload_slots, rand::random()),
         last_counts: HashMap::new(),
         rate_window: VecDeque::new(),
@@ -439,7 +422,7 @@ async fn run_active(
             Some(list) = peers_rx.recv() => a.add_candidates(list),
             Some(ended) = a.peers.join_next(), if !a.peers.is_empty() => {
                 if let Ok(Some((addr, retry, lasted))) = ended {
-                    a.connection_ended(addr, retry, lasted);
+                    a.book.ended(addr, retry, lasted, Instant::now());
                 }
             }
             r = have_rx.changed() => {
@@ -471,7 +454,7 @@ async fn run_active(
             _ = tokio::time::sleep_until(next_tick.into()) => {
                 let elapsed = last_tick.elapsed();
                 last_tick = Instant::now();
-                let idle = shared.state() == TorrentState::Seeding && a.peers.is_empty() && a.candidates.is_empty();
+                let idle = shared.state() == TorrentState::Seeding && a.peers.is_empty() && !a.book.has_queued();
                 next_tick = last_tick + if idle { IDLE_TICK } else { TICK };
                 let before = a.last_totals.0;
                 a.update_rates(elapsed);
@@ -486,8 +469,8 @@ async fn run_active(
                     a.choke_round();
                 }
                 let mut learned = std::mem::take(&mut shared.inner.lock().unwrap().pex_learned);
-                a.queue_due_retries();
-                if a.peers.is_empty() && a.candidates.is_empty() {
+                a.book.queue_due(Instant::now());
+                if a.peers.is_empty() && !a.book.has_queued() {
                     // Alone: the peers of last time are worth another try now and then.
                     learned.extend_from_slice(&remembered);
                 }
@@ -559,54 +542,15 @@ fn limit_reached(shared: &TorrentShared) -> Option<String> {
 
 impl Active<'_> {
     fn add_candidates(&mut self, list: Vec<SocketAddr>) {
-        let now = Instant::now();
-        if self.known.len() > MAX_KNOWN_PEERS {
-            // Forget addresses that are neither recent nor due for a retry.
-            self.known.retain(|_, k| k.retry_at.is_some() || k.queued_at.elapsed() < RETRY_PEER_AFTER);
-        }
-        for addr in list {
-            match self.known.get_mut(&addr) {
-                Some(k) if k.queued_at.elapsed() < RETRY_PEER_AFTER => {}
-                Some(k) => {
-                    k.queued_at = now;
-                    self.candidates.push_back(addr);
-                }
-                None => {
-                    self.known.insert(addr, Known { queued_at: now, failures: 0, retry_at: None });
-                    self.candidates.push_back(addr);
-                }
-            }
-        }
+        self.book.heard(list, Instant::now());
         self.connect_candidates();
-    }
-
-    /// An outgoing connection ended. Peers drop connections for passing
-    /// reasons (still starting, a duplicate not yet cleaned up), so an
-    /// address is dialled again after 5 s, then 10, 20, 40, 80, and then left
-    /// until a tracker, the DHT or PEX names it again.
-    fn connection_ended(&mut self, addr: SocketAddr, retry: bool, lasted: Duration) {
-        let Some(k) = self.known.get_mut(&addr) else { return };
-        k.failures = if lasted >= Duration::from_secs(60) { 0 } else { k.failures + 1 };
-        k.retry_at = (retry && k.failures <= MAX_RETRIES)
-            .then(|| Instant::now() + RETRY_FIRST * 2u32.pow(k.failures.saturating_sub(1)));
-    }
-
-    fn queue_due_retries(&mut self) {
-        let now = Instant::now();
-        for (addr, k) in self.known.iter_mut() {
-            if k.retry_at.is_some_and(|t| t <= now) {
-                k.retry_at = None;
-                k.queued_at = now;
-                self.candidates.push_back(*addr);
-            }
-        }
     }
 
     fn connect_candidates(&mut self) {
         let max = self.shared.env.config().limits.max_peers_per_torrent;
         let mut started = 0;
         while started < CONNECTS_PER_TICK && self.peers.len() < max {
-            let Some(addr) = self.candidates.pop_front() else {
+            let Some(addr) = self.book.next_to_dial() else {
                 break;
             };
             {
