@@ -8,6 +8,7 @@
 //! peers that served it.
 
 use super::peer::{handshake_outgoing, HANDSHAKE_TIMEOUT, MAX_QUEUED_REQUESTS};
+use super::peerbook::PeerBook;
 use super::Env;
 use crate::extension::{self, ExtHandshake, MetadataMsg, PexMsg};
 use crate::magnet::Magnet;
@@ -17,7 +18,7 @@ use crate::tracker::{self, TrackerConfig, TransferCounters};
 use crate::types::InfoHash;
 use crate::wire::{self, Handshake, Message};
 use bytes::{Buf, BytesMut};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,19 +37,7 @@ const REQUESTS_PER_PEER: usize = 4;
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DHT_EVERY: Duration = Duration::from_secs(30);
-/// A peer is dialled again this long after a connection ends, doubling
-/// with each failure in a row up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_secs(3);
-const RETRY_MAX: Duration = Duration::from_secs(300);
-/// Addresses remembered per magnet, at most.
-const MAX_KNOWN: usize = 1000;
-
 const SELF_CONNECTION: &str = "connected to ourselves";
-
-struct Retry {
-    at: Instant,
-    failures: u32,
-}
 
 /// What the status shows of a magnet still fetching.
 #[derive(Default)]
@@ -145,75 +134,62 @@ pub async fn run(
     }
     tracing::info!(torrent = %name, trackers = magnet.trackers.len(), peers = magnet.peers.len(), "fetching metadata");
 
-    // Every address heard of, with when it may be dialled next.
-    let mut known: HashMap<SocketAddr, Retry> = HashMap::new();
-    let learn = |known: &mut HashMap<SocketAddr, Retry>, list: Vec<SocketAddr>| {
-        for a in list {
-            if known.len() < MAX_KNOWN {
-                known.entry(a).or_insert(Retry { at: Instant::now(), failures: 0 });
-            }
-        }
-    };
-    learn(&mut known, magnet.peers.clone());
+    // Every address heard of, and when to dial it.
+    let mut book = PeerBook::default();
+    book.heard(magnet.peers.iter().copied(), Instant::now());
     let mut connected: HashSet<SocketAddr> = HashSet::new();
-    let mut conns: JoinSet<(SocketAddr, Option<bool>)> = JoinSet::new();
+    // Outgoing connections end with their address, whether another try makes
+    // sense, and how long they lasted; incoming ones with nothing.
+    let mut conns: JoinSet<Option<(SocketAddr, bool, Duration)>> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        // Dial while there is room.
-        let now = Instant::now();
-        let ready: Vec<SocketAddr> = known
-            .iter()
-            .filter(|(a, r)| r.at <= now && !connected.contains(*a))
-            .map(|(a, _)| *a)
-            .take(MAX_CONNECTIONS.saturating_sub(conns.len()))
-            .collect();
-        for addr in ready {
-            if ctx.assembler.lock().unwrap().is_banned(&addr) {
-                known.remove(&addr);
+        while conns.len() < MAX_CONNECTIONS {
+            let Some(addr) = book.next_to_dial() else { break };
+            if connected.contains(&addr) || ctx.assembler.lock().unwrap().is_banned(&addr) {
                 continue;
             }
             connected.insert(addr);
             let ctx = ctx.clone();
             conns.spawn(async move {
+                let started = Instant::now();
                 let r = outgoing(&ctx, addr).await;
                 if let Err(e) = &r {
                     tracing::debug!(peer = %addr, error = %e, "metadata connection ended");
                 }
-                // Our own address (the tracker lists us too) is never dialled again.
+                // Our own address (the tracker lists us too) is not dialled again.
                 let ourselves = r.as_ref().is_err_and(|e| e == SELF_CONNECTION);
-                (addr, if ourselves { None } else { Some(r.is_ok()) })
+                Some((addr, !ourselves, started.elapsed()))
             });
         }
         ctx.progress.peers.store(conns.len(), Ordering::Relaxed);
         tokio::select! {
             _ = done.cancelled() => break,
-            Some(list) = discovered_rx.recv() => learn(&mut known, list),
+            Some(list) = discovered_rx.recv() => book.heard(list, Instant::now()),
             Some(r) = conns.join_next(), if !conns.is_empty() => {
-                if let Ok((addr, ok)) = r {
+                if let Ok(Some((addr, retry, lasted))) = r {
                     connected.remove(&addr);
-                    let Some(ok) = ok else {
-                        known.insert(addr, Retry { at: Instant::now() + Duration::from_secs(86400 * 365), failures: 0 });
-                        continue;
-                    };
-                    if let Some(k) = known.get_mut(&addr) {
-                        // Back off from peers that fail (still starting, or not serving).
-                        k.failures = if ok { 0 } else { k.failures + 1 };
-                        k.at = Instant::now() + (RETRY_FIRST * 2u32.pow(k.failures.min(6))).min(RETRY_MAX);
-                    }
+                    book.ended(addr, retry, lasted, Instant::now());
                 }
             }
             Some((stream, addr, theirs)) = incoming.recv() => {
-                if conns.len() < MAX_CONNECTIONS * 2 && connected.insert(addr) {
+                if conns.len() < MAX_CONNECTIONS * 2 && !connected.contains(&addr) {
                     let ctx = ctx.clone();
                     conns.spawn(async move {
                         if let Err(e) = accepted(&ctx, stream, addr, theirs).await {
                             tracing::debug!(peer = %addr, error = %e, "metadata connection ended");
                         }
-                        (addr, Some(true))
+                        None
                     });
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                let now = Instant::now();
+                book.queue_due(now);
+                if conns.is_empty() && !book.has_queued() {
+                    // Alone: the magnet's own peers are worth another try now and then.
+                    book.heard(magnet.peers.iter().copied(), now);
+                }
+            }
         }
     }
     done.cancel();
