@@ -8,7 +8,7 @@
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the disk pool has shut down")]
@@ -63,6 +63,16 @@ impl DiskPool {
         self.tx.send(Box::new(f)).await.map_err(|_| PoolClosed)
     }
 
+    /// Queues `job` if there is room now. `Err(Some(job))` hands it back
+    /// when the queue is full (to try again later), `Err(None)` when the
+    /// pool has shut down.
+    pub fn try_spawn(&self, job: Job) -> Result<(), Option<Job>> {
+        self.tx.try_send(job).map_err(|e| match e {
+            async_channel::TrySendError::Full(job) => Some(job),
+            async_channel::TrySendError::Closed(_) => None,
+        })
+    }
+
     /// Lets queued jobs finish, then joins the threads.
     pub fn shutdown(&self) {
         self.tx.close();
@@ -85,5 +95,30 @@ mod tests {
         assert_eq!(sum, 55);
         pool.shutdown();
         assert!(pool.run(|| 1).await.is_err());
+        assert!(matches!(pool.try_spawn(Box::new(|| {})), Err(None)));
+    }
+
+    #[test]
+    fn a_full_queue_hands_the_job_back() {
+        let pool = DiskPool::new(1, 1);
+        let (block_tx, block_rx) = std::sync::mpsc::channel::<()>();
+        // One job occupies the thread, one fills the queue.
+        assert!(pool
+            .try_spawn(Box::new(move || {
+                let _ = block_rx.recv();
+            }))
+            .is_ok());
+        let mut queued = false;
+        for _ in 0..1000 {
+            match pool.try_spawn(Box::new(|| {})) {
+                Ok(()) => queued = true,
+                Err(Some(_)) if queued => break,
+                Err(Some(_)) => std::thread::yield_now(),
+                Err(None) => panic!("pool closed"),
+            }
+        }
+        assert!(matches!(pool.try_spawn(Box::new(|| {})), Err(Some(_))), "full: the job comes back");
+        block_tx.send(()).unwrap();
+        pool.shutdown();
     }
 }

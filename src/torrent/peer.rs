@@ -117,6 +117,8 @@ struct Peer {
     throttled: VecDeque<(Instant, Vec<u8>)>,
     /// Reading paused until then by the download limit.
     read_resume_at: Option<Instant>,
+    /// An upload read waiting for room in the disk queue.
+    parked_read: Option<crate::storage::disk::Job>,
 }
 
 /// Runs an established connection (handshakes done) until it ends.
@@ -159,6 +161,7 @@ pub async fn run(
         max_pipeline: MAX_PIPELINE,
         throttled: VecDeque::new(),
         read_resume_at: None,
+        parked_read: None,
     };
     let result = peer.run(stream, cancel).await;
     peer.cleanup();
@@ -625,6 +628,14 @@ impl Peer {
     }
 
     fn serve_uploads(&mut self, out: &OutQueue, reads_tx: &mpsc::Sender<ReadBatch>) {
+        let disk = self.shared.env.disk.clone();
+        // A read the disk queue had no room for goes first.
+        if let Some(job) = self.parked_read.take() {
+            if let Err(back) = disk.try_spawn(job) {
+                self.parked_read = back;
+                return;
+            }
+        }
         while !self.am_choking
             && self.throttled.is_empty()
             && !self.upload_queue.is_empty()
@@ -638,10 +649,8 @@ impl Peer {
             let blocks: Vec<BlockRef> = self.upload_queue.drain(..take).collect();
             let piece_length = self.shared.meta.piece_length;
             let tx = reads_tx.clone();
-            let disk = self.shared.env.disk.clone();
             self.reads_in_flight += 1;
-            // The disk job sends its result to this task; if the pool's queue
-            // is full the spawn waits on a helper task, not on this loop.
+            // The disk job sends its result back to this task.
             let job = move || {
                 let mut batch = Vec::with_capacity(blocks.len());
                 for b in blocks {
@@ -654,9 +663,12 @@ impl Peer {
                 }
                 let _ = tx.try_send(batch);
             };
-            tokio::spawn(async move {
-                let _ = disk.spawn(job).await;
-            });
+            // A full queue parks the job here (retried on the next event,
+            // at the latest the next tick) rather than waiting in this loop.
+            if let Err(back) = disk.try_spawn(Box::new(job)) {
+                self.parked_read = back;
+                return;
+            }
         }
     }
 
