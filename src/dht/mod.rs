@@ -133,7 +133,13 @@ impl Dht {
             IpAddr::V6(_) => return Err(std::io::Error::other("the DHT needs an IPv4 listen address")),
             v4 => v4,
         };
-        let socket = UdpSocket::bind(SocketAddr::new(ip, port)).await?;
+        // The listen port is the usual choice; if something else holds it
+        // for UDP, any port will do, as peers learn it from `port` messages.
+        let socket = match UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            Ok(s) => s,
+            Err(_) if port != 0 => UdpSocket::bind(SocketAddr::new(ip, 0)).await?,
+            Err(e) => return Err(e),
+        };
         let port = socket.local_addr()?.port();
         let state_file = state_dir.join(STATE_FILE);
         let saved: SavedState =
