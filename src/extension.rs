@@ -164,11 +164,16 @@ impl MetadataMsg<'_> {
     }
 }
 
-/// A ut_pex message (BEP 11): peers connected since the last message, and
-/// peers gone since then.
+/// BEP 11 flags of an added peer: it is a seed (or upload-only).
+pub const PEX_SEED: u8 = 0x02;
+/// It accepts incoming connections (we reached it).
+pub const PEX_REACHABLE: u8 = 0x10;
+
+/// A ut_pex message (BEP 11): peers connected since the last message (with
+/// their flags), and peers gone since then.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PexMsg {
-    pub added: Vec<SocketAddr>,
+    pub added: Vec<(SocketAddr, u8)>,
     pub dropped: Vec<SocketAddr>,
 }
 
@@ -191,12 +196,12 @@ struct RawPex {
 impl PexMsg {
     pub fn encode(&self) -> Vec<u8> {
         let mut raw = RawPex::default();
-        for a in &self.added {
-            let a = crate::compact::normalize(*a);
+        for &(a, f) in &self.added {
+            let a = crate::compact::normalize(a);
             let (list, flags) =
                 if a.is_ipv4() { (&mut raw.added, &mut raw.added_f) } else { (&mut raw.added6, &mut raw.added6_f) };
             crate::compact::push(&a, list);
-            flags.push(0);
+            flags.push(f);
         }
         for d in &self.dropped {
             let d = crate::compact::normalize(*d);
@@ -206,18 +211,24 @@ impl PexMsg {
     }
 
     /// Decodes a message; each list is cut at [`MAX_PEX_PEERS`] and port 0 is
-    /// dropped.
+    /// dropped. Missing flags read as 0.
     pub fn decode(payload: &[u8]) -> Result<PexMsg, String> {
         crate::bencode::top_level_value(payload, b"added").map_err(|e| format!("ut_pex: {e}"))?;
         let raw: RawPex = serde_bencode::from_bytes(payload).map_err(|e| format!("ut_pex: {e}"))?;
-        let take = |v4: &[u8], v6: &[u8]| -> Vec<SocketAddr> {
-            crate::compact::parse_v4(v4)
-                .chain(crate::compact::parse_v6(v6))
-                .filter(|a| a.port() != 0)
-                .take(MAX_PEX_PEERS)
-                .collect()
-        };
-        Ok(PexMsg { added: take(&raw.added, &raw.added6), dropped: take(&raw.dropped, &raw.dropped6) })
+        let flag = |flags: &[u8], i: usize| flags.get(i).copied().unwrap_or(0);
+        let added = crate::compact::parse_v4(&raw.added)
+            .enumerate()
+            .map(|(i, a)| (a, flag(&raw.added_f, i)))
+            .chain(crate::compact::parse_v6(&raw.added6).enumerate().map(|(i, a)| (a, flag(&raw.added6_f, i))))
+            .filter(|(a, _)| a.port() != 0)
+            .take(MAX_PEX_PEERS)
+            .collect();
+        let dropped = crate::compact::parse_v4(&raw.dropped)
+            .chain(crate::compact::parse_v6(&raw.dropped6))
+            .filter(|a| a.port() != 0)
+            .take(MAX_PEX_PEERS)
+            .collect();
+        Ok(PexMsg { added, dropped })
     }
 }
 
@@ -296,14 +307,18 @@ mod tests {
     #[test]
     fn pex_round_trip_and_caps() {
         let msg = PexMsg {
-            added: vec!["10.0.0.1:6881".parse().unwrap(), "[2001:db8::2]:7000".parse().unwrap()],
+            added: vec![("10.0.0.1:6881".parse().unwrap(), PEX_SEED), ("[2001:db8::2]:7000".parse().unwrap(), 0)],
             dropped: vec!["10.0.0.9:1234".parse().unwrap()],
         };
         assert_eq!(PexMsg::decode(&msg.encode()).unwrap(), msg);
         let many =
-            PexMsg { added: (0..80).map(|i| SocketAddr::from(([10, 0, 0, i], 6881))).collect(), dropped: vec![] };
+            PexMsg { added: (0..80).map(|i| (SocketAddr::from(([10, 0, 0, i], 6881)), 0)).collect(), dropped: vec![] };
         assert_eq!(PexMsg::decode(&many.encode()).unwrap().added.len(), MAX_PEX_PEERS);
         assert!(PexMsg::decode(b"d5:added3:abce").unwrap().added.is_empty());
+        // Flags may be missing or short: they read as 0.
+        let no_flags =
+            PexMsg::decode(b"d5:added12:\x0a\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x1a\xe17:added.f1:\x02e").unwrap();
+        assert_eq!(no_flags.added.iter().map(|a| a.1).collect::<Vec<_>>(), vec![PEX_SEED, 0]);
         assert!(PexMsg::decode(b"junk").is_err());
         assert!(PexMsg::decode(b"d5:addedi5ee").is_err());
     }

@@ -339,7 +339,7 @@ async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake)
                 },
                 extension::OUR_UT_PEX => {
                     if let Ok(pex) = PexMsg::decode(payload) {
-                        let _ = ctx.discovered.try_send(pex.added);
+                        let _ = ctx.discovered.try_send(pex.added.into_iter().map(|(a, _)| a).collect());
                     }
                 }
                 _ => {}

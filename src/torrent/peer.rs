@@ -18,7 +18,7 @@ use crate::metadata::MetadataAssembler;
 use crate::types::Bitfield;
 use crate::wire::{self, BlockRef, Handshake, Message, BLOCK_LEN, HANDSHAKE_LEN};
 use bytes::{Buf, BytesMut};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -421,7 +421,10 @@ impl Peer {
         };
         let mut inner = self.shared.inner.lock().unwrap();
         let room = MAX_PEX_BACKLOG.saturating_sub(inner.pex_learned.len());
-        inner.pex_learned.extend(msg.added.into_iter().take(room));
+        // A seed has nothing for another seed.
+        let seeding = inner.have.is_full();
+        let useful = msg.added.into_iter().filter(|(_, f)| !(seeding && f & extension::PEX_SEED != 0));
+        inner.pex_learned.extend(useful.map(|(a, _)| a).take(room));
     }
 
     /// Tells the peer which peers joined and left since the last message.
@@ -432,19 +435,40 @@ impl Peer {
         if self.shared.meta.private || self.last_pex_out.is_some_and(|t| t.elapsed() < PEX_EVERY) {
             return;
         }
-        let current: HashSet<SocketAddr> = {
+        // Connected peers by listening address, with their BEP 11 flags.
+        let current: HashMap<SocketAddr, u8> = {
             let inner = self.shared.inner.lock().unwrap();
-            inner.peers.iter().filter(|(k, _)| **k != self.key).filter_map(|(_, h)| *h.listen.lock().unwrap()).collect()
+            inner
+                .peers
+                .iter()
+                .filter(|(k, _)| **k != self.key)
+                .filter_map(|(k, h)| {
+                    let listen = (*h.listen.lock().unwrap())?;
+                    let seed = if h.is_seed.load(Ordering::Relaxed) { extension::PEX_SEED } else { 0 };
+                    // We dialled it at that address, so it is reachable.
+                    let reachable = if listen == *k { extension::PEX_REACHABLE } else { 0 };
+                    Some((listen, seed | reachable))
+                })
+                .collect()
         };
-        let added: Vec<SocketAddr> =
-            current.difference(&self.pex_sent).copied().take(extension::MAX_PEX_PEERS).collect();
-        let dropped: Vec<SocketAddr> =
-            self.pex_sent.difference(&current).copied().take(extension::MAX_PEX_PEERS).collect();
+        let added: Vec<(SocketAddr, u8)> = current
+            .iter()
+            .filter(|(a, _)| !self.pex_sent.contains(*a))
+            .map(|(a, f)| (*a, *f))
+            .take(extension::MAX_PEX_PEERS)
+            .collect();
+        let dropped: Vec<SocketAddr> = self
+            .pex_sent
+            .iter()
+            .filter(|a| !current.contains_key(*a))
+            .copied()
+            .take(extension::MAX_PEX_PEERS)
+            .collect();
         if added.is_empty() && dropped.is_empty() {
             return;
         }
         self.last_pex_out = Some(Instant::now());
-        for a in &added {
+        for (a, _) in &added {
             self.pex_sent.insert(*a);
         }
         for d in &dropped {
