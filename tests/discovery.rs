@@ -308,32 +308,45 @@ fn a_magnet_stays_paused_across_a_restart() {
 }
 
 /// A peer that has the right metadata size but answers every ut_metadata
-/// request with junk. Returns its port and how many blocks it sent.
-fn spawn_metadata_liar(info_hash: [u8; 20], metadata_size: usize) -> (u16, Arc<AtomicUsize>) {
+/// request with junk; it also asks us for the metadata. Returns its port, how
+/// many blocks it sent, and how many rejects it got from us.
+fn spawn_metadata_liar(info_hash: [u8; 20], metadata_size: usize) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use dropseed::extension::{ExtHandshake, MetadataMsg, METADATA_BLOCK};
     use dropseed::wire::{encode, Message};
-    let sent = Arc::new(AtomicUsize::new(0));
-    let count = sent.clone();
+    let (sent, rejected) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (sent_count, reject_count) = (sent.clone(), rejected.clone());
     let mut greeting = Vec::new();
     let ext = format!("d1:md11:ut_metadatai3ee13:metadata_sizei{metadata_size}ee");
     encode(&Message::Extended { id: 0, payload: ext.as_bytes() }, &mut greeting);
     let (port, _) = spawn_scripted_peer(info_hash, *b"-XX0001-metadataliar", greeting, move || {
-        let count = count.clone();
+        let (sent_count, reject_count) = (sent_count.clone(), reject_count.clone());
         let mut their_id = None;
         move |msg: &Message<'_>, reply: &mut Vec<u8>| {
             let Message::Extended { id, payload } = msg else { return };
             if *id == 0 {
                 their_id = ExtHandshake::decode(payload).and_then(|h| h.id_of("ut_metadata"));
-            } else if let (Ok(MetadataMsg::Request { piece }), Some(tid)) = (MetadataMsg::decode(payload), their_id) {
-                let start = piece as usize * METADATA_BLOCK;
-                let junk = vec![b'x'; metadata_size.saturating_sub(start).min(METADATA_BLOCK)];
-                let data = MetadataMsg::Data { piece, total_size: metadata_size, data: &junk };
-                encode(&Message::Extended { id: tid, payload: &data.encode() }, reply);
-                count.fetch_add(1, Ordering::SeqCst);
+                if let Some(tid) = their_id {
+                    let ask = MetadataMsg::Request { piece: 0 }.encode();
+                    encode(&Message::Extended { id: tid, payload: &ask }, reply);
+                }
+                return;
+            }
+            match (MetadataMsg::decode(payload), their_id) {
+                (Ok(MetadataMsg::Request { piece }), Some(tid)) => {
+                    let start = piece as usize * METADATA_BLOCK;
+                    let junk = vec![b'x'; metadata_size.saturating_sub(start).min(METADATA_BLOCK)];
+                    let data = MetadataMsg::Data { piece, total_size: metadata_size, data: &junk };
+                    encode(&Message::Extended { id: tid, payload: &data.encode() }, reply);
+                    sent_count.fetch_add(1, Ordering::SeqCst);
+                }
+                (Ok(MetadataMsg::Reject { .. }), _) => {
+                    reject_count.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
             }
         }
     });
-    (port, sent)
+    (port, sent, rejected)
 }
 
 #[test]
@@ -352,7 +365,7 @@ fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
     mktorrent(&data.join("liar"), "http://127.0.0.1:1/announce", 16, &torrent, &[]);
     let hash = info_hash(&torrent);
     let meta = dropseed::metainfo::Metainfo::from_torrent_bytes(&std::fs::read(&torrent).unwrap()).unwrap();
-    let (liar_port, liar_sent) = spawn_metadata_liar(meta.info_hash.0, meta.info_bytes.len());
+    let (liar_port, liar_sent, liar_rejected) = spawn_metadata_liar(meta.info_hash.0, meta.info_bytes.len());
     let seed = Libtorrent::start("seed", torrent.to_str().unwrap(), &data, &work.path().join("lt.log"), &[]);
 
     let ds = Dropseed::start_with("");
@@ -363,6 +376,8 @@ fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
     let saved = std::fs::read(ds.state_dir().join(format!("{hash}.torrent"))).unwrap();
     assert_eq!(dropseed::metainfo::Metainfo::from_torrent_bytes(&saved).unwrap().info_bytes, meta.info_bytes);
     if liar_sent.load(Ordering::SeqCst) > 0 {
+        // It asked us for metadata we did not have yet: we said no.
+        assert!(liar_rejected.load(Ordering::SeqCst) > 0, "no reject while fetching");
         assert!(ds.log_text().contains("metadata failed the info-hash check"), "the junk was noticed");
     }
 }
