@@ -15,6 +15,8 @@ pub const K: usize = 8;
 pub const QUESTIONABLE_AFTER: u64 = 15 * 60;
 /// Failed queries in a row after which a node is bad.
 pub const BAD_AFTER_FAILURES: u8 = 2;
+/// Failed queries in a row after which a node leaves the table.
+pub const DROP_AFTER_FAILURES: u8 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -141,10 +143,14 @@ impl RoutingTable {
         }
     }
 
-    /// A query to `addr` went unanswered.
+    /// A query to `addr` went unanswered. A node that keeps failing long
+    /// after it went bad is dropped, so the table does not hold the dead.
     pub fn failed(&mut self, addr: SocketAddr) {
-        for n in self.buckets.iter_mut().flatten().filter(|n| n.addr == addr) {
-            n.failures = n.failures.saturating_add(1);
+        for bucket in &mut self.buckets {
+            for n in bucket.iter_mut().filter(|n| n.addr == addr) {
+                n.failures = n.failures.saturating_add(1);
+            }
+            bucket.retain(|n| n.failures < DROP_AFTER_FAILURES);
         }
     }
 
@@ -155,9 +161,16 @@ impl RoutingTable {
         all.into_iter().take(n).map(|node| (node.id, node.addr)).collect()
     }
 
-    /// Nodes that have not answered for a while, to be pinged.
+    /// Nodes that have not answered for a while, to be pinged (bad ones are
+    /// not: they wait to be replaced).
     pub fn questionable(&self, now: u64, max: usize) -> Vec<SocketAddr> {
-        self.buckets.iter().flatten().filter(|n| n.is_questionable(now)).take(max).map(|n| n.addr).collect()
+        self.buckets
+            .iter()
+            .flatten()
+            .filter(|n| n.is_questionable(now) && !n.is_bad())
+            .take(max)
+            .map(|n| n.addr)
+            .collect()
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
@@ -225,6 +238,15 @@ mod tests {
         assert_eq!(t.insert(id_with_prefix(0, 77), addr(77), later), Insert::Replaced(addr(3)));
         assert!(!t.addresses().contains(&addr(3)));
         assert!(t.addresses().contains(&addr(77)));
+        // A bad node is not pinged again; one that keeps failing is dropped.
+        t.failed(addr(4));
+        t.failed(addr(4));
+        assert!(!t.questionable(later, 20).contains(&addr(4)));
+        let before = t.len();
+        for _ in 0..3 {
+            t.failed(addr(4));
+        }
+        assert_eq!(t.len(), before - 1);
     }
 
     #[test]
