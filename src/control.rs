@@ -34,6 +34,9 @@ pub struct Reply {
     /// Nodes in the DHT routing table, with `status` when the DHT runs.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dht_nodes: Option<usize>,
+    /// The DHT's UDP port, with `status` when the DHT runs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dht_port: Option<u16>,
 }
 
 impl Reply {
@@ -106,6 +109,7 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
                 ok: true,
                 torrents: Some(session.statuses()),
                 dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
+                dht_port: session.env.dht.as_ref().map(|d| d.port()),
                 ..Default::default()
             }
         }

@@ -169,11 +169,14 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             if let Some(n) = reply.dht_nodes {
                 out["dht_nodes"] = n.into();
             }
+            if let Some(p) = reply.dht_port {
+                out["dht_port"] = p.into();
+            }
             println!("{out}");
         } else {
             print_table(&torrents);
-            if let Some(n) = reply.dht_nodes {
-                println!("DHT: {n} nodes");
+            if let (Some(n), Some(p)) = (reply.dht_nodes, reply.dht_port) {
+                println!("DHT: {n} nodes, UDP port {p}");
             }
         }
     } else if let Some(m) = reply.message {

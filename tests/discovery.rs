@@ -441,7 +441,9 @@ fn the_dht_node_survives_a_flood_of_junk_and_queries() {
     assert!(matches!(answered.body, Body::Response(_)));
     // Still serving the control socket, and it knows no node from the flood
     // (nodes get in by answering our pings, which nobody here does).
-    assert_eq!(ds.status()["dht_nodes"], 0);
+    let status = ds.status();
+    assert_eq!(status["dht_nodes"], 0);
+    assert_eq!(status["dht_port"], port);
 }
 
 #[test]
