@@ -121,7 +121,10 @@ impl MetadataAssembler {
         total_size: usize,
         data: &[u8],
     ) -> Result<DataOutcome, String> {
-        let size = self.size.ok_or("metadata block before any metadata_size")?;
+        let Some(size) = self.size else {
+            // Asked for before a failed attempt reset everything: ignored.
+            return Ok(DataOutcome::Stored);
+        };
         if total_size != size {
             return Err(format!("block says total_size {total_size}, expected {size}"));
         }
@@ -229,7 +232,11 @@ mod tests {
         let mut a = MetadataAssembler::new(hash);
         assert!(a.offer_size(peer(1), 0).is_err());
         assert!(a.offer_size(peer(1), MAX_METADATA_SIZE + 1).is_err());
-        assert!(a.on_data(peer(1), 0, bytes.len(), block(&bytes, 0)).is_err(), "data before a size");
+        assert_eq!(
+            a.on_data(peer(1), 0, bytes.len(), block(&bytes, 0)),
+            Ok(DataOutcome::Stored),
+            "ignored before a size"
+        );
         a.offer_size(peer(1), bytes.len()).unwrap();
         assert!(a.offer_size(peer(2), bytes.len() + 1).unwrap_err().contains("differs"));
         a.next_request(peer(1));
@@ -275,6 +282,8 @@ mod tests {
         a.on_data(peer(1), 0, bytes.len(), block(&bytes, 0)).unwrap();
         let out = a.on_data(peer(2), 1, bytes.len(), block(&bad, 1)).unwrap();
         assert_eq!(out, DataOutcome::Mismatch { banned: vec![] });
+        // A block asked for before the reset arrives late: ignored, no error.
+        assert_eq!(a.on_data(peer(1), 1, bytes.len(), block(&bytes, 1)), Ok(DataOutcome::Stored));
         // Solo round: the liar claims it and is caught alone.
         a.offer_size(peer(2), bytes.len()).unwrap();
         assert_eq!(a.next_request(peer(2)), Some(0));

@@ -308,9 +308,13 @@ fn a_magnet_stays_paused_across_a_restart() {
 }
 
 /// A peer that has the right metadata size but answers every ut_metadata
-/// request with junk; it also asks us for the metadata. Returns its port, how
+/// request with junk (after `reply_delay`); it also asks us for the metadata. Returns its port, how
 /// many blocks it sent, and how many rejects it got from us.
-fn spawn_metadata_liar(info_hash: [u8; 20], metadata_size: usize) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+fn spawn_metadata_liar(
+    info_hash: [u8; 20],
+    metadata_size: usize,
+    reply_delay: Duration,
+) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use dropseed::extension::{ExtHandshake, MetadataMsg, METADATA_BLOCK};
     use dropseed::wire::{encode, Message};
     let (sent, rejected) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -333,6 +337,7 @@ fn spawn_metadata_liar(info_hash: [u8; 20], metadata_size: usize) -> (u16, Arc<A
             }
             match (MetadataMsg::decode(payload), their_id) {
                 (Ok(MetadataMsg::Request { piece }), Some(tid)) => {
+                    std::thread::sleep(reply_delay);
                     let start = piece as usize * METADATA_BLOCK;
                     let junk = vec![b'x'; metadata_size.saturating_sub(start).min(METADATA_BLOCK)];
                     let data = MetadataMsg::Data { piece, total_size: metadata_size, data: &junk };
@@ -349,8 +354,9 @@ fn spawn_metadata_liar(info_hash: [u8; 20], metadata_size: usize) -> (u16, Arc<A
     (port, sent, rejected)
 }
 
-#[test]
-fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
+/// A magnet whose metadata comes from a liar (answering after `liar_delay`)
+/// and an honest libtorrent seeder; it must complete with the true data.
+fn metadata_with_a_liar(liar_delay: Duration) {
     if !tools() {
         return;
     }
@@ -365,8 +371,14 @@ fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
     mktorrent(&data.join("liar"), "http://127.0.0.1:1/announce", 16, &torrent, &[]);
     let hash = info_hash(&torrent);
     let meta = dropseed::metainfo::Metainfo::from_torrent_bytes(&std::fs::read(&torrent).unwrap()).unwrap();
-    let (liar_port, liar_sent, liar_rejected) = spawn_metadata_liar(meta.info_hash.0, meta.info_bytes.len());
-    let seed = Libtorrent::start("seed", torrent.to_str().unwrap(), &data, &work.path().join("lt.log"), &[]);
+    let (liar_port, liar_sent, liar_rejected) =
+        spawn_metadata_liar(meta.info_hash.0, meta.info_bytes.len(), liar_delay);
+    let lt_log = work.path().join("lt.log");
+    let seed = Libtorrent::start("seed", torrent.to_str().unwrap(), &data, &lt_log, &[]);
+    // Both sources ready before the magnet arrives, so both are asked.
+    wait_for("libtorrent to seed", Duration::from_secs(60), || {
+        std::fs::read_to_string(&lt_log).ok().filter(|t| t.contains("state=seeding")).map(|_| ())
+    });
 
     let ds = Dropseed::start_with("");
     let uri = format!("magnet:?xt=urn:btih:{hash}&x.pe=127.0.0.1:{liar_port}&x.pe=127.0.0.1:{}", seed.port);
@@ -380,6 +392,19 @@ fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
         assert!(liar_rejected.load(Ordering::SeqCst) > 0, "no reject while fetching");
         assert!(ds.log_text().contains("metadata failed the info-hash check"), "the junk was noticed");
     }
+}
+
+#[test]
+fn metadata_from_a_liar_is_discarded_and_an_honest_peer_completes_it() {
+    // The liar answers at once and is usually the only contributor: banned.
+    metadata_with_a_liar(Duration::ZERO);
+}
+
+#[test]
+fn metadata_mixed_from_a_liar_and_an_honest_peer_is_fetched_again_from_one() {
+    // The liar answers slowly, so both peers contribute blocks; the failed
+    // attempt is retried from one peer at a time.
+    metadata_with_a_liar(Duration::from_millis(400));
 }
 
 #[test]

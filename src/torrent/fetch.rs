@@ -33,8 +33,11 @@ use tokio_util::sync::CancellationToken;
 const MAX_CONNECTIONS: usize = 8;
 /// Metadata requests outstanding per peer.
 const REQUESTS_PER_PEER: usize = 4;
-/// A peer that sends nothing for this long is dropped.
+/// A peer that sends nothing for this long while we wait on it is dropped;
+/// one we ask nothing of, after [`IDLE_TIMEOUT`].
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const IDLE_RECHECK: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DHT_EVERY: Duration = Duration::from_secs(30);
 const SELF_CONNECTION: &str = "connected to ourselves";
@@ -62,6 +65,8 @@ struct Ctx {
     /// Cancelled once the metadata is whole (or the magnet goes away).
     done: CancellationToken,
     discovered: mpsc::Sender<Vec<SocketAddr>>,
+    /// Woken when blocks go back to the pool (a peer left, an attempt failed).
+    blocks_freed: tokio::sync::Notify,
     good_peers: Mutex<Vec<SocketAddr>>,
     progress: Arc<MagnetProgress>,
 }
@@ -99,18 +104,21 @@ pub async fn run(
         result: Mutex::new(None),
         done: done.clone(),
         discovered: discovered.clone(),
+        blocks_freed: tokio::sync::Notify::new(),
         good_peers: Mutex::new(Vec::new()),
         progress: progress.clone(),
     });
     let mut helpers = JoinSet::new();
     let tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
     if !tiers.is_empty() {
-        let (_completed_tx, completed_rx) = watch::channel(false);
+        // A magnet never completes as such; the sender lives as long as the
+        // tracker task, which would otherwise see the channel closed.
+        let (never_completed, completed_rx) = watch::channel(false);
         let cfg =
             TrackerConfig { info_hash: hash, name: name.clone(), peer_id: env.peer_id, port: env.listen_port, tiers };
         let (http, tx, d) = (env.http.clone(), discovered.clone(), done.clone());
         helpers.spawn(async move {
-            let _keep_open = _completed_tx;
+            let _never_completed = never_completed;
             tracker::run(cfg, http, Arc::new(NothingYet), tx, completed_rx, d).await
         });
     }
@@ -258,6 +266,7 @@ async fn exchange(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handsh
     }
     let result = talk(ctx, stream, addr, theirs).await;
     ctx.assembler.lock().unwrap().release(addr);
+    ctx.blocks_freed.notify_waiters();
     result
 }
 
@@ -271,6 +280,9 @@ async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake)
     }
     let mut buf = BytesMut::with_capacity(32 * 1024);
     let mut their_metadata_id = None;
+    // The size this peer announced, offered again after a failed attempt
+    // reset the assembler.
+    let mut their_size = None;
     let mut outstanding = 0usize;
     loop {
         if !out.is_empty() {
@@ -280,13 +292,21 @@ async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake)
                 .map_err(|e| e.to_string())?;
             out.clear();
         }
+        // An idle connection (nothing left to ask this peer) also wakes when
+        // blocks are handed back by another peer or a failed attempt.
+        let idle = outstanding == 0 && their_metadata_id.is_some();
+        // A peer we are not waiting on may stay quiet longer.
+        let limit = if idle { IDLE_TIMEOUT } else { READ_TIMEOUT };
         let n = tokio::select! {
             _ = ctx.done.cancelled() => return Ok(()),
-            r = tokio::time::timeout(READ_TIMEOUT, rd.read_buf(&mut buf)) => {
-                r.map_err(|_| "timed out".to_string())?.map_err(|e| e.to_string())?
+            _ = ctx.blocks_freed.notified(), if idle => None,
+            // In case the wake-up came between two waits.
+            _ = tokio::time::sleep(IDLE_RECHECK), if idle => None,
+            r = tokio::time::timeout(limit, rd.read_buf(&mut buf)) => {
+                Some(r.map_err(|_| "timed out".to_string())?.map_err(|e| e.to_string())?)
             }
         };
-        if n == 0 {
+        if n == Some(0) {
             return Err("connection closed".into());
         }
         let mut consumed = 0;
@@ -307,6 +327,7 @@ async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake)
                     their_metadata_id = Some(hs.id_of(extension::UT_METADATA).ok_or("peer does not serve metadata")?);
                     let size = hs.metadata_size()?.ok_or("peer does not have the metadata")?;
                     ctx.assembler.lock().unwrap().offer_size(addr, size)?;
+                    their_size = Some(size);
                 }
                 extension::OUR_UT_METADATA => match MetadataMsg::decode(payload)? {
                     MetadataMsg::Request { piece } => {
@@ -330,6 +351,7 @@ async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake)
                             DataOutcome::Mismatch { banned } => {
                                 tracing::warn!(peer = %addr, banned = banned.len(), "metadata failed the info-hash check; discarded");
                                 outstanding = 0;
+                                ctx.blocks_freed.notify_waiters();
                                 if banned.contains(&addr) {
                                     return Err("sent metadata that fails the hash check".into());
                                 }
@@ -347,8 +369,13 @@ async fn talk(ctx: &Ctx, stream: TcpStream, addr: SocketAddr, theirs: Handshake)
         }
         buf.advance(consumed);
         if let Some(id) = their_metadata_id {
+            let mut assembler = ctx.assembler.lock().unwrap();
+            if let (None, Some(size)) = (assembler.size(), their_size) {
+                // Refused if this peer's size is not the one now taken.
+                let _ = assembler.offer_size(addr, size);
+            }
             while outstanding < REQUESTS_PER_PEER {
-                let Some(piece) = ctx.assembler.lock().unwrap().next_request(addr) else { break };
+                let Some(piece) = assembler.next_request(addr) else { break };
                 outstanding += 1;
                 wire::encode(&Message::Extended { id, payload: &MetadataMsg::Request { piece }.encode() }, &mut out);
             }
