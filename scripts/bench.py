@@ -263,6 +263,14 @@ def transmission_percent(rpc):
 
 # ---------------------------------------------------------------- download
 
+def wait_exit(proc, what, t0):
+    """Waits for a client that exits once its download is complete; returns
+    the seconds since `t0` and the watch of its CPU and memory."""
+    w = Watch(proc.pid)
+    wait(lambda: proc.poll() is not None, 600, what, w, 0.05)
+    return time.time() - t0, w
+
+
 def download_round(client, ctx, magnet=False):
     """One client downloads the payload from the seeders, given the torrent
     file or (magnet=True) only a magnet with the tracker in `tr`."""
@@ -301,12 +309,9 @@ def download_round(client, ctx, magnet=False):
     elif client == "aria2":
         port = free_port()
         proc = aria2_start(["--seed-time=0", "--file-allocation=falloc"], port, out, torrent)
-        w = Watch(proc.pid)
-        wait(lambda: proc.poll() is not None, 600, "aria2 download", w, 0.05)
-        elapsed = time.time() - t0
+        elapsed, w = wait_exit(proc, "aria2 download", t0)
         cpu = w.cpu
-        path = out / name
-        got = sha1_file(path)
+        got = sha1_file(out / name)
     elif client == "transmission":
         proc, rpc, peer = transmission_start(work, out)
         w = Watch(proc.pid)
@@ -325,12 +330,9 @@ def download_round(client, ctx, magnet=False):
         got = sha1_file(path)
     elif client == "libtorrent":
         proc, _ = lt_start("leech", torrent, out)
-        w = Watch(proc.pid)
-        wait(lambda: proc.poll() is not None, 600, "libtorrent download", w, 0.05)
-        elapsed = time.time() - t0
+        elapsed, w = wait_exit(proc, "libtorrent download", t0)
         cpu = w.cpu
-        path = out / name
-        got = sha1_file(path)
+        got = sha1_file(out / name)
     shutil.rmtree(out, ignore_errors=True)
     if client == "dropseed":
         shutil.rmtree(work / "dl-dropseed", ignore_errors=True)

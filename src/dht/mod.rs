@@ -390,6 +390,33 @@ impl Dht {
         peers
     }
 
+    /// Looks `info_hash` up and announces us (on `port`) again and again
+    /// until `cancel`, sending what it finds; `every` says how long to wait
+    /// before the next round. A torrent and a magnet each run one.
+    pub async fn keep_looking_up(
+        self: Arc<Self>,
+        info_hash: InfoHash,
+        port: u16,
+        found_tx: mpsc::Sender<Vec<SocketAddr>>,
+        cancel: CancellationToken,
+        every: impl Fn() -> Duration,
+    ) {
+        loop {
+            let found = tokio::select! {
+                _ = cancel.cancelled() => return,
+                found = self.get_peers(info_hash, Some(port)) => found,
+            };
+            tracing::debug!(hash = %info_hash.short(), peers = found.len(), "DHT lookup done");
+            if !found.is_empty() && found_tx.send(found).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every()) => {}
+            }
+        }
+    }
+
     /// An iterative lookup: ask the closest known nodes, then the closer ones
     /// they name, until the closest K have answered. Returns the peers found
     /// and the closest responders with their tokens.
@@ -398,8 +425,12 @@ impl Dht {
             Lookup::Nodes(id) => id,
             Lookup::Peers(h) => NodeId(h),
         };
+        let (own, start) = {
+            let s = self.state.lock().unwrap();
+            (s.table.own_id(), s.table.closest(&target, K * 2))
+        };
         let mut shortlist: BTreeMap<[u8; 20], (SocketAddr, Contact)> = BTreeMap::new();
-        for (id, addr) in self.state.lock().unwrap().table.closest(&target, K * 2) {
+        for (id, addr) in start {
             shortlist.insert(id.distance(&target), (addr, Contact::Unasked));
         }
         let mut peers = HashSet::new();
@@ -442,7 +473,7 @@ impl Dht {
             }
             peers.extend(r.values.iter().filter(|a| a.port() != 0));
             for (id, addr) in r.nodes {
-                if id != self.state.lock().unwrap().table.own_id() && addr.port() != 0 {
+                if id != own && addr.port() != 0 {
                     shortlist.entry(id.distance(&target)).or_insert((addr, Contact::Unasked));
                 }
             }

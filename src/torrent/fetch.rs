@@ -109,13 +109,19 @@ pub async fn run(
         progress: progress.clone(),
     });
     let mut helpers = JoinSet::new();
+    // Each `tr` is a tier of its own, for the announces and the torrent.
     let tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
     if !tiers.is_empty() {
         // A magnet never completes as such; the sender lives as long as the
         // tracker task, which would otherwise see the channel closed.
         let (never_completed, completed_rx) = watch::channel(false);
-        let cfg =
-            TrackerConfig { info_hash: hash, name: name.clone(), peer_id: env.peer_id, port: env.listen_port, tiers };
+        let cfg = TrackerConfig {
+            info_hash: hash,
+            name: name.clone(),
+            peer_id: env.peer_id,
+            port: env.listen_port,
+            tiers: tiers.clone(),
+        };
         let (http, tx, d) = (env.http.clone(), discovered.clone(), done.clone());
         helpers.spawn(async move {
             let _never_completed = never_completed;
@@ -123,22 +129,7 @@ pub async fn run(
         });
     }
     if let Some(dht) = env.dht.clone() {
-        let (tx, d, port) = (discovered.clone(), done.clone(), env.listen_port);
-        helpers.spawn(async move {
-            loop {
-                let found = tokio::select! {
-                    _ = d.cancelled() => return,
-                    found = dht.get_peers(hash, Some(port)) => found,
-                };
-                if !found.is_empty() && tx.send(found).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    _ = d.cancelled() => return,
-                    _ = tokio::time::sleep(DHT_EVERY) => {}
-                }
-            }
-        });
+        helpers.spawn(dht.keep_looking_up(hash, env.listen_port, discovered.clone(), done.clone(), || DHT_EVERY));
     }
     tracing::info!(torrent = %name, trackers = magnet.trackers.len(), peers = magnet.peers.len(), "fetching metadata");
 
@@ -206,7 +197,6 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while helpers.join_next().await.is_some() {} }).await;
     helpers.abort_all();
     let info = ctx.result.lock().unwrap().take()?;
-    let tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
     match Metainfo::from_info_bytes(&info, tiers) {
         Ok(meta) => {
             let mut peers = std::mem::take(&mut *ctx.good_peers.lock().unwrap());

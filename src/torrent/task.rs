@@ -394,7 +394,17 @@ async fn run_active(
     };
     let dht = match (&env.dht, shared.meta.private) {
         (Some(dht), false) => {
-            Some(tokio::spawn(dht_discovery(shared.clone(), dht.clone(), peers_tx.clone(), child.clone())))
+            // Often while downloading, seldom while seeding.
+            let torrent = shared.clone();
+            let every = move || if torrent.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
+            let lookups = dht.clone().keep_looking_up(
+                shared.meta.info_hash,
+                env.listen_port,
+                peers_tx.clone(),
+                child.clone(),
+                every,
+            );
+            Some(tokio::spawn(lookups))
         }
         _ => None,
     };
@@ -725,31 +735,4 @@ async fn incoming(
 /// The DHT bit is set only where the DHT may be used: never for private torrents.
 fn our_handshake(shared: &TorrentShared) -> Handshake {
     Handshake::new(shared.meta.info_hash, shared.env.peer_id, shared.env.dht.is_some() && !shared.meta.private)
-}
-
-/// Looks the torrent up in the DHT and announces it there, again and again
-/// while the torrent runs: often while downloading, seldom while seeding.
-async fn dht_discovery(
-    shared: Arc<TorrentShared>,
-    dht: Arc<crate::dht::Dht>,
-    peers_tx: mpsc::Sender<Vec<SocketAddr>>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let hash = shared.meta.info_hash;
-        let port = shared.env.listen_port;
-        let found = tokio::select! {
-            _ = cancel.cancelled() => return,
-            found = dht.get_peers(hash, Some(port)) => found,
-        };
-        tracing::debug!(torrent = %shared.name(), peers = found.len(), "DHT lookup done");
-        if !found.is_empty() && peers_tx.send(found).await.is_err() {
-            return;
-        }
-        let wait = if shared.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
 }
