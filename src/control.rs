@@ -133,7 +133,7 @@ fn add(session: &Arc<Session>, source: &str) -> Result<String, String> {
     };
     if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(trimmed).is_some() {
         let m = crate::magnet::Magnet::parse(trimmed)?;
-        let name = m.name.clone().unwrap_or_else(|| m.info_hash.hex());
+        let name = m.display_name();
         let o = session.add_magnet(m).map_err(|e| e.to_string())?;
         tracing::info!(torrent = %name, "added from the control socket");
         return Ok(outcome_text(o, &name));
@@ -148,7 +148,7 @@ fn add(session: &Arc<Session>, source: &str) -> Result<String, String> {
         crate::watch::Parsed::Magnets(list) => {
             let mut said = Vec::new();
             for m in list {
-                let name = m.name.clone().unwrap_or_else(|| m.info_hash.hex());
+                let name = m.display_name();
                 let o = session.add_magnet(m).map_err(|e| e.to_string())?;
                 said.push(outcome_text(o, &name));
             }

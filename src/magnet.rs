@@ -69,6 +69,11 @@ impl Magnet {
 }
 
 impl Magnet {
+    /// What to call it before the metadata arrives: its `dn`, or the hash.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.info_hash.hex())
+    }
+
     /// The magnet as a URI again (how it is kept in `state_dir`).
     pub fn to_uri(&self) -> String {
         use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};

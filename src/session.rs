@@ -33,15 +33,30 @@ pub struct TorrentHandle {
     task: Mutex<Option<JoinHandle<Exit>>>,
 }
 
-/// A magnet whose metadata is still being fetched, and its task.
+/// A magnet whose metadata is still to come; `fetch` is `None` while the
+/// user has it paused.
 struct MagnetHandle {
     magnet: Magnet,
-    /// Paused by the user: no task runs.
-    paused: bool,
+    fetch: Option<Fetching>,
+}
+
+/// The task fetching a magnet's metadata, and what the session sees of it.
+struct Fetching {
     progress: Arc<MagnetProgress>,
     incoming: mpsc::Sender<IncomingPeer>,
     cancel: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Fetching {
+    /// Stops the task and waits for it.
+    async fn stop(&self) {
+        self.cancel.cancel();
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
 }
 
 pub struct Session {
@@ -242,10 +257,12 @@ impl Session {
             ..Default::default()
         };
         record.save(dir, &hash)?;
-        if let Some(m) = self.magnets.lock().unwrap().remove(&hash) {
+        let replaced = self.magnets.lock().unwrap().remove(&hash);
+        if let Some(fetching) = replaced.as_ref().and_then(|m| m.fetch.as_ref()) {
             // Its task ends within seconds; shutdown still waits for it.
-            m.cancel.cancel();
-            self.retired.lock().unwrap().extend(m.task.lock().unwrap().take());
+            fetching.cancel.cancel();
+            let task = fetching.task.lock().unwrap().take();
+            self.retired.lock().unwrap().extend(task);
         }
         let _ = std::fs::remove_file(resume::magnet_path(dir, &hash));
         self.spawn_torrent(Arc::new(meta), record);
@@ -260,15 +277,14 @@ impl Session {
         let Some(magnet) = magnet else {
             return; // removed meanwhile
         };
-        let task = magnet.task.lock().unwrap().take();
-        if let Some(t) = task {
-            let _ = t.await;
-        }
+        // The task sent what it fetched and is ending.
+        let Some(fetching) = &magnet.fetch else { return };
+        fetching.stop().await;
         match self.add_metainfo_with_peers(f.meta, f.peers) {
             Ok(_) => tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent"),
             Err(e) => {
                 tracing::warn!(torrent = %name, error = %e, "cannot save the fetched metadata");
-                *magnet.progress.error.lock().unwrap() = Some(format!("cannot save the metadata: {e}"));
+                *fetching.progress.error.lock().unwrap() = Some(format!("cannot save the metadata: {e}"));
             }
         }
     }
@@ -287,48 +303,36 @@ impl Session {
                 }
             }
         });
-        let handle = MagnetHandle { magnet, paused: false, progress, incoming, cancel, task: Mutex::new(Some(task)) };
-        self.magnets.lock().unwrap().insert(hash, Arc::new(handle));
+        let fetch = Fetching { progress, incoming, cancel, task: Mutex::new(Some(task)) };
+        self.magnets.lock().unwrap().insert(hash, Arc::new(MagnetHandle { magnet, fetch: Some(fetch) }));
     }
 
     fn insert_paused_magnet(&self, magnet: Magnet) {
         if self.torrents.lock().unwrap().contains_key(&magnet.info_hash) {
             return; // the metadata arrived as it was being paused
         }
-        let handle = MagnetHandle {
-            paused: true,
-            progress: Default::default(),
-            incoming: mpsc::channel(1).0,
-            cancel: CancellationToken::new(),
-            task: Mutex::new(None),
-            magnet,
-        };
-        self.magnets.lock().unwrap().insert(handle.magnet.info_hash, Arc::new(handle));
+        self.magnets.lock().unwrap().insert(magnet.info_hash, Arc::new(MagnetHandle { magnet, fetch: None }));
     }
 
     /// Pause and resume of a magnet still fetching; it has nothing to check.
     async fn magnet_command(self: &Arc<Self>, m: Arc<MagnetHandle>, cmd: Cmd) -> Result<String, String> {
-        let name = m.magnet.name.clone().unwrap_or_else(|| m.magnet.info_hash.hex());
-        match cmd {
-            Cmd::Pause if !m.paused => {
-                m.cancel.cancel();
-                let task = m.task.lock().unwrap().take();
-                if let Some(t) = task {
-                    let _ = t.await;
-                }
+        let name = m.magnet.display_name();
+        match (cmd, &m.fetch) {
+            (Cmd::Pause, Some(fetching)) => {
+                fetching.stop().await;
                 save_magnet(&self.env.state_dir, &m.magnet, true).map_err(|e| e.to_string())?;
                 self.insert_paused_magnet(m.magnet.clone());
                 tracing::info!(torrent = %name, "paused");
                 Ok(format!("pausing {name}"))
             }
-            Cmd::Resume if m.paused => {
+            (Cmd::Resume, None) => {
                 save_magnet(&self.env.state_dir, &m.magnet, false).map_err(|e| e.to_string())?;
                 self.spawn_magnet(m.magnet.clone());
                 tracing::info!(torrent = %name, "resumed");
                 Ok(format!("resuming {name}"))
             }
-            Cmd::Pause => Ok(format!("{name} is already paused")),
-            Cmd::Resume => Ok(format!("{name} is not paused")),
+            (Cmd::Pause, None) => Ok(format!("{name} is already paused")),
+            (Cmd::Resume, Some(_)) => Ok(format!("{name} is not paused")),
             _ => Err(format!("{name} has no data to check until its metadata arrives")),
         }
     }
@@ -348,11 +352,11 @@ impl Session {
         let handles: Vec<Arc<TorrentHandle>> = self.torrents.lock().unwrap().values().cloned().collect();
         let mut out: Vec<TorrentStatus> = handles.iter().map(|h| h.shared.status()).collect();
         for (hash, h) in self.magnets.lock().unwrap().iter() {
-            let error = h.progress.error.lock().unwrap().clone();
+            let error = h.fetch.as_ref().and_then(|f| f.progress.error.lock().unwrap().clone());
             out.push(TorrentStatus {
                 info_hash: hash.hex(),
-                name: h.magnet.name.clone().unwrap_or_else(|| hash.hex()),
-                state: match (&error, h.paused) {
+                name: h.magnet.display_name(),
+                state: match (&error, h.fetch.is_none()) {
                     (Some(_), _) => TorrentState::Error,
                     (None, true) => TorrentState::Paused,
                     (None, false) => TorrentState::Metadata,
@@ -363,7 +367,7 @@ impl Session {
                 uploaded: 0,
                 download_rate: 0,
                 upload_rate: 0,
-                peers: h.progress.peers.load(std::sync::atomic::Ordering::Relaxed),
+                peers: h.fetch.as_ref().map_or(0, |f| f.progress.peers.load(std::sync::atomic::Ordering::Relaxed)),
                 seeds: 0,
                 ratio: 0.0,
                 eta_secs: None,
@@ -418,13 +422,11 @@ impl Session {
         let dir = self.env.state_dir.clone();
         let magnet = self.magnets.lock().unwrap().remove(&hash);
         if let Some(m) = magnet {
-            m.cancel.cancel();
-            let task = m.task.lock().unwrap().take();
-            if let Some(t) = task {
-                let _ = t.await;
+            if let Some(fetching) = &m.fetch {
+                fetching.stop().await;
             }
             let _ = std::fs::remove_file(resume::magnet_path(&dir, &hash));
-            return Ok(format!("removed {}", m.magnet.name.clone().unwrap_or_else(|| hash.hex())));
+            return Ok(format!("removed {}", m.magnet.display_name()));
         }
         let h = self.torrents.lock().unwrap().remove(&hash).ok_or("no such torrent")?;
         h.cancel.cancel();
@@ -478,7 +480,9 @@ impl Session {
                         } else {
                             let magnet = s.magnets.lock().unwrap().get(&hs.info_hash).cloned();
                             if let Some(m) = magnet {
-                                let _ = m.incoming.try_send((stream, addr, hs));
+                                if let Some(fetching) = &m.fetch {
+                                    let _ = fetching.incoming.try_send((stream, addr, hs));
+                                }
                             }
                         }
                     });
@@ -509,7 +513,7 @@ impl Session {
         }
         let mut magnet_tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.retired.lock().unwrap());
         for m in self.magnets.lock().unwrap().values() {
-            magnet_tasks.extend(m.task.lock().unwrap().take());
+            magnet_tasks.extend(m.fetch.as_ref().and_then(|f| f.task.lock().unwrap().take()));
         }
         for t in tasks {
             let _ = t.await;

@@ -94,7 +94,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Option<Fetched> {
     let hash = magnet.info_hash;
-    let name = magnet.name.clone().unwrap_or_else(|| hash.hex());
+    let name = magnet.display_name();
     let done = cancel.child_token();
     let (discovered, mut discovered_rx) = mpsc::channel::<Vec<SocketAddr>>(16);
     let ctx = Arc::new(Ctx {
