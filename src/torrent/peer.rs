@@ -48,6 +48,9 @@ const START_PIPELINE: usize = 32;
 /// [`PEX_MIN_GAP`] (BEP 11 asks for one a minute).
 const PEX_EVERY: Duration = Duration::from_secs(60);
 const PEX_MIN_GAP: Duration = Duration::from_secs(45);
+/// With nothing new to tell, the peer list is looked at again this often
+/// (not every tick: it costs a pass over all peers).
+const PEX_RECHECK: Duration = Duration::from_secs(10);
 /// Peers learned through PEX waiting for the torrent task, at most.
 pub const MAX_PEX_BACKLOG: usize = 200;
 
@@ -109,7 +112,8 @@ struct Peer {
     peer_ut_pex: Option<u8>,
     /// Listening addresses we told this peer of through PEX, and when.
     pex_sent: HashSet<SocketAddr>,
-    last_pex_out: Option<Instant>,
+    /// When to look again at what to tell this peer through PEX.
+    next_pex_at: Instant,
     last_pex_in: Option<Instant>,
     /// Our pipeline's ceiling: ours, or the peer's `reqq` if lower.
     max_pipeline: usize,
@@ -156,7 +160,7 @@ pub async fn run(
         peer_ut_metadata: None,
         peer_ut_pex: None,
         pex_sent: HashSet::new(),
-        last_pex_out: None,
+        next_pex_at: Instant::now(),
         last_pex_in: None,
         max_pipeline: MAX_PIPELINE,
         throttled: VecDeque::new(),
@@ -432,9 +436,11 @@ impl Peer {
         let Some(id) = self.peer_ut_pex else {
             return;
         };
-        if self.shared.meta.private || self.last_pex_out.is_some_and(|t| t.elapsed() < PEX_EVERY) {
+        if self.shared.meta.private || Instant::now() < self.next_pex_at {
             return;
         }
+        // Nothing new is checked for again soon; a message sent waits a minute.
+        self.next_pex_at = Instant::now() + PEX_RECHECK;
         // Connected peers by listening address, with their BEP 11 flags.
         let current: HashMap<SocketAddr, u8> = {
             let inner = self.shared.inner.lock().unwrap();
@@ -467,7 +473,7 @@ impl Peer {
         if added.is_empty() && dropped.is_empty() {
             return;
         }
-        self.last_pex_out = Some(Instant::now());
+        self.next_pex_at = Instant::now() + PEX_EVERY;
         for (a, _) in &added {
             self.pex_sent.insert(*a);
         }
