@@ -15,11 +15,12 @@ pub struct RateLimiter {
     /// Bytes per second; 0 = unlimited.
     rate: AtomicU64,
     next_free: Mutex<Instant>,
+    charged: AtomicU64,
 }
 
 impl RateLimiter {
     pub fn new(rate: u64) -> RateLimiter {
-        RateLimiter { rate: AtomicU64::new(rate), next_free: Mutex::new(Instant::now()) }
+        RateLimiter { rate: AtomicU64::new(rate), next_free: Mutex::new(Instant::now()), charged: AtomicU64::new(0) }
     }
 
     pub fn set_rate(&self, rate: u64) {
@@ -30,6 +31,11 @@ impl RateLimiter {
         self.rate.load(Ordering::Relaxed)
     }
 
+    /// Total bytes reserved while a rate was set (what the limit was charged).
+    pub fn charged(&self) -> u64 {
+        self.charged.load(Ordering::Relaxed)
+    }
+
     /// Reserves `bytes` at `now`; returns when they may be sent (`None`:
     /// unlimited, go now).
     pub fn reserve_at(&self, bytes: u64, now: Instant) -> Option<Instant> {
@@ -37,6 +43,7 @@ impl RateLimiter {
         if rate == 0 {
             return None;
         }
+        self.charged.fetch_add(bytes, Ordering::Relaxed);
         let mut next = self.next_free.lock().unwrap();
         let earliest = now.checked_sub(BURST).unwrap_or(now);
         let start = (*next).max(earliest);
@@ -57,6 +64,21 @@ mod tests {
     fn unlimited_never_waits() {
         let l = RateLimiter::new(0);
         assert_eq!(l.reserve(1 << 30), None);
+    }
+
+    #[test]
+    fn charged_counts_bytes_reserved_under_a_rate() {
+        let l = RateLimiter::new(0);
+        l.reserve(500);
+        assert_eq!(l.charged(), 0, "unlimited charges nothing");
+        l.set_rate(1 << 30);
+        let t0 = Instant::now();
+        l.reserve_at(100, t0);
+        l.reserve_at(16384, t0);
+        assert_eq!(l.charged(), 16484);
+        l.set_rate(0);
+        l.reserve(1000);
+        assert_eq!(l.charged(), 16484);
     }
 
     #[test]
