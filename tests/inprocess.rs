@@ -297,6 +297,9 @@ async fn download_limit_charges_each_byte_once() {
     b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(60)).await;
     let charged = b.session.env.download_limit.charged();
     let size = meta.total_length;
+    assert_same_files(&meta, &a.download_dir(), &b.download_dir());
+    b.session.shutdown().await;
+    a.session.shutdown().await;
     // Piece data is what the limit meters; 10 % covers blocks fetched twice
     // in endgame and anything else metered beside the piece data.
     assert!(
@@ -304,9 +307,6 @@ async fn download_limit_charges_each_byte_once() {
         "download limit charged {charged} bytes ({:.2}x) for a {size}-byte torrent",
         charged as f64 / size as f64
     );
-    assert_same_files(&meta, &a.download_dir(), &b.download_dir());
-    b.session.shutdown().await;
-    a.session.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -372,13 +372,16 @@ async fn concurrent_adds_of_one_hash_start_one_task() {
             ));
         }
     }
+    node.session.shutdown().await;
+    // Tasks the session lost track of (a torrent added twice) are cancelled
+    // with it but not waited for: let them end before the temp dir goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         failures.is_empty(),
         "{} of {ROUNDS} rounds started other than one task for one info hash:\n{}",
         failures.len(),
         failures.join("\n")
     );
-    node.session.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -460,10 +463,14 @@ async fn pause_during_recheck_is_prompt() {
     node.session.command(&hash, Cmd::Pause).await.unwrap();
     let paused = node.wait_state(&hash, TorrentState::Paused, full * 3 + Duration::from_secs(30)).await;
     let took = t0.elapsed();
+    let prompt = paused.progress < 1.0 && took < full / 2;
+    if !prompt {
+        node.session.shutdown().await;
+    }
     assert!(
-        paused.progress < 1.0 && took < full / 2,
+        prompt,
         "pause during the check took {took:.2?} (a full check takes {full:.2?}) and the torrent was paused \
-         at progress {:.3}: the check ran to the end first",
+         at progress {:.3} (1.000: the check ran to its end first)",
         paused.progress
     );
     // Resuming finishes the check and seeds.
@@ -482,13 +489,14 @@ async fn remove_during_recheck_is_prompt() {
     let t0 = Instant::now();
     node.session.remove(&hash, false).await.unwrap();
     let took = t0.elapsed();
+    let gone = node.status(&hash).is_none();
+    node.session.shutdown().await;
     assert!(
         took < full / 2,
         "remove during the check took {took:.2?} (a full check takes {full:.2?}; it began at progress {:.3})",
         checking.progress
     );
-    assert!(node.status(&hash).is_none());
-    node.session.shutdown().await;
+    assert!(gone);
 }
 
 // ---------------------------------------------------------------------------
