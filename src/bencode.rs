@@ -74,12 +74,14 @@ fn skip_string(buf: &[u8], pos: usize) -> Result<usize, ScanError> {
     if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(ScanError::Invalid(pos, "malformed string length"));
     }
-    let len: usize = std::str::from_utf8(digits).unwrap().parse().unwrap();
-    let end = colon + 1 + len;
-    if end > buf.len() {
+    // Parsed as u64 (12 digits always fit), then bounded by the input, so a
+    // huge length cannot overflow `usize` on a 32-bit target.
+    let len = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let left = (buf.len() - colon - 1) as u64;
+    if len > left {
         return Err(ScanError::Truncated(buf.len()));
     }
-    Ok(end)
+    Ok(colon + 1 + len as usize)
 }
 
 /// Validates that `buf` is exactly one dictionary and returns the span of the

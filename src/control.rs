@@ -66,15 +66,26 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 pub async fn serve(listener: UnixListener, path: PathBuf, session: Arc<Session>, cancel: CancellationToken) {
     let mut conns = tokio::task::JoinSet::new();
+    let mut backoff = crate::session::AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            r = listener.accept() => {
-                let Ok((stream, _)) = r else { continue };
-                let (s, c) = (session.clone(), cancel.clone());
-                conns.spawn(async move { handle(stream, s, c).await });
-            }
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    let (s, c) = (session.clone(), cancel.clone());
+                    conns.spawn(async move { handle(stream, s, c).await });
+                }
+                // Out of descriptors: wait instead of spinning.
+                Err(e) => {
+                    let pause = backoff.failed("control socket", &e);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            },
         }
     }
     conns.shutdown().await;
@@ -113,7 +124,7 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
                 ..Default::default()
             }
         }
-        Request::Add { source } => add(session, &source),
+        Request::Add { source } => add(session, source).await,
         Request::Pause { id } => session.command(&id, Cmd::Pause).await,
         Request::Resume { id } => session.command(&id, Cmd::Resume).await,
         Request::Recheck { id } => session.command(&id, Cmd::Recheck).await,
@@ -125,23 +136,29 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
     }
 }
 
-fn add(session: &Arc<Session>, source: &str) -> Result<String, String> {
-    let trimmed = source.trim();
+async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
+    let trimmed = source.trim().to_string();
     let outcome_text = |o: AddOutcome, name: &str| match o {
         AddOutcome::Added => format!("added {name}"),
         AddOutcome::AlreadyManaged => format!("{name} is already managed"),
     };
-    if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(trimmed).is_some() {
-        let m = crate::magnet::Magnet::parse(trimmed)?;
+    if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(&trimmed).is_some() {
+        let m = crate::magnet::Magnet::parse(&trimmed)?;
         let name = m.display_name();
-        let o = session.add_magnet(m).map_err(|e| e.to_string())?;
+        let o = session.add_magnet(m).await.map_err(|e| e.to_string())?;
         tracing::info!(torrent = %name, "added from the control socket");
         return Ok(outcome_text(o, &name));
     }
-    match crate::watch::parse_file(Path::new(trimmed)).map_err(|e| format!("{trimmed}: {e}"))? {
+    // Reading the file may block (a slow or network filesystem).
+    let path = trimmed.clone();
+    let parsed = tokio::task::spawn_blocking(move || crate::watch::parse_file(Path::new(&path)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{trimmed}: {e}"))?;
+    match parsed {
         crate::watch::Parsed::Torrent(meta) => {
             let name = meta.name.clone();
-            let o = session.add_metainfo(*meta).map_err(|e| e.to_string())?;
+            let o = session.add_metainfo(*meta).await.map_err(|e| e.to_string())?;
             tracing::info!(file = %trimmed, torrent = %name, "added from the control socket");
             Ok(outcome_text(o, &name))
         }
@@ -149,7 +166,7 @@ fn add(session: &Arc<Session>, source: &str) -> Result<String, String> {
             let mut said = Vec::new();
             for m in list {
                 let name = m.display_name();
-                let o = session.add_magnet(m).map_err(|e| e.to_string())?;
+                let o = session.add_magnet(m).await.map_err(|e| e.to_string())?;
                 said.push(outcome_text(o, &name));
             }
             Ok(said.join("\n"))

@@ -11,12 +11,12 @@ use crate::logging::LogHandle;
 use crate::session::Session;
 use crate::torrent::TorrentState;
 use crate::types::{human_bytes, human_duration};
-use crate::watch::WatchFolder;
+use crate::watch::{WatchFolder, WatchThread};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -> anyhow::Result<()> {
@@ -48,18 +48,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -
         }
     })?;
 
-    let rescan = Arc::new(Notify::new());
-    let watch_task = tokio::spawn(WatchFolder::new(session.clone(), &config).run(rescan.clone(), cancel.clone()));
+    let watch = WatchFolder::new(session.clone(), &config, tokio::runtime::Handle::current()).spawn()?;
     let control_task = tokio::spawn(crate::control::serve(control, control_path, session.clone(), cancel.clone()));
     let status_task = tokio::spawn(status_logger(session.clone(), cancel.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %config.paths.state_dir.display(), "dropseed started");
 
     while let Some(SIGHUP) = sig_rx.recv().await {
-        reload(&session, config_path.as_deref(), &log, &rescan);
+        reload(&session, config_path.as_deref(), &log, &watch);
     }
     tracing::info!("stopping: announcing to trackers and saving state");
     cancel.cancel();
-    let _ = tokio::join!(watch_task, control_task, status_task);
+    let _ = tokio::join!(tokio::task::spawn_blocking(move || watch.stop()), control_task, status_task);
     if tokio::time::timeout(Duration::from_secs(9), session.shutdown()).await.is_err() {
         tracing::warn!("shutdown took too long; exiting with state as last saved");
     }
@@ -68,11 +67,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -
     Ok(())
 }
 
-fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, rescan: &Notify) {
+fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, watch: &WatchThread) {
     log.reopen();
     let Some(path) = path else {
         tracing::info!("SIGHUP: no config file to reload (running on defaults); rescanning the watch folder");
-        rescan.notify_one();
+        watch.rescan();
         return;
     };
     match Config::load(path) {
@@ -131,7 +130,7 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, re
             tracing::warn!(error = %e, "SIGHUP: config not reloaded; keeping the running one")
         }
     }
-    rescan.notify_one();
+    watch.rescan();
 }
 
 /// Every `status_interval_secs`: one logfmt line per active torrent and a summary.

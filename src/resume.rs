@@ -28,14 +28,30 @@ pub struct ResumeRecord {
     pub completed_at: u64,
     /// Seconds spent seeding, for the seed-time limit.
     pub seeding_secs: u64,
-    /// 1 when paused by the user.
-    pub paused: u8,
-    /// 1 when stopped by a ratio or seed-time limit.
-    pub stopped: u8,
+    /// Why the torrent is held still, if it is.
+    #[serde(default)]
+    pub hold: Hold,
+    /// Records written before `hold` existed said `paused = 1` or
+    /// `stopped = 1`; read once, folded into `hold`, never written again.
+    #[serde(default, skip_serializing)]
+    pub(crate) paused: u8,
+    #[serde(default, skip_serializing)]
+    pub(crate) stopped: u8,
     /// Listening addresses of peers last connected (or a magnet's `x.pe`
     /// peers), dialled first after a restart.
     #[serde(default)]
     pub peers: Vec<String>,
+}
+
+/// A torrent the user paused, or one a seeding limit stopped, stays still
+/// until resumed, across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hold {
+    #[default]
+    Running,
+    Paused,
+    Stopped,
 }
 
 pub fn torrent_path(state_dir: &Path, hash: &InfoHash) -> PathBuf {
@@ -71,12 +87,28 @@ impl ResumeRecord {
 
     pub fn load(state_dir: &Path, hash: &InfoHash) -> io::Result<Option<ResumeRecord>> {
         match std::fs::read(resume_path(state_dir, hash)) {
-            Ok(bytes) => serde_bencode::from_bytes(&bytes)
-                .map(Some)
+            // The bounded scanner first: serde_bencode recurses without a limit.
+            Ok(bytes) => crate::bencode::skip_value(&bytes, 0)
+                .map_err(|e| e.to_string())
+                .and_then(|_| serde_bencode::from_bytes::<ResumeRecord>(&bytes).map_err(|e| e.to_string()))
+                .map(|r| Some(r.upgraded()))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("resume record: {e}"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Folds the flags of older records into `hold`.
+    fn upgraded(mut self) -> ResumeRecord {
+        if self.hold == Hold::Running {
+            if self.paused == 1 {
+                self.hold = Hold::Paused;
+            } else if self.stopped == 1 {
+                self.hold = Hold::Stopped;
+            }
+        }
+        (self.paused, self.stopped) = (0, 0);
+        self
     }
 }
 
@@ -102,6 +134,23 @@ mod tests {
         assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap().unwrap().uploaded, 10);
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        std::fs::write(resume_path(dir.path(), &h), b"garbage").unwrap();
+        assert!(ResumeRecord::load(dir.path(), &h).is_err());
+    }
+
+    #[test]
+    fn hold_is_typed_and_old_flags_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = InfoHash([8; 20]);
+        let r = ResumeRecord { hold: Hold::Stopped, ..Default::default() };
+        r.save(dir.path(), &h).unwrap();
+        let bytes = std::fs::read(resume_path(dir.path(), &h)).unwrap();
+        assert!(bytes.windows(15).any(|w| w == b"4:hold7:stopped"), "{}", String::from_utf8_lossy(&bytes));
+        assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap().unwrap().hold, Hold::Stopped);
+        // A record of an earlier version, paused by the user.
+        let old = b"d8:added_ati0e12:completed_ati0e10:downloadedi0e4:have0:4:name1:x6:pausedi1e11:piece_counti0e12:seeding_secsi0e7:stoppedi0e8:uploadedi0ee";
+        std::fs::write(resume_path(dir.path(), &h), old).unwrap();
+        assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap().unwrap().hold, Hold::Paused);
         std::fs::write(resume_path(dir.path(), &h), b"garbage").unwrap();
         assert!(ResumeRecord::load(dir.path(), &h).is_err());
     }

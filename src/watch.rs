@@ -6,6 +6,10 @@
 //! size and mtime held still between two looks a second apart. A file that
 //! does not parse is retried for [`INVALID_AFTER`] (it may still be arriving),
 //! then renamed `NAME.invalid` with the reason in the log.
+//!
+//! The folder may be on NFS, where a `stat` can hang for minutes, so all of
+//! this runs on a thread of its own, never on the async workers; it calls
+//! into the session through the runtime's handle.
 
 use crate::config::{Config, OnAdded};
 use crate::magnet;
@@ -14,10 +18,9 @@ use crate::session::{AddOutcome, Session};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
 
 pub const INVALID_AFTER: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(1);
@@ -52,8 +55,36 @@ struct Pending {
     closed: bool,
 }
 
+/// What reaches the watch thread.
+enum Msg {
+    /// inotify saw this path; `true` when it is known to be complete.
+    Seen(PathBuf, bool),
+    /// Scan now and reread the live config (SIGHUP).
+    Rescan,
+    Stop,
+}
+
+/// The running watch thread.
+pub struct WatchThread {
+    tx: SyncSender<Msg>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WatchThread {
+    pub fn rescan(&self) {
+        let _ = self.tx.try_send(Msg::Rescan);
+    }
+
+    /// Stops the thread and waits for it (blocking: call off the runtime).
+    pub fn stop(self) {
+        let _ = self.tx.send(Msg::Stop);
+        let _ = self.thread.join();
+    }
+}
+
 pub struct WatchFolder {
     session: Arc<Session>,
+    rt: tokio::runtime::Handle,
     dir: PathBuf,
     on_added: OnAdded,
     poll: Duration,
@@ -91,9 +122,10 @@ pub fn parse_file(path: &Path) -> Result<Parsed, String> {
 }
 
 impl WatchFolder {
-    pub fn new(session: Arc<Session>, config: &Config) -> WatchFolder {
+    pub fn new(session: Arc<Session>, config: &Config, rt: tokio::runtime::Handle) -> WatchFolder {
         WatchFolder {
             session,
+            rt,
             dir: config.paths.watch_dir.clone(),
             on_added: config.watch.on_added,
             poll: Duration::from_secs(config.watch.poll_secs),
@@ -102,13 +134,61 @@ impl WatchFolder {
         }
     }
 
-    /// Runs until `cancel`; `rescan` forces a scan and rereads the session's
-    /// live config, which SIGHUP replaces.
-    pub async fn run(mut self, rescan: Arc<Notify>, cancel: CancellationToken) {
+    /// Starts the watch thread.
+    pub fn spawn(self) -> std::io::Result<WatchThread> {
+        let (tx, rx) = sync_channel(1024);
+        let events = tx.clone();
+        let thread = std::thread::Builder::new().name("watch".into()).spawn(move || self.run(events, rx))?;
+        Ok(WatchThread { tx, thread })
+    }
+
+    /// Runs until told to stop; a rescan rereads the session's live config,
+    /// which SIGHUP replaces.
+    fn run(mut self, events: SyncSender<Msg>, rx: Receiver<Msg>) {
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot create the watch folder");
         }
-        let (tx, mut rx) = mpsc::channel::<(PathBuf, bool)>(1024);
+        let _watcher = self.start_inotify(events);
+        tracing::info!(dir = %self.dir.display(), "watching for .torrent and .magnet files");
+        self.scan();
+        let mut last_full = Instant::now();
+        loop {
+            // Look again soon while files are settling, else at the poll interval.
+            let wait = if self.pending.is_empty() { self.poll.saturating_sub(last_full.elapsed()) } else { SETTLE };
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Msg::Rescan) => {
+                    let c = self.session.env.config();
+                    self.on_added = c.watch.on_added;
+                    self.poll = Duration::from_secs(c.watch.poll_secs);
+                    self.scan();
+                    last_full = Instant::now();
+                }
+                Ok(Msg::Seen(path, complete)) => {
+                    if kind_of(&path).is_some() && path.exists() {
+                        let p = self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
+                        p.closed |= complete;
+                        if complete {
+                            self.consider(&path);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if last_full.elapsed() >= self.poll => {
+                    self.scan();
+                    last_full = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
+                    for p in paths {
+                        self.consider(&p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// inotify on the folder, when the filesystem offers it.
+    fn start_inotify(&self, events: SyncSender<Msg>) -> Option<notify::RecommendedWatcher> {
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 // Close-after-write and moved-to mean the file is complete.
@@ -120,60 +200,14 @@ impl WatchFolder {
                 );
                 for p in ev.paths {
                     // A full channel only delays us until the next scan.
-                    let _ = tx.try_send((p, complete));
+                    let _ = events.try_send(Msg::Seen(p, complete));
                 }
             }
         });
-        let _watcher = match watcher {
-            Ok(mut w) => match w.watch(&self.dir, RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "inotify unavailable; polling only");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "inotify unavailable; polling only");
-                None
-            }
-        };
-        tracing::info!(dir = %self.dir.display(), "watching for .torrent and .magnet files");
-        self.scan();
-        let mut last_full = Instant::now();
-        loop {
-            // Look again soon while files are settling, else at the poll interval.
-            let wait = if self.pending.is_empty() { self.poll.saturating_sub(last_full.elapsed()) } else { SETTLE };
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = rescan.notified() => {
-                    let c = self.session.env.config();
-                    self.on_added = c.watch.on_added;
-                    self.poll = Duration::from_secs(c.watch.poll_secs);
-                    self.scan();
-                    last_full = Instant::now();
-                }
-                Some((path, complete)) = rx.recv() => {
-                    if kind_of(&path).is_some() && path.exists() {
-                        let p = self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
-                        p.closed |= complete;
-                        if complete {
-                            self.consider(&path);
-                        }
-                    }
-                }
-                _ = tokio::time::sleep(wait) => {
-                    if last_full.elapsed() >= self.poll {
-                        self.scan();
-                        last_full = Instant::now();
-                    } else {
-                        let paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
-                        for p in paths {
-                            self.consider(&p);
-                        }
-                    }
-                }
-            }
-        }
+        let result = watcher.and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|()| w));
+        result
+            .map_err(|e| tracing::warn!(dir = %self.dir.display(), error = %e, "inotify unavailable; polling only"))
+            .ok()
     }
 
     /// Lists the folder and considers every candidate file.
@@ -195,7 +229,8 @@ impl WatchFolder {
         self.kept.retain(|p, _| present.contains(p));
     }
 
-    /// Acts on a file if it is complete; returns whether it was handled.
+    /// Adds a file once it is complete, or renames it `.invalid` once it has
+    /// failed to parse for [`INVALID_AFTER`].
     fn consider(&mut self, path: &Path) {
         let Ok(meta) = std::fs::metadata(path) else {
             self.pending.remove(path);
@@ -242,14 +277,14 @@ impl WatchFolder {
         let results: Vec<(String, String, std::io::Result<AddOutcome>)> = match parsed {
             Parsed::Torrent(meta) => {
                 let (name, hash) = (meta.name.clone(), meta.info_hash.hex());
-                vec![(name, hash, self.session.add_metainfo(*meta))]
+                vec![(name, hash, self.rt.block_on(self.session.add_metainfo(*meta)))]
             }
             Parsed::Magnets(list) => list
                 .into_iter()
                 .map(|m| {
                     let name = m.name.clone().unwrap_or_else(|| m.info_hash.hex());
                     let hash = m.info_hash.hex();
-                    (name, hash, self.session.add_magnet(m))
+                    (name, hash, self.rt.block_on(self.session.add_magnet(m)))
                 })
                 .collect(),
         };

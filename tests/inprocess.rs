@@ -260,7 +260,7 @@ async fn seeder(seed: u64) -> (Node, Metainfo) {
     let a = Node::start().await;
     payload_tree(&a.download_dir(), "tree", TREE, seed);
     let meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
-    assert_eq!(a.session.add_metainfo(meta.clone()).unwrap(), AddOutcome::Added);
+    assert_eq!(a.session.add_metainfo(meta.clone()).await.unwrap(), AddOutcome::Added);
     a.wait_state(&meta.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
     (a, meta)
 }
@@ -274,7 +274,7 @@ async fn seeds_and_leeches_in_process() {
     let (a, meta) = seeder(1).await;
     let hash = meta.info_hash.hex();
     let b = Node::start().await;
-    assert_eq!(b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).unwrap(), AddOutcome::Added);
+    assert_eq!(b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap(), AddOutcome::Added);
     let done = b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(60)).await;
     assert_eq!(done.progress, 1.0);
     assert_eq!(done.size, meta.total_length);
@@ -293,7 +293,7 @@ async fn download_limit_charges_each_byte_once() {
     let hash = meta.info_hash.hex();
     // A limit far above what loopback reaches here: it is consulted, never waited for.
     let b = Node::start_with(|c| c.limits.download_rate = ByteSize(1 << 30)).await;
-    b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).unwrap();
+    b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap();
     b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(60)).await;
     let charged = b.session.env.download_limit.charged();
     let size = meta.total_length;
@@ -317,7 +317,8 @@ async fn download_limit_charges_each_byte_once() {
 // bring the magnet of the same torrent instead. Added sequentially, a magnet
 // and then its .torrent are both `Added` (the torrent replaces the magnet
 // still fetching: session.rs add_metainfo), so in mixed rounds a magnet that
-// wins the race may be `Added` too; what may never happen is two torrent
+// wins the race may be `Added` too (alone, if the .torrent adds come while
+// it is being written); what may never happen is two torrent
 // tasks (more than one `Added` .torrent), a magnet beside the torrent
 // (two entries, or one in state `metadata`), or an add failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,9 +342,9 @@ async fn concurrent_adds_of_one_hash_start_one_task() {
             tasks.push(tokio::spawn(async move {
                 b.wait().await;
                 if mixed && i % 3 == 2 {
-                    ("magnet", s.add_magnet(magnet_of(&m, vec![])))
+                    ("magnet", s.add_magnet(magnet_of(&m, vec![])).await)
                 } else {
-                    ("torrent", s.add_metainfo(m))
+                    ("torrent", s.add_metainfo(m).await)
                 }
             }));
         }
@@ -359,11 +360,14 @@ async fn concurrent_adds_of_one_hash_start_one_task() {
         }
         let entries: Vec<&'static str> =
             node.session.statuses().into_iter().filter(|s| s.info_hash == hash).map(|s| s.state.as_str()).collect();
-        let one_task = torrents_added == 1
+        // A magnet whose add is still being written when the .torrent adds
+        // arrive wins alone: they find the hash managed, and it fetches.
+        let magnet_alone = mixed && torrents_added == 0 && magnets_added == 1;
+        let one_task = (torrents_added == 1 || magnet_alone)
             && magnets_added <= usize::from(mixed)
             && errors.is_empty()
             && entries.len() == 1
-            && entries[0] != TorrentState::Metadata.as_str();
+            && (entries[0] != TorrentState::Metadata.as_str() || magnet_alone);
         if !one_task {
             failures.push(format!(
                 "round {round} ({}): {torrents_added} .torrent Added, {magnets_added} magnet Added, \
@@ -373,9 +377,6 @@ async fn concurrent_adds_of_one_hash_start_one_task() {
         }
     }
     node.session.shutdown().await;
-    // Tasks the session lost track of (a torrent added twice) are cancelled
-    // with it but not waited for: let them end before the temp dir goes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         failures.is_empty(),
         "{} of {ROUNDS} rounds started other than one task for one info hash:\n{}",
@@ -429,7 +430,7 @@ async fn big_checked_node() -> (Node, Metainfo, Duration) {
     let mut full = Duration::ZERO;
     for _ in 0..2 {
         let t0 = Instant::now();
-        node.session.add_metainfo(meta.clone()).unwrap();
+        node.session.add_metainfo(meta.clone()).await.unwrap();
         node.wait_state(&hash, TorrentState::Checking, Duration::from_secs(30)).await;
         let done = node.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(300)).await;
         full = t0.elapsed();
@@ -457,7 +458,7 @@ async fn pause_during_recheck_is_prompt() {
     let (node, meta, full) = big_checked_node().await;
     let hash = meta.info_hash.hex();
     // Added fresh with the data on disk: every piece is hashed again.
-    node.session.add_metainfo(meta.clone()).unwrap();
+    node.session.add_metainfo(meta.clone()).await.unwrap();
     node.wait_state(&hash, TorrentState::Checking, Duration::from_secs(30)).await;
     let t0 = Instant::now();
     node.session.command(&hash, Cmd::Pause).await.unwrap();
@@ -484,7 +485,7 @@ async fn remove_during_recheck_is_prompt() {
     let _serial = SERIAL.lock().await;
     let (node, meta, full) = big_checked_node().await;
     let hash = meta.info_hash.hex();
-    node.session.add_metainfo(meta.clone()).unwrap();
+    node.session.add_metainfo(meta.clone()).await.unwrap();
     let checking = node.wait_state(&hash, TorrentState::Checking, Duration::from_secs(30)).await;
     let t0 = Instant::now();
     node.session.remove(&hash, false).await.unwrap();

@@ -4,11 +4,15 @@
 //! Lock order: the session's torrent map, then [`TorrentShared::inner`], then
 //! a peer's control mutex. No lock here is ever held across an `.await`.
 
+mod active;
 pub mod choker;
+pub mod clock;
 pub mod fetch;
 pub mod peer;
 pub mod peerbook;
+pub mod phase;
 pub mod picker;
+pub mod prepare;
 pub mod ratelimit;
 pub mod task;
 
@@ -109,6 +113,8 @@ pub struct PeerHandle {
     pub listen: Mutex<Option<SocketAddr>>,
     pub cancels: Mutex<Vec<BlockRef>>,
     pub notify: Notify,
+    /// `(bytes_down, bytes_up)` at the last choking round.
+    choke_mark: Mutex<(u64, u64)>,
 }
 
 impl PeerHandle {
@@ -126,7 +132,15 @@ impl PeerHandle {
             listen: Mutex::new(listen),
             cancels: Mutex::new(Vec::new()),
             notify: Notify::new(),
+            choke_mark: Mutex::new((0, 0)),
         }
+    }
+
+    /// Bytes down and up since the last call (the choking round's window).
+    pub fn bytes_since_mark(&self) -> (u64, u64) {
+        let now = (self.bytes_down.load(Ordering::Relaxed), self.bytes_up.load(Ordering::Relaxed));
+        let before = std::mem::replace(&mut *self.choke_mark.lock().unwrap(), now);
+        (now.0.saturating_sub(before.0), now.1.saturating_sub(before.1))
     }
 
     pub fn kick(&self) {
@@ -149,6 +163,35 @@ pub struct Inner {
     pub disk_error: Option<String>,
     /// Peers heard of through PEX, for the torrent task to dial.
     pub pex_learned: Vec<SocketAddr>,
+    /// Bytes of verified pieces.
+    pub verified_bytes: u64,
+}
+
+impl Inner {
+    /// A piece passed its hash check and sits in storage. The have bit, the
+    /// picker, the byte count and the unflushed list change together here
+    /// and in [`Inner::mark_lost`], nowhere else. Returns whether it is new.
+    pub fn mark_verified(&mut self, index: u32, piece_len: u32, now: Instant) -> bool {
+        self.picker.piece_verified(index);
+        if !self.have.set(index as usize) {
+            return false;
+        }
+        self.completed_order.push(index);
+        self.unflushed.push((index, now));
+        self.verified_bytes += u64::from(piece_len);
+        true
+    }
+
+    /// A piece we counted as verified is not (a recheck found it bad).
+    pub fn mark_lost(&mut self, index: u32, piece_len: u32) {
+        if !self.have.get(index as usize) {
+            return;
+        }
+        self.have.clear(index as usize);
+        self.picker.piece_lost(index);
+        self.unflushed.retain(|(p, _)| *p != index);
+        self.verified_bytes -= u64::from(piece_len);
+    }
 }
 
 pub struct TorrentShared {
@@ -160,8 +203,6 @@ pub struct TorrentShared {
     /// what the resume record carried.
     pub downloaded: AtomicU64,
     pub uploaded: AtomicU64,
-    /// Bytes of verified pieces.
-    pub verified_bytes: AtomicU64,
     /// Count of verified pieces; peers wait on it to send `have`.
     pub have_tx: watch::Sender<usize>,
     pub status: Mutex<StatusCell>,
@@ -169,8 +210,7 @@ pub struct TorrentShared {
 
 #[derive(Debug, Clone)]
 pub struct StatusCell {
-    pub state: TorrentState,
-    pub error: Option<String>,
+    pub phase: phase::Phase,
     pub download_rate: u64,
     pub upload_rate: u64,
     pub record: ResumeRecord,
@@ -188,7 +228,6 @@ impl TorrentShared {
         Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
-            verified_bytes: AtomicU64::new(verified),
             have_tx: watch::Sender::new(have.count()),
             inner: Mutex::new(Inner {
                 have,
@@ -201,10 +240,10 @@ impl TorrentShared {
                 banned_addrs: HashSet::new(),
                 disk_error: None,
                 pex_learned: Vec::new(),
+                verified_bytes: verified,
             }),
             status: Mutex::new(StatusCell {
-                state: TorrentState::Queued,
-                error: None,
+                phase: phase::Phase::initial(record.hold),
                 download_rate: 0,
                 upload_rate: 0,
                 record,
@@ -224,21 +263,23 @@ impl TorrentShared {
     }
 
     pub fn left(&self) -> u64 {
-        self.meta.total_length - self.verified_bytes.load(Ordering::Relaxed)
+        self.meta.total_length - self.inner.lock().unwrap().verified_bytes
     }
 
     pub fn is_complete(&self) -> bool {
         self.inner.lock().unwrap().have.is_full()
     }
 
-    pub fn set_state(&self, state: TorrentState, error: Option<String>) {
+    /// Enters a phase; its hold goes into the record saved next.
+    pub fn set_phase(&self, phase: phase::Phase) {
         let mut s = self.status.lock().unwrap();
-        s.state = state;
-        s.error = error;
+        s.record.hold = phase.hold();
+        s.phase = phase;
     }
 
     pub fn state(&self) -> TorrentState {
-        self.status.lock().unwrap().state
+        let complete = self.is_complete();
+        self.status.lock().unwrap().phase.state(complete)
     }
 
     /// Hands a complete piece to the disk pool: hash, write if good, then
@@ -276,12 +317,7 @@ impl TorrentShared {
             return;
         }
         if good {
-            inner.picker.piece_verified(index);
-            if inner.have.set(index as usize) {
-                inner.completed_order.push(index);
-                inner.unflushed.push((index, Instant::now()));
-                self.verified_bytes.fetch_add(self.meta.piece_len(index as usize) as u64, Ordering::Relaxed);
-            }
+            inner.mark_verified(index, self.meta.piece_len(index as usize), Instant::now());
             let count = inner.have.count();
             drop(inner);
             self.have_tx.send_replace(count);
@@ -369,14 +405,13 @@ impl TorrentShared {
 
     /// Snapshot for the control socket and the status lines.
     pub fn status(&self) -> TorrentStatus {
-        let (peers, seeds) = {
+        let (peers, seeds, done, complete) = {
             let inner = self.inner.lock().unwrap();
             let seeds = inner.peers.values().filter(|p| p.is_seed.load(Ordering::Relaxed)).count();
-            (inner.peers.len(), seeds)
+            (inner.peers.len(), seeds, inner.verified_bytes, inner.have.is_full())
         };
         let s = self.status.lock().unwrap().clone();
         let size = self.meta.total_length;
-        let done = self.verified_bytes.load(Ordering::Relaxed);
         let downloaded = self.downloaded.load(Ordering::Relaxed);
         let uploaded = self.uploaded.load(Ordering::Relaxed);
         let ratio = if downloaded > 0 {
@@ -386,12 +421,12 @@ impl TorrentShared {
         } else {
             0.0
         };
-        let eta =
-            (s.state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
+        let state = s.phase.state(complete);
+        let eta = (state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
         TorrentStatus {
             info_hash: self.meta.info_hash.hex(),
             name: self.meta.name.clone(),
-            state: s.state,
+            state,
             progress: done as f64 / size as f64,
             size,
             downloaded,
@@ -402,7 +437,7 @@ impl TorrentShared {
             seeds,
             ratio: if ratio.is_finite() { ratio } else { -1.0 },
             eta_secs: eta,
-            error: s.error,
+            error: s.phase.error().map(str::to_string),
         }
     }
 }

@@ -523,7 +523,6 @@ impl Peer {
         self.handle.bytes_down.fetch_add(len, Ordering::Relaxed);
         self.bytes_this_tick += len;
         self.bytes_unmetered += len;
-        self.bytes_unmetered += len;
         let (outcome, complete, endgame) = {
             let mut inner = self.shared.inner.lock().unwrap();
             let (o, c) = inner.picker.block_received(self.key, piece, offset, data);

@@ -1,0 +1,515 @@
+//! The session: one registry of every torrent and magnet by info hash, the
+//! listener that routes incoming peers to them, and the environment they
+//! share (peer id, disk pool, HTTP client, connection and download budgets).
+//!
+//! Every task the session starts is tracked and stopped on shutdown. A slot
+//! in the registry is reserved before anything is written or spawned for a
+//! hash, so two adds of one torrent (watch folder and control socket at once,
+//! or a `.torrent` dropped while its magnet's metadata arrives) cannot start
+//! two tasks over the same files. Torrents are persisted in `state_dir` as
+//! soon as they are added, and restored from it at start as they were.
+
+mod entry;
+mod listener;
+mod restore;
+
+use crate::config::Config;
+use crate::magnet::Magnet;
+use crate::metainfo::Metainfo;
+use crate::resume::{self, now_unix, ResumeRecord};
+use crate::storage::disk::DiskPool;
+use crate::torrent::fetch::{self, Fetched, MagnetProgress};
+use crate::torrent::ratelimit::RateLimiter;
+use crate::torrent::task::{self, Cmd, Exit};
+use crate::torrent::{Env, TorrentShared, TorrentStatus};
+use crate::types::{InfoHash, PeerId};
+use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use listener::AcceptBackoff;
+
+pub struct Session {
+    pub env: Arc<Env>,
+    registry: Mutex<HashMap<InfoHash, Entry>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Torrents that asked to be removed (a seeding limit with `remove`).
+    removals: mpsc::UnboundedSender<InfoHash>,
+    /// Magnets whose metadata arrived.
+    fetched: mpsc::UnboundedSender<Fetched>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    Added,
+    AlreadyManaged,
+}
+
+/// Who adds a torrent: the user, or a magnet whose metadata arrived (which
+/// must still be there, or it was removed meanwhile).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    User,
+    Fetched,
+}
+
+impl Session {
+    /// Binds the listener, restores the torrents in `state_dir`, and starts them.
+    pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Session>> {
+        let dirs = [config.paths.download_dir.clone(), config.paths.state_dir.clone()];
+        tokio::task::spawn_blocking(move || {
+            dirs.iter().try_for_each(|d| {
+                std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))
+            })
+        })
+        .await??;
+        let ip: IpAddr = config.network.listen_address.parse()?;
+        let listener = listener::bind(ip, config.network.listen_port).await?;
+        let listen_port = listener.local_addr()?.port();
+        tracing::info!(port = listen_port, "listening for peers");
+        let env = Arc::new(make_env(config, ip, listen_port).await?);
+        let (removals, removal_rx) = mpsc::unbounded_channel();
+        let (fetched, fetched_rx) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            env,
+            registry: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            removals,
+            fetched,
+        });
+        session.restore().await;
+        session.tasks.spawn(listener::accept_loop(session.clone(), listener));
+        session.tasks.spawn(housekeeping(Arc::downgrade(&session), removal_rx, fetched_rx, session.cancel.clone()));
+        Ok(session)
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.env.listen_port
+    }
+
+    async fn restore(self: &Arc<Self>) {
+        let dir = self.env.state_dir.clone();
+        let found = tokio::task::spawn_blocking(move || restore::scan(&dir)).await.unwrap_or_default();
+        let mut torrents = 0;
+        for item in found {
+            match item {
+                restore::Restored::Torrent(meta, record) => {
+                    torrents += 1;
+                    self.start_torrent(Arc::new(*meta), record);
+                }
+                restore::Restored::Magnet(magnet, paused) => self.start_magnet(magnet, paused),
+            }
+        }
+        if torrents > 0 {
+            tracing::info!(torrents, "restored torrents from state");
+        }
+    }
+
+    /// Spawns a torrent's task and puts it in the registry.
+    fn start_torrent(self: &Arc<Self>, meta: Arc<Metainfo>, record: ResumeRecord) {
+        let hash = meta.info_hash;
+        let shared = TorrentShared::new(meta, self.env.clone(), record);
+        let (cmd, cmd_rx) = mpsc::channel(32);
+        let cancel = self.cancel.child_token();
+        let removals = self.removals.clone();
+        let task = self.tasks.spawn({
+            let (shared, cancel) = (shared.clone(), cancel.clone());
+            async move {
+                let exit = task::run(shared, cmd_rx, cancel).await;
+                if exit == Exit::RemoveRequested {
+                    let _ = removals.send(hash);
+                }
+                exit
+            }
+        });
+        self.put(hash, Entry::Torrent(TorrentEntry { shared, cmd, cancel, task }));
+    }
+
+    /// Puts a magnet in the registry, fetching unless paused.
+    fn start_magnet(self: &Arc<Self>, magnet: Magnet, paused: bool) {
+        let hash = magnet.info_hash;
+        let fetch = (!paused).then(|| self.spawn_fetch(&magnet));
+        self.put(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None }));
+    }
+
+    fn spawn_fetch(self: &Arc<Self>, magnet: &Magnet) -> Fetching {
+        let progress = Arc::new(MagnetProgress::default());
+        let (incoming, incoming_rx) = mpsc::channel(8);
+        let cancel = self.cancel.child_token();
+        let (m, env, p, c, done) =
+            (magnet.clone(), self.env.clone(), progress.clone(), cancel.clone(), self.fetched.clone());
+        let task = self.tasks.spawn(async move {
+            if let Some(f) = fetch::run(m, env, p, incoming_rx, c).await {
+                let _ = done.send(f);
+            }
+        });
+        Fetching { progress, incoming, cancel, task }
+    }
+
+    fn put(&self, hash: InfoHash, entry: Entry) {
+        self.registry.lock().unwrap().insert(hash, entry);
+    }
+
+    /// Takes an entry out for a change that awaits, leaving its slot reserved.
+    fn take(&self, hash: &InfoHash) -> Option<Entry> {
+        let mut registry = self.registry.lock().unwrap();
+        match registry.get(hash)? {
+            Entry::Reserved => None,
+            _ => registry.insert(*hash, Entry::Reserved),
+        }
+    }
+
+    fn release(&self, hash: &InfoHash) {
+        let mut registry = self.registry.lock().unwrap();
+        if matches!(registry.get(hash), Some(Entry::Reserved)) {
+            registry.remove(hash);
+        }
+    }
+
+    /// Adds a torrent; persisted before it starts, so a crash right after
+    /// still knows it. A magnet of the same torrent still fetching is dropped.
+    pub async fn add_metainfo(self: &Arc<Self>, meta: Metainfo) -> std::io::Result<AddOutcome> {
+        self.add_torrent(meta, Vec::new(), Origin::User).await
+    }
+
+    async fn add_torrent(
+        self: &Arc<Self>,
+        meta: Metainfo,
+        peers: Vec<SocketAddr>,
+        origin: Origin,
+    ) -> std::io::Result<AddOutcome> {
+        let hash = meta.info_hash;
+        let replaced = {
+            let mut registry = self.registry.lock().unwrap();
+            match (registry.get(&hash), origin) {
+                (Some(Entry::Magnet(_)), _) => registry.insert(hash, Entry::Reserved),
+                (None, Origin::User) => registry.insert(hash, Entry::Reserved),
+                _ => return Ok(AddOutcome::AlreadyManaged),
+            }
+        };
+        let mut magnet = match replaced {
+            Some(Entry::Magnet(m)) => Some(m),
+            _ => None,
+        };
+        if let Some(m) = magnet.as_mut() {
+            m.stop_fetch().await;
+        }
+        let record = ResumeRecord {
+            name: meta.name.clone(),
+            added_at: now_unix(),
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
+        let meta = Arc::new(meta);
+        let (dir, m, r) = (self.env.state_dir.clone(), meta.clone(), record.clone());
+        let saved =
+            tokio::task::spawn_blocking(move || persist_torrent(&dir, &m, &r)).await.map_err(std::io::Error::other);
+        match saved.and_then(|r| r) {
+            Ok(()) => {
+                self.start_torrent(meta, record);
+                Ok(AddOutcome::Added)
+            }
+            Err(e) => {
+                match magnet {
+                    // The magnet stays, paused, saying why.
+                    Some(mut m) => {
+                        m.error = Some(format!("cannot save the metadata: {e}"));
+                        self.put(hash, Entry::Magnet(m));
+                    }
+                    None => self.release(&hash),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A magnet's metadata arrived: it becomes a torrent like any other.
+    async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
+        let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
+        match self.add_torrent(f.meta, f.peers, Origin::Fetched).await {
+            Ok(AddOutcome::Added) => {
+                tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent")
+            }
+            Ok(AddOutcome::AlreadyManaged) => {}
+            Err(e) => tracing::warn!(torrent = %name, error = %e, "cannot save the fetched metadata"),
+        }
+    }
+
+    /// Records a magnet; it waits in state `metadata` for its metadata.
+    pub async fn add_magnet(self: &Arc<Self>, magnet: Magnet) -> std::io::Result<AddOutcome> {
+        let hash = magnet.info_hash;
+        {
+            let mut registry = self.registry.lock().unwrap();
+            if registry.contains_key(&hash) {
+                return Ok(AddOutcome::AlreadyManaged);
+            }
+            registry.insert(hash, Entry::Reserved);
+        }
+        match save_magnet(&self.env.state_dir, &magnet, false).await {
+            Ok(()) => {
+                self.start_magnet(magnet, false);
+                Ok(AddOutcome::Added)
+            }
+            Err(e) => {
+                self.release(&hash);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn statuses(&self) -> Vec<TorrentStatus> {
+        let sources: Vec<StatusSource> = {
+            let registry = self.registry.lock().unwrap();
+            registry.iter().filter_map(|(hash, e)| e.status_source(hash)).collect()
+        };
+        let mut out: Vec<TorrentStatus> = sources
+            .into_iter()
+            .map(|s| match s {
+                StatusSource::Torrent(shared) => shared.status(),
+                StatusSource::Ready(status) => status,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
+        out
+    }
+
+    /// Finds a torrent by exact name or unique info-hash prefix.
+    pub fn find(&self, id: &str) -> Result<InfoHash, String> {
+        let id_lower = id.to_ascii_lowercase();
+        let statuses = self.statuses();
+        let by_name: Vec<&TorrentStatus> = statuses.iter().filter(|s| s.name == id).collect();
+        if by_name.len() == 1 {
+            return Ok(InfoHash::parse(&by_name[0].info_hash).unwrap());
+        }
+        let by_hash: Vec<&TorrentStatus> =
+            statuses.iter().filter(|s| !id_lower.is_empty() && s.info_hash.starts_with(&id_lower)).collect();
+        match (by_name.len(), by_hash.len()) {
+            (_, 1) => Ok(InfoHash::parse(&by_hash[0].info_hash).unwrap()),
+            (0, 0) => Err(format!("no torrent named or hashed '{id}'")),
+            _ => Err(format!("'{id}' matches several torrents; give more of the info hash")),
+        }
+    }
+
+    /// Pause, resume or recheck, for torrents and magnets alike.
+    pub async fn command(self: &Arc<Self>, id: &str, cmd: Cmd) -> Result<String, String> {
+        let hash = self.find(id)?;
+        let torrent = match self.registry.lock().unwrap().get(&hash) {
+            Some(Entry::Torrent(t)) => Some((t.cmd.clone(), t.shared.name().to_string())),
+            Some(Entry::Magnet(_)) => None,
+            _ => return Err(format!("'{id}' is being added or removed; try again")),
+        };
+        let Some((sender, name)) = torrent else {
+            return self.magnet_command(&hash, cmd).await;
+        };
+        let what = match cmd {
+            Cmd::Pause => "pausing",
+            Cmd::Resume => "resuming",
+            Cmd::Recheck => "rechecking",
+            Cmd::Incoming(..) => "",
+        };
+        sender.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
+        Ok(format!("{what} {name}"))
+    }
+
+    /// Pause and resume of a magnet still fetching; it has nothing to check.
+    async fn magnet_command(self: &Arc<Self>, hash: &InfoHash, cmd: Cmd) -> Result<String, String> {
+        let Some(Entry::Magnet(mut m)) = self.take(hash) else {
+            return Err("the magnet is being added or removed; try again".into());
+        };
+        let name = m.magnet.display_name();
+        let result = match (cmd, m.fetch.is_some()) {
+            (Cmd::Pause, true) => {
+                m.stop_fetch().await;
+                let r = save_magnet(&self.env.state_dir, &m.magnet, true).await;
+                tracing::info!(torrent = %name, "paused");
+                r.map(|_| format!("pausing {name}")).map_err(|e| e.to_string())
+            }
+            (Cmd::Resume, false) => {
+                let r = save_magnet(&self.env.state_dir, &m.magnet, false).await;
+                m.error = None;
+                m.fetch = Some(self.spawn_fetch(&m.magnet));
+                tracing::info!(torrent = %name, "resumed");
+                r.map(|_| format!("resuming {name}")).map_err(|e| e.to_string())
+            }
+            (Cmd::Pause, false) => Ok(format!("{name} is already paused")),
+            (Cmd::Resume, true) => Ok(format!("{name} is not paused")),
+            _ => Err(format!("{name} has no data to check until its metadata arrives")),
+        };
+        self.put(*hash, Entry::Magnet(m));
+        result
+    }
+
+    /// Removes a torrent (and with `delete_data`, its files).
+    pub async fn remove(&self, id: &str, delete_data: bool) -> Result<String, String> {
+        let hash = self.find(id)?;
+        let entry = self.take(&hash).ok_or_else(|| format!("'{id}' is being added or removed already"))?;
+        let dir = self.env.state_dir.clone();
+        let result = match entry {
+            Entry::Magnet(mut m) => {
+                m.stop_fetch().await;
+                let path = resume::magnet_path(&dir, &hash);
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+                Ok(format!("removed {}", m.magnet.display_name()))
+            }
+            Entry::Torrent(t) => {
+                let shared = t.shared.clone();
+                t.stop().await;
+                self.forget_torrent(&shared, delete_data).await
+            }
+            Entry::Reserved => Err("being added or removed already".to_string()),
+        };
+        self.release(&hash);
+        result
+    }
+
+    /// Deletes a stopped torrent's state files, and its data if asked.
+    async fn forget_torrent(&self, shared: &TorrentShared, delete_data: bool) -> Result<String, String> {
+        let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta.info_hash, shared.name().to_string());
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in [resume::torrent_path(&dir, &hash), resume::resume_path(&dir, &hash)] {
+                let _ = std::fs::remove_file(p);
+            }
+        })
+        .await;
+        if delete_data {
+            let (meta, base) = (shared.meta.clone(), self.env.download_dir.clone());
+            let r = self.env.disk.run(move || delete_files(&base, &meta)).await;
+            if let Ok(Err(e)) = r {
+                return Err(format!("removed {name}, but deleting its data failed: {e}"));
+            }
+        }
+        tracing::info!(torrent = %name, delete_data, "removed");
+        Ok(format!("removed {name}{}", if delete_data { " and its data" } else { "" }))
+    }
+
+    /// Replaces the live configuration (SIGHUP); limits apply from the next
+    /// use, paths and ports need a restart.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.env.download_limit.set_rate(config.limits.download_rate.0);
+        self.env.upload_limit.set_rate(config.limits.upload_rate.0);
+        *self.env.config.write().unwrap() = config;
+    }
+
+    /// Stops every task (each torrent announces `stopped` and saves its
+    /// state), then the DHT and the disk pool.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(dht) = &self.env.dht {
+            dht.shutdown().await;
+        }
+        let disk = self.env.disk.clone();
+        let _ = tokio::task::spawn_blocking(move || disk.shutdown()).await;
+    }
+}
+
+async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16) -> anyhow::Result<Env> {
+    let dht = if config.dht.enabled {
+        match crate::dht::Dht::start(ip, listen_port, &config.paths.state_dir, config.dht.bootstrap.clone()).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, port = listen_port, "cannot start the DHT; trackers and PEX only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Env {
+        peer_id: PeerId::generate(),
+        listen_port,
+        disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
+        http: reqwest::Client::builder().user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION"))).build()?,
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        download_slots: Arc::new(Semaphore::new(match config.limits.max_active_downloads {
+            0 => Semaphore::MAX_PERMITS,
+            n => n,
+        })),
+        queued: Default::default(),
+        download_limit: RateLimiter::new(config.limits.download_rate.0),
+        upload_limit: RateLimiter::new(config.limits.upload_rate.0),
+        download_dir: config.paths.download_dir.clone(),
+        state_dir: config.paths.state_dir.clone(),
+        config: RwLock::new(config),
+        dht,
+    })
+}
+
+/// Removes torrents that asked to be removed, and turns fetched magnets
+/// into torrents, one at a time.
+async fn housekeeping(
+    session: std::sync::Weak<Session>,
+    mut removals: mpsc::UnboundedReceiver<InfoHash>,
+    mut fetched: mpsc::UnboundedReceiver<Fetched>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(h) = removals.recv() => {
+                if let Some(s) = session.upgrade() {
+                    let _ = s.remove(&h.hex(), false).await;
+                }
+            }
+            Some(f) = fetched.recv() => {
+                if let Some(s) = session.upgrade() {
+                    s.metadata_arrived(f).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a new torrent's metainfo and first record, and drops its magnet.
+fn persist_torrent(dir: &Path, meta: &Metainfo, record: &ResumeRecord) -> std::io::Result<()> {
+    let hash = meta.info_hash;
+    resume::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
+    record.save(dir, &hash)?;
+    match std::fs::remove_file(resume::magnet_path(dir, &hash)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A magnet in `state_dir`: its URI, and a `# paused` line while paused.
+async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool) -> std::io::Result<()> {
+    let text = format!("{}\n{}", magnet.to_uri(), if paused { restore::PAUSED_MARK } else { "" });
+    let path = resume::magnet_path(state_dir, &magnet.info_hash);
+    tokio::task::spawn_blocking(move || resume::write_atomic(&path, text.as_bytes()))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn delete_files(base: &Path, meta: &Metainfo) -> std::io::Result<()> {
+    for (i, f) in meta.files.iter().enumerate() {
+        if f.padding {
+            continue;
+        }
+        match std::fs::remove_file(crate::storage::file_path(base, meta, i)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    // Remove the torrent's now-empty directories, deepest first; never base.
+    if meta.files.len() > 1 || meta.files[0].path.len() > 1 {
+        let mut dirs: Vec<std::path::PathBuf> = meta
+            .files
+            .iter()
+            .flat_map(|f| (1..f.path.len()).map(|n| base.join(f.path[..n].iter().collect::<std::path::PathBuf>())))
+            .collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        dirs.dedup();
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Reading `state_dir` at start: every `HASH.torrent` with its resume record,
+//! and every `HASH.magnet` still waiting for metadata. Blocking; the session
+//! runs it off the async workers.
+
+use crate::magnet::Magnet;
+use crate::metainfo::Metainfo;
+use crate::resume::{self, ResumeRecord};
+use std::path::Path;
+
+/// The line that marks a magnet paused in its state file.
+pub(super) const PAUSED_MARK: &str = "# paused\n";
+
+pub(super) enum Restored {
+    Torrent(Box<Metainfo>, ResumeRecord),
+    /// A magnet, and whether it was paused.
+    Magnet(Magnet, bool),
+}
+
+pub(super) fn scan(dir: &Path) -> Vec<Restored> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let result = match path.extension().and_then(|x| x.to_str()).unwrap_or("") {
+            "torrent" => read_torrent(dir, &path).map(Some),
+            "magnet" => read_magnet(dir, &path),
+            _ => Ok(None),
+        };
+        match result {
+            Ok(Some(r)) => found.push(r),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot restore torrent from state"),
+        }
+    }
+    found
+}
+
+fn read_torrent(dir: &Path, path: &Path) -> Result<Restored, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let meta = Metainfo::from_torrent_bytes(&bytes).map_err(|e| e.to_string())?;
+    let record = ResumeRecord::load(dir, &meta.info_hash).unwrap_or_else(|e| {
+        let file = resume::resume_path(dir, &meta.info_hash);
+        tracing::warn!(file = %file.display(), error = %e, "resume record unreadable; the data will be rechecked");
+        None
+    });
+    Ok(Restored::Torrent(Box::new(meta), record.unwrap_or_default()))
+}
+
+/// A magnet, unless its metadata was fetched just before a crash.
+fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let paused = text.lines().any(|l| l.trim() == PAUSED_MARK.trim());
+    let magnet = crate::magnet::parse_file(&text)?.swap_remove(0);
+    if resume::torrent_path(dir, &magnet.info_hash).exists() {
+        let _ = std::fs::remove_file(path);
+        return Ok(None);
+    }
+    Ok(Some(Restored::Magnet(magnet, paused)))
+}

@@ -1,0 +1,483 @@
+//! The `Active` phase: the torrent is in its swarm. It owns the peer tasks,
+//! the tracker task and the DHT lookups, ticks its clocks (`clock.rs`), runs
+//! choking rounds, notices completion, seeding limits and disk trouble, and
+//! stops everything it started before it returns.
+
+use super::choker::{ChokeInput, Choker};
+use super::clock::{self, ActiveClock};
+use super::peer::{self, HANDSHAKE_TIMEOUT};
+use super::peerbook::PeerBook;
+use super::phase::Outcome;
+use super::picker::PeerKey;
+use super::task::{limit_reached, Command, Control};
+use super::{PeerHandle, TorrentShared};
+use crate::resume::now_unix;
+use crate::tracker::{self, TrackerConfig, TransferCounters};
+use crate::types::{human_bytes, human_duration};
+use crate::wire::Handshake;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// New outgoing connection attempts per second per torrent.
+const CONNECTS_PER_TICK: usize = 8;
+/// How often a torrent looks itself up in the DHT (and announces).
+const DHT_DOWNLOADING_EVERY: Duration = Duration::from_secs(120);
+const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
+/// Peer tasks get this long to end on their own before they are aborted.
+const PEERS_DRAIN: Duration = Duration::from_secs(5);
+
+struct Active<'a> {
+    shared: &'a Arc<TorrentShared>,
+    /// Peer tasks; outgoing ones return their address and whether it is
+    /// worth dialling again.
+    peers: JoinSet<Option<(SocketAddr, bool, Duration)>>,
+    /// Cancels everything this phase started.
+    child: CancellationToken,
+    /// Every address heard of, and when to dial it.
+    book: PeerBook,
+    choker: Choker,
+    clock: ActiveClock,
+    /// (downloaded, uploaded, seconds) per tick, the last few seconds.
+    rate_window: VecDeque<(u64, u64, f64)>,
+    last_totals: (u64, u64),
+    /// Peers known from the last run (or a magnet's x.pe), tried again when
+    /// the torrent is alone.
+    remembered: Vec<SocketAddr>,
+    completed_tx: watch::Sender<bool>,
+    /// When the phase began and what had been downloaded then, for the
+    /// completion line.
+    started: (Instant, u64),
+}
+
+/// Helpers started with the phase and stopped with it.
+struct Helpers {
+    tracker: JoinHandle<()>,
+    dht: Option<JoinHandle<()>>,
+    peers_rx: mpsc::Receiver<Vec<SocketAddr>>,
+}
+
+pub(super) async fn run(
+    shared: &Arc<TorrentShared>,
+    ctl: &mut Control<'_>,
+    slot: &mut Option<OwnedSemaphorePermit>,
+) -> Option<Outcome> {
+    let complete = shared.is_complete();
+    let mut a = Active::new(shared, ctl.cancel.child_token(), complete);
+    let mut helpers = a.start_helpers();
+    let remembered = a.remembered.clone();
+    a.add_candidates(remembered);
+    let outcome = a.run(ctl, slot, &mut helpers.peers_rx).await;
+    a.stop(helpers).await;
+    outcome
+}
+
+impl<'a> Active<'a> {
+    fn new(shared: &'a Arc<TorrentShared>, child: CancellationToken, complete: bool) -> Active<'a> {
+        let totals = (shared.downloaded.load(Ordering::Relaxed), shared.uploaded.load(Ordering::Relaxed));
+        let have = shared.inner.lock().unwrap().have.count();
+        let remembered = shared.status.lock().unwrap().record.peers.iter().filter_map(|p| p.parse().ok()).collect();
+        Active {
+            shared,
+            peers: JoinSet::new(),
+            child,
+            book: PeerBook::default(),
+            choker: Choker::new(shared.env.config().limits.upload_slots, rand::random()),
+            clock: ActiveClock::new(Instant::now(), totals.0, have),
+            rate_window: VecDeque::new(),
+            last_totals: totals,
+            remembered,
+            completed_tx: watch::Sender::new(complete),
+            started: (Instant::now(), totals.0),
+        }
+    }
+
+    /// The tracker task and, for public torrents, DHT lookups: often while
+    /// downloading, seldom while seeding.
+    fn start_helpers(&self) -> Helpers {
+        let (shared, env) = (self.shared, &self.shared.env);
+        let (peers_tx, peers_rx) = mpsc::channel(16);
+        let cfg = TrackerConfig {
+            info_hash: shared.meta.info_hash,
+            name: shared.meta.name.clone(),
+            peer_id: env.peer_id,
+            port: env.listen_port,
+            tiers: shared.meta.trackers.clone(),
+        };
+        let counters = shared.clone() as Arc<dyn TransferCounters>;
+        let completed = self.completed_tx.subscribe();
+        let tracker = tokio::spawn(tracker::run(
+            cfg,
+            env.http.clone(),
+            counters,
+            peers_tx.clone(),
+            completed,
+            self.child.clone(),
+        ));
+        let dht = env.dht.as_ref().filter(|_| !shared.meta.private).map(|dht| {
+            let torrent = shared.clone();
+            let every = move || if torrent.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
+            let hash = shared.meta.info_hash;
+            tokio::spawn(dht.clone().keep_looking_up(hash, env.listen_port, peers_tx, self.child.clone(), every))
+        });
+        Helpers { tracker, dht, peers_rx }
+    }
+
+    async fn run(
+        &mut self,
+        ctl: &mut Control<'_>,
+        slot: &mut Option<OwnedSemaphorePermit>,
+        peers_rx: &mut mpsc::Receiver<Vec<SocketAddr>>,
+    ) -> Option<Outcome> {
+        let mut have_rx = self.shared.have_tx.subscribe();
+        let mut next_tick = self.clock.first_tick();
+        loop {
+            tokio::select! {
+                cmd = ctl.next() => match cmd.ok()? {
+                    Command::Incoming(stream, addr, hs) => self.accept(stream, addr, hs),
+                    Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked)) => return Some(o),
+                    Command::Outcome(_) => {}
+                },
+                Some(list) = peers_rx.recv() => self.add_candidates(list),
+                Some(ended) = self.peers.join_next(), if !self.peers.is_empty() => {
+                    if let Ok(Some((addr, retry, lasted))) = ended {
+                        self.book.ended(addr, retry, lasted, Instant::now());
+                    }
+                }
+                r = have_rx.changed() => {
+                    r.ok()?;
+                    if let Some(o) = self.on_new_piece(slot).await {
+                        return Some(o);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_tick.into()) => {
+                    let (next, outcome) = self.on_tick(slot.is_some()).await;
+                    if outcome.is_some() {
+                        return outcome;
+                    }
+                    next_tick = next;
+                }
+            }
+        }
+    }
+
+    /// A piece was verified (or a write failed): notes completion, which
+    /// frees the download slot.
+    async fn on_new_piece(&mut self, slot: &mut Option<OwnedSemaphorePermit>) -> Option<Outcome> {
+        if let Some(e) = self.shared.inner.lock().unwrap().disk_error.take() {
+            return Some(Outcome::DiskFailed(e));
+        }
+        if slot.is_none() || !self.shared.is_complete() {
+            return None;
+        }
+        *slot = None;
+        self.completed_tx.send_replace(true);
+        self.shared.status.lock().unwrap().record.completed_at = now_unix();
+        let secs = self.started.0.elapsed().as_secs_f64().max(0.001);
+        let got = self.shared.downloaded.load(Ordering::Relaxed).saturating_sub(self.started.1);
+        tracing::info!(
+            torrent = %self.shared.name(),
+            size = %human_bytes(self.shared.meta.total_length),
+            duration = %human_duration(secs as u64),
+            avg = %format!("{}/s", human_bytes((got as f64 / secs) as u64)),
+            "completed"
+        );
+        self.shared.save_resume(false).await;
+        let have = self.shared.inner.lock().unwrap().have.count();
+        self.clock.saved(Instant::now(), have);
+        None
+    }
+
+    /// Once a second (every few when idle): rates, choking, dialling,
+    /// seeding time and limits, stalls, the resume record.
+    async fn on_tick(&mut self, downloading: bool) -> (Instant, Option<Outcome>) {
+        let now = Instant::now();
+        let env = &self.shared.env;
+        let config = env.config();
+        let seeding = self.shared.is_complete();
+        let facts = clock::Facts {
+            received: self.shared.downloaded.load(Ordering::Relaxed),
+            have: self.shared.inner.lock().unwrap().have.count(),
+            downloading,
+            others_queued: env.queued.load(Ordering::Relaxed) > 0,
+            seeding,
+            idle: seeding && self.peers.is_empty() && !self.book.has_queued(),
+            stall_after: Duration::from_secs(config.limits.stall_secs),
+            save_every: Duration::from_secs(config.storage.resume_interval_secs),
+        };
+        let plan = self.clock.tick(now, facts);
+        self.update_rates(plan.elapsed);
+        if let Some(quiet) = plan.stalled {
+            tracing::debug!(torrent = %self.shared.name(), quiet = %human_duration(quiet.as_secs()), "download stalled");
+            return (plan.next_tick, Some(Outcome::Stalled));
+        }
+        if plan.choke {
+            self.choke_round(now);
+        }
+        self.dial_learned(now);
+        if let Some(e) = self.shared.inner.lock().unwrap().disk_error.take() {
+            return (plan.next_tick, Some(Outcome::DiskFailed(e)));
+        }
+        if seeding {
+            self.shared.status.lock().unwrap().record.seeding_secs += plan.seeded_secs;
+            if let Some(why) = limit_reached(self.shared) {
+                let action = config.seeding.action;
+                tracing::info!(torrent = %self.shared.name(), reason = %why, action = ?action, "seeding limit reached");
+                return (plan.next_tick, Some(Outcome::LimitReached));
+            }
+        }
+        if plan.save {
+            self.shared.save_resume(false).await;
+        }
+        (plan.next_tick, None)
+    }
+
+    /// Peers from PEX, due retries, and when alone, the remembered ones.
+    fn dial_learned(&mut self, now: Instant) {
+        let mut learned = std::mem::take(&mut self.shared.inner.lock().unwrap().pex_learned);
+        self.book.queue_due(now);
+        if self.peers.is_empty() && !self.book.has_queued() {
+            learned.extend_from_slice(&self.remembered);
+        }
+        self.add_candidates(learned);
+    }
+
+    /// Stops everything the phase started and persists the torrent.
+    async fn stop(mut self, helpers: Helpers) {
+        self.child.cancel();
+        let drain = async { while self.peers.join_next().await.is_some() {} };
+        if tokio::time::timeout(PEERS_DRAIN, drain).await.is_err() {
+            self.peers.shutdown().await;
+        }
+        // Both end on the cancel; the tracker's `stopped` announce is bounded.
+        let _ = helpers.tracker.await;
+        if let Some(d) = helpers.dht {
+            let _ = d.await;
+        }
+        {
+            let mut s = self.shared.status.lock().unwrap();
+            s.download_rate = 0;
+            s.upload_rate = 0;
+        }
+        self.shared.save_resume(true).await;
+    }
+
+    fn add_candidates(&mut self, list: Vec<SocketAddr>) {
+        self.book.heard(list, Instant::now());
+        self.connect_candidates();
+    }
+
+    fn connect_candidates(&mut self) {
+        let max = self.shared.env.config().limits.max_peers_per_torrent;
+        let mut started = 0;
+        while started < CONNECTS_PER_TICK && self.peers.len() < max {
+            let Some(addr) = self.book.next_to_dial() else {
+                break;
+            };
+            {
+                let inner = self.shared.inner.lock().unwrap();
+                if inner.peers.contains_key(&addr) || inner.banned_addrs.contains(&addr) {
+                    continue;
+                }
+            }
+            let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
+                break;
+            };
+            started += 1;
+            let (shared, cancel) = (self.shared.clone(), self.child.clone());
+            self.peers.spawn(async move {
+                let _permit = permit;
+                let started = Instant::now();
+                let retry = match outgoing(shared, addr, cancel).await {
+                    Ok(()) => true,
+                    Err((e, retry)) => {
+                        tracing::debug!(peer = %addr, error = %e, "peer connection ended");
+                        retry
+                    }
+                };
+                Some((addr, retry, started.elapsed()))
+            });
+        }
+    }
+
+    fn accept(&mut self, stream: TcpStream, addr: SocketAddr, hs: Handshake) {
+        let max = self.shared.env.config().limits.max_peers_per_torrent;
+        if self.peers.len() >= max {
+            return;
+        }
+        let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
+            return;
+        };
+        let (shared, cancel) = (self.shared.clone(), self.child.clone());
+        self.peers.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = incoming(shared, stream, addr, hs, cancel).await {
+                tracing::debug!(peer = %addr, error = %e, "peer connection ended");
+            }
+            None
+        });
+    }
+
+    /// Rates over the last few ticks, whatever their length.
+    fn update_rates(&mut self, elapsed: Duration) {
+        let now = (self.shared.downloaded.load(Ordering::Relaxed), self.shared.uploaded.load(Ordering::Relaxed));
+        self.rate_window.push_back((now.0 - self.last_totals.0, now.1 - self.last_totals.1, elapsed.as_secs_f64()));
+        self.last_totals = now;
+        if self.rate_window.len() > 5 {
+            self.rate_window.pop_front();
+        }
+        let (d, u, secs) = self.rate_window.iter().fold((0, 0, 0.0), |acc, x| (acc.0 + x.0, acc.1 + x.1, acc.2 + x.2));
+        let secs = secs.max(0.001);
+        let mut s = self.shared.status.lock().unwrap();
+        s.download_rate = (d as f64 / secs) as u64;
+        s.upload_rate = (u as f64 / secs) as u64;
+    }
+
+    fn choke_round(&mut self, now: Instant) {
+        let secs = self.clock.since_choke(now).as_secs_f64().max(1.0);
+        self.clock.choked(now);
+        let seeding = self.shared.is_complete();
+        let handles: Vec<(PeerKey, Arc<PeerHandle>)> =
+            self.shared.inner.lock().unwrap().peers.iter().map(|(k, h)| (*k, h.clone())).collect();
+        let inputs = choke_inputs(&handles, seeding, secs);
+        self.choker.set_slots(self.shared.env.config().limits.upload_slots);
+        let unchoked = self.choker.run(&inputs);
+        for (k, h) in handles {
+            let want = unchoked.contains(&k);
+            if h.unchoke.swap(want, Ordering::Relaxed) != want {
+                h.notify.notify_one();
+            }
+        }
+    }
+}
+
+/// What the choker needs of each peer: its rate since the last round. The
+/// mark lives in the connection's own handle, so a peer redialled at the
+/// same address starts from zero.
+fn choke_inputs(handles: &[(PeerKey, Arc<PeerHandle>)], seeding: bool, secs: f64) -> Vec<ChokeInput> {
+    handles
+        .iter()
+        .map(|(k, h)| {
+            let (down, up) = h.bytes_since_mark();
+            ChokeInput {
+                key: *k,
+                interested: h.peer_interested.load(Ordering::Relaxed),
+                rate: (if seeding { up } else { down } as f64 / secs) as u64,
+                connected_secs: h.connected_at.elapsed().as_secs(),
+                snubbed: h.snubbed.load(Ordering::Relaxed),
+            }
+        })
+        .collect()
+}
+
+/// Admits a peer into the torrent's peer map, or says why not.
+fn register(
+    shared: &TorrentShared,
+    addr: SocketAddr,
+    peer_id: [u8; 20],
+    listen: Option<SocketAddr>,
+) -> Result<Arc<PeerHandle>, String> {
+    if peer_id == shared.env.peer_id.0 {
+        return Err("connected to ourselves".into());
+    }
+    let mut inner = shared.inner.lock().unwrap();
+    if inner.banned_ids.contains(&peer_id) || inner.banned_addrs.contains(&addr) {
+        return Err("banned".into());
+    }
+    if inner.peers.contains_key(&addr) || inner.peers.values().any(|p| p.peer_id == peer_id) {
+        return Err("already connected".into());
+    }
+    let handle = Arc::new(PeerHandle::new(peer_id, listen));
+    inner.peers.insert(addr, handle.clone());
+    Ok(handle)
+}
+
+/// Dials `addr`; `Err((reason, worth_retrying))`. Reaching ourselves, a
+/// banned peer or another torrent is not worth another try.
+async fn outgoing(
+    shared: Arc<TorrentShared>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> Result<(), (String, bool)> {
+    let ours = our_handshake(&shared);
+    let connect = async {
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let theirs = peer::handshake_outgoing(&mut stream, &ours).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((stream, theirs))
+    };
+    let (stream, theirs) = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        r = connect => r.map_err(|e| (e, true))?,
+    };
+    if theirs.info_hash != shared.meta.info_hash {
+        return Err(("peer answered for another torrent".into(), false));
+    }
+    let handle = register(&shared, addr, theirs.peer_id.0, Some(addr)).map_err(|e| (e, false))?;
+    tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
+    let result = peer::run(shared.clone(), handle.clone(), stream, addr, theirs, cancel).await;
+    // Two seeds part for good; anything else may be worth another try.
+    let both_seeds = handle.is_seed.load(Ordering::Relaxed) && shared.is_complete();
+    result.map_err(|e| (e.to_string(), !both_seeds))
+}
+
+async fn incoming(
+    shared: Arc<TorrentShared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    theirs: Handshake,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let handle = register(&shared, addr, theirs.peer_id.0, None)?;
+    let ours = our_handshake(&shared);
+    let send = async {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(&ours.encode()).await
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, send).await {
+        Ok(Ok(())) => {}
+        _ => {
+            shared.inner.lock().unwrap().peers.remove(&addr);
+            return Err("handshake write failed".into());
+        }
+    }
+    tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
+    peer::run(shared, handle, stream, addr, theirs, cancel).await.map_err(|e| e.to_string())
+}
+
+/// The DHT bit is set only where the DHT may be used: never for private torrents.
+fn our_handshake(shared: &TorrentShared) -> Handshake {
+    Handshake::new(shared.meta.info_hash, shared.env.peer_id, shared.env.dht.is_some() && !shared.meta.private)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_redialled_at_the_same_address_starts_from_zero() {
+        let key: PeerKey = "127.0.0.1:7000".parse().unwrap();
+        let first = Arc::new(PeerHandle::new([1; 20], None));
+        first.bytes_up.store(10_000_000, Ordering::Relaxed);
+        let inputs = choke_inputs(&[(key, first)], true, 10.0);
+        assert_eq!(inputs[0].rate, 1_000_000);
+        // The connection ends; the peer comes back from the same address and
+        // has taken 50 kB by the next round.
+        let again = Arc::new(PeerHandle::new([1; 20], None));
+        again.bytes_up.store(50_000, Ordering::Relaxed);
+        let inputs = choke_inputs(&[(key, again.clone())], true, 10.0);
+        assert_eq!(inputs[0].rate, 5_000, "a new connection's rate counts from its own start");
+        again.bytes_up.store(150_000, Ordering::Relaxed);
+        let inputs = choke_inputs(&[(key, again)], true, 10.0);
+        assert_eq!(inputs[0].rate, 10_000);
+    }
+}
