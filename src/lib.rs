@@ -3,33 +3,45 @@
 //! # Architecture
 //!
 //! ```text
-//!  watch folder ──┐                      ┌── torrent task (per torrent) ─┬─ peer tasks
-//!  control socket ├─> Daemon ─> Session ─┤                               ├─ tracker task
-//!  signals ───────┘                      │                               └─ DHT lookups
-//!                                        ├── magnet task (per magnet, until its metadata arrives)
-//!                                        ├── listener (routes incoming peers by info hash)
-//!                                        └── DHT node (receive loop, maintenance loop)
-//!                                                 │
-//!                                   disk pool (blocking threads: hash, mmap copies, flush)
+//!  watch folder (thread) ─┐
+//!  control socket ────────┼─> Daemon ─> Session: registry InfoHash -> Entry
+//!  signals (thread) ──────┘               ├─ Entry::Torrent: torrent task, through its phases
+//!                                         │     Held -> Preparing -> Queued -> Active (tracker, DHT lookups, peers)
+//!                                         ├─ Entry::Magnet: fetch task (metadata connections)
+//!                                         ├─ Entry::Reserved: an add or removal under way
+//!                                         ├─ listener (routes incoming peers by info hash)
+//!                                         └─ DHT node
+//!  every peer connection: conn::run(Transport, Handler) -> ConnEnd
+//!  disk pool (blocking threads: hashing, mmap copies, flushes, state files)
 //! ```
 //!
+//! * [`session`] holds one registry of entries by info hash; a slot is
+//!   reserved before anything is written or spawned for a hash.
+//! * A torrent's life is [`torrent::phase::Phase`], moved by one pure
+//!   transition table; the active phase's timers are [`torrent::clock`], a
+//!   pure function of the time passed in.
+//! * [`conn`] is the connection core (handshakes, framing, queueing,
+//!   keep-alives, timeouts, typed ends) under two handlers: the torrent's
+//!   peer and the magnet's metadata fetcher; under it, a transport.
 //! * Pure logic lives in modules that do no I/O and read no clock: the bencode
 //!   scanner, metainfo validation, the wire and extension codecs, metadata
 //!   assembly, the KRPC codec and the DHT routing table, UDP tracker packets,
-//!   the piece layout, the picker and the choker. They are unit-tested without
-//!   sockets or sleeps.
-//! * Every task has an owner: the daemon owns the session, the session owns the
-//!   torrents, the magnets and the DHT node, a torrent owns its tracker task,
-//!   its DHT lookups and its peers (in a `JoinSet`).
-//!   Shutdown cancels the tree top-down and waits for it.
+//!   the piece layout, the picker, the choker, the phase table and the active
+//!   clock. They are unit-tested without sockets or sleeps.
+//! * Every task has an owner: the daemon owns the session, the session tracks
+//!   every task it starts and waits for them on shutdown, a torrent's active
+//!   phase owns its tracker task, its DHT lookups and its peers.
 //! * Shared torrent state sits behind a `std::sync::Mutex` that is never held
-//!   across an `.await`; the lock order is session map, then torrent state.
-//! * Memory maps are only touched on the disk pool's threads, never on the
-//!   async workers, so a page fault never stalls a peer.
+//!   across an `.await`; the lock order is the session's registry, then a
+//!   torrent's state.
+//! * Memory maps and files are only touched on the disk pool's threads (or
+//!   `spawn_blocking`), never on the async workers, so a page fault or a slow
+//!   filesystem never stalls a peer.
 
 pub mod bencode;
 pub mod compact;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod daemon;
 pub mod dht;

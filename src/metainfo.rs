@@ -110,6 +110,49 @@ struct RawFile {
     attr: Option<ByteBuf>,
 }
 
+/// A multi-file torrent's files under `name`, with their offsets, and the
+/// total length. Paths must be safe and distinct, and no file may stand where
+/// another file's directory is.
+fn file_list(name: &str, raw_files: Vec<RawFile>) -> Result<(Vec<FileEntry>, u64), MetainfoError> {
+    if raw_files.len() > MAX_FILES {
+        return Err(MetainfoError::TooManyFiles(raw_files.len()));
+    }
+    let mut files = Vec::with_capacity(raw_files.len());
+    let mut offset = 0u64;
+    let (mut seen, mut dirs) = (HashSet::new(), HashSet::new());
+    for f in raw_files {
+        let shown = f.path.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>().join("/");
+        if f.path.is_empty() {
+            return Err(MetainfoError::UnsafePath(String::new(), shown));
+        }
+        let mut path = vec![name.to_string()];
+        for element in &f.path {
+            path.push(path_element(element, &shown)?);
+        }
+        if f.length < 0 {
+            return Err(MetainfoError::NegativeLength(f.length, shown));
+        }
+        let padding = f.attr.as_ref().is_some_and(|a| a.contains(&b'p'));
+        if !padding {
+            let key = path.join("/");
+            if !seen.insert(key.clone()) || dirs.contains(&key) {
+                return Err(MetainfoError::DuplicatePath(shown));
+            }
+            for i in 1..path.len() {
+                let dir = path[..i].join("/");
+                if seen.contains(&dir) {
+                    return Err(MetainfoError::DuplicatePath(dir));
+                }
+                dirs.insert(dir);
+            }
+        }
+        files.push(FileEntry { path, length: f.length as u64, offset, padding });
+        offset =
+            offset.checked_add(f.length as u64).ok_or_else(|| MetainfoError::Field("total length overflows".into()))?;
+    }
+    Ok((files, offset))
+}
+
 impl Metainfo {
     /// Parses a whole `.torrent` file.
     pub fn from_torrent_bytes(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
@@ -157,57 +200,15 @@ impl Metainfo {
         }
         let piece_hashes: Vec<[u8; 20]> = info.pieces.chunks(20).map(|c| c.try_into().unwrap()).collect();
 
-        let mut files = Vec::new();
-        let mut offset = 0u64;
-        match (info.length, info.files) {
-            (Some(length), None) => {
-                if length < 0 {
-                    return Err(MetainfoError::NegativeLength(length, name));
-                }
-                files.push(FileEntry { path: vec![name.clone()], length: length as u64, offset: 0, padding: false });
-                offset = length as u64;
-            }
-            (None, Some(raw_files)) => {
-                if raw_files.len() > MAX_FILES {
-                    return Err(MetainfoError::TooManyFiles(raw_files.len()));
-                }
-                let mut seen = HashSet::new();
-                let mut dirs = HashSet::new();
-                for f in raw_files {
-                    let shown = f.path.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>().join("/");
-                    if f.path.is_empty() {
-                        return Err(MetainfoError::UnsafePath(String::new(), shown));
-                    }
-                    let mut path = vec![name.clone()];
-                    for element in &f.path {
-                        path.push(path_element(element, &shown)?);
-                    }
-                    if f.length < 0 {
-                        return Err(MetainfoError::NegativeLength(f.length, shown));
-                    }
-                    let padding = f.attr.as_ref().is_some_and(|a| a.contains(&b'p'));
-                    if !padding {
-                        // A file may not share its path with another file or a directory.
-                        let key = path.join("/");
-                        if !seen.insert(key.clone()) || dirs.contains(&key) {
-                            return Err(MetainfoError::DuplicatePath(shown));
-                        }
-                        for i in 1..path.len() {
-                            let dir = path[..i].join("/");
-                            if seen.contains(&dir) {
-                                return Err(MetainfoError::DuplicatePath(dir));
-                            }
-                            dirs.insert(dir);
-                        }
-                    }
-                    files.push(FileEntry { path, length: f.length as u64, offset, padding });
-                    offset = offset
-                        .checked_add(f.length as u64)
-                        .ok_or_else(|| MetainfoError::Field("total length overflows".into()))?;
-                }
-            }
+        let (files, offset) = match (info.length, info.files) {
+            (Some(length), None) if length < 0 => return Err(MetainfoError::NegativeLength(length, name)),
+            (Some(length), None) => (
+                vec![FileEntry { path: vec![name.clone()], length: length as u64, offset: 0, padding: false }],
+                length as u64,
+            ),
+            (None, Some(raw_files)) => file_list(&name, raw_files)?,
             _ => return Err(MetainfoError::Shape),
-        }
+        };
         let total_length = offset;
         if total_length == 0 {
             return Err(MetainfoError::Empty);

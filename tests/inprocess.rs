@@ -594,3 +594,57 @@ fn control_loop_does_not_spin_on_emfile() {
     assert!(used < 0.5, "with its fds exhausted by control connections the daemon used {used:.2} s of CPU in 3 s");
     drop(conns);
 }
+
+// ---------------------------------------------------------------------------
+// 6. A tracker that never answers holds up neither a pause nor a shutdown
+// ---------------------------------------------------------------------------
+
+/// A "tracker" that accepts HTTP connections and never answers; it reports
+/// each connection it sees opened, and when the client closes it.
+async fn silent_tracker() -> (String, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/announce", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let _ = tx.send("opened");
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = tx.send("closed");
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tracker_does_not_hold_up_a_pause() {
+    let (url, mut seen) = silent_tracker().await;
+    let a = Node::start().await;
+    payload_tree(&a.download_dir(), "tree", TREE, 6);
+    let mut meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    meta.trackers = vec![vec![url]];
+    let hash = meta.info_hash.hex();
+    a.session.add_metainfo(meta).await.unwrap();
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    let opened = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+    assert_eq!(opened.ok().flatten(), Some("opened"), "the torrent announces to its tracker");
+    // The announce now hangs (the HTTP timeout is 15 s). A pause cancels it:
+    // the tracker sees its connection closed, and the torrent is paused,
+    // both at once rather than after a grace period.
+    let t0 = Instant::now();
+    a.session.command(&hash, Cmd::Pause).await.unwrap();
+    a.wait_state(&hash, TorrentState::Paused, Duration::from_secs(30)).await;
+    let paused_after = t0.elapsed();
+    let closed = tokio::time::timeout(Duration::from_secs(2), seen.recv()).await.ok().flatten();
+    a.session.shutdown().await;
+    assert_eq!(closed, Some("closed"), "the announce under way is abandoned, not left running");
+    assert!(paused_after < Duration::from_secs(3), "pausing took {paused_after:?} with a silent tracker");
+}

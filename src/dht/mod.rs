@@ -290,41 +290,8 @@ impl Dht {
                     }
                 }
                 self.rotate_secret(&mut s);
-                let own = s.table.own_id();
-                let body = match q {
-                    Query::Ping => Body::Response(Response::default()),
-                    Query::FindNode { target } => {
-                        Body::Response(Response { nodes: s.table.closest(&target, K), ..Default::default() })
-                    }
-                    Query::GetPeers { info_hash } => {
-                        let token = Some(token_for(&s.secret, from.ip()));
-                        let values: Vec<SocketAddr> = s
-                            .store
-                            .get(&info_hash)
-                            .map(|v| {
-                                v.iter()
-                                    .filter(|(_, at)| at.elapsed() < PEER_TTL)
-                                    .map(|(a, _)| *a)
-                                    .take(MAX_VALUES)
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        let nodes = if values.is_empty() { s.table.closest(&NodeId(info_hash), K) } else { Vec::new() };
-                        Body::Response(Response { nodes, values, token })
-                    }
-                    Query::AnnouncePeer { info_hash, port, token, implied_port } => {
-                        let valid = token == token_for(&s.secret, from.ip())
-                            || token == token_for(&s.previous_secret, from.ip());
-                        if !valid {
-                            Body::Error { code: 203, message: "bad token".into() }
-                        } else {
-                            let port = if implied_port { from.port() } else { port };
-                            store_peer(&mut s.store, info_hash, SocketAddr::new(from.ip(), port));
-                            Body::Response(Response::default())
-                        }
-                    }
-                };
-                Some(Message { t: msg.t, id: Some(own), body })
+                let body = answer(&mut s, q, from);
+                Some(Message { t: msg.t, id: Some(s.table.own_id()), body })
             }
         }
     }
@@ -559,6 +526,35 @@ impl Dht {
             }
         }
         pings.shutdown().await;
+    }
+}
+
+/// Our answer to one query.
+fn answer(s: &mut State, q: Query, from: SocketAddr) -> Body {
+    match q {
+        Query::Ping => Body::Response(Response::default()),
+        Query::FindNode { target } => {
+            Body::Response(Response { nodes: s.table.closest(&target, K), ..Default::default() })
+        }
+        Query::GetPeers { info_hash } => {
+            let token = Some(token_for(&s.secret, from.ip()));
+            let values: Vec<SocketAddr> = s
+                .store
+                .get(&info_hash)
+                .map(|v| v.iter().filter(|(_, at)| at.elapsed() < PEER_TTL).map(|(a, _)| *a).take(MAX_VALUES).collect())
+                .unwrap_or_default();
+            let nodes = if values.is_empty() { s.table.closest(&NodeId(info_hash), K) } else { Vec::new() };
+            Body::Response(Response { nodes, values, token })
+        }
+        Query::AnnouncePeer { info_hash, port, token, implied_port } => {
+            let valid = token == token_for(&s.secret, from.ip()) || token == token_for(&s.previous_secret, from.ip());
+            if !valid {
+                return Body::Error { code: 203, message: "bad token".into() };
+            }
+            let port = if implied_port { from.port() } else { port };
+            store_peer(&mut s.store, info_hash, SocketAddr::new(from.ip(), port));
+            Body::Response(Response::default())
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::entry::Entry;
 use super::Session;
-use crate::torrent::peer::{read_handshake, HANDSHAKE_TIMEOUT};
+use crate::conn::{read_handshake, Transport, HANDSHAKE_TIMEOUT};
 use crate::torrent::task::Cmd;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -76,7 +76,8 @@ pub(super) async fn accept_loop(session: Arc<Session>, listener: TcpListener) {
 }
 
 /// Reads the handshake and hands the connection to whoever wants it.
-async fn route(session: Arc<Session>, mut stream: TcpStream, addr: SocketAddr) {
+async fn route(session: Arc<Session>, stream: TcpStream, addr: SocketAddr) {
+    let mut stream = Transport::from(stream);
     let Ok(Ok(hs)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_handshake(&mut stream)).await else {
         return;
     };

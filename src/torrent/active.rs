@@ -5,12 +5,13 @@
 
 use super::choker::{ChokeInput, Choker};
 use super::clock::{self, ActiveClock};
-use super::peer::{self, HANDSHAKE_TIMEOUT};
+use super::connect;
 use super::peerbook::PeerBook;
 use super::phase::Outcome;
 use super::picker::PeerKey;
 use super::task::{limit_reached, Command, Control};
 use super::{PeerHandle, TorrentShared};
+use crate::conn::Transport;
 use crate::resume::now_unix;
 use crate::tracker::{self, TrackerConfig, TransferCounters};
 use crate::types::{human_bytes, human_duration};
@@ -20,12 +21,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// New outgoing connection attempts per second per torrent.
 const CONNECTS_PER_TICK: usize = 8;
 /// How often a torrent looks itself up in the DHT (and announces).
@@ -295,19 +294,14 @@ impl<'a> Active<'a> {
             self.peers.spawn(async move {
                 let _permit = permit;
                 let started = Instant::now();
-                let retry = match outgoing(shared, addr, cancel).await {
-                    Ok(()) => true,
-                    Err((e, retry)) => {
-                        tracing::debug!(peer = %addr, error = %e, "peer connection ended");
-                        retry
-                    }
-                };
-                Some((addr, retry, started.elapsed()))
+                let end = connect::outgoing(shared, addr, cancel).await;
+                tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
+                Some((addr, end.worth_redialling(), started.elapsed()))
             });
         }
     }
 
-    fn accept(&mut self, stream: TcpStream, addr: SocketAddr, hs: Handshake) {
+    fn accept(&mut self, transport: Transport, addr: SocketAddr, hs: Handshake) {
         let max = self.shared.env.config().limits.max_peers_per_torrent;
         if self.peers.len() >= max {
             return;
@@ -318,9 +312,8 @@ impl<'a> Active<'a> {
         let (shared, cancel) = (self.shared.clone(), self.child.clone());
         self.peers.spawn(async move {
             let _permit = permit;
-            if let Err(e) = incoming(shared, stream, addr, hs, cancel).await {
-                tracing::debug!(peer = %addr, error = %e, "peer connection ended");
-            }
+            let end = connect::incoming(shared, transport, addr, hs, cancel).await;
+            tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
             None
         });
     }
@@ -375,88 +368,6 @@ fn choke_inputs(handles: &[(PeerKey, Arc<PeerHandle>)], seeding: bool, secs: f64
             }
         })
         .collect()
-}
-
-/// Admits a peer into the torrent's peer map, or says why not.
-fn register(
-    shared: &TorrentShared,
-    addr: SocketAddr,
-    peer_id: [u8; 20],
-    listen: Option<SocketAddr>,
-) -> Result<Arc<PeerHandle>, String> {
-    if peer_id == shared.env.peer_id.0 {
-        return Err("connected to ourselves".into());
-    }
-    let mut inner = shared.inner.lock().unwrap();
-    if inner.banned_ids.contains(&peer_id) || inner.banned_addrs.contains(&addr) {
-        return Err("banned".into());
-    }
-    if inner.peers.contains_key(&addr) || inner.peers.values().any(|p| p.peer_id == peer_id) {
-        return Err("already connected".into());
-    }
-    let handle = Arc::new(PeerHandle::new(peer_id, listen));
-    inner.peers.insert(addr, handle.clone());
-    Ok(handle)
-}
-
-/// Dials `addr`; `Err((reason, worth_retrying))`. Reaching ourselves, a
-/// banned peer or another torrent is not worth another try.
-async fn outgoing(
-    shared: Arc<TorrentShared>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-) -> Result<(), (String, bool)> {
-    let ours = our_handshake(&shared);
-    let connect = async {
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let theirs = peer::handshake_outgoing(&mut stream, &ours).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((stream, theirs))
-    };
-    let (stream, theirs) = tokio::select! {
-        _ = cancel.cancelled() => return Ok(()),
-        r = connect => r.map_err(|e| (e, true))?,
-    };
-    if theirs.info_hash != shared.meta.info_hash {
-        return Err(("peer answered for another torrent".into(), false));
-    }
-    let handle = register(&shared, addr, theirs.peer_id.0, Some(addr)).map_err(|e| (e, false))?;
-    tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
-    let result = peer::run(shared.clone(), handle.clone(), stream, addr, theirs, cancel).await;
-    // Two seeds part for good; anything else may be worth another try.
-    let both_seeds = handle.is_seed.load(Ordering::Relaxed) && shared.is_complete();
-    result.map_err(|e| (e.to_string(), !both_seeds))
-}
-
-async fn incoming(
-    shared: Arc<TorrentShared>,
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    theirs: Handshake,
-    cancel: CancellationToken,
-) -> Result<(), String> {
-    let handle = register(&shared, addr, theirs.peer_id.0, None)?;
-    let ours = our_handshake(&shared);
-    let send = async {
-        use tokio::io::AsyncWriteExt;
-        stream.write_all(&ours.encode()).await
-    };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, send).await {
-        Ok(Ok(())) => {}
-        _ => {
-            shared.inner.lock().unwrap().peers.remove(&addr);
-            return Err("handshake write failed".into());
-        }
-    }
-    tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
-    peer::run(shared, handle, stream, addr, theirs, cancel).await.map_err(|e| e.to_string())
-}
-
-/// The DHT bit is set only where the DHT may be used: never for private torrents.
-fn our_handshake(shared: &TorrentShared) -> Handshake {
-    Handshake::new(shared.meta.info_hash, shared.env.peer_id, shared.env.dht.is_some() && !shared.meta.private)
 }
 
 #[cfg(test)]

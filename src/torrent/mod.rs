@@ -7,6 +7,7 @@
 mod active;
 pub mod choker;
 pub mod clock;
+mod connect;
 pub mod fetch;
 pub mod peer;
 pub mod peerbook;
@@ -309,11 +310,9 @@ impl TorrentShared {
     fn piece_done(&self, index: u32, good: bool, contributors: &[PeerKey], write: Result<(), String>) {
         let mut inner = self.inner.lock().unwrap();
         if let Err(e) = write {
-            tracing::warn!(torrent = %self.meta.name, piece = index, error = %e, "disk write failed");
             inner.picker.piece_failed(index, 0);
-            inner.disk_error.get_or_insert(e);
             drop(inner);
-            self.have_tx.send_modify(|_| {});
+            self.disk_failed(format!("writing piece {index}: {e}"));
             return;
         }
         if good {
@@ -339,6 +338,14 @@ impl TorrentShared {
                 handle.kick();
             }
         }
+    }
+
+    /// A read or write of the torrent's data failed: the torrent task takes
+    /// it into `error` (woken through `have_tx`). Any thread may call it.
+    pub fn disk_failed(&self, what: String) {
+        tracing::warn!(torrent = %self.meta.name, error = %what, "disk trouble");
+        self.inner.lock().unwrap().disk_error.get_or_insert(what);
+        self.have_tx.send_modify(|_| {});
     }
 
     /// Writes the resume record. Pieces verified at least [`FLUSH_DELAY`] ago

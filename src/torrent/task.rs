@@ -10,6 +10,7 @@ use super::active;
 use super::phase::{self, Next, Outcome, Phase};
 use super::prepare::prepare;
 use super::TorrentShared;
+use crate::conn::Transport;
 use crate::resume::Hold;
 use crate::tracker::TransferCounters;
 use crate::types::human_duration;
@@ -18,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +28,7 @@ pub enum Cmd {
     Pause,
     Resume,
     Recheck,
-    Incoming(TcpStream, SocketAddr, Handshake),
+    Incoming(Transport, SocketAddr, Handshake),
 }
 
 /// What the session learns when a torrent task ends.
@@ -66,7 +66,7 @@ impl Control<'_> {
                 Cmd::Pause => Command::Outcome(Outcome::Paused),
                 Cmd::Resume => Command::Outcome(Outcome::Resumed),
                 Cmd::Recheck => Command::Outcome(Outcome::RecheckAsked),
-                Cmd::Incoming(stream, addr, hs) => Command::Incoming(stream, addr, hs),
+                Cmd::Incoming(t, addr, hs) => Command::Incoming(t, addr, hs),
             }),
         }
     }
@@ -74,7 +74,7 @@ impl Control<'_> {
 
 pub(super) enum Command {
     Outcome(Outcome),
-    Incoming(TcpStream, SocketAddr, Handshake),
+    Incoming(Transport, SocketAddr, Handshake),
 }
 
 pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, cancel: CancellationToken) -> Exit {

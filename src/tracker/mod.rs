@@ -38,6 +38,7 @@ const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs until `cancel`; then sends `stopped` (bounded in time) if `started`
 /// was ever accepted. `completed` is sent when `completed_rx` turns true.
+/// An announce under way is abandoned at once on `cancel`.
 pub async fn run(
     cfg: TrackerConfig,
     client: reqwest::Client,
@@ -46,75 +47,117 @@ pub async fn run(
     mut completed_rx: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
-    let supported = |u: &String| ["http://", "https://", "udp://"].iter().any(|s| u.starts_with(s));
-    let mut tiers: Vec<Vec<String>> =
-        cfg.tiers.iter().map(|t| t.iter().filter(|u| supported(u)).cloned().collect()).collect();
-    tiers.retain(|t| !t.is_empty());
-    if tiers.is_empty() {
-        if cfg.tiers.iter().flatten().next().is_some() {
-            tracing::warn!(torrent = %cfg.name, "no tracker with a supported scheme (http, https, udp)");
-        }
+    let Some(mut a) = Announcer::new(&cfg, client, counters, *completed_rx.borrow()) else {
         return;
-    }
-    let mut udp_connections = udp::Connections::default();
-    let key: u32 = rand::random();
-    let mut tracker_id = None;
-    let mut started = false;
-    let mut completed_sent = *completed_rx.borrow();
-    let mut failures = 0u32;
-    let mut next_event = Event::Started;
+    };
     loop {
-        if *completed_rx.borrow() && !completed_sent && started {
-            next_event = Event::Completed;
+        if *completed_rx.borrow() && !a.completed_sent && a.started {
+            a.next_event = Event::Completed;
         }
-        let params = params_for(&cfg, counters.as_ref(), next_event, key, 80, tracker_id.clone());
-        let wait = match announce_tiers(&client, &mut udp_connections, &mut tiers, &params).await {
-            Ok(reply) => {
-                if failures > 0 {
-                    tracing::info!(torrent = %cfg.name, "tracker reachable again");
-                }
-                failures = 0;
-                if next_event == Event::Started {
-                    started = true;
-                }
-                if next_event == Event::Completed {
-                    completed_sent = true;
-                }
-                next_event = Event::None;
-                if let Some(w) = &reply.warning {
-                    tracing::warn!(torrent = %cfg.name, warning = %w, "tracker warning");
-                }
-                if reply.tracker_id.is_some() {
-                    tracker_id = reply.tracker_id.clone();
-                }
-                tracing::debug!(torrent = %cfg.name, peers = reply.peers.len(), "announce ok");
-                if !reply.peers.is_empty() && peers_tx.send(reply.peers).await.is_err() {
-                    return;
-                }
-                let interval = reply.interval.unwrap_or(DEFAULT_INTERVAL).max(reply.min_interval.unwrap_or(0)).max(30);
-                Duration::from_secs(interval)
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(torrent = %cfg.name, error = %e, "tracker announce failed; retrying with back-off");
-                }
-                Duration::from_secs((MIN_BACKOFF << (failures - 1).min(7)).min(MAX_BACKOFF))
-            }
+        let (wait, peers) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = a.announce(&cfg) => r,
         };
+        if !peers.is_empty() && peers_tx.send(peers).await.is_err() {
+            return;
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
-            changed = completed_rx.changed(), if !completed_sent => {
+            changed = completed_rx.changed(), if !a.completed_sent => {
                 if changed.is_err() { break; }
             }
         }
     }
-    if started {
-        let params = params_for(&cfg, counters.as_ref(), Event::Stopped, key, 0, tracker_id);
-        match tokio::time::timeout(STOPPED_TIMEOUT, announce_tiers(&client, &mut udp_connections, &mut tiers, &params))
-            .await
-        {
+    a.stop(&cfg).await;
+}
+
+/// One torrent's announce state across its trackers.
+struct Announcer {
+    client: reqwest::Client,
+    counters: Arc<dyn TransferCounters>,
+    tiers: Vec<Vec<String>>,
+    udp_connections: udp::Connections,
+    key: u32,
+    tracker_id: Option<Vec<u8>>,
+    started: bool,
+    completed_sent: bool,
+    failures: u32,
+    next_event: Event,
+}
+
+impl Announcer {
+    /// `None` when no tracker has a scheme we speak.
+    fn new(
+        cfg: &TrackerConfig,
+        client: reqwest::Client,
+        counters: Arc<dyn TransferCounters>,
+        complete: bool,
+    ) -> Option<Announcer> {
+        let supported = |u: &String| ["http://", "https://", "udp://"].iter().any(|s| u.starts_with(s));
+        let mut tiers: Vec<Vec<String>> =
+            cfg.tiers.iter().map(|t| t.iter().filter(|u| supported(u)).cloned().collect()).collect();
+        tiers.retain(|t| !t.is_empty());
+        if tiers.is_empty() {
+            if cfg.tiers.iter().flatten().next().is_some() {
+                tracing::warn!(torrent = %cfg.name, "no tracker with a supported scheme (http, https, udp)");
+            }
+            return None;
+        }
+        Some(Announcer {
+            client,
+            counters,
+            tiers,
+            udp_connections: udp::Connections::default(),
+            key: rand::random(),
+            tracker_id: None,
+            started: false,
+            completed_sent: complete,
+            failures: 0,
+            next_event: Event::Started,
+        })
+    }
+
+    /// One announce; returns when to announce next, and the peers it got.
+    async fn announce(&mut self, cfg: &TrackerConfig) -> (Duration, Vec<SocketAddr>) {
+        let params = params_for(cfg, self.counters.as_ref(), self.next_event, self.key, 80, self.tracker_id.clone());
+        match announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params).await {
+            Ok(reply) => {
+                if self.failures > 0 {
+                    tracing::info!(torrent = %cfg.name, "tracker reachable again");
+                }
+                self.failures = 0;
+                self.started |= self.next_event == Event::Started;
+                self.completed_sent |= self.next_event == Event::Completed;
+                self.next_event = Event::None;
+                if let Some(w) = &reply.warning {
+                    tracing::warn!(torrent = %cfg.name, warning = %w, "tracker warning");
+                }
+                if reply.tracker_id.is_some() {
+                    self.tracker_id = reply.tracker_id.clone();
+                }
+                tracing::debug!(torrent = %cfg.name, peers = reply.peers.len(), "announce ok");
+                let interval = reply.interval.unwrap_or(DEFAULT_INTERVAL).max(reply.min_interval.unwrap_or(0)).max(30);
+                (Duration::from_secs(interval), reply.peers)
+            }
+            Err(e) => {
+                self.failures += 1;
+                if self.failures == 1 {
+                    tracing::warn!(torrent = %cfg.name, error = %e, "tracker announce failed; retrying with back-off");
+                }
+                (Duration::from_secs((MIN_BACKOFF << (self.failures - 1).min(7)).min(MAX_BACKOFF)), Vec::new())
+            }
+        }
+    }
+
+    /// Announces `stopped`, bounded in time, if `started` was accepted.
+    async fn stop(mut self, cfg: &TrackerConfig) {
+        if !self.started {
+            return;
+        }
+        let params = params_for(cfg, self.counters.as_ref(), Event::Stopped, self.key, 0, self.tracker_id.take());
+        let announce = announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params);
+        match tokio::time::timeout(STOPPED_TIMEOUT, announce).await {
             Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
             _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
         }

@@ -1,0 +1,264 @@
+//! The connection core: everything a BitTorrent peer connection does
+//! whatever it is for. Handshakes, message framing, the outgoing queue,
+//! keep-alives, idle and write timeouts, read pauses for the download limit,
+//! and a typed account of how the connection ended.
+//!
+//! What a connection is *for* is a [`Handler`]: the torrent's peer
+//! (`torrent/peer.rs`: download, upload, PEX) and the magnet's metadata
+//! fetcher (`torrent/fetch.rs`) are the two. Under it, a [`Transport`]
+//! carries the bytes.
+
+mod outqueue;
+pub mod transport;
+
+use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
+use bytes::{Buf, BytesMut};
+pub use outqueue::OutQueue;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+pub use transport::Transport;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// With nothing sent for this long, a keep-alive goes out.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
+/// Bytes waiting for a peer that reads nothing for this long: it is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+const TICK: Duration = Duration::from_secs(1);
+
+/// How a connection ended, and so whether the address is worth another try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEnd {
+    /// We stopped it (pause, shutdown, the metadata is whole).
+    Cancelled,
+    /// The peer closed it.
+    Closed,
+    /// Both sides have everything: nothing to say, ever.
+    BothSeeds,
+    /// The peer id was our own.
+    Ourselves,
+    Banned,
+    AlreadyConnected,
+    /// The peer answered for another info hash.
+    WrongTorrent,
+    /// The peer lacks what we need it for (extensions, metadata).
+    Unsuitable(String),
+    Timeout,
+    Io(String),
+    /// The peer broke the protocol.
+    Protocol(String),
+}
+
+impl ConnEnd {
+    /// Whether dialling the address again later makes sense.
+    pub fn worth_redialling(&self) -> bool {
+        !matches!(self, ConnEnd::BothSeeds | ConnEnd::Ourselves | ConnEnd::Banned | ConnEnd::WrongTorrent)
+    }
+}
+
+impl std::fmt::Display for ConnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnEnd::Cancelled => f.write_str("stopped by us"),
+            ConnEnd::Closed => f.write_str("closed by the peer"),
+            ConnEnd::BothSeeds => f.write_str("both sides are seeds"),
+            ConnEnd::Ourselves => f.write_str("connected to ourselves"),
+            ConnEnd::Banned => f.write_str("banned"),
+            ConnEnd::AlreadyConnected => f.write_str("already connected"),
+            ConnEnd::WrongTorrent => f.write_str("peer answered for another torrent"),
+            ConnEnd::Unsuitable(why) => write!(f, "unsuitable peer: {why}"),
+            ConnEnd::Timeout => f.write_str("timed out"),
+            ConnEnd::Io(e) => write!(f, "io: {e}"),
+            ConnEnd::Protocol(e) => write!(f, "protocol: {e}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for ConnEnd {
+    fn from(e: std::io::Error) -> ConnEnd {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ConnEnd::Closed,
+            std::io::ErrorKind::TimedOut => ConnEnd::Timeout,
+            _ => ConnEnd::Io(e.to_string()),
+        }
+    }
+}
+
+impl From<wire::WireError> for ConnEnd {
+    fn from(e: wire::WireError) -> ConnEnd {
+        ConnEnd::Protocol(e.to_string())
+    }
+}
+
+pub async fn read_handshake<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Handshake, ConnEnd> {
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    stream.read_exact(&mut buf).await?;
+    Ok(Handshake::decode(&buf)?)
+}
+
+/// Dials `addr`, sends our handshake and reads theirs.
+pub async fn dial(addr: SocketAddr, ours: &Handshake) -> Result<(Transport, Handshake), ConnEnd> {
+    let mut t = Transport::connect(addr, CONNECT_TIMEOUT).await?;
+    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        t.write_all(&ours.encode()).await?;
+        read_handshake(&mut t).await
+    })
+    .await
+    .map_err(|_| ConnEnd::Timeout)??;
+    if theirs.info_hash != ours.info_hash {
+        return Err(ConnEnd::WrongTorrent);
+    }
+    Ok((t, theirs))
+}
+
+/// Answers an incoming connection whose handshake was read already.
+pub async fn answer(t: &mut Transport, ours: &Handshake) -> Result<(), ConnEnd> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, t.write_all(&ours.encode())).await.map_err(|_| ConnEnd::Timeout)??;
+    Ok(())
+}
+
+/// What a connection is for. The core calls it from one task, one event at
+/// a time, so it needs no locks of its own.
+pub trait Handler: Send {
+    /// What [`Handler::wake`] resolves to.
+    type Wake: Send;
+
+    /// Messages to send first, right after the handshakes.
+    fn start(&mut self, out: &mut OutQueue);
+
+    /// The handler's own events (a command, new pieces, a disk read done).
+    /// Dropped and called again after every event: it must be cancel-safe.
+    fn wake(&mut self) -> impl Future<Output = Self::Wake> + Send;
+
+    fn on_wake(&mut self, wake: Self::Wake, out: &mut OutQueue) -> Result<(), ConnEnd>;
+
+    fn on_message(&mut self, msg: Message<'_>, out: &mut OutQueue) -> Result<(), ConnEnd>;
+
+    /// After each read's messages: hand work on (complete pieces to the
+    /// disk) and say until when reading should pause (the download limit).
+    fn after_read(&mut self) -> impl Future<Output = Option<Instant>> + Send;
+
+    /// Once a second.
+    fn on_tick(&mut self, now: Instant, out: &mut OutQueue) -> Result<(), ConnEnd>;
+
+    /// After every event: top up requests, start disk reads.
+    fn pump(&mut self, out: &mut OutQueue);
+
+    /// How long the peer may stay silent.
+    fn idle_timeout(&self) -> Duration;
+}
+
+enum Event<W> {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    ReadResume,
+    Wake(W),
+    Tick,
+    Cancelled,
+}
+
+/// Runs an established connection until it ends.
+pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &CancellationToken) -> ConnEnd {
+    let (mut rd, mut wr) = transport.into_split();
+    let mut conn = Conn { rbuf: BytesMut::with_capacity(256 * 1024), out: OutQueue::default(), read_resume_at: None };
+    handler.start(&mut conn.out);
+    let mut last = (Instant::now(), Instant::now()); // (received, sent)
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = {
+            let slices = conn.out.slices();
+            let paused = conn.read_resume_at;
+            tokio::select! {
+                r = rd.read_buf(&mut conn.rbuf), if paused.is_none() => Event::Read(r),
+                _ = sleep_until(paused), if paused.is_some() => Event::ReadResume,
+                w = wr.write_vectored(&slices), if !slices.is_empty() => Event::Wrote(w),
+                w = handler.wake() => Event::Wake(w),
+                _ = tick.tick() => Event::Tick,
+                _ = cancel.cancelled() => Event::Cancelled,
+            }
+        };
+        let step = match event {
+            Event::Read(r) => match r {
+                Ok(0) => Err(ConnEnd::Closed),
+                Ok(_) => {
+                    last.0 = Instant::now();
+                    conn.dispatch(handler).await
+                }
+                Err(e) => Err(e.into()),
+            },
+            Event::Wrote(w) => match w {
+                Ok(0) => Err(ConnEnd::Closed),
+                Ok(n) => {
+                    conn.out.advance(n);
+                    last.1 = Instant::now();
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            Event::ReadResume => {
+                conn.read_resume_at = None;
+                Ok(())
+            }
+            Event::Wake(w) => handler.on_wake(w, &mut conn.out),
+            Event::Tick => conn.on_tick(handler, &mut last),
+            Event::Cancelled => Err(ConnEnd::Cancelled),
+        };
+        if let Err(end) = step {
+            return end;
+        }
+        handler.pump(&mut conn.out);
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Conn {
+    rbuf: BytesMut,
+    out: OutQueue,
+    /// Reading paused until then by the download limit; TCP then slows the
+    /// sender.
+    read_resume_at: Option<Instant>,
+}
+
+impl Conn {
+    /// Hands every whole message in the read buffer to the handler.
+    async fn dispatch<H: Handler>(&mut self, handler: &mut H) -> Result<(), ConnEnd> {
+        let mut consumed = 0;
+        while let Some((msg, used)) = wire::decode(&self.rbuf[consumed..])? {
+            handler.on_message(msg, &mut self.out)?;
+            consumed += used;
+        }
+        self.rbuf.advance(consumed);
+        if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
+            self.rbuf.reserve(256 * 1024);
+        }
+        self.read_resume_at = handler.after_read().await.filter(|at| *at > Instant::now());
+        Ok(())
+    }
+
+    /// Timeouts and keep-alives, then the handler's own tick.
+    fn on_tick<H: Handler>(&mut self, handler: &mut H, last: &mut (Instant, Instant)) -> Result<(), ConnEnd> {
+        let now = Instant::now();
+        // A paused reader has not looked; it cannot blame the peer.
+        if self.read_resume_at.is_none() && now - last.0 > handler.idle_timeout() {
+            return Err(ConnEnd::Timeout);
+        }
+        if !self.out.is_empty() && now - last.1 > WRITE_TIMEOUT {
+            return Err(ConnEnd::Timeout);
+        }
+        if self.out.is_empty() && now - last.1 > KEEPALIVE_EVERY {
+            self.out.push_small(&Message::KeepAlive);
+        }
+        handler.on_tick(now, &mut self.out)
+    }
+}

@@ -1,0 +1,85 @@
+//! Opening a torrent's data connections: dialling out, answering those the
+//! listener routed here, admitting the peer (not ourselves, not banned, not
+//! already connected), and running it under the connection core.
+
+use super::peer::PeerConn;
+use super::picker::PeerKey;
+use super::{PeerHandle, TorrentShared};
+use crate::conn::{self, ConnEnd, Transport};
+use crate::wire::Handshake;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Dials `addr` and runs the connection until it ends.
+pub async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: CancellationToken) -> ConnEnd {
+    let ours = our_handshake(&shared);
+    let (transport, theirs) = tokio::select! {
+        _ = cancel.cancelled() => return ConnEnd::Cancelled,
+        r = conn::dial(addr, &ours) => match r {
+            Ok(x) => x,
+            Err(end) => return end,
+        },
+    };
+    let handle = match register(&shared, addr, theirs.peer_id.0, Some(addr)) {
+        Ok(h) => h,
+        Err(end) => return end,
+    };
+    tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
+    let mut peer = PeerConn::new(shared.clone(), handle.clone(), addr, theirs);
+    let end = conn::run(transport, &mut peer, &cancel).await;
+    // Two seeds part for good, however the connection ended.
+    if handle.is_seed.load(Ordering::Relaxed) && shared.is_complete() {
+        return ConnEnd::BothSeeds;
+    }
+    end
+}
+
+/// Answers a connection whose handshake the listener read, and runs it.
+pub async fn incoming(
+    shared: Arc<TorrentShared>,
+    mut transport: Transport,
+    addr: SocketAddr,
+    theirs: Handshake,
+    cancel: CancellationToken,
+) -> ConnEnd {
+    let handle = match register(&shared, addr, theirs.peer_id.0, None) {
+        Ok(h) => h,
+        Err(end) => return end,
+    };
+    // From here on, dropping the peer takes it out of the torrent again.
+    let mut peer = PeerConn::new(shared.clone(), handle, addr, theirs);
+    if let Err(end) = conn::answer(&mut transport, &our_handshake(&shared)).await {
+        return end;
+    }
+    tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
+    conn::run(transport, &mut peer, &cancel).await
+}
+
+/// Admits a peer into the torrent's peer map, or says why not.
+fn register(
+    shared: &TorrentShared,
+    addr: PeerKey,
+    peer_id: [u8; 20],
+    listen: Option<SocketAddr>,
+) -> Result<Arc<PeerHandle>, ConnEnd> {
+    if peer_id == shared.env.peer_id.0 {
+        return Err(ConnEnd::Ourselves);
+    }
+    let mut inner = shared.inner.lock().unwrap();
+    if inner.banned_ids.contains(&peer_id) || inner.banned_addrs.contains(&addr) {
+        return Err(ConnEnd::Banned);
+    }
+    if inner.peers.contains_key(&addr) || inner.peers.values().any(|p| p.peer_id == peer_id) {
+        return Err(ConnEnd::AlreadyConnected);
+    }
+    let handle = Arc::new(PeerHandle::new(peer_id, listen));
+    inner.peers.insert(addr, handle.clone());
+    Ok(handle)
+}
+
+/// The DHT bit is set only where the DHT may be used: never for private torrents.
+fn our_handshake(shared: &TorrentShared) -> Handshake {
+    Handshake::new(shared.meta.info_hash, shared.env.peer_id, shared.env.dht.is_some() && !shared.meta.private)
+}
