@@ -160,8 +160,11 @@ def kill(proc):
 
 class Dropseed:
     BIN = ROOT / "target/release/dropseed"
+    # Other builds to compare, by client name (--base-bin adds "dropseed-base").
+    BINS = {}
 
-    def __init__(self, work, name, extra=""):
+    def __init__(self, work, name, extra="", client="dropseed"):
+        self.bin = Dropseed.BINS.get(client, Dropseed.BIN)
         self.dir = work / name
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
@@ -177,7 +180,7 @@ class Dropseed:
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen([str(self.BIN), "run", "-c", str(self.config)],
+        self.proc = subprocess.Popen([str(self.bin), "run", "-c", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=open(self.dir / "console.log", "w"))
         wait(lambda: (self.dir / "state/control.sock").exists(), 15, "dropseed socket")
 
@@ -282,8 +285,8 @@ def download_round(client, ctx, magnet=False):
     out.mkdir(parents=True)
     name = ctx["name"]
     t0 = time.time()
-    if client == "dropseed":
-        ds = Dropseed(work, "dl-dropseed")
+    if client.startswith("dropseed"):
+        ds = Dropseed(work, f"dl-{client}", client=client)
         ds.start()
         w = Watch(ds.proc.pid)
         source = torrent
@@ -334,8 +337,8 @@ def download_round(client, ctx, magnet=False):
         cpu = w.cpu
         got = sha1_file(out / name)
     shutil.rmtree(out, ignore_errors=True)
-    if client == "dropseed":
-        shutil.rmtree(work / "dl-dropseed", ignore_errors=True)
+    if client.startswith("dropseed"):
+        shutil.rmtree(work / f"dl-{client}", ignore_errors=True)
     return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "anon": w.peak, "ok": got == expect,
             "secs": elapsed, "meta_secs": meta_secs}
 
@@ -349,8 +352,8 @@ def seed_round(client, ctx):
     d.mkdir(parents=True)
     name = ctx["name"]
     proc = ds = None
-    if client == "dropseed":
-        ds = Dropseed(work, "seed-dropseed")
+    if client.startswith("dropseed"):
+        ds = Dropseed(work, f"seed-{client}", client=client)
         os.link(ctx["data"], ds.dir / "downloads" / name)
         ds.start()
         ds.drop(torrent)
@@ -384,7 +387,7 @@ def seed_round(client, ctx):
     cpu = cpu_seconds(pid) - cpu0
     ok = sha1_file(out / name) == ctx["sha1"]
     recheck = None
-    if client == "dropseed":
+    if client.startswith("dropseed"):
         # Recheck: verify all the data again while it is in the page cache,
         # timed from the state turning `checking` to `seeding`.
         ds.request({"cmd": "recheck", "id": ctx["hash"]})
@@ -397,7 +400,7 @@ def seed_round(client, ctx):
         kill(proc)
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(work / "seed-dropseed", ignore_errors=True)
+    shutil.rmtree(work / f"seed-{client}", ignore_errors=True)
     return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "ok": ok, "recheck": recheck}
 
 
@@ -449,10 +452,17 @@ def main():
     ap.add_argument("--skip", default="", help="comma list of: download,magnet,seeding,scale")
     ap.add_argument("--magnet-rounds", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench/results.md"))
+    ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")
+    ap.add_argument("--base-bin", help="another dropseed build, run as client 'dropseed-base' beside the others")
     ap.add_argument("--work", default=str(ROOT / "bench/work"))
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     clients = args.clients.split(",")
+    if args.bin:
+        Dropseed.BIN = Path(args.bin).resolve()
+    if args.base_bin:
+        Dropseed.BINS["dropseed-base"] = Path(args.base_bin).resolve()
+        clients.insert(1, "dropseed-base")
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -129,16 +129,21 @@ pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, parse_size).map(ByteSize)
+    }
+}
+
+/// An integer as it is, or a string read by `parse` (a number with a unit).
+fn number_or_text<'de, D: Deserializer<'de>>(d: D, parse: fn(&str) -> Result<u64, String>) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
     }
 }
 
@@ -148,16 +153,7 @@ pub struct Span(pub u64);
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Span(n)),
-            Raw::Str(s) => parse_span(&s).map(Span).map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, parse_span).map(Span)
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
@@ -92,23 +92,60 @@ pub async fn serve(listener: UnixListener, path: PathBuf, session: Arc<Session>,
     let _ = std::fs::remove_file(path);
 }
 
+/// The longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
 async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationToken) {
     let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd).lines();
+    let mut rd = BufReader::new(rd);
     loop {
         let line = tokio::select! {
             _ = cancel.cancelled() => return,
-            l = lines.next_line() => l,
+            l = read_line(&mut rd, MAX_REQUEST) => l,
         };
-        let Ok(Some(line)) = line else { return };
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => execute(req, &session).await,
-            Err(e) => Reply::err(format!("bad request: {e}")),
+        let (reply, go_on) = match line {
+            Ok(None) | Err(LineError::Io) => return,
+            Err(LineError::TooLong) => (Reply::err(format!("request longer than {MAX_REQUEST} bytes")), false),
+            Ok(Some(bytes)) => match std::str::from_utf8(&bytes).map(serde_json::from_str::<Request>) {
+                Err(_) => (Reply::err("bad request: not UTF-8 text".into()), true),
+                Ok(Err(e)) => (Reply::err(format!("bad request: {e}")), true),
+                Ok(Ok(req)) => (execute(req, &session).await, true),
+            },
         };
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
         out.push(b'\n');
-        if wr.write_all(&out).await.is_err() {
+        if wr.write_all(&out).await.is_err() || !go_on {
             return;
+        }
+    }
+}
+
+enum LineError {
+    TooLong,
+    Io,
+}
+
+/// One line without its newline; `None` at the end of the stream. Never
+/// buffers more than `max` bytes.
+async fn read_line<R: AsyncBufRead + Unpin>(rd: &mut R, max: usize) -> Result<Option<Vec<u8>>, LineError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = rd.fill_buf().await.map_err(|_| LineError::Io)?;
+        if buf.is_empty() {
+            return Ok((!line.is_empty()).then_some(line));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        rd.consume(take);
+        if line.len() > max + 1 {
+            return Err(LineError::TooLong);
+        }
+        if done {
+            line.pop();
+            return Ok(Some(line));
         }
     }
 }
@@ -141,6 +178,7 @@ async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
     let outcome_text = |o: AddOutcome, name: &str| match o {
         AddOutcome::Added => format!("added {name}"),
         AddOutcome::AlreadyManaged => format!("{name} is already managed"),
+        AddOutcome::Refused(why) => format!("{name} not added: {why}"),
     };
     if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(&trimmed).is_some() {
         let m = crate::magnet::Magnet::parse(&trimmed)?;

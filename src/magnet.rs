@@ -93,13 +93,19 @@ impl Magnet {
 
 /// Parses a `.magnet` file: one URI or bare hash per line; blank lines and
 /// `#` comments skipped.
+/// Magnets one `.magnet` file may add; a larger file is refused whole,
+/// so that one file cannot start thousands of fetches.
+pub const MAX_PER_FILE: usize = 100;
+
 pub fn parse_file(text: &str) -> Result<Vec<Magnet>, String> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+    let entries =
+        || text.lines().enumerate().map(|(i, l)| (i, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let count = entries().count();
+    if count > MAX_PER_FILE {
+        return Err(format!("the file holds {count} magnets; at most {MAX_PER_FILE} per file"));
+    }
+    let mut out = Vec::with_capacity(count);
+    for (i, line) in entries() {
         out.push(Magnet::parse(line).map_err(|e| format!("line {}: {e}", i + 1))?);
     }
     if out.is_empty() {
@@ -111,6 +117,16 @@ pub fn parse_file(text: &str) -> Result<Vec<Magnet>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_adds_at_most_its_share() {
+        let hash = |i: u32| format!("{:040x}\n", i + 1);
+        let ok: String = (0..MAX_PER_FILE as u32).map(hash).collect();
+        assert_eq!(parse_file(&format!("# list\n{ok}\n")).unwrap().len(), MAX_PER_FILE);
+        let too_many: String = (0..24_000).map(hash).collect();
+        let e = parse_file(&too_many).unwrap_err();
+        assert!(e.contains("24000 magnets") && e.contains("at most 100"), "{e}");
+    }
 
     #[test]
     fn full_uri() {

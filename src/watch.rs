@@ -99,17 +99,14 @@ pub enum Parsed {
     Magnets(Vec<magnet::Magnet>),
 }
 
+/// Parses a `.torrent` or `.magnet` file. Blocking: call off the runtime.
 pub fn parse_file(path: &Path) -> Result<Parsed, String> {
     let kind = kind_of(path).ok_or("not a .torrent or .magnet file")?;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     let limit = match kind {
         Kind::Torrent => MAX_TORRENT_FILE as u64,
         Kind::Magnet => 1024 * 1024,
     };
-    if meta.len() > limit {
-        return Err(format!("file is {} bytes, over the {limit}-byte limit", meta.len()));
-    }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = read_regular_file(path, limit)?;
     match kind {
         Kind::Torrent => {
             Metainfo::from_torrent_bytes(&bytes).map(|m| Parsed::Torrent(Box::new(m))).map_err(|e| e.to_string())
@@ -119,6 +116,33 @@ pub fn parse_file(path: &Path) -> Result<Parsed, String> {
             magnet::parse_file(&text).map(Parsed::Magnets)
         }
     }
+}
+
+/// Reads a regular file of at most `limit` bytes. Anything else (a FIFO,
+/// a device, a symlink to one) is refused without blocking on it, and a file
+/// that grows past the limit while read is refused too.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > limit {
+        return Err(format!("file is {} bytes, over the {limit}-byte limit", meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("file grew past the {limit}-byte limit while read"));
+    }
+    Ok(bytes)
 }
 
 impl WatchFolder {
@@ -296,6 +320,12 @@ impl WatchFolder {
                 Ok(AddOutcome::AlreadyManaged) => {
                     tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "already managed; nothing to add")
                 }
+                Ok(AddOutcome::Refused(why)) => {
+                    let target = with_suffix(path, "invalid");
+                    let _ = std::fs::rename(path, &target);
+                    tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; renamed to {}", target.display());
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(file = %file, torrent = %name, error = %e, "could not record the torrent in state_dir; will retry");
                     return; // leave the file for the next scan
@@ -339,6 +369,24 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.torrent");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Opening a FIFO without a writer would block; it is refused at once.
+        assert_eq!(read_regular_file(&fifo, 100), Err("not a regular file".to_string()));
+        let zero = dir.path().join("zero.torrent");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(read_regular_file(&zero, 100), Err("not a regular file".to_string()));
+        let big = dir.path().join("big.torrent");
+        std::fs::write(&big, vec![b'x'; 101]).unwrap();
+        assert!(read_regular_file(&big, 100).unwrap_err().contains("over the 100-byte limit"));
+        std::fs::write(&big, b"d4:infoe").unwrap();
+        assert_eq!(read_regular_file(&big, 100).unwrap(), b"d4:infoe");
+    }
 
     #[test]
     fn which_files_count() {

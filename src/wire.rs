@@ -106,6 +106,8 @@ pub enum WireError {
     TooLong(usize),
     #[error("message id {id} with a body of {len} bytes")]
     BadLength { id: u8, len: usize },
+    #[error("message id {id} with a body of {len} bytes, over its limit of {max}")]
+    TooLongFor { id: u8, len: usize, max: usize },
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -115,12 +117,46 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// Decodes one message from the front of `buf`; returns it with the number of
 /// bytes it used, `Ok(None)` when more bytes are needed.
 pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, WireError> {
+    decode_bounded(buf, MAX_MESSAGE_LEN)
+}
+
+/// The longest body a message of type `id` may have: what it can
+/// legitimately be, so a peer cannot make us buffer a megabyte of anything.
+/// `bitfield` is the torrent's bitfield length.
+pub fn max_body(id: u8, bitfield: usize) -> usize {
+    match id {
+        0..=3 => 0,
+        4 => 4,
+        5 => bitfield,
+        6 | 8 => 12,
+        // We ask for blocks of BLOCK_LEN; more is never an answer.
+        7 => 8 + BLOCK_LEN as usize,
+        9 => 2,
+        20 => 1 + MAX_EXTENDED,
+        // Unknown ids (fast extension, v2 hashes): small, and ignored.
+        _ => 16 * 1024,
+    }
+}
+
+/// An extension message's payload at most: a metadata block with its
+/// header, a PEX message, a handshake.
+pub const MAX_EXTENDED: usize = 64 * 1024;
+
+/// [`decode`] with each message type held to [`max_body`], judged from the
+/// first five bytes, before the body is buffered.
+pub fn decode_bounded(buf: &[u8], bitfield: usize) -> Result<Option<(Message<'_>, usize)>, WireError> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32_at(buf, 0) as usize;
     if len > MAX_MESSAGE_LEN {
         return Err(WireError::TooLong(len));
+    }
+    if let (Some(&id), true) = (buf.get(4), len > 0) {
+        let max = max_body(id, bitfield);
+        if len - 1 > max {
+            return Err(WireError::TooLongFor { id, len: len - 1, max });
+        }
     }
     if buf.len() < 4 + len {
         return Ok(None);
@@ -255,6 +291,30 @@ mod tests {
             Message::Extended { id: 0, payload: b"d1:md11:ut_metadatai1eee" },
             Message::Unknown(13),
         ]
+    }
+
+    #[test]
+    fn each_message_type_is_held_to_its_own_size_from_its_header() {
+        // A piece announcing 1 MiB is refused from its first five bytes.
+        let mut head = ((1024 * 1024) as u32).to_be_bytes().to_vec();
+        head.push(7);
+        assert!(matches!(decode_bounded(&head, 10), Err(WireError::TooLongFor { id: 7, .. })));
+        // A bitfield longer than the torrent's.
+        let mut bf = 12u32.to_be_bytes().to_vec();
+        bf.push(5);
+        assert!(matches!(decode_bounded(&bf, 10), Err(WireError::TooLongFor { id: 5, len: 11, max: 10 })));
+        assert_eq!(decode_bounded(&bf, 11), Ok(None), "within its limit it waits for the body");
+        // A block of the size we ask for passes; a keep-alive is no body at all.
+        let mut piece = Vec::new();
+        encode_piece_header(0, 0, BLOCK_LEN as usize, &mut piece);
+        piece.resize(13 + BLOCK_LEN as usize, 0);
+        piece.extend_from_slice(&[0, 0, 0, 0]);
+        let (msg, used) = decode_bounded(&piece, 1).unwrap().unwrap();
+        assert!(matches!(msg, Message::Piece { .. }));
+        assert_eq!(decode_bounded(&piece[used..], 1).unwrap().unwrap().0, Message::KeepAlive);
+        let mut ext = ((3 + MAX_EXTENDED) as u32).to_be_bytes().to_vec();
+        ext.push(20);
+        assert!(decode_bounded(&ext, 1).is_err());
     }
 
     #[test]

@@ -57,8 +57,11 @@ fn watch_folder_picks_up_files_and_rejects_bad_ones() {
         std::fs::write(ds.watch_dir().join(name), bytes).unwrap();
     }
     // A partial write: half now, the rest after a pause shorter than the retry window.
+    // Another file: a torrent over good.bin again would be refused, as its
+    // files would be the first torrent's.
     let good2 = swarm.work.path().join("second.torrent");
-    mktorrent(&swarm.data.join("good.bin"), &swarm.tracker.announce_url(), 15, &good2, &[]);
+    std::fs::copy(swarm.data.join("good.bin"), swarm.work.path().join("slow.bin")).unwrap();
+    mktorrent(&swarm.work.path().join("slow.bin"), &swarm.tracker.announce_url(), 15, &good2, &[]);
     let bytes = std::fs::read(&good2).unwrap();
     let partial = ds.watch_dir().join("slow.torrent");
     std::fs::write(&partial, &bytes[..bytes.len() / 2]).unwrap();

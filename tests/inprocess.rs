@@ -355,6 +355,7 @@ async fn concurrent_adds_of_one_hash_start_one_task() {
                 ("torrent", Ok(AddOutcome::Added)) => torrents_added += 1,
                 (_, Ok(AddOutcome::Added)) => magnets_added += 1,
                 (_, Ok(AddOutcome::AlreadyManaged)) => {}
+                (how, Ok(AddOutcome::Refused(why))) => errors.push(format!("{how}: refused: {why}")),
                 (how, Err(e)) => errors.push(format!("{how}: {e}")),
             }
         }
@@ -572,10 +573,16 @@ fn accept_loop_does_not_spin_on_emfile() {
     let _serial = SERIAL.blocking_lock();
     let d = daemon_with_few_fds();
     // More than the daemon can take: the rest wait in the listen backlog,
-    // so accept stays ready (and failing) while they are held open. Silent,
-    // they are dropped by the daemon only after its 10 s handshake timeout.
-    let conns: Vec<std::net::TcpStream> =
-        (0..NOFILE * 2).map(|_| std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap()).collect();
+    // so accept stays ready (and failing) while they are held open. Each
+    // sends the first byte of a handshake and no more, so the daemon keeps
+    // it until its 10 s handshake timeout (silent ones it drops sooner).
+    let conns: Vec<std::net::TcpStream> = (0..NOFILE * 2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+            std::io::Write::write_all(&mut s, &[19]).unwrap();
+            s
+        })
+        .collect();
     let used = cpu_over_3s_when_out_of_fds(&d);
     assert!(used < 0.5, "with its fds exhausted by peer connections the daemon used {used:.2} s of CPU in 3 s");
     drop(conns);
@@ -647,4 +654,88 @@ async fn a_silent_tracker_does_not_hold_up_a_pause() {
     a.session.shutdown().await;
     assert_eq!(closed, Some("closed"), "the announce under way is abandoned, not left running");
     assert!(paused_after < Duration::from_secs(3), "pausing took {paused_after:?} with a silent tracker");
+}
+
+// ---------------------------------------------------------------------------
+// 7. Two torrents never share files
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torrent_whose_files_are_another_s_is_refused() {
+    let (a, first) = seeder(7).await;
+    // Same name, other content: another info hash over the same paths.
+    let other_src = tempfile::tempdir().unwrap();
+    payload_tree(other_src.path(), "tree", TREE, 77);
+    let second = make_torrent(other_src.path(), "tree", PIECE_256K);
+    assert_ne!(first.info_hash, second.info_hash);
+    let outcome = a.session.add_metainfo(second.clone()).await.unwrap();
+    assert!(matches!(&outcome, AddOutcome::Refused(why) if why.contains(&first.info_hash.hex()[..8])), "{outcome:?}");
+    // A magnet of it is accepted, and refused when its metadata arrives.
+    let b = Node::start().await;
+    payload_tree(&b.download_dir(), "tree", TREE, 77);
+    b.session.add_metainfo(second.clone()).await.unwrap();
+    b.wait_state(&second.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    assert_eq!(a.session.add_magnet(magnet_of(&second, vec![b.addr()])).await.unwrap(), AddOutcome::Added);
+    let failed = a
+        .wait_for(&second.info_hash.hex(), "an error", Duration::from_secs(30), |s| s.state == TorrentState::Error)
+        .await;
+    assert!(failed.error.unwrap().contains("would be those of torrent"));
+    // The first torrent's data was never touched.
+    let status = a.status(&first.info_hash.hex()).unwrap();
+    assert_eq!((status.state, status.progress), (TorrentState::Seeding, 1.0));
+    let theirs = tempfile::tempdir().unwrap();
+    payload_tree(theirs.path(), "tree", TREE, 7);
+    assert_same_files(&first, theirs.path(), &a.download_dir());
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. Silent sockets on the listen port do not lock peers out (slowloris)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_completes_while_silent_sockets_flood_the_listener() {
+    let (a, meta) = seeder(8).await;
+    let target = a.addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Keeps 300 sockets open to the seeder's port, saying nothing, and opens
+    // a new one as soon as one is closed.
+    let flood = tokio::spawn({
+        let (stop, open) = (stop.clone(), open.clone());
+        async move {
+            let mut socks: Vec<tokio::net::TcpStream> = Vec::new();
+            let mut buf = [0u8; 64];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Still open: nothing to read yet. Closed by the seeder: end of stream.
+                socks.retain(
+                    |s| matches!(s.try_read(&mut buf), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                );
+                while socks.len() < 300 {
+                    match tokio::net::TcpStream::connect(target).await {
+                        Ok(s) => socks.push(s),
+                        Err(_) => break,
+                    }
+                }
+                open.store(socks.len(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    while open.load(std::sync::atomic::Ordering::Relaxed) < 300 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the flood could not open its sockets");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hash = meta.info_hash.hex();
+    let b = Node::start().await;
+    b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap();
+    let done = b.wait_for(&hash, "seeding", Duration::from_secs(90), |s| s.state == TorrentState::Seeding).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = flood.await;
+    assert_eq!(done.progress, 1.0);
+    assert_same_files(&meta, &a.download_dir(), &b.download_dir());
+    b.session.shutdown().await;
+    a.session.shutdown().await;
 }

@@ -149,6 +149,9 @@ pub trait Handler: Send {
 
     /// How long the peer may stay silent.
     fn idle_timeout(&self) -> Duration;
+
+    /// The longest bitfield the peer may send (the torrent's, in bytes).
+    fn bitfield_len(&self) -> usize;
 }
 
 enum Event<W> {
@@ -231,19 +234,30 @@ struct Conn {
 }
 
 impl Conn {
-    /// Hands every whole message in the read buffer to the handler.
+    /// Hands every whole message in the read buffer to the handler. Its
+    /// `after_read` runs even when a message ends the connection, so what
+    /// came before (a complete piece, bytes to charge) is not lost.
     async fn dispatch<H: Handler>(&mut self, handler: &mut H) -> Result<(), ConnEnd> {
         let mut consumed = 0;
-        while let Some((msg, used)) = wire::decode(&self.rbuf[consumed..])? {
-            handler.on_message(msg, &mut self.out)?;
-            consumed += used;
-        }
+        let bitfield = handler.bitfield_len();
+        let result = loop {
+            match wire::decode_bounded(&self.rbuf[consumed..], bitfield) {
+                Ok(Some((msg, used))) => {
+                    consumed += used;
+                    if let Err(end) = handler.on_message(msg, &mut self.out) {
+                        break Err(end);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e.into()),
+            }
+        };
         self.rbuf.advance(consumed);
         if self.rbuf.capacity() - self.rbuf.len() < 64 * 1024 {
             self.rbuf.reserve(256 * 1024);
         }
         self.read_resume_at = handler.after_read().await.filter(|at| *at > Instant::now());
-        Ok(())
+        result
     }
 
     /// Timeouts and keep-alives, then the handler's own tick.

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 pub(super) enum Entry {
     /// Being added or removed; nothing may start for this hash meanwhile.
-    Reserved,
+    /// Holds the name (the top-level file or folder in the download folder)
+    /// that an add is claiming, so that no other torrent takes it meanwhile.
+    Reserved(Option<String>),
     Magnet(MagnetEntry),
     Torrent(TorrentEntry),
 }
@@ -77,6 +79,7 @@ impl MagnetEntry {
             size: 0,
             downloaded: 0,
             uploaded: 0,
+            wasted: 0,
             download_rate: 0,
             upload_rate: 0,
             peers: self.fetch.as_ref().map_or(0, |f| f.progress.peers.load(Ordering::Relaxed)),
@@ -96,9 +99,18 @@ pub(super) enum StatusSource {
 }
 
 impl Entry {
+    /// The name this entry owns in the download folder, if any.
+    pub fn claimed_name(&self) -> Option<&str> {
+        match self {
+            Entry::Torrent(t) => Some(t.shared.name()),
+            Entry::Reserved(name) => name.as_deref(),
+            Entry::Magnet(_) => None,
+        }
+    }
+
     pub fn status_source(&self, hash: &InfoHash) -> Option<StatusSource> {
         match self {
-            Entry::Reserved => None,
+            Entry::Reserved(_) => None,
             Entry::Magnet(m) => Some(StatusSource::Ready(m.status(hash))),
             Entry::Torrent(t) => Some(StatusSource::Torrent(t.shared.clone())),
         }

@@ -4,19 +4,33 @@
 //! An accept error (EMFILE, ENFILE, ENOBUFS when the process or the system is
 //! out of descriptors or memory) is not retried at once, which would spin:
 //! the loop waits, longer while the errors go on, and says so once.
+//!
+//! Against sockets that connect and say nothing (slowloris): a peer must
+//! send its first byte within [`FIRST_BYTE_TIMEOUT`]; an address keeps at
+//! most [`MAX_SILENT_PER_IP`] silent sockets waiting, a new one replacing
+//! its oldest; and when [`MAX_PENDING_HANDSHAKES`] are pending, the oldest
+//! silent one makes room. A socket whose bytes are already there when it is
+//! accepted is never silent, so an honest peer is not pushed out. So a newcomer always gets its turn, and a flood of
+//! silent sockets only ever pushes out its own kind.
 
 use super::entry::Entry;
 use super::Session;
 use crate::conn::{read_handshake, Transport, HANDSHAKE_TIMEOUT};
 use crate::torrent::task::Cmd;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
-/// Handshakes read at once; more connections are shed.
+/// Handshakes read at once.
 const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Sockets from one address that have not sent a byte yet, at once.
+const MAX_SILENT_PER_IP: usize = 32;
+/// A peer sends its handshake as soon as it connects.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) async fn bind(ip: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(SocketAddr::new(ip, port)).await {
@@ -48,18 +62,78 @@ impl AcceptBackoff {
     }
 }
 
+/// Handshakes being read: whose, and whether a byte came yet.
+#[derive(Default)]
+struct Pending {
+    tasks: JoinSet<()>,
+    /// In arrival order.
+    order: VecDeque<Handshaking>,
+}
+
+struct Handshaking {
+    ip: IpAddr,
+    spoke: Arc<AtomicBool>,
+    task: AbortHandle,
+}
+
+impl Handshaking {
+    fn silent(&self) -> bool {
+        !self.spoke.load(Ordering::Relaxed)
+    }
+}
+
+impl Pending {
+    /// Makes room for a socket from `ip`; false when it must be turned away
+    /// (every pending socket is a peer busy handshaking).
+    fn admit(&mut self, ip: IpAddr) -> bool {
+        self.order.retain(|h| !h.task.is_finished());
+        if self.order.iter().filter(|h| h.silent() && h.ip == ip).count() >= MAX_SILENT_PER_IP {
+            self.evict(|h| h.silent() && h.ip == ip);
+        }
+        self.order.len() < MAX_PENDING_HANDSHAKES || self.evict(Handshaking::silent)
+    }
+
+    /// Drops the oldest pending socket that `which` picks.
+    fn evict(&mut self, which: impl Fn(&Handshaking) -> bool) -> bool {
+        match self.order.iter().position(which) {
+            Some(i) => {
+                self.order.remove(i).unwrap().task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn spawn(&mut self, session: Arc<Session>, stream: TcpStream, addr: SocketAddr) {
+        let spoke = Arc::new(AtomicBool::new(has_bytes(&stream)));
+        let task = self.tasks.spawn(route(session, stream, addr, spoke.clone()));
+        self.order.push_back(Handshaking { ip: addr.ip(), spoke, task });
+    }
+}
+
+/// Whether bytes are waiting on the socket, without reading or waiting.
+fn has_bytes(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a valid socket and a one-byte buffer; MSG_PEEK leaves the data.
+    let n = unsafe {
+        libc::recv(stream.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    n > 0
+}
+
 pub(super) async fn accept_loop(session: Arc<Session>, listener: TcpListener) {
-    let mut handshakes = JoinSet::new();
+    let mut pending = Pending::default();
     let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = session.cancel.cancelled() => break,
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+            Some(_) = pending.tasks.join_next(), if !pending.tasks.is_empty() => {}
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
                     backoff.succeeded();
-                    if handshakes.len() < MAX_PENDING_HANDSHAKES {
-                        handshakes.spawn(route(session.clone(), stream, addr));
+                    if pending.admit(addr.ip()) {
+                        pending.spawn(session.clone(), stream, addr);
                     }
                 }
                 Err(e) => {
@@ -72,11 +146,17 @@ pub(super) async fn accept_loop(session: Arc<Session>, listener: TcpListener) {
             },
         }
     }
-    handshakes.shutdown().await;
+    pending.tasks.shutdown().await;
 }
 
 /// Reads the handshake and hands the connection to whoever wants it.
-async fn route(session: Arc<Session>, stream: TcpStream, addr: SocketAddr) {
+async fn route(session: Arc<Session>, stream: TcpStream, addr: SocketAddr, spoke: Arc<AtomicBool>) {
+    // The first byte, soon, or the socket is dropped.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => spoke.store(true, Ordering::Relaxed),
+        _ => return,
+    }
     let mut stream = Transport::from(stream);
     let Ok(Ok(hs)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_handshake(&mut stream)).await else {
         return;
@@ -98,6 +178,38 @@ async fn route(session: Arc<Session>, stream: TcpStream, addr: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn silent_sockets_make_room_and_one_address_keeps_few() {
+        let mut p = Pending::default();
+        let (attacker, peer): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let add = |p: &mut Pending, ip, spoke: bool| {
+            let task = p.tasks.spawn(std::future::pending());
+            p.order.push_back(Handshaking { ip, spoke: Arc::new(AtomicBool::new(spoke)), task });
+        };
+        for _ in 0..MAX_SILENT_PER_IP {
+            assert!(p.admit(attacker));
+            add(&mut p, attacker, false);
+        }
+        // One more from the same address replaces its oldest silent socket.
+        assert!(p.admit(attacker));
+        assert_eq!(p.order.len(), MAX_SILENT_PER_IP - 1);
+        // Full of peers that spoke but a few silent ones: a newcomer pushes
+        // out the oldest silent socket, never a peer that spoke.
+        while p.order.len() < MAX_PENDING_HANDSHAKES {
+            add(&mut p, peer, true);
+        }
+        assert!(p.admit(peer));
+        assert_eq!(p.order.len(), MAX_PENDING_HANDSHAKES - 1);
+        assert_eq!(p.order.iter().filter(|h| h.silent()).count(), MAX_SILENT_PER_IP - 2);
+        // All busy handshaking: the newcomer waits for its next try.
+        p.order.retain(|h| !h.silent());
+        while p.order.len() < MAX_PENDING_HANDSHAKES {
+            add(&mut p, peer, true);
+        }
+        assert!(!p.admit(attacker));
+        p.tasks.shutdown().await;
+    }
 
     #[test]
     fn backoff_grows_to_a_second_and_resets() {

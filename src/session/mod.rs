@@ -49,6 +49,8 @@ pub struct Session {
 pub enum AddOutcome {
     Added,
     AlreadyManaged,
+    /// Not added, for the reason given (its files would be another's).
+    Refused(String),
 }
 
 /// Who adds a torrent: the user, or a magnet whose metadata arrived (which
@@ -101,6 +103,13 @@ impl Session {
         for item in found {
             match item {
                 restore::Restored::Torrent(meta, record) => {
+                    let owner = name_owner(&self.registry.lock().unwrap(), &meta.name);
+                    if let Some(other) = owner {
+                        // Saved by a version that let two torrents share files.
+                        tracing::warn!(torrent = %meta.name, hash = %&meta.info_hash.hex()[..8], other = %&other.hex()[..8],
+                            "not started: its files would be another torrent's; remove one of the two");
+                        continue;
+                    }
                     torrents += 1;
                     self.start_torrent(Arc::new(*meta), record);
                 }
@@ -161,14 +170,17 @@ impl Session {
     fn take(&self, hash: &InfoHash) -> Option<Entry> {
         let mut registry = self.registry.lock().unwrap();
         match registry.get(hash)? {
-            Entry::Reserved => None,
-            _ => registry.insert(*hash, Entry::Reserved),
+            Entry::Reserved(_) => None,
+            e => {
+                let claim = e.claimed_name().map(str::to_string);
+                registry.insert(*hash, Entry::Reserved(claim))
+            }
         }
     }
 
     fn release(&self, hash: &InfoHash) {
         let mut registry = self.registry.lock().unwrap();
-        if matches!(registry.get(hash), Some(Entry::Reserved)) {
+        if matches!(registry.get(hash), Some(Entry::Reserved(_))) {
             registry.remove(hash);
         }
     }
@@ -188,9 +200,18 @@ impl Session {
         let hash = meta.info_hash;
         let replaced = {
             let mut registry = self.registry.lock().unwrap();
+            let claim = Entry::Reserved(Some(meta.name.clone()));
             match (registry.get(&hash), origin) {
-                (Some(Entry::Magnet(_)), _) => registry.insert(hash, Entry::Reserved),
-                (None, Origin::User) => registry.insert(hash, Entry::Reserved),
+                (Some(Entry::Magnet(_)) | None, _) if name_owner(&registry, &meta.name).is_some() => {
+                    let other = name_owner(&registry, &meta.name).unwrap();
+                    return Ok(AddOutcome::Refused(format!(
+                        "its files would be those of torrent {} ({:?}) in the download folder",
+                        &other.hex()[..8],
+                        meta.name
+                    )));
+                }
+                (Some(Entry::Magnet(_)), _) => registry.insert(hash, claim),
+                (None, Origin::User) => registry.insert(hash, claim),
                 _ => return Ok(AddOutcome::AlreadyManaged),
             }
         };
@@ -238,7 +259,16 @@ impl Session {
                 tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent")
             }
             Ok(AddOutcome::AlreadyManaged) => {}
+            Ok(AddOutcome::Refused(why)) => self.magnet_failed(&hash, &name, why),
             Err(e) => tracing::warn!(torrent = %name, error = %e, "cannot save the fetched metadata"),
+        }
+    }
+
+    /// A magnet's metadata cannot become a torrent: it stays, in error.
+    fn magnet_failed(&self, hash: &InfoHash, name: &str, why: String) {
+        tracing::warn!(torrent = %name, reason = %why, "cannot start the torrent of this magnet");
+        if let Some(Entry::Magnet(m)) = self.registry.lock().unwrap().get_mut(hash) {
+            m.error = Some(why);
         }
     }
 
@@ -250,7 +280,7 @@ impl Session {
             if registry.contains_key(&hash) {
                 return Ok(AddOutcome::AlreadyManaged);
             }
-            registry.insert(hash, Entry::Reserved);
+            registry.insert(hash, Entry::Reserved(None));
         }
         match save_magnet(&self.env.state_dir, &magnet, false).await {
             Ok(()) => {
@@ -363,7 +393,7 @@ impl Session {
                 t.stop().await;
                 self.forget_torrent(&shared, delete_data).await
             }
-            Entry::Reserved => Err("being added or removed already".to_string()),
+            Entry::Reserved(_) => Err("being added or removed already".to_string()),
         };
         self.release(&hash);
         result
@@ -466,6 +496,12 @@ async fn housekeeping(
             }
         }
     }
+}
+
+/// The torrent that owns `name` in the download folder: no two torrents may
+/// share a file, or one would overwrite the other's seeded data.
+fn name_owner(registry: &HashMap<InfoHash, Entry>, name: &str) -> Option<InfoHash> {
+    registry.iter().find(|(_, e)| e.claimed_name() == Some(name)).map(|(h, _)| *h)
 }
 
 /// Writes a new torrent's metainfo and first record, and drops its magnet.

@@ -443,4 +443,9 @@ impl Handler for MetadataConn {
             READ_TIMEOUT
         }
     }
+
+    /// The piece count is unknown yet: the largest a torrent we accept can have.
+    fn bitfield_len(&self) -> usize {
+        (crate::metainfo::MAX_TORRENT_FILE / 20).div_ceil(8)
+    }
 }

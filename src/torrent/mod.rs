@@ -200,10 +200,12 @@ pub struct TorrentShared {
     pub env: Arc<Env>,
     pub storage: OnceLock<Arc<TorrentStorage>>,
     pub inner: Mutex<Inner>,
-    /// Payload bytes received (including wasted) and sent, this session plus
+    /// Payload bytes received (blocks accepted) and sent, this session plus
     /// what the resume record carried.
     pub downloaded: AtomicU64,
     pub uploaded: AtomicU64,
+    /// Payload received that was not asked for or no longer needed.
+    pub wasted: AtomicU64,
     /// Count of verified pieces; peers wait on it to send `have`.
     pub have_tx: watch::Sender<usize>,
     pub status: Mutex<StatusCell>,
@@ -229,6 +231,7 @@ impl TorrentShared {
         Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
+            wasted: AtomicU64::new(0),
             have_tx: watch::Sender::new(have.count()),
             inner: Mutex::new(Inner {
                 have,
@@ -438,6 +441,7 @@ impl TorrentShared {
             size,
             downloaded,
             uploaded,
+            wasted: self.wasted.load(Ordering::Relaxed),
             download_rate: s.download_rate,
             upload_rate: s.upload_rate,
             peers,
@@ -458,6 +462,9 @@ pub struct TorrentStatus {
     pub size: u64,
     pub downloaded: u64,
     pub uploaded: u64,
+    /// Bytes received that were not asked for or no longer needed.
+    #[serde(default)]
+    pub wasted: u64,
     pub download_rate: u64,
     pub upload_rate: u64,
     pub peers: usize,

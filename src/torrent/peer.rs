@@ -216,6 +216,10 @@ impl Handler for PeerConn {
     fn idle_timeout(&self) -> Duration {
         IDLE_TIMEOUT
     }
+
+    fn bitfield_len(&self) -> usize {
+        self.peer_has.len().div_ceil(8)
+    }
 }
 
 impl PeerConn {
@@ -384,23 +388,27 @@ impl Download {
         let block = BlockRef { len: data.len() as u32, ..at };
         self.outstanding.remove(&block);
         let len = data.len() as u64;
-        shared.downloaded.fetch_add(len, Ordering::Relaxed);
-        handle.bytes_down.fetch_add(len, Ordering::Relaxed);
-        self.bytes_this_tick += len;
+        // Every byte used the link; only blocks we asked for and still
+        // needed count as downloaded (for trackers, ratios and the choker).
         self.unmetered += len;
         let (outcome, complete, endgame) = {
             let mut inner = shared.inner.lock().unwrap();
             let (o, c) = inner.picker.block_received(key, block.piece, block.offset, data);
             (o, c, inner.picker.in_endgame())
         };
-        if outcome == BlockOutcome::Accepted {
-            self.last_block = Instant::now();
-            handle.snubbed.store(false, Ordering::Relaxed);
-            if endgame {
-                broadcast_cancel(shared, key, block);
-            }
-        }
         self.completed.extend(complete);
+        if outcome != BlockOutcome::Accepted {
+            shared.wasted.fetch_add(len, Ordering::Relaxed);
+            return;
+        }
+        shared.downloaded.fetch_add(len, Ordering::Relaxed);
+        handle.bytes_down.fetch_add(len, Ordering::Relaxed);
+        self.bytes_this_tick += len;
+        self.last_block = Instant::now();
+        handle.snubbed.store(false, Ordering::Relaxed);
+        if endgame {
+            broadcast_cancel(shared, key, block);
+        }
     }
 
     fn on_tick(&mut self, now: Instant, handle: &PeerHandle) {

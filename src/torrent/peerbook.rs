@@ -7,6 +7,12 @@
 //! connections for passing reasons (still starting, a duplicate not yet
 //! cleaned up), but a dead address should not be dialled forever. Pure: the
 //! caller passes the time.
+//!
+//! Bounded against sources that flood us with addresses (a hostile tracker,
+//! PEX or DHT node): what we know is kept, and newcomers get in only while
+//! there is room: at most [`MAX_NEW_PER_REPORT`] from one report,
+//! [`MAX_KNOWN`] known in all (stale ones are forgotten first), and
+//! [`MAX_QUEUED`] waiting to be dialled.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -18,8 +24,12 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(5);
 pub const MAX_RETRIES: u32 = 5;
 /// A connection that lasted this long was a success: its failures reset.
 pub const GOOD_CONNECTION: Duration = Duration::from_secs(60);
-/// Addresses remembered before stale ones are forgotten.
+/// Addresses remembered at most; stale ones are forgotten to make room.
 pub const MAX_KNOWN: usize = 5000;
+/// New addresses taken from one report of one source.
+pub const MAX_NEW_PER_REPORT: usize = 200;
+/// Addresses waiting to be dialled at most.
+pub const MAX_QUEUED: usize = 1000;
 
 struct Known {
     queued_at: Instant,
@@ -40,20 +50,25 @@ pub struct PeerBook {
 impl PeerBook {
     /// Addresses a source (tracker, DHT, PEX, the resume record) named.
     pub fn heard(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now: Instant) {
-        if self.known.len() > MAX_KNOWN {
+        if self.known.len() >= MAX_KNOWN {
             self.known.retain(|_, k| k.retry_at.is_some() || now.duration_since(k.queued_at) < HEARD_AGAIN_AFTER);
         }
+        let mut new = 0;
         for addr in addrs {
+            let room = self.queue.len() < MAX_QUEUED;
+            let full = self.known.len() >= MAX_KNOWN;
             match self.known.get_mut(&addr) {
                 Some(k) if now.duration_since(k.queued_at) < HEARD_AGAIN_AFTER => {}
-                Some(k) => {
+                Some(k) if room => {
                     k.queued_at = now;
                     self.queue.push_back(addr);
                 }
-                None => {
+                None if room && new < MAX_NEW_PER_REPORT && !full => {
+                    new += 1;
                     self.known.insert(addr, Known { queued_at: now, failures: 0, retry_at: None });
                     self.queue.push_back(addr);
                 }
+                _ => {}
             }
         }
     }
@@ -156,13 +171,41 @@ mod tests {
         assert_eq!(drain(&mut book), vec![addr(2)], "ourselves/banned never; a good connection retries after 5 s");
     }
 
+    fn many(from: u32, n: u32) -> impl Iterator<Item = SocketAddr> {
+        (from..from + n).map(|i| SocketAddr::from((i.to_be_bytes(), 1)))
+    }
+
     #[test]
     fn forgets_stale_addresses_past_the_cap() {
         let t0 = Instant::now();
         let mut book = PeerBook::default();
-        book.heard((0..=MAX_KNOWN as u32).map(|i| SocketAddr::from((i.to_be_bytes(), 1))), t0);
-        drain(&mut book);
+        for i in 0..=(MAX_KNOWN / MAX_NEW_PER_REPORT) as u32 {
+            book.heard(many(i * 1000, MAX_NEW_PER_REPORT as u32), t0);
+            drain(&mut book);
+        }
+        assert_eq!(book.known.len(), MAX_KNOWN);
         book.heard([addr(1)], t0 + HEARD_AGAIN_AFTER);
         assert!(book.known.len() <= 2, "{}", book.known.len());
+    }
+
+    #[test]
+    fn a_flood_of_addresses_stays_bounded() {
+        let t0 = Instant::now();
+        let mut book = PeerBook::default();
+        book.heard([addr(1)], t0);
+        // One report of a million addresses, then a thousand more reports,
+        // nobody dialled meanwhile.
+        book.heard(many(1 << 20, 1_000_000), t0);
+        assert_eq!(book.queue.len(), 1 + MAX_NEW_PER_REPORT, "one report brings at most its share");
+        for r in 0..1000 {
+            book.heard(many(r * 1000, 1000), t0);
+        }
+        assert!(
+            book.known.len() <= MAX_KNOWN && book.queue.len() <= MAX_QUEUED,
+            "{} {}",
+            book.known.len(),
+            book.queue.len()
+        );
+        assert_eq!(book.next_to_dial(), Some(addr(1)), "what came first is still first");
     }
 }

@@ -35,6 +35,8 @@ const DEFAULT_INTERVAL: u64 = 1800;
 const MIN_BACKOFF: u64 = 15;
 const MAX_BACKOFF: u64 = 1800;
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
+/// Peers taken from one announce reply; a tracker may list far more.
+const MAX_PEERS_PER_REPLY: usize = 200;
 
 /// Runs until `cancel`; then sends `stopped` (bounded in time) if `started`
 /// was ever accepted. `completed` is sent when `completed_rx` turns true.
@@ -138,7 +140,9 @@ impl Announcer {
                 }
                 tracing::debug!(torrent = %cfg.name, peers = reply.peers.len(), "announce ok");
                 let interval = reply.interval.unwrap_or(DEFAULT_INTERVAL).max(reply.min_interval.unwrap_or(0)).max(30);
-                (Duration::from_secs(interval), reply.peers)
+                let mut peers = reply.peers;
+                peers.truncate(MAX_PEERS_PER_REPLY);
+                (Duration::from_secs(interval), peers)
             }
             Err(e) => {
                 self.failures += 1;

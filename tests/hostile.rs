@@ -1,0 +1,199 @@
+//! Hostile input against the real binary: a resume record built to blow the
+//! stack, a FIFO handed to `add`, an endless control request, a `.magnet`
+//! file of thousands of hashes, peers that send junk blocks or announce
+//! oversized messages. Each attack must leave the daemon up, answering
+//! `status`, and its numbers true.
+
+mod common;
+
+use common::{Dropseed, Proc};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A single-file torrent of `len` bytes under `dir`, made by mktorrent.
+fn torrent_in(dir: &Path, name: &str, len: u64) -> Option<(std::path::PathBuf, String)> {
+    if !common::require("mktorrent", "mktorrent") {
+        return None;
+    }
+    let src = dir.join(name);
+    common::payload(&src, len, 7);
+    let t = dir.join(format!("{name}.torrent"));
+    common::mktorrent(&src, "http://127.0.0.1:1/announce", 15, &t, &[]);
+    let hash = common::info_hash(&t);
+    Some((t, hash))
+}
+
+/// Runs a CLI command, killed if it takes longer than `limit`.
+fn cli_within(d: &Dropseed, args: &[&str], limit: Duration) -> Option<std::process::Output> {
+    let child = Command::new(common::dropseed_bin())
+        .args(args)
+        .arg("-c")
+        .arg(&d.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = Proc(child);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if p.0.try_wait().unwrap().is_some() {
+            let child = std::mem::replace(&mut p.0, Command::new("true").spawn().unwrap());
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn a_resume_record_nested_100000_deep_does_not_stop_the_daemon() {
+    let mut d = Dropseed::new("");
+    let Some((t, hash)) = torrent_in(d.dir.path(), "deep.bin", 100_000) else { return };
+    let state = d.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::copy(&t, state.join(format!("{hash}.torrent"))).unwrap();
+    let mut deep = vec![b'l'; 100_000];
+    deep.extend(std::iter::repeat_n(b'e', 100_000));
+    std::fs::write(state.join(format!("{hash}.resume")), deep).unwrap();
+    d.start();
+    // The torrent is restored (its data rechecked), the daemon answers.
+    assert!(d.torrent(&hash).is_some(), "the torrent is restored despite its record");
+    let log = d.wait_log("resume record unreadable", Duration::from_secs(10));
+    assert!(log.contains(&format!("{hash}.resume")), "the warning names the record file");
+    assert!(d.proc.as_mut().unwrap().0.try_wait().unwrap().is_none(), "still running");
+}
+
+#[test]
+fn add_of_a_fifo_or_a_device_is_refused_without_blocking() {
+    let d = Dropseed::start_with("");
+    let fifo = d.dir.path().join("x.torrent");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = cli_within(&d, &["add", fifo.to_str().unwrap()], Duration::from_secs(10))
+        .expect("`add` of a FIFO answered within 10 s");
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("not a regular file"), "{said}");
+    let zero = d.dir.path().join("zero.torrent");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let out = cli_within(&d, &["add", zero.to_str().unwrap()], Duration::from_secs(10))
+        .expect("`add` of a link to /dev/zero answered within 10 s");
+    // The CLI resolves the link, so the daemon sees /dev/zero itself.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && (said.contains("not a regular file") || said.contains("not a .torrent")),
+        "{said}"
+    );
+    assert!(d.status()["torrents"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn an_endless_control_request_is_cut_off() {
+    let d = Dropseed::start_with("");
+    let mut s = std::os::unix::net::UnixStream::connect(d.state_dir().join("control.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Megabytes without a newline; the daemon stops reading long before.
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..16 {
+        if s.write_all(&chunk).is_err() {
+            break; // it hung up: what we want
+        }
+    }
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.contains("request longer than"), "reply: {reply:?}");
+    assert!(d.status()["torrents"].is_array(), "the daemon still answers");
+}
+
+#[test]
+fn a_magnet_file_of_24000_hashes_is_refused_whole() {
+    let d = Dropseed::start_with("");
+    let text: String = (1..=24_000u32).map(|i| format!("{i:040x}\n")).collect();
+    let src = d.dir.path().join("many.magnet");
+    std::fs::write(&src, text).unwrap();
+    d.drop_file(&src, "many.magnet");
+    let log = d.wait_log("invalid file", Duration::from_secs(30));
+    assert!(log.contains("24000 magnets"), "the reason is given: {log}");
+    assert!(d.watch_dir().join("many.magnet.invalid").exists());
+    assert!(d.status()["torrents"].as_array().unwrap().is_empty(), "nothing was added");
+}
+
+/// Connects to the daemon as a peer of `hash` and completes the handshake.
+fn peer_of(d: &Dropseed, hash: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let info = dropseed::types::InfoHash::parse(hash).unwrap();
+    let ours = dropseed::wire::Handshake::new(info, dropseed::types::PeerId([9; 20]), false);
+    s.write_all(&ours.encode()).unwrap();
+    let mut theirs = [0u8; 68];
+    s.read_exact(&mut theirs).unwrap();
+    s
+}
+
+/// Reads until the daemon closes the connection; false if it stays open.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn junk_blocks_are_waste_not_downloaded_bytes() {
+    let d = Dropseed::start_with("");
+    let Some((t, hash)) = torrent_in(d.dir.path(), "junk.bin", 1 << 20) else { return };
+    d.drop_file(&t, "junk.torrent");
+    d.wait_state(&hash, "downloading", Duration::from_secs(30));
+    let mut s = peer_of(&d, &hash);
+    // Everything, unchoked: it will ask for blocks; we send others instead.
+    let mut out = Vec::new();
+    dropseed::wire::encode(&dropseed::wire::Message::Bitfield(&[0xff; 4]), &mut out);
+    dropseed::wire::encode(&dropseed::wire::Message::Unchoke, &mut out);
+    s.write_all(&out).unwrap();
+    let junk = vec![0xAAu8; 16384];
+    for i in 0..40u32 {
+        let mut m = Vec::new();
+        // Offsets no one asks for (not block-aligned).
+        dropseed::wire::encode(
+            &dropseed::wire::Message::Piece { piece: i % 32, offset: 1, data: &junk[..16000] },
+            &mut m,
+        );
+        s.write_all(&m).unwrap();
+    }
+    let t0 = Instant::now();
+    let st = loop {
+        let st = d.torrent(&hash).unwrap();
+        if st["wasted"].as_u64().unwrap_or(0) >= 40 * 16000 || t0.elapsed() > Duration::from_secs(10) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st["wasted"], 40 * 16000, "{st}");
+    assert_eq!(st["downloaded"], 0, "junk is not downloaded payload: {st}");
+}
+
+#[test]
+fn an_oversized_message_is_refused_from_its_header() {
+    let d = Dropseed::start_with("");
+    let Some((t, hash)) = torrent_in(d.dir.path(), "big.bin", 1 << 20) else { return };
+    d.drop_file(&t, "big.torrent");
+    d.wait_state(&hash, "downloading", Duration::from_secs(30));
+    for (what, head) in [("a 1 MiB piece", (1u32 << 20, 7u8)), ("a bitfield of 900 KB", (900_000, 5))] {
+        let mut s = peer_of(&d, &hash);
+        let mut m = head.0.to_be_bytes().to_vec();
+        m.push(head.1);
+        m.extend_from_slice(&[0u8; 1000]);
+        s.write_all(&m).unwrap();
+        // Only the header and a little: the daemon must not wait for the rest.
+        assert!(closed_within(&mut s, Duration::from_secs(5)), "{what}: the connection is closed at once");
+    }
+    assert!(d.torrent(&hash).is_some());
+}
