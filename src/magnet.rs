@@ -70,8 +70,9 @@ impl Magnet {
 
 impl Magnet {
     /// What to call it before the metadata arrives: its `dn`, or the hash.
+    /// The `dn` made printable, or the info hash.
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.info_hash.hex())
+        self.name.as_deref().map(|n| crate::types::printable(n, 200)).unwrap_or_else(|| self.info_hash.hex())
     }
 
     /// The magnet as a URI again (how it is kept in `state_dir`).

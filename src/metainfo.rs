@@ -271,7 +271,14 @@ fn tracker_url(raw: &[u8]) -> Option<String> {
 /// A single path component that is safe to join below `download_dir`.
 fn path_element(raw: &[u8], context: &str) -> Result<String, MetainfoError> {
     let s = String::from_utf8_lossy(raw).into_owned();
-    let unsafe_element = s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) || s.len() > 255;
+    // Control characters (newlines, escapes) are refused, as Transmission
+    // does: they would reach file names, logs and terminals.
+    let unsafe_element = s.is_empty()
+        || s == "."
+        || s == ".."
+        || s.contains(['/', '\\', '\0'])
+        || s.chars().any(char::is_control)
+        || s.len() > 255;
     if unsafe_element {
         return Err(MetainfoError::UnsafePath(s, context.to_string()));
     }
@@ -290,6 +297,17 @@ pub(crate) mod tests {
 
     fn pieces(n: usize) -> String {
         format!("{}:{}", n * 20, "a".repeat(n * 20))
+    }
+
+    #[test]
+    fn control_characters_in_names_are_refused() {
+        for name in ["4:a\nb", "4:a\x1bc", "4:ab\tc"] {
+            let info = format!("d6:lengthi40000e4:name{name}12:piece lengthi16384e6:pieces{}e", pieces(3));
+            let name = &name[2..];
+            let info = info.replace(&format!("4:name4:{name}"), &format!("4:name{}:{name}", name.len()));
+            let e = Metainfo::from_torrent_bytes(&torrent(&info)).unwrap_err();
+            assert!(matches!(e, MetainfoError::UnsafePath(..)), "{name:?}: {e}");
+        }
     }
 
     #[test]

@@ -102,6 +102,18 @@ pub fn from_base32(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Formats bytes as `1.4GiB`, the unit the status lines use.
+/// Text from outside (a tracker's message, a magnet's name) made safe to
+/// log and show: control characters become `?` (a newline could forge a
+/// log line, an escape sequence recolour a terminal) and it is cut to `max`
+/// characters.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { '?' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
@@ -233,6 +245,13 @@ impl fmt::Debug for Bitfield {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_text_is_made_printable() {
+        assert_eq!(printable("ok\nlevel=ERROR forged\x1b[31m", 100), "ok?level=ERROR forged?[31m");
+        assert_eq!(printable(&"w".repeat(500_000), 3), "www…");
+        assert_eq!(printable("né", 5), "né");
+    }
 
     #[test]
     fn hex_and_base32_agree() {

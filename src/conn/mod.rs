@@ -55,7 +55,14 @@ pub enum ConnEnd {
 impl ConnEnd {
     /// Whether dialling the address again later makes sense.
     pub fn worth_redialling(&self) -> bool {
-        !matches!(self, ConnEnd::BothSeeds | ConnEnd::Ourselves | ConnEnd::Banned | ConnEnd::WrongTorrent)
+        !matches!(
+            self,
+            ConnEnd::BothSeeds
+                | ConnEnd::Ourselves
+                | ConnEnd::Banned
+                | ConnEnd::WrongTorrent
+                | ConnEnd::AlreadyConnected
+        )
     }
 }
 

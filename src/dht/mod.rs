@@ -374,8 +374,12 @@ impl Dht {
                 found = self.get_peers(info_hash, Some(port)) => found,
             };
             tracing::debug!(hash = %info_hash.short(), peers = found.len(), "DHT lookup done");
-            if !found.is_empty() && found_tx.send(found).await.is_err() {
-                return;
+            // The receiver may be stopping and no longer reading.
+            if !found.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    sent = found_tx.send(found) => if sent.is_err() { return },
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

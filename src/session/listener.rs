@@ -6,11 +6,14 @@
 //! the loop waits, longer while the errors go on, and says so once.
 //!
 //! Against sockets that connect and say nothing (slowloris): a peer must
-//! send its first byte within [`FIRST_BYTE_TIMEOUT`]; an address keeps at
-//! most [`MAX_SILENT_PER_IP`] silent sockets waiting, a new one replacing
-//! its oldest; and when [`MAX_PENDING_HANDSHAKES`] are pending, the oldest
-//! silent one makes room. A socket whose bytes are already there when it is
-//! accepted is never silent, so an honest peer is not pushed out. So a newcomer always gets its turn, and a flood of
+//! send its first byte within [`FIRST_BYTE_TIMEOUT`] and its whole handshake
+//! within [`HANDSHAKE_TIMEOUT`]; an address keeps at most
+//! [`MAX_PENDING_PER_IP`] sockets handshaking, and [`MAX_PENDING_HANDSHAKES`]
+//! are pending at most. Where there is no room, a newcomer whose handshake is
+//! already there when it is accepted takes the place of the oldest silent
+//! socket (or else of the oldest of the address holding the most), and a
+//! silent newcomer is turned away. So a flood of silent sockets, or of
+//! sockets that send a byte and stall, only ever crowds out its own kind. So a newcomer always gets its turn, and a flood of
 //! silent sockets only ever pushes out its own kind.
 
 use super::entry::Entry;
@@ -27,8 +30,8 @@ use tokio::task::{AbortHandle, JoinSet};
 
 /// Handshakes read at once.
 const MAX_PENDING_HANDSHAKES: usize = 256;
-/// Sockets from one address that have not sent a byte yet, at once.
-const MAX_SILENT_PER_IP: usize = 32;
+/// Sockets from one address handshaking at once (silent or not).
+const MAX_PENDING_PER_IP: usize = 32;
 /// A peer sends its handshake as soon as it connects.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,14 +86,31 @@ impl Handshaking {
 }
 
 impl Pending {
-    /// Makes room for a socket from `ip`; false when it must be turned away
-    /// (every pending socket is a peer busy handshaking).
-    fn admit(&mut self, ip: IpAddr) -> bool {
+    /// Makes room for a socket from `ip` that has (`spoke`) or has not sent
+    /// bytes yet; false when it is turned away. Where there is no room, a
+    /// silent newcomer is turned away, and one that spoke takes the place of
+    /// the oldest silent socket (or of the busiest address's oldest).
+    fn admit(&mut self, ip: IpAddr, spoke: bool) -> bool {
         self.order.retain(|h| !h.task.is_finished());
-        if self.order.iter().filter(|h| h.silent() && h.ip == ip).count() >= MAX_SILENT_PER_IP {
-            self.evict(|h| h.silent() && h.ip == ip);
+        if self.order.iter().filter(|h| h.ip == ip).count() >= MAX_PENDING_PER_IP
+            && !(spoke && (self.evict(|h| h.ip == ip && h.silent()) || self.evict(|h| h.ip == ip)))
+        {
+            return false;
         }
-        self.order.len() < MAX_PENDING_HANDSHAKES || self.evict(Handshaking::silent)
+        if self.order.len() < MAX_PENDING_HANDSHAKES {
+            return true;
+        }
+        let busiest = self.busiest();
+        spoke && (self.evict(Handshaking::silent) || self.evict(|h| Some(h.ip) == busiest))
+    }
+
+    /// The address with the most sockets handshaking.
+    fn busiest(&self) -> Option<IpAddr> {
+        let mut counts: std::collections::HashMap<IpAddr, usize> = std::collections::HashMap::new();
+        for h in &self.order {
+            *counts.entry(h.ip).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(ip, _)| ip)
     }
 
     /// Drops the oldest pending socket that `which` picks.
@@ -104,8 +124,8 @@ impl Pending {
         }
     }
 
-    fn spawn(&mut self, session: Arc<Session>, stream: TcpStream, addr: SocketAddr) {
-        let spoke = Arc::new(AtomicBool::new(has_bytes(&stream)));
+    fn spawn(&mut self, session: Arc<Session>, stream: TcpStream, addr: SocketAddr, spoke: bool) {
+        let spoke = Arc::new(AtomicBool::new(spoke));
         let task = self.tasks.spawn(route(session, stream, addr, spoke.clone()));
         self.order.push_back(Handshaking { ip: addr.ip(), spoke, task });
     }
@@ -132,8 +152,9 @@ pub(super) async fn accept_loop(session: Arc<Session>, listener: TcpListener) {
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
                     backoff.succeeded();
-                    if pending.admit(addr.ip()) {
-                        pending.spawn(session.clone(), stream, addr);
+                    let spoke = has_bytes(&stream);
+                    if pending.admit(addr.ip(), spoke) {
+                        pending.spawn(session.clone(), stream, addr, spoke);
                     }
                 }
                 Err(e) => {
@@ -180,34 +201,40 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn silent_sockets_make_room_and_one_address_keeps_few() {
+    async fn floods_from_one_address_make_room_for_others() {
         let mut p = Pending::default();
         let (attacker, peer): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
-        let add = |p: &mut Pending, ip, spoke: bool| {
-            let task = p.tasks.spawn(std::future::pending());
-            p.order.push_back(Handshaking { ip, spoke: Arc::new(AtomicBool::new(spoke)), task });
+        let add = |p: &mut Pending, ip, spoke: bool| -> bool {
+            let admitted = p.admit(ip, spoke);
+            if admitted {
+                let task = p.tasks.spawn(std::future::pending());
+                p.order.push_back(Handshaking { ip, spoke: Arc::new(AtomicBool::new(spoke)), task });
+            }
+            admitted
         };
-        for _ in 0..MAX_SILENT_PER_IP {
-            assert!(p.admit(attacker));
-            add(&mut p, attacker, false);
+        let count = |p: &Pending, ip: IpAddr| p.order.iter().filter(|h| h.ip == ip).count();
+        // One address, silent or sending a byte each: never more than its share.
+        for i in 0..3 * MAX_PENDING_PER_IP {
+            add(&mut p, attacker, i % 2 == 0);
         }
-        // One more from the same address replaces its oldest silent socket.
-        assert!(p.admit(attacker));
-        assert_eq!(p.order.len(), MAX_SILENT_PER_IP - 1);
-        // Full of peers that spoke but a few silent ones: a newcomer pushes
-        // out the oldest silent socket, never a peer that spoke.
-        while p.order.len() < MAX_PENDING_HANDSHAKES {
-            add(&mut p, peer, true);
+        assert_eq!(count(&p, attacker), MAX_PENDING_PER_IP);
+        // At its cap, silent newcomers from that address were turned away and
+        // the ones whose bytes were there took the silent ones' places.
+        assert!(p.order.iter().all(|h| !h.silent()));
+        assert!(!add(&mut p, attacker, false));
+        assert!(add(&mut p, attacker, true));
+        assert_eq!(count(&p, attacker), MAX_PENDING_PER_IP);
+        // Many addresses fill the table with sockets that spoke; a newcomer
+        // that spoke still gets in, at the cost of the address holding the most.
+        for i in 0..MAX_PENDING_HANDSHAKES {
+            add(&mut p, IpAddr::from([10, 1, (i / 200) as u8, (i % 200) as u8]), true);
         }
-        assert!(p.admit(peer));
-        assert_eq!(p.order.len(), MAX_PENDING_HANDSHAKES - 1);
-        assert_eq!(p.order.iter().filter(|h| h.silent()).count(), MAX_SILENT_PER_IP - 2);
-        // All busy handshaking: the newcomer waits for its next try.
-        p.order.retain(|h| !h.silent());
-        while p.order.len() < MAX_PENDING_HANDSHAKES {
-            add(&mut p, peer, true);
-        }
-        assert!(!p.admit(attacker));
+        assert_eq!(p.order.len(), MAX_PENDING_HANDSHAKES);
+        assert!(p.order.iter().all(|h| !h.silent()), "silent sockets made room first");
+        assert!(!add(&mut p, peer, false), "a silent newcomer waits for room");
+        assert!(add(&mut p, peer, true));
+        assert_eq!(count(&p, peer), 1);
+        assert_eq!(p.order.len(), MAX_PENDING_HANDSHAKES);
         p.tasks.shutdown().await;
     }
 

@@ -128,6 +128,9 @@ impl Session {
         let (cmd, cmd_rx) = mpsc::channel(32);
         let cancel = self.cancel.child_token();
         let removals = self.removals.clone();
+        // Spawned under the registry's lock, so that nothing the task does
+        // can find its entry missing.
+        let mut registry = self.registry.lock().unwrap();
         let task = self.tasks.spawn({
             let (shared, cancel) = (shared.clone(), cancel.clone());
             async move {
@@ -138,14 +141,17 @@ impl Session {
                 exit
             }
         });
-        self.put(hash, Entry::Torrent(TorrentEntry { shared, cmd, cancel, task }));
+        registry.insert(hash, Entry::Torrent(TorrentEntry { shared, cmd, cancel, task }));
     }
 
     /// Puts a magnet in the registry, fetching unless paused.
     fn start_magnet(self: &Arc<Self>, magnet: Magnet, paused: bool) {
         let hash = magnet.info_hash;
+        // Spawned under the registry's lock: a fetch can finish within a
+        // millisecond, and its metadata must find the magnet in place.
+        let mut registry = self.registry.lock().unwrap();
         let fetch = (!paused).then(|| self.spawn_fetch(&magnet));
-        self.put(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None }));
+        registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None }));
     }
 
     fn spawn_fetch(self: &Arc<Self>, magnet: &Magnet) -> Fetching {
@@ -219,6 +225,9 @@ impl Session {
             Some(Entry::Magnet(m)) => Some(m),
             _ => None,
         };
+        // Metadata that arrives just after the user paused the magnet makes
+        // a paused torrent.
+        let paused = magnet.as_ref().is_some_and(|m| m.fetch.is_none());
         if let Some(m) = magnet.as_mut() {
             m.stop_fetch().await;
         }
@@ -226,6 +235,7 @@ impl Session {
             name: meta.name.clone(),
             added_at: now_unix(),
             peers: peers.iter().map(|p| p.to_string()).collect(),
+            hold: if paused { resume::Hold::Paused } else { resume::Hold::Running },
             ..Default::default()
         };
         let meta = Arc::new(meta);
@@ -254,6 +264,7 @@ impl Session {
     /// A magnet's metadata arrived: it becomes a torrent like any other.
     async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
         let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
+        tracing::debug!(torrent = %name, hash = %hash.hex(), "metadata to be added");
         match self.add_torrent(f.meta, f.peers, Origin::Fetched).await {
             Ok(AddOutcome::Added) => {
                 tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent")
@@ -350,6 +361,17 @@ impl Session {
 
     /// Pause and resume of a magnet still fetching; it has nothing to check.
     async fn magnet_command(self: &Arc<Self>, hash: &InfoHash, cmd: Cmd) -> Result<String, String> {
+        // What changes nothing is answered without taking the entry out.
+        let (fetching, name) = match self.registry.lock().unwrap().get(hash) {
+            Some(Entry::Magnet(m)) => (m.fetch.is_some(), m.magnet.display_name()),
+            _ => return Err("the magnet is being added or removed; try again".into()),
+        };
+        match (&cmd, fetching) {
+            (Cmd::Pause, false) => return Ok(format!("{name} is already paused")),
+            (Cmd::Resume, true) => return Ok(format!("{name} is not paused")),
+            (Cmd::Pause | Cmd::Resume, _) => {}
+            _ => return Err(format!("{name} has no data to check until its metadata arrives")),
+        }
         let Some(Entry::Magnet(mut m)) = self.take(hash) else {
             return Err("the magnet is being added or removed; try again".into());
         };
@@ -363,14 +385,14 @@ impl Session {
             }
             (Cmd::Resume, false) => {
                 let r = save_magnet(&self.env.state_dir, &m.magnet, false).await;
+                tracing::info!(torrent = %name, "resumed");
+                let mut registry = self.registry.lock().unwrap();
                 m.error = None;
                 m.fetch = Some(self.spawn_fetch(&m.magnet));
-                tracing::info!(torrent = %name, "resumed");
-                r.map(|_| format!("resuming {name}")).map_err(|e| e.to_string())
+                registry.insert(*hash, Entry::Magnet(m));
+                return r.map(|_| format!("resuming {name}")).map_err(|e| e.to_string());
             }
-            (Cmd::Pause, false) => Ok(format!("{name} is already paused")),
-            (Cmd::Resume, true) => Ok(format!("{name} is not paused")),
-            _ => Err(format!("{name} has no data to check until its metadata arrives")),
+            _ => Ok(format!("{name}: nothing to do")),
         };
         self.put(*hash, Entry::Magnet(m));
         result

@@ -108,7 +108,12 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
         if phase != Phase::Active {
             slot = None;
         }
+        let was_held = matches!(shared.status.lock().unwrap().phase, Phase::Held { .. });
         shared.set_phase(phase.clone());
+        if was_held {
+            // Leaving a hold is persisted at once, or a restart would find it held.
+            shared.save_resume(false).await;
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! bounded read of the reply, and the pure parse of the bencoded response.
 
 use crate::compact;
-use crate::types::{InfoHash, PeerId};
+use crate::types::{printable, InfoHash, PeerId};
 use percent_encoding::{percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_bencode::value::Value;
@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// Largest tracker reply read.
 pub const MAX_RESPONSE: usize = 1024 * 1024;
+/// A tracker's failure or warning text is shown at most this long.
+pub const MAX_MESSAGE: usize = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -136,7 +138,7 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
     crate::bencode::top_level_value(body, b"peers").map_err(|e| TrackerError::Malformed(e.to_string()))?;
     let raw: RawReply = serde_bencode::from_bytes(body).map_err(|e| TrackerError::Malformed(e.to_string()))?;
     if let Some(f) = raw.failure {
-        return Err(TrackerError::Failure(String::from_utf8_lossy(&f).into_owned()));
+        return Err(TrackerError::Failure(printable(&String::from_utf8_lossy(&f), MAX_MESSAGE)));
     }
     let mut peers = Vec::new();
     match raw.peers {
@@ -169,7 +171,7 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
         interval: positive(raw.interval),
         min_interval: positive(raw.min_interval),
         peers,
-        warning: raw.warning.map(|w| String::from_utf8_lossy(&w).into_owned()),
+        warning: raw.warning.map(|w| printable(&String::from_utf8_lossy(&w), MAX_MESSAGE)),
         tracker_id: raw.tracker_id.map(|t| t.into_vec()),
         seeders: positive(raw.complete),
         leechers: positive(raw.incomplete),

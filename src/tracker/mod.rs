@@ -60,8 +60,13 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             r = a.announce(&cfg) => r,
         };
-        if !peers.is_empty() && peers_tx.send(peers).await.is_err() {
-            return;
+        // The torrent may be stopping and no longer reading: never wait on it
+        // past the cancel, so `stopped` still goes out.
+        if !peers.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                sent = peers_tx.send(peers) => if sent.is_err() { return },
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => break,

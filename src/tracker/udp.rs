@@ -5,6 +5,7 @@
 
 use super::http::{AnnounceParams, AnnounceReply, Event, TrackerError};
 use crate::compact;
+use crate::types::printable;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -89,7 +90,7 @@ pub fn check_reply(buf: &[u8], tid: u32, action: u32) -> Reply<'_> {
         return Reply::Foreign;
     }
     match u32_at(buf, 0) {
-        ACTION_ERROR => Reply::Error(String::from_utf8_lossy(&buf[8..]).into_owned()),
+        ACTION_ERROR => Reply::Error(printable(&String::from_utf8_lossy(&buf[8..]), super::http::MAX_MESSAGE)),
         a if a == action => Reply::Body(&buf[8..]),
         _ => Reply::Foreign,
     }
