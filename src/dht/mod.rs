@@ -90,6 +90,29 @@ struct State {
     previous_secret: [u8; 16],
     secret_at: Instant,
     replies_window: (Instant, u32),
+    /// Unknown nodes that queried us, by address, with when we last queued
+    /// a ping for them: one a minute per address, so one source cannot fill
+    /// the ping queue and keep genuine nodes out.
+    pinged: HashMap<std::net::IpAddr, u64>,
+}
+
+/// Addresses remembered in [`State::pinged`] at most.
+const MAX_PINGED: usize = 4096;
+const PING_SAME_IP_EVERY: u64 = 60;
+
+/// Whether to queue a ping for an unknown querier at `ip` now.
+fn ping_due(pinged: &mut HashMap<std::net::IpAddr, u64>, ip: std::net::IpAddr, now: u64) -> bool {
+    if pinged.get(&ip).is_some_and(|&at| now.saturating_sub(at) < PING_SAME_IP_EVERY) {
+        return false;
+    }
+    if pinged.len() >= MAX_PINGED {
+        pinged.retain(|_, at| now.saturating_sub(*at) < PING_SAME_IP_EVERY);
+        if pinged.len() >= MAX_PINGED {
+            return false;
+        }
+    }
+    pinged.insert(ip, now);
+    true
 }
 
 pub struct Dht {
@@ -164,6 +187,7 @@ impl Dht {
                 previous_secret: rand::random(),
                 secret_at: now,
                 replies_window: (now, 0),
+                pinged: HashMap::new(),
             }),
             state_file,
             bootstrap,
@@ -284,7 +308,7 @@ impl Dht {
                 }
                 s.replies_window.1 += 1;
                 if let Some(id) = msg.id {
-                    if !s.table.heard_from(id, from, now) {
+                    if !s.table.heard_from(id, from, now) && ping_due(&mut s.pinged, from.ip(), now) {
                         // Unknown: it gets in once it answers a ping of ours.
                         let _ = self.new_nodes.try_send(from);
                     }
@@ -602,6 +626,20 @@ fn expire_store(store: &mut HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_source_gets_one_ping_a_minute() {
+        let mut pinged = HashMap::new();
+        let flood: std::net::IpAddr = [203, 0, 113, 7].into();
+        assert!(ping_due(&mut pinged, flood, 0));
+        assert!((1..59).all(|t| !ping_due(&mut pinged, flood, t)));
+        assert!(ping_due(&mut pinged, flood, 60));
+        // Many sources: the map stays bounded.
+        for i in 0..10_000u32 {
+            ping_due(&mut pinged, std::net::IpAddr::from(i.to_be_bytes()), 61);
+        }
+        assert!(pinged.len() <= MAX_PINGED);
+    }
 
     #[test]
     fn tokens_depend_on_secret_and_ip() {

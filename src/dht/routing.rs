@@ -11,6 +11,11 @@ use super::krpc::NodeId;
 use std::net::SocketAddr;
 
 pub const K: usize = 8;
+/// Nodes one IP address may have in the table: one on the internet (one
+/// host with many ports must not fill the table), a few where addresses are
+/// shared on purpose (loopback, private networks: test swarms, a LAN).
+pub const NODES_PER_PUBLIC_IP: usize = 1;
+pub const NODES_PER_LOCAL_IP: usize = 4;
 /// Seconds without a reply after which a node is questionable.
 pub const QUESTIONABLE_AFTER: u64 = 15 * 60;
 /// Failed queries in a row after which a node is bad.
@@ -102,6 +107,10 @@ impl RoutingTable {
             if bucket.iter().any(|n| n.addr == addr) {
                 return Insert::Ignored; // one id per address
             }
+            if self.nodes_at(addr.ip()) >= nodes_allowed(addr.ip()) || self.same_subnet_in_bucket(b, addr.ip()) {
+                return Insert::Ignored;
+            }
+            let bucket = &mut self.buckets[b];
             let node = Node { id, addr, last_seen: now, failures: 0 };
             if bucket.len() < K {
                 bucket.push(node);
@@ -119,6 +128,21 @@ impl RoutingTable {
             let ping = self.buckets[b].iter().filter(|n| n.is_questionable(now)).map(|n| n.addr).collect();
             return Insert::Full { ping };
         }
+    }
+
+    fn nodes_at(&self, ip: std::net::IpAddr) -> usize {
+        self.buckets.iter().flatten().filter(|n| n.addr.ip() == ip).count()
+    }
+
+    /// A public IPv4 /24 may hold one node of a bucket: a block of
+    /// addresses is still one operator.
+    fn same_subnet_in_bucket(&self, b: usize, ip: std::net::IpAddr) -> bool {
+        let std::net::IpAddr::V4(v4) = ip else { return false };
+        if is_local(ip) {
+            return false;
+        }
+        let net = |a: std::net::Ipv4Addr| u32::from(a) >> 8;
+        self.buckets[b].iter().any(|n| matches!(n.addr.ip(), std::net::IpAddr::V4(o) if net(o) == net(v4) && o != v4))
     }
 
     fn split_last(&mut self) {
@@ -178,9 +202,45 @@ impl RoutingTable {
     }
 }
 
+/// Loopback, private and link-local addresses: shared by design.
+pub fn is_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+fn nodes_allowed(ip: std::net::IpAddr) -> usize {
+    if is_local(ip) {
+        NODES_PER_LOCAL_IP
+    } else {
+        NODES_PER_PUBLIC_IP
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_host_with_many_ports_gets_few_places() {
+        let mut t = RoutingTable::new(NodeId([0; 20]));
+        let id = |i: u32| {
+            let mut b = [0xffu8; 20];
+            b[16..].copy_from_slice(&i.to_be_bytes());
+            NodeId(b)
+        };
+        let public = |port: u16| SocketAddr::from(([203, 0, 113, 7], port));
+        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        for p in 1..300u16 {
+            t.insert(id(p as u32), public(p), 0);
+            t.insert(id(1000 + p as u32), local(p), 0);
+        }
+        assert_eq!(t.len(), NODES_PER_PUBLIC_IP + NODES_PER_LOCAL_IP);
+        // Another host of the same public /24 waits for another bucket.
+        assert_eq!(t.insert(id(5000), SocketAddr::from(([203, 0, 113, 8], 1)), 0), Insert::Ignored);
+        assert!(matches!(t.insert(id(6000), SocketAddr::from(([198, 51, 100, 1], 1)), 0), Insert::Added));
+    }
 
     /// An id sharing exactly `prefix` leading bits with the all-zero id.
     fn id_with_prefix(prefix: usize, salt: u8) -> NodeId {

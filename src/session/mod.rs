@@ -479,7 +479,20 @@ async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16) -> anyhow::
         peer_id: PeerId::generate(),
         listen_port,
         disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
-        http: reqwest::Client::builder().user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION"))).build()?,
+        http: reqwest::Client::builder()
+            .user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let verdict = crate::tracker::http::redirect_allowed(
+                    &attempt.previous()[0],
+                    attempt.url(),
+                    attempt.previous().len() - 1,
+                );
+                match verdict {
+                    Ok(()) => attempt.follow(),
+                    Err(why) => attempt.error(why),
+                }
+            }))
+            .build()?,
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         download_slots: Arc::new(Semaphore::new(match config.limits.max_active_downloads {
             0 => Semaphore::MAX_PERMITS,

@@ -178,9 +178,79 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
     })
 }
 
+/// Redirects followed from one announce at most.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// Whether a tracker's redirect from `origin` to `to`, after `hops` already
+/// followed, may be followed: at most [`MAX_REDIRECTS`], only to http or
+/// https, and from a tracker on the internet never to `localhost` or a
+/// loopback, private, link-local or unspecified address, so a tracker cannot
+/// aim dropseed at services on the server itself or at a cloud metadata
+/// address (host names are judged as written; DNS is not consulted).
+pub fn redirect_allowed(origin: &reqwest::Url, to: &reqwest::Url, hops: usize) -> Result<(), String> {
+    if hops >= MAX_REDIRECTS {
+        return Err(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    if !matches!(to.scheme(), "http" | "https") {
+        return Err(format!("redirect to a {} URL", to.scheme()));
+    }
+    if internal(to) && !internal(origin) {
+        return Err(format!("redirect from a public tracker to {}", to.host_str().unwrap_or("?")));
+    }
+    Ok(())
+}
+
+/// A URL whose host is this machine or a private network.
+fn internal(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else { return true };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified() || ip.octets()[0] == 0
+        }
+        Ok(IpAddr::V6(ip)) => {
+            let mapped =
+                ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local());
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || mapped
+        }
+        Err(_) => {
+            let d = host.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_are_few_http_only_and_never_from_public_into_private() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let public = u("http://tracker.example.org/announce");
+        assert!(redirect_allowed(&public, &u("https://tracker2.example.org/a"), 0).is_ok());
+        assert!(redirect_allowed(&public, &u("https://tracker2.example.org/a"), 3).is_err());
+        assert!(redirect_allowed(&public, &u("ftp://tracker2.example.org/a"), 0).is_err());
+        for inside in [
+            "http://127.0.0.1:8080/",
+            "http://localhost/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.5/",
+            "http://192.168.1.1/",
+            "http://[::1]:9000/",
+            "http://[fd00::1]/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(redirect_allowed(&public, &u(inside), 0).is_err(), "{inside}");
+        }
+        // A tracker on the user's own network may redirect within it.
+        let lan = u("http://192.168.1.10:6969/announce");
+        assert!(redirect_allowed(&lan, &u("http://192.168.1.11:6969/announce"), 0).is_ok());
+    }
 
     #[test]
     fn compact_and_dictionary_peers() {
