@@ -26,6 +26,15 @@ fn torrent_in(dir: &Path, name: &str, len: u64) -> Option<(std::path::PathBuf, S
     Some((t, hash))
 }
 
+/// A daemon downloading a fresh torrent of 1 MiB (no peer has it).
+fn downloading(name: &str) -> Option<(Dropseed, String)> {
+    let d = Dropseed::start_with("");
+    let (t, hash) = torrent_in(d.dir.path(), &format!("{name}.bin"), 1 << 20)?;
+    d.drop_file(&t, &format!("{name}.torrent"));
+    d.wait_state(&hash, "downloading", Duration::from_secs(30));
+    Some((d, hash))
+}
+
 /// Runs a CLI command, killed if it takes longer than `limit`.
 fn cli_within(d: &Dropseed, args: &[&str], limit: Duration) -> Option<std::process::Output> {
     let child = Command::new(common::dropseed_bin())
@@ -148,10 +157,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 
 #[test]
 fn junk_blocks_are_waste_not_downloaded_bytes() {
-    let d = Dropseed::start_with("");
-    let Some((t, hash)) = torrent_in(d.dir.path(), "junk.bin", 1 << 20) else { return };
-    d.drop_file(&t, "junk.torrent");
-    d.wait_state(&hash, "downloading", Duration::from_secs(30));
+    let Some((d, hash)) = downloading("junk") else { return };
     let mut s = peer_of(&d, &hash);
     // Everything, unchoked: it will ask for blocks; we send others instead.
     let mut out = Vec::new();
@@ -182,10 +188,7 @@ fn junk_blocks_are_waste_not_downloaded_bytes() {
 
 #[test]
 fn an_oversized_message_is_refused_from_its_header() {
-    let d = Dropseed::start_with("");
-    let Some((t, hash)) = torrent_in(d.dir.path(), "big.bin", 1 << 20) else { return };
-    d.drop_file(&t, "big.torrent");
-    d.wait_state(&hash, "downloading", Duration::from_secs(30));
+    let Some((d, hash)) = downloading("big") else { return };
     for (what, head) in [("a 1 MiB piece", (1u32 << 20, 7u8)), ("a bitfield of 900 KB", (900_000, 5))] {
         let mut s = peer_of(&d, &hash);
         let mut m = head.0.to_be_bytes().to_vec();

@@ -104,15 +104,10 @@ impl Node {
     }
 }
 
-/// Writes `len` deterministic pseudo-random bytes (xorshift from `seed`).
-fn payload(path: &Path, len: u64, seed: u64) {
-    common::payload(path, len, seed)
-}
-
 /// A multi-file tree `root/name/...` of pseudo-random files; returns its size.
 fn payload_tree(root: &Path, name: &str, files: &[(&str, u64)], seed: u64) -> u64 {
     for (i, (rel, len)) in files.iter().enumerate() {
-        payload(&root.join(name).join(rel), *len, seed.wrapping_add(i as u64 * 7919));
+        common::payload(&root.join(name).join(rel), *len, seed.wrapping_add(i as u64 * 7919));
     }
     files.iter().map(|f| f.1).sum()
 }
@@ -158,30 +153,12 @@ impl Be {
     }
 }
 
-/// Every file under `dir`, relative and sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let p = dir.join(&rel);
-        if p.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                stack.push(rel.join(e.unwrap().file_name()));
-            }
-        } else {
-            out.push(rel);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The torrent of `root/name`, built the way mktorrent would: a file gives a
 /// single-file torrent, a directory a multi-file one (paths sorted).
 fn make_torrent(root: &Path, name: &str, piece_len: u64) -> Metainfo {
     let top = root.join(name);
     let (sources, files): (Vec<PathBuf>, Option<Vec<Be>>) = if top.is_dir() {
-        let rels = files_under(&top);
+        let rels = common::files_under(&top);
         let entries = rels
             .iter()
             .map(|rel| {
@@ -332,7 +309,7 @@ async fn concurrent_adds_of_one_hash_start_one_task() {
         let mixed = round % 2 == 1;
         // A fresh info hash each round: same shape, other bytes.
         let name = format!("race-{round}.bin");
-        payload(&src.path().join(&name), 100_000, 1000 + round as u64);
+        common::payload(&src.path().join(&name), 100_000, 1000 + round as u64);
         let meta = make_torrent(src.path(), &name, 16 * 1024);
         let hash = meta.info_hash.hex();
         let barrier = Arc::new(tokio::sync::Barrier::new(ADDERS));

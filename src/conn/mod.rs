@@ -173,9 +173,14 @@ enum Event<W> {
 /// Runs an established connection until it ends.
 pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &CancellationToken) -> ConnEnd {
     let (mut rd, mut wr) = transport.into_split();
-    let mut conn = Conn { rbuf: BytesMut::with_capacity(256 * 1024), out: OutQueue::default(), read_resume_at: None };
+    let mut conn = Conn {
+        rbuf: BytesMut::with_capacity(256 * 1024),
+        out: OutQueue::default(),
+        read_resume_at: None,
+        last_received: Instant::now(),
+        last_sent: Instant::now(),
+    };
     handler.start(&mut conn.out);
-    let mut last = (Instant::now(), Instant::now()); // (received, sent)
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -195,7 +200,7 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
             Event::Read(r) => match r {
                 Ok(0) => Err(ConnEnd::Closed),
                 Ok(_) => {
-                    last.0 = Instant::now();
+                    conn.last_received = Instant::now();
                     conn.dispatch(handler).await
                 }
                 Err(e) => Err(e.into()),
@@ -204,7 +209,7 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
                 Ok(0) => Err(ConnEnd::Closed),
                 Ok(n) => {
                     conn.out.advance(n);
-                    last.1 = Instant::now();
+                    conn.last_sent = Instant::now();
                     Ok(())
                 }
                 Err(e) => Err(e.into()),
@@ -214,7 +219,7 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
                 Ok(())
             }
             Event::Wake(w) => handler.on_wake(w, &mut conn.out),
-            Event::Tick => conn.on_tick(handler, &mut last),
+            Event::Tick => conn.on_tick(handler),
             Event::Cancelled => Err(ConnEnd::Cancelled),
         };
         if let Err(end) = step {
@@ -238,6 +243,8 @@ struct Conn {
     /// Reading paused until then by the download limit; TCP then slows the
     /// sender.
     read_resume_at: Option<Instant>,
+    last_received: Instant,
+    last_sent: Instant,
 }
 
 impl Conn {
@@ -268,16 +275,16 @@ impl Conn {
     }
 
     /// Timeouts and keep-alives, then the handler's own tick.
-    fn on_tick<H: Handler>(&mut self, handler: &mut H, last: &mut (Instant, Instant)) -> Result<(), ConnEnd> {
+    fn on_tick<H: Handler>(&mut self, handler: &mut H) -> Result<(), ConnEnd> {
         let now = Instant::now();
         // A paused reader has not looked; it cannot blame the peer.
-        if self.read_resume_at.is_none() && now - last.0 > handler.idle_timeout() {
+        if self.read_resume_at.is_none() && now - self.last_received > handler.idle_timeout() {
             return Err(ConnEnd::Timeout);
         }
-        if !self.out.is_empty() && now - last.1 > WRITE_TIMEOUT {
+        if !self.out.is_empty() && now - self.last_sent > WRITE_TIMEOUT {
             return Err(ConnEnd::Timeout);
         }
-        if self.out.is_empty() && now - last.1 > KEEPALIVE_EVERY {
+        if self.out.is_empty() && now - self.last_sent > KEEPALIVE_EVERY {
             self.out.push_small(&Message::KeepAlive);
         }
         handler.on_tick(now, &mut self.out)

@@ -13,8 +13,7 @@
 //! already there when it is accepted takes the place of the oldest silent
 //! socket (or else of the oldest of the address holding the most), and a
 //! silent newcomer is turned away. So a flood of silent sockets, or of
-//! sockets that send a byte and stall, only ever crowds out its own kind. So a newcomer always gets its turn, and a flood of
-//! silent sockets only ever pushes out its own kind.
+//! sockets that send a byte and stall, only ever crowds out its own kind.
 
 use super::entry::Entry;
 use super::Session;

@@ -207,17 +207,17 @@ impl Session {
         let replaced = {
             let mut registry = self.registry.lock().unwrap();
             let claim = Entry::Reserved(Some(meta.name.clone()));
-            match (registry.get(&hash), origin) {
-                (Some(Entry::Magnet(_)) | None, _) if name_owner(&registry, &meta.name).is_some() => {
-                    let other = name_owner(&registry, &meta.name).unwrap();
+            let owner = name_owner(&registry, &meta.name);
+            match (registry.get(&hash), origin, owner) {
+                (Some(Entry::Magnet(_)) | None, _, Some(other)) => {
                     return Ok(AddOutcome::Refused(format!(
                         "its files would be those of torrent {} ({:?}) in the download folder",
                         &other.hex()[..8],
                         meta.name
                     )));
                 }
-                (Some(Entry::Magnet(_)), _) => registry.insert(hash, claim),
-                (None, Origin::User) => registry.insert(hash, claim),
+                (Some(Entry::Magnet(_)), _, None) => registry.insert(hash, claim),
+                (None, Origin::User, None) => registry.insert(hash, claim),
                 _ => return Ok(AddOutcome::AlreadyManaged),
             }
         };
@@ -264,7 +264,6 @@ impl Session {
     /// A magnet's metadata arrived: it becomes a torrent like any other.
     async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
         let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
-        tracing::debug!(torrent = %name, hash = %hash.hex(), "metadata to be added");
         match self.add_torrent(f.meta, f.peers, Origin::Fetched).await {
             Ok(AddOutcome::Added) => {
                 tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent")

@@ -115,7 +115,6 @@ pub async fn run(
     conns.tasks.shutdown().await;
     // Both end on `done`; the tracker's `stopped` announce is bounded.
     while helpers.join_next().await.is_some() {}
-    tracing::debug!(torrent = %name, got = ctx.result.lock().unwrap().is_some(), "metadata fetch over");
     let info = ctx.result.lock().unwrap().take()?;
     match Metainfo::from_info_bytes(&info, tiers) {
         Ok(meta) => {

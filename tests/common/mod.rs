@@ -144,26 +144,36 @@ pub fn assert_same_data(expected: &Path, actual: &Path) {
 }
 
 fn compare_tree(expected: &Path, actual: &Path, skip_empty: bool) {
-    let mut stack = vec![PathBuf::new()];
     let mut files = 0;
-    while let Some(rel) = stack.pop() {
-        let e = expected.join(&rel);
-        if e.is_dir() {
-            for entry in std::fs::read_dir(&e).unwrap() {
-                stack.push(rel.join(entry.unwrap().file_name()));
-            }
-        } else {
-            let want = std::fs::read(&e).unwrap();
-            if skip_empty && want.is_empty() {
-                continue;
-            }
-            let got =
-                std::fs::read(actual.join(&rel)).unwrap_or_else(|err| panic!("{}: {err}", actual.join(&rel).display()));
-            assert!(want == got, "{} differs from the source", actual.join(&rel).display());
-            files += 1;
+    for rel in files_under(expected) {
+        let want = std::fs::read(expected.join(&rel)).unwrap();
+        if skip_empty && want.is_empty() {
+            continue;
         }
+        let got =
+            std::fs::read(actual.join(&rel)).unwrap_or_else(|err| panic!("{}: {err}", actual.join(&rel).display()));
+        assert!(want == got, "{} differs from the source", actual.join(&rel).display());
+        files += 1;
     }
     assert!(files > 0, "no files compared");
+}
+
+/// Every file under `dir`, relative and sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let p = dir.join(&rel);
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+        } else {
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
 }
 
 /// A child process killed (and reaped) on drop.
