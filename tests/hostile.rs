@@ -200,3 +200,109 @@ fn an_oversized_message_is_refused_from_its_header() {
     }
     assert!(d.torrent(&hash).is_some());
 }
+
+/// Cuts a file down to `len` bytes behind the daemon's back.
+fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+}
+
+fn still_running(d: &mut Dropseed) -> bool {
+    d.proc.as_mut().unwrap().0.try_wait().unwrap().is_none()
+}
+
+#[test]
+fn a_file_truncated_while_it_is_checked_is_a_torrent_error_not_a_crash() {
+    let mut d = Dropseed::start_with("");
+    let dl = d.download_dir();
+    std::fs::create_dir_all(&dl).unwrap();
+    // A bystander that must keep seeding, and the victim: 256 MiB in 16 MiB
+    // pieces, so each piece is hashed straight from the map for a while.
+    let Some((other, other_hash)) = torrent_in(&dl, "bystander.bin", 1 << 20) else { return };
+    common::payload(&dl.join("victim.bin"), 256 << 20, 3);
+    let t16 = d.dir.path().join("victim.torrent");
+    common::mktorrent(&dl.join("victim.bin"), "http://127.0.0.1:1/announce", 24, &t16, &[]);
+    let hash16 = common::info_hash(&t16);
+    d.drop_file(&other, "bystander.torrent");
+    d.drop_file(&t16, "victim.torrent");
+    d.wait_state(&other_hash, "seeding", Duration::from_secs(30));
+    d.wait_state(&hash16, "seeding", Duration::from_secs(60));
+
+    assert!(d.cli(&["recheck", &hash16]).status.success());
+    d.wait_state(&hash16, "checking", Duration::from_secs(10));
+    truncate(&dl.join("victim.bin"), 1 << 20);
+
+    let st = d.wait_state(&hash16, "error", Duration::from_secs(30));
+    assert!(still_running(&mut d), "the daemon survives the truncation");
+    let msg = st["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("truncated"), "the error names the cause: {st}");
+    assert_eq!(d.torrent(&other_hash).unwrap()["state"], "seeding", "the other torrent is untouched");
+    // Resumed, the file is made whole again and its lost pieces are wanted.
+    assert!(d.cli(&["resume", &hash16]).status.success());
+    let st = d.wait_state(&hash16, "downloading", Duration::from_secs(60));
+    assert!(st["progress"].as_f64().unwrap() < 0.1, "{st}");
+    assert_eq!(std::fs::metadata(dl.join("victim.bin")).unwrap().len(), 256 << 20);
+}
+
+#[test]
+fn a_file_truncated_while_it_downloads_is_a_torrent_error_not_a_crash() {
+    if !common::Swarm::tools_present() {
+        return;
+    }
+    let swarm = common::Swarm::single("cut.bin", 64 << 20, 18, 11);
+    // Slow enough to cut the file at about a fifth.
+    let mut d = Dropseed::start_with("[limits]\ndownload_rate = \"8M\"\n");
+    d.drop_file(&swarm.torrent, "cut.torrent");
+    let path = d.download_dir().join("cut.bin");
+    common::wait_for("a fifth downloaded", Duration::from_secs(60), || {
+        d.torrent(&swarm.hash).filter(|t| t["progress"].as_f64().unwrap_or(0.0) >= 0.2)
+    });
+    truncate(&path, 1 << 20);
+    let st = d.wait_state(&swarm.hash, "error", Duration::from_secs(30));
+    assert!(still_running(&mut d), "the daemon survives the truncation");
+    assert!(st["error"].as_str().unwrap_or_default().contains("truncated"), "{st}");
+}
+
+#[test]
+fn a_seeded_file_cut_short_is_a_torrent_error_not_silence() {
+    let d = Dropseed::start_with("");
+    let dl = d.download_dir();
+    std::fs::create_dir_all(&dl).unwrap();
+    let Some((t, hash)) = torrent_in(&dl, "served.bin", 4 << 20) else { return };
+    d.drop_file(&t, "served.torrent");
+    d.wait_state(&hash, "seeding", Duration::from_secs(30));
+    truncate(&dl.join("served.bin"), 1 << 20);
+    // A leecher asks for a block past the cut, once unchoked.
+    let mut s = peer_of(&d, &hash);
+    let mut out = Vec::new();
+    dropseed::wire::encode(&dropseed::wire::Message::Interested, &mut out);
+    s.write_all(&out).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = Vec::new();
+    let unchoked = loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break false;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        let mut seen = false;
+        while let Ok(Some((m, used))) = dropseed::wire::decode(&buf[at..]) {
+            seen |= matches!(m, dropseed::wire::Message::Unchoke);
+            at += used;
+        }
+        buf.drain(..at);
+        if seen {
+            break true;
+        }
+    };
+    assert!(unchoked, "the seeder unchokes an interested leecher");
+    let mut req = Vec::new();
+    dropseed::wire::encode(
+        &dropseed::wire::Message::Request(dropseed::wire::BlockRef { piece: 100, offset: 0, len: 16384 }),
+        &mut req,
+    );
+    s.write_all(&req).unwrap();
+    let st = d.wait_state(&hash, "error", Duration::from_secs(15));
+    assert!(st["error"].as_str().unwrap_or_default().contains("truncated"), "{st}");
+}

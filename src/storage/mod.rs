@@ -5,6 +5,7 @@
 
 pub mod disk;
 pub mod layout;
+mod sigbus;
 
 use crate::metainfo::Metainfo;
 use layout::Layout;
@@ -16,6 +17,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +33,9 @@ trait FileBackend: Send + Sync {
     fn write_at(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()>;
     fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     fn flush(&self, file: usize, offset: u64, len: usize) -> io::Result<()>;
+    /// Puts `fresh` (the file recreated or grown back to full size) in the
+    /// place of the one opened before.
+    fn reopen(&self, file: usize, fresh: File) -> io::Result<()>;
 
     /// Feeds a range to `hasher`; the default reads it in chunks.
     fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
@@ -121,6 +127,17 @@ fn preallocate(file: &File, len: u64) -> io::Result<bool> {
     }
 }
 
+/// Opens (creating it and its folders if need be) a file and grows it to
+/// `len`; says whether its blocks were reserved.
+fn open_full_size(path: &Path, len: u64) -> io::Result<(File, bool)> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    let preallocated = file.metadata()?.len() >= len || preallocate(&file, len)?;
+    Ok((file, preallocated))
+}
+
 impl TorrentStorage {
     /// Creates every file at full size (zero-length files too, padding never)
     /// and opens the backend. Nothing is written outside `download_dir`:
@@ -133,14 +150,8 @@ impl TorrentStorage {
                 files.push(None);
                 continue;
             }
-            let path = file_path(download_dir, meta, i);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-            if file.metadata()?.len() < f.length {
-                all_preallocated &= preallocate(&file, f.length)?;
-            }
+            let (file, preallocated) = open_full_size(&file_path(download_dir, meta, i), f.length)?;
+            all_preallocated &= preallocated;
             files.push(Some((file, f.length)));
         }
         let kind = if kind == BackendKind::Mmap && !all_preallocated {
@@ -151,9 +162,22 @@ impl TorrentStorage {
         };
         let backend: Box<dyn FileBackend> = match kind {
             BackendKind::Mmap => Box::new(MmapBackend::new(files)?),
-            BackendKind::File => Box::new(PlainBackend { files }),
+            BackendKind::File => Box::new(PlainBackend {
+                files: files.into_iter().map(|f| f.map(|(file, _)| RwLock::new(file))).collect(),
+            }),
         };
         Ok(TorrentStorage { layout: Layout::new(meta), backend, kind })
+    }
+
+    /// Makes files found missing or short whole again (sparse zeros where
+    /// data went missing) and points the backend at them: the pieces they
+    /// held are then checked again and downloaded anew.
+    pub fn restore_files(&self, download_dir: &Path, meta: &Metainfo, files: &[usize]) -> io::Result<()> {
+        for &i in files {
+            let (file, _) = open_full_size(&file_path(download_dir, meta, i), meta.files[i].length)?;
+            self.backend.reopen(i, file)?;
+        }
+        Ok(())
     }
 
     pub fn layout(&self) -> &Layout {
@@ -216,19 +240,32 @@ impl TorrentStorage {
     }
 }
 
+/// One file's mapping.
+struct MappedFile {
+    /// Kept to check the length and to map the file again; replaced when
+    /// the file was recreated.
+    file: RwLock<File>,
+    len: u64,
+    map: MmapRaw,
+    /// A copy faulted (the file shrank under it): zero pages may sit where
+    /// the file's pages were, so the mapping is not trusted until the file
+    /// is whole again and mapped anew over the same addresses.
+    stale: AtomicBool,
+}
+
 struct MmapBackend {
-    /// Per file: the open file (to check its length) and its mapping.
-    maps: Vec<Option<(File, u64, MmapRaw)>>,
+    maps: Vec<Option<MappedFile>>,
 }
 
 impl MmapBackend {
     fn new(files: Vec<Option<(File, u64)>>) -> io::Result<MmapBackend> {
+        sigbus::install();
         let maps = files
             .into_iter()
             .map(|f| match f {
                 Some((file, len)) if len > 0 => {
                     let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
-                    Ok(Some((file, len, map)))
+                    Ok(Some(MappedFile { file: RwLock::new(file), len, map, stale: AtomicBool::new(false) }))
                 }
                 _ => Ok(None),
             })
@@ -236,56 +273,108 @@ impl MmapBackend {
         Ok(MmapBackend { maps })
     }
 
-    /// The mapping for `file`, after checking the file still covers the range:
-    /// touching a mapped page past the end of a truncated file is SIGBUS, so a
-    /// file cut short behind our back becomes an error instead.
-    fn checked(&self, file: usize, offset: u64, len: usize) -> io::Result<&MmapRaw> {
-        let (f, expected, map) =
-            self.maps[file].as_ref().ok_or_else(|| io::Error::other("access to an unmapped file"))?;
+    /// The mapping for `file`, once the range is known to be inside it and
+    /// inside the file as it is now, and the mapping is trustworthy. The
+    /// length check catches a file cut short within a page (which reads as
+    /// zeros, no fault); the guard around each copy catches one cut short
+    /// after the check.
+    fn checked(&self, file: usize, offset: u64, len: usize) -> io::Result<&MappedFile> {
+        let m = self.maps[file].as_ref().ok_or_else(|| io::Error::other("access to an unmapped file"))?;
         let end = offset + len as u64;
-        if end > *expected {
+        if end > m.len {
             return Err(io::Error::other("access beyond the end of the file"));
         }
-        let actual = f.metadata()?.len();
-        if actual < end {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("file was truncated to {actual} bytes (expected {expected})"),
-            ));
+        let actual = m.file.read().unwrap().metadata()?.len();
+        if actual < end || (actual < m.len && m.stale.load(Ordering::Acquire)) {
+            return Err(truncated(Some(actual), m.len));
         }
-        Ok(map)
+        if m.stale.load(Ordering::Acquire) {
+            map_again(m, &m.file.write().unwrap())?;
+        }
+        Ok(m)
     }
+
+    /// Runs a copy touching `len` bytes of the mapping at `offset` under the
+    /// SIGBUS guard; a fault marks the mapping stale and becomes an error.
+    fn guarded<T>(&self, m: &MappedFile, offset: u64, len: usize, copy: impl FnOnce(*mut u8) -> T) -> io::Result<T> {
+        // SAFETY: offset is inside the mapping (checked by the caller).
+        let at = unsafe { m.map.as_mut_ptr().add(offset as usize) };
+        sigbus::guarded(at, len, || copy(at)).map_err(|sigbus::Faulted| {
+            m.stale.store(true, Ordering::Release);
+            truncated(None, m.len)
+        })
+    }
+}
+
+fn truncated(actual: Option<u64>, expected: u64) -> io::Error {
+    let msg = match actual {
+        Some(actual) => format!("file was truncated to {actual} bytes (expected {expected})"),
+        None => format!("file was truncated while in use (expected {expected} bytes)"),
+    };
+    io::Error::new(io::ErrorKind::UnexpectedEof, msg)
+}
+
+/// Maps `file` over `m`'s addresses, replacing whatever the SIGBUS guard
+/// put there, and trusts the mapping again.
+fn map_again(m: &MappedFile, file: &File) -> io::Result<()> {
+    // SAFETY: the range is exactly our own mapping (same address and length,
+    // shared, read-write like the original); MAP_FIXED swaps its pages in one
+    // step, so a concurrent reader sees either the old or the new pages.
+    let r = unsafe {
+        libc::mmap(
+            m.map.as_mut_ptr().cast(),
+            m.len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    m.stale.store(false, Ordering::Release);
+    Ok(())
 }
 
 impl FileBackend for MmapBackend {
     fn write_at(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
-        let map = self.checked(file, offset, data.len())?;
-        populate_for_write(map, offset as usize, data.len());
-        // SAFETY: the range is inside the mapping (checked above). Pieces are
+        let m = self.checked(file, offset, data.len())?;
+        populate_for_write(&m.map, offset as usize, data.len());
+        // SAFETY: the range is inside the mapping (checked). Pieces are
         // disjoint ranges and each piece is written by one disk job, so no two
         // threads write the same bytes at once.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), map.as_mut_ptr().add(offset as usize), data.len()) };
-        Ok(())
+        self.guarded(m, offset, data.len(), |at| unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), at, data.len())
+        })
     }
 
     fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let map = self.checked(file, offset, buf.len())?;
+        let m = self.checked(file, offset, buf.len())?;
         // SAFETY: in range (checked); readers only see verified pieces, which
         // are never written again.
-        unsafe { std::ptr::copy_nonoverlapping(map.as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len()) };
-        Ok(())
+        self.guarded(m, offset, buf.len(), |at| unsafe {
+            std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), buf.len())
+        })
     }
 
     fn flush(&self, file: usize, offset: u64, len: usize) -> io::Result<()> {
-        let map = self.checked(file, offset, len)?;
-        map.flush_range(offset as usize, len)
+        let m = self.checked(file, offset, len)?;
+        m.map.flush_range(offset as usize, len)
     }
 
     fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
-        let map = self.checked(file, offset, len)?;
+        let m = self.checked(file, offset, len)?;
         // SAFETY: in range (checked); hashed straight from the mapping on a
         // disk thread, so no copy and no page fault on an async worker.
-        hasher.update(unsafe { std::slice::from_raw_parts(map.as_ptr().add(offset as usize), len) });
+        self.guarded(m, offset, len, |at| hasher.update(unsafe { std::slice::from_raw_parts(at, len) }))
+    }
+
+    fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
+        let Some(m) = self.maps[file].as_ref() else { return Ok(()) };
+        let mut held = m.file.write().unwrap();
+        map_again(m, &fresh)?;
+        *held = fresh;
         Ok(())
     }
 }
@@ -306,12 +395,14 @@ fn populate_for_write(map: &MmapRaw, offset: usize, len: usize) {
 }
 
 struct PlainBackend {
-    files: Vec<Option<(File, u64)>>,
+    /// Behind a lock only so a recreated file can take the old one's place.
+    files: Vec<Option<RwLock<File>>>,
 }
 
 impl PlainBackend {
-    fn file(&self, file: usize) -> io::Result<&File> {
-        self.files[file].as_ref().map(|f| &f.0).ok_or_else(|| io::Error::other("access to a padding file"))
+    fn file(&self, file: usize) -> io::Result<std::sync::RwLockReadGuard<'_, File>> {
+        let f = self.files[file].as_ref().ok_or_else(|| io::Error::other("access to a padding file"))?;
+        Ok(f.read().unwrap())
     }
 }
 
@@ -320,10 +411,17 @@ impl FileBackend for PlainBackend {
         self.file(file)?.write_all_at(data, offset)
     }
     fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        // A file cut short reads as an early end, never as the missing bytes.
         self.file(file)?.read_exact_at(buf, offset)
     }
     fn flush(&self, file: usize, _offset: u64, _len: usize) -> io::Result<()> {
         self.file(file)?.sync_data()
+    }
+    fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
+        if let Some(f) = &self.files[file] {
+            *f.write().unwrap() = fresh;
+        }
+        Ok(())
     }
 }
 
@@ -366,14 +464,35 @@ mod tests {
     }
 
     #[test]
-    fn truncated_file_is_an_error_not_sigbus() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = multi();
-        let s = TorrentStorage::open(dir.path(), &meta, BackendKind::Mmap).unwrap();
-        std::fs::OpenOptions::new().write(true).open(dir.path().join("dir/sub/b")).unwrap().set_len(2).unwrap();
-        let mut buf = vec![0u8; 20];
-        let err = s.read(16, &mut buf).unwrap_err();
-        assert!(err.to_string().contains("truncated"), "{err}");
+    fn truncated_file_is_an_error_not_sigbus_and_comes_back_when_restored() {
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let meta = multi();
+            let s = TorrentStorage::open(dir.path(), &meta, kind).unwrap();
+            let data: Vec<u8> = (1..=20).collect();
+            s.write(16, &data).unwrap();
+            let b = dir.path().join("dir/sub/b");
+            std::fs::OpenOptions::new().write(true).open(&b).unwrap().set_len(2).unwrap();
+            let mut buf = vec![0u8; 20];
+            for _ in 0..2 {
+                let err = s.read(16, &mut buf).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{kind:?}: {err}");
+                assert!(s.hash_piece(1).is_err());
+            }
+            // (A positional write would simply grow the file again.)
+            if kind == BackendKind::Mmap {
+                assert!(s.write(16, &data).is_err());
+            }
+            // Deleted, then restored: whole again, zeros where data was lost.
+            std::fs::remove_file(&b).unwrap();
+            assert_eq!(survey(dir.path(), &meta).short_files, vec![3]);
+            s.restore_files(dir.path(), &meta, &[3]).unwrap();
+            s.read(16, &mut buf).unwrap();
+            assert_eq!(buf, vec![0u8; 20]);
+            s.write(16, &data).unwrap();
+            s.flush(16, 20).unwrap();
+            assert_eq!(std::fs::read(&b).unwrap(), data, "{kind:?}");
+        }
     }
 
     #[test]

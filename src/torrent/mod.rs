@@ -493,7 +493,8 @@ impl<'de> serde::Deserialize<'de> for TorrentState {
     }
 }
 
-/// Hashes piece `index` from disk and compares it with the metainfo.
-pub fn piece_matches(meta: &Metainfo, storage: &TorrentStorage, index: usize) -> bool {
-    storage.hash_piece(index).is_ok_and(|h| h == meta.piece_hashes[index])
+/// Hashes piece `index` from disk and compares it with the metainfo; an
+/// error means the piece could not be read at all.
+pub fn piece_matches(meta: &Metainfo, storage: &TorrentStorage, index: usize) -> std::io::Result<bool> {
+    storage.hash_piece(index).map(|h| h == meta.piece_hashes[index])
 }

@@ -16,13 +16,14 @@ use tokio::task::JoinSet;
 
 pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), String> {
     let survey = check_space(shared).await?;
-    let storage = open_storage(shared).await?;
+    let storage = open_storage(shared, &survey).await?;
     let to_check = pieces_to_check(shared, &storage, &survey, recheck);
     if to_check.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
-    let (total, good) = (to_check.len(), hash_pieces(shared, &storage, to_check).await);
+    let total = to_check.len();
+    let Checked { good, first_error } = hash_pieces(shared, &storage, to_check).await;
     let count = shared.inner.lock().unwrap().have.count();
     shared.have_tx.send_replace(count);
     tracing::info!(
@@ -35,7 +36,7 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
         "checking done"
     );
     shared.save_resume(false).await;
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Surveys the files and refuses to start without room for what is missing.
@@ -59,11 +60,23 @@ async fn check_space(shared: &TorrentShared) -> Result<storage::DiskSurvey, Stri
     Ok(survey)
 }
 
-async fn open_storage(shared: &TorrentShared) -> Result<Arc<TorrentStorage>, String> {
-    if let Some(s) = shared.storage() {
-        return Ok(s.clone());
-    }
+/// Opens the files, or, when they are open already, makes whole again those
+/// found missing or short (truncated or deleted behind our back).
+async fn open_storage(shared: &TorrentShared, survey: &storage::DiskSurvey) -> Result<Arc<TorrentStorage>, String> {
     let env = &shared.env;
+    if let Some(s) = shared.storage() {
+        if survey.short_files.is_empty() {
+            return Ok(s.clone());
+        }
+        let (s, meta, dir, short) =
+            (s.clone(), shared.meta.clone(), env.download_dir.clone(), survey.short_files.clone());
+        return env
+            .disk
+            .run(move || s.restore_files(&dir, &meta, &short).map(|()| s).map_err(|e| (dir, e)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|(dir, e)| format!("cannot restore files in {}: {e}", dir.display()));
+    }
     let (meta, dir, kind) = (shared.meta.clone(), env.download_dir.clone(), env.config().storage.backend);
     let storage = env
         .disk
@@ -109,31 +122,48 @@ fn pieces_to_check(
     set.into_iter().collect()
 }
 
-/// Hashes pieces on the disk pool, a bounded number at a time; returns how
-/// many were good. Each result is recorded as it comes.
-async fn hash_pieces(shared: &Arc<TorrentShared>, storage: &Arc<TorrentStorage>, mut to_check: Vec<usize>) -> usize {
+/// What a check found.
+#[derive(Default)]
+struct Checked {
+    good: usize,
+    /// The first piece that could not be read (a file cut short or gone, an
+    /// I/O error): the check goes on, then the torrent errs with this.
+    first_error: Option<String>,
+}
+
+/// Hashes pieces on the disk pool, a bounded number at a time. Each result is
+/// recorded as it comes; a piece that cannot be read counts as missing.
+async fn hash_pieces(shared: &Arc<TorrentShared>, storage: &Arc<TorrentStorage>, mut to_check: Vec<usize>) -> Checked {
     let disk = &shared.env.disk;
     let parallel = disk.threads() * 2;
     let mut jobs = JoinSet::new();
-    let mut good = 0;
+    let mut checked = Checked::default();
     to_check.reverse();
     loop {
         while jobs.len() < parallel {
             let Some(p) = to_check.pop() else { break };
             let (m, s, disk) = (shared.meta.clone(), storage.clone(), disk.clone());
-            jobs.spawn(async move { (p, disk.run(move || piece_matches(&m, &s, p)).await.unwrap_or(false)) });
+            jobs.spawn(async move {
+                let result = disk.run(move || piece_matches(&m, &s, p).map_err(|e| e.to_string())).await;
+                (p, result.unwrap_or(Ok(false)))
+            });
         }
         let Some(done) = jobs.join_next().await else {
-            return good;
+            return checked;
         };
-        let Ok((p, ok)) = done else { continue };
+        let Ok((p, result)) = done else { continue };
         let len = shared.meta.piece_len(p);
         let mut inner = shared.inner.lock().unwrap();
-        if ok {
-            good += 1;
-            inner.mark_verified(p as u32, len, Instant::now());
-        } else {
-            inner.mark_lost(p as u32, len);
+        match result {
+            Ok(true) => {
+                checked.good += 1;
+                inner.mark_verified(p as u32, len, Instant::now());
+            }
+            Ok(false) => inner.mark_lost(p as u32, len),
+            Err(e) => {
+                inner.mark_lost(p as u32, len);
+                checked.first_error.get_or_insert_with(|| format!("checking piece {p}: {e}"));
+            }
         }
     }
 }
