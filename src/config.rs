@@ -181,6 +181,8 @@ pub struct Limits {
     pub max_active_downloads: usize,
     pub max_connections: usize,
     pub max_peers_per_torrent: usize,
+    /// Connections one IP address may hold in one torrent.
+    pub max_peers_per_ip: usize,
     pub upload_slots: usize,
     /// A download that received nothing for this long yields its slot.
     pub stall_secs: u64,
@@ -194,6 +196,7 @@ impl Default for Limits {
             max_active_downloads: 5,
             max_connections: 500,
             max_peers_per_torrent: 50,
+            max_peers_per_ip: 3,
             upload_slots: 4,
             stall_secs: 600,
         }
@@ -289,6 +292,9 @@ impl Config {
         }
         if self.limits.stall_secs == 0 {
             return Err(("limits.stall_secs", "must be at least 1".into()));
+        }
+        if self.limits.max_peers_per_ip == 0 {
+            return Err(("limits.max_peers_per_ip", "must be at least 1".into()));
         }
         if self.limits.max_peers_per_torrent == 0 {
             return Err(("limits.max_peers_per_torrent", "must be at least 1".into()));

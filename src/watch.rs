@@ -32,14 +32,15 @@ enum Kind {
 }
 
 fn kind_of(path: &Path) -> Option<Kind> {
-    let name = path.file_name()?.to_str()?;
-    if name.starts_with('.') || name.ends_with('~') {
+    // Bytes, not text: a name that is not UTF-8 is still a name.
+    let name = std::os::unix::ffi::OsStrExt::as_bytes(path.file_name()?);
+    if name.starts_with(b".") || name.ends_with(b"~") {
         return None;
     }
     let lower = name.to_ascii_lowercase();
-    if lower.ends_with(".torrent") {
+    if lower.ends_with(b".torrent") {
         Some(Kind::Torrent)
-    } else if lower.ends_with(".magnet") {
+    } else if lower.ends_with(b".magnet") {
         Some(Kind::Magnet)
     } else {
         None // *.part, *.tmp, *.added, *.invalid and anything else
@@ -289,7 +290,7 @@ impl WatchFolder {
                 self.pending.remove(path);
                 let target = with_suffix(path, "invalid");
                 let _ = std::fs::rename(path, &target);
-                tracing::warn!(file = %path.display(), reason = %e, "invalid file; renamed to {}", target.display());
+                tracing::warn!(file = %shown(path), reason = %e, "invalid file; renamed to {}", shown(&target));
             }
             // Within the retry window it may still be arriving: look again later.
             Err(_) => {}
@@ -297,7 +298,7 @@ impl WatchFolder {
     }
 
     fn add(&mut self, path: &Path, parsed: Parsed, stamp: (u64, Option<SystemTime>)) {
-        let file = path.display();
+        let file = shown(path);
         let results: Vec<(String, String, std::io::Result<AddOutcome>)> = match parsed {
             Parsed::Torrent(meta) => {
                 let (name, hash) = (meta.name.clone(), meta.info_hash.hex());
@@ -323,7 +324,7 @@ impl WatchFolder {
                 Ok(AddOutcome::Refused(why)) => {
                     let target = with_suffix(path, "invalid");
                     let _ = std::fs::rename(path, &target);
-                    tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; renamed to {}", target.display());
+                    tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; renamed to {}", shown(&target));
                     return;
                 }
                 Err(e) => {
@@ -359,6 +360,12 @@ fn new_pending(path: &Path) -> Pending {
     }
 }
 
+/// A path as logged: control characters escaped, bytes that are not UTF-8
+/// replaced, cut to a sane length.
+fn shown(path: &Path) -> String {
+    crate::types::printable(&path.to_string_lossy(), 500)
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".");
@@ -390,9 +397,14 @@ mod tests {
 
     #[test]
     fn which_files_count() {
+        use std::os::unix::ffi::OsStrExt;
         assert_eq!(kind_of(Path::new("/w/a.torrent")), Some(Kind::Torrent));
         assert_eq!(kind_of(Path::new("/w/A.TORRENT")), Some(Kind::Torrent));
         assert_eq!(kind_of(Path::new("/w/x.Magnet")), Some(Kind::Magnet));
+        // Not UTF-8 (Latin-1 "café"): still a torrent file, shown printable.
+        let latin1 = Path::new(std::ffi::OsStr::from_bytes(b"/w/caf\xe9\n.torrent"));
+        assert_eq!(kind_of(latin1), Some(Kind::Torrent));
+        assert_eq!(shown(latin1), "/w/caf\u{fffd}?.torrent");
         for ignored in [
             ".hidden.torrent",
             "a.torrent.part",

@@ -306,3 +306,117 @@ fn a_seeded_file_cut_short_is_a_torrent_error_not_silence() {
     let st = d.wait_state(&hash, "error", Duration::from_secs(15));
     assert!(st["error"].as_str().unwrap_or_default().contains("truncated"), "{st}");
 }
+
+/// A blocking TCP connection to the daemon from source address `from`
+/// (another loopback address stands for another host).
+fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind((from, 0).into())?;
+        sock.connect(([127, 0, 0, 1], port).into()).await
+    })?;
+    let s = s.into_std()?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+/// Handshakes as a peer of `hash` from `from`; `None` when the daemon closes
+/// the connection instead of answering.
+fn handshake_from(from: [u8; 4], d: &Dropseed, hash: &str, id: u8) -> Option<TcpStream> {
+    let mut s = connect_from(from, d.port).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let info = dropseed::types::InfoHash::parse(hash).unwrap();
+    let ours = dropseed::wire::Handshake::new(info, dropseed::types::PeerId([id; 20]), false);
+    s.write_all(&ours.encode()).ok()?;
+    let mut theirs = [0u8; 68];
+    s.read_exact(&mut theirs).ok()?;
+    Some(s)
+}
+
+/// Whether the daemon still holds the connection open (a keep-alive goes
+/// through and nothing says it closed).
+fn held_open(s: &mut TcpStream) -> bool {
+    if s.write_all(&[0, 0, 0, 0]).is_err() {
+        return false;
+    }
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let open = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+            Err(_) => break false,
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    open
+}
+
+#[test]
+fn one_host_cannot_take_every_slot_and_idle_peers_make_room() {
+    let d = Dropseed::start_with("[limits]\nmax_peers_per_torrent = 4\n");
+    let dl = d.download_dir();
+    std::fs::create_dir_all(&dl).unwrap();
+    let Some((t, hash)) = torrent_in(&dl, "slots.bin", 1 << 20) else { return };
+    d.drop_file(&t, "slots.torrent");
+    d.wait_state(&hash, "seeding", Duration::from_secs(30));
+
+    // One host opens ten valid connections: three are kept, the rest closed.
+    let mut one_host: Vec<TcpStream> = (0..10).filter_map(|i| handshake_from([127, 0, 0, 2], &d, &hash, i)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    one_host.retain_mut(held_open);
+    assert_eq!(one_host.len(), 3, "three connections per address");
+    // A fourth host fills the torrent; a fifth finds it full (no one is idle yet).
+    let mut filler = handshake_from([127, 0, 0, 3], &d, &hash, 20).expect("room for one more");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(held_open(&mut filler));
+    let late = handshake_from([127, 0, 0, 4], &d, &hash, 21);
+    assert!(late.is_none_or(|mut s| !held_open(&mut s)), "full, and nobody idle long enough to give way");
+
+    // After a minute of keep-alives and no interest, a newcomer gets in.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(62) {
+        std::thread::sleep(Duration::from_secs(15));
+        one_host.retain_mut(held_open);
+        assert!(held_open(&mut filler));
+    }
+    assert_eq!(one_host.len(), 3, "idle peers stay while nobody needs the room");
+    let mut newcomer = handshake_from([127, 0, 0, 5], &d, &hash, 22).expect("an idle peer gives way");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(held_open(&mut newcomer), "the newcomer is kept");
+    let closed = one_host.iter_mut().map(held_open).filter(|open| !open).count() + usize::from(!held_open(&mut filler));
+    assert_eq!(closed, 1, "exactly one idle peer was closed to make room");
+}
+
+#[test]
+fn a_torrent_file_whose_name_is_not_utf8_is_added_and_logged_printably() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = Dropseed::start_with("");
+    let Some((t, hash)) = torrent_in(d.dir.path(), "latin.bin", 100_000) else { return };
+    // "café" in Latin-1, with a newline that must not forge a log line.
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9\nforged.torrent");
+    std::fs::create_dir_all(d.watch_dir()).unwrap();
+    std::fs::copy(&t, d.watch_dir().join(name)).unwrap();
+    d.wait_state(&hash, "downloading", Duration::from_secs(30));
+    let log = d.wait_log("added", Duration::from_secs(10));
+    assert!(log.contains("caf\u{fffd}?forged.torrent"), "the file is named printably in the log");
+    assert!(!log.lines().any(|l| l.starts_with("forged")), "no forged line");
+}
+
+#[test]
+fn a_bitfield_with_spare_bits_is_named_as_such() {
+    let d = Dropseed::start_with("[log]\nlevel = \"dropseed=debug\"\n");
+    // 100,000 bytes in 32 KiB pieces: 4 pieces, one byte with 4 spare bits.
+    let Some((t, hash)) = torrent_in(d.dir.path(), "spare.bin", 100_000) else { return };
+    d.drop_file(&t, "spare.torrent");
+    d.wait_state(&hash, "downloading", Duration::from_secs(30));
+    let mut s = peer_of(&d, &hash);
+    let mut m = Vec::new();
+    dropseed::wire::encode(&dropseed::wire::Message::Bitfield(&[0xff]), &mut m);
+    s.write_all(&m).unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    let log = d.wait_log("spare bits", Duration::from_secs(5));
+    assert!(!log.contains("bitfield of 1 bytes"), "the cause is named, not a length");
+}

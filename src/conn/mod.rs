@@ -42,6 +42,8 @@ pub enum ConnEnd {
     Ourselves,
     Banned,
     AlreadyConnected,
+    /// The address already has `limits.max_peers_per_ip` connections here.
+    IpFull,
     /// The peer answered for another info hash.
     WrongTorrent,
     /// The peer lacks what we need it for (extensions, metadata).
@@ -75,6 +77,7 @@ impl std::fmt::Display for ConnEnd {
             ConnEnd::Ourselves => f.write_str("connected to ourselves"),
             ConnEnd::Banned => f.write_str("banned"),
             ConnEnd::AlreadyConnected => f.write_str("already connected"),
+            ConnEnd::IpFull => f.write_str("too many connections from this address"),
             ConnEnd::WrongTorrent => f.write_str("peer answered for another torrent"),
             ConnEnd::Unsuitable(why) => write!(f, "unsuitable peer: {why}"),
             ConnEnd::Timeout => f.write_str("timed out"),

@@ -5,11 +5,11 @@
 
 use super::choker::{ChokeInput, Choker};
 use super::clock::{self, ActiveClock};
-use super::connect;
 use super::peerbook::PeerBook;
 use super::phase::Outcome;
 use super::picker::PeerKey;
 use super::task::{limit_reached, Command, Control};
+use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
 use crate::conn::Transport;
 use crate::resume::now_unix;
@@ -274,7 +274,10 @@ impl<'a> Active<'a> {
     }
 
     fn connect_candidates(&mut self) {
-        let max = self.shared.env.config().limits.max_peers_per_torrent;
+        let (max, per_ip) = {
+            let limits = &self.shared.env.config().limits;
+            (limits.max_peers_per_torrent, limits.max_peers_per_ip)
+        };
         let mut started = 0;
         while started < CONNECTS_PER_TICK && self.peers.len() < max {
             let Some(addr) = self.book.next_to_dial() else {
@@ -282,7 +285,10 @@ impl<'a> Active<'a> {
             };
             {
                 let inner = self.shared.inner.lock().unwrap();
-                if inner.peers.contains_key(&addr) || inner.banned_addrs.contains(&addr) {
+                if inner.peers.contains_key(&addr)
+                    || inner.banned_addrs.contains(&addr)
+                    || inner.peers_at(addr.ip()) >= per_ip
+                {
                     continue;
                 }
             }
@@ -301,9 +307,17 @@ impl<'a> Active<'a> {
         }
     }
 
+    /// Takes a connection the listener routed here. When the torrent is
+    /// full, an idle peer gives way to the newcomer, if there is one.
     fn accept(&mut self, transport: Transport, addr: SocketAddr, hs: Handshake) {
-        let max = self.shared.env.config().limits.max_peers_per_torrent;
-        if self.peers.len() >= max {
+        let (max, per_ip) = {
+            let limits = &self.shared.env.config().limits;
+            (limits.max_peers_per_torrent, limits.max_peers_per_ip)
+        };
+        if self.shared.inner.lock().unwrap().peers_at(addr.ip()) >= per_ip {
+            return;
+        }
+        if self.peers.len() >= max && !self.evict_idle() {
             return;
         }
         let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
@@ -316,6 +330,27 @@ impl<'a> Active<'a> {
             tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
             None
         });
+    }
+
+    /// Closes the idlest peer (see [`evict`]); false when none is idle.
+    fn evict_idle(&self) -> bool {
+        let inner = self.shared.inner.lock().unwrap();
+        let peers: Vec<evict::Candidate> = inner
+            .peers
+            .iter()
+            .filter(|(_, h)| !h.close.load(Ordering::Relaxed))
+            .map(|(k, h)| evict::Candidate {
+                key: *k,
+                connected_secs: h.connected_at.elapsed().as_secs(),
+                peer_interested: h.peer_interested.load(Ordering::Relaxed),
+                am_interested: h.am_interested.load(Ordering::Relaxed),
+                bytes: h.bytes_down.load(Ordering::Relaxed) + h.bytes_up.load(Ordering::Relaxed),
+            })
+            .collect();
+        let Some(victim) = evict::idle_victim(&peers) else { return false };
+        tracing::debug!(torrent = %self.shared.name(), peer = %victim, "idle peer closed to make room");
+        inner.peers[&victim].kick();
+        true
     }
 
     /// Rates over the last few ticks, whatever their length.

@@ -1,6 +1,7 @@
 //! Opening a torrent's data connections: dialling out, answering those the
 //! listener routed here, admitting the peer (not ourselves, not banned, not
-//! already connected), and running it under the connection core.
+//! already connected, not one too many from its IP address), and running it
+//! under the connection core.
 
 use super::peer::PeerConn;
 use super::picker::PeerKey;
@@ -73,6 +74,9 @@ fn register(
     }
     if inner.peers.contains_key(&addr) || inner.peers.values().any(|p| p.peer_id == peer_id) {
         return Err(ConnEnd::AlreadyConnected);
+    }
+    if inner.peers_at(addr.ip()) >= shared.env.config().limits.max_peers_per_ip {
+        return Err(ConnEnd::IpFull);
     }
     let handle = Arc::new(PeerHandle::new(peer_id, listen));
     inner.peers.insert(addr, handle.clone());

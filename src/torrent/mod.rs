@@ -8,6 +8,7 @@ mod active;
 pub mod choker;
 pub mod clock;
 mod connect;
+pub mod evict;
 pub mod fetch;
 pub mod peer;
 pub mod peerbook;
@@ -104,6 +105,8 @@ pub struct PeerHandle {
     pub bytes_down: AtomicU64,
     pub bytes_up: AtomicU64,
     pub peer_interested: AtomicBool,
+    /// We told the peer we are interested.
+    pub am_interested: AtomicBool,
     pub is_seed: AtomicBool,
     pub snubbed: AtomicBool,
     /// The choker's decision; the peer task applies it.
@@ -126,6 +129,7 @@ impl PeerHandle {
             bytes_down: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             peer_interested: AtomicBool::new(false),
+            am_interested: AtomicBool::new(false),
             is_seed: AtomicBool::new(false),
             snubbed: AtomicBool::new(false),
             unchoke: AtomicBool::new(false),
@@ -169,6 +173,11 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// Connections this torrent has with one IP address.
+    pub fn peers_at(&self, ip: std::net::IpAddr) -> usize {
+        self.peers.keys().filter(|k| k.ip() == ip).count()
+    }
+
     /// A piece passed its hash check and sits in storage. The have bit, the
     /// picker, the byte count and the unflushed list change together here
     /// and in [`Inner::mark_lost`], nowhere else. Returns whether it is new.

@@ -204,7 +204,7 @@ impl Handler for PeerConn {
             return Ok(());
         }
         let wants = self.shared.inner.lock().unwrap().picker.wants_any(&self.peer_has);
-        self.download.set_interest(wants, out);
+        self.download.set_interest(wants, &self.handle, out);
         Ok(())
     }
 
@@ -240,7 +240,7 @@ impl PeerConn {
             let mut inner = self.shared.inner.lock().unwrap();
             inner.picker.peer_have(i);
             if inner.picker.wants(i) {
-                self.download.set_interest(true, out);
+                self.download.set_interest(true, &self.handle, out);
             }
         }
         self.note_seed()
@@ -250,8 +250,13 @@ impl PeerConn {
     /// replaces what we knew of the peer.
     fn on_bitfield(&mut self, bytes: &[u8], out: &mut OutQueue) -> Result<(), ConnEnd> {
         let n = self.peer_has.len();
-        let bf = Bitfield::from_bytes(bytes, n)
-            .ok_or_else(|| ConnEnd::Protocol(format!("bitfield of {} bytes for {n} pieces", bytes.len())))?;
+        let bf = Bitfield::from_bytes(bytes, n).ok_or_else(|| {
+            ConnEnd::Protocol(if bytes.len() == n.div_ceil(8) {
+                format!("bitfield sets spare bits past piece {n}")
+            } else {
+                format!("bitfield of {} bytes for {n} pieces", bytes.len())
+            })
+        })?;
         let mut inner = self.shared.inner.lock().unwrap();
         inner.picker.peer_bitfield(&self.peer_has, false);
         self.peer_has = bf;
@@ -259,7 +264,7 @@ impl PeerConn {
         let wants = inner.picker.wants_any(&self.peer_has);
         drop(inner);
         if wants {
-            self.download.set_interest(true, out);
+            self.download.set_interest(true, &self.handle, out);
         }
         self.note_seed()
     }
@@ -320,7 +325,7 @@ impl PeerConn {
             }
         }
         if complete {
-            self.download.set_interest(false, out);
+            self.download.set_interest(false, &self.handle, out);
             if self.peer_has.is_full() {
                 return Err(ConnEnd::BothSeeds);
             }
@@ -376,9 +381,10 @@ impl Default for Download {
 }
 
 impl Download {
-    fn set_interest(&mut self, wants: bool, out: &mut OutQueue) {
+    fn set_interest(&mut self, wants: bool, handle: &PeerHandle, out: &mut OutQueue) {
         if wants != self.am_interested {
             self.am_interested = wants;
+            handle.am_interested.store(wants, Ordering::Relaxed);
             out.push_small(if wants { &Message::Interested } else { &Message::NotInterested });
         }
     }

@@ -97,17 +97,13 @@ pub fn announce_url(base: &str, p: &AnnounceParams) -> String {
 }
 
 pub async fn announce(client: &reqwest::Client, base: &str, p: &AnnounceParams) -> Result<AnnounceReply, TrackerError> {
-    let mut resp = client
-        .get(announce_url(base, p))
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(|e| TrackerError::Http(e.without_url().to_string()))?;
+    let mut resp =
+        client.get(announce_url(base, p)).timeout(Duration::from_secs(15)).send().await.map_err(http_error)?;
     if !resp.status().is_success() {
         return Err(TrackerError::Http(format!("HTTP {}", resp.status())));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| TrackerError::Http(e.without_url().to_string()))? {
+    while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
         if body.len() + chunk.len() > MAX_RESPONSE {
             return Err(TrackerError::TooLarge);
         }
@@ -131,6 +127,22 @@ struct RawReply {
     incomplete: Option<i64>,
     peers: Option<Value>,
     peers6: Option<ByteBuf>,
+}
+
+/// A request error with its causes ("error sending request" alone does not
+/// say the connection was refused), without the URL (it carries the passkey).
+fn http_error(e: reqwest::Error) -> TrackerError {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    TrackerError::Http(text)
 }
 
 /// Parses a bencoded announce reply (pure).
@@ -296,5 +308,24 @@ mod tests {
         assert!(u.starts_with("http://t/announce?x=1&info_hash=%AB%AB"));
         assert!(u.contains("&port=6881&uploaded=1&downloaded=2&left=3&compact=1"));
         assert!(u.ends_with("&event=started"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_its_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let p = AnnounceParams {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            port: 6881,
+            uploaded: 0,
+            downloaded: 0,
+            left: 0,
+            event: Event::Started,
+            key: 0,
+            numwant: 50,
+            tracker_id: None,
+        };
+        let e = announce(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/announce"), &p).await.unwrap_err();
+        assert!(e.to_string().contains("Connection refused"), "{e}");
     }
 }
