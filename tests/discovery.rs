@@ -623,3 +623,79 @@ fn peer_learned_through_pex_from_libtorrent() {
     ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(90));
     assert_same_tree(&swarm.data, &ds.download_dir());
 }
+
+/// A crowd of fake DHT nodes on one host, each on its own port: every query
+/// gets an answer naming eight others of the crowd, so a lookup that trusted
+/// them would fill its routing table from this one address.
+struct NodeCrowd {
+    socks: Vec<(dropseed::dht::krpc::NodeId, std::net::UdpSocket)>,
+}
+
+impl NodeCrowd {
+    fn on(ip: [u8; 4], n: usize) -> NodeCrowd {
+        let socks = (0..n)
+            .map(|i| {
+                let s = std::net::UdpSocket::bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let mut id = [0u8; 20];
+                id[..8].copy_from_slice(&(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)).to_be_bytes());
+                id[19] = ip[3];
+                (dropseed::dht::krpc::NodeId(id), s)
+            })
+            .collect();
+        NodeCrowd { socks }
+    }
+
+    fn addr(&self, i: usize) -> std::net::SocketAddr {
+        self.socks[i].1.local_addr().unwrap()
+    }
+
+    /// Answers every query that arrives during `secs`.
+    fn serve(&self, secs: u64) {
+        use dropseed::dht::krpc::{Body, Message, Response};
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 1500];
+        let mut k = 0usize;
+        while std::time::Instant::now() < deadline {
+            let mut idle = true;
+            for (id, s) in &self.socks {
+                let Ok((n, from)) = s.recv_from(&mut buf) else { continue };
+                idle = false;
+                let Ok(Message { t, body: Body::Query(_), .. }) = Message::decode(&buf[..n]) else { continue };
+                let nodes = (0..8)
+                    .map(|j| {
+                        k = (k + 7 + j) % self.socks.len();
+                        (self.socks[k].0, self.addr(k))
+                    })
+                    .collect();
+                let reply = Response { nodes, values: vec![], token: Some(b"tok".to_vec()) };
+                let _ = s.send_to(&Message { t, id: Some(*id), body: Body::Response(reply) }.encode(), from);
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+#[test]
+fn one_host_with_300_ports_cannot_fill_the_dht_routing_table() {
+    let crowd = NodeCrowd::on([127, 0, 0, 3], 300);
+    let honest = NodeCrowd::on([127, 0, 0, 4], 1);
+    // The daemon bootstraps from two crowd nodes and the honest one.
+    let boot = format!("\"{}\", \"{}\", \"{}\"", crowd.addr(0), crowd.addr(1), honest.addr(0));
+    let mut ds = Dropseed::new(&format!("[dht]\nenabled = true\nbootstrap = [{boot}]\n"));
+    ds.start();
+    ds.wait_log("DHT node listening", Duration::from_secs(10));
+    let h = std::thread::spawn(move || {
+        honest.serve(12);
+        honest
+    });
+    crowd.serve(12);
+    let _honest = h.join().unwrap();
+    let nodes = ds.status()["dht_nodes"].as_u64().unwrap();
+    // At most four per loopback address (where test swarms share one), and
+    // the honest node is among them.
+    assert!((2..=5).contains(&nodes), "routing table holds {nodes} nodes");
+    assert!(ds.log_text().len() < 10 << 20);
+}
