@@ -133,7 +133,22 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
     watch.rescan();
 }
 
-/// Every `status_interval_secs`: one logfmt line per active torrent and a summary.
+/// Per-torrent status lines logged per interval at most; the summary counts all.
+const MAX_STATUS_LINES: usize = 50;
+
+/// Whether a torrent gets its own status line: one that is busy (checking,
+/// downloading, failing, moving data or talking to peers). Idle ones (held,
+/// queued, seeding to no one, magnets nobody answers) are only counted in the
+/// summary, so a thousand idle torrents do not write a thousand lines a minute.
+fn worth_a_status_line(t: &crate::torrent::TorrentStatus) -> bool {
+    match t.state {
+        TorrentState::Paused | TorrentState::Stopped | TorrentState::Queued => false,
+        TorrentState::Checking | TorrentState::Downloading | TorrentState::Error => true,
+        TorrentState::Metadata | TorrentState::Seeding => t.peers > 0 || t.download_rate > 0 || t.upload_rate > 0,
+    }
+}
+
+/// Every `status_interval_secs`: one logfmt line per busy torrent and a summary.
 async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
     loop {
         let secs = session.env.config().log.status_interval_secs;
@@ -147,13 +162,17 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
         }
         let all = session.statuses();
         let mut per_state: std::collections::BTreeMap<&str, usize> = Default::default();
-        let (mut down, mut up, mut peers) = (0, 0, 0);
+        let (mut down, mut up, mut peers, mut lines) = (0, 0, 0, 0);
         for t in &all {
             *per_state.entry(t.state.as_str()).or_default() += 1;
             down += t.download_rate;
             up += t.upload_rate;
             peers += t.peers;
-            if matches!(t.state, TorrentState::Paused | TorrentState::Stopped) {
+            if !worth_a_status_line(t) {
+                continue;
+            }
+            lines += 1;
+            if lines > MAX_STATUS_LINES {
                 continue;
             }
             let ratio = if t.ratio < 0.0 { "inf".to_string() } else { format!("{:.2}", t.ratio) };
@@ -172,6 +191,9 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
                 ratio,
                 eta
             );
+        }
+        if lines > MAX_STATUS_LINES {
+            tracing::info!("status: {} more torrents busy, not listed", lines - MAX_STATUS_LINES);
         }
         let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let free =
@@ -199,4 +221,41 @@ pub fn memory(field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::torrent::TorrentStatus;
+
+    fn status(state: TorrentState, peers: usize, up: u64) -> TorrentStatus {
+        TorrentStatus {
+            info_hash: "ab".repeat(20),
+            name: "t".into(),
+            state,
+            progress: 1.0,
+            size: 1,
+            downloaded: 0,
+            uploaded: 0,
+            wasted: 0,
+            download_rate: 0,
+            upload_rate: up,
+            peers,
+            seeds: 0,
+            ratio: 0.0,
+            eta_secs: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn only_busy_torrents_get_a_status_line() {
+        use TorrentState::*;
+        for idle in [status(Seeding, 0, 0), status(Metadata, 0, 0), status(Queued, 0, 0), status(Paused, 3, 0)] {
+            assert!(!worth_a_status_line(&idle), "{:?}", idle.state);
+        }
+        for busy in [status(Seeding, 1, 0), status(Seeding, 0, 10), status(Downloading, 0, 0), status(Error, 0, 0)] {
+            assert!(worth_a_status_line(&busy), "{:?}", busy.state);
+        }
+    }
 }

@@ -390,14 +390,15 @@ impl Dht {
         port: u16,
         found_tx: mpsc::Sender<Vec<SocketAddr>>,
         cancel: CancellationToken,
-        every: impl Fn() -> Duration,
+        mut every: impl FnMut(usize) -> Duration,
     ) {
         loop {
             let found = tokio::select! {
                 _ = cancel.cancelled() => return,
                 found = self.get_peers(info_hash, Some(port)) => found,
             };
-            tracing::debug!(hash = %info_hash.short(), peers = found.len(), "DHT lookup done");
+            let count = found.len();
+            tracing::debug!(hash = %info_hash.short(), peers = count, "DHT lookup done");
             // The receiver may be stopping and no longer reading.
             if !found.is_empty() {
                 tokio::select! {
@@ -407,7 +408,7 @@ impl Dht {
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(every()) => {}
+                _ = tokio::time::sleep(every(count)) => {}
             }
         }
     }

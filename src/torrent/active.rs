@@ -122,7 +122,7 @@ impl<'a> Active<'a> {
         ));
         let dht = env.dht.as_ref().filter(|_| !shared.meta.private).map(|dht| {
             let torrent = shared.clone();
-            let every = move || if torrent.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
+            let every = move |_found| if torrent.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
             let hash = shared.meta.info_hash;
             tokio::spawn(dht.clone().keep_looking_up(hash, env.listen_port, peers_tx, self.child.clone(), every))
         });

@@ -37,7 +37,14 @@ const REQUESTS_PER_PEER: usize = 4;
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const IDLE_RECHECK: Duration = Duration::from_secs(2);
+/// DHT lookups for a magnet: every 30 s while they find peers; each empty
+/// one doubles the wait, up to 15 minutes, so a thousand magnets nobody
+/// seeds cost the DHT (and us) little.
 const DHT_EVERY: Duration = Duration::from_secs(30);
+const DHT_EVERY_AT_MOST: Duration = Duration::from_secs(15 * 60);
+/// How often the connection loop looks at its book of addresses.
+const BUSY_TICK: Duration = Duration::from_secs(1);
+const IDLE_TICK: Duration = Duration::from_secs(5);
 
 /// What the status shows of a magnet still fetching.
 #[derive(Default)]
@@ -158,9 +165,23 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
     }
     if let Some(dht) = env.dht.clone() {
         let (tx, d) = (ctx.discovered.clone(), ctx.done.clone());
-        helpers.spawn(dht.keep_looking_up(hash, env.listen_port, tx, d, || DHT_EVERY));
+        let mut wait = DHT_EVERY / 2;
+        let every = move |found: usize| {
+            wait = next_dht_wait(wait, found);
+            wait
+        };
+        helpers.spawn(dht.keep_looking_up(hash, env.listen_port, tx, d, every));
     }
     helpers
+}
+
+/// The wait before a magnet's next DHT lookup, after one that found `found`.
+fn next_dht_wait(previous: Duration, found: usize) -> Duration {
+    if found > 0 {
+        DHT_EVERY
+    } else {
+        (previous * 2).clamp(DHT_EVERY, DHT_EVERY_AT_MOST)
+    }
 }
 
 /// The magnet's metadata connections and the book of peers to dial.
@@ -184,7 +205,7 @@ impl Connections {
         discovered: &mut mpsc::Receiver<Vec<SocketAddr>>,
     ) {
         self.book.heard(magnet.peers.iter().copied(), Instant::now());
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut next_tick = tokio::time::Instant::now() + BUSY_TICK;
         loop {
             self.dial(ctx);
             ctx.progress.peers.store(self.tasks.len(), Ordering::Relaxed);
@@ -198,7 +219,11 @@ impl Connections {
                     }
                 }
                 Some((transport, addr, theirs)) = incoming.recv() => self.accept(ctx, transport, addr, theirs),
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    // A magnet nobody answers looks again every few seconds,
+                    // not every second: a thousand of them stay cheap.
+                    let idle = self.tasks.is_empty() && !self.book.has_queued();
+                    next_tick = tokio::time::Instant::now() + if idle { IDLE_TICK } else { BUSY_TICK };
                     let now = Instant::now();
                     self.book.queue_due(now);
                     if self.tasks.is_empty() && !self.book.has_queued() {
@@ -447,5 +472,23 @@ impl Handler for MetadataConn {
     /// The piece count is unknown yet: the largest a torrent we accept can have.
     fn bitfield_len(&self) -> usize {
         (crate::metainfo::MAX_TORRENT_FILE / 20).div_ceil(8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dht_lookups_for_a_magnet_nobody_has_back_off_and_recover() {
+        let mut wait = DHT_EVERY / 2;
+        let waits: Vec<u64> = (0..8)
+            .map(|_| {
+                wait = next_dht_wait(wait, 0);
+                wait.as_secs()
+            })
+            .collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 900, 900, 900]);
+        assert_eq!(next_dht_wait(wait, 3), DHT_EVERY, "peers found: back to the short wait");
     }
 }
