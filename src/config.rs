@@ -52,11 +52,13 @@ impl Default for Paths {
 pub struct Network {
     pub listen_port: u16,
     pub listen_address: String,
+    /// Peers asked of a tracker in each announce.
+    pub numwant: u32,
 }
 
 impl Default for Network {
     fn default() -> Network {
-        Network { listen_port: 6881, listen_address: "::".into() }
+        Network { listen_port: 6881, listen_address: "::".into(), numwant: 50 }
     }
 }
 

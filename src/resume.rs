@@ -41,6 +41,9 @@ pub struct ResumeRecord {
     /// peers), dialled first after a restart.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// When the torrent last announced, and its tracker key.
+    #[serde(default)]
+    pub announce: crate::tracker::pace::AnnounceRecord,
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still

@@ -436,6 +436,7 @@ impl Session {
                 return Err(format!("removed {name}, but deleting its data failed: {e}"));
             }
         }
+        self.env.announces.retire(hash, resume::now_unix());
         tracing::info!(torrent = %name, delete_data, "removed");
         Ok(format!("removed {name}{}", if delete_data { " and its data" } else { "" }))
     }
@@ -504,6 +505,7 @@ async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16) -> anyhow::
         state_dir: config.paths.state_dir.clone(),
         config: RwLock::new(config),
         dht,
+        announces: Default::default(),
     })
 }
 

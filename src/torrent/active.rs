@@ -109,6 +109,8 @@ impl<'a> Active<'a> {
             peer_id: env.peer_id,
             port: env.listen_port,
             tiers: shared.meta.trackers.clone(),
+            numwant: env.config().network.numwant,
+            book: env.announces.clone(),
         };
         let counters = shared.clone() as Arc<dyn TransferCounters>;
         let completed = self.completed_tx.subscribe();

@@ -156,6 +156,8 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
             peer_id: env.peer_id,
             port: env.listen_port,
             tiers: tiers.to_vec(),
+            numwant: env.config().network.numwant,
+            book: env.announces.clone(),
         };
         let (http, tx, d) = (env.http.clone(), ctx.discovered.clone(), ctx.done.clone());
         helpers.spawn(async move {

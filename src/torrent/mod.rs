@@ -62,6 +62,8 @@ pub struct Env {
     pub upload_limit: ratelimit::RateLimiter,
     /// The DHT node, when enabled.
     pub dht: Option<Arc<crate::dht::Dht>>,
+    /// When each torrent last announced, and its tracker key.
+    pub announces: Arc<crate::tracker::pace::AnnounceBook>,
 }
 
 impl Env {
@@ -231,6 +233,7 @@ pub struct StatusCell {
 impl TorrentShared {
     pub fn new(meta: Arc<Metainfo>, env: Arc<Env>, record: ResumeRecord) -> Arc<TorrentShared> {
         let n = meta.piece_count();
+        env.announces.restore(meta.info_hash, record.announce);
         let have = Bitfield::from_bytes(&record.have, n).unwrap_or_else(|| Bitfield::new(n));
         // At least four pieces, whatever the setting, or large pieces would
         // leave peers idle.
@@ -398,6 +401,7 @@ impl TorrentShared {
         record.name = self.meta.name.clone();
         record.uploaded = self.uploaded.load(Ordering::Relaxed);
         record.downloaded = self.downloaded.load(Ordering::Relaxed);
+        record.announce = self.env.announces.get(self.meta.info_hash);
         // Where to find peers again after a restart (what PEX would tell).
         let peers: Vec<String> = {
             let inner = self.inner.lock().unwrap();

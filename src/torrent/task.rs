@@ -48,6 +48,9 @@ impl TransferCounters for TorrentShared {
     fn left(&self) -> u64 {
         TorrentShared::left(self)
     }
+    fn persist(self: Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.save_resume(false).await })
+    }
 }
 
 /// The commands a phase waits on, and the cancellation that ends them all.

@@ -4,12 +4,18 @@
 //! at the tracker's `interval` (never faster than `min interval`),
 //! `completed` once, `stopped` when the torrent stops, and exponential
 //! back-off on failures. Failures are logged once per streak, not per retry.
+//! When each announce may go out, across pauses and restarts, is [`pace`]'s.
+//! The counters sent are this announce session's: they start from zero at
+//! each `started` and only grow until its `stopped`.
 
 pub mod http;
+pub mod pace;
 pub mod udp;
 
+use crate::resume::now_unix;
 use crate::types::{InfoHash, PeerId};
 use http::{AnnounceParams, Event};
+use pace::AnnounceBook;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +27,12 @@ pub trait TransferCounters: Send + Sync {
     fn uploaded(&self) -> u64;
     fn downloaded(&self) -> u64;
     fn left(&self) -> u64;
+    /// An announce is about to go out: the torrent saves the announce
+    /// book's record for it first, so a restart (even a kill -9 a moment
+    /// later) knows and does not announce again too soon.
+    fn persist(self: Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
 }
 
 pub struct TrackerConfig {
@@ -29,6 +41,9 @@ pub struct TrackerConfig {
     pub peer_id: PeerId,
     pub port: u16,
     pub tiers: Vec<Vec<String>>,
+    /// Peers asked for in each announce.
+    pub numwant: u32,
+    pub book: Arc<AnnounceBook>,
 }
 
 const DEFAULT_INTERVAL: u64 = 1800;
@@ -55,6 +70,18 @@ pub async fn run(
     loop {
         if *completed_rx.borrow() && !a.completed_sent && a.started {
             a.next_event = Event::Completed;
+        }
+        let now = now_unix();
+        let at = cfg.book.get(cfg.info_hash).pace(a.next_event, now);
+        if at > now {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(at - now)) => {}
+                changed = completed_rx.changed(), if !a.completed_sent => {
+                    if changed.is_err() { break; }
+                }
+            }
+            continue;
         }
         let (wait, peers) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -86,6 +113,8 @@ struct Announcer {
     tiers: Vec<Vec<String>>,
     udp_connections: udp::Connections,
     key: u32,
+    /// The torrent's counters when this announce session started.
+    base: (u64, u64),
     tracker_id: Option<Vec<u8>>,
     started: bool,
     completed_sent: bool,
@@ -111,12 +140,14 @@ impl Announcer {
             }
             return None;
         }
+        let base = (counters.uploaded(), counters.downloaded());
         Some(Announcer {
             client,
             counters,
             tiers,
             udp_connections: udp::Connections::default(),
-            key: rand::random(),
+            key: cfg.book.get(cfg.info_hash).key,
+            base,
             tracker_id: None,
             started: false,
             completed_sent: complete,
@@ -127,8 +158,13 @@ impl Announcer {
 
     /// One announce; returns when to announce next, and the peers it got.
     async fn announce(&mut self, cfg: &TrackerConfig) -> (Duration, Vec<SocketAddr>) {
-        let params = params_for(cfg, self.counters.as_ref(), self.next_event, self.key, 80, self.tracker_id.clone());
-        match announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params).await {
+        let params = self.params(cfg, self.next_event, cfg.numwant);
+        self.mark_sent(cfg).await;
+        let result = announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params).await;
+        if let Ok(reply) = &result {
+            cfg.book.announced(cfg.info_hash, now_unix(), Some(reply.min_interval.unwrap_or(0)));
+        }
+        match result {
             Ok(reply) => {
                 if self.failures > 0 {
                     tracing::info!(torrent = %cfg.name, "tracker reachable again");
@@ -164,35 +200,39 @@ impl Announcer {
         if !self.started {
             return;
         }
-        let params = params_for(cfg, self.counters.as_ref(), Event::Stopped, self.key, 0, self.tracker_id.take());
-        let announce = announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params);
+        let params = self.params(cfg, Event::Stopped, 0);
+        let announce = async {
+            self.mark_sent(cfg).await;
+            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params).await
+        };
         match tokio::time::timeout(STOPPED_TIMEOUT, announce).await {
             Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
             _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
         }
     }
-}
 
-/// An announce's parameters, with the counters read now.
-fn params_for(
-    cfg: &TrackerConfig,
-    counters: &dyn TransferCounters,
-    event: Event,
-    key: u32,
-    numwant: u32,
-    tracker_id: Option<Vec<u8>>,
-) -> AnnounceParams {
-    AnnounceParams {
-        info_hash: cfg.info_hash,
-        peer_id: cfg.peer_id,
-        port: cfg.port,
-        uploaded: counters.uploaded(),
-        downloaded: counters.downloaded(),
-        left: counters.left(),
-        event,
-        key,
-        numwant,
-        tracker_id,
+    /// Notes (and saves) the time of an announce before it goes out: one
+    /// that never reaches the tracker only delays the next by the floor.
+    async fn mark_sent(&self, cfg: &TrackerConfig) {
+        cfg.book.announced(cfg.info_hash, now_unix(), None);
+        self.counters.clone().persist().await;
+    }
+
+    /// An announce's parameters, with this session's counters read now.
+    fn params(&self, cfg: &TrackerConfig, event: Event, numwant: u32) -> AnnounceParams {
+        let c = self.counters.as_ref();
+        AnnounceParams {
+            info_hash: cfg.info_hash,
+            peer_id: cfg.peer_id,
+            port: cfg.port,
+            uploaded: c.uploaded().saturating_sub(self.base.0),
+            downloaded: c.downloaded().saturating_sub(self.base.1),
+            left: c.left(),
+            event,
+            key: self.key,
+            numwant,
+            tracker_id: self.tracker_id.clone(),
+        }
     }
 }
 

@@ -1,0 +1,173 @@
+//! When an announce may go out, across pauses, phases and restarts.
+//!
+//! Private trackers ban clients that announce the same torrent twice within
+//! seconds or before the tracker's `min interval`. The announce loop of a
+//! torrent lives only while the torrent is active, so what it must remember
+//! (when it last announced, the tracker's `min interval`, the torrent's
+//! `key`) lives here, in a book the whole session shares (a magnet's
+//! announces count for the torrent it becomes) and that each torrent's
+//! resume record persists (a restart, even after kill -9, counts too).
+//!
+//! The rules, one per event:
+//! * nothing is sent within [`FLOOR_SECS`] of the previous announce;
+//! * a regular re-announce also waits for `min interval`;
+//! * `started` and `completed` wait only for the floor (a torrent resumed or
+//!   finished must not wait half an hour to be known);
+//! * `stopped` never waits and is never skipped: it carries the session's
+//!   final counters (upload credit on a private tracker) and tells the
+//!   tracker to stop sending peers our way. What follows it waits instead.
+
+use super::http::Event;
+use crate::types::InfoHash;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Least seconds between two announces of one torrent, whatever happens.
+pub const FLOOR_SECS: u64 = 30;
+
+/// What one torrent's announces must remember.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceRecord {
+    /// Sent with every announce, stable for the torrent's life, so the
+    /// tracker knows us across IP changes. 0 until the first announce.
+    #[serde(default)]
+    pub key: u32,
+    /// Unix seconds of the last announce a tracker answered; 0 for never.
+    #[serde(default)]
+    pub last_at: u64,
+    /// The answering tracker's `min interval`, in seconds.
+    #[serde(default)]
+    pub min_interval: u64,
+}
+
+impl AnnounceRecord {
+    /// The unix second at which an announce carrying `event` may go out,
+    /// it being `now` (`now` itself when it may go at once).
+    pub fn pace(&self, event: Event, now: u64) -> u64 {
+        if self.last_at == 0 {
+            return now;
+        }
+        // Times are whole seconds, cut down: one second more keeps every
+        // real gap at or above the limit.
+        let floor = self.last_at + FLOOR_SECS + 1;
+        match event {
+            Event::Stopped => now,
+            Event::Started | Event::Completed => floor.max(now),
+            Event::None => floor.max(self.last_at + self.min_interval + 1).max(now),
+        }
+    }
+}
+
+/// Every torrent's and magnet's record, by info hash.
+#[derive(Default)]
+pub struct AnnounceBook {
+    records: Mutex<HashMap<InfoHash, AnnounceRecord>>,
+    /// Removed torrents, kept until their floor has passed (removed and
+    /// added again at once, a torrent still waits), then dropped.
+    retired: Mutex<Vec<InfoHash>>,
+}
+
+impl AnnounceBook {
+    /// The record for `hash`, made (with a fresh key) if there is none.
+    pub fn get(&self, hash: InfoHash) -> AnnounceRecord {
+        self.unretire(&hash);
+        *self
+            .records
+            .lock()
+            .unwrap()
+            .entry(hash)
+            .or_insert_with(|| AnnounceRecord { key: rand::random::<u32>().max(1), ..AnnounceRecord::default() })
+    }
+
+    /// Takes a persisted record, unless the session already knows newer.
+    pub fn restore(&self, hash: InfoHash, record: AnnounceRecord) {
+        if record.key == 0 {
+            return;
+        }
+        let mut records = self.records.lock().unwrap();
+        let known = records.entry(hash).or_insert(record);
+        if known.last_at < record.last_at {
+            *known = record;
+        }
+    }
+
+    /// A tracker answered an announce at `at`.
+    pub fn announced(&self, hash: InfoHash, at: u64, min_interval: Option<u64>) {
+        let mut records = self.records.lock().unwrap();
+        let r = records.entry(hash).or_default();
+        r.last_at = at;
+        if let Some(m) = min_interval {
+            r.min_interval = m;
+        }
+    }
+
+    /// The torrent left the session: its record goes once it no longer
+    /// holds anything back. Records retired earlier are dropped here too.
+    pub fn retire(&self, hash: InfoHash, now: u64) {
+        let mut retired = self.retired.lock().unwrap();
+        let mut records = self.records.lock().unwrap();
+        retired.retain(|h| match records.get(h) {
+            Some(r) if r.last_at + FLOOR_SECS < now => {
+                records.remove(h);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        if !retired.contains(&hash) {
+            retired.push(hash);
+        }
+    }
+
+    /// A torrent came back before its record was dropped.
+    fn unretire(&self, hash: &InfoHash) {
+        self.retired.lock().unwrap().retain(|h| h != hash);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_keeps_its_distance() {
+        let never = AnnounceRecord { key: 7, last_at: 0, min_interval: 0 };
+        for e in [Event::Started, Event::None, Event::Completed, Event::Stopped] {
+            assert_eq!(never.pace(e, 1000), 1000, "nothing sent yet: {e:?} at once");
+        }
+        let r = AnnounceRecord { key: 7, last_at: 1000, min_interval: 300 };
+        // One second over each limit: times are whole seconds.
+        assert_eq!(r.pace(Event::Started, 1005), 1031, "a quick resume waits for the floor");
+        assert_eq!(r.pace(Event::Completed, 1010), 1031);
+        assert_eq!(r.pace(Event::None, 1010), 1301, "a re-announce waits for min interval");
+        assert_eq!(r.pace(Event::Stopped, 1001), 1001, "a stop goes out at once");
+        assert_eq!(r.pace(Event::Started, 5000), 5000, "long after: at once");
+        let short = AnnounceRecord { min_interval: 5, ..r };
+        assert_eq!(short.pace(Event::None, 1001), 1031, "never under the floor");
+    }
+
+    #[test]
+    fn the_book_keeps_one_key_per_torrent_and_the_newest_time() {
+        let book = AnnounceBook::default();
+        let h = InfoHash([1; 20]);
+        let first = book.get(h);
+        assert_ne!(first.key, 0);
+        assert_eq!(book.get(h).key, first.key, "stable");
+        book.announced(h, 500, Some(60));
+        book.restore(h, AnnounceRecord { key: 9, last_at: 100, min_interval: 0 });
+        assert_eq!(
+            book.get(h),
+            AnnounceRecord { key: first.key, last_at: 500, min_interval: 60 },
+            "older record ignored"
+        );
+        let other = InfoHash([2; 20]);
+        book.restore(other, AnnounceRecord { key: 9, last_at: 100, min_interval: 30 });
+        assert_eq!(book.get(other).key, 9, "a persisted key is kept");
+        // Removed: kept while it holds announces back, then dropped.
+        book.retire(other, 110);
+        book.retire(InfoHash([3; 20]), 131);
+        assert_eq!(book.records.lock().unwrap().get(&other), None, "dropped once the floor passed");
+        assert_ne!(book.get(other).key, 9, "a new life, a new key");
+    }
+}
