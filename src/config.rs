@@ -172,7 +172,7 @@ fn parse_span(s: &str) -> Result<u64, String> {
         "w" => 7 * 86400,
         other => return Err(format!("unknown duration unit '{other}' in '{s}'")),
     };
-    Ok(n * mult)
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too long a duration"))
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -339,6 +339,13 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_too_long_to_count_is_an_error_not_a_crash() {
+        // Found by fuzzing: 99999999999999999 weeks overflowed.
+        let e = parse_span("99999999999999999w").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+    }
 
     #[test]
     fn example_file_is_the_default() {

@@ -52,7 +52,8 @@ fn read_torrent(dir: &Path, path: &Path) -> Result<Restored, String> {
 fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let paused = text.lines().any(|l| l.trim() == PAUSED_MARK.trim());
-    let magnet = crate::magnet::parse_file(&text)?.swap_remove(0);
+    let uri = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).ok_or("empty magnet file")?;
+    let magnet = crate::magnet::Magnet::parse_stored(uri)?;
     if resume::torrent_path(dir, &magnet.info_hash).exists() {
         let _ = std::fs::remove_file(path);
         return Ok(None);
