@@ -143,9 +143,13 @@ fn serve(s: TcpStream, ledger: &Mutex<Ledger>) -> std::io::Result<()> {
                 compact.extend_from_slice(&v4.port().to_be_bytes());
             }
         }
+        // A warning on every reply, with a line break and a terminal escape
+        // in it: logged once per change, and printable.
+        let warning = "slow down\nforged \x1b[31mred";
         let mut b =
             format!("d8:intervali{INTERVAL}e12:min intervali{MIN_INTERVAL}e5:peers{}:", compact.len()).into_bytes();
         b.extend_from_slice(&compact);
+        b.extend_from_slice(format!("15:warning message{}:{warning}", warning.len()).as_bytes());
         b.push(b'e');
         b
     };
@@ -259,4 +263,10 @@ fn a_whole_life_against_a_strict_tracker_commits_no_violation() {
     let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
     assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
     assert_eq!(events.iter().filter(|e| **e == "completed").count(), 1, "{events:?}");
+    // Four announce sessions (start, resume, restart, restart after kill -9)
+    // each log the standing warning once, however many announces they make.
+    let log = d.log_text();
+    let warned = log.lines().filter(|l| l.contains("tracker warning")).count();
+    assert_eq!(warned, 4, "{} announces", events.len());
+    assert!(!log.contains('\x1b') && !log.lines().any(|l| l.starts_with("forged")), "the warning is shown printable");
 }

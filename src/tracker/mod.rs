@@ -50,6 +50,9 @@ const DEFAULT_INTERVAL: u64 = 1800;
 const MIN_BACKOFF: u64 = 15;
 const MAX_BACKOFF: u64 = 1800;
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long after a torrent starts a "not registered" failure is retried
+/// at the pace's floor rather than with back-off.
+const QUICK_RETRY_FOR: Duration = Duration::from_secs(5 * 60);
 /// Peers taken from one announce reply; a tracker may list far more.
 const MAX_PEERS_PER_REPLY: usize = 200;
 
@@ -120,6 +123,11 @@ struct Announcer {
     completed_sent: bool,
     failures: u32,
     next_event: Event,
+    /// The tracker's last warning and last error, logged once per change.
+    last_warning: Option<String>,
+    last_error: Option<String>,
+    /// When this announce session began (for the quick "not registered" retry).
+    born: std::time::Instant,
 }
 
 impl Announcer {
@@ -152,6 +160,9 @@ impl Announcer {
             started: false,
             completed_sent: complete,
             failures: 0,
+            last_warning: None,
+            last_error: None,
+            born: std::time::Instant::now(),
             next_event: Event::Started,
         })
     }
@@ -170,11 +181,15 @@ impl Announcer {
                     tracing::info!(torrent = %cfg.name, "tracker reachable again");
                 }
                 self.failures = 0;
+                self.last_error = None;
                 self.started |= self.next_event == Event::Started;
                 self.completed_sent |= self.next_event == Event::Completed;
                 self.next_event = Event::None;
-                if let Some(w) = &reply.warning {
-                    tracing::warn!(torrent = %cfg.name, warning = %w, "tracker warning");
+                if reply.warning != self.last_warning {
+                    if let Some(w) = &reply.warning {
+                        tracing::warn!(torrent = %cfg.name, warning = %w, "tracker warning");
+                    }
+                    self.last_warning = reply.warning.clone();
                 }
                 if reply.tracker_id.is_some() {
                     self.tracker_id = reply.tracker_id.clone();
@@ -187,8 +202,15 @@ impl Announcer {
             }
             Err(e) => {
                 self.failures += 1;
-                if self.failures == 1 {
-                    tracing::warn!(torrent = %cfg.name, error = %e, "tracker announce failed; retrying with back-off");
+                let text = e.to_string();
+                if self.last_error.as_ref() != Some(&text) {
+                    tracing::warn!(torrent = %cfg.name, error = %text, "tracker announce failed; retrying with back-off");
+                    self.last_error = Some(text);
+                }
+                // An upload often reaches us before its tracker knows it:
+                // then retry as soon as the pace allows, for a few minutes.
+                if not_registered(&e) && self.born.elapsed() < QUICK_RETRY_FOR {
+                    return (Duration::from_secs(MIN_BACKOFF), Vec::new());
                 }
                 (Duration::from_secs((MIN_BACKOFF << (self.failures - 1).min(7)).min(MAX_BACKOFF)), Vec::new())
             }
@@ -236,6 +258,15 @@ impl Announcer {
     }
 }
 
+/// A tracker's way of saying it does not know the torrent (yet).
+fn not_registered(e: &http::TrackerError) -> bool {
+    let http::TrackerError::Failure(text) = e else { return false };
+    let t = text.to_ascii_lowercase();
+    ["not registered", "unregistered", "not found", "unknown torrent", "torrent does not exist"]
+        .iter()
+        .any(|s| t.contains(s))
+}
+
 /// BEP 12: try each tier in order, each tracker of a tier in order; the one
 /// that answers moves to the front of its tier.
 async fn announce_tiers(
@@ -263,4 +294,19 @@ async fn announce_tiers(
         }
     }
     Err(last_err.unwrap_or_else(|| http::TrackerError::Http("no trackers".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::TrackerError;
+
+    #[test]
+    fn not_registered_failures_are_recognised() {
+        for t in ["Torrent not registered with this tracker", "Unregistered torrent", "torrent not found"] {
+            assert!(not_registered(&TrackerError::Failure(t.into())), "{t}");
+        }
+        assert!(!not_registered(&TrackerError::Failure("Passkey is invalid".into())));
+        assert!(!not_registered(&TrackerError::Http("not found".into())), "an HTTP 404 is not the tracker's word");
+    }
 }
