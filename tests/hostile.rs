@@ -420,3 +420,30 @@ fn a_bitfield_with_spare_bits_is_named_as_such() {
     let log = d.wait_log("spare bits", Duration::from_secs(5));
     assert!(!log.contains("bitfield of 1 bytes"), "the cause is named, not a length");
 }
+
+#[test]
+fn a_download_completes_while_one_host_holds_all_it_may() {
+    if !common::Swarm::tools_present() {
+        return;
+    }
+    let tracker = common::Tracker::start();
+    let mut d = Dropseed::new("[limits]\nmax_peers_per_torrent = 4\n");
+    let dl = d.download_dir();
+    common::payload(&dl.join("held.bin"), 8 << 20, 13);
+    let t = d.dir.path().join("held.torrent");
+    common::mktorrent(&dl.join("held.bin"), &tracker.announce_url(), 16, &t, &[]);
+    let hash = common::info_hash(&t);
+    tracker.allow(&hash);
+    d.start();
+    d.drop_file(&t, "held.torrent");
+    d.wait_state(&hash, "seeding", Duration::from_secs(30));
+    // The attacker's host opens as many valid, idle connections as it can.
+    let attackers: Vec<TcpStream> = (0..20).filter_map(|i| handshake_from([127, 0, 0, 2], &d, &hash, i)).collect();
+    assert!(!attackers.is_empty());
+    // A real leecher on another address still gets a slot and finishes.
+    let out = d.dir.path().join("leech");
+    let mut leech = common::Aria2::leech(&t, &out, &d.dir.path().join("leech.log"));
+    assert!(leech.wait_exit(Duration::from_secs(90)), "aria2 finished while the attack ran");
+    assert!(std::fs::read(dl.join("held.bin")).unwrap() == std::fs::read(out.join("held.bin")).unwrap());
+    drop(attackers);
+}
