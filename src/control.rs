@@ -22,6 +22,8 @@ pub enum Request {
     Resume { id: String },
     Recheck { id: String },
     Remove { id: String, delete_data: bool },
+    Trackers { id: String },
+    Reannounce { id: String },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -166,6 +168,15 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
         Request::Resume { id } => session.command(&id, Cmd::Resume).await,
         Request::Recheck { id } => session.command(&id, Cmd::Recheck).await,
         Request::Remove { id, delete_data } => session.remove(&id, delete_data).await,
+        Request::Trackers { id } => {
+            let hash = match session.find(&id) {
+                Ok(h) => h,
+                Err(e) => return Reply::err(e),
+            };
+            let torrents = session.statuses().into_iter().filter(|t| t.info_hash == hash.hex()).collect();
+            return Reply { ok: true, torrents: Some(torrents), ..Default::default() };
+        }
+        Request::Reannounce { id } => session.reannounce(&id),
     };
     match result {
         Ok(m) => Reply::ok(m),

@@ -245,6 +245,7 @@ mod tests {
             ratio: 0.0,
             eta_secs: None,
             error: None,
+            trackers: Vec::new(),
         }
     }
 

@@ -36,6 +36,14 @@ enum Command {
     Resume { id: String },
     /// Verify every piece of a torrent again.
     Recheck { id: String },
+    /// Show a torrent's trackers: last and next announce, last answer, counters sent.
+    Trackers {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Announce to a torrent's trackers now (or as soon as min interval allows).
+    Reannounce { id: String },
     /// Remove a torrent; its data stays unless --delete-data.
     Remove {
         #[arg(long)]
@@ -133,7 +141,8 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let json = matches!(command, Command::Status { json: true });
+    let json = matches!(command, Command::Status { json: true } | Command::Trackers { json: true, .. });
+    let trackers_view = matches!(command, Command::Trackers { .. });
     let req = match command {
         Command::Status { .. } => Request::Status,
         Command::Add { source } => {
@@ -149,6 +158,8 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         Command::Pause { id } => Request::Pause { id },
         Command::Resume { id } => Request::Resume { id },
         Command::Recheck { id } => Request::Recheck { id },
+        Command::Trackers { id, .. } => Request::Trackers { id },
+        Command::Reannounce { id } => Request::Reannounce { id },
         Command::Remove { delete_data, id } => Request::Remove { id, delete_data },
         Command::Run | Command::Config { .. } => unreachable!(),
     };
@@ -163,7 +174,14 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         eprintln!("error: {}", reply.message.unwrap_or_default());
         return ExitCode::from(1);
     }
-    if let Some(torrents) = reply.torrents {
+    if let Some(torrents) = reply.torrents.as_ref().filter(|_| trackers_view) {
+        if json {
+            let trackers: Vec<_> = torrents.iter().flat_map(|t| t.trackers.clone()).collect();
+            println!("{}", serde_json::json!({ "trackers": trackers }));
+        } else {
+            print_trackers(torrents);
+        }
+    } else if let Some(torrents) = reply.torrents {
         if json {
             let mut out = serde_json::json!({ "torrents": torrents });
             if let Some(n) = reply.dht_nodes {
@@ -183,6 +201,36 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         println!("{m}");
     }
     ExitCode::SUCCESS
+}
+
+fn print_trackers(torrents: &[TorrentStatus]) {
+    let when = |t: Option<u64>| {
+        let now = dropseed::resume::now_unix();
+        match t {
+            None => "-".to_string(),
+            Some(t) if t >= now => format!("in {}", dropseed::types::human_duration(t - now)),
+            Some(t) => format!("{} ago", dropseed::types::human_duration(now - t)),
+        }
+    };
+    for t in torrents {
+        println!("{} ({})", t.name, &t.info_hash[..8]);
+        if t.trackers.is_empty() {
+            println!("  no announces yet (paused, queued, checking, or no tracker)");
+        }
+        for v in &t.trackers {
+            println!("  tier {} {}", v.tier, dropseed::types::printable(&v.url, 200));
+            println!("    last announce {}, next {}", when(v.last_announce), when(v.next_announce));
+            if let Some(r) = &v.result {
+                println!("    answer: {}", dropseed::types::printable(r, 300));
+            }
+            if let Some(s) = &v.sent {
+                println!(
+                    "    sent: event={} uploaded={} downloaded={} left={}",
+                    s.event, s.uploaded, s.downloaded, s.left
+                );
+            }
+        }
+    }
 }
 
 fn print_table(torrents: &[TorrentStatus]) {

@@ -239,6 +239,19 @@ fn a_whole_life_against_a_strict_tracker_commits_no_violation() {
         tracker.ours().iter().map(|a| (a.event.clone(), (a.at - t0).as_secs_f64())).collect();
     assert!(t0.elapsed() >= FLOOR, "{times:?}");
 
+    // What the tracker last said and what was sent, for the admin.
+    let out = d.cli(&["trackers", &hash, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["trackers"][0];
+    assert_eq!(t["url"], tracker.url(), "{v}");
+    assert_eq!(t["sent"]["event"], "completed", "{v}");
+    assert!(t["result"].as_str().unwrap().contains("peers"), "{v}");
+    assert!(t["next_announce"].as_u64().is_some(), "{v}");
+    // A forced re-announce still honours min interval, and says so.
+    let out = d.cli(&["reannounce", &hash]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("announcing in"), "{said}");
+
     // Pause and resume at once: the new `started` waits for the floor.
     let n = tracker.ours().len();
     assert!(d.cli(&["pause", &hash]).status.success());

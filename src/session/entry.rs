@@ -87,6 +87,7 @@ impl MagnetEntry {
             ratio: 0.0,
             eta_secs: None,
             error,
+            trackers: Vec::new(),
         }
     }
 }

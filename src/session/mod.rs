@@ -420,6 +420,33 @@ impl Session {
         result
     }
 
+    /// Wakes a torrent's announce loop; the pace still decides when it
+    /// announces, and the reply says when that is.
+    pub fn reannounce(&self, id: &str) -> Result<String, String> {
+        let hash = self.find(id)?;
+        let status = self.statuses().into_iter().find(|t| t.info_hash == hash.hex());
+        let announcing = |t: &crate::torrent::TorrentStatus| {
+            matches!(t.state, crate::torrent::TorrentState::Downloading | crate::torrent::TorrentState::Seeding)
+                && !t.trackers.is_empty()
+        };
+        let Some(t) = status.filter(announcing) else {
+            return Err(format!("'{id}' is not announcing (paused, queued, checking, or no tracker)"));
+        };
+        let book = &self.env.announces;
+        let (now, at) =
+            (resume::now_unix(), book.get(hash).pace(crate::tracker::http::Event::None, resume::now_unix()));
+        book.waker(hash).notify_one();
+        Ok(if at > now {
+            format!(
+                "{}: announcing in {} s (the tracker's min interval, or 30 s since the last announce)",
+                t.name,
+                at - now
+            )
+        } else {
+            format!("{}: announcing now", t.name)
+        })
+    }
+
     /// Deletes a stopped torrent's state files, and its data if asked.
     async fn forget_torrent(&self, shared: &TorrentShared, delete_data: bool) -> Result<String, String> {
         let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta.info_hash, shared.name().to_string());

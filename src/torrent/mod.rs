@@ -462,6 +462,7 @@ impl TorrentShared {
             ratio: if ratio.is_finite() { ratio } else { -1.0 },
             eta_secs: eta,
             error: s.phase.error().map(str::to_string),
+            trackers: self.env.announces.trackers(self.meta.info_hash),
         }
     }
 }
@@ -488,6 +489,9 @@ pub struct TorrentStatus {
     #[serde(default)]
     pub eta_secs: Option<u64>,
     pub error: Option<String>,
+    /// Each tracker's last answer and the counters last sent to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trackers: Vec<crate::tracker::pace::TrackerView>,
 }
 
 impl<'de> serde::Deserialize<'de> for TorrentState {

@@ -33,6 +33,11 @@ impl Event {
             Event::None => None,
         }
     }
+
+    /// How the event is shown (`dropseed trackers`).
+    pub fn name(self) -> &'static str {
+        self.as_str().unwrap_or("none")
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -70,6 +70,9 @@ pub async fn run(
     let Some(mut a) = Announcer::new(&cfg, client, counters, *completed_rx.borrow()) else {
         return;
     };
+    cfg.book.show_trackers(cfg.info_hash, &a.tiers);
+    // `dropseed reannounce` cuts a wait short; the pace still holds.
+    let reannounce = cfg.book.waker(cfg.info_hash);
     loop {
         if *completed_rx.borrow() && !a.completed_sent && a.started {
             a.next_event = Event::Completed;
@@ -101,6 +104,7 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
+            _ = reannounce.notified() => {}
             changed = completed_rx.changed(), if !a.completed_sent => {
                 if changed.is_err() { break; }
             }
@@ -171,10 +175,24 @@ impl Announcer {
     async fn announce(&mut self, cfg: &TrackerConfig) -> (Duration, Vec<SocketAddr>) {
         let params = self.params(cfg, self.next_event, cfg.numwant);
         self.mark_sent(cfg).await;
-        let result = announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params).await;
+        let mut attempts = Vec::new();
+        let result =
+            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, &mut attempts).await;
         if let Ok(reply) = &result {
             cfg.book.announced(cfg.info_hash, now_unix(), Some(reply.min_interval.unwrap_or(0)));
         }
+        let (wait, peers) = self.on_result(cfg, result);
+        show_attempts(cfg, &params, attempts, Some(wait));
+        (wait, peers)
+    }
+
+    /// Learns from an announce's result: what to send next, what to log,
+    /// and when to announce again.
+    fn on_result(
+        &mut self,
+        cfg: &TrackerConfig,
+        result: Result<http::AnnounceReply, http::TrackerError>,
+    ) -> (Duration, Vec<SocketAddr>) {
         match result {
             Ok(reply) => {
                 if self.failures > 0 {
@@ -223,14 +241,16 @@ impl Announcer {
             return;
         }
         let params = self.params(cfg, Event::Stopped, 0);
+        let mut attempts = Vec::new();
         let announce = async {
             self.mark_sent(cfg).await;
-            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params).await
+            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, &mut attempts).await
         };
         match tokio::time::timeout(STOPPED_TIMEOUT, announce).await {
             Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
             _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
         }
+        show_attempts(cfg, &params, attempts, None);
     }
 
     /// Notes (and saves) the time of an announce before it goes out: one
@@ -258,6 +278,41 @@ impl Announcer {
     }
 }
 
+/// Puts what each tracker tried answered where `dropseed trackers` sees it.
+fn show_attempts(
+    cfg: &TrackerConfig,
+    params: &AnnounceParams,
+    attempts: Vec<(String, Result<String, String>)>,
+    wait: Option<Duration>,
+) {
+    let now = now_unix();
+    let sent = pace::Sent {
+        event: params.event.name().to_string(),
+        uploaded: params.uploaded,
+        downloaded: params.downloaded,
+        left: params.left,
+    };
+    for (url, outcome) in attempts {
+        let answered = outcome.is_ok();
+        cfg.book.update_tracker(cfg.info_hash, &url, |v| {
+            v.last_announce = Some(now);
+            v.next_announce = wait.filter(|_| answered).map(|w| now + w.as_secs());
+            v.result = Some(outcome.unwrap_or_else(|e| format!("error: {e}")));
+            v.sent = Some(sent.clone());
+        });
+    }
+}
+
+/// A successful answer as `dropseed trackers` shows it.
+fn summary(r: &http::AnnounceReply) -> String {
+    let count = |n: Option<u64>| n.map_or("?".to_string(), |n| n.to_string());
+    let mut s = format!("{} peers, {} seeders, {} leechers", r.peers.len(), count(r.seeders), count(r.leechers));
+    if let Some(w) = &r.warning {
+        s.push_str(&format!("; warning: {w}"));
+    }
+    s
+}
+
 /// A tracker's way of saying it does not know the torrent (yet).
 fn not_registered(e: &http::TrackerError) -> bool {
     let http::TrackerError::Failure(text) = e else { return false };
@@ -274,6 +329,7 @@ async fn announce_tiers(
     udp_connections: &mut udp::Connections,
     tiers: &mut [Vec<String>],
     params: &AnnounceParams,
+    attempts: &mut Vec<(String, Result<String, String>)>,
 ) -> Result<http::AnnounceReply, http::TrackerError> {
     let mut last_err = None;
     for tier in tiers.iter_mut() {
@@ -285,11 +341,15 @@ async fn announce_tiers(
             };
             match reply {
                 Ok(reply) => {
+                    attempts.push((tier[i].clone(), Ok(summary(&reply))));
                     let url = tier.remove(i);
                     tier.insert(0, url);
                     return Ok(reply);
                 }
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    attempts.push((tier[i].clone(), Err(e.to_string())));
+                    last_err = Some(e);
+                }
             }
         }
     }

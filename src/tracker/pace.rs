@@ -21,7 +21,8 @@ use super::http::Event;
 use crate::types::InfoHash;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// Least seconds between two announces of one torrent, whatever happens.
 pub const FLOOR_SECS: u64 = 30;
@@ -59,10 +60,37 @@ impl AnnounceRecord {
     }
 }
 
+/// One tracker as `dropseed trackers` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrackerView {
+    pub url: String,
+    pub tier: usize,
+    /// Unix seconds of the last announce sent to it, if any.
+    pub last_announce: Option<u64>,
+    /// Unix seconds of the next announce, for the tracker in use.
+    pub next_announce: Option<u64>,
+    /// Its last answer: peers, seeders and leechers, or the error text.
+    pub result: Option<String>,
+    /// What the last announce to it carried.
+    pub sent: Option<Sent>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sent {
+    pub event: String,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub left: u64,
+}
+
 /// Every torrent's and magnet's record, by info hash.
 #[derive(Default)]
 pub struct AnnounceBook {
     records: Mutex<HashMap<InfoHash, AnnounceRecord>>,
+    /// What each torrent's trackers last said, for display.
+    views: Mutex<HashMap<InfoHash, Vec<TrackerView>>>,
+    /// Wakes a torrent's announce loop (`dropseed reannounce`).
+    wakers: Mutex<HashMap<InfoHash, Arc<Notify>>>,
     /// Removed torrents, kept until their floor has passed (removed and
     /// added again at once, a torrent still waits), then dropped.
     retired: Mutex<Vec<InfoHash>>,
@@ -110,6 +138,8 @@ impl AnnounceBook {
         retired.retain(|h| match records.get(h) {
             Some(r) if r.last_at + FLOOR_SECS < now => {
                 records.remove(h);
+                self.views.lock().unwrap().remove(h);
+                self.wakers.lock().unwrap().remove(h);
                 false
             }
             Some(_) => true,
@@ -118,6 +148,38 @@ impl AnnounceBook {
         if !retired.contains(&hash) {
             retired.push(hash);
         }
+    }
+
+    /// The trackers of a torrent whose announce loop starts.
+    pub fn show_trackers(&self, hash: InfoHash, tiers: &[Vec<String>]) {
+        let mut views = self.views.lock().unwrap();
+        let known = views.remove(&hash).unwrap_or_default();
+        let fresh = tiers
+            .iter()
+            .enumerate()
+            .flat_map(|(tier, urls)| urls.iter().map(move |u| (tier, u)))
+            .map(|(tier, url)| {
+                let old = known.iter().find(|v| &v.url == url).cloned();
+                TrackerView { url: url.clone(), tier, next_announce: None, ..old.unwrap_or_default() }
+            })
+            .collect();
+        views.insert(hash, fresh);
+    }
+
+    /// Changes what is shown of one tracker of a torrent.
+    pub fn update_tracker(&self, hash: InfoHash, url: &str, change: impl FnOnce(&mut TrackerView)) {
+        if let Some(v) = self.views.lock().unwrap().get_mut(&hash).and_then(|vs| vs.iter_mut().find(|v| v.url == url)) {
+            change(v);
+        }
+    }
+
+    pub fn trackers(&self, hash: InfoHash) -> Vec<TrackerView> {
+        self.views.lock().unwrap().get(&hash).cloned().unwrap_or_default()
+    }
+
+    /// The notification a torrent's announce loop waits on besides its timer.
+    pub fn waker(&self, hash: InfoHash) -> Arc<Notify> {
+        self.wakers.lock().unwrap().entry(hash).or_default().clone()
     }
 
     /// A torrent came back before its record was dropped.
