@@ -405,6 +405,7 @@ impl Session {
         let result = match entry {
             Entry::Magnet(mut m) => {
                 m.stop_fetch().await;
+                self.env.announces.retire(hash, resume::now_unix());
                 let path = resume::magnet_path(&dir, &hash);
                 let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
                 Ok(format!("removed {}", m.magnet.display_name()))

@@ -11,6 +11,12 @@
 //! I/O error and never uses the bytes. The mapping is then stale where zero
 //! pages were put: its owner must map the file again before trusting it.
 //!
+//! The zero page is there for every thread, and another thread copying the
+//! same page afterwards takes no fault of its own: so the handler also counts
+//! faults process-wide, and a guarded copy during which any fault struck is
+//! reported too (a rare false alarm costs a recheck; a missed one would send
+//! zeros to a peer as verified data).
+//!
 //! A SIGBUS anywhere else is not ours: the handler puts back the action that
 //! was there before (std's, or the default) and returns, and the fault, taken
 //! again, ends the process as it would have without us.
@@ -28,6 +34,8 @@ thread_local! {
 }
 
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
+/// Faults the handler absorbed, in any thread.
+static FAULTS: AtomicUsize = AtomicUsize::new(0);
 static INSTALL: Once = Once::new();
 /// The action we replaced, put back for faults that are not ours.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
@@ -66,13 +74,15 @@ pub fn guarded<T>(start: *const u8, len: usize, copy: impl FnOnce() -> T) -> Res
     install();
     let start = start as usize;
     FAULTED.with(|f| f.set(false));
+    let faults_before = FAULTS.load(Ordering::SeqCst);
     GUARD.with(|g| g.set((start, start.saturating_add(len))));
     // Keep the copy between setting and clearing the guard.
     compiler_fence(Ordering::SeqCst);
     let out = copy();
     compiler_fence(Ordering::SeqCst);
     GUARD.with(|g| g.set((0, 0)));
-    if FAULTED.with(|f| f.replace(false)) {
+    let elsewhere = FAULTS.load(Ordering::SeqCst) != faults_before;
+    if FAULTED.with(|f| f.replace(false)) || elsewhere {
         Err(Faulted)
     } else {
         Ok(out)
@@ -80,6 +90,15 @@ pub fn guarded<T>(start: *const u8, len: usize, copy: impl FnOnce() -> T) -> Res
 }
 
 extern "C" fn on_sigbus(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    // The interrupted code may be about to read errno.
+    // SAFETY: __errno_location is this thread's errno, always valid.
+    let errno = unsafe { *libc::__errno_location() };
+    on_sigbus_inner(info);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+fn on_sigbus_inner(info: *mut libc::siginfo_t) {
     // SAFETY: the kernel hands a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
     let (start, end) = GUARD.try_with(|g| g.get()).unwrap_or((0, 0));
@@ -87,7 +106,9 @@ extern "C" fn on_sigbus(_signal: libc::c_int, info: *mut libc::siginfo_t, _conte
         let page = PAGE.load(Ordering::Relaxed);
         let at = addr & !(page - 1);
         // SAFETY: replaces one page of our own mapping, inside the range the
-        // guarded copy was given; mmap is a plain system call.
+        // guarded copy was given. mmap is not on POSIX's async-signal-safe
+        // list, but on Linux it is a plain system call with no user-space
+        // state (no allocation, no lock), which is what that list guards.
         let mapped = unsafe {
             libc::mmap(
                 at as *mut libc::c_void,
@@ -99,6 +120,7 @@ extern "C" fn on_sigbus(_signal: libc::c_int, info: *mut libc::siginfo_t, _conte
             )
         };
         if mapped != libc::MAP_FAILED {
+            FAULTS.fetch_add(1, Ordering::SeqCst);
             let _ = FAULTED.try_with(|f| f.set(true));
             return;
         }

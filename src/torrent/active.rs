@@ -319,12 +319,12 @@ impl<'a> Active<'a> {
         if self.shared.inner.lock().unwrap().peers_at(addr.ip()) >= per_ip {
             return;
         }
-        if self.peers.len() >= max && !self.evict_idle() {
-            return;
-        }
         let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
             return;
         };
+        if self.peers.len() >= max && !self.evict_idle() {
+            return;
+        }
         let (shared, cancel) = (self.shared.clone(), self.child.clone());
         self.peers.spawn(async move {
             let _permit = permit;

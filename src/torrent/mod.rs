@@ -175,9 +175,12 @@ pub struct Inner {
 }
 
 impl Inner {
-    /// Connections this torrent has with one IP address.
+    /// Connections this torrent has with one host: one IPv4 address (also
+    /// when it comes as `::ffff:a.b.c.d`) or one IPv6 /64, which one
+    /// subscriber usually holds whole.
     pub fn peers_at(&self, ip: std::net::IpAddr) -> usize {
-        self.peers.keys().filter(|k| k.ip() == ip).count()
+        let host = evict::host_of(ip);
+        self.peers.keys().filter(|k| evict::host_of(k.ip()) == host).count()
     }
 
     /// A piece passed its hash check and sits in storage. The have bit, the
@@ -220,6 +223,10 @@ pub struct TorrentShared {
     /// Count of verified pieces; peers wait on it to send `have`.
     pub have_tx: watch::Sender<usize>,
     pub status: Mutex<StatusCell>,
+    /// One resume save at a time: the torrent task and the tracker task both
+    /// save, and two saves at once would share a temp file and could claim
+    /// pieces the other has not flushed yet.
+    saving: Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +272,7 @@ impl TorrentShared {
                 record,
             }),
             storage: OnceLock::new(),
+            saving: Mutex::new(()),
             meta,
             env,
         })
@@ -370,6 +378,7 @@ impl TorrentShared {
     /// finds pages the kernel has written back already instead of forcing
     /// writeback on our thread. Blocking: run on the disk pool.
     pub fn save_resume_blocking(&self, flush_all: bool) -> std::io::Result<()> {
+        let _one_at_a_time = self.saving.lock().unwrap();
         let (flush, pending, mut have) = {
             let mut inner = self.inner.lock().unwrap();
             let (flush, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.unflushed)

@@ -242,8 +242,10 @@ impl Announcer {
         }
         let params = self.params(cfg, Event::Stopped, 0);
         let mut attempts = Vec::new();
+        // The book is enough here: the torrent saves its record right after
+        // its announce loop ends, and a slow save must not eat the 3 s.
+        cfg.book.announced(cfg.info_hash, now_unix(), None);
         let announce = async {
-            self.mark_sent(cfg).await;
             announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, &mut attempts).await
         };
         match tokio::time::timeout(STOPPED_TIMEOUT, announce).await {
@@ -317,7 +319,7 @@ fn summary(r: &http::AnnounceReply) -> String {
 fn not_registered(e: &http::TrackerError) -> bool {
     let http::TrackerError::Failure(text) = e else { return false };
     let t = text.to_ascii_lowercase();
-    ["not registered", "unregistered", "not found", "unknown torrent", "torrent does not exist"]
+    ["not registered", "unregistered", "torrent not found", "unknown torrent", "torrent does not exist"]
         .iter()
         .any(|s| t.contains(s))
 }
@@ -367,6 +369,7 @@ mod tests {
             assert!(not_registered(&TrackerError::Failure(t.into())), "{t}");
         }
         assert!(!not_registered(&TrackerError::Failure("Passkey is invalid".into())));
+        assert!(!not_registered(&TrackerError::Failure("passkey not found".into())), "about the user, not the torrent");
         assert!(!not_registered(&TrackerError::Http("not found".into())), "an HTTP 404 is not the tracker's word");
     }
 }

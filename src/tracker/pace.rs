@@ -43,19 +43,27 @@ pub struct AnnounceRecord {
 }
 
 impl AnnounceRecord {
+    /// A new torrent's record: a fresh key, nothing announced.
+    fn fresh() -> AnnounceRecord {
+        AnnounceRecord { key: rand::random::<u32>().max(1), ..AnnounceRecord::default() }
+    }
+
     /// The unix second at which an announce carrying `event` may go out,
     /// it being `now` (`now` itself when it may go at once).
     pub fn pace(&self, event: Event, now: u64) -> u64 {
         if self.last_at == 0 {
             return now;
         }
+        // A clock set back (or a record from the future) must not hold
+        // announces for hours: nothing is later than now.
+        let last = self.last_at.min(now);
         // Times are whole seconds, cut down: one second more keeps every
         // real gap at or above the limit.
-        let floor = self.last_at + FLOOR_SECS + 1;
+        let floor = last + FLOOR_SECS + 1;
         match event {
             Event::Stopped => now,
             Event::Started | Event::Completed => floor.max(now),
-            Event::None => floor.max(self.last_at + self.min_interval + 1).max(now),
+            Event::None => floor.max(last + self.min_interval + 1).max(now),
         }
     }
 }
@@ -100,12 +108,7 @@ impl AnnounceBook {
     /// The record for `hash`, made (with a fresh key) if there is none.
     pub fn get(&self, hash: InfoHash) -> AnnounceRecord {
         self.unretire(&hash);
-        *self
-            .records
-            .lock()
-            .unwrap()
-            .entry(hash)
-            .or_insert_with(|| AnnounceRecord { key: rand::random::<u32>().max(1), ..AnnounceRecord::default() })
+        *self.records.lock().unwrap().entry(hash).or_insert_with(AnnounceRecord::fresh)
     }
 
     /// Takes a persisted record, unless the session already knows newer.
@@ -123,7 +126,7 @@ impl AnnounceBook {
     /// A tracker answered an announce at `at`.
     pub fn announced(&self, hash: InfoHash, at: u64, min_interval: Option<u64>) {
         let mut records = self.records.lock().unwrap();
-        let r = records.entry(hash).or_default();
+        let r = records.entry(hash).or_insert_with(AnnounceRecord::fresh);
         r.last_at = at;
         if let Some(m) = min_interval {
             r.min_interval = m;
@@ -205,6 +208,8 @@ mod tests {
         assert_eq!(r.pace(Event::None, 1010), 1301, "a re-announce waits for min interval");
         assert_eq!(r.pace(Event::Stopped, 1001), 1001, "a stop goes out at once");
         assert_eq!(r.pace(Event::Started, 5000), 5000, "long after: at once");
+        let future = AnnounceRecord { last_at: 90_000, ..r };
+        assert_eq!(future.pace(Event::None, 2000), 2301, "a clock set back waits no longer than from now");
         let short = AnnounceRecord { min_interval: 5, ..r };
         assert_eq!(short.pace(Event::None, 1001), 1031, "never under the floor");
     }
