@@ -1,0 +1,5 @@
+//! Fuzz target `bencode`: the body is `dropseed_fuzz::bencode` in ../targets.rs,
+//! shared with the corpus replay in tests/fuzz_corpus.rs.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dropseed_fuzz::bencode(data));
