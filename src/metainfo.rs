@@ -134,16 +134,18 @@ fn file_list(name: &str, raw_files: Vec<RawFile>) -> Result<(Vec<FileEntry>, u64
         }
         let padding = f.attr.as_ref().is_some_and(|a| a.contains(&b'p'));
         if !padding {
-            let key = path.join("/");
-            if !seen.insert(key.clone()) || dirs.contains(&key) {
+            // Every prefix as a running hash, not a joined string: a path of
+            // N parts costs N steps, not N² bytes.
+            let prefixes = path_prefixes(&path);
+            let (key, dirs_of) = prefixes.split_last().expect("a path has a name and an element");
+            if !seen.insert(*key) || dirs.contains(key) {
                 return Err(MetainfoError::DuplicatePath(shown));
             }
-            for i in 1..path.len() {
-                let dir = path[..i].join("/");
-                if seen.contains(&dir) {
-                    return Err(MetainfoError::DuplicatePath(dir));
+            for (i, dir) in dirs_of.iter().enumerate() {
+                if seen.contains(dir) {
+                    return Err(MetainfoError::DuplicatePath(path[..=i].join("/")));
                 }
-                dirs.insert(dir);
+                dirs.insert(*dir);
             }
         }
         files.push(FileEntry { path, length: f.length as u64, offset, padding });
@@ -151,6 +153,22 @@ fn file_list(name: &str, raw_files: Vec<RawFile>) -> Result<(Vec<FileEntry>, u64
             offset.checked_add(f.length as u64).ok_or_else(|| MetainfoError::Field("total length overflows".into()))?;
     }
     Ok((files, offset))
+}
+
+/// Hashes of `path[..1]`, `path[..2]`, … `path[..]`, each from the one
+/// before it. Equal hashes stand for equal paths (a collision of 64-bit
+/// hashes could only refuse a torrent, never merge two files).
+fn path_prefixes(path: &[String]) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut running = 0u64;
+    path.iter()
+        .map(|element| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (running, element).hash(&mut h);
+            running = h.finish();
+            running
+        })
+        .collect()
 }
 
 impl Metainfo {
