@@ -238,6 +238,7 @@ mod tests {
             downloaded: 0,
             uploaded: 0,
             wasted: 0,
+            corrupt: 0,
             download_rate: 0,
             upload_rate: up,
             peers,

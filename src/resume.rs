@@ -21,7 +21,11 @@ pub struct ResumeRecord {
     #[serde(with = "serde_bytes", default)]
     pub unverified: Vec<u8>,
     pub uploaded: u64,
+    /// Payload of pieces downloaded and verified.
     pub downloaded: u64,
+    /// Bytes of downloaded pieces that failed their hash check.
+    #[serde(default)]
+    pub corrupt: u64,
     /// Unix seconds.
     pub added_at: u64,
     /// Unix seconds; 0 while incomplete.

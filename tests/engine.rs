@@ -81,6 +81,11 @@ fn corrupt_peer_is_banned_and_pieces_come_from_an_honest_one() {
     let ban = log.lines().find(|l| l.contains("banned")).expect("the corrupt peer is banned");
     assert!(ban.contains(&format!("127.0.0.1:{port}")), "{ban}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "a banned peer is not dialled again");
+    // What trackers are told: the junk is corrupt, not downloaded.
+    let t = ds.torrent(&swarm.hash).unwrap();
+    assert_eq!(t["downloaded"], size, "{t}");
+    let corrupt = t["corrupt"].as_u64().unwrap();
+    assert!(corrupt > 0 && corrupt.is_multiple_of(32768), "{t}");
 }
 
 #[test]

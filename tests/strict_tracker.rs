@@ -283,3 +283,29 @@ fn a_whole_life_against_a_strict_tracker_commits_no_violation() {
     assert_eq!(warned, 4, "{} announces", events.len());
     assert!(!log.contains('\x1b') && !log.lines().any(|l| l.starts_with("forged")), "the warning is shown printable");
 }
+
+#[test]
+fn a_magnet_keeps_the_floor_across_a_kill9() {
+    let tracker = StrictTracker::start();
+    let work = common::tempdir();
+    // Nobody has this torrent: the magnet keeps announcing for peers.
+    let hash = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+    let magnet = work.path().join("lonely.magnet");
+    std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{hash}&dn=lonely&tr={}\n", tracker.url())).unwrap();
+    let mut d = Dropseed::start_with("");
+    d.drop_file(&magnet, "lonely.magnet");
+    tracker.wait_event(0, "started", Duration::from_secs(30));
+    // Killed right after its `started`: the restart must remember it.
+    d.kill9();
+    d.start();
+    tracker.wait_event(1, "started", Duration::from_secs(45));
+    assert!(d.cli(&["remove", hash]).status.success());
+    tracker.wait_event(2, "stopped", Duration::from_secs(10));
+    let ledger = tracker.ledger.lock().unwrap();
+    let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
+    assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
+    assert_eq!(events, ["started", "started", "stopped"]);
+    // Removing the magnet leaves nothing of it in state_dir.
+    let left: Vec<_> = std::fs::read_dir(d.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with(hash)), "{left:?}");
+}

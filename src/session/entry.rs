@@ -80,6 +80,7 @@ impl MagnetEntry {
             downloaded: 0,
             uploaded: 0,
             wasted: 0,
+            corrupt: 0,
             download_rate: 0,
             upload_rate: 0,
             peers: self.fetch.as_ref().map_or(0, |f| f.progress.peers.load(Ordering::Relaxed)),

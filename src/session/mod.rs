@@ -113,7 +113,10 @@ impl Session {
                     torrents += 1;
                     self.start_torrent(Arc::new(*meta), record);
                 }
-                restore::Restored::Magnet(magnet, paused) => self.start_magnet(magnet, paused),
+                restore::Restored::Magnet(magnet, paused, announce) => {
+                    self.env.announces.restore(magnet.info_hash, announce);
+                    self.start_magnet(magnet, paused)
+                }
             }
         }
         if torrents > 0 {
@@ -406,8 +409,8 @@ impl Session {
             Entry::Magnet(mut m) => {
                 m.stop_fetch().await;
                 self.env.announces.retire(hash, resume::now_unix());
-                let path = resume::magnet_path(&dir, &hash);
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+                let paths = [resume::magnet_path(&dir, &hash), resume::resume_path(&dir, &hash)];
+                let _ = tokio::task::spawn_blocking(move || paths.map(std::fs::remove_file)).await;
                 Ok(format!("removed {}", m.magnet.display_name()))
             }
             Entry::Torrent(t) => {

@@ -5,6 +5,7 @@
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, ResumeRecord};
+use crate::tracker::pace::AnnounceRecord;
 use std::path::Path;
 
 /// The line that marks a magnet paused in its state file.
@@ -12,8 +13,8 @@ pub(super) const PAUSED_MARK: &str = "# paused\n";
 
 pub(super) enum Restored {
     Torrent(Box<Metainfo>, ResumeRecord),
-    /// A magnet, and whether it was paused.
-    Magnet(Magnet, bool),
+    /// A magnet, whether it was paused, and its announce record.
+    Magnet(Magnet, bool, AnnounceRecord),
 }
 
 pub(super) fn scan(dir: &Path) -> Vec<Restored> {
@@ -58,5 +59,7 @@ fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
         let _ = std::fs::remove_file(path);
         return Ok(None);
     }
-    Ok(Some(Restored::Magnet(magnet, paused)))
+    // Only its announces are recorded; an unreadable record costs a wait.
+    let announce = ResumeRecord::load(dir, &magnet.info_hash).ok().flatten().unwrap_or_default().announce;
+    Ok(Some(Restored::Magnet(magnet, paused, announce)))
 }

@@ -80,7 +80,7 @@ pub(super) async fn run(
 
 impl<'a> Active<'a> {
     fn new(shared: &'a Arc<TorrentShared>, child: CancellationToken, complete: bool) -> Active<'a> {
-        let totals = (shared.downloaded.load(Ordering::Relaxed), shared.uploaded.load(Ordering::Relaxed));
+        let totals = (shared.received.load(Ordering::Relaxed), shared.uploaded.load(Ordering::Relaxed));
         let have = shared.inner.lock().unwrap().have.count();
         let remembered = shared.status.lock().unwrap().record.peers.iter().filter_map(|p| p.parse().ok()).collect();
         Active {
@@ -182,7 +182,7 @@ impl<'a> Active<'a> {
         self.completed_tx.send_replace(true);
         self.shared.status.lock().unwrap().record.completed_at = now_unix();
         let secs = self.started.0.elapsed().as_secs_f64().max(0.001);
-        let got = self.shared.downloaded.load(Ordering::Relaxed).saturating_sub(self.started.1);
+        let got = self.shared.received.load(Ordering::Relaxed).saturating_sub(self.started.1);
         tracing::info!(
             torrent = %self.shared.name(),
             size = %human_bytes(self.shared.meta.total_length),
@@ -204,7 +204,7 @@ impl<'a> Active<'a> {
         let config = env.config();
         let seeding = self.shared.is_complete();
         let facts = clock::Facts {
-            received: self.shared.downloaded.load(Ordering::Relaxed),
+            received: self.shared.received.load(Ordering::Relaxed),
             have: self.shared.inner.lock().unwrap().have.count(),
             downloading,
             others_queued: env.queued.load(Ordering::Relaxed) > 0,
@@ -357,7 +357,7 @@ impl<'a> Active<'a> {
 
     /// Rates over the last few ticks, whatever their length.
     fn update_rates(&mut self, elapsed: Duration) {
-        let now = (self.shared.downloaded.load(Ordering::Relaxed), self.shared.uploaded.load(Ordering::Relaxed));
+        let now = (self.shared.received.load(Ordering::Relaxed), self.shared.uploaded.load(Ordering::Relaxed));
         self.rate_window.push_back((now.0 - self.last_totals.0, now.1 - self.last_totals.1, elapsed.as_secs_f64()));
         self.last_totals = now;
         if self.rate_window.len() > 5 {

@@ -16,6 +16,7 @@ use crate::extension::{self, ExtHandshake, MetadataMsg, PexMsg};
 use crate::magnet::Magnet;
 use crate::metadata::{DataOutcome, MetadataAssembler};
 use crate::metainfo::Metainfo;
+use crate::resume::ResumeRecord;
 use crate::tracker::{self, TrackerConfig, TransferCounters};
 use crate::types::InfoHash;
 use crate::wire::{Handshake, Message};
@@ -75,10 +76,16 @@ struct Ctx {
     progress: Arc<MagnetProgress>,
 }
 
-/// The tracker sees a magnet as a leecher with unknown bytes left.
-struct NothingYet;
+/// The tracker sees a magnet as a leecher with unknown bytes left. Its
+/// announce record is kept in a resume record of its own, so a restart
+/// during the fetch does not announce again too soon (the torrent it turns
+/// into writes its own record over it).
+struct MagnetCounters {
+    hash: InfoHash,
+    env: Arc<Env>,
+}
 
-impl TransferCounters for NothingYet {
+impl TransferCounters for MagnetCounters {
     fn uploaded(&self) -> u64 {
         0
     }
@@ -87,6 +94,16 @@ impl TransferCounters for NothingYet {
     }
     fn left(&self) -> u64 {
         16 * 1024
+    }
+    fn persist(self: Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let record = ResumeRecord { announce: self.env.announces.get(self.hash), ..ResumeRecord::default() };
+            let (dir, hash) = (self.env.state_dir.clone(), self.hash);
+            let saved = tokio::task::spawn_blocking(move || record.save(&dir, &hash)).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(hash = %&hash.hex()[..8], error = %e, "could not save the magnet's announce record");
+            }
+        })
     }
 }
 
@@ -160,9 +177,12 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
             book: env.announces.clone(),
         };
         let (http, tx, d) = (env.http.clone(), ctx.discovered.clone(), ctx.done.clone());
+        let counters = Arc::new(MagnetCounters { hash, env: env.clone() });
         helpers.spawn(async move {
             let _never_completed = never_completed;
-            tracker::run(cfg, http, Arc::new(NothingYet), tx, completed_rx, d).await
+            tracker::run(cfg, http, counters.clone(), tx, completed_rx, d).await;
+            // The `stopped` announce counts too.
+            counters.persist().await;
         });
     }
     if let Some(dht) = env.dht.clone() {

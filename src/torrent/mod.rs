@@ -214,10 +214,16 @@ pub struct TorrentShared {
     pub env: Arc<Env>,
     pub storage: OnceLock<Arc<TorrentStorage>>,
     pub inner: Mutex<Inner>,
-    /// Payload bytes received (blocks accepted) and sent, this session plus
-    /// what the resume record carried.
+    /// Payload bytes of pieces downloaded and verified, and sent, this
+    /// session plus what the resume record carried: what trackers and
+    /// ratios count.
     pub downloaded: AtomicU64,
     pub uploaded: AtomicU64,
+    /// Bytes of downloaded pieces that failed their hash check, in all.
+    pub corrupt: AtomicU64,
+    /// Payload bytes accepted in blocks this session, verified or not yet:
+    /// what rates and stall detection see.
+    pub received: AtomicU64,
     /// Payload received that was not asked for or no longer needed.
     pub wasted: AtomicU64,
     /// Count of verified pieces; peers wait on it to send `have`.
@@ -250,6 +256,8 @@ impl TorrentShared {
         Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
+            corrupt: AtomicU64::new(record.corrupt),
+            received: AtomicU64::new(0),
             wasted: AtomicU64::new(0),
             have_tx: watch::Sender::new(have.count()),
             inner: Mutex::new(Inner {
@@ -338,13 +346,16 @@ impl TorrentShared {
             self.disk_failed(format!("writing piece {index}: {e}"));
             return;
         }
+        let len = self.meta.piece_len(index as usize);
         if good {
-            inner.mark_verified(index, self.meta.piece_len(index as usize), Instant::now());
+            self.downloaded.fetch_add(len as u64, Ordering::Relaxed);
+            inner.mark_verified(index, len, Instant::now());
             let count = inner.have.count();
             drop(inner);
             self.have_tx.send_replace(count);
             return;
         }
+        self.corrupt.fetch_add(len as u64, Ordering::Relaxed);
         inner.picker.piece_failed(index, contributors.len());
         let shown: Vec<String> = contributors.iter().map(|c| c.to_string()).collect();
         tracing::warn!(torrent = %self.meta.name, piece = index, peers = %shown.join(","), "piece failed its hash check; downloading it again");
@@ -410,6 +421,7 @@ impl TorrentShared {
         record.name = self.meta.name.clone();
         record.uploaded = self.uploaded.load(Ordering::Relaxed);
         record.downloaded = self.downloaded.load(Ordering::Relaxed);
+        record.corrupt = self.corrupt.load(Ordering::Relaxed);
         record.announce = self.env.announces.get(self.meta.info_hash);
         // Where to find peers again after a restart (what PEX would tell).
         let peers: Vec<String> = {
@@ -464,6 +476,7 @@ impl TorrentShared {
             downloaded,
             uploaded,
             wasted: self.wasted.load(Ordering::Relaxed),
+            corrupt: self.corrupt.load(Ordering::Relaxed),
             download_rate: s.download_rate,
             upload_rate: s.upload_rate,
             peers,
@@ -485,6 +498,9 @@ pub struct TorrentStatus {
     pub size: u64,
     pub downloaded: u64,
     pub uploaded: u64,
+    /// Bytes of downloaded pieces that failed their hash check.
+    #[serde(default)]
+    pub corrupt: u64,
     /// Bytes received that were not asked for or no longer needed.
     #[serde(default)]
     pub wasted: u64,

@@ -407,7 +407,7 @@ impl Download {
             shared.wasted.fetch_add(len, Ordering::Relaxed);
             return;
         }
-        shared.downloaded.fetch_add(len, Ordering::Relaxed);
+        shared.received.fetch_add(len, Ordering::Relaxed);
         handle.bytes_down.fetch_add(len, Ordering::Relaxed);
         self.bytes_this_tick += len;
         self.last_block = Instant::now();

@@ -45,6 +45,9 @@ impl TransferCounters for TorrentShared {
     fn downloaded(&self) -> u64 {
         self.downloaded.load(Ordering::Relaxed)
     }
+    fn corrupt(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
+    }
     fn left(&self) -> u64 {
         TorrentShared::left(self)
     }

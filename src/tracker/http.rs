@@ -52,6 +52,9 @@ pub struct AnnounceParams {
     pub key: u32,
     pub numwant: u32,
     pub tracker_id: Option<Vec<u8>>,
+    /// Bytes of pieces that failed their hash this announce session (sent
+    /// to HTTP trackers; BEP 15 has no field for it).
+    pub corrupt: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -71,22 +74,35 @@ pub enum TrackerError {
     Failure(String),
     #[error("{0}")]
     Http(String),
+    /// The request never reached the tracker (no address, connection
+    /// refused, no UDP connection id): another URL of the same host may
+    /// still be tried in the same round.
+    #[error("{0}")]
+    Unreached(String),
     #[error("reply over {MAX_RESPONSE} bytes")]
     TooLarge,
     #[error("unreadable reply: {0}")]
     Malformed(String),
 }
 
+impl TrackerError {
+    /// Whether the tracker may have heard the announce.
+    pub fn reached(&self) -> bool {
+        !matches!(self, TrackerError::Unreached(_))
+    }
+}
+
 pub fn announce_url(base: &str, p: &AnnounceParams) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
     let mut url = format!(
-        "{base}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant={}&key={:08x}",
+        "{base}{sep}info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&corrupt={}&compact=1&numwant={}&key={:08x}",
         percent_encode(&p.info_hash.0, NON_ALPHANUMERIC),
         percent_encode(&p.peer_id.0, NON_ALPHANUMERIC),
         p.port,
         p.uploaded,
         p.downloaded,
         p.left,
+        p.corrupt,
         p.numwant,
         p.key,
     );
@@ -104,6 +120,13 @@ pub fn announce_url(base: &str, p: &AnnounceParams) -> String {
 pub async fn announce(client: &reqwest::Client, base: &str, p: &AnnounceParams) -> Result<AnnounceReply, TrackerError> {
     let mut resp =
         client.get(announce_url(base, p)).timeout(Duration::from_secs(15)).send().await.map_err(http_error)?;
+    if resp.status().is_redirection() {
+        // A Location the client would not follow at all (not a URL it can
+        // request, e.g. `file:`) ends up here rather than in the policy.
+        let to = resp.headers().get(reqwest::header::LOCATION).and_then(|l| reqwest::Url::parse(l.to_str().ok()?).ok());
+        let scheme = to.as_ref().map_or("unreadable", |u| u.scheme());
+        return Err(TrackerError::Http(format!("HTTP {}: redirect to a {scheme} URL not followed", resp.status())));
+    }
     if !resp.status().is_success() {
         return Err(TrackerError::Http(format!("HTTP {}", resp.status())));
     }
@@ -137,6 +160,7 @@ struct RawReply {
 /// A request error with its causes ("error sending request" alone does not
 /// say the connection was refused), without the URL (it carries the passkey).
 fn http_error(e: reqwest::Error) -> TrackerError {
+    let unreached = e.is_connect();
     let e = e.without_url();
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(&e);
@@ -147,7 +171,11 @@ fn http_error(e: reqwest::Error) -> TrackerError {
         }
         cause = c.source();
     }
-    TrackerError::Http(text)
+    if unreached {
+        TrackerError::Unreached(text)
+    } else {
+        TrackerError::Http(text)
+    }
 }
 
 /// Parses a bencoded announce reply (pure).
@@ -308,10 +336,11 @@ mod tests {
             key: 0x1234,
             numwant: 50,
             tracker_id: None,
+            corrupt: 7,
         };
         let u = announce_url("http://t/announce?x=1", &p);
         assert!(u.starts_with("http://t/announce?x=1&info_hash=%AB%AB"));
-        assert!(u.contains("&port=6881&uploaded=1&downloaded=2&left=3&compact=1"));
+        assert!(u.contains("&port=6881&uploaded=1&downloaded=2&left=3&corrupt=7&compact=1"));
         assert!(u.ends_with("&event=started"));
     }
 
@@ -329,8 +358,10 @@ mod tests {
             key: 0,
             numwant: 50,
             tracker_id: None,
+            corrupt: 0,
         };
         let e = announce(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/announce"), &p).await.unwrap_err();
         assert!(e.to_string().contains("Connection refused"), "{e}");
+        assert!(!e.reached(), "a refused connection carried no announce");
     }
 }

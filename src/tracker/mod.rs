@@ -26,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 pub trait TransferCounters: Send + Sync {
     fn uploaded(&self) -> u64;
     fn downloaded(&self) -> u64;
+    /// Bytes of pieces that failed their hash check (never in `downloaded`).
+    fn corrupt(&self) -> u64 {
+        0
+    }
     fn left(&self) -> u64;
     /// An announce is about to go out: the torrent saves the announce
     /// book's record for it first, so a restart (even a kill -9 a moment
@@ -120,8 +124,9 @@ struct Announcer {
     tiers: Vec<Vec<String>>,
     udp_connections: udp::Connections,
     key: u32,
-    /// The torrent's counters when this announce session started.
-    base: (u64, u64),
+    /// The torrent's counters when this announce session started:
+    /// uploaded, downloaded, corrupt.
+    base: (u64, u64, u64),
     tracker_id: Option<Vec<u8>>,
     started: bool,
     completed_sent: bool,
@@ -142,17 +147,14 @@ impl Announcer {
         counters: Arc<dyn TransferCounters>,
         complete: bool,
     ) -> Option<Announcer> {
-        let supported = |u: &String| ["http://", "https://", "udp://"].iter().any(|s| u.starts_with(s));
-        let mut tiers: Vec<Vec<String>> =
-            cfg.tiers.iter().map(|t| t.iter().filter(|u| supported(u)).cloned().collect()).collect();
-        tiers.retain(|t| !t.is_empty());
+        let tiers = usable_tiers(&cfg.tiers);
         if tiers.is_empty() {
             if cfg.tiers.iter().flatten().next().is_some() {
                 tracing::warn!(torrent = %cfg.name, "no tracker with a supported scheme (http, https, udp)");
             }
             return None;
         }
-        let base = (counters.uploaded(), counters.downloaded());
+        let base = (counters.uploaded(), counters.downloaded(), counters.corrupt());
         Some(Announcer {
             client,
             counters,
@@ -271,6 +273,7 @@ impl Announcer {
             port: cfg.port,
             uploaded: c.uploaded().saturating_sub(self.base.0),
             downloaded: c.downloaded().saturating_sub(self.base.1),
+            corrupt: c.corrupt().saturating_sub(self.base.2),
             left: c.left(),
             event,
             key: self.key,
@@ -324,8 +327,37 @@ fn not_registered(e: &http::TrackerError) -> bool {
         .any(|s| t.contains(s))
 }
 
+/// The trackers we can speak to (http, https, udp), each URL once (the
+/// first time it is listed), empty tiers dropped.
+fn usable_tiers(listed: &[Vec<String>]) -> Vec<Vec<String>> {
+    let supported = |u: &str| ["http://", "https://", "udp://"].iter().any(|s| u.starts_with(s));
+    let mut seen = std::collections::HashSet::new();
+    let mut tiers: Vec<Vec<String>> = listed
+        .iter()
+        .map(|t| t.iter().filter(|u| supported(u) && seen.insert(u.to_string())).cloned().collect())
+        .collect();
+    tiers.retain(|t: &Vec<String>| !t.is_empty());
+    tiers
+}
+
+/// The host a tracker URL names, lowercased: one announce round reaches
+/// each host at most once, whatever its URLs (http and udp, two paths).
+fn tracker_host(url: &str) -> Option<String> {
+    let after_scheme = url.split_once("://")?.1;
+    let authority = after_scheme.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host_port.split(':').next()?,
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
 /// BEP 12: try each tier in order, each tracker of a tier in order; the one
-/// that answers moves to the front of its tier.
+/// that answers moves to the front of its tier. A host that may have heard
+/// this announce (anything but an unreachable address) is not asked again
+/// in the same round under another URL: to the tracker, that would be a
+/// second announce within the same second.
 async fn announce_tiers(
     client: &reqwest::Client,
     udp_connections: &mut udp::Connections,
@@ -334,8 +366,14 @@ async fn announce_tiers(
     attempts: &mut Vec<(String, Result<String, String>)>,
 ) -> Result<http::AnnounceReply, http::TrackerError> {
     let mut last_err = None;
+    let mut heard: Vec<String> = Vec::new();
     for tier in tiers.iter_mut() {
         for i in 0..tier.len() {
+            let host = tracker_host(&tier[i]).unwrap_or_default();
+            if heard.contains(&host) {
+                attempts.push((tier[i].clone(), Err("not asked: its host had this announce already".into())));
+                continue;
+            }
             let reply = if tier[i].starts_with("udp://") {
                 udp::announce(udp_connections, &tier[i], params, &udp::RETRY_TIMEOUTS).await
             } else {
@@ -350,6 +388,9 @@ async fn announce_tiers(
                 }
                 Err(e) => {
                     attempts.push((tier[i].clone(), Err(e.to_string())));
+                    if e.reached() {
+                        heard.push(host);
+                    }
                     last_err = Some(e);
                 }
             }
@@ -361,7 +402,9 @@ async fn announce_tiers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{InfoHash, PeerId};
     use http::TrackerError;
+    use std::sync::atomic::Ordering::SeqCst;
 
     #[test]
     fn not_registered_failures_are_recognised() {
@@ -371,5 +414,86 @@ mod tests {
         assert!(!not_registered(&TrackerError::Failure("Passkey is invalid".into())));
         assert!(!not_registered(&TrackerError::Failure("passkey not found".into())), "about the user, not the torrent");
         assert!(!not_registered(&TrackerError::Http("not found".into())), "an HTTP 404 is not the tracker's word");
+    }
+
+    /// A tracker on loopback that answers every request with `status`,
+    /// counting them.
+    fn counting_tracker(status: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}/announce", listener.local_addr().unwrap().port());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = "d8:intervali60e5:peers0:e";
+                let _ =
+                    write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            }
+        });
+        (url, count)
+    }
+
+    fn params() -> AnnounceParams {
+        AnnounceParams {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            port: 6881,
+            uploaded: 0,
+            downloaded: 0,
+            left: 0,
+            event: Event::Started,
+            key: 1,
+            numwant: 50,
+            tracker_id: None,
+            corrupt: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_host_that_heard_the_announce_is_not_asked_again_in_the_round() {
+        let (failing, failing_count) = counting_tracker("500 Internal Server Error");
+        let (good, good_count) = counting_tracker("200 OK");
+        // A port just freed: nothing listens there.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let refused = format!("http://127.0.0.1:{closed}/announce");
+        let client = reqwest::Client::new();
+        let mut udp = udp::Connections::default();
+
+        // The first URL answered (with an error): the host's other URL waits
+        // for the next round.
+        let mut tiers = vec![vec![failing.clone()], vec![good.clone()]];
+        let mut attempts = Vec::new();
+        assert!(announce_tiers(&client, &mut udp, &mut tiers, &params(), &mut attempts).await.is_err());
+        assert_eq!((failing_count.load(SeqCst), good_count.load(SeqCst)), (1, 0), "{attempts:?}");
+
+        // A refused connection carried nothing: the next URL is asked.
+        let mut tiers = vec![vec![refused, good]];
+        let mut attempts = Vec::new();
+        assert!(announce_tiers(&client, &mut udp, &mut tiers, &params(), &mut attempts).await.is_ok(), "{attempts:?}");
+        assert_eq!(good_count.load(SeqCst), 1);
+    }
+
+    #[test]
+    fn each_url_is_used_once_and_hosts_are_compared_by_name() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let listed = vec![
+            t(&["http://a.example/announce", "wss://b.example/announce"]),
+            t(&["udp://a.example:6969", "http://a.example/announce"]),
+            t(&["magnet:?xt=x"]),
+        ];
+        assert_eq!(usable_tiers(&listed), vec![t(&["http://a.example/announce"]), t(&["udp://a.example:6969"])]);
+        for (url, host) in [
+            ("http://Tracker.Example.:80/a/announce?passkey=x", "tracker.example"),
+            ("udp://tracker.example:6969/announce", "tracker.example"),
+            ("https://user:pw@tracker.example/announce", "tracker.example"),
+            ("http://[2001:db8::1]:6969/announce", "2001:db8::1"),
+            ("http://10.0.0.1?x", "10.0.0.1"),
+        ] {
+            assert_eq!(tracker_host(url).as_deref(), Some(host), "{url}");
+        }
     }
 }

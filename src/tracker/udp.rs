@@ -128,6 +128,15 @@ pub fn parse_scrape(body: &[u8], count: usize) -> Result<Vec<(u32, u32, u32)>, T
     Ok(body.chunks_exact(12).take(count).map(|c| (u32_at(c, 0), u32_at(c, 4), u32_at(c, 8))).collect())
 }
 
+/// A failure before the announce was sent: the tracker heard nothing of it
+/// (a refusal in words, or a garbled reply, still counts as heard).
+fn unreached(e: TrackerError) -> TrackerError {
+    match e {
+        TrackerError::Http(text) => TrackerError::Unreached(text),
+        other => other,
+    }
+}
+
 fn malformed(what: &str) -> TrackerError {
     TrackerError::Malformed(what.to_string())
 }
@@ -201,8 +210,9 @@ pub async fn announce(
     p: &AnnounceParams,
     timeouts: &[Duration],
 ) -> Result<AnnounceReply, TrackerError> {
-    let ex = Exchange::open(url, timeouts).await?;
-    let conn = ex.connection_id(cache).await?;
+    // Until a connection id is granted, no announce has gone out.
+    let ex = Exchange::open(url, timeouts).await.map_err(unreached)?;
+    let conn = ex.connection_id(cache).await.map_err(unreached)?;
     let result = ex.transact(ACTION_ANNOUNCE, |tid| announce_request(conn, tid, p)).await;
     if result.is_err() {
         cache.0.remove(&ex.addr); // it may have expired on the tracker's side
@@ -240,6 +250,7 @@ mod tests {
             key: 0xdead_beef,
             numwant: 80,
             tracker_id: None,
+            corrupt: 0,
         }
     }
 
