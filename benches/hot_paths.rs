@@ -92,7 +92,8 @@ fn storage(c: &mut Criterion) {
     let mut g = c.benchmark_group("storage");
     g.throughput(Throughput::Bytes(piece.len() as u64));
     for kind in [BackendKind::Mmap, BackendKind::File] {
-        let s = TorrentStorage::open(dir.path(), &meta, kind).unwrap();
+        let place = dropseed::storage::Place { dir: dir.path().to_path_buf(), name: meta.name.clone(), settled: false };
+        let s = TorrentStorage::open(&place, &meta, kind).unwrap();
         let mut i = 0u64;
         g.bench_function(format!("{kind:?} write 1 MiB piece"), |b| {
             b.iter(|| {

@@ -32,6 +32,9 @@ pub struct Config {
 pub struct Paths {
     pub watch_dir: PathBuf,
     pub download_dir: PathBuf,
+    /// Where torrents download until every piece is verified and durable;
+    /// empty to download in `download_dir` directly.
+    pub incomplete_dir: PathBuf,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
 }
@@ -41,6 +44,7 @@ impl Default for Paths {
         Paths {
             watch_dir: "dropseed-data/watch".into(),
             download_dir: "dropseed-data/downloads".into(),
+            incomplete_dir: "dropseed-data/incomplete".into(),
             state_dir: "dropseed-data/state".into(),
             log_dir: "dropseed-data/logs".into(),
         }

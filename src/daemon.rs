@@ -143,7 +143,11 @@ const MAX_STATUS_LINES: usize = 50;
 fn worth_a_status_line(t: &crate::torrent::TorrentStatus) -> bool {
     match t.state {
         TorrentState::Paused | TorrentState::Stopped | TorrentState::Queued => false,
-        TorrentState::Checking | TorrentState::Downloading | TorrentState::Error => true,
+        TorrentState::Checking
+        | TorrentState::Downloading
+        | TorrentState::Moving
+        | TorrentState::Error
+        | TorrentState::Missing => true,
         TorrentState::Metadata | TorrentState::Seeding => t.peers > 0 || t.download_rate > 0 || t.upload_rate > 0,
     }
 }
@@ -239,6 +243,7 @@ mod tests {
             uploaded: 0,
             wasted: 0,
             corrupt: 0,
+            path: String::new(),
             download_rate: 0,
             upload_rate: up,
             peers,

@@ -48,6 +48,15 @@ pub struct ResumeRecord {
     /// When the torrent last announced, and its tracker key.
     #[serde(default)]
     pub announce: crate::tracker::pace::AnnounceRecord,
+    /// Where the data lives. None until the torrent first prepares its
+    /// files, and in records from before `incomplete_dir` (whose data lives
+    /// in `download_dir` under the torrent's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<crate::storage::Place>,
+    /// The complete folder's place for the data, written before a move
+    /// begins and cleared when it is done: a restart finishes the move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<crate::storage::Place>,
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still

@@ -100,9 +100,10 @@ fn a_full_disk_is_a_torrent_error_not_a_crash() {
     if !Swarm::tools_present() {
         return;
     }
-    // A 4 MiB filesystem for the downloads (tmpfs needs root; skip elsewhere).
+    // A 4 MiB filesystem for the downloads in progress (tmpfs needs root;
+    // skip elsewhere).
     let mut ds = Dropseed::new("");
-    let small = ds.download_dir();
+    let small = ds.incomplete_dir();
     std::fs::create_dir_all(&small).unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
@@ -132,7 +133,7 @@ fn a_full_disk_is_a_torrent_error_not_a_crash() {
     // The daemon goes on: another torrent that fits completes.
     ds.drop_file(&fits.torrent, "fits.torrent");
     ds.wait_state(&fits.hash, "seeding", Duration::from_secs(60));
-    assert_same_tree(&fits.data, &small.join("fits.bin").parent().unwrap().join(""));
+    assert_same_tree(&fits.data, &ds.download_dir());
     assert!(ds.log_text().contains("not enough disk space"));
     assert!(ds.stop().success());
 }

@@ -89,7 +89,7 @@ fn corrupt_peer_is_banned_and_pieces_come_from_an_honest_one() {
 }
 
 #[test]
-fn missing_and_truncated_files_are_rechecked_and_fetched_again() {
+fn missing_and_truncated_files_wait_for_a_recheck_then_are_fetched_again() {
     if !Swarm::tools_present() {
         return;
     }
@@ -116,6 +116,13 @@ fn missing_and_truncated_files_are_rechecked_and_fetched_again() {
     std::fs::remove_file(got.join("a.bin")).unwrap();
     std::fs::OpenOptions::new().write(true).open(got.join("c.bin")).unwrap().set_len(1000).unwrap();
     ds.start();
+    // Complete data gone from the complete folder waits for the user ...
+    let t = ds.wait_state(&hash, "missing", Duration::from_secs(30));
+    let error = t["error"].as_str().unwrap();
+    assert!(error.contains("a.bin") && error.contains("c.bin"), "{t}");
+    assert!(!got.join("a.bin").exists(), "nothing recreated unasked");
+    // ... who asks for a recheck: what is gone is downloaded again.
+    assert!(ds.cli(&["recheck", &hash]).status.success());
     ds.wait_state(&hash, "seeding", Duration::from_secs(60));
     assert_same_tree(&src, &got);
     let log = ds.log_text();

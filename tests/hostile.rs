@@ -256,7 +256,7 @@ fn a_file_truncated_while_it_downloads_is_a_torrent_error_not_a_crash() {
     // Slow enough to cut the file at about a fifth.
     let mut d = Dropseed::start_with("[limits]\ndownload_rate = \"8M\"\n");
     d.drop_file(&swarm.torrent, "cut.torrent");
-    let path = d.download_dir().join("cut.bin");
+    let path = d.incomplete_dir().join("cut.bin");
     common::wait_for("a fifth downloaded", Duration::from_secs(60), || {
         d.torrent(&swarm.hash).filter(|t| t["progress"].as_f64().unwrap_or(0.0) >= 0.2)
     });

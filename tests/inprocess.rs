@@ -34,6 +34,7 @@ fn config_in(dir: &Path) -> Config {
     let mut c = Config::default();
     c.paths.watch_dir = dir.join("watch");
     c.paths.download_dir = dir.join("downloads");
+    c.paths.incomplete_dir = dir.join("incomplete");
     c.paths.state_dir = dir.join("state");
     c.paths.log_dir = dir.join("logs");
     c.network.listen_port = 0;

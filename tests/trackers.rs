@@ -106,7 +106,8 @@ fn a_whole_life_against_opentracker_over_udp() {
 /// (given the request target), counting requests per path.
 struct Scripted {
     port: u16,
-    hits: Arc<Mutex<Vec<String>>>,
+    /// Each request's target, with when it came.
+    hits: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 /// What a scripted tracker does with one request.
@@ -116,6 +117,8 @@ enum Answer {
     Hang,
     /// Answers `started` with an empty peer list, then hangs.
     StartedThenHang,
+    /// Answers with this failure reason.
+    Fail(&'static str),
 }
 
 impl Scripted {
@@ -128,7 +131,7 @@ impl Scripted {
             let mut held: Vec<TcpStream> = Vec::new();
             for s in listener.incoming().flatten() {
                 let Some(target) = request_target(&s) else { continue };
-                h.lock().unwrap().push(target.clone());
+                h.lock().unwrap().push((Instant::now(), target.clone()));
                 let path = target.split('?').next().unwrap_or("").to_string();
                 let query = target.split_once('?').map_or(String::new(), |(_, q)| format!("?{q}"));
                 let answer = match route(&path, port) {
@@ -137,6 +140,10 @@ impl Scripted {
                     Answer::Redirect(to) => Some(format!(
                         "HTTP/1.1 302 Found\r\nLocation: {to}{query}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     )),
+                    Answer::Fail(why) => {
+                        let body = format!("d14:failure reason{}:{why}e", why.len());
+                        Some(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()))
+                    }
                     Answer::Hang | Answer::StartedThenHang => {
                         held.push(s);
                         continue;
@@ -156,8 +163,13 @@ impl Scripted {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// When each request for `path` came.
+    fn times(&self, path: &str) -> Vec<Instant> {
+        self.hits.lock().unwrap().iter().filter(|(_, t)| t.split('?').next() == Some(path)).map(|(at, _)| *at).collect()
+    }
+
     fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().iter().filter(|t| t.split('?').next() == Some(path)).count()
+        self.times(path).len()
     }
 }
 
@@ -289,6 +301,38 @@ fn a_tracker_that_never_answers_times_out_and_shutdown_stays_bounded() {
     assert!(status.success(), "{status:?}");
     assert!(at.elapsed() < Duration::from_secs(8), "shutdown took {:?}", at.elapsed());
     common::wait_for("the stopped announce to reach the tracker", Duration::from_secs(2), || {
-        silent.hits.lock().unwrap().iter().any(|t| t.contains("event=stopped")).then_some(())
+        silent.hits.lock().unwrap().iter().any(|(_, t)| t.contains("event=stopped")).then_some(())
     });
+}
+
+#[test]
+fn a_torrent_not_yet_registered_is_retried_at_the_floor_other_failures_back_off() {
+    if !common::require("mktorrent", "mktorrent") {
+        return;
+    }
+    let tracker = Scripted::start(|path, _| match path {
+        "/new" => Answer::Fail("Torrent not registered with this tracker"),
+        _ => Answer::Fail("Passkey is invalid"),
+    });
+    let work = common::tempdir();
+    let (new, _) = torrent_for(work.path(), "new", &tracker.url("/new"), 41);
+    let (bad, _) = torrent_for(work.path(), "bad", &tracker.url("/bad"), 42);
+    let d = Dropseed::start_with("");
+    d.drop_file(&new, "new.torrent");
+    d.drop_file(&bad, "bad.torrent");
+    // Back-off is 15 s doubling, held to the 30 s floor: the two differ from
+    // the third retry on (31, 31, 60 s against 31, 31, 31 s).
+    common::wait_for("four announces of the unregistered torrent", Duration::from_secs(150), || {
+        (tracker.hits("/new") >= 4).then_some(())
+    });
+    let gaps = |path: &str| -> Vec<u64> { tracker.times(path).windows(2).map(|w| (w[1] - w[0]).as_secs()).collect() };
+    let quick = gaps("/new");
+    assert!(quick.iter().all(|g| (30..=40).contains(g)), "not registered: {quick:?}");
+    common::wait_for("the back-off of the other failure", Duration::from_secs(60), || {
+        (tracker.hits("/bad") >= 4).then_some(())
+    });
+    let slow = gaps("/bad");
+    assert!(slow[2] >= 55, "passkey invalid: {slow:?}");
+    // The failure is shown, and logged once, not at every retry.
+    assert_eq!(d.log_text().matches("Torrent not registered").count(), 1, "{}", d.log_text());
 }

@@ -81,6 +81,7 @@ impl MagnetEntry {
             uploaded: 0,
             wasted: 0,
             corrupt: 0,
+            path: String::new(),
             download_rate: 0,
             upload_rate: 0,
             peers: self.fetch.as_ref().map_or(0, |f| f.progress.peers.load(Ordering::Relaxed)),
@@ -97,7 +98,7 @@ impl MagnetEntry {
 /// read after it is released.
 pub(super) enum StatusSource {
     Torrent(Arc<TorrentShared>),
-    Ready(TorrentStatus),
+    Ready(Box<TorrentStatus>),
 }
 
 impl Entry {
@@ -113,7 +114,7 @@ impl Entry {
     pub fn status_source(&self, hash: &InfoHash) -> Option<StatusSource> {
         match self {
             Entry::Reserved(_) => None,
-            Entry::Magnet(m) => Some(StatusSource::Ready(m.status(hash))),
+            Entry::Magnet(m) => Some(StatusSource::Ready(Box::new(m.status(hash)))),
             Entry::Torrent(t) => Some(StatusSource::Torrent(t.shared.clone())),
         }
     }

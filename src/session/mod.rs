@@ -64,7 +64,11 @@ enum Origin {
 impl Session {
     /// Binds the listener, restores the torrents in `state_dir`, and starts them.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Session>> {
-        let dirs = [config.paths.download_dir.clone(), config.paths.state_dir.clone()];
+        let dirs: Vec<_> = [&config.paths.download_dir, &config.paths.incomplete_dir, &config.paths.state_dir]
+            .into_iter()
+            .filter(|d| !d.as_os_str().is_empty())
+            .cloned()
+            .collect();
         tokio::task::spawn_blocking(move || {
             dirs.iter().try_for_each(|d| {
                 std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))
@@ -316,7 +320,7 @@ impl Session {
             .into_iter()
             .map(|s| match s {
                 StatusSource::Torrent(shared) => shared.status(),
-                StatusSource::Ready(status) => status,
+                StatusSource::Ready(status) => *status,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
@@ -430,8 +434,12 @@ impl Session {
         let hash = self.find(id)?;
         let status = self.statuses().into_iter().find(|t| t.info_hash == hash.hex());
         let announcing = |t: &crate::torrent::TorrentStatus| {
-            matches!(t.state, crate::torrent::TorrentState::Downloading | crate::torrent::TorrentState::Seeding)
-                && !t.trackers.is_empty()
+            matches!(
+                t.state,
+                crate::torrent::TorrentState::Downloading
+                    | crate::torrent::TorrentState::Seeding
+                    | crate::torrent::TorrentState::Moving
+            ) && !t.trackers.is_empty()
         };
         let Some(t) = status.filter(announcing) else {
             return Err(format!("'{id}' is not announcing (paused, queued, checking, or no tracker)"));
@@ -461,8 +469,8 @@ impl Session {
         })
         .await;
         if delete_data {
-            let (meta, base) = (shared.meta.clone(), self.env.download_dir.clone());
-            let r = self.env.disk.run(move || delete_files(&base, &meta)).await;
+            let (meta, place) = (shared.meta.clone(), shared.place());
+            let r = self.env.disk.run(move || delete_files(&place, &meta)).await;
             if let Ok(Err(e)) = r {
                 return Err(format!("removed {name}, but deleting its data failed: {e}"));
             }
@@ -533,6 +541,7 @@ async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16) -> anyhow::
         download_limit: RateLimiter::new(config.limits.download_rate.0),
         upload_limit: RateLimiter::new(config.limits.upload_rate.0),
         download_dir: config.paths.download_dir.clone(),
+        incomplete_dir: config.paths.incomplete_dir.clone(),
         state_dir: config.paths.state_dir.clone(),
         config: RwLock::new(config),
         dht,
@@ -591,28 +600,6 @@ async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool) -> std::io
         .map_err(std::io::Error::other)?
 }
 
-fn delete_files(base: &Path, meta: &Metainfo) -> std::io::Result<()> {
-    for (i, f) in meta.files.iter().enumerate() {
-        if f.padding {
-            continue;
-        }
-        match std::fs::remove_file(crate::storage::file_path(base, meta, i)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    // Remove the torrent's now-empty directories, deepest first; never base.
-    if meta.files.len() > 1 || meta.files[0].path.len() > 1 {
-        let mut dirs: Vec<std::path::PathBuf> = meta
-            .files
-            .iter()
-            .flat_map(|f| (1..f.path.len()).map(|n| base.join(f.path[..n].iter().collect::<std::path::PathBuf>())))
-            .collect();
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        dirs.dedup();
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-    Ok(())
+fn delete_files(place: &crate::storage::Place, meta: &Metainfo) -> std::io::Result<()> {
+    crate::torrent::handoff::remove_source(meta, place)
 }

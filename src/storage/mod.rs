@@ -5,18 +5,20 @@
 
 pub mod disk;
 pub mod layout;
+pub mod place;
 mod sigbus;
 
 use crate::metainfo::Metainfo;
 use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
+pub use place::Place;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
@@ -36,6 +38,8 @@ trait FileBackend: Send + Sync {
     /// Puts `fresh` (the file recreated or grown back to full size) in the
     /// place of the one opened before.
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()>;
+    /// Device and inode of the file open for `file`, if it is open.
+    fn identity(&self, file: usize) -> Option<(u64, u64)>;
 
     /// Feeds a range to `hasher`; the default reads it in chunks.
     fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
@@ -67,20 +71,19 @@ pub struct DiskSurvey {
     pub existing_files: Vec<usize>,
     /// Files missing or shorter than their torrent length.
     pub short_files: Vec<usize>,
-}
-
-pub fn file_path(download_dir: &Path, meta: &Metainfo, file: usize) -> PathBuf {
-    download_dir.join(meta.files[file].relative_path())
+    /// Files at full length that are not the ones open (filled in when the
+    /// storage is open already): their pieces are checked again.
+    pub replaced_files: Vec<usize>,
 }
 
 /// Looks at what is on disk for `meta` without changing anything.
-pub fn survey(download_dir: &Path, meta: &Metainfo) -> DiskSurvey {
+pub fn survey(place: &Place, meta: &Metainfo) -> DiskSurvey {
     let mut s = DiskSurvey::default();
     for (i, f) in meta.files.iter().enumerate() {
         if f.padding {
             continue;
         }
-        let len = std::fs::metadata(file_path(download_dir, meta, i)).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(place.file_path(meta, i)).map(|m| m.len()).unwrap_or(0);
         if len > 0 {
             s.existing_files.push(i);
         }
@@ -140,9 +143,9 @@ fn open_full_size(path: &Path, len: u64) -> io::Result<(File, bool)> {
 
 impl TorrentStorage {
     /// Creates every file at full size (zero-length files too, padding never)
-    /// and opens the backend. Nothing is written outside `download_dir`:
+    /// and opens the backend. Nothing is written outside the place's folder:
     /// metainfo validation already refused unsafe path elements.
-    pub fn open(download_dir: &Path, meta: &Metainfo, kind: BackendKind) -> io::Result<TorrentStorage> {
+    pub fn open(place: &Place, meta: &Metainfo, kind: BackendKind) -> io::Result<TorrentStorage> {
         let mut files = Vec::with_capacity(meta.files.len());
         let mut all_preallocated = true;
         for (i, f) in meta.files.iter().enumerate() {
@@ -150,7 +153,7 @@ impl TorrentStorage {
                 files.push(None);
                 continue;
             }
-            let (file, preallocated) = open_full_size(&file_path(download_dir, meta, i), f.length)?;
+            let (file, preallocated) = open_full_size(&place.file_path(meta, i), f.length)?;
             all_preallocated &= preallocated;
             files.push(Some((file, f.length)));
         }
@@ -172,9 +175,34 @@ impl TorrentStorage {
     /// Makes files found missing or short whole again (sparse zeros where
     /// data went missing) and points the backend at them: the pieces they
     /// held are then checked again and downloaded anew.
-    pub fn restore_files(&self, download_dir: &Path, meta: &Metainfo, files: &[usize]) -> io::Result<()> {
+    pub fn restore_files(&self, place: &Place, meta: &Metainfo, files: &[usize]) -> io::Result<()> {
         for &i in files {
-            let (file, _) = open_full_size(&file_path(download_dir, meta, i), meta.files[i].length)?;
+            let (file, _) = open_full_size(&place.file_path(meta, i), meta.files[i].length)?;
+            self.backend.reopen(i, file)?;
+        }
+        Ok(())
+    }
+
+    /// The files of `meta` that are no longer in `place` as they were opened:
+    /// gone, cut short or grown, or replaced by another file of that name
+    /// (an importer moved or retagged them). Blocking (a stat per file).
+    pub fn files_gone(&self, place: &Place, meta: &Metainfo) -> Vec<usize> {
+        use std::os::unix::fs::MetadataExt;
+        let changed = |i: usize, length: u64| match std::fs::metadata(place.file_path(meta, i)) {
+            Err(_) => true,
+            Ok(m) => m.len() != length || self.backend.identity(i).is_some_and(|id| id != (m.dev(), m.ino())),
+        };
+        meta.files.iter().enumerate().filter(|(i, f)| !f.padding && changed(*i, f.length)).map(|(i, _)| i).collect()
+    }
+
+    /// Points the backend at the same data in another place (a copy made
+    /// and verified there): nothing is created, every file must be whole.
+    pub fn relocate(&self, place: &Place, meta: &Metainfo) -> io::Result<()> {
+        for (i, f) in meta.files.iter().enumerate().filter(|(_, f)| !f.padding) {
+            let file = OpenOptions::new().read(true).write(true).open(place.file_path(meta, i))?;
+            if file.metadata()?.len() != f.length {
+                return Err(io::Error::other(format!("{} is not whole", place.file_path(meta, i).display())));
+            }
             self.backend.reopen(i, file)?;
         }
         Ok(())
@@ -370,6 +398,11 @@ impl FileBackend for MmapBackend {
         self.guarded(m, offset, len, |at| hasher.update(unsafe { std::slice::from_raw_parts(at, len) }))
     }
 
+    fn identity(&self, file: usize) -> Option<(u64, u64)> {
+        let m = self.maps[file].as_ref()?;
+        file_identity(&m.file.read().unwrap())
+    }
+
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
         let Some(m) = self.maps[file].as_ref() else { return Ok(()) };
         let mut held = m.file.write().unwrap();
@@ -377,6 +410,11 @@ impl FileBackend for MmapBackend {
         *held = fresh;
         Ok(())
     }
+}
+
+fn file_identity(f: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Faults in the pages of a range in one system call before a copy, instead
@@ -417,6 +455,10 @@ impl FileBackend for PlainBackend {
     fn flush(&self, file: usize, _offset: u64, _len: usize) -> io::Result<()> {
         self.file(file)?.sync_data()
     }
+    fn identity(&self, file: usize) -> Option<(u64, u64)> {
+        file_identity(&self.files[file].as_ref()?.read().unwrap())
+    }
+
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
         if let Some(f) = &self.files[file] {
             *f.write().unwrap() = fresh;
@@ -429,6 +471,11 @@ impl FileBackend for PlainBackend {
 mod tests {
     use super::*;
     use crate::metainfo::tests::torrent;
+
+    /// The torrent's own name in `dir`.
+    fn at(dir: &Path, meta: &Metainfo) -> Place {
+        Place { dir: dir.to_path_buf(), name: meta.name.clone(), settled: false }
+    }
 
     fn multi() -> Metainfo {
         let info = format!(
@@ -443,7 +490,7 @@ mod tests {
         for kind in [BackendKind::Mmap, BackendKind::File] {
             let dir = tempfile::tempdir().unwrap();
             let meta = multi();
-            let s = TorrentStorage::open(dir.path(), &meta, kind).unwrap();
+            let s = TorrentStorage::open(&at(dir.path(), &meta), &meta, kind).unwrap();
             let data: Vec<u8> = (1..=36).collect();
             s.write(0, &data).unwrap();
             s.flush(0, 36).unwrap();
@@ -468,7 +515,7 @@ mod tests {
         for kind in [BackendKind::Mmap, BackendKind::File] {
             let dir = tempfile::tempdir().unwrap();
             let meta = multi();
-            let s = TorrentStorage::open(dir.path(), &meta, kind).unwrap();
+            let s = TorrentStorage::open(&at(dir.path(), &meta), &meta, kind).unwrap();
             let data: Vec<u8> = (1..=20).collect();
             s.write(16, &data).unwrap();
             let b = dir.path().join("dir/sub/b");
@@ -485,8 +532,8 @@ mod tests {
             }
             // Deleted, then restored: whole again, zeros where data was lost.
             std::fs::remove_file(&b).unwrap();
-            assert_eq!(survey(dir.path(), &meta).short_files, vec![3]);
-            s.restore_files(dir.path(), &meta, &[3]).unwrap();
+            assert_eq!(survey(&at(dir.path(), &meta), &meta).short_files, vec![3]);
+            s.restore_files(&at(dir.path(), &meta), &meta, &[3]).unwrap();
             s.read(16, &mut buf).unwrap();
             assert_eq!(buf, vec![0u8; 20]);
             s.write(16, &data).unwrap();
@@ -499,11 +546,11 @@ mod tests {
     fn survey_reports_missing_and_existing() {
         let dir = tempfile::tempdir().unwrap();
         let meta = multi();
-        let before = survey(dir.path(), &meta);
+        let before = survey(&at(dir.path(), &meta), &meta);
         assert_eq!(before.bytes_needed, 25);
         assert!(before.existing_files.is_empty());
-        TorrentStorage::open(dir.path(), &meta, BackendKind::File).unwrap();
-        let after = survey(dir.path(), &meta);
+        TorrentStorage::open(&at(dir.path(), &meta), &meta, BackendKind::File).unwrap();
+        let after = survey(&at(dir.path(), &meta), &meta);
         assert_eq!(after.bytes_needed, 0);
         assert_eq!(after.existing_files, vec![0, 3]);
         assert!(free_space(dir.path()).unwrap() > 0);

@@ -1,10 +1,12 @@
 //! The `Active` phase: the torrent is in its swarm. It owns the peer tasks,
 //! the tracker task and the DHT lookups, ticks its clocks (`clock.rs`), runs
-//! choking rounds, notices completion, seeding limits and disk trouble, and
-//! stops everything it started before it returns.
+//! choking rounds, notices completion (and then moves the data to the
+//! complete folder, `handoff.rs`, while seeding goes on), seeding limits and
+//! disk trouble, and stops everything it started before it returns.
 
 use super::choker::{ChokeInput, Choker};
 use super::clock::{self, ActiveClock};
+use super::handoff::{self, MoveControl};
 use super::peerbook::PeerBook;
 use super::phase::Outcome;
 use super::picker::PeerKey;
@@ -13,6 +15,7 @@ use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
 use crate::conn::Transport;
 use crate::resume::now_unix;
+use crate::storage::Place;
 use crate::tracker::{self, TrackerConfig, TransferCounters};
 use crate::types::{human_bytes, human_duration};
 use crate::wire::Handshake;
@@ -32,6 +35,8 @@ const DHT_DOWNLOADING_EVERY: Duration = Duration::from_secs(120);
 const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Peer tasks get this long to end on their own before they are aborted.
 const PEERS_DRAIN: Duration = Duration::from_secs(5);
+/// How often a seeding torrent looks whether its files are still there.
+const PRESENCE_EVERY: Duration = Duration::from_secs(60);
 
 struct Active<'a> {
     shared: &'a Arc<TorrentShared>,
@@ -54,6 +59,10 @@ struct Active<'a> {
     /// When the phase began and what had been downloaded then, for the
     /// completion line.
     started: (Instant, u64),
+    /// The move to the complete folder, while it runs.
+    handoff: Option<(JoinHandle<std::io::Result<Place>>, Arc<MoveControl>)>,
+    /// When a settled, complete torrent next checks its files are there.
+    next_presence_check: Instant,
 }
 
 /// Helpers started with the phase and stopped with it.
@@ -73,6 +82,9 @@ pub(super) async fn run(
     let mut helpers = a.start_helpers();
     let remembered = a.remembered.clone();
     a.add_candidates(remembered);
+    // Complete already (a check found every piece after a restart): the
+    // handoff that completion would have started starts now.
+    a.start_handoff().await;
     let outcome = a.run(ctl, slot, &mut helpers.peers_rx).await;
     a.stop(helpers).await;
     outcome
@@ -95,6 +107,8 @@ impl<'a> Active<'a> {
             remembered,
             completed_tx: watch::Sender::new(complete),
             started: (Instant::now(), totals.0),
+            handoff: None,
+            next_presence_check: Instant::now() + PRESENCE_EVERY,
         }
     }
 
@@ -147,6 +161,13 @@ impl<'a> Active<'a> {
                     Command::Outcome(_) => {}
                 },
                 Some(list) = peers_rx.recv() => self.add_candidates(list),
+                moved = async { (&mut self.handoff.as_mut().unwrap().0).await }, if self.handoff.is_some() => {
+                    self.handoff = None;
+                    let moved = moved.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    if let Some(o) = self.on_moved(moved).await {
+                        return Some(o);
+                    }
+                }
                 Some(ended) = self.peers.join_next(), if !self.peers.is_empty() => {
                     if let Ok(Some((addr, retry, lasted))) = ended {
                         self.book.ended(addr, retry, lasted, Instant::now());
@@ -193,6 +214,52 @@ impl<'a> Active<'a> {
         self.shared.save_resume(false).await;
         let have = self.shared.inner.lock().unwrap().have.count();
         self.clock.saved(Instant::now(), have);
+        self.start_handoff().await;
+        None
+    }
+
+    /// A complete torrent not in its final place moves there: its target is
+    /// written into the record (with every piece flushed first) before the
+    /// move begins, so a restart at any point finishes it.
+    async fn start_handoff(&mut self) {
+        let from = self.shared.place();
+        if from.settled || self.handoff.is_some() || !self.shared.is_complete() {
+            return;
+        }
+        let (shared, env) = (self.shared.clone(), &self.shared.env);
+        let (dir, meta) = (env.download_dir.clone(), shared.meta.clone());
+        let target = match env.disk.run(move || handoff::target_in(&dir, &meta)).await {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        if target.name != shared.meta.name {
+            tracing::warn!(torrent = %shared.name(), taken = %target.dir.join(&shared.meta.name).display(),
+                instead = %target.name, "name already taken in the complete folder; not overwriting it");
+        }
+        shared.status.lock().unwrap().record.moving = Some(target.clone());
+        shared.save_resume(true).await;
+        let ctl = Arc::new(MoveControl::default());
+        let c = ctl.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &c)
+        });
+        self.handoff = Some((job, ctl));
+    }
+
+    /// The move ended: the data's new place is recorded, or the torrent
+    /// errs (it is tried again from where it stopped).
+    async fn on_moved(&mut self, moved: std::io::Result<Place>) -> Option<Outcome> {
+        let place = match moved {
+            Ok(p) => p,
+            Err(e) => return Some(Outcome::MoveFailed(format!("moving to the complete folder: {e}"))),
+        };
+        tracing::info!(torrent = %self.shared.name(), path = %place.top().display(), "moved to the complete folder");
+        {
+            let mut s = self.shared.status.lock().unwrap();
+            s.record.place = Some(place);
+            s.record.moving = None;
+        }
+        self.shared.save_resume(false).await;
         None
     }
 
@@ -234,10 +301,40 @@ impl<'a> Active<'a> {
                 return (plan.next_tick, Some(Outcome::LimitReached));
             }
         }
+        if seeding && now >= self.next_presence_check {
+            self.next_presence_check = now + PRESENCE_EVERY;
+            if let Some(missing) = self.files_gone().await {
+                return (plan.next_tick, Some(Outcome::DataMissing(missing)));
+            }
+        }
         if plan.save {
             self.shared.save_resume(false).await;
         }
         (plan.next_tick, None)
+    }
+
+    /// Files of a complete torrent in its settled place that left it (an
+    /// importer moved, replaced or deleted them): seeding stops, and
+    /// nothing is written there until the user says so.
+    async fn files_gone(&self) -> Option<String> {
+        let place = self.shared.place();
+        let storage = self.shared.storage()?.clone();
+        if !place.settled || self.handoff.is_some() {
+            return None;
+        }
+        let (meta, p) = (self.shared.meta.clone(), place.clone());
+        let gone = self.shared.env.disk.run(move || storage.files_gone(&p, &meta)).await.ok()?;
+        if gone.is_empty() {
+            return None;
+        }
+        let names: Vec<String> =
+            gone.iter().take(5).map(|&i| place.file_path(&self.shared.meta, i).display().to_string()).collect();
+        let more = gone.len() - names.len();
+        Some(format!(
+            "files moved, replaced or deleted: {}{} (`dropseed recheck` downloads what is gone)",
+            names.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        ))
     }
 
     /// Peers from PEX, due retries, and when alone, the remembered ones.
@@ -253,6 +350,16 @@ impl<'a> Active<'a> {
     /// Stops everything the phase started and persists the torrent.
     async fn stop(mut self, helpers: Helpers) {
         self.child.cancel();
+        // A copy stops at its next chunk and goes on at the next start; a
+        // move that finished meanwhile is recorded.
+        if let Some((job, ctl)) = self.handoff.take() {
+            ctl.stop.store(true, Ordering::Relaxed);
+            if let Ok(Ok(place)) = job.await {
+                let mut s = self.shared.status.lock().unwrap();
+                s.record.place = Some(place);
+                s.record.moving = None;
+            }
+        }
         let drain = async { while self.peers.join_next().await.is_some() {} };
         if tokio::time::timeout(PEERS_DRAIN, drain).await.is_err() {
             self.peers.shutdown().await;

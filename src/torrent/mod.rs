@@ -10,6 +10,7 @@ pub mod clock;
 mod connect;
 pub mod evict;
 pub mod fetch;
+pub mod handoff;
 pub mod peer;
 pub mod peerbook;
 pub mod phase;
@@ -22,7 +23,7 @@ use crate::config::Config;
 use crate::metainfo::Metainfo;
 use crate::resume::ResumeRecord;
 use crate::storage::disk::DiskPool;
-use crate::storage::TorrentStorage;
+use crate::storage::{Place, TorrentStorage};
 use crate::types::{Bitfield, PeerId};
 use crate::wire::BlockRef;
 use picker::{PeerKey, Picker};
@@ -57,6 +58,8 @@ pub struct Env {
     /// Torrents waiting for a download slot.
     pub queued: std::sync::atomic::AtomicUsize,
     pub download_dir: PathBuf,
+    /// Where torrents download until complete; empty to use `download_dir`.
+    pub incomplete_dir: PathBuf,
     pub state_dir: PathBuf,
     pub download_limit: ratelimit::RateLimiter,
     pub upload_limit: ratelimit::RateLimiter,
@@ -83,6 +86,11 @@ pub enum TorrentState {
     Paused,
     Stopped,
     Error,
+    /// Complete, and being moved to the complete folder (seeding goes on).
+    Moving,
+    /// Complete data went missing from its settled place; waits for the
+    /// user (resume once it is back, or recheck to download it again).
+    Missing,
 }
 
 impl TorrentState {
@@ -96,6 +104,8 @@ impl TorrentState {
             TorrentState::Paused => "paused",
             TorrentState::Stopped => "stopped",
             TorrentState::Error => "error",
+            TorrentState::Missing => "missing",
+            TorrentState::Moving => "moving",
         }
     }
 }
@@ -294,6 +304,29 @@ impl TorrentShared {
         self.storage.get()
     }
 
+    /// Where the data lives now. A record from before `incomplete_dir`
+    /// (and a torrent not yet prepared) has it in `download_dir`.
+    pub fn place(&self) -> Place {
+        let place = self.status.lock().unwrap().record.place.clone();
+        place.unwrap_or_else(|| Place {
+            dir: self.env.download_dir.clone(),
+            name: self.meta.name.clone(),
+            settled: true,
+        })
+    }
+
+    /// A new torrent's place: `incomplete_dir`, unless that is off or the
+    /// data is in `download_dir` already (the user re-seeds what they
+    /// have: checked and seeded there, never moved). Blocking (a stat).
+    pub fn first_place(&self) -> Place {
+        let here = self.place();
+        let had_pieces = self.status.lock().unwrap().record.have.iter().any(|&b| b != 0);
+        if self.env.incomplete_dir.as_os_str().is_empty() || had_pieces || here.top().exists() {
+            return here;
+        }
+        Place { dir: self.env.incomplete_dir.clone(), name: self.meta.name.clone(), settled: false }
+    }
+
     pub fn left(&self) -> u64 {
         self.meta.total_length - self.inner.lock().unwrap().verified_bytes
     }
@@ -465,7 +498,13 @@ impl TorrentShared {
         } else {
             0.0
         };
-        let state = s.phase.state(complete);
+        let unsettled = s.record.place.as_ref().is_some_and(|p| !p.settled);
+        let state = match s.phase.state(complete) {
+            // Seeding is what automation waits for: only once the data is
+            // in its complete folder.
+            TorrentState::Seeding if unsettled => TorrentState::Moving,
+            state => state,
+        };
         let eta = (state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
         TorrentStatus {
             info_hash: self.meta.info_hash.hex(),
@@ -477,6 +516,7 @@ impl TorrentShared {
             uploaded,
             wasted: self.wasted.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
+            path: self.place().top().display().to_string(),
             download_rate: s.download_rate,
             upload_rate: s.upload_rate,
             peers,
@@ -501,6 +541,10 @@ pub struct TorrentStatus {
     /// Bytes of downloaded pieces that failed their hash check.
     #[serde(default)]
     pub corrupt: u64,
+    /// The torrent's top-level item on disk (file or folder); empty for a
+    /// magnet.
+    #[serde(default)]
+    pub path: String,
     /// Bytes received that were not asked for or no longer needed.
     #[serde(default)]
     pub wasted: u64,
@@ -530,6 +574,8 @@ impl<'de> serde::Deserialize<'de> for TorrentState {
             "seeding" => TorrentState::Seeding,
             "paused" => TorrentState::Paused,
             "stopped" => TorrentState::Stopped,
+            "missing" => TorrentState::Missing,
+            "moving" => TorrentState::Moving,
             _ => TorrentState::Error,
         })
     }

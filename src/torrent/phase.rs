@@ -9,6 +9,8 @@
 //!        └── Queued ─slot─> Active ──> Errored ─retry (60 s) or resume─> Preparing
 //!                 ▲           │ stalled with others queued: back to Queued
 //!                 └───────────┘ complete: seeding; a seeding limit: Held(stopped)
+//!
+//!   Preparing ─complete data gone from its folder─> Missing ─resume or recheck─> Preparing
 //! ```
 //!
 //! Pure: [`next`] maps a phase and what happened to the next phase, and is
@@ -32,6 +34,9 @@ pub enum Phase {
     Active,
     /// Cannot go on; retried after a while or when resumed.
     Errored { message: String, recheck: bool },
+    /// Complete data is gone from where it was settled (an importer moved
+    /// it): nothing is downloaded into the user's library until they ask.
+    Missing { message: String },
 }
 
 /// What ended a phase.
@@ -45,11 +50,16 @@ pub enum Outcome {
         complete: bool,
     },
     PrepareFailed(String),
+    /// Preparing found complete data gone from its settled place.
+    DataMissing(String),
     GotSlot,
     /// Downloading received nothing for `limits.stall_secs` while others wait.
     Stalled,
     LimitReached,
     DiskFailed(String),
+    /// The move to the complete folder failed (no room there, no rights);
+    /// the data is whole where it was.
+    MoveFailed(String),
     RetryDue,
 }
 
@@ -88,12 +98,13 @@ impl Phase {
             Phase::Active if complete => TorrentState::Seeding,
             Phase::Active => TorrentState::Downloading,
             Phase::Errored { .. } => TorrentState::Error,
+            Phase::Missing { .. } => TorrentState::Missing,
         }
     }
 
     pub fn error(&self) -> Option<&str> {
         match self {
-            Phase::Errored { message, .. } => Some(message),
+            Phase::Errored { message, .. } | Phase::Missing { message } => Some(message),
             _ => None,
         }
     }
@@ -113,12 +124,15 @@ pub fn next(phase: &Phase, outcome: Outcome, action: LimitAction) -> Next {
         (Phase::Preparing { .. }, O::Prepared { complete: true }) => Phase::Active,
         (Phase::Preparing { .. }, O::Prepared { complete: false }) => Phase::Queued,
         (Phase::Preparing { recheck }, O::PrepareFailed(message)) => Phase::Errored { message, recheck },
+        (Phase::Preparing { .. } | Phase::Active, O::DataMissing(message)) => Phase::Missing { message },
+        (Phase::Missing { .. }, O::Resumed) => Phase::Preparing { recheck: false },
         (Phase::Queued, O::GotSlot) => Phase::Active,
         (Phase::Active, O::Stalled) => Phase::Queued,
         (Phase::Active, O::LimitReached) if action == LimitAction::Remove => return Next::Remove,
         (Phase::Active, O::LimitReached) => Phase::Held { hold: Hold::Stopped, recheck: false },
         // The data may be damaged: everything is checked again on retry.
         (Phase::Active, O::DiskFailed(message)) => Phase::Errored { message, recheck: true },
+        (Phase::Active, O::MoveFailed(message)) => Phase::Errored { message, recheck: false },
         (Phase::Errored { recheck, .. }, O::RetryDue | O::Resumed) => Phase::Preparing { recheck },
         (_, O::RecheckAsked) => Phase::Preparing { recheck: true },
         (phase, _) => phase,
@@ -184,6 +198,20 @@ mod tests {
         let e = go(&Phase::Active, Outcome::DiskFailed("EIO".into()));
         assert_eq!(go(&e, Outcome::Resumed), Phase::Preparing { recheck: true });
         assert_eq!(go(&Phase::Active, Outcome::RecheckAsked), Phase::Preparing { recheck: true });
+        // A failed move left the data whole: no recheck.
+        let e = go(&Phase::Active, Outcome::MoveFailed("ENOSPC".into()));
+        assert_eq!(go(&e, Outcome::RetryDue), Phase::Preparing { recheck: false });
+    }
+
+    #[test]
+    fn missing_data_waits_for_the_user() {
+        let m = go(&Phase::Preparing { recheck: false }, Outcome::DataMissing("a.mkv".into()));
+        assert_eq!((m.state(true), m.error()), (TorrentState::Missing, Some("a.mkv")));
+        assert_eq!(go(&m, Outcome::RetryDue), m, "no retry of its own");
+        assert_eq!(go(&m, Outcome::Resumed), Phase::Preparing { recheck: false });
+        assert_eq!(go(&m, Outcome::RecheckAsked), Phase::Preparing { recheck: true });
+        assert_eq!(go(&m, Outcome::Paused).state(true), TorrentState::Paused);
+        assert_eq!(go(&Phase::Active, Outcome::DataMissing("b".into())).state(true), TorrentState::Missing);
     }
 
     #[test]

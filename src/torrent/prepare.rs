@@ -1,22 +1,43 @@
-//! The `Preparing` phase's work: check free space, open (create) the files,
-//! and hash whatever pieces the disk may hold that the resume record does
-//! not vouch for (every piece on a recheck).
+//! The `Preparing` phase's work: settle where the data lives (a new
+//! torrent's first place; a move to the complete folder that a restart
+//! interrupted), check free space, open (create) the files, and hash
+//! whatever pieces the disk may hold that the resume record does not vouch
+//! for (every piece on a recheck). Data gone from its settled place is not
+//! recreated there unless the user asks for a recheck.
+
 //!
 //! The future may be dropped at any await (pause, remove, shutdown): every
 //! piece's result is applied on its own, so a check cut short leaves each
 //! piece either as the record had it or as the check found it.
 
-use super::{piece_matches, TorrentShared};
+use super::{handoff, piece_matches, TorrentShared};
+use crate::storage::Place;
 use crate::storage::{self, TorrentStorage};
 use crate::types::{human_bytes, Bitfield};
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
-pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), String> {
-    let survey = check_space(shared).await?;
-    let storage = open_storage(shared, &survey).await?;
+/// Why preparing did not end with the torrent ready.
+pub enum Stop {
+    Failed(String),
+    /// Complete data gone from its settled place (see [`refuse_if_missing`]).
+    Missing(String),
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Stop {
+        Stop::Failed(message)
+    }
+}
+
+pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), Stop> {
+    settle_place(shared).await?;
+    let mut survey = check_space(shared).await?;
+    refuse_if_missing(shared, &survey, recheck).map_err(Stop::Missing)?;
+    let storage = open_storage(shared, &mut survey).await?;
     let to_check = pieces_to_check(shared, &storage, &survey, recheck);
     if to_check.is_empty() {
         return Ok(());
@@ -36,23 +57,116 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
         "checking done"
     );
     shared.save_resume(false).await;
-    first_error.map_or(Ok(()), Err)
+    first_error.map_or(Ok(()), |e| Err(Stop::Failed(e)))
+}
+
+/// Gives a new torrent its first place, and finishes a move to the
+/// complete folder that was under way when the daemon stopped.
+async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
+    let (placed, moving) = {
+        let s = shared.status.lock().unwrap();
+        (s.record.place.is_some(), s.record.moving.clone())
+    };
+    if !placed {
+        let first = first_place(shared).await?;
+        shared.status.lock().unwrap().record.place = Some(first);
+    }
+    let Some(target) = moving else { return Ok(()) };
+    let (s, from) = (shared.clone(), shared.place());
+    let control = handoff::MoveControl::default();
+    let moved = tokio::task::spawn_blocking(move || {
+        handoff::finish_move(&s.meta, &from, &target, s.storage().map(|s| &**s), &control)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("moving to the complete folder: {e}"))?;
+    tracing::info!(torrent = %shared.name(), path = %moved.top().display(), "move to the complete folder finished");
+    {
+        let mut s = shared.status.lock().unwrap();
+        s.record.place = Some(moved);
+        s.record.moving = None;
+    }
+    shared.save_resume(true).await;
+    Ok(())
+}
+
+/// A new torrent's place. An item of its name in the complete folder is
+/// seeded there only if it is this torrent's data, whole (the user re-seeds
+/// what they have); anything else of that name is the user's: never opened
+/// for writing, and the download goes to `incomplete_dir` as usual.
+async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
+    let s = shared.clone();
+    let candidate = shared.env.disk.run(move || s.first_place()).await.map_err(|e| e.to_string())?;
+    let had_pieces = shared.status.lock().unwrap().record.have.iter().any(|&b| b != 0);
+    if !candidate.settled || shared.env.incomplete_dir.as_os_str().is_empty() || had_pieces {
+        return Ok(candidate);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_if_dropped = StopOnDrop(stop.clone());
+    let (meta, place) = (shared.meta.clone(), candidate.clone());
+    let ours = tokio::task::spawn_blocking(move || handoff::is_our_data(&meta, &place, &stop))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("checking {}: {e}", candidate.top().display()))?;
+    if ours {
+        tracing::info!(torrent = %shared.name(), path = %candidate.top().display(), "data found whole in the complete folder; seeding it there");
+        let mut inner = shared.inner.lock().unwrap();
+        for p in 0..shared.meta.piece_count() {
+            inner.mark_verified(p as u32, shared.meta.piece_len(p), Instant::now());
+        }
+        let (count, have) = (inner.have.count(), inner.have.as_bytes().to_vec());
+        drop(inner);
+        shared.status.lock().unwrap().record.have = have;
+        shared.have_tx.send_replace(count);
+        return Ok(candidate);
+    }
+    tracing::info!(torrent = %shared.name(), other = %candidate.top().display(),
+        "something else of this name is in the complete folder; leaving it alone and downloading to the incomplete folder");
+    Ok(Place { dir: shared.env.incomplete_dir.clone(), name: shared.meta.name.clone(), settled: false })
+}
+
+/// Sets a flag when dropped: a blocking check stops when its phase ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A complete torrent whose files left its settled place (an importer
+/// moved them, the user deleted them) waits for the user: downloading it
+/// again into their library is what `dropseed recheck` is for.
+fn refuse_if_missing(shared: &TorrentShared, survey: &storage::DiskSurvey, recheck: bool) -> Result<(), String> {
+    let place = shared.place();
+    if recheck || !place.settled || survey.short_files.is_empty() || !shared.is_complete() {
+        return Ok(());
+    }
+    let names: Vec<String> =
+        survey.short_files.iter().take(5).map(|&i| place.file_path(&shared.meta, i).display().to_string()).collect();
+    let more = survey.short_files.len().saturating_sub(names.len());
+    Err(format!(
+        "files missing or cut short: {}{} (`dropseed recheck` downloads what is gone)",
+        names.join(", "),
+        if more > 0 { format!(" and {more} more") } else { String::new() }
+    ))
 }
 
 /// Surveys the files and refuses to start without room for what is missing.
 async fn check_space(shared: &TorrentShared) -> Result<storage::DiskSurvey, String> {
-    let (meta, dir) = (shared.meta.clone(), shared.env.download_dir.clone());
+    let (meta, place) = (shared.meta.clone(), shared.place());
+    let dir = place.dir.clone();
     let (survey, free) = shared
         .env
         .disk
-        .run(move || (storage::survey(&dir, &meta), storage::free_space(&dir).map_err(|e| (dir, e))))
+        .run(move || (storage::survey(&place, &meta), storage::free_space(&dir).map_err(|e| (dir, e))))
         .await
         .map_err(|e| e.to_string())?;
     let free = free.map_err(|(dir, e)| format!("cannot read free space of {}: {e}", dir.display()))?;
     if survey.bytes_needed > free {
         return Err(format!(
             "not enough disk space in {}: {} needed, {} free",
-            shared.env.download_dir.display(),
+            shared.place().dir.display(),
             human_bytes(survey.bytes_needed),
             human_bytes(free)
         ));
@@ -62,25 +176,30 @@ async fn check_space(shared: &TorrentShared) -> Result<storage::DiskSurvey, Stri
 
 /// Opens the files, or, when they are open already, makes whole again those
 /// found missing or short (truncated or deleted behind our back).
-async fn open_storage(shared: &TorrentShared, survey: &storage::DiskSurvey) -> Result<Arc<TorrentStorage>, String> {
+async fn open_storage(shared: &TorrentShared, survey: &mut storage::DiskSurvey) -> Result<Arc<TorrentStorage>, String> {
     let env = &shared.env;
     if let Some(s) = shared.storage() {
-        if survey.short_files.is_empty() {
-            return Ok(s.clone());
-        }
-        let (s, meta, dir, short) =
-            (s.clone(), shared.meta.clone(), env.download_dir.clone(), survey.short_files.clone());
-        return env
+        // Files replaced under us (put back after going missing) are opened
+        // anew and their pieces checked.
+        let (s, meta, place, short) = (s.clone(), shared.meta.clone(), shared.place(), survey.short_files.clone());
+        let (s, replaced) = env
             .disk
-            .run(move || s.restore_files(&dir, &meta, &short).map(|()| s).map_err(|e| (dir, e)))
+            .run(move || {
+                let replaced: Vec<usize> =
+                    s.files_gone(&place, &meta).into_iter().filter(|i| !short.contains(i)).collect();
+                let all: Vec<usize> = short.iter().chain(&replaced).copied().collect();
+                s.restore_files(&place, &meta, &all).map(|()| (s, replaced)).map_err(|e| (place.dir, e))
+            })
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|(dir, e)| format!("cannot restore files in {}: {e}", dir.display()));
+            .map_err(|(dir, e)| format!("cannot restore files in {}: {e}", dir.display()))?;
+        survey.replaced_files = replaced;
+        return Ok(s);
     }
-    let (meta, dir, kind) = (shared.meta.clone(), env.download_dir.clone(), env.config().storage.backend);
+    let (meta, place, kind) = (shared.meta.clone(), shared.place(), env.config().storage.backend);
     let storage = env
         .disk
-        .run(move || TorrentStorage::open(&dir, &meta, kind).map_err(|e| (dir, e)))
+        .run(move || TorrentStorage::open(&place, &meta, kind).map_err(|e| (place.dir, e)))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|(dir, e)| format!("cannot create files in {}: {e}", dir.display()))?;
@@ -112,7 +231,7 @@ fn pieces_to_check(
             set.extend(layout.pieces_of_file(f));
         }
     } else {
-        for &f in &survey.short_files {
+        for &f in survey.short_files.iter().chain(&survey.replaced_files) {
             set.extend(layout.pieces_of_file(f).filter(|&p| inner.have.get(p)));
         }
     }

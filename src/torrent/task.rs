@@ -8,7 +8,7 @@
 
 use super::active;
 use super::phase::{self, Next, Outcome, Phase};
-use super::prepare::prepare;
+use super::prepare::{prepare, Stop};
 use super::TorrentShared;
 use crate::conn::Transport;
 use crate::resume::Hold;
@@ -97,6 +97,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
             Phase::Queued => queued(&shared, &mut ctl, &mut slot).await,
             Phase::Active => active::run(&shared, &mut ctl, &mut slot).await,
             Phase::Errored { .. } => errored(&mut ctl).await,
+            Phase::Missing { .. } => held(&mut ctl).await,
         };
         let Some(outcome) = outcome else {
             return Exit::Cancelled;
@@ -129,8 +130,13 @@ fn log_outcome(shared: &TorrentShared, phase: &Phase, outcome: &Outcome) {
         (Phase::Held { .. }, Outcome::Resumed) => tracing::info!(torrent = %name, "resumed"),
         (Phase::Held { .. }, _) => {}
         (_, Outcome::Paused) => tracing::info!(torrent = %name, "paused"),
+        (_, Outcome::DataMissing(e)) => tracing::warn!(torrent = %name, error = %e,
+            "data missing; waiting for the user (resume once it is back, or recheck to download it again)"),
         (_, Outcome::PrepareFailed(e)) => {
             tracing::warn!(torrent = %name, error = %e, "cannot start; retrying in 60s")
+        }
+        (_, Outcome::MoveFailed(e)) => {
+            tracing::warn!(torrent = %name, error = %e, "cannot move to the complete folder; the data stays where it is, retrying in 60s")
         }
         (_, Outcome::DiskFailed(e)) => {
             tracing::warn!(torrent = %name, error = %e, "disk trouble; torrent in error, retrying in 60s")
@@ -160,7 +166,8 @@ async fn preparing(shared: &Arc<TorrentShared>, recheck: bool, ctl: &mut Control
         tokio::select! {
             r = &mut work => return Some(match r {
                 Ok(()) => Outcome::Prepared { complete: shared.is_complete() },
-                Err(message) => Outcome::PrepareFailed(message),
+                Err(Stop::Failed(message)) => Outcome::PrepareFailed(message),
+                Err(Stop::Missing(message)) => Outcome::DataMissing(message),
             }),
             cmd = ctl.next() => match cmd.ok()? {
                 Command::Outcome(Outcome::Paused) => return Some(Outcome::Paused),

@@ -460,12 +460,13 @@ impl Dropseed {
         let d = dir.path();
         let config = d.join("dropseed.toml");
         let text = format!(
-            "[paths]\nwatch_dir = \"{w}\"\ndownload_dir = \"{dl}\"\nstate_dir = \"{st}\"\nlog_dir = \"{lg}\"\n\
+            "[paths]\nwatch_dir = \"{w}\"\ndownload_dir = \"{dl}\"\nincomplete_dir = \"{inc}\"\nstate_dir = \"{st}\"\nlog_dir = \"{lg}\"\n\
              [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n{dht}{extra}\n",
             // Tests never reach the public DHT: off unless the test sets it up.
             dht = if extra.contains("[dht]") { "" } else { "[dht]\nenabled = false\n" },
             w = d.join("watch").display(),
             dl = d.join("downloads").display(),
+            inc = d.join("incomplete").display(),
             st = d.join("state").display(),
             lg = d.join("logs").display(),
         );
@@ -503,6 +504,10 @@ impl Dropseed {
     }
     pub fn download_dir(&self) -> PathBuf {
         self.dir.path().join("downloads")
+    }
+    /// Where torrents download until complete.
+    pub fn incomplete_dir(&self) -> PathBuf {
+        self.dir.path().join("incomplete")
     }
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")

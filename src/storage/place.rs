@@ -1,0 +1,110 @@
+//! Where a torrent's data lives: a folder and the name of the torrent's
+//! top-level item in it (the single file, or the root folder). A torrent
+//! downloads into `incomplete_dir` and is moved, once whole and durable, to
+//! its complete folder, where a name already taken makes it take another.
+//! Every path of the torrent's files is derived from its place here, so the
+//! rest of the engine never joins `download_dir` itself.
+
+use crate::metainfo::Metainfo;
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    /// The folder holding the top-level item (kept as raw bytes: a user's
+    /// folder need not be UTF-8).
+    #[serde(with = "path_bytes")]
+    pub dir: PathBuf,
+    /// The top-level item's name: the torrent's, unless that was taken.
+    pub name: String,
+    /// The data is where it will stay (the complete folder, or wherever the
+    /// user keeps it): never moved again, and never recreated there by
+    /// dropseed on its own if it goes missing.
+    #[serde(default, with = "bool_as_int")]
+    pub settled: bool,
+}
+
+impl Place {
+    /// The top-level item: the single file, or the torrent's root folder.
+    pub fn top(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// Where file `i` of `meta` lives in this place.
+    pub fn file_path(&self, meta: &Metainfo, i: usize) -> PathBuf {
+        // The metainfo's paths start with the torrent's name.
+        let mut path = self.top();
+        path.extend(meta.files[i].path.iter().skip(1));
+        path
+    }
+}
+
+/// The first name of `name`, `name (2)`, `name (3)`, ... that nothing in
+/// `dir` holds (a file keeps its extension last: `film (2).mkv`).
+pub fn free_name(dir: &Path, name: &str, single_file: bool) -> String {
+    let (stem, ext) = match name.rfind('.') {
+        Some(dot) if single_file && dot > 0 => (&name[..dot], &name[dot..]),
+        _ => (name, ""),
+    };
+    (1..)
+        .map(|n| if n == 1 { name.to_string() } else { format!("{stem} ({n}){ext}") })
+        .find(|candidate| std::fs::symlink_metadata(dir.join(candidate)).is_err())
+        .expect("some name is free")
+}
+
+/// Bencode has no booleans: 0 or 1.
+mod bool_as_int {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &bool, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(u8::from(*b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        Ok(u8::deserialize(d)? != 0)
+    }
+}
+
+mod path_bytes {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(p.as_os_str().as_bytes(), s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        let bytes: serde_bytes::ByteBuf = serde_bytes::deserialize(d)?;
+        Ok(PathBuf::from(OsString::from_vec(bytes.into_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_names_get_a_number_before_the_extension_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(free_name(d, "film.mkv", true), "film.mkv");
+        std::fs::write(d.join("film.mkv"), b"the user's").unwrap();
+        assert_eq!(free_name(d, "film.mkv", true), "film (2).mkv");
+        std::fs::write(d.join("film (2).mkv"), b"").unwrap();
+        assert_eq!(free_name(d, "film.mkv", true), "film (3).mkv");
+        std::fs::create_dir(d.join("Show.S01")).unwrap();
+        assert_eq!(free_name(d, "Show.S01", false), "Show.S01 (2)", "a folder's dots are not an extension");
+        std::os::unix::fs::symlink("/nonexistent", d.join(".hidden")).unwrap();
+        assert_eq!(free_name(d, ".hidden", true), ".hidden (2)", "a dangling link is taken too");
+    }
+
+    #[test]
+    fn a_place_round_trips_a_folder_that_is_not_utf8() {
+        let dir = PathBuf::from(OsString::from_vec(b"/srv/t\xffv".to_vec()));
+        let p = Place { dir, name: "x".into(), settled: true };
+        let bytes = serde_bencode::to_bytes(&p).unwrap();
+        assert_eq!(serde_bencode::from_bytes::<Place>(&bytes).unwrap(), p);
+    }
+}
