@@ -257,7 +257,13 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Reads `path` with its paths made absolute (see [`crate::confpath`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        crate::confpath::load(crate::confpath::Source::Flag(path.to_path_buf())).map(|l| l.config)
+    }
+
+    /// Reads `path` with its paths as written.
+    pub fn load_unresolved(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.into(), err })?;
         Config::parse(&text, path)
     }

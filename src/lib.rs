@@ -41,6 +41,7 @@
 pub mod bencode;
 pub mod compact;
 pub mod config;
+pub mod confpath;
 pub mod conn;
 pub mod control;
 pub mod daemon;

@@ -2,7 +2,8 @@
 //! control CLI that talks to it over its Unix socket.
 
 use clap::{Parser, Subcommand};
-use dropseed::config::{Config, DEFAULT_CONFIG_TOML};
+use dropseed::config::DEFAULT_CONFIG_TOML;
+use dropseed::confpath::{self, Loaded};
 use dropseed::control::{self, Request};
 use dropseed::torrent::TorrentStatus;
 use dropseed::types::{human_bytes, human_duration};
@@ -12,7 +13,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "dropseed", version, about = "Headless BitTorrent seedbox: drop .torrent/.magnet files in a folder")]
 struct Cli {
-    /// Config file (TOML). Without it, built-in defaults apply.
+    /// Config file (TOML). Without it: $DROPSEED_CONFIG, else
+    /// /etc/dropseed/dropseed.toml if it exists, else built-in defaults.
+    /// Relative paths inside it are taken from its own directory.
     #[arg(short, long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -59,11 +62,9 @@ enum Command {
     },
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, String> {
-    match path {
-        Some(p) => Config::load(p).map_err(|e| e.to_string()),
-        None => Ok(Config::default()),
-    }
+/// The config from `-c`, `DROPSEED_CONFIG`, the system file or the defaults.
+fn load_config(flag: Option<&Path>) -> Result<Loaded, String> {
+    confpath::load(confpath::locate_here(flag)?).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -76,8 +77,21 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             match load_config(cli.config.as_deref()) {
-                Ok(_) => {
-                    println!("config ok");
+                Ok(loaded) => {
+                    let p = &loaded.config.paths;
+                    println!("config ok: {}", loaded.source.describe());
+                    for (key, path) in [
+                        ("watch_dir", &p.watch_dir),
+                        ("download_dir", &p.download_dir),
+                        ("state_dir", &p.state_dir),
+                        ("log_dir", &p.log_dir),
+                    ] {
+                        println!("  {key:<13}{}", path.display());
+                    }
+                    println!("  {:<13}{}", "control", loaded.config.control_socket().display());
+                    for note in &loaded.notes {
+                        println!("  {note}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -86,7 +100,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run => run_daemon(cli.config),
+        Command::Run => run_daemon(cli.config.as_deref()),
         other => client(cli.config.as_deref(), other),
     }
 }
@@ -106,9 +120,9 @@ fn keep_large_allocations_mapped() {
     }
 }
 
-fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
+fn run_daemon(flag: Option<&Path>) -> ExitCode {
     keep_large_allocations_mapped();
-    let config = match load_config(config_path.as_deref()) {
+    let Loaded { config, source, notes } = match load_config(flag) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("config error: {e}");
@@ -123,6 +137,11 @@ fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     tracing::info!(log_dir = %config.paths.log_dir.display(), "logging to {}", config.paths.log_dir.join("dropseed.log").display());
+    tracing::info!(config = %source.describe(), "config");
+    for note in notes {
+        tracing::info!("{note}");
+    }
+    let config_path = source.file().map(Path::to_path_buf);
     match runtime().block_on(dropseed::daemon::run(config, config_path, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -135,7 +154,7 @@ fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
 
 fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
     let config = match load_config(config_path) {
-        Ok(c) => c,
+        Ok(c) => c.config,
         Err(e) => {
             eprintln!("config error: {e}");
             return ExitCode::from(2);

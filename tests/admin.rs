@@ -1,0 +1,153 @@
+//! The daemon as an admin installs it: where the config and its paths are
+//! found, startup failures in the log, `add` of a file the daemon cannot
+//! read, folder trouble, the umask and the control socket's group. The real
+//! binary throughout; some tests run a process as `nobody` to see what a
+//! second user sees (the tests run as root).
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The binary with a clean environment: no DROPSEED_CONFIG leaking in.
+fn bin() -> Command {
+    let mut c = Command::new(dropseed_bin());
+    c.env_remove("DROPSEED_CONFIG").env("NO_COLOR", "1");
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A config in `dir` whose paths are all relative to it.
+fn relative_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let config = dir.join("dropseed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nwatch_dir = \"watch\"\ndownload_dir = \"downloads\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n{extra}\n\
+             [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n[dht]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Starts `cmd` (a daemon) and waits for its control socket.
+fn start_daemon(mut cmd: Command, socket: &Path, console: &Path) -> Proc {
+    let log = std::fs::File::create(console).unwrap();
+    let child = cmd.stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start dropseed");
+    let mut p = Proc(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            panic!("dropseed exited ({status}): {}", std::fs::read_to_string(console).unwrap_or_default());
+        }
+        assert!(std::time::Instant::now() < deadline, "no control socket at {}", socket.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+#[test]
+fn relative_paths_are_the_config_files_and_the_cli_finds_the_daemon_from_anywhere() {
+    let conf_dir = tempdir();
+    let elsewhere = tempdir();
+    let config = relative_config(conf_dir.path(), free_port(), "");
+    // The daemon is started in another directory, as systemd or a shell would.
+    let mut run = bin();
+    run.current_dir(elsewhere.path()).arg("run").arg("-c").arg(&config);
+    let socket = conf_dir.path().join("state/control.sock");
+    let _daemon = start_daemon(run, &socket, &conf_dir.path().join("console.log"));
+    for d in ["watch", "downloads", "state", "logs"] {
+        assert!(conf_dir.path().join(d).is_dir(), "{d} is made beside the config");
+        assert!(!elsewhere.path().join(d).exists(), "{d} is not made in the working directory");
+    }
+    // The CLI from a third directory: with -c, and with DROPSEED_CONFIG alone.
+    let third = tempdir();
+    let out = bin().current_dir(third.path()).arg("status").arg("-c").arg(&config).output().unwrap();
+    assert!(out.status.success(), "status -c from elsewhere: {}", text(&out));
+    let out = bin().current_dir(third.path()).env("DROPSEED_CONFIG", &config).arg("status").output().unwrap();
+    assert!(out.status.success(), "status with DROPSEED_CONFIG: {}", text(&out));
+    // A relative -c is taken from the CLI's working directory.
+    let out = bin().current_dir(conf_dir.path()).args(["status", "-c", "dropseed.toml"]).output().unwrap();
+    assert!(out.status.success(), "status -c dropseed.toml: {}", text(&out));
+    // -c wins over DROPSEED_CONFIG.
+    let out = bin()
+        .current_dir(third.path())
+        .env("DROPSEED_CONFIG", third.path().join("nowhere.toml"))
+        .arg("status")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "-c before DROPSEED_CONFIG: {}", text(&out));
+}
+
+#[test]
+fn config_check_says_which_file_it_checked() {
+    let dir = tempdir();
+    let config = relative_config(dir.path(), 6881, "");
+    let out = bin().args(["config", "--check", "-c"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains(&config.display().to_string()) && said.contains("-c"), "{said}");
+    // The paths it would use, made absolute beside the file.
+    assert!(said.contains(&dir.path().join("watch").display().to_string()), "{said}");
+
+    let out = bin().args(["config", "--check"]).env("DROPSEED_CONFIG", &config).output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success() && said.contains(&config.display().to_string()), "{said}");
+    assert!(said.contains("DROPSEED_CONFIG"), "{said}");
+
+    // DROPSEED_CONFIG naming a missing file is an error, not the defaults.
+    let missing = dir.path().join("missing.toml");
+    let out = bin().args(["config", "--check"]).env("DROPSEED_CONFIG", &missing).output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success() && said.contains("missing.toml") && said.contains("DROPSEED_CONFIG"), "{said}");
+}
+
+#[test]
+fn a_tilde_path_is_expanded_to_home_and_said_so() {
+    let dir = tempdir();
+    let home = tempdir();
+    let config = dir.path().join("dropseed.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nwatch_dir = \"~/seedbox/watch\"\ndownload_dir = \"~/seedbox/downloads\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n\
+             [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n[dht]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let out = bin().env("HOME", home.path()).args(["config", "--check", "-c"]).arg(&config).output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&home.path().join("seedbox/watch").display().to_string()), "{said}");
+
+    let mut run = bin();
+    run.env("HOME", home.path()).current_dir(home.path()).arg("run").arg("-c").arg(&config);
+    let _daemon = start_daemon(run, &dir.path().join("state/control.sock"), &dir.path().join("console.log"));
+    assert!(home.path().join("seedbox/watch").is_dir() && home.path().join("seedbox/downloads").is_dir());
+    assert!(!home.path().join("~").exists() && !dir.path().join("~").exists(), "no literal ~ folder");
+    let log = wait_for("the expansion in the log", Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(dir.path().join("logs/dropseed.log")).ok()?;
+        t.contains("paths.watch_dir").then_some(t)
+    });
+    let line = log.lines().find(|l| l.contains("paths.watch_dir")).unwrap();
+    assert!(line.contains("~/seedbox/watch") && line.contains(&home.path().display().to_string()), "{line}");
+
+    // ~user is not expanded: refused, naming the key.
+    std::fs::write(&config, "[paths]\nwatch_dir = \"~seed/watch\"\n").unwrap();
+    let out = bin().env("HOME", home.path()).args(["config", "--check", "-c"]).arg(&config).output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success() && said.contains("paths.watch_dir") && said.contains("~seed"), "{said}");
+    // Without HOME, ~ is refused rather than guessed.
+    std::fs::write(&config, "[paths]\nlog_dir = \"~/logs\"\n").unwrap();
+    let out = bin().env_remove("HOME").args(["config", "--check", "-c"]).arg(&config).output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success() && said.contains("paths.log_dir") && said.contains("HOME"), "{said}");
+}
