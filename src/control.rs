@@ -54,10 +54,7 @@ impl Reply {
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("another dropseed is running (control socket {} answers)", path.display()),
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "a running program already answers on it"));
         }
         std::fs::remove_file(path)?;
     }

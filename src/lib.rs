@@ -53,6 +53,7 @@ pub mod metadata;
 pub mod metainfo;
 pub mod resume;
 pub mod session;
+pub mod startup;
 pub mod storage;
 pub mod torrent;
 pub mod tracker;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use dropseed::config::DEFAULT_CONFIG_TOML;
 use dropseed::confpath::{self, Loaded};
 use dropseed::control::{self, Request};
+use dropseed::startup::LockError;
 use dropseed::torrent::TorrentStatus;
 use dropseed::types::{human_bytes, human_duration};
 use std::path::{Path, PathBuf};
@@ -129,10 +130,32 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The lock first: a daemon refused because another one runs must not
+    // write into that one's log.
+    let lock = dropseed::startup::lock_state_dir(&config.paths.state_dir);
+    if let Err(LockError::Held(why)) = &lock {
+        eprintln!("dropseed: {why}");
+        return ExitCode::from(1);
+    }
     let log = match dropseed::logging::init(&config.log, &config.paths.log_dir, true) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cannot set up logging in {}: {e}", config.paths.log_dir.display());
+            if let Err(LockError::Unusable(why)) = &lock {
+                eprintln!("dropseed: {why}");
+            }
+            eprintln!(
+                "dropseed: cannot write the log in {} ({}): set [paths] log_dir",
+                config.paths.log_dir.display(),
+                dropseed::startup::reason(&e)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    // From here on a failure is one ERROR line, in the log and on the console.
+    let _lock = match lock {
+        Ok(l) => l,
+        Err(LockError::Unusable(why) | LockError::Held(why)) => {
+            tracing::error!("cannot start: {why}");
             return ExitCode::from(1);
         }
     };
@@ -142,11 +165,10 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
         tracing::info!("{note}");
     }
     let config_path = source.file().map(Path::to_path_buf);
-    match runtime().block_on(dropseed::daemon::run(config, config_path, log)) {
+    match runtime().block_on(dropseed::daemon::run(config, config_path, &log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "dropseed failed");
-            eprintln!("dropseed: {e}");
+            tracing::error!("cannot start: {e}");
             ExitCode::from(1)
         }
     }

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// The binary with a clean environment: no DROPSEED_CONFIG leaking in.
@@ -150,4 +150,129 @@ fn a_tilde_path_is_expanded_to_home_and_said_so() {
     let out = bin().env_remove("HOME").args(["config", "--check", "-c"]).arg(&config).output().unwrap();
     let said = text(&out);
     assert!(!out.status.success() && said.contains("paths.log_dir") && said.contains("HOME"), "{said}");
+}
+
+/// Runs a daemon that is expected to fail at startup; returns its output.
+fn run_failing(config: &Path) -> Output {
+    let mut child = bin()
+        .arg("run")
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dropseed");
+    let status = wait_for("dropseed to give up", Duration::from_secs(15), || child.try_wait().unwrap());
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success(), "dropseed started: {}", text(&out));
+    out
+}
+
+/// The ERROR lines of every log file under `dir`.
+fn error_lines(log_dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(log_dir).into_iter().flatten().flatten() {
+        if e.path().is_symlink() {
+            continue;
+        }
+        let t = std::fs::read_to_string(e.path()).unwrap_or_default();
+        lines.extend(t.lines().filter(|l| l.contains("ERROR")).map(String::from));
+    }
+    lines
+}
+
+/// The failure is on stderr and is the one ERROR line of the log file.
+fn assert_fatal(out: &Output, log_dir: &Path, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+    let errors = error_lines(log_dir);
+    assert_eq!(errors.len(), 1, "one ERROR line in the log: {errors:?}");
+    for n in needles {
+        assert!(errors[0].contains(n), "the log's ERROR line lacks {n:?}: {}", errors[0]);
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error_in_the_log_too() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = tempdir();
+    let config = relative_config(dir.path(), port, "");
+    let out = run_failing(&config);
+    assert_fatal(
+        &out,
+        &dir.path().join("logs"),
+        &[&format!("cannot listen on 127.0.0.1:{port}"), "in use", "set [network] listen_port"],
+    );
+}
+
+#[test]
+fn an_unusable_control_socket_path_is_a_clear_error_in_the_log_too() {
+    let dir = tempdir();
+    // Longer than a Unix socket address can be (108 bytes).
+    let state = dir.path().join("s".repeat(120));
+    let config = dir.path().join("dropseed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nstate_dir = \"{}\"\nwatch_dir = \"w\"\ndownload_dir = \"d\"\nlog_dir = \"logs\"\n\
+             [network]\nlisten_port = {}\nlisten_address = \"127.0.0.1\"\n[dht]\nenabled = false\n",
+            state.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = run_failing(&config);
+    assert_fatal(&out, &dir.path().join("logs"), &["control socket", "control.sock", "set [paths] state_dir"]);
+}
+
+#[test]
+fn an_uncreatable_download_folder_is_a_clear_error_in_the_log_too() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("file"), b"not a folder").unwrap();
+    let config = relative_config(dir.path(), free_port(), "");
+    let changed = std::fs::read_to_string(&config).unwrap().replace("\"downloads\"", "\"file/downloads\"");
+    std::fs::write(&config, changed).unwrap();
+    let out = run_failing(&config);
+    let folder = dir.path().join("file/downloads").display().to_string();
+    assert_fatal(&out, &dir.path().join("logs"), &[&folder, "set [paths] download_dir"]);
+}
+
+#[test]
+fn a_second_daemon_is_refused_without_writing_into_the_first_ones_log() {
+    let dir = tempdir();
+    let config = relative_config(dir.path(), free_port(), "");
+    let mut run = bin();
+    run.arg("run").arg("-c").arg(&config);
+    let mut first = start_daemon(run, &dir.path().join("state/control.sock"), &dir.path().join("console.log"));
+    let log_dir = dir.path().join("logs");
+    wait_for("the first daemon's start line", Duration::from_secs(10), || {
+        std::fs::read_to_string(log_dir.join("dropseed.log")).ok().filter(|t| t.contains("dropseed started"))
+    });
+    let before: Vec<(PathBuf, String)> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+        .collect();
+    // The same config again, and a different listen port: still the same state_dir.
+    let first_text = std::fs::read_to_string(&config).unwrap();
+    let second_config = dir.path().join("second.toml");
+    std::fs::write(&second_config, first_text.replace("listen_port", "listen_port = 0\n#")).unwrap();
+    let out = run_failing(&second_config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another dropseed") && stderr.contains("state"), "{stderr}");
+    assert!(stderr.contains(&first.pid().to_string()), "names the running daemon's pid: {stderr}");
+    std::thread::sleep(Duration::from_millis(300));
+    let after: Vec<(PathBuf, String)> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+        .collect();
+    assert_eq!(before, after, "the refused daemon wrote nothing into the running one's log");
+    // The first one still serves.
+    let out = bin().arg("status").arg("-c").arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(first.0.try_wait().unwrap().is_none());
 }

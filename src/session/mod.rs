@@ -64,10 +64,13 @@ enum Origin {
 impl Session {
     /// Binds the listener, restores the torrents in `state_dir`, and starts them.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Session>> {
-        let dirs = [config.paths.download_dir.clone(), config.paths.state_dir.clone()];
+        let dirs = [
+            ("download folder", config.paths.download_dir.clone(), "download_dir"),
+            ("state folder", config.paths.state_dir.clone(), "state_dir"),
+        ];
         tokio::task::spawn_blocking(move || {
-            dirs.iter().try_for_each(|d| {
-                std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))
+            dirs.iter().try_for_each(|(what, d, key)| {
+                crate::startup::create_folder(what, d, key).map(drop).map_err(|e| anyhow::anyhow!(e))
             })
         })
         .await??;
