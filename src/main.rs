@@ -184,18 +184,19 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
     };
     let json = matches!(command, Command::Status { json: true } | Command::Trackers { json: true, .. });
     let trackers_view = matches!(command, Command::Trackers { .. });
+    let mut body = Vec::new();
     let req = match command {
         Command::Status { .. } => Request::Status,
-        Command::Add { source } => {
-            // Paths are resolved here: the daemon may run elsewhere.
-            let p = Path::new(&source);
-            let source = if p.exists() {
-                std::fs::canonicalize(p).map(|p| p.display().to_string()).unwrap_or(source)
-            } else {
-                source
-            };
-            Request::Add { source }
-        }
+        Command::Add { source } => match control::add_request(&source) {
+            Ok((req, bytes)) => {
+                body = bytes;
+                req
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
         Command::Pause { id } => Request::Pause { id },
         Command::Resume { id } => Request::Resume { id },
         Command::Recheck { id } => Request::Recheck { id },
@@ -204,7 +205,7 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         Command::Remove { delete_data, id } => Request::Remove { id, delete_data },
         Command::Run | Command::Config { .. } => unreachable!(),
     };
-    let reply = match runtime().block_on(control::request(&config.control_socket(), &req)) {
+    let reply = match runtime().block_on(control::request_with_body(&config.control_socket(), &req, &body)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
@@ -212,7 +213,14 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         }
     };
     if !reply.ok {
-        eprintln!("error: {}", reply.message.unwrap_or_default());
+        let message = reply.message.unwrap_or_default();
+        if matches!(req, Request::AddFile { .. }) && message.contains("unknown variant `add_file`") {
+            eprintln!(
+                "error: the running daemon is older than this dropseed and cannot take a file's contents; restart it"
+            );
+        } else {
+            eprintln!("error: {message}");
+        }
         return ExitCode::from(1);
     }
     if let Some(torrents) = reply.torrents.as_ref().filter(|_| trackers_view) {

@@ -25,13 +25,29 @@ use std::time::{Duration, Instant, SystemTime};
 pub const INVALID_AFTER: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// What a file holds, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Torrent,
     Magnet,
 }
 
-fn kind_of(path: &Path) -> Option<Kind> {
+impl Kind {
+    /// The largest file of this kind read, from the folder or the control socket.
+    pub fn size_limit(self) -> u64 {
+        match self {
+            Kind::Torrent => MAX_TORRENT_FILE as u64,
+            Kind::Magnet => MAX_MAGNET_FILE,
+        }
+    }
+}
+
+/// The largest `.magnet` file read.
+pub const MAX_MAGNET_FILE: u64 = 1024 * 1024;
+
+/// `*.torrent` or `*.magnet` (any case); `None` for every other name,
+/// dot-files and `*~` included.
+pub fn kind_of(path: &Path) -> Option<Kind> {
     // Bytes, not text: a name that is not UTF-8 is still a name.
     let name = std::os::unix::ffi::OsStrExt::as_bytes(path.file_name()?);
     if name.starts_with(b".") || name.ends_with(b"~") {
@@ -103,11 +119,12 @@ pub enum Parsed {
 /// Parses a `.torrent` or `.magnet` file. Blocking: call off the runtime.
 pub fn parse_file(path: &Path) -> Result<Parsed, String> {
     let kind = kind_of(path).ok_or("not a .torrent or .magnet file")?;
-    let limit = match kind {
-        Kind::Torrent => MAX_TORRENT_FILE as u64,
-        Kind::Magnet => 1024 * 1024,
-    };
-    let bytes = read_regular_file(path, limit)?;
+    parse_bytes(kind, read_regular_file(path, kind.size_limit())?)
+}
+
+/// Parses the contents of a `.torrent` or `.magnet` file. CPU-bound for a
+/// large torrent: call off the async workers.
+pub fn parse_bytes(kind: Kind, bytes: Vec<u8>) -> Result<Parsed, String> {
     match kind {
         Kind::Torrent => {
             Metainfo::from_torrent_bytes(&bytes).map(|m| Parsed::Torrent(Box::new(m))).map_err(|e| e.to_string())

@@ -6,6 +6,8 @@
 
 mod common;
 use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -275,4 +277,124 @@ fn a_second_daemon_is_refused_without_writing_into_the_first_ones_log() {
     let out = bin().arg("status").arg("-c").arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(first.0.try_wait().unwrap().is_none());
+}
+
+/// The user the tests use as "another user": nobody.
+const NOBODY: u32 = 65534;
+
+/// A dropseed config whose whole data folder belongs to `nobody`.
+fn nobody_daemon(dir: &Path, extra: &str) -> (PathBuf, Proc) {
+    let config = relative_config(dir, free_port(), extra);
+    std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut run = bin();
+    run.uid(NOBODY).gid(NOBODY).current_dir("/").arg("run").arg("-c").arg(&config);
+    let p = start_daemon(
+        run,
+        &dir.join("state/control.sock"),
+        &std::env::temp_dir().join(format!("ds-console-{}", free_port())),
+    );
+    (config, p)
+}
+
+/// A small torrent (no tracker needed) and its info hash.
+fn small_torrent(dir: &Path, name: &str) -> Option<(PathBuf, String)> {
+    if !require("mktorrent", "mktorrent") {
+        return None;
+    }
+    let data = dir.join(name);
+    payload(&data, 100_000, 7);
+    let t = dir.join(format!("{name}.torrent"));
+    mktorrent(&data, "http://127.0.0.1:1/announce", 15, &t, &[]);
+    let hash = info_hash(&t);
+    Some((t, hash))
+}
+
+#[test]
+fn add_sends_the_file_so_a_daemon_running_as_another_user_can_add_it() {
+    let dir = tempdir();
+    let (config, _daemon) = nobody_daemon(dir.path(), "");
+    // A folder only root may enter: the daemon (nobody) cannot read in it.
+    let private = tempfile::Builder::new().prefix("dropseed-private").tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let Some((torrent, hash)) = small_torrent(private.path(), "private.bin") else { return };
+    let magnet = private.path().join("one.magnet");
+    let magnet_hash = "1123456789abcdef0123456789abcdef01234567";
+    std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{magnet_hash}&dn=from-file\n")).unwrap();
+    for (file, h) in [(&torrent, hash.as_str()), (&magnet, magnet_hash)] {
+        let out = bin().arg("add").arg(file).arg("-c").arg(&config).output().unwrap();
+        assert!(out.status.success(), "add {}: {}", file.display(), text(&out));
+        let out = bin().args(["status", "--json", "-c"]).arg(&config).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v["torrents"].as_array().unwrap().iter().any(|t| t["info_hash"] == h),
+            "{} is managed: {v}",
+            file.display()
+        );
+    }
+    // Nothing depends on the file afterwards.
+    drop(private);
+    let out = bin().args(["status", "-c"]).arg(&config).output().unwrap();
+    assert!(text(&out).contains("private.bin") && text(&out).contains("from-file"), "{}", text(&out));
+}
+
+#[test]
+fn add_of_a_malformed_or_oversized_file_says_why() {
+    let dir = tempdir();
+    let ds = Dropseed::start_with("");
+    let junk = dir.path().join("junk.torrent");
+    std::fs::write(&junk, b"this is not bencode").unwrap();
+    let out = ds.cli(&["add", junk.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && text(&out).contains("junk.torrent") && text(&out).contains("bencode"),
+        "{}",
+        text(&out)
+    );
+    let big = dir.path().join("big.torrent");
+    std::fs::write(&big, vec![b'd'; 10 * 1024 * 1024 + 1]).unwrap();
+    let out = ds.cli(&["add", big.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("limit"), "{}", text(&out));
+    let other = dir.path().join("notes.txt");
+    std::fs::write(&other, b"hello").unwrap();
+    let out = ds.cli(&["add", other.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("not a .torrent or .magnet"), "{}", text(&out));
+    let out = ds.cli(&["add", dir.path().join("absent.torrent").to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("absent.torrent"), "{}", text(&out));
+    assert!(ds.status()["torrents"].as_array().unwrap().is_empty());
+}
+
+/// Sends raw bytes on the control socket and reads one reply line.
+fn control_exchange(socket: &Path, bytes: &[u8]) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?}: {e}"))
+}
+
+#[test]
+fn the_daemon_bounds_an_added_files_size_before_reading_it() {
+    let ds = Dropseed::start_with("");
+    let socket = ds.state_dir().join("control.sock");
+    // Announced as 20 MB: refused at once, without waiting for the bytes.
+    let reply = control_exchange(&socket, b"{\"cmd\":\"add_file\",\"name\":\"huge.torrent\",\"size\":20000000}\n");
+    assert_eq!(reply["ok"], false, "{reply}");
+    let msg = reply["message"].as_str().unwrap();
+    assert!(msg.contains("huge.torrent") && msg.contains("10485760-byte limit"), "{msg}");
+    let reply = control_exchange(&socket, b"{\"cmd\":\"add_file\",\"name\":\"m.magnet\",\"size\":2000000}\n");
+    assert!(reply["message"].as_str().unwrap().contains("1048576-byte limit"), "{reply}");
+    // The bytes follow the line; they are what is parsed.
+    let mut req = b"{\"cmd\":\"add_file\",\"name\":\"x.magnet\",\"size\":41}\n".to_vec();
+    req.extend_from_slice(b"2123456789abcdef0123456789abcdef01234567\n");
+    let reply = control_exchange(&socket, &req);
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(ds.torrent("2123456789abcdef0123456789abcdef01234567").is_some());
+    // The old request, a path for the daemon to read, still works.
+    let dir = tempdir();
+    let m = dir.path().join("old.magnet");
+    std::fs::write(&m, "3123456789abcdef0123456789abcdef01234567\n").unwrap();
+    let reply =
+        control_exchange(&socket, format!("{{\"cmd\":\"add\",\"source\":{:?}}}\n", m.display().to_string()).as_bytes());
+    assert_eq!(reply["ok"], true, "{reply}");
 }
