@@ -27,6 +27,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: &LogHandle) 
     let control_path = config.control_socket();
     let control = crate::control::bind(&control_path)
         .map_err(|e| anyhow::anyhow!(crate::startup::cannot_bind_control(&control_path, &e)))?;
+    // The watch folder is made before anything starts: a daemon that cannot
+    // watch its folder stops, naming it, rather than run deaf.
+    let watch_dir = config.paths.watch_dir.clone();
+    tokio::task::spawn_blocking(move || crate::startup::create_folder("watch folder", &watch_dir, "watch_dir"))
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
     let session = Session::start(config.clone()).await?;
     let cancel = CancellationToken::new();
 

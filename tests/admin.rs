@@ -398,3 +398,81 @@ fn the_daemon_bounds_an_added_files_size_before_reading_it() {
         control_exchange(&socket, format!("{{\"cmd\":\"add\",\"source\":{:?}}}\n", m.display().to_string()).as_bytes());
     assert_eq!(reply["ok"], true, "{reply}");
 }
+
+#[test]
+fn an_uncreatable_watch_folder_stops_the_daemon_naming_it() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("file"), b"not a folder").unwrap();
+    let config = relative_config(dir.path(), free_port(), "");
+    let changed = std::fs::read_to_string(&config).unwrap().replace("\"watch\"", "\"file/watch\"");
+    std::fs::write(&config, changed).unwrap();
+    let out = run_failing(&config);
+    let folder = dir.path().join("file/watch").display().to_string();
+    assert_fatal(&out, &dir.path().join("logs"), &["watch folder", &folder, "set [paths] watch_dir"]);
+}
+
+/// Log lines of a daemon whose logs are in `dir/logs` containing `needle`.
+fn log_lines(dir: &Path, needle: &str) -> Vec<String> {
+    let t = std::fs::read_to_string(dir.join("logs/dropseed.log")).unwrap_or_default();
+    t.lines().filter(|l| l.contains(needle)).map(String::from).collect()
+}
+
+#[test]
+fn a_read_only_watch_folder_is_warned_about_once_and_still_read() {
+    let dir = tempdir();
+    // The folder belongs to root: the daemon (nobody) can read it, not change it.
+    let watch = dir.path().join("watch");
+    std::fs::create_dir(&watch).unwrap();
+    std::fs::set_permissions(&watch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hash = "4123456789abcdef0123456789abcdef01234567";
+    std::fs::write(watch.join("early.magnet"), format!("{hash}\n")).unwrap();
+    std::fs::write(watch.join("junk.torrent"), b"not bencode").unwrap();
+    let (config, _daemon) = nobody_daemon(dir.path(), "[watch]\npoll_secs = 1\n");
+    let status = || {
+        let out = bin().args(["status", "--json", "-c"]).arg(&config).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    wait_for("the magnet to be added", Duration::from_secs(10), || {
+        status()["torrents"].as_array().unwrap().iter().any(|t| t["info_hash"] == hash).then_some(())
+    });
+    // A file dropped later is taken too.
+    let later = "5123456789abcdef0123456789abcdef01234567";
+    std::fs::write(watch.join("later.magnet"), format!("{later}\n")).unwrap();
+    wait_for("the later magnet to be added", Duration::from_secs(10), || {
+        status()["torrents"].as_array().unwrap().iter().any(|t| t["info_hash"] == later).then_some(())
+    });
+    // The invalid file is given up on after the retry window, once.
+    wait_for("the invalid file to be reported", Duration::from_secs(30), || {
+        (!log_lines(dir.path(), "junk.torrent").is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(4)); // four more scans
+    let warnings = log_lines(dir.path(), "WARN");
+    let folder = warnings.iter().filter(|l| l.contains("watch folder")).count();
+    assert_eq!(folder, 1, "one warning about the folder: {warnings:#?}");
+    assert!(warnings.iter().any(|l| l.contains(&watch.display().to_string())), "{warnings:#?}");
+    assert_eq!(log_lines(dir.path(), "junk.torrent").len(), 1, "{:#?}", log_lines(dir.path(), "junk"));
+    assert!(log_lines(dir.path(), "already managed").is_empty(), "{:#?}", log_lines(dir.path(), "already"));
+    assert!(watch.join("early.magnet").exists() && watch.join("junk.torrent").exists());
+}
+
+#[test]
+fn a_kept_file_does_not_bring_a_removed_torrent_back_at_the_next_start() {
+    let mut ds = Dropseed::start_with("[watch]\non_added = \"keep\"\npoll_secs = 1\n");
+    let hash = "6123456789abcdef0123456789abcdef01234567";
+    let kept = ds.watch_dir().join("kept.magnet");
+    std::fs::write(&kept, format!("magnet:?xt=urn:btih:{hash}&dn=kept\n")).unwrap();
+    ds.wait_state(hash, "metadata", Duration::from_secs(10));
+    let out = ds.cli(&["remove", "kept"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(Duration::from_secs(2)); // scans see the kept file again
+    assert!(ds.torrent(hash).is_none(), "not re-added while running");
+    assert!(ds.stop().success());
+    ds.start();
+    std::thread::sleep(Duration::from_secs(3)); // the first scan and two more
+    assert!(ds.torrent(hash).is_none(), "the removed torrent came back at the next start");
+    assert!(kept.exists(), "the file is kept");
+    // A changed file is a new drop: taken again.
+    let t = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&kept).unwrap().set_modified(t).unwrap();
+    ds.wait_state(hash, "metadata", Duration::from_secs(10));
+}
