@@ -104,10 +104,17 @@ pub fn load(source: Source) -> Result<Loaded, ConfigError> {
         }
     };
     let notes = resolve(&mut config, &base, home.as_deref()).map_err(|(key, msg)| ConfigError::Invalid {
-        path: file,
+        path: file.clone(),
         key,
         msg,
     })?;
+    if !config.paths.socket_group.is_empty() {
+        crate::perms::group_id(&config.paths.socket_group).map_err(|msg| ConfigError::Invalid {
+            path: file,
+            key: "paths.socket_group",
+            msg,
+        })?;
+    }
     Ok(Loaded { config, source, notes })
 }
 

@@ -1,5 +1,5 @@
-//! The control channel: a Unix socket (`state_dir/control.sock`, mode 0600,
-//! nothing reachable from the network) speaking one JSON request and one JSON
+//! The control channel: a Unix socket (`state_dir/control.sock`, mode 0660
+//! with `[paths] socket_group`, nothing reachable from the network) speaking one JSON request and one JSON
 //! reply per line; and the client side the CLI commands use.
 //!
 //! `add_file` is the one request with a body: its line gives the file's name
@@ -16,7 +16,6 @@ use crate::torrent::TorrentStatus;
 use crate::types::printable;
 use crate::watch::{kind_of, Kind, Parsed};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,17 +82,22 @@ impl Reply {
     }
 }
 
-/// Binds the socket (replacing a stale one) with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Binds the socket (replacing a stale one) with mode 0660 and, if given,
+/// the group (name, id). The error says what failed and what to set.
+pub fn bind(path: &Path, group: Option<(&str, u32)>) -> Result<UnixListener, String> {
+    let listener = bind_fresh(path).map_err(|e| crate::startup::cannot_bind_control(path, &e))?;
+    crate::perms::own_socket(path, group)?;
+    Ok(listener)
+}
+
+fn bind_fresh(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "a running program already answers on it"));
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    UnixListener::bind(path)
 }
 
 pub async fn serve(listener: UnixListener, path: PathBuf, session: Arc<Session>, cancel: CancellationToken) {

@@ -51,6 +51,7 @@ pub mod logging;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod perms;
 pub mod resume;
 pub mod session;
 pub mod startup;

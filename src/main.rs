@@ -130,6 +130,8 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before anything is created: folders, log files, state files, socket.
+    dropseed::perms::set_umask(config.paths.umask.0);
     // The lock first: a daemon refused because another one runs must not
     // write into that one's log.
     let lock = dropseed::startup::lock_state_dir(&config.paths.state_dir);
@@ -161,6 +163,11 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
     };
     tracing::info!(log_dir = %config.paths.log_dir.display(), "logging to {}", config.paths.log_dir.join("dropseed.log").display());
     tracing::info!(config = %source.describe(), "config");
+    let group = match config.paths.socket_group.as_str() {
+        "" => "the daemon's own group",
+        g => g,
+    };
+    tracing::info!("umask {}; control socket mode 0660, group: {group}", config.paths.umask);
     for note in notes {
         tracing::info!("{note}");
     }

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -475,4 +475,80 @@ fn a_kept_file_does_not_bring_a_removed_torrent_back_at_the_next_start() {
     let t = std::time::SystemTime::now() + Duration::from_secs(5);
     std::fs::File::options().write(true).open(&kept).unwrap().set_modified(t).unwrap();
     ds.wait_state(hash, "metadata", Duration::from_secs(10));
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
+}
+
+/// A test daemon (not started) with more keys in its `[paths]`.
+fn with_paths(lines: &str) -> Dropseed {
+    let ds = Dropseed::new("");
+    let text = std::fs::read_to_string(&ds.config).unwrap().replacen("[paths]\n", &format!("[paths]\n{lines}"), 1);
+    std::fs::write(&ds.config, text).unwrap();
+    ds
+}
+
+/// Starts a daemon with `paths` lines in its config, adds a magnet (so it writes a state
+/// file), and returns the modes of what it created.
+fn modes_with(paths: &str) -> (Dropseed, Vec<(String, u32)>) {
+    let mut ds = with_paths(paths);
+    ds.start();
+    let hash = "7123456789abcdef0123456789abcdef01234567";
+    assert!(ds.cli(&["add", hash]).status.success());
+    ds.wait_state(hash, "metadata", Duration::from_secs(10));
+    let log_file = wait_for("the log file", Duration::from_secs(5), || {
+        std::fs::canonicalize(ds.log_dir().join("dropseed.log")).ok()
+    });
+    let modes = vec![
+        ("watch".to_string(), mode(&ds.watch_dir())),
+        ("downloads".to_string(), mode(&ds.download_dir())),
+        ("state".to_string(), mode(&ds.state_dir())),
+        ("logs".to_string(), mode(&ds.log_dir())),
+        ("log file".to_string(), mode(&log_file)),
+        ("state file".to_string(), mode(&ds.state_dir().join(format!("{hash}.magnet")))),
+        ("socket".to_string(), mode(&ds.state_dir().join("control.sock"))),
+    ];
+    (ds, modes)
+}
+
+#[test]
+fn the_umask_and_the_socket_mode_let_the_group_in_and_no_one_else() {
+    // The default: the group may read and write, others nothing.
+    let (_ds, modes) = modes_with("");
+    let want = [0o770, 0o770, 0o770, 0o770, 0o660, 0o660, 0o660];
+    for ((what, got), want) in modes.iter().zip(want) {
+        assert_eq!(*got, want, "{what}: {got:o}, want {want:o} ({modes:?})");
+    }
+    // A stricter umask from the config.
+    let (_ds, modes) = modes_with("umask = \"0027\"\n");
+    let want = [0o750, 0o750, 0o750, 0o750, 0o640, 0o640, 0o660];
+    for ((what, got), want) in modes.iter().zip(want) {
+        assert_eq!(*got, want, "{what}: {got:o}, want {want:o} ({modes:?})");
+    }
+}
+
+#[test]
+fn the_control_socket_belongs_to_socket_group_and_its_members_can_use_the_cli() {
+    let users = 100; // Debian's "users" group
+    let mut ds = with_paths("socket_group = \"users\"\n");
+    // state_dir as an admin would set it up: reachable by others, so that
+    // only the socket's own mode and group decide.
+    std::fs::create_dir_all(ds.state_dir()).unwrap();
+    std::fs::set_permissions(ds.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    ds.start();
+    let socket = ds.state_dir().join("control.sock");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (users, 0o660));
+    let cli_as = |gid: u32| bin().uid(NOBODY).gid(gid).args(["status", "-c"]).arg(&ds.config).output().unwrap();
+    let out = cli_as(users);
+    assert!(out.status.success(), "a member of the group: {}", text(&out));
+    let out = cli_as(NOBODY);
+    assert!(!out.status.success() && text(&out).contains("ermission denied"), "not a member: {}", text(&out));
+
+    // An unknown group is refused by key, by config --check and by the daemon.
+    std::fs::write(&ds.config, "[paths]\nsocket_group = \"no-such-group-here\"\n").unwrap();
+    let out = bin().args(["config", "--check", "-c"]).arg(&ds.config).output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("paths.socket_group"), "{}", text(&out));
+    let _ = ds.stop();
 }
