@@ -321,6 +321,19 @@ pub fn add_request(source: &str) -> Result<(Request, Vec<u8>), String> {
     Ok((Request::AddFile { name, size: bytes.len() as u64 }, bytes))
 }
 
+/// Why the CLI cannot talk to the daemon, and what to do.
+fn cannot_connect(socket: &Path, e: &std::io::Error) -> String {
+    let reason = crate::startup::reason(e);
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "cannot use the control socket {} ({reason}): run this as dropseed's user or as a member of the \
+             socket's group (the daemon's group, or [paths] socket_group), with access to state_dir",
+            socket.display()
+        ),
+        _ => format!("dropseed is not running (cannot reach the control socket {}: {reason})", socket.display()),
+    }
+}
+
 /// Client side: sends one request, returns the reply.
 pub async fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
     request_with_body(socket, req, &[]).await
@@ -329,9 +342,7 @@ pub async fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
 /// Client side: sends one request followed by `body` (the bytes of an
 /// `add_file`), returns the reply.
 pub async fn request_with_body(socket: &Path, req: &Request, body: &[u8]) -> Result<Reply, String> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("dropseed is not running (cannot reach the control socket {}: {e})", socket.display()))?;
+    let stream = UnixStream::connect(socket).await.map_err(|e| cannot_connect(socket, &e))?;
     let (rd, mut wr) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');

@@ -288,11 +288,7 @@ fn nobody_daemon(dir: &Path, extra: &str) -> (PathBuf, Proc) {
     std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
     let mut run = bin();
     run.uid(NOBODY).gid(NOBODY).current_dir("/").arg("run").arg("-c").arg(&config);
-    let p = start_daemon(
-        run,
-        &dir.join("state/control.sock"),
-        &std::env::temp_dir().join(format!("ds-console-{}", free_port())),
-    );
+    let p = start_daemon(run, &dir.join("state/control.sock"), &dir.join("console.log"));
     (config, p)
 }
 
@@ -544,7 +540,9 @@ fn the_control_socket_belongs_to_socket_group_and_its_members_can_use_the_cli() 
     let out = cli_as(users);
     assert!(out.status.success(), "a member of the group: {}", text(&out));
     let out = cli_as(NOBODY);
-    assert!(!out.status.success() && text(&out).contains("ermission denied"), "not a member: {}", text(&out));
+    let said = text(&out);
+    assert!(!out.status.success() && said.contains("Permission denied"), "not a member: {said}");
+    assert!(said.contains("socket_group") && !said.contains("not running"), "says what to do: {said}");
 
     // An unknown group is refused by key, by config --check and by the daemon.
     std::fs::write(&ds.config, "[paths]\nsocket_group = \"no-such-group-here\"\n").unwrap();
