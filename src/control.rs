@@ -10,6 +10,7 @@
 //! `PrivateTmp`, `ProtectHome`). The older `add` with a path for the daemon
 //! to read is still served.
 
+use crate::config::Config;
 use crate::session::{AddOutcome, Session};
 use crate::torrent::task::Cmd;
 use crate::torrent::TorrentStatus;
@@ -80,6 +81,27 @@ impl Reply {
     fn err(message: String) -> Reply {
         Reply { ok: false, message: Some(message), ..Default::default() }
     }
+}
+
+/// The daemon's control socket as the config asks: `state_dir/control.sock`,
+/// mode 0660, in `socket_group` if one is named (with a warning when that
+/// group cannot enter `state_dir`). Blocking: call off the async workers.
+pub fn open(config: &Config) -> Result<UnixListener, String> {
+    let path = config.control_socket();
+    let state_dir = &config.paths.state_dir;
+    let group = match config.paths.socket_group.as_str() {
+        "" => None,
+        name => Some((name, crate::perms::group_id(name).map_err(|e| format!("{e}: set [paths] socket_group"))?)),
+    };
+    let listener = bind(&path, group)?;
+    if let Some((name, _)) = group.filter(|&(_, gid)| !crate::perms::group_can_enter(state_dir, gid)) {
+        tracing::warn!(
+            "members of group {name} cannot reach the control socket: {} does not let them in; \
+             chgrp {name} it and chmod g+x it",
+            state_dir.display()
+        );
+    }
+    Ok(listener)
 }
 
 /// Binds the socket (replacing a stale one) with mode 0660 and, if given,

@@ -25,22 +25,10 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(config: Config, config_path: Option<PathBuf>, log: &LogHandle) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let control_path = config.control_socket();
-    let group = match config.paths.socket_group.as_str() {
-        "" => None,
-        name => {
-            Some((name, crate::perms::group_id(name).map_err(|e| anyhow::anyhow!("{e}: set [paths] socket_group"))?))
-        }
-    };
-    let control = crate::control::bind(&control_path, group).map_err(|e| anyhow::anyhow!(e))?;
-    if let Some((name, gid)) = group {
-        if !crate::perms::group_can_enter(&config.paths.state_dir, gid) {
-            tracing::warn!(
-                "members of group {name} cannot reach the control socket: {} does not let them in; \
-                 chgrp {name} it and chmod g+x it",
-                config.paths.state_dir.display()
-            );
-        }
-    }
+    // Binding, chmod, chown and the group lookup touch files: off the async workers.
+    let c = config.clone();
+    let control =
+        tokio::task::spawn_blocking(move || crate::control::open(&c)).await?.map_err(|e| anyhow::anyhow!(e))?;
     // The watch folder is made before anything starts: a daemon that cannot
     // watch its folder stops, naming it, rather than run deaf.
     let watch_dir = config.paths.watch_dir.clone();

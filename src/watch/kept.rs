@@ -46,18 +46,20 @@ pub struct KeptFiles {
 }
 
 impl KeptFiles {
-    /// The list saved for `watch_dir` in `state_dir`; empty if there is none.
-    pub fn load(state_dir: &Path, watch_dir: &Path) -> KeptFiles {
-        let file = state_dir.join(KEPT_FILE);
-        let mut files = HashMap::new();
-        let saved: Option<Saved> = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        for f in saved.into_iter().filter(|s| s.dir == watch_dir.to_string_lossy()).flat_map(|s| s.files) {
+    /// An empty list for `watch_dir`, saved in `state_dir` (no I/O yet).
+    pub fn new(state_dir: &Path, watch_dir: &Path) -> KeptFiles {
+        KeptFiles { file: state_dir.join(KEPT_FILE), dir: watch_dir.to_path_buf(), files: HashMap::new(), dirty: false }
+    }
+
+    /// Reads the saved list, if any (blocking: on the watch thread).
+    pub fn load(&mut self) {
+        let saved: Option<Saved> = std::fs::read(&self.file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        for f in saved.into_iter().filter(|s| s.dir == self.dir.to_string_lossy()).flat_map(|s| s.files) {
             if let Some(name) = crate::types::from_hex(&f.name_hex) {
                 let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&name);
-                files.insert(watch_dir.join(name), (f.size, f.mtime_ns));
+                self.files.insert(self.dir.join(name), (f.size, f.mtime_ns));
             }
         }
-        KeptFiles { file, dir: watch_dir.to_path_buf(), files, dirty: false }
     }
 
     /// Whether `path` was kept as it is now.
@@ -111,17 +113,21 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let watch = Path::new("/srv/watch");
         let odd = watch.join(std::ffi::OsStr::from_bytes(b"caf\xe9.torrent"));
-        let mut k = KeptFiles::load(state.path(), watch);
+        let load = |dir: &Path| {
+            let mut k = KeptFiles::new(state.path(), dir);
+            k.load();
+            k
+        };
+        let mut k = load(watch);
         k.insert(&odd, (10, Some(7)));
         k.insert(&watch.join("b.magnet"), (3, None));
         k.save();
-        let k = KeptFiles::load(state.path(), watch);
+        let k = load(watch);
         assert!(k.holds(&odd, (10, Some(7))));
         assert!(!k.holds(&odd, (10, Some(8))), "a touched file is a new drop");
         assert!(k.holds(&watch.join("b.magnet"), (3, None)));
         // Another watch folder does not inherit the list.
-        assert!(
-            !KeptFiles::load(state.path(), Path::new("/other")).holds(&Path::new("/other").join("b.magnet"), (3, None))
-        );
+        let other = Path::new("/other");
+        assert!(!load(other).holds(&other.join("b.magnet"), (3, None)));
     }
 }

@@ -184,7 +184,7 @@ impl WatchFolder {
             on_added: config.watch.on_added,
             poll: Duration::from_secs(config.watch.poll_secs),
             pending: HashMap::new(),
-            kept: kept::KeptFiles::load(&config.paths.state_dir, &config.paths.watch_dir),
+            kept: kept::KeptFiles::new(&config.paths.state_dir, &config.paths.watch_dir),
             warned_unwritable: false,
             warned_unlistable: false,
         }
@@ -201,6 +201,7 @@ impl WatchFolder {
     /// Runs until told to stop; a rescan rereads the session's live config,
     /// which SIGHUP replaces.
     fn run(mut self, events: SyncSender<Msg>, rx: Receiver<Msg>) {
+        self.kept.load();
         let _watcher = self.start_inotify(events);
         tracing::info!(dir = %self.dir.display(), "watching for .torrent and .magnet files");
         self.scan();
