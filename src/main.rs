@@ -32,7 +32,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Add a .torrent or .magnet file, or a magnet URI.
+    /// Add a .torrent or .magnet file (its contents are sent to the daemon),
+    /// a magnet URI or an info hash.
     Add { source: String },
     /// Pause a torrent (by name or unique info-hash prefix).
     Pause { id: String },

@@ -550,3 +550,25 @@ fn the_control_socket_belongs_to_socket_group_and_its_members_can_use_the_cli() 
     assert!(!out.status.success() && text(&out).contains("paths.socket_group"), "{}", text(&out));
     let _ = ds.stop();
 }
+
+#[test]
+fn an_unreadable_watch_folder_is_warned_about_once_and_read_once_it_can_be() {
+    let dir = tempdir();
+    let watch = dir.path().join("watch");
+    std::fs::create_dir(&watch).unwrap();
+    std::fs::set_permissions(&watch, std::fs::Permissions::from_mode(0o700)).unwrap(); // root's alone
+    let (config, _daemon) = nobody_daemon(dir.path(), "[watch]\npoll_secs = 1\n");
+    wait_for("the warning", Duration::from_secs(10), || {
+        (!log_lines(dir.path(), "cannot list the watch folder").is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3)); // three more scans
+    assert_eq!(log_lines(dir.path(), "cannot list the watch folder").len(), 1);
+    let hash = "8123456789abcdef0123456789abcdef01234567";
+    std::fs::write(watch.join("late.magnet"), format!("{hash}\n")).unwrap();
+    std::fs::set_permissions(&watch, std::fs::Permissions::from_mode(0o777)).unwrap();
+    wait_for("the magnet to be added once the folder can be read", Duration::from_secs(10), || {
+        let out = bin().args(["status", "--json", "-c"]).arg(&config).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["torrents"].as_array()?.iter().any(|t| t["info_hash"] == hash).then_some(())
+    });
+}
