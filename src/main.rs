@@ -155,7 +155,7 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
         }
     };
     // From here on a failure is one ERROR line, in the log and on the console.
-    let _lock = match lock {
+    let lock = match lock {
         Ok(l) => l,
         Err(LockError::Unusable(why) | LockError::Held(why)) => {
             tracing::error!("cannot start: {why}");
@@ -164,6 +164,9 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
     };
     tracing::info!(log_dir = %config.paths.log_dir.display(), "logging to {}", config.paths.log_dir.join("dropseed.log").display());
     tracing::info!(config = %source.describe(), "config");
+    if let Some(why) = &lock.not_locked {
+        tracing::warn!("{why}");
+    }
     let group = match config.paths.socket_group.as_str() {
         "" => "the daemon's own group",
         g => g,

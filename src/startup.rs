@@ -20,6 +20,9 @@ pub const LOCK_FILE: &str = "dropseed.lock";
 /// The held lock; dropping it (or exiting) releases it.
 pub struct StateLock {
     _file: File,
+    /// Why there is no lock after all (a filesystem without `flock`), for
+    /// the log; the control socket's check still refuses a second daemon.
+    pub not_locked: Option<String>,
 }
 
 pub enum LockError {
@@ -67,11 +70,12 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, LockError> {
                 state_dir.display()
             )));
         }
-        return Err(LockError::Unusable(format!("cannot lock {} ({})", path.display(), reason(&e))));
+        let why = format!("cannot lock {} ({}); running without the lock", path.display(), reason(&e));
+        return Ok(StateLock { _file: file, not_locked: Some(why) });
     }
     // The pid is only for the message above; failing to write it is harmless.
     let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
-    Ok(StateLock { _file: file })
+    Ok(StateLock { _file: file, not_locked: None })
 }
 
 /// The system's reason without the "(os error N)" tail.
