@@ -37,6 +37,54 @@ pub struct Paths {
     pub incomplete_dir: PathBuf,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// The daemon's umask, applied at start (folders 0777 and files 0666
+    /// without these bits).
+    pub umask: Umask,
+    /// The control socket's group (empty: the daemon's own group).
+    pub socket_group: String,
+}
+
+/// A umask, written as octal digits in a string ("0027"). A TOML number is
+/// refused: `umask = 27` would be decimal 27, not 0o027, without a word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Umask(pub u32);
+
+impl<'de> Deserialize<'de> for Umask {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Umask, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(#[allow(dead_code)] i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(_) => Err(serde::de::Error::custom(
+                "write the umask as a string of octal digits, e.g. umask = \"0007\" (a number is ambiguous)",
+            )),
+            Raw::Str(s) => parse_umask(&s).map(|m| Umask(m as u32)).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Umask {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl std::fmt::Display for Umask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+fn parse_umask(s: &str) -> Result<u64, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    u64::from_str_radix(digits, 8)
+        .ok()
+        .filter(|_| !digits.is_empty())
+        .filter(|&m| m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not a umask (octal digits, at most 0777, e.g. \"0007\" or \"0027\")"))
 }
 
 impl Default for Paths {
@@ -47,6 +95,8 @@ impl Default for Paths {
             incomplete_dir: "dropseed-data/incomplete".into(),
             state_dir: "dropseed-data/state".into(),
             log_dir: "dropseed-data/logs".into(),
+            umask: Umask(0o007),
+            socket_group: String::new(),
         }
     }
 }
@@ -261,7 +311,13 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Reads `path` with its paths made absolute (see [`crate::confpath`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        crate::confpath::load(crate::confpath::Source::Flag(path.to_path_buf())).map(|l| l.config)
+    }
+
+    /// Reads `path` with its paths as written.
+    pub fn load_unresolved(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.into(), err })?;
         Config::parse(&text, path)
     }
@@ -385,6 +441,18 @@ mod tests {
         assert!(e.contains("parsecs"), "{e}");
         let e = Config::parse("[log]\nrotation = \"weekly\"\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("weekly"), "{e}");
+        for bad in ["\"0089\"", "\"rw\"", "\"\"", "\"1777\"", "0o027", "27"] {
+            let e = Config::parse(&format!("[paths]\numask = {bad}\n"), Path::new("c.toml")).unwrap_err().to_string();
+            assert!(e.contains("umask"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_umask_is_octal_digits_in_a_string() {
+        for (text, want) in [("\"0027\"", 0o027), ("\"002\"", 0o002), ("\"0o7\"", 0o007)] {
+            let c = Config::parse(&format!("[paths]\numask = {text}\n"), Path::new("c")).unwrap();
+            assert_eq!(c.paths.umask, Umask(want), "{text}");
+        }
     }
 
     #[test]

@@ -1,15 +1,26 @@
-//! The control channel: a Unix socket (`state_dir/control.sock`, mode 0600,
-//! nothing reachable from the network) speaking one JSON request and one JSON
+//! The control channel: a Unix socket (`state_dir/control.sock`, mode 0660
+//! with `[paths] socket_group`, nothing reachable from the network) speaking one JSON request and one JSON
 //! reply per line; and the client side the CLI commands use.
+//!
+//! `add_file` is the one request with a body: its line gives the file's name
+//! (for its kind and the messages) and its size, and exactly that many raw
+//! bytes follow the newline. The daemon checks the size against the limit
+//! for the kind (the watch folder's) before it reads a byte, so the CLI can
+//! hand over a file the daemon could not open itself (another user,
+//! `PrivateTmp`, `ProtectHome`). The older `add` with a path for the daemon
+//! to read is still served.
 
+use crate::config::Config;
 use crate::session::{AddOutcome, Session};
 use crate::torrent::task::Cmd;
 use crate::torrent::TorrentStatus;
+use crate::types::printable;
+use crate::watch::{kind_of, Kind, Parsed};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::time::Duration;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
@@ -17,13 +28,35 @@ use tokio_util::sync::CancellationToken;
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Add { source: String },
-    Pause { id: String },
-    Resume { id: String },
-    Recheck { id: String },
-    Remove { id: String, delete_data: bool },
-    Trackers { id: String },
-    Reannounce { id: String },
+    /// A magnet URI, an info hash, or a path the daemon reads itself.
+    Add {
+        source: String,
+    },
+    /// A `.torrent` or `.magnet` file's contents: `size` bytes follow the line.
+    #[serde(rename = "add_file")]
+    AddFile {
+        name: String,
+        size: u64,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Recheck {
+        id: String,
+    },
+    Remove {
+        id: String,
+        delete_data: bool,
+    },
+    Trackers {
+        id: String,
+    },
+    Reannounce {
+        id: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -50,20 +83,43 @@ impl Reply {
     }
 }
 
-/// Binds the socket (replacing a stale one) with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// The daemon's control socket as the config asks: `state_dir/control.sock`,
+/// mode 0660, in `socket_group` if one is named (with a warning when that
+/// group cannot enter `state_dir`). Blocking: call off the async workers.
+pub fn open(config: &Config) -> Result<UnixListener, String> {
+    let path = config.control_socket();
+    let state_dir = &config.paths.state_dir;
+    let group = match config.paths.socket_group.as_str() {
+        "" => None,
+        name => Some((name, crate::perms::group_id(name).map_err(|e| format!("{e}: set [paths] socket_group"))?)),
+    };
+    let listener = bind(&path, group)?;
+    if let Some((name, _)) = group.filter(|&(_, gid)| !crate::perms::group_can_enter(state_dir, gid)) {
+        tracing::warn!(
+            "members of group {name} cannot reach the control socket: {} does not let them in; \
+             chgrp {name} it and chmod g+x it",
+            state_dir.display()
+        );
+    }
+    Ok(listener)
+}
+
+/// Binds the socket (replacing a stale one) with mode 0660 and, if given,
+/// the group (name, id). The error says what failed and what to set.
+pub fn bind(path: &Path, group: Option<(&str, u32)>) -> Result<UnixListener, String> {
+    let listener = bind_fresh(path).map_err(|e| crate::startup::cannot_bind_control(path, &e))?;
+    crate::perms::own_socket(path, group)?;
+    Ok(listener)
+}
+
+fn bind_fresh(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("another dropseed is running (control socket {} answers)", path.display()),
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "a running program already answers on it"));
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    UnixListener::bind(path)
 }
 
 pub async fn serve(listener: UnixListener, path: PathBuf, session: Arc<Session>, cancel: CancellationToken) {
@@ -111,6 +167,11 @@ async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationT
             Ok(Some(bytes)) => match std::str::from_utf8(&bytes).map(serde_json::from_str::<Request>) {
                 Err(_) => (Reply::err("bad request: not UTF-8 text".into()), true),
                 Ok(Err(e)) => (Reply::err(format!("bad request: {e}")), true),
+                Ok(Ok(Request::AddFile { name, size })) => match read_body(&mut rd, &name, size).await {
+                    Ok((kind, bytes)) => (reply_of(add_file(&session, &name, kind, bytes).await), true),
+                    // What follows the line is unread: the connection ends.
+                    Err(why) => (Reply::err(why), false),
+                },
                 Ok(Ok(req)) => (execute(req, &session).await, true),
             },
         };
@@ -119,6 +180,26 @@ async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationT
         if wr.write_all(&out).await.is_err() || !go_on {
             return;
         }
+    }
+}
+
+/// How long the bytes of an `add_file` may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the body of an `add_file` request, once its size is within the
+/// limit for its kind.
+async fn read_body<R: AsyncBufRead + Unpin>(rd: &mut R, name: &str, size: u64) -> Result<(Kind, Vec<u8>), String> {
+    let shown = printable(name, 200);
+    let kind = kind_of(Path::new(name)).ok_or_else(|| format!("{shown}: not a .torrent or .magnet file"))?;
+    let limit = kind.size_limit();
+    if size > limit {
+        return Err(format!("{shown}: file is {size} bytes, over the {limit}-byte limit"));
+    }
+    let mut bytes = Vec::new();
+    match tokio::time::timeout(BODY_TIMEOUT, rd.take(size).read_to_end(&mut bytes)).await {
+        Ok(Ok(_)) if bytes.len() as u64 == size => Ok((kind, bytes)),
+        Ok(Ok(_)) | Ok(Err(_)) => Err(format!("{shown}: the connection ended {} bytes into the file", bytes.len())),
+        Err(_) => Err(format!("{shown}: the file's bytes did not arrive within {}s", BODY_TIMEOUT.as_secs())),
     }
 }
 
@@ -164,6 +245,7 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
             }
         }
         Request::Add { source } => add(session, source).await,
+        Request::AddFile { name, .. } => Err(format!("{}: add_file without its bytes", printable(&name, 200))),
         Request::Pause { id } => session.command(&id, Cmd::Pause).await,
         Request::Resume { id } => session.command(&id, Cmd::Resume).await,
         Request::Recheck { id } => session.command(&id, Cmd::Recheck).await,
@@ -178,19 +260,26 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
         }
         Request::Reannounce { id } => session.reannounce(&id),
     };
+    reply_of(result)
+}
+
+fn reply_of(result: Result<String, String>) -> Reply {
     match result {
         Ok(m) => Reply::ok(m),
         Err(e) => Reply::err(e),
     }
 }
 
-async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
-    let trimmed = source.trim().to_string();
-    let outcome_text = |o: AddOutcome, name: &str| match o {
+fn outcome_text(o: AddOutcome, name: &str) -> String {
+    match o {
         AddOutcome::Added => format!("added {name}"),
         AddOutcome::AlreadyManaged => format!("{name} is already managed"),
         AddOutcome::Refused(why) => format!("{name} not added: {why}"),
-    };
+    }
+}
+
+async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
+    let trimmed = source.trim().to_string();
     if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(&trimmed).is_some() {
         let m = crate::magnet::Magnet::parse(&trimmed)?;
         let name = m.display_name();
@@ -203,15 +292,30 @@ async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
     let parsed = tokio::task::spawn_blocking(move || crate::watch::parse_file(Path::new(&path)))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{trimmed}: {e}"))?;
+        .map_err(|e| format!("{}: {e}", printable(&trimmed, 500)))?;
+    add_parsed(session, parsed, &printable(&trimmed, 500)).await
+}
+
+/// Adds what a file sent over the socket holds.
+async fn add_file(session: &Arc<Session>, name: &str, kind: Kind, bytes: Vec<u8>) -> Result<String, String> {
+    let shown = printable(name, 200);
+    // Parsing a large torrent is CPU work: off the async workers.
+    let parsed = tokio::task::spawn_blocking(move || crate::watch::parse_bytes(kind, bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{shown}: {e}"))?;
+    add_parsed(session, parsed, &shown).await
+}
+
+async fn add_parsed(session: &Arc<Session>, parsed: Parsed, file: &str) -> Result<String, String> {
     match parsed {
-        crate::watch::Parsed::Torrent(meta) => {
+        Parsed::Torrent(meta) => {
             let name = meta.name.clone();
             let o = session.add_metainfo(*meta).await.map_err(|e| e.to_string())?;
-            tracing::info!(file = %trimmed, torrent = %name, "added from the control socket");
+            tracing::info!(file = %file, torrent = %name, "added from the control socket");
             Ok(outcome_text(o, &name))
         }
-        crate::watch::Parsed::Magnets(list) => {
+        Parsed::Magnets(list) => {
             let mut said = Vec::new();
             for m in list {
                 let name = m.display_name();
@@ -223,16 +327,79 @@ async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
     }
 }
 
+/// What `add SOURCE` sends: a magnet URI or info hash as it is; a file's
+/// contents (the daemon may not be able to open the file itself).
+pub fn add_request(source: &str) -> Result<(Request, Vec<u8>), String> {
+    let trimmed = source.trim();
+    if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(trimmed).is_some() {
+        return Ok((Request::Add { source: trimmed.to_string() }, Vec::new()));
+    }
+    let path = Path::new(source);
+    let shown = crate::types::printable(source, 500);
+    let kind = crate::watch::kind_of(path)
+        .ok_or_else(|| format!("{shown}: not a .torrent or .magnet file, a magnet URI or an info hash"))?;
+    let bytes = crate::watch::read_regular_file(path, kind.size_limit()).map_err(|e| format!("{shown}: {e}"))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok((Request::AddFile { name, size: bytes.len() as u64 }, bytes))
+}
+
+/// Why the CLI cannot talk to the daemon, and what to do.
+fn cannot_connect(socket: &Path, e: &std::io::Error) -> String {
+    let reason = crate::startup::reason(e);
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "cannot use the control socket {} ({reason}): run this as dropseed's user or as a member of the \
+             socket's group (the daemon's group, or [paths] socket_group), with access to state_dir",
+            socket.display()
+        ),
+        _ => format!("dropseed is not running (cannot reach the control socket {}: {reason})", socket.display()),
+    }
+}
+
 /// Client side: sends one request, returns the reply.
 pub async fn request(socket: &Path, req: &Request) -> Result<Reply, String> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("dropseed is not running (cannot reach the control socket {}: {e})", socket.display()))?;
+    request_with_body(socket, req, &[]).await
+}
+
+/// Client side: sends one request followed by `body` (the bytes of an
+/// `add_file`), returns the reply.
+pub async fn request_with_body(socket: &Path, req: &Request, body: &[u8]) -> Result<Reply, String> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| cannot_connect(socket, &e))?;
     let (rd, mut wr) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
     wr.write_all(&line).await.map_err(|e| e.to_string())?;
+    // A daemon that refuses the request early closes without reading the
+    // body; its reply is still there to read.
+    let _ = wr.write_all(body).await;
     let mut lines = BufReader::new(rd).lines();
     let reply = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the daemon closed the connection")?;
     serde_json::from_str(&reply).map_err(|e| format!("unreadable reply: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_sends_a_files_bytes_and_a_magnet_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("Some.Torrent");
+        std::fs::write(&f, b"d4:infodee").unwrap();
+        let (req, body) = add_request(f.to_str().unwrap()).unwrap();
+        match req {
+            Request::AddFile { name, size } => assert_eq!((name.as_str(), size), ("Some.Torrent", 10)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(body, b"d4:infodee");
+        let line = serde_json::to_string(&add_request(f.to_str().unwrap()).unwrap().0).unwrap();
+        assert_eq!(line, r#"{"cmd":"add_file","name":"Some.Torrent","size":10}"#);
+        let hash = "0123456789abcdef0123456789abcdef01234567";
+        let (req, body) = add_request(&format!(" magnet:?xt=urn:btih:{hash}\n")).unwrap();
+        assert!(matches!(req, Request::Add { ref source } if source.ends_with(hash)), "{req:?}");
+        assert!(body.is_empty());
+        assert!(add_request(hash).is_ok());
+        let e = add_request(dir.path().join("notes.txt").to_str().unwrap()).unwrap_err();
+        assert!(e.contains("not a .torrent or .magnet file"), "{e}");
+    }
 }

@@ -19,12 +19,22 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -> anyhow::Result<()> {
+/// Runs the daemon until a stop signal. The caller holds the state_dir lock
+/// ([`crate::startup::lock_state_dir`]) and logs what this returns as the
+/// reason it could not start.
+pub async fn run(config: Config, config_path: Option<PathBuf>, log: &LogHandle) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.paths.state_dir)?;
-    // Bind the control socket first: it refuses to start a second daemon.
     let control_path = config.control_socket();
-    let control = crate::control::bind(&control_path)?;
+    // Binding, chmod, chown and the group lookup touch files: off the async workers.
+    let c = config.clone();
+    let control =
+        tokio::task::spawn_blocking(move || crate::control::open(&c)).await?.map_err(|e| anyhow::anyhow!(e))?;
+    // The watch folder is made before anything starts: a daemon that cannot
+    // watch its folder stops, naming it, rather than run deaf.
+    let watch_dir = config.paths.watch_dir.clone();
+    tokio::task::spawn_blocking(move || crate::startup::create_folder("watch folder", &watch_dir, "watch_dir"))
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
     let session = Session::start(config.clone()).await?;
     let cancel = CancellationToken::new();
 
@@ -54,7 +64,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -
     tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %config.paths.state_dir.display(), "dropseed started");
 
     while let Some(SIGHUP) = sig_rx.recv().await {
-        reload(&session, config_path.as_deref(), &log, &watch);
+        reload(&session, config_path.as_deref(), log, &watch);
     }
     tracing::info!("stopping: announcing to trackers and saving state");
     cancel.cancel();

@@ -41,6 +41,7 @@
 pub mod bencode;
 pub mod compact;
 pub mod config;
+pub mod confpath;
 pub mod conn;
 pub mod control;
 pub mod daemon;
@@ -50,8 +51,10 @@ pub mod logging;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod perms;
 pub mod resume;
 pub mod session;
+pub mod startup;
 pub mod storage;
 pub mod torrent;
 pub mod tracker;

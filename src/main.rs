@@ -2,8 +2,10 @@
 //! control CLI that talks to it over its Unix socket.
 
 use clap::{Parser, Subcommand};
-use dropseed::config::{Config, DEFAULT_CONFIG_TOML};
+use dropseed::config::DEFAULT_CONFIG_TOML;
+use dropseed::confpath::{self, Loaded};
 use dropseed::control::{self, Request};
+use dropseed::startup::LockError;
 use dropseed::torrent::TorrentStatus;
 use dropseed::types::{human_bytes, human_duration};
 use std::path::{Path, PathBuf};
@@ -12,7 +14,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "dropseed", version, about = "Headless BitTorrent seedbox: drop .torrent/.magnet files in a folder")]
 struct Cli {
-    /// Config file (TOML). Without it, built-in defaults apply.
+    /// Config file (TOML). Without it: $DROPSEED_CONFIG, else
+    /// /etc/dropseed/dropseed.toml if it exists, else built-in defaults.
+    /// Relative paths inside it are taken from its own directory.
     #[arg(short, long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -28,7 +32,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Add a .torrent or .magnet file, or a magnet URI.
+    /// Add a .torrent or .magnet file (its contents are sent to the daemon),
+    /// a magnet URI or an info hash.
     Add { source: String },
     /// Pause a torrent (by name or unique info-hash prefix).
     Pause { id: String },
@@ -59,11 +64,9 @@ enum Command {
     },
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, String> {
-    match path {
-        Some(p) => Config::load(p).map_err(|e| e.to_string()),
-        None => Ok(Config::default()),
-    }
+/// The config from `-c`, `DROPSEED_CONFIG`, the system file or the defaults.
+fn load_config(flag: Option<&Path>) -> Result<Loaded, String> {
+    confpath::load(confpath::locate_here(flag)?).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -76,8 +79,21 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             match load_config(cli.config.as_deref()) {
-                Ok(_) => {
-                    println!("config ok");
+                Ok(loaded) => {
+                    let p = &loaded.config.paths;
+                    println!("config ok: {}", loaded.source.describe());
+                    for (key, path) in [
+                        ("watch_dir", &p.watch_dir),
+                        ("download_dir", &p.download_dir),
+                        ("state_dir", &p.state_dir),
+                        ("log_dir", &p.log_dir),
+                    ] {
+                        println!("  {key:<13}{}", path.display());
+                    }
+                    println!("  {:<13}{}", "control", loaded.config.control_socket().display());
+                    for note in &loaded.notes {
+                        println!("  {note}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -86,7 +102,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run => run_daemon(cli.config),
+        Command::Run => run_daemon(cli.config.as_deref()),
         other => client(cli.config.as_deref(), other),
     }
 }
@@ -106,28 +122,64 @@ fn keep_large_allocations_mapped() {
     }
 }
 
-fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
+fn run_daemon(flag: Option<&Path>) -> ExitCode {
     keep_large_allocations_mapped();
-    let config = match load_config(config_path.as_deref()) {
+    let Loaded { config, source, notes } = match load_config(flag) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("config error: {e}");
             return ExitCode::from(2);
         }
     };
+    // Before anything is created: folders, log files, state files, socket.
+    dropseed::perms::set_umask(config.paths.umask.0);
+    // The lock first: a daemon refused because another one runs must not
+    // write into that one's log.
+    let lock = dropseed::startup::lock_state_dir(&config.paths.state_dir);
+    if let Err(LockError::Held(why)) = &lock {
+        eprintln!("dropseed: {why}");
+        return ExitCode::from(1);
+    }
     let log = match dropseed::logging::init(&config.log, &config.paths.log_dir, true) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cannot set up logging in {}: {e}", config.paths.log_dir.display());
+            if let Err(LockError::Unusable(why)) = &lock {
+                eprintln!("dropseed: {why}");
+            }
+            eprintln!(
+                "dropseed: cannot write the log in {} ({}): set [paths] log_dir",
+                config.paths.log_dir.display(),
+                dropseed::startup::reason(&e)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    // From here on a failure is one ERROR line, in the log and on the console.
+    let lock = match lock {
+        Ok(l) => l,
+        Err(LockError::Unusable(why) | LockError::Held(why)) => {
+            tracing::error!("cannot start: {why}");
             return ExitCode::from(1);
         }
     };
     tracing::info!(log_dir = %config.paths.log_dir.display(), "logging to {}", config.paths.log_dir.join("dropseed.log").display());
-    match runtime().block_on(dropseed::daemon::run(config, config_path, log)) {
+    tracing::info!(config = %source.describe(), "config");
+    if let Some(why) = &lock.not_locked {
+        tracing::warn!("{why}");
+    }
+    let group = match config.paths.socket_group.as_str() {
+        "" => "the daemon's own group",
+        g => g,
+    };
+    tracing::info!("umask {}; control socket mode 0660, group: {group}", config.paths.umask);
+    for note in notes {
+        tracing::info!("{note}");
+    }
+    let config_path = source.file().map(Path::to_path_buf);
+    match runtime().block_on(dropseed::daemon::run(config, config_path, &log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "dropseed failed");
-            eprintln!("dropseed: {e}");
+            tracing::error!("cannot start: {e}");
             ExitCode::from(1)
         }
     }
@@ -135,7 +187,7 @@ fn run_daemon(config_path: Option<PathBuf>) -> ExitCode {
 
 fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
     let config = match load_config(config_path) {
-        Ok(c) => c,
+        Ok(c) => c.config,
         Err(e) => {
             eprintln!("config error: {e}");
             return ExitCode::from(2);
@@ -143,18 +195,19 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
     };
     let json = matches!(command, Command::Status { json: true } | Command::Trackers { json: true, .. });
     let trackers_view = matches!(command, Command::Trackers { .. });
+    let mut body = Vec::new();
     let req = match command {
         Command::Status { .. } => Request::Status,
-        Command::Add { source } => {
-            // Paths are resolved here: the daemon may run elsewhere.
-            let p = Path::new(&source);
-            let source = if p.exists() {
-                std::fs::canonicalize(p).map(|p| p.display().to_string()).unwrap_or(source)
-            } else {
-                source
-            };
-            Request::Add { source }
-        }
+        Command::Add { source } => match control::add_request(&source) {
+            Ok((req, bytes)) => {
+                body = bytes;
+                req
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
         Command::Pause { id } => Request::Pause { id },
         Command::Resume { id } => Request::Resume { id },
         Command::Recheck { id } => Request::Recheck { id },
@@ -163,7 +216,7 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         Command::Remove { delete_data, id } => Request::Remove { id, delete_data },
         Command::Run | Command::Config { .. } => unreachable!(),
     };
-    let reply = match runtime().block_on(control::request(&config.control_socket(), &req)) {
+    let reply = match runtime().block_on(control::request_with_body(&config.control_socket(), &req, &body)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
@@ -171,7 +224,14 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         }
     };
     if !reply.ok {
-        eprintln!("error: {}", reply.message.unwrap_or_default());
+        let message = reply.message.unwrap_or_default();
+        if matches!(req, Request::AddFile { .. }) && message.contains("unknown variant `add_file`") {
+            eprintln!(
+                "error: the running daemon is older than this dropseed and cannot take a file's contents; restart it"
+            );
+        } else {
+            eprintln!("error: {message}");
+        }
         return ExitCode::from(1);
     }
     if let Some(torrents) = reply.torrents.as_ref().filter(|_| trackers_view) {

@@ -89,7 +89,7 @@ fn add_of_a_fifo_or_a_device_is_refused_without_blocking() {
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let out = cli_within(&d, &["add", zero.to_str().unwrap()], Duration::from_secs(10))
         .expect("`add` of a link to /dev/zero answered within 10 s");
-    // The CLI resolves the link, so the daemon sees /dev/zero itself.
+    // The CLI reads the file itself and refuses the device behind the link.
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && (said.contains("not a regular file") || said.contains("not a .torrent")),

@@ -34,12 +34,17 @@ const MAX_PENDING_PER_IP: usize = 32;
 /// A peer sends its handshake as soon as it connects.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Binds the peer listener; a failure names the address and the setting.
 pub(super) async fn bind(ip: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
-    match TcpListener::bind(SocketAddr::new(ip, port)).await {
+    let addr = SocketAddr::new(ip, port);
+    match TcpListener::bind(addr).await {
         Ok(l) => Ok(l),
-        // A host without IPv6 still gets IPv4.
-        Err(_) if ip.is_unspecified() && ip.is_ipv6() => Ok(TcpListener::bind(("0.0.0.0", port)).await?),
-        Err(e) => Err(anyhow::anyhow!("cannot listen on {ip} port {port}: {e}")),
+        // A host without IPv6 still gets IPv4 (a port in use is in use for both).
+        Err(e) if ip.is_unspecified() && ip.is_ipv6() && e.kind() != std::io::ErrorKind::AddrInUse => {
+            let v4 = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port);
+            TcpListener::bind(v4).await.map_err(|e| anyhow::anyhow!(crate::startup::cannot_listen(v4, &e)))
+        }
+        Err(e) => Err(anyhow::anyhow!(crate::startup::cannot_listen(addr, &e))),
     }
 }
 

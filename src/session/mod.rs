@@ -64,14 +64,17 @@ enum Origin {
 impl Session {
     /// Binds the listener, restores the torrents in `state_dir`, and starts them.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Session>> {
-        let dirs: Vec<_> = [&config.paths.download_dir, &config.paths.incomplete_dir, &config.paths.state_dir]
-            .into_iter()
-            .filter(|d| !d.as_os_str().is_empty())
-            .cloned()
-            .collect();
+        let dirs: Vec<_> = [
+            ("download folder", config.paths.download_dir.clone(), "download_dir"),
+            ("incomplete folder", config.paths.incomplete_dir.clone(), "incomplete_dir"),
+            ("state folder", config.paths.state_dir.clone(), "state_dir"),
+        ]
+        .into_iter()
+        .filter(|(_, d, _)| !d.as_os_str().is_empty())
+        .collect();
         tokio::task::spawn_blocking(move || {
-            dirs.iter().try_for_each(|d| {
-                std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))
+            dirs.iter().try_for_each(|(what, d, key)| {
+                crate::startup::create_folder(what, d, key).map(drop).map_err(|e| anyhow::anyhow!(e))
             })
         })
         .await??;

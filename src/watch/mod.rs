@@ -7,9 +7,17 @@
 //! does not parse is retried for [`INVALID_AFTER`] (it may still be arriving),
 //! then renamed `NAME.invalid` with the reason in the log.
 //!
+//! A file that cannot be renamed or deleted after it was handled (a
+//! read-only folder) stays where it is and is taken once, like a file kept
+//! with `on_added = "keep"` ([`kept`]); the folder gets one warning, not one
+//! per scan.
+//!
 //! The folder may be on NFS, where a `stat` can hang for minutes, so all of
 //! this runs on a thread of its own, never on the async workers; it calls
-//! into the session through the runtime's handle.
+//! into the session through the runtime's handle. The daemon creates the
+//! folder before it starts this thread, and refuses to start if it cannot.
+
+mod kept;
 
 use crate::config::{Config, OnAdded};
 use crate::magnet;
@@ -25,13 +33,29 @@ use std::time::{Duration, Instant, SystemTime};
 pub const INVALID_AFTER: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// What a file holds, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Torrent,
     Magnet,
 }
 
-fn kind_of(path: &Path) -> Option<Kind> {
+impl Kind {
+    /// The largest file of this kind read, from the folder or the control socket.
+    pub fn size_limit(self) -> u64 {
+        match self {
+            Kind::Torrent => MAX_TORRENT_FILE as u64,
+            Kind::Magnet => MAX_MAGNET_FILE,
+        }
+    }
+}
+
+/// The largest `.magnet` file read.
+pub const MAX_MAGNET_FILE: u64 = 1024 * 1024;
+
+/// `*.torrent` or `*.magnet` (any case); `None` for every other name,
+/// dot-files and `*~` included.
+pub fn kind_of(path: &Path) -> Option<Kind> {
     // Bytes, not text: a name that is not UTF-8 is still a name.
     let name = std::os::unix::ffi::OsStrExt::as_bytes(path.file_name()?);
     if name.starts_with(b".") || name.ends_with(b"~") {
@@ -90,8 +114,12 @@ pub struct WatchFolder {
     on_added: OnAdded,
     poll: Duration,
     pending: HashMap<PathBuf, Pending>,
-    /// Files kept in place (`on_added = "keep"`), by size and mtime.
-    kept: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// Files taken and left in place (kept, or the folder is read-only).
+    kept: kept::KeptFiles,
+    /// The folder was said to be unwritable (said again after it recovers).
+    warned_unwritable: bool,
+    /// The folder was said to be unreadable.
+    warned_unlistable: bool,
 }
 
 /// Parses a dropped file into what it adds.
@@ -103,11 +131,12 @@ pub enum Parsed {
 /// Parses a `.torrent` or `.magnet` file. Blocking: call off the runtime.
 pub fn parse_file(path: &Path) -> Result<Parsed, String> {
     let kind = kind_of(path).ok_or("not a .torrent or .magnet file")?;
-    let limit = match kind {
-        Kind::Torrent => MAX_TORRENT_FILE as u64,
-        Kind::Magnet => 1024 * 1024,
-    };
-    let bytes = read_regular_file(path, limit)?;
+    parse_bytes(kind, read_regular_file(path, kind.size_limit())?)
+}
+
+/// Parses the contents of a `.torrent` or `.magnet` file. CPU-bound for a
+/// large torrent: call off the async workers.
+pub fn parse_bytes(kind: Kind, bytes: Vec<u8>) -> Result<Parsed, String> {
     match kind {
         Kind::Torrent => {
             Metainfo::from_torrent_bytes(&bytes).map(|m| Parsed::Torrent(Box::new(m))).map_err(|e| e.to_string())
@@ -155,7 +184,9 @@ impl WatchFolder {
             on_added: config.watch.on_added,
             poll: Duration::from_secs(config.watch.poll_secs),
             pending: HashMap::new(),
-            kept: HashMap::new(),
+            kept: kept::KeptFiles::new(&config.paths.state_dir, &config.paths.watch_dir),
+            warned_unwritable: false,
+            warned_unlistable: false,
         }
     }
 
@@ -170,18 +201,20 @@ impl WatchFolder {
     /// Runs until told to stop; a rescan rereads the session's live config,
     /// which SIGHUP replaces.
     fn run(mut self, events: SyncSender<Msg>, rx: Receiver<Msg>) {
-        if let Err(e) = std::fs::create_dir_all(&self.dir) {
-            tracing::error!(dir = %self.dir.display(), error = %e, "cannot create the watch folder");
-        }
+        self.kept.load();
         let _watcher = self.start_inotify(events);
         tracing::info!(dir = %self.dir.display(), "watching for .torrent and .magnet files");
         self.scan();
         let mut last_full = Instant::now();
         loop {
+            self.kept.save();
             // Look again soon while files are settling, else at the poll interval.
             let wait = if self.pending.is_empty() { self.poll.saturating_sub(last_full.elapsed()) } else { SETTLE };
             match rx.recv_timeout(wait) {
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    self.kept.save();
+                    break;
+                }
                 Ok(Msg::Rescan) => {
                     let c = self.session.env.config();
                     self.on_added = c.watch.on_added;
@@ -237,8 +270,18 @@ impl WatchFolder {
 
     /// Lists the folder and considers every candidate file.
     pub fn scan(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                self.warned_unlistable = false;
+                entries
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.warned_unlistable, true) {
+                    tracing::warn!(dir = %shown(&self.dir), error = %e,
+                        "cannot list the watch folder; give dropseed's user read access to it");
+                }
+                return;
+            }
         };
         let mut present = HashSet::new();
         for e in entries.flatten() {
@@ -251,7 +294,7 @@ impl WatchFolder {
             self.consider(&path);
         }
         self.pending.retain(|p, _| present.contains(p));
-        self.kept.retain(|p, _| present.contains(p));
+        self.kept.retain_present(&present);
     }
 
     /// Adds a file once it is complete, or renames it `.invalid` once it has
@@ -262,7 +305,8 @@ impl WatchFolder {
             return;
         };
         let (size, mtime) = (meta.len(), meta.modified().ok());
-        if self.kept.get(path) == Some(&(size, mtime)) {
+        let stamp = kept::stamp(size, mtime);
+        if self.kept.holds(path, stamp) {
             self.pending.remove(path);
             return;
         }
@@ -284,20 +328,50 @@ impl WatchFolder {
         match parse_file(path) {
             Ok(parsed) => {
                 self.pending.remove(path);
-                self.add(path, parsed, (size, mtime));
+                self.add(path, parsed, stamp);
             }
             Err(e) if p.first_seen.elapsed() >= INVALID_AFTER => {
                 self.pending.remove(path);
                 let target = with_suffix(path, "invalid");
-                let _ = std::fs::rename(path, &target);
-                tracing::warn!(file = %shown(path), reason = %e, "invalid file; renamed to {}", shown(&target));
+                match self.rename(path, &target, stamp) {
+                    true => {
+                        tracing::warn!(file = %shown(path), reason = %e, "invalid file; renamed to {}", shown(&target))
+                    }
+                    false => tracing::warn!(file = %shown(path), reason = %e, "invalid file; left in place"),
+                }
             }
             // Within the retry window it may still be arriving: look again later.
             Err(_) => {}
         }
     }
 
-    fn add(&mut self, path: &Path, parsed: Parsed, stamp: (u64, Option<SystemTime>)) {
+    /// Renames a handled file; if the folder will not have it, the file
+    /// stays, is taken no more, and the folder is warned about once.
+    fn rename(&mut self, from: &Path, to: &Path, stamp: kept::Stamp) -> bool {
+        let result = std::fs::rename(from, to);
+        self.done_with(from, stamp, result)
+    }
+
+    /// Notes how moving a handled file out of the way went.
+    fn done_with(&mut self, path: &Path, stamp: kept::Stamp, result: std::io::Result<()>) -> bool {
+        match result {
+            Ok(()) => {
+                self.warned_unwritable = false;
+                true
+            }
+            Err(e) => {
+                self.kept.insert(path, stamp);
+                if !std::mem::replace(&mut self.warned_unwritable, true) {
+                    tracing::warn!(dir = %shown(&self.dir), error = %e,
+                        "cannot rename or delete files in the watch folder: files stay as they are and are taken \
+                         once each (as with on_added = \"keep\"); give dropseed's user write access to the folder");
+                }
+                false
+            }
+        }
+    }
+
+    fn add(&mut self, path: &Path, parsed: Parsed, stamp: kept::Stamp) {
         let file = shown(path);
         let results: Vec<(String, String, std::io::Result<AddOutcome>)> = match parsed {
             Parsed::Torrent(meta) => {
@@ -323,8 +397,14 @@ impl WatchFolder {
                 }
                 Ok(AddOutcome::Refused(why)) => {
                     let target = with_suffix(path, "invalid");
-                    let _ = std::fs::rename(path, &target);
-                    tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; renamed to {}", shown(&target));
+                    match self.rename(path, &target, stamp) {
+                        true => {
+                            tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; renamed to {}", shown(&target))
+                        }
+                        false => {
+                            tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; left in place")
+                        }
+                    }
                     return;
                 }
                 Err(e) => {
@@ -335,16 +415,13 @@ impl WatchFolder {
         }
         match self.on_added {
             OnAdded::Rename => {
-                if let Err(e) = std::fs::rename(path, with_suffix(path, "added")) {
-                    tracing::warn!(file = %file, error = %e, "cannot rename the added file");
-                }
+                self.rename(path, &with_suffix(path, "added"), stamp);
             }
             OnAdded::Delete => {
-                let _ = std::fs::remove_file(path);
+                let result = std::fs::remove_file(path);
+                self.done_with(path, stamp, result);
             }
-            OnAdded::Keep => {
-                self.kept.insert(path.to_path_buf(), stamp);
-            }
+            OnAdded::Keep => self.kept.insert(path, stamp),
         }
     }
 }
