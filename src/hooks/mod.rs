@@ -72,20 +72,35 @@ impl HookEvent {
 /// The session's handle for running hooks.
 pub struct HookRunner {
     queue: mpsc::Sender<run::Job>,
+    max_running: usize,
+}
+
+/// What became of a hook [`HookRunner::fire`] was asked to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    /// None is configured for the event.
+    NoHook,
+    /// Queued; it runs when a slot is free.
+    Queued,
+    /// Dropped: the queue was full (logged).
+    Dropped,
+    /// Dropped: dropseed is stopping.
+    Stopping,
 }
 
 impl HookRunner {
     /// Starts the dispatcher under `tasks`; it and every hook stop on `cancel`.
     pub fn start(max_running: usize, tasks: &TaskTracker, cancel: CancellationToken) -> HookRunner {
         let (queue, jobs) = mpsc::channel(QUEUE_LEN);
-        tasks.spawn(dispatch(jobs, max_running.max(1), tasks.clone(), cancel));
-        HookRunner { queue }
+        let max_running = max_running.max(1);
+        tasks.spawn(dispatch(jobs, max_running, tasks.clone(), cancel));
+        HookRunner { queue, max_running }
     }
 
     /// Runs the hook `config` sets for `event`, if any, without waiting.
-    pub fn fire(&self, config: &Config, event: HookEvent, facts: Facts) {
+    pub fn fire(&self, config: &Config, event: HookEvent, facts: Facts) -> Fired {
         let Some(template) = config.hooks.commands.get(event).filter(|t| !t.is_empty()) else {
-            return;
+            return Fired::NoHook;
         };
         let job = run::Job {
             event,
@@ -95,15 +110,19 @@ impl HookRunner {
             timeout: Duration::from_secs(config.hooks.timeout.0),
         };
         match self.queue.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => tracing::warn!(
-                torrent = %job.torrent,
-                hook = %event.key(),
-                "hook not run: {QUEUE_LEN} hooks are already waiting behind the {} running (hooks.max_running)",
-                config.hooks.max_running
-            ),
+            Ok(()) => Fired::Queued,
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                tracing::warn!(
+                    torrent = %job.torrent,
+                    hook = %event.key(),
+                    "hook not run: {QUEUE_LEN} hooks are already waiting behind the {} running (hooks.max_running)",
+                    self.max_running
+                );
+                Fired::Dropped
+            }
             Err(mpsc::error::TrySendError::Closed(job)) => {
-                tracing::debug!(torrent = %job.torrent, hook = %event.key(), "hook not run: dropseed is stopping")
+                tracing::debug!(torrent = %job.torrent, hook = %event.key(), "hook not run: dropseed is stopping");
+                Fired::Stopping
             }
         }
     }
@@ -145,5 +164,62 @@ async fn dispatch(
     }
     if dropped > 0 {
         tracing::info!(dropped, "queued hooks not run: dropseed is stopping");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts { hash: "00".repeat(20), name: "t".into(), path: "/d/t".into(), category: String::new(), size: Some(1) }
+    }
+
+    fn config_with(on_added: &[&str], timeout: &str) -> Config {
+        let argv: Vec<String> = on_added.iter().map(|a| format!("{a:?}")).collect();
+        let text = format!("[hooks]\non_added = [{}]\ntimeout = \"{timeout}\"\n", argv.join(", "));
+        Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_drops_the_hook_and_stopping_drops_the_queued_ones() {
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let runner = HookRunner::start(1, &tasks, cancel.clone());
+        let config = config_with(&["/bin/sleep", "30"], "1m");
+        assert_eq!(runner.fire(&Config::default(), HookEvent::Added, facts()), Fired::NoHook);
+        // Nothing runs until this task yields: the queue fills up.
+        for _ in 0..QUEUE_LEN {
+            assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Queued);
+        }
+        assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Dropped);
+        cancel.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("the runner stops");
+        assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Stopping);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_more_than_max_running_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let script = format!("echo start >> '{0}'; sleep 0.3; echo end >> '{0}'", log.display());
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let runner = HookRunner::start(1, &tasks, cancel.clone());
+        let config = config_with(&["/bin/sh", "-c", &script], "1m");
+        for _ in 0..3 {
+            assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Queued);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().count() == 6 || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(text, "start\nend\n".repeat(3), "one at a time");
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 }
