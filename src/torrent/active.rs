@@ -12,6 +12,7 @@ use super::task::{limit_reached, Command, Control};
 use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
 use crate::conn::Transport;
+use crate::hooks::HookEvent;
 use crate::resume::now_unix;
 use crate::tracker::{self, TrackerConfig, TransferCounters};
 use crate::types::{human_bytes, human_duration};
@@ -190,6 +191,7 @@ impl<'a> Active<'a> {
             avg = %format!("{}/s", human_bytes((got as f64 / secs) as u64)),
             "completed"
         );
+        self.shared.run_hook(HookEvent::Complete);
         self.shared.save_resume(false).await;
         let have = self.shared.inner.lock().unwrap().have.count();
         self.clock.saved(Instant::now(), have);
@@ -231,6 +233,7 @@ impl<'a> Active<'a> {
             if let Some(why) = limit_reached(self.shared) {
                 let action = config.seeding.action;
                 tracing::info!(torrent = %self.shared.name(), reason = %why, action = ?action, "seeding limit reached");
+                self.shared.run_hook(HookEvent::SeedingDone);
                 return (plan.next_tick, Some(Outcome::LimitReached));
             }
         }
