@@ -471,7 +471,8 @@ mod tests {
     #[test]
     fn hooks_section_parses_and_names_its_bad_keys() {
         let c = Config::parse(
-            "[hooks]\non_complete = [\"/bin/notify\", \"--name={name}\", \"{path}\"]\non_added = []\ntimeout = \"2s\"\n",
+            "[hooks]\non_complete = [\"/bin/notify\", \"--name={name}\", \"{path}\"]\n\
+             on_added = []\ntimeout = \"2s\"\n",
             Path::new("c"),
         )
         .unwrap();

@@ -101,7 +101,8 @@ pub fn check_command(argv: &[String]) -> Result<(), String> {
     }
     if program.contains('{') && PLACEHOLDERS.iter().any(|p| program.contains(&format!("{{{p}}}"))) {
         return Err(format!(
-            "the program {program:?} contains a placeholder; placeholders go in the arguments, the program must be a fixed path"
+            "the program {program:?} contains a placeholder; \
+             placeholders go in the arguments, the program must be a fixed path"
         ));
     }
     for (i, element) in argv.iter().enumerate() {

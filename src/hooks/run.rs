@@ -54,12 +54,19 @@ pub async fn run(job: Job, cancel: CancellationToken) {
     let mut child = match spawn(&job).await {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let hint = if job.argv[0].to_string_lossy().contains('/') {
+                "(or the interpreter its #! line names)"
+            } else {
+                "in PATH (give its absolute path)"
+            };
             tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
-                "hook not run: program not found (give its absolute path; a bare name is looked up in PATH)");
+                "hook not run: program not found {hint}");
             return;
         }
         Err(e) => {
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error = %e, "hook not run: cannot start the program");
+            let error = e.to_string();
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error,
+                "hook not run: cannot start it");
             return;
         }
     };
@@ -96,25 +103,28 @@ pub async fn run(job: Job, cancel: CancellationToken) {
         }
     };
     let took = format!("{:.1}s", started.elapsed().as_secs_f64());
+    let (timeout, grace) = (human_duration(job.timeout.as_secs()), human_duration(SHUTDOWN_GRACE.as_secs()));
     match end {
         End::Exited(Ok(status)) if status.success() => {
-            tracing::info!(torrent = %torrent, hook = %hook, program = %program, took = %took, "hook finished: exit status 0")
+            tracing::info!(torrent = %torrent, hook = %hook, program = %program, took, "hook finished: exit status 0")
         }
         End::Exited(Ok(status)) => {
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, took = %took, "hook failed: {}", describe(status))
+            let why = describe(status);
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, took, "hook failed: {why}")
         }
         End::Exited(Err(e)) => {
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error = %e, "hook lost: cannot wait for it")
+            let error = e.to_string();
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error, "hook lost: cannot wait for it")
         }
         End::TimedOut => {
             kill_group(pgid);
             tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
-                "hook timed out after {}; its process group was killed", human_duration(job.timeout.as_secs()));
+                "hook timed out after {timeout}; its process group was killed");
         }
         End::Shutdown => {
             kill_group(pgid);
             tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
-                "hook killed with its process group: dropseed is stopping and it ran {} past the stop", human_duration(SHUTDOWN_GRACE.as_secs()));
+                "hook killed with its process group: dropseed is stopping and it ran {grace} past the stop");
         }
     }
     // Reaps the leader (at once: it exited, or was just killed).
@@ -180,7 +190,8 @@ fn log_line(job: &Job, stream: &'static str, logged: &AtomicUsize, line: &str) {
             tracing::info!(torrent = %torrent, hook = %hook, stream = %stream, line = ?line, "hook output")
         }
         n if n == MAX_LOGGED_LINES => {
-            tracing::info!(torrent = %torrent, hook = %hook, "hook output: more than {MAX_LOGGED_LINES} lines; the rest is not logged")
+            tracing::info!(torrent = %torrent, hook = %hook,
+                "hook output: more than {MAX_LOGGED_LINES} lines; the rest is not logged")
         }
         _ => {}
     }
