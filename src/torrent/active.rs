@@ -191,6 +191,8 @@ impl<'a> Active<'a> {
             avg = %format!("{}/s", human_bytes((got as f64 / secs) as u64)),
             "completed"
         );
+        // The one place `on_complete` fires: when the data moves to its final
+        // folder after completing, this call moves to after the move.
         self.shared.run_hook(HookEvent::Complete);
         self.shared.save_resume(false).await;
         let have = self.shared.inner.lock().unwrap().have.count();
