@@ -5,6 +5,7 @@
 //! `dropseed config --default` prints it, and a test checks that it parses to
 //! exactly `Config::default()`, so the two cannot drift apart.
 
+use crate::hooks::HookEvent;
 use crate::storage::BackendKind;
 use crate::types::parse_size;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -25,6 +26,7 @@ pub struct Config {
     pub limits: Limits,
     pub seeding: Seeding,
     pub storage: Storage,
+    pub hooks: HooksSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -300,6 +302,78 @@ impl Default for Storage {
     }
 }
 
+/// The programs run at a torrent's events, each an argv array executed
+/// directly (never through a shell). `None` is "not set"; `Some([])` is "none".
+/// The global `[hooks]` section carries these keys, and a category section
+/// can carry the same three, so one type serves both.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hooks {
+    pub on_added: Option<Vec<String>>,
+    pub on_complete: Option<Vec<String>>,
+    pub on_seeding_done: Option<Vec<String>>,
+}
+
+impl Hooks {
+    /// The command set for `event`, if any.
+    pub fn get(&self, event: HookEvent) -> Option<&Vec<String>> {
+        match event {
+            HookEvent::Added => self.on_added.as_ref(),
+            HookEvent::Complete => self.on_complete.as_ref(),
+            HookEvent::SeedingDone => self.on_seeding_done.as_ref(),
+        }
+    }
+}
+
+/// The `[hooks]` section: the global commands and how they are run.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(from = "HooksToml", into = "HooksToml")]
+pub struct HooksSection {
+    pub commands: Hooks,
+    /// Hooks running at once; more wait in a bounded queue.
+    pub max_running: usize,
+    /// After this long a hook's process group is killed.
+    pub timeout: Span,
+}
+
+impl Default for HooksSection {
+    fn default() -> HooksSection {
+        HooksSection { commands: Hooks::default(), max_running: 4, timeout: Span(300) }
+    }
+}
+
+/// `[hooks]` as written: the commands beside the runner's settings in one
+/// table (serde's `flatten` cannot refuse unknown keys, so this is spelled out).
+#[derive(Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct HooksToml {
+    on_added: Option<Vec<String>>,
+    on_complete: Option<Vec<String>>,
+    on_seeding_done: Option<Vec<String>>,
+    max_running: usize,
+    timeout: Span,
+}
+
+impl Default for HooksToml {
+    fn default() -> HooksToml {
+        HooksSection::default().into()
+    }
+}
+
+impl From<HooksToml> for HooksSection {
+    fn from(t: HooksToml) -> HooksSection {
+        let commands = Hooks { on_added: t.on_added, on_complete: t.on_complete, on_seeding_done: t.on_seeding_done };
+        HooksSection { commands, max_running: t.max_running, timeout: t.timeout }
+    }
+}
+
+impl From<HooksSection> for HooksToml {
+    fn from(s: HooksSection) -> HooksToml {
+        let Hooks { on_added, on_complete, on_seeding_done } = s.commands;
+        HooksToml { on_added, on_complete, on_seeding_done, max_running: s.max_running, timeout: s.timeout }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {err}")]
@@ -366,6 +440,17 @@ impl Config {
         }
         if self.storage.resume_interval_secs == 0 {
             return Err(("storage.resume_interval_secs", "must be at least 1".into()));
+        }
+        if self.hooks.max_running == 0 {
+            return Err(("hooks.max_running", "must be at least 1".into()));
+        }
+        if self.hooks.timeout.0 == 0 {
+            return Err(("hooks.timeout", "must be at least 1s".into()));
+        }
+        for event in HookEvent::ALL {
+            if let Some(argv) = self.hooks.commands.get(event) {
+                crate::hooks::check_command(argv).map_err(|why| (event.global_key(), why))?;
+            }
         }
         self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
             ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
@@ -452,6 +537,32 @@ mod tests {
         for (text, want) in [("\"0027\"", 0o027), ("\"002\"", 0o002), ("\"0o7\"", 0o007)] {
             let c = Config::parse(&format!("[paths]\numask = {text}\n"), Path::new("c")).unwrap();
             assert_eq!(c.paths.umask, Umask(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn hooks_section_parses_and_names_its_bad_keys() {
+        let c = Config::parse(
+            "[hooks]\non_complete = [\"/bin/notify\", \"--name={name}\", \"{path}\"]\n\
+             on_added = []\ntimeout = \"2s\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        let h = &c.hooks;
+        assert_eq!(h.commands.on_complete.as_deref().unwrap(), ["/bin/notify", "--name={name}", "{path}"]);
+        assert_eq!(h.commands.on_added.as_deref(), Some(&[][..]), "[] is set, to no hook");
+        assert_eq!(h.commands.on_seeding_done, None);
+        assert_eq!((h.max_running, h.timeout), (4, Span(2)));
+        for (text, key) in [
+            ("[hooks]\non_complet = [\"/bin/x\"]\n", "on_complet"),
+            ("[hooks]\nmax_running = 0\n", "hooks.max_running"),
+            ("[hooks]\ntimeout = \"0\"\n", "hooks.timeout"),
+            ("[hooks]\non_added = [\"/bin/x\", \"{nmae}\"]\n", "hooks.on_added"),
+            ("[hooks]\non_seeding_done = [\"{path}\"]\n", "hooks.on_seeding_done"),
+            ("[hooks]\non_complete = \"/bin/x {name}\"\n", "on_complete"),
+        ] {
+            let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
         }
     }
 

@@ -103,6 +103,9 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
             if new.watch != old.watch {
                 changed.push("watch".into());
             }
+            if new.hooks.commands != old.hooks.commands || new.hooks.timeout != old.hooks.timeout {
+                changed.push("hooks".into());
+            }
             if new.log.status_interval_secs != old.log.status_interval_secs {
                 changed.push(format!("log.status_interval_secs={}", new.log.status_interval_secs));
             }
@@ -126,6 +129,9 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
             }
             if new.log.rotation != old.log.rotation || new.log.max_files != old.log.max_files {
                 restart.push("log.rotation/max_files");
+            }
+            if new.hooks.max_running != old.hooks.max_running {
+                restart.push("hooks.max_running");
             }
             session.set_config(Arc::new(new));
             tracing::info!(

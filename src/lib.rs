@@ -34,6 +34,8 @@
 //! * Shared torrent state sits behind a `std::sync::Mutex` that is never held
 //!   across an `.await`; the lock order is the session's registry, then a
 //!   torrent's state.
+//! * [`hooks`] runs the user's programs at a torrent's events off the
+//!   engine: bounded in number, queue and time, never through a shell.
 //! * Memory maps and files are only touched on the disk pool's threads (or
 //!   `spawn_blocking`), never on the async workers, so a page fault or a slow
 //!   filesystem never stalls a peer.
@@ -47,6 +49,7 @@ pub mod control;
 pub mod daemon;
 pub mod dht;
 pub mod extension;
+pub mod hooks;
 pub mod logging;
 pub mod magnet;
 pub mod metadata;

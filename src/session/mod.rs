@@ -14,6 +14,7 @@ mod listener;
 mod restore;
 
 use crate::config::Config;
+use crate::hooks::{Facts, HookEvent, HookRunner};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, now_unix, ResumeRecord};
@@ -82,17 +83,12 @@ impl Session {
         let listener = listener::bind(ip, config.network.listen_port).await?;
         let listen_port = listener.local_addr()?.port();
         tracing::info!(port = listen_port, "listening for peers");
-        let env = Arc::new(make_env(config, ip, listen_port).await?);
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let hooks = HookRunner::start(config.hooks.max_running, &tasks, cancel.clone());
+        let env = Arc::new(make_env(config, ip, listen_port, hooks).await?);
         let (removals, removal_rx) = mpsc::unbounded_channel();
         let (fetched, fetched_rx) = mpsc::unbounded_channel();
-        let session = Arc::new(Session {
-            env,
-            registry: Mutex::new(HashMap::new()),
-            cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            removals,
-            fetched,
-        });
+        let session = Arc::new(Session { env, registry: Mutex::new(HashMap::new()), cancel, tasks, removals, fetched });
         session.restore().await;
         session.tasks.spawn(listener::accept_loop(session.clone(), listener));
         session.tasks.spawn(housekeeping(Arc::downgrade(&session), removal_rx, fetched_rx, session.cancel.clone()));
@@ -118,6 +114,7 @@ impl Session {
                         continue;
                     }
                     torrents += 1;
+                    // Restored, not added: no `on_added` hook.
                     self.start_torrent(Arc::new(*meta), record);
                 }
                 restore::Restored::Magnet(magnet, paused, announce) => {
@@ -132,7 +129,7 @@ impl Session {
     }
 
     /// Spawns a torrent's task and puts it in the registry.
-    fn start_torrent(self: &Arc<Self>, meta: Arc<Metainfo>, record: ResumeRecord) {
+    fn start_torrent(self: &Arc<Self>, meta: Arc<Metainfo>, record: ResumeRecord) -> Arc<TorrentShared> {
         let hash = meta.info_hash;
         let shared = TorrentShared::new(meta, self.env.clone(), record);
         let (cmd, cmd_rx) = mpsc::channel(32);
@@ -151,7 +148,8 @@ impl Session {
                 exit
             }
         });
-        registry.insert(hash, Entry::Torrent(TorrentEntry { shared, cmd, cancel, task }));
+        registry.insert(hash, Entry::Torrent(TorrentEntry { shared: shared.clone(), cmd, cancel, task }));
+        shared
     }
 
     /// Puts a magnet in the registry, fetching unless paused.
@@ -254,7 +252,11 @@ impl Session {
             tokio::task::spawn_blocking(move || persist_torrent(&dir, &m, &r)).await.map_err(std::io::Error::other);
         match saved.and_then(|r| r) {
             Ok(()) => {
-                self.start_torrent(meta, record);
+                let shared = self.start_torrent(meta, record);
+                // A magnet's metadata arriving is not a new add: its hook ran.
+                if origin == Origin::User {
+                    shared.run_hook(HookEvent::Added);
+                }
                 Ok(AddOutcome::Added)
             }
             Err(e) => {
@@ -304,6 +306,14 @@ impl Session {
         }
         match save_magnet(&self.env.state_dir, &magnet, false).await {
             Ok(()) => {
+                let facts = Facts {
+                    hash: hash.hex(),
+                    name: magnet.display_name(),
+                    path: Default::default(),
+                    category: String::new(),
+                    size: None,
+                };
+                self.env.hooks.fire(&self.env.config(), HookEvent::Added, facts);
                 self.start_magnet(magnet, false);
                 Ok(AddOutcome::Added)
             }
@@ -505,7 +515,7 @@ impl Session {
     }
 }
 
-async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16) -> anyhow::Result<Env> {
+async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16, hooks: HookRunner) -> anyhow::Result<Env> {
     let dht = if config.dht.enabled {
         match crate::dht::Dht::start(ip, listen_port, &config.paths.state_dir, config.dht.bootstrap.clone()).await {
             Ok(d) => Some(d),
@@ -549,6 +559,7 @@ async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16) -> anyhow::
         config: RwLock::new(config),
         dht,
         announces: Default::default(),
+        hooks,
     })
 }
 

@@ -14,6 +14,7 @@ use super::task::{limit_reached, Command, Control};
 use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
 use crate::conn::Transport;
+use crate::hooks::HookEvent;
 use crate::resume::now_unix;
 use crate::storage::Place;
 use crate::tracker::{self, TrackerConfig, TransferCounters};
@@ -211,6 +212,11 @@ impl<'a> Active<'a> {
             avg = %format!("{}/s", human_bytes((got as f64 / secs) as u64)),
             "completed"
         );
+        // `on_complete` sees the data in its final folder: now if it is
+        // there already, else once the move is done.
+        if self.shared.place().settled {
+            self.shared.run_hook(HookEvent::Complete);
+        }
         self.shared.save_resume(false).await;
         let have = self.shared.inner.lock().unwrap().have.count();
         self.clock.saved(Instant::now(), have);
@@ -260,6 +266,7 @@ impl<'a> Active<'a> {
             s.record.moving = None;
         }
         self.shared.save_resume(false).await;
+        self.shared.run_hook(HookEvent::Complete);
         None
     }
 
@@ -298,6 +305,7 @@ impl<'a> Active<'a> {
             if let Some(why) = limit_reached(self.shared) {
                 let action = config.seeding.action;
                 tracing::info!(torrent = %self.shared.name(), reason = %why, action = ?action, "seeding limit reached");
+                self.shared.run_hook(HookEvent::SeedingDone);
                 return (plan.next_tick, Some(Outcome::LimitReached));
             }
         }
@@ -355,9 +363,12 @@ impl<'a> Active<'a> {
         if let Some((job, ctl)) = self.handoff.take() {
             ctl.stop.store(true, Ordering::Relaxed);
             if let Ok(Ok(place)) = job.await {
-                let mut s = self.shared.status.lock().unwrap();
-                s.record.place = Some(place);
-                s.record.moving = None;
+                {
+                    let mut s = self.shared.status.lock().unwrap();
+                    s.record.place = Some(place);
+                    s.record.moving = None;
+                }
+                self.shared.run_hook(HookEvent::Complete);
             }
         }
         let drain = async { while self.peers.join_next().await.is_some() {} };

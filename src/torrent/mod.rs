@@ -67,6 +67,8 @@ pub struct Env {
     pub dht: Option<Arc<crate::dht::Dht>>,
     /// When each torrent last announced, and its tracker key.
     pub announces: Arc<crate::tracker::pace::AnnounceBook>,
+    /// Runs the user's hooks (`[hooks]`) off the engine.
+    pub hooks: crate::hooks::HookRunner,
 }
 
 impl Env {
@@ -298,6 +300,24 @@ impl TorrentShared {
 
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// The torrent's top-level item on disk where it lives now: its single
+    /// file, or its root folder.
+    pub fn data_path(&self) -> PathBuf {
+        self.place().top()
+    }
+
+    /// Runs the hook configured for `event`, if any; never waits for it.
+    pub fn run_hook(&self, event: crate::hooks::HookEvent) {
+        let facts = crate::hooks::Facts {
+            hash: self.meta.info_hash.hex(),
+            name: self.meta.name.clone(),
+            path: self.data_path().into_os_string(),
+            category: String::new(),
+            size: Some(self.meta.total_length),
+        };
+        self.env.hooks.fire(&self.env.config(), event, facts);
     }
 
     pub fn storage(&self) -> Option<&Arc<TorrentStorage>> {

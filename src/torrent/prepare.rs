@@ -87,6 +87,8 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
         s.record.moving = None;
     }
     shared.save_resume(true).await;
+    // The download finished before a restart cut its move short.
+    shared.run_hook(crate::hooks::HookEvent::Complete);
     Ok(())
 }
 

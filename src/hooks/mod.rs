@@ -1,0 +1,225 @@
+//! Completion hooks: programs the user configures to run when a torrent is
+//! added, completes, or reaches a seeding limit (`[hooks]` in the config).
+//!
+//! They run off the engine. [`HookRunner::fire`] never waits: it builds the
+//! command line (`argv.rs`) and puts the job in a bounded queue
+//! ([`QUEUE_LEN`]; when full, the job is dropped with a WARN). One dispatcher
+//! task starts at most `hooks.max_running` jobs at once, each in a task of
+//! its own (`run.rs`) that logs its output and exit status and kills its
+//! process group at `hooks.timeout`. The dispatcher and the jobs are tracked
+//! by the session's `TaskTracker` and stop with its cancellation: queued jobs
+//! are dropped, running ones get [`run::SHUTDOWN_GRACE`] to finish before
+//! they are killed. A hook's failure never reaches a torrent.
+
+pub mod argv;
+mod run;
+
+pub use argv::{check_command, Facts};
+
+use crate::config::Config;
+use crate::types::printable;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Hooks waiting for a free slot, at most; more are dropped with a WARN.
+pub const QUEUE_LEN: usize = 100;
+
+/// The moments a hook can be attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookEvent {
+    /// A torrent or magnet was added (not restored at startup).
+    Added,
+    /// A download finished here.
+    Complete,
+    /// A seeding limit was reached.
+    SeedingDone,
+}
+
+impl HookEvent {
+    pub const ALL: [HookEvent; 3] = [HookEvent::Added, HookEvent::Complete, HookEvent::SeedingDone];
+
+    /// The config key, also the hook's name in logs.
+    pub fn key(self) -> &'static str {
+        match self {
+            HookEvent::Added => "on_added",
+            HookEvent::Complete => "on_complete",
+            HookEvent::SeedingDone => "on_seeding_done",
+        }
+    }
+
+    /// The key in the global section, as errors name it.
+    pub fn global_key(self) -> &'static str {
+        match self {
+            HookEvent::Added => "hooks.on_added",
+            HookEvent::Complete => "hooks.on_complete",
+            HookEvent::SeedingDone => "hooks.on_seeding_done",
+        }
+    }
+
+    /// `DROPSEED_EVENT`.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            HookEvent::Added => "added",
+            HookEvent::Complete => "complete",
+            HookEvent::SeedingDone => "seeding_done",
+        }
+    }
+}
+
+/// The session's handle for running hooks.
+pub struct HookRunner {
+    queue: mpsc::Sender<run::Job>,
+    max_running: usize,
+}
+
+/// What became of a hook [`HookRunner::fire`] was asked to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    /// None is configured for the event.
+    NoHook,
+    /// Queued; it runs when a slot is free.
+    Queued,
+    /// Dropped: the queue was full (logged).
+    Dropped,
+    /// Dropped: dropseed is stopping.
+    Stopping,
+}
+
+impl HookRunner {
+    /// Starts the dispatcher under `tasks`; it and every hook stop on `cancel`.
+    pub fn start(max_running: usize, tasks: &TaskTracker, cancel: CancellationToken) -> HookRunner {
+        let (queue, jobs) = mpsc::channel(QUEUE_LEN);
+        let max_running = max_running.max(1);
+        tasks.spawn(dispatch(jobs, max_running, tasks.clone(), cancel));
+        HookRunner { queue, max_running }
+    }
+
+    /// Runs the hook `config` sets for `event`, if any, without waiting.
+    pub fn fire(&self, config: &Config, event: HookEvent, facts: Facts) -> Fired {
+        let Some(template) = config.hooks.commands.get(event).filter(|t| !t.is_empty()) else {
+            return Fired::NoHook;
+        };
+        let job = run::Job {
+            event,
+            torrent: printable(&facts.name, 200),
+            argv: argv::argv(template, &facts),
+            env: argv::env(event, &facts),
+            timeout: Duration::from_secs(config.hooks.timeout.0),
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => Fired::Queued,
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                tracing::warn!(
+                    torrent = %job.torrent,
+                    hook = %event.key(),
+                    "hook not run: {QUEUE_LEN} hooks are already waiting behind the {} running (hooks.max_running)",
+                    self.max_running
+                );
+                Fired::Dropped
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                tracing::debug!(torrent = %job.torrent, hook = %event.key(), "hook not run: dropseed is stopping");
+                Fired::Stopping
+            }
+        }
+    }
+}
+
+/// Starts queued jobs as slots free up, until cancelled; then drops what
+/// is still queued (running jobs see the same cancellation).
+async fn dispatch(
+    mut jobs: mpsc::Receiver<run::Job>,
+    max_running: usize,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_running));
+    loop {
+        let slot = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let job = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            run::run(job, cancel).await;
+            drop(slot);
+        });
+    }
+    jobs.close();
+    let mut dropped = 0;
+    while jobs.try_recv().is_ok() {
+        dropped += 1;
+    }
+    if dropped > 0 {
+        tracing::info!(dropped, "queued hooks not run: dropseed is stopping");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts { hash: "00".repeat(20), name: "t".into(), path: "/d/t".into(), category: String::new(), size: Some(1) }
+    }
+
+    fn config_with(on_added: &[&str], timeout: &str) -> Config {
+        let argv: Vec<String> = on_added.iter().map(|a| format!("{a:?}")).collect();
+        let text = format!("[hooks]\non_added = [{}]\ntimeout = \"{timeout}\"\n", argv.join(", "));
+        Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_drops_the_hook_and_stopping_drops_the_queued_ones() {
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let runner = HookRunner::start(1, &tasks, cancel.clone());
+        let config = config_with(&["/bin/sleep", "30"], "1m");
+        assert_eq!(runner.fire(&Config::default(), HookEvent::Added, facts()), Fired::NoHook);
+        // Nothing runs until this task yields: the queue fills up.
+        for _ in 0..QUEUE_LEN {
+            assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Queued);
+        }
+        assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Dropped);
+        cancel.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("the runner stops");
+        assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Stopping);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_more_than_max_running_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let script = format!("echo start >> '{0}'; sleep 0.3; echo end >> '{0}'", log.display());
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let runner = HookRunner::start(1, &tasks, cancel.clone());
+        let config = config_with(&["/bin/sh", "-c", &script], "1m");
+        for _ in 0..3 {
+            assert_eq!(runner.fire(&config, HookEvent::Added, facts()), Fired::Queued);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().count() == 6 || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(text, "start\nend\n".repeat(3), "one at a time");
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+}

@@ -1,0 +1,289 @@
+//! Runs one hook process and reports on it: spawned directly (no shell) in a
+//! process group of its own, its stdout and stderr logged line by line with
+//! the torrent's and the hook's name (printable, cut, at most
+//! [`MAX_LOGGED_LINES`] lines a run), its exit status logged. At its timeout,
+//! or when dropseed stops and [`SHUTDOWN_GRACE`] has passed, the whole group
+//! is killed with SIGKILL, so a hung hook or anything it started cannot
+//! outlive its welcome. Nothing a hook does reaches the torrent or the daemon:
+//! every failure ends here as a log line.
+
+use super::HookEvent;
+use crate::types::{human_duration, printable};
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// Output lines logged per run (stdout and stderr together); the rest is
+/// read and dropped, so a chatty hook never blocks on a full pipe.
+pub const MAX_LOGGED_LINES: usize = 50;
+/// Characters kept of one output line.
+pub const MAX_LINE_CHARS: usize = 300;
+/// Bytes of one line held while reading it; the rest of a longer line is
+/// skipped up to its newline.
+const MAX_LINE_BYTES: usize = 4 * MAX_LINE_CHARS;
+/// How long running hooks may go on once dropseed is stopping, before their
+/// process groups are killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// One hook to run, its command line already built.
+pub struct Job {
+    pub event: HookEvent,
+    /// The torrent's name as logs show it (printable, cut).
+    pub torrent: String,
+    pub argv: Vec<OsString>,
+    pub env: Vec<(&'static str, OsString)>,
+    pub timeout: Duration,
+}
+
+enum End {
+    Exited(std::io::Result<ExitStatus>),
+    TimedOut,
+    Shutdown,
+}
+
+/// Runs `job` to its end; never fails, only logs.
+pub async fn run(job: Job, cancel: CancellationToken) {
+    let (hook, torrent) = (job.event.key(), job.torrent.as_str());
+    let program = printable(&job.argv[0].to_string_lossy(), 200);
+    let started = Instant::now();
+    let mut child = match spawn(&job).await {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let hint = if job.argv[0].to_string_lossy().contains('/') {
+                "(or the interpreter its #! line names)"
+            } else {
+                "in PATH (give its absolute path)"
+            };
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
+                "hook not run: program not found {hint}");
+            return;
+        }
+        Err(e) => {
+            let error = e.to_string();
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error,
+                "hook not run: cannot start it");
+            return;
+        }
+    };
+    let pgid = child.id();
+    tracing::debug!(torrent = %torrent, hook = %hook, program = %program, pid = ?pgid, "hook started");
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let logged = AtomicUsize::new(0);
+    let end = {
+        let work = async {
+            let (status, (), ()) = tokio::join!(
+                child.wait(),
+                pump(stdout, "stdout", &job, &logged),
+                pump(stderr, "stderr", &job, &logged)
+            );
+            status
+        };
+        tokio::pin!(work);
+        let deadline = tokio::time::sleep(job.timeout);
+        tokio::pin!(deadline);
+        let end = tokio::select! {
+            status = &mut work => End::Exited(status),
+            _ = &mut deadline => End::TimedOut,
+            _ = cancel.cancelled() => End::Shutdown,
+        };
+        match end {
+            // Stopping: the hook may still finish within the grace (and its
+            // own timeout); otherwise it is killed.
+            End::Shutdown => tokio::select! {
+                status = &mut work => End::Exited(status),
+                _ = &mut deadline => End::TimedOut,
+                _ = tokio::time::sleep(SHUTDOWN_GRACE) => End::Shutdown,
+            },
+            end => end,
+        }
+    };
+    let took = format!("{:.1}s", started.elapsed().as_secs_f64());
+    let (timeout, grace) = (human_duration(job.timeout.as_secs()), human_duration(SHUTDOWN_GRACE.as_secs()));
+    match end {
+        End::Exited(Ok(status)) if status.success() => {
+            tracing::info!(torrent = %torrent, hook = %hook, program = %program, took, "hook finished: exit status 0")
+        }
+        End::Exited(Ok(status)) => {
+            let why = describe(status);
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, took, "hook failed: {why}")
+        }
+        End::Exited(Err(e)) => {
+            let error = e.to_string();
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error, "hook lost: cannot wait for it")
+        }
+        End::TimedOut => {
+            kill_group(pgid);
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
+                "hook timed out after {timeout}; its process group was killed");
+        }
+        End::Shutdown => {
+            kill_group(pgid);
+            tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
+                "hook killed with its process group: dropseed is stopping and it ran {grace} past the stop");
+        }
+    }
+    // Reaps the leader (at once: it exited, or was just killed).
+    let _ = child.wait().await;
+}
+
+/// Starts the program. `spawn` waits for the exec to succeed or fail (a
+/// slow filesystem, a large program), so it runs on the blocking pool.
+async fn spawn(job: &Job) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&job.argv[0]);
+    cmd.args(&job.argv[1..])
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so that a timeout reaches whatever it started.
+        .process_group(0)
+        .kill_on_drop(true);
+    tokio::task::spawn_blocking(move || cmd.spawn()).await.map_err(std::io::Error::other)?
+}
+
+/// SIGKILL to the whole process group the hook leads.
+fn kill_group(pgid: Option<u32>) {
+    let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) else {
+        return;
+    };
+    // SAFETY: kill(2) with a negative pid signals that process group; it
+    // touches no memory of ours.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => format!("{status}"),
+    }
+}
+
+/// Reads one output stream to its end, logging its lines within budget.
+async fn pump(stream: Option<impl AsyncRead + Unpin>, name: &'static str, job: &Job, logged: &AtomicUsize) {
+    let Some(mut stream) = stream else {
+        return;
+    };
+    let mut lines = Lines::default();
+    let mut buf = [0u8; 4096];
+    let mut log = |line: String| log_line(job, name, logged, &line);
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => lines.feed(&buf[..n], &mut log),
+        }
+    }
+    lines.finish(&mut log);
+}
+
+fn log_line(job: &Job, stream: &'static str, logged: &AtomicUsize, line: &str) {
+    let (hook, torrent) = (job.event.key(), job.torrent.as_str());
+    match logged.fetch_add(1, Ordering::Relaxed) {
+        n if n < MAX_LOGGED_LINES => {
+            tracing::info!(torrent = %torrent, hook = %hook, stream = %stream, line = ?line, "hook output")
+        }
+        n if n == MAX_LOGGED_LINES => {
+            tracing::info!(torrent = %torrent, hook = %hook,
+                "hook output: more than {MAX_LOGGED_LINES} lines; the rest is not logged")
+        }
+        _ => {}
+    }
+}
+
+/// Splits a byte stream into lines, holding at most [`MAX_LINE_BYTES`] of
+/// one line; each line comes out printable and cut to [`MAX_LINE_CHARS`].
+#[derive(Default)]
+struct Lines {
+    line: Vec<u8>,
+    /// The current line outgrew the buffer; skipping to its newline.
+    cut: bool,
+}
+
+impl Lines {
+    fn feed(&mut self, mut bytes: &[u8], emit: &mut impl FnMut(String)) {
+        while !bytes.is_empty() {
+            let end = bytes.iter().position(|&b| b == b'\n');
+            let part = &bytes[..end.unwrap_or(bytes.len())];
+            let room = MAX_LINE_BYTES - self.line.len();
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            self.cut |= part.len() > room;
+            match end {
+                Some(e) => {
+                    self.emit(emit);
+                    bytes = &bytes[e + 1..];
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn finish(&mut self, emit: &mut impl FnMut(String)) {
+        if !self.line.is_empty() || self.cut {
+            self.emit(emit);
+        }
+    }
+
+    fn emit(&mut self, emit: &mut impl FnMut(String)) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        let mut shown = printable(text, MAX_LINE_CHARS);
+        if self.cut && !shown.ends_with('…') {
+            shown.push('…');
+        }
+        emit(shown);
+        self.line.clear();
+        self.cut = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(chunks: &[&[u8]]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut lines = Lines::default();
+        for c in chunks {
+            lines.feed(c, &mut |l| out.push(l));
+        }
+        lines.finish(&mut |l| out.push(l));
+        out
+    }
+
+    #[test]
+    fn lines_across_chunks_and_a_last_line_without_newline() {
+        assert_eq!(split(&[b"one\ntw", b"o\r\n\nthr", b"ee"]), ["one", "two", "", "three"]);
+        assert_eq!(split(&[b"a\n"]), ["a"]);
+        assert!(split(&[]).is_empty());
+    }
+
+    #[test]
+    fn control_characters_become_printable() {
+        assert_eq!(split(&[b"\x1b[31mred\x07 \xff\n"]), ["?[31mred? \u{fffd}"]);
+    }
+
+    #[test]
+    fn a_huge_line_is_cut_and_the_next_one_read() {
+        let big = vec![b'x'; 100_000];
+        let out = split(&[&big, &big, b"\nnext\n"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].chars().count(), MAX_LINE_CHARS + 1);
+        assert!(out[0].ends_with('…'));
+        assert_eq!(out[1], "next");
+    }
+
+    #[test]
+    fn a_line_filling_the_buffer_exactly_keeps_the_next_line() {
+        let exact = vec![b'y'; MAX_LINE_BYTES];
+        let out = split(&[&exact, b"\nnext\n"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1], "next");
+    }
+}
