@@ -27,6 +27,33 @@ pub struct Config {
     pub seeding: Seeding,
     pub storage: Storage,
     pub hooks: HooksSection,
+    /// `[categories.NAME]`: what a watch subfolder's torrents do differently.
+    pub categories: std::collections::BTreeMap<String, Category>,
+}
+
+/// A category: a subfolder of the watch folder (`watch/tv/x.torrent` is in
+/// category `tv`). Its torrents finish in their own complete folder and may
+/// have their own seeding limits and hooks; what it does not set is the
+/// global setting. A subfolder without a section is a category too.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Category {
+    /// Where its finished torrents go (default: `download_dir/NAME`).
+    pub download_dir: Option<PathBuf>,
+    pub ratio_limit: Option<f64>,
+    pub seed_time_limit: Option<Span>,
+    pub on_added: Option<Vec<String>>,
+    pub on_complete: Option<Vec<String>>,
+    pub on_seeding_done: Option<Vec<String>>,
+}
+
+/// Whether `name` may be a category: one plain folder name.
+pub fn valid_category(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -452,6 +479,21 @@ impl Config {
                 crate::hooks::check_command(argv).map_err(|why| (event.global_key(), why))?;
             }
         }
+        for (name, c) in &self.categories {
+            if !valid_category(name) {
+                return Err(("categories", format!("'{name}' cannot be a folder name: no '/', no leading '.'")));
+            }
+            for event in HookEvent::ALL {
+                let own = self.hook_for(name, event).filter(|_| c != &Category::default());
+                if let Some(argv) = own {
+                    crate::hooks::check_command(argv)
+                        .map_err(|why| ("categories", format!("[categories.{name}] {}: {why}", event.key())))?;
+                }
+            }
+            if c.ratio_limit.is_some_and(|r| r < 0.0 || !r.is_finite()) {
+                return Err(("categories", format!("[categories.{name}] ratio_limit must be 0 or more")));
+            }
+        }
         self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
             ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
         })?;
@@ -472,6 +514,35 @@ impl Config {
         (self.seeding.seed_time_limit.0 > 0).then(|| Duration::from_secs(self.seeding.seed_time_limit.0))
     }
 
+    /// The complete folder of `category` ("" for none).
+    pub fn complete_dir(&self, category: &str) -> PathBuf {
+        if category.is_empty() {
+            return self.paths.download_dir.clone();
+        }
+        match self.categories.get(category).and_then(|c| c.download_dir.clone()) {
+            Some(dir) => dir,
+            None => self.paths.download_dir.join(category),
+        }
+    }
+
+    /// The command `category` sets for `event`, else the global one.
+    pub fn hook_for(&self, category: &str, event: HookEvent) -> Option<&Vec<String>> {
+        let own = self.categories.get(category).and_then(|c| match event {
+            HookEvent::Added => c.on_added.as_ref(),
+            HookEvent::Complete => c.on_complete.as_ref(),
+            HookEvent::SeedingDone => c.on_seeding_done.as_ref(),
+        });
+        own.or_else(|| self.hooks.commands.get(event))
+    }
+
+    /// The seeding limits of `category`: (ratio, seed time in seconds).
+    pub fn seeding_limits(&self, category: &str) -> (f64, u64) {
+        let c = self.categories.get(category);
+        let ratio = c.and_then(|c| c.ratio_limit).unwrap_or(self.seeding.ratio_limit);
+        let time = c.and_then(|c| c.seed_time_limit).map_or(self.seeding.seed_time_limit.0, |s| s.0);
+        (ratio, time)
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.paths.state_dir.join("control.sock")
     }
@@ -483,6 +554,28 @@ fn one_line(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_category_overrides_what_it_sets_and_nothing_else() {
+        let text = "[paths]\ndownload_dir = \"/dl\"\n[seeding]\nratio_limit = 1.0\n\
+                    [hooks]\non_complete = [\"/bin/global\"]\non_added = [\"/bin/added\"]\n\
+                    [categories.tv]\ndownload_dir = \"/srv/tv\"\nseed_time_limit = \"2d\"\non_complete = [\"/bin/tv\", \"{category}\"]\n\
+                    [categories.quiet]\non_added = []\n";
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.complete_dir(""), Path::new("/dl"));
+        assert_eq!(c.complete_dir("tv"), Path::new("/srv/tv"));
+        assert_eq!(c.complete_dir("anime"), Path::new("/dl/anime"), "a folder without a section");
+        assert_eq!(c.hook_for("tv", HookEvent::Complete).unwrap()[0], "/bin/tv");
+        assert_eq!(c.hook_for("tv", HookEvent::Added).unwrap()[0], "/bin/added");
+        assert_eq!(c.hook_for("quiet", HookEvent::Added), Some(&Vec::new()), "[] turns it off");
+        assert_eq!(c.hook_for("", HookEvent::Complete).unwrap()[0], "/bin/global");
+        assert_eq!(c.seeding_limits("tv"), (1.0, 2 * 86400));
+        assert_eq!(c.seeding_limits("anime"), (1.0, 0));
+        for bad in ["[categories.\".hidden\"]\n", "[categories.\"a/b\"]\n", "[categories.x]\nratio_limit = -1.0\n"] {
+            assert!(Config::parse(bad, Path::new("x.toml")).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -139,6 +139,13 @@ pub fn resolve(config: &mut Config, base: &Path, home: Option<&Path>) -> Result<
         }
         *path = resolved;
     }
+    for (name, c) in config.categories.iter_mut() {
+        if let Some(dir) = c.download_dir.as_mut() {
+            let resolved =
+                resolve_one(dir, base, home).map_err(|e| ("categories", format!("[categories.{name}] {e}")))?;
+            *dir = resolved;
+        }
+    }
     Ok(notes)
 }
 

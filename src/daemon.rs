@@ -260,6 +260,7 @@ mod tests {
             wasted: 0,
             corrupt: 0,
             path: String::new(),
+            category: String::new(),
             download_rate: 0,
             upload_rate: up,
             peers,

@@ -113,6 +113,8 @@ impl Magnet {
 pub const MAX_PER_FILE: usize = 100;
 
 pub fn parse_file(text: &str) -> Result<Vec<Magnet>, String> {
+    // Some Windows tools start a text file with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let entries =
         || text.lines().enumerate().map(|(i, l)| (i, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
     let count = entries().count();
@@ -194,6 +196,10 @@ mod tests {
         let text = "# my magnets\n\nc12fe1c06bba254a9dc9f519b335aa7c1367a88a\n  magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=x\n";
         assert_eq!(parse_file(text).unwrap().len(), 2);
         assert!(parse_file("# nothing\n").is_err());
+        // As Sonarr writes it: one URI, no newline at the end; or CRLF and a BOM.
+        let one = format!("magnet:?xt=urn:btih:{}&dn=show", "ab".repeat(20));
+        assert_eq!(parse_file(&one).unwrap().len(), 1);
+        assert_eq!(parse_file(&format!("\u{feff}{one}\r\n")).unwrap().len(), 1);
         assert!(parse_file("garbage\n").unwrap_err().starts_with("line 1"));
     }
 }

@@ -53,6 +53,9 @@ pub struct ResumeRecord {
     /// in `download_dir` under the torrent's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<crate::storage::Place>,
+    /// The torrent's category (the watch subfolder it came from), "" for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub category: String,
     /// The complete folder's place for the data, written before a move
     /// begins and cleared when it is done: a restart finishes the move.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -451,7 +451,7 @@ fn a_read_only_watch_folder_is_warned_about_once_and_still_read() {
         status()["torrents"].as_array().unwrap().iter().any(|t| t["info_hash"] == later).then_some(())
     });
     // The invalid file is given up on after the retry window, once.
-    wait_for("the invalid file to be reported", Duration::from_secs(30), || {
+    wait_for("the invalid file to be reported", Duration::from_secs(90), || {
         (!log_lines(dir.path(), "junk.torrent").is_empty()).then_some(())
     });
     std::thread::sleep(Duration::from_secs(4)); // four more scans

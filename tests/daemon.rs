@@ -78,7 +78,7 @@ fn watch_folder_picks_up_files_and_rejects_bad_ones() {
 
     for (name, _, reason) in &bad {
         let invalid = ds.watch_dir().join(format!("{name}.invalid"));
-        wait_for(&format!("{name} to become .invalid"), Duration::from_secs(30), || invalid.exists().then_some(()));
+        wait_for(&format!("{name} to become .invalid"), Duration::from_secs(90), || invalid.exists().then_some(()));
         // The log is written by its own thread: the line may trail the rename.
         let line = wait_for(&format!("the WARN for {name}"), Duration::from_secs(5), || {
             ds.log_text().lines().find(|l| l.contains("invalid file") && l.contains(name)).map(String::from)

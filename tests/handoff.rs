@@ -323,3 +323,70 @@ fn a_complete_folder_without_room_keeps_the_data_whole_where_it_was() {
     let left: Vec<_> = std::fs::read_dir(&small).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_watch_subfolder_is_a_category_with_its_own_complete_folder() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let episode = Swarm::single("episode.mkv", 1 << 20, 15, 70);
+    let film = Swarm::single("feature.mkv", 1 << 20, 15, 71);
+    let work = common::tempdir();
+    let movies = work.path().join("movies");
+    let mut d = Dropseed::start_with(&format!("[categories.movies]\ndownload_dir = \"{}\"\n", movies.display()));
+    for sub in ["tv", "movies"] {
+        std::fs::create_dir_all(d.watch_dir().join(sub)).unwrap();
+    }
+    d.drop_file(&episode.torrent, "tv/episode.torrent");
+    d.drop_file(&film.torrent, "movies/feature.torrent");
+    // A category without a section finishes under download_dir/NAME.
+    let t = d.wait_state(&episode.hash, "seeding", Duration::from_secs(60));
+    assert_eq!(t["category"], "tv", "{t}");
+    assert_same_tree(&episode.data, &d.download_dir().join("tv"));
+    let t = d.wait_state(&film.hash, "seeding", Duration::from_secs(60));
+    assert_eq!(t["category"], "movies", "{t}");
+    assert_same_tree(&film.data, &movies);
+    assert!(d.watch_dir().join("tv/episode.torrent.added").exists());
+    assert!(d.log_text().lines().any(|l| l.contains("added") && l.contains("category=tv")));
+    // The category outlives a restart.
+    d.stop();
+    d.start();
+    let t = d.wait_state(&episode.hash, "seeding", Duration::from_secs(30));
+    assert_eq!(t["category"], "tv", "{t}");
+}
+
+#[test]
+fn the_watch_folder_waits_for_slow_writers_and_keeps_every_file() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let swarm = Swarm::single("slow.bin", 1 << 20, 15, 72);
+    let d = Dropseed::start_with("");
+    std::fs::create_dir_all(d.watch_dir()).unwrap();
+    // Written under its final name, in four pieces over 20 s (a slow share).
+    let bytes = std::fs::read(&swarm.torrent).unwrap();
+    let target = d.watch_dir().join("slow.torrent");
+    let quarter = bytes.len() / 4 + 1;
+    for (i, chunk) in bytes.chunks(quarter).enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_secs(7));
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&target).unwrap();
+        std::io::Write::write_all(&mut f, chunk).unwrap();
+    }
+    d.wait_state(&swarm.hash, "seeding", Duration::from_secs(60));
+    assert!(d.watch_dir().join("slow.torrent.added").exists());
+    // The same file dropped again: the first trace is kept beside the second.
+    std::fs::write(d.watch_dir().join("slow.torrent.added"), b"the first trace").unwrap();
+    d.drop_file(&swarm.torrent, "slow.torrent");
+    common::wait_for("the second drop handled", Duration::from_secs(20), || {
+        d.watch_dir().join("slow.torrent.2.added").exists().then_some(())
+    });
+    assert_eq!(std::fs::read(d.watch_dir().join("slow.torrent.added")).unwrap(), b"the first trace");
+    let invalid: Vec<_> = std::fs::read_dir(d.watch_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".invalid"))
+        .collect();
+    assert!(invalid.is_empty(), "{invalid:?}");
+}

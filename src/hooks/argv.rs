@@ -23,7 +23,7 @@ pub struct Facts {
     /// The torrent's top-level item on disk (its single file or its root
     /// folder); empty for a magnet whose metadata has not arrived.
     pub path: OsString,
-    /// Empty until categories exist.
+    /// The torrent's category (its watch subfolder); empty for none.
     pub category: String,
     /// Total bytes; `None` (empty) for a magnet without metadata.
     pub size: Option<u64>,

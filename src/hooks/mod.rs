@@ -99,7 +99,7 @@ impl HookRunner {
 
     /// Runs the hook `config` sets for `event`, if any, without waiting.
     pub fn fire(&self, config: &Config, event: HookEvent, facts: Facts) -> Fired {
-        let Some(template) = config.hooks.commands.get(event).filter(|t| !t.is_empty()) else {
+        let Some(template) = config.hook_for(&facts.category, event).filter(|t| !t.is_empty()) else {
             return Fired::NoHook;
         };
         let job = run::Job {

@@ -45,6 +45,8 @@ pub(super) struct MagnetEntry {
     pub fetch: Option<Fetching>,
     /// Why the metadata could not be used or saved, if so.
     pub error: Option<String>,
+    /// The category the torrent it becomes will have.
+    pub category: String,
 }
 
 /// The task fetching a magnet's metadata, and what the session sees of it.
@@ -82,6 +84,7 @@ impl MagnetEntry {
             wasted: 0,
             corrupt: 0,
             path: String::new(),
+            category: self.category.clone(),
             download_rate: 0,
             upload_rate: 0,
             peers: self.fetch.as_ref().map_or(0, |f| f.progress.peers.load(Ordering::Relaxed)),

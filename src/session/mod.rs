@@ -117,9 +117,9 @@ impl Session {
                     // Restored, not added: no `on_added` hook.
                     self.start_torrent(Arc::new(*meta), record);
                 }
-                restore::Restored::Magnet(magnet, paused, announce) => {
+                restore::Restored::Magnet(magnet, paused, announce, category) => {
                     self.env.announces.restore(magnet.info_hash, announce);
-                    self.start_magnet(magnet, paused)
+                    self.start_magnet(magnet, paused, category)
                 }
             }
         }
@@ -153,13 +153,13 @@ impl Session {
     }
 
     /// Puts a magnet in the registry, fetching unless paused.
-    fn start_magnet(self: &Arc<Self>, magnet: Magnet, paused: bool) {
+    fn start_magnet(self: &Arc<Self>, magnet: Magnet, paused: bool, category: String) {
         let hash = magnet.info_hash;
         // Spawned under the registry's lock: a fetch can finish within a
         // millisecond, and its metadata must find the magnet in place.
         let mut registry = self.registry.lock().unwrap();
         let fetch = (!paused).then(|| self.spawn_fetch(&magnet));
-        registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None }));
+        registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None, category }));
     }
 
     fn spawn_fetch(self: &Arc<Self>, magnet: &Magnet) -> Fetching {
@@ -202,7 +202,12 @@ impl Session {
     /// Adds a torrent; persisted before it starts, so a crash right after
     /// still knows it. A magnet of the same torrent still fetching is dropped.
     pub async fn add_metainfo(self: &Arc<Self>, meta: Metainfo) -> std::io::Result<AddOutcome> {
-        self.add_torrent(meta, Vec::new(), Origin::User).await
+        self.add_metainfo_in(meta, "").await
+    }
+
+    /// Adds a torrent in `category` ("" for none).
+    pub async fn add_metainfo_in(self: &Arc<Self>, meta: Metainfo, category: &str) -> std::io::Result<AddOutcome> {
+        self.add_torrent(meta, Vec::new(), Origin::User, category.to_string()).await
     }
 
     async fn add_torrent(
@@ -210,6 +215,7 @@ impl Session {
         meta: Metainfo,
         peers: Vec<SocketAddr>,
         origin: Origin,
+        category: String,
     ) -> std::io::Result<AddOutcome> {
         let hash = meta.info_hash;
         let replaced = {
@@ -236,6 +242,8 @@ impl Session {
         // Metadata that arrives just after the user paused the magnet makes
         // a paused torrent.
         let paused = magnet.as_ref().is_some_and(|m| m.fetch.is_none());
+        // A magnet's torrent keeps the magnet's category.
+        let category = magnet.as_ref().map_or(category, |m| m.category.clone());
         if let Some(m) = magnet.as_mut() {
             m.stop_fetch().await;
         }
@@ -244,6 +252,7 @@ impl Session {
             added_at: now_unix(),
             peers: peers.iter().map(|p| p.to_string()).collect(),
             hold: if paused { resume::Hold::Paused } else { resume::Hold::Running },
+            category,
             ..Default::default()
         };
         let meta = Arc::new(meta);
@@ -276,7 +285,7 @@ impl Session {
     /// A magnet's metadata arrived: it becomes a torrent like any other.
     async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
         let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
-        match self.add_torrent(f.meta, f.peers, Origin::Fetched).await {
+        match self.add_torrent(f.meta, f.peers, Origin::Fetched, String::new()).await {
             Ok(AddOutcome::Added) => {
                 tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent")
             }
@@ -296,6 +305,11 @@ impl Session {
 
     /// Records a magnet; it waits in state `metadata` for its metadata.
     pub async fn add_magnet(self: &Arc<Self>, magnet: Magnet) -> std::io::Result<AddOutcome> {
+        self.add_magnet_in(magnet, "").await
+    }
+
+    /// Adds a magnet in `category` ("" for none).
+    pub async fn add_magnet_in(self: &Arc<Self>, magnet: Magnet, category: &str) -> std::io::Result<AddOutcome> {
         let hash = magnet.info_hash;
         {
             let mut registry = self.registry.lock().unwrap();
@@ -304,17 +318,17 @@ impl Session {
             }
             registry.insert(hash, Entry::Reserved(None));
         }
-        match save_magnet(&self.env.state_dir, &magnet, false).await {
+        match save_magnet(&self.env.state_dir, &magnet, false, category).await {
             Ok(()) => {
                 let facts = Facts {
                     hash: hash.hex(),
                     name: magnet.display_name(),
                     path: Default::default(),
-                    category: String::new(),
+                    category: category.to_string(),
                     size: None,
                 };
                 self.env.hooks.fire(&self.env.config(), HookEvent::Added, facts);
-                self.start_magnet(magnet, false);
+                self.start_magnet(magnet, false, category.to_string());
                 Ok(AddOutcome::Added)
             }
             Err(e) => {
@@ -398,12 +412,12 @@ impl Session {
         let result = match (cmd, m.fetch.is_some()) {
             (Cmd::Pause, true) => {
                 m.stop_fetch().await;
-                let r = save_magnet(&self.env.state_dir, &m.magnet, true).await;
+                let r = save_magnet(&self.env.state_dir, &m.magnet, true, &m.category).await;
                 tracing::info!(torrent = %name, "paused");
                 r.map(|_| format!("pausing {name}")).map_err(|e| e.to_string())
             }
             (Cmd::Resume, false) => {
-                let r = save_magnet(&self.env.state_dir, &m.magnet, false).await;
+                let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.category).await;
                 tracing::info!(torrent = %name, "resumed");
                 let mut registry = self.registry.lock().unwrap();
                 m.error = None;
@@ -606,8 +620,11 @@ fn persist_torrent(dir: &Path, meta: &Metainfo, record: &ResumeRecord) -> std::i
 }
 
 /// A magnet in `state_dir`: its URI, and a `# paused` line while paused.
-async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool) -> std::io::Result<()> {
-    let text = format!("{}\n{}", magnet.to_uri(), if paused { restore::PAUSED_MARK } else { "" });
+async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool, category: &str) -> std::io::Result<()> {
+    let mut text = format!("{}\n{}", magnet.to_uri(), if paused { restore::PAUSED_MARK } else { "" });
+    if !category.is_empty() {
+        text.push_str(&format!("{}{category}\n", restore::CATEGORY_MARK));
+    }
     let path = resume::magnet_path(state_dir, &magnet.info_hash);
     tokio::task::spawn_blocking(move || resume::write_atomic(&path, text.as_bytes()))
         .await

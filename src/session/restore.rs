@@ -10,11 +10,13 @@ use std::path::Path;
 
 /// The line that marks a magnet paused in its state file.
 pub(super) const PAUSED_MARK: &str = "# paused\n";
+/// The line that names a magnet's category in its state file.
+pub(super) const CATEGORY_MARK: &str = "# category: ";
 
 pub(super) enum Restored {
     Torrent(Box<Metainfo>, ResumeRecord),
-    /// A magnet, whether it was paused, and its announce record.
-    Magnet(Magnet, bool, AnnounceRecord),
+    /// A magnet, whether it was paused, its announce record, its category.
+    Magnet(Magnet, bool, AnnounceRecord, String),
 }
 
 pub(super) fn scan(dir: &Path) -> Vec<Restored> {
@@ -53,6 +55,13 @@ fn read_torrent(dir: &Path, path: &Path) -> Result<Restored, String> {
 fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let paused = text.lines().any(|l| l.trim() == PAUSED_MARK.trim());
+    let category = text
+        .lines()
+        .find_map(|l| l.strip_prefix(CATEGORY_MARK))
+        .map(str::trim)
+        .filter(|c| crate::config::valid_category(c))
+        .unwrap_or_default()
+        .to_string();
     let uri = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).ok_or("empty magnet file")?;
     let magnet = crate::magnet::Magnet::parse_stored(uri)?;
     if resume::torrent_path(dir, &magnet.info_hash).exists() {
@@ -61,5 +70,5 @@ fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
     }
     // Only its announces are recorded; an unreadable record costs a wait.
     let announce = ResumeRecord::load(dir, &magnet.info_hash).ok().flatten().unwrap_or_default().announce;
-    Ok(Some(Restored::Magnet(magnet, paused, announce)))
+    Ok(Some(Restored::Magnet(magnet, paused, announce, category)))
 }

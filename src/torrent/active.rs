@@ -233,7 +233,7 @@ impl<'a> Active<'a> {
             return;
         }
         let (shared, env) = (self.shared.clone(), &self.shared.env);
-        let (dir, meta) = (env.download_dir.clone(), shared.meta.clone());
+        let (dir, meta) = (shared.complete_dir(), shared.meta.clone());
         let target = match env.disk.run(move || handoff::target_in(&dir, &meta)).await {
             Ok(t) => t,
             Err(_) => return,

@@ -234,7 +234,7 @@ fn remove_all(p: &Path) -> io::Result<()> {
 
 /// rename(2) that fails with EEXIST instead of replacing `to` (where the
 /// filesystem cannot promise that, a check just before the plain rename).
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"));
     let (f, t) = (c(from)?, c(to)?);
     // SAFETY: two valid C strings; AT_FDCWD with absolute or relative paths.

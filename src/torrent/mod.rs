@@ -314,7 +314,7 @@ impl TorrentShared {
             hash: self.meta.info_hash.hex(),
             name: self.meta.name.clone(),
             path: self.data_path().into_os_string(),
-            category: String::new(),
+            category: self.category(),
             size: Some(self.meta.total_length),
         };
         self.env.hooks.fire(&self.env.config(), event, facts);
@@ -324,15 +324,21 @@ impl TorrentShared {
         self.storage.get()
     }
 
+    /// The torrent's category, "" for none.
+    pub fn category(&self) -> String {
+        self.status.lock().unwrap().record.category.clone()
+    }
+
+    /// Where the data goes once complete: its category's complete folder.
+    pub fn complete_dir(&self) -> PathBuf {
+        self.env.config().complete_dir(&self.category())
+    }
+
     /// Where the data lives now. A record from before `incomplete_dir`
     /// (and a torrent not yet prepared) has it in `download_dir`.
     pub fn place(&self) -> Place {
         let place = self.status.lock().unwrap().record.place.clone();
-        place.unwrap_or_else(|| Place {
-            dir: self.env.download_dir.clone(),
-            name: self.meta.name.clone(),
-            settled: true,
-        })
+        place.unwrap_or_else(|| Place { dir: self.complete_dir(), name: self.meta.name.clone(), settled: true })
     }
 
     /// A new torrent's place: `incomplete_dir`, unless that is off or the
@@ -537,6 +543,7 @@ impl TorrentShared {
             wasted: self.wasted.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
             path: self.place().top().display().to_string(),
+            category: s.record.category.clone(),
             download_rate: s.download_rate,
             upload_rate: s.upload_rate,
             peers,
@@ -565,6 +572,9 @@ pub struct TorrentStatus {
     /// magnet.
     #[serde(default)]
     pub path: String,
+    /// Its category (watch subfolder), "" for none.
+    #[serde(default)]
+    pub category: String,
     /// Bytes received that were not asked for or no longer needed.
     #[serde(default)]
     pub wasted: u64,

@@ -230,18 +230,15 @@ impl Drop for QueuedGuard<'_> {
 
 /// Why a seeding torrent should stop, if it should.
 pub(super) fn limit_reached(shared: &TorrentShared) -> Option<String> {
-    let cfg = shared.env.config();
-    if cfg.seeding.ratio_limit > 0.0 {
+    let (ratio_limit, time_limit) = shared.env.config().seeding_limits(&shared.category());
+    if ratio_limit > 0.0 {
         let up = shared.uploaded.load(Ordering::Relaxed) as f64;
         let down = shared.downloaded.load(Ordering::Relaxed);
         let base = if down > 0 { down } else { shared.meta.total_length } as f64;
-        if up / base >= cfg.seeding.ratio_limit {
-            return Some(format!("ratio {:.2} >= {}", up / base, cfg.seeding.ratio_limit));
+        if up / base >= ratio_limit {
+            return Some(format!("ratio {:.2} >= {ratio_limit}", up / base));
         }
     }
     let seeded = shared.status.lock().unwrap().record.seeding_secs;
-    match cfg.seed_time_limit() {
-        Some(limit) if seeded >= limit.as_secs() => Some(format!("seeded for {}", human_duration(seeded))),
-        _ => None,
-    }
+    (time_limit > 0 && seeded >= time_limit).then(|| format!("seeded for {}", human_duration(seeded)))
 }

@@ -4,8 +4,15 @@
 //! `poll_secs` catches what inotify misses (NFS, SMB). A file is acted on only
 //! once complete: after a close-after-write or moved-to event, or when its
 //! size and mtime held still between two looks a second apart. A file that
-//! does not parse is retried for [`INVALID_AFTER`] (it may still be arriving),
-//! then renamed `NAME.invalid` with the reason in the log.
+//! does not parse is retried for [`INVALID_AFTER`] (it may still be arriving,
+//! in pieces, from a slow network filesystem), then renamed `NAME.invalid`
+//! with the reason in the log. A handled file is renamed `NAME.added`; when
+//! that name is taken (the same file dropped again), `NAME.2.added`,
+//! `NAME.3.added`, ... so that no file is ever lost.
+//!
+//! A subfolder is a category: `watch/tv/x.torrent` is added in category
+//! `tv` (one level deep; folders whose names start with `.` are skipped).
+//! inotify watches the subfolders too (files deeper down are ignored).
 //!
 //! A file that cannot be renamed or deleted after it was handled (a
 //! read-only folder) stays where it is and is taken once, like a file kept
@@ -30,7 +37,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-pub const INVALID_AFTER: Duration = Duration::from_secs(15);
+pub const INVALID_AFTER: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// What a file holds, by its name.
@@ -223,7 +230,7 @@ impl WatchFolder {
                     last_full = Instant::now();
                 }
                 Ok(Msg::Seen(path, complete)) => {
-                    if kind_of(&path).is_some() && path.exists() {
+                    if kind_of(&path).is_some() && self.is_watched(&path) && path.exists() {
                         let p = self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
                         p.closed |= complete;
                         if complete {
@@ -262,10 +269,20 @@ impl WatchFolder {
                 }
             }
         });
-        let result = watcher.and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|()| w));
+        // Recursive, for the category subfolders; deeper files are ignored.
+        let result = watcher.and_then(|mut w| w.watch(&self.dir, RecursiveMode::Recursive).map(|()| w));
         result
             .map_err(|e| tracing::warn!(dir = %self.dir.display(), error = %e, "inotify unavailable; polling only"))
             .ok()
+    }
+
+    /// A file in the folder itself, or in a category subfolder of it.
+    fn is_watched(&self, path: &Path) -> bool {
+        match path.parent() {
+            Some(parent) if parent == self.dir => true,
+            Some(parent) => parent.parent() == Some(&self.dir) && category_of_folder(parent).is_some(),
+            None => false,
+        }
     }
 
     /// Lists the folder and considers every candidate file.
@@ -284,14 +301,31 @@ impl WatchFolder {
             }
         };
         let mut present = HashSet::new();
+        let mut categories = Vec::new();
         for e in entries.flatten() {
             let path = e.path();
-            if kind_of(&path).is_none() || !e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && category_of_folder(&path).is_some() {
+                categories.push(path);
+                continue;
+            }
+            if kind_of(&path).is_none() || !kind.is_file() {
                 continue;
             }
             present.insert(path.clone());
             self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
             self.consider(&path);
+        }
+        for folder in categories.iter().take(MAX_CATEGORIES) {
+            for e in std::fs::read_dir(folder).into_iter().flatten().flatten().take(MAX_FILES_PER_CATEGORY) {
+                let path = e.path();
+                if kind_of(&path).is_none() || !e.file_type().is_ok_and(|t| t.is_file()) {
+                    continue;
+                }
+                present.insert(path.clone());
+                self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
+                self.consider(&path);
+            }
         }
         self.pending.retain(|p, _| present.contains(p));
         self.kept.retain_present(&present);
@@ -332,7 +366,7 @@ impl WatchFolder {
             }
             Err(e) if p.first_seen.elapsed() >= INVALID_AFTER => {
                 self.pending.remove(path);
-                let target = with_suffix(path, "invalid");
+                let target = free_suffix(path, "invalid");
                 match self.rename(path, &target, stamp) {
                     true => {
                         tracing::warn!(file = %shown(path), reason = %e, "invalid file; renamed to {}", shown(&target))
@@ -345,10 +379,11 @@ impl WatchFolder {
         }
     }
 
-    /// Renames a handled file; if the folder will not have it, the file
-    /// stays, is taken no more, and the folder is warned about once.
+    /// Renames a handled file, never over another; if the folder will not
+    /// have it, the file stays, is taken no more, and the folder is warned
+    /// about once.
     fn rename(&mut self, from: &Path, to: &Path, stamp: kept::Stamp) -> bool {
-        let result = std::fs::rename(from, to);
+        let result = crate::torrent::handoff::rename_noreplace(from, to);
         self.done_with(from, stamp, result)
     }
 
@@ -373,30 +408,35 @@ impl WatchFolder {
 
     fn add(&mut self, path: &Path, parsed: Parsed, stamp: kept::Stamp) {
         let file = shown(path);
+        // A file in a subfolder belongs to that folder's category.
+        let category = match path.parent() {
+            Some(parent) if parent != self.dir => category_of_folder(parent).unwrap_or_default(),
+            _ => String::new(),
+        };
         let results: Vec<(String, String, std::io::Result<AddOutcome>)> = match parsed {
             Parsed::Torrent(meta) => {
                 let (name, hash) = (meta.name.clone(), meta.info_hash.hex());
-                vec![(name, hash, self.rt.block_on(self.session.add_metainfo(*meta)))]
+                vec![(name, hash, self.rt.block_on(self.session.add_metainfo_in(*meta, &category)))]
             }
             Parsed::Magnets(list) => list
                 .into_iter()
                 .map(|m| {
                     let name = m.name.clone().unwrap_or_else(|| m.info_hash.hex());
                     let hash = m.info_hash.hex();
-                    (name, hash, self.rt.block_on(self.session.add_magnet(m)))
+                    (name, hash, self.rt.block_on(self.session.add_magnet_in(m, &category)))
                 })
                 .collect(),
         };
         for (name, hash, r) in &results {
             match r {
                 Ok(AddOutcome::Added) => {
-                    tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "added")
+                    tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], category = %category, "added")
                 }
                 Ok(AddOutcome::AlreadyManaged) => {
                     tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "already managed; nothing to add")
                 }
                 Ok(AddOutcome::Refused(why)) => {
-                    let target = with_suffix(path, "invalid");
+                    let target = free_suffix(path, "invalid");
                     match self.rename(path, &target, stamp) {
                         true => {
                             tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; renamed to {}", shown(&target))
@@ -415,7 +455,8 @@ impl WatchFolder {
         }
         match self.on_added {
             OnAdded::Rename => {
-                self.rename(path, &with_suffix(path, "added"), stamp);
+                let target = free_suffix(path, "added");
+                self.rename(path, &target, stamp);
             }
             OnAdded::Delete => {
                 let result = std::fs::remove_file(path);
@@ -441,6 +482,25 @@ fn new_pending(path: &Path) -> Pending {
 /// replaced, cut to a sane length.
 fn shown(path: &Path) -> String {
     crate::types::printable(&path.to_string_lossy(), 500)
+}
+
+/// Category folders looked into, and files taken from each, per scan.
+const MAX_CATEGORIES: usize = 100;
+const MAX_FILES_PER_CATEGORY: usize = 1000;
+
+/// The category a watch subfolder stands for, if its name can be one.
+fn category_of_folder(folder: &Path) -> Option<String> {
+    let name = folder.file_name()?.to_str()?;
+    crate::config::valid_category(name).then(|| name.to_string())
+}
+
+/// `path.suffix`, or the first of `path.2.suffix`, `path.3.suffix`, ...
+/// that does not exist: a file handled twice keeps both of its traces.
+fn free_suffix(path: &Path, suffix: &str) -> PathBuf {
+    (1..10_000)
+        .map(|n| if n == 1 { with_suffix(path, suffix) } else { with_suffix(path, &format!("{n}.{suffix}")) })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| with_suffix(path, suffix))
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
