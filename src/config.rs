@@ -42,9 +42,19 @@ pub struct Category {
     pub download_dir: Option<PathBuf>,
     pub ratio_limit: Option<f64>,
     pub seed_time_limit: Option<Span>,
+    pub idle_seed_limit: Option<Span>,
     pub on_added: Option<Vec<String>>,
     pub on_complete: Option<Vec<String>>,
     pub on_seeding_done: Option<Vec<String>>,
+}
+
+/// When seeding stops (0: no limit of that kind).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeedLimits {
+    pub ratio: f64,
+    pub time_secs: u64,
+    /// Seconds in a row without an uploaded byte.
+    pub idle_secs: u64,
 }
 
 /// Whether `name` may be a category: one plain folder name.
@@ -300,12 +310,14 @@ pub enum LimitAction {
 pub struct Seeding {
     pub ratio_limit: f64,
     pub seed_time_limit: Span,
+    /// Stop once nothing was uploaded for this long while seeding.
+    pub idle_seed_limit: Span,
     pub action: LimitAction,
 }
 
 impl Default for Seeding {
     fn default() -> Seeding {
-        Seeding { ratio_limit: 0.0, seed_time_limit: Span(0), action: LimitAction::Stop }
+        Seeding { ratio_limit: 0.0, seed_time_limit: Span(0), idle_seed_limit: Span(0), action: LimitAction::Stop }
     }
 }
 
@@ -535,12 +547,15 @@ impl Config {
         own.or_else(|| self.hooks.commands.get(event))
     }
 
-    /// The seeding limits of `category`: (ratio, seed time in seconds).
-    pub fn seeding_limits(&self, category: &str) -> (f64, u64) {
+    /// The seeding limits of `category`: its own, else the global ones.
+    pub fn seeding_limits(&self, category: &str) -> SeedLimits {
         let c = self.categories.get(category);
-        let ratio = c.and_then(|c| c.ratio_limit).unwrap_or(self.seeding.ratio_limit);
-        let time = c.and_then(|c| c.seed_time_limit).map_or(self.seeding.seed_time_limit.0, |s| s.0);
-        (ratio, time)
+        let span = |own: Option<Span>, global: Span| own.unwrap_or(global).0;
+        SeedLimits {
+            ratio: c.and_then(|c| c.ratio_limit).unwrap_or(self.seeding.ratio_limit),
+            time_secs: span(c.and_then(|c| c.seed_time_limit), self.seeding.seed_time_limit),
+            idle_secs: span(c.and_then(|c| c.idle_seed_limit), self.seeding.idle_seed_limit),
+        }
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -569,8 +584,8 @@ mod tests {
         assert_eq!(c.hook_for("tv", HookEvent::Added).unwrap()[0], "/bin/added");
         assert_eq!(c.hook_for("quiet", HookEvent::Added), Some(&Vec::new()), "[] turns it off");
         assert_eq!(c.hook_for("", HookEvent::Complete).unwrap()[0], "/bin/global");
-        assert_eq!(c.seeding_limits("tv"), (1.0, 2 * 86400));
-        assert_eq!(c.seeding_limits("anime"), (1.0, 0));
+        assert_eq!(c.seeding_limits("tv"), SeedLimits { ratio: 1.0, time_secs: 2 * 86400, idle_secs: 0 });
+        assert_eq!(c.seeding_limits("anime"), SeedLimits { ratio: 1.0, time_secs: 0, idle_secs: 0 });
         for bad in ["[categories.\".hidden\"]\n", "[categories.\"a/b\"]\n", "[categories.x]\nratio_limit = -1.0\n"] {
             assert!(Config::parse(bad, Path::new("x.toml")).is_err(), "{bad}");
         }

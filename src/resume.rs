@@ -32,6 +32,9 @@ pub struct ResumeRecord {
     pub completed_at: u64,
     /// Seconds spent seeding, for the seed-time limit.
     pub seeding_secs: u64,
+    /// Seconds seeding since the last uploaded byte, for the idle limit.
+    #[serde(default)]
+    pub seed_idle_secs: u64,
     /// Why the torrent is held still, if it is.
     #[serde(default)]
     pub hold: Hold,
@@ -53,6 +56,10 @@ pub struct ResumeRecord {
     /// in `download_dir` under the torrent's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<crate::storage::Place>,
+    /// The version of dropseed's record format that wrote it: 0 for records
+    /// from before `place` existed.
+    #[serde(default)]
+    pub version: u32,
     /// The torrent's category (the watch subfolder it came from), "" for none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub category: String,
@@ -72,6 +79,9 @@ pub enum Hold {
     Paused,
     Stopped,
 }
+
+/// Records with a `place` (the incomplete and complete folders) are version 1.
+pub const RECORD_VERSION: u32 = 1;
 
 pub fn torrent_path(state_dir: &Path, hash: &InfoHash) -> PathBuf {
     state_dir.join(format!("{}.torrent", hash.hex()))
@@ -100,7 +110,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 impl ResumeRecord {
     pub fn save(&self, state_dir: &Path, hash: &InfoHash) -> io::Result<()> {
-        let bytes = serde_bencode::to_bytes(self).map_err(io::Error::other)?;
+        let current = ResumeRecord { version: RECORD_VERSION, ..self.clone() };
+        let bytes = serde_bencode::to_bytes(&current).map_err(io::Error::other)?;
         write_atomic(&resume_path(state_dir, hash), &bytes)
     }
 
@@ -147,6 +158,8 @@ mod tests {
         let mut r =
             ResumeRecord { name: "x".into(), have: vec![0xf0], piece_count: 4, uploaded: 9, ..Default::default() };
         r.save(dir.path(), &h).unwrap();
+        // What is saved says which format wrote it.
+        r.version = RECORD_VERSION;
         assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap(), Some(r.clone()));
         r.uploaded = 10;
         r.save(dir.path(), &h).unwrap();

@@ -280,7 +280,15 @@ fn files_moved_away_while_seeding_stop_it_until_they_are_back() {
     assert!(t["error"].as_str().unwrap().contains("retagged.bin"), "{t}");
     assert!(d.log_text().contains("data missing; waiting for the user"));
     assert!(!file.exists());
-    // Put back, then resumed: seeding again without downloading.
+    // Another file under that name (retagged, longer): resuming does not
+    // make it the torrent's, and nothing is written into it.
+    let retagged = vec![7u8; (1 << 20) + 4096];
+    std::fs::write(&file, &retagged).unwrap();
+    assert!(d.cli(&["resume", &swarm.hash]).status.success());
+    d.wait_log("resumed", Duration::from_secs(10));
+    d.wait_state(&swarm.hash, "missing", Duration::from_secs(30));
+    assert!(std::fs::read(&file).unwrap() == retagged, "the user's file is untouched");
+    // The original put back, then resumed: seeding again without downloading.
     std::fs::rename(&away, &file).unwrap();
     assert!(d.cli(&["resume", &swarm.hash]).status.success());
     d.wait_state(&swarm.hash, "seeding", Duration::from_secs(30));

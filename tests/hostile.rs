@@ -309,6 +309,11 @@ fn a_seeded_file_cut_short_is_a_torrent_error_not_silence() {
     s.write_all(&req).unwrap();
     let st = d.wait_state(&hash, "error", Duration::from_secs(15));
     assert!(st["error"].as_str().unwrap_or_default().contains("truncated"), "{st}");
+    // The retry finds the seeded file cut short: it waits for the user
+    // instead of growing the file back and downloading into it.
+    let st = d.wait_state(&hash, "missing", Duration::from_secs(90));
+    assert!(st["error"].as_str().unwrap_or_default().contains("served.bin"), "{st}");
+    assert_eq!(std::fs::metadata(dl.join("served.bin")).unwrap().len(), 1 << 20);
 }
 
 /// A blocking TCP connection to the daemon from source address `from`

@@ -182,3 +182,31 @@ fn a_stalled_download_yields_its_slot_to_a_queued_one() {
     // The stalled one queued again behind it, then got the free slot back.
     ds.wait_state(&h_stalled, "downloading", Duration::from_secs(10));
 }
+
+#[test]
+fn an_idle_seeding_limit_stops_a_torrent_only_once_nobody_downloads() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let size = 6 * 1024 * 1024;
+    let (t, h, d) = swarm_without_seeder("idle.bin", false, size, 73, &tracker, work.path());
+    // Uploading takes about 6 s, longer than the idle limit.
+    let mut ds = Dropseed::new("[limits]\nupload_rate = \"1M\"\n[seeding]\nidle_seed_limit = \"4s\"\n");
+    std::fs::create_dir_all(ds.download_dir()).unwrap();
+    preload(&ds, &d);
+    ds.start();
+    ds.drop_file(&t, "idle.torrent");
+    ds.wait_state(&h, "seeding", Duration::from_secs(30));
+    tracker.wait_seeders(&h, 1);
+    let mut leech = Aria2::leech(&t, &work.path().join("dl"), &work.path().join("leech.log"));
+    assert!(leech.wait_exit(Duration::from_secs(60)), "the leecher finished");
+    let st = ds.wait_state(&h, "stopped", Duration::from_secs(30));
+    assert!(st["uploaded"].as_u64().unwrap() >= size, "not stopped while uploading: {st}");
+    assert!(ds.log_text().contains("nothing uploaded for"));
+    // Resumed by hand, it seeds again until idle for the limit once more.
+    assert!(ds.cli(&["resume", &h]).status.success());
+    ds.wait_state(&h, "seeding", Duration::from_secs(15));
+    ds.wait_state(&h, "stopped", Duration::from_secs(30));
+}

@@ -105,7 +105,10 @@ impl Session {
         let mut torrents = 0;
         for item in found {
             match item {
-                restore::Restored::Torrent(meta, record) => {
+                restore::Restored::Torrent(meta, mut record) => {
+                    if let Some(p) = record.place.as_mut().filter(|p| p.dir.as_os_str().is_empty()) {
+                        p.dir = self.env.download_dir.clone();
+                    }
                     let owner = name_owner(&self.registry.lock().unwrap(), &meta.name);
                     if let Some(other) = owner {
                         // Saved by a version that let two torrents share files.
@@ -487,7 +490,7 @@ impl Session {
     }
 
     /// Deletes a stopped torrent's state files, and its data if asked.
-    async fn forget_torrent(&self, shared: &TorrentShared, delete_data: bool) -> Result<String, String> {
+    async fn forget_torrent(&self, shared: &Arc<TorrentShared>, delete_data: bool) -> Result<String, String> {
         let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta.info_hash, shared.name().to_string());
         let _ = tokio::task::spawn_blocking(move || {
             for p in [resume::torrent_path(&dir, &hash), resume::resume_path(&dir, &hash)] {
@@ -496,8 +499,12 @@ impl Session {
         })
         .await;
         if delete_data {
-            let (meta, place) = (shared.meta.clone(), shared.place());
-            let r = self.env.disk.run(move || delete_files(&place, &meta)).await;
+            let (s, place) = (shared.clone(), shared.place());
+            let r = self.env.disk.run(move || {
+                let _no_move_under_way = s.moving.lock().unwrap();
+                delete_files(&place, &s.meta)
+            });
+            let r = r.await;
             if let Ok(Err(e)) = r {
                 return Err(format!("removed {name}, but deleting its data failed: {e}"));
             }

@@ -48,7 +48,20 @@ fn read_torrent(dir: &Path, path: &Path) -> Result<Restored, String> {
         tracing::warn!(file = %file.display(), error = %e, "resume record unreadable; the data will be rechecked");
         None
     });
-    Ok(Restored::Torrent(Box::new(meta), record.unwrap_or_default()))
+    let record = match record {
+        // Saved before `incomplete_dir` existed: the data is in download_dir.
+        Some(r) if r.version == 0 && r.place.is_none() => ResumeRecord { place: Some(legacy_place(&meta)), ..r },
+        Some(r) => r,
+        None => ResumeRecord::default(),
+    };
+    Ok(Restored::Torrent(Box::new(meta), record))
+}
+
+/// Where a torrent saved by an older version keeps its data: in
+/// `download_dir` under its name. The folder is filled in by the session
+/// (an empty `dir` here stands for `download_dir`).
+fn legacy_place(meta: &Metainfo) -> crate::storage::Place {
+    crate::storage::Place { dir: Default::default(), name: meta.name.clone(), settled: true }
 }
 
 /// A magnet, unless its metadata was fetched just before a crash.
@@ -71,4 +84,28 @@ fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
     // Only its announces are recorded; an unreadable record costs a wait.
     let announce = ResumeRecord::load(dir, &magnet.info_hash).ok().flatten().unwrap_or_default().announce;
     Ok(Some(Restored::Magnet(magnet, paused, announce, category)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_magnet_state_file_gives_back_its_pause_and_category() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "ab".repeat(20);
+        let path = dir.path().join(format!("{hash}.magnet"));
+        let uri = format!("magnet:?xt=urn:btih:{hash}&dn=show");
+        std::fs::write(&path, format!("{uri}\n{PAUSED_MARK}{CATEGORY_MARK}tv\n")).unwrap();
+        let Some(Restored::Magnet(m, paused, _, category)) = read_magnet(dir.path(), &path).unwrap() else {
+            panic!("not restored as a magnet");
+        };
+        assert_eq!((m.info_hash.hex(), paused, category.as_str()), (hash.clone(), true, "tv"));
+        // A category that could not be a folder name is dropped, not used.
+        std::fs::write(&path, format!("{uri}\n{CATEGORY_MARK}../etc\n")).unwrap();
+        let Some(Restored::Magnet(_, paused, _, category)) = read_magnet(dir.path(), &path).unwrap() else {
+            panic!("not restored as a magnet");
+        };
+        assert_eq!((paused, category.as_str()), (false, ""));
+    }
 }

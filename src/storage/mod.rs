@@ -71,6 +71,8 @@ pub struct DiskSurvey {
     pub existing_files: Vec<usize>,
     /// Files missing or shorter than their torrent length.
     pub short_files: Vec<usize>,
+    /// Files longer than their torrent length (rewritten by someone else).
+    pub grown_files: Vec<usize>,
     /// Files at full length that are not the ones open (filled in when the
     /// storage is open already): their pieces are checked again.
     pub replaced_files: Vec<usize>,
@@ -86,6 +88,9 @@ pub fn survey(place: &Place, meta: &Metainfo) -> DiskSurvey {
         let len = std::fs::metadata(place.file_path(meta, i)).map(|m| m.len()).unwrap_or(0);
         if len > 0 {
             s.existing_files.push(i);
+        }
+        if len > f.length {
+            s.grown_files.push(i);
         }
         if len < f.length {
             s.short_files.push(i);

@@ -64,6 +64,8 @@ struct Active<'a> {
     handoff: Option<(JoinHandle<std::io::Result<Place>>, Arc<MoveControl>)>,
     /// When a settled, complete torrent next checks its files are there.
     next_presence_check: Instant,
+    /// The upload counter at the last tick (for the idle-seeding limit).
+    last_uploaded: u64,
 }
 
 /// Helpers started with the phase and stopped with it.
@@ -110,6 +112,7 @@ impl<'a> Active<'a> {
             started: (Instant::now(), totals.0),
             handoff: None,
             next_presence_check: Instant::now() + PRESENCE_EVERY,
+            last_uploaded: shared.uploaded.load(Ordering::Relaxed),
         }
     }
 
@@ -243,10 +246,15 @@ impl<'a> Active<'a> {
                 instead = %target.name, "name already taken in the complete folder; not overwriting it");
         }
         shared.status.lock().unwrap().record.moving = Some(target.clone());
-        shared.save_resume(true).await;
+        if !shared.save_resume(true).await {
+            // Not moved without the record naming the target (tried again
+            // at the next start or resume).
+            return;
+        }
         let ctl = Arc::new(MoveControl::default());
         let c = ctl.clone();
         let job = tokio::task::spawn_blocking(move || {
+            let _one_move = shared.moving.lock().unwrap();
             handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &c)
         });
         self.handoff = Some((job, ctl));
@@ -300,8 +308,15 @@ impl<'a> Active<'a> {
         if let Some(e) = self.shared.inner.lock().unwrap().disk_error.take() {
             return (plan.next_tick, Some(Outcome::DiskFailed(e)));
         }
-        if seeding {
-            self.shared.status.lock().unwrap().record.seeding_secs += plan.seeded_secs;
+        // Limits wait for the data to be delivered to its complete folder.
+        if seeding && self.handoff.is_none() && self.shared.place().settled {
+            let uploaded = self.shared.uploaded.load(Ordering::Relaxed);
+            let moved = std::mem::replace(&mut self.last_uploaded, uploaded) != uploaded;
+            {
+                let record = &mut self.shared.status.lock().unwrap().record;
+                record.seeding_secs += plan.seeded_secs;
+                record.seed_idle_secs = if moved { 0 } else { record.seed_idle_secs + plan.seeded_secs };
+            }
             if let Some(why) = limit_reached(self.shared) {
                 let action = config.seeding.action;
                 tracing::info!(torrent = %self.shared.name(), reason = %why, action = ?action, "seeding limit reached");

@@ -12,7 +12,8 @@
 
 use crate::metainfo::Metainfo;
 use crate::storage::place::free_name;
-use crate::storage::{BackendKind, Place, TorrentStorage};
+use crate::storage::{Place, TorrentStorage};
+use sha1::Digest;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -31,6 +32,8 @@ pub struct MoveControl {
     pub stop: AtomicBool,
     /// Bytes copied so far (a rename copies nothing).
     pub copied: AtomicU64,
+    /// Tenths of the copy already logged.
+    logged_tenths: AtomicU64,
 }
 
 /// Brings the data from `from` to `target`, whatever part of that was done
@@ -64,10 +67,10 @@ pub fn finish_move(
                 "the complete folder's name was taken during the move");
             move_item(meta, from, &other, storage, ctl).map(|()| other)
         }
-        (false, false) => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("the data is neither in {} nor in {}", from.top().display(), target.top().display()),
-        )),
+        // Gone from both (imported right after the rename, before the
+        // record said so): it belongs at the target, where the check for
+        // missing data will find it gone and wait for the user.
+        (false, false) => Ok(settled),
     }
 }
 
@@ -105,6 +108,8 @@ fn move_item(
 }
 
 /// Copies into a hidden name in the target folder, verifies, renames.
+/// Refuses at once when the target's filesystem has not the room: a retry
+/// must not fill the user's disk with a copy that cannot finish.
 fn copy_across(
     meta: &Metainfo,
     from: &Place,
@@ -116,6 +121,18 @@ fn copy_across(
     let tmp = Place { name: format!(".dropseed-{}.part", &meta.info_hash.hex()[..16]), ..to.clone() };
     if exists(&tmp.top()) {
         remove_all(&tmp.top())?;
+    }
+    let free = crate::storage::free_space(&to.dir)?;
+    if free < meta.total_length {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "No space left in {}: {} needed, {} free",
+                to.dir.display(),
+                crate::types::human_bytes(meta.total_length),
+                crate::types::human_bytes(free)
+            ),
+        ));
     }
     tracing::info!(torrent = %meta.name, to = %to.top().display(), size = meta.total_length,
         "copying to the complete folder (another filesystem)");
@@ -144,15 +161,25 @@ fn copy_and_verify(meta: &Metainfo, from: &Place, tmp: &Place, ctl: &MoveControl
                 dirs.push(parent.to_path_buf());
             }
         }
-        copy_file(&from.file_path(meta, i), &dst, f.length, ctl)?;
+        copy_file(meta, &from.file_path(meta, i), &dst, f.length, ctl)?;
     }
     for d in dirs.iter().rev() {
         sync_dir(d)?;
     }
+    sync_dir(&tmp.dir)?;
     verify(meta, tmp, &ctl.stop)
 }
 
-fn copy_file(src: &Path, dst: &Path, len: u64, ctl: &MoveControl) -> io::Result<()> {
+/// A line per tenth of a long copy (one of a few seconds says nothing).
+fn log_progress(meta: &Metainfo, ctl: &MoveControl) {
+    let (done, total) = (ctl.copied.load(Ordering::Relaxed), meta.total_length.max(1));
+    let tenth = done * 10 / total;
+    if total >= 1 << 30 && ctl.logged_tenths.fetch_max(tenth, Ordering::Relaxed) < tenth {
+        tracing::info!(torrent = %meta.name, copied = done, of = total, "copying to the complete folder: {}%", tenth * 10);
+    }
+}
+
+fn copy_file(meta: &Metainfo, src: &Path, dst: &Path, len: u64, ctl: &MoveControl) -> io::Result<()> {
     let mut input = File::open(src)?;
     let mut output = File::create(dst)?;
     let mut buf = vec![0u8; CHUNK.min(len.max(1) as usize)];
@@ -166,6 +193,7 @@ fn copy_file(src: &Path, dst: &Path, len: u64, ctl: &MoveControl) -> io::Result<
         output.write_all(&buf[..n])?;
         left -= n as u64;
         ctl.copied.fetch_add(n as u64, Ordering::Relaxed);
+        log_progress(meta, ctl);
     }
     output.sync_all()
 }
@@ -178,22 +206,40 @@ fn verify(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether `place` holds this torrent's data, whole and verified: read
-/// only (a file of another length is not opened), stopping at the first
-/// piece that differs, or when `stop` is set.
+/// Whether `place` holds this torrent's data, whole and verified: files
+/// opened read-only (one of another length, or that cannot be read, is not
+/// ours), stopping at the first piece that differs, or when `stop` is set.
 pub fn is_our_data(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Result<bool> {
-    let whole = meta.files.iter().enumerate().filter(|(_, f)| !f.padding).all(|(i, f)| {
-        std::fs::symlink_metadata(place.file_path(meta, i)).is_ok_and(|m| m.is_file() && m.len() == f.length)
-    });
-    if !whole {
-        return Ok(false);
+    use std::os::unix::fs::FileExt;
+    let mut files = Vec::with_capacity(meta.files.len());
+    for (i, f) in meta.files.iter().enumerate() {
+        if f.padding {
+            files.push(None);
+            continue;
+        }
+        let Ok(file) = File::open(place.file_path(meta, i)) else { return Ok(false) };
+        if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == f.length) {
+            return Ok(false);
+        }
+        files.push(Some(file));
     }
-    let storage = TorrentStorage::open(place, meta, BackendKind::File)?;
+    let layout = crate::storage::layout::Layout::new(meta);
+    let mut buf = Vec::new();
     for p in 0..meta.piece_count() {
         if stop.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "check interrupted"));
         }
-        if storage.hash_piece(p)? != meta.piece_hashes[p] {
+        let r = layout.piece_range(p);
+        buf.clear();
+        buf.resize((r.end - r.start) as usize, 0);
+        for s in layout.segments(r.start, buf.len()) {
+            if let Some(file) = files[s.file].as_ref().filter(|_| !s.padding) {
+                if file.read_exact_at(&mut buf[s.buf_offset..s.buf_offset + s.len], s.file_offset).is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        if <[u8; 20]>::from(sha1::Sha1::digest(&buf)) != meta.piece_hashes[p] {
             return Ok(false);
         }
     }
@@ -261,7 +307,8 @@ fn sync_dir(d: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha1::{Digest, Sha1};
+    use crate::storage::BackendKind;
+    use sha1::Sha1;
 
     /// A multi-file torrent (`set/a`, `set/sub/b`, `set/empty`) and its
     /// data, written in `dir` under the torrent's name.

@@ -245,6 +245,12 @@ pub struct TorrentShared {
     /// save, and two saves at once would share a temp file and could claim
     /// pieces the other has not flushed yet.
     saving: Mutex<()>,
+    /// The user asked for a recheck (not a retry after a disk error): only
+    /// then may data gone from its complete folder be downloaded again.
+    pub recheck_asked: AtomicBool,
+    /// One move of the data at a time (a move cut short and the next one,
+    /// or a removal with its data), held on the blocking thread doing it.
+    pub moving: Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +299,8 @@ impl TorrentShared {
             }),
             storage: OnceLock::new(),
             saving: Mutex::new(()),
+            recheck_asked: AtomicBool::new(false),
+            moving: Mutex::new(()),
             meta,
             env,
         })
@@ -491,18 +499,28 @@ impl TorrentShared {
             record.peers = peers;
         }
         record.save(&self.env.state_dir, &self.meta.info_hash)?;
-        self.status.lock().unwrap().record = record;
+        // Only what this save computed goes back: the place, the move's
+        // target or the hold may have changed meanwhile, and the next save
+        // writes them.
+        let mut s = self.status.lock().unwrap();
+        let kept = &mut s.record;
+        (kept.have, kept.unverified, kept.piece_count) = (record.have, record.unverified, record.piece_count);
+        (kept.name, kept.peers, kept.announce) = (record.name, record.peers, record.announce);
+        (kept.uploaded, kept.downloaded, kept.corrupt) = (record.uploaded, record.downloaded, record.corrupt);
         Ok(())
     }
 
-    pub async fn save_resume(self: &Arc<Self>, flush_all: bool) {
+    /// Saves the resume record on the disk pool; false (and a WARN) when it
+    /// could not be written.
+    pub async fn save_resume(self: &Arc<Self>, flush_all: bool) -> bool {
         let shared = self.clone();
         match self.env.disk.run(move || shared.save_resume_blocking(flush_all)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::warn!(torrent = %self.meta.name, error = %e, "could not save resume state")
+                tracing::warn!(torrent = %self.meta.name, error = %e, "could not save resume state");
+                false
             }
-            Err(_) => {}
+            Err(_) => false,
         }
     }
 

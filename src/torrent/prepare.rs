@@ -15,7 +15,7 @@ use crate::storage::Place;
 use crate::storage::{self, TorrentStorage};
 use crate::types::{human_bytes, Bitfield};
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -36,7 +36,10 @@ impl From<String> for Stop {
 pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), Stop> {
     settle_place(shared).await?;
     let mut survey = check_space(shared).await?;
-    refuse_if_missing(shared, &survey, recheck).map_err(Stop::Missing)?;
+    let asked = recheck && shared.recheck_asked.swap(false, Ordering::Relaxed);
+    if !asked {
+        refuse_if_missing(shared, &survey).await.map_err(Stop::Missing)?;
+    }
     let storage = open_storage(shared, &mut survey).await?;
     let to_check = pieces_to_check(shared, &storage, &survey, recheck);
     if to_check.is_empty() {
@@ -73,8 +76,11 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     }
     let Some(target) = moving else { return Ok(()) };
     let (s, from) = (shared.clone(), shared.place());
-    let control = handoff::MoveControl::default();
+    let control = Arc::new(handoff::MoveControl::default());
+    // Paused or removed meanwhile: the copy stops at its next chunk.
+    let _stop_if_dropped = StopOnDrop(control.clone());
     let moved = tokio::task::spawn_blocking(move || {
+        let _one_move = s.moving.lock().unwrap();
         handoff::finish_move(&s.meta, &from, &target, s.storage().map(|s| &**s), &control)
     })
     .await
@@ -103,10 +109,10 @@ async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
     if !candidate.settled || shared.env.incomplete_dir.as_os_str().is_empty() || had_pieces {
         return Ok(candidate);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_if_dropped = StopOnDrop(stop.clone());
+    let control = Arc::new(handoff::MoveControl::default());
+    let _stop_if_dropped = StopOnDrop(control.clone());
     let (meta, place) = (shared.meta.clone(), candidate.clone());
-    let ours = tokio::task::spawn_blocking(move || handoff::is_our_data(&meta, &place, &stop))
+    let ours = tokio::task::spawn_blocking(move || handoff::is_our_data(&meta, &place, &control.stop))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("checking {}: {e}", candidate.top().display()))?;
@@ -127,26 +133,36 @@ async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
     Ok(Place { dir: shared.env.incomplete_dir.clone(), name: shared.meta.name.clone(), settled: false })
 }
 
-/// Sets a flag when dropped: a blocking check stops when its phase ends.
-struct StopOnDrop(Arc<AtomicBool>);
+/// Stops a blocking check or move when its phase ends (the future that
+/// waits for it is dropped).
+struct StopOnDrop(Arc<handoff::MoveControl>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.0.stop.store(true, Ordering::Relaxed);
     }
 }
 
 /// A complete torrent whose files left its settled place (an importer
-/// moved them, the user deleted them) waits for the user: downloading it
-/// again into their library is what `dropseed recheck` is for.
-fn refuse_if_missing(shared: &TorrentShared, survey: &storage::DiskSurvey, recheck: bool) -> Result<(), String> {
+/// moved, replaced or rewrote them, the user deleted them) waits for the
+/// user: writing into their library again is what `dropseed recheck` is for.
+async fn refuse_if_missing(shared: &TorrentShared, survey: &storage::DiskSurvey) -> Result<(), String> {
     let place = shared.place();
-    if recheck || !place.settled || survey.short_files.is_empty() || !shared.is_complete() {
+    if !place.settled || !shared.is_complete() {
+        return Ok(());
+    }
+    let mut gone: BTreeSet<usize> = survey.short_files.iter().chain(&survey.grown_files).copied().collect();
+    if let Some(storage) = shared.storage().cloned() {
+        // Replaced by another file of the same name and length.
+        let (meta, p) = (shared.meta.clone(), place.clone());
+        gone.extend(shared.env.disk.run(move || storage.files_gone(&p, &meta)).await.unwrap_or_default());
+    }
+    if gone.is_empty() {
         return Ok(());
     }
     let names: Vec<String> =
-        survey.short_files.iter().take(5).map(|&i| place.file_path(&shared.meta, i).display().to_string()).collect();
-    let more = survey.short_files.len().saturating_sub(names.len());
+        gone.iter().take(5).map(|&i| place.file_path(&shared.meta, i).display().to_string()).collect();
+    let more = gone.len().saturating_sub(names.len());
     Err(format!(
         "files missing or cut short: {}{} (`dropseed recheck` downloads what is gone)",
         names.join(", "),

@@ -52,7 +52,9 @@ impl TransferCounters for TorrentShared {
         TorrentShared::left(self)
     }
     fn persist(self: Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move { self.save_resume(false).await })
+        Box::pin(async move {
+            self.save_resume(false).await;
+        })
     }
 }
 
@@ -60,6 +62,8 @@ impl TransferCounters for TorrentShared {
 pub(super) struct Control<'a> {
     pub cmds: &'a mut mpsc::Receiver<Cmd>,
     pub cancel: &'a CancellationToken,
+    /// Set when the user asks for a recheck (the torrent's flag).
+    pub recheck_asked: &'a std::sync::atomic::AtomicBool,
 }
 
 impl Control<'_> {
@@ -71,7 +75,10 @@ impl Control<'_> {
             cmd = self.cmds.recv() => Ok(match cmd.ok_or(())? {
                 Cmd::Pause => Command::Outcome(Outcome::Paused),
                 Cmd::Resume => Command::Outcome(Outcome::Resumed),
-                Cmd::Recheck => Command::Outcome(Outcome::RecheckAsked),
+                Cmd::Recheck => {
+                    self.recheck_asked.store(true, Ordering::Relaxed);
+                    Command::Outcome(Outcome::RecheckAsked)
+                }
                 Cmd::Incoming(t, addr, hs) => Command::Incoming(t, addr, hs),
             }),
         }
@@ -86,7 +93,7 @@ pub(super) enum Command {
 pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, cancel: CancellationToken) -> Exit {
     let mut phase = shared.status.lock().unwrap().phase.clone();
     let mut slot: Option<OwnedSemaphorePermit> = None;
-    let mut ctl = Control { cmds: &mut cmds, cancel: &cancel };
+    let mut ctl = Control { cmds: &mut cmds, cancel: &cancel, recheck_asked: &shared.recheck_asked };
     loop {
         if matches!(phase, Phase::Held { .. }) {
             shared.save_resume(true).await;
@@ -103,6 +110,10 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
             return Exit::Cancelled;
         };
         log_outcome(&shared, &phase, &outcome);
+        if outcome == Outcome::Resumed {
+            // Resumed by hand: the idle limit counts from now.
+            shared.status.lock().unwrap().record.seed_idle_secs = 0;
+        }
         let action = shared.env.config().seeding.action;
         phase = match phase::next(&phase, outcome, action) {
             Next::Phase(p) => p,
@@ -127,7 +138,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
 fn log_outcome(shared: &TorrentShared, phase: &Phase, outcome: &Outcome) {
     let name = shared.name();
     match (phase, outcome) {
-        (Phase::Held { .. }, Outcome::Resumed) => tracing::info!(torrent = %name, "resumed"),
+        (Phase::Held { .. } | Phase::Missing { .. }, Outcome::Resumed) => tracing::info!(torrent = %name, "resumed"),
         (Phase::Held { .. }, _) => {}
         (_, Outcome::Paused) => tracing::info!(torrent = %name, "paused"),
         (_, Outcome::DataMissing(e)) => tracing::warn!(torrent = %name, error = %e,
@@ -230,15 +241,21 @@ impl Drop for QueuedGuard<'_> {
 
 /// Why a seeding torrent should stop, if it should.
 pub(super) fn limit_reached(shared: &TorrentShared) -> Option<String> {
-    let (ratio_limit, time_limit) = shared.env.config().seeding_limits(&shared.category());
-    if ratio_limit > 0.0 {
+    let limits = shared.env.config().seeding_limits(&shared.category());
+    if limits.ratio > 0.0 {
         let up = shared.uploaded.load(Ordering::Relaxed) as f64;
         let down = shared.downloaded.load(Ordering::Relaxed);
         let base = if down > 0 { down } else { shared.meta.total_length } as f64;
-        if up / base >= ratio_limit {
-            return Some(format!("ratio {:.2} >= {ratio_limit}", up / base));
+        if up / base >= limits.ratio {
+            return Some(format!("ratio {:.2} >= {}", up / base, limits.ratio));
         }
     }
-    let seeded = shared.status.lock().unwrap().record.seeding_secs;
-    (time_limit > 0 && seeded >= time_limit).then(|| format!("seeded for {}", human_duration(seeded)))
+    let (seeded, idle) = {
+        let s = shared.status.lock().unwrap();
+        (s.record.seeding_secs, s.record.seed_idle_secs)
+    };
+    if limits.time_secs > 0 && seeded >= limits.time_secs {
+        return Some(format!("seeded for {}", human_duration(seeded)));
+    }
+    (limits.idle_secs > 0 && idle >= limits.idle_secs).then(|| format!("nothing uploaded for {}", human_duration(idle)))
 }
