@@ -19,6 +19,28 @@ fn bin() -> Command {
     c
 }
 
+/// The binary where another user (nobody) can run it: the build folder may
+/// sit where only root can enter (a clone under /root, a 0700 temp dir).
+/// One copy per test process, in a folder the copies of earlier runs are
+/// cleared from.
+fn bin_for_others() -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let path = COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join("dropseed-test-bin");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join(format!("dropseed-{}", std::process::id()));
+        std::fs::copy(dropseed_bin(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    });
+    let mut c = Command::new(path);
+    c.env_remove("DROPSEED_CONFIG").env("NO_COLOR", "1");
+    c
+}
+
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -293,7 +315,7 @@ fn root() -> bool {
 fn nobody_daemon(dir: &Path, extra: &str) -> (PathBuf, Proc) {
     let config = relative_config(dir, free_port(), extra);
     std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
-    let mut run = bin();
+    let mut run = bin_for_others();
     run.uid(NOBODY).gid(NOBODY).current_dir("/").arg("run").arg("-c").arg(&config);
     let p = start_daemon(run, &dir.join("state/control.sock"), &dir.join("console.log"));
     (config, p)
@@ -552,7 +574,8 @@ fn the_control_socket_belongs_to_socket_group_and_its_members_can_use_the_cli() 
     let socket = ds.state_dir().join("control.sock");
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (users, 0o660));
-    let cli_as = |gid: u32| bin().uid(NOBODY).gid(gid).args(["status", "-c"]).arg(&ds.config).output().unwrap();
+    let cli_as =
+        |gid: u32| bin_for_others().uid(NOBODY).gid(gid).args(["status", "-c"]).arg(&ds.config).output().unwrap();
     let out = cli_as(users);
     assert!(out.status.success(), "a member of the group: {}", text(&out));
     let out = cli_as(NOBODY);

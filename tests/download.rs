@@ -100,28 +100,9 @@ fn a_full_disk_is_a_torrent_error_not_a_crash() {
     if !Swarm::tools_present() {
         return;
     }
-    // A 4 MiB filesystem for the downloads in progress (tmpfs needs root;
-    // skip elsewhere).
+    // A 4 MiB filesystem for the downloads in progress.
     let mut ds = Dropseed::new("");
-    let small = ds.incomplete_dir();
-    std::fs::create_dir_all(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        missing("cannot mount a small tmpfs (needs root)");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let Some(_small) = small_disk(&ds.incomplete_dir()) else { return };
 
     let big = Swarm::single("big.bin", 8 * 1024 * 1024, 16, 101);
     let fits = Swarm::single("fits.bin", 1024 * 1024, 16, 102);

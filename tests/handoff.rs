@@ -28,6 +28,11 @@ struct Scanner {
 impl Scanner {
     /// `sources` maps an item's name to the folder holding its source.
     fn watch(dir: PathBuf, sources: HashMap<String, PathBuf>) -> Scanner {
+        Scanner::watch_all(vec![dir], sources)
+    }
+
+    /// The same over several complete folders (one per category).
+    fn watch_all(dirs: Vec<PathBuf>, sources: HashMap<String, PathBuf>) -> Scanner {
         let stop = Arc::new(AtomicBool::new(false));
         let problems = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -35,7 +40,8 @@ impl Scanner {
         let thread = std::thread::spawn(move || {
             let mut known: HashMap<PathBuf, (u64, SystemTime)> = HashMap::new();
             while !s.load(Ordering::Relaxed) {
-                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let entries = dirs.iter().flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten());
+                for entry in entries {
                     let name = entry.file_name().to_string_lossy().into_owned();
                     if name.starts_with('.') {
                         continue;
@@ -243,6 +249,15 @@ fn files_removed_under_a_finished_torrent_are_not_downloaded_again_unasked() {
     assert!(d.cli(&["recheck", &swarm.hash]).status.success());
     d.wait_state(&swarm.hash, "seeding", Duration::from_secs(60));
     assert_same_tree(&swarm.data, &d.download_dir());
+    // Another file now has the name (longer: retagged); removing the torrent
+    // with its data leaves that file, which is the user's.
+    d.stop();
+    let retagged = vec![3u8; (2 << 20) + 100];
+    std::fs::write(&file, &retagged).unwrap();
+    d.start();
+    d.wait_state(&swarm.hash, "missing", Duration::from_secs(30));
+    assert!(d.cli(&["remove", &swarm.hash, "--delete-data"]).status.success());
+    assert!(std::fs::read(&file).unwrap() == retagged, "the user's file is kept");
 }
 
 #[test]
@@ -300,26 +315,10 @@ fn a_complete_folder_without_room_keeps_the_data_whole_where_it_was() {
     if !Swarm::tools_present() {
         return;
     }
-    // The complete folder is a 4 MiB filesystem (tmpfs needs root).
+    // The complete folder is a 4 MiB filesystem.
     let mut d = Dropseed::new("");
     let small = d.download_dir();
-    std::fs::create_dir_all(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        common::missing("cannot mount a small tmpfs (needs root)");
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let Some(_small_disk) = common::small_disk(&small) else { return };
     let swarm = Swarm::single("toobig.bin", 6 << 20, 16, 68);
     d.start();
     d.drop_file(&swarm.torrent, "toobig.torrent");
@@ -397,4 +396,40 @@ fn the_watch_folder_waits_for_slow_writers_and_keeps_every_file() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".invalid"))
         .collect();
     assert!(invalid.is_empty(), "{invalid:?}");
+}
+
+#[test]
+fn two_categories_and_a_magnet_reach_their_complete_folders_whole() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let episode = Swarm::single("episode.mkv", 3 << 20, 15, 74);
+    let work = common::tempdir();
+    let (album_torrent, album_hash, album_src, _album_seeder) = album(&episode.tracker, work.path());
+    let d = Dropseed::start_with("");
+    let (tv, music) = (d.download_dir().join("tv"), d.download_dir().join("music"));
+    for dir in [&tv, &music] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let sources =
+        HashMap::from([("episode.mkv".to_string(), episode.data.clone()), ("album".to_string(), album_src.clone())]);
+    let scanner = Scanner::watch_all(vec![tv.clone(), music.clone()], sources);
+    for sub in ["tv", "music"] {
+        std::fs::create_dir_all(d.watch_dir().join(sub)).unwrap();
+    }
+    // The episode as Sonarr saves a magnet: one line, no newline at the end.
+    let enc: String = episode.tracker.announce_url().bytes().map(|b| format!("%{b:02X}")).collect();
+    let magnet = work.path().join("episode.magnet");
+    std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{}&dn=episode.mkv&tr={enc}", episode.hash)).unwrap();
+    d.drop_file(&magnet, "tv/episode.magnet");
+    d.drop_file(&album_torrent, "music/album.torrent");
+    let t = d.wait_state(&episode.hash, "seeding", Duration::from_secs(90));
+    assert_eq!(t["category"], "tv", "{t}");
+    let t = d.wait_state(&album_hash, "seeding", Duration::from_secs(90));
+    assert_eq!(t["category"], "music", "{t}");
+    common::wait_for("both items seen", Duration::from_secs(10), || (scanner.seen().len() >= 2).then_some(()));
+    assert_same_tree(&episode.data, &tv);
+    assert_same_tree(&album_src, &music);
+    let problems = scanner.finish();
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -502,7 +502,13 @@ impl Session {
             let (s, place) = (shared.clone(), shared.place());
             let r = self.env.disk.run(move || {
                 let _no_move_under_way = s.moving.lock().unwrap();
-                delete_files(&place, &s.meta)
+                // A file replaced under the torrent (it went `missing`) is
+                // the user's now, not data to delete.
+                let replaced = match s.storage() {
+                    Some(storage) => storage.files_gone(&place, &s.meta),
+                    None => crate::storage::survey(&place, &s.meta).grown_files,
+                };
+                crate::torrent::handoff::remove_files_except(&s.meta, &place, &replaced)
             });
             let r = r.await;
             if let Ok(Err(e)) = r {
@@ -636,8 +642,4 @@ async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool, category: 
     tokio::task::spawn_blocking(move || resume::write_atomic(&path, text.as_bytes()))
         .await
         .map_err(std::io::Error::other)?
-}
-
-fn delete_files(place: &crate::storage::Place, meta: &Metainfo) -> std::io::Result<()> {
-    crate::torrent::handoff::remove_source(meta, place)
 }

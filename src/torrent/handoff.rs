@@ -249,7 +249,13 @@ pub fn is_our_data(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Res
 /// Removes the torrent's files from `from`, then its folders left empty
 /// (never anything else the folder holds). Also `remove --delete-data`.
 pub fn remove_source(meta: &Metainfo, from: &Place) -> io::Result<()> {
-    for (i, _) in meta.files.iter().enumerate().filter(|(_, f)| !f.padding) {
+    remove_files_except(meta, from, &[])
+}
+
+/// [`remove_source`], but files in `keep` (no longer the torrent's: another
+/// file took their name) stay.
+pub fn remove_files_except(meta: &Metainfo, from: &Place, keep: &[usize]) -> io::Result<()> {
+    for (i, _) in meta.files.iter().enumerate().filter(|(i, f)| !f.padding && !keep.contains(i)) {
         match std::fs::remove_file(from.file_path(meta, i)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}

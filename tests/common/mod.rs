@@ -57,6 +57,31 @@ pub fn missing(msg: &str) -> bool {
     false
 }
 
+/// A 4 MiB tmpfs mounted on `dir` (created if need be), unmounted when
+/// dropped: a small disk. `None` where it cannot be mounted (tmpfs needs
+/// root), which fails under CI.
+pub fn small_disk(dir: &Path) -> Option<SmallDisk> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        missing("cannot mount a small tmpfs (needs root)");
+        return None;
+    }
+    Some(SmallDisk(dir.to_path_buf()))
+}
+
+pub struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 pub fn free_port() -> u16 {
     // Ports from the OS, so parallel tests do not collide; free for UDP too,
     // as dropseed's DHT and libtorrent use the same number there.
