@@ -189,11 +189,19 @@ pub struct Log {
     pub rotation: Rotation,
     pub max_files: usize,
     pub status_interval_secs: u64,
+    /// Every this often the status lines list every torrent, idle ones too.
+    pub full_status_interval_secs: u64,
 }
 
 impl Default for Log {
     fn default() -> Log {
-        Log { level: "info".into(), rotation: Rotation::Daily, max_files: 14, status_interval_secs: 60 }
+        Log {
+            level: "info".into(),
+            rotation: Rotation::Daily,
+            max_files: 14,
+            status_interval_secs: 60,
+            full_status_interval_secs: 6 * 3600,
+        }
     }
 }
 

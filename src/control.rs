@@ -282,9 +282,9 @@ async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
     let trimmed = source.trim().to_string();
     if trimmed.starts_with("magnet:") || crate::types::InfoHash::parse(&trimmed).is_some() {
         let m = crate::magnet::Magnet::parse(&trimmed)?;
-        let name = m.display_name();
+        let (name, hash) = (m.display_name(), m.info_hash);
         let o = session.add_magnet(m).await.map_err(|e| e.to_string())?;
-        tracing::info!(torrent = %name, "added from the control socket");
+        tracing::info!(torrent = %name, hash = %hash.short(), "added from the control socket");
         return Ok(outcome_text(o, &name));
     }
     // Reading the file may block (a slow or network filesystem).
@@ -310,9 +310,9 @@ async fn add_file(session: &Arc<Session>, name: &str, kind: Kind, bytes: Vec<u8>
 async fn add_parsed(session: &Arc<Session>, parsed: Parsed, file: &str) -> Result<String, String> {
     match parsed {
         Parsed::Torrent(meta) => {
-            let name = meta.name.clone();
+            let (name, hash) = (meta.name.clone(), meta.info_hash);
             let o = session.add_metainfo(*meta).await.map_err(|e| e.to_string())?;
-            tracing::info!(file = %file, torrent = %name, "added from the control socket");
+            tracing::info!(file = %file, torrent = %name, hash = %hash.short(), "added from the control socket");
             Ok(outcome_text(o, &name))
         }
         Parsed::Magnets(list) => {

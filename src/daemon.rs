@@ -109,6 +109,9 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
             if new.log.status_interval_secs != old.log.status_interval_secs {
                 changed.push(format!("log.status_interval_secs={}", new.log.status_interval_secs));
             }
+            if new.log.full_status_interval_secs != old.log.full_status_interval_secs {
+                changed.push(format!("log.full_status_interval_secs={}", new.log.full_status_interval_secs));
+            }
             let mut restart = Vec::new();
             if new.paths != old.paths {
                 restart.push("paths");
@@ -151,6 +154,8 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
 
 /// Per-torrent status lines logged per interval at most; the summary counts all.
 const MAX_STATUS_LINES: usize = 50;
+/// The same for a full listing, which names idle torrents too.
+const MAX_FULL_STATUS_LINES: usize = 5000;
 
 /// Whether a torrent gets its own status line: one that is busy (checking,
 /// downloading, failing, moving data or talking to peers). Idle ones (held,
@@ -168,8 +173,10 @@ fn worth_a_status_line(t: &crate::torrent::TorrentStatus) -> bool {
     }
 }
 
-/// Every `status_interval_secs`: one logfmt line per busy torrent and a summary.
+/// Every `status_interval_secs`: one line per busy torrent and a summary;
+/// every `full_status_interval_secs`, one line for every torrent.
 async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
+    let mut last_full = tokio::time::Instant::now();
     loop {
         let secs = session.env.config().log.status_interval_secs;
         let wait = Duration::from_secs(if secs == 0 { 60 } else { secs });
@@ -177,61 +184,76 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        if session.env.config().log.status_interval_secs == 0 {
+        let log = session.env.config().log.clone();
+        if log.status_interval_secs == 0 {
             continue;
         }
-        let all = session.statuses();
-        let mut per_state: std::collections::BTreeMap<&str, usize> = Default::default();
-        let (mut down, mut up, mut peers, mut lines) = (0, 0, 0, 0);
-        for t in &all {
-            *per_state.entry(t.state.as_str()).or_default() += 1;
-            down += t.download_rate;
-            up += t.upload_rate;
-            peers += t.peers;
-            if !worth_a_status_line(t) {
-                continue;
-            }
-            lines += 1;
-            if lines > MAX_STATUS_LINES {
-                continue;
-            }
-            let ratio = if t.ratio < 0.0 { "inf".to_string() } else { format!("{:.2}", t.ratio) };
-            let eta = t.eta_secs.map(human_duration).unwrap_or_else(|| "-".into());
-            tracing::info!(
-                "status name={:?} hash={} state={} progress={:.1}% size={} down={}/s up={}/s peers={} seeds={} ratio={} eta={}",
-                t.name,
-                &t.info_hash[..8],
-                t.state.as_str(),
-                t.progress * 100.0,
-                human_bytes(t.size),
-                human_bytes(t.download_rate),
-                human_bytes(t.upload_rate),
-                t.peers,
-                t.seeds,
-                ratio,
-                eta
-            );
+        let full = log.full_status_interval_secs > 0
+            && last_full.elapsed() >= Duration::from_secs(log.full_status_interval_secs);
+        if full {
+            last_full = tokio::time::Instant::now();
         }
-        if lines > MAX_STATUS_LINES {
-            tracing::info!("status: {} more torrents busy, not listed", lines - MAX_STATUS_LINES);
-        }
-        let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let free =
-            crate::storage::free_space(&session.env.download_dir).map(human_bytes).unwrap_or_else(|_| "?".into());
-        let dht = session.env.dht.as_ref().map(|d| format!(" dht_nodes={}", d.node_count())).unwrap_or_default();
-        tracing::info!(
-            "summary torrents={} {} down={}/s up={}/s peers={}{} disk_free={} mem_anon={} mem_file={}",
-            all.len(),
-            states.join(" "),
-            human_bytes(down),
-            human_bytes(up),
-            peers,
-            dht,
-            free,
-            memory("RssAnon:").map(human_bytes).unwrap_or_else(|| "?".into()),
-            memory("RssFile:").map(human_bytes).unwrap_or_else(|| "?".into())
-        );
+        log_statuses(&session, full);
     }
+}
+
+/// The status lines of one interval, then the summary.
+fn log_statuses(session: &Session, full: bool) {
+    let all = session.statuses();
+    let mut per_state: std::collections::BTreeMap<&str, usize> = Default::default();
+    let (mut down, mut up, mut peers, mut lines) = (0, 0, 0, 0);
+    let max_lines = if full { MAX_FULL_STATUS_LINES } else { MAX_STATUS_LINES };
+    for t in &all {
+        *per_state.entry(t.state.as_str()).or_default() += 1;
+        down += t.download_rate;
+        up += t.upload_rate;
+        peers += t.peers;
+        if !full && !worth_a_status_line(t) {
+            continue;
+        }
+        lines += 1;
+        if lines <= max_lines {
+            status_line(t);
+        }
+    }
+    if lines > max_lines {
+        tracing::info!(not_listed = lines - max_lines, "status: more torrents busy than listed");
+    }
+    let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    let free = crate::storage::free_space(&session.env.download_dir).map(human_bytes).unwrap_or_else(|_| "?".into());
+    let dht_nodes = session.env.dht.as_ref().map(|d| d.node_count().to_string()).unwrap_or_else(|| "off".into());
+    tracing::info!(
+        torrents = all.len(),
+        states = %states.join(","),
+        down = %format!("{}/s", human_bytes(down)),
+        up = %format!("{}/s", human_bytes(up)),
+        peers,
+        dht_nodes = %dht_nodes,
+        disk_free = %free,
+        mem_anon = %memory("RssAnon:").map(human_bytes).unwrap_or_else(|| "?".into()),
+        mem_file = %memory("RssFile:").map(human_bytes).unwrap_or_else(|| "?".into()),
+        "{}",
+        if full { "summary (full listing above)" } else { "summary" }
+    );
+}
+
+fn status_line(t: &crate::torrent::TorrentStatus) {
+    let ratio = if t.ratio < 0.0 { "inf".to_string() } else { format!("{:.2}", t.ratio) };
+    let eta = t.eta_secs.map(human_duration).unwrap_or_else(|| "-".into());
+    tracing::info!(
+        torrent = %t.name,
+        hash = %&t.info_hash[..8],
+        state = t.state.as_str(),
+        progress = %format!("{:.1}%", t.progress * 100.0),
+        size = %human_bytes(t.size),
+        down = %format!("{}/s", human_bytes(t.download_rate)),
+        up = %format!("{}/s", human_bytes(t.upload_rate)),
+        peers = t.peers,
+        seeds = t.seeds,
+        ratio = %ratio,
+        eta = %eta,
+        "status"
+    );
 }
 
 /// One of this process's resident memory figures from /proc: `RssAnon:`
@@ -268,6 +290,7 @@ mod tests {
             ratio: 0.0,
             eta_secs: None,
             error: None,
+            tracker_error: None,
             trackers: Vec::new(),
         }
     }

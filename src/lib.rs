@@ -50,6 +50,7 @@ pub mod daemon;
 pub mod dht;
 pub mod extension;
 pub mod hooks;
+pub mod logfmt;
 pub mod logging;
 pub mod magnet;
 pub mod metadata;

@@ -3,9 +3,11 @@
 //! name `log_dir/dropseed.log` is a symlink moved to each new file as it is
 //! started, so `tail -F dropseed.log` follows across rotations.
 //!
-//! The level filter sits behind a reload handle, so SIGHUP can change it.
+//! Lines are logfmt (`logfmt.rs`). The level filter sits behind a reload
+//! handle, so SIGHUP can change it.
 
 use crate::config::{Log, Rotation};
+use crate::logfmt::{Logfmt, SpanFields};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -74,14 +76,13 @@ pub fn init(cfg: &Log, log_dir: &Path, console: bool) -> io::Result<LogHandle> {
     });
     let file_writer = LinkedWriter { inner: writer, link: link.clone() };
     let (filter, handle) = reload::Layer::new(filter_for(&cfg.level));
-    let file_layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file_writer);
-    let console_layer = console.then(|| {
-        tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-    });
+    let file_layer = tracing_subscriber::fmt::layer().event_format(Logfmt).with_ansi(false).with_writer(file_writer);
+    // The console shows the same lines as the file (journald keeps them).
+    let console_layer = console
+        .then(|| tracing_subscriber::fmt::layer().event_format(Logfmt).with_ansi(false).with_writer(std::io::stderr));
     tracing_subscriber::registry()
         .with(filter)
+        .with(SpanFields)
         .with(file_layer)
         .with(console_layer)
         .try_init()
@@ -136,7 +137,7 @@ fn file_name_for(rotation: Rotation, unix: i64) -> String {
 }
 
 /// Days since 1970-01-01 to a (year, month, day) civil date (UTC).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719468;
     let era = z.div_euclid(146097);
     let doe = z.rem_euclid(146097);

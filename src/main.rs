@@ -5,63 +5,137 @@ use clap::{Parser, Subcommand};
 use dropseed::config::DEFAULT_CONFIG_TOML;
 use dropseed::confpath::{self, Loaded};
 use dropseed::control::{self, Request};
+use dropseed::session::lookup::{self, Candidate};
 use dropseed::startup::LockError;
 use dropseed::torrent::TorrentStatus;
-use dropseed::types::{human_bytes, human_duration};
+use dropseed::types::{human_bytes, human_duration, printable};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "dropseed", version, about = "Headless BitTorrent seedbox: drop .torrent/.magnet files in a folder")]
+#[command(
+    name = "dropseed",
+    version,
+    about = "Headless BitTorrent seedbox: drop .torrent/.magnet files in a folder",
+    after_help = "Without a command, runs the daemon. The CLI commands talk to the running daemon over its \
+                  control socket (paths.state_dir/control.sock).\n\nExamples:\n  \
+                  dropseed -c /etc/dropseed/dropseed.toml      run the daemon\n  \
+                  dropseed status                              what the daemon is doing\n  \
+                  dropseed add ~/film.torrent                  add a torrent\n  \
+                  dropseed pause 0123abcd                      pause by short hash (or name)"
+)]
 struct Cli {
     /// Config file (TOML). Without it: $DROPSEED_CONFIG, else
     /// /etc/dropseed/dropseed.toml if it exists, else built-in defaults.
     /// Relative paths inside it are taken from its own directory.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+/// What an ID may be, for every command that takes one.
+const ID_HELP: &str = "The torrent: its name, the start of its name, or its hash (the 8-digit short hash \
+                       `status` shows, or more of it)";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (the default).
     Run,
-    /// Show the torrents of the running daemon.
+    /// Show the torrents of the running daemon: a table, or one torrent's details.
+    #[command(after_help = "Examples:\n  dropseed status --state downloading,error\n  \
+                            dropseed status --category tv --sort ratio --reverse\n  dropseed status 0123abcd")]
     Status {
+        /// Show these torrents' details (path, category, trackers, errors) instead of the table.
+        #[arg(value_name = "ID", help = ID_HELP)]
+        ids: Vec<String>,
+        /// Print JSON (every field, for scripts) instead of text.
         #[arg(long)]
         json: bool,
+        /// Only torrents in these states (comma-separated): metadata, queued, checking,
+        /// downloading, moving, seeding, paused, stopped, missing, error.
+        #[arg(long, value_delimiter = ',', value_name = "STATE")]
+        state: Vec<String>,
+        /// Only torrents of this category (watch subfolder); "" for those without one.
+        #[arg(long, value_name = "NAME")]
+        category: Option<String>,
+        /// Order of the table.
+        #[arg(long, value_enum, default_value_t = SortKey::Name)]
+        sort: SortKey,
+        /// Reverse the order.
+        #[arg(long)]
+        reverse: bool,
     },
     /// Add a .torrent or .magnet file (its contents are sent to the daemon),
     /// a magnet URI or an info hash.
-    Add { source: String },
-    /// Pause a torrent (by name or unique info-hash prefix).
-    Pause { id: String },
-    /// Resume a paused or stopped torrent.
-    Resume { id: String },
+    #[command(after_help = "Examples:\n  dropseed add ~/Downloads/film.torrent\n  \
+                            dropseed add 'magnet:?xt=urn:btih:0123...&dn=film'\n  \
+                            dropseed add 0123456789abcdef0123456789abcdef01234567")]
+    Add {
+        /// A .torrent or .magnet file, a magnet URI, or a 40-digit info hash.
+        #[arg(value_name = "FILE|MAGNET|HASH")]
+        source: String,
+    },
+    /// Pause a torrent; prints the state it reached.
+    Pause {
+        #[arg(value_name = "ID", help = ID_HELP)]
+        id: String,
+    },
+    /// Resume a paused or stopped torrent; prints the state it reached.
+    Resume {
+        #[arg(value_name = "ID", help = ID_HELP)]
+        id: String,
+    },
     /// Verify every piece of a torrent again.
-    Recheck { id: String },
+    Recheck {
+        #[arg(value_name = "ID", help = ID_HELP)]
+        id: String,
+    },
     /// Show a torrent's trackers: last and next announce, last answer, counters sent.
     Trackers {
+        #[arg(value_name = "ID", help = ID_HELP)]
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Announce to a torrent's trackers now (or as soon as min interval allows).
-    Reannounce { id: String },
+    Reannounce {
+        #[arg(value_name = "ID", help = ID_HELP)]
+        id: String,
+    },
     /// Remove a torrent; its data stays unless --delete-data.
     Remove {
+        /// Delete the torrent's files too (files that are no longer its own stay).
         #[arg(long)]
         delete_data: bool,
+        #[arg(value_name = "ID", help = ID_HELP)]
         id: String,
     },
     /// Print the default config, or check a config file.
     Config {
+        /// Print the default config with every setting explained (the default action).
         #[arg(long, conflicts_with = "check")]
         default: bool,
+        /// Check the config file (-c, $DROPSEED_CONFIG or /etc/dropseed/dropseed.toml) and
+        /// print the paths it resolves to.
         #[arg(long)]
         check: bool,
     },
+}
+
+/// Orders of `status`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SortKey {
+    Name,
+    State,
+    Progress,
+    Size,
+    Down,
+    Up,
+    Peers,
+    Ratio,
+    Eta,
 }
 
 /// The config from `-c`, `DROPSEED_CONFIG`, the system file or the defaults.
@@ -193,11 +267,19 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let json = matches!(command, Command::Status { json: true } | Command::Trackers { json: true, .. });
+    let json = matches!(command, Command::Status { json: true, .. } | Command::Trackers { json: true, .. });
     let trackers_view = matches!(command, Command::Trackers { .. });
+    let mut view = None;
     let mut body = Vec::new();
     let req = match command {
-        Command::Status { .. } => Request::Status,
+        Command::Status { ids, json: _, state, category, sort, reverse } => {
+            if let Some(bad) = state.iter().find(|s| !STATES.contains(&s.as_str())) {
+                eprintln!("error: --state {bad}: not a state; states are {}", STATES.join(", "));
+                return ExitCode::from(2);
+            }
+            view = Some(View { ids, states: state, category, sort, reverse });
+            Request::Status
+        }
         Command::Add { source } => match control::add_request(&source) {
             Ok((req, bytes)) => {
                 body = bytes;
@@ -242,6 +324,14 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             print_trackers(torrents);
         }
     } else if let Some(torrents) = reply.torrents {
+        let torrents = match view.as_ref().map(|v| v.select(torrents)) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+            None => Vec::new(),
+        };
         if json {
             let mut out = serde_json::json!({ "torrents": torrents });
             if let Some(n) = reply.dht_nodes {
@@ -251,6 +341,8 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
                 out["dht_port"] = p.into();
             }
             println!("{out}");
+        } else if view.as_ref().is_some_and(|v| !v.ids.is_empty()) {
+            torrents.iter().for_each(print_details);
         } else {
             print_table(&torrents);
             if let (Some(n), Some(p)) = (reply.dht_nodes, reply.dht_port) {
@@ -293,24 +385,76 @@ fn print_trackers(torrents: &[TorrentStatus]) {
     }
 }
 
+/// Every state a torrent can be in, as `status` shows it.
+const STATES: [&str; 10] =
+    ["metadata", "queued", "checking", "downloading", "moving", "seeding", "paused", "stopped", "missing", "error"];
+
+/// What `status` shows: filters, order, or named torrents.
+struct View {
+    ids: Vec<String>,
+    states: Vec<String>,
+    category: Option<String>,
+    sort: SortKey,
+    reverse: bool,
+}
+
+impl View {
+    fn select(&self, mut all: Vec<TorrentStatus>) -> Result<Vec<TorrentStatus>, String> {
+        if !self.ids.is_empty() {
+            let candidates: Vec<Candidate> =
+                all.iter().map(|t| Candidate { name: &t.name, hash: &t.info_hash }).collect();
+            let picked: Vec<usize> =
+                self.ids.iter().map(|id| lookup::find(id, &candidates)).collect::<Result<_, _>>()?;
+            return Ok(picked.into_iter().map(|i| all[i].clone()).collect());
+        }
+        all.retain(|t| {
+            (self.states.is_empty() || self.states.iter().any(|s| s == t.state.as_str()))
+                && self.category.as_ref().is_none_or(|c| *c == t.category)
+        });
+        all.sort_by(|a, b| self.order(a, b).then_with(|| a.name.cmp(&b.name)));
+        if self.reverse {
+            all.reverse();
+        }
+        Ok(all)
+    }
+
+    fn order(&self, a: &TorrentStatus, b: &TorrentStatus) -> std::cmp::Ordering {
+        let ratio = |t: &TorrentStatus| if t.ratio < 0.0 { f64::INFINITY } else { t.ratio };
+        match self.sort {
+            SortKey::Name => a.name.cmp(&b.name),
+            SortKey::State => a.state.as_str().cmp(b.state.as_str()),
+            SortKey::Progress => a.progress.total_cmp(&b.progress),
+            SortKey::Size => a.size.cmp(&b.size),
+            SortKey::Down => a.download_rate.cmp(&b.download_rate),
+            SortKey::Up => a.upload_rate.cmp(&b.upload_rate),
+            SortKey::Peers => a.peers.cmp(&b.peers),
+            SortKey::Ratio => ratio(a).total_cmp(&ratio(b)),
+            // Unknown ETAs last.
+            SortKey::Eta => a.eta_secs.unwrap_or(u64::MAX).cmp(&b.eta_secs.unwrap_or(u64::MAX)),
+        }
+    }
+}
+
 fn print_table(torrents: &[TorrentStatus]) {
     if torrents.is_empty() {
         println!("no torrents");
         return;
     }
     println!(
-        "{:<40} {:<11} {:>7} {:>9} {:>11} {:>11} {:>5} {:>6} {:>8}",
-        "NAME", "STATE", "DONE", "SIZE", "DOWN", "UP", "PEERS", "RATIO", "ETA"
+        "{:<8} {:<40} {:<11} {:>7} {:>9} {:>11} {:>11} {:>5} {:>6} {:>8}",
+        "HASH", "NAME", "STATE", "DONE", "SIZE", "DOWN", "UP", "PEERS", "RATIO", "ETA"
     );
     for t in torrents {
-        let mut name: String = t.name.chars().take(40).collect();
-        if t.name.chars().count() > 40 {
+        let shown = printable(&t.name, 1000);
+        let mut name: String = shown.chars().take(40).collect();
+        if shown.chars().count() > 40 {
             name.pop();
             name.push('~');
         }
         let ratio = if t.ratio < 0.0 { "inf".into() } else { format!("{:.2}", t.ratio) };
         println!(
-            "{:<40} {:<11} {:>6.1}% {:>9} {:>9}/s {:>9}/s {:>5} {:>6} {:>8}",
+            "{:<8} {:<40} {:<11} {:>6.1}% {:>9} {:>9}/s {:>9}/s {:>5} {:>6} {:>8}",
+            &t.info_hash[..8],
             name,
             t.state.as_str(),
             t.progress * 100.0,
@@ -322,7 +466,43 @@ fn print_table(torrents: &[TorrentStatus]) {
             t.eta_secs.map(human_duration).unwrap_or_else(|| "-".into())
         );
         if let Some(e) = &t.error {
-            println!("    error: {e}");
+            println!("         error: {}", printable(e, 300));
         }
+        if let Some(e) = &t.tracker_error {
+            println!("         tracker: {}", printable(e, 300));
+        }
+    }
+}
+
+/// One torrent, everything the daemon says of it.
+fn print_details(t: &TorrentStatus) {
+    let ratio = if t.ratio < 0.0 { "inf".into() } else { format!("{:.2}", t.ratio) };
+    let category = if t.category.is_empty() { "-" } else { &t.category };
+    println!("{}", printable(&t.name, 500));
+    println!("  hash      {}", t.info_hash);
+    println!("  state     {} ({:.1}% of {})", t.state.as_str(), t.progress * 100.0, human_bytes(t.size));
+    println!("  path      {}", if t.path.is_empty() { "-".to_string() } else { printable(&t.path, 1000) });
+    println!("  category  {category}");
+    println!(
+        "  transfer  down {}/s, up {}/s, {} peers ({} seeds), ratio {ratio}",
+        human_bytes(t.download_rate),
+        human_bytes(t.upload_rate),
+        t.peers,
+        t.seeds
+    );
+    println!(
+        "  counters  downloaded {}, uploaded {}, corrupt {}, wasted {}",
+        human_bytes(t.downloaded),
+        human_bytes(t.uploaded),
+        human_bytes(t.corrupt),
+        human_bytes(t.wasted)
+    );
+    if let Some(e) = &t.error {
+        println!("  error     {}", printable(e, 500));
+    }
+    match &t.tracker_error {
+        Some(e) => println!("  tracker   {}", printable(e, 500)),
+        None if t.trackers.is_empty() => println!("  tracker   -"),
+        None => println!("  tracker   ok ({} trackers; `dropseed trackers` for each)", t.trackers.len()),
     }
 }

@@ -200,7 +200,7 @@ fn error_lines(log_dir: &Path) -> Vec<String> {
             continue;
         }
         let t = std::fs::read_to_string(e.path()).unwrap_or_default();
-        lines.extend(t.lines().filter(|l| l.contains("ERROR")).map(String::from));
+        lines.extend(t.lines().filter(|l| l.contains("level=error")).map(String::from));
     }
     lines
 }
@@ -477,7 +477,7 @@ fn a_read_only_watch_folder_is_warned_about_once_and_still_read() {
         (!log_lines(dir.path(), "junk.torrent").is_empty()).then_some(())
     });
     std::thread::sleep(Duration::from_secs(4)); // four more scans
-    let warnings = log_lines(dir.path(), "WARN");
+    let warnings = log_lines(dir.path(), "level=warn");
     let folder = warnings.iter().filter(|l| l.contains("watch folder")).count();
     assert_eq!(folder, 1, "one warning about the folder: {warnings:#?}");
     assert!(warnings.iter().any(|l| l.contains(&watch.display().to_string())), "{warnings:#?}");

@@ -83,7 +83,7 @@ fn watch_folder_picks_up_files_and_rejects_bad_ones() {
         let line = wait_for(&format!("the WARN for {name}"), Duration::from_secs(5), || {
             ds.log_text().lines().find(|l| l.contains("invalid file") && l.contains(name)).map(String::from)
         });
-        assert!(line.contains("WARN") && line.contains(reason), "{name}: {line}");
+        assert!(line.contains("level=warn") && line.contains(reason), "{name}: {line}");
     }
     // The same torrent under another name: treated as added, said to be known.
     std::fs::copy(&swarm.torrent, ds.watch_dir().join("again.torrent")).unwrap();
@@ -287,18 +287,54 @@ fn sighup_reloads_config_and_rescans() {
 
 #[test]
 fn status_lines_and_log_link_survive_rotation() {
-    let ds = Dropseed::start_with("[log]\nrotation = \"minutely\"\nstatus_interval_secs = 1\n");
+    let ds = Dropseed::start_with(
+        "[log]\nrotation = \"minutely\"\nstatus_interval_secs = 1\nfull_status_interval_secs = 4\n",
+    );
     let link = ds.log_dir().join("dropseed.log");
     let first = wait_for("dropseed.log link", Duration::from_secs(10), || std::fs::read_link(&link).ok());
     let text = wait_for("a summary line in dropseed.log", Duration::from_secs(10), || {
         let t = std::fs::read_to_string(&link).ok()?;
-        t.contains("summary torrents=0").then_some(t)
+        t.contains("msg=summary torrents=0").then_some(t)
     });
     assert!(text.contains("mem_anon="), "{text}");
+    // An idle torrent (a magnet no one answers) gets no line of its own,
+    // only in the full listing.
+    let idle = "0123456789abcdef0123456789abcdef01234567";
+    assert!(ds.cli(&["add", idle]).status.success());
+    let text = wait_for("a full listing naming the idle magnet", Duration::from_secs(15), || {
+        let t = ds.log_text();
+        let full = t.find("summary (full listing above)")?;
+        t[..full].contains("msg=status torrent=0123456789abcdef0123456789abcdef01234567 hash=01234567").then_some(t)
+    });
+    let first_full = text.find("summary (full listing above)").unwrap();
+    let listed_before: Vec<&str> =
+        text[..first_full].lines().filter(|l| l.contains("msg=status ") && l.contains("hash=01234567")).collect();
+    assert_eq!(listed_before.len(), 1, "only the full listing names the idle magnet: {listed_before:#?}");
     // Across the next minute boundary the link moves to the new file.
     let second =
         wait_for("rotation", Duration::from_secs(75), || std::fs::read_link(&link).ok().filter(|t| *t != first));
     wait_for("new lines after rotation", Duration::from_secs(10), || {
         std::fs::read_to_string(ds.log_dir().join(&second)).ok().filter(|t| t.contains("summary")).map(|_| ())
     });
+}
+
+/// The reader every daemon test checks the logs with (`common::logfmt`)
+/// refuses what a log tool would misread.
+#[test]
+fn the_log_line_checker_refuses_broken_lines() {
+    use common::logfmt::check_line;
+    let good = r#"time=2026-11-26T01:00:00.000Z level=info msg="added" torrent="A \"B\" = C\n" hash=0123abcd"#;
+    assert_eq!(check_line(good), Ok(()));
+    for (bad, why) in [
+        (r#"time=t level=info msg=added torrent=My Film hash=0123abcd"#, "unquoted space"),
+        (r#"time=t level=info msg="added" torrent="x""#, "torrent without hash"),
+        (r#"time=t level=info msg="added" name="x" hash=0123abcd"#, "a second name key"),
+        (r#"time=t level=info msg="a" msg="b""#, "a key twice"),
+        (r#"time=t level=info msg="unterminated"#, "unterminated quote"),
+        ("time=t level=info msg=\"raw\x1b[31m\"", "raw escape code"),
+        (r#"2026-11-26T01:00:00Z  INFO dropseed: added torrent=x"#, "not logfmt at all"),
+        (r#"time=t level=loud msg=x"#, "unknown level"),
+    ] {
+        assert!(check_line(bad).is_err(), "accepted ({why}): {bad}");
+    }
 }

@@ -245,7 +245,7 @@ fn a_hook_past_its_timeout_is_killed_with_everything_it_started() {
     assert!(alive(child), "the hook's child runs while the hook does");
     let log = ds.wait_log("hook timed out", Duration::from_secs(15));
     let line = log.lines().find(|l| l.contains("hook timed out")).unwrap();
-    assert!(line.contains("WARN") && line.contains("after 2s") && line.contains("slowhook.bin"), "{line}");
+    assert!(line.contains("level=warn") && line.contains("after 2s") && line.contains("slowhook.bin"), "{line}");
     wait_for("the hook's child to be killed with its group", Duration::from_secs(5), || (!alive(child)).then_some(()));
     // The torrent and the daemon carry on.
     assert_eq!(ds.torrent(&hash).unwrap()["state"], "seeding");
@@ -264,7 +264,7 @@ fn a_missing_hook_program_is_a_warning_and_the_torrent_keeps_seeding() {
     let log = ds.wait_log("program not found", Duration::from_secs(20));
     let line = log.lines().find(|l| l.contains("program not found")).unwrap();
     assert!(
-        line.contains("WARN") && line.contains("/nonexistent/dropseed-notify") && line.contains("nohook.bin"),
+        line.contains("level=warn") && line.contains("/nonexistent/dropseed-notify") && line.contains("nohook.bin"),
         "{line}"
     );
     ds.wait_state(&hash, "seeding", Duration::from_secs(20));

@@ -15,6 +15,7 @@ pub mod argv;
 mod run;
 
 pub use argv::{check_command, Facts};
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::types::printable;
@@ -108,10 +109,12 @@ impl HookRunner {
             argv: argv::argv(template, &facts),
             env: argv::env(event, &facts),
             timeout: Duration::from_secs(config.hooks.timeout.0),
+            span: tracing::error_span!("torrent", torrent = %facts.name, hash = %facts.hash.get(..8).unwrap_or_default()),
         };
         match self.queue.try_send(job) {
             Ok(()) => Fired::Queued,
             Err(mpsc::error::TrySendError::Full(job)) => {
+                let _in_span = job.span.enter();
                 tracing::warn!(
                     torrent = %job.torrent,
                     hook = %event.key(),
@@ -152,10 +155,14 @@ async fn dispatch(
             },
         };
         let cancel = cancel.clone();
-        tasks.spawn(async move {
-            run::run(job, cancel).await;
-            drop(slot);
-        });
+        let span = job.span.clone();
+        tasks.spawn(
+            async move {
+                run::run(job, cancel).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
     jobs.close();
     let mut dropped = 0;

@@ -38,6 +38,8 @@ pub struct Job {
     pub argv: Vec<OsString>,
     pub env: Vec<(&'static str, OsString)>,
     pub timeout: Duration,
+    /// The torrent's log span: its lines carry its name and short hash.
+    pub span: tracing::Span,
 }
 
 enum End {
@@ -187,7 +189,7 @@ fn log_line(job: &Job, stream: &'static str, logged: &AtomicUsize, line: &str) {
     let (hook, torrent) = (job.event.key(), job.torrent.as_str());
     match logged.fetch_add(1, Ordering::Relaxed) {
         n if n < MAX_LOGGED_LINES => {
-            tracing::info!(torrent = %torrent, hook = %hook, stream = %stream, line = ?line, "hook output")
+            tracing::info!(torrent = %torrent, hook = %hook, stream = %stream, line = %line, "hook output")
         }
         n if n == MAX_LOGGED_LINES => {
             tracing::info!(torrent = %torrent, hook = %hook,

@@ -92,6 +92,7 @@ impl MagnetEntry {
             ratio: 0.0,
             eta_secs: None,
             error,
+            tracker_error: None,
             trackers: Vec::new(),
         }
     }

@@ -11,6 +11,7 @@
 
 mod entry;
 mod listener;
+pub mod lookup;
 mod restore;
 
 use crate::config::Config;
@@ -32,8 +33,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use listener::AcceptBackoff;
+
+/// How long `pause` and `resume` wait to report the state reached.
+const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Session {
     pub env: Arc<Env>,
@@ -112,7 +117,7 @@ impl Session {
                     let owner = name_owner(&self.registry.lock().unwrap(), &meta.name);
                     if let Some(other) = owner {
                         // Saved by a version that let two torrents share files.
-                        tracing::warn!(torrent = %meta.name, hash = %&meta.info_hash.hex()[..8], other = %&other.hex()[..8],
+                        tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), other = %other.short(),
                             "not started: its files would be another torrent's; remove one of the two");
                         continue;
                     }
@@ -141,6 +146,7 @@ impl Session {
         // Spawned under the registry's lock, so that nothing the task does
         // can find its entry missing.
         let mut registry = self.registry.lock().unwrap();
+        let span = crate::logfmt::torrent_span(&shared.meta.name, &hash);
         let task = self.tasks.spawn({
             let (shared, cancel) = (shared.clone(), cancel.clone());
             async move {
@@ -150,6 +156,7 @@ impl Session {
                 }
                 exit
             }
+            .instrument(span)
         });
         registry.insert(hash, Entry::Torrent(TorrentEntry { shared: shared.clone(), cmd, cancel, task }));
         shared
@@ -171,11 +178,15 @@ impl Session {
         let cancel = self.cancel.child_token();
         let (m, env, p, c, done) =
             (magnet.clone(), self.env.clone(), progress.clone(), cancel.clone(), self.fetched.clone());
-        let task = self.tasks.spawn(async move {
-            if let Some(f) = fetch::run(m, env, p, incoming_rx, c).await {
-                let _ = done.send(f);
+        let span = crate::logfmt::torrent_span(&magnet.display_name(), &magnet.info_hash);
+        let task = self.tasks.spawn(
+            async move {
+                if let Some(f) = fetch::run(m, env, p, incoming_rx, c).await {
+                    let _ = done.send(f);
+                }
             }
-        });
+            .instrument(span),
+        );
         Fetching { progress, incoming, cancel, task }
     }
 
@@ -290,17 +301,19 @@ impl Session {
         let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
         match self.add_torrent(f.meta, f.peers, Origin::Fetched, String::new()).await {
             Ok(AddOutcome::Added) => {
-                tracing::info!(torrent = %name, hash = %hash.hex(), "metadata received; starting the torrent")
+                tracing::info!(torrent = %name, hash = %hash.short(), "metadata received; starting the torrent")
             }
             Ok(AddOutcome::AlreadyManaged) => {}
             Ok(AddOutcome::Refused(why)) => self.magnet_failed(&hash, &name, why),
-            Err(e) => tracing::warn!(torrent = %name, error = %e, "cannot save the fetched metadata"),
+            Err(e) => {
+                tracing::warn!(torrent = %name, hash = %hash.short(), error = %e, "cannot save the fetched metadata")
+            }
         }
     }
 
     /// A magnet's metadata cannot become a torrent: it stays, in error.
     fn magnet_failed(&self, hash: &InfoHash, name: &str, why: String) {
-        tracing::warn!(torrent = %name, reason = %why, "cannot start the torrent of this magnet");
+        tracing::warn!(torrent = %name, hash = %hash.short(), reason = %why, "cannot start the torrent of this magnet");
         if let Some(Entry::Magnet(m)) = self.registry.lock().unwrap().get_mut(hash) {
             m.error = Some(why);
         }
@@ -357,20 +370,32 @@ impl Session {
         out
     }
 
-    /// Finds a torrent by exact name or unique info-hash prefix.
+    /// Finds a torrent by name, name prefix or hash (see `lookup`).
     pub fn find(&self, id: &str) -> Result<InfoHash, String> {
-        let id_lower = id.to_ascii_lowercase();
         let statuses = self.statuses();
-        let by_name: Vec<&TorrentStatus> = statuses.iter().filter(|s| s.name == id).collect();
-        if by_name.len() == 1 {
-            return Ok(InfoHash::parse(&by_name[0].info_hash).unwrap());
-        }
-        let by_hash: Vec<&TorrentStatus> =
-            statuses.iter().filter(|s| !id_lower.is_empty() && s.info_hash.starts_with(&id_lower)).collect();
-        match (by_name.len(), by_hash.len()) {
-            (_, 1) => Ok(InfoHash::parse(&by_hash[0].info_hash).unwrap()),
-            (0, 0) => Err(format!("no torrent named or hashed '{id}'")),
-            _ => Err(format!("'{id}' matches several torrents; give more of the info hash")),
+        let all: Vec<lookup::Candidate> =
+            statuses.iter().map(|s| lookup::Candidate { name: &s.name, hash: &s.info_hash }).collect();
+        let i = lookup::find(id, &all)?;
+        InfoHash::parse(&statuses[i].info_hash).ok_or_else(|| "internal: bad info hash".to_string())
+    }
+
+    /// The state a torrent reaches after a pause or resume: polled for a
+    /// few seconds, as a pause waits for its `stopped` announce and a
+    /// resume may first check the files.
+    async fn state_after(&self, hash: &InfoHash, cmd: &Cmd) -> Option<crate::torrent::TorrentState> {
+        use crate::torrent::TorrentState::{Paused, Stopped};
+        let deadline = tokio::time::Instant::now() + STATE_WAIT;
+        let hex = hash.hex();
+        loop {
+            let state = self.statuses().into_iter().find(|s| s.info_hash == hex)?.state;
+            let reached = match cmd {
+                Cmd::Pause => state == Paused,
+                _ => !matches!(state, Paused | Stopped),
+            };
+            if reached || tokio::time::Instant::now() >= deadline {
+                return Some(state);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
@@ -385,14 +410,19 @@ impl Session {
         let Some((sender, name)) = torrent else {
             return self.magnet_command(&hash, cmd).await;
         };
-        let what = match cmd {
-            Cmd::Pause => "pausing",
-            Cmd::Resume => "resuming",
-            Cmd::Recheck => "rechecking",
-            Cmd::Incoming(..) => "",
+        let wait_for = match cmd {
+            Cmd::Pause => Cmd::Pause,
+            Cmd::Resume => Cmd::Resume,
+            _ => {
+                sender.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
+                return Ok(format!("rechecking {name}"));
+            }
         };
         sender.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
-        Ok(format!("{what} {name}"))
+        match self.state_after(&hash, &wait_for).await {
+            Some(state) => Ok(format!("{name} ({}): {}", hash.short(), state.as_str())),
+            None => Ok(format!("{name} ({}): removed meanwhile", hash.short())),
+        }
     }
 
     /// Pause and resume of a magnet still fetching; it has nothing to check.
@@ -416,17 +446,17 @@ impl Session {
             (Cmd::Pause, true) => {
                 m.stop_fetch().await;
                 let r = save_magnet(&self.env.state_dir, &m.magnet, true, &m.category).await;
-                tracing::info!(torrent = %name, "paused");
-                r.map(|_| format!("pausing {name}")).map_err(|e| e.to_string())
+                tracing::info!(torrent = %name, hash = %hash.short(), "paused");
+                r.map(|_| format!("{name} ({}): paused", hash.short())).map_err(|e| e.to_string())
             }
             (Cmd::Resume, false) => {
                 let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.category).await;
-                tracing::info!(torrent = %name, "resumed");
+                tracing::info!(torrent = %name, hash = %hash.short(), "resumed");
                 let mut registry = self.registry.lock().unwrap();
                 m.error = None;
                 m.fetch = Some(self.spawn_fetch(&m.magnet));
                 registry.insert(*hash, Entry::Magnet(m));
-                return r.map(|_| format!("resuming {name}")).map_err(|e| e.to_string());
+                return r.map(|_| format!("{name} ({}): metadata", hash.short())).map_err(|e| e.to_string());
             }
             _ => Ok(format!("{name}: nothing to do")),
         };
@@ -516,7 +546,7 @@ impl Session {
             }
         }
         self.env.announces.retire(hash, resume::now_unix());
-        tracing::info!(torrent = %name, delete_data, "removed");
+        tracing::info!(torrent = %name, hash = %hash.short(), delete_data, "removed");
         Ok(format!("removed {name}{}", if delete_data { " and its data" } else { "" }))
     }
 

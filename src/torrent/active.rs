@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// New outgoing connection attempts per second per torrent.
 const CONNECTS_PER_TICK: usize = 8;
@@ -132,19 +133,19 @@ impl<'a> Active<'a> {
         };
         let counters = shared.clone() as Arc<dyn TransferCounters>;
         let completed = self.completed_tx.subscribe();
-        let tracker = tokio::spawn(tracker::run(
-            cfg,
-            env.http.clone(),
-            counters,
-            peers_tx.clone(),
-            completed,
-            self.child.clone(),
-        ));
+        let tracker = tokio::spawn(
+            tracker::run(cfg, env.http.clone(), counters, peers_tx.clone(), completed, self.child.clone())
+                .in_current_span(),
+        );
         let dht = env.dht.as_ref().filter(|_| !shared.meta.private).map(|dht| {
             let torrent = shared.clone();
             let every = move |_found| if torrent.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
             let hash = shared.meta.info_hash;
-            tokio::spawn(dht.clone().keep_looking_up(hash, env.listen_port, peers_tx, self.child.clone(), every))
+            tokio::spawn(
+                dht.clone()
+                    .keep_looking_up(hash, env.listen_port, peers_tx, self.child.clone(), every)
+                    .in_current_span(),
+            )
         });
         Helpers { tracker, dht, peers_rx }
     }
@@ -253,7 +254,9 @@ impl<'a> Active<'a> {
         }
         let ctl = Arc::new(MoveControl::default());
         let c = ctl.clone();
+        let span = tracing::Span::current();
         let job = tokio::task::spawn_blocking(move || {
+            let _in_span = span.enter();
             let _one_move = shared.moving.lock().unwrap();
             handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &c)
         });
@@ -432,13 +435,16 @@ impl<'a> Active<'a> {
             };
             started += 1;
             let (shared, cancel) = (self.shared.clone(), self.child.clone());
-            self.peers.spawn(async move {
-                let _permit = permit;
-                let started = Instant::now();
-                let end = connect::outgoing(shared, addr, cancel).await;
-                tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
-                Some((addr, end.worth_redialling(), started.elapsed()))
-            });
+            self.peers.spawn(
+                async move {
+                    let _permit = permit;
+                    let started = Instant::now();
+                    let end = connect::outgoing(shared, addr, cancel).await;
+                    tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
+                    Some((addr, end.worth_redialling(), started.elapsed()))
+                }
+                .in_current_span(),
+            );
         }
     }
 
@@ -459,12 +465,15 @@ impl<'a> Active<'a> {
             return;
         }
         let (shared, cancel) = (self.shared.clone(), self.child.clone());
-        self.peers.spawn(async move {
-            let _permit = permit;
-            let end = connect::incoming(shared, transport, addr, hs, cancel).await;
-            tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
-            None
-        });
+        self.peers.spawn(
+            async move {
+                let _permit = permit;
+                let end = connect::incoming(shared, transport, addr, hs, cancel).await;
+                tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
+                None
+            }
+            .in_current_span(),
+        );
     }
 
     /// Closes the idlest peer (see [`evict`]); false when none is idle.

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Metadata connections open at once.
 const MAX_CONNECTIONS: usize = 8;
@@ -133,6 +134,9 @@ pub async fn run(
     let mut helpers = start_discovery(&ctx, &magnet, &tiers);
     let name = magnet.display_name();
     tracing::info!(torrent = %name, trackers = magnet.trackers.len(), peers = magnet.peers.len(), "fetching metadata");
+    if let Some(why) = no_way_to_peers(&magnet, &tiers, ctx.env.dht.is_some()) {
+        tracing::warn!(torrent = %name, "{why}");
+    }
     let mut conns = Connections::default();
     conns.run(&ctx, &magnet, &mut incoming, &mut discovered_rx).await;
     done.cancel();
@@ -159,6 +163,18 @@ pub async fn run(
     }
 }
 
+/// Why a magnet can never find a peer: no tracker we speak, no DHT, no
+/// peer address in it. Only an incoming connection could still bring the
+/// metadata: the magnet waits, and the log says why.
+fn no_way_to_peers(magnet: &Magnet, tiers: &[Vec<String>], dht: bool) -> Option<String> {
+    let no_tracker = tracker::usable_tiers(tiers).is_empty();
+    (no_tracker && !dht && magnet.peers.is_empty()).then(|| {
+        "this magnet cannot find peers: it names no usable tracker and no peer (x.pe), and the DHT is off \
+         ([dht] enabled); add a tracker to the magnet or turn the DHT on"
+            .to_string()
+    })
+}
+
 /// The magnet's trackers and DHT lookups, reporting peers to `discovered`.
 fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet<()> {
     let (env, hash) = (&ctx.env, ctx.hash);
@@ -178,12 +194,15 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
         };
         let (http, tx, d) = (env.http.clone(), ctx.discovered.clone(), ctx.done.clone());
         let counters = Arc::new(MagnetCounters { hash, env: env.clone() });
-        helpers.spawn(async move {
-            let _never_completed = never_completed;
-            tracker::run(cfg, http, counters.clone(), tx, completed_rx, d).await;
-            // The `stopped` announce counts too.
-            counters.persist().await;
-        });
+        helpers.spawn(
+            async move {
+                let _never_completed = never_completed;
+                tracker::run(cfg, http, counters.clone(), tx, completed_rx, d).await;
+                // The `stopped` announce counts too.
+                counters.persist().await;
+            }
+            .in_current_span(),
+        );
     }
     if let Some(dht) = env.dht.clone() {
         let (tx, d) = (ctx.discovered.clone(), ctx.done.clone());
@@ -192,7 +211,7 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
             wait = next_dht_wait(wait, found);
             wait
         };
-        helpers.spawn(dht.keep_looking_up(hash, env.listen_port, tx, d, every));
+        helpers.spawn(dht.keep_looking_up(hash, env.listen_port, tx, d, every).in_current_span());
     }
     helpers
 }
@@ -265,12 +284,15 @@ impl Connections {
             }
             self.connected.insert(addr);
             let ctx = ctx.clone();
-            self.tasks.spawn(async move {
-                let started = Instant::now();
-                let end = outgoing(&ctx, addr).await;
-                tracing::debug!(peer = %addr, reason = %end, "metadata connection ended");
-                Some((addr, end.worth_redialling(), started.elapsed()))
-            });
+            self.tasks.spawn(
+                async move {
+                    let started = Instant::now();
+                    let end = outgoing(&ctx, addr).await;
+                    tracing::debug!(peer = %addr, reason = %end, "metadata connection ended");
+                    Some((addr, end.worth_redialling(), started.elapsed()))
+                }
+                .in_current_span(),
+            );
         }
     }
 
@@ -279,11 +301,14 @@ impl Connections {
             return;
         }
         let ctx = ctx.clone();
-        self.tasks.spawn(async move {
-            let end = accepted(&ctx, transport, addr, theirs).await;
-            tracing::debug!(peer = %addr, reason = %end, "metadata connection ended");
-            None
-        });
+        self.tasks.spawn(
+            async move {
+                let end = accepted(&ctx, transport, addr, theirs).await;
+                tracing::debug!(peer = %addr, reason = %end, "metadata connection ended");
+                None
+            }
+            .in_current_span(),
+        );
     }
 }
 

@@ -549,6 +549,7 @@ impl TorrentShared {
             TorrentState::Seeding if unsettled => TorrentState::Moving,
             state => state,
         };
+        let trackers = self.env.announces.trackers(self.meta.info_hash);
         let eta = (state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
         TorrentStatus {
             info_hash: self.meta.info_hash.hex(),
@@ -569,9 +570,17 @@ impl TorrentShared {
             ratio: if ratio.is_finite() { ratio } else { -1.0 },
             eta_secs: eta,
             error: s.phase.error().map(str::to_string),
-            trackers: self.env.announces.trackers(self.meta.info_hash),
+            tracker_error: latest_tracker_error(&trackers),
+            trackers,
         }
     }
+}
+
+/// The latest announce's error, if the latest one failed.
+pub fn latest_tracker_error(trackers: &[crate::tracker::pace::TrackerView]) -> Option<String> {
+    let latest = trackers.iter().filter(|t| t.last_announce.is_some()).max_by_key(|t| t.last_announce)?;
+    let error = latest.result.as_deref()?.strip_prefix("error: ")?;
+    Some(format!("{}: {error}", latest.url))
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -606,6 +615,9 @@ pub struct TorrentStatus {
     #[serde(default)]
     pub eta_secs: Option<u64>,
     pub error: Option<String>,
+    /// "URL: error" when the latest announce failed; none after a good one.
+    #[serde(default)]
+    pub tracker_error: Option<String>,
     /// Each tracker's last answer and the counters last sent to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trackers: Vec<crate::tracker::pace::TrackerView>,

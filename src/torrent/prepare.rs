@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Why preparing did not end with the torrent ready.
 pub enum Stop {
@@ -79,7 +80,9 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     let control = Arc::new(handoff::MoveControl::default());
     // Paused or removed meanwhile: the copy stops at its next chunk.
     let _stop_if_dropped = StopOnDrop(control.clone());
+    let span = tracing::Span::current();
     let moved = tokio::task::spawn_blocking(move || {
+        let _in_span = span.enter();
         let _one_move = s.moving.lock().unwrap();
         handoff::finish_move(&s.meta, &from, &target, s.storage().map(|s| &**s), &control)
     })
@@ -280,10 +283,13 @@ async fn hash_pieces(shared: &Arc<TorrentShared>, storage: &Arc<TorrentStorage>,
         while jobs.len() < parallel {
             let Some(p) = to_check.pop() else { break };
             let (m, s, disk) = (shared.meta.clone(), storage.clone(), disk.clone());
-            jobs.spawn(async move {
-                let result = disk.run(move || piece_matches(&m, &s, p).map_err(|e| e.to_string())).await;
-                (p, result.unwrap_or(Ok(false)))
-            });
+            jobs.spawn(
+                async move {
+                    let result = disk.run(move || piece_matches(&m, &s, p).map_err(|e| e.to_string())).await;
+                    (p, result.unwrap_or(Ok(false)))
+                }
+                .in_current_span(),
+            );
         }
         let Some(done) = jobs.join_next().await else {
             return checked;

@@ -13,6 +13,7 @@ pub mod pace;
 pub mod udp;
 
 use crate::resume::now_unix;
+use crate::types::printable;
 use crate::types::{InfoHash, PeerId};
 use http::{AnnounceParams, Event};
 use pace::AnnounceBook;
@@ -132,9 +133,10 @@ struct Announcer {
     completed_sent: bool,
     failures: u32,
     next_event: Event,
-    /// The tracker's last warning and last error, logged once per change.
+    /// The tracker's last warning, and the last outcome ("ok URL" or
+    /// "failed URL ERROR"): each logged once per change.
     last_warning: Option<String>,
-    last_error: Option<String>,
+    last_outcome: Option<String>,
     /// When this announce session began (for the quick "not registered" retry).
     born: std::time::Instant,
 }
@@ -167,7 +169,7 @@ impl Announcer {
             completed_sent: complete,
             failures: 0,
             last_warning: None,
-            last_error: None,
+            last_outcome: None,
             born: std::time::Instant::now(),
             next_event: Event::Started,
         })
@@ -183,7 +185,9 @@ impl Announcer {
         if let Ok(reply) = &result {
             cfg.book.announced(cfg.info_hash, now_unix(), Some(reply.min_interval.unwrap_or(0)));
         }
-        let (wait, peers) = self.on_result(cfg, result);
+        // The tracker that answered, or the last one that failed.
+        let url = attempts.last().map(|(url, _)| printable(url, 200)).unwrap_or_default();
+        let (wait, peers) = self.on_result(cfg, result, &url);
         show_attempts(cfg, &params, attempts, Some(wait));
         (wait, peers)
     }
@@ -194,14 +198,18 @@ impl Announcer {
         &mut self,
         cfg: &TrackerConfig,
         result: Result<http::AnnounceReply, http::TrackerError>,
+        url: &str,
     ) -> (Duration, Vec<SocketAddr>) {
         match result {
             Ok(reply) => {
-                if self.failures > 0 {
-                    tracing::info!(torrent = %cfg.name, "tracker reachable again");
+                // Logged at info once per change: the first good answer, the
+                // first after failures, or from another tracker.
+                let outcome = format!("ok {url}");
+                if self.last_outcome.as_ref() != Some(&outcome) {
+                    tracing::info!(torrent = %cfg.name, tracker = %url, peers = reply.peers.len(), "announce ok");
+                    self.last_outcome = Some(outcome);
                 }
                 self.failures = 0;
-                self.last_error = None;
                 self.started |= self.next_event == Event::Started;
                 self.completed_sent |= self.next_event == Event::Completed;
                 self.next_event = Event::None;
@@ -214,7 +222,7 @@ impl Announcer {
                 if reply.tracker_id.is_some() {
                     self.tracker_id = reply.tracker_id.clone();
                 }
-                tracing::debug!(torrent = %cfg.name, peers = reply.peers.len(), "announce ok");
+                tracing::debug!(torrent = %cfg.name, tracker = %url, peers = reply.peers.len(), "announce ok");
                 let interval = reply.interval.unwrap_or(DEFAULT_INTERVAL).max(reply.min_interval.unwrap_or(0)).max(30);
                 let mut peers = reply.peers;
                 peers.truncate(MAX_PEERS_PER_REPLY);
@@ -222,10 +230,11 @@ impl Announcer {
             }
             Err(e) => {
                 self.failures += 1;
-                let text = e.to_string();
-                if self.last_error.as_ref() != Some(&text) {
-                    tracing::warn!(torrent = %cfg.name, error = %text, "tracker announce failed; retrying with back-off");
-                    self.last_error = Some(text);
+                let text = printable(&e.to_string(), 300);
+                let outcome = format!("failed {url} {text}");
+                if self.last_outcome.as_ref() != Some(&outcome) {
+                    tracing::warn!(torrent = %cfg.name, tracker = %url, error = %text, "announce failed; retrying with back-off");
+                    self.last_outcome = Some(outcome);
                 }
                 // An upload often reaches us before its tracker knows it:
                 // then retry as soon as the pace allows, for a few minutes.
@@ -329,7 +338,7 @@ fn not_registered(e: &http::TrackerError) -> bool {
 
 /// The trackers we can speak to (http, https, udp), each URL once (the
 /// first time it is listed), empty tiers dropped.
-fn usable_tiers(listed: &[Vec<String>]) -> Vec<Vec<String>> {
+pub fn usable_tiers(listed: &[Vec<String>]) -> Vec<Vec<String>> {
     let supported = |u: &str| ["http://", "https://", "udp://"].iter().any(|s| u.starts_with(s));
     let mut seen = std::collections::HashSet::new();
     let mut tiers: Vec<Vec<String>> = listed

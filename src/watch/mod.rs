@@ -439,16 +439,16 @@ impl WatchFolder {
                     let target = free_suffix(path, "invalid");
                     match self.rename(path, &target, stamp) {
                         true => {
-                            tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; renamed to {}", shown(&target))
+                            tracing::warn!(file = %file, torrent = %name, hash = %&hash[..8], reason = %why, "not added; renamed to {}", shown(&target))
                         }
                         false => {
-                            tracing::warn!(file = %file, torrent = %name, reason = %why, "not added; left in place")
+                            tracing::warn!(file = %file, torrent = %name, hash = %&hash[..8], reason = %why, "not added; left in place")
                         }
                     }
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(file = %file, torrent = %name, error = %e, "could not record the torrent in state_dir; will retry");
+                    tracing::warn!(file = %file, torrent = %name, hash = %&hash[..8], error = %e, "could not record the torrent in state_dir; will retry");
                     return; // leave the file for the next scan
                 }
             }

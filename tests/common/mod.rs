@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod logfmt;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -629,6 +631,29 @@ impl Dropseed {
         let mut p = self.proc.take().expect("running");
         let _ = p.0.kill();
         let _ = p.0.wait();
+    }
+}
+
+/// Every test that runs the daemon also checks every line it logged: valid
+/// logfmt, one key for a torrent's name, its short hash beside it.
+impl Drop for Dropseed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        drop(self.proc.take());
+        let text = self.log_text();
+        // A line cut by a kill is not the format's fault.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let bad = logfmt::bad_lines(whole);
+        if !bad.is_empty() {
+            let shown: Vec<&String> = bad.iter().take(10).collect();
+            panic!(
+                "{} log lines break the format:\n{}",
+                bad.len(),
+                shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
 

@@ -1,0 +1,122 @@
+//! Which torrent a CLI argument names. Users type what `dropseed status`
+//! shows them: the short hash, the start of a name, or copy a whole one.
+//!
+//! In order: an exact name; a full or partial info hash (hex, 4 digits at
+//! least); the start of exactly one name. Never a guess: an argument that
+//! fits several torrents is refused with the candidates listed, so `pause`
+//! or `remove` cannot hit the wrong one.
+
+/// The shortest hex prefix taken as a hash: shorter ones are too likely to
+/// be the start of a name ("dead", "cafe" are already words).
+const MIN_HASH_PREFIX: usize = 4;
+/// Candidates named in an "ambiguous" error.
+const MAX_SHOWN: usize = 5;
+
+/// One torrent as the lookup sees it.
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    /// 40 lowercase hex digits.
+    pub hash: &'a str,
+}
+
+/// The index in `all` of the torrent `id` names.
+pub fn find(id: &str, all: &[Candidate<'_>]) -> Result<usize, String> {
+    let shown_id = crate::types::printable(id, 100);
+    if id.is_empty() {
+        return Err("no torrent named: give a name, its start, or the hash `dropseed status` shows".into());
+    }
+    let exact: Vec<usize> = matching(all, |c| c.name == id);
+    if exact.len() == 1 {
+        return Ok(exact[0]);
+    }
+    let lower = id.to_ascii_lowercase();
+    let is_hash = lower.len() >= MIN_HASH_PREFIX && lower.len() <= 40 && lower.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hash {
+        let by_hash = matching(all, |c| c.hash.starts_with(&lower));
+        if let [one] = by_hash[..] {
+            return Ok(one);
+        }
+        if by_hash.len() > 1 {
+            return Err(ambiguous(&shown_id, all, &by_hash, "give more of the hash"));
+        }
+    }
+    if exact.len() > 1 {
+        return Err(ambiguous(&shown_id, all, &exact, "give the hash"));
+    }
+    let by_prefix = matching(all, |c| c.name.starts_with(id));
+    match by_prefix[..] {
+        [one] => Ok(one),
+        [] => {
+            Err(format!("no torrent is named '{shown_id}' or has a name or hash starting so (see `dropseed status`)"))
+        }
+        _ => Err(ambiguous(&shown_id, all, &by_prefix, "give more of the name, or the hash")),
+    }
+}
+
+fn matching(all: &[Candidate<'_>], pred: impl Fn(&Candidate<'_>) -> bool) -> Vec<usize> {
+    all.iter().enumerate().filter(|(_, c)| pred(c)).map(|(i, _)| i).collect()
+}
+
+fn ambiguous(id: &str, all: &[Candidate<'_>], hits: &[usize], hint: &str) -> String {
+    let mut shown: Vec<String> = hits
+        .iter()
+        .take(MAX_SHOWN)
+        .map(|&i| format!("{} ({})", crate::types::printable(all[i].name, 80), &all[i].hash[..8]))
+        .collect();
+    if hits.len() > MAX_SHOWN {
+        shown.push(format!("and {} more", hits.len() - MAX_SHOWN));
+    }
+    format!("'{id}' matches {} torrents: {}; {hint}", hits.len(), shown.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0123abcd00000000000000000000000000000000";
+    const B: &str = "0123ffff00000000000000000000000000000000";
+    const C: &str = "beef000000000000000000000000000000000000";
+
+    fn all() -> Vec<Candidate<'static>> {
+        vec![
+            Candidate { name: "Film.2024.1080p", hash: A },
+            Candidate { name: "Film.2024.2160p", hash: B },
+            Candidate { name: "Film", hash: C },
+        ]
+    }
+
+    #[test]
+    fn exact_name_then_hash_then_unique_prefix() {
+        let all = all();
+        assert_eq!(find("Film", &all), Ok(2), "an exact name wins over being a prefix of others");
+        assert_eq!(find("0123abcd", &all), Ok(0), "the short hash status shows");
+        assert_eq!(find(&A.to_uppercase(), &all), Ok(0), "a full hash, any case");
+        assert_eq!(find("beef", &all), Ok(2));
+        assert_eq!(find("Film.2024.2", &all), Ok(1), "a unique name prefix");
+    }
+
+    #[test]
+    fn what_fits_several_is_refused_with_the_candidates() {
+        let all = all();
+        let e = find("Film.2024", &all).unwrap_err();
+        assert!(e.contains("matches 2 torrents") && e.contains("(0123abcd)") && e.contains("(0123ffff)"), "{e}");
+        let e = find("0123", &all).unwrap_err();
+        assert!(e.contains("give more of the hash"), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_display_name_or_a_stranger_names_nothing() {
+        let all = all();
+        assert!(find("Film.2024.1080~", &all).unwrap_err().contains("no torrent"));
+        assert!(find("abc", &all).unwrap_err().contains("no torrent"), "3 hex digits are not a hash");
+        assert!(find("", &all).is_err());
+        assert!(!find("x\u{1b}[2J", &all).unwrap_err().contains('\u{1b}'), "no escape code in the message");
+    }
+
+    #[test]
+    fn two_torrents_of_one_name_need_the_hash() {
+        let all = vec![Candidate { name: "same", hash: A }, Candidate { name: "same", hash: C }];
+        assert!(find("same", &all).unwrap_err().contains("give the hash"));
+        assert_eq!(find("beef", &all), Ok(1));
+    }
+}
