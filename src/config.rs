@@ -260,20 +260,36 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+/// A duration: "90m", "36h", "1.5d", "2 weeks", or parts in a row
+/// ("1d12h", "1h 30m"); a bare number is seconds.
 fn parse_span(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration (expected e.g. 90m, 36h, 7d)"))?;
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        "w" => 7 * 86400,
-        other => return Err(format!("unknown duration unit '{other}' in '{s}'")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too long a duration"))
+    const UNITS: &str = "s, m (minutes), h, d, w; e.g. 90m, 36h, 1.5d, 1d12h";
+    let text = s.trim();
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(format!("an empty duration; units are {UNITS}"));
+    }
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let n: f64 = rest[..split].parse().map_err(|_| format!("'{text}' is not a duration; units are {UNITS}"))?;
+        rest = rest[split..].trim_start();
+        let unit_end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let mult = match rest[..unit_end].to_ascii_lowercase().as_str() {
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86400.0,
+            "w" | "week" | "weeks" => 7.0 * 86400.0,
+            other => return Err(format!("unknown time unit '{other}' in '{text}'; units are {UNITS}")),
+        };
+        total += n * mult;
+        rest = rest[unit_end..].trim_start();
+    }
+    if total > 100.0 * 365.0 * 86400.0 {
+        return Err(format!("'{text}' is too long a duration"));
+    }
+    Ok(total.round() as u64)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -445,7 +461,7 @@ impl Config {
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), msg: one_line(&e.to_string()) })?;
+            .map_err(|e| ConfigError::Parse { path: path.into(), msg: one_line(&crate::confmsg::explain(text, &e)) })?;
         config.validate().map_err(|(key, msg)| ConfigError::Invalid { path: path.into(), key, msg })?;
         Ok(config)
     }
@@ -606,6 +622,20 @@ mod tests {
         // Found by fuzzing: 99999999999999999 weeks overflowed.
         let e = parse_span("99999999999999999w").unwrap_err();
         assert!(e.contains("too long"), "{e}");
+    }
+
+    #[test]
+    fn durations_as_people_write_them() {
+        assert_eq!(parse_span("3600"), Ok(3600));
+        assert_eq!(parse_span("90m"), Ok(5400));
+        assert_eq!(parse_span("1.5d"), Ok(129600));
+        assert_eq!(parse_span("1d12h"), Ok(129600));
+        assert_eq!(parse_span("1h 30min"), Ok(5400));
+        assert_eq!(parse_span("2 weeks"), Ok(14 * 86400));
+        for bad in ["", "soon", "5 fortnights", "1.2.3h"] {
+            let e = parse_span(bad).unwrap_err();
+            assert!(e.contains("units are") || e.contains("not a duration"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@
 pub mod bencode;
 pub mod compact;
 pub mod config;
+pub mod confmsg;
 pub mod confpath;
 pub mod conn;
 pub mod control;

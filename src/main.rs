@@ -506,3 +506,31 @@ fn print_details(t: &TorrentStatus) {
         None => println!("  tracker   ok ({} trackers; `dropseed trackers` for each)", t.trackers.len()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `--help` explains every command, option and argument.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut missing = Vec::new();
+        for cmd in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            if cmd.get_name() != "dropseed" && cmd.get_about().is_none() {
+                missing.push(cmd.get_name().to_string());
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help: {missing:?}");
+        let add = cli.find_subcommand("add").unwrap().clone().render_long_help().to_string();
+        assert!(add.contains("Examples:") && add.contains("dropseed add "), "{add}");
+    }
+}

@@ -142,22 +142,34 @@ pub fn human_duration(secs: u64) -> String {
 /// Parses a byte count with an optional unit: `500000`, `10M`, `1.5MiB`, `2GB`.
 /// Decimal (`kB`, `MB`) and binary (`K`, `KiB`, `M`, `MiB`) units are both
 /// understood; a bare `K`/`M`/`G` means the binary unit.
+/// A byte count: "500000", "10M", "1.5 MiB", "10MB/s" (a rate's "/s" is
+/// allowed and ignored). K, M, G, T and KiB… are powers of 1024; kB, MB…
+/// powers of 1000, as people write them.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    const UNITS: &str = "B, K/KiB, M/MiB, G/GiB, T/TiB (x1024) or kB, MB, GB, TB (x1000), optionally /s";
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (expected e.g. 500000, 10M, 1.5MiB)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
+    let num: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 500000, 10M, 1.5MiB, 10MB/s)"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix("/s").unwrap_or(&unit).trim();
+    let mult: f64 = match unit {
+        "" | "b" | "bytes" => 1.0,
         "k" | "kib" => 1024.0,
         "kb" => 1e3,
         "m" | "mib" => 1024.0 * 1024.0,
         "mb" => 1e6,
         "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "gb" => 1e9,
-        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
+        "t" | "tib" => 1024f64.powi(4),
+        "tb" => 1e12,
+        other => return Err(format!("unknown size unit '{other}' in '{s}'; units are {UNITS}")),
     };
-    Ok((num * mult).round() as u64)
+    let bytes = num * mult;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("'{s}' is too large"));
+    }
+    Ok(bytes.round() as u64)
 }
 
 /// A fixed-length bitfield in the wire's bit order (bit 7 of byte 0 is index 0).
@@ -272,6 +284,10 @@ mod tests {
         assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
         assert!(parse_size("ten").is_err());
         assert!(parse_size("5 parsecs").is_err());
+        assert_eq!(parse_size("10MB/s").unwrap(), 10_000_000, "a rate as people write it");
+        assert_eq!(parse_size("1.5 MiB/s").unwrap(), 1572864);
+        assert_eq!(parse_size("2T").unwrap(), 2 << 40);
+        assert!(parse_size("8mbps").unwrap_err().contains("units are"), "bits are not bytes: refused");
     }
 
     #[test]

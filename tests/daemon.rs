@@ -133,15 +133,23 @@ fn control_cli_adds_pauses_resumes_and_removes() {
     assert_eq!(t["size"], 2 * 1024 * 1024);
     assert!(t["downloaded"].as_u64().unwrap() >= 2 * 1024 * 1024);
 
-    // The table names the torrent.
-    let table = String::from_utf8(ds.cli(&["status"]).stdout).unwrap();
-    assert!(table.contains("cli.bin") && table.contains("seeding"), "{table}");
+    // The table names the torrent, with the short hash every command takes.
+    let stdout = |args: &[&str]| {
+        let out = ds.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = stdout(&["status"]);
+    let short = &swarm.hash[..8];
+    assert!(table.starts_with("HASH ") && table.contains(&format!("{short} cli.bin")), "{table}");
+    assert!(table.contains("seeding"), "{table}");
 
-    // Pause by name, resume by hash prefix.
-    assert!(ds.cli(&["pause", "cli.bin"]).status.success());
-    ds.wait_state(&swarm.hash, "paused", Duration::from_secs(10));
-    assert!(ds.cli(&["resume", &swarm.hash[..6]]).status.success());
-    ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(10));
+    // Pause by name, resume by short hash: each says the state reached.
+    let said = stdout(&["pause", "cli.bin"]);
+    assert_eq!(said.trim(), format!("cli.bin ({short}): paused"));
+    assert_eq!(ds.torrent(&swarm.hash).unwrap()["state"], "paused", "reached when said");
+    let said = stdout(&["resume", short]);
+    assert!(said.trim().starts_with(&format!("cli.bin ({short}): ")) && !said.contains("paused"), "{said}");
 
     // Unknown ids are errors.
     let out = ds.cli(&["pause", "nope"]);
@@ -149,10 +157,33 @@ fn control_cli_adds_pauses_resumes_and_removes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no torrent"));
 
     // A magnet is accepted and waits for metadata.
-    let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=waiting";
+    let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=cli.waiting";
     assert!(ds.cli(&["add", magnet]).status.success());
     ds.wait_state("0123456789abcdef0123456789abcdef01234567", "metadata", Duration::from_secs(5));
-    assert!(ds.cli(&["remove", "waiting"]).status.success());
+    ds.wait_state(&swarm.hash, "seeding", Duration::from_secs(10));
+
+    // Filters, order and details.
+    let only = |args: &[&str]| -> Vec<String> {
+        stdout(args).lines().skip(1).filter(|l| !l.starts_with(' ')).map(|l| l[..8].to_string()).collect()
+    };
+    assert_eq!(only(&["status", "--state", "metadata"]), ["01234567"]);
+    assert_eq!(only(&["status", "--state", "seeding,metadata", "--sort", "size"]), ["01234567", short]);
+    assert_eq!(only(&["status", "--sort", "size", "--reverse"]), [short, "01234567"]);
+    assert_eq!(stdout(&["status", "--category", "tv"]).trim(), "no torrents");
+    let bad = ds.cli(&["status", "--state", "done"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("seeding"));
+    let details = stdout(&["status", "cli.b"]);
+    let path = ds.download_dir().join("cli.bin");
+    assert!(details.contains(&swarm.hash) && details.contains(&path.display().to_string()), "{details}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&["status", "--json", short])).unwrap();
+    assert_eq!(json["torrents"][0]["path"], path.display().to_string());
+    assert!(json["torrents"][0].get("tracker_error").is_some(), "{json}");
+    // "cli." starts both names: refused, with both named.
+    let out = ds.cli(&["pause", "cli."]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("matches 2 torrents") && err.contains(short) && err.contains("01234567"), "{err}");
+    assert!(ds.cli(&["remove", "cli.waiting"]).status.success());
 
     // Remove keeps the data unless asked.
     let data = ds.download_dir().join("cli.bin");
@@ -190,6 +221,8 @@ fn config_default_and_check() {
         ("[limits]\nupload_rate = \"fast\"\n", "fast"),
         ("[seeding]\nratio_limit = -2.0\n", "seeding.ratio_limit"),
         ("not toml [", "TOML"),
+        ("[network]\nlisten_port = 70000\n", "line 2: [network] listen_port: must be a whole number from 0 to 65535"),
+        ("[dht]\nenabled = \"yes\"\n", "[dht] enabled: must be true or false"),
     ] {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, text).unwrap();
@@ -200,7 +233,7 @@ fn config_default_and_check() {
         assert!(err.contains(needle) || (needle == "TOML" && err.contains("c.toml")), "{text}: {err}");
     }
     let f = dir.path().join("ok.toml");
-    std::fs::write(&f, "[limits]\nupload_rate = \"2MiB\"\n").unwrap();
+    std::fs::write(&f, "[limits]\nupload_rate = \"10MB/s\"\n[seeding]\nseed_time_limit = \"1.5d\"\n").unwrap();
     let out = std::process::Command::new(dropseed_bin()).args(["config", "--check", "-c"]).arg(&f).output().unwrap();
     assert!(out.status.success());
     // The daemon refuses to start on a bad config, naming the key.

@@ -124,6 +124,7 @@ impl HookRunner {
                 Fired::Dropped
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
+                let _in_span = job.span.enter();
                 tracing::debug!(torrent = %job.torrent, hook = %event.key(), "hook not run: dropseed is stopping");
                 Fired::Stopping
             }

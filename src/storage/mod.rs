@@ -163,7 +163,7 @@ impl TorrentStorage {
             files.push(Some((file, f.length)));
         }
         let kind = if kind == BackendKind::Mmap && !all_preallocated {
-            tracing::warn!(torrent = %meta.name, "filesystem cannot preallocate; using the file backend for this torrent (mmap would risk SIGBUS on a full disk)");
+            tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), "filesystem cannot preallocate; using the file backend for this torrent (mmap would risk SIGBUS on a full disk)");
             BackendKind::File
         } else {
             kind

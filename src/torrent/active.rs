@@ -209,11 +209,14 @@ impl<'a> Active<'a> {
         self.shared.status.lock().unwrap().record.completed_at = now_unix();
         let secs = self.started.0.elapsed().as_secs_f64().max(0.001);
         let got = self.shared.received.load(Ordering::Relaxed).saturating_sub(self.started.1);
+        let category = self.shared.status.lock().unwrap().record.category.clone();
         tracing::info!(
             torrent = %self.shared.name(),
             size = %human_bytes(self.shared.meta.total_length),
             duration = %human_duration(secs as u64),
             avg = %format!("{}/s", human_bytes((got as f64 / secs) as u64)),
+            path = %self.shared.place().top().display(),
+            category = %category,
             "completed"
         );
         // `on_complete` sees the data in its final folder: now if it is

@@ -63,7 +63,7 @@ pub fn finish_move(
         (true, true) => {
             // Someone else's item took the name: never touch it.
             let other = Place { name: free_name(&target.dir, &meta.name, single_file(meta)), ..settled };
-            tracing::warn!(torrent = %meta.name, taken = %target.top().display(), instead = %other.name,
+            tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), taken = %target.top().display(), instead = %other.name,
                 "the complete folder's name was taken during the move");
             move_item(meta, from, &other, storage, ctl).map(|()| other)
         }
@@ -134,7 +134,7 @@ fn copy_across(
             ),
         ));
     }
-    tracing::info!(torrent = %meta.name, to = %to.top().display(), size = meta.total_length,
+    tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), to = %to.top().display(), size = meta.total_length,
         "copying to the complete folder (another filesystem)");
     if let Err(e) = copy_and_verify(meta, from, &tmp, ctl) {
         // A half copy is not left to fill the complete folder's disk.
@@ -146,7 +146,7 @@ fn copy_across(
     if let Some(s) = storage {
         s.relocate(to, meta)?;
     }
-    tracing::info!(torrent = %meta.name, to = %to.top().display(), "copy verified and in place");
+    tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), to = %to.top().display(), "copy verified and in place");
     remove_source(meta, from)
 }
 
@@ -175,7 +175,7 @@ fn log_progress(meta: &Metainfo, ctl: &MoveControl) {
     let (done, total) = (ctl.copied.load(Ordering::Relaxed), meta.total_length.max(1));
     let tenth = done * 10 / total;
     if total >= 1 << 30 && ctl.logged_tenths.fetch_max(tenth, Ordering::Relaxed) < tenth {
-        tracing::info!(torrent = %meta.name, copied = done, of = total, "copying to the complete folder: {}%", tenth * 10);
+        tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), copied = done, of = total, "copying to the complete folder: {}%", tenth * 10);
     }
 }
 

@@ -425,7 +425,7 @@ impl TorrentShared {
         self.corrupt.fetch_add(len as u64, Ordering::Relaxed);
         inner.picker.piece_failed(index, contributors.len());
         let shown: Vec<String> = contributors.iter().map(|c| c.to_string()).collect();
-        tracing::warn!(torrent = %self.meta.name, piece = index, peers = %shown.join(","), "piece failed its hash check; downloading it again");
+        tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), piece = index, peers = %shown.join(","), "piece failed its hash check; downloading it again");
         if let [culprit] = contributors {
             let Some(handle) = inner.peers.get(culprit).cloned() else {
                 return;
@@ -435,7 +435,7 @@ impl TorrentShared {
             if *strikes >= STRIKES_TO_BAN {
                 inner.banned_ids.insert(handle.peer_id);
                 inner.banned_addrs.insert(*culprit);
-                tracing::warn!(torrent = %self.meta.name, peer = %culprit, "peer sent {STRIKES_TO_BAN} corrupt pieces; disconnected and banned for this torrent");
+                tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), peer = %culprit, "peer sent {STRIKES_TO_BAN} corrupt pieces; disconnected and banned for this torrent");
                 handle.kick();
             }
         }
@@ -444,7 +444,7 @@ impl TorrentShared {
     /// A read or write of the torrent's data failed: the torrent task takes
     /// it into `error` (woken through `have_tx`). Any thread may call it.
     pub fn disk_failed(&self, what: String) {
-        tracing::warn!(torrent = %self.meta.name, error = %what, "disk trouble");
+        tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), error = %what, "disk trouble");
         self.inner.lock().unwrap().disk_error.get_or_insert(what);
         self.have_tx.send_modify(|_| {});
     }
@@ -517,7 +517,7 @@ impl TorrentShared {
         match self.env.disk.run(move || shared.save_resume_blocking(flush_all)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::warn!(torrent = %self.meta.name, error = %e, "could not save resume state");
+                tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), error = %e, "could not save resume state");
                 false
             }
             Err(_) => false,

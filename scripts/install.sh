@@ -1,0 +1,55 @@
+#!/bin/sh
+# Installs dropseed as a systemd service, the way the README describes.
+# Run as root from the source folder, after `cargo build --release`:
+#
+#   sudo sh scripts/install.sh
+#
+# It creates the system user and group `dropseed` (no home skeleton, no
+# login), the data folder /var/lib/dropseed (group-writable and setgid, so
+# everything in it stays in group dropseed), installs the binary, the README
+# (the unit's Documentation=), a config in /etc/dropseed/dropseed.toml (kept
+# if one is there) and the unit; then starts the service if systemd runs.
+# BIN=path/to/dropseed installs another build.
+set -eu
+BIN=${BIN:-target/release/dropseed}
+DATA=/var/lib/dropseed
+CONFIG=/etc/dropseed/dropseed.toml
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (sudo sh scripts/install.sh)" >&2
+    exit 1
+fi
+if [ ! -x "$BIN" ]; then
+    echo "install.sh: no binary at $BIN: run 'cargo build --release' first (or set BIN)" >&2
+    exit 1
+fi
+
+if ! getent passwd dropseed >/dev/null; then
+    useradd --system --user-group --home-dir "$DATA" --no-create-home \
+        --shell /usr/sbin/nologin --comment "dropseed BitTorrent daemon" dropseed
+fi
+install -d -o dropseed -g dropseed -m 2770 "$DATA"
+install -m 755 "$BIN" /usr/local/bin/dropseed
+install -D -m 644 README.md /usr/local/share/doc/dropseed/README.md
+install -d -m 755 /etc/dropseed
+if [ ! -e "$CONFIG" ]; then
+    # The default config with its folders under /var/lib/dropseed.
+    tmp=$(mktemp)
+    /usr/local/bin/dropseed config --default | sed "s|\"dropseed-data/|\"$DATA/|" >"$tmp"
+    install -m 640 -o root -g dropseed "$tmp" "$CONFIG"
+    rm -f "$tmp"
+    echo "wrote $CONFIG"
+else
+    echo "kept the existing $CONFIG"
+fi
+install -D -m 644 scripts/dropseed.service /etc/systemd/system/dropseed.service
+
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    systemctl enable --now dropseed
+    echo "dropseed is running: systemctl status dropseed; tail -F $DATA/logs/dropseed.log"
+else
+    echo "systemd is not running here; start it by hand:"
+    echo "  setpriv --reuid=dropseed --regid=dropseed --init-groups sh -c 'umask 0007; cd $DATA; exec dropseed run'"
+fi
+echo "let another user (e.g. sonarr) in: usermod -aG dropseed sonarr"
