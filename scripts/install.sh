@@ -9,8 +9,12 @@
 # everything in it stays in group dropseed), installs the binary, the README
 # (the unit's Documentation=), a config in /etc/dropseed/dropseed.toml (kept
 # if one is there) and the unit; then starts the service if systemd runs.
+# Run again after a new build to upgrade: the binary and the unit are
+# replaced, the config is kept, a running service is restarted.
 # BIN=path/to/dropseed installs another build.
+# NO_START=1 installs without starting or restarting the service.
 set -eu
+cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/dropseed}
 DATA=/var/lib/dropseed
 CONFIG=/etc/dropseed/dropseed.toml
@@ -24,8 +28,10 @@ if [ ! -x "$BIN" ]; then
     exit 1
 fi
 
+# The group may exist already (made for Sonarr's sake before the install).
+getent group dropseed >/dev/null || groupadd --system dropseed
 if ! getent passwd dropseed >/dev/null; then
-    useradd --system --user-group --home-dir "$DATA" --no-create-home \
+    useradd --system --gid dropseed --home-dir "$DATA" --no-create-home \
         --shell /usr/sbin/nologin --comment "dropseed BitTorrent daemon" dropseed
 fi
 install -d -o dropseed -g dropseed -m 2770 "$DATA"
@@ -44,9 +50,13 @@ else
 fi
 install -D -m 644 scripts/dropseed.service /etc/systemd/system/dropseed.service
 
-if [ -d /run/systemd/system ]; then
+if [ -n "${NO_START:-}" ]; then
+    echo "installed; not started (NO_START)"
+elif [ -d /run/systemd/system ]; then
     systemctl daemon-reload
-    systemctl enable --now dropseed
+    systemctl enable dropseed
+    # restart: an upgrade must not leave the old binary running.
+    systemctl restart dropseed
     echo "dropseed is running: systemctl status dropseed; tail -F $DATA/logs/dropseed.log"
 else
     echo "systemd is not running here; start it by hand:"

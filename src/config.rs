@@ -275,7 +275,12 @@ fn parse_span(s: &str) -> Result<u64, String> {
         let n: f64 = rest[..split].parse().map_err(|_| format!("'{text}' is not a duration; units are {UNITS}"))?;
         rest = rest[split..].trim_start();
         let unit_end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
-        let mult = match rest[..unit_end].to_ascii_lowercase().as_str() {
+        let unit = &rest[..unit_end];
+        // "1h30" (30 what?) and "1M" (a month? minutes?) are refused.
+        if unit.is_empty() && total > 0.0 || unit == "M" {
+            return Err(format!("'{text}' is unclear; units are {UNITS}"));
+        }
+        let mult = match unit.to_ascii_lowercase().as_str() {
             "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
             "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
             "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
@@ -632,7 +637,7 @@ mod tests {
         assert_eq!(parse_span("1d12h"), Ok(129600));
         assert_eq!(parse_span("1h 30min"), Ok(5400));
         assert_eq!(parse_span("2 weeks"), Ok(14 * 86400));
-        for bad in ["", "soon", "5 fortnights", "1.2.3h"] {
+        for bad in ["", "soon", "5 fortnights", "1.2.3h", "1h30", "1M"] {
             let e = parse_span(bad).unwrap_err();
             assert!(e.contains("units are") || e.contains("not a duration"), "{bad:?}: {e}");
         }

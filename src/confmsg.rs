@@ -11,13 +11,18 @@ pub fn explain(text: &str, err: &toml::de::Error) -> String {
 
 /// "line N: [section] key: " for the byte offset `at`.
 fn locate(text: &str, at: usize) -> String {
-    let at = at.min(text.len());
-    let line_no = text[..at].matches('\n').count() + 1;
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line_no = before.matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("");
-    let section = text[..at]
+    let section = before
         .lines()
         .rev()
-        .map(str::trim)
+        // A header may carry a comment: `[network]  # peers`.
+        .map(|l| l.split('#').next().unwrap_or("").trim())
         .find(|l| l.starts_with('[') && l.ends_with(']'))
         .map(|l| format!("{l} "))
         .unwrap_or_default();

@@ -176,7 +176,8 @@ fn worth_a_status_line(t: &crate::torrent::TorrentStatus) -> bool {
 /// Every `status_interval_secs`: one line per busy torrent and a summary;
 /// every `full_status_interval_secs`, one line for every torrent.
 async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
-    let mut last_full = tokio::time::Instant::now();
+    // The first interval lists every torrent: a restart shows them all.
+    let mut last_full: Option<tokio::time::Instant> = None;
     loop {
         let secs = session.env.config().log.status_interval_secs;
         let wait = Duration::from_secs(if secs == 0 { 60 } else { secs });
@@ -189,9 +190,9 @@ async fn status_logger(session: Arc<Session>, cancel: CancellationToken) {
             continue;
         }
         let full = log.full_status_interval_secs > 0
-            && last_full.elapsed() >= Duration::from_secs(log.full_status_interval_secs);
+            && last_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(log.full_status_interval_secs));
         if full {
-            last_full = tokio::time::Instant::now();
+            last_full = Some(tokio::time::Instant::now());
         }
         log_statuses(&session, full);
     }
@@ -217,7 +218,7 @@ fn log_statuses(session: &Session, full: bool) {
         }
     }
     if lines > max_lines {
-        tracing::info!(not_listed = lines - max_lines, "status: more torrents busy than listed");
+        tracing::info!(not_listed = lines - max_lines, "status: more torrents than listed");
     }
     let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     let free = crate::storage::free_space(&session.env.download_dir).map(human_bytes).unwrap_or_else(|_| "?".into());

@@ -60,8 +60,10 @@ fn write_value(out: &mut String, value: &str) {
             '\t' => out.push_str("\\t"),
             // Other control characters (terminal escapes among them), and
             // the Unicode ones that reorder or hide text.
+            // `\uXXXX`, as go-logfmt (Loki) and JSON read it; every
+            // character escaped here is in the BMP.
             c if c.is_control() || is_format_char(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
         }
@@ -69,10 +71,13 @@ fn write_value(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// Bidirectional overrides and zero-width characters: printable, but they
-/// make a line read differently from what it holds.
+/// Bidirectional marks and overrides, invisible and line-breaking
+/// characters: printable, but they make a line read differently from what
+/// it holds (or split it, in some viewers).
 fn is_format_char(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
 }
 
 /// An event's or span's fields, in the order written.
@@ -190,7 +195,8 @@ mod tests {
         let evil = "x\" level=error msg=\"owned\nfake line\r\x1b[31m\\\u{202e}";
         let s = pair("torrent", evil);
         assert!(!s.contains('\n') && !s.contains('\r') && !s.contains('\x1b') && !s.contains('\u{202e}'));
-        assert_eq!(s, r#"torrent="x\" level=error msg=\"owned\nfake line\r\u{1b}[31m\\\u{202e}""#);
+        assert_eq!(s, r#"torrent="x\" level=error msg=\"owned\nfake line\r\u001b[31m\\\u202e""#);
+        assert_eq!(pair("t", "a\u{2028}b"), r#"t="a\u2028b""#);
     }
 
     #[test]

@@ -312,7 +312,7 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
                 "error: the running daemon is older than this dropseed and cannot take a file's contents; restart it"
             );
         } else {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", printable(&message, 2000));
         }
         return ExitCode::from(1);
     }
@@ -350,7 +350,10 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             }
         }
     } else if let Some(m) = reply.message {
-        println!("{m}");
+        // Replies name torrents: printable, whatever a .torrent calls itself.
+        for line in m.lines() {
+            println!("{}", printable(line, 2000));
+        }
     }
     ExitCode::SUCCESS
 }

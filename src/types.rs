@@ -139,9 +139,6 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-/// Parses a byte count with an optional unit: `500000`, `10M`, `1.5MiB`, `2GB`.
-/// Decimal (`kB`, `MB`) and binary (`K`, `KiB`, `M`, `MiB`) units are both
-/// understood; a bare `K`/`M`/`G` means the binary unit.
 /// A byte count: "500000", "10M", "1.5 MiB", "10MB/s" (a rate's "/s" is
 /// allowed and ignored). K, M, G, T and KiB… are powers of 1024; kB, MB…
 /// powers of 1000, as people write them.
@@ -151,7 +148,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: f64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 500000, 10M, 1.5MiB, 10MB/s)"))?;
-    let unit = unit.trim().to_ascii_lowercase();
+    let written = unit.trim();
+    let base = written.strip_suffix("/s").unwrap_or(written).trim();
+    // "Mb", "Gbit", "mbps": bits, which a byte count must not take as bytes.
+    let bits = matches!(base, "Kb" | "Mb" | "Gb" | "Tb")
+        || base.to_ascii_lowercase().contains("bit")
+        || base.to_ascii_lowercase().ends_with("bps");
+    if bits {
+        return Err(format!("'{s}' looks like bits; write bytes, e.g. 10MB/s (units are {UNITS})"));
+    }
+    let unit = written.to_ascii_lowercase();
     let unit = unit.strip_suffix("/s").unwrap_or(&unit).trim();
     let mult: f64 = match unit {
         "" | "b" | "bytes" => 1.0,
@@ -287,7 +293,10 @@ mod tests {
         assert_eq!(parse_size("10MB/s").unwrap(), 10_000_000, "a rate as people write it");
         assert_eq!(parse_size("1.5 MiB/s").unwrap(), 1572864);
         assert_eq!(parse_size("2T").unwrap(), 2 << 40);
-        assert!(parse_size("8mbps").unwrap_err().contains("units are"), "bits are not bytes: refused");
+        for bits in ["8mbps", "8Mb/s", "1Gbit", "100Mb"] {
+            assert!(parse_size(bits).unwrap_err().contains("bits"), "{bits}: bits are not bytes");
+        }
+        assert_eq!(parse_size("500kb").unwrap(), 500_000, "kb is what people write for kB");
     }
 
     #[test]

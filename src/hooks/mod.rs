@@ -18,7 +18,6 @@ pub use argv::{check_command, Facts};
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::types::printable;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -105,7 +104,6 @@ impl HookRunner {
         };
         let job = run::Job {
             event,
-            torrent: printable(&facts.name, 200),
             argv: argv::argv(template, &facts),
             env: argv::env(event, &facts),
             timeout: Duration::from_secs(config.hooks.timeout.0),
@@ -116,7 +114,6 @@ impl HookRunner {
             Err(mpsc::error::TrySendError::Full(job)) => {
                 let _in_span = job.span.enter();
                 tracing::warn!(
-                    torrent = %job.torrent,
                     hook = %event.key(),
                     "hook not run: {QUEUE_LEN} hooks are already waiting behind the {} running (hooks.max_running)",
                     self.max_running
@@ -125,7 +122,7 @@ impl HookRunner {
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
                 let _in_span = job.span.enter();
-                tracing::debug!(torrent = %job.torrent, hook = %event.key(), "hook not run: dropseed is stopping");
+                tracing::debug!(hook = %event.key(), "hook not run: dropseed is stopping");
                 Fired::Stopping
             }
         }

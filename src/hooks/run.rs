@@ -33,8 +33,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// One hook to run, its command line already built.
 pub struct Job {
     pub event: HookEvent,
-    /// The torrent's name as logs show it (printable, cut).
-    pub torrent: String,
     pub argv: Vec<OsString>,
     pub env: Vec<(&'static str, OsString)>,
     pub timeout: Duration,
@@ -50,7 +48,7 @@ enum End {
 
 /// Runs `job` to its end; never fails, only logs.
 pub async fn run(job: Job, cancel: CancellationToken) {
-    let (hook, torrent) = (job.event.key(), job.torrent.as_str());
+    let hook = job.event.key();
     let program = printable(&job.argv[0].to_string_lossy(), 200);
     let started = Instant::now();
     let mut child = match spawn(&job).await {
@@ -61,19 +59,19 @@ pub async fn run(job: Job, cancel: CancellationToken) {
             } else {
                 "in PATH (give its absolute path)"
             };
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
+            tracing::warn!(hook = %hook, program = %program,
                 "hook not run: program not found {hint}");
             return;
         }
         Err(e) => {
             let error = e.to_string();
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error,
+            tracing::warn!(hook = %hook, program = %program, error,
                 "hook not run: cannot start it");
             return;
         }
     };
     let pgid = child.id();
-    tracing::debug!(torrent = %torrent, hook = %hook, program = %program, pid = ?pgid, "hook started");
+    tracing::debug!(hook = %hook, program = %program, pid = ?pgid, "hook started");
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let logged = AtomicUsize::new(0);
     let end = {
@@ -108,24 +106,24 @@ pub async fn run(job: Job, cancel: CancellationToken) {
     let (timeout, grace) = (human_duration(job.timeout.as_secs()), human_duration(SHUTDOWN_GRACE.as_secs()));
     match end {
         End::Exited(Ok(status)) if status.success() => {
-            tracing::info!(torrent = %torrent, hook = %hook, program = %program, took, "hook finished: exit status 0")
+            tracing::info!(hook = %hook, program = %program, took, "hook finished: exit status 0")
         }
         End::Exited(Ok(status)) => {
             let why = describe(status);
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, took, "hook failed: {why}")
+            tracing::warn!(hook = %hook, program = %program, took, "hook failed: {why}")
         }
         End::Exited(Err(e)) => {
             let error = e.to_string();
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program, error, "hook lost: cannot wait for it")
+            tracing::warn!(hook = %hook, program = %program, error, "hook lost: cannot wait for it")
         }
         End::TimedOut => {
             kill_group(pgid);
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
+            tracing::warn!(hook = %hook, program = %program,
                 "hook timed out after {timeout}; its process group was killed");
         }
         End::Shutdown => {
             kill_group(pgid);
-            tracing::warn!(torrent = %torrent, hook = %hook, program = %program,
+            tracing::warn!(hook = %hook, program = %program,
                 "hook killed with its process group: dropseed is stopping and it ran {grace} past the stop");
         }
     }
@@ -186,13 +184,13 @@ async fn pump(stream: Option<impl AsyncRead + Unpin>, name: &'static str, job: &
 }
 
 fn log_line(job: &Job, stream: &'static str, logged: &AtomicUsize, line: &str) {
-    let (hook, torrent) = (job.event.key(), job.torrent.as_str());
+    let hook = job.event.key();
     match logged.fetch_add(1, Ordering::Relaxed) {
         n if n < MAX_LOGGED_LINES => {
-            tracing::info!(torrent = %torrent, hook = %hook, stream = %stream, line = %line, "hook output")
+            tracing::info!(hook = %hook, stream = %stream, line = %line, "hook output")
         }
         n if n == MAX_LOGGED_LINES => {
-            tracing::info!(torrent = %torrent, hook = %hook,
+            tracing::info!(hook = %hook,
                 "hook output: more than {MAX_LOGGED_LINES} lines; the rest is not logged")
         }
         _ => {}

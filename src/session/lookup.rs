@@ -1,10 +1,12 @@
 //! Which torrent a CLI argument names. Users type what `dropseed status`
 //! shows them: the short hash, the start of a name, or copy a whole one.
 //!
-//! In order: an exact name; a full or partial info hash (hex, 4 digits at
-//! least); the start of exactly one name. Never a guess: an argument that
-//! fits several torrents is refused with the candidates listed, so `pause`
-//! or `remove` cannot hit the wrong one.
+//! A whole name or a whole 40-digit hash names its torrent. Otherwise the
+//! argument may be the start of a hash (4 hex digits at least) or of a
+//! name, and must fit exactly one torrent either way. Never a guess: an
+//! argument that fits several torrents ("dead" starting one hash and the
+//! name "Deadwood") is refused with the candidates listed, so `pause` or
+//! `remove` cannot hit the wrong one.
 
 /// The shortest hex prefix taken as a hash: shorter ones are too likely to
 /// be the start of a name ("dead", "cafe" are already words).
@@ -31,25 +33,21 @@ pub fn find(id: &str, all: &[Candidate<'_>]) -> Result<usize, String> {
     }
     let lower = id.to_ascii_lowercase();
     let is_hash = lower.len() >= MIN_HASH_PREFIX && lower.len() <= 40 && lower.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_hash {
-        let by_hash = matching(all, |c| c.hash.starts_with(&lower));
-        if let [one] = by_hash[..] {
-            return Ok(one);
-        }
-        if by_hash.len() > 1 {
-            return Err(ambiguous(&shown_id, all, &by_hash, "give more of the hash"));
-        }
+    if let [one] = matching(all, |c| lower.len() == 40 && c.hash == lower)[..] {
+        return Ok(one);
     }
     if exact.len() > 1 {
         return Err(ambiguous(&shown_id, all, &exact, "give the hash"));
     }
-    let by_prefix = matching(all, |c| c.name.starts_with(id));
-    match by_prefix[..] {
+    // Names by their start, in any case ("deadwood" finds "Deadwood S01").
+    let folded = id.to_lowercase();
+    let hits = matching(all, |c| (is_hash && c.hash.starts_with(&lower)) || c.name.to_lowercase().starts_with(&folded));
+    match hits[..] {
         [one] => Ok(one),
         [] => {
             Err(format!("no torrent is named '{shown_id}' or has a name or hash starting so (see `dropseed status`)"))
         }
-        _ => Err(ambiguous(&shown_id, all, &by_prefix, "give more of the name, or the hash")),
+        _ => Err(ambiguous(&shown_id, all, &hits, "give more of the name, or more of the hash")),
     }
 }
 
@@ -101,7 +99,7 @@ mod tests {
         let e = find("Film.2024", &all).unwrap_err();
         assert!(e.contains("matches 2 torrents") && e.contains("(0123abcd)") && e.contains("(0123ffff)"), "{e}");
         let e = find("0123", &all).unwrap_err();
-        assert!(e.contains("give more of the hash"), "{e}");
+        assert!(e.contains("more of the hash"), "{e}");
     }
 
     #[test]
@@ -111,6 +109,16 @@ mod tests {
         assert!(find("abc", &all).unwrap_err().contains("no torrent"), "3 hex digits are not a hash");
         assert!(find("", &all).is_err());
         assert!(!find("x\u{1b}[2J", &all).unwrap_err().contains('\u{1b}'), "no escape code in the message");
+    }
+
+    #[test]
+    fn a_hash_start_that_also_starts_a_name_is_refused() {
+        let dead = "dead".repeat(10);
+        let all = vec![Candidate { name: "Deadwood S01", hash: A }, Candidate { name: "Other", hash: &dead }];
+        let e = find("dead", &all).unwrap_err();
+        assert!(e.contains("matches 2 torrents"), "{e}");
+        assert_eq!(find("deadw", &all), Ok(0), "a name's start in any case");
+        assert_eq!(find("deadde", &all), Ok(1));
     }
 
     #[test]

@@ -379,49 +379,55 @@ impl Session {
         InfoHash::parse(&statuses[i].info_hash).ok_or_else(|| "internal: bad info hash".to_string())
     }
 
-    /// The state a torrent reaches after a pause or resume: polled for a
-    /// few seconds, as a pause waits for its `stopped` announce and a
-    /// resume may first check the files.
-    async fn state_after(&self, hash: &InfoHash, cmd: &Cmd) -> Option<crate::torrent::TorrentState> {
-        use crate::torrent::TorrentState::{Paused, Stopped};
-        let deadline = tokio::time::Instant::now() + STATE_WAIT;
-        let hex = hash.hex();
-        loop {
-            let state = self.statuses().into_iter().find(|s| s.info_hash == hex)?.state;
-            let reached = match cmd {
-                Cmd::Pause => state == Paused,
-                _ => !matches!(state, Paused | Stopped),
-            };
-            if reached || tokio::time::Instant::now() >= deadline {
-                return Some(state);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Pause, resume or recheck, for torrents and magnets alike.
+    /// Pause, resume or recheck, for torrents and magnets alike. A pause or
+    /// resume answers with the state the torrent reached.
     pub async fn command(self: &Arc<Self>, id: &str, cmd: Cmd) -> Result<String, String> {
         let hash = self.find(id)?;
         let torrent = match self.registry.lock().unwrap().get(&hash) {
-            Some(Entry::Torrent(t)) => Some((t.cmd.clone(), t.shared.name().to_string())),
+            Some(Entry::Torrent(t)) => Some((t.cmd.clone(), t.shared.clone())),
             Some(Entry::Magnet(_)) => None,
             _ => return Err(format!("'{id}' is being added or removed; try again")),
         };
-        let Some((sender, name)) = torrent else {
+        let Some((sender, shared)) = torrent else {
             return self.magnet_command(&hash, cmd).await;
         };
-        let wait_for = match cmd {
-            Cmd::Pause => Cmd::Pause,
-            Cmd::Resume => Cmd::Resume,
+        let shown = format!("{} ({})", shared.name(), hash.short());
+        let pause = match cmd {
+            Cmd::Pause => true,
+            Cmd::Resume => false,
             _ => {
                 sender.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
-                return Ok(format!("rechecking {name}"));
+                return Ok(format!("{shown}: rechecking"));
             }
         };
+        use crate::torrent::TorrentState::{Error, Missing, Paused, Stopped};
+        let before = shared.status().state;
+        match (pause, before) {
+            (true, Paused | Stopped) => return Ok(format!("{shown}: already {}", before.as_str())),
+            (false, Paused | Stopped | Missing | Error) => {}
+            (false, _) => return Ok(format!("{shown}: not paused ({})", before.as_str())),
+            (true, _) => {}
+        }
+        // Subscribed before the command goes, so its phase change is seen.
+        let mut changes = shared.phase_changes.subscribe();
         sender.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
-        match self.state_after(&hash, &wait_for).await {
-            Some(state) => Ok(format!("{name} ({}): {}", hash.short(), state.as_str())),
-            None => Ok(format!("{name} ({}): removed meanwhile", hash.short())),
+        let deadline = tokio::time::Instant::now() + STATE_WAIT;
+        loop {
+            let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
+            let state = shared.status().state;
+            match changed {
+                // A resume reports the first state after it (checking,
+                // queued, downloading...); a pause waits for the hold.
+                Ok(Ok(())) if !pause || matches!(state, Paused | Stopped) => {
+                    return Ok(format!("{shown}: {}", state.as_str()))
+                }
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Ok(format!("{shown}: removed meanwhile")),
+                Err(_) => {
+                    let what = if pause { "pause" } else { "resume" };
+                    return Ok(format!("{shown}: still {}; the {what} is under way", state.as_str()));
+                }
+            }
         }
     }
 
@@ -433,8 +439,8 @@ impl Session {
             _ => return Err("the magnet is being added or removed; try again".into()),
         };
         match (&cmd, fetching) {
-            (Cmd::Pause, false) => return Ok(format!("{name} is already paused")),
-            (Cmd::Resume, true) => return Ok(format!("{name} is not paused")),
+            (Cmd::Pause, false) => return Ok(format!("{name} ({}): already paused", hash.short())),
+            (Cmd::Resume, true) => return Ok(format!("{name} ({}): not paused (metadata)", hash.short())),
             (Cmd::Pause | Cmd::Resume, _) => {}
             _ => return Err(format!("{name} has no data to check until its metadata arrives")),
         }

@@ -251,6 +251,9 @@ pub struct TorrentShared {
     /// One move of the data at a time (a move cut short and the next one,
     /// or a removal with its data), held on the blocking thread doing it.
     pub moving: Mutex<()>,
+    /// Counts phase changes; `pause` and `resume` wait on it to report the
+    /// state reached.
+    pub phase_changes: watch::Sender<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +301,7 @@ impl TorrentShared {
                 record,
             }),
             storage: OnceLock::new(),
+            phase_changes: watch::Sender::new(0),
             saving: Mutex::new(()),
             recheck_asked: AtomicBool::new(false),
             moving: Mutex::new(()),
@@ -371,9 +375,12 @@ impl TorrentShared {
 
     /// Enters a phase; its hold goes into the record saved next.
     pub fn set_phase(&self, phase: phase::Phase) {
-        let mut s = self.status.lock().unwrap();
-        s.record.hold = phase.hold();
-        s.phase = phase;
+        {
+            let mut s = self.status.lock().unwrap();
+            s.record.hold = phase.hold();
+            s.phase = phase;
+        }
+        self.phase_changes.send_modify(|n| *n += 1);
     }
 
     pub fn state(&self) -> TorrentState {
@@ -578,9 +585,9 @@ impl TorrentShared {
 
 /// The latest announce's error, if the latest one failed.
 pub fn latest_tracker_error(trackers: &[crate::tracker::pace::TrackerView]) -> Option<String> {
-    let latest = trackers.iter().filter(|t| t.last_announce.is_some()).max_by_key(|t| t.last_announce)?;
+    let latest = trackers.iter().filter(|t| t.attempt > 0).max_by_key(|t| t.attempt)?;
     let error = latest.result.as_deref()?.strip_prefix("error: ")?;
-    Some(format!("{}: {error}", latest.url))
+    Some(format!("{}: {error}", crate::tracker::redacted(&latest.url)))
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

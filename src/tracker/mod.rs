@@ -186,7 +186,7 @@ impl Announcer {
             cfg.book.announced(cfg.info_hash, now_unix(), Some(reply.min_interval.unwrap_or(0)));
         }
         // The tracker that answered, or the last one that failed.
-        let url = attempts.last().map(|(url, _)| printable(url, 200)).unwrap_or_default();
+        let url = attempts.last().map(|(url, _)| redacted(url)).unwrap_or_default();
         let (wait, peers) = self.on_result(cfg, result, &url);
         show_attempts(cfg, &params, attempts, Some(wait));
         (wait, peers)
@@ -351,6 +351,30 @@ pub fn usable_tiers(listed: &[Vec<String>]) -> Vec<Vec<String>> {
 
 /// The host a tracker URL names, lowercased: one announce round reaches
 /// each host at most once, whatever its URLs (http and udp, two paths).
+/// A tracker URL as logs and `status` show it: scheme, host, port and path,
+/// without the query, the user info or any path part that looks like a
+/// key. Private trackers put the passkey in one of those, and logs are
+/// pasted into bug reports; `dropseed trackers` still shows the whole URL.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "(not a URL)".into() };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest[..end].split_once('/').unwrap_or((&rest[..end], ""));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path: Vec<&str> = path
+        .split('/')
+        .map(|part| {
+            let keylike = part.len() >= 16 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if keylike {
+                "***"
+            } else {
+                part
+            }
+        })
+        .collect();
+    let query = if end < rest.len() { "?***" } else { "" };
+    printable(&format!("{scheme}://{host}/{}{query}", path.join("/")), 200)
+}
+
 fn tracker_host(url: &str) -> Option<String> {
     let after_scheme = url.split_once("://")?.1;
     let authority = after_scheme.split(['/', '?', '#']).next()?;
@@ -414,6 +438,21 @@ mod tests {
     use crate::types::{InfoHash, PeerId};
     use http::TrackerError;
     use std::sync::atomic::Ordering::SeqCst;
+
+    #[test]
+    fn logged_tracker_urls_keep_no_passkey() {
+        assert_eq!(redacted("https://t.example/announce.php?passkey=0123abcd"), "https://t.example/announce.php?***");
+        assert_eq!(
+            redacted("https://user:pw@t.example:8443/0a1b2c3d4e5f6a7b8c9d/announce"),
+            "https://t.example:8443/***/announce"
+        );
+        assert_eq!(
+            redacted("udp://tracker.opentrackr.org:1337/announce"),
+            "udp://tracker.opentrackr.org:1337/announce"
+        );
+        assert_eq!(redacted("http://127.0.0.1:6969/announce"), "http://127.0.0.1:6969/announce");
+        assert_eq!(redacted("nonsense"), "(not a URL)");
+    }
 
     #[test]
     fn not_registered_failures_are_recognised() {

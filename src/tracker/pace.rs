@@ -81,6 +81,10 @@ pub struct TrackerView {
     pub result: Option<String>,
     /// What the last announce to it carried.
     pub sent: Option<Sent>,
+    /// Order of the attempts across all trackers: the highest is the latest
+    /// (attempts in one round share a second).
+    #[serde(default)]
+    pub attempt: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +106,8 @@ pub struct AnnounceBook {
     /// Removed torrents, kept until their floor has passed (removed and
     /// added again at once, a torrent still waits), then dropped.
     retired: Mutex<Vec<InfoHash>>,
+    /// Attempts recorded so far, to number them.
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl AnnounceBook {
@@ -170,9 +176,12 @@ impl AnnounceBook {
     }
 
     /// Changes what is shown of one tracker of a torrent.
+    /// Records an attempt on one tracker, numbered after every earlier one.
     pub fn update_tracker(&self, hash: InfoHash, url: &str, change: impl FnOnce(&mut TrackerView)) {
+        let attempt = self.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Some(v) = self.views.lock().unwrap().get_mut(&hash).and_then(|vs| vs.iter_mut().find(|v| v.url == url)) {
             change(v);
+            v.attempt = attempt;
         }
     }
 

@@ -4,8 +4,8 @@
 //! Grammar: `key=value` pairs separated by one space; a key is letters,
 //! digits, `_` and `.`; a value is either a bare word (printable ASCII
 //! without space, `"`, `=` or `\`, and not empty) or a quoted string whose
-//! escapes are `\"`, `\\`, `\n`, `\r`, `\t` and `\u{HEX}`, holding no raw
-//! control character.
+//! escapes are `\"`, `\\`, `\n`, `\r`, `\t` and `\uXXXX` (four hex digits,
+//! as go-logfmt reads them), holding no raw control character.
 
 /// One line's pairs, in order, values unescaped.
 pub fn parse(line: &str) -> Result<Vec<(String, String)>, String> {
@@ -53,8 +53,8 @@ fn quoted(s: &str) -> Result<(String, usize), String> {
                 Some('r') => out.push('\r'),
                 Some('t') => out.push('\t'),
                 Some('u') => {
-                    let hex: String = chars.by_ref().map(|(_, c)| c).take_while(|&c| c != '}').collect();
-                    let code = hex.strip_prefix('{').and_then(|h| u32::from_str_radix(h, 16).ok());
+                    let hex: String = chars.by_ref().take(4).map(|(_, c)| c).collect();
+                    let code = (hex.len() == 4).then(|| u32::from_str_radix(&hex, 16).ok()).flatten();
                     out.push(code.and_then(char::from_u32).ok_or_else(|| format!("bad \\u escape {hex:?}"))?);
                 }
                 other => return Err(format!("bad escape \\{other:?}")),
