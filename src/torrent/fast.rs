@@ -102,6 +102,11 @@ impl StrayRejects {
         self.credit = (self.credit + 1).min(MAX_CANCEL_CREDIT);
     }
 
+    /// Strays counted so far (rejects no cancel of ours explained).
+    pub fn strays(&self) -> u32 {
+        self.strays
+    }
+
     /// A reject matched nothing outstanding; false once past the bound.
     pub fn unmatched(&mut self) -> bool {
         if self.credit > 0 {

@@ -182,7 +182,11 @@ impl Handler for PeerConn {
             | Message::RejectRequest(_)
             | Message::AllowedFast(_) => self.on_fast_message(msg, out)?,
             Message::Port(port) => self.on_port(port),
-            Message::Choke => self.download.on_choke(&self.shared),
+            Message::Choke => {
+                if !self.download.on_choke(Instant::now()) {
+                    self.download.drop_outstanding(&self.shared);
+                }
+            }
             Message::Unchoke => self.download.on_unchoke(),
             Message::Interested => {
                 self.handle.peer_interested.store(true, Ordering::Relaxed);
@@ -218,7 +222,14 @@ impl Handler for PeerConn {
     fn on_tick(&mut self, now: Instant, out: &mut OutQueue) -> Result<(), ConnEnd> {
         self.pex.send(&self.shared, self.key, out);
         self.download.on_tick(now, &self.handle);
-        self.download.release_held(now, &self.shared, out);
+        let held = self.download.take_held(now);
+        if !held.is_empty() {
+            let mut inner = self.shared.inner.lock().unwrap();
+            for b in held {
+                inner.picker.request_dropped(&b);
+                out.push_small(&Message::Cancel(b));
+            }
+        }
         // Interest can lapse when others delivered what this peer has.
         if self.download.am_interested && !self.download.outstanding.is_empty() {
             return Ok(());
@@ -297,7 +308,10 @@ impl PeerConn {
             }
             Message::RejectRequest(b) => {
                 FastCounters::bump(&counters.rejects_received);
-                self.download.on_reject(b, &self.shared)
+                if self.download.on_reject(b)? {
+                    self.shared.inner.lock().unwrap().picker.request_dropped(&b);
+                }
+                Ok(())
             }
             Message::AllowedFast(piece) => {
                 if self.download.allowed.add(piece, n) {
@@ -544,14 +558,14 @@ impl Download {
     }
 
     /// BEP 6: a fast peer's choke leaves our requests to be answered, each
-    /// by its block or a reject; without the extension it cancels them all.
-    fn on_choke(&mut self, shared: &TorrentShared) {
+    /// by its block or a reject; without the extension it cancels them all
+    /// (false: the caller drops them).
+    fn on_choke(&mut self, now: Instant) -> bool {
         self.peer_choking = true;
         if self.fast {
-            self.choked_at.get_or_insert_with(Instant::now);
-        } else {
-            self.drop_outstanding(shared);
+            self.choked_at.get_or_insert(now);
         }
+        self.fast
     }
 
     fn on_unchoke(&mut self) {
@@ -560,46 +574,41 @@ impl Download {
         self.refused.clear();
     }
 
-    /// The peer will not send `b`: the picker has it back at once, for
-    /// another peer to fetch, and its piece is not asked of this one again
-    /// for now. A reject of nothing outstanding is tolerated, within bounds.
-    fn on_reject(&mut self, b: BlockRef, shared: &TorrentShared) -> Result<(), ConnEnd> {
+    /// The peer will not send `b`: true when it was outstanding, and the
+    /// caller hands it back to the picker at once, for another peer to
+    /// fetch; its piece is not asked of this one again for now. A reject of
+    /// nothing outstanding is tolerated, within bounds.
+    fn on_reject(&mut self, b: BlockRef) -> Result<bool, ConnEnd> {
         if !self.outstanding.remove(&b) {
             if self.strays.unmatched() {
-                return Ok(());
+                return Ok(false);
             }
             return Err(ConnEnd::Protocol("too many rejects of requests never made".into()));
         }
-        shared.inner.lock().unwrap().picker.request_dropped(&b);
         if !self.refused.contains(&b.piece) {
             if self.refused.len() >= MAX_REFUSED {
                 self.refused.remove(0);
             }
             self.refused.push(b.piece);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Requests a choking fast peer left unanswered for
-    /// [`CHOKED_REQUESTS_HELD`]: cancelled and handed back to the picker,
-    /// but for those of its allowed-fast pieces.
-    fn release_held(&mut self, now: Instant, shared: &TorrentShared, out: &mut OutQueue) {
+    /// [`CHOKED_REQUESTS_HELD`], but for those of its allowed-fast pieces:
+    /// no longer outstanding, for the caller to cancel and hand back.
+    fn take_held(&mut self, now: Instant) -> Vec<BlockRef> {
         let held_since = self.choked_at.filter(|_| self.peer_choking && !self.outstanding.is_empty());
         if held_since.is_none_or(|t| now - t < CHOKED_REQUESTS_HELD) {
-            return;
+            return Vec::new();
         }
         let allowed = &self.allowed;
         let held: Vec<BlockRef> = self.outstanding.iter().filter(|b| !allowed.contains(b.piece)).copied().collect();
-        if held.is_empty() {
-            return;
-        }
-        let mut inner = shared.inner.lock().unwrap();
-        for b in held {
-            self.outstanding.remove(&b);
-            inner.picker.request_dropped(&b);
-            out.push_small(&Message::Cancel(b));
+        for b in &held {
+            self.outstanding.remove(b);
             self.strays.cancelled();
         }
+        held
     }
 
     /// What may be asked of the peer: all it has while it unchokes us, its
@@ -972,4 +981,78 @@ fn connected_listeners(shared: &TorrentShared, except: PeerKey) -> HashMap<Socke
             Some((listen, seed | reachable))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(piece: u32, offset: u32) -> BlockRef {
+        BlockRef { piece, offset, len: BLOCK_LEN }
+    }
+
+    fn fast_download(outstanding: &[BlockRef]) -> Download {
+        let mut d = Download { fast: true, peer_choking: false, am_interested: true, ..Download::default() };
+        d.outstanding.extend(outstanding.iter().copied());
+        d
+    }
+
+    #[test]
+    fn a_fast_peers_choke_keeps_requests_and_anothers_drops_them() {
+        let now = Instant::now();
+        let mut fast = fast_download(&[block(1, 0), block(2, 0)]);
+        assert!(fast.on_choke(now), "kept: the caller drops nothing");
+        assert_eq!(fast.outstanding.len(), 2);
+        let mut plain = Download { fast: false, ..fast_download(&[block(1, 0)]) };
+        assert!(!plain.on_choke(now), "without BEP 6 the choke cancels them");
+    }
+
+    #[test]
+    fn a_reject_frees_its_block_and_keeps_the_piece_from_this_peer() {
+        let mut d = fast_download(&[block(3, 0), block(3, BLOCK_LEN)]);
+        assert_eq!(d.on_reject(block(3, 0)), Ok(true), "handed back to the picker");
+        assert_eq!(d.outstanding.len(), 1);
+        let has = Bitfield::full(8);
+        let pickable = d.pickable(&has);
+        assert!(!pickable.get(3) && pickable.get(4), "not asked of this peer again");
+        d.on_unchoke();
+        assert!(matches!(d.pickable(&has), Cow::Borrowed(_)), "a new unchoke forgets it");
+    }
+
+    #[test]
+    fn rejects_of_nothing_are_tolerated_within_bounds() {
+        let mut d = fast_download(&[]);
+        d.strays.cancelled();
+        for _ in 0..=fast::MAX_STRAY_REJECTS {
+            assert_eq!(d.on_reject(block(0, 0)), Ok(false));
+        }
+        assert!(d.on_reject(block(0, 0)).is_err());
+    }
+
+    #[test]
+    fn choked_only_allowed_fast_pieces_the_peer_has_are_pickable() {
+        let mut d = fast_download(&[]);
+        d.on_choke(Instant::now());
+        let mut has = Bitfield::new(8);
+        has.set(2);
+        has.set(5);
+        d.allowed.add(5, 8);
+        d.allowed.add(6, 8);
+        let pickable = d.pickable(&has);
+        assert_eq!(pickable.iter_ones().collect::<Vec<_>>(), [5]);
+    }
+
+    #[test]
+    fn requests_a_choking_peer_holds_too_long_are_taken_back_but_allowed_ones() {
+        let t0 = Instant::now();
+        let mut d = fast_download(&[block(1, 0), block(5, 0)]);
+        d.allowed.add(5, 8);
+        d.on_choke(t0);
+        assert!(d.take_held(t0 + Duration::from_secs(1)).is_empty(), "answers may still come");
+        assert_eq!(d.take_held(t0 + CHOKED_REQUESTS_HELD), [block(1, 0)]);
+        assert_eq!(d.outstanding.iter().copied().collect::<Vec<_>>(), [block(5, 0)]);
+        // The reject that answers our cancel is no stray.
+        assert_eq!(d.on_reject(block(1, 0)), Ok(false));
+        assert_eq!(d.strays.strays(), 0);
+    }
 }
