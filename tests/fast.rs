@@ -276,3 +276,95 @@ fn rejected_blocks_are_fetched_from_another_peer() {
     assert!(first < served.len() / 2, "first re-request at {first} of {}", served.len());
     assert!(st["fast"]["rejects_received"].as_u64() >= Some(rejected.len() as u64), "{st}");
 }
+
+#[test]
+fn dropseed_leeches_from_libtorrent_over_have_all_and_allowed_fast() {
+    if !(require("opentracker", "opentracker") && require("mktorrent", "mktorrent") && require_libtorrent()) {
+        return;
+    }
+    let (work, tracker) = (tempdir(), Tracker::start());
+    let seed_dir = work.path().join("seed");
+    let (t, hash, data) = torrent_of(&seed_dir.join("lt.bin"), &tracker.announce_url(), 1 << 20, 64);
+    tracker.allow(&hash);
+    let _lt = Libtorrent::start("seed", t.to_str().unwrap(), &seed_dir, &work.path().join("lt.log"), &[]);
+    tracker.wait_seeders(&hash, 1);
+
+    let ds = Dropseed::start_with("");
+    ds.drop_file(&t, "lt.torrent");
+    let st = ds.wait_state(&hash, "seeding", Duration::from_secs(90));
+    assert!(std::fs::read(ds.download_dir().join("lt.bin")).unwrap() == data, "every byte");
+    let fast = &st["fast"];
+    assert!(fast["have_none_sent"].as_u64() >= Some(1), "we started with nothing: {fast}");
+    assert!(fast["have_all_received"].as_u64() >= Some(1), "{fast}");
+    // libtorrent answers have_none with its allowed-fast set (5 pieces).
+    assert!(fast["allowed_fast_received"].as_u64() >= Some(1), "{fast}");
+}
+
+#[test]
+fn libtorrent_leeches_from_dropseed_over_have_all_and_allowed_fast() {
+    if !(require("mktorrent", "mktorrent") && require_libtorrent()) {
+        return;
+    }
+    let Some((d, hash, data)) = seeding("") else { return };
+    let work = tempdir();
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let t = d.download_dir().join("af.torrent");
+    let lt_log = work.path().join("lt.log");
+    let peer = format!("127.0.0.1:{}", d.port);
+    let mut leech =
+        Libtorrent::start("leech", t.to_str().unwrap(), &out, &lt_log, &["--peer", &peer, "--timeout", "90"]);
+    let status = wait_for("libtorrent to finish", Duration::from_secs(100), || leech.proc.0.try_wait().unwrap());
+    assert!(status.success(), "libtorrent did not complete:\n{}", std::fs::read_to_string(&lt_log).unwrap());
+    assert!(std::fs::read(out.join("af.bin")).unwrap() == data, "every byte");
+    let fast = &d.torrent(&hash).unwrap()["fast"];
+    assert!(fast["have_all_sent"].as_u64() >= Some(1), "{fast}");
+    assert!(fast["have_none_received"].as_u64() >= Some(1), "libtorrent started with nothing: {fast}");
+    assert_eq!(fast["allowed_fast_sent"], 10, "{fast}");
+}
+
+#[test]
+fn dropseed_and_transmission_speak_fast_both_ways() {
+    if !(require("opentracker", "opentracker")
+        && require("mktorrent", "mktorrent")
+        && require("transmission-daemon", "transmission-daemon")
+        && require("transmission-remote", "transmission-cli"))
+    {
+        return;
+    }
+    let (work, tracker) = (tempdir(), Tracker::start());
+    // Transmission seeds one torrent to dropseed ...
+    let seed_dir = work.path().join("tr-seed");
+    let (t1, h1, d1) = torrent_of(&seed_dir.join("from-tr.bin"), &tracker.announce_url(), 1 << 20, 65);
+    // ... and leeches another from it. It never dials loopback peers: it is
+    // in the tracker's list first, and dropseed dials it.
+    let (t2, h2, d2) = torrent_of(&work.path().join("src/to-tr.bin"), &tracker.announce_url(), 1 << 20, 66);
+    tracker.allow(&h1);
+    tracker.allow(&h2);
+    let tr = Transmission::start(&seed_dir);
+    tr.add(&t1);
+    tr.add(&t2);
+    tracker.wait_seeders(&h1, 1);
+    tracker.wait_peers(&h2, 1);
+
+    let mut ds = Dropseed::new("");
+    std::fs::create_dir_all(ds.download_dir()).unwrap();
+    std::fs::copy(work.path().join("src/to-tr.bin"), ds.download_dir().join("to-tr.bin")).unwrap();
+    ds.start();
+    ds.drop_file(&t1, "from-tr.torrent");
+    ds.drop_file(&t2, "to-tr.torrent");
+    let s1 = ds.wait_state(&h1, "seeding", Duration::from_secs(90));
+    assert!(std::fs::read(ds.download_dir().join("from-tr.bin")).unwrap() == d1, "every byte");
+    let f1 = &s1["fast"];
+    assert!(f1["have_all_received"].as_u64() >= Some(1), "transmission's have_all: {f1}");
+    assert!(f1["have_none_sent"].as_u64() >= Some(1), "{f1}");
+
+    wait_for("transmission to finish", Duration::from_secs(90), || {
+        (std::fs::read(seed_dir.join("to-tr.bin")).ok()? == d2).then_some(())
+    });
+    let f2 = &ds.torrent(&h2).unwrap()["fast"];
+    assert!(f2["have_all_sent"].as_u64() >= Some(1), "{f2}");
+    assert!(f2["have_none_received"].as_u64() >= Some(1), "transmission's have_none: {f2}");
+    assert_eq!(f2["allowed_fast_sent"], 10, "{f2}");
+    eprintln!("from transmission: {f1}\nto transmission: {f2}");
+}
