@@ -368,3 +368,37 @@ fn dropseed_and_transmission_speak_fast_both_ways() {
     assert_eq!(f2["allowed_fast_sent"], 10, "{f2}");
     eprintln!("from transmission: {f1}\nto transmission: {f2}");
 }
+
+#[test]
+fn a_fast_peer_abusing_rejects_or_requests_is_dropped() {
+    let Some((d, hash, _)) = seeding("[log]\nlevel = \"dropseed=debug\"\n") else { return };
+    // Rejects of requests never made: tolerated up to a bound, then the end.
+    let (mut s, _) = connect(&d, &hash, true);
+    let mut flood = Vec::new();
+    for i in 0..400u32 {
+        wire::encode(&Message::RejectRequest(BlockRef { piece: i % 32, offset: 0, len: BLOCK_LEN }), &mut flood);
+    }
+    s.write_all(&flood).unwrap();
+    d.wait_log("too many rejects of requests never made", Duration::from_secs(10));
+
+    // Requests while choked, our rejects never read: dropped, not buffered.
+    let (s, _) = connect(&d, &hash, true);
+    let mut w = s.try_clone().unwrap();
+    let allowed = allowed_fast_set("127.0.0.1".parse().unwrap(), &hash_bytes(&hash), 32, 10);
+    let other = (0..32).find(|p| !allowed.contains(p)).unwrap();
+    let writer = std::thread::spawn(move || {
+        let one = frame(&Message::Request(BlockRef { piece: other, offset: 0, len: BLOCK_LEN }));
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 10_000).collect();
+        // 64 MiB of requests at most; the daemon hangs up long before.
+        for _ in 0..400 {
+            if w.write_all(&batch).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(writer.join().unwrap(), "the daemon hung up on a peer that does not read");
+    d.wait_log("requests without reading our answers", Duration::from_secs(10));
+    drop(s);
+    assert!(d.torrent(&hash).is_some(), "the daemon is still up");
+}
