@@ -366,7 +366,6 @@ fn dropseed_and_transmission_speak_fast_both_ways() {
     assert!(f2["have_all_sent"].as_u64() >= Some(1), "{f2}");
     assert!(f2["have_none_received"].as_u64() >= Some(1), "transmission's have_none: {f2}");
     assert_eq!(f2["allowed_fast_sent"], 10, "{f2}");
-    eprintln!("from transmission: {f1}\nto transmission: {f2}");
 }
 
 #[test]
@@ -401,4 +400,29 @@ fn a_fast_peer_abusing_rejects_or_requests_is_dropped() {
     d.wait_log("requests without reading our answers", Duration::from_secs(10));
     drop(s);
     assert!(d.torrent(&hash).is_some(), "the daemon is still up");
+}
+
+#[test]
+fn libtorrent_rotating_its_one_upload_slot_rejects_on_choke_and_the_download_completes() {
+    if !(require("opentracker", "opentracker") && require("mktorrent", "mktorrent") && require_libtorrent()) {
+        return;
+    }
+    let (work, tracker) = (tempdir(), Tracker::start());
+    let seed_dir = work.path().join("seed");
+    let (t, hash, data) = torrent_of(&seed_dir.join("rot.bin"), &tracker.announce_url(), 4 << 20, 67);
+    tracker.allow(&hash);
+    // One slot, a new choking round every second, 512 KiB/s: the seed keeps
+    // choking one of its two leechers while its requests wait.
+    let seed_args = ["--unchoke-slots", "1", "--unchoke-interval", "1", "--upload-limit", "524288"];
+    let _seed = Libtorrent::start("seed", t.to_str().unwrap(), &seed_dir, &work.path().join("seed.log"), &seed_args);
+    tracker.wait_seeders(&hash, 1);
+    let other = work.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let _other = Libtorrent::start("leech", t.to_str().unwrap(), &other, &work.path().join("other.log"), &[]);
+
+    let ds = Dropseed::start_with("");
+    ds.drop_file(&t, "rot.torrent");
+    let st = ds.wait_state(&hash, "seeding", Duration::from_secs(120));
+    assert!(std::fs::read(ds.download_dir().join("rot.bin")).unwrap() == data, "every byte");
+    assert!(st["fast"]["rejects_received"].as_u64() >= Some(1), "libtorrent rejected on choke: {st}");
 }
