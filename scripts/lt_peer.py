@@ -33,6 +33,9 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--dht-bootstrap", action="append", default=[], help="HOST:PORT of a DHT node")
     ap.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = none")
+    ap.add_argument("--upload-limit", type=int, default=0, help="bytes/s, 0 = none")
+    ap.add_argument("--unchoke-slots", type=int, default=None, help="peers unchoked at once (a choking test)")
+    ap.add_argument("--unchoke-interval", type=int, default=None, help="seconds between choking rounds")
     args = ap.parse_args()
     dht = bool(args.dht_bootstrap)
 
@@ -48,11 +51,17 @@ def main():
         "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,
         "download_rate_limit": args.download_limit,
+        "upload_rate_limit": args.upload_limit,
         "alert_mask": lt.alert.category_t.error_notification,
         "user_agent": "lt_peer",
     }
+    if args.unchoke_slots is not None:
+        settings["unchoke_slots_limit"] = args.unchoke_slots
+    if args.unchoke_interval is not None:
+        settings["unchoke_interval"] = args.unchoke_interval
+        settings["optimistic_unchoke_interval"] = args.unchoke_interval
     ses = lt.session(settings)
-    if args.download_limit:
+    if args.download_limit or args.upload_limit:
         # Loopback peers are "local" and exempt from rate limits by default;
         # put every address in the global class so the limit holds.
         everyone = lt.ip_filter()

@@ -281,6 +281,7 @@ mod tests {
             downloaded: 0,
             uploaded: 0,
             wasted: 0,
+            fast: Default::default(),
             corrupt: 0,
             path: String::new(),
             category: String::new(),

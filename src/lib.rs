@@ -24,7 +24,8 @@
 //!   keep-alives, timeouts, typed ends) under two handlers: the torrent's
 //!   peer and the magnet's metadata fetcher; under it, a transport.
 //! * Pure logic lives in modules that do no I/O and read no clock: the bencode
-//!   scanner, metainfo validation, the wire and extension codecs, metadata
+//!   scanner, metainfo validation, the wire and extension codecs, the fast
+//!   extension's allowed-fast sets and request refusals, metadata
 //!   assembly, the KRPC codec and the DHT routing table, UDP tracker packets,
 //!   the piece layout, the picker, the choker, the phase table and the active
 //!   clock. They are unit-tested without sockets or sleeps.

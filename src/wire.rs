@@ -1,5 +1,10 @@
-//! The peer wire protocol (BEP 3, with the BEP 10 extension message and the
-//! BEP 5 `port` message) as a pure codec: bytes in, messages out, no I/O.
+//! The peer wire protocol (BEP 3, with the BEP 10 extension message, the
+//! BEP 5 `port` message and the five BEP 6 fast-extension messages) as a
+//! pure codec: bytes in, messages out, no I/O.
+//!
+//! The codec decodes fast messages whoever sends them; whether the peer may
+//! (both sides set [`FAST_BIT`]) is the connection's judgement, not the
+//! codec's.
 //!
 //! `decode` tells "incomplete" (`Ok(None)`: read more) from "invalid"
 //! (`Err`: disconnect). A length prefix over [`MAX_MESSAGE_LEN`] is refused
@@ -18,6 +23,8 @@ pub const MAX_MESSAGE_LEN: usize = 1024 * 1024 + 13;
 /// Reserved-bits flags in the handshake.
 pub const EXTENSION_BIT: (usize, u8) = (5, 0x10);
 pub const DHT_BIT: (usize, u8) = (7, 0x01);
+/// BEP 6, the fast extension: always advertised.
+pub const FAST_BIT: (usize, u8) = (7, 0x04);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Handshake {
@@ -30,6 +37,7 @@ impl Handshake {
     pub fn new(info_hash: InfoHash, peer_id: PeerId, dht: bool) -> Handshake {
         let mut reserved = [0u8; 8];
         reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
+        reserved[FAST_BIT.0] |= FAST_BIT.1;
         if dht {
             reserved[DHT_BIT.0] |= DHT_BIT.1;
         }
@@ -42,6 +50,12 @@ impl Handshake {
 
     pub fn supports_extensions(&self) -> bool {
         self.reserved[EXTENSION_BIT.0] & EXTENSION_BIT.1 != 0
+    }
+
+    /// The fast extension is on for a connection only when both handshakes
+    /// set the bit; ours always does.
+    pub fn supports_fast(&self) -> bool {
+        self.reserved[FAST_BIT.0] & FAST_BIT.1 != 0
     }
 
     pub fn encode(&self) -> [u8; HANDSHAKE_LEN] {
@@ -94,7 +108,16 @@ pub enum Message<'a> {
         id: u8,
         payload: &'a [u8],
     },
-    /// An id we do not speak (fast extension and others): skipped, not fatal.
+    /// BEP 6: a piece the sender would like us to fetch (a hint).
+    SuggestPiece(u32),
+    /// BEP 6: stands in for a full or an empty bitfield.
+    HaveAll,
+    HaveNone,
+    /// BEP 6: a request of ours the sender will not serve.
+    RejectRequest(BlockRef),
+    /// BEP 6: a piece whose blocks we may request while choked.
+    AllowedFast(u32),
+    /// An id we do not speak (v2 hashes and others): skipped, not fatal.
     Unknown(u8),
 }
 
@@ -125,15 +148,15 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, WireError> {
 /// `bitfield` is the torrent's bitfield length.
 pub fn max_body(id: u8, bitfield: usize) -> usize {
     match id {
-        0..=3 => 0,
-        4 => 4,
+        0..=3 | 14 | 15 => 0,
+        4 | 13 | 17 => 4,
         5 => bitfield,
-        6 | 8 => 12,
+        6 | 8 | 16 => 12,
         // We ask for blocks of BLOCK_LEN; more is never an answer.
         7 => 8 + BLOCK_LEN as usize,
         9 => 2,
         20 => 1 + MAX_EXTENDED,
-        // Unknown ids (fast extension, v2 hashes): small, and ignored.
+        // Unknown ids (v2 hashes): small, and ignored.
         _ => 16 * 1024,
     }
 }
@@ -180,13 +203,13 @@ pub fn decode_bounded(buf: &[u8], bitfield: usize) -> Result<Option<(Message<'_>
         3 => fixed(0).map(|_| Message::NotInterested)?,
         4 => fixed(4).map(|_| Message::Have(u32_at(body, 0)))?,
         5 => Message::Bitfield(body),
-        6 | 8 => {
+        6 | 8 | 16 => {
             fixed(12)?;
             let block = BlockRef { piece: u32_at(body, 0), offset: u32_at(body, 4), len: u32_at(body, 8) };
-            if id == 6 {
-                Message::Request(block)
-            } else {
-                Message::Cancel(block)
+            match id {
+                6 => Message::Request(block),
+                8 => Message::Cancel(block),
+                _ => Message::RejectRequest(block),
             }
         }
         7 => {
@@ -202,6 +225,10 @@ pub fn decode_bounded(buf: &[u8], bitfield: usize) -> Result<Option<(Message<'_>
             }
             Message::Extended { id: body[0], payload: &body[1..] }
         }
+        13 => fixed(4).map(|_| Message::SuggestPiece(u32_at(body, 0)))?,
+        14 => fixed(0).map(|_| Message::HaveAll)?,
+        15 => fixed(0).map(|_| Message::HaveNone)?,
+        17 => fixed(4).map(|_| Message::AllowedFast(u32_at(body, 0)))?,
         other => Message::Unknown(other),
     };
     Ok(Some((msg, 4 + len)))
@@ -255,6 +282,20 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
             out.push(*id);
             out.extend_from_slice(payload);
         }
+        Message::SuggestPiece(i) => {
+            header(out, 4, 13);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Message::HaveAll => header(out, 0, 14),
+        Message::HaveNone => header(out, 0, 15),
+        Message::RejectRequest(b) => {
+            header(out, 12, 16);
+            block(out, b);
+        }
+        Message::AllowedFast(i) => {
+            header(out, 4, 17);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
         Message::Unknown(id) => header(out, 0, *id),
     }
 }
@@ -289,7 +330,12 @@ mod tests {
             Message::Cancel(b),
             Message::Port(6881),
             Message::Extended { id: 0, payload: b"d1:md11:ut_metadatai1eee" },
-            Message::Unknown(13),
+            Message::SuggestPiece(42),
+            Message::HaveAll,
+            Message::HaveNone,
+            Message::RejectRequest(b),
+            Message::AllowedFast(u32::MAX),
+            Message::Unknown(21),
         ]
     }
 
@@ -360,6 +406,47 @@ mod tests {
     }
 
     #[test]
+    fn fast_messages_have_exact_lengths_judged_from_the_header() {
+        // One byte short and one byte long, for each of the five.
+        for (id, len) in [(13u8, 4usize), (14, 0), (15, 0), (16, 12), (17, 4)] {
+            for bad in [len.wrapping_sub(1), len + 1] {
+                if bad == usize::MAX {
+                    continue;
+                }
+                let mut buf = ((bad + 1) as u32).to_be_bytes().to_vec();
+                buf.push(id);
+                buf.extend(std::iter::repeat_n(0u8, bad));
+                assert!(decode(&buf).is_err(), "id {id} len {bad}");
+            }
+            // Longer than the message can be: refused before the body.
+            let mut head = ((len + 100) as u32).to_be_bytes().to_vec();
+            head.push(id);
+            assert!(matches!(decode(&head), Err(WireError::TooLongFor { .. })), "id {id}");
+        }
+        // Ids past the fast range stay unknown and tolerated.
+        let mut buf = 1u32.to_be_bytes().to_vec();
+        buf.push(18);
+        assert_eq!(decode(&buf).unwrap().unwrap().0, Message::Unknown(18));
+    }
+
+    #[test]
+    fn fast_messages_encode_as_bep6_lays_them_out() {
+        let mut out = Vec::new();
+        encode(&Message::HaveAll, &mut out);
+        encode(&Message::HaveNone, &mut out);
+        encode(&Message::AllowedFast(0x0102_0304), &mut out);
+        encode(&Message::RejectRequest(BlockRef { piece: 1, offset: 2, len: 3 }), &mut out);
+        let expected: Vec<u8> = [
+            &[0, 0, 0, 1, 0x0e][..],
+            &[0, 0, 0, 1, 0x0f],
+            &[0, 0, 0, 5, 0x11, 1, 2, 3, 4],
+            &[0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3],
+        ]
+        .concat();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
     fn junk_of_every_length_never_panics() {
         let mut seed = 99u64;
         for len in 0..600 {
@@ -387,6 +474,9 @@ mod tests {
         let back = Handshake::decode(&bytes).unwrap();
         assert_eq!(back, h);
         assert!(back.supports_extensions());
+        assert!(back.supports_fast());
+        assert_eq!(bytes[27], 0x05, "reserved[7]: fast (0x04) and DHT (0x01)");
+
         let mut bad = bytes;
         bad[3] = b'x';
         assert_eq!(Handshake::decode(&bad), Err(WireError::NotBitTorrent));

@@ -82,6 +82,7 @@ impl MagnetEntry {
             downloaded: 0,
             uploaded: 0,
             wasted: 0,
+            fast: Default::default(),
             corrupt: 0,
             path: String::new(),
             category: self.category.clone(),

@@ -347,6 +347,7 @@ async fn exchange(ctx: &Arc<Ctx>, transport: Transport, addr: SocketAddr, theirs
         ctx: ctx.clone(),
         addr,
         dht: theirs.supports_dht(),
+        fast: theirs.supports_fast(),
         their_metadata_id: None,
         their_size: None,
         outstanding: 0,
@@ -364,6 +365,9 @@ struct MetadataConn {
     addr: SocketAddr,
     /// The peer set the DHT bit.
     dht: bool,
+    /// Both speak the fast extension: we say `have_none` (BEP 6 wants one
+    /// of bitfield, `have_all`, `have_none` first).
+    fast: bool,
     their_metadata_id: Option<u8>,
     /// The size this peer announced, offered again after a failed attempt
     /// reset the assembler.
@@ -440,6 +444,9 @@ impl Handler for MetadataConn {
     type Wake = ();
 
     fn start(&mut self, out: &mut OutQueue) {
+        if self.fast {
+            out.push_small(&Message::HaveNone);
+        }
         let hs = ExtHandshake::ours(self.ctx.env.listen_port, MAX_QUEUED_REQUESTS, self.addr.ip(), None, true);
         out.push_small(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() });
         if let Some(dht) = self.ctx.env.dht.as_ref().filter(|_| self.dht) {

@@ -9,6 +9,7 @@ pub mod choker;
 pub mod clock;
 mod connect;
 pub mod evict;
+pub mod fast;
 pub mod fetch;
 pub mod handoff;
 pub mod peer;
@@ -238,6 +239,8 @@ pub struct TorrentShared {
     pub received: AtomicU64,
     /// Payload received that was not asked for or no longer needed.
     pub wasted: AtomicU64,
+    /// Fast-extension (BEP 6) messages sent and received, this session.
+    pub fast: fast::FastCounters,
     /// Count of verified pieces; peers wait on it to send `have`.
     pub have_tx: watch::Sender<usize>,
     pub status: Mutex<StatusCell>,
@@ -280,6 +283,7 @@ impl TorrentShared {
             corrupt: AtomicU64::new(record.corrupt),
             received: AtomicU64::new(0),
             wasted: AtomicU64::new(0),
+            fast: fast::FastCounters::default(),
             have_tx: watch::Sender::new(have.count()),
             inner: Mutex::new(Inner {
                 have,
@@ -567,6 +571,7 @@ impl TorrentShared {
             downloaded,
             uploaded,
             wasted: self.wasted.load(Ordering::Relaxed),
+            fast: self.fast.snapshot(),
             corrupt: self.corrupt.load(Ordering::Relaxed),
             path: self.place().top().display().to_string(),
             category: s.record.category.clone(),
@@ -612,6 +617,9 @@ pub struct TorrentStatus {
     /// Bytes received that were not asked for or no longer needed.
     #[serde(default)]
     pub wasted: u64,
+    /// Fast-extension (BEP 6) counters, this session.
+    #[serde(default)]
+    pub fast: fast::FastStats,
     pub download_rate: u64,
     pub upload_rate: u64,
     pub peers: usize,

@@ -14,7 +14,14 @@
 //! Life of a block we upload: a valid `Request` from an unchoked peer is
 //! queued (capped at [`MAX_QUEUED_REQUESTS`]); batches are read from storage
 //! on the disk pool and come back as ready-made messages.
+//!
+//! With a peer that also speaks the fast extension (BEP 6, see [`super::fast`])
+//! every request gets exactly one answer: the block or a `reject_request`,
+//! and blocks of its allowed-fast pieces are served while we choke it. Its
+//! `choke` keeps our requests outstanding until a block or a reject answers
+//! each; a reject hands the block back to the picker at once.
 
+use super::fast::{self, AllowedIn, FastCounters, Refusal, RequestFacts, StrayRejects};
 use super::picker::{BlockOutcome, CompletePiece, PeerKey};
 use super::{PeerHandle, TorrentShared};
 use crate::conn::{ConnEnd, Handler, OutQueue};
@@ -23,6 +30,7 @@ use crate::metadata::MetadataAssembler;
 use crate::storage::disk::Job;
 use crate::types::Bitfield;
 use crate::wire::{self, BlockRef, Handshake, Message, BLOCK_LEN};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -52,6 +60,14 @@ const PEX_MIN_GAP: Duration = Duration::from_secs(45);
 const PEX_RECHECK: Duration = Duration::from_secs(10);
 /// Peers learned through PEX waiting for the torrent task, at most.
 pub const MAX_PEX_BACKLOG: usize = 200;
+/// A fast peer that chokes us has this long to answer our requests (block or
+/// reject) before they are cancelled and given back to the picker.
+const CHOKED_REQUESTS_HELD: Duration = Duration::from_secs(30);
+/// Pieces a fast peer rejected while unchoking us, not asked of it again
+/// until it unchokes us anew; the oldest is forgotten past this many.
+const MAX_REFUSED: usize = 16;
+/// A peer whose rejects pile up in our send queue this far does not read.
+const MAX_OUT_FOR_REJECTS: usize = 4 * 1024 * 1024;
 
 type ReadBatch = Vec<(BlockRef, Vec<u8>)>;
 
@@ -60,8 +76,10 @@ pub struct PeerConn {
     shared: Arc<TorrentShared>,
     handle: Arc<PeerHandle>,
     key: PeerKey,
-    /// The peer's handshake (extension and DHT bits).
+    /// The peer's handshake (extension, DHT and fast bits).
     theirs: Handshake,
+    /// Both sides speak the fast extension (we always do).
+    fast: bool,
     peer_has: Bitfield,
     /// The peer's id for ut_metadata, once it told us.
     peer_ut_metadata: Option<u8>,
@@ -85,17 +103,19 @@ impl PeerConn {
     pub fn new(shared: Arc<TorrentShared>, handle: Arc<PeerHandle>, key: PeerKey, theirs: Handshake) -> PeerConn {
         let n = shared.meta.piece_count();
         let have_rx = shared.have_tx.subscribe();
+        let fast = theirs.supports_fast();
         PeerConn {
             shared,
             handle,
             key,
             theirs,
+            fast,
             peer_has: Bitfield::new(n),
             peer_ut_metadata: None,
             have_rx,
             haves_sent: 0,
-            download: Download::default(),
-            upload: Upload::new(),
+            download: Download { fast, ..Download::default() },
+            upload: Upload::new(fast),
             pex: Pex::default(),
         }
     }
@@ -105,6 +125,7 @@ impl Handler for PeerConn {
     type Wake = Wake;
 
     fn start(&mut self, out: &mut OutQueue) {
+        self.send_have_state(out);
         let (shared, meta) = (&self.shared, &self.shared.meta);
         if self.theirs.supports_extensions() {
             let size = Some(meta.info_bytes.len());
@@ -115,14 +136,9 @@ impl Handler for PeerConn {
         if let Some(dht) = shared.env.dht.as_ref().filter(|_| self.theirs.supports_dht() && !meta.private) {
             out.push_small(&Message::Port(dht.port()));
         }
-        // Our bitfield (and where it is empty, nothing: that is allowed).
-        let inner = shared.inner.lock().unwrap();
-        self.haves_sent = inner.completed_order.len();
-        if inner.have.count() > 0 {
-            out.push_small(&Message::Bitfield(inner.have.as_bytes()));
+        if self.fast {
+            self.send_allowed_fast(out);
         }
-        drop(inner);
-        self.have_rx.mark_unchanged();
     }
 
     async fn wake(&mut self) -> Wake {
@@ -141,11 +157,12 @@ impl Handler for PeerConn {
                 if self.handle.close.load(Ordering::Relaxed) {
                     return Err(ConnEnd::Banned);
                 }
-                self.upload.apply_choke(&self.handle, out);
+                self.upload.apply_choke(&self.handle, &self.shared, out);
                 let cancels = std::mem::take(&mut *self.handle.cancels.lock().unwrap());
                 for b in cancels {
                     if self.download.outstanding.remove(&b) {
                         out.push_small(&Message::Cancel(b));
+                        self.download.strays.cancelled();
                     }
                 }
             }
@@ -159,12 +176,18 @@ impl Handler for PeerConn {
     fn on_message(&mut self, msg: Message<'_>, out: &mut OutQueue) -> Result<(), ConnEnd> {
         match msg {
             Message::KeepAlive | Message::Unknown(_) => {}
+            Message::SuggestPiece(_)
+            | Message::HaveAll
+            | Message::HaveNone
+            | Message::RejectRequest(_)
+            | Message::AllowedFast(_) => self.on_fast_message(msg, out)?,
             Message::Port(port) => self.on_port(port),
             Message::Choke => {
-                self.download.peer_choking = true;
-                self.download.drop_outstanding(&self.shared);
+                if !self.download.on_choke(Instant::now()) {
+                    self.download.drop_outstanding(&self.shared);
+                }
             }
-            Message::Unchoke => self.download.peer_choking = false,
+            Message::Unchoke => self.download.on_unchoke(),
             Message::Interested => {
                 self.handle.peer_interested.store(true, Ordering::Relaxed);
                 self.upload.claim_free_slot(&self.shared, &self.handle, out);
@@ -172,8 +195,8 @@ impl Handler for PeerConn {
             Message::NotInterested => self.handle.peer_interested.store(false, Ordering::Relaxed),
             Message::Have(i) => self.on_have(i, out)?,
             Message::Bitfield(bytes) => self.on_bitfield(bytes, out)?,
-            Message::Request(b) => self.upload.on_request(b, &self.shared)?,
-            Message::Cancel(b) => self.upload.queue.retain(|q| *q != b),
+            Message::Request(b) => self.upload.on_request(b, &self.shared, out)?,
+            Message::Cancel(b) => self.upload.on_cancel(b, &self.shared, out)?,
             Message::Piece { piece, offset, data } => {
                 self.download.on_piece(&self.shared, &self.handle, self.key, BlockRef { piece, offset, len: 0 }, data)
             }
@@ -199,6 +222,14 @@ impl Handler for PeerConn {
     fn on_tick(&mut self, now: Instant, out: &mut OutQueue) -> Result<(), ConnEnd> {
         self.pex.send(&self.shared, self.key, out);
         self.download.on_tick(now, &self.handle);
+        let held = self.download.take_held(now);
+        if !held.is_empty() {
+            let mut inner = self.shared.inner.lock().unwrap();
+            for b in held {
+                inner.picker.request_dropped(&b);
+                out.push_small(&Message::Cancel(b));
+            }
+        }
         // Interest can lapse when others delivered what this peer has.
         if self.download.am_interested && !self.download.outstanding.is_empty() {
             return Ok(());
@@ -223,6 +254,80 @@ impl Handler for PeerConn {
 }
 
 impl PeerConn {
+    /// Our pieces, first of all as BEP 6 wants: `have_all` or `have_none` to
+    /// a fast peer where they say it, else the bitfield (or, to a peer
+    /// without the extension, nothing while it is empty: BEP 3 allows that).
+    fn send_have_state(&mut self, out: &mut OutQueue) {
+        let counters = &self.shared.fast;
+        let inner = self.shared.inner.lock().unwrap();
+        self.haves_sent = inner.completed_order.len();
+        if self.fast && inner.have.is_full() {
+            out.push_small(&Message::HaveAll);
+            FastCounters::bump(&counters.have_all_sent);
+        } else if self.fast && inner.have.count() == 0 {
+            out.push_small(&Message::HaveNone);
+            FastCounters::bump(&counters.have_none_sent);
+        } else if inner.have.count() > 0 {
+            out.push_small(&Message::Bitfield(inner.have.as_bytes()));
+        }
+        drop(inner);
+        self.have_rx.mark_unchanged();
+    }
+
+    /// The pieces this peer may fetch while we choke it (BEP 6's set for its
+    /// address); we announce those we have and serve their requests whatever
+    /// the choker decides.
+    fn send_allowed_fast(&mut self, out: &mut OutQueue) {
+        let meta = &self.shared.meta;
+        let (n, hash) = (meta.piece_count() as u32, &meta.info_hash.0);
+        let set = fast::allowed_fast_set(self.key.ip(), hash, n, fast::ALLOWED_FAST_SENT);
+        let inner = self.shared.inner.lock().unwrap();
+        for &piece in set.iter().filter(|p| inner.have.get(**p as usize)) {
+            out.push_small(&Message::AllowedFast(piece));
+            FastCounters::bump(&self.shared.fast.allowed_fast_sent);
+        }
+        drop(inner);
+        self.upload.allowed = set;
+    }
+
+    /// The five BEP 6 messages. From a peer whose handshake did not set the
+    /// bit they end the connection, as BEP 6 asks.
+    fn on_fast_message(&mut self, msg: Message<'_>, out: &mut OutQueue) -> Result<(), ConnEnd> {
+        if !self.fast {
+            return Err(ConnEnd::Protocol(format!("{msg:?} from a peer without the fast extension")));
+        }
+        let (n, counters) = (self.peer_has.len(), &self.shared.fast);
+        match msg {
+            Message::HaveAll => {
+                FastCounters::bump(&counters.have_all_received);
+                self.replace_peer_has(Bitfield::full(n), out)
+            }
+            Message::HaveNone => {
+                FastCounters::bump(&counters.have_none_received);
+                self.replace_peer_has(Bitfield::new(n), out)
+            }
+            Message::RejectRequest(b) => {
+                FastCounters::bump(&counters.rejects_received);
+                if self.download.on_reject(b)? {
+                    self.shared.inner.lock().unwrap().picker.request_dropped(&b);
+                }
+                Ok(())
+            }
+            Message::AllowedFast(piece) => {
+                if self.download.allowed.add(piece, n) {
+                    FastCounters::bump(&counters.allowed_fast_received);
+                }
+                Ok(())
+            }
+            // A hint, counted and not acted on: rarest first decides, and a
+            // peer's suggestions would let it steer what we fetch.
+            _ => {
+                FastCounters::bump(&counters.suggests_received);
+                Ok(())
+            }
+        }
+    }
+
     fn on_port(&self, port: u16) {
         if let (Some(dht), false) = (&self.shared.env.dht, self.shared.meta.private) {
             if port != 0 {
@@ -257,6 +362,11 @@ impl PeerConn {
                 format!("bitfield of {} bytes for {n} pieces", bytes.len())
             })
         })?;
+        self.replace_peer_has(bf, out)
+    }
+
+    /// What the peer has, from a bitfield, `have_all` or `have_none`.
+    fn replace_peer_has(&mut self, bf: Bitfield, out: &mut OutQueue) -> Result<(), ConnEnd> {
         let mut inner = self.shared.inner.lock().unwrap();
         inner.picker.peer_bitfield(&self.peer_has, false);
         self.peer_has = bf;
@@ -350,6 +460,16 @@ impl Drop for PeerConn {
 struct Download {
     am_interested: bool,
     peer_choking: bool,
+    /// The peer speaks the fast extension.
+    fast: bool,
+    /// Since when a fast peer chokes us (our requests stay outstanding).
+    choked_at: Option<Instant>,
+    /// Pieces the peer lets us fetch while it chokes us.
+    allowed: AllowedIn,
+    /// Pieces it rejected a block of: not asked of it again until it next
+    /// unchokes us (at most [`MAX_REFUSED`]).
+    refused: Vec<u32>,
+    strays: StrayRejects,
     outstanding: HashSet<BlockRef>,
     pipeline: usize,
     /// Our pipeline's ceiling: ours, or the peer's `reqq` if lower.
@@ -368,6 +488,11 @@ impl Default for Download {
         Download {
             am_interested: false,
             peer_choking: true,
+            fast: false,
+            choked_at: None,
+            allowed: AllowedIn::default(),
+            refused: Vec::new(),
+            strays: StrayRejects::default(),
             outstanding: HashSet::new(),
             pipeline: START_PIPELINE,
             max_pipeline: MAX_PIPELINE,
@@ -432,9 +557,89 @@ impl Download {
         };
     }
 
+    /// BEP 6: a fast peer's choke leaves our requests to be answered, each
+    /// by its block or a reject; without the extension it cancels them all
+    /// (false: the caller drops them).
+    fn on_choke(&mut self, now: Instant) -> bool {
+        self.peer_choking = true;
+        if self.fast {
+            self.choked_at.get_or_insert(now);
+        }
+        self.fast
+    }
+
+    fn on_unchoke(&mut self) {
+        self.peer_choking = false;
+        self.choked_at = None;
+        self.refused.clear();
+    }
+
+    /// The peer will not send `b`: true when it was outstanding, and the
+    /// caller hands it back to the picker at once, for another peer to
+    /// fetch; its piece is not asked of this one again for now. A reject of
+    /// nothing outstanding is tolerated, within bounds.
+    fn on_reject(&mut self, b: BlockRef) -> Result<bool, ConnEnd> {
+        if !self.outstanding.remove(&b) {
+            if self.strays.unmatched() {
+                return Ok(false);
+            }
+            return Err(ConnEnd::Protocol("too many rejects of requests never made".into()));
+        }
+        if !self.refused.contains(&b.piece) {
+            if self.refused.len() >= MAX_REFUSED {
+                self.refused.remove(0);
+            }
+            self.refused.push(b.piece);
+        }
+        Ok(true)
+    }
+
+    /// Requests a choking fast peer left unanswered for
+    /// [`CHOKED_REQUESTS_HELD`], but for those of its allowed-fast pieces:
+    /// no longer outstanding, for the caller to cancel and hand back.
+    fn take_held(&mut self, now: Instant) -> Vec<BlockRef> {
+        let held_since = self.choked_at.filter(|_| self.peer_choking && !self.outstanding.is_empty());
+        if held_since.is_none_or(|t| now - t < CHOKED_REQUESTS_HELD) {
+            return Vec::new();
+        }
+        let allowed = &self.allowed;
+        let held: Vec<BlockRef> = self.outstanding.iter().filter(|b| !allowed.contains(b.piece)).copied().collect();
+        for b in &held {
+            self.outstanding.remove(b);
+            self.strays.cancelled();
+        }
+        held
+    }
+
+    /// What may be asked of the peer: all it has while it unchokes us, its
+    /// allowed-fast pieces while it chokes us, less the pieces it refused.
+    /// Borrowed, without a copy, in the common case (unchoked, no refusal).
+    fn pickable<'a>(&self, peer_has: &'a Bitfield) -> Cow<'a, Bitfield> {
+        if !self.peer_choking && self.refused.is_empty() {
+            return Cow::Borrowed(peer_has);
+        }
+        let mut mask = if self.peer_choking {
+            let mut m = Bitfield::new(peer_has.len());
+            for p in self.allowed.iter().filter(|p| peer_has.get(*p as usize)) {
+                m.set(p as usize);
+            }
+            m
+        } else {
+            peer_has.clone()
+        };
+        for p in &self.refused {
+            mask.clear(*p as usize);
+        }
+        Cow::Owned(mask)
+    }
+
     /// Tops the pipeline up from the picker.
     fn fill(&mut self, shared: &TorrentShared, key: PeerKey, peer_has: &Bitfield, out: &mut OutQueue) {
-        if self.peer_choking || !self.am_interested || self.outstanding.len() >= self.pipeline {
+        if !self.am_interested || self.outstanding.len() >= self.pipeline {
+            return;
+        }
+        // Choked, only allowed-fast pieces may be asked for (fast peers only).
+        if self.peer_choking && self.allowed.is_empty() {
             return;
         }
         // Grow the pipeline while the peer keeps it drained (slow start).
@@ -443,10 +648,11 @@ impl Download {
         }
         let want = self.pipeline - self.outstanding.len();
         let mut picked = Vec::with_capacity(want);
+        let pickable = self.pickable(peer_has);
         {
             let outstanding = &self.outstanding;
             let mut inner = shared.inner.lock().unwrap();
-            inner.picker.pick(key, peer_has, want, &|b| outstanding.contains(b), &mut picked);
+            inner.picker.pick(key, &pickable, want, &|b| outstanding.contains(b), &mut picked);
         }
         for b in picked {
             self.outstanding.insert(b);
@@ -479,6 +685,12 @@ fn broadcast_cancel(shared: &TorrentShared, from: PeerKey, block: BlockRef) {
 /// What we serve to this peer.
 struct Upload {
     am_choking: bool,
+    /// The peer speaks the fast extension: every request is answered.
+    fast: bool,
+    /// Its allowed-fast set: served while we choke it.
+    allowed: Vec<u32>,
+    /// Requests to serve; while we choke a fast peer, only those of its
+    /// allowed-fast pieces (the rest were rejected).
     queue: VecDeque<BlockRef>,
     reads_in_flight: usize,
     reads_tx: mpsc::Sender<ReadBatch>,
@@ -490,10 +702,12 @@ struct Upload {
 }
 
 impl Upload {
-    fn new() -> Upload {
+    fn new(fast: bool) -> Upload {
         let (reads_tx, reads_rx) = mpsc::channel(READS_IN_FLIGHT);
         Upload {
             am_choking: true,
+            fast,
+            allowed: Vec::new(),
             queue: VecDeque::new(),
             reads_in_flight: 0,
             reads_tx,
@@ -503,24 +717,53 @@ impl Upload {
         }
     }
 
-    fn on_request(&mut self, b: BlockRef, shared: &TorrentShared) -> Result<(), ConnEnd> {
+    /// Queues a request, or refuses it: a fast peer hears `reject_request`,
+    /// another is ignored (BEP 3) but for a bad block, which ends it.
+    fn on_request(&mut self, b: BlockRef, shared: &TorrentShared, out: &mut OutQueue) -> Result<(), ConnEnd> {
         let n = shared.meta.piece_count() as u32;
-        if b.piece >= n {
-            return Err(ConnEnd::Protocol(format!("request for piece {} of {n}", b.piece)));
+        let valid = b.piece < n && {
+            let plen = shared.meta.piece_len(b.piece as usize);
+            b.len > 0 && b.len <= BLOCK_LEN && b.offset.checked_add(b.len).is_some_and(|end| end <= plen)
+        };
+        let facts = RequestFacts {
+            valid,
+            choking: self.am_choking,
+            allowed_fast: self.allowed.contains(&b.piece),
+            queue_full: self.queue.len() >= MAX_QUEUED_REQUESTS,
+            have: valid && shared.inner.lock().unwrap().have.get(b.piece as usize),
+        };
+        match fast::refusal(facts) {
+            // A duplicate request costs one extra block at worst, bounded by
+            // the queue cap; not worth a scan of the queue per request.
+            None => self.queue.push_back(b),
+            Some(_) if self.fast => return self.reject(b, shared, out),
+            Some(Refusal::BadBlock) if b.piece >= n => {
+                return Err(ConnEnd::Protocol(format!("request for piece {} of {n}", b.piece)))
+            }
+            Some(Refusal::BadBlock) => return Err(ConnEnd::Protocol(format!("bad request {b:?}"))),
+            Some(_) => {}
         }
-        let plen = shared.meta.piece_len(b.piece as usize);
-        if b.len == 0 || b.len > BLOCK_LEN || b.offset.checked_add(b.len).is_none_or(|end| end > plen) {
-            return Err(ConnEnd::Protocol(format!("bad request {b:?}")));
+        Ok(())
+    }
+
+    /// BEP 6: a cancelled request is still answered, by a reject when it
+    /// had not gone to the disk yet (else its block follows).
+    fn on_cancel(&mut self, b: BlockRef, shared: &TorrentShared, out: &mut OutQueue) -> Result<(), ConnEnd> {
+        let before = self.queue.len();
+        self.queue.retain(|q| *q != b);
+        if self.fast && self.queue.len() < before {
+            return self.reject(b, shared, out);
         }
-        if self.am_choking || self.queue.len() >= MAX_QUEUED_REQUESTS {
-            return Ok(()); // dropped, as BEP 3 allows for choked peers
+        Ok(())
+    }
+
+    /// Rejects a request of a fast peer. One that keeps requesting without
+    /// reading our answers would grow the send queue: it is dropped.
+    fn reject(&mut self, b: BlockRef, shared: &TorrentShared, out: &mut OutQueue) -> Result<(), ConnEnd> {
+        if out.len() > MAX_OUT_FOR_REJECTS {
+            return Err(ConnEnd::Protocol("requests without reading our answers".into()));
         }
-        if !shared.inner.lock().unwrap().have.get(b.piece as usize) {
-            return Ok(());
-        }
-        // A duplicate request costs one extra block at worst, bounded by the
-        // queue cap; not worth a scan of the queue per request.
-        self.queue.push_back(b);
+        send_reject(b, shared, out);
         Ok(())
     }
 
@@ -536,28 +779,54 @@ impl Upload {
         if used < slots {
             handle.unchoke.store(true, Ordering::Relaxed);
             drop(inner);
-            self.apply_choke(handle, out);
+            self.apply_choke(handle, shared, out);
         }
     }
 
-    /// Applies the choker's decision.
-    fn apply_choke(&mut self, handle: &PeerHandle, out: &mut OutQueue) {
+    /// Applies the choker's decision. Choking a fast peer rejects each of its
+    /// queued requests but those of its allowed-fast pieces, which are
+    /// still served; without the extension the queue is simply dropped.
+    fn apply_choke(&mut self, handle: &PeerHandle, shared: &TorrentShared, out: &mut OutQueue) {
         let want_unchoked = handle.unchoke.load(Ordering::Relaxed);
         if want_unchoked && self.am_choking {
             self.am_choking = false;
             out.push_small(&Message::Unchoke);
         } else if !want_unchoked && !self.am_choking {
             self.am_choking = true;
-            self.queue.clear();
             out.push_small(&Message::Choke);
+            if !self.fast {
+                self.queue.clear();
+                return;
+            }
+            let allowed = &self.allowed;
+            for b in std::mem::take(&mut self.queue) {
+                if allowed.contains(&b.piece) {
+                    self.queue.push_back(b);
+                } else {
+                    send_reject(b, shared, out);
+                }
+            }
         }
+    }
+
+    /// Whether a block may go out now: we unchoke the peer, or it is fast
+    /// and the block is of its allowed-fast set.
+    fn may_send(&self, block: &BlockRef) -> bool {
+        !self.am_choking || (self.fast && self.allowed.contains(&block.piece))
     }
 
     fn read_done(&mut self, batch: ReadBatch, shared: &TorrentShared, handle: &PeerHandle, out: &mut OutQueue) {
         self.reads_in_flight -= 1;
         for (block, msg) in batch {
-            if self.am_choking {
+            if !self.may_send(&block) {
+                // Choked while it was read: a fast peer is told.
+                if self.fast {
+                    send_reject(block, shared, out);
+                }
                 continue;
+            }
+            if self.am_choking {
+                FastCounters::bump(&shared.fast.allowed_fast_served);
             }
             shared.uploaded.fetch_add(block.len as u64, Ordering::Relaxed);
             handle.bytes_up.fetch_add(block.len as u64, Ordering::Relaxed);
@@ -585,7 +854,8 @@ impl Upload {
                 return;
             }
         }
-        while !self.am_choking
+        // While we choke a fast peer its queue holds only allowed-fast requests.
+        while (!self.am_choking || self.fast)
             && self.throttled.is_empty()
             && !self.queue.is_empty()
             && self.reads_in_flight < READS_IN_FLIGHT
@@ -602,6 +872,11 @@ impl Upload {
             }
         }
     }
+}
+
+fn send_reject(b: BlockRef, shared: &TorrentShared, out: &mut OutQueue) {
+    out.push_small(&Message::RejectRequest(b));
+    FastCounters::bump(&shared.fast.rejects_sent);
 }
 
 /// A disk job reading blocks as ready-made `piece` messages. A failed read
@@ -706,4 +981,78 @@ fn connected_listeners(shared: &TorrentShared, except: PeerKey) -> HashMap<Socke
             Some((listen, seed | reachable))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(piece: u32, offset: u32) -> BlockRef {
+        BlockRef { piece, offset, len: BLOCK_LEN }
+    }
+
+    fn fast_download(outstanding: &[BlockRef]) -> Download {
+        let mut d = Download { fast: true, peer_choking: false, am_interested: true, ..Download::default() };
+        d.outstanding.extend(outstanding.iter().copied());
+        d
+    }
+
+    #[test]
+    fn a_fast_peers_choke_keeps_requests_and_anothers_drops_them() {
+        let now = Instant::now();
+        let mut fast = fast_download(&[block(1, 0), block(2, 0)]);
+        assert!(fast.on_choke(now), "kept: the caller drops nothing");
+        assert_eq!(fast.outstanding.len(), 2);
+        let mut plain = Download { fast: false, ..fast_download(&[block(1, 0)]) };
+        assert!(!plain.on_choke(now), "without BEP 6 the choke cancels them");
+    }
+
+    #[test]
+    fn a_reject_frees_its_block_and_keeps_the_piece_from_this_peer() {
+        let mut d = fast_download(&[block(3, 0), block(3, BLOCK_LEN)]);
+        assert_eq!(d.on_reject(block(3, 0)), Ok(true), "handed back to the picker");
+        assert_eq!(d.outstanding.len(), 1);
+        let has = Bitfield::full(8);
+        let pickable = d.pickable(&has);
+        assert!(!pickable.get(3) && pickable.get(4), "not asked of this peer again");
+        d.on_unchoke();
+        assert!(matches!(d.pickable(&has), Cow::Borrowed(_)), "a new unchoke forgets it");
+    }
+
+    #[test]
+    fn rejects_of_nothing_are_tolerated_within_bounds() {
+        let mut d = fast_download(&[]);
+        d.strays.cancelled();
+        for _ in 0..=fast::MAX_STRAY_REJECTS {
+            assert_eq!(d.on_reject(block(0, 0)), Ok(false));
+        }
+        assert!(d.on_reject(block(0, 0)).is_err());
+    }
+
+    #[test]
+    fn choked_only_allowed_fast_pieces_the_peer_has_are_pickable() {
+        let mut d = fast_download(&[]);
+        d.on_choke(Instant::now());
+        let mut has = Bitfield::new(8);
+        has.set(2);
+        has.set(5);
+        d.allowed.add(5, 8);
+        d.allowed.add(6, 8);
+        let pickable = d.pickable(&has);
+        assert_eq!(pickable.iter_ones().collect::<Vec<_>>(), [5]);
+    }
+
+    #[test]
+    fn requests_a_choking_peer_holds_too_long_are_taken_back_but_allowed_ones() {
+        let t0 = Instant::now();
+        let mut d = fast_download(&[block(1, 0), block(5, 0)]);
+        d.allowed.add(5, 8);
+        d.on_choke(t0);
+        assert!(d.take_held(t0 + Duration::from_secs(1)).is_empty(), "answers may still come");
+        assert_eq!(d.take_held(t0 + CHOKED_REQUESTS_HELD), [block(1, 0)]);
+        assert_eq!(d.outstanding.iter().copied().collect::<Vec<_>>(), [block(5, 0)]);
+        // The reject that answers our cancel is no stray.
+        assert_eq!(d.on_reject(block(1, 0)), Ok(false));
+        assert_eq!(d.strays.strays(), 0);
+    }
 }
