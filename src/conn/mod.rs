@@ -4,7 +4,7 @@
 //! and a typed account of how the connection ended.
 //!
 //! What a connection is *for* is a [`Handler`]: the torrent's peer
-//! (`torrent/peer.rs`: download, upload, PEX) and the magnet's metadata
+//! (`torrent/peer/`: download, upload, PEX) and the magnet's metadata
 //! fetcher (`torrent/fetch.rs`) are the two. Under it, a [`Transport`]
 //! carries the bytes.
 
