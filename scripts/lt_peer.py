@@ -5,6 +5,9 @@
     lt_peer.py leech FILE.torrent|MAGNET --dir DIR --port P [--peer HOST:PORT]
                                                            exits 0 when complete
 A line "connect HOST:PORT" on stdin makes it dial that peer.
+--enc forced|disabled sets protocol encryption (MSE/PE): forced is RC4
+only both ways, disabled is plaintext only; without it libtorrent's default
+(either, both ways).
 --dht-bootstrap HOST:PORT (repeatable) turns the DHT on, bootstrapping from
 those nodes only; it then re-announces every few seconds so tests need not
 wait for libtorrent's 15-minute announce interval.
@@ -33,6 +36,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--dht-bootstrap", action="append", default=[], help="HOST:PORT of a DHT node")
     ap.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = none")
+    ap.add_argument("--enc", choices=["forced", "disabled"], help="encryption policy")
     args = ap.parse_args()
     dht = bool(args.dht_bootstrap)
 
@@ -51,6 +55,12 @@ def main():
         "alert_mask": lt.alert.category_t.error_notification,
         "user_agent": "lt_peer",
     }
+    if args.enc == "forced":
+        # policy 0 = forced; allowed_enc_level 2 = RC4 only.
+        settings.update(in_enc_policy=0, out_enc_policy=0, allowed_enc_level=2)
+    elif args.enc == "disabled":
+        # policy 2 = disabled; allowed_enc_level 1 = plaintext only.
+        settings.update(in_enc_policy=2, out_enc_policy=2, allowed_enc_level=1)
     ses = lt.session(settings)
     if args.download_limit:
         # Loopback peers are "local" and exempt from rate limits by default;

@@ -18,7 +18,7 @@ pub async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: Canc
     let ours = our_handshake(&shared);
     let (transport, theirs) = tokio::select! {
         _ = cancel.cancelled() => return ConnEnd::Cancelled,
-        r = conn::dial(addr, &ours) => match r {
+        r = conn::dial(addr, &ours, shared.env.config().network.encryption) => match r {
             Ok(x) => x,
             Err(end) => return end,
         },
@@ -27,7 +27,7 @@ pub async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: Canc
         Ok(h) => h,
         Err(end) => return end,
     };
-    tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
+    tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "connected");
     let mut peer = PeerConn::new(shared.clone(), handle.clone(), addr, theirs);
     let end = conn::run(transport, &mut peer, &cancel).await;
     // Two seeds part for good, however the connection ended.
@@ -54,7 +54,7 @@ pub async fn incoming(
     if let Err(end) = conn::answer(&mut transport, &our_handshake(&shared)).await {
         return end;
     }
-    tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
+    tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "accepted");
     conn::run(transport, &mut peer, &cancel).await
 }
 
