@@ -23,17 +23,6 @@ fn torrent(tracker: &Tracker, work: &Path, name: &str, len: u64, seed: u64) -> (
     (torrent, hash, data)
 }
 
-fn copy_into(ds: &Dropseed, data: &Path) {
-    std::fs::create_dir_all(ds.download_dir()).unwrap();
-    let ok = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(format!("{}/.", data.display()))
-        .arg(ds.download_dir())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 #[test]
 fn libtorrent_forcing_rc4_seeds_to_dropseed_and_leeches_from_it() {
     if !(Swarm::tools_present() && require_libtorrent()) {
@@ -159,13 +148,15 @@ fn require_refuses_a_plaintext_only_peer_both_ways() {
     assert!(!plaintext_answered(ds.port, &hash), "no answer to plaintext");
     ds.wait_log("plaintext handshake refused", Duration::from_secs(5));
 
-    // The default policy answers the same handshake.
-    let open = Dropseed::new("");
-    copy_into(&open, &data);
-    let mut open = open;
-    open.start();
+    // The default policy, "prefer", falls back to plaintext once for the
+    // same seed, and answers the same plaintext handshake.
+    let open = Dropseed::start_with(DEBUG);
     open.drop_file(&t, "p.torrent");
-    open.wait_state(&hash, "seeding", Duration::from_secs(30));
+    open.wait_state(&hash, "seeding", Duration::from_secs(60));
+    assert_same_tree(&data, &open.download_dir());
+    let log = open.log_text();
+    assert!(log.contains("trying Plaintext once"), "{log}");
+    assert!(log.lines().any(|l| l.contains("connected") && l.contains("\"tcp\"")), "{log}");
     assert!(plaintext_answered(open.port, &hash), "plaintext accepted by default");
 }
 

@@ -19,13 +19,18 @@ pub enum Attempt {
 }
 
 impl Encryption {
-    /// The first attempt and the fallback, if any.
-    fn attempts(self) -> (Attempt, Option<Attempt>) {
-        match self {
+    /// The first attempt and the fallback, if any. `worked`, what the
+    /// peer took last time, goes first where the policy allows both.
+    fn attempts(self, worked: Option<Attempt>) -> (Attempt, Option<Attempt>) {
+        let (first, fallback) = match self {
             Encryption::Prefer => (Attempt::Encrypted, Some(Attempt::Plaintext)),
             Encryption::Require => (Attempt::Encrypted, None),
             Encryption::Allow => (Attempt::Plaintext, Some(Attempt::Encrypted)),
             Encryption::Disable => (Attempt::Plaintext, None),
+        };
+        match (worked, fallback) {
+            (Some(w), Some(other)) if w == other => (other, Some(first)),
+            _ => (first, fallback),
         }
     }
 
@@ -54,9 +59,15 @@ enum Failed {
 }
 
 /// Dials `addr` under `policy`, exchanges handshakes (ours rides in the
-/// MSE initial payload when encrypted) and says how it went.
-pub async fn dial(addr: SocketAddr, ours: &Handshake, policy: Encryption) -> Result<(Transport, Handshake), ConnEnd> {
-    let (first, fallback) = policy.attempts();
+/// MSE initial payload when encrypted) and says how it went. `worked`: how
+/// the last connection to this peer was made, if known.
+pub async fn dial(
+    addr: SocketAddr,
+    ours: &Handshake,
+    policy: Encryption,
+    worked: Option<Attempt>,
+) -> Result<(Transport, Handshake), ConnEnd> {
+    let (first, fallback) = policy.attempts(worked);
     match attempt(addr, ours, first, policy).await {
         Ok(x) => Ok(x),
         Err(Failed::Connect(end)) => Err(end),
@@ -146,4 +157,39 @@ pub async fn accept(
         return Err(ConnEnd::Protocol("the handshake names another torrent than the encryption's".into()));
     }
     Ok((t, theirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Attempt::*;
+
+    #[test]
+    fn the_policy_orders_the_attempts_and_memory_reorders_only_within_it() {
+        for (policy, first, fallback) in [
+            (Encryption::Prefer, Encrypted, Some(Plaintext)),
+            (Encryption::Require, Encrypted, None),
+            (Encryption::Allow, Plaintext, Some(Encrypted)),
+            (Encryption::Disable, Plaintext, None),
+        ] {
+            assert_eq!(policy.attempts(None), (first, fallback), "{policy:?}");
+            assert_eq!(policy.attempts(Some(first)), (first, fallback), "{policy:?}");
+        }
+        // A peer that took plaintext last time is dialled plaintext first...
+        assert_eq!(Encryption::Prefer.attempts(Some(Plaintext)), (Plaintext, Some(Encrypted)));
+        assert_eq!(Encryption::Allow.attempts(Some(Encrypted)), (Encrypted, Some(Plaintext)));
+        // ...but never against the policy.
+        assert_eq!(Encryption::Require.attempts(Some(Plaintext)), (Encrypted, None));
+        assert_eq!(Encryption::Disable.attempts(Some(Encrypted)), (Plaintext, None));
+    }
+
+    #[test]
+    fn only_require_keeps_plaintext_out() {
+        assert_eq!(Encryption::Require.offer(), Methods::RC4);
+        assert_eq!(Encryption::Require.accept(), Some(Methods::RC4));
+        assert_eq!(Encryption::Disable.accept(), None);
+        for p in [Encryption::Prefer, Encryption::Allow] {
+            assert_eq!((p.offer(), p.accept()), (Methods::BOTH, Some(Methods::BOTH)));
+        }
+    }
 }

@@ -47,6 +47,14 @@ impl Transport {
         Transport::Mse(s, Box::new(crypt::sides(est)))
     }
 
+    /// How it was made, for the peer book.
+    pub fn attempt(&self) -> super::Attempt {
+        match self {
+            Transport::Tcp(_) => super::Attempt::Plaintext,
+            Transport::Mse(..) => super::Attempt::Encrypted,
+        }
+    }
+
     /// For the logs: "tcp", "mse/rc4" or "mse/plaintext".
     pub fn kind(&self) -> &'static str {
         match self {
