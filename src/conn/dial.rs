@@ -183,6 +183,87 @@ mod tests {
         assert_eq!(Encryption::Disable.attempts(Some(Encrypted)), (Plaintext, None));
     }
 
+    use crate::types::{InfoHash, PeerId};
+    use tokio::net::TcpListener;
+
+    const HASH: [u8; 20] = [9; 20];
+
+    fn hs(id: u8) -> Handshake {
+        Handshake::new(InfoHash(HASH), PeerId([id; 20]), false)
+    }
+
+    fn ours(req2: &[u8; 20]) -> Option<[u8; 20]> {
+        (*req2 == mse::req2(&HASH)).then_some(HASH)
+    }
+
+    /// Dials a listener that accepts under `theirs` and answers; returns
+    /// both ends' results.
+    async fn meet(
+        mine: Encryption,
+        theirs: Encryption,
+    ) -> (Result<(Transport, Handshake), ConnEnd>, Result<(Transport, Handshake), ConnEnd>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // Two connections at most: the first attempt and a fallback.
+            let mut last = Err(ConnEnd::Closed);
+            for _ in 0..2 {
+                let Ok(Ok((tcp, _))) = tokio::time::timeout(std::time::Duration::from_secs(2), l.accept()).await else {
+                    break;
+                };
+                last = accept(tcp, theirs, &ours).await;
+                if let Ok((t, _)) = &mut last {
+                    super::super::answer(t, &hs(2)).await.unwrap();
+                    break;
+                }
+            }
+            last
+        });
+        let dialled = dial(addr, &hs(1), mine, None).await;
+        (dialled, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn both_ends_meet_encrypted_and_the_payload_flows() {
+        let (d, a) = meet(Encryption::Require, Encryption::Prefer).await;
+        let ((mut dt, dh), (mut at, ah)) = (d.unwrap(), a.unwrap());
+        assert_eq!((dt.kind(), at.kind()), ("mse/rc4", "mse/rc4"));
+        assert_eq!((dh.peer_id, ah.peer_id), (PeerId([2; 20]), PeerId([1; 20])));
+        dt.write_all(b"ping").await.unwrap();
+        dt.flush().await.unwrap();
+        let mut got = [0u8; 4];
+        at.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn each_policy_refuses_what_it_must() {
+        // require refuses a plaintext dial...
+        let (d, a) = meet(Encryption::Disable, Encryption::Require).await;
+        assert!(d.is_err());
+        assert!(matches!(a, Err(ConnEnd::Encryption(e)) if e.contains("plaintext handshake refused")));
+        // ...and disable an encrypted one.
+        let (d, a) = meet(Encryption::Require, Encryption::Disable).await;
+        assert!(matches!(d, Err(ConnEnd::Encryption(_))), "no fallback under require");
+        assert!(matches!(a, Err(ConnEnd::Encryption(e)) if e.contains("disable")));
+        // prefer falls back to plaintext for a peer that refuses MSE.
+        let (d, a) = meet(Encryption::Prefer, Encryption::Disable).await;
+        assert_eq!((d.unwrap().0.kind(), a.unwrap().0.kind()), ("tcp", "tcp"));
+        // allow dials plaintext, and encrypted once when the peer hangs up.
+        let (d, a) = meet(Encryption::Allow, Encryption::Require).await;
+        assert_eq!((d.unwrap().0.kind(), a.unwrap().0.kind()), ("mse/rc4", "mse/rc4"));
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_dial_for_a_torrent_we_lack_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server =
+            tokio::spawn(async move { accept(l.accept().await.unwrap().0, Encryption::Prefer, &|_| None).await });
+        assert!(dial(addr, &hs(1), Encryption::Require, None).await.is_err());
+        assert!(matches!(server.await.unwrap(), Err(ConnEnd::Encryption(e)) if e.contains("do not have")));
+    }
+
     #[test]
     fn only_require_keeps_plaintext_out() {
         assert_eq!(Encryption::Require.offer(), Methods::RC4);
