@@ -9,10 +9,8 @@
 use super::crypt::{self, RecvSide, SendSide};
 use crate::mse::Established;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -34,14 +32,6 @@ pub enum WriteHalf {
 }
 
 impl Transport {
-    /// Dials `addr` within `timeout`.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Transport> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        Ok(Transport::Tcp(stream))
-    }
-
     /// The socket of a finished MSE handshake.
     pub fn encrypted(s: TcpStream, est: Established) -> Transport {
         Transport::Mse(s, Box::new(crypt::sides(est)))
@@ -79,12 +69,6 @@ impl Transport {
                 (ReadHalf::Mse(r, Box::new(recv)), WriteHalf::Mse(w, Box::new(send)))
             }
         }
-    }
-}
-
-impl From<TcpStream> for Transport {
-    fn from(s: TcpStream) -> Transport {
-        Transport::Tcp(s)
     }
 }
 
