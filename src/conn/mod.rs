@@ -227,7 +227,7 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
                 Ok(())
             }
             Event::Wake(w) => handler.on_wake(w, &mut conn.out),
-            Event::Tick => conn.on_tick(handler),
+            Event::Tick => conn.on_tick(handler, wr.has_pending()),
             Event::Cancelled => Err(ConnEnd::Cancelled),
         };
         if let Err(end) = step {
@@ -293,13 +293,14 @@ impl Conn {
     }
 
     /// Timeouts and keep-alives, then the handler's own tick.
-    fn on_tick<H: Handler>(&mut self, handler: &mut H) -> Result<(), ConnEnd> {
+    /// `pending`: the transport holds bytes it accepted (encrypted, unsent).
+    fn on_tick<H: Handler>(&mut self, handler: &mut H, pending: bool) -> Result<(), ConnEnd> {
         let now = Instant::now();
         // A paused reader has not looked; it cannot blame the peer.
         if self.read_resume_at.is_none() && now - self.last_received > handler.idle_timeout() {
             return Err(ConnEnd::Timeout);
         }
-        if !self.out.is_empty() && now - self.last_sent > WRITE_TIMEOUT {
+        if (pending || !self.out.is_empty()) && now - self.last_sent > WRITE_TIMEOUT {
             return Err(ConnEnd::Timeout);
         }
         if self.out.is_empty() && now - self.last_sent > KEEPALIVE_EVERY {
