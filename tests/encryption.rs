@@ -206,3 +206,52 @@ fn hostile_encryption_handshakes_end_at_the_bound_not_the_timeout() {
     assert!(took < Duration::from_secs(8), "{took:?}");
     ds.wait_log("key is out of range", Duration::from_secs(5));
 }
+
+fn write_magnet(dir: &Path, uri: &str) -> PathBuf {
+    let p = dir.join("in.magnet");
+    std::fs::write(&p, format!("{uri}\n")).unwrap();
+    p
+}
+
+#[test]
+fn magnets_fetch_metadata_over_rc4_dialling_and_dialled() {
+    if !(require("mktorrent", "mktorrent") && require_libtorrent()) {
+        return;
+    }
+    let work = tempdir();
+    let data = work.path().join("data");
+    payload(&data.join("mag-enc.bin"), 2 * 1024 * 1024 + 9, 305);
+    let t = work.path().join("mag.torrent");
+    mktorrent(&data.join("mag-enc.bin"), "http://127.0.0.1:1/announce", 16, &t, &[]);
+    let hash = info_hash(&t);
+    let lt_args = ["--enc", "forced"];
+    let seed = Libtorrent::start("seed", t.to_str().unwrap(), &data, &work.path().join("lt1.log"), &lt_args);
+
+    // dropseed dials the seed for the metadata, then for the data.
+    let ds = Dropseed::start_with(&format!("encryption = \"require\"\n{DEBUG}"));
+    let magnet = write_magnet(work.path(), &format!("magnet:?xt=urn:btih:{hash}&x.pe=127.0.0.1:{}", seed.port));
+    ds.drop_file(&magnet, "m.magnet");
+    ds.wait_state(&hash, "seeding", Duration::from_secs(90));
+    assert_same_tree(&data, &ds.download_dir());
+    drop(seed);
+
+    // A magnet nobody is named for: a seed dials in, and the listener finds
+    // the magnet by HASH('req2', info hash) among everything we have.
+    let ds2 = Dropseed::start_with(&format!("encryption = \"require\"\n{DEBUG}"));
+    let magnet = write_magnet(work.path(), &format!("magnet:?xt=urn:btih:{hash}"));
+    ds2.drop_file(&magnet, "m.magnet");
+    ds2.wait_state(&hash, "metadata", Duration::from_secs(10));
+    let peer = format!("127.0.0.1:{}", ds2.port);
+    let _seed2 = Libtorrent::start(
+        "seed",
+        t.to_str().unwrap(),
+        &data,
+        &work.path().join("lt2.log"),
+        &["--enc", "forced", "--peer", &peer],
+    );
+    wait_for("the metadata over the incoming connection", Duration::from_secs(60), || {
+        let st = ds2.torrent(&hash)?;
+        (st["state"] != "metadata").then_some(())
+    });
+    assert_eq!(ds2.torrent(&hash).unwrap()["name"], "mag-enc.bin");
+}
