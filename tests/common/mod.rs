@@ -685,7 +685,10 @@ impl Swarm {
 /// `info_hash`, answers the handshake as `peer_id` followed by `greeting`
 /// (already encoded messages), then hands every message it receives to a
 /// handler made fresh for each connection, which appends its replies.
-/// Returns its port and how many connections it accepted.
+/// Returns its port and how many connections it accepted with a plaintext
+/// handshake for `info_hash` (an encryption handshake, which it does not
+/// speak, is not a connection it took: dropseed's default dials encrypted
+/// first and falls back to plaintext).
 pub fn spawn_scripted_peer<F, H>(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
@@ -705,13 +708,13 @@ where
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
-            count.fetch_add(1, Ordering::SeqCst);
-            let (greeting, mut handler) = (greeting.clone(), new_handler());
+            let (greeting, mut handler, count) = (greeting.clone(), new_handler(), count.clone());
             std::thread::spawn(move || {
                 let mut hs = [0u8; 68];
                 if s.read_exact(&mut hs).is_err() || hs[28..48] != info_hash {
                     return;
                 }
+                count.fetch_add(1, Ordering::SeqCst);
                 let mut out = hs.to_vec();
                 out[48..68].copy_from_slice(&peer_id);
                 out.extend_from_slice(&greeting);
