@@ -42,11 +42,13 @@ impl Encryption {
         }
     }
 
-    /// What we may select when a peer dials us encrypted (none: refused).
+    /// What we may select when a peer dials us encrypted (none: refused):
+    /// RC4 first under `prefer`, plaintext first under `allow`.
     fn accept(self) -> Option<Methods> {
         match self {
             Encryption::Require => Some(Methods::RC4),
-            Encryption::Prefer | Encryption::Allow => Some(Methods::BOTH),
+            Encryption::Prefer => Some(Methods::BOTH),
+            Encryption::Allow => Some(Methods::BOTH_PLAINTEXT_FIRST),
             Encryption::Disable => None,
         }
     }
@@ -269,8 +271,8 @@ mod tests {
         assert_eq!(Encryption::Require.offer(), Methods::RC4);
         assert_eq!(Encryption::Require.accept(), Some(Methods::RC4));
         assert_eq!(Encryption::Disable.accept(), None);
-        for p in [Encryption::Prefer, Encryption::Allow] {
-            assert_eq!((p.offer(), p.accept()), (Methods::BOTH, Some(Methods::BOTH)));
-        }
+        assert_eq!((Encryption::Prefer.offer(), Encryption::Prefer.accept()), (Methods::BOTH, Some(Methods::BOTH)));
+        assert_eq!(Encryption::Allow.offer(), Methods::BOTH);
+        assert_eq!(Encryption::Allow.accept(), Some(Methods::BOTH_PLAINTEXT_FIRST));
     }
 }

@@ -86,12 +86,17 @@ fn round_trip_with_rc4_carries_the_ia_and_both_directions() {
 
 #[test]
 fn plaintext_is_selected_only_when_both_allow_it() {
-    let (ea, eb) = handshake(Methods::BOTH, Methods { plaintext: true, rc4: false }, 50).unwrap();
+    let (ea, eb) = handshake(Methods::BOTH, Methods::PLAINTEXT, 50).unwrap();
     assert_eq!((ea.method, eb.method), (Method::Plaintext, Method::Plaintext));
     assert!(ea.ciphers.is_none() && eb.ciphers.is_none());
     assert_eq!(eb.received, ia());
+    // Offered both, a responder that puts plaintext first takes it.
+    let (ea, eb) = handshake(Methods::BOTH, Methods::BOTH_PLAINTEXT_FIRST, 50).unwrap();
+    assert_eq!((ea.method, eb.method), (Method::Plaintext, Method::Plaintext));
+    let (ea, _) = handshake(Methods::BOTH, Methods::BOTH, 50).unwrap();
+    assert_eq!(ea.method, Method::Rc4);
     // A peer offering only plaintext to a responder that requires RC4.
-    let e = handshake(Methods { plaintext: true, rc4: false }, Methods::RC4, 50).err();
+    let e = handshake(Methods::PLAINTEXT, Methods::RC4, 50).err();
     assert_eq!(e, Some(MseError::NoCommonMethod(1)));
 }
 
@@ -224,7 +229,7 @@ fn a_select_we_did_not_offer_is_refused() {
     let step3 = a.feed(&step2).unwrap().send;
     let step4 = b.feed(&step3, &known).unwrap().send;
     // As if we had offered plaintext only: RC4 comes back unasked.
-    a.offer = Methods { plaintext: true, rc4: false };
+    a.offer = Methods::PLAINTEXT;
     assert_eq!(a.feed(&step4).err(), Some(MseError::BadSelect(2)));
 }
 

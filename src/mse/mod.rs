@@ -43,16 +43,22 @@ impl Method {
     }
 }
 
-/// The methods one side offers or accepts.
+/// The methods one side offers or accepts, and which a responder picks
+/// when offered both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Methods {
     pub plaintext: bool,
     pub rc4: bool,
+    pub plaintext_first: bool,
 }
 
 impl Methods {
-    pub const RC4: Methods = Methods { plaintext: false, rc4: true };
-    pub const BOTH: Methods = Methods { plaintext: true, rc4: true };
+    pub const RC4: Methods = Methods { plaintext: false, rc4: true, plaintext_first: false };
+    pub const PLAINTEXT: Methods = Methods { plaintext: true, rc4: false, plaintext_first: true };
+    /// Either; RC4 when offered both.
+    pub const BOTH: Methods = Methods { plaintext: true, rc4: true, plaintext_first: false };
+    /// Either; plaintext when offered both (less CPU).
+    pub const BOTH_PLAINTEXT_FIRST: Methods = Methods { plaintext: true, rc4: true, plaintext_first: true };
 
     fn bits(self) -> u32 {
         (if self.plaintext { 1 } else { 0 }) | (if self.rc4 { 2 } else { 0 })
@@ -62,10 +68,13 @@ impl Methods {
         self.bits() & m.bit() != 0
     }
 
-    /// What a responder selects from `offered`: RC4 first, since a peer
-    /// that bothers to encrypt usually wants it.
+    /// What a responder selects from `offered`, in our order of preference.
     pub fn select(self, offered: u32) -> Option<Method> {
-        [Method::Rc4, Method::Plaintext].into_iter().find(|m| self.has(*m) && offered & m.bit() != 0)
+        let order = match self.plaintext_first {
+            true => [Method::Plaintext, Method::Rc4],
+            false => [Method::Rc4, Method::Plaintext],
+        };
+        order.into_iter().find(|m| self.has(*m) && offered & m.bit() != 0)
     }
 }
 
