@@ -77,6 +77,23 @@ fn hashing(c: &mut Criterion) {
     g.finish();
 }
 
+fn encryption(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mse");
+    let mut piece = vec![7u8; 1 << 20];
+    g.throughput(Throughput::Bytes(piece.len() as u64));
+    let mut rc4 = dropseed::mse::Rc4Stream::new(&[9; 20]);
+    g.bench_function("rc4 over a 1 MiB piece", |b| b.iter(|| rc4.apply(std::hint::black_box(&mut piece))));
+    g.finish();
+    let mut rng = rand::thread_rng();
+    c.bench_function("mse: 768-bit key pair and shared secret", |b| {
+        b.iter(|| {
+            let (a, z) =
+                (dropseed::mse::dh::KeyPair::generate(&mut rng), dropseed::mse::dh::KeyPair::generate(&mut rng));
+            std::hint::black_box(a.shared(&z.public).unwrap())
+        })
+    });
+}
+
 fn storage(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let pieces = 64;
@@ -113,5 +130,5 @@ fn storage(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, picker, hashing, storage);
+criterion_group!(benches, codec, picker, hashing, encryption, storage);
 criterion_main!(benches);

@@ -9,7 +9,9 @@ median MiB/s, CPU seconds per GiB (user+sys of the downloader), peak
 anonymous memory (RssAnon), every byte verified. Then seeding (a libtorrent
 leecher downloads from one seeder of each kind), recheck speed against the
 sha1 crate's single-core speed times the cores, and scale (N small torrents
-seeding in one daemon: idle CPU and memory). Writes a markdown table to
+seeding in one daemon: idle CPU and memory). The client "dropseed-enc" is
+dropseed with `encryption = "require"`: it downloads from the same seeders
+over RC4, and seeds to a libtorrent leecher forcing RC4 (`--enc forced`). Writes a markdown table to
 bench/results.md and prints it.
 """
 import argparse
@@ -171,9 +173,11 @@ class Dropseed:
         self.port = free_port()
         d = self.dir
         self.config = d / "dropseed.toml"
+        # "dropseed-enc": every connection RC4-encrypted (MSE/PE).
+        enc = 'encryption = "require"\n' if client.endswith("-enc") else ""
         self.config.write_text(
             f'[paths]\nwatch_dir = "{d}/watch"\ndownload_dir = "{d}/downloads"\nstate_dir = "{d}/state"\nlog_dir = "{d}/logs"\n'
-            f'[network]\nlisten_port = {self.port}\nlisten_address = "127.0.0.1"\n[dht]\nenabled = false\n'
+            f'[network]\nlisten_port = {self.port}\nlisten_address = "127.0.0.1"\n{enc}[dht]\nenabled = false\n'
             f'[log]\nstatus_interval_secs = 0\n{extra}\n')
         (d / "downloads").mkdir()
         (d / "watch").mkdir()
@@ -380,7 +384,8 @@ def seed_round(client, ctx):
     out.mkdir()
     cpu0 = cpu_seconds(pid)
     t0 = time.time()
-    leech, _ = lt_start("leech", torrent, out, ["--peer", f"127.0.0.1:{port}"])
+    enc = ["--enc", "forced"] if client.endswith("-enc") else []
+    leech, _ = lt_start("leech", torrent, out, ["--peer", f"127.0.0.1:{port}", *enc])
     w = Watch(pid)
     wait(lambda: leech.poll() is not None, 600, f"leecher from {client}", w, 0.1)
     elapsed = time.time() - t0
@@ -448,7 +453,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--torrents", type=int, default=500)
-    ap.add_argument("--clients", default="dropseed,aria2,transmission,libtorrent")
+    ap.add_argument("--clients", default="dropseed,dropseed-enc,aria2,transmission,libtorrent")
     ap.add_argument("--skip", default="", help="comma list of: download,magnet,seeding,scale")
     ap.add_argument("--magnet-rounds", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench/results.md"))
@@ -549,7 +554,7 @@ def render(res, args, sha1_speed, cores):
             med[c] = m
             lines.append(f"| {c} | {m[0]:.1f} | {m[1]:.2f} | {fmt_mib(m[2])} | {'all' if m[3] else 'NO'} |")
         lines.append("")
-        others = {c: m for c, m in med.items() if c != "dropseed"}
+        others = {c: m for c, m in med.items() if not c.startswith("dropseed")}
         if "dropseed" in med and others:
             d = med["dropseed"]
             fastest = max(others.items(), key=lambda kv: kv[1][0])
@@ -580,7 +585,7 @@ def render(res, args, sha1_speed, cores):
         for c, r in sd.items():
             lines.append(f"| {c} | {r['mibs']:.1f} | {r['cpu_per_gib']:.2f} | {'yes' if r['ok'] else 'NO'} |")
         lines.append("")
-        others = {c: r for c, r in sd.items() if c != "dropseed"}
+        others = {c: r for c, r in sd.items() if not c.startswith("dropseed")}
         if "dropseed" in sd and others:
             frugal = min(others.items(), key=lambda kv: kv[1]["cpu_per_gib"])
             d = sd["dropseed"]["cpu_per_gib"]

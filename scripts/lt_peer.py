@@ -5,6 +5,9 @@
     lt_peer.py leech FILE.torrent|MAGNET --dir DIR --port P [--peer HOST:PORT]
                                                            exits 0 when complete
 A line "connect HOST:PORT" on stdin makes it dial that peer.
+--enc forced|disabled sets protocol encryption (MSE/PE): forced is RC4
+only both ways, disabled is plaintext only; without it libtorrent's default
+(either, both ways).
 --dht-bootstrap HOST:PORT (repeatable) turns the DHT on, bootstrapping from
 those nodes only; it then re-announces every few seconds so tests need not
 wait for libtorrent's 15-minute announce interval.
@@ -36,6 +39,7 @@ def main():
     ap.add_argument("--upload-limit", type=int, default=0, help="bytes/s, 0 = none")
     ap.add_argument("--unchoke-slots", type=int, default=None, help="peers unchoked at once (a choking test)")
     ap.add_argument("--unchoke-interval", type=int, default=None, help="seconds between choking rounds")
+    ap.add_argument("--enc", choices=["forced", "disabled"], help="encryption policy")
     args = ap.parse_args()
     dht = bool(args.dht_bootstrap)
 
@@ -60,6 +64,12 @@ def main():
     if args.unchoke_interval is not None:
         settings["unchoke_interval"] = args.unchoke_interval
         settings["optimistic_unchoke_interval"] = args.unchoke_interval
+    if args.enc == "forced":
+        # policy 0 = forced; allowed_enc_level 2 = RC4 only.
+        settings.update(in_enc_policy=0, out_enc_policy=0, allowed_enc_level=2)
+    elif args.enc == "disabled":
+        # policy 2 = disabled; allowed_enc_level 1 = plaintext only.
+        settings.update(in_enc_policy=2, out_enc_policy=2, allowed_enc_level=1)
     ses = lt.session(settings)
     if args.download_limit or args.upload_limit:
         # Loopback peers are "local" and exempt from rate limits by default;

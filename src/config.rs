@@ -147,12 +147,29 @@ pub struct Network {
     pub listen_address: String,
     /// Peers asked of a tracker in each announce.
     pub numwant: u32,
+    /// Protocol encryption (MSE/PE) of peer connections.
+    pub encryption: Encryption,
 }
 
 impl Default for Network {
     fn default() -> Network {
-        Network { listen_port: 6881, listen_address: "::".into(), numwant: 50 }
+        Network { listen_port: 6881, listen_address: "::".into(), numwant: 50, encryption: Encryption::default() }
     }
+}
+
+/// Protocol encryption (MSE/PE), as `[network] encryption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Dial encrypted first, plaintext once if that handshake fails; accept both.
+    #[default]
+    Prefer,
+    /// Encrypted only, both ways (RC4; the plaintext method is never selected).
+    Require,
+    /// Dial plaintext first, encrypted once if the peer hangs up; accept both.
+    Allow,
+    /// Plaintext only; incoming encrypted handshakes are refused.
+    Disable,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -57,6 +57,7 @@ pub mod logging;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod perms;
 pub mod resume;
 pub mod session;

@@ -8,18 +8,22 @@
 //! fetcher (`torrent/fetch.rs`) are the two. Under it, a [`Transport`]
 //! carries the bytes.
 
+mod crypt;
+mod dial;
 mod outqueue;
 pub mod transport;
 
 use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 use bytes::{Buf, BytesMut};
+pub use dial::{accept, dial, Attempt};
 pub use outqueue::OutQueue;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::io::IoSlice;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 pub use transport::Transport;
+use transport::WriteHalf;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +56,9 @@ pub enum ConnEnd {
     Io(String),
     /// The peer broke the protocol.
     Protocol(String),
+    /// The encryption handshake failed, or our `[network] encryption`
+    /// policy and the peer's do not meet.
+    Encryption(String),
 }
 
 impl ConnEnd {
@@ -83,6 +90,7 @@ impl std::fmt::Display for ConnEnd {
             ConnEnd::Timeout => f.write_str("timed out"),
             ConnEnd::Io(e) => write!(f, "io: {e}"),
             ConnEnd::Protocol(e) => write!(f, "protocol: {e}"),
+            ConnEnd::Encryption(e) => write!(f, "encryption: {e}"),
         }
     }
 }
@@ -94,6 +102,12 @@ impl From<std::io::Error> for ConnEnd {
             std::io::ErrorKind::TimedOut => ConnEnd::Timeout,
             _ => ConnEnd::Io(e.to_string()),
         }
+    }
+}
+
+impl From<crate::mse::MseError> for ConnEnd {
+    fn from(e: crate::mse::MseError) -> ConnEnd {
+        ConnEnd::Encryption(e.to_string())
     }
 }
 
@@ -109,24 +123,14 @@ pub async fn read_handshake<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Hand
     Ok(Handshake::decode(&buf)?)
 }
 
-/// Dials `addr`, sends our handshake and reads theirs.
-pub async fn dial(addr: SocketAddr, ours: &Handshake) -> Result<(Transport, Handshake), ConnEnd> {
-    let mut t = Transport::connect(addr, CONNECT_TIMEOUT).await?;
-    let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        t.write_all(&ours.encode()).await?;
-        read_handshake(&mut t).await
-    })
-    .await
-    .map_err(|_| ConnEnd::Timeout)??;
-    if theirs.info_hash != ours.info_hash {
-        return Err(ConnEnd::WrongTorrent);
-    }
-    Ok((t, theirs))
-}
-
 /// Answers an incoming connection whose handshake was read already.
 pub async fn answer(t: &mut Transport, ours: &Handshake) -> Result<(), ConnEnd> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, t.write_all(&ours.encode())).await.map_err(|_| ConnEnd::Timeout)??;
+    let send = async {
+        t.write_all(&ours.encode()).await?;
+        // An encrypted transport buffers what it accepted.
+        t.flush().await
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, send).await.map_err(|_| ConnEnd::Timeout)??;
     Ok(())
 }
 
@@ -166,7 +170,8 @@ pub trait Handler: Send {
 
 enum Event<W> {
     Read(std::io::Result<usize>),
-    Wrote(std::io::Result<usize>),
+    /// Bytes taken from the queue (`None`: a flush only).
+    Wrote(std::io::Result<Option<usize>>),
     ReadResume,
     Wake(W),
     Tick,
@@ -193,7 +198,7 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
             tokio::select! {
                 r = rd.read_buf(&mut conn.rbuf), if paused.is_none() => Event::Read(r),
                 _ = sleep_until(paused), if paused.is_some() => Event::ReadResume,
-                w = wr.write_vectored(&slices), if !slices.is_empty() => Event::Wrote(w),
+                w = write_out(&mut wr, &slices), if !slices.is_empty() || wr.has_pending() => Event::Wrote(w),
                 w = handler.wake() => Event::Wake(w),
                 _ = tick.tick() => Event::Tick,
                 _ = cancel.cancelled() => Event::Cancelled,
@@ -209,9 +214,9 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
                 Err(e) => Err(e.into()),
             },
             Event::Wrote(w) => match w {
-                Ok(0) => Err(ConnEnd::Closed),
+                Ok(Some(0)) => Err(ConnEnd::Closed),
                 Ok(n) => {
-                    conn.out.advance(n);
+                    conn.out.advance(n.unwrap_or(0));
                     conn.last_sent = Instant::now();
                     Ok(())
                 }
@@ -222,13 +227,23 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
                 Ok(())
             }
             Event::Wake(w) => handler.on_wake(w, &mut conn.out),
-            Event::Tick => conn.on_tick(handler),
+            Event::Tick => conn.on_tick(handler, wr.has_pending()),
             Event::Cancelled => Err(ConnEnd::Cancelled),
         };
         if let Err(end) = step {
             return end;
         }
         handler.pump(&mut conn.out);
+    }
+}
+
+/// Writes the queue's slices, or with none, flushes what the transport
+/// accepted earlier (an encrypting transport buffers): `None` then.
+async fn write_out(wr: &mut WriteHalf, slices: &[IoSlice<'_>]) -> std::io::Result<Option<usize>> {
+    if slices.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write_vectored(slices).await.map(Some)
     }
 }
 
@@ -278,13 +293,14 @@ impl Conn {
     }
 
     /// Timeouts and keep-alives, then the handler's own tick.
-    fn on_tick<H: Handler>(&mut self, handler: &mut H) -> Result<(), ConnEnd> {
+    /// `pending`: the transport holds bytes it accepted (encrypted, unsent).
+    fn on_tick<H: Handler>(&mut self, handler: &mut H, pending: bool) -> Result<(), ConnEnd> {
         let now = Instant::now();
         // A paused reader has not looked; it cannot blame the peer.
         if self.read_resume_at.is_none() && now - self.last_received > handler.idle_timeout() {
             return Err(ConnEnd::Timeout);
         }
-        if !self.out.is_empty() && now - self.last_sent > WRITE_TIMEOUT {
+        if (pending || !self.out.is_empty()) && now - self.last_sent > WRITE_TIMEOUT {
             return Err(ConnEnd::Timeout);
         }
         if self.out.is_empty() && now - self.last_sent > KEEPALIVE_EVERY {

@@ -1,5 +1,8 @@
 //! The TCP listener: reads each incoming peer's handshake and routes the
-//! connection by info hash to its torrent or magnet.
+//! connection by info hash to its torrent or magnet. A connection that does
+//! not start with the plaintext header is taken for MSE/PE encryption, whose
+//! handshake names the torrent by a hash of its info hash
+//! ([`Session::find_req2`]); `[network] encryption` decides what is refused.
 //!
 //! An accept error (EMFILE, ENFILE, ENOBUFS when the process or the system is
 //! out of descriptors or memory) is not retried at once, which would spin:
@@ -7,7 +10,7 @@
 //!
 //! Against sockets that connect and say nothing (slowloris): a peer must
 //! send its first byte within [`FIRST_BYTE_TIMEOUT`] and its whole handshake
-//! within [`HANDSHAKE_TIMEOUT`]; an address keeps at most
+//! (encryption included) within [`HANDSHAKE_TIMEOUT`]; an address keeps at most
 //! [`MAX_PENDING_PER_IP`] sockets handshaking, and [`MAX_PENDING_HANDSHAKES`]
 //! are pending at most. Where there is no room, a newcomer whose handshake is
 //! already there when it is accepted takes the place of the oldest silent
@@ -17,7 +20,7 @@
 
 use super::entry::Entry;
 use super::Session;
-use crate::conn::{read_handshake, Transport, HANDSHAKE_TIMEOUT};
+use crate::conn::{self, HANDSHAKE_TIMEOUT};
 use crate::torrent::task::Cmd;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -182,9 +185,15 @@ async fn route(session: Arc<Session>, stream: TcpStream, addr: SocketAddr, spoke
         Ok(Ok(1)) => spoke.store(true, Ordering::Relaxed),
         _ => return,
     }
-    let mut stream = Transport::from(stream);
-    let Ok(Ok(hs)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_handshake(&mut stream)).await else {
-        return;
+    let policy = session.env.config().network.encryption;
+    let lookup = |h: &[u8; 20]| session.find_req2(h);
+    let (stream, hs) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn::accept(stream, policy, &lookup)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(end)) => {
+            tracing::debug!(peer = %addr, reason = %end, "incoming connection refused");
+            return;
+        }
+        Err(_) => return,
     };
     let registry = session.registry.lock().unwrap();
     match registry.get(&hs.info_hash) {

@@ -68,6 +68,14 @@ enum Origin {
 }
 
 impl Session {
+    /// The info hash whose HASH('req2', ·) is `req2`: how an encrypted
+    /// incoming connection names its torrent (or magnet). One SHA-1 per
+    /// entry, under the registry's lock and no `.await`.
+    pub fn find_req2(&self, req2: &[u8; 20]) -> Option<[u8; 20]> {
+        let registry = self.registry.lock().unwrap();
+        registry.keys().map(|h| h.0).find(|h| crate::mse::req2(h) == *req2)
+    }
+
     /// Binds the listener, restores the torrents in `state_dir`, and starts them.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Arc<Session>> {
         let dirs: Vec<_> = [

@@ -13,7 +13,7 @@ use super::picker::PeerKey;
 use super::task::{limit_reached, Command, Control};
 use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
-use crate::conn::Transport;
+use crate::conn::{Attempt, Transport};
 use crate::hooks::HookEvent;
 use crate::resume::now_unix;
 use crate::storage::Place;
@@ -40,11 +40,14 @@ const PEERS_DRAIN: Duration = Duration::from_secs(5);
 /// How often a seeding torrent looks whether its files are still there.
 const PRESENCE_EVERY: Duration = Duration::from_secs(60);
 
+/// An outgoing connection's end: its address, whether it is worth dialling
+/// again, how long it lasted, and how it was made (if it was).
+type Dialled = (SocketAddr, bool, Duration, Option<Attempt>);
+
 struct Active<'a> {
     shared: &'a Arc<TorrentShared>,
-    /// Peer tasks; outgoing ones return their address and whether it is
-    /// worth dialling again.
-    peers: JoinSet<Option<(SocketAddr, bool, Duration)>>,
+    /// Peer tasks; outgoing ones return how they went.
+    peers: JoinSet<Option<Dialled>>,
     /// Cancels everything this phase started.
     child: CancellationToken,
     /// Every address heard of, and when to dial it.
@@ -174,8 +177,9 @@ impl<'a> Active<'a> {
                     }
                 }
                 Some(ended) = self.peers.join_next(), if !self.peers.is_empty() => {
-                    if let Ok(Some((addr, retry, lasted))) = ended {
+                    if let Ok(Some((addr, retry, lasted, how))) = ended {
                         self.book.ended(addr, retry, lasted, Instant::now());
+                        self.book.made(addr, how);
                     }
                 }
                 r = have_rx.changed() => {
@@ -438,13 +442,14 @@ impl<'a> Active<'a> {
             };
             started += 1;
             let (shared, cancel) = (self.shared.clone(), self.child.clone());
+            let worked = self.book.made_by(addr);
             self.peers.spawn(
                 async move {
                     let _permit = permit;
                     let started = Instant::now();
-                    let end = connect::outgoing(shared, addr, cancel).await;
+                    let (end, how) = connect::outgoing(shared, addr, worked, cancel).await;
                     tracing::debug!(peer = %addr, reason = %end, "peer connection ended");
-                    Some((addr, end.worth_redialling(), started.elapsed()))
+                    Some((addr, end.worth_redialling(), started.elapsed(), how))
                 }
                 .in_current_span(),
             );

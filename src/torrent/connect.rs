@@ -6,28 +6,47 @@
 use super::peer::PeerConn;
 use super::picker::PeerKey;
 use super::{PeerHandle, TorrentShared};
-use crate::conn::{self, ConnEnd, Transport};
+use crate::conn::{self, Attempt, ConnEnd, Transport};
 use crate::wire::Handshake;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Dials `addr` and runs the connection until it ends.
-pub async fn outgoing(shared: Arc<TorrentShared>, addr: SocketAddr, cancel: CancellationToken) -> ConnEnd {
+/// Dials `addr` (plaintext or encrypted first as `worked` says: how the
+/// last connection was made) and runs the connection until it ends; also
+/// says how this one was made, if it was.
+pub async fn outgoing(
+    shared: Arc<TorrentShared>,
+    addr: SocketAddr,
+    worked: Option<Attempt>,
+    cancel: CancellationToken,
+) -> (ConnEnd, Option<Attempt>) {
     let ours = our_handshake(&shared);
+    let policy = shared.env.config().network.encryption;
     let (transport, theirs) = tokio::select! {
-        _ = cancel.cancelled() => return ConnEnd::Cancelled,
-        r = conn::dial(addr, &ours) => match r {
+        _ = cancel.cancelled() => return (ConnEnd::Cancelled, None),
+        r = conn::dial(addr, &ours, policy, worked) => match r {
             Ok(x) => x,
-            Err(end) => return end,
+            Err(end) => return (end, None),
         },
     };
+    let how = transport.attempt();
+    (run_outgoing(shared, addr, transport, theirs, cancel).await, Some(how))
+}
+
+async fn run_outgoing(
+    shared: Arc<TorrentShared>,
+    addr: SocketAddr,
+    transport: Transport,
+    theirs: Handshake,
+    cancel: CancellationToken,
+) -> ConnEnd {
     let handle = match register(&shared, addr, theirs.peer_id.0, Some(addr)) {
         Ok(h) => h,
         Err(end) => return end,
     };
-    tracing::debug!(torrent = %shared.name(), peer = %addr, "connected");
+    tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "connected");
     let mut peer = PeerConn::new(shared.clone(), handle.clone(), addr, theirs);
     let end = conn::run(transport, &mut peer, &cancel).await;
     // Two seeds part for good, however the connection ended.
@@ -54,7 +73,7 @@ pub async fn incoming(
     if let Err(end) = conn::answer(&mut transport, &our_handshake(&shared)).await {
         return end;
     }
-    tracing::debug!(torrent = %shared.name(), peer = %addr, "accepted");
+    tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "accepted");
     conn::run(transport, &mut peer, &cancel).await
 }
 

@@ -8,12 +8,17 @@
 //! cleaned up), but a dead address should not be dialled forever. Pure: the
 //! caller passes the time.
 //!
+//! It also remembers how the last connection to an address was made
+//! (plaintext or encrypted), so that under a policy allowing both the
+//! next dial does not repeat an attempt the peer refused.
+//!
 //! Bounded against sources that flood us with addresses (a hostile tracker,
 //! PEX or DHT node): what we know is kept, and newcomers get in only while
 //! there is room: at most [`MAX_NEW_PER_REPORT`] from one report,
 //! [`MAX_KNOWN`] known in all (stale ones are forgotten first), and
 //! [`MAX_QUEUED`] waiting to be dialled.
 
+use crate::conn::Attempt;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,6 +41,8 @@ struct Known {
     /// Connections in a row that failed or ended early.
     failures: u32,
     retry_at: Option<Instant>,
+    /// How the last connection was made.
+    made_by: Option<Attempt>,
 }
 
 #[derive(Default)]
@@ -65,7 +72,7 @@ impl PeerBook {
                 }
                 None if room && new < MAX_NEW_PER_REPORT && !full => {
                     new += 1;
-                    self.known.insert(addr, Known { queued_at: now, failures: 0, retry_at: None });
+                    self.known.insert(addr, Known { queued_at: now, failures: 0, retry_at: None, made_by: None });
                     self.queue.push_back(addr);
                 }
                 _ => {}
@@ -83,6 +90,18 @@ impl PeerBook {
         if let Some(at) = k.retry_at {
             self.retries.push(Reverse((at, addr)));
         }
+    }
+
+    /// A connection to `addr` was made `how` (`None`: it was not made).
+    pub fn made(&mut self, addr: SocketAddr, how: Option<Attempt>) {
+        if let (Some(k), Some(how)) = (self.known.get_mut(&addr), how) {
+            k.made_by = Some(how);
+        }
+    }
+
+    /// How the last connection to `addr` was made, if one was.
+    pub fn made_by(&self, addr: SocketAddr) -> Option<Attempt> {
+        self.known.get(&addr).and_then(|k| k.made_by)
     }
 
     /// Moves the retries that are due into the dial queue.
@@ -207,5 +226,18 @@ mod tests {
             book.queue.len()
         );
         assert_eq!(book.next_to_dial(), Some(addr(1)), "what came first is still first");
+    }
+
+    #[test]
+    fn how_a_connection_was_made_is_remembered() {
+        let now = Instant::now();
+        let mut book = PeerBook::default();
+        book.heard([addr(1)], now);
+        assert_eq!(book.made_by(addr(1)), None);
+        book.made(addr(1), Some(Attempt::Plaintext));
+        book.made(addr(1), None);
+        assert_eq!(book.made_by(addr(1)), Some(Attempt::Plaintext), "a failed dial forgets nothing");
+        book.made(addr(2), Some(Attempt::Encrypted));
+        assert_eq!(book.made_by(addr(2)), None, "only known addresses");
     }
 }

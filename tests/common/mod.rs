@@ -384,15 +384,23 @@ pub struct Transmission {
 
 impl Transmission {
     pub fn start(download_dir: &Path) -> Transmission {
+        Transmission::start_with(download_dir, serde_json::json!({}))
+    }
+
+    /// With extra settings.json keys (e.g. `{"encryption": 2}`).
+    pub fn start_with(download_dir: &Path, extra: serde_json::Value) -> Transmission {
         let home = tempdir();
         let (rpc_port, peer_port) = (free_port(), free_port());
-        let settings = serde_json::json!({
+        let mut settings = serde_json::json!({
             "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
             "port-forwarding-enabled": false, "rpc-port": rpc_port, "rpc-bind-address": "127.0.0.1",
             "rpc-authentication-required": false, "rpc-whitelist-enabled": false, "peer-port": peer_port,
             "download-dir": download_dir, "incomplete-dir-enabled": false, "ratio-limit-enabled": false,
             "speed-limit-up-enabled": false, "speed-limit-down-enabled": false, "message-level": 1
         });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            settings[k] = v.clone();
+        }
         std::fs::write(home.path().join("settings.json"), settings.to_string()).unwrap();
         let child = Command::new("transmission-daemon")
             .args(["-f", "-g"])
@@ -486,9 +494,12 @@ impl Dropseed {
         let port = free_port();
         let d = dir.path();
         let config = d.join("dropseed.toml");
+        // Keys before the first section header belong to [network].
+        let split = if extra.starts_with('[') { 0 } else { extra.find("\n[").map_or(extra.len(), |i| i + 1) };
+        let (net, extra) = extra.split_at(split);
         let text = format!(
             "[paths]\nwatch_dir = \"{w}\"\ndownload_dir = \"{dl}\"\nincomplete_dir = \"{inc}\"\nstate_dir = \"{st}\"\nlog_dir = \"{lg}\"\n\
-             [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n{dht}{extra}\n",
+             [network]\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n{net}\n{dht}{extra}\n",
             // Tests never reach the public DHT: off unless the test sets it up.
             dht = if extra.contains("[dht]") { "" } else { "[dht]\nenabled = false\n" },
             w = d.join("watch").display(),
@@ -699,7 +710,10 @@ impl Swarm {
 /// `info_hash`, answers the handshake as `peer_id` followed by `greeting`
 /// (already encoded messages), then hands every message it receives to a
 /// handler made fresh for each connection, which appends its replies.
-/// Returns its port and how many connections it accepted.
+/// Returns its port and how many connections it accepted with a plaintext
+/// handshake for `info_hash` (an encryption handshake, which it does not
+/// speak, is not a connection it took: dropseed's default dials encrypted
+/// first and falls back to plaintext).
 pub fn spawn_scripted_peer<F, H>(
     info_hash: [u8; 20],
     peer_id: [u8; 20],
@@ -719,13 +733,13 @@ where
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
-            count.fetch_add(1, Ordering::SeqCst);
-            let (greeting, mut handler) = (greeting.clone(), new_handler());
+            let (greeting, mut handler, count) = (greeting.clone(), new_handler(), count.clone());
             std::thread::spawn(move || {
                 let mut hs = [0u8; 68];
                 if s.read_exact(&mut hs).is_err() || hs[28..48] != info_hash {
                     return;
                 }
+                count.fetch_add(1, Ordering::SeqCst);
                 let mut out = hs.to_vec();
                 out[48..68].copy_from_slice(&peer_id);
                 out.extend_from_slice(&greeting);
