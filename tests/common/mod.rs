@@ -518,23 +518,52 @@ impl Dropseed {
         d
     }
 
+    /// Starts the daemon and waits for its control socket. A daemon that
+    /// exits first fails the test with its console output; one that lost
+    /// its port to a parallel test (free ports are only free when asked)
+    /// is started again on another.
     pub fn start(&mut self) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("console.log")).unwrap();
-        let child = Command::new(dropseed_bin())
-            .arg("run")
-            .arg("-c")
-            .arg(&self.config)
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start dropseed");
-        self.proc = Some(Proc(child));
-        let sock = self.dir.path().join("state/control.sock");
-        wait_for("dropseed control socket", Duration::from_secs(15), || {
-            std::os::unix::net::UnixStream::connect(&sock).ok()
-        });
+        for attempt in 1..=3 {
+            let console = self.dir.path().join("console.log");
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&console).unwrap();
+            let child = Command::new(dropseed_bin())
+                .arg("run")
+                .arg("-c")
+                .arg(&self.config)
+                .env("NO_COLOR", "1")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start dropseed");
+            self.proc = Some(Proc(child));
+            let sock = self.dir.path().join("state/control.sock");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                    return;
+                }
+                let exited = self.proc.as_mut().unwrap().0.try_wait().unwrap();
+                if let Some(status) = exited {
+                    let said = std::fs::read_to_string(&console).unwrap_or_default();
+                    if said.contains("Address already in use") && attempt < 3 {
+                        let port = free_port();
+                        let text = std::fs::read_to_string(&self.config).unwrap();
+                        let text =
+                            text.replace(&format!("listen_port = {}\n", self.port), &format!("listen_port = {port}\n"));
+                        std::fs::write(&self.config, text).unwrap();
+                        self.port = port;
+                        break;
+                    }
+                    panic!("dropseed exited ({status}) before its control socket was up:\n{said}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no control socket after 30 s; console:\n{}",
+                    std::fs::read_to_string(&console).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     pub fn watch_dir(&self) -> PathBuf {
