@@ -66,5 +66,6 @@ pub mod storage;
 pub mod torrent;
 pub mod tracker;
 pub mod types;
+pub mod utp;
 pub mod watch;
 pub mod wire;

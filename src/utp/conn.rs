@@ -1,0 +1,573 @@
+//! One uTP connection as a pure state machine: packets and the clock come
+//! in, packets to send and bytes to read come out. No sockets, no timers of
+//! its own: the runtime (`utp/socket.rs`) feeds it datagrams, asks it what
+//! to send, and wakes it at [`Conn::deadline`].
+//!
+//! Sending: the application's bytes wait in `unsent` (bounded) until the
+//! window (the lesser of LEDBAT's and the peer's advertised one) lets them
+//! out as packets, which stay in `flight` until acknowledged, cumulatively
+//! or by selective ack. A packet with three later ones acknowledged, or
+//! three duplicate acks, is sent again at once; after a timeout, everything
+//! unacknowledged is.
+//!
+//! Receiving: packets in order go to `readable`; those ahead wait in
+//! `reorder`. Both together stay within [`RECV_BUF`], which is what we
+//! advertise, so a peer that overruns it only loses its own packets.
+//!
+//! The handshake follows libtorrent and libutp: the SYN carries our receive
+//! id and sequence number 1; the acceptor's STATE carries its next sequence
+//! number, which is also that of its first data packet.
+
+use super::ledbat::{Ledbat, Rtt};
+use super::packet::{self, seq_before, Header, Kind, Packet, SACK_BYTES};
+use std::collections::{HashMap, VecDeque};
+
+/// Bytes received and not yet read, in order or not, at most.
+pub const RECV_BUF: usize = 1 << 20;
+/// Bytes the application may queue beyond what is in flight.
+pub const SEND_BUF: usize = 256 * 1024;
+/// Packets held out of order at most.
+const MAX_REORDER: u16 = 1024;
+/// Timeouts in a row (about two minutes with back-off) before giving up.
+const MAX_TIMEOUTS: u32 = 7;
+/// SYNs sent before a connection attempt gives up.
+const SYN_ATTEMPTS: u32 = 3;
+/// How far behind our oldest packet an ack may be and still be heeded.
+const STALE_ACKS: usize = 1024;
+/// Duplicate acks that mean a loss.
+const DUP_ACKS: u8 = 3;
+
+/// Where the connection stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Our SYN is out, not yet answered.
+    SynSent,
+    Connected,
+    /// The application is done writing: our FIN goes after the queued bytes.
+    Closing { fin_sent: bool },
+    Closed(End),
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished (or we closed and our FIN was acknowledged).
+    Done,
+    Reset,
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Sent {
+    seq: u16,
+    kind: Kind,
+    payload: Vec<u8>,
+    sent_at: u64,
+    transmissions: u32,
+    /// Acknowledged by a selective ack (it may still be reneged on).
+    sacked: bool,
+    /// Taken for lost: goes out again when the window allows.
+    resend: bool,
+}
+
+pub struct Conn {
+    state: State,
+    send_id: u16,
+    recv_id: u16,
+    /// Our next sequence number.
+    seq_nr: u16,
+    /// Theirs, the last received in order.
+    ack_nr: u16,
+    mss: usize,
+    unsent: VecDeque<u8>,
+    flight: VecDeque<Sent>,
+    /// Payload bytes believed in the network: not acked, not taken for lost.
+    flight_bytes: usize,
+    peer_window: usize,
+    cc: Ledbat,
+    rtt: Rtt,
+    /// The last ack_nr the peer sent, and how often in a row.
+    last_ack: u16,
+    dup_acks: u8,
+    rto_at: Option<u64>,
+    timeouts: u32,
+    readable: VecDeque<u8>,
+    reorder: HashMap<u16, Vec<u8>>,
+    reorder_bytes: usize,
+    /// Their FIN's sequence number, once seen.
+    fin_seq: Option<u16>,
+    eof: bool,
+    ack_due: bool,
+    /// Echoed in `timestamp_diff`: how late their last packet arrived.
+    reply_micro: u32,
+    /// The window we last advertised, to tell when a read opens it enough to say so.
+    advertised: usize,
+}
+
+impl Conn {
+    fn new(state: State, send_id: u16, recv_id: u16, seq_nr: u16, ack_nr: u16, mss: usize) -> Conn {
+        Conn {
+            state,
+            send_id,
+            recv_id,
+            seq_nr,
+            ack_nr,
+            mss,
+            unsent: VecDeque::new(),
+            flight: VecDeque::new(),
+            flight_bytes: 0,
+            peer_window: RECV_BUF,
+            cc: Ledbat::new(mss),
+            rtt: Rtt::new(),
+            last_ack: seq_nr.wrapping_sub(1),
+            dup_acks: 0,
+            rto_at: None,
+            timeouts: 0,
+            readable: VecDeque::new(),
+            reorder: HashMap::new(),
+            reorder_bytes: 0,
+            fin_seq: None,
+            eof: false,
+            ack_due: false,
+            reply_micro: 0,
+            advertised: RECV_BUF,
+        }
+    }
+
+    /// A connection we open; its SYN goes out with the first transmit.
+    /// Packets for it arrive with `recv_id`.
+    pub fn connect(recv_id: u16, mss: usize) -> Conn {
+        let mut c = Conn::new(State::SynSent, recv_id.wrapping_add(1), recv_id, 1, 0, mss);
+        c.queue_control(Kind::Syn);
+        c
+    }
+
+    /// A connection a peer opened with `syn`; packets for it arrive with
+    /// the SYN's id + 1. `seq_nr`: our first, chosen at random.
+    pub fn accept(syn: &Header, seq_nr: u16, mss: usize) -> Conn {
+        let mut c = Conn::new(State::Connected, syn.conn_id, syn.conn_id.wrapping_add(1), seq_nr, syn.seq_nr, mss);
+        c.peer_window = syn.wnd_size as usize;
+        c.ack_due = true;
+        c
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn recv_id(&self) -> u16 {
+        self.recv_id
+    }
+
+    /// Takes what fits of `data` for sending; 0 when the buffer is full
+    /// (or the connection is not open for writing).
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        if !matches!(self.state, State::Connected | State::SynSent) {
+            return 0;
+        }
+        let n = data.len().min(SEND_BUF.saturating_sub(self.unsent.len()));
+        self.unsent.extend(&data[..n]);
+        n
+    }
+
+    /// Whether a write would take bytes now.
+    pub fn writable(&self) -> bool {
+        self.unsent.len() < SEND_BUF
+    }
+
+    /// Moves received bytes into `out`; returns how many.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.readable.len());
+        let (a, b) = self.readable.as_slices();
+        let from_a = n.min(a.len());
+        out[..from_a].copy_from_slice(&a[..from_a]);
+        out[from_a..n].copy_from_slice(&b[..n - from_a]);
+        self.readable.drain(..n);
+        // A window that opened by a quarter is worth telling a stalled peer.
+        if self.window() >= self.advertised + RECV_BUF / 4 {
+            self.ack_due = true;
+        }
+        n
+    }
+
+    /// Whether a transmit is owed (an ack, a window update) beyond data.
+    pub fn ack_due(&self) -> bool {
+        self.ack_due
+    }
+
+    pub fn has_readable(&self) -> bool {
+        !self.readable.is_empty()
+    }
+
+    /// All their bytes were read and they sent FIN.
+    pub fn at_eof(&self) -> bool {
+        self.eof && self.readable.is_empty()
+    }
+
+    /// The application is done: FIN after the queued bytes.
+    pub fn close(&mut self) {
+        match self.state {
+            State::Connected => self.state = State::Closing { fin_sent: false },
+            State::SynSent => self.state = State::Closed(End::Done),
+            _ => {}
+        }
+    }
+
+    /// When [`Conn::on_timer`] is next due.
+    pub fn deadline(&self) -> Option<u64> {
+        self.rto_at
+    }
+
+    fn window(&self) -> usize {
+        RECV_BUF.saturating_sub(self.readable.len() + self.reorder_bytes)
+    }
+
+    fn send_window(&self) -> usize {
+        self.cc.window().min(self.peer_window)
+    }
+
+    /// Whether a packet of `len` payload bytes may go out now. With
+    /// nothing in flight one always may, which also probes a closed window.
+    fn fits(&self, len: usize) -> bool {
+        self.flight_bytes == 0 || self.flight_bytes + len <= self.send_window()
+    }
+
+    fn queue_control(&mut self, kind: Kind) {
+        let seq = self.seq_nr;
+        self.seq_nr = self.seq_nr.wrapping_add(1);
+        self.flight.push_back(Sent {
+            seq,
+            kind,
+            payload: Vec::new(),
+            sent_at: 0,
+            transmissions: 0,
+            sacked: false,
+            resend: true,
+        });
+    }
+}
+
+/// What happened to one incoming packet's acknowledgements.
+struct Acked {
+    bytes: usize,
+    newest_rtt: Option<u64>,
+}
+
+impl Conn {
+    /// Takes in one packet addressed to this connection.
+    pub fn on_packet(&mut self, p: &Packet<'_>, now: u64) {
+        let h = &p.header;
+        if matches!(self.state, State::Closed(_)) {
+            return;
+        }
+        // An ack for a packet we never sent is forged or stale: ignore it.
+        let behind = self.seq_nr.wrapping_sub(1).wrapping_sub(h.ack_nr) as usize;
+        if h.kind != Kind::Syn && behind > self.flight.len() + STALE_ACKS {
+            return;
+        }
+        if h.kind == Kind::Reset {
+            self.end(End::Reset);
+            return;
+        }
+        self.reply_micro = (now as u32).wrapping_sub(h.timestamp);
+        if self.state == State::SynSent {
+            if h.kind == Kind::Syn || h.ack_nr != 1 {
+                return;
+            }
+            self.state = State::Connected;
+            // Their next packet carries this sequence number.
+            self.ack_nr = h.seq_nr.wrapping_sub(1);
+        }
+        if h.timestamp_diff != 0 {
+            self.cc.on_delay_sample(h.timestamp_diff, now);
+        }
+        self.peer_window = h.wnd_size as usize;
+        let window_full = self.flight_bytes + self.mss > self.send_window();
+        let acked = self.take_acks(h, p.sack, now);
+        if let Some(rtt) = acked.newest_rtt {
+            self.rtt.sample(rtt);
+        }
+        if acked.bytes > 0 || acked.newest_rtt.is_some() {
+            self.cc.on_ack(acked.bytes, window_full);
+            self.timeouts = 0;
+            self.rto_at = self.flight.iter().any(|s| !s.resend).then(|| now + self.rtt.rto());
+        }
+        match h.kind {
+            Kind::Data => self.take_data(h.seq_nr, p.payload),
+            Kind::Fin => {
+                self.fin_seq.get_or_insert(h.seq_nr);
+                self.ack_due = true;
+                self.advance();
+            }
+            // Our STATE answering their SYN was lost: they send it again.
+            Kind::Syn => self.ack_due = true,
+            Kind::State | Kind::Reset => {}
+        }
+        self.check_done();
+    }
+
+    /// Drops what `ack_nr` and the selective ack cover from `flight`.
+    fn take_acks(&mut self, h: &Header, sack: Option<&[u8]>, now: u64) -> Acked {
+        let mut acked = Acked { bytes: 0, newest_rtt: None };
+        let before = self.flight.len();
+        while let Some(front) = self.flight.front() {
+            if seq_before(h.ack_nr, front.seq) {
+                break;
+            }
+            let s = self.flight.pop_front().unwrap();
+            self.count_acked(&s, now, &mut acked);
+        }
+        let progressed = self.flight.len() < before;
+        if let Some(mask) = sack {
+            self.take_sack(h.ack_nr, mask, now, &mut acked);
+        }
+        self.detect_loss(h, progressed, now);
+        acked
+    }
+
+    fn count_acked(&mut self, s: &Sent, now: u64, acked: &mut Acked) {
+        if !s.sacked && !s.resend {
+            self.flight_bytes -= s.payload.len();
+        }
+        if !s.sacked {
+            acked.bytes += s.payload.len();
+        }
+        // Karn: a resent packet's ack could answer either copy.
+        if s.transmissions == 1 && !s.sacked {
+            acked.newest_rtt = Some(now.saturating_sub(s.sent_at));
+        }
+    }
+
+    fn take_sack(&mut self, ack_nr: u16, mask: &[u8], now: u64, acked: &mut Acked) {
+        let first = ack_nr.wrapping_add(2);
+        let mut newly = Vec::new();
+        for s in self.flight.iter_mut().filter(|s| !s.sacked) {
+            let bit = s.seq.wrapping_sub(first) as usize;
+            if bit < mask.len() * 8 && mask[bit / 8] & (1 << (bit % 8)) != 0 {
+                newly.push((s.payload.len(), s.resend, s.transmissions, s.sent_at));
+                s.sacked = true;
+                s.resend = false;
+            }
+        }
+        for (len, resend, transmissions, sent_at) in newly {
+            if !resend {
+                self.flight_bytes -= len;
+            }
+            acked.bytes += len;
+            if transmissions == 1 {
+                acked.newest_rtt = Some(now.saturating_sub(sent_at));
+            }
+        }
+    }
+
+    /// Three later packets acknowledged, or three duplicate acks: the
+    /// first unacknowledged packet is lost.
+    fn detect_loss(&mut self, h: &Header, progressed: bool, now: u64) {
+        if h.kind == Kind::State && h.ack_nr == self.last_ack && !progressed && !self.flight.is_empty() {
+            self.dup_acks = self.dup_acks.saturating_add(1);
+        } else if h.ack_nr != self.last_ack {
+            self.dup_acks = 0;
+        }
+        self.last_ack = h.ack_nr;
+        let later_sacked = self.flight.iter().filter(|s| s.sacked).count();
+        let lost = self.dup_acks >= DUP_ACKS || later_sacked >= DUP_ACKS as usize;
+        let Some(front) = self.flight.front_mut() else { return };
+        if lost && !front.sacked && !front.resend && front.transmissions > 0 {
+            // Resent once per loss: a packet resent and lost again waits for the timeout.
+            if front.transmissions == 1 {
+                front.resend = true;
+                self.flight_bytes -= front.payload.len();
+                self.dup_acks = 0;
+                self.cc.on_loss(now, self.rtt.srtt());
+            }
+        }
+    }
+
+    fn take_data(&mut self, seq: u16, payload: &[u8]) {
+        self.ack_due = true;
+        let ahead = seq.wrapping_sub(self.ack_nr);
+        if self.eof || ahead == 0 || ahead >= 0x8000 || payload.is_empty() {
+            return; // a duplicate, or nothing
+        }
+        if self.readable.len() + self.reorder_bytes + payload.len() > RECV_BUF || ahead > MAX_REORDER {
+            return; // beyond what we advertised: theirs to resend
+        }
+        if ahead == 1 {
+            self.readable.extend(payload);
+            self.ack_nr = seq;
+            self.advance();
+        } else if !self.reorder.contains_key(&seq) {
+            self.reorder_bytes += payload.len();
+            self.reorder.insert(seq, payload.to_vec());
+        }
+    }
+
+    /// Moves packets that are now in order out of `reorder`, and sees the FIN.
+    fn advance(&mut self) {
+        while let Some(p) = self.reorder.remove(&self.ack_nr.wrapping_add(1)) {
+            self.reorder_bytes -= p.len();
+            self.readable.extend(&p);
+            self.ack_nr = self.ack_nr.wrapping_add(1);
+        }
+        if self.fin_seq == Some(self.ack_nr.wrapping_add(1)) {
+            self.ack_nr = self.ack_nr.wrapping_add(1);
+            self.eof = true;
+            self.reorder.clear();
+            self.reorder_bytes = 0;
+        }
+    }
+
+    /// A closing connection ends once its FIN is acknowledged.
+    fn check_done(&mut self) {
+        if self.state == (State::Closing { fin_sent: true }) && self.flight.is_empty() {
+            self.end(End::Done);
+        }
+    }
+
+    fn end(&mut self, end: End) {
+        self.state = State::Closed(end);
+        self.flight.clear();
+        self.unsent.clear();
+        self.flight_bytes = 0;
+        self.rto_at = None;
+    }
+
+    /// Time passed: a timeout resends what is unacknowledged.
+    pub fn on_timer(&mut self, now: u64) {
+        let Some(at) = self.rto_at else { return };
+        if now < at {
+            return;
+        }
+        self.timeouts += 1;
+        let syn_gave_up = self.state == State::SynSent && self.timeouts >= SYN_ATTEMPTS;
+        if syn_gave_up || self.timeouts > MAX_TIMEOUTS {
+            self.end(End::TimedOut);
+            return;
+        }
+        self.rtt.back_off();
+        self.cc.on_timeout();
+        for s in self.flight.iter_mut().filter(|s| !s.sacked && !s.resend) {
+            s.resend = true;
+            self.flight_bytes -= s.payload.len();
+        }
+        self.rto_at = Some(now + self.rtt.rto());
+    }
+
+    /// Hands each datagram due now to `emit`: resends, new data, the FIN,
+    /// and an ack if one is owed and nothing else carried it.
+    pub fn transmit(&mut self, now: u64, scratch: &mut Vec<u8>, mut emit: impl FnMut(&[u8])) {
+        if matches!(self.state, State::Closed(_)) {
+            return;
+        }
+        let mut sent_any = self.resend_lost(now, scratch, &mut emit);
+        while !self.unsent.is_empty() && self.state != State::SynSent {
+            let len = self.unsent.len().min(self.mss);
+            if !self.fits(len) {
+                break;
+            }
+            let payload: Vec<u8> = self.unsent.drain(..len).collect();
+            let seq = self.seq_nr;
+            self.seq_nr = self.seq_nr.wrapping_add(1);
+            self.flight.push_back(Sent {
+                seq,
+                kind: Kind::Data,
+                payload,
+                sent_at: now,
+                transmissions: 0,
+                sacked: false,
+                resend: false,
+            });
+            self.flight_bytes += len;
+            self.send_packet(self.flight.len() - 1, now, scratch, &mut emit);
+            sent_any = true;
+        }
+        if self.state == (State::Closing { fin_sent: false }) && self.unsent.is_empty() {
+            self.state = State::Closing { fin_sent: true };
+            self.queue_control(Kind::Fin);
+            sent_any |= self.resend_lost(now, scratch, &mut emit);
+        }
+        if self.ack_due && !sent_any {
+            self.write_state(now, scratch);
+            emit(scratch);
+        }
+        self.ack_due = false;
+        self.advertised = self.window();
+    }
+
+    /// Sends the packets marked for resending, as the window allows.
+    fn resend_lost(&mut self, now: u64, scratch: &mut Vec<u8>, emit: &mut impl FnMut(&[u8])) -> bool {
+        let mut sent = false;
+        for i in 0..self.flight.len() {
+            let s = &self.flight[i];
+            if !s.resend || s.sacked {
+                continue;
+            }
+            if !self.fits(s.payload.len()) {
+                break;
+            }
+            self.flight[i].resend = false;
+            self.flight_bytes += self.flight[i].payload.len();
+            self.send_packet(i, now, scratch, emit);
+            sent = true;
+        }
+        sent
+    }
+
+    fn send_packet(&mut self, i: usize, now: u64, scratch: &mut Vec<u8>, emit: &mut impl FnMut(&[u8])) {
+        let header = self.header(self.flight[i].kind, self.flight[i].seq, now);
+        let s = &mut self.flight[i];
+        s.sent_at = now;
+        s.transmissions += 1;
+        packet::write_header(scratch, &header, None);
+        scratch.extend_from_slice(&s.payload);
+        emit(scratch);
+        if self.rto_at.is_none() {
+            self.rto_at = Some(now + self.rtt.rto());
+        }
+    }
+
+    fn header(&self, kind: Kind, seq_nr: u16, now: u64) -> Header {
+        Header {
+            kind,
+            conn_id: if kind == Kind::Syn { self.recv_id } else { self.send_id },
+            timestamp: now as u32,
+            timestamp_diff: self.reply_micro,
+            wnd_size: self.window() as u32,
+            seq_nr,
+            ack_nr: self.ack_nr,
+        }
+    }
+
+    /// A STATE packet: our next sequence number, the ack, and which
+    /// packets past the gap we hold.
+    fn write_state(&self, now: u64, scratch: &mut Vec<u8>) {
+        let header = self.header(Kind::State, self.seq_nr, now);
+        let mut mask = [0u8; SACK_BYTES];
+        let first = self.ack_nr.wrapping_add(2);
+        for seq in self.reorder.keys() {
+            let bit = seq.wrapping_sub(first) as usize;
+            if bit < SACK_BYTES * 8 {
+                mask[bit / 8] |= 1 << (bit % 8);
+            }
+        }
+        packet::write_header(scratch, &header, (!self.reorder.is_empty()).then_some(&mask));
+    }
+}
+
+/// A RESET answering a packet for no connection of ours.
+pub fn reset_for(h: &Header, now: u64, scratch: &mut Vec<u8>) {
+    let reply = Header {
+        kind: Kind::Reset,
+        conn_id: h.conn_id,
+        timestamp: now as u32,
+        timestamp_diff: 0,
+        wnd_size: 0,
+        seq_nr: rand::random(),
+        ack_nr: h.seq_nr,
+    };
+    packet::write_header(scratch, &reply, None);
+}
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

@@ -1,0 +1,19 @@
+//! uTP (BEP 29): BitTorrent connections over UDP, with LEDBAT congestion
+//! control so that uploads yield to other traffic. Many peers behind home
+//! routers, and libtorrent and Transmission by default, try uTP first.
+//!
+//! - `packet.rs`: the datagram codec (pure).
+//! - `ledbat.rs`: the congestion window and the round-trip timer (pure).
+//! - `conn.rs`: one connection's state machine (pure, clock from the caller).
+//! - `socket.rs`: the runtime on a UDP socket shared with the DHT, and
+//!   [`UtpStream`], the byte stream the peer code sees.
+//!
+//! Why our own: see the README's design notes (uTP). In short, the crates
+//! there are either lack delay-based congestion control or a streaming read.
+
+mod conn;
+mod ledbat;
+pub mod packet;
+mod socket;
+
+pub use socket::{UtpSocket, UtpStream, MAX_CONNECTIONS, OTHER_QUEUE};

@@ -1,0 +1,534 @@
+//! The uTP runtime: one UDP socket, the connections on it, and the byte
+//! streams the peer code reads and writes.
+//!
+//! Tasks: one receive loop per socket, and one driver per connection. The
+//! receive loop drains every datagram waiting (up to a batch), hands each to
+//! its connection under that connection's lock, and then kicks the drivers
+//! it touched, so a batch of data packets costs one ack, not one each.
+//! Datagrams that are not uTP (the DHT's bencoded messages, which start with
+//! `d`) go to `other`. A driver sends what its connection owes (acks, data
+//! a write or an ack let out, resends) and sleeps until its timer, a kick,
+//! or the socket's cancellation.
+//!
+//! Locks: each connection's `Mutex<Inner>` is held only for pure work and a
+//! non-blocking send, never across `.await`; the connection map's lock is
+//! never held while a connection's is taken.
+//!
+//! Bounds: [`MAX_CONNECTIONS`] on the socket, and an accept queue that
+//! drops SYNs when the session is not taking them; a connection's buffers
+//! are bounded in `conn.rs`.
+
+use super::conn::{self, Conn, End, State};
+use super::packet::{self, Kind};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+// The runtime's clock, so that tests with paused time see timers fire.
+use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Connections on one socket at most, both directions.
+pub const MAX_CONNECTIONS: usize = 2048;
+/// Incoming connections waiting for the session to take them.
+const ACCEPT_QUEUE: usize = 64;
+/// Datagrams read before the touched connections are kicked.
+const BATCH: usize = 64;
+/// Payload per packet: under a 1500-byte path with IPv4, 1280 with IPv6.
+const MSS_V4: usize = 1400;
+const MSS_V6: usize = 1200;
+/// Datagrams for the DHT waiting at most.
+pub const OTHER_QUEUE: usize = 256;
+
+type Key = (SocketAddr, u16);
+
+pub struct UtpSocket {
+    udp: Arc<UdpSocket>,
+    epoch: Instant,
+    conns: Mutex<HashMap<Key, Arc<Shared>>>,
+    accepted: mpsc::Sender<UtpStream>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct Shared {
+    key: Key,
+    inner: Mutex<Inner>,
+    kick: Notify,
+}
+
+struct Inner {
+    conn: Conn,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+    /// Stream handles alive; the last one dropped closes the connection.
+    handles: u8,
+}
+
+impl Inner {
+    /// Wakes the application's reader and writer where they can go on.
+    fn wake(&mut self) {
+        let closed = matches!(self.conn.state(), State::Closed(_));
+        if closed || self.conn.has_readable() || self.conn.at_eof() {
+            if let Some(w) = self.reader.take() {
+                w.wake();
+            }
+        }
+        if closed || self.conn.state() != &State::SynSent && self.conn.writable() {
+            if let Some(w) = self.writer.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl UtpSocket {
+    /// Runs uTP on `udp`. Datagrams that are not uTP go to `other`;
+    /// incoming connections come out of the returned receiver.
+    pub fn start(
+        udp: Arc<UdpSocket>,
+        other: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
+        cancel: CancellationToken,
+    ) -> (Arc<UtpSocket>, mpsc::Receiver<UtpStream>) {
+        let (accepted, incoming) = mpsc::channel(ACCEPT_QUEUE);
+        let socket = Arc::new(UtpSocket {
+            udp,
+            epoch: Instant::now(),
+            conns: Mutex::new(HashMap::new()),
+            accepted,
+            cancel,
+            tasks: TaskTracker::new(),
+        });
+        socket.tasks.spawn(socket.clone().receive_loop(other));
+        (socket, incoming)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    /// Stops every task (the cancellation token is the caller's) and waits.
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn mss(addr: &SocketAddr) -> usize {
+        if addr.is_ipv4() || addr.ip().to_canonical().is_ipv4() {
+            MSS_V4
+        } else {
+            MSS_V6
+        }
+    }
+
+    /// Opens a connection to `addr`; the caller bounds the time.
+    pub async fn connect(self: &Arc<Self>, addr: SocketAddr) -> io::Result<UtpStream> {
+        let shared = {
+            let mut conns = self.conns.lock().unwrap();
+            if conns.len() >= MAX_CONNECTIONS {
+                return Err(io::Error::other("too many uTP connections"));
+            }
+            let recv_id = loop {
+                let id: u16 = rand::random();
+                if !conns.contains_key(&(addr, id)) {
+                    break id;
+                }
+            };
+            let shared = Shared::new((addr, recv_id), Conn::connect(recv_id, Self::mss(&addr)));
+            conns.insert(shared.key, shared.clone());
+            shared
+        };
+        self.tasks.spawn(self.clone().drive(shared.clone()));
+        // Dropped before it connects, the stream closes the attempt.
+        let stream = UtpStream::new(shared);
+        std::future::poll_fn(|cx| stream.poll_connected(cx)).await?;
+        Ok(stream)
+    }
+
+    async fn receive_loop(self: Arc<Self>, other: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>) {
+        let mut buf = vec![0u8; 65536];
+        let mut touched: Vec<Arc<Shared>> = Vec::new();
+        let mut scratch = Vec::with_capacity(64);
+        loop {
+            tokio::select! {
+                r = self.udp.readable() => if r.is_err() { break },
+                _ = self.cancel.cancelled() => break,
+            }
+            for _ in 0..BATCH {
+                match self.udp.try_recv_from(&mut buf) {
+                    Ok((n, from)) => self.on_datagram(&buf[..n], from, other.as_ref(), &mut touched, &mut scratch),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // ICMP errors for earlier sends surface here: nothing to do.
+                    Err(_) => continue,
+                }
+            }
+            for s in touched.drain(..) {
+                s.kick.notify_one();
+            }
+        }
+    }
+
+    fn on_datagram(
+        self: &Arc<Self>,
+        d: &[u8],
+        from: SocketAddr,
+        other: Option<&mpsc::Sender<(Vec<u8>, SocketAddr)>>,
+        touched: &mut Vec<Arc<Shared>>,
+        scratch: &mut Vec<u8>,
+    ) {
+        if !packet::looks_like_utp(d) {
+            if let Some(o) = other {
+                let _ = o.try_send((d.to_vec(), from));
+            }
+            return;
+        }
+        let Ok(p) = packet::parse(d) else { return };
+        let h = p.header;
+        let found = self.find(from, &h);
+        match found {
+            Some(s) => {
+                let mut inner = s.inner.lock().unwrap();
+                inner.conn.on_packet(&p, self.now());
+                inner.wake();
+                drop(inner);
+                if !touched.iter().any(|t| Arc::ptr_eq(t, &s)) {
+                    touched.push(s);
+                }
+            }
+            None if h.kind == Kind::Syn => self.accept(&h, from),
+            None if h.kind != Kind::Reset => {
+                conn::reset_for(&h, self.now(), scratch);
+                let _ = self.udp.try_send_to(scratch, from);
+            }
+            None => {}
+        }
+    }
+
+    /// The connection a packet is for. A SYN sent again finds the one it
+    /// made under id + 1; a RESET carries the id of the packet it answers,
+    /// which was the sender's send id, one off our receive id either way.
+    fn find(&self, from: SocketAddr, h: &packet::Header) -> Option<Arc<Shared>> {
+        let conns = self.conns.lock().unwrap();
+        match h.kind {
+            Kind::Syn => conns.get(&(from, h.conn_id.wrapping_add(1))).cloned(),
+            Kind::Reset => [h.conn_id, h.conn_id.wrapping_add(1), h.conn_id.wrapping_sub(1)]
+                .iter()
+                .find_map(|id| conns.get(&(from, *id)).cloned()),
+            _ => conns.get(&(from, h.conn_id)).cloned(),
+        }
+    }
+
+    fn accept(self: &Arc<Self>, syn: &packet::Header, from: SocketAddr) {
+        let Ok(permit) = self.accepted.try_reserve() else {
+            return; // the session is not keeping up: the peer will try again
+        };
+        let shared = {
+            let mut conns = self.conns.lock().unwrap();
+            if conns.len() >= MAX_CONNECTIONS {
+                return;
+            }
+            let conn = Conn::accept(syn, rand::random(), Self::mss(&from));
+            let shared = Shared::new((from, conn.recv_id()), conn);
+            conns.insert(shared.key, shared.clone());
+            shared
+        };
+        shared.kick.notify_one();
+        self.tasks.spawn(self.clone().drive(shared.clone()));
+        permit.send(UtpStream::new(shared));
+    }
+
+    /// A connection's driver: sends what it owes, sleeps until its timer or
+    /// a kick, and leaves the map when the connection is closed.
+    async fn drive(self: Arc<Self>, shared: Arc<Shared>) {
+        let addr = shared.key.0;
+        let mut scratch = Vec::with_capacity(1500);
+        let mut blocked: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let (deadline, closed) = {
+                let mut inner = shared.inner.lock().unwrap();
+                let now = self.now();
+                inner.conn.on_timer(now);
+                let udp = &self.udp;
+                inner.conn.transmit(now, &mut scratch, |d| {
+                    // The socket buffer is full: this one waits for the await below.
+                    if !blocked.is_empty() || udp.try_send_to(d, addr).is_err() {
+                        blocked.push(d.to_vec());
+                    }
+                });
+                inner.wake();
+                (inner.conn.deadline(), matches!(inner.conn.state(), State::Closed(_)))
+            };
+            for d in blocked.drain(..) {
+                let _ = self.udp.send_to(&d, addr).await;
+            }
+            if closed {
+                break;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(us) => tokio::time::sleep_until(self.epoch + Duration::from_micros(us)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shared.kick.notified() => {}
+                _ = sleep => {}
+                _ = self.cancel.cancelled() => break,
+            }
+        }
+        self.conns.lock().unwrap().remove(&shared.key);
+        let mut inner = shared.inner.lock().unwrap();
+        if !matches!(inner.conn.state(), State::Closed(_)) {
+            inner.conn.close();
+        }
+        inner.wake();
+    }
+}
+
+impl Shared {
+    fn new(key: Key, conn: Conn) -> Arc<Shared> {
+        Arc::new(Shared {
+            key,
+            inner: Mutex::new(Inner { conn, reader: None, writer: None, handles: 0 }),
+            kick: Notify::new(),
+        })
+    }
+}
+
+/// One end of a uTP connection as a byte stream. Split it with
+/// [`UtpStream::split`]; the last half dropped closes the connection.
+pub struct UtpStream {
+    shared: Arc<Shared>,
+}
+
+fn ended(end: End) -> io::Error {
+    match end {
+        End::Reset => io::ErrorKind::ConnectionReset.into(),
+        End::TimedOut => io::ErrorKind::TimedOut.into(),
+        End::Done => io::ErrorKind::BrokenPipe.into(),
+    }
+}
+
+impl UtpStream {
+    fn new(shared: Arc<Shared>) -> UtpStream {
+        shared.inner.lock().unwrap().handles += 1;
+        UtpStream { shared }
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.key.0
+    }
+
+    /// Two handles on the same connection, one to read and one to write.
+    pub fn split(self) -> (UtpStream, UtpStream) {
+        let other = UtpStream::new(self.shared.clone());
+        (self, other)
+    }
+
+    fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.shared.inner.lock().unwrap();
+        match inner.conn.state() {
+            State::SynSent => {
+                inner.writer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            State::Closed(End::TimedOut) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            State::Closed(_) => Poll::Ready(Err(io::ErrorKind::ConnectionRefused.into())),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for UtpStream {
+    fn drop(&mut self) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.handles -= 1;
+        if inner.handles == 0 {
+            inner.conn.close();
+            drop(inner);
+            self.shared.kick.notify_one();
+        }
+    }
+}
+
+impl AsyncRead for UtpStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.shared.inner.lock().unwrap();
+        if inner.conn.has_readable() {
+            let n = inner.conn.read(buf.initialize_unfilled());
+            buf.advance(n);
+            if inner.conn.ack_due() {
+                self.shared.kick.notify_one();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if inner.conn.at_eof() {
+            return Poll::Ready(Ok(()));
+        }
+        match *inner.conn.state() {
+            State::Closed(End::Done) => Poll::Ready(Ok(())),
+            State::Closed(end) => Poll::Ready(Err(ended(end))),
+            _ => {
+                inner.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for UtpStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut inner = self.shared.inner.lock().unwrap();
+        match *inner.conn.state() {
+            State::Closed(end) => return Poll::Ready(Err(ended(end))),
+            State::Closing { .. } => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            _ => {}
+        }
+        let mut taken = 0;
+        for b in bufs {
+            let n = inner.conn.write(b);
+            taken += n;
+            if n < b.len() {
+                break;
+            }
+        }
+        if taken == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            inner.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        drop(inner);
+        self.shared.kick.notify_one();
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.inner.lock().unwrap().conn.close();
+        self.shared.kick.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (Arc<UtpSocket>, Arc<UtpSocket>, mpsc::Receiver<UtpStream>, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (a, _) = UtpSocket::start(a, None, cancel.clone());
+        let (b, incoming) = UtpSocket::start(b, None, cancel.clone());
+        (a, b, incoming, cancel)
+    }
+
+    #[tokio::test]
+    async fn a_stream_carries_bytes_both_ways_and_closes() {
+        let (a, b, mut incoming, cancel) = pair().await;
+        let baddr = b.local_addr().unwrap();
+        let mut out = a.connect(baddr).await.unwrap();
+        let mut inc = incoming.recv().await.unwrap();
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            out.write_all(&sent).await.unwrap();
+            let mut reply = [0u8; 2];
+            out.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"ok");
+            out
+        });
+        let mut got = vec![0u8; data.len()];
+        inc.read_exact(&mut got).await.unwrap();
+        assert!(got == data);
+        inc.write_all(b"ok").await.unwrap();
+        drop(writer.await.unwrap());
+        // The FIN reaches the other side as the end of the stream.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), inc.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert!(rest.is_empty());
+        drop(inc);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while a.connections() + b.connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("both sides forget the connection");
+        cancel.cancel();
+        a.closed().await;
+        b.closed().await;
+    }
+
+    #[tokio::test]
+    async fn other_datagrams_go_to_the_dht_and_strays_get_a_reset() {
+        let cancel = CancellationToken::new();
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (tx, mut rx) = mpsc::channel(4);
+        let (s, _incoming) = UtpSocket::start(udp, Some(tx), cancel.clone());
+        let addr = s.local_addr().unwrap();
+        let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        probe.send_to(b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:xx1:y1:qe", addr).await.unwrap();
+        let (d, from) = rx.recv().await.unwrap();
+        assert!(d.starts_with(b"d1:a") && from == probe.local_addr().unwrap());
+        let mut stray = Vec::new();
+        let h = packet::Header {
+            kind: Kind::Data,
+            conn_id: 9,
+            timestamp: 0,
+            timestamp_diff: 0,
+            wnd_size: 0,
+            seq_nr: 5,
+            ack_nr: 0,
+        };
+        packet::write_header(&mut stray, &h, None);
+        probe.send_to(&stray, addr).await.unwrap();
+        let mut buf = [0u8; 100];
+        let n = tokio::time::timeout(Duration::from_secs(2), probe.recv(&mut buf)).await.unwrap().unwrap();
+        let reset = packet::parse(&buf[..n]).unwrap().header;
+        assert_eq!((reset.kind, reset.conn_id, reset.ack_nr), (Kind::Reset, 9, 5));
+        cancel.cancel();
+        s.closed().await;
+    }
+
+    #[tokio::test]
+    async fn connecting_to_a_silent_port_times_out() {
+        let cancel = CancellationToken::new();
+        let (a, _) = UtpSocket::start(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()), None, cancel.clone());
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tokio::time::pause();
+        let r = a.connect(silent.local_addr().unwrap()).await;
+        assert_eq!(r.err().map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+        cancel.cancel();
+    }
+}
