@@ -8,6 +8,8 @@ A line "connect HOST:PORT" on stdin makes it dial that peer.
 --enc forced|disabled sets protocol encryption (MSE/PE): forced is RC4
 only both ways, disabled is plaintext only; without it libtorrent's default
 (either, both ways).
+--transport utp|tcp makes it speak only uTP (TCP refused and never
+dialled) or only TCP, both ways; without it, both (libtorrent dials uTP first).
 --dht-bootstrap HOST:PORT (repeatable) turns the DHT on, bootstrapping from
 those nodes only; it then re-announces every few seconds so tests need not
 wait for libtorrent's 15-minute announce interval.
@@ -40,6 +42,7 @@ def main():
     ap.add_argument("--unchoke-slots", type=int, default=None, help="peers unchoked at once (a choking test)")
     ap.add_argument("--unchoke-interval", type=int, default=None, help="seconds between choking rounds")
     ap.add_argument("--enc", choices=["forced", "disabled"], help="encryption policy")
+    ap.add_argument("--transport", choices=["utp", "tcp"], help="the only protocol, both ways")
     args = ap.parse_args()
     dht = bool(args.dht_bootstrap)
 
@@ -70,6 +73,10 @@ def main():
     elif args.enc == "disabled":
         # policy 2 = disabled; allowed_enc_level 1 = plaintext only.
         settings.update(in_enc_policy=2, out_enc_policy=2, allowed_enc_level=1)
+    if args.transport:
+        utp = args.transport == "utp"
+        settings.update(enable_outgoing_utp=utp, enable_incoming_utp=utp,
+                        enable_outgoing_tcp=not utp, enable_incoming_tcp=not utp)
     ses = lt.session(settings)
     if args.download_limit or args.upload_limit:
         # Loopback peers are "local" and exempt from rate limits by default;

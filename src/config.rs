@@ -149,11 +149,19 @@ pub struct Network {
     pub numwant: u32,
     /// Protocol encryption (MSE/PE) of peer connections.
     pub encryption: Encryption,
+    /// Peer connections over uTP (BEP 29) as well as TCP.
+    pub utp: bool,
 }
 
 impl Default for Network {
     fn default() -> Network {
-        Network { listen_port: 6881, listen_address: "::".into(), numwant: 50, encryption: Encryption::default() }
+        Network {
+            listen_port: 6881,
+            listen_address: "::".into(),
+            numwant: 50,
+            encryption: Encryption::default(),
+            utp: true,
+        }
     }
 }
 

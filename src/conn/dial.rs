@@ -1,13 +1,22 @@
-//! Opening a connection's byte stream under `[network] encryption`:
-//! dialling (plaintext or MSE first, the other once if the peer's side of
-//! that handshake fails) and reading an incoming connection's first bytes
-//! (the plaintext header, or else an MSE handshake as the responder).
+//! Opening a connection's byte stream under `[network] encryption` and
+//! `[network] utp`: dialling (TCP first, uTP once if TCP cannot connect;
+//! plaintext or MSE first, the other once if the peer's side of that
+//! handshake fails) and reading an incoming connection's first bytes (the
+//! plaintext header, or else an MSE handshake as the responder).
+//!
+//! TCP goes first because a seedbox wants throughput: TCP costs less CPU a
+//! byte and does not yield to other traffic as uTP's LEDBAT does. uTP is
+//! for the peers TCP cannot reach; a peer reached over uTP is dialled over
+//! uTP first next time.
 
+use super::transport::{Proto, Stream};
 use super::{read_handshake, ConnEnd, Transport, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 use crate::config::Encryption;
 use crate::mse::{self, Methods};
+use crate::utp::UtpSocket;
 use crate::wire::{Handshake, HANDSHAKE_LEN, PROTOCOL};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -54,32 +63,108 @@ impl Encryption {
     }
 }
 
+/// How a connection was made: the protocol and the encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Way {
+    pub proto: Proto,
+    pub crypto: Attempt,
+}
+
+/// The protocol to dial first, and the one to try if it cannot connect.
+fn protos(utp: bool, worked: Option<Proto>) -> (Proto, Option<Proto>) {
+    match (utp, worked) {
+        (false, _) => (Proto::Tcp, None),
+        (true, Some(Proto::Utp)) => (Proto::Utp, Some(Proto::Tcp)),
+        (true, _) => (Proto::Tcp, Some(Proto::Utp)),
+    }
+}
+
 /// Why an attempt failed: before a TCP connection, or during the handshakes.
 enum Failed {
     Connect(ConnEnd),
     Handshake(ConnEnd),
 }
 
-/// Dials `addr` under `policy`, exchanges handshakes (ours rides in the
-/// MSE initial payload when encrypted) and says how it went. `worked`: how
-/// the last connection to this peer was made, if known.
+/// Dials `addr` (over uTP too, where `utp` is given) under `policy`,
+/// exchanges handshakes (ours rides in the MSE initial payload when
+/// encrypted) and says how it went. `worked`: how the last connection to
+/// this peer was made, if known.
 pub async fn dial(
     addr: SocketAddr,
     ours: &Handshake,
     policy: Encryption,
-    worked: Option<Attempt>,
+    utp: Option<&Arc<UtpSocket>>,
+    worked: Option<Way>,
 ) -> Result<(Transport, Handshake), ConnEnd> {
+    let (first, other) = protos(utp.is_some(), worked.map(|w| w.proto));
+    let crypto = worked.map(|w| w.crypto);
+    match dial_over(first, addr, ours, policy, utp, crypto).await {
+        Err(failed) => match other {
+            Some(next) if failed.worth_other_proto() => {
+                let end = failed.end();
+                tracing::debug!(peer = %addr, reason = %end, "no luck over {first:?}; trying {next:?} once");
+                dial_over(next, addr, ours, policy, utp, crypto).await.map_err(Failed::end)
+            }
+            _ => Err(failed.end()),
+        },
+        ok => ok.map_err(Failed::end),
+    }
+}
+
+impl Failed {
+    /// A peer that cannot be reached, or hangs up before its handshake (as
+    /// libtorrent does on TCP with TCP off, also in the middle of an
+    /// encryption handshake), may be there on the other protocol.
+    fn worth_other_proto(&self) -> bool {
+        match self {
+            Failed::Connect(_) => true,
+            Failed::Handshake(end) => {
+                matches!(end, ConnEnd::Closed | ConnEnd::Io(_) | ConnEnd::Timeout | ConnEnd::Encryption(_))
+            }
+        }
+    }
+
+    fn end(self) -> ConnEnd {
+        match self {
+            Failed::Connect(e) | Failed::Handshake(e) => e,
+        }
+    }
+}
+
+/// Dials over one protocol, with the encryption fallback.
+async fn dial_over(
+    proto: Proto,
+    addr: SocketAddr,
+    ours: &Handshake,
+    policy: Encryption,
+    utp: Option<&Arc<UtpSocket>>,
+    worked: Option<Attempt>,
+) -> Result<(Transport, Handshake), Failed> {
     let (first, fallback) = policy.attempts(worked);
-    match attempt(addr, ours, first, policy).await {
-        Ok(x) => Ok(x),
-        Err(Failed::Connect(end)) => Err(end),
+    let connect = || connect(proto, addr, utp);
+    match attempt(connect().await.map_err(Failed::Connect)?, ours, first, policy).await {
         Err(Failed::Handshake(end)) => match fallback {
             Some(next) if worth_other_way(first, &end) => {
                 tracing::debug!(peer = %addr, reason = %end, "handshake failed; trying {next:?} once");
-                attempt(addr, ours, next, policy).await.map_err(|(Failed::Connect(e) | Failed::Handshake(e))| e)
+                attempt(connect().await.map_err(Failed::Connect)?, ours, next, policy).await
             }
-            _ => Err(end),
+            _ => Err(Failed::Handshake(end)),
         },
+        r => r,
+    }
+}
+
+async fn connect(proto: Proto, addr: SocketAddr, utp: Option<&Arc<UtpSocket>>) -> Result<Stream, ConnEnd> {
+    let stream = match (proto, utp) {
+        (Proto::Utp, Some(utp)) => {
+            tokio::time::timeout(CONNECT_TIMEOUT, async { utp.connect(addr).await.map(Stream::Utp) }).await
+        }
+        _ => tokio::time::timeout(CONNECT_TIMEOUT, async { TcpStream::connect(addr).await.map(Stream::Tcp) }).await,
+    };
+    match stream {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ConnEnd::Timeout),
     }
 }
 
@@ -92,28 +177,24 @@ fn worth_other_way(first: Attempt, end: &ConnEnd) -> bool {
     }
 }
 
+/// The handshakes over a connected stream.
 async fn attempt(
-    addr: SocketAddr,
+    mut stream: Stream,
     ours: &Handshake,
     how: Attempt,
     policy: Encryption,
 ) -> Result<(Transport, Handshake), Failed> {
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
-    let mut tcp = match connect.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Failed::Connect(e.into())),
-        Err(_) => return Err(Failed::Connect(ConnEnd::Timeout)),
-    };
     let exchange = async {
         let mut t = match how {
             Attempt::Plaintext => {
-                tcp.write_all(&ours.encode()).await?;
-                Transport::Tcp(tcp)
+                stream.write_all(&ours.encode()).await?;
+                Transport::plain(stream)
             }
             Attempt::Encrypted => {
                 let ia = ours.encode().to_vec();
-                let est = mse::io::initiate(&mut tcp, ours.info_hash.0, policy.offer(), ia, HANDSHAKE_TIMEOUT).await?;
-                Transport::encrypted(tcp, est)
+                let est =
+                    mse::io::initiate(&mut stream, ours.info_hash.0, policy.offer(), ia, HANDSHAKE_TIMEOUT).await?;
+                Transport::encrypted(stream, est)
             }
         };
         let theirs = read_handshake(&mut t).await?;
@@ -133,27 +214,27 @@ async fn attempt(
 /// the protocol header, else MSE, where `lookup` finds the torrent from
 /// HASH('req2', info hash). The caller bounds the time.
 pub async fn accept(
-    mut tcp: TcpStream,
+    mut stream: Stream,
     policy: Encryption,
     lookup: mse::io::Lookup<'_>,
 ) -> Result<(Transport, Handshake), ConnEnd> {
     let mut head = [0u8; 20];
-    tcp.read_exact(&mut head).await?;
+    stream.read_exact(&mut head).await?;
     if head[0] == 19 && head[1..] == PROTOCOL[..] {
         if policy == Encryption::Require {
             return Err(ConnEnd::Encryption("plaintext handshake refused (encryption = \"require\")".into()));
         }
         let mut buf = [0u8; HANDSHAKE_LEN];
         buf[..20].copy_from_slice(&head);
-        tcp.read_exact(&mut buf[20..]).await?;
-        return Ok((Transport::Tcp(tcp), Handshake::decode(&buf)?));
+        stream.read_exact(&mut buf[20..]).await?;
+        return Ok((Transport::plain(stream), Handshake::decode(&buf)?));
     }
     let Some(methods) = policy.accept() else {
         return Err(ConnEnd::Encryption("not a plaintext handshake (encryption = \"disable\")".into()));
     };
-    let est = mse::io::respond(&mut tcp, &head, methods, lookup, HANDSHAKE_TIMEOUT).await?;
+    let est = mse::io::respond(&mut stream, &head, methods, lookup, HANDSHAKE_TIMEOUT).await?;
     let skey = est.skey;
-    let mut t = Transport::encrypted(tcp, est);
+    let mut t = Transport::encrypted(stream, est);
     let theirs = read_handshake(&mut t).await?;
     if theirs.info_hash.0 != skey {
         return Err(ConnEnd::Protocol("the handshake names another torrent than the encryption's".into()));
@@ -213,7 +294,7 @@ mod tests {
                 let Ok(Ok((tcp, _))) = tokio::time::timeout(std::time::Duration::from_secs(2), l.accept()).await else {
                     break;
                 };
-                last = accept(tcp, theirs, &ours).await;
+                last = accept(Stream::Tcp(tcp), theirs, &ours).await;
                 if let Ok((t, _)) = &mut last {
                     super::super::answer(t, &hs(2)).await.unwrap();
                     break;
@@ -221,7 +302,7 @@ mod tests {
             }
             last
         });
-        let dialled = dial(addr, &hs(1), mine, None).await;
+        let dialled = dial(addr, &hs(1), mine, None, None).await;
         (dialled, server.await.unwrap())
     }
 
@@ -261,8 +342,8 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server =
-            tokio::spawn(async move { accept(l.accept().await.unwrap().0, Encryption::Prefer, &|_| None).await });
-        assert!(dial(addr, &hs(1), Encryption::Require, None).await.is_err());
+            tokio::spawn(async move { accept(Stream::Tcp(l.accept().await.unwrap().0), Encryption::Prefer, &|_| None).await });
+        assert!(dial(addr, &hs(1), Encryption::Require, None, None).await.is_err());
         assert!(matches!(server.await.unwrap(), Err(ConnEnd::Encryption(e)) if e.contains("do not have")));
     }
 

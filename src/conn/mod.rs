@@ -15,14 +15,14 @@ pub mod transport;
 
 use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 use bytes::{Buf, BytesMut};
-pub use dial::{accept, dial, Attempt};
+pub use dial::{accept, dial, Attempt, Way};
 pub use outqueue::OutQueue;
 use std::future::Future;
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-pub use transport::Transport;
+pub use transport::{Proto, Stream, Transport};
 use transport::WriteHalf;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

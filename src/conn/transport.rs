@@ -1,103 +1,215 @@
-//! The byte stream under a peer connection: a TCP socket, plain or with
-//! MSE/PE encryption (`conn/crypt.rs`); uTP would be a further variant, and
-//! nothing above the connection core needs to know which one it talks over.
+//! The byte stream under a peer connection: TCP or uTP, plain or with
+//! MSE/PE encryption (`conn/crypt.rs`) on top of either. Nothing above the
+//! connection core needs to know which one it talks over.
 //!
-//! An enum rather than a boxed trait object: the read and write halves stay
+//! Enums rather than boxed trait objects: the read and write halves stay
 //! separate owned values (no lock between directions, as with
 //! `tokio::io::split`), and dispatch is a match the compiler can see through.
 
 use super::crypt::{self, RecvSide, SendSide};
 use crate::mse::Established;
+use crate::utp::UtpStream;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-pub enum Transport {
+/// The carrier: a TCP socket or a uTP connection.
+pub enum Stream {
     Tcp(TcpStream),
+    Utp(UtpStream),
+}
+
+/// Over which protocol a connection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Utp,
+}
+
+pub struct Transport {
+    stream: Stream,
     /// After an MSE handshake (whatever method it selected).
-    Mse(TcpStream, Box<(RecvSide, SendSide)>),
+    cipher: Option<Box<(RecvSide, SendSide)>>,
 }
 
-pub enum ReadHalf {
+enum StreamRead {
     Tcp(OwnedReadHalf),
-    Mse(OwnedReadHalf, Box<RecvSide>),
+    Utp(UtpStream),
 }
 
-pub enum WriteHalf {
+enum StreamWrite {
     Tcp(OwnedWriteHalf),
-    Mse(OwnedWriteHalf, Box<SendSide>),
+    Utp(UtpStream),
 }
 
-impl Transport {
-    /// The socket of a finished MSE handshake.
-    pub fn encrypted(s: TcpStream, est: Established) -> Transport {
-        Transport::Mse(s, Box::new(crypt::sides(est)))
-    }
+pub struct ReadHalf {
+    inner: StreamRead,
+    cipher: Option<Box<RecvSide>>,
+}
 
-    /// How it was made, for the peer book.
-    pub fn attempt(&self) -> super::Attempt {
+pub struct WriteHalf {
+    inner: StreamWrite,
+    cipher: Option<Box<SendSide>>,
+}
+
+impl Stream {
+    pub fn proto(&self) -> Proto {
         match self {
-            Transport::Tcp(_) => super::Attempt::Plaintext,
-            Transport::Mse(..) => super::Attempt::Encrypted,
+            Stream::Tcp(_) => Proto::Tcp,
+            Stream::Utp(_) => Proto::Utp,
         }
     }
 
-    /// For the logs: "tcp", "mse/rc4" or "mse/plaintext".
-    pub fn kind(&self) -> &'static str {
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Transport::Tcp(_) => "tcp",
-            Transport::Mse(_, sides) if sides.0.is_encrypted() => "mse/rc4",
-            Transport::Mse(..) => "mse/plaintext",
+            Stream::Tcp(s) => s.peer_addr(),
+            Stream::Utp(s) => Ok(s.peer_addr()),
+        }
+    }
+}
+
+impl Transport {
+    pub fn plain(stream: Stream) -> Transport {
+        Transport { stream, cipher: None }
+    }
+
+    /// The stream of a finished MSE handshake.
+    pub fn encrypted(stream: Stream, est: Established) -> Transport {
+        Transport { stream, cipher: Some(Box::new(crypt::sides(est))) }
+    }
+
+    /// How it was made, for the peer book.
+    pub fn way(&self) -> super::Way {
+        let crypto = match self.cipher {
+            None => super::Attempt::Plaintext,
+            Some(_) => super::Attempt::Encrypted,
+        };
+        super::Way { proto: self.stream.proto(), crypto }
+    }
+
+    /// For the logs: "tcp", "mse/rc4" or "mse/plaintext", with "utp/" in
+    /// front over uTP.
+    pub fn kind(&self) -> &'static str {
+        let rc4 = self.cipher.as_ref().map(|sides| sides.0.is_encrypted());
+        match (self.stream.proto(), rc4) {
+            (Proto::Tcp, None) => "tcp",
+            (Proto::Tcp, Some(true)) => "mse/rc4",
+            (Proto::Tcp, Some(false)) => "mse/plaintext",
+            (Proto::Utp, None) => "utp",
+            (Proto::Utp, Some(true)) => "utp/mse/rc4",
+            (Proto::Utp, Some(false)) => "utp/mse/plaintext",
         }
     }
 
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
-        // Requests and small messages should not wait for Nagle.
-        match self {
-            Transport::Tcp(s) => {
+        let (r, w) = match self.stream {
+            Stream::Tcp(s) => {
+                // Requests and small messages should not wait for Nagle.
                 let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
-                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+                (StreamRead::Tcp(r), StreamWrite::Tcp(w))
             }
-            Transport::Mse(s, sides) => {
-                let _ = s.set_nodelay(true);
-                let (r, w) = s.into_split();
+            Stream::Utp(s) => {
+                let (r, w) = s.split();
+                (StreamRead::Utp(r), StreamWrite::Utp(w))
+            }
+        };
+        let (recv, send) = match self.cipher {
+            Some(sides) => {
                 let (recv, send) = *sides;
-                (ReadHalf::Mse(r, Box::new(recv)), WriteHalf::Mse(w, Box::new(send)))
+                (Some(Box::new(recv)), Some(Box::new(send)))
             }
-        }
+            None => (None, None),
+        };
+        (ReadHalf { inner: r, cipher: recv }, WriteHalf { inner: w, cipher: send })
     }
 }
 
+/// Delegates `AsyncRead` and `AsyncWrite` to whichever variant it holds.
+macro_rules! delegate_io {
+    ($ty:ident { $($variant:ident),+ }) => {
+        impl AsyncRead for $ty {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)+
+                }
+            }
+        }
+    };
+    (write $ty:ident { $($variant:ident),+ }) => {
+        impl AsyncWrite for $ty {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)+
+                }
+            }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)+
+                }
+            }
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $($ty::$variant(s) => s.is_write_vectored(),)+
+                }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_flush(cx),)+
+                }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_shutdown(cx),)+
+                }
+            }
+        }
+    };
+}
+
+delegate_io!(Stream { Tcp, Utp });
+delegate_io!(write Stream { Tcp, Utp });
+delegate_io!(StreamRead { Tcp, Utp });
+delegate_io!(write StreamWrite { Tcp, Utp });
+
 impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Mse(s, sides) => sides.0.poll_read(s, cx, buf),
+        let t = self.get_mut();
+        match &mut t.cipher {
+            Some(sides) => sides.0.poll_read(&mut t.stream, cx, buf),
+            None => Pin::new(&mut t.stream).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for Transport {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Mse(s, sides) => sides.1.poll_write_vectored(s, cx, &[IoSlice::new(buf)]),
+        let t = self.get_mut();
+        match &mut t.cipher {
+            Some(sides) => sides.1.poll_write_vectored(&mut t.stream, cx, &[IoSlice::new(buf)]),
+            None => Pin::new(&mut t.stream).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Transport::Mse(s, sides) => sides.1.poll_flush(s, cx),
+        let t = self.get_mut();
+        match &mut t.cipher {
+            Some(sides) => sides.1.poll_flush(&mut t.stream, cx),
+            None => Pin::new(&mut t.stream).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Mse(s, sides) => sides.1.poll_shutdown(s, cx),
+        let t = self.get_mut();
+        match &mut t.cipher {
+            Some(sides) => sides.1.poll_shutdown(&mut t.stream, cx),
+            None => Pin::new(&mut t.stream).poll_shutdown(cx),
         }
     }
 }
@@ -105,55 +217,50 @@ impl AsyncWrite for Transport {
 impl WriteHalf {
     /// Whether bytes it accepted wait for a flush to go out.
     pub fn has_pending(&self) -> bool {
-        match self {
-            WriteHalf::Tcp(_) => false,
-            WriteHalf::Mse(_, side) => side.has_pending(),
-        }
+        self.cipher.as_ref().is_some_and(|side| side.has_pending())
     }
 }
 
 impl AsyncRead for ReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
-            ReadHalf::Mse(r, side) => side.poll_read(r, cx, buf),
+        let h = self.get_mut();
+        match &mut h.cipher {
+            Some(side) => side.poll_read(&mut h.inner, cx, buf),
+            None => Pin::new(&mut h.inner).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for WriteHalf {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
-            WriteHalf::Mse(w, side) => side.poll_write_vectored(w, cx, &[IoSlice::new(buf)]),
-        }
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
-            WriteHalf::Mse(w, side) => side.poll_write_vectored(w, cx, bufs),
+        let h = self.get_mut();
+        match &mut h.cipher {
+            Some(side) => side.poll_write_vectored(&mut h.inner, cx, bufs),
+            None => Pin::new(&mut h.inner).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Tcp(w) => w.is_write_vectored(),
-            WriteHalf::Mse(..) => true,
-        }
+        self.cipher.is_some() || self.inner.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
-            WriteHalf::Mse(w, side) => side.poll_flush(w, cx),
+        let h = self.get_mut();
+        match &mut h.cipher {
+            Some(side) => side.poll_flush(&mut h.inner, cx),
+            None => Pin::new(&mut h.inner).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
-            WriteHalf::Mse(w, side) => side.poll_shutdown(w, cx),
+        let h = self.get_mut();
+        match &mut h.cipher {
+            Some(side) => side.poll_shutdown(&mut h.inner, cx),
+            None => Pin::new(&mut h.inner).poll_shutdown(cx),
         }
     }
 }

@@ -115,8 +115,13 @@ fn ping_due(pinged: &mut HashMap<std::net::IpAddr, u64>, ip: std::net::IpAddr, n
     true
 }
 
+/// Datagrams for the DHT from a socket it shares (with uTP, which reads it).
+pub type Inbox = mpsc::Receiver<(Vec<u8>, SocketAddr)>;
+
 pub struct Dht {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    /// Where datagrams come from when the socket is shared.
+    inbox: Mutex<Option<Inbox>>,
     port: u16,
     started: Instant,
     state: Mutex<State>,
@@ -151,18 +156,18 @@ impl Dht {
     /// Binds the node's UDP socket and starts its tasks. `ip` is the address
     /// to bind (IPv4; the unspecified IPv6 address means every IPv4 one).
     pub async fn start(ip: IpAddr, port: u16, state_dir: &Path, bootstrap: Vec<String>) -> std::io::Result<Arc<Dht>> {
-        let ip = match ip {
-            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0, 0, 0, 0]),
-            IpAddr::V6(_) => return Err(std::io::Error::other("the DHT needs an IPv4 listen address")),
-            v4 => v4,
-        };
-        // The listen port is the usual choice; if something else holds it
-        // for UDP, any port will do, as peers learn it from `port` messages.
-        let socket = match UdpSocket::bind(SocketAddr::new(ip, port)).await {
-            Ok(s) => s,
-            Err(_) if port != 0 => UdpSocket::bind(SocketAddr::new(ip, 0)).await?,
-            Err(e) => return Err(e),
-        };
+        let socket = Arc::new(bind_udp(ip, port).await?);
+        Dht::start_on(socket, None, state_dir, bootstrap)
+    }
+
+    /// Starts the node on a bound socket. With an `inbox`, the socket is
+    /// shared and its reader sends the DHT's datagrams there.
+    pub fn start_on(
+        socket: Arc<UdpSocket>,
+        inbox: Option<Inbox>,
+        state_dir: &Path,
+        bootstrap: Vec<String>,
+    ) -> std::io::Result<Arc<Dht>> {
         let port = socket.local_addr()?.port();
         let state_file = state_dir.join(STATE_FILE);
         let saved: SavedState =
@@ -175,6 +180,7 @@ impl Dht {
         let now = Instant::now();
         let dht = Arc::new(Dht {
             socket,
+            inbox: Mutex::new(inbox),
             port,
             started: now,
             state: Mutex::new(State {
@@ -250,13 +256,19 @@ impl Dht {
 
     async fn receive_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; MAX_PACKET + 1];
+        let mut inbox = self.inbox.lock().unwrap().take();
         loop {
             let (n, from) = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                r = self.socket.recv_from(&mut buf) => match r {
+                r = self.socket.recv_from(&mut buf), if inbox.is_none() => match r {
                     Ok(x) => x,
                     Err(_) => continue, // ICMP errors surface here; the query times out
                 },
+                Some((d, from)) = async { inbox.as_mut()?.recv().await }, if inbox.is_some() => {
+                    let n = d.len().min(buf.len());
+                    buf[..n].copy_from_slice(&d[..n]);
+                    (n, from)
+                }
             };
             let from = crate::compact::normalize(from);
             let Ok(msg) = Message::decode(&buf[..n]) else {
@@ -622,6 +634,23 @@ fn expire_store(store: &mut HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>) {
         list.retain(|(_, at)| at.elapsed() < PEER_TTL);
         !list.is_empty()
     });
+}
+
+/// Binds the listen port's UDP side, which the DHT and uTP share: IPv4 (the
+/// unspecified IPv6 address means every IPv4 one). If something else holds
+/// the port for UDP, any port will do for the DHT, as peers learn it from
+/// `port` messages (uTP then only dials out).
+pub async fn bind_udp(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let ip = match ip {
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0, 0, 0, 0]),
+        IpAddr::V6(_) => return Err(std::io::Error::other("the DHT and uTP need an IPv4 listen address")),
+        v4 => v4,
+    };
+    match UdpSocket::bind(SocketAddr::new(ip, port)).await {
+        Ok(s) => Ok(s),
+        Err(_) if port != 0 => UdpSocket::bind(SocketAddr::new(ip, 0)).await,
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

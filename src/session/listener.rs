@@ -1,5 +1,6 @@
-//! The TCP listener: reads each incoming peer's handshake and routes the
-//! connection by info hash to its torrent or magnet. A connection that does
+//! The listener: takes incoming peers over TCP and over uTP, reads each
+//! one's handshake and routes the connection by info hash to its torrent
+//! or magnet. A connection that does
 //! not start with the plaintext header is taken for MSE/PE encryption, whose
 //! handshake names the torrent by a hash of its info hash
 //! ([`Session::find_req2`]); `[network] encryption` decides what is refused.
@@ -20,7 +21,8 @@
 
 use super::entry::Entry;
 use super::Session;
-use crate::conn::{self, HANDSHAKE_TIMEOUT};
+use crate::conn::{self, Stream, HANDSHAKE_TIMEOUT};
+use crate::utp::UtpStream;
 use crate::torrent::task::Cmd;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 /// Handshakes read at once.
@@ -131,7 +134,7 @@ impl Pending {
         }
     }
 
-    fn spawn(&mut self, session: Arc<Session>, stream: TcpStream, addr: SocketAddr, spoke: bool) {
+    fn spawn(&mut self, session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: bool) {
         let spoke = Arc::new(AtomicBool::new(spoke));
         let task = self.tasks.spawn(route(session, stream, addr, spoke.clone()));
         self.order.push_back(Handshaking { ip: addr.ip(), spoke, task });
@@ -149,19 +152,31 @@ fn has_bytes(stream: &TcpStream) -> bool {
     n > 0
 }
 
-pub(super) async fn accept_loop(session: Arc<Session>, listener: TcpListener) {
+/// Accepts TCP connections from `listener` and uTP ones from `utp`; both
+/// share the limits on handshakes pending.
+pub(super) async fn accept_loop(
+    session: Arc<Session>,
+    listener: TcpListener,
+    mut utp: Option<mpsc::Receiver<UtpStream>>,
+) {
     let mut pending = Pending::default();
     let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = session.cancel.cancelled() => break,
             Some(_) = pending.tasks.join_next(), if !pending.tasks.is_empty() => {}
+            Some(stream) = async { utp.as_mut()?.recv().await }, if utp.is_some() => {
+                let (addr, spoke) = (stream.peer_addr(), stream.has_bytes());
+                if pending.admit(addr.ip(), spoke) {
+                    pending.spawn(session.clone(), Stream::Utp(stream), addr, spoke);
+                }
+            }
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
                     backoff.succeeded();
                     let spoke = has_bytes(&stream);
                     if pending.admit(addr.ip(), spoke) {
-                        pending.spawn(session.clone(), stream, addr, spoke);
+                        pending.spawn(session.clone(), Stream::Tcp(stream), addr, spoke);
                     }
                 }
                 Err(e) => {
@@ -178,11 +193,19 @@ pub(super) async fn accept_loop(session: Arc<Session>, listener: TcpListener) {
 }
 
 /// Reads the handshake and hands the connection to whoever wants it.
-async fn route(session: Arc<Session>, stream: TcpStream, addr: SocketAddr, spoke: Arc<AtomicBool>) {
-    // The first byte, soon, or the socket is dropped.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => spoke.store(true, Ordering::Relaxed),
+async fn route(session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: Arc<AtomicBool>) {
+    // The first byte, soon, or the connection is dropped.
+    let first_byte = async {
+        match &stream {
+            Stream::Tcp(s) => matches!(s.peek(&mut [0u8; 1]).await, Ok(1)),
+            Stream::Utp(s) => {
+                s.readable().await;
+                s.has_bytes()
+            }
+        }
+    };
+    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, first_byte).await {
+        Ok(true) => spoke.store(true, Ordering::Relaxed),
         _ => return,
     }
     let policy = session.env.config().network.encryption;

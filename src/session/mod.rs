@@ -14,6 +14,7 @@ mod listener;
 pub mod lookup;
 mod restore;
 
+use crate::utp::{UtpSocket, UtpStream};
 use crate::config::Config;
 use crate::hooks::{Facts, HookEvent, HookRunner};
 use crate::magnet::Magnet;
@@ -98,12 +99,13 @@ impl Session {
         tracing::info!(port = listen_port, "listening for peers");
         let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
         let hooks = HookRunner::start(config.hooks.max_running, &tasks, cancel.clone());
-        let env = Arc::new(make_env(config, ip, listen_port, hooks).await?);
+        let udp = udp_side(&config, ip, listen_port).await;
+        let env = Arc::new(make_env(config, listen_port, hooks, udp.dht, udp.utp).await?);
         let (removals, removal_rx) = mpsc::unbounded_channel();
         let (fetched, fetched_rx) = mpsc::unbounded_channel();
         let session = Arc::new(Session { env, registry: Mutex::new(HashMap::new()), cancel, tasks, removals, fetched });
         session.restore().await;
-        session.tasks.spawn(listener::accept_loop(session.clone(), listener));
+        session.tasks.spawn(listener::accept_loop(session.clone(), listener, udp.incoming));
         session.tasks.spawn(housekeeping(Arc::downgrade(&session), removal_rx, fetched_rx, session.cancel.clone()));
         Ok(session)
     }
@@ -578,6 +580,9 @@ impl Session {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(utp) = &self.env.utp {
+            utp.shut_down().await;
+        }
         if let Some(dht) = &self.env.dht {
             dht.shutdown().await;
         }
@@ -586,18 +591,52 @@ impl Session {
     }
 }
 
-async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16, hooks: HookRunner) -> anyhow::Result<Env> {
-    let dht = if config.dht.enabled {
-        match crate::dht::Dht::start(ip, listen_port, &config.paths.state_dir, config.dht.bootstrap.clone()).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!(error = %e, port = listen_port, "cannot start the DHT; trackers and PEX only");
-                None
-            }
+/// The listen port's UDP side: the DHT node and uTP, sharing one socket.
+struct UdpSide {
+    dht: Option<Arc<crate::dht::Dht>>,
+    utp: Option<Arc<UtpSocket>>,
+    incoming: Option<mpsc::Receiver<UtpStream>>,
+}
+
+async fn udp_side(config: &Config, ip: IpAddr, listen_port: u16) -> UdpSide {
+    let mut side = UdpSide { dht: None, utp: None, incoming: None };
+    if !config.dht.enabled && !config.network.utp {
+        return side;
+    }
+    let udp = match crate::dht::bind_udp(ip, listen_port).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::warn!(error = %e, port = listen_port, "cannot bind the UDP port; no DHT and no uTP");
+            return side;
         }
-    } else {
-        None
     };
+    let port = udp.local_addr().map_or(0, |a| a.port());
+    let mut dht_inbox = None;
+    if config.network.utp {
+        let (to_dht, inbox) = mpsc::channel(crate::utp::OTHER_QUEUE);
+        let (utp, incoming) = UtpSocket::start(udp.clone(), config.dht.enabled.then_some(to_dht));
+        if port != listen_port {
+            tracing::warn!(port, listen_port, "the UDP port is taken: uTP dials out only");
+        }
+        (side.utp, side.incoming, dht_inbox) = (Some(utp), Some(incoming), Some(inbox));
+    }
+    if config.dht.enabled {
+        let (dir, bootstrap) = (&config.paths.state_dir, config.dht.bootstrap.clone());
+        match crate::dht::Dht::start_on(udp, dht_inbox, dir, bootstrap) {
+            Ok(d) => side.dht = Some(d),
+            Err(e) => tracing::warn!(error = %e, port = listen_port, "cannot start the DHT; trackers and PEX only"),
+        }
+    }
+    side
+}
+
+async fn make_env(
+    config: Arc<Config>,
+    listen_port: u16,
+    hooks: HookRunner,
+    dht: Option<Arc<crate::dht::Dht>>,
+    utp: Option<Arc<UtpSocket>>,
+) -> anyhow::Result<Env> {
     Ok(Env {
         peer_id: PeerId::generate(),
         listen_port,
@@ -629,6 +668,7 @@ async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16, hooks: Hook
         state_dir: config.paths.state_dir.clone(),
         config: RwLock::new(config),
         dht,
+        utp,
         announces: Default::default(),
         hooks,
     })

@@ -13,7 +13,7 @@ use super::picker::PeerKey;
 use super::task::{limit_reached, Command, Control};
 use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
-use crate::conn::{Attempt, Transport};
+use crate::conn::{Transport, Way};
 use crate::hooks::HookEvent;
 use crate::resume::now_unix;
 use crate::storage::Place;
@@ -42,7 +42,7 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(60);
 
 /// An outgoing connection's end: its address, whether it is worth dialling
 /// again, how long it lasted, and how it was made (if it was).
-type Dialled = (SocketAddr, bool, Duration, Option<Attempt>);
+type Dialled = (SocketAddr, bool, Duration, Option<Way>);
 
 struct Active<'a> {
     shared: &'a Arc<TorrentShared>,

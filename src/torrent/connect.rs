@@ -6,32 +6,32 @@
 use super::peer::PeerConn;
 use super::picker::PeerKey;
 use super::{PeerHandle, TorrentShared};
-use crate::conn::{self, Attempt, ConnEnd, Transport};
+use crate::conn::{self, ConnEnd, Transport, Way};
 use crate::wire::Handshake;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Dials `addr` (plaintext or encrypted first as `worked` says: how the
-/// last connection was made) and runs the connection until it ends; also
-/// says how this one was made, if it was.
+/// Dials `addr` (TCP or uTP, plaintext or encrypted first as `worked`
+/// says: how the last connection was made) and runs the connection until
+/// it ends; also says how this one was made, if it was.
 pub async fn outgoing(
     shared: Arc<TorrentShared>,
     addr: SocketAddr,
-    worked: Option<Attempt>,
+    worked: Option<Way>,
     cancel: CancellationToken,
-) -> (ConnEnd, Option<Attempt>) {
+) -> (ConnEnd, Option<Way>) {
     let ours = our_handshake(&shared);
     let policy = shared.env.config().network.encryption;
     let (transport, theirs) = tokio::select! {
         _ = cancel.cancelled() => return (ConnEnd::Cancelled, None),
-        r = conn::dial(addr, &ours, policy, worked) => match r {
+        r = conn::dial(addr, &ours, policy, shared.env.utp.as_ref(), worked) => match r {
             Ok(x) => x,
             Err(end) => return (end, None),
         },
     };
-    let how = transport.attempt();
+    let how = transport.way();
     (run_outgoing(shared, addr, transport, theirs, cancel).await, Some(how))
 }
 

@@ -66,6 +66,8 @@ pub struct Env {
     pub upload_limit: ratelimit::RateLimiter,
     /// The DHT node, when enabled.
     pub dht: Option<Arc<crate::dht::Dht>>,
+    /// uTP on the listen port's UDP side, when `[network] utp` is on.
+    pub utp: Option<Arc<crate::utp::UtpSocket>>,
     /// When each torrent last announced, and its tracker key.
     pub announces: Arc<crate::tracker::pace::AnnounceBook>,
     /// Runs the user's hooks (`[hooks]`) off the engine.

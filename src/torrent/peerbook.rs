@@ -18,7 +18,7 @@
 //! [`MAX_KNOWN`] known in all (stale ones are forgotten first), and
 //! [`MAX_QUEUED`] waiting to be dialled.
 
-use crate::conn::Attempt;
+use crate::conn::Way;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ struct Known {
     failures: u32,
     retry_at: Option<Instant>,
     /// How the last connection was made.
-    made_by: Option<Attempt>,
+    made_by: Option<Way>,
 }
 
 #[derive(Default)]
@@ -93,14 +93,14 @@ impl PeerBook {
     }
 
     /// A connection to `addr` was made `how` (`None`: it was not made).
-    pub fn made(&mut self, addr: SocketAddr, how: Option<Attempt>) {
+    pub fn made(&mut self, addr: SocketAddr, how: Option<Way>) {
         if let (Some(k), Some(how)) = (self.known.get_mut(&addr), how) {
             k.made_by = Some(how);
         }
     }
 
     /// How the last connection to `addr` was made, if one was.
-    pub fn made_by(&self, addr: SocketAddr) -> Option<Attempt> {
+    pub fn made_by(&self, addr: SocketAddr) -> Option<Way> {
         self.known.get(&addr).and_then(|k| k.made_by)
     }
 
@@ -230,14 +230,16 @@ mod tests {
 
     #[test]
     fn how_a_connection_was_made_is_remembered() {
+        use crate::conn::{Attempt, Proto};
         let now = Instant::now();
         let mut book = PeerBook::default();
         book.heard([addr(1)], now);
         assert_eq!(book.made_by(addr(1)), None);
-        book.made(addr(1), Some(Attempt::Plaintext));
+        let utp_plain = Way { proto: Proto::Utp, crypto: Attempt::Plaintext };
+        book.made(addr(1), Some(utp_plain));
         book.made(addr(1), None);
-        assert_eq!(book.made_by(addr(1)), Some(Attempt::Plaintext), "a failed dial forgets nothing");
-        book.made(addr(2), Some(Attempt::Encrypted));
+        assert_eq!(book.made_by(addr(1)), Some(utp_plain), "a failed dial forgets nothing");
+        book.made(addr(2), Some(Way { proto: Proto::Tcp, crypto: Attempt::Encrypted }));
         assert_eq!(book.made_by(addr(2)), None, "only known addresses");
     }
 }

@@ -13,6 +13,9 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
+/// Whether datagram number n, sent at a time, is lost.
+type LossRule = Box<dyn FnMut(usize, u64, &[u8]) -> bool>;
+
 struct Net {
     a: Conn,
     b: Option<Conn>,
@@ -20,8 +23,7 @@ struct Net {
     wire: Vec<InFlight>,
     delay: u64,
     sent: usize,
-    /// Whether datagram number n (counting from 0) is lost.
-    lose: Box<dyn FnMut(usize, u64, &[u8]) -> bool>,
+    lose: LossRule,
     scratch: Vec<u8>,
 }
 
@@ -296,5 +298,5 @@ fn the_window_caps_what_is_in_flight() {
     assert_eq!(c.write(&vec![0; SEND_BUF + 10]), SEND_BUF, "the send buffer is bounded");
     let mut bytes = 0;
     c.transmit(20, &mut Vec::new(), |p| bytes += p.len() - packet::HEADER_LEN);
-    assert!(bytes <= 5000 && bytes >= 2800, "{bytes}");
+    assert!((2800..=5000).contains(&bytes), "{bytes}");
 }

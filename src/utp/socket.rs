@@ -90,12 +90,12 @@ impl Inner {
 }
 
 impl UtpSocket {
-    /// Runs uTP on `udp`. Datagrams that are not uTP go to `other`;
-    /// incoming connections come out of the returned receiver.
+    /// Runs uTP on `udp` until [`UtpSocket::shut_down`]. Datagrams that
+    /// are not uTP go to `other`; incoming connections come out of the
+    /// returned receiver.
     pub fn start(
         udp: Arc<UdpSocket>,
         other: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
-        cancel: CancellationToken,
     ) -> (Arc<UtpSocket>, mpsc::Receiver<UtpStream>) {
         let (accepted, incoming) = mpsc::channel(ACCEPT_QUEUE);
         let socket = Arc::new(UtpSocket {
@@ -103,7 +103,7 @@ impl UtpSocket {
             epoch: Instant::now(),
             conns: Mutex::new(HashMap::new()),
             accepted,
-            cancel,
+            cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         socket.tasks.spawn(socket.clone().receive_loop(other));
@@ -118,8 +118,9 @@ impl UtpSocket {
         self.conns.lock().unwrap().len()
     }
 
-    /// Stops every task (the cancellation token is the caller's) and waits.
-    pub async fn closed(&self) {
+    /// Stops the receive loop and every connection, and waits for them.
+    pub async fn shut_down(&self) {
+        self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }
@@ -340,6 +341,25 @@ impl UtpStream {
         (self, other)
     }
 
+    /// Whether received bytes wait to be read.
+    pub fn has_bytes(&self) -> bool {
+        self.shared.inner.lock().unwrap().conn.has_readable()
+    }
+
+    /// Waits until bytes arrive or the connection ends, reading nothing.
+    pub async fn readable(&self) {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.shared.inner.lock().unwrap();
+            let c = &inner.conn;
+            if c.has_readable() || c.at_eof() || matches!(c.state(), State::Closed(_)) {
+                return Poll::Ready(());
+            }
+            inner.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut inner = self.shared.inner.lock().unwrap();
         match inner.conn.state() {
@@ -444,18 +464,17 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn pair() -> (Arc<UtpSocket>, Arc<UtpSocket>, mpsc::Receiver<UtpStream>, CancellationToken) {
-        let cancel = CancellationToken::new();
+    async fn pair() -> (Arc<UtpSocket>, Arc<UtpSocket>, mpsc::Receiver<UtpStream>) {
         let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let (a, _) = UtpSocket::start(a, None, cancel.clone());
-        let (b, incoming) = UtpSocket::start(b, None, cancel.clone());
-        (a, b, incoming, cancel)
+        let (a, _) = UtpSocket::start(a, None);
+        let (b, incoming) = UtpSocket::start(b, None);
+        (a, b, incoming)
     }
 
     #[tokio::test]
     async fn a_stream_carries_bytes_both_ways_and_closes() {
-        let (a, b, mut incoming, cancel) = pair().await;
+        let (a, b, mut incoming) = pair().await;
         let baddr = b.local_addr().unwrap();
         let mut out = a.connect(baddr).await.unwrap();
         let mut inc = incoming.recv().await.unwrap();
@@ -485,17 +504,15 @@ mod tests {
         })
         .await
         .expect("both sides forget the connection");
-        cancel.cancel();
-        a.closed().await;
-        b.closed().await;
+        a.shut_down().await;
+        b.shut_down().await;
     }
 
     #[tokio::test]
     async fn other_datagrams_go_to_the_dht_and_strays_get_a_reset() {
-        let cancel = CancellationToken::new();
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let (tx, mut rx) = mpsc::channel(4);
-        let (s, _incoming) = UtpSocket::start(udp, Some(tx), cancel.clone());
+        let (s, _incoming) = UtpSocket::start(udp, Some(tx));
         let addr = s.local_addr().unwrap();
         let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         probe.send_to(b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:xx1:y1:qe", addr).await.unwrap();
@@ -517,18 +534,16 @@ mod tests {
         let n = tokio::time::timeout(Duration::from_secs(2), probe.recv(&mut buf)).await.unwrap().unwrap();
         let reset = packet::parse(&buf[..n]).unwrap().header;
         assert_eq!((reset.kind, reset.conn_id, reset.ack_nr), (Kind::Reset, 9, 5));
-        cancel.cancel();
-        s.closed().await;
+        s.shut_down().await;
     }
 
     #[tokio::test]
     async fn connecting_to_a_silent_port_times_out() {
-        let cancel = CancellationToken::new();
-        let (a, _) = UtpSocket::start(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()), None, cancel.clone());
+        let (a, _) = UtpSocket::start(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()), None);
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         tokio::time::pause();
         let r = a.connect(silent.local_addr().unwrap()).await;
         assert_eq!(r.err().map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
-        cancel.cancel();
+        a.shut_down().await;
     }
 }
