@@ -150,7 +150,7 @@ pub struct Network {
     /// Protocol encryption (MSE/PE) of peer connections.
     pub encryption: Encryption,
     /// Peer connections over uTP (BEP 29) as well as TCP.
-    pub utp: bool,
+    pub utp: Utp,
 }
 
 impl Default for Network {
@@ -160,7 +160,7 @@ impl Default for Network {
             listen_address: "::".into(),
             numwant: 50,
             encryption: Encryption::default(),
-            utp: true,
+            utp: Utp::default(),
         }
     }
 }
@@ -177,6 +177,19 @@ pub enum Encryption {
     /// Dial plaintext first, encrypted once if the peer hangs up; accept both.
     Allow,
     /// Plaintext only; incoming encrypted handshakes are refused.
+    Disable,
+}
+
+/// uTP (BEP 29), as `[network] utp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Utp {
+    /// Accepted; dialled when TCP cannot reach the peer.
+    #[default]
+    Enable,
+    /// Accepted; dialled first, TCP when uTP cannot reach the peer (as libtorrent does).
+    Prefer,
+    /// Neither accepted nor dialled.
     Disable,
 }
 

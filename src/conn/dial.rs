@@ -70,12 +70,26 @@ pub struct Way {
     pub crypto: Attempt,
 }
 
-/// The protocol to dial first, and the one to try if it cannot connect.
-fn protos(utp: bool, worked: Option<Proto>) -> (Proto, Option<Proto>) {
-    match (utp, worked) {
-        (false, _) => (Proto::Tcp, None),
-        (true, Some(Proto::Utp)) => (Proto::Utp, Some(Proto::Tcp)),
-        (true, _) => (Proto::Tcp, Some(Proto::Utp)),
+/// What an outgoing connection may use: `[network] encryption` and
+/// `[network] utp` (the socket, when uTP is on).
+#[derive(Clone, Copy)]
+pub struct Reach<'a> {
+    pub encryption: Encryption,
+    pub utp: Option<&'a Arc<UtpSocket>>,
+    pub utp_first: bool,
+}
+
+impl Reach<'_> {
+    /// The protocol to dial first, and the one to try if it fails: what
+    /// worked last time first.
+    fn protos(&self, worked: Option<Proto>) -> (Proto, Option<Proto>) {
+        let other = |p| if p == Proto::Tcp { Proto::Utp } else { Proto::Tcp };
+        match (self.utp, worked) {
+            (None, _) => (Proto::Tcp, None),
+            (Some(_), Some(p)) => (p, Some(other(p))),
+            (Some(_), None) if self.utp_first => (Proto::Utp, Some(Proto::Tcp)),
+            (Some(_), None) => (Proto::Tcp, Some(Proto::Utp)),
+        }
     }
 }
 
@@ -85,19 +99,18 @@ enum Failed {
     Handshake(ConnEnd),
 }
 
-/// Dials `addr` (over uTP too, where `utp` is given) under `policy`,
-/// exchanges handshakes (ours rides in the MSE initial payload when
-/// encrypted) and says how it went. `worked`: how the last connection to
-/// this peer was made, if known.
+/// Dials `addr` as `reach` allows, exchanges handshakes (ours rides in the
+/// MSE initial payload when encrypted) and says how it went. `worked`: how
+/// the last connection to this peer was made, if known.
 pub async fn dial(
     addr: SocketAddr,
     ours: &Handshake,
-    policy: Encryption,
-    utp: Option<&Arc<UtpSocket>>,
+    reach: Reach<'_>,
     worked: Option<Way>,
 ) -> Result<(Transport, Handshake), ConnEnd> {
-    let (first, other) = protos(utp.is_some(), worked.map(|w| w.proto));
+    let (first, other) = reach.protos(worked.map(|w| w.proto));
     let crypto = worked.map(|w| w.crypto);
+    let (policy, utp) = (reach.encryption, reach.utp);
     match dial_over(first, addr, ours, policy, utp, crypto).await {
         Err(failed) => match other {
             Some(next) if failed.worth_other_proto() => {
@@ -271,6 +284,10 @@ mod tests {
 
     const HASH: [u8; 20] = [9; 20];
 
+    fn tcp_only(encryption: Encryption) -> Reach<'static> {
+        Reach { encryption, utp: None, utp_first: false }
+    }
+
     fn hs(id: u8) -> Handshake {
         Handshake::new(InfoHash(HASH), PeerId([id; 20]), false)
     }
@@ -302,7 +319,7 @@ mod tests {
             }
             last
         });
-        let dialled = dial(addr, &hs(1), mine, None, None).await;
+        let dialled = dial(addr, &hs(1), tcp_only(mine), None).await;
         (dialled, server.await.unwrap())
     }
 
@@ -343,7 +360,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let server =
             tokio::spawn(async move { accept(Stream::Tcp(l.accept().await.unwrap().0), Encryption::Prefer, &|_| None).await });
-        assert!(dial(addr, &hs(1), Encryption::Require, None, None).await.is_err());
+        assert!(dial(addr, &hs(1), tcp_only(Encryption::Require), None).await.is_err());
         assert!(matches!(server.await.unwrap(), Err(ConnEnd::Encryption(e)) if e.contains("do not have")));
     }
 

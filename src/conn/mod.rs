@@ -15,7 +15,7 @@ pub mod transport;
 
 use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 use bytes::{Buf, BytesMut};
-pub use dial::{accept, dial, Attempt, Way};
+pub use dial::{accept, dial, Attempt, Reach, Way};
 pub use outqueue::OutQueue;
 use std::future::Future;
 use std::io::IoSlice;

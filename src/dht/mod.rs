@@ -646,10 +646,33 @@ pub async fn bind_udp(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
         IpAddr::V6(_) => return Err(std::io::Error::other("the DHT and uTP need an IPv4 listen address")),
         v4 => v4,
     };
-    match UdpSocket::bind(SocketAddr::new(ip, port)).await {
-        Ok(s) => Ok(s),
-        Err(_) if port != 0 => UdpSocket::bind(SocketAddr::new(ip, 0)).await,
-        Err(e) => Err(e),
+    let socket = match UdpSocket::bind(SocketAddr::new(ip, port)).await {
+        Ok(s) => s,
+        Err(_) if port != 0 => UdpSocket::bind(SocketAddr::new(ip, 0)).await?,
+        Err(e) => return Err(e),
+    };
+    // uTP at speed brings bursts of datagrams that the default buffer
+    // (about 200 KiB) drops; the kernel caps this at net.core.rmem_max.
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        set_buffer(&socket, option, UDP_BUFFER);
+    }
+    Ok(socket)
+}
+
+/// Bytes asked for each of the UDP socket's kernel buffers.
+const UDP_BUFFER: libc::c_int = 4 << 20;
+
+fn set_buffer(socket: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket, and a c_int option value of the size given.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

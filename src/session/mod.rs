@@ -600,7 +600,7 @@ struct UdpSide {
 
 async fn udp_side(config: &Config, ip: IpAddr, listen_port: u16) -> UdpSide {
     let mut side = UdpSide { dht: None, utp: None, incoming: None };
-    if !config.dht.enabled && !config.network.utp {
+    if !config.dht.enabled && config.network.utp == crate::config::Utp::Disable {
         return side;
     }
     let udp = match crate::dht::bind_udp(ip, listen_port).await {
@@ -612,7 +612,7 @@ async fn udp_side(config: &Config, ip: IpAddr, listen_port: u16) -> UdpSide {
     };
     let port = udp.local_addr().map_or(0, |a| a.port());
     let mut dht_inbox = None;
-    if config.network.utp {
+    if config.network.utp != crate::config::Utp::Disable {
         let (to_dht, inbox) = mpsc::channel(crate::utp::OTHER_QUEUE);
         let (utp, incoming) = UtpSocket::start(udp.clone(), config.dht.enabled.then_some(to_dht));
         if port != listen_port {

@@ -23,10 +23,9 @@ pub async fn outgoing(
     cancel: CancellationToken,
 ) -> (ConnEnd, Option<Way>) {
     let ours = our_handshake(&shared);
-    let policy = shared.env.config().network.encryption;
     let (transport, theirs) = tokio::select! {
         _ = cancel.cancelled() => return (ConnEnd::Cancelled, None),
-        r = conn::dial(addr, &ours, policy, shared.env.utp.as_ref(), worked) => match r {
+        r = conn::dial(addr, &ours, shared.env.reach(), worked) => match r {
             Ok(x) => x,
             Err(end) => return (end, None),
         },

@@ -317,7 +317,7 @@ async fn outgoing(ctx: &Arc<Ctx>, addr: SocketAddr) -> ConnEnd {
     let ours = Handshake::new(ctx.hash, ctx.env.peer_id, ctx.env.dht.is_some());
     let (transport, theirs) = tokio::select! {
         _ = ctx.done.cancelled() => return ConnEnd::Cancelled,
-        r = conn::dial(addr, &ours, ctx.env.config().network.encryption, ctx.env.utp.as_ref(), None) => match r {
+        r = conn::dial(addr, &ours, ctx.env.reach(), None) => match r {
             Ok(x) => x,
             Err(end) => return end,
         },

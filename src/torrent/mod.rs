@@ -78,6 +78,16 @@ impl Env {
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
     }
+
+    /// What outgoing connections may use, as configured now.
+    pub fn reach(&self) -> crate::conn::Reach<'_> {
+        let network = &self.config.read().unwrap().network;
+        crate::conn::Reach {
+            encryption: network.encryption,
+            utp: self.utp.as_ref(),
+            utp_first: network.utp == crate::config::Utp::Prefer,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
