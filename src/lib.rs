@@ -10,7 +10,8 @@
 //!                                         ├─ Entry::Magnet: fetch task (metadata connections)
 //!                                         ├─ Entry::Reserved: an add or removal under way
 //!                                         ├─ listener (routes incoming peers by info hash)
-//!                                         └─ DHT node
+//!                                         ├─ DHT node
+//!                                         └─ LSD (multicast announces, when on)
 //!  every peer connection: conn::run(Transport, Handler) -> ConnEnd
 //!  disk pool (blocking threads: hashing, mmap copies, flushes, state files)
 //! ```
@@ -54,6 +55,7 @@ pub mod extension;
 pub mod hooks;
 pub mod logfmt;
 pub mod logging;
+pub mod lsd;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;

@@ -573,13 +573,16 @@ impl Session {
     }
 
     /// Stops every task (each torrent announces `stopped` and saves its
-    /// state), then the DHT and the disk pool.
+    /// state), then the DHT, LSD and the disk pool.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         if let Some(dht) = &self.env.dht {
             dht.shutdown().await;
+        }
+        if let Some(lsd) = &self.env.lsd {
+            lsd.shutdown().await;
         }
         let disk = self.env.disk.clone();
         let _ = tokio::task::spawn_blocking(move || disk.shutdown()).await;
@@ -592,6 +595,18 @@ async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16, hooks: Hook
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!(error = %e, port = listen_port, "cannot start the DHT; trackers and PEX only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let lsd = if config.lsd.enabled {
+        let interface = config.lsd_interface();
+        match crate::lsd::Lsd::start(interface, listen_port) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, %interface, "cannot start local service discovery; going on without it");
                 None
             }
         }
@@ -629,6 +644,7 @@ async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16, hooks: Hook
         state_dir: config.paths.state_dir.clone(),
         config: RwLock::new(config),
         dht,
+        lsd,
         announces: Default::default(),
         hooks,
     })

@@ -66,6 +66,8 @@ pub struct Env {
     pub upload_limit: ratelimit::RateLimiter,
     /// The DHT node, when enabled.
     pub dht: Option<Arc<crate::dht::Dht>>,
+    /// Local Service Discovery, when enabled.
+    pub lsd: Option<Arc<crate::lsd::Lsd>>,
     /// When each torrent last announced, and its tracker key.
     pub announces: Arc<crate::tracker::pace::AnnounceBook>,
     /// Runs the user's hooks (`[hooks]`) off the engine.
