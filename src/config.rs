@@ -202,17 +202,6 @@ pub struct Lsd {
     pub interface: String,
 }
 
-impl Config {
-    /// The interface LSD uses (unspecified: the system's choice).
-    pub fn lsd_interface(&self) -> std::net::Ipv4Addr {
-        let listen = self.network.listen_address.parse::<std::net::Ipv4Addr>().ok();
-        match self.lsd.interface.trim() {
-            "" => listen.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            ip => ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rotation {
@@ -634,6 +623,15 @@ impl Config {
     pub fn control_socket(&self) -> PathBuf {
         self.paths.state_dir.join("control.sock")
     }
+
+    /// The interface LSD uses (unspecified: the system's choice).
+    pub fn lsd_interface(&self) -> std::net::Ipv4Addr {
+        let listen = self.network.listen_address.parse::<std::net::Ipv4Addr>().ok();
+        match self.lsd.interface.trim() {
+            "" => listen.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ip => ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        }
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -727,6 +725,16 @@ mod tests {
             let e = Config::parse(&format!("[paths]\numask = {bad}\n"), Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains("umask"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn lsd_is_off_by_default_and_finds_its_interface() {
+        let lsd_if = |text: &str| Config::parse(text, Path::new("c")).unwrap().lsd_interface().to_string();
+        assert!(!Config::default().lsd.enabled);
+        assert_eq!(lsd_if(""), "0.0.0.0", "listening on :: leaves the choice to the system");
+        assert_eq!(lsd_if("[network]\nlisten_address = \"10.0.0.5\"\n"), "10.0.0.5");
+        let both = "[network]\nlisten_address = \"10.0.0.5\"\n[lsd]\nenabled = true\ninterface = \"192.168.1.2\"\n";
+        assert_eq!(lsd_if(both), "192.168.1.2");
     }
 
     #[test]

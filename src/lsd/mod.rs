@@ -16,6 +16,9 @@
 //! A torrent is in the roster while its active phase holds a
 //! [`Registration`]; private torrents never take one, so they are neither
 //! announced nor given LSD peers.
+//!
+//! The roster's lock is a leaf: nothing is locked or awaited under it (a
+//! peer is handed over with `try_send`).
 
 pub mod gate;
 pub mod message;
