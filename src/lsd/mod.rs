@@ -163,7 +163,12 @@ impl Lsd {
                 _ = self.cancel.cancelled() => return,
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok(x) => x,
-                    Err(_) => continue,
+                    Err(e) => {
+                        // Rare (ICMP, memory); a pause keeps a lasting one from spinning.
+                        tracing::debug!(error = %e, "LSD receive failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
                 },
             };
             self.on_datagram(&buf[..n], from, &mut gate);
