@@ -13,9 +13,12 @@ dialled) or only TCP, both ways; without it, both (libtorrent dials uTP first).
 --dht-bootstrap HOST:PORT (repeatable) turns the DHT on, bootstrapping from
 those nodes only; it then re-announces every few seconds so tests need not
 wait for libtorrent's 15-minute announce interval.
+--lsd turns Local Service Discovery (BEP 14) on: libtorrent announces the
+torrent to 239.192.152.143:6771 through 127.0.0.1 (its listen address) and
+takes peers from the announces it hears there.
 
-Runs on loopback only: LSD, UPnP and NAT-PMP are off, the DHT is off unless
-asked for, and several connections per IP are allowed because every peer is
+Runs on loopback only: UPnP and NAT-PMP are off, LSD and the DHT are off
+unless asked for, and several connections per IP are allowed because every peer is
 127.0.0.1 (so is every DHT node: the one-node-per-IP rules are off). Prints one
 line per second: state, progress, rates. Needs Debian's python3-libtorrent
 (run with /usr/bin/python3).
@@ -43,6 +46,7 @@ def main():
     ap.add_argument("--unchoke-interval", type=int, default=None, help="seconds between choking rounds")
     ap.add_argument("--enc", choices=["forced", "disabled"], help="encryption policy")
     ap.add_argument("--transport", choices=["utp", "tcp"], help="the only protocol, both ways")
+    ap.add_argument("--lsd", action="store_true", help="local service discovery on loopback")
     args = ap.parse_args()
     dht = bool(args.dht_bootstrap)
 
@@ -53,7 +57,7 @@ def main():
         "dht_restrict_routing_ips": False,
         "dht_restrict_search_ips": False,
         "dht_prefer_verified_node_ids": False,
-        "enable_lsd": False,
+        "enable_lsd": args.lsd,
         "enable_upnp": False,
         "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,

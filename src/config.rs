@@ -21,6 +21,7 @@ pub struct Config {
     pub paths: Paths,
     pub network: Network,
     pub dht: Dht,
+    pub lsd: Lsd,
     pub log: Log,
     pub watch: Watch,
     pub limits: Limits,
@@ -209,6 +210,17 @@ impl Default for Dht {
                 .to_vec(),
         }
     }
+}
+
+/// Local Service Discovery (BEP 14): peers on the LAN through multicast.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lsd {
+    pub enabled: bool,
+    /// The IPv4 address of the interface to announce and listen on; empty:
+    /// the listen address if it is one IPv4 address, else the system's
+    /// choice (the interface of the route to the multicast group).
+    pub interface: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -576,6 +588,10 @@ impl Config {
         self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
             ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
         })?;
+        let lsd_if = self.lsd.interface.trim();
+        if !lsd_if.is_empty() && lsd_if.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(("lsd.interface", format!("'{lsd_if}' is not an IPv4 address (LSD speaks IPv4 only)")));
+        }
         for (key, p) in [
             ("paths.watch_dir", &self.paths.watch_dir),
             ("paths.download_dir", &self.paths.download_dir),
@@ -627,6 +643,15 @@ impl Config {
 
     pub fn control_socket(&self) -> PathBuf {
         self.paths.state_dir.join("control.sock")
+    }
+
+    /// The interface LSD uses (unspecified: the system's choice).
+    pub fn lsd_interface(&self) -> std::net::Ipv4Addr {
+        let listen = self.network.listen_address.parse::<std::net::Ipv4Addr>().ok();
+        match self.lsd.interface.trim() {
+            "" => listen.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ip => ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        }
     }
 }
 
@@ -707,6 +732,8 @@ mod tests {
             ("[seeding]\nratio_limit = -1.0\n", "seeding.ratio_limit"),
             ("[network]\nlisten_address = \"nowhere\"\n", "network.listen_address"),
             ("[storage]\npiece_buffer = \"1K\"\n", "storage.piece_buffer"),
+            ("[lsd]\ninterface = \"eth0\"\n", "lsd.interface"),
+            ("[lsd]\ninterface = \"::1\"\n", "lsd.interface"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
@@ -719,6 +746,16 @@ mod tests {
             let e = Config::parse(&format!("[paths]\numask = {bad}\n"), Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains("umask"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn lsd_is_off_by_default_and_finds_its_interface() {
+        let lsd_if = |text: &str| Config::parse(text, Path::new("c")).unwrap().lsd_interface().to_string();
+        assert!(!Config::default().lsd.enabled);
+        assert_eq!(lsd_if(""), "0.0.0.0", "listening on :: leaves the choice to the system");
+        assert_eq!(lsd_if("[network]\nlisten_address = \"10.0.0.5\"\n"), "10.0.0.5");
+        let both = "[network]\nlisten_address = \"10.0.0.5\"\n[lsd]\nenabled = true\ninterface = \"192.168.1.2\"\n";
+        assert_eq!(lsd_if(both), "192.168.1.2");
     }
 
     #[test]

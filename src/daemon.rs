@@ -122,6 +122,9 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
             if new.dht != old.dht {
                 restart.push("dht");
             }
+            if new.lsd != old.lsd {
+                restart.push("lsd");
+            }
             if new.storage != old.storage {
                 restart.push("storage");
             }

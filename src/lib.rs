@@ -10,7 +10,8 @@
 //!                                         ├─ Entry::Magnet: fetch task (metadata connections)
 //!                                         ├─ Entry::Reserved: an add or removal under way
 //!                                         ├─ listener (routes incoming peers by info hash)
-//!                                         └─ DHT node
+//!                                         ├─ DHT node
+//!                                         └─ LSD (multicast announces, when on)
 //!  every peer connection: conn::run(Transport, Handler) -> ConnEnd
 //!  disk pool (blocking threads: hashing, mmap copies, flushes, state files)
 //! ```
@@ -27,11 +28,13 @@
 //!   scanner, metainfo validation, the wire and extension codecs, the fast
 //!   extension's allowed-fast sets and request refusals, metadata
 //!   assembly, the KRPC codec and the DHT routing table, UDP tracker packets,
+//!   LSD announces with their schedule and rate gate,
 //!   the piece layout, the picker, the choker, the phase table and the active
 //!   clock. They are unit-tested without sockets or sleeps.
 //! * Every task has an owner: the daemon owns the session, the session tracks
 //!   every task it starts and waits for them on shutdown, a torrent's active
-//!   phase owns its tracker task, its DHT lookups and its peers.
+//!   phase owns its tracker task, its DHT lookups, its LSD registration and
+//!   its peers; the DHT node and LSD stop after every torrent task.
 //! * Shared torrent state sits behind a `std::sync::Mutex` that is never held
 //!   across an `.await`; the lock order is the session's registry, then a
 //!   torrent's state.
@@ -54,6 +57,7 @@ pub mod extension;
 pub mod hooks;
 pub mod logfmt;
 pub mod logging;
+pub mod lsd;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;

@@ -1,8 +1,9 @@
 //! Magnets and peer discovery against real clients on loopback: metadata
 //! fetched over ut_metadata from libtorrent and aria2 and served to
 //! libtorrent, peers found through a tracker in `tr`, an `x.pe` address, a
-//! UDP tracker (opentracker), the DHT and PEX. Every download is compared
-//! byte for byte with its source.
+//! UDP tracker (opentracker), the DHT, PEX and local service discovery
+//! (multicast on loopback). Every download is compared byte for byte with
+//! its source.
 
 mod common;
 use common::*;
@@ -698,4 +699,115 @@ fn one_host_with_300_ports_cannot_fill_the_dht_routing_table() {
     // the honest node is among them.
     assert!((2..=5).contains(&nodes), "routing table holds {nodes} nodes");
     assert!(ds.log_text().len() < 10 << 20);
+}
+
+/// LSD on loopback: announces go to the group through 127.0.0.1, where
+/// every test's daemons and libtorrent meet (their torrents differ).
+const LSD: &str = "[lsd]\nenabled = true\ninterface = \"127.0.0.1\"\n";
+
+#[test]
+fn libtorrent_seeder_found_only_through_lsd() {
+    if !tools() {
+        return;
+    }
+    let work = tempdir();
+    // No tracker that answers, no DHT, no peer address: only LSD is left.
+    let (data, torrent, hash) =
+        make_torrent(work.path(), "lsd.bin", 2 * 1024 * 1024 + 77, "http://127.0.0.1:1/announce");
+    let ds = Dropseed::start_with(LSD);
+    ds.wait_log("local service discovery on", Duration::from_secs(10));
+    ds.drop_file(&torrent, "lsd.torrent");
+    let log = work.path().join("lt.log");
+    let _seed = Libtorrent::start("seed", torrent.to_str().unwrap(), &data, &log, &["--lsd"]);
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ds.wait_state(&hash, "seeding", Duration::from_secs(60))
+    }));
+    if done.is_err() {
+        panic!("not found through LSD; libtorrent log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    assert_same_tree(&data, &ds.download_dir());
+}
+
+#[test]
+fn two_dropseeds_find_each_other_through_lsd() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let len = 1024 * 1024 + 5;
+    let (data, torrent, hash) = make_torrent(work.path(), "lsd-pair.bin", len, "http://127.0.0.1:1/announce");
+    let mut seeder = Dropseed::new(LSD);
+    payload(&seeder.download_dir().join("lsd-pair.bin"), len, 11);
+    seeder.start();
+    seeder.drop_file(&torrent, "pair.torrent");
+    seeder.wait_state(&hash, "seeding", Duration::from_secs(30));
+    let leech = Dropseed::start_with(LSD);
+    leech.drop_file(&torrent, "pair.torrent");
+    leech.wait_state(&hash, "seeding", Duration::from_secs(60));
+    assert_same_tree(&data, &leech.download_dir());
+}
+
+#[test]
+fn private_torrents_are_never_announced_nor_given_lsd_peers() {
+    use dropseed::lsd::message;
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    payload(&work.path().join("pub/lsd-public.bin"), 100_000, 3);
+    payload(&work.path().join("priv/lsd-private.bin"), 100_000, 4);
+    let (public, private) = (work.path().join("public.torrent"), work.path().join("private.torrent"));
+    mktorrent(&work.path().join("pub/lsd-public.bin"), "http://127.0.0.1:1/announce", 15, &public, &[]);
+    mktorrent(&work.path().join("priv/lsd-private.bin"), "http://127.0.0.1:1/announce", 15, &private, &["-p"]);
+    let (public_hash, private_hash) = (info_hash(&public), info_hash(&private));
+
+    // The test listens in the group on loopback, as any LAN host could.
+    let group = dropseed::lsd::open_socket(std::net::Ipv4Addr::LOCALHOST).unwrap();
+    group.set_nonblocking(false).unwrap();
+    group.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let ds = Dropseed::start_with(LSD);
+    ds.drop_file(&private, "private.torrent");
+    ds.drop_file(&public, "public.torrent");
+    let mut announced: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut public_seen_at = None;
+    while std::time::Instant::now() < deadline {
+        if public_seen_at.is_some_and(|t: std::time::Instant| t.elapsed() > Duration::from_secs(4)) {
+            break;
+        }
+        let mut buf = [0u8; 2048];
+        let Ok((n, _)) = group.recv_from(&mut buf) else { continue };
+        let Ok(a) = message::parse(&buf[..n], "the test's cookie") else { continue };
+        for h in a.hashes {
+            if h.hex() == public_hash && public_seen_at.is_none() {
+                public_seen_at = Some(std::time::Instant::now());
+            }
+            announced.push(h.hex());
+        }
+    }
+    assert!(announced.contains(&public_hash), "the public torrent was announced: {announced:?}");
+    assert!(!announced.contains(&private_hash), "the private torrent never was: {announced:?}");
+
+    // Junk in the group, of many lengths and one too large, changes nothing.
+    let to = std::net::SocketAddr::from((message::GROUP, message::PORT));
+    for len in (0..1200).step_by(37).chain([3000]) {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        group.send_to(&junk, to).unwrap();
+    }
+    group.send_to(b"BT-SEARCH * HTTP/1.1\r\nPort: 99999\r\nInfohash: 12\r\n\r\n", to).unwrap();
+    // Someone announces both torrents on a port the test listens on: the
+    // public torrent dials it, the private one never does.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let forged = |hex: &str| {
+        let hash = dropseed::types::InfoHash::parse(hex).unwrap();
+        message::build(port, "forger", &[hash])
+    };
+    group.send_to(&forged(&private_hash), to).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(listener.accept().is_err(), "the private torrent dialled a peer it heard of through LSD");
+    group.send_to(&forged(&public_hash), to).unwrap();
+    wait_for("the public torrent to dial its LSD peer", Duration::from_secs(10), || listener.accept().ok());
+    assert!(ds.status()["torrents"].as_array().is_some_and(|t| t.len() == 2), "the daemon is fine");
 }

@@ -575,7 +575,7 @@ impl Session {
     }
 
     /// Stops every task (each torrent announces `stopped` and saves its
-    /// state), then the DHT and the disk pool.
+    /// state), then the DHT, LSD and the disk pool.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.tasks.close();
@@ -585,6 +585,9 @@ impl Session {
         }
         if let Some(dht) = &self.env.dht {
             dht.shutdown().await;
+        }
+        if let Some(lsd) = &self.env.lsd {
+            lsd.shutdown().await;
         }
         let disk = self.env.disk.clone();
         let _ = tokio::task::spawn_blocking(move || disk.shutdown()).await;
@@ -637,6 +640,18 @@ async fn make_env(
     dht: Option<Arc<crate::dht::Dht>>,
     utp: Option<Arc<UtpSocket>>,
 ) -> anyhow::Result<Env> {
+    let lsd = if config.lsd.enabled {
+        let interface = config.lsd_interface();
+        match crate::lsd::Lsd::start(interface, listen_port) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, %interface, "cannot start local service discovery; going on without it");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(Env {
         peer_id: PeerId::generate(),
         listen_port,
@@ -669,6 +684,7 @@ async fn make_env(
         config: RwLock::new(config),
         dht,
         utp,
+        lsd,
         announces: Default::default(),
         hooks,
     })

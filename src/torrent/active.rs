@@ -76,6 +76,8 @@ struct Active<'a> {
 struct Helpers {
     tracker: JoinHandle<()>,
     dht: Option<JoinHandle<()>>,
+    /// The torrent's place in LSD's roster (public torrents only).
+    lsd: Option<crate::lsd::Registration>,
     peers_rx: mpsc::Receiver<Vec<SocketAddr>>,
 }
 
@@ -120,8 +122,8 @@ impl<'a> Active<'a> {
         }
     }
 
-    /// The tracker task and, for public torrents, DHT lookups: often while
-    /// downloading, seldom while seeding.
+    /// The tracker task and, for public torrents, DHT lookups (often while
+    /// downloading, seldom while seeding) and LSD announces.
     fn start_helpers(&self) -> Helpers {
         let (shared, env) = (self.shared, &self.shared.env);
         let (peers_tx, peers_rx) = mpsc::channel(16);
@@ -140,7 +142,9 @@ impl<'a> Active<'a> {
             tracker::run(cfg, env.http.clone(), counters, peers_tx.clone(), completed, self.child.clone())
                 .in_current_span(),
         );
-        let dht = env.dht.as_ref().filter(|_| !shared.meta.private).map(|dht| {
+        let public = !shared.meta.private;
+        let lsd = env.lsd.as_ref().filter(|_| public).map(|l| l.register(shared.meta.info_hash, peers_tx.clone()));
+        let dht = env.dht.as_ref().filter(|_| public).map(|dht| {
             let torrent = shared.clone();
             let every = move |_found| if torrent.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
             let hash = shared.meta.info_hash;
@@ -150,7 +154,7 @@ impl<'a> Active<'a> {
                     .in_current_span(),
             )
         });
-        Helpers { tracker, dht, peers_rx }
+        Helpers { tracker, dht, lsd, peers_rx }
     }
 
     async fn run(
@@ -383,8 +387,9 @@ impl<'a> Active<'a> {
     /// Stops everything the phase started and persists the torrent.
     async fn stop(mut self, helpers: Helpers) {
         self.child.cancel();
-        // A copy stops at its next chunk and goes on at the next start; a
-        // move that finished meanwhile is recorded.
+        drop(helpers.lsd); // no more announces, no more LSD peers
+                           // A copy stops at its next chunk and goes on at the next start; a
+                           // move that finished meanwhile is recorded.
         if let Some((job, ctl)) = self.handoff.take() {
             ctl.stop.store(true, Ordering::Relaxed);
             if let Ok(Ok(place)) = job.await {

@@ -68,6 +68,8 @@ pub struct Env {
     pub dht: Option<Arc<crate::dht::Dht>>,
     /// uTP on the listen port's UDP side, when `[network] utp` is on.
     pub utp: Option<Arc<crate::utp::UtpSocket>>,
+    /// Local Service Discovery, when enabled.
+    pub lsd: Option<Arc<crate::lsd::Lsd>>,
     /// When each torrent last announced, and its tracker key.
     pub announces: Arc<crate::tracker::pace::AnnounceBook>,
     /// Runs the user's hooks (`[hooks]`) off the engine.
