@@ -11,8 +11,13 @@ leecher downloads from one seeder of each kind), recheck speed against the
 sha1 crate's single-core speed times the cores, and scale (N small torrents
 seeding in one daemon: idle CPU and memory). The client "dropseed-enc" is
 dropseed with `encryption = "require"`: it downloads from the same seeders
-over RC4, and seeds to a libtorrent leecher forcing RC4 (`--enc forced`). Writes a markdown table to
-bench/results.md and prints it.
+over RC4, and seeds to a libtorrent leecher forcing RC4 (`--enc forced`).
+A client ending in "-utp" talks uTP only: dropseed with `utp = "prefer"`
+downloads from the same seeders over uTP and seeds to a uTP-only libtorrent
+leecher; "libtorrent-utp" is libtorrent with TCP off both ways. Every other
+seeder is measured against a TCP-only leecher, so the seeding rows compare
+one transport at a time (libtorrent's default would pick uTP). Writes a
+markdown table to bench/results.md and prints it.
 """
 import argparse
 import hashlib
@@ -175,6 +180,8 @@ class Dropseed:
         self.config = d / "dropseed.toml"
         # "dropseed-enc": every connection RC4-encrypted (MSE/PE).
         enc = 'encryption = "require"\n' if client.endswith("-enc") else ""
+        # "dropseed-utp": uTP first, so every connection to the seeders is uTP.
+        enc += 'utp = "prefer"\n' if client.endswith("-utp") else ""
         self.config.write_text(
             f'[paths]\nwatch_dir = "{d}/watch"\ndownload_dir = "{d}/downloads"\nstate_dir = "{d}/state"\nlog_dir = "{d}/logs"\n'
             f'[network]\nlisten_port = {self.port}\nlisten_address = "127.0.0.1"\n{enc}[dht]\nenabled = false\n'
@@ -225,6 +232,12 @@ def aria2_start(mode_args, port, d, torrent):
                              "--enable-peer-exchange=false", "--console-log-level=error", "--summary-interval=0",
                              f"--listen-port={port}", f"--dir={d}", str(torrent)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def transport_of(client):
+    """The lt_peer.py flags that make a libtorrent peer talk to `client` over
+    its transport: uTP only for the "-utp" clients, TCP only otherwise."""
+    return ["--transport", "utp" if client.endswith("-utp") else "tcp"]
 
 
 def lt_start(mode, torrent, d, extra=()):
@@ -340,6 +353,11 @@ def download_round(client, ctx, magnet=False):
         elapsed, w = wait_exit(proc, "libtorrent download", t0)
         cpu = w.cpu
         got = sha1_file(out / name)
+    elif client == "libtorrent-utp":
+        proc, _ = lt_start("leech", torrent, out, transport_of(client))
+        elapsed, w = wait_exit(proc, "libtorrent download", t0)
+        cpu = w.cpu
+        got = sha1_file(out / name)
     shutil.rmtree(out, ignore_errors=True)
     if client.startswith("dropseed"):
         shutil.rmtree(work / f"dl-{client}", ignore_errors=True)
@@ -374,8 +392,8 @@ def seed_round(client, ctx):
             proc, rpc, port = transmission_start(work, d)
             subprocess.run(["transmission-remote", str(rpc), "-a", str(torrent)], capture_output=True)
             wait(lambda: transmission_percent(rpc) >= 100, 120, "transmission seeder ready", every=0.5)
-        elif client == "libtorrent":
-            proc, port = lt_start("seed", torrent, d)
+        elif client.startswith("libtorrent"):
+            proc, port = lt_start("seed", torrent, d, transport_of(client))
             wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "libtorrent seeder ready")
         pid = proc.pid
     time.sleep(1)
@@ -385,7 +403,7 @@ def seed_round(client, ctx):
     cpu0 = cpu_seconds(pid)
     t0 = time.time()
     enc = ["--enc", "forced"] if client.endswith("-enc") else []
-    leech, _ = lt_start("leech", torrent, out, ["--peer", f"127.0.0.1:{port}", *enc])
+    leech, _ = lt_start("leech", torrent, out, ["--peer", f"127.0.0.1:{port}", *enc, *transport_of(client)])
     w = Watch(pid)
     wait(lambda: leech.poll() is not None, 600, f"leecher from {client}", w, 0.1)
     elapsed = time.time() - t0
@@ -453,7 +471,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--torrents", type=int, default=500)
-    ap.add_argument("--clients", default="dropseed,dropseed-enc,aria2,transmission,libtorrent")
+    ap.add_argument("--clients", default="dropseed,dropseed-enc,dropseed-utp,aria2,transmission,libtorrent,libtorrent-utp")
     ap.add_argument("--skip", default="", help="comma list of: download,magnet,seeding,scale")
     ap.add_argument("--magnet-rounds", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench/results.md"))

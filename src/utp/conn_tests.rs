@@ -300,3 +300,57 @@ fn the_window_caps_what_is_in_flight() {
     c.transmit(20, &mut Vec::new(), |p| bytes += p.len() - packet::HEADER_LEN);
     assert!((2800..=5000).contains(&bytes), "{bytes}");
 }
+
+/// A one-way bottleneck from a to b: `rate` bytes a second, a FIFO buffer
+/// of `buffer` bytes (more is dropped), then `base` µs of propagation. The
+/// way back is uncongested. Returns the queueing delay every sent datagram
+/// met, in µs, and the bytes b received, over `secs` seconds of upload.
+fn upload_through_a_bottleneck(rate: u64, buffer: u64, base: u64, secs: u64) -> (Vec<u64>, usize) {
+    let mut net = Net::new(|_, _, _| false);
+    net.delay = base;
+    let (mut link_free_at, mut queued_delays) = (0u64, Vec::new());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    let end = net.now + secs * 1_000_000;
+    let data = vec![7u8; 64 * 1024];
+    while net.now < end {
+        net.a.write(&data);
+        if let Some(b) = &mut net.b {
+            received += b.read(&mut buf);
+        }
+        // Send through the link model instead of `flush`'s fixed delay.
+        let mut out = Vec::new();
+        net.a.transmit(net.now, &mut net.scratch, |d| out.push(d.to_vec()));
+        for bytes in out {
+            let start = link_free_at.max(net.now);
+            let backlog = (start - net.now) * rate / 1_000_000;
+            if backlog + bytes.len() as u64 > buffer {
+                continue; // the buffer is full: dropped
+            }
+            queued_delays.push(start - net.now);
+            link_free_at = start + bytes.len() as u64 * 1_000_000 / rate;
+            net.wire.push(InFlight { at: link_free_at + base, to_b: true, bytes });
+        }
+        if !net.step() {
+            break;
+        }
+    }
+    (queued_delays, received)
+}
+
+#[test]
+fn ledbat_keeps_a_bottleneck_queue_near_the_target_and_the_link_busy() {
+    // 1 MB/s, a 1 MB buffer (a second of queue, as cheap home routers
+    // have), 20 ms each way.
+    let (rate, secs) = (1_000_000, 60);
+    let (delays, received) = upload_through_a_bottleneck(rate, 1_000_000, 20_000, secs);
+    let settled = &delays[delays.len() / 2..];
+    let mean = settled.iter().sum::<u64>() / settled.len() as u64;
+    let worst = *settled.iter().max().unwrap();
+    // The queue stays near 100 ms, far below the second the buffer allows.
+    assert!((50_000..=150_000).contains(&mean), "mean queueing delay {mean} µs");
+    assert!(worst < 300_000, "worst queueing delay {worst} µs");
+    // And the link is kept busy.
+    let used = received as f64 / (rate * secs) as f64;
+    assert!(used > 0.85, "link use {used:.2}");
+}
