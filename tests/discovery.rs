@@ -429,7 +429,7 @@ fn the_dht_node_survives_a_flood_of_junk_and_queries() {
             1 => Message {
                 t: i.to_be_bytes().to_vec(),
                 id: Some(NodeId([i as u8; 20])),
-                body: Body::Query(Query::GetPeers { info_hash: [(next() % 256) as u8; 20] }),
+                body: Body::Query(Query::GetPeers { info_hash: [(next() % 256) as u8; 20], want: None }),
             }
             .encode(),
             2 => Message {
@@ -503,7 +503,7 @@ fn private_torrents_never_touch_the_dht() {
         let Ok((n, from)) = node.recv_from(&mut buf) else { continue };
         let Ok(m) = Message::decode(&buf[..n]) else { continue };
         let Body::Query(q) = m.body else { continue };
-        if let Query::GetPeers { info_hash } | Query::AnnouncePeer { info_hash, .. } = &q {
+        if let Query::GetPeers { info_hash, .. } | Query::AnnouncePeer { info_hash, .. } = &q {
             let hex: String = info_hash.iter().map(|b| format!("{b:02x}")).collect();
             if hex == public_hash && public_seen_at.is_none() {
                 public_seen_at = Some(std::time::Instant::now());

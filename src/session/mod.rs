@@ -588,7 +588,7 @@ impl Session {
 
 async fn make_env(config: Arc<Config>, ip: IpAddr, listen_port: u16, hooks: HookRunner) -> anyhow::Result<Env> {
     let dht = if config.dht.enabled {
-        match crate::dht::Dht::start(ip, listen_port, &config.paths.state_dir, config.dht.bootstrap.clone()).await {
+        match crate::dht::Dht::start(ip, listen_port, &config.paths.state_dir, &config.dht).await {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!(error = %e, port = listen_port, "cannot start the DHT; trackers and PEX only");
