@@ -328,6 +328,12 @@ impl Node {
         Some(Message { t, id: Some(s.table.own_id()), body })
     }
 
+    /// Live peers announced to us for `hash`, as a `get_peers` reply gives them.
+    fn stored_peers(&self, hash: &[u8; 20]) -> Vec<SocketAddr> {
+        let s = self.state.lock().unwrap();
+        s.store.get(hash).map(|v| live_peers(v)).unwrap_or_default()
+    }
+
     /// The K nodes of our table closest to `target`.
     fn closest(&self, target: &NodeId) -> Vec<(NodeId, SocketAddr)> {
         self.state.lock().unwrap().table.closest(target, K)
@@ -411,7 +417,14 @@ impl Node {
         let Ok(_turn) = self.lookups.acquire().await else {
             return Vec::new();
         };
-        let (peers, closest) = self.lookup(Lookup::Peers(info_hash.0)).await;
+        let (mut peers, closest) = self.lookup(Lookup::Peers(info_hash.0)).await;
+        // Peers that announced to us count too: in a small swarm we may be
+        // the node closest to the hash, whom nobody else can tell us about.
+        for p in self.stored_peers(&info_hash.0) {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
         if let Some(port) = announce_port {
             let mut jobs = JoinSet::new();
             for (addr, token) in closest.into_iter().filter_map(|(a, t)| Some((a, t?))).take(K) {
@@ -587,11 +600,7 @@ fn answer(s: &mut State, q: Query, from: SocketAddr, family: Family, sibling_nod
         }
         Query::GetPeers { info_hash, want } => {
             let token = Some(token_for(&s.secret, from.ip()));
-            let values: Vec<SocketAddr> = s
-                .store
-                .get(&info_hash)
-                .map(|v| v.iter().filter(|(_, at)| at.elapsed() < PEER_TTL).map(|(a, _)| *a).take(MAX_VALUES).collect())
-                .unwrap_or_default();
+            let values = s.store.get(&info_hash).map(|v| live_peers(v)).unwrap_or_default();
             let nodes = if values.is_empty() { nodes(s, &NodeId(info_hash), want) } else { Vec::new() };
             Body::Response(Response { nodes, values, token })
         }
@@ -605,6 +614,11 @@ fn answer(s: &mut State, q: Query, from: SocketAddr, family: Family, sibling_nod
             Body::Response(Response::default())
         }
     }
+}
+
+/// Announced peers not yet expired, at most a reply's worth.
+fn live_peers(list: &[(SocketAddr, Instant)]) -> Vec<SocketAddr> {
+    list.iter().filter(|(_, at)| at.elapsed() < PEER_TTL).map(|(a, _)| *a).take(MAX_VALUES).collect()
 }
 
 fn tid_of(t: &[u8]) -> Option<u16> {
