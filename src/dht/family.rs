@@ -121,7 +121,7 @@ impl Want {
 /// addresses in `nodes6` are dropped (they belong in `nodes`).
 pub fn parse_nodes(b: &[u8], family: Family) -> Result<Vec<(NodeId, SocketAddr)>, String> {
     let len = family.node_len();
-    if b.len() % len != 0 {
+    if !b.len().is_multiple_of(len) {
         return Err(format!("{} bytes of {family} nodes: not a multiple of {len}", b.len()));
     }
     let entry = |c: &[u8]| {
