@@ -620,6 +620,8 @@ fn magnet_found_through_the_ipv6_dht_from_a_libtorrent_seeder() {
         );
     }
     assert_same_tree(&data, &ds.download_dir());
+    let status = ds.status();
+    assert_eq!((status["dht_nodes"].as_u64(), status["dht_nodes6"].as_u64()), (Some(1), Some(1)), "{status}");
     // Only the IPv6 node ran, and its node list is saved under nodes6.
     assert!(ds.stop().success());
     let saved: serde_json::Value =
