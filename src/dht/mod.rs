@@ -288,6 +288,41 @@ mod tests {
         again.shutdown().await;
     }
 
+    /// BEP 32's `want` at work, on loopback: B knows only A's IPv4 address;
+    /// A's IPv6 node knows C. B's IPv4 lookups ask for `n6` too, A answers
+    /// with C in `nodes6`, and B's IPv6 node pings C and keeps it.
+    #[tokio::test]
+    async fn an_ipv6_node_starts_from_nodes6_heard_over_ipv4() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let any: IpAddr = "::".parse().unwrap();
+        let boot = |addr: String| crate::config::Dht { bootstrap: vec![addr], ..config(true) };
+        let c = Dht::start(any, 0, dirs[2].path(), &config(true)).await.unwrap();
+        let a = Dht::start(any, 0, dirs[0].path(), &boot(format!("[::1]:{}", c.v6.as_ref().unwrap().port())))
+            .await
+            .unwrap();
+        let known = |d: &Dht, f| d.node_count_of(f).unwrap_or(0) >= 1;
+        for _ in 0..100 {
+            if known(&a, Family::V6) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(known(&a, Family::V6), "A's IPv6 node knows C");
+        let b = Dht::start(any, 0, dirs[1].path(), &boot(format!("127.0.0.1:{}", a.v4.as_ref().unwrap().port())))
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if known(&b, Family::V6) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(known(&b, Family::V6), "B's IPv6 node learnt C through A's IPv4 node");
+        for d in [a, b, c] {
+            d.shutdown().await;
+        }
+    }
+
     /// A state file from before BEP 32 (no `nodes6`) still loads.
     #[test]
     fn old_state_files_load() {

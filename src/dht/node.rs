@@ -256,7 +256,8 @@ impl Node {
     }
 
     /// Handles one message; returns the reply to send, if any. No await:
-    /// one packet costs a bounded amount of work under one short lock.
+    /// one packet costs a bounded amount of work under short locks, never
+    /// two held at once.
     fn handle(&self, msg: Message, from: SocketAddr) -> Option<Message> {
         let now = self.now_secs();
         let mut s = self.state.lock().unwrap();
