@@ -5,6 +5,8 @@
     lt_peer.py leech FILE.torrent|MAGNET --dir DIR --port P [--peer HOST:PORT]
                                                            exits 0 when complete
 A line "connect HOST:PORT" on stdin makes it dial that peer.
+--listen-ip ADDR listens (TCP, and UDP for the DHT) on ADDR instead of
+127.0.0.1, e.g. "[::1]" for an IPv6-only peer.
 --enc forced|disabled sets protocol encryption (MSE/PE): forced is RC4
 only both ways, disabled is plaintext only; without it libtorrent's default
 (either, both ways).
@@ -37,6 +39,7 @@ def main():
     ap.add_argument("source")
     ap.add_argument("--dir", required=True)
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--listen-ip", default="127.0.0.1", help='address to listen on, "[::1]" for IPv6')
     ap.add_argument("--peer", action="append", default=[], help="HOST:PORT to connect to")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--dht-bootstrap", action="append", default=[], help="HOST:PORT of a DHT node")
@@ -51,7 +54,7 @@ def main():
     dht = bool(args.dht_bootstrap)
 
     settings = {
-        "listen_interfaces": f"127.0.0.1:{args.port}",
+        "listen_interfaces": f"{args.listen_ip}:{args.port}",
         "enable_dht": dht,
         "dht_bootstrap_nodes": ",".join(args.dht_bootstrap),
         "dht_restrict_routing_ips": False,

@@ -199,6 +199,9 @@ pub enum Utp {
 pub struct Dht {
     pub enabled: bool,
     pub bootstrap: Vec<String>,
+    /// A second node over IPv6 (BEP 32), when the listen address covers
+    /// IPv6; off for hosts whose IPv6 goes nowhere.
+    pub ipv6: bool,
 }
 
 impl Default for Dht {
@@ -208,6 +211,7 @@ impl Default for Dht {
             bootstrap: ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "router.utorrent.com:6881"]
                 .map(String::from)
                 .to_vec(),
+            ipv6: true,
         }
     }
 }

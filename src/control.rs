@@ -66,9 +66,13 @@ pub struct Reply {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torrents: Option<Vec<TorrentStatus>>,
-    /// Nodes in the DHT routing table, with `status` when the DHT runs.
+    /// Nodes in the DHT routing tables (both families), with `status` when
+    /// the DHT runs.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dht_nodes: Option<usize>,
+    /// Of those, the IPv6 node's, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dht_nodes6: Option<usize>,
     /// The DHT's UDP port, with `status` when the DHT runs.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dht_port: Option<u16>,
@@ -240,6 +244,7 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
                 ok: true,
                 torrents: Some(session.statuses()),
                 dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
+                dht_nodes6: session.env.dht.as_ref().and_then(|d| d.node_count_of(crate::dht::family::Family::V6)),
                 dht_port: session.env.dht.as_ref().map(|d| d.port()),
                 ..Default::default()
             }

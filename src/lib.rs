@@ -10,7 +10,7 @@
 //!                                         ├─ Entry::Magnet: fetch task (metadata connections)
 //!                                         ├─ Entry::Reserved: an add or removal under way
 //!                                         ├─ listener (routes incoming peers by info hash)
-//!                                         ├─ DHT node
+//!                                         ├─ DHT nodes (IPv4, IPv6)
 //!                                         └─ LSD (multicast announces, when on)
 //!  every peer connection: conn::run(Transport, Handler) -> ConnEnd
 //!  disk pool (blocking threads: hashing, mmap copies, flushes, state files)

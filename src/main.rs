@@ -337,6 +337,9 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             if let Some(n) = reply.dht_nodes {
                 out["dht_nodes"] = n.into();
             }
+            if let Some(n) = reply.dht_nodes6 {
+                out["dht_nodes6"] = n.into();
+            }
             if let Some(p) = reply.dht_port {
                 out["dht_port"] = p.into();
             }
@@ -346,7 +349,8 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         } else {
             print_table(&torrents);
             if let (Some(n), Some(p)) = (reply.dht_nodes, reply.dht_port) {
-                println!("DHT: {n} nodes, UDP port {p}");
+                let v6 = reply.dht_nodes6.map(|m| format!(" ({m} over IPv6)")).unwrap_or_default();
+                println!("DHT: {n} nodes{v6}, UDP port {p}");
             }
         }
     } else if let Some(m) = reply.message {

@@ -430,7 +430,7 @@ fn the_dht_node_survives_a_flood_of_junk_and_queries() {
             1 => Message {
                 t: i.to_be_bytes().to_vec(),
                 id: Some(NodeId([i as u8; 20])),
-                body: Body::Query(Query::GetPeers { info_hash: [(next() % 256) as u8; 20] }),
+                body: Body::Query(Query::GetPeers { info_hash: [(next() % 256) as u8; 20], want: None }),
             }
             .encode(),
             2 => Message {
@@ -504,7 +504,7 @@ fn private_torrents_never_touch_the_dht() {
         let Ok((n, from)) = node.recv_from(&mut buf) else { continue };
         let Ok(m) = Message::decode(&buf[..n]) else { continue };
         let Body::Query(q) = m.body else { continue };
-        if let Query::GetPeers { info_hash } | Query::AnnouncePeer { info_hash, .. } = &q {
+        if let Query::GetPeers { info_hash, .. } | Query::AnnouncePeer { info_hash, .. } = &q {
             let hex: String = info_hash.iter().map(|b| format!("{b:02x}")).collect();
             if hex == public_hash && public_seen_at.is_none() {
                 public_seen_at = Some(std::time::Instant::now());
@@ -555,6 +555,117 @@ fn libtorrent_finds_a_dropseed_seeder_through_the_dht() {
         .chain(["--timeout".to_string(), "100".to_string()])
         .collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let uri = format!("magnet:?xt=urn:btih:{hash}");
+    let log = work.path().join("lt.log");
+    let mut leech = Libtorrent::start_on(lt_port, "leech", &uri, &out, &log, &args);
+    let status = wait_for("libtorrent to finish", Duration::from_secs(110), || leech.proc.0.try_wait().unwrap());
+    assert!(status.success(), "libtorrent did not complete:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert_same_tree(&data, &out);
+}
+
+/// A port free on ::1 for TCP and UDP (libtorrent and dropseed use both).
+fn free_port6() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Rewrites a not-yet-started daemon's config to listen on `ip` only.
+fn set_listen_address(d: &Dropseed, ip: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace("listen_address = \"127.0.0.1\"", &format!("listen_address = \"{ip}\""));
+    std::fs::write(&d.config, text).unwrap();
+}
+
+/// The IPv6 DHT (BEP 32) against libtorrent, over ::1 alone: libtorrent
+/// seeds with its DHT on [::1] only, dropseed listens on ::1 only (so its
+/// IPv4 node does not run) and bootstraps from libtorrent alone. libtorrent
+/// learns of dropseed from its queries, gets a token from its `get_peers`
+/// reply and announces to it; dropseed's lookup of a bare info hash finds
+/// libtorrent, fetches the metadata and the data.
+#[test]
+fn magnet_found_through_the_ipv6_dht_from_a_libtorrent_seeder() {
+    if !tools() {
+        return;
+    }
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        missing("no IPv6 loopback (::1) on this host");
+        return;
+    }
+    let work = tempdir();
+    let len = 1024 * 1024 + 777;
+    let (data, torrent, hash) = make_torrent(work.path(), "dht6.bin", len, "http://127.0.0.1:1/announce");
+    let (lt_port, me_port) = (free_port6(), free_port6());
+    let lt_log = work.path().join("lt.log");
+    let boot = format!("[::1]:{me_port}");
+    let lt_args = ["--listen-ip", "[::1]", "--dht-bootstrap", &boot];
+    let _seed = Libtorrent::start_on(lt_port, "seed", torrent.to_str().unwrap(), &data, &lt_log, &lt_args);
+
+    let mut ds = Dropseed::new(&format!("[dht]\nenabled = true\nbootstrap = [\"[::1]:{lt_port}\"]\n"));
+    set_port(&mut ds, me_port);
+    set_listen_address(&ds, "::1");
+    ds.start();
+    ds.wait_log("DHT node listening", Duration::from_secs(10));
+    ds.drop_file(&write_magnet(work.path(), &format!("magnet:?xt=urn:btih:{hash}")), "dht6.magnet");
+    let t = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ds.wait_state(&hash, "seeding", Duration::from_secs(120))
+    }));
+    if t.is_err() {
+        panic!(
+            "not found through the IPv6 DHT; libtorrent log:\n{}\ndropseed log:\n{}",
+            std::fs::read_to_string(&lt_log).unwrap_or_default(),
+            ds.log_text()
+        );
+    }
+    assert_same_tree(&data, &ds.download_dir());
+    let status = ds.status();
+    assert_eq!((status["dht_nodes"].as_u64(), status["dht_nodes6"].as_u64()), (Some(1), Some(1)), "{status}");
+    // Only the IPv6 node ran, and its node list is saved under nodes6.
+    assert!(ds.stop().success());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ds.state_dir().join("dht.json")).unwrap()).unwrap();
+    assert_eq!(saved["nodes6"], serde_json::json!([format!("[::1]:{lt_port}")]), "{saved}");
+    assert_eq!(saved["nodes"], serde_json::json!([]), "{saved}");
+}
+
+/// The other way over ::1 alone: a dropseed router and a dropseed seeder
+/// (both listening on ::1 only) bootstrap from each other; libtorrent, with
+/// its DHT on [::1] and only the router to start from, reads the seeder's
+/// 18-byte address from the router's `values`, dials it over IPv6 and
+/// fetches metadata and data.
+#[test]
+fn libtorrent_finds_a_dropseed_seeder_through_the_ipv6_dht() {
+    if !tools() {
+        return;
+    }
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        missing("no IPv6 loopback (::1) on this host");
+        return;
+    }
+    let work = tempdir();
+    let len = 1024 * 1024 + 4321;
+    let (data, torrent, hash) = make_torrent(work.path(), "dht6-seeded.bin", len, "http://127.0.0.1:1/announce");
+    let (router_port, seeder_port, lt_port) = (free_port6(), free_port6(), free_port6());
+    let dht = |other: u16| format!("[dht]\nenabled = true\nbootstrap = [\"[::1]:{other}\", \"[::1]:{lt_port}\"]\n");
+    let mut router = Dropseed::new(&dht(seeder_port));
+    set_port(&mut router, router_port);
+    set_listen_address(&router, "::1");
+    router.start();
+    let mut seeder = Dropseed::new(&dht(router_port));
+    set_port(&mut seeder, seeder_port);
+    set_listen_address(&seeder, "::1");
+    payload(&seeder.download_dir().join("dht6-seeded.bin"), len, 11);
+    seeder.start();
+    seeder.drop_file(&torrent, "seeded.torrent");
+    seeder.wait_state(&hash, "seeding", Duration::from_secs(30));
+
+    let out = work.path().join("lt-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let boot = format!("[::1]:{router_port}");
+    let args = ["--listen-ip", "[::1]", "--dht-bootstrap", &boot, "--timeout", "100"];
     let uri = format!("magnet:?xt=urn:btih:{hash}");
     let log = work.path().join("lt.log");
     let mut leech = Libtorrent::start_on(lt_port, "leech", &uri, &out, &log, &args);

@@ -1,7 +1,9 @@
 //! KRPC, the DHT's message format (BEP 5): bencoded dictionaries over UDP,
 //! queries (`ping`, `find_node`, `get_peers`, `announce_peer`), responses
-//! and errors. A pure codec: decoding never panics, whatever the bytes.
+//! and errors, with BEP 32's `nodes6` and `want` keys (see `family.rs`). A
+//! pure codec: decoding never panics, whatever the bytes.
 
+use super::family::{self, Family, Want};
 use crate::compact;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -9,6 +11,8 @@ use std::net::SocketAddr;
 
 /// Largest datagram we read or write.
 pub const MAX_PACKET: usize = 1500;
+/// Peers taken from one `values` list (a packet holds at most 187).
+pub const MAX_VALUES_PARSED: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub [u8; 20]);
@@ -44,13 +48,28 @@ impl NodeId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     Ping,
-    FindNode { target: NodeId },
-    GetPeers { info_hash: [u8; 20] },
-    AnnouncePeer { info_hash: [u8; 20], port: u16, token: Vec<u8>, implied_port: bool },
+    /// `want`: the families whose nodes the querier asks for (BEP 32);
+    /// `None` when the key is absent.
+    FindNode {
+        target: NodeId,
+        want: Option<Want>,
+    },
+    GetPeers {
+        info_hash: [u8; 20],
+        want: Option<Want>,
+    },
+    AnnouncePeer {
+        info_hash: [u8; 20],
+        port: u16,
+        token: Vec<u8>,
+        implied_port: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Response {
+    /// Nodes of both families: IPv4 ones travel in `nodes`, IPv6 ones in
+    /// `nodes6`.
     pub nodes: Vec<(NodeId, SocketAddr)>,
     pub values: Vec<SocketAddr>,
     pub token: Option<Vec<u8>>,
@@ -83,6 +102,8 @@ struct RawArgs {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     nodes: Option<ByteBuf>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    nodes6: Option<ByteBuf>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     port: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     target: Option<ByteBuf>,
@@ -90,6 +111,8 @@ struct RawArgs {
     token: Option<ByteBuf>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     values: Option<Vec<ByteBuf>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    want: Option<Vec<ByteBuf>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -127,12 +150,14 @@ impl Message {
                 let mut args = RawArgs { id, ..Default::default() };
                 let name: &[u8] = match q {
                     Query::Ping => b"ping",
-                    Query::FindNode { target } => {
+                    Query::FindNode { target, want } => {
                         args.target = Some(ByteBuf::from(target.0.to_vec()));
+                        args.want = want.map(Want::encode);
                         b"find_node"
                     }
-                    Query::GetPeers { info_hash } => {
+                    Query::GetPeers { info_hash, want } => {
                         args.info_hash = Some(ByteBuf::from(info_hash.to_vec()));
+                        args.want = want.map(Want::encode);
                         b"get_peers"
                     }
                     Query::AnnouncePeer { info_hash, port, token, implied_port } => {
@@ -148,14 +173,8 @@ impl Message {
             }
             Body::Response(r) => {
                 let mut args = RawArgs { id, ..Default::default() };
-                if !r.nodes.is_empty() {
-                    let mut nodes = Vec::with_capacity(r.nodes.len() * 26);
-                    for (id, addr) in r.nodes.iter().filter(|(_, a)| compact::normalize(*a).is_ipv4()) {
-                        nodes.extend_from_slice(&id.0);
-                        compact::push(addr, &mut nodes);
-                    }
-                    args.nodes = Some(ByteBuf::from(nodes));
-                }
+                args.nodes = family::encode_nodes(&r.nodes, Family::V4).map(ByteBuf::from);
+                args.nodes6 = family::encode_nodes(&r.nodes, Family::V6).map(ByteBuf::from);
                 if !r.values.is_empty() {
                     args.values = Some(
                         r.values
@@ -199,10 +218,11 @@ impl Message {
             b"q" => {
                 let args = raw.a.ok_or("query without arguments")?;
                 let id = node_id(&args)?;
+                let want = args.want.as_deref().map(Want::decode);
                 let q = match raw.q.as_ref().map(|q| &q[..]).unwrap_or_default() {
                     b"ping" => Query::Ping,
-                    b"find_node" => Query::FindNode { target: NodeId(hash20(&args.target, "target")?) },
-                    b"get_peers" => Query::GetPeers { info_hash: hash20(&args.info_hash, "info_hash")? },
+                    b"find_node" => Query::FindNode { target: NodeId(hash20(&args.target, "target")?), want },
+                    b"get_peers" => Query::GetPeers { info_hash: hash20(&args.info_hash, "info_hash")?, want },
                     b"announce_peer" => {
                         let port = args.port.and_then(|p| u16::try_from(p).ok());
                         let implied_port = args.implied_port.unwrap_or(0) != 0;
@@ -224,21 +244,13 @@ impl Message {
             b"r" => {
                 let args = raw.r.ok_or("response without body")?;
                 let id = node_id(&args)?;
-                let nodes = args
-                    .nodes
-                    .as_ref()
-                    .map(|n| &n[..])
-                    .unwrap_or_default()
-                    .chunks_exact(26)
-                    .filter_map(|c| {
-                        let addr = compact::parse_v4(&c[20..]).next()?;
-                        Some((NodeId::from_bytes(&c[..20])?, addr))
-                    })
-                    .collect();
+                let mut nodes = family::parse_nodes(args.nodes.as_ref().map_or(&[][..], |b| &b[..]), Family::V4)?;
+                nodes.extend(family::parse_nodes(args.nodes6.as_ref().map_or(&[][..], |b| &b[..]), Family::V6)?);
                 let values = args
                     .values
                     .unwrap_or_default()
                     .iter()
+                    .take(MAX_VALUES_PARSED)
                     .filter_map(|v| match v.len() {
                         6 => compact::parse_v4(v).next(),
                         18 => compact::parse_v6(v).next(),
@@ -273,8 +285,24 @@ mod tests {
     fn round_trips() {
         let msgs = vec![
             Message { t: b"aa".to_vec(), id: Some(id(1)), body: Body::Query(Query::Ping) },
-            Message { t: b"ab".to_vec(), id: Some(id(1)), body: Body::Query(Query::FindNode { target: id(9) }) },
-            Message { t: b"ac".to_vec(), id: Some(id(1)), body: Body::Query(Query::GetPeers { info_hash: [5; 20] }) },
+            Message {
+                t: b"ab".to_vec(),
+                id: Some(id(1)),
+                body: Body::Query(Query::FindNode { target: id(9), want: None }),
+            },
+            Message {
+                t: b"ac".to_vec(),
+                id: Some(id(1)),
+                body: Body::Query(Query::GetPeers { info_hash: [5; 20], want: Some(Want::only(Family::V6)) }),
+            },
+            Message {
+                t: b"a1".to_vec(),
+                id: Some(id(1)),
+                body: Body::Query(Query::FindNode {
+                    target: id(8),
+                    want: Some(Want::only(Family::V4).with(Family::V6)),
+                }),
+            },
             Message {
                 t: b"ad".to_vec(),
                 id: Some(id(1)),
@@ -289,9 +317,21 @@ mod tests {
                 t: b"ae".to_vec(),
                 id: Some(id(2)),
                 body: Body::Response(Response {
-                    nodes: vec![(id(3), "10.0.0.3:6881".parse().unwrap()), (id(4), "10.0.0.4:1".parse().unwrap())],
+                    nodes: vec![
+                        (id(3), "10.0.0.3:6881".parse().unwrap()),
+                        (id(4), "10.0.0.4:1".parse().unwrap()),
+                        (id(5), "[2001:db8::7]:6881".parse().unwrap()),
+                    ],
                     values: vec!["10.0.0.5:51413".parse().unwrap(), "[2001:db8::5]:7000".parse().unwrap()],
                     token: Some(b"secret".to_vec()),
+                }),
+            },
+            Message {
+                t: b"a2".to_vec(),
+                id: Some(id(2)),
+                body: Body::Response(Response {
+                    nodes: vec![(id(6), "[::1]:6881".parse().unwrap())],
+                    ..Default::default()
                 }),
             },
             Message { t: b"af".to_vec(), id: Some(id(2)), body: Body::Response(Response::default()) },
@@ -317,10 +357,60 @@ mod tests {
         assert!(matches!(implied.body, Body::Query(Query::AnnouncePeer { implied_port: true, port: 0, .. })));
     }
 
+    /// The keys as BEP 32 spells them, byte for byte.
+    #[test]
+    fn speaks_bep32_nodes6_and_want() {
+        let q = Message {
+            t: b"aa".to_vec(),
+            id: Some(id(b'a')),
+            body: Body::Query(Query::FindNode {
+                target: id(b'b'),
+                want: Some(Want::only(Family::V4).with(Family::V6)),
+            }),
+        };
+        let bytes = String::from_utf8(q.encode()).unwrap();
+        assert!(bytes.contains("6:target20:bbbbbbbbbbbbbbbbbbbb4:wantl2:n42:n6e"), "{bytes}");
+        assert!(bytes.contains("4:wantl2:n42:n6e"), "{bytes}");
+        let mut r = b"d1:rd2:id20:abcdefghij01234567896:nodes638:".to_vec();
+        r.extend_from_slice(&[7; 20]);
+        r.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        r.extend_from_slice(&[0x1a, 0xe1]);
+        r.extend_from_slice(b"e1:t2:aa1:y1:re");
+        let Body::Response(resp) = Message::decode(&r).unwrap().body else { panic!() };
+        assert_eq!(resp.nodes, vec![(id(7), "[2001:db8::1]:6881".parse().unwrap())]);
+        // A response carrying only IPv6 nodes has no `nodes` key at all.
+        let back = String::from_utf8_lossy(
+            &Message { t: b"aa".to_vec(), id: Some(id(1)), body: Body::Response(resp) }.encode(),
+        )
+        .into_owned();
+        assert!(back.contains("6:nodes638:") && !back.contains("5:nodes"), "{back}");
+    }
+
+    #[test]
+    fn garbled_nodes6_and_want_are_refused() {
+        // 37 bytes of nodes6: not one whole entry, so the reply is refused.
+        let mut r = b"d1:rd2:id20:abcdefghij01234567896:nodes637:".to_vec();
+        r.extend_from_slice(&[7; 37]);
+        r.extend_from_slice(b"e1:t2:aa1:y1:re");
+        assert!(Message::decode(&r).is_err());
+        // A `want` that is not a list of strings: refused, not guessed at.
+        let bad_want =
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:wanti4ee1:q9:find_node1:t2:aa1:y1:qe";
+        assert!(Message::decode(bad_want).is_err());
+        // Unknown names in `want` are ignored; the query still decodes.
+        let odd = b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:wantl2:n92:n6ee1:q9:find_node1:t2:aa1:y1:qe";
+        let Body::Query(Query::FindNode { want, .. }) = Message::decode(odd).unwrap().body else { panic!() };
+        assert_eq!(want, Some(Want::only(Family::V6)));
+    }
+
     #[test]
     fn junk_is_refused_without_panics() {
-        let good = Message { t: b"xy".to_vec(), id: Some(id(1)), body: Body::Query(Query::FindNode { target: id(2) }) }
-            .encode();
+        let good = Message {
+            t: b"xy".to_vec(),
+            id: Some(id(1)),
+            body: Body::Query(Query::FindNode { target: id(2), want: Some(Want::only(Family::V6)) }),
+        }
+        .encode();
         // Every prefix, and every single-byte corruption, decodes or errs; never panics.
         for n in 0..good.len() {
             let _ = Message::decode(&good[..n]);

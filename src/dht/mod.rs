@@ -1,174 +1,69 @@
-//! The mainline DHT node (BEP 5): one UDP socket, a routing table, a store of
-//! announced peers, and iterative lookups for the torrents we run.
+//! The mainline DHT (BEP 5) over IPv4 and IPv6 (BEP 32): up to two nodes,
+//! one per address family, each on its own UDP socket with its own routing
+//! table (`node.rs`). This module starts them, runs a torrent's lookups on
+//! both and merges the peers, and saves and restores their node lists.
 //!
-//! Tasks: the receive loop answers queries and routes responses to waiting
-//! lookups; the maintenance loop bootstraps, pings questionable nodes,
-//! rotates the token secret and saves the node list. Both belong to [`Dht`]
-//! and stop on [`Dht::shutdown`]. Work per packet is bounded: replies are
-//! rate-capped, and every table (peers, pending queries) has a fixed size.
+//! Both nodes share one node id (BEP 32 allows it; it keeps one identity
+//! in the state file). The IPv6 socket is bound with `IPV6_V6ONLY`, so
+//! `[::]:port` does not also claim IPv4 and collide with the IPv4 node on
+//! the same port. A node that cannot bind is left out with a warning; the
+//! DHT is off only when neither can.
 
+pub mod family;
 pub mod krpc;
+mod node;
+pub use node::{Bound, Inbox};
 pub mod routing;
 
 use crate::types::InfoHash;
-use krpc::{Body, Message, NodeId, Query, Response, MAX_PACKET};
-use routing::{Insert, RoutingTable, K};
+use family::Family;
+use krpc::NodeId;
+use node::Node;
 use serde::{Deserialize, Serialize};
-use sha1::{Digest, Sha1};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const QUERY_TIMEOUT: Duration = Duration::from_secs(4);
-/// Queries in flight at once, over all lookups.
-const MAX_PENDING: usize = 256;
-/// Replies sent per second at most; a query flood beyond is dropped.
-const MAX_REPLIES_PER_SEC: u32 = 500;
-/// Queries in flight per lookup, and queries per lookup at most.
-const ALPHA: usize = 4;
-/// Lookups running at once; hundreds of torrents starting together queue here
-/// instead of flooding the network and the pending table.
-const MAX_LOOKUPS: usize = 8;
-const MAX_LOOKUP_QUERIES: usize = 64;
-const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
-/// Longest a lookup waits for the first bootstrap round.
-const BOOTSTRAP_WAIT: Duration = Duration::from_secs(30);
-/// Announced peers kept: torrents, peers per torrent, and for how long.
-const MAX_STORED_TORRENTS: usize = 2000;
-const MAX_PEERS_PER_TORRENT: usize = 100;
-const PEER_TTL: Duration = Duration::from_secs(30 * 60);
-/// Peers returned in one `get_peers` reply (keeps it under one datagram).
-const MAX_VALUES: usize = 50;
-const SECRET_EVERY: Duration = Duration::from_secs(5 * 60);
-const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
 const STATE_FILE: &str = "dht.json";
+const SAVE_EVERY: Duration = Duration::from_secs(5 * 60);
+/// Saved nodes read back per family; more are ignored.
+const MAX_SAVED: usize = 1000;
 
+/// `state_dir/dht.json`. `nodes6` came with BEP 32: files written before it
+/// load with an empty IPv6 list.
 #[derive(Serialize, Deserialize, Default)]
 struct SavedState {
     id: String,
     nodes: Vec<String>,
+    #[serde(default)]
+    nodes6: Vec<String>,
 }
-
-struct Pending {
-    addr: SocketAddr,
-    /// Tells this query from a later one that reuses its transaction id.
-    seq: u64,
-    reply: oneshot::Sender<Response>,
-}
-
-/// Removes a query's pending entry however its future ends (answered,
-/// timed out, or dropped when a lookup is cancelled).
-struct PendingGuard<'a> {
-    state: &'a Mutex<State>,
-    tid: u16,
-    seq: u64,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        let mut s = self.state.lock().unwrap();
-        if s.pending.get(&self.tid).is_some_and(|p| p.seq == self.seq) {
-            s.pending.remove(&self.tid);
-        }
-    }
-}
-
-struct State {
-    table: RoutingTable,
-    pending: HashMap<u16, Pending>,
-    next_tid: u16,
-    next_seq: u64,
-    /// Announced peers by info hash, with when they announced.
-    store: HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>,
-    secret: [u8; 16],
-    previous_secret: [u8; 16],
-    secret_at: Instant,
-    replies_window: (Instant, u32),
-    /// Unknown nodes that queried us, by address, with when we last queued
-    /// a ping for them: one a minute per address, so one source cannot fill
-    /// the ping queue and keep genuine nodes out.
-    pinged: HashMap<std::net::IpAddr, u64>,
-}
-
-/// Addresses remembered in [`State::pinged`] at most.
-const MAX_PINGED: usize = 4096;
-const PING_SAME_IP_EVERY: u64 = 60;
-
-/// Whether to queue a ping for an unknown querier at `ip` now.
-fn ping_due(pinged: &mut HashMap<std::net::IpAddr, u64>, ip: std::net::IpAddr, now: u64) -> bool {
-    if pinged.get(&ip).is_some_and(|&at| now.saturating_sub(at) < PING_SAME_IP_EVERY) {
-        return false;
-    }
-    if pinged.len() >= MAX_PINGED {
-        pinged.retain(|_, at| now.saturating_sub(*at) < PING_SAME_IP_EVERY);
-        if pinged.len() >= MAX_PINGED {
-            return false;
-        }
-    }
-    pinged.insert(ip, now);
-    true
-}
-
-/// Datagrams for the DHT from a socket it shares (with uTP, which reads it).
-pub type Inbox = mpsc::Receiver<(Vec<u8>, SocketAddr)>;
 
 pub struct Dht {
-    socket: Arc<UdpSocket>,
-    /// Where datagrams come from when the socket is shared.
-    inbox: Mutex<Option<Inbox>>,
-    port: u16,
-    started: Instant,
-    state: Mutex<State>,
+    v4: Option<Arc<Node>>,
+    v6: Option<Arc<Node>>,
+    own: NodeId,
     state_file: PathBuf,
-    bootstrap: Vec<String>,
-    /// Addresses to ping (from `port` messages), handled by maintenance.
-    new_nodes: mpsc::Sender<SocketAddr>,
-    lookups: tokio::sync::Semaphore,
-    /// Turns true once the first bootstrap round is over.
-    bootstrapped: tokio::sync::watch::Sender<bool>,
     cancel: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// Where a lookup stands with one candidate node.
-enum Contact {
-    Unasked,
-    /// Asked; no answer yet.
-    Asked,
-    /// Answered, with the write token it gave (for `get_peers`).
-    Answered(Option<Vec<u8>>),
-}
-
-/// The kind of iterative lookup.
-#[derive(Clone, Copy)]
-enum Lookup {
-    Nodes(NodeId),
-    Peers([u8; 20]),
+    saver: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Dht {
-    /// Binds the node's UDP socket and starts its tasks. `ip` is the address
-    /// to bind (IPv4; the unspecified IPv6 address means every IPv4 one).
-    pub async fn start(ip: IpAddr, port: u16, state_dir: &Path, bootstrap: Vec<String>) -> std::io::Result<Arc<Dht>> {
-        let socket = Arc::new(bind_udp(ip, port).await?);
-        Dht::start_on(socket, None, state_dir, bootstrap)
-    }
-
-    /// Starts the node on a bound socket. With an `inbox`, the socket is
-    /// shared and its reader sends the DHT's datagrams there.
-    pub fn start_on(
-        socket: Arc<UdpSocket>,
-        inbox: Option<Inbox>,
+    /// Starts a node per family the listen address `ip` covers (see
+    /// [`family::bind_addresses`]), on `port` if it is free for UDP. The
+    /// IPv4 node takes `shared_v4` if given (the socket uTP reads).
+    pub async fn start(
+        ip: IpAddr,
+        port: u16,
         state_dir: &Path,
-        bootstrap: Vec<String>,
+        config: &crate::config::Dht,
+        shared_v4: Option<Bound>,
     ) -> std::io::Result<Arc<Dht>> {
-        let port = socket.local_addr()?.port();
         let state_file = state_dir.join(STATE_FILE);
         let saved: SavedState =
             std::fs::read(&state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
@@ -176,219 +71,101 @@ impl Dht {
             .and_then(|b| <[u8; 20]>::try_from(b).ok())
             .map(NodeId)
             .unwrap_or_else(NodeId::random);
-        let (new_nodes, new_rx) = mpsc::channel(64);
-        let now = Instant::now();
-        let dht = Arc::new(Dht {
-            socket,
-            inbox: Mutex::new(inbox),
-            port,
-            started: now,
-            state: Mutex::new(State {
-                table: RoutingTable::new(own),
-                pending: HashMap::new(),
-                next_tid: rand::random(),
-                next_seq: 0,
-                store: HashMap::new(),
-                secret: rand::random(),
-                previous_secret: rand::random(),
-                secret_at: now,
-                replies_window: (now, 0),
-                pinged: HashMap::new(),
-            }),
-            state_file,
-            bootstrap,
-            new_nodes,
-            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
-            bootstrapped: tokio::sync::watch::Sender::new(false),
-            cancel: CancellationToken::new(),
-            tasks: Mutex::new(Vec::new()),
-        });
-        let saved_nodes: Vec<SocketAddr> = saved.nodes.iter().filter_map(|n| n.parse().ok()).collect();
-        let receive = tokio::spawn(dht.clone().receive_loop());
-        let maintain = tokio::spawn(dht.clone().maintain_loop(saved_nodes, new_rx));
-        dht.tasks.lock().unwrap().extend([receive, maintain]);
-        tracing::info!(port, id = %crate::types::to_hex(&own.0[..4]), "DHT node listening");
+        let parse = |list: &[String]| list.iter().take(MAX_SAVED).filter_map(|n| n.parse().ok()).collect();
+        let (v4_ip, v6_ip) = family::bind_addresses(ip, config.ipv6);
+        let mut v4 = None;
+        if let Some(ip) = v4_ip {
+            let bound = match shared_v4 {
+                Some(b) => Ok(b),
+                None => bind_v4(ip, port).await.map(|s| Bound { socket: Arc::new(s), inbox: None }),
+            };
+            match bound {
+                Ok(b) => v4 = Some(Node::start(Family::V4, b, own, parse(&saved.nodes), config.bootstrap.clone())?),
+                Err(e) => tracing::warn!(error = %e, port, "cannot start the IPv4 DHT node"),
+            }
+        }
+        // The IPv6 node takes the IPv4 node's port when it can, so one
+        // `port` message is right for both.
+        let port6 = v4.as_ref().map_or(port, |n| n.port());
+        let mut v6 = None;
+        if let Some(ip) = v6_ip {
+            match bind_v6(ip, port6) {
+                Ok(s) => {
+                    let b = Bound { socket: Arc::new(s), inbox: None };
+                    v6 = Some(Node::start(Family::V6, b, own, parse(&saved.nodes6), config.bootstrap.clone())?)
+                }
+                Err(e) => tracing::warn!(error = %e, port = port6, "cannot start the IPv6 DHT node; IPv4 only"),
+            }
+        }
+        if let (Some(a), Some(b)) = (&v4, &v6) {
+            Node::pair(a, b);
+        }
+        if v4.is_none() && v6.is_none() {
+            return Err(std::io::Error::other("no DHT node could start"));
+        }
+        let dht = Arc::new(Dht { v4, v6, own, state_file, cancel: CancellationToken::new(), saver: Mutex::new(None) });
+        *dht.saver.lock().unwrap() = Some(tokio::spawn(dht.clone().save_loop()));
         Ok(dht)
     }
 
+    fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
+    /// The UDP port of the DHT, for `port` messages (the IPv4 node's when
+    /// it runs; the IPv6 node binds the same one when it can).
     pub fn port(&self) -> u16 {
-        self.port
+        self.nodes().next().map_or(0, |n| n.port())
     }
 
+    /// The port to tell a peer at `ip`: that of the node of its family.
+    pub fn port_for(&self, ip: IpAddr) -> u16 {
+        self.node_of(Family::of(&SocketAddr::new(ip, 0))).map_or(self.port(), |n| n.port())
+    }
+
+    /// Nodes in both routing tables.
     pub fn node_count(&self) -> usize {
-        self.state.lock().unwrap().table.len()
+        self.nodes().map(|n| n.node_count()).sum()
     }
 
-    /// A peer told us its DHT port: ping it, and keep it if it answers.
+    /// Nodes in one family's routing table (`None`: that node is not running).
+    pub fn node_count_of(&self, family: Family) -> Option<usize> {
+        self.node_of(family).map(|n| n.node_count())
+    }
+
+    fn node_of(&self, family: Family) -> Option<&Arc<Node>> {
+        match family {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+
+    /// A peer told us its DHT port: the node of its family pings it.
     pub fn add_node(&self, addr: SocketAddr) {
-        let _ = self.new_nodes.try_send(addr);
-    }
-
-    /// Stops both tasks and saves the node list.
-    pub async fn shutdown(&self) {
-        self.cancel.cancel();
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap());
-        for t in tasks {
-            let _ = t.await;
+        let addr = crate::compact::normalize(addr);
+        if let Some(n) = self.node_of(Family::of(&addr)) {
+            n.add_node(addr);
         }
-        self.save();
     }
 
-    fn save(&self) {
-        let (id, nodes) = {
-            let s = self.state.lock().unwrap();
-            (s.table.own_id(), s.table.addresses())
+    /// Looks `info_hash` up on both families at once and merges the peers
+    /// found; with `announce_port`, each node announces us to the closest
+    /// nodes of its family.
+    pub async fn get_peers(&self, info_hash: InfoHash, announce_port: Option<u16>) -> Vec<SocketAddr> {
+        let on = |node: Option<&Arc<Node>>| {
+            let node = node.cloned();
+            async move {
+                match node {
+                    Some(n) => n.get_peers(info_hash, announce_port).await,
+                    None => Vec::new(),
+                }
+            }
         };
-        let saved =
-            SavedState { id: crate::types::to_hex(&id.0), nodes: nodes.iter().map(|a| a.to_string()).collect() };
-        if let Ok(bytes) = serde_json::to_vec(&saved) {
-            if let Err(e) = crate::resume::write_atomic(&self.state_file, &bytes) {
-                tracing::warn!(error = %e, "cannot save the DHT node list");
+        let (mut peers, more) = tokio::join!(on(self.v4.as_ref()), on(self.v6.as_ref()));
+        for p in more {
+            if !peers.contains(&p) {
+                peers.push(p);
             }
-        }
-    }
-
-    fn now_secs(&self) -> u64 {
-        self.started.elapsed().as_secs()
-    }
-
-    // ---- serving ----------------------------------------------------------
-
-    async fn receive_loop(self: Arc<Self>) {
-        let mut buf = vec![0u8; MAX_PACKET + 1];
-        let mut inbox = self.inbox.lock().unwrap().take();
-        loop {
-            let (n, from) = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                r = self.socket.recv_from(&mut buf), if inbox.is_none() => match r {
-                    Ok(x) => x,
-                    Err(_) => continue, // ICMP errors surface here; the query times out
-                },
-                Some((d, from)) = async { inbox.as_mut()?.recv().await }, if inbox.is_some() => {
-                    let n = d.len().min(buf.len());
-                    buf[..n].copy_from_slice(&d[..n]);
-                    (n, from)
-                }
-            };
-            let from = crate::compact::normalize(from);
-            let Ok(msg) = Message::decode(&buf[..n]) else {
-                continue; // junk is dropped: answering it would amplify floods
-            };
-            if let Some(reply) = self.handle(msg, from) {
-                let _ = self.socket.try_send_to(&reply.encode(), from);
-            }
-        }
-    }
-
-    /// Handles one message; returns the reply to send, if any. No await:
-    /// one packet costs a bounded amount of work under one short lock.
-    fn handle(&self, msg: Message, from: SocketAddr) -> Option<Message> {
-        let now = self.now_secs();
-        let mut s = self.state.lock().unwrap();
-        match msg.body {
-            Body::Response(r) => {
-                let tid = tid_of(&msg.t)?;
-                let p = s.pending.remove(&tid)?;
-                if p.addr != from {
-                    s.pending.insert(tid, p); // a reply from elsewhere is not the reply
-                    return None;
-                }
-                if let Some(id) = msg.id {
-                    if let Insert::Full { ping } = s.table.insert(id, from, now) {
-                        for addr in ping.into_iter().take(2) {
-                            let _ = self.new_nodes.try_send(addr); // fails twice: bad, replaceable
-                        }
-                    }
-                }
-                let _ = p.reply.send(r);
-                None
-            }
-            Body::Error { .. } => {
-                let tid = tid_of(&msg.t)?;
-                if s.pending.get(&tid).is_some_and(|p| p.addr == from) {
-                    s.pending.remove(&tid); // the waiting query sees its sender dropped
-                }
-                None
-            }
-            Body::Query(q) => {
-                let t0 = Instant::now();
-                if t0.duration_since(s.replies_window.0) >= Duration::from_secs(1) {
-                    s.replies_window = (t0, 0);
-                }
-                if s.replies_window.1 >= MAX_REPLIES_PER_SEC {
-                    return None;
-                }
-                s.replies_window.1 += 1;
-                if let Some(id) = msg.id {
-                    if !s.table.heard_from(id, from, now) && ping_due(&mut s.pinged, from.ip(), now) {
-                        // Unknown: it gets in once it answers a ping of ours.
-                        let _ = self.new_nodes.try_send(from);
-                    }
-                }
-                self.rotate_secret(&mut s);
-                let body = answer(&mut s, q, from);
-                Some(Message { t: msg.t, id: Some(s.table.own_id()), body })
-            }
-        }
-    }
-
-    fn rotate_secret(&self, s: &mut State) {
-        if s.secret_at.elapsed() >= SECRET_EVERY {
-            s.previous_secret = s.secret;
-            s.secret = rand::random();
-            s.secret_at = Instant::now();
-        }
-    }
-
-    // ---- querying ---------------------------------------------------------
-
-    /// Sends one query and waits for its response (`None` on timeout or error).
-    async fn query(&self, addr: SocketAddr, q: Query) -> Option<Response> {
-        let (tx, rx) = oneshot::channel();
-        let (guard, own) = {
-            let mut s = self.state.lock().unwrap();
-            if s.pending.len() >= MAX_PENDING {
-                return None;
-            }
-            let mut tid = s.next_tid;
-            while s.pending.contains_key(&tid) {
-                tid = tid.wrapping_add(1);
-            }
-            s.next_tid = tid.wrapping_add(1);
-            let seq = s.next_seq;
-            s.next_seq += 1;
-            s.pending.insert(tid, Pending { addr, seq, reply: tx });
-            (PendingGuard { state: &self.state, tid, seq }, s.table.own_id())
-        };
-        let msg = Message { t: guard.tid.to_be_bytes().to_vec(), id: Some(own), body: Body::Query(q) };
-        let sent = self.socket.send_to(&msg.encode(), addr).await.is_ok();
-        let reply = if sent { tokio::time::timeout(QUERY_TIMEOUT, rx).await.ok().and_then(Result::ok) } else { None };
-        drop(guard);
-        if reply.is_none() {
-            self.state.lock().unwrap().table.failed(addr);
-        }
-        reply
-    }
-
-    /// Finds peers for `info_hash` and, with `announce_port`, announces us to
-    /// the closest nodes that gave a token.
-    pub async fn get_peers(self: &Arc<Self>, info_hash: InfoHash, announce_port: Option<u16>) -> Vec<SocketAddr> {
-        // Torrents starting with the daemon wait for the first bootstrap
-        // round, or their first lookup would find an empty table.
-        let mut ready = self.bootstrapped.subscribe();
-        let _ = tokio::time::timeout(BOOTSTRAP_WAIT, ready.wait_for(|b| *b)).await;
-        let Ok(_turn) = self.lookups.acquire().await else {
-            return Vec::new();
-        };
-        let (peers, closest) = self.lookup(Lookup::Peers(info_hash.0)).await;
-        if let Some(port) = announce_port {
-            let mut jobs = JoinSet::new();
-            for (addr, token) in closest.into_iter().filter_map(|(a, t)| Some((a, t?))).take(K) {
-                let dht = self.clone();
-                let q = Query::AnnouncePeer { info_hash: info_hash.0, port, token, implied_port: false };
-                jobs.spawn(async move { dht.query(addr, q).await });
-            }
-            while jobs.join_next().await.is_some() {}
         }
         peers
     }
@@ -425,227 +202,48 @@ impl Dht {
         }
     }
 
-    /// An iterative lookup: ask the closest known nodes, then the closer ones
-    /// they name, until the closest K have answered. Returns the peers found
-    /// and the closest responders with their tokens.
-    async fn lookup(self: &Arc<Self>, kind: Lookup) -> (Vec<SocketAddr>, Vec<(SocketAddr, Option<Vec<u8>>)>) {
-        let target = match kind {
-            Lookup::Nodes(id) => id,
-            Lookup::Peers(h) => NodeId(h),
-        };
-        let (own, start) = {
-            let s = self.state.lock().unwrap();
-            (s.table.own_id(), s.table.closest(&target, K * 2))
-        };
-        let mut shortlist: BTreeMap<[u8; 20], (SocketAddr, Contact)> = BTreeMap::new();
-        for (id, addr) in start {
-            shortlist.insert(id.distance(&target), (addr, Contact::Unasked));
+    /// Stops both nodes and saves their node lists.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let saver = self.saver.lock().unwrap().take();
+        if let Some(t) = saver {
+            let _ = t.await;
         }
-        let mut peers = HashSet::new();
-        let mut asked = 0;
-        let mut jobs = JoinSet::new();
-        let deadline = tokio::time::sleep(LOOKUP_DEADLINE);
-        tokio::pin!(deadline);
-        loop {
-            // Ask the closest unasked candidates, while the closest K are not all answered.
-            while jobs.len() < ALPHA && asked < MAX_LOOKUP_QUERIES {
-                let next = shortlist.iter_mut().take(K).find(|(_, (_, c))| matches!(c, Contact::Unasked)).map(
-                    |(d, (addr, c))| {
-                        *c = Contact::Asked;
-                        (*d, *addr)
-                    },
-                );
-                let Some((dist, addr)) = next else { break };
-                asked += 1;
-                let dht = self.clone();
-                let q = match kind {
-                    Lookup::Nodes(t) => Query::FindNode { target: t },
-                    Lookup::Peers(h) => Query::GetPeers { info_hash: h },
-                };
-                jobs.spawn(async move { (dist, dht.query(addr, q).await) });
-            }
-            let done = tokio::select! {
-                _ = self.cancel.cancelled() => break,
-                _ = &mut deadline => break,
-                d = jobs.join_next() => d,
-            };
-            let Some(Ok((dist, reply))) = done else {
-                break; // nothing in flight and nothing left to ask
-            };
-            let Some(r) = reply else {
-                shortlist.remove(&dist);
-                continue;
-            };
-            if let Some(e) = shortlist.get_mut(&dist) {
-                e.1 = Contact::Answered(r.token.clone());
-            }
-            peers.extend(r.values.iter().filter(|a| a.port() != 0));
-            for (id, addr) in r.nodes {
-                if id != own && addr.port() != 0 {
-                    shortlist.entry(id.distance(&target)).or_insert((addr, Contact::Unasked));
-                }
-            }
-            // Keep the shortlist small: only the closest matter.
-            while shortlist.len() > K * 4 {
-                shortlist.pop_last();
-            }
+        for n in self.nodes() {
+            n.shutdown().await;
         }
-        let closest = shortlist
-            .into_values()
-            .filter_map(|(addr, c)| match c {
-                Contact::Answered(token) => Some((addr, token)),
-                _ => None,
-            })
-            .take(K)
-            .collect();
-        (peers.into_iter().collect(), closest)
+        self.save();
     }
 
-    // ---- maintenance ------------------------------------------------------
-
-    /// Pings the saved and configured nodes, then looks up our own id, which
-    /// fills the table with the nodes around us.
-    async fn bootstrap_round(self: &Arc<Self>, saved: &[SocketAddr]) {
-        let mut addrs = saved.to_vec();
-        for b in &self.bootstrap {
-            if let Ok(found) = tokio::net::lookup_host(b.as_str()).await {
-                addrs.extend(found.filter(|a| a.is_ipv4()));
-            }
-        }
-        let mut pings = JoinSet::new();
-        for addr in addrs {
-            let dht = self.clone();
-            pings.spawn(async move {
-                let _ = dht.query(addr, Query::Ping).await;
-            });
-        }
-        while pings.join_next().await.is_some() {}
-        let own = self.state.lock().unwrap().table.own_id();
-        let _ = self.lookup(Lookup::Nodes(own)).await;
-        tracing::debug!(nodes = self.node_count(), "DHT bootstrap round done");
-    }
-
-    async fn maintain_loop(self: Arc<Self>, saved: Vec<SocketAddr>, mut new_rx: mpsc::Receiver<SocketAddr>) {
-        let mut last_bootstrap: Option<Instant> = None;
-        let mut last_save = Instant::now();
-        let mut pings = JoinSet::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+    async fn save_loop(self: Arc<Self>) {
         loop {
-            let table_len = self.node_count();
-            // Bootstrap at start, and again while the table stays nearly empty.
-            if table_len < K && last_bootstrap.is_none_or(|t| t.elapsed() >= MAINTAIN_EVERY) {
-                last_bootstrap = Some(Instant::now());
-                tokio::select! {
-                    _ = self.cancel.cancelled() => break,
-                    _ = self.bootstrap_round(&saved) => {}
-                }
-                self.bootstrapped.send_replace(true);
-            }
             tokio::select! {
-                _ = self.cancel.cancelled() => break,
-                Some(addr) = new_rx.recv() => {
-                    if pings.len() < 16 {
-                        let dht = self.clone();
-                        pings.spawn(async move { let _ = dht.query(addr, Query::Ping).await; });
-                    }
-                }
-                Some(_) = pings.join_next(), if !pings.is_empty() => {}
-                _ = tick.tick() => {
-                    let questionable = self.state.lock().unwrap().table.questionable(self.now_secs(), 4);
-                    for addr in questionable {
-                        if pings.len() < 16 {
-                            let dht = self.clone();
-                            pings.spawn(async move { let _ = dht.query(addr, Query::Ping).await; });
-                        }
-                    }
-                    expire_store(&mut self.state.lock().unwrap().store);
-                    if last_save.elapsed() >= SECRET_EVERY {
-                        last_save = Instant::now();
-                        self.save();
-                    }
-                }
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(SAVE_EVERY) => self.save(),
             }
         }
-        pings.shutdown().await;
     }
-}
 
-/// Our answer to one query.
-fn answer(s: &mut State, q: Query, from: SocketAddr) -> Body {
-    match q {
-        Query::Ping => Body::Response(Response::default()),
-        Query::FindNode { target } => {
-            Body::Response(Response { nodes: s.table.closest(&target, K), ..Default::default() })
-        }
-        Query::GetPeers { info_hash } => {
-            let token = Some(token_for(&s.secret, from.ip()));
-            let values: Vec<SocketAddr> = s
-                .store
-                .get(&info_hash)
-                .map(|v| v.iter().filter(|(_, at)| at.elapsed() < PEER_TTL).map(|(a, _)| *a).take(MAX_VALUES).collect())
-                .unwrap_or_default();
-            let nodes = if values.is_empty() { s.table.closest(&NodeId(info_hash), K) } else { Vec::new() };
-            Body::Response(Response { nodes, values, token })
-        }
-        Query::AnnouncePeer { info_hash, port, token, implied_port } => {
-            let valid = token == token_for(&s.secret, from.ip()) || token == token_for(&s.previous_secret, from.ip());
-            if !valid {
-                return Body::Error { code: 203, message: "bad token".into() };
+    fn save(&self) {
+        let list = |n: Option<&Arc<Node>>| n.map(|n| n.addresses().iter().map(|a| a.to_string()).collect());
+        let saved = SavedState {
+            id: crate::types::to_hex(&self.own.0),
+            nodes: list(self.v4.as_ref()).unwrap_or_default(),
+            nodes6: list(self.v6.as_ref()).unwrap_or_default(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&saved) {
+            if let Err(e) = crate::resume::write_atomic(&self.state_file, &bytes) {
+                tracing::warn!(error = %e, "cannot save the DHT node list");
             }
-            let port = if implied_port { from.port() } else { port };
-            store_peer(&mut s.store, info_hash, SocketAddr::new(from.ip(), port));
-            Body::Response(Response::default())
         }
     }
 }
 
-fn tid_of(t: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes(t.try_into().ok()?))
-}
-
-/// A write token: who asked (their IP) under our current secret.
-fn token_for(secret: &[u8; 16], ip: IpAddr) -> Vec<u8> {
-    let mut h = Sha1::new();
-    h.update(secret);
-    match ip {
-        IpAddr::V4(v4) => h.update(v4.octets()),
-        IpAddr::V6(v6) => h.update(v6.octets()),
-    }
-    h.finalize()[..8].to_vec()
-}
-
-fn store_peer(store: &mut HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>, hash: [u8; 20], peer: SocketAddr) {
-    if !store.contains_key(&hash) && store.len() >= MAX_STORED_TORRENTS {
-        expire_store(store);
-        if store.len() >= MAX_STORED_TORRENTS {
-            return;
-        }
-    }
-    let list = store.entry(hash).or_default();
-    list.retain(|(a, _)| *a != peer);
-    if list.len() >= MAX_PEERS_PER_TORRENT {
-        list.remove(0); // the oldest announce
-    }
-    list.push((peer, Instant::now()));
-}
-
-fn expire_store(store: &mut HashMap<[u8; 20], Vec<(SocketAddr, Instant)>>) {
-    store.retain(|_, list| {
-        list.retain(|(_, at)| at.elapsed() < PEER_TTL);
-        !list.is_empty()
-    });
-}
-
-/// Binds the listen port's UDP side, which the DHT and uTP share: IPv4 (the
-/// unspecified IPv6 address means every IPv4 one). If something else holds
-/// the port for UDP, any port will do for the DHT, as peers learn it from
-/// `port` messages (uTP then only dials out).
-pub async fn bind_udp(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
-    let ip = match ip {
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0, 0, 0, 0]),
-        IpAddr::V6(_) => return Err(std::io::Error::other("the DHT and uTP need an IPv4 listen address")),
-        v4 => v4,
-    };
+/// The IPv4 UDP socket, which the IPv4 node shares with uTP: the listen
+/// port is the usual choice; if something else holds it for UDP, any port
+/// will do for the DHT, as peers learn it from `port` messages (uTP then
+/// only dials out).
+pub async fn bind_v4(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
     let socket = match UdpSocket::bind(SocketAddr::new(ip, port)).await {
         Ok(s) => s,
         Err(_) if port != 0 => UdpSocket::bind(SocketAddr::new(ip, 0)).await?,
@@ -676,59 +274,109 @@ fn set_buffer(socket: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
     }
 }
 
+/// The IPv6 node's socket, IPv6 only (Linux would otherwise let `[::]`
+/// take IPv4 too, and the IPv4 node's port would be in use), on `port` or
+/// else any port.
+fn bind_v6(ip: Ipv6Addr, port: u16) -> std::io::Result<UdpSocket> {
+    let open = |port: u16| -> std::io::Result<UdpSocket> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)).into())?;
+        UdpSocket::from_std(s.into())
+    };
+    match open(port) {
+        Ok(s) => Ok(s),
+        Err(e) if port != 0 && e.kind() == std::io::ErrorKind::AddrInUse => open(0),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_source_gets_one_ping_a_minute() {
-        let mut pinged = HashMap::new();
-        let flood: std::net::IpAddr = [203, 0, 113, 7].into();
-        assert!(ping_due(&mut pinged, flood, 0));
-        assert!((1..59).all(|t| !ping_due(&mut pinged, flood, t)));
-        assert!(ping_due(&mut pinged, flood, 60));
-        // Many sources: the map stays bounded.
-        for i in 0..10_000u32 {
-            ping_due(&mut pinged, std::net::IpAddr::from(i.to_be_bytes()), 61);
-        }
-        assert!(pinged.len() <= MAX_PINGED);
+    fn config(ipv6: bool) -> crate::config::Dht {
+        crate::config::Dht { enabled: true, bootstrap: vec![], ipv6 }
     }
 
-    #[test]
-    fn tokens_depend_on_secret_and_ip() {
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(token_for(&[1; 16], a), token_for(&[1; 16], a));
-        assert_ne!(token_for(&[1; 16], a), token_for(&[1; 16], b));
-        assert_ne!(token_for(&[1; 16], a), token_for(&[2; 16], a));
-    }
-
-    #[test]
-    fn peer_store_is_bounded() {
-        let mut store = HashMap::new();
-        for i in 0..(MAX_PEERS_PER_TORRENT as u32 + 20) {
-            store_peer(&mut store, [1; 20], SocketAddr::from((i.to_be_bytes(), 6881)));
-        }
-        assert_eq!(store[&[1; 20]].len(), MAX_PEERS_PER_TORRENT);
-        for i in 0..(MAX_STORED_TORRENTS as u32 + 50) {
-            let mut h = [0u8; 20];
-            h[..4].copy_from_slice(&i.to_be_bytes());
-            store_peer(&mut store, h, "10.0.0.1:1".parse().unwrap());
-        }
-        assert_eq!(store.len(), MAX_STORED_TORRENTS);
-    }
-
-    /// A query dropped mid-flight (a cancelled lookup) leaves no pending
-    /// entry behind; otherwise the table of pending queries would fill up.
+    /// Both nodes on one port (the IPv6 one is IPv6-only, so they do not
+    /// collide); the node lists are saved at shutdown, each family in its
+    /// key, under one id that the next start reads back.
     #[tokio::test]
-    async fn cancelled_queries_leave_nothing_pending() {
+    async fn both_families_share_a_port_and_a_saved_id() {
         let dir = tempfile::tempdir().unwrap();
-        let dht = Dht::start("127.0.0.1".parse().unwrap(), 0, dir.path(), vec![]).await.unwrap();
-        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let q = dht.query(silent.local_addr().unwrap(), Query::Ping);
-        assert!(tokio::time::timeout(Duration::from_millis(50), q).await.is_err());
-        assert_eq!(dht.state.lock().unwrap().pending.len(), 0);
+        let dht = Dht::start("::".parse().unwrap(), 0, dir.path(), &config(true), None).await.unwrap();
+        let (v4, v6) = (dht.v4.as_ref().unwrap().port(), dht.v6.as_ref().unwrap().port());
+        assert_eq!(v4, v6);
+        assert_eq!(dht.port_for("::1".parse().unwrap()), v6);
+        assert_eq!(dht.node_count_of(Family::V6), Some(0));
+        let id = dht.own;
         dht.shutdown().await;
-        assert!(dir.path().join(STATE_FILE).exists(), "the node list is saved at shutdown");
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains("\"nodes6\":[]"), "{text}");
+        let again = Dht::start("127.0.0.1".parse().unwrap(), 0, dir.path(), &config(true), None).await.unwrap();
+        assert_eq!(again.own, id);
+        assert!(again.v6.is_none(), "an IPv4 listen address leaves IPv6 out");
+        again.shutdown().await;
+    }
+
+    /// BEP 32's `want` at work, on loopback: B knows only A's IPv4 address;
+    /// A's IPv6 node knows C. B's IPv4 lookups ask for `n6` too, A answers
+    /// with C in `nodes6`, and B's IPv6 node pings C and keeps it.
+    #[tokio::test]
+    async fn an_ipv6_node_starts_from_nodes6_heard_over_ipv4() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let any: IpAddr = "::".parse().unwrap();
+        let boot = |addr: String| crate::config::Dht { bootstrap: vec![addr], ..config(true) };
+        let c = Dht::start(any, 0, dirs[2].path(), &config(true), None).await.unwrap();
+        let a = Dht::start(any, 0, dirs[0].path(), &boot(format!("[::1]:{}", c.v6.as_ref().unwrap().port())), None)
+            .await
+            .unwrap();
+        let known = |d: &Dht, f| d.node_count_of(f).unwrap_or(0) >= 1;
+        for _ in 0..100 {
+            if known(&a, Family::V6) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(known(&a, Family::V6), "A's IPv6 node knows C");
+        let b = Dht::start(any, 0, dirs[1].path(), &boot(format!("127.0.0.1:{}", a.v4.as_ref().unwrap().port())), None)
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if known(&b, Family::V6) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(known(&b, Family::V6), "B's IPv6 node learnt C through A's IPv4 node");
+        for d in [a, b, c] {
+            d.shutdown().await;
+        }
+    }
+
+    /// A state file from before BEP 32 (no `nodes6`) still loads.
+    #[test]
+    fn old_state_files_load() {
+        let old = r#"{"id":"0102030405060708090a0b0c0d0e0f1011121314","nodes":["10.0.0.1:6881"]}"#;
+        let s: SavedState = serde_json::from_str(old).unwrap();
+        assert_eq!((s.nodes.len(), s.nodes6.len()), (1, 0));
+    }
+
+    /// A listen address no node can bind turns the DHT off; `ipv6 = false`
+    /// leaves the IPv4 node alone.
+    #[tokio::test]
+    async fn unbindable_addresses_and_ipv6_off() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2001:db8:: is documentation space, on no interface here.
+        assert!(bind_v6("2001:db8::1".parse().unwrap(), 0).is_err());
+        let only6 = Dht::start("2001:db8::1".parse().unwrap(), 0, dir.path(), &config(true), None).await;
+        assert!(only6.is_err(), "neither family: the DHT is off");
+        let dht = Dht::start("::".parse().unwrap(), 0, dir.path(), &config(false), None).await.unwrap();
+        assert!(dht.v6.is_none() && dht.v4.is_some());
+        assert_eq!(dht.node_count_of(Family::V6), None);
+        dht.shutdown().await;
     }
 }

@@ -11,9 +11,11 @@ use super::krpc::NodeId;
 use std::net::SocketAddr;
 
 pub const K: usize = 8;
-/// Nodes one IP address may have in the table: one on the internet (one
-/// host with many ports must not fill the table), a few where addresses are
-/// shared on purpose (loopback, private networks: test swarms, a LAN).
+/// Nodes one host may have in the table: one on the internet (one host with
+/// many ports must not fill the table), a few where addresses are shared on
+/// purpose (loopback, private networks: test swarms, a LAN). A host is an
+/// IPv4 address or an IPv6 /64, whose 2^64 addresses one subscriber picks
+/// from freely.
 pub const NODES_PER_PUBLIC_IP: usize = 1;
 pub const NODES_PER_LOCAL_IP: usize = 4;
 /// Seconds without a reply after which a node is questionable.
@@ -131,18 +133,20 @@ impl RoutingTable {
     }
 
     fn nodes_at(&self, ip: std::net::IpAddr) -> usize {
-        self.buckets.iter().flatten().filter(|n| n.addr.ip() == ip).count()
+        self.buckets.iter().flatten().filter(|n| host(n.addr.ip()) == host(ip)).count()
     }
 
-    /// A public IPv4 /24 may hold one node of a bucket: a block of
-    /// addresses is still one operator.
+    /// A public IPv4 /24 or IPv6 /48 may hold one host of a bucket: a block
+    /// of addresses is still one operator.
     fn same_subnet_in_bucket(&self, b: usize, ip: std::net::IpAddr) -> bool {
-        let std::net::IpAddr::V4(v4) = ip else { return false };
         if is_local(ip) {
             return false;
         }
-        let net = |a: std::net::Ipv4Addr| u32::from(a) >> 8;
-        self.buckets[b].iter().any(|n| matches!(n.addr.ip(), std::net::IpAddr::V4(o) if net(o) == net(v4) && o != v4))
+        let net = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => (4, u128::from(u32::from(v4) >> 8)),
+            std::net::IpAddr::V6(v6) => (6, u128::from(v6) >> 80),
+        };
+        self.buckets[b].iter().any(|n| net(n.addr.ip()) == net(ip) && host(n.addr.ip()) != host(ip))
     }
 
     fn split_last(&mut self) {
@@ -202,11 +206,22 @@ impl RoutingTable {
     }
 }
 
-/// Loopback, private and link-local addresses: shared by design.
+/// Loopback, private (unique local) and link-local addresses: shared by design.
 pub fn is_local(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// The host an address belongs to: an IPv4 address, or an IPv6 /64.
+fn host(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => std::net::Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128)).into(),
+        v4 => v4,
     }
 }
 
@@ -240,6 +255,30 @@ mod tests {
         // Another host of the same public /24 waits for another bucket.
         assert_eq!(t.insert(id(5000), SocketAddr::from(([203, 0, 113, 8], 1)), 0), Insert::Ignored);
         assert!(matches!(t.insert(id(6000), SocketAddr::from(([198, 51, 100, 1], 1)), 0), Insert::Added));
+    }
+
+    #[test]
+    fn one_ipv6_64_is_one_host() {
+        let mut t = RoutingTable::new(NodeId([0; 20]));
+        let id = |i: u16| {
+            let mut b = [0xffu8; 20];
+            b[18..].copy_from_slice(&i.to_be_bytes());
+            NodeId(b)
+        };
+        let v6 = |s: &str| SocketAddr::new(s.parse().unwrap(), 6881);
+        // Any number of addresses of one public /64: one place.
+        for i in 1..50u16 {
+            t.insert(id(i), v6(&format!("2001:db8:1:2::{i:x}")), 0);
+        }
+        assert_eq!(t.len(), 1);
+        // Another /64 of the same /48 waits for another bucket; another /48 gets in.
+        assert_eq!(t.insert(id(100), v6("2001:db8:1:3::1"), 0), Insert::Ignored);
+        assert_eq!(t.insert(id(101), v6("2001:db8:2::1"), 0), Insert::Added);
+        // Loopback is shared on purpose, as for IPv4.
+        for p in 1..10u16 {
+            t.insert(id(200 + p), SocketAddr::new("::1".parse().unwrap(), p), 0);
+        }
+        assert_eq!(t.len(), 2 + NODES_PER_LOCAL_IP);
     }
 
     /// An id sharing exactly `prefix` leading bits with the all-zero id.

@@ -603,29 +603,29 @@ struct UdpSide {
 
 async fn udp_side(config: &Config, ip: IpAddr, listen_port: u16) -> UdpSide {
     let mut side = UdpSide { dht: None, utp: None, incoming: None };
-    if !config.dht.enabled && config.network.utp == crate::config::Utp::Disable {
-        return side;
-    }
-    let udp = match crate::dht::bind_udp(ip, listen_port).await {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::warn!(error = %e, port = listen_port, "cannot bind the UDP port; no DHT and no uTP");
-            return side;
-        }
-    };
-    let port = udp.local_addr().map_or(0, |a| a.port());
-    let mut dht_inbox = None;
+    let mut shared_v4 = None;
     if config.network.utp != crate::config::Utp::Disable {
-        let (to_dht, inbox) = mpsc::channel(crate::utp::OTHER_QUEUE);
-        let (utp, incoming) = UtpSocket::start(udp.clone(), config.dht.enabled.then_some(to_dht));
-        if port != listen_port {
-            tracing::warn!(port, listen_port, "the UDP port is taken: uTP dials out only");
+        match crate::dht::family::bind_addresses(ip, false).0 {
+            Some(v4) => match crate::dht::bind_v4(v4, listen_port).await {
+                Ok(udp) => {
+                    let udp = Arc::new(udp);
+                    let port = udp.local_addr().map_or(0, |a| a.port());
+                    if port != listen_port {
+                        tracing::warn!(port, listen_port, "the UDP port is taken: uTP dials out only");
+                    }
+                    let (to_dht, inbox) = mpsc::channel(crate::utp::OTHER_QUEUE);
+                    let (utp, incoming) = UtpSocket::start(udp.clone(), config.dht.enabled.then_some(to_dht));
+                    (side.utp, side.incoming) = (Some(utp), Some(incoming));
+                    shared_v4 = Some(crate::dht::Bound { socket: udp, inbox: Some(inbox) });
+                }
+                Err(e) => tracing::warn!(error = %e, port = listen_port, "cannot bind the UDP port; no uTP"),
+            },
+            None => tracing::warn!(address = %ip, "uTP runs over IPv4 only: no uTP on this listen address"),
         }
-        (side.utp, side.incoming, dht_inbox) = (Some(utp), Some(incoming), Some(inbox));
     }
     if config.dht.enabled {
-        let (dir, bootstrap) = (&config.paths.state_dir, config.dht.bootstrap.clone());
-        match crate::dht::Dht::start_on(udp, dht_inbox, dir, bootstrap) {
+        let dir = &config.paths.state_dir;
+        match crate::dht::Dht::start(ip, listen_port, dir, &config.dht, shared_v4).await {
             Ok(d) => side.dht = Some(d),
             Err(e) => tracing::warn!(error = %e, port = listen_port, "cannot start the DHT; trackers and PEX only"),
         }

@@ -450,7 +450,7 @@ impl Handler for MetadataConn {
         let hs = ExtHandshake::ours(self.ctx.env.listen_port, MAX_QUEUED_REQUESTS, self.addr.ip(), None, true);
         out.push_small(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() });
         if let Some(dht) = self.ctx.env.dht.as_ref().filter(|_| self.dht) {
-            out.push_small(&Message::Port(dht.port()));
+            out.push_small(&Message::Port(dht.port_for(self.addr.ip())));
         }
     }
 

@@ -352,5 +352,55 @@ fn ledbat_keeps_a_bottleneck_queue_near_the_target_and_the_link_busy() {
     assert!(worst < 300_000, "worst queueing delay {worst} µs");
     // And the link is kept busy.
     let used = received as f64 / (rate * secs) as f64;
+    eprintln!("queueing delay: mean {mean} µs, worst {worst} µs; link use {used:.3}");
     assert!(used > 0.85, "link use {used:.2}");
+}
+
+/// What `flight_bytes` must equal: the payload believed in the network.
+fn in_network(c: &Conn) -> usize {
+    c.flight.iter().filter(|s| !s.sacked && !s.resend).map(|s| s.payload.len()).sum()
+}
+
+#[test]
+fn hostile_packets_never_break_the_books() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..200 {
+        let mut net = Net::new(|_, _, _| false);
+        exchange(&mut net, 20_000, 0);
+        let mut d = Vec::new();
+        for i in 0..400 {
+            net.a.write(&[1u8; 3000]);
+            net.a.transmit(net.now, &mut Vec::new(), |_| {});
+            let r = next();
+            let kind = [Kind::Data, Kind::Fin, Kind::State, Kind::Reset, Kind::Syn][(r % 5) as usize];
+            // Acks and sequence numbers near the live range, and anywhere.
+            let near = |base: u16, r: u64| base.wrapping_add((r % 64) as u16).wrapping_sub(32);
+            let h = Header {
+                kind,
+                conn_id: 1000,
+                timestamp: (r >> 8) as u32,
+                timestamp_diff: (r >> 16) as u32 % 300_000,
+                wnd_size: (r >> 24) as u32 % 2_000_000,
+                seq_nr: if r & 1 << 40 != 0 { near(net.a.ack_nr, r >> 41) } else { (r >> 41) as u16 },
+                ack_nr: if r & 1 << 50 != 0 { near(net.a.seq_nr, r >> 51) } else { (r >> 51) as u16 },
+            };
+            let sack = ((r >> 20) as u32).to_le_bytes();
+            packet::write_header(&mut d, &h, (r & 1 << 60 != 0).then_some(&sack));
+            d.extend(std::iter::repeat_n(9u8, (r >> 30) as usize % 1500));
+            net.a.on_packet(&parse(&d).unwrap(), net.now);
+            net.now += (r >> 5) % 50_000;
+            net.a.on_timer(net.now);
+            assert_eq!(net.a.flight_bytes, in_network(&net.a), "round {round}, packet {i}");
+            assert!(net.a.readable.len() + net.a.reorder_bytes <= RECV_BUF);
+            if matches!(net.a.state(), State::Closed(_)) {
+                break;
+            }
+        }
+    }
 }

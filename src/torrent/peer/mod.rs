@@ -114,7 +114,7 @@ impl Handler for PeerConn {
             out.push_small(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() });
         }
         if let Some(dht) = shared.env.dht.as_ref().filter(|_| self.theirs.supports_dht() && !meta.private) {
-            out.push_small(&Message::Port(dht.port()));
+            out.push_small(&Message::Port(dht.port_for(self.key.ip())));
         }
         if self.fast {
             self.upload.send_allowed_fast(&self.shared, self.key.ip(), out);
