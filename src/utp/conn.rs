@@ -32,6 +32,9 @@ const MAX_REORDER: u16 = 1024;
 const MAX_TIMEOUTS: u32 = 7;
 /// SYNs sent before a connection attempt gives up.
 const SYN_ATTEMPTS: u32 = 3;
+/// Timeouts a closing connection waits for its FIN's ack: the bytes
+/// before it were acknowledged or are lost anyway.
+const FIN_TIMEOUTS: u32 = 2;
 /// How far behind our oldest packet an ack may be and still be heeded.
 const STALE_ACKS: usize = 1024;
 /// Duplicate acks that mean a loss.
@@ -102,6 +105,9 @@ pub struct Conn {
     reply_micro: u32,
     /// The window we last advertised, to tell when a read opens it enough to say so.
     advertised: usize,
+    /// Whether the peer sent anything beyond its SYN: an accepted
+    /// connection that never did is half-open, and closes without a FIN.
+    heard: bool,
 }
 
 impl Conn {
@@ -131,6 +137,7 @@ impl Conn {
             ack_due: false,
             reply_micro: 0,
             advertised: RECV_BUF,
+            heard: false,
         }
     }
 
@@ -204,11 +211,12 @@ impl Conn {
         self.eof && self.readable.is_empty()
     }
 
-    /// The application is done: FIN after the queued bytes.
+    /// The application is done: FIN after the queued bytes (none if the
+    /// peer never said a word after its SYN: nobody waits for it).
     pub fn close(&mut self) {
         match self.state {
-            State::Connected => self.state = State::Closing { fin_sent: false },
-            State::SynSent => self.state = State::Closed(End::Done),
+            State::Connected if self.heard => self.state = State::Closing { fin_sent: false },
+            State::Connected | State::SynSent => self.end(End::Done),
             _ => {}
         }
     }
@@ -270,6 +278,7 @@ impl Conn {
             return;
         }
         self.reply_micro = (now as u32).wrapping_sub(h.timestamp);
+        self.heard |= h.kind != Kind::Syn;
         if self.state == State::SynSent {
             if h.kind == Kind::Syn || h.ack_nr != 1 {
                 return;
@@ -440,7 +449,8 @@ impl Conn {
         }
         self.timeouts += 1;
         let syn_gave_up = self.state == State::SynSent && self.timeouts >= SYN_ATTEMPTS;
-        if syn_gave_up || self.timeouts > MAX_TIMEOUTS {
+        let fin_gave_up = self.state == (State::Closing { fin_sent: true }) && self.timeouts > FIN_TIMEOUTS;
+        if syn_gave_up || fin_gave_up || self.timeouts > MAX_TIMEOUTS {
             self.end(End::TimedOut);
             return;
         }

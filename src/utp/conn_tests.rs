@@ -404,3 +404,26 @@ fn hostile_packets_never_break_the_books() {
         }
     }
 }
+
+#[test]
+fn a_half_open_connection_closes_at_once_and_an_unanswered_fin_gives_up() {
+    // Accepted, then nothing but the SYN: closing frees it without a FIN.
+    let mut c = Conn::connect(5, MSS);
+    let mut syn = Vec::new();
+    c.transmit(0, &mut Vec::new(), |d| syn = d.to_vec());
+    let mut accepted = Conn::accept(&parse(&syn).unwrap().header, 100, MSS);
+    accepted.close();
+    assert_eq!(*accepted.state(), State::Closed(End::Done));
+    let mut sent = 0;
+    accepted.transmit(1, &mut Vec::new(), |_| sent += 1);
+    assert_eq!(sent, 0);
+    // A peer that goes silent while we close: a few FINs, then it ends.
+    let mut net = Net::new(|_, _, _| false);
+    exchange(&mut net, 1000, 1000);
+    net.lose = Box::new(|_, _, _| true);
+    net.a.close();
+    let start = net.now;
+    while net.step() && !matches!(net.a.state(), State::Closed(_)) {}
+    assert_eq!(*net.a.state(), State::Closed(End::TimedOut));
+    assert!(net.now - start < 5_000_000, "gave up after {} µs", net.now - start);
+}

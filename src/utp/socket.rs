@@ -47,12 +47,48 @@ const MSS_V6: usize = 1200;
 /// Datagrams for the DHT waiting at most.
 pub const OTHER_QUEUE: usize = 256;
 
+/// Connections from one host (any port) at most, so a SYN flood from one
+/// address cannot take every slot.
+const MAX_PER_HOST: usize = 64;
+
 type Key = (SocketAddr, u16);
+
+/// The connections on a socket, and how many each host holds.
+#[derive(Default)]
+struct Table {
+    by_key: HashMap<Key, Arc<Shared>>,
+    per_host: HashMap<std::net::IpAddr, usize>,
+}
+
+impl Table {
+    /// Adds a connection if there is room for it.
+    fn insert(&mut self, shared: &Arc<Shared>) -> bool {
+        let host = self.per_host.entry(shared.key.0.ip()).or_default();
+        if self.by_key.len() >= MAX_CONNECTIONS || *host >= MAX_PER_HOST {
+            return false;
+        }
+        *host += 1;
+        self.by_key.insert(shared.key, shared.clone());
+        true
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if self.by_key.remove(key).is_some() {
+            let ip = key.0.ip();
+            if let Some(n) = self.per_host.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_host.remove(&ip);
+                }
+            }
+        }
+    }
+}
 
 pub struct UtpSocket {
     udp: Arc<UdpSocket>,
     epoch: Instant,
-    conns: Mutex<HashMap<Key, Arc<Shared>>>,
+    conns: Mutex<Table>,
     accepted: mpsc::Sender<UtpStream>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -101,7 +137,7 @@ impl UtpSocket {
         let socket = Arc::new(UtpSocket {
             udp,
             epoch: Instant::now(),
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(Table::default()),
             accepted,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -115,7 +151,7 @@ impl UtpSocket {
     }
 
     pub fn connections(&self) -> usize {
-        self.conns.lock().unwrap().len()
+        self.conns.lock().unwrap().by_key.len()
     }
 
     /// Stops the receive loop and every connection, and waits for them.
@@ -141,17 +177,16 @@ impl UtpSocket {
     pub async fn connect(self: &Arc<Self>, addr: SocketAddr) -> io::Result<UtpStream> {
         let shared = {
             let mut conns = self.conns.lock().unwrap();
-            if conns.len() >= MAX_CONNECTIONS {
-                return Err(io::Error::other("too many uTP connections"));
-            }
             let recv_id = loop {
                 let id: u16 = rand::random();
-                if !conns.contains_key(&(addr, id)) {
+                if !conns.by_key.contains_key(&(addr, id)) {
                     break id;
                 }
             };
             let shared = Shared::new((addr, recv_id), Conn::connect(recv_id, Self::mss(&addr)));
-            conns.insert(shared.key, shared.clone());
+            if !conns.insert(&shared) {
+                return Err(io::Error::other("too many uTP connections"));
+            }
             shared
         };
         self.tasks.spawn(self.clone().drive(shared.clone()));
@@ -224,7 +259,7 @@ impl UtpSocket {
     /// made under id + 1; a RESET carries the id of the packet it answers,
     /// which was the sender's send id, one off our receive id either way.
     fn find(&self, from: SocketAddr, h: &packet::Header) -> Option<Arc<Shared>> {
-        let conns = self.conns.lock().unwrap();
+        let conns = &self.conns.lock().unwrap().by_key;
         match h.kind {
             Kind::Syn => conns.get(&(from, h.conn_id.wrapping_add(1))).cloned(),
             Kind::Reset => [h.conn_id, h.conn_id.wrapping_add(1), h.conn_id.wrapping_sub(1)]
@@ -239,13 +274,11 @@ impl UtpSocket {
             return; // the session is not keeping up: the peer will try again
         };
         let shared = {
-            let mut conns = self.conns.lock().unwrap();
-            if conns.len() >= MAX_CONNECTIONS {
-                return;
-            }
             let conn = Conn::accept(syn, rand::random(), Self::mss(&from));
             let shared = Shared::new((from, conn.recv_id()), conn);
-            conns.insert(shared.key, shared.clone());
+            if !self.conns.lock().unwrap().insert(&shared) {
+                return;
+            }
             shared
         };
         shared.kick.notify_one();
@@ -470,6 +503,25 @@ mod tests {
         let (a, _) = UtpSocket::start(a, None);
         let (b, incoming) = UtpSocket::start(b, None);
         (a, b, incoming)
+    }
+
+    #[test]
+    fn one_host_cannot_take_every_slot() {
+        let mut table = Table::default();
+        let conn = |ip: [u8; 4], port: u16| {
+            let addr = SocketAddr::from((ip, port));
+            Shared::new((addr, 7), Conn::connect(7, MSS_V4))
+        };
+        let flood: Vec<_> = (0..MAX_PER_HOST as u16 + 10).map(|p| conn([10, 0, 0, 1], 1000 + p)).collect();
+        let taken = flood.iter().filter(|s| table.insert(s)).count();
+        assert_eq!(taken, MAX_PER_HOST);
+        assert!(table.insert(&conn([10, 0, 0, 2], 1)), "another host still gets in");
+        table.remove(&flood[0].key);
+        assert!(table.insert(&flood[MAX_PER_HOST]), "a slot freed is a slot");
+        for s in &flood {
+            table.remove(&s.key);
+        }
+        assert_eq!(table.per_host.len(), 1, "empty hosts are forgotten");
     }
 
     #[tokio::test]
