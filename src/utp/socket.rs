@@ -18,6 +18,7 @@
 //! drops SYNs when the session is not taking them; a connection's buffers
 //! are bounded in `conn.rs`.
 
+use super::batch::Outbox;
 use super::conn::{self, Conn, End, State};
 use super::packet::{self, Kind};
 use std::collections::HashMap;
@@ -291,25 +292,17 @@ impl UtpSocket {
     async fn drive(self: Arc<Self>, shared: Arc<Shared>) {
         let addr = shared.key.0;
         let mut scratch = Vec::with_capacity(1500);
-        let mut blocked: Vec<Vec<u8>> = Vec::new();
+        let mut outbox = Outbox::default();
         loop {
             let (deadline, closed) = {
                 let mut inner = shared.inner.lock().unwrap();
                 let now = self.now();
                 inner.conn.on_timer(now);
-                let udp = &self.udp;
-                inner.conn.transmit(now, &mut scratch, |d| {
-                    // The socket buffer is full: this one waits for the await below.
-                    if !blocked.is_empty() || udp.try_send_to(d, addr).is_err() {
-                        blocked.push(d.to_vec());
-                    }
-                });
+                inner.conn.transmit(now, &mut scratch, |d| outbox.push(d));
                 inner.wake();
                 (inner.conn.deadline(), matches!(inner.conn.state(), State::Closed(_)))
             };
-            for d in blocked.drain(..) {
-                let _ = self.udp.send_to(&d, addr).await;
-            }
+            outbox.send_all(&self.udp, addr).await;
             if closed {
                 break;
             }
