@@ -1,9 +1,10 @@
-//! Sending a connection's datagrams with as few system calls as possible:
-//! `sendmmsg(2)` hands the kernel up to [`PER_CALL`] datagrams at once.
-//! Over uTP a GiB is some 770 000 datagrams; one `sendto` each made the
-//! system call, not the protocol, the biggest cost of seeding.
+//! Datagrams with as few system calls as possible: `sendmmsg(2)` hands the
+//! kernel up to [`PER_CALL`] datagrams of a connection at once, and
+//! `recvmmsg(2)` takes up to [`SLOTS`] from the socket. Over uTP a GiB is
+//! some 770 000 datagrams; one system call each made the calls, not the
+//! protocol, the biggest cost of seeding.
 //!
-//! The buffers are kept between rounds, so a steady upload allocates
+//! The buffers are kept between rounds, so steady traffic allocates
 //! nothing here.
 
 use std::io;
@@ -81,6 +82,99 @@ fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, batch: &[Vec<u8>]) -> io::
     }
 }
 
+/// Datagrams read per `recvmmsg` call.
+pub const SLOTS: usize = 16;
+/// Room per datagram: the largest UDP payload, so nothing is cut short.
+const SLOT_LEN: usize = 65536;
+
+/// Buffers for one `recvmmsg` call, and what it brought.
+pub struct Received {
+    bufs: Vec<u8>,
+    /// Per slot: the length and the sender (None: cut short or unreadable).
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl Default for Received {
+    fn default() -> Self {
+        Received { bufs: vec![0; SLOTS * SLOT_LEN], got: Vec::with_capacity(SLOTS) }
+    }
+}
+
+impl Received {
+    /// Reads what is waiting, without waiting: how many datagrams (0 is
+    /// never returned; nothing waiting is `WouldBlock`).
+    pub fn read(&mut self, udp: &UdpSocket) -> io::Result<usize> {
+        let (bufs, got) = (&mut self.bufs, &mut self.got);
+        udp.try_io(Interest::READABLE, || recv_many(udp, bufs, got))
+    }
+
+    /// The datagrams the last read brought, with their senders.
+    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.got.iter().enumerate().filter_map(|(i, &(len, from))| Some((&self.bufs[i * SLOT_LEN..][..len], from?)))
+    }
+}
+
+fn recv_many(udp: &UdpSocket, bufs: &mut [u8], got: &mut Vec<(usize, Option<SocketAddr>)>) -> io::Result<usize> {
+    // SAFETY (zeroed): sockaddr_storage and mmsghdr are plain old data.
+    let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; SLOTS];
+    let mut iovs: Vec<libc::iovec> = bufs
+        .chunks_mut(SLOT_LEN)
+        .map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut libc::c_void, iov_len: b.len() })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .zip(names.iter_mut())
+        .map(|(iov, name)| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    // SAFETY: every header points at a live iovec over `bufs` and a live
+    // sockaddr_storage, and the count matches the array.
+    let n = unsafe {
+        libc::recvmmsg(
+            udp.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    got.clear();
+    for (m, name) in msgs.iter().zip(&names).take(n as usize) {
+        let cut = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        got.push((m.msg_len as usize, if cut { None } else { socket_addr(name) }));
+    }
+    Ok(n as usize)
+}
+
+/// The sender's address the kernel wrote, IPv4 or IPv6.
+fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match name.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddrV4::new(ip, u16::from_be(a.sin_port)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id).into())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +196,27 @@ mod tests {
             }
         }
         assert_eq!(out.bufs.len(), 150, "buffers are reused");
+    }
+
+    #[tokio::test]
+    async fn a_read_brings_several_datagrams_with_their_senders() {
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..20u8 {
+            a.send_to(&vec![i; 100 + i as usize], b.local_addr().unwrap()).await.unwrap();
+        }
+        let mut got = Vec::new();
+        let mut r = Received::default();
+        while got.len() < 20 {
+            b.readable().await.unwrap();
+            match r.read(&b) {
+                Ok(_) => got.extend(r.datagrams().map(|(d, from)| (d.to_vec(), from))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for (i, (d, from)) in got.iter().enumerate() {
+            assert_eq!((d.len(), d[0], *from), (100 + i, i as u8, a.local_addr().unwrap()));
+        }
     }
 }

@@ -18,7 +18,7 @@
 //! drops SYNs when the session is not taking them; a connection's buffers
 //! are bounded in `conn.rs`.
 
-use super::batch::Outbox;
+use super::batch::{Outbox, Received, SLOTS};
 use super::conn::{self, Conn, End, State};
 use super::packet::{self, Kind};
 use std::collections::HashMap;
@@ -198,7 +198,7 @@ impl UtpSocket {
     }
 
     async fn receive_loop(self: Arc<Self>, other: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>) {
-        let mut buf = vec![0u8; 65536];
+        let mut received = Received::default();
         let mut touched: Vec<Arc<Shared>> = Vec::new();
         let mut scratch = Vec::with_capacity(64);
         loop {
@@ -206,9 +206,13 @@ impl UtpSocket {
                 r = self.udp.readable() => if r.is_err() { break },
                 _ = self.cancel.cancelled() => break,
             }
-            for _ in 0..BATCH {
-                match self.udp.try_recv_from(&mut buf) {
-                    Ok((n, from)) => self.on_datagram(&buf[..n], from, other.as_ref(), &mut touched, &mut scratch),
+            for _ in 0..BATCH / SLOTS {
+                match received.read(&self.udp) {
+                    Ok(_) => {
+                        for (d, from) in received.datagrams() {
+                            self.on_datagram(d, from, other.as_ref(), &mut touched, &mut scratch);
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     // ICMP errors for earlier sends surface here: nothing to do.
                     Err(_) => continue,
