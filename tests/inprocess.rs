@@ -261,6 +261,27 @@ async fn seeds_and_leeches_in_process() {
     a.session.shutdown().await;
 }
 
+/// Two dropseeds over uTP (the leecher dials uTP first), encrypted: our uTP
+/// and LEDBAT on both ends, in one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_and_leeches_over_utp_encrypted() {
+    use dropseed::config::{Encryption, Utp};
+    let (a, meta) = seeder(11).await;
+    let hash = meta.info_hash.hex();
+    let b = Node::start_with(|c| {
+        c.network.utp = Utp::Prefer;
+        c.network.encryption = Encryption::Require;
+    })
+    .await;
+    assert_eq!(b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap(), AddOutcome::Added);
+    b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(60)).await;
+    assert_same_files(&meta, &a.download_dir(), &b.download_dir());
+    let opened = |n: &Node| n.session.env.utp.as_ref().map_or(0, |u| u.opened());
+    assert!(opened(&a) >= 1 && opened(&b) >= 1, "uTP connections: {} and {}", opened(&a), opened(&b));
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // 2. The download limit is charged once per received byte
 // ---------------------------------------------------------------------------

@@ -82,9 +82,9 @@ pub struct Reach<'a> {
 impl Reach<'_> {
     /// The protocol to dial first, and the one to try if it fails: what
     /// worked last time first.
-    fn protos(&self, worked: Option<Proto>) -> (Proto, Option<Proto>) {
+    fn protos(&self, addr: &SocketAddr, worked: Option<Proto>) -> (Proto, Option<Proto>) {
         let other = |p| if p == Proto::Tcp { Proto::Utp } else { Proto::Tcp };
-        match (self.utp, worked) {
+        match (self.utp.filter(|u| u.reaches(addr)), worked) {
             (None, _) => (Proto::Tcp, None),
             (Some(_), Some(p)) => (p, Some(other(p))),
             (Some(_), None) if self.utp_first => (Proto::Utp, Some(Proto::Tcp)),
@@ -108,7 +108,7 @@ pub async fn dial(
     reach: Reach<'_>,
     worked: Option<Way>,
 ) -> Result<(Transport, Handshake), ConnEnd> {
-    let (first, other) = reach.protos(worked.map(|w| w.proto));
+    let (first, other) = reach.protos(&addr, worked.map(|w| w.proto));
     let crypto = worked.map(|w| w.crypto);
     let (policy, utp) = (reach.encryption, reach.utp);
     match dial_over(first, addr, ours, policy, utp, crypto).await {

@@ -53,6 +53,8 @@ impl Outbox {
             }
         }
         self.len = 0;
+        // A burst's buffers are not kept for the connection's whole life.
+        self.bufs.truncate(PER_CALL);
     }
 }
 
@@ -195,7 +197,7 @@ mod tests {
                 assert_eq!(&buf[..n], &[round, i, 7, 7]);
             }
         }
-        assert_eq!(out.bufs.len(), 150, "buffers are reused");
+        assert_eq!(out.bufs.len(), PER_CALL, "a burst's buffers are not all kept");
     }
 
     #[tokio::test]

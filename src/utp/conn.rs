@@ -24,6 +24,14 @@ use std::collections::{HashMap, VecDeque};
 
 /// Bytes received and not yet read, in order or not, at most.
 pub const RECV_BUF: usize = 1 << 20;
+/// The same before the application's first read: a stranger who connects
+/// and sends without being read holds this much, not a whole buffer.
+const FIRST_RECV_BUF: usize = 64 * 1024;
+/// Packets in flight at most, selectively acked ones included: a peer that
+/// acks selectively and never cumulatively cannot make us keep more.
+const MAX_FLIGHT: usize = 2 * super::ledbat::MAX_WINDOW / 1200;
+/// How long a closed window waits before one packet probes it.
+const PROBE_US: u64 = 2_000_000;
 /// Bytes the application may queue beyond what is in flight.
 pub const SEND_BUF: usize = 256 * 1024;
 /// Packets held out of order at most.
@@ -108,6 +116,11 @@ pub struct Conn {
     /// Whether the peer sent anything beyond its SYN: an accepted
     /// connection that never did is half-open, and closes without a FIN.
     heard: bool,
+    /// Received bytes we hold at most ([`FIRST_RECV_BUF`] until the first
+    /// read, 0 once the application is gone).
+    recv_limit: usize,
+    /// When a packet may probe the peer's closed window.
+    probe_at: Option<u64>,
 }
 
 impl Conn {
@@ -136,8 +149,10 @@ impl Conn {
             eof: false,
             ack_due: false,
             reply_micro: 0,
-            advertised: RECV_BUF,
+            advertised: FIRST_RECV_BUF,
             heard: false,
+            recv_limit: FIRST_RECV_BUF,
+            probe_at: None,
         }
     }
 
@@ -190,6 +205,9 @@ impl Conn {
         out[..from_a].copy_from_slice(&a[..from_a]);
         out[from_a..n].copy_from_slice(&b[..n - from_a]);
         self.readable.drain(..n);
+        if n > 0 {
+            self.recv_limit = RECV_BUF;
+        }
         // A window that opened by a quarter is worth telling a stalled peer.
         if self.window() >= self.advertised + RECV_BUF / 4 {
             self.ack_due = true;
@@ -214,6 +232,11 @@ impl Conn {
     /// The application is done: FIN after the queued bytes (none if the
     /// peer never said a word after its SYN: nobody waits for it).
     pub fn close(&mut self) {
+        // Nobody will read again: hold nothing more.
+        self.recv_limit = 0;
+        self.readable.clear();
+        self.reorder.clear();
+        self.reorder_bytes = 0;
         match self.state {
             State::Connected if self.heard => self.state = State::Closing { fin_sent: false },
             State::Connected | State::SynSent => self.end(End::Done),
@@ -221,13 +244,21 @@ impl Conn {
         }
     }
 
-    /// When [`Conn::on_timer`] is next due.
+    /// Ends it at once (the socket is shutting down): reads and writes fail.
+    pub fn abort(&mut self) {
+        self.end(End::Reset);
+    }
+
+    /// When [`Conn::on_timer`] or a window probe is next due.
     pub fn deadline(&self) -> Option<u64> {
-        self.rto_at
+        match (self.rto_at, self.probe_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn window(&self) -> usize {
-        RECV_BUF.saturating_sub(self.readable.len() + self.reorder_bytes)
+        self.recv_limit.saturating_sub(self.readable.len() + self.reorder_bytes)
     }
 
     fn send_window(&self) -> usize {
@@ -235,9 +266,26 @@ impl Conn {
     }
 
     /// Whether a packet of `len` payload bytes may go out now. With
-    /// nothing in flight one always may, which also probes a closed window.
-    fn fits(&self, len: usize) -> bool {
-        self.flight_bytes == 0 || self.flight_bytes + len <= self.send_window()
+    /// nothing in flight one may if the peer has room, or as a probe when
+    /// its window has been closed for [`PROBE_US`].
+    fn fits(&mut self, len: usize, now: u64) -> bool {
+        if self.flight_bytes > 0 {
+            return self.flight_bytes + len <= self.send_window();
+        }
+        if self.peer_window >= len.min(self.mss) {
+            return true;
+        }
+        match self.probe_at {
+            Some(at) if now >= at => {
+                self.probe_at = None;
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.probe_at = Some(now + PROBE_US);
+                false
+            }
+        }
     }
 
     fn queue_control(&mut self, kind: Kind) {
@@ -268,9 +316,14 @@ impl Conn {
         if matches!(self.state, State::Closed(_)) {
             return;
         }
+        // Their SYN again: our answer was lost. Nothing in it is an ack.
+        if h.kind == Kind::Syn {
+            self.ack_due = self.state != State::SynSent;
+            return;
+        }
         // An ack for a packet we never sent is forged or stale: ignore it.
         let behind = self.seq_nr.wrapping_sub(1).wrapping_sub(h.ack_nr) as usize;
-        if h.kind != Kind::Syn && behind > self.flight.len() + STALE_ACKS {
+        if behind > self.flight.len() + STALE_ACKS {
             return;
         }
         if h.kind == Kind::Reset {
@@ -278,9 +331,9 @@ impl Conn {
             return;
         }
         self.reply_micro = (now as u32).wrapping_sub(h.timestamp);
-        self.heard |= h.kind != Kind::Syn;
+        self.heard = true;
         if self.state == State::SynSent {
-            if h.kind == Kind::Syn || h.ack_nr != 1 {
+            if h.ack_nr != 1 {
                 return;
             }
             self.state = State::Connected;
@@ -291,6 +344,9 @@ impl Conn {
             self.cc.on_delay_sample(h.timestamp_diff, now);
         }
         self.peer_window = h.wnd_size as usize;
+        if self.peer_window > 0 {
+            self.probe_at = None;
+        }
         let window_full = self.flight_bytes + self.mss > self.send_window();
         let acked = self.take_acks(h, p.sack, now);
         if let Some(rtt) = acked.newest_rtt {
@@ -304,13 +360,15 @@ impl Conn {
         match h.kind {
             Kind::Data => self.take_data(h.seq_nr, p.payload),
             Kind::Fin => {
-                self.fin_seq.get_or_insert(h.seq_nr);
+                // Only a FIN within reach ends the stream; a forged early one is ignored.
+                let ahead = h.seq_nr.wrapping_sub(self.ack_nr);
+                if self.fin_seq.is_none() && ahead > 0 && ahead <= MAX_REORDER {
+                    self.fin_seq = Some(h.seq_nr);
+                }
                 self.ack_due = true;
                 self.advance();
             }
-            // Our STATE answering their SYN was lost: they send it again.
-            Kind::Syn => self.ack_due = true,
-            Kind::State | Kind::Reset => {}
+            Kind::State | Kind::Reset | Kind::Syn => {}
         }
         self.check_done();
     }
@@ -398,7 +456,14 @@ impl Conn {
         if self.eof || ahead == 0 || ahead >= 0x8000 || payload.is_empty() {
             return; // a duplicate, or nothing
         }
-        if self.readable.len() + self.reorder_bytes + payload.len() > RECV_BUF || ahead > MAX_REORDER {
+        if ahead > MAX_REORDER {
+            return;
+        }
+        if ahead == 1 {
+            // The packet we wait for goes in before any held out of order.
+            while self.readable.len() + self.reorder_bytes + payload.len() > self.recv_limit && self.evict_furthest() {}
+        }
+        if self.readable.len() + self.reorder_bytes + payload.len() > self.recv_limit {
             return; // beyond what we advertised: theirs to resend
         }
         if ahead == 1 {
@@ -409,6 +474,15 @@ impl Conn {
             self.reorder_bytes += payload.len();
             self.reorder.insert(seq, payload.to_vec());
         }
+    }
+
+    /// Drops the out-of-order packet furthest ahead; false if none.
+    fn evict_furthest(&mut self) -> bool {
+        let ack = self.ack_nr;
+        let Some(&seq) = self.reorder.keys().max_by_key(|s| s.wrapping_sub(ack)) else { return false };
+        let p = self.reorder.remove(&seq).unwrap();
+        self.reorder_bytes -= p.len();
+        true
     }
 
     /// Moves packets that are now in order out of `reorder`, and sees the FIN.
@@ -449,7 +523,8 @@ impl Conn {
         }
         self.timeouts += 1;
         let syn_gave_up = self.state == State::SynSent && self.timeouts >= SYN_ATTEMPTS;
-        let fin_gave_up = self.state == (State::Closing { fin_sent: true }) && self.timeouts > FIN_TIMEOUTS;
+        let fin_alone = self.state == (State::Closing { fin_sent: true }) && self.flight.len() == 1;
+        let fin_gave_up = fin_alone && self.timeouts > FIN_TIMEOUTS;
         if syn_gave_up || fin_gave_up || self.timeouts > MAX_TIMEOUTS {
             self.end(End::TimedOut);
             return;
@@ -470,9 +545,9 @@ impl Conn {
             return;
         }
         let mut sent_any = self.resend_lost(now, scratch, &mut emit);
-        while !self.unsent.is_empty() && self.state != State::SynSent {
+        while !self.unsent.is_empty() && self.state != State::SynSent && self.flight.len() < MAX_FLIGHT {
             let len = self.unsent.len().min(self.mss);
-            if !self.fits(len) {
+            if !self.fits(len, now) {
                 break;
             }
             let payload: Vec<u8> = self.unsent.drain(..len).collect();
@@ -499,9 +574,12 @@ impl Conn {
         if self.ack_due && !sent_any {
             self.write_state(now, scratch);
             emit(scratch);
+            sent_any = true;
         }
         self.ack_due = false;
-        self.advertised = self.window();
+        if sent_any {
+            self.advertised = self.window();
+        }
     }
 
     /// Sends the packets marked for resending, as the window allows.
@@ -512,7 +590,8 @@ impl Conn {
             if !s.resend || s.sacked {
                 continue;
             }
-            if !self.fits(s.payload.len()) {
+            let len = s.payload.len();
+            if !self.fits(len, now) {
                 break;
             }
             self.flight[i].resend = false;

@@ -420,10 +420,90 @@ fn a_half_open_connection_closes_at_once_and_an_unanswered_fin_gives_up() {
     // A peer that goes silent while we close: a few FINs, then it ends.
     let mut net = Net::new(|_, _, _| false);
     exchange(&mut net, 1000, 1000);
+    while !net.a.flight.is_empty() && net.step() {}
     net.lose = Box::new(|_, _, _| true);
     net.a.close();
     let start = net.now;
     while net.step() && !matches!(net.a.state(), State::Closed(_)) {}
     assert_eq!(*net.a.state(), State::Closed(End::TimedOut));
     assert!(net.now - start < 5_000_000, "gave up after {} µs", net.now - start);
+}
+
+/// A connected `Conn` (we dialled) and a header from its peer to build on.
+fn connected_with(peer_window: u32) -> (Conn, Header) {
+    let mut c = Conn::connect(1, MSS);
+    c.transmit(0, &mut Vec::new(), |_| {});
+    let h = Header {
+        kind: Kind::State,
+        conn_id: 1,
+        timestamp: 0,
+        timestamp_diff: 0,
+        wnd_size: peer_window,
+        seq_nr: 100,
+        ack_nr: 1,
+    };
+    let mut d = Vec::new();
+    packet::write_header(&mut d, &h, None);
+    c.on_packet(&parse(&d).unwrap(), 10);
+    (c, h)
+}
+
+fn feed(c: &mut Conn, h: &Header, sack: Option<&[u8; 4]>, payload: &[u8], now: u64) {
+    let mut d = Vec::new();
+    packet::write_header(&mut d, h, sack);
+    d.extend_from_slice(payload);
+    c.on_packet(&parse(&d).unwrap(), now);
+}
+
+#[test]
+fn a_closed_window_gets_only_a_probe_now_and_then() {
+    let (mut c, _) = connected_with(0);
+    c.write(&[1; 100_000]);
+    let mut sent = 0;
+    c.transmit(20, &mut Vec::new(), |_| sent += 1);
+    assert_eq!(sent, 0, "nothing while the peer has no room");
+    c.transmit(20 + PROBE_US, &mut Vec::new(), |_| sent += 1);
+    assert_eq!(sent, 1, "one probe once the wait is over");
+}
+
+#[test]
+fn selective_acks_alone_cannot_grow_what_is_in_flight() {
+    let (mut c, mut h) = connected_with(1 << 30);
+    for round in 0..200u64 {
+        c.write(&vec![1; SEND_BUF]);
+        c.transmit(100 + round, &mut Vec::new(), |_| {});
+        // Everything but the first packet, again and again.
+        h.ack_nr = 1;
+        feed(&mut c, &h, Some(&[0xff; 4]), &[], 100 + round);
+        assert!(c.flight.len() <= MAX_FLIGHT, "{} in flight", c.flight.len());
+    }
+}
+
+#[test]
+fn unread_and_abandoned_bytes_are_bounded_and_early_fins_ignored() {
+    let (mut c, mut h) = connected_with(1 << 20);
+    h.kind = Kind::Data;
+    for i in 0..200u16 {
+        h.seq_nr = 100 + i;
+        feed(&mut c, &h, None, &[5; 1000], 20);
+    }
+    assert_eq!(c.readable.len(), FIRST_RECV_BUF / 1000 * 1000, "a stranger fills 64 KiB until we read");
+    let mut buf = vec![0u8; 1000];
+    assert_eq!(c.read(&mut buf), 1000);
+    for _ in 0..200 {
+        h.seq_nr = c.ack_nr.wrapping_add(1);
+        feed(&mut c, &h, None, &[5; 1000], 20);
+    }
+    assert!(c.readable.len() > FIRST_RECV_BUF, "a reader gets the whole buffer");
+    // A FIN far ahead is not the end.
+    h.kind = Kind::Fin;
+    h.seq_nr = c.ack_nr.wrapping_add(5000);
+    feed(&mut c, &h, None, &[], 30);
+    assert_eq!(c.fin_seq, None);
+    // Once the application is gone, nothing more is held.
+    c.close();
+    h.kind = Kind::Data;
+    h.seq_nr = c.ack_nr.wrapping_add(1);
+    feed(&mut c, &h, None, &[5; 1000], 40);
+    assert_eq!(c.readable.len() + c.reorder_bytes, 0);
 }

@@ -114,7 +114,7 @@ pub fn parse(d: &[u8]) -> Result<Packet<'_>, ParseError> {
         ack_nr: u16_at(d, 18),
     };
     let (mut next, mut at, mut sack) = (d[1], HEADER_LEN, None);
-    for _ in 0..MAX_EXTENSIONS {
+    for _ in 0..=MAX_EXTENSIONS {
         if next == EXT_NONE {
             return Ok(Packet { header, sack, payload: &d[at..] });
         }

@@ -45,8 +45,9 @@ const BATCH: usize = 64;
 /// Payload per packet: under a 1500-byte path with IPv4, 1280 with IPv6.
 const MSS_V4: usize = 1400;
 const MSS_V6: usize = 1200;
-/// Datagrams for the DHT waiting at most.
+/// Datagrams for the DHT waiting at most, and the bytes kept of each.
 pub const OTHER_QUEUE: usize = 256;
+const OTHER_MAX_LEN: usize = 2048;
 
 /// Connections from one host (any port) at most, so a SYN flood from one
 /// address cannot take every slot.
@@ -64,11 +65,12 @@ struct Table {
 impl Table {
     /// Adds a connection if there is room for it.
     fn insert(&mut self, shared: &Arc<Shared>) -> bool {
-        let host = self.per_host.entry(shared.key.0.ip()).or_default();
-        if self.by_key.len() >= MAX_CONNECTIONS || *host >= MAX_PER_HOST {
+        let ip = shared.key.0.ip();
+        let full = self.by_key.len() >= MAX_CONNECTIONS || self.by_key.contains_key(&shared.key);
+        if full || self.per_host.get(&ip).is_some_and(|&n| n >= MAX_PER_HOST) {
             return false;
         }
-        *host += 1;
+        *self.per_host.entry(ip).or_default() += 1;
         self.by_key.insert(shared.key, shared.clone());
         true
     }
@@ -91,6 +93,8 @@ pub struct UtpSocket {
     epoch: Instant,
     conns: Mutex<Table>,
     accepted: mpsc::Sender<UtpStream>,
+    /// Connections made so far, both directions.
+    opened: std::sync::atomic::AtomicU64,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -140,6 +144,7 @@ impl UtpSocket {
             epoch: Instant::now(),
             conns: Mutex::new(Table::default()),
             accepted,
+            opened: Default::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -149,6 +154,11 @@ impl UtpSocket {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.udp.local_addr()
+    }
+
+    /// Connections made since the start, dialled or accepted.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn connections(&self) -> usize {
@@ -174,8 +184,19 @@ impl UtpSocket {
         }
     }
 
+    /// Whether this socket can reach `addr` (uTP runs on an IPv4 socket).
+    pub fn reaches(&self, addr: &SocketAddr) -> bool {
+        let ours = self.udp.local_addr().map(|a| a.is_ipv4()).unwrap_or(false);
+        ours == (addr.is_ipv4() || addr.ip().to_canonical().is_ipv4())
+    }
+
     /// Opens a connection to `addr`; the caller bounds the time.
     pub async fn connect(self: &Arc<Self>, addr: SocketAddr) -> io::Result<UtpStream> {
+        // An IPv4 peer written as ::ffff:a.b.c.d is dialled as IPv4.
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if !self.reaches(&addr) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "uTP runs over IPv4 only"));
+        }
         let shared = {
             let mut conns = self.conns.lock().unwrap();
             let recv_id = loop {
@@ -194,6 +215,7 @@ impl UtpSocket {
         // Dropped before it connects, the stream closes the attempt.
         let stream = UtpStream::new(shared);
         std::future::poll_fn(|cx| stream.poll_connected(cx)).await?;
+        self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(stream)
     }
 
@@ -234,7 +256,8 @@ impl UtpSocket {
     ) {
         if !packet::looks_like_utp(d) {
             if let Some(o) = other {
-                let _ = o.try_send((d.to_vec(), from));
+                // No DHT message is longer; the DHT refuses what is cut.
+                let _ = o.try_send((d[..d.len().min(OTHER_MAX_LEN)].to_vec(), from));
             }
             return;
         }
@@ -288,6 +311,7 @@ impl UtpSocket {
         };
         shared.kick.notify_one();
         self.tasks.spawn(self.clone().drive(shared.clone()));
+        self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         permit.send(UtpStream::new(shared));
     }
 
@@ -323,9 +347,10 @@ impl UtpSocket {
             }
         }
         self.conns.lock().unwrap().remove(&shared.key);
+        // Shut down under it: whoever still reads or writes is told so.
         let mut inner = shared.inner.lock().unwrap();
         if !matches!(inner.conn.state(), State::Closed(_)) {
-            inner.conn.close();
+            inner.conn.abort();
         }
         inner.wake();
     }
@@ -519,6 +544,18 @@ mod tests {
             table.remove(&s.key);
         }
         assert_eq!(table.per_host.len(), 1, "empty hosts are forgotten");
+        // Refused for a full table, a host leaves no trace.
+        let mut full = Table::default();
+        let mut port = 0;
+        while full.by_key.len() < MAX_CONNECTIONS {
+            port += 1;
+            full.insert(&conn([10, 1, (port / 250) as u8, (port % 250) as u8], port));
+        }
+        let hosts = full.per_host.len();
+        for i in 0..100u8 {
+            assert!(!full.insert(&conn([10, 9, 9, i], 1)));
+        }
+        assert_eq!(full.per_host.len(), hosts);
     }
 
     #[tokio::test]
