@@ -40,18 +40,37 @@ impl Outbox {
     pub async fn send_all(&mut self, udp: &UdpSocket, to: SocketAddr) {
         let addr = socket2::SockAddr::from(to);
         let mut sent = 0;
+        loop {
+            sent = self.send_from(udp, &addr, sent);
+            if sent >= self.len || udp.writable().await.is_err() {
+                break;
+            }
+        }
+        self.clear();
+    }
+
+    /// Sends what the socket takes now, without waiting; the rest is
+    /// dropped (the connection resends it).
+    pub fn try_send_all(&mut self, udp: &UdpSocket, to: SocketAddr) {
+        self.send_from(udp, &socket2::SockAddr::from(to), 0);
+        self.clear();
+    }
+
+    /// Sends from datagram `sent` on until all are out or the socket is
+    /// full; returns how far it got.
+    fn send_from(&self, udp: &UdpSocket, to: &socket2::SockAddr, mut sent: usize) -> usize {
         while sent < self.len {
             let batch = &self.bufs[sent..self.len.min(sent + PER_CALL)];
-            match udp.try_io(Interest::WRITABLE, || send_many(udp, &addr, batch)) {
+            match udp.try_io(Interest::WRITABLE, || send_many(udp, to, batch)) {
                 Ok(n) => sent += n.max(1),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if udp.writable().await.is_err() {
-                        break;
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => sent += 1,
             }
         }
+        sent
+    }
+
+    fn clear(&mut self) {
         self.len = 0;
         // A burst's buffers are not kept for the connection's whole life.
         self.bufs.truncate(PER_CALL);
