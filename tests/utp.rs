@@ -88,8 +88,13 @@ fn utp_carries_encrypted_connections_both_ways() {
 
     let dl = work.path().join("lt-dl");
     let peer = format!("127.0.0.1:{}", ds.port);
-    let mut leech =
-        Libtorrent::start("leech", t.to_str().unwrap(), &dl, &work.path().join("lt-leech.log"), &[&lt[..], &["--peer", &peer]].concat());
+    let mut leech = Libtorrent::start(
+        "leech",
+        t.to_str().unwrap(),
+        &dl,
+        &work.path().join("lt-leech.log"),
+        &[&lt[..], &["--peer", &peer]].concat(),
+    );
     let status = wait_for("libtorrent to finish", Duration::from_secs(120), || leech.proc.0.try_wait().unwrap());
     assert!(status.success(), "{}", std::fs::read_to_string(work.path().join("lt-leech.log")).unwrap());
     assert_same_tree(&data, &dl);

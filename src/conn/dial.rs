@@ -358,8 +358,9 @@ mod tests {
     async fn an_encrypted_dial_for_a_torrent_we_lack_is_refused() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let server =
-            tokio::spawn(async move { accept(Stream::Tcp(l.accept().await.unwrap().0), Encryption::Prefer, &|_| None).await });
+        let server = tokio::spawn(async move {
+            accept(Stream::Tcp(l.accept().await.unwrap().0), Encryption::Prefer, &|_| None).await
+        });
         assert!(dial(addr, &hs(1), tcp_only(Encryption::Require), None).await.is_err());
         assert!(matches!(server.await.unwrap(), Err(ConnEnd::Encryption(e)) if e.contains("do not have")));
     }

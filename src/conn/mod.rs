@@ -22,8 +22,8 @@ use std::io::IoSlice;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-pub use transport::{Proto, Stream, Transport};
 use transport::WriteHalf;
+pub use transport::{Proto, Stream, Transport};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

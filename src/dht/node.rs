@@ -726,8 +726,9 @@ mod tests {
     #[tokio::test]
     async fn cancelled_queries_leave_nothing_pending() {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let node = Node::start(Family::V4, Bound { socket: Arc::new(socket), inbox: None }, NodeId::random(), vec![], vec![])
-            .unwrap();
+        let node =
+            Node::start(Family::V4, Bound { socket: Arc::new(socket), inbox: None }, NodeId::random(), vec![], vec![])
+                .unwrap();
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let q = node.query(silent.local_addr().unwrap(), Query::Ping);
         assert!(tokio::time::timeout(Duration::from_millis(50), q).await.is_err());

@@ -22,8 +22,8 @@
 use super::entry::Entry;
 use super::Session;
 use crate::conn::{self, Stream, HANDSHAKE_TIMEOUT};
-use crate::utp::UtpStream;
 use crate::torrent::task::Cmd;
+use crate::utp::UtpStream;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};

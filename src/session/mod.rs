@@ -14,7 +14,6 @@ mod listener;
 pub mod lookup;
 mod restore;
 
-use crate::utp::{UtpSocket, UtpStream};
 use crate::config::Config;
 use crate::hooks::{Facts, HookEvent, HookRunner};
 use crate::magnet::Magnet;
@@ -26,6 +25,7 @@ use crate::torrent::ratelimit::RateLimiter;
 use crate::torrent::task::{self, Cmd, Exit};
 use crate::torrent::{Env, TorrentShared, TorrentStatus};
 use crate::types::{InfoHash, PeerId};
+use crate::utp::{UtpSocket, UtpStream};
 use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -95,7 +95,8 @@ fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, batch: &[Vec<u8>]) -> io::
         .collect();
     // SAFETY: every header points at a live iovec, the buffers and the
     // address outlive the call, and the count matches the array.
-    let n = unsafe { libc::sendmmsg(udp.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+    let n =
+        unsafe { libc::sendmmsg(udp.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -55,7 +55,9 @@ pub enum State {
     SynSent,
     Connected,
     /// The application is done writing: our FIN goes after the queued bytes.
-    Closing { fin_sent: bool },
+    Closing {
+        fin_sent: bool,
+    },
     Closed(End),
 }
 

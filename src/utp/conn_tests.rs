@@ -133,7 +133,13 @@ fn exchange(net: &mut Net, len: usize, back: usize) -> (Vec<u8>, Vec<u8>) {
 fn a_handshake_then_bytes_both_ways() {
     let mut net = Net::new(|_, _, _| false);
     let (b, a) = exchange(&mut net, 3_000_000, 200_000);
-    assert_eq!((b.len(), a.len()), (3_000_000, 200_000), "{:?} {:?}", net.a.state(), net.b.as_ref().map(|b| b.state().clone()));
+    assert_eq!(
+        (b.len(), a.len()),
+        (3_000_000, 200_000),
+        "{:?} {:?}",
+        net.a.state(),
+        net.b.as_ref().map(|b| b.state().clone())
+    );
     assert!(b == data(3_000_000) && a == data(200_000));
     assert_eq!(*net.a.state(), State::Connected);
     // The handshake as libtorrent expects it: a SYN on our receive id with
