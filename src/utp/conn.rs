@@ -20,6 +20,7 @@
 
 use super::ledbat::{Ledbat, Rtt};
 use super::packet::{self, seq_before, Header, Kind, Packet, SACK_BYTES};
+use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 
 /// Bytes received and not yet read, in order or not, at most.
@@ -74,7 +75,7 @@ pub enum End {
 struct Sent {
     seq: u16,
     kind: Kind,
-    payload: Vec<u8>,
+    payload: Bytes,
     sent_at: u64,
     transmissions: u32,
     /// Acknowledged by a selective ack (it may still be reneged on).
@@ -92,7 +93,7 @@ pub struct Conn {
     /// Theirs, the last received in order.
     ack_nr: u16,
     mss: usize,
-    unsent: VecDeque<u8>,
+    unsent: BytesMut,
     flight: VecDeque<Sent>,
     /// Payload bytes believed in the network: not acked, not taken for lost.
     flight_bytes: usize,
@@ -104,7 +105,7 @@ pub struct Conn {
     dup_acks: u8,
     rto_at: Option<u64>,
     timeouts: u32,
-    readable: VecDeque<u8>,
+    readable: BytesMut,
     reorder: HashMap<u16, Vec<u8>>,
     reorder_bytes: usize,
     /// Their FIN's sequence number, once seen.
@@ -134,7 +135,7 @@ impl Conn {
             seq_nr,
             ack_nr,
             mss,
-            unsent: VecDeque::new(),
+            unsent: BytesMut::new(),
             flight: VecDeque::new(),
             flight_bytes: 0,
             peer_window: RECV_BUF,
@@ -144,7 +145,7 @@ impl Conn {
             dup_acks: 0,
             rto_at: None,
             timeouts: 0,
-            readable: VecDeque::new(),
+            readable: BytesMut::new(),
             reorder: HashMap::new(),
             reorder_bytes: 0,
             fin_seq: None,
@@ -190,7 +191,7 @@ impl Conn {
             return 0;
         }
         let n = data.len().min(SEND_BUF.saturating_sub(self.unsent.len()));
-        self.unsent.extend(&data[..n]);
+        self.unsent.extend_from_slice(&data[..n]);
         n
     }
 
@@ -202,11 +203,8 @@ impl Conn {
     /// Moves received bytes into `out`; returns how many.
     pub fn read(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.readable.len());
-        let (a, b) = self.readable.as_slices();
-        let from_a = n.min(a.len());
-        out[..from_a].copy_from_slice(&a[..from_a]);
-        out[from_a..n].copy_from_slice(&b[..n - from_a]);
-        self.readable.drain(..n);
+        out[..n].copy_from_slice(&self.readable[..n]);
+        self.readable.advance(n);
         if n > 0 {
             self.recv_limit = RECV_BUF;
         }
@@ -220,6 +218,10 @@ impl Conn {
     /// Whether a transmit is owed (an ack, a window update) beyond data.
     pub fn ack_due(&self) -> bool {
         self.ack_due
+    }
+
+    pub fn readable_len(&self) -> usize {
+        self.readable.len()
     }
 
     pub fn has_readable(&self) -> bool {
@@ -296,7 +298,7 @@ impl Conn {
         self.flight.push_back(Sent {
             seq,
             kind,
-            payload: Vec::new(),
+            payload: Bytes::new(),
             sent_at: 0,
             transmissions: 0,
             sacked: false,
@@ -469,7 +471,7 @@ impl Conn {
             return; // beyond what we advertised: theirs to resend
         }
         if ahead == 1 {
-            self.readable.extend(payload);
+            self.readable.extend_from_slice(payload);
             self.ack_nr = seq;
             self.advance();
         } else if !self.reorder.contains_key(&seq) {
@@ -491,7 +493,7 @@ impl Conn {
     fn advance(&mut self) {
         while let Some(p) = self.reorder.remove(&self.ack_nr.wrapping_add(1)) {
             self.reorder_bytes -= p.len();
-            self.readable.extend(&p);
+            self.readable.extend_from_slice(&p);
             self.ack_nr = self.ack_nr.wrapping_add(1);
         }
         if self.fin_seq == Some(self.ack_nr.wrapping_add(1)) {
@@ -552,7 +554,7 @@ impl Conn {
             if !self.fits(len, now) {
                 break;
             }
-            let payload: Vec<u8> = self.unsent.drain(..len).collect();
+            let payload = self.unsent.split_to(len).freeze();
             let seq = self.seq_nr;
             self.seq_nr = self.seq_nr.wrapping_add(1);
             self.flight.push_back(Sent {

@@ -469,7 +469,9 @@ impl AsyncRead for UtpStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut inner = self.shared.inner.lock().unwrap();
         if inner.conn.has_readable() {
-            let n = inner.conn.read(buf.initialize_unfilled());
+            // Only as much of the buffer as will be filled is initialized.
+            let want = buf.remaining().min(inner.conn.readable_len());
+            let n = inner.conn.read(buf.initialize_unfilled_to(want));
             buf.advance(n);
             if inner.conn.ack_due() {
                 self.shared.kick.notify_one();
