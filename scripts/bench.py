@@ -402,7 +402,9 @@ def seed_round(client, ctx):
     out.mkdir()
     cpu0 = cpu_seconds(pid)
     t0 = time.time()
-    enc = ["--enc", "forced"] if client.endswith("-enc") else []
+    # libtorrent's default offers RC4 and plaintext, and dropseed's default
+    # (`prefer`) selects RC4: the plain rows must refuse RC4 to be plain.
+    enc = ["--enc", "forced" if client.endswith("-enc") else "disabled"]
     leech, _ = lt_start("leech", torrent, out, ["--peer", f"127.0.0.1:{port}", *enc, *transport_of(client)])
     w = Watch(pid)
     wait(lambda: leech.poll() is not None, 600, f"leecher from {client}", w, 0.1)
