@@ -5,12 +5,13 @@
 //! - `packet.rs`: the datagram codec (pure).
 //! - `ledbat.rs`: the congestion window and the round-trip timer (pure).
 //! - `conn.rs`: one connection's state machine (pure, clock from the caller).
-//! - `batch.rs`: many datagrams per system call (`sendmmsg`).
+//! - `batch.rs`: many datagrams per system call (`sendmmsg`, `recvmmsg`).
 //! - `socket.rs`: the runtime on a UDP socket shared with the DHT, and
 //!   [`UtpStream`], the byte stream the peer code sees.
 //!
-//! Why our own: see the README's design notes (uTP). In short, the crates
-//! there are either lack delay-based congestion control or a streaming read.
+//! Why our own: see the README's design note under "uTP". In short, the
+//! crates there lack either delay-based congestion control or a streaming
+//! read.
 
 mod batch;
 mod conn;
