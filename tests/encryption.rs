@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 
 const DEBUG: &str = "[log]\nlevel = \"debug\"\n";
 
-/// A single-file torrent of `len` bytes on `tracker`: (torrent, hash, data dir).
-fn torrent(tracker: &Tracker, work: &Path, name: &str, len: u64, seed: u64) -> (PathBuf, String, PathBuf) {
-    let data = work.join(format!("data-{name}"));
-    payload(&data.join(name), len, seed);
-    let torrent = work.join(format!("{name}.torrent"));
-    mktorrent(&data.join(name), &tracker.announce_url(), 16, &torrent, &[]);
-    let hash = info_hash(&torrent);
-    tracker.allow(&hash);
-    (torrent, hash, data)
-}
-
 #[test]
 fn libtorrent_forcing_rc4_seeds_to_dropseed_and_leeches_from_it() {
     if !(Swarm::tools_present() && require_libtorrent()) {
@@ -30,7 +19,7 @@ fn libtorrent_forcing_rc4_seeds_to_dropseed_and_leeches_from_it() {
     }
     let work = tempdir();
     let tracker = Tracker::start();
-    let (t, hash, data) = torrent(&tracker, work.path(), "lt-enc.bin", 5 * 1024 * 1024 + 77, 301);
+    let (t, hash, data) = tracked_torrent(&tracker, work.path(), "lt-enc.bin", 5 * 1024 * 1024 + 77, 301);
     let seed =
         Libtorrent::start("seed", t.to_str().unwrap(), &data, &work.path().join("lt-seed.log"), &["--enc", "forced"]);
     tracker.wait_seeders(&hash, 1);
@@ -89,7 +78,7 @@ fn transmission_requiring_encryption_seeds_to_dropseed() {
     }
     let work = tempdir();
     let tracker = Tracker::start();
-    let (t, hash, data) = torrent(&tracker, work.path(), "tr-enc.bin", 6 * 1024 * 1024 + 3, 303);
+    let (t, hash, data) = tracked_torrent(&tracker, work.path(), "tr-enc.bin", 6 * 1024 * 1024 + 3, 303);
     // Transmission never dials loopback peers: dropseed dials it.
     let tr = Transmission::start_with(&data, serde_json::json!({"encryption": 2}));
     tr.add(&t);
@@ -125,7 +114,7 @@ fn require_refuses_a_plaintext_only_peer_both_ways() {
     }
     let work = tempdir();
     let tracker = Tracker::start();
-    let (t, hash, data) = torrent(&tracker, work.path(), "plain.bin", 1024 * 1024, 304);
+    let (t, hash, data) = tracked_torrent(&tracker, work.path(), "plain.bin", 1024 * 1024, 304);
     let _seed =
         Libtorrent::start("seed", t.to_str().unwrap(), &data, &work.path().join("lt-seed.log"), &["--enc", "disabled"]);
     tracker.wait_seeders(&hash, 1);

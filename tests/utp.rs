@@ -5,21 +5,9 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const DEBUG: &str = "[log]\nlevel = \"debug\"\n";
-
-/// A single-file torrent of `len` bytes on `tracker`: (torrent, hash, data dir).
-fn torrent(tracker: &Tracker, work: &Path, name: &str, len: u64, seed: u64) -> (PathBuf, String, PathBuf) {
-    let data = work.join(format!("data-{name}"));
-    payload(&data.join(name), len, seed);
-    let torrent = work.join(format!("{name}.torrent"));
-    mktorrent(&data.join(name), &tracker.announce_url(), 16, &torrent, &[]);
-    let hash = info_hash(&torrent);
-    tracker.allow(&hash);
-    (torrent, hash, data)
-}
 
 /// Log lines that name a connection and its transport.
 fn connections(ds: &Dropseed, what: &str, transport: &str) -> usize {
@@ -35,7 +23,7 @@ fn libtorrent_speaking_only_utp_seeds_to_dropseed_and_leeches_from_it() {
     }
     let work = tempdir();
     let tracker = Tracker::start();
-    let (t, hash, data) = torrent(&tracker, work.path(), "lt-utp.bin", 6 * 1024 * 1024 + 501, 401);
+    let (t, hash, data) = tracked_torrent(&tracker, work.path(), "lt-utp.bin", 6 * 1024 * 1024 + 501, 401);
     let seed = Libtorrent::start(
         "seed",
         t.to_str().unwrap(),
@@ -75,7 +63,7 @@ fn utp_carries_encrypted_connections_both_ways() {
     }
     let work = tempdir();
     let tracker = Tracker::start();
-    let (t, hash, data) = torrent(&tracker, work.path(), "utp-rc4.bin", 3 * 1024 * 1024 + 5, 402);
+    let (t, hash, data) = tracked_torrent(&tracker, work.path(), "utp-rc4.bin", 3 * 1024 * 1024 + 5, 402);
     let lt = ["--transport", "utp", "--enc", "forced"];
     let seed = Libtorrent::start("seed", t.to_str().unwrap(), &data, &work.path().join("lt-seed.log"), &lt);
     tracker.wait_seeders(&hash, 1);
@@ -135,7 +123,7 @@ fn one_download_takes_from_a_tcp_peer_and_a_utp_peer_at_once() {
     }
     let work = tempdir();
     let tracker = Tracker::start();
-    let (t, hash, data) = torrent(&tracker, work.path(), "mixed.bin", 24 * 1024 * 1024 + 3, 404);
+    let (t, hash, data) = tracked_torrent(&tracker, work.path(), "mixed.bin", 24 * 1024 * 1024 + 3, 404);
     // Both seeds are slowed so that neither finishes the torrent alone.
     let limit = ["--upload-limit", "2000000", "--enc", "disabled"];
     let _tcp = Libtorrent::start(

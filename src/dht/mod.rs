@@ -251,28 +251,14 @@ pub async fn bind_v4(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
     };
     // uTP at speed brings bursts of datagrams that the default buffer
     // (about 200 KiB) drops; the kernel caps this at net.core.rmem_max.
-    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        set_buffer(&socket, option, UDP_BUFFER);
-    }
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
     Ok(socket)
 }
 
 /// Bytes asked for each of the UDP socket's kernel buffers.
-const UDP_BUFFER: libc::c_int = 4 << 20;
-
-fn set_buffer(socket: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid socket, and a c_int option value of the size given.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
+const UDP_BUFFER: usize = 4 << 20;
 
 /// The IPv6 node's socket, IPv6 only (Linux would otherwise let `[::]`
 /// take IPv4 too, and the IPv4 node's port would be in use), on `port` or

@@ -179,7 +179,7 @@ impl UtpSocket {
     }
 
     fn mss(addr: &SocketAddr) -> usize {
-        if addr.is_ipv4() || addr.ip().to_canonical().is_ipv4() {
+        if addr.ip().to_canonical().is_ipv4() {
             MSS_V4
         } else {
             MSS_V6
@@ -189,7 +189,7 @@ impl UtpSocket {
     /// Whether this socket can reach `addr` (uTP runs on an IPv4 socket).
     pub fn reaches(&self, addr: &SocketAddr) -> bool {
         let ours = self.udp.local_addr().map(|a| a.is_ipv4()).unwrap_or(false);
-        ours == (addr.is_ipv4() || addr.ip().to_canonical().is_ipv4())
+        ours == addr.ip().to_canonical().is_ipv4()
     }
 
     /// Opens a connection to `addr`; the caller bounds the time.

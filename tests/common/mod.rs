@@ -799,3 +799,15 @@ where
     });
     (port, accepted)
 }
+
+/// A single-file torrent of `len` bytes on `tracker`, allowed there:
+/// (torrent, hash, data dir).
+pub fn tracked_torrent(tracker: &Tracker, work: &Path, name: &str, len: u64, seed: u64) -> (PathBuf, String, PathBuf) {
+    let data = work.join(format!("data-{name}"));
+    payload(&data.join(name), len, seed);
+    let torrent = work.join(format!("{name}.torrent"));
+    mktorrent(&data.join(name), &tracker.announce_url(), 16, &torrent, &[]);
+    let hash = info_hash(&torrent);
+    tracker.allow(&hash);
+    (torrent, hash, data)
+}
