@@ -1,37 +1,63 @@
-//! Datagrams with as few system calls as possible: `sendmmsg(2)` hands the
-//! kernel up to [`PER_CALL`] datagrams of a connection at once, and
-//! `recvmmsg(2)` takes up to [`SLOTS`] from the socket. Over uTP a GiB is
-//! some 770 000 datagrams; one system call each made the calls, not the
-//! protocol, the biggest cost of seeding.
+//! Datagrams with as few system calls, and as little kernel work, as
+//! possible. Over uTP a GiB is some 770 000 datagrams; one system call
+//! each made the calls, not the protocol, the biggest cost of seeding.
+//!
+//! - Sending: `sendmmsg(2)` hands the kernel up to [`PER_CALL`] messages at
+//!   once, and each message is a run of equal-sized datagrams to one
+//!   address sent with UDP segmentation offload (`UDP_SEGMENT`, Linux
+//!   4.18): the kernel routes and builds one large packet and cuts it
+//!   into datagrams at the end (in the network card where it can). Where
+//!   the kernel or the card refuses it, segmentation is turned off for the
+//!   process and every datagram goes as its own message.
+//! - Receiving: `recvmmsg(2)` takes up to [`SLOTS`] datagrams at once.
 //!
 //! The buffers are kept between rounds, so steady traffic allocates
 //! nothing here.
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Datagrams per `sendmmsg` call.
-const PER_CALL: usize = 64;
+pub use super::conn::Datagram;
 
-/// Datagrams waiting to go to one address.
-#[derive(Default)]
+/// Messages per `sendmmsg` call.
+const PER_CALL: usize = 64;
+/// Datagrams per segmented message at most (the kernel's own limit).
+const MAX_SEGMENTS: usize = 64;
+/// Bytes per segmented message at most: within one IPv4 or IPv6 packet.
+const MAX_SEGMENTED_BYTES: usize = 60_000;
+/// Bytes of datagrams kept between bursts.
+const KEPT_BYTES: usize = 128 * 1024;
+
+/// Whether the kernel took segmented messages (until it refuses one).
+static SEGMENTATION: AtomicBool = AtomicBool::new(true);
+
+/// Datagrams waiting to go to one address, end to end in one buffer.
 pub struct Outbox {
-    bufs: Vec<Vec<u8>>,
-    len: usize,
+    data: Vec<u8>,
+    /// Where each datagram ends in `data`.
+    ends: Vec<usize>,
+    /// Whether to send runs of equal-sized datagrams as one message.
+    segment: bool,
+    /// The messages of the next call (kept to save an allocation a call).
+    runs: Vec<Run>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox { data: Vec::new(), ends: Vec::new(), segment: SEGMENTATION.load(Ordering::Relaxed), runs: Vec::new() }
+    }
 }
 
 impl Outbox {
-    pub fn push(&mut self, datagram: &[u8]) {
-        if self.len == self.bufs.len() {
-            self.bufs.push(Vec::with_capacity(1500));
-        }
-        let buf = &mut self.bufs[self.len];
-        buf.clear();
-        buf.extend_from_slice(datagram);
-        self.len += 1;
+    pub fn push(&mut self, datagram: Datagram<'_>) {
+        self.data.extend_from_slice(datagram.head);
+        self.data.extend_from_slice(datagram.payload);
+        self.ends.push(self.data.len());
     }
 
     /// Sends everything, waiting for room in the socket's buffer if need
@@ -42,7 +68,7 @@ impl Outbox {
         let mut sent = 0;
         loop {
             sent = self.send_from(udp, &addr, sent);
-            if sent >= self.len || udp.writable().await.is_err() {
+            if sent >= self.ends.len() || udp.writable().await.is_err() {
                 break;
             }
         }
@@ -58,45 +84,127 @@ impl Outbox {
 
     /// Sends from datagram `sent` on until all are out or the socket is
     /// full; returns how far it got.
-    fn send_from(&self, udp: &UdpSocket, to: &socket2::SockAddr, mut sent: usize) -> usize {
-        while sent < self.len {
-            let batch = &self.bufs[sent..self.len.min(sent + PER_CALL)];
-            match udp.try_io(Interest::WRITABLE, || send_many(udp, to, batch)) {
-                Ok(n) => sent += n.max(1),
+    fn send_from(&mut self, udp: &UdpSocket, to: &socket2::SockAddr, mut sent: usize) -> usize {
+        while sent < self.ends.len() {
+            self.plan_runs(sent);
+            let runs = &self.runs;
+            match udp.try_io(Interest::WRITABLE, || send_many(udp, to, &self.data, runs)) {
+                Ok(n) => sent = runs.get(n.max(1) - 1).map_or(sent + 1, |r| r.datagrams.end),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => sent += 1,
+                Err(e) if self.segment && runs[0].datagrams.len() > 1 && refuses_segmentation(&e) => {
+                    SEGMENTATION.store(false, Ordering::Relaxed);
+                    self.segment = false;
+                }
+                Err(_) => sent = runs[0].datagrams.end,
             }
         }
         sent
     }
 
+    /// The next messages from datagram `from` on, at most [`PER_CALL`].
+    fn plan_runs(&mut self, from: usize) {
+        let limit = if self.segment { MAX_SEGMENTS } else { 1 };
+        self.runs.clear();
+        let mut at = from;
+        while at < self.ends.len() && self.runs.len() < PER_CALL {
+            let run = segment_run(&self.ends, at, limit);
+            let bytes = self.start(run.start)..self.ends[run.end - 1];
+            let size = self.ends[run.start] - self.start(run.start);
+            at = run.end;
+            self.runs.push(Run { datagrams: run, bytes, size });
+        }
+    }
+
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1]
+        }
+    }
+
     fn clear(&mut self) {
-        self.len = 0;
+        self.data.clear();
+        self.ends.clear();
         // A burst's buffers are not kept for the connection's whole life.
-        self.bufs.truncate(PER_CALL);
+        self.data.shrink_to(KEPT_BYTES);
+        self.ends.shrink_to(PER_CALL);
     }
 }
 
-/// One `sendmmsg` call: how many datagrams the kernel took.
-fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, batch: &[Vec<u8>]) -> io::Result<usize> {
-    let mut iovs: Vec<libc::iovec> =
-        batch.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
-            m.msg_hdr.msg_namelen = to.len();
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    // SAFETY: every header points at a live iovec, the buffers and the
-    // address outlive the call, and the count matches the array.
+/// One message: datagrams `datagrams`, the bytes `bytes` of the buffer,
+/// each `size` long but the last, which may be shorter.
+struct Run {
+    datagrams: Range<usize>,
+    bytes: Range<usize>,
+    size: usize,
+}
+
+/// The datagrams from `at` on that can go as one segmented message: of
+/// the first one's size, the last perhaps shorter, at most `limit` of
+/// them and [`MAX_SEGMENTED_BYTES`].
+fn segment_run(ends: &[usize], at: usize, limit: usize) -> Range<usize> {
+    let start = if at == 0 { 0 } else { ends[at - 1] };
+    let size = ends[at] - start;
+    let mut end = at + 1;
+    while end < ends.len() && end - at < limit {
+        let len = ends[end] - ends[end - 1];
+        if len > size || ends[end] - start > MAX_SEGMENTED_BYTES {
+            break;
+        }
+        end += 1;
+        if len < size {
+            break;
+        }
+    }
+    at..end
+}
+
+/// Errors that mean the kernel or the card will not segment datagrams.
+fn refuses_segmentation(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT))
+}
+
+/// Room for one `UDP_SEGMENT` control message.
+#[repr(C, align(8))]
+struct SegmentControl([u8; 32]);
+
+/// One `sendmmsg` call: how many messages the kernel took. At most
+/// [`PER_CALL`] runs are passed; the call's arrays live on the stack.
+fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, data: &[u8], runs: &[Run]) -> io::Result<usize> {
+    let runs = &runs[..runs.len().min(PER_CALL)];
+    // SAFETY (CMSG_SPACE): a pure size computation.
+    let control_len = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+    let mut controls = [const { SegmentControl([0; 32]) }; PER_CALL];
+    let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; PER_CALL];
+    // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+    let mut msgs: [libc::mmsghdr; PER_CALL] = unsafe { std::mem::zeroed() };
+    for (i, run) in runs.iter().enumerate() {
+        iovs[i] =
+            libc::iovec { iov_base: data[run.bytes.clone()].as_ptr() as *mut libc::c_void, iov_len: run.bytes.len() };
+        let m = &mut msgs[i].msg_hdr;
+        m.msg_name = to.as_ptr() as *mut libc::c_void;
+        m.msg_namelen = to.len();
+        m.msg_iov = &mut iovs[i];
+        m.msg_iovlen = 1;
+        if run.datagrams.len() > 1 {
+            m.msg_control = controls[i].0.as_mut_ptr().cast();
+            m.msg_controllen = control_len as _;
+            // SAFETY: the control buffer is aligned and holds CMSG_SPACE(2)
+            // bytes, so the first header and its u16 fit in it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(m);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), run.size as u16);
+            }
+        }
+    }
+    // SAFETY: the first `runs.len()` headers point at live iovecs, control
+    // buffers and the address; the buffers outlive the call.
     let n =
-        unsafe { libc::sendmmsg(udp.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        unsafe { libc::sendmmsg(udp.as_raw_fd(), msgs.as_mut_ptr(), runs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -200,6 +308,7 @@ fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn a_batch_arrives_whole_and_in_order() {
@@ -208,7 +317,7 @@ mod tests {
         let mut out = Outbox::default();
         for round in 0..2u8 {
             for i in 0..150u8 {
-                out.push(&[round, i, 7, 7]);
+                out.push(Datagram { head: &[round, i], payload: &[7, 7] });
             }
             out.send_all(&a, b.local_addr().unwrap()).await;
             let mut buf = [0u8; 16];
@@ -217,7 +326,52 @@ mod tests {
                 assert_eq!(&buf[..n], &[round, i, 7, 7]);
             }
         }
-        assert_eq!(out.bufs.len(), PER_CALL, "a burst's buffers are not all kept");
+        assert!(out.data.capacity() <= KEPT_BYTES, "a burst's buffers are not all kept");
+    }
+
+    #[test]
+    fn equal_sized_datagrams_make_one_run_ending_at_a_shorter_one() {
+        fn runs(lens: &[usize], limit: usize) -> Vec<Range<usize>> {
+            let ends: Vec<usize> =
+                lens.iter().scan(0, |end, len| Some(std::mem::replace(end, *end + len) + len)).collect();
+            let mut at = 0;
+            std::iter::from_fn(|| {
+                (at < ends.len()).then(|| {
+                    let r = segment_run(&ends, at, limit);
+                    at = r.end;
+                    r
+                })
+            })
+            .collect()
+        }
+        assert_eq!(runs(&[1420, 1420, 1420, 20, 1420, 26], 64), [0..4, 4..6]);
+        assert_eq!(runs(&[20, 1420, 1420], 64), [0..1, 1..3], "a longer one starts a new run");
+        assert_eq!(runs(&[1420; 5], 2), [0..2, 2..4, 4..5], "at most the limit");
+        assert_eq!(runs(&[1420; 5], 1), [0..1, 1..2, 2..3, 3..4, 4..5]);
+        let many = runs(&[1420; 100], 64);
+        assert_eq!(many[0], 0..MAX_SEGMENTED_BYTES / 1420, "within the bytes of one packet");
+    }
+
+    /// Mixed sizes, segmented or not: every datagram arrives as its own,
+    /// whole and in order.
+    #[tokio::test]
+    async fn segmented_or_not_each_datagram_arrives_on_its_own() {
+        for segment in [true, false] {
+            let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut out = Outbox { segment, ..Outbox::default() };
+            // Within the receiver's default buffer, which nothing here drains meanwhile.
+            let lens: Vec<usize> = (0..90).map(|i| if i % 40 == 39 { 20 + i } else { 1420 }).collect();
+            for (i, len) in lens.iter().enumerate() {
+                out.push(Datagram { head: &vec![i as u8; *len], payload: &[] });
+            }
+            out.send_all(&a, b.local_addr().unwrap()).await;
+            let mut buf = vec![0u8; 65536];
+            for (i, len) in lens.iter().enumerate() {
+                let n = tokio::time::timeout(Duration::from_secs(5), b.recv(&mut buf)).await.expect("lost").unwrap();
+                assert_eq!((n, buf[0], buf[n - 1]), (*len, i as u8, i as u8), "datagram {i}, segment {segment}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -19,7 +19,8 @@
 //! number, which is also that of its first data packet.
 
 use super::ledbat::{Ledbat, Rtt};
-use super::packet::{self, seq_before, Header, Kind, Packet, SACK_BYTES};
+use super::packet::{self, seq_before, Header, Kind, Packet, MAX_SACK_BYTES};
+use super::unsent::Unsent;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 
@@ -33,6 +34,8 @@ const FIRST_RECV_BUF: usize = 64 * 1024;
 const MAX_FLIGHT: usize = 2 * super::ledbat::MAX_WINDOW / 1200;
 /// How long a closed window waits before one packet probes it.
 const PROBE_US: u64 = 2_000_000;
+/// Silence, at least, before the tail probe (twice the round trip, or this).
+const TAIL_PROBE_MIN_US: u64 = 5_000;
 /// Bytes the application may queue beyond what is in flight.
 pub const SEND_BUF: usize = 256 * 1024;
 /// Packets held out of order at most.
@@ -77,6 +80,9 @@ struct Sent {
     kind: Kind,
     payload: Bytes,
     sent_at: u64,
+    /// The connection's count of packets sent, at this one's last sending:
+    /// which of two packets went out later.
+    order: u64,
     transmissions: u32,
     /// Acknowledged by a selective ack (it may still be reneged on).
     sacked: bool,
@@ -84,8 +90,41 @@ struct Sent {
     resend: bool,
 }
 
+/// One datagram to send: the header (with any extension) and the payload,
+/// apart, so the payload is copied once, straight into the send buffer.
+#[derive(Clone, Copy)]
+pub struct Datagram<'a> {
+    pub head: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+#[cfg(test)]
+impl Datagram<'_> {
+    pub fn len(self) -> usize {
+        self.head.len() + self.payload.len()
+    }
+
+    pub fn to_vec(self) -> Vec<u8> {
+        [self.head, self.payload].concat()
+    }
+}
+
+/// What a connection went through, for its closing log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Data and FIN packets sent, first copies and resends.
+    pub sent: u64,
+    pub resent: u64,
+    /// Packets found lost from acks.
+    pub losses: u64,
+    pub timeouts: u64,
+    /// Tail probes sent.
+    pub probes: u64,
+}
+
 pub struct Conn {
     state: State,
+    tally: Tally,
     send_id: u16,
     recv_id: u16,
     /// Our next sequence number.
@@ -93,7 +132,7 @@ pub struct Conn {
     /// Theirs, the last received in order.
     ack_nr: u16,
     mss: usize,
-    unsent: BytesMut,
+    unsent: Unsent,
     flight: VecDeque<Sent>,
     /// Payload bytes believed in the network: not acked, not taken for lost.
     flight_bytes: usize,
@@ -124,18 +163,37 @@ pub struct Conn {
     recv_limit: usize,
     /// When a packet may probe the peer's closed window.
     probe_at: Option<u64>,
+    /// The tail probe: when the first unacknowledged packet goes again if
+    /// nothing was heard, long before the timeout would resend everything.
+    tail: TailProbe,
+}
+
+/// Packets at the end of a burst can be lost with nothing after them to
+/// reveal it, or a peer can stay silent about what it holds; either way
+/// only the timeout (half a second at least) would move the connection.
+/// A probe after twice the round trip costs one packet and brings an ack
+/// that shows what is missing (as TCP's tail loss probe, RFC 8985).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TailProbe {
+    Idle,
+    Armed {
+        at: u64,
+    },
+    /// Fired: the probe goes with the next transmit.
+    Due,
 }
 
 impl Conn {
     fn new(state: State, send_id: u16, recv_id: u16, seq_nr: u16, ack_nr: u16, mss: usize) -> Conn {
         Conn {
             state,
+            tally: Tally::default(),
             send_id,
             recv_id,
             seq_nr,
             ack_nr,
             mss,
-            unsent: BytesMut::new(),
+            unsent: Unsent::new(mss),
             flight: VecDeque::new(),
             flight_bytes: 0,
             peer_window: RECV_BUF,
@@ -156,6 +214,7 @@ impl Conn {
             heard: false,
             recv_limit: FIRST_RECV_BUF,
             probe_at: None,
+            tail: TailProbe::Idle,
         }
     }
 
@@ -180,6 +239,10 @@ impl Conn {
         &self.state
     }
 
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
     pub fn recv_id(&self) -> u16 {
         self.recv_id
     }
@@ -190,9 +253,7 @@ impl Conn {
         if !matches!(self.state, State::Connected | State::SynSent) {
             return 0;
         }
-        let n = data.len().min(SEND_BUF.saturating_sub(self.unsent.len()));
-        self.unsent.extend_from_slice(&data[..n]);
-        n
+        self.unsent.push(data, SEND_BUF.saturating_sub(self.unsent.len()))
     }
 
     /// Whether a write would take bytes now.
@@ -255,10 +316,20 @@ impl Conn {
 
     /// When [`Conn::on_timer`] or a window probe is next due.
     pub fn deadline(&self) -> Option<u64> {
-        match (self.rto_at, self.probe_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let tail = match self.tail {
+            TailProbe::Armed { at } => Some(at),
+            TailProbe::Idle | TailProbe::Due => None,
+        };
+        [self.rto_at, self.probe_at, tail].into_iter().flatten().min()
+    }
+
+    /// Arms the tail probe from now, if anything awaits an ack.
+    fn arm_tail_probe(&mut self, now: u64) {
+        self.tail = if self.flight.is_empty() {
+            TailProbe::Idle
+        } else {
+            TailProbe::Armed { at: now + (2 * self.rtt.srtt()).max(TAIL_PROBE_MIN_US) }
+        };
     }
 
     fn window(&self) -> usize {
@@ -300,6 +371,7 @@ impl Conn {
             kind,
             payload: Bytes::new(),
             sent_at: 0,
+            order: 0,
             transmissions: 0,
             sacked: false,
             resend: true,
@@ -311,6 +383,8 @@ impl Conn {
 struct Acked {
     bytes: usize,
     newest_rtt: Option<u64>,
+    /// The latest sent (by `Sent::order`) of the packets acknowledged.
+    latest_order: u64,
 }
 
 impl Conn {
@@ -360,6 +434,7 @@ impl Conn {
             self.cc.on_ack(acked.bytes, window_full);
             self.timeouts = 0;
             self.rto_at = self.flight.iter().any(|s| !s.resend).then(|| now + self.rtt.rto());
+            self.arm_tail_probe(now);
         }
         match h.kind {
             Kind::Data => self.take_data(h.seq_nr, p.payload),
@@ -379,7 +454,7 @@ impl Conn {
 
     /// Drops what `ack_nr` and the selective ack cover from `flight`.
     fn take_acks(&mut self, h: &Header, sack: Option<&[u8]>, now: u64) -> Acked {
-        let mut acked = Acked { bytes: 0, newest_rtt: None };
+        let mut acked = Acked { bytes: 0, newest_rtt: None, latest_order: 0 };
         let before = self.flight.len();
         while let Some(front) = self.flight.front() {
             if seq_before(h.ack_nr, front.seq) {
@@ -392,7 +467,7 @@ impl Conn {
         if let Some(mask) = sack {
             self.take_sack(h.ack_nr, mask, now, &mut acked);
         }
-        self.detect_loss(h, progressed, now);
+        self.detect_loss(h, progressed, acked.latest_order, now);
         acked
     }
 
@@ -402,6 +477,7 @@ impl Conn {
         }
         if !s.sacked {
             acked.bytes += s.payload.len();
+            acked.latest_order = acked.latest_order.max(s.order);
         }
         // Karn: a resent packet's ack could answer either copy.
         if s.transmissions == 1 && !s.sacked {
@@ -416,6 +492,7 @@ impl Conn {
             let bit = s.seq.wrapping_sub(first) as usize;
             if bit < mask.len() * 8 && mask[bit / 8] & (1 << (bit % 8)) != 0 {
                 newly.push((s.payload.len(), s.resend, s.transmissions, s.sent_at));
+                acked.latest_order = acked.latest_order.max(s.order);
                 s.sacked = true;
                 s.resend = false;
             }
@@ -431,26 +508,52 @@ impl Conn {
         }
     }
 
-    /// Three later packets acknowledged, or three duplicate acks: the
-    /// first unacknowledged packet is lost.
-    fn detect_loss(&mut self, h: &Header, progressed: bool, now: u64) {
+    /// A packet is lost when three packets sent after it were selectively
+    /// acknowledged, or one sent after it was acknowledged and it is older
+    /// than a round trip and a quarter (RFC 8985's rule; a resend lost again
+    /// is found the same way); and the first unacknowledged one when three
+    /// duplicate acks came.
+    fn detect_loss(&mut self, h: &Header, progressed: bool, delivered: u64, now: u64) {
         if h.kind == Kind::State && h.ack_nr == self.last_ack && !progressed && !self.flight.is_empty() {
             self.dup_acks = self.dup_acks.saturating_add(1);
         } else if h.ack_nr != self.last_ack {
             self.dup_acks = 0;
         }
         self.last_ack = h.ack_nr;
-        let later_sacked = self.flight.iter().filter(|s| s.sacked).count();
-        let lost = self.dup_acks >= DUP_ACKS || later_sacked >= DUP_ACKS as usize;
-        let Some(front) = self.flight.front_mut() else { return };
-        if lost && !front.sacked && !front.resend && front.transmissions > 0 {
-            // Resent once per loss: a packet resent and lost again waits for the timeout.
-            if front.transmissions == 1 {
-                front.resend = true;
-                self.flight_bytes -= front.payload.len();
-                self.dup_acks = 0;
-                self.cc.on_loss(now, self.rtt.srtt());
+        let (mut lost, mut lost_bytes) = (0, 0);
+        let mut mark = |s: &mut Sent| {
+            if !s.resend && !s.sacked && s.transmissions > 0 {
+                s.resend = true;
+                lost += 1;
+                lost_bytes += s.payload.len();
             }
+        };
+        if self.dup_acks >= DUP_ACKS {
+            self.dup_acks = 0;
+            // A resend waits for selective acks or the timeout, not more duplicates.
+            if let Some(front) = self.flight.front_mut().filter(|s| s.transmissions == 1) {
+                mark(front);
+            }
+        }
+        let overdue = self.rtt.srtt() + self.rtt.srtt() / 4;
+        // The orders of the latest sacked packets seen so far, latest first.
+        let mut latest = [0u64; DUP_ACKS as usize];
+        for s in self.flight.iter_mut().rev() {
+            if s.sacked {
+                if s.order > latest[latest.len() - 1] {
+                    latest[latest.len() - 1] = s.order;
+                    latest.sort_unstable_by(|a, b| b.cmp(a));
+                }
+            } else if latest[latest.len() - 1] > s.order
+                || (s.order < delivered && now.saturating_sub(s.sent_at) > overdue)
+            {
+                mark(s);
+            }
+        }
+        if lost > 0 {
+            self.flight_bytes -= lost_bytes;
+            self.tally.losses += lost;
+            self.cc.on_loss(now, self.rtt.srtt());
         }
     }
 
@@ -517,15 +620,21 @@ impl Conn {
         self.unsent.clear();
         self.flight_bytes = 0;
         self.rto_at = None;
+        self.tail = TailProbe::Idle;
     }
 
-    /// Time passed: a timeout resends what is unacknowledged.
+    /// Time passed: the tail probe goes out, or a timeout resends what is
+    /// unacknowledged.
     pub fn on_timer(&mut self, now: u64) {
+        if matches!(self.tail, TailProbe::Armed { at } if now >= at) {
+            self.tail = TailProbe::Due;
+        }
         let Some(at) = self.rto_at else { return };
         if now < at {
             return;
         }
         self.timeouts += 1;
+        self.tally.timeouts += 1;
         let syn_gave_up = self.state == State::SynSent && self.timeouts >= SYN_ATTEMPTS;
         let fin_alone = self.state == (State::Closing { fin_sent: true }) && self.flight.len() == 1;
         let fin_gave_up = fin_alone && self.timeouts > FIN_TIMEOUTS;
@@ -544,17 +653,18 @@ impl Conn {
 
     /// Hands each datagram due now to `emit`: resends, new data, the FIN,
     /// and an ack if one is owed and nothing else carried it.
-    pub fn transmit(&mut self, now: u64, scratch: &mut Vec<u8>, mut emit: impl FnMut(&[u8])) {
+    pub fn transmit(&mut self, now: u64, scratch: &mut Vec<u8>, mut emit: impl FnMut(Datagram<'_>)) {
         if matches!(self.state, State::Closed(_)) {
             return;
         }
-        let mut sent_any = self.resend_lost(now, scratch, &mut emit);
+        let mut sent_any = self.send_tail_probe(now, scratch, &mut emit);
+        sent_any |= self.resend_lost(now, scratch, &mut emit);
         while !self.unsent.is_empty() && self.state != State::SynSent && self.flight.len() < MAX_FLIGHT {
-            let len = self.unsent.len().min(self.mss);
+            let len = self.unsent.next_len();
             if !self.fits(len, now) {
                 break;
             }
-            let payload = self.unsent.split_to(len).freeze();
+            let payload = self.unsent.pop().expect("not empty");
             let seq = self.seq_nr;
             self.seq_nr = self.seq_nr.wrapping_add(1);
             self.flight.push_back(Sent {
@@ -562,6 +672,7 @@ impl Conn {
                 kind: Kind::Data,
                 payload,
                 sent_at: now,
+                order: 0,
                 transmissions: 0,
                 sacked: false,
                 resend: false,
@@ -577,7 +688,7 @@ impl Conn {
         }
         if self.ack_due && !sent_any {
             self.write_state(now, scratch);
-            emit(scratch);
+            emit(Datagram { head: scratch, payload: &[] });
             sent_any = true;
         }
         self.ack_due = false;
@@ -586,8 +697,23 @@ impl Conn {
         }
     }
 
+    /// The first unacknowledged packet again, once the tail probe fired:
+    /// a copy, so it neither counts in flight twice nor touches the window.
+    fn send_tail_probe(&mut self, now: u64, scratch: &mut Vec<u8>, emit: &mut impl FnMut(Datagram<'_>)) -> bool {
+        if self.tail != TailProbe::Due {
+            return false;
+        }
+        self.tail = TailProbe::Idle;
+        let Some(i) = self.flight.iter().position(|s| !s.sacked && !s.resend && s.transmissions > 0) else {
+            return false;
+        };
+        self.tally.probes += 1;
+        self.send_packet(i, now, scratch, emit);
+        true
+    }
+
     /// Sends the packets marked for resending, as the window allows.
-    fn resend_lost(&mut self, now: u64, scratch: &mut Vec<u8>, emit: &mut impl FnMut(&[u8])) -> bool {
+    fn resend_lost(&mut self, now: u64, scratch: &mut Vec<u8>, emit: &mut impl FnMut(Datagram<'_>)) -> bool {
         let mut sent = false;
         for i in 0..self.flight.len() {
             let s = &self.flight[i];
@@ -606,14 +732,19 @@ impl Conn {
         sent
     }
 
-    fn send_packet(&mut self, i: usize, now: u64, scratch: &mut Vec<u8>, emit: &mut impl FnMut(&[u8])) {
+    fn send_packet(&mut self, i: usize, now: u64, scratch: &mut Vec<u8>, emit: &mut impl FnMut(Datagram<'_>)) {
         let header = self.header(self.flight[i].kind, self.flight[i].seq, now);
         let s = &mut self.flight[i];
         s.sent_at = now;
         s.transmissions += 1;
+        self.tally.sent += 1;
+        self.tally.resent += u64::from(s.transmissions > 1);
+        s.order = self.tally.sent;
         packet::write_header(scratch, &header, None);
-        scratch.extend_from_slice(&s.payload);
-        emit(scratch);
+        emit(Datagram { head: scratch, payload: &s.payload });
+        if header.kind != Kind::Syn {
+            self.arm_tail_probe(now);
+        }
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rtt.rto());
         }
@@ -635,15 +766,19 @@ impl Conn {
     /// packets past the gap we hold.
     fn write_state(&self, now: u64, scratch: &mut Vec<u8>) {
         let header = self.header(Kind::State, self.seq_nr, now);
-        let mut mask = [0u8; SACK_BYTES];
+        let mut mask = [0u8; MAX_SACK_BYTES];
+        let mut used = 0;
         let first = self.ack_nr.wrapping_add(2);
         for seq in self.reorder.keys() {
             let bit = seq.wrapping_sub(first) as usize;
-            if bit < SACK_BYTES * 8 {
+            if bit < MAX_SACK_BYTES * 8 {
                 mask[bit / 8] |= 1 << (bit % 8);
+                used = used.max(bit / 8 + 1);
             }
         }
-        packet::write_header(scratch, &header, (!self.reorder.is_empty()).then_some(&mask));
+        // As long as the furthest packet held needs, in whole 4-byte words.
+        let mask = &mask[..used.div_ceil(4) * 4];
+        packet::write_header(scratch, &header, (!mask.is_empty()).then_some(mask));
     }
 }
 

@@ -9,9 +9,9 @@
 //! and a sample above it is time spent in a queue. With the queue under the
 //! 100 ms target the window grows (at most 3000 bytes a round trip, less
 //! the closer it gets); over it, it shrinks in proportion. Losses halve it
-//! once a round trip, a timeout drops it to one packet. Until the first
-//! loss or a queue over half the target, slow start doubles it each round
-//! trip, as TCP's does.
+//! once a round trip, a timeout drops it to one packet. Slow start doubles
+//! it each round trip, as TCP's does, until a queue over half the target,
+//! the first loss, or (after a timeout) half the window the timeout cut.
 //!
 //! Pure: times are microseconds from the caller.
 
@@ -64,6 +64,8 @@ pub struct Ledbat {
     window: f64,
     mss: usize,
     slow_start: bool,
+    /// Where slow start ends: half the window a timeout found.
+    slow_start_until: f64,
     base: DelayBase,
     recent: [u32; RECENT],
     recent_len: usize,
@@ -78,6 +80,7 @@ impl Ledbat {
             window: (2 * mss) as f64,
             mss,
             slow_start: true,
+            slow_start_until: MAX_WINDOW as f64,
             base: DelayBase::default(),
             recent: [0; RECENT],
             recent_len: 0,
@@ -114,7 +117,7 @@ impl Ledbat {
             return;
         }
         let queued = self.queuing_delay().unwrap_or(0);
-        if self.slow_start && queued < TARGET_US / 2 {
+        if self.slow_start && queued < TARGET_US / 2 && self.window < self.slow_start_until {
             self.window += acked as f64;
         } else {
             self.slow_start = false;
@@ -136,9 +139,12 @@ impl Ledbat {
         self.clamp();
     }
 
-    /// Nothing came back for a whole timeout.
+    /// Nothing came back for a whole timeout: one packet, then slow start
+    /// back to half the window that met the timeout (as libtorrent does; in
+    /// congestion avoidance alone, regaining it took seconds).
     pub fn on_timeout(&mut self) {
-        self.slow_start = false;
+        self.slow_start = true;
+        self.slow_start_until = (self.window / 2.0).max(2.0 * self.mss as f64);
         self.window = self.mss as f64;
     }
 
@@ -236,6 +242,24 @@ mod tests {
         let before = cc.window();
         cc.on_ack(before, true);
         assert!(cc.window() < before + 3000, "{} after {before}", cc.window());
+    }
+
+    #[test]
+    fn after_a_timeout_slow_start_regains_half_the_window() {
+        let mut cc = Ledbat::new(MSS);
+        cc.on_delay_sample(1000, 0);
+        cc.on_loss(0, 1); // congestion avoidance from here
+        cc.window = (64 * MSS) as f64;
+        cc.on_timeout();
+        assert_eq!(cc.window(), MSS);
+        for _ in 0..5 {
+            let w = cc.window();
+            cc.on_ack(w, true);
+        }
+        assert_eq!(cc.window(), 32 * MSS, "doubled each round trip up to half");
+        let before = cc.window();
+        cc.on_ack(before, true);
+        assert!(cc.window() <= before + 3000, "then grows by the gain only: {}", cc.window());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `packet.rs`: the datagram codec (pure).
 //! - `ledbat.rs`: the congestion window and the round-trip timer (pure).
 //! - `conn.rs`: one connection's state machine (pure, clock from the caller).
+//! - `unsent.rs`: bytes to send, cut into packets as they are written.
 //! - `batch.rs`: many datagrams per system call (`sendmmsg`, `recvmmsg`).
 //! - `socket.rs`: the runtime on a UDP socket shared with the DHT, and
 //!   [`UtpStream`], the byte stream the peer code sees.
@@ -18,5 +19,6 @@ mod conn;
 mod ledbat;
 pub mod packet;
 mod socket;
+mod unsent;
 
 pub use socket::{UtpSocket, UtpStream, MAX_CONNECTIONS, OTHER_QUEUE};

@@ -14,8 +14,10 @@ const EXT_NONE: u8 = 0;
 const EXT_SACK: u8 = 1;
 /// Extensions looked at per packet at most.
 const MAX_EXTENSIONS: usize = 8;
-/// The selective-ack bitmask we send: 32 packets past the one after `ack_nr`.
-pub const SACK_BYTES: usize = 4;
+/// The longest selective-ack bitmask we send: 1024 packets past the one
+/// after `ack_nr` (what the reorder buffer holds). BEP 29 asks for a
+/// multiple of 4 bytes.
+pub const MAX_SACK_BYTES: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -134,7 +136,7 @@ pub fn parse(d: &[u8]) -> Result<Packet<'_>, ParseError> {
 
 /// Writes a header, and the selective ack if any, into `out` (cleared
 /// first); the payload goes after it.
-pub fn write_header(out: &mut Vec<u8>, h: &Header, sack: Option<&[u8; SACK_BYTES]>) {
+pub fn write_header(out: &mut Vec<u8>, h: &Header, sack: Option<&[u8]>) {
     out.clear();
     out.push(((h.kind as u8) << 4) | VERSION);
     out.push(if sack.is_some() { EXT_SACK } else { EXT_NONE });
@@ -145,7 +147,8 @@ pub fn write_header(out: &mut Vec<u8>, h: &Header, sack: Option<&[u8; SACK_BYTES
     out.extend_from_slice(&h.seq_nr.to_be_bytes());
     out.extend_from_slice(&h.ack_nr.to_be_bytes());
     if let Some(mask) = sack {
-        out.extend_from_slice(&[EXT_NONE, SACK_BYTES as u8]);
+        debug_assert!(mask.len() % 4 == 0 && mask.len() <= MAX_SACK_BYTES);
+        out.extend_from_slice(&[EXT_NONE, mask.len() as u8]);
         out.extend_from_slice(mask);
     }
 }
@@ -181,7 +184,7 @@ mod tests {
             assert_eq!((p.header, p.sack, p.payload), (header(kind), None, &b"payload"[..]));
             assert!(looks_like_utp(&out));
         }
-        write_header(&mut out, &header(Kind::State), Some(&[1, 2, 3, 4]));
+        write_header(&mut out, &header(Kind::State), Some(&[1, 2, 3, 4][..]));
         assert_eq!(out.len(), HEADER_LEN + 6);
         let p = parse(&out).unwrap();
         assert_eq!((p.sack, p.payload), (Some(&[1u8, 2, 3, 4][..]), &[][..]));

@@ -377,6 +377,9 @@ impl UtpSocket {
             inner.conn.abort();
         }
         inner.wake();
+        let t = inner.conn.tally();
+        tracing::debug!(peer = %addr, end = ?inner.conn.state(), sent = t.sent, resent = t.resent, losses = t.losses,
+            probes = t.probes, timeouts = t.timeouts, "utp connection closed");
     }
 }
 
