@@ -12,6 +12,22 @@ use dropseed::types::{human_bytes, human_duration, printable};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// glibc's malloc hands freed memory back to the kernel as soon as a few
+/// hundred KiB are free at the top of a heap, and faults it in again with
+/// the next allocations: under the steady stream of block buffers and
+/// packets of an upload that was a twentieth of the CPU. Keeping up to
+/// 16 MiB per arena, and serving blocks from the heap rather than fresh
+/// mappings, stops that churn for a bounded amount of memory.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "dropseed",
@@ -144,6 +160,7 @@ fn load_config(flag: Option<&Path>) -> Result<Loaded, String> {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     match command {

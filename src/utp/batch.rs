@@ -14,6 +14,7 @@
 //! The buffers are kept between rounds, so steady traffic allocates
 //! nothing here.
 
+use bytes::Bytes;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -30,16 +31,21 @@ const PER_CALL: usize = 64;
 const MAX_SEGMENTS: usize = 64;
 /// Bytes per segmented message at most: within one IPv4 or IPv6 packet.
 const MAX_SEGMENTED_BYTES: usize = 60_000;
-/// Bytes of datagrams kept between bursts.
-const KEPT_BYTES: usize = 128 * 1024;
+/// Room kept between bursts: headers, and datagrams.
+const KEPT_HEADS: usize = 16 * 1024;
+const KEPT_DATAGRAMS: usize = 512;
 
 /// Whether the kernel took segmented messages (until it refuses one).
 static SEGMENTATION: AtomicBool = AtomicBool::new(true);
 
 /// Datagrams waiting to go to one address, end to end in one buffer.
 pub struct Outbox {
-    data: Vec<u8>,
-    /// Where each datagram ends in `data`.
+    /// The datagrams' headers, back to back.
+    heads: Vec<u8>,
+    /// Per datagram: where its header ends in `heads`, and its payload,
+    /// shared with the packet kept for resending rather than copied.
+    queued: Vec<(usize, Bytes)>,
+    /// Where each datagram would end were they all back to back.
     ends: Vec<usize>,
     /// Whether to send runs of equal-sized datagrams as one message.
     segment: bool,
@@ -49,15 +55,21 @@ pub struct Outbox {
 
 impl Default for Outbox {
     fn default() -> Self {
-        Outbox { data: Vec::new(), ends: Vec::new(), segment: SEGMENTATION.load(Ordering::Relaxed), runs: Vec::new() }
+        Outbox {
+            heads: Vec::new(),
+            queued: Vec::new(),
+            ends: Vec::new(),
+            segment: SEGMENTATION.load(Ordering::Relaxed),
+            runs: Vec::new(),
+        }
     }
 }
 
 impl Outbox {
     pub fn push(&mut self, datagram: Datagram<'_>) {
-        self.data.extend_from_slice(datagram.head);
-        self.data.extend_from_slice(datagram.payload);
-        self.ends.push(self.data.len());
+        self.heads.extend_from_slice(datagram.head);
+        self.queued.push((self.heads.len(), datagram.payload.clone()));
+        self.ends.push(self.ends.last().copied().unwrap_or(0) + datagram.head.len() + datagram.payload.len());
     }
 
     /// Sends everything, waiting for room in the socket's buffer if need
@@ -88,7 +100,7 @@ impl Outbox {
         while sent < self.ends.len() {
             self.plan_runs(sent);
             let runs = &self.runs;
-            match udp.try_io(Interest::WRITABLE, || send_many(udp, to, &self.data, runs)) {
+            match udp.try_io(Interest::WRITABLE, || send_many(udp, to, self, runs)) {
                 Ok(n) => sent = runs.get(n.max(1) - 1).map_or(sent + 1, |r| r.datagrams.end),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if self.segment && runs[0].datagrams.len() > 1 && refuses_segmentation(&e) => {
@@ -108,10 +120,9 @@ impl Outbox {
         let mut at = from;
         while at < self.ends.len() && self.runs.len() < PER_CALL {
             let run = segment_run(&self.ends, at, limit);
-            let bytes = self.start(run.start)..self.ends[run.end - 1];
             let size = self.ends[run.start] - self.start(run.start);
             at = run.end;
-            self.runs.push(Run { datagrams: run, bytes, size });
+            self.runs.push(Run { datagrams: run, size });
         }
     }
 
@@ -123,20 +134,28 @@ impl Outbox {
         }
     }
 
+    /// Datagram `i` as its header and payload.
+    fn parts(&self, i: usize) -> [&[u8]; 2] {
+        let head_start = if i == 0 { 0 } else { self.queued[i - 1].0 };
+        let (head_end, payload) = &self.queued[i];
+        [&self.heads[head_start..*head_end], payload]
+    }
+
     fn clear(&mut self) {
-        self.data.clear();
+        self.heads.clear();
+        self.queued.clear();
         self.ends.clear();
         // A burst's buffers are not kept for the connection's whole life.
-        self.data.shrink_to(KEPT_BYTES);
-        self.ends.shrink_to(PER_CALL);
+        self.heads.shrink_to(KEPT_HEADS);
+        self.queued.shrink_to(KEPT_DATAGRAMS);
+        self.ends.shrink_to(KEPT_DATAGRAMS);
     }
 }
 
-/// One message: datagrams `datagrams`, the bytes `bytes` of the buffer,
-/// each `size` long but the last, which may be shorter.
+/// One message: datagrams `datagrams`, each `size` long but the last,
+/// which may be shorter.
 struct Run {
     datagrams: Range<usize>,
-    bytes: Range<usize>,
     size: usize,
 }
 
@@ -169,24 +188,32 @@ fn refuses_segmentation(e: &io::Error) -> bool {
 #[repr(C, align(8))]
 struct SegmentControl([u8; 32]);
 
-/// One `sendmmsg` call: how many messages the kernel took. At most
-/// [`PER_CALL`] runs are passed; the call's arrays live on the stack.
-fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, data: &[u8], runs: &[Run]) -> io::Result<usize> {
+/// One `sendmmsg` call: how many messages the kernel took. The kernel
+/// gathers each message from its datagrams' headers and payloads (two
+/// pieces each), so payloads are copied once, by the kernel.
+fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, out: &Outbox, runs: &[Run]) -> io::Result<usize> {
     let runs = &runs[..runs.len().min(PER_CALL)];
     // SAFETY (CMSG_SPACE): a pure size computation.
     let control_len = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
     let mut controls = [const { SegmentControl([0; 32]) }; PER_CALL];
-    let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; PER_CALL];
+    let pieces: usize = runs.iter().map(|r| 2 * r.datagrams.len()).sum();
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(pieces);
+    let mut firsts = [0usize; PER_CALL];
+    for (i, run) in runs.iter().enumerate() {
+        firsts[i] = iovs.len();
+        for part in run.datagrams.clone().flat_map(|d| out.parts(d)).filter(|p| !p.is_empty()) {
+            iovs.push(libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() });
+        }
+    }
     // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
     let mut msgs: [libc::mmsghdr; PER_CALL] = unsafe { std::mem::zeroed() };
     for (i, run) in runs.iter().enumerate() {
-        iovs[i] =
-            libc::iovec { iov_base: data[run.bytes.clone()].as_ptr() as *mut libc::c_void, iov_len: run.bytes.len() };
+        let end = firsts.get(i + 1).filter(|_| i + 1 < runs.len()).copied().unwrap_or(iovs.len());
         let m = &mut msgs[i].msg_hdr;
         m.msg_name = to.as_ptr() as *mut libc::c_void;
         m.msg_namelen = to.len();
-        m.msg_iov = &mut iovs[i];
-        m.msg_iovlen = 1;
+        m.msg_iov = iovs[firsts[i]..end].as_mut_ptr();
+        m.msg_iovlen = end - firsts[i];
         if run.datagrams.len() > 1 {
             m.msg_control = controls[i].0.as_mut_ptr().cast();
             m.msg_controllen = control_len as _;
@@ -201,8 +228,9 @@ fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, data: &[u8], runs: &[Run])
             }
         }
     }
-    // SAFETY: the first `runs.len()` headers point at live iovecs, control
-    // buffers and the address; the buffers outlive the call.
+    // SAFETY: the first `runs.len()` headers point at live iovecs (over the
+    // outbox's buffers), control buffers and the address, all of which
+    // outlive the call.
     let n =
         unsafe { libc::sendmmsg(udp.as_raw_fd(), msgs.as_mut_ptr(), runs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
     if n < 0 {
@@ -317,7 +345,7 @@ mod tests {
         let mut out = Outbox::default();
         for round in 0..2u8 {
             for i in 0..150u8 {
-                out.push(Datagram { head: &[round, i], payload: &[7, 7] });
+                out.push(Datagram { head: &[round, i], payload: &Bytes::from_static(&[7, 7]) });
             }
             out.send_all(&a, b.local_addr().unwrap()).await;
             let mut buf = [0u8; 16];
@@ -326,7 +354,7 @@ mod tests {
                 assert_eq!(&buf[..n], &[round, i, 7, 7]);
             }
         }
-        assert!(out.data.capacity() <= KEPT_BYTES, "a burst's buffers are not all kept");
+        assert!(out.queued.capacity() <= KEPT_DATAGRAMS, "a burst's buffers are not all kept");
     }
 
     #[test]
@@ -363,7 +391,7 @@ mod tests {
             // Within the receiver's default buffer, which nothing here drains meanwhile.
             let lens: Vec<usize> = (0..90).map(|i| if i % 40 == 39 { 20 + i } else { 1420 }).collect();
             for (i, len) in lens.iter().enumerate() {
-                out.push(Datagram { head: &vec![i as u8; *len], payload: &[] });
+                out.push(Datagram { head: &vec![i as u8; *len], payload: &Bytes::new() });
             }
             out.send_all(&a, b.local_addr().unwrap()).await;
             let mut buf = vec![0u8; 65536];

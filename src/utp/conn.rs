@@ -95,7 +95,7 @@ struct Sent {
 #[derive(Clone, Copy)]
 pub struct Datagram<'a> {
     pub head: &'a [u8],
-    pub payload: &'a [u8],
+    pub payload: &'a Bytes,
 }
 
 #[cfg(test)]
@@ -688,7 +688,7 @@ impl Conn {
         }
         if self.ack_due && !sent_any {
             self.write_state(now, scratch);
-            emit(Datagram { head: scratch, payload: &[] });
+            emit(Datagram { head: scratch, payload: &Bytes::new() });
             sent_any = true;
         }
         self.ack_due = false;
