@@ -12,22 +12,6 @@ use dropseed::types::{human_bytes, human_duration, printable};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// glibc's malloc hands freed memory back to the kernel as soon as a few
-/// hundred KiB are free at the top of a heap, and faults it in again with
-/// the next allocations: under the steady stream of block buffers and
-/// packets of an upload that was a twentieth of the CPU. Keeping up to
-/// 16 MiB per arena, and serving blocks from the heap rather than fresh
-/// mappings, stops that churn for a bounded amount of memory.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
-}
-
 #[derive(Parser)]
 #[command(
     name = "dropseed",
@@ -160,7 +144,6 @@ fn load_config(flag: Option<&Path>) -> Result<Loaded, String> {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     match command {
@@ -205,16 +188,22 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Piece buffers (hundreds of KiB and up) are allocated and freed on
 /// different threads; glibc's adaptive threshold would move them into malloc
 /// arenas, where freed memory lingers. A fixed threshold keeps them as
-/// their own mappings, returned to the system when freed.
-fn keep_large_allocations_mapped() {
+/// their own mappings, returned to the system when freed. Smaller ones
+/// (block buffers, packets) stay in the arenas, and up to 16 MiB free at
+/// the top of an arena is kept rather than handed back at a few hundred
+/// KiB: under an upload's steady stream of block buffers glibc gave the
+/// memory back and faulted it in again many times a second (a fifth of
+/// TCP seeding's CPU).
+fn tune_allocator() {
     // SAFETY: mallopt only tunes the allocator; called before other threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
 }
 
 fn run_daemon(flag: Option<&Path>) -> ExitCode {
-    keep_large_allocations_mapped();
+    tune_allocator();
     let Loaded { config, source, notes } = match load_config(flag) {
         Ok(c) => c,
         Err(e) => {

@@ -6,13 +6,16 @@
 //!   once, and each message is a run of equal-sized datagrams to one
 //!   address sent with UDP segmentation offload (`UDP_SEGMENT`, Linux
 //!   4.18): the kernel routes and builds one large packet and cuts it
-//!   into datagrams at the end (in the network card where it can). Where
-//!   the kernel or the card refuses it, segmentation is turned off for the
-//!   process and every datagram goes as its own message.
+//!   into datagrams at the end (in the network card where it can). A
+//!   kernel without it (before 4.18 it would ignore the option and send
+//!   one huge datagram) is found when the socket is set up, and then no
+//!   message is segmented. A run the kernel refuses (a path MTU below the
+//!   datagram, a route that cannot segment) goes again datagram by
+//!   datagram; other destinations keep segmentation.
 //! - Receiving: `recvmmsg(2)` takes up to [`SLOTS`] datagrams at once.
 //!
-//! The buffers are kept between rounds, so steady traffic allocates
-//! nothing here.
+//! The buffers are kept between rounds; a call allocates only its list of
+//! pieces for the kernel to gather.
 
 use bytes::Bytes;
 use std::io;
@@ -35,8 +38,28 @@ const MAX_SEGMENTED_BYTES: usize = 60_000;
 const KEPT_HEADS: usize = 16 * 1024;
 const KEPT_DATAGRAMS: usize = 512;
 
-/// Whether the kernel took segmented messages (until it refuses one).
-static SEGMENTATION: AtomicBool = AtomicBool::new(true);
+/// Whether the kernel segments datagrams ([`probe_segmentation`]).
+static SEGMENTATION: AtomicBool = AtomicBool::new(false);
+
+/// Asks the kernel whether it knows `UDP_SEGMENT` on this socket (a
+/// kernel that does not would silently send a run as one datagram), and
+/// segments from then on only if it does.
+pub fn probe_segmentation(udp: &UdpSocket) -> bool {
+    let off: libc::c_int = 0;
+    // SAFETY: a plain setsockopt with a live int of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            udp.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let works = r == 0;
+    SEGMENTATION.store(works, Ordering::Relaxed);
+    works
+}
 
 /// Datagrams waiting to go to one address, end to end in one buffer.
 pub struct Outbox {
@@ -51,6 +74,9 @@ pub struct Outbox {
     segment: bool,
     /// The messages of the next call (kept to save an allocation a call).
     runs: Vec<Run>,
+    /// Datagrams before this one go unsegmented: a segmented run of them
+    /// was refused.
+    unsegmented_until: usize,
 }
 
 impl Default for Outbox {
@@ -61,6 +87,7 @@ impl Default for Outbox {
             ends: Vec::new(),
             segment: SEGMENTATION.load(Ordering::Relaxed),
             runs: Vec::new(),
+            unsegmented_until: 0,
         }
     }
 }
@@ -103,9 +130,8 @@ impl Outbox {
             match udp.try_io(Interest::WRITABLE, || send_many(udp, to, self, runs)) {
                 Ok(n) => sent = runs.get(n.max(1) - 1).map_or(sent + 1, |r| r.datagrams.end),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if self.segment && runs[0].datagrams.len() > 1 && refuses_segmentation(&e) => {
-                    SEGMENTATION.store(false, Ordering::Relaxed);
-                    self.segment = false;
+                Err(e) if runs[0].datagrams.len() > 1 && refuses_segmentation(&e) => {
+                    self.unsegmented_until = runs[0].datagrams.end;
                 }
                 Err(_) => sent = runs[0].datagrams.end,
             }
@@ -115,10 +141,10 @@ impl Outbox {
 
     /// The next messages from datagram `from` on, at most [`PER_CALL`].
     fn plan_runs(&mut self, from: usize) {
-        let limit = if self.segment { MAX_SEGMENTS } else { 1 };
         self.runs.clear();
         let mut at = from;
         while at < self.ends.len() && self.runs.len() < PER_CALL {
+            let limit = if self.segment && at >= self.unsegmented_until { MAX_SEGMENTS } else { 1 };
             let run = segment_run(&self.ends, at, limit);
             let size = self.ends[run.start] - self.start(run.start);
             at = run.end;
@@ -142,6 +168,7 @@ impl Outbox {
     }
 
     fn clear(&mut self) {
+        self.unsegmented_until = 0;
         self.heads.clear();
         self.queued.clear();
         self.ends.clear();
@@ -179,9 +206,10 @@ fn segment_run(ends: &[usize], at: usize, limit: usize) -> Range<usize> {
     at..end
 }
 
-/// Errors that mean the kernel or the card will not segment datagrams.
+/// Errors that mean this run could not be segmented (the datagram is
+/// over the path's MTU, the route or card cannot segment).
 fn refuses_segmentation(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT))
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::EOPNOTSUPP))
 }
 
 /// Room for one `UDP_SEGMENT` control message.
@@ -196,8 +224,8 @@ fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, out: &Outbox, runs: &[Run]
     // SAFETY (CMSG_SPACE): a pure size computation.
     let control_len = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
     let mut controls = [const { SegmentControl([0; 32]) }; PER_CALL];
-    let pieces: usize = runs.iter().map(|r| 2 * r.datagrams.len()).sum();
-    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(pieces);
+    let most: usize = runs.iter().map(|r| 2 * r.datagrams.len()).sum();
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(most);
     let mut firsts = [0usize; PER_CALL];
     for (i, run) in runs.iter().enumerate() {
         firsts[i] = iovs.len();
@@ -207,13 +235,16 @@ fn send_many(udp: &UdpSocket, to: &socket2::SockAddr, out: &Outbox, runs: &[Run]
     }
     // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
     let mut msgs: [libc::mmsghdr; PER_CALL] = unsafe { std::mem::zeroed() };
+    let pieces = iovs.len();
+    let base = iovs.as_mut_ptr();
     for (i, run) in runs.iter().enumerate() {
-        let end = firsts.get(i + 1).filter(|_| i + 1 < runs.len()).copied().unwrap_or(iovs.len());
+        let end = firsts.get(i + 1).filter(|_| i + 1 < runs.len()).copied().unwrap_or(pieces);
         let m = &mut msgs[i].msg_hdr;
         m.msg_name = to.as_ptr() as *mut libc::c_void;
         m.msg_namelen = to.len();
-        m.msg_iov = iovs[firsts[i]..end].as_mut_ptr();
-        m.msg_iovlen = end - firsts[i];
+        // SAFETY: firsts[i] <= pieces: within (or one past) the vector.
+        m.msg_iov = unsafe { base.add(firsts[i]) };
+        m.msg_iovlen = (end - firsts[i]) as _;
         if run.datagrams.len() > 1 {
             m.msg_control = controls[i].0.as_mut_ptr().cast();
             m.msg_controllen = control_len as _;
@@ -387,7 +418,7 @@ mod tests {
         for segment in [true, false] {
             let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let mut out = Outbox { segment, ..Outbox::default() };
+            let mut out = Outbox { segment: segment && probe_segmentation(&a), ..Outbox::default() };
             // Within the receiver's default buffer, which nothing here drains meanwhile.
             let lens: Vec<usize> = (0..90).map(|i| if i % 40 == 39 { 20 + i } else { 1420 }).collect();
             for (i, len) in lens.iter().enumerate() {

@@ -91,7 +91,8 @@ struct Sent {
 }
 
 /// One datagram to send: the header (with any extension) and the payload,
-/// apart, so the payload is copied once, straight into the send buffer.
+/// apart, so the kernel gathers the payload from the packet kept for
+/// resending without a copy of ours.
 #[derive(Clone, Copy)]
 pub struct Datagram<'a> {
     pub head: &'a [u8],
@@ -172,7 +173,9 @@ pub struct Conn {
 /// reveal it, or a peer can stay silent about what it holds; either way
 /// only the timeout (half a second at least) would move the connection.
 /// A probe after twice the round trip costs one packet and brings an ack
-/// that shows what is missing (as TCP's tail loss probe, RFC 8985).
+/// that shows what is missing (as TCP's tail loss probe, RFC 8985). One
+/// probe per tail: after it, only new data or an ack that moves things on
+/// arms another, so a silent peer gets one extra packet, not a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TailProbe {
     Idle,
@@ -740,9 +743,12 @@ impl Conn {
         self.tally.sent += 1;
         self.tally.resent += u64::from(s.transmissions > 1);
         s.order = self.tally.sent;
+        let first_copy = s.transmissions == 1;
         packet::write_header(scratch, &header, None);
         emit(Datagram { head: scratch, payload: &s.payload });
-        if header.kind != Kind::Syn {
+        // New data arms the tail probe; a resend, the probe included, does
+        // not: one probe per tail, then only acks or the timeout re-arm it.
+        if first_copy && header.kind != Kind::Syn {
             self.arm_tail_probe(now);
         }
         if self.rto_at.is_none() {

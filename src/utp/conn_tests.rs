@@ -204,6 +204,8 @@ fn a_silent_peer_times_the_connection_out() {
     net.a.write(b"anyone there?");
     while net.step() && !matches!(net.a.state(), State::Closed(_)) {}
     assert_eq!(*net.a.state(), State::Closed(End::TimedOut));
+    let t = net.a.tally();
+    assert_eq!(t.probes, 1, "one tail probe, not one every two round trips: {t:?}");
 }
 
 #[test]

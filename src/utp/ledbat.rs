@@ -118,7 +118,7 @@ impl Ledbat {
         }
         let queued = self.queuing_delay().unwrap_or(0);
         if self.slow_start && queued < TARGET_US / 2 && self.window < self.slow_start_until {
-            self.window += acked as f64;
+            self.window = (self.window + acked as f64).min(self.slow_start_until);
         } else {
             self.slow_start = false;
             let off_target = (TARGET_US as f64 - queued as f64) / TARGET_US as f64;

@@ -18,7 +18,7 @@
 //! drops SYNs when the session is not taking them; a connection's buffers
 //! are bounded in `conn.rs`.
 
-use super::batch::{Outbox, Received, SLOTS};
+use super::batch::{self, Outbox, Received, SLOTS};
 use super::conn::{self, Conn, End, State};
 use super::packet::{self, Kind};
 use std::collections::HashMap;
@@ -141,6 +141,7 @@ impl UtpSocket {
         other: Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>,
     ) -> (Arc<UtpSocket>, mpsc::Receiver<UtpStream>) {
         let (accepted, incoming) = mpsc::channel(ACCEPT_QUEUE);
+        batch::probe_segmentation(&udp);
         let socket = Arc::new(UtpSocket {
             udp,
             epoch: Instant::now(),

@@ -60,19 +60,28 @@ impl Unsent {
 
     /// The length of the next packet's payload (0 when nothing waits).
     pub fn next_len(&self) -> usize {
-        self.slabs.front().map_or(0, |s| s.len().min(self.chunk))
+        self.slabs.iter().find(|s| !s.is_empty()).map_or(0, |s| s.len().min(self.chunk))
     }
 
     /// The next packet's payload: a packet's worth, or what there is.
     pub fn pop(&mut self) -> Option<Bytes> {
-        let front = self.slabs.front_mut()?;
-        let payload = front.split_to(front.len().min(self.chunk)).freeze();
-        if front.is_empty() {
-            // Its spare room (if any) goes with it: a slab is filled once.
+        // A slab emptied goes, unless it is the last and has room to fill.
+        while self.slabs.front().is_some_and(|s| s.is_empty() && (self.slabs.len() > 1 || s.capacity() == 0)) {
             self.slabs.pop_front();
         }
+        let front = self.slabs.front_mut().filter(|s| !s.is_empty())?;
+        let payload = if front.len() >= self.chunk {
+            front.split_to(self.chunk).freeze()
+        } else {
+            // A short packet is copied out rather than cut, so it does not
+            // hold the slab's whole allocation while in flight, and the
+            // slab's room is filled again.
+            let short = Bytes::copy_from_slice(front);
+            front.clear();
+            short
+        };
         self.len -= payload.len();
-        (!payload.is_empty()).then_some(payload)
+        Some(payload)
     }
 
     pub fn clear(&mut self) {
@@ -106,6 +115,18 @@ mod tests {
         assert_eq!(u.pop().as_deref(), Some(&b"cdef"[..]));
         assert_eq!(u.pop().as_deref(), Some(&b"g"[..]));
         assert!(u.pop().is_none());
+    }
+
+    #[test]
+    fn a_short_packet_is_copied_and_its_slab_filled_again() {
+        let mut u = Unsent::new(4);
+        u.push(b"ab", usize::MAX);
+        let short = u.pop().unwrap();
+        u.push(b"cdefgh", usize::MAX);
+        assert_eq!(u.slabs.len(), 1, "the same slab took the next write");
+        let next = u.pop().unwrap();
+        assert_ne!(next.as_ptr(), short.as_ptr(), "the short packet was a copy");
+        assert_eq!((&short[..], &next[..], u.pop().as_deref()), (&b"ab"[..], &b"cdef"[..], Some(&b"gh"[..])));
     }
 
     #[test]
