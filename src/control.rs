@@ -11,7 +11,7 @@
 //! to read is still served.
 
 use crate::config::Config;
-use crate::session::{AddOutcome, Session};
+use crate::session::{AddOutcome, CommandOutcome, ErrorKind, Session, SessionError};
 use crate::torrent::task::Cmd;
 use crate::torrent::TorrentStatus;
 use crate::types::printable;
@@ -59,9 +59,21 @@ pub enum Request {
     },
 }
 
+/// The control protocol's version, carried in every reply: 2 added
+/// `version` and `error` (replies without them come from an older daemon).
+pub const PROTOCOL_VERSION: u32 = 2;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Reply {
+    /// [`PROTOCOL_VERSION`] of the daemon that answered; absent from
+    /// daemons before it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<u32>,
     pub ok: bool,
+    /// What kind of failure, when `ok` is false: callers branch on this,
+    /// never on the message's words.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<ErrorKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,8 +94,18 @@ impl Reply {
     fn ok(message: String) -> Reply {
         Reply { ok: true, message: Some(message), ..Default::default() }
     }
+    /// A request refused before it reached the session.
     fn err(message: String) -> Reply {
-        Reply { ok: false, message: Some(message), ..Default::default() }
+        Reply::failed(ErrorKind::BadRequest, message)
+    }
+    fn failed(kind: ErrorKind, message: String) -> Reply {
+        Reply { ok: false, error: Some(kind), message: Some(message), ..Default::default() }
+    }
+    fn of<T: std::fmt::Display>(result: Result<T, SessionError>) -> Reply {
+        match result {
+            Ok(done) => Reply::ok(done.to_string()),
+            Err(e) => Reply::failed(e.kind(), e.to_string()),
+        }
     }
 }
 
@@ -179,6 +201,7 @@ async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationT
                 Ok(Ok(req)) => (execute(req, &session).await, true),
             },
         };
+        let reply = Reply { version: Some(PROTOCOL_VERSION), ..reply };
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
         out.push(b'\n');
         if wr.write_all(&out).await.is_err() || !go_on {
@@ -238,34 +261,39 @@ async fn read_line<R: AsyncBufRead + Unpin>(rd: &mut R, max: usize) -> Result<Op
 }
 
 async fn execute(req: Request, session: &Arc<Session>) -> Reply {
-    let result = match req {
-        Request::Status => {
-            return Reply {
-                ok: true,
-                torrents: Some(session.statuses()),
-                dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
-                dht_nodes6: session.env.dht.as_ref().and_then(|d| d.node_count_of(crate::dht::family::Family::V6)),
-                dht_port: session.env.dht.as_ref().map(|d| d.port()),
-                ..Default::default()
-            }
-        }
-        Request::Add { source } => add(session, source).await,
-        Request::AddFile { name, .. } => Err(format!("{}: add_file without its bytes", printable(&name, 200))),
-        Request::Pause { id } => session.command(&id, Cmd::Pause).await,
-        Request::Resume { id } => session.command(&id, Cmd::Resume).await,
-        Request::Recheck { id } => session.command(&id, Cmd::Recheck).await,
-        Request::Remove { id, delete_data } => session.remove(&id, delete_data).await,
-        Request::Trackers { id } => {
-            let hash = match session.find(&id) {
-                Ok(h) => h,
-                Err(e) => return Reply::err(e),
+    match req {
+        Request::Status => Reply {
+            ok: true,
+            torrents: Some(session.statuses()),
+            dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
+            dht_nodes6: session.env.dht.as_ref().and_then(|d| d.node_count_of(crate::dht::family::Family::V6)),
+            dht_port: session.env.dht.as_ref().map(|d| d.port()),
+            ..Default::default()
+        },
+        Request::Add { source } => reply_of(add(session, source).await),
+        Request::AddFile { name, .. } => Reply::err(format!("{}: add_file without its bytes", printable(&name, 200))),
+        Request::Pause { id } => Reply::of(command(session, &id, Cmd::Pause).await),
+        Request::Resume { id } => Reply::of(command(session, &id, Cmd::Resume).await),
+        Request::Recheck { id } => Reply::of(command(session, &id, Cmd::Recheck).await),
+        Request::Remove { id, delete_data } => {
+            let removed = match session.find(&id) {
+                Ok(hash) => session.remove(hash, delete_data).await,
+                Err(e) => Err(e),
             };
-            let torrents = session.statuses().into_iter().filter(|t| t.info_hash == hash.hex()).collect();
-            return Reply { ok: true, torrents: Some(torrents), ..Default::default() };
+            Reply::of(removed)
         }
-        Request::Reannounce { id } => session.reannounce(&id),
-    };
-    reply_of(result)
+        Request::Trackers { id } => match session.find(&id).map(|h| session.status_of(&h)) {
+            Ok(status) => Reply { ok: true, torrents: Some(status.into_iter().collect()), ..Default::default() },
+            Err(e) => Reply::of(Err::<String, _>(e)),
+        },
+        Request::Reannounce { id } => Reply::of(session.find(&id).and_then(|h| session.reannounce(h))),
+    }
+}
+
+/// A pause, resume or recheck of the torrent `id` names.
+async fn command(session: &Arc<Session>, id: &str, cmd: Cmd) -> Result<CommandOutcome, SessionError> {
+    let hash = session.find(id)?;
+    session.command(hash, cmd).await
 }
 
 fn reply_of(result: Result<String, String>) -> Reply {

@@ -313,7 +313,9 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
     };
     if !reply.ok {
         let message = reply.message.unwrap_or_default();
-        if matches!(req, Request::AddFile { .. }) && message.contains("unknown variant `add_file`") {
+        // A daemon older than protocol 2 names no error kind: its words are all there is.
+        let old_daemon = reply.version.is_none();
+        if old_daemon && matches!(req, Request::AddFile { .. }) && message.contains("unknown variant `add_file`") {
             eprintln!(
                 "error: the running daemon is older than this dropseed and cannot take a file's contents; restart it"
             );
@@ -416,8 +418,12 @@ impl View {
         if !self.ids.is_empty() {
             let candidates: Vec<Candidate> =
                 all.iter().map(|t| Candidate { name: &t.name, hash: &t.info_hash }).collect();
-            let picked: Vec<usize> =
-                self.ids.iter().map(|id| lookup::find(id, &candidates)).collect::<Result<_, _>>()?;
+            let picked: Vec<usize> = self
+                .ids
+                .iter()
+                .map(|id| lookup::find(id, &candidates))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
             return Ok(picked.into_iter().map(|i| all[i].clone()).collect());
         }
         all.retain(|t| {

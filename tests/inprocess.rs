@@ -10,7 +10,7 @@ mod common;
 use dropseed::config::{ByteSize, Config};
 use dropseed::magnet::Magnet;
 use dropseed::metainfo::Metainfo;
-use dropseed::session::{AddOutcome, Session};
+use dropseed::session::{AddOutcome, CommandOutcome, ErrorKind, Reannounce, Session, SessionError};
 use dropseed::torrent::task::Cmd;
 use dropseed::torrent::{TorrentState, TorrentStatus};
 use sha1::{Digest, Sha1};
@@ -435,7 +435,7 @@ async fn big_checked_node() -> (Node, Metainfo, Duration) {
         let done = node.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(300)).await;
         full = t0.elapsed();
         assert_eq!(done.progress, 1.0, "the data on disk is complete");
-        node.session.remove(&hash, false).await.unwrap();
+        node.session.remove(meta.info_hash, false).await.unwrap();
         assert!(node.status(&hash).is_none());
         eprintln!("full check of {BIG_PIECES} MiB: {full:.2?}");
     }
@@ -461,7 +461,7 @@ async fn pause_during_recheck_is_prompt() {
     node.session.add_metainfo(meta.clone()).await.unwrap();
     node.wait_state(&hash, TorrentState::Checking, Duration::from_secs(30)).await;
     let t0 = Instant::now();
-    node.session.command(&hash, Cmd::Pause).await.unwrap();
+    node.session.command(meta.info_hash, Cmd::Pause).await.unwrap();
     let paused = node.wait_state(&hash, TorrentState::Paused, full * 3 + Duration::from_secs(30)).await;
     let took = t0.elapsed();
     let prompt = paused.progress < 1.0 && took < full / 2;
@@ -475,7 +475,7 @@ async fn pause_during_recheck_is_prompt() {
         paused.progress
     );
     // Resuming finishes the check and seeds.
-    node.session.command(&hash, Cmd::Resume).await.unwrap();
+    node.session.command(meta.info_hash, Cmd::Resume).await.unwrap();
     node.wait_state(&hash, TorrentState::Seeding, full * 3 + Duration::from_secs(30)).await;
     node.session.shutdown().await;
 }
@@ -488,7 +488,7 @@ async fn remove_during_recheck_is_prompt() {
     node.session.add_metainfo(meta.clone()).await.unwrap();
     let checking = node.wait_state(&hash, TorrentState::Checking, Duration::from_secs(30)).await;
     let t0 = Instant::now();
-    node.session.remove(&hash, false).await.unwrap();
+    node.session.remove(meta.info_hash, false).await.unwrap();
     let took = t0.elapsed();
     let gone = node.status(&hash).is_none();
     node.session.shutdown().await;
@@ -647,7 +647,7 @@ async fn a_silent_tracker_does_not_hold_up_a_pause() {
     payload_tree(&a.download_dir(), "tree", TREE, 6);
     let mut meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
     meta.trackers = vec![vec![url]];
-    let hash = meta.info_hash.hex();
+    let (info_hash, hash) = (meta.info_hash, meta.info_hash.hex());
     a.session.add_metainfo(meta).await.unwrap();
     a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
     let opened = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
@@ -656,7 +656,7 @@ async fn a_silent_tracker_does_not_hold_up_a_pause() {
     // the tracker sees its connection closed, and the torrent is paused,
     // both at once rather than after a grace period.
     let t0 = Instant::now();
-    a.session.command(&hash, Cmd::Pause).await.unwrap();
+    a.session.command(info_hash, Cmd::Pause).await.unwrap();
     a.wait_state(&hash, TorrentState::Paused, Duration::from_secs(30)).await;
     let paused_after = t0.elapsed();
     let closed = tokio::time::timeout(Duration::from_secs(2), seen.recv()).await.ok().flatten();
@@ -748,5 +748,53 @@ async fn a_download_completes_while_silent_sockets_flood_the_listener() {
     assert_eq!(done.progress, 1.0);
     assert_same_files(&meta, &a.download_dir(), &b.download_dir());
     b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// 9. The session's commands answer in types, not text
+// ---------------------------------------------------------------------------
+
+/// What the control socket and (next) the qBittorrent API build on: every
+/// command takes an info hash and answers a value whose kind a caller can
+/// branch on; the lookup by name is its own step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_answer_typed_outcomes_and_errors() {
+    let a = Node::start().await;
+    payload_tree(&a.download_dir(), "typed", TREE, 9);
+    let meta = make_torrent(&a.download_dir(), "typed", PIECE_256K);
+    let (h, hash) = (meta.info_hash, meta.info_hash.hex());
+    let stranger = dropseed::types::InfoHash([0x5a; 20]);
+
+    assert!(matches!(a.session.find("typed"), Err(SessionError::NotFound(_))), "nothing is added yet");
+    a.session.add_metainfo(meta).await.unwrap();
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    assert_eq!(a.session.find("typ").unwrap(), h, "a name's start");
+    assert_eq!(a.session.find(&hash[..8]).unwrap(), h, "the short hash");
+    assert_eq!(a.session.status_of(&h).map(|s| s.info_hash), Some(hash.clone()));
+    assert!(a.session.status_of(&stranger).is_none());
+
+    // Resuming what runs changes nothing; pausing reaches the hold; twice is a no-op.
+    let r = a.session.command(h, Cmd::Resume).await.unwrap();
+    assert!(matches!(r, CommandOutcome::NotPaused(_, TorrentState::Seeding)), "{r:?}");
+    let r = a.session.command(h, Cmd::Pause).await.unwrap();
+    assert!(matches!(r, CommandOutcome::Reached(_, TorrentState::Paused)), "{r:?}");
+    let r = a.session.command(h, Cmd::Pause).await.unwrap();
+    assert!(matches!(r, CommandOutcome::AlreadyPaused(ref t, TorrentState::Paused) if t.name == "typed"), "{r:?}");
+    assert_eq!(r.to_string(), format!("typed ({}): already paused", &hash[..8]));
+
+    // A paused torrent with no tracker does not announce: refused, by kind.
+    let e = a.session.reannounce(h).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotApplicable, "{e}");
+    assert!(!matches!(a.session.reannounce(stranger), Ok(Reannounce::Now(_))));
+
+    // Unknown hashes are NotFound for every command.
+    assert_eq!(a.session.command(stranger, Cmd::Pause).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(a.session.remove(stranger, false).await.unwrap_err().kind(), ErrorKind::NotFound);
+
+    let removed = a.session.remove(h, false).await.unwrap();
+    assert!(removed.torrent.hash == h && !removed.data_deleted);
+    assert!(a.status(&hash).is_none());
+    assert_eq!(a.session.remove(h, false).await.unwrap_err().kind(), ErrorKind::NotFound, "removed once only");
     a.session.shutdown().await;
 }

@@ -116,6 +116,15 @@ impl Entry {
         }
     }
 
+    /// The name `status` shows for this entry; none while it is reserved.
+    pub fn display_name(&self) -> Option<String> {
+        match self {
+            Entry::Torrent(t) => Some(t.shared.name().to_string()),
+            Entry::Magnet(m) => Some(m.magnet.display_name()),
+            Entry::Reserved(_) => None,
+        }
+    }
+
     pub fn status_source(&self, hash: &InfoHash) -> Option<StatusSource> {
         match self {
             Entry::Reserved(_) => None,

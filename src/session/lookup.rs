@@ -11,6 +11,8 @@
 /// The shortest hex prefix taken as a hash: shorter ones are too likely to
 /// be the start of a name ("dead", "cafe" are already words).
 const MIN_HASH_PREFIX: usize = 4;
+use super::outcome::SessionError::{self, Ambiguous, NotFound};
+
 /// Candidates named in an "ambiguous" error.
 const MAX_SHOWN: usize = 5;
 
@@ -22,10 +24,10 @@ pub struct Candidate<'a> {
 }
 
 /// The index in `all` of the torrent `id` names.
-pub fn find(id: &str, all: &[Candidate<'_>]) -> Result<usize, String> {
+pub fn find(id: &str, all: &[Candidate<'_>]) -> Result<usize, SessionError> {
     let shown_id = crate::types::printable(id, 100);
     if id.is_empty() {
-        return Err("no torrent named: give a name, its start, or the hash `dropseed status` shows".into());
+        return Err(NotFound("no torrent named: give a name, its start, or the hash `dropseed status` shows".into()));
     }
     let exact: Vec<usize> = matching(all, |c| c.name == id);
     if exact.len() == 1 {
@@ -44,9 +46,9 @@ pub fn find(id: &str, all: &[Candidate<'_>]) -> Result<usize, String> {
     let hits = matching(all, |c| (is_hash && c.hash.starts_with(&lower)) || c.name.to_lowercase().starts_with(&folded));
     match hits[..] {
         [one] => Ok(one),
-        [] => {
-            Err(format!("no torrent is named '{shown_id}' or has a name or hash starting so (see `dropseed status`)"))
-        }
+        [] => Err(NotFound(format!(
+            "no torrent is named '{shown_id}' or has a name or hash starting so (see `dropseed status`)"
+        ))),
         _ => Err(ambiguous(&shown_id, all, &hits, "give more of the name, or more of the hash")),
     }
 }
@@ -55,7 +57,7 @@ fn matching(all: &[Candidate<'_>], pred: impl Fn(&Candidate<'_>) -> bool) -> Vec
     all.iter().enumerate().filter(|(_, c)| pred(c)).map(|(i, _)| i).collect()
 }
 
-fn ambiguous(id: &str, all: &[Candidate<'_>], hits: &[usize], hint: &str) -> String {
+fn ambiguous(id: &str, all: &[Candidate<'_>], hits: &[usize], hint: &str) -> SessionError {
     let mut shown: Vec<String> = hits
         .iter()
         .take(MAX_SHOWN)
@@ -64,7 +66,7 @@ fn ambiguous(id: &str, all: &[Candidate<'_>], hits: &[usize], hint: &str) -> Str
     if hits.len() > MAX_SHOWN {
         shown.push(format!("and {} more", hits.len() - MAX_SHOWN));
     }
-    format!("'{id}' matches {} torrents: {}; {hint}", hits.len(), shown.join(", "))
+    Ambiguous(format!("'{id}' matches {} torrents: {}; {hint}", hits.len(), shown.join(", ")))
 }
 
 #[cfg(test)]
@@ -97,25 +99,27 @@ mod tests {
     fn what_fits_several_is_refused_with_the_candidates() {
         let all = all();
         let e = find("Film.2024", &all).unwrap_err();
+        assert!(matches!(e, Ambiguous(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("matches 2 torrents") && e.contains("(0123abcd)") && e.contains("(0123ffff)"), "{e}");
-        let e = find("0123", &all).unwrap_err();
+        let e = find("0123", &all).unwrap_err().to_string();
         assert!(e.contains("more of the hash"), "{e}");
     }
 
     #[test]
     fn a_truncated_display_name_or_a_stranger_names_nothing() {
         let all = all();
-        assert!(find("Film.2024.1080~", &all).unwrap_err().contains("no torrent"));
-        assert!(find("abc", &all).unwrap_err().contains("no torrent"), "3 hex digits are not a hash");
+        assert!(matches!(find("Film.2024.1080~", &all), Err(NotFound(_))));
+        assert!(find("abc", &all).unwrap_err().to_string().contains("no torrent"), "3 hex digits are not a hash");
         assert!(find("", &all).is_err());
-        assert!(!find("x\u{1b}[2J", &all).unwrap_err().contains('\u{1b}'), "no escape code in the message");
+        assert!(!find("x\u{1b}[2J", &all).unwrap_err().to_string().contains('\u{1b}'), "no escape code in the message");
     }
 
     #[test]
     fn a_hash_start_that_also_starts_a_name_is_refused() {
         let dead = "dead".repeat(10);
         let all = vec![Candidate { name: "Deadwood S01", hash: A }, Candidate { name: "Other", hash: &dead }];
-        let e = find("dead", &all).unwrap_err();
+        let e = find("dead", &all).unwrap_err().to_string();
         assert!(e.contains("matches 2 torrents"), "{e}");
         assert_eq!(find("deadw", &all), Ok(0), "a name's start in any case");
         assert_eq!(find("deadde", &all), Ok(1));
@@ -124,7 +128,7 @@ mod tests {
     #[test]
     fn two_torrents_of_one_name_need_the_hash() {
         let all = vec![Candidate { name: "same", hash: A }, Candidate { name: "same", hash: C }];
-        assert!(find("same", &all).unwrap_err().contains("give the hash"));
+        assert!(find("same", &all).unwrap_err().to_string().contains("give the hash"));
         assert_eq!(find("beef", &all), Ok(1));
     }
 }

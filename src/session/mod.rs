@@ -12,6 +12,7 @@
 mod entry;
 mod listener;
 pub mod lookup;
+pub mod outcome;
 mod restore;
 
 use crate::config::Config;
@@ -37,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use listener::AcceptBackoff;
+pub use outcome::{CommandOutcome, ErrorKind, Named, Reannounce, Removed, SessionError};
 
 /// How long `pause` and `resume` wait to report the state reached.
 const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -380,47 +382,69 @@ impl Session {
         out
     }
 
-    /// Finds a torrent by name, name prefix or hash (see `lookup`).
-    pub fn find(&self, id: &str) -> Result<InfoHash, String> {
-        let statuses = self.statuses();
+    /// The status of one torrent or magnet, without building every other's.
+    pub fn status_of(&self, hash: &InfoHash) -> Option<TorrentStatus> {
+        let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
+        Some(match source {
+            StatusSource::Torrent(shared) => shared.status(),
+            StatusSource::Ready(status) => *status,
+        })
+    }
+
+    /// Finds a torrent by name, name prefix or hash (see `lookup`), reading
+    /// only names and hashes: no torrent's status is built.
+    pub fn find(&self, id: &str) -> Result<InfoHash, SessionError> {
+        let registry = self.registry.lock().unwrap();
+        let named: Vec<(String, InfoHash)> =
+            registry.iter().filter_map(|(hash, e)| Some((e.display_name()?, *hash))).collect();
+        drop(registry);
+        let hexes: Vec<String> = named.iter().map(|(_, h)| h.hex()).collect();
         let all: Vec<lookup::Candidate> =
-            statuses.iter().map(|s| lookup::Candidate { name: &s.name, hash: &s.info_hash }).collect();
-        let i = lookup::find(id, &all)?;
-        InfoHash::parse(&statuses[i].info_hash).ok_or_else(|| "internal: bad info hash".to_string())
+            named.iter().zip(&hexes).map(|((name, _), hex)| lookup::Candidate { name, hash: hex }).collect();
+        lookup::find(id, &all).map(|i| named[i].1)
+    }
+
+    /// The torrent or magnet of `hash` as replies name it.
+    fn named(&self, hash: &InfoHash) -> Result<Named, SessionError> {
+        let registry = self.registry.lock().unwrap();
+        match registry.get(hash) {
+            None => Err(not_managed(hash)),
+            Some(e) => e.display_name().map(|name| Named { name, hash: *hash }).ok_or(SessionError::Busy(*hash)),
+        }
     }
 
     /// Pause, resume or recheck, for torrents and magnets alike. A pause or
     /// resume answers with the state the torrent reached.
-    pub async fn command(self: &Arc<Self>, id: &str, cmd: Cmd) -> Result<String, String> {
-        let hash = self.find(id)?;
+    pub async fn command(self: &Arc<Self>, hash: InfoHash, cmd: Cmd) -> Result<CommandOutcome, SessionError> {
         let torrent = match self.registry.lock().unwrap().get(&hash) {
             Some(Entry::Torrent(t)) => Some((t.cmd.clone(), t.shared.clone())),
             Some(Entry::Magnet(_)) => None,
-            _ => return Err(format!("'{id}' is being added or removed; try again")),
+            Some(Entry::Reserved(_)) => return Err(SessionError::Busy(hash)),
+            None => return Err(not_managed(&hash)),
         };
         let Some((sender, shared)) = torrent else {
             return self.magnet_command(&hash, cmd).await;
         };
-        let shown = format!("{} ({})", shared.name(), hash.short());
+        let named = Named { name: shared.name().to_string(), hash };
         let pause = match cmd {
             Cmd::Pause => true,
             Cmd::Resume => false,
             _ => {
-                sender.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
-                return Ok(format!("{shown}: rechecking"));
+                sender.send(cmd).await.map_err(|_| SessionError::Gone(hash))?;
+                return Ok(CommandOutcome::Rechecking(named));
             }
         };
         use crate::torrent::TorrentState::{Error, Missing, Paused, Stopped};
         let before = shared.status().state;
         match (pause, before) {
-            (true, Paused | Stopped) => return Ok(format!("{shown}: already {}", before.as_str())),
+            (true, Paused | Stopped) => return Ok(CommandOutcome::AlreadyPaused(named, before)),
             (false, Paused | Stopped | Missing | Error) => {}
-            (false, _) => return Ok(format!("{shown}: not paused ({})", before.as_str())),
+            (false, _) => return Ok(CommandOutcome::NotPaused(named, before)),
             (true, _) => {}
         }
         // Subscribed before the command goes, so its phase change is seen.
         let mut changes = shared.phase_changes.subscribe();
-        sender.send(cmd).await.map_err(|_| "torrent task has stopped".to_string())?;
+        sender.send(cmd).await.map_err(|_| SessionError::Gone(hash))?;
         let deadline = tokio::time::Instant::now() + STATE_WAIT;
         loop {
             let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
@@ -429,61 +453,53 @@ impl Session {
                 // A resume reports the first state after it (checking,
                 // queued, downloading...); a pause waits for the hold.
                 Ok(Ok(())) if !pause || matches!(state, Paused | Stopped) => {
-                    return Ok(format!("{shown}: {}", state.as_str()))
+                    return Ok(CommandOutcome::Reached(named, state))
                 }
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Ok(format!("{shown}: removed meanwhile")),
-                Err(_) => {
-                    let what = if pause { "pause" } else { "resume" };
-                    return Ok(format!("{shown}: still {}; the {what} is under way", state.as_str()));
-                }
+                Ok(Err(_)) => return Ok(CommandOutcome::RemovedMeanwhile(named)),
+                Err(_) => return Ok(CommandOutcome::UnderWay { torrent: named, state, pausing: pause }),
             }
         }
     }
 
     /// Pause and resume of a magnet still fetching; it has nothing to check.
-    async fn magnet_command(self: &Arc<Self>, hash: &InfoHash, cmd: Cmd) -> Result<String, String> {
+    async fn magnet_command(self: &Arc<Self>, hash: &InfoHash, cmd: Cmd) -> Result<CommandOutcome, SessionError> {
+        use crate::torrent::TorrentState::{Metadata, Paused};
         // What changes nothing is answered without taking the entry out.
-        let (fetching, name) = match self.registry.lock().unwrap().get(hash) {
-            Some(Entry::Magnet(m)) => (m.fetch.is_some(), m.magnet.display_name()),
-            _ => return Err("the magnet is being added or removed; try again".into()),
+        let (fetching, named) = match self.registry.lock().unwrap().get(hash) {
+            Some(Entry::Magnet(m)) => (m.fetch.is_some(), Named { name: m.magnet.display_name(), hash: *hash }),
+            _ => return Err(SessionError::Busy(*hash)),
         };
         match (&cmd, fetching) {
-            (Cmd::Pause, false) => return Ok(format!("{name} ({}): already paused", hash.short())),
-            (Cmd::Resume, true) => return Ok(format!("{name} ({}): not paused (metadata)", hash.short())),
+            (Cmd::Pause, false) => return Ok(CommandOutcome::AlreadyPaused(named, Paused)),
+            (Cmd::Resume, true) => return Ok(CommandOutcome::NotPaused(named, Metadata)),
             (Cmd::Pause | Cmd::Resume, _) => {}
-            _ => return Err(format!("{name} has no data to check until its metadata arrives")),
+            _ => return Err(SessionError::NotApplicable(named, "has no data to check until its metadata arrives")),
         }
         let Some(Entry::Magnet(mut m)) = self.take(hash) else {
-            return Err("the magnet is being added or removed; try again".into());
+            return Err(SessionError::Busy(*hash));
         };
-        let name = m.magnet.display_name();
-        let result = match (cmd, m.fetch.is_some()) {
-            (Cmd::Pause, true) => {
-                m.stop_fetch().await;
-                let r = save_magnet(&self.env.state_dir, &m.magnet, true, &m.category).await;
-                tracing::info!(torrent = %name, hash = %hash.short(), "paused");
-                r.map(|_| format!("{name} ({}): paused", hash.short())).map_err(|e| e.to_string())
-            }
-            (Cmd::Resume, false) => {
-                let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.category).await;
-                tracing::info!(torrent = %name, hash = %hash.short(), "resumed");
-                let mut registry = self.registry.lock().unwrap();
-                m.error = None;
-                m.fetch = Some(self.spawn_fetch(&m.magnet));
-                registry.insert(*hash, Entry::Magnet(m));
-                return r.map(|_| format!("{name} ({}): metadata", hash.short())).map_err(|e| e.to_string());
-            }
-            _ => Ok(format!("{name}: nothing to do")),
-        };
-        self.put(*hash, Entry::Magnet(m));
-        result
+        let io = |e: std::io::Error| SessionError::Io(e.to_string());
+        if matches!(cmd, Cmd::Pause) {
+            m.stop_fetch().await;
+            let r = save_magnet(&self.env.state_dir, &m.magnet, true, &m.category).await;
+            tracing::info!(torrent = %named.name, hash = %hash.short(), "paused");
+            self.put(*hash, Entry::Magnet(m));
+            return r.map(|_| CommandOutcome::Reached(named, Paused)).map_err(io);
+        }
+        let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.category).await;
+        tracing::info!(torrent = %named.name, hash = %hash.short(), "resumed");
+        let mut registry = self.registry.lock().unwrap();
+        m.error = None;
+        m.fetch = Some(self.spawn_fetch(&m.magnet));
+        registry.insert(*hash, Entry::Magnet(m));
+        r.map(|_| CommandOutcome::Reached(named, Metadata)).map_err(io)
     }
 
     /// Removes a torrent (and with `delete_data`, its files).
-    pub async fn remove(&self, id: &str, delete_data: bool) -> Result<String, String> {
-        let hash = self.find(id)?;
-        let entry = self.take(&hash).ok_or_else(|| format!("'{id}' is being added or removed already"))?;
+    pub async fn remove(&self, hash: InfoHash, delete_data: bool) -> Result<Removed, SessionError> {
+        let named = self.named(&hash)?;
+        let entry = self.take(&hash).ok_or(SessionError::Busy(hash))?;
         let dir = self.env.state_dir.clone();
         let result = match entry {
             Entry::Magnet(mut m) => {
@@ -491,14 +507,14 @@ impl Session {
                 self.env.announces.retire(hash, resume::now_unix());
                 let paths = [resume::magnet_path(&dir, &hash), resume::resume_path(&dir, &hash)];
                 let _ = tokio::task::spawn_blocking(move || paths.map(std::fs::remove_file)).await;
-                Ok(format!("removed {}", m.magnet.display_name()))
+                Ok(Removed { torrent: named, data_deleted: false })
             }
             Entry::Torrent(t) => {
                 let shared = t.shared.clone();
                 t.stop().await;
                 self.forget_torrent(&shared, delete_data).await
             }
-            Entry::Reserved(_) => Err("being added or removed already".to_string()),
+            Entry::Reserved(_) => Err(SessionError::Busy(hash)),
         };
         self.release(&hash);
         result
@@ -506,37 +522,27 @@ impl Session {
 
     /// Wakes a torrent's announce loop; the pace still decides when it
     /// announces, and the reply says when that is.
-    pub fn reannounce(&self, id: &str) -> Result<String, String> {
-        let hash = self.find(id)?;
-        let status = self.statuses().into_iter().find(|t| t.info_hash == hash.hex());
-        let announcing = |t: &crate::torrent::TorrentStatus| {
-            matches!(
-                t.state,
-                crate::torrent::TorrentState::Downloading
-                    | crate::torrent::TorrentState::Seeding
-                    | crate::torrent::TorrentState::Moving
-            ) && !t.trackers.is_empty()
+    pub fn reannounce(&self, hash: InfoHash) -> Result<Reannounce, SessionError> {
+        let named = self.named(&hash)?;
+        let announcing = |t: &TorrentStatus| {
+            use crate::torrent::TorrentState::{Downloading, Moving, Seeding};
+            matches!(t.state, Downloading | Seeding | Moving) && !t.trackers.is_empty()
         };
-        let Some(t) = status.filter(announcing) else {
-            return Err(format!("'{id}' is not announcing (paused, queued, checking, or no tracker)"));
-        };
+        if !self.status_of(&hash).is_some_and(|t| announcing(&t)) {
+            return Err(SessionError::NotApplicable(
+                named,
+                "is not announcing (paused, queued, checking, or no tracker)",
+            ));
+        }
         let book = &self.env.announces;
-        let (now, at) =
-            (resume::now_unix(), book.get(hash).pace(crate::tracker::http::Event::None, resume::now_unix()));
+        let now = resume::now_unix();
+        let at = book.get(hash).pace(crate::tracker::http::Event::None, now);
         book.waker(hash).notify_one();
-        Ok(if at > now {
-            format!(
-                "{}: announcing in {} s (the tracker's min interval, or 30 s since the last announce)",
-                t.name,
-                at - now
-            )
-        } else {
-            format!("{}: announcing now", t.name)
-        })
+        Ok(if at > now { Reannounce::In(named, at - now) } else { Reannounce::Now(named) })
     }
 
     /// Deletes a stopped torrent's state files, and its data if asked.
-    async fn forget_torrent(&self, shared: &Arc<TorrentShared>, delete_data: bool) -> Result<String, String> {
+    async fn forget_torrent(&self, shared: &Arc<TorrentShared>, delete_data: bool) -> Result<Removed, SessionError> {
         let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta.info_hash, shared.name().to_string());
         let _ = tokio::task::spawn_blocking(move || {
             for p in [resume::torrent_path(&dir, &hash), resume::resume_path(&dir, &hash)] {
@@ -544,6 +550,7 @@ impl Session {
             }
         })
         .await;
+        let torrent = Named { name: name.clone(), hash };
         if delete_data {
             let (s, place) = (shared.clone(), shared.place());
             let r = self.env.disk.run(move || {
@@ -558,12 +565,12 @@ impl Session {
             });
             let r = r.await;
             if let Ok(Err(e)) = r {
-                return Err(format!("removed {name}, but deleting its data failed: {e}"));
+                return Err(SessionError::DataLeft { torrent, why: e.to_string() });
             }
         }
         self.env.announces.retire(hash, resume::now_unix());
         tracing::info!(torrent = %name, hash = %hash.short(), delete_data, "removed");
-        Ok(format!("removed {name}{}", if delete_data { " and its data" } else { "" }))
+        Ok(Removed { torrent, data_deleted: delete_data })
     }
 
     /// Replaces the live configuration (SIGHUP); limits apply from the next
@@ -690,6 +697,10 @@ async fn make_env(
     })
 }
 
+fn not_managed(hash: &InfoHash) -> SessionError {
+    SessionError::NotFound(format!("no torrent has the hash {}", hash.hex()))
+}
+
 /// Removes torrents that asked to be removed, and turns fetched magnets
 /// into torrents, one at a time.
 async fn housekeeping(
@@ -703,7 +714,7 @@ async fn housekeeping(
             _ = cancel.cancelled() => break,
             Some(h) = removals.recv() => {
                 if let Some(s) = session.upgrade() {
-                    let _ = s.remove(&h.hex(), false).await;
+                    let _ = s.remove(h, false).await;
                 }
             }
             Some(f) = fetched.recv() => {
