@@ -114,14 +114,16 @@ impl PenaltyBox {
     }
 
     fn put(&mut self, ip: IpAddr, now: Instant) {
-        if self.until.len() >= MAX_BOXED {
+        let host = host_of(ip);
+        // Room is made only for a host not boxed already.
+        if self.until.len() >= MAX_BOXED && !self.until.contains_key(&host) {
             self.until.retain(|_, t| *t > now);
+            if self.until.len() >= MAX_BOXED {
+                let soonest = self.until.iter().min_by_key(|(_, t)| **t).map(|(h, _)| *h);
+                soonest.and_then(|h| self.until.remove(&h));
+            }
         }
-        if self.until.len() >= MAX_BOXED {
-            let soonest = self.until.iter().min_by_key(|(_, t)| **t).map(|(h, _)| *h);
-            soonest.and_then(|h| self.until.remove(&h));
-        }
-        self.until.insert(host_of(ip), now + PENALTY);
+        self.until.insert(host, now + PENALTY);
     }
 }
 
