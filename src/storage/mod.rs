@@ -3,14 +3,17 @@
 //! filesystems where mmap misbehaves). Every method here blocks and may page
 //! fault: call them only from the [`disk::DiskPool`] threads.
 
+pub mod delete;
 pub mod disk;
 pub mod layout;
+pub mod nofollow;
 pub mod place;
 mod sigbus;
 
 use crate::metainfo::Metainfo;
 use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
+use nofollow::FileStamp;
 pub use place::Place;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
@@ -38,8 +41,8 @@ trait FileBackend: Send + Sync {
     /// Puts `fresh` (the file recreated or grown back to full size) in the
     /// place of the one opened before.
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()>;
-    /// Device and inode of the file open for `file`, if it is open.
-    fn identity(&self, file: usize) -> Option<(u64, u64)>;
+    /// Device, inode, size and mtime of the file open for `file`, if it is open.
+    fn stamp(&self, file: usize) -> Option<FileStamp>;
 
     /// Feeds a range to `hasher`; the default reads it in chunks.
     fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
@@ -192,25 +195,31 @@ impl TorrentStorage {
     /// gone, cut short or grown, or replaced by another file of that name
     /// (an importer moved or retagged them). Blocking (a stat per file).
     pub fn files_gone(&self, place: &Place, meta: &Metainfo) -> Vec<usize> {
-        use std::os::unix::fs::MetadataExt;
         let changed = |i: usize, length: u64| match std::fs::metadata(place.file_path(meta, i)) {
             Err(_) => true,
-            Ok(m) => m.len() != length || self.backend.identity(i).is_some_and(|id| id != (m.dev(), m.ino())),
+            Ok(m) => m.len() != length || self.backend.stamp(i).is_some_and(|s| !s.same_file(&FileStamp::of(&m))),
         };
         meta.files.iter().enumerate().filter(|(i, f)| !f.padding && changed(*i, f.length)).map(|(i, _)| i).collect()
     }
 
-    /// Points the backend at the same data in another place (a copy made
-    /// and verified there): nothing is created, every file must be whole.
-    pub fn relocate(&self, place: &Place, meta: &Metainfo) -> io::Result<()> {
-        for (i, f) in meta.files.iter().enumerate().filter(|(_, f)| !f.padding) {
-            let file = OpenOptions::new().read(true).write(true).open(place.file_path(meta, i))?;
-            if file.metadata()?.len() != f.length {
-                return Err(io::Error::other(format!("{} is not whole", place.file_path(meta, i).display())));
+    /// Points the backend at the same data in another place: `files` (one
+    /// per torrent file, None for padding), a copy made and verified there
+    /// and opened read-write. Every file must be whole.
+    pub fn relocate(&self, meta: &Metainfo, files: Vec<Option<File>>) -> io::Result<()> {
+        for (i, file) in files.into_iter().enumerate() {
+            let Some(file) = file else { continue };
+            if file.metadata()?.len() != meta.files[i].length {
+                return Err(io::Error::other(format!("{} is not whole", meta.files[i].path.join("/"))));
             }
             self.backend.reopen(i, file)?;
         }
         Ok(())
+    }
+
+    /// The stamp of each file as open now (the default, which proves
+    /// nothing but a length, for padding and files not held open).
+    pub fn stamps(&self) -> Vec<FileStamp> {
+        (0..self.layout.file_count()).map(|i| self.backend.stamp(i).unwrap_or_default()).collect()
     }
 
     pub fn layout(&self) -> &Layout {
@@ -403,9 +412,9 @@ impl FileBackend for MmapBackend {
         self.guarded(m, offset, len, |at| hasher.update(unsafe { std::slice::from_raw_parts(at, len) }))
     }
 
-    fn identity(&self, file: usize) -> Option<(u64, u64)> {
+    fn stamp(&self, file: usize) -> Option<FileStamp> {
         let m = self.maps[file].as_ref()?;
-        file_identity(&m.file.read().unwrap())
+        file_stamp(&m.file.read().unwrap())
     }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
@@ -417,9 +426,8 @@ impl FileBackend for MmapBackend {
     }
 }
 
-fn file_identity(f: &File) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    f.metadata().ok().map(|m| (m.dev(), m.ino()))
+fn file_stamp(f: &File) -> Option<FileStamp> {
+    f.metadata().ok().map(|m| FileStamp::of(&m))
 }
 
 /// Faults in the pages of a range in one system call before a copy, instead
@@ -460,8 +468,8 @@ impl FileBackend for PlainBackend {
     fn flush(&self, file: usize, _offset: u64, _len: usize) -> io::Result<()> {
         self.file(file)?.sync_data()
     }
-    fn identity(&self, file: usize) -> Option<(u64, u64)> {
-        file_identity(&self.files[file].as_ref()?.read().unwrap())
+    fn stamp(&self, file: usize) -> Option<FileStamp> {
+        file_stamp(&self.files[file].as_ref()?.read().unwrap())
     }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
