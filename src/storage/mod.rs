@@ -17,8 +17,9 @@ use nofollow::FileStamp;
 pub use place::Place;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -138,13 +139,20 @@ fn preallocate(file: &File, len: u64) -> io::Result<bool> {
     }
 }
 
-/// Opens (creating it and its folders if need be) a file and grows it to
-/// `len`; says whether its blocks were reserved.
-fn open_full_size(path: &Path, len: u64) -> io::Result<(File, bool)> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+/// The place's folder, made if absent (it is a configured folder, or one
+/// in it: made by path), open for [`open_full_size`].
+fn open_place_dir(place: &Place) -> io::Result<std::os::fd::OwnedFd> {
+    std::fs::create_dir_all(&place.dir)?;
+    nofollow::open_root(&place.dir)
+}
+
+/// Opens (creating it and its folders if need be, never through a link:
+/// others may write in the folder) file `i` of `meta` in `place`, and
+/// grows it to full size; says whether its blocks were reserved.
+fn open_full_size(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize) -> io::Result<(File, bool)> {
+    let (dirs, name) = nofollow::names(place, meta, i);
+    let file = nofollow::open_or_create(nofollow::walk_making(root, &dirs)?.as_fd(), name)?;
+    let len = meta.files[i].length;
     let preallocated = file.metadata()?.len() >= len || preallocate(&file, len)?;
     Ok((file, preallocated))
 }
@@ -152,16 +160,18 @@ fn open_full_size(path: &Path, len: u64) -> io::Result<(File, bool)> {
 impl TorrentStorage {
     /// Creates every file at full size (zero-length files too, padding never)
     /// and opens the backend. Nothing is written outside the place's folder:
-    /// metainfo validation already refused unsafe path elements.
+    /// metainfo validation already refused unsafe path elements, and a link
+    /// planted under the folder is an error, never followed.
     pub fn open(place: &Place, meta: &Metainfo, kind: BackendKind) -> io::Result<TorrentStorage> {
         let mut files = Vec::with_capacity(meta.files.len());
         let mut all_preallocated = true;
+        let root = open_place_dir(place)?;
         for (i, f) in meta.files.iter().enumerate() {
             if f.padding {
                 files.push(None);
                 continue;
             }
-            let (file, preallocated) = open_full_size(&place.file_path(meta, i), f.length)?;
+            let (file, preallocated) = open_full_size(root.as_fd(), place, meta, i)?;
             all_preallocated &= preallocated;
             files.push(Some((file, f.length)));
         }
@@ -184,8 +194,9 @@ impl TorrentStorage {
     /// data went missing) and points the backend at them: the pieces they
     /// held are then checked again and downloaded anew.
     pub fn restore_files(&self, place: &Place, meta: &Metainfo, files: &[usize]) -> io::Result<()> {
+        let root = open_place_dir(place)?;
         for &i in files {
-            let (file, _) = open_full_size(&place.file_path(meta, i), meta.files[i].length)?;
+            let (file, _) = open_full_size(root.as_fd(), place, meta, i)?;
             self.backend.reopen(i, file)?;
         }
         Ok(())
@@ -553,6 +564,25 @@ mod tests {
             s.flush(16, 20).unwrap();
             assert_eq!(std::fs::read(&b).unwrap(), data, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn files_are_never_made_or_opened_through_a_link_in_the_torrents_folder() {
+        let (root, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let meta = multi();
+        std::fs::create_dir_all(root.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("dir/sub")).unwrap();
+        assert!(TorrentStorage::open(&at(root.path(), &meta), &meta, BackendKind::File).is_err());
+        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(made.is_empty(), "made outside the folder: {made:?}");
+        // A link at a file's own name is not opened (nor grown) either.
+        std::fs::remove_file(root.path().join("dir/sub")).unwrap();
+        std::fs::remove_file(root.path().join("dir/a")).unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::os::unix::fs::symlink(&victim, root.path().join("dir/a")).unwrap();
+        assert!(TorrentStorage::open(&at(root.path(), &meta), &meta, BackendKind::File).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"x");
     }
 
     #[test]

@@ -116,6 +116,17 @@ pub fn create_new(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
     Ok(File::from(rfs::openat(dir, name, flags, Mode::from_raw_mode(0o666))?))
 }
 
+/// The regular file `name` in `dir`, open read-write, made if absent; a
+/// link there is an error.
+pub fn open_or_create(dir: BorrowedFd<'_>, name: &str) -> io::Result<File> {
+    let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = File::from(rfs::openat(dir, name, flags, Mode::from_raw_mode(0o666))?);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name} is not a regular file")));
+    }
+    Ok(file)
+}
+
 /// The regular file `name` in `dir`: a link, a FIFO (never waited on) or a
 /// device there is an error.
 pub fn open_file(dir: BorrowedFd<'_>, name: &str, write: bool) -> io::Result<File> {
