@@ -266,13 +266,14 @@ impl<'a> Active<'a> {
             // at the next start or resume).
             return;
         }
+        let recorded = shared.status.lock().unwrap().record.stamps.clone();
         let ctl = Arc::new(MoveControl::default());
         let c = ctl.clone();
         let span = tracing::Span::current();
         let job = tokio::task::spawn_blocking(move || {
             let _in_span = span.enter();
             let _one_move = shared.moving.lock().unwrap();
-            handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &c)
+            handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &recorded, &c)
         });
         self.handoff = Some((job, ctl));
     }
