@@ -67,6 +67,11 @@ pub struct ResumeRecord {
     /// begins and cleared when it is done: a restart finishes the move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<crate::storage::Place>,
+    /// Device, inode, size and mtime of each of the torrent's files (by
+    /// index) when it last had them open: `remove --delete-data` deletes
+    /// only files that still match. Empty in older records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stamps: Vec<crate::storage::nofollow::FileStamp>,
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still
@@ -155,8 +160,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = InfoHash([7; 20]);
         assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap(), None);
-        let mut r =
-            ResumeRecord { name: "x".into(), have: vec![0xf0], piece_count: 4, uploaded: 9, ..Default::default() };
+        let stamp = crate::storage::nofollow::FileStamp { dev: 2049, ino: 1 << 40, size: 7, mtime_ns: -5 };
+        let mut r = ResumeRecord {
+            name: "x".into(),
+            have: vec![0xf0],
+            piece_count: 4,
+            uploaded: 9,
+            stamps: vec![stamp, Default::default()],
+            ..Default::default()
+        };
         r.save(dir.path(), &h).unwrap();
         // What is saved says which format wrote it.
         r.version = RECORD_VERSION;
@@ -182,7 +194,8 @@ mod tests {
         // A record of an earlier version, paused by the user.
         let old = b"d8:added_ati0e12:completed_ati0e10:downloadedi0e4:have0:4:name1:x6:pausedi1e11:piece_counti0e12:seeding_secsi0e7:stoppedi0e8:uploadedi0ee";
         std::fs::write(resume_path(dir.path(), &h), old).unwrap();
-        assert_eq!(ResumeRecord::load(dir.path(), &h).unwrap().unwrap().hold, Hold::Paused);
+        let loaded = ResumeRecord::load(dir.path(), &h).unwrap().unwrap();
+        assert_eq!((loaded.hold, loaded.stamps.len()), (Hold::Paused, 0), "no stamps in an old record");
         std::fs::write(resume_path(dir.path(), &h), b"garbage").unwrap();
         assert!(ResumeRecord::load(dir.path(), &h).is_err());
     }

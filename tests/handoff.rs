@@ -433,3 +433,42 @@ fn two_categories_and_a_magnet_reach_their_complete_folders_whole() {
     let problems = scanner.finish();
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn remove_delete_data_deletes_only_what_is_proven_the_torrents() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let tracker = Tracker::start();
+    let work = common::tempdir();
+    let (torrent, hash, _src, _seeder) = album(&tracker, work.path());
+    let mut d = Dropseed::start_with("");
+    d.drop_file(&torrent, "album.torrent");
+    d.wait_state(&hash, "seeding", Duration::from_secs(90));
+    let album = d.download_dir().join("album");
+    common::wait_for("the move", Duration::from_secs(30), || album.join("cover.jpg").exists().then_some(()));
+    assert!(d.cli(&["pause", &hash]).status.success());
+    d.wait_state(&hash, "paused", Duration::from_secs(10));
+    d.stop();
+    // While the files are not open: a group member makes `disc 2` a link to
+    // a folder outside holding a file of the same name and length, and puts
+    // another file of the same length in the place of `cover.jpg`.
+    let outside = work.path().join("outside");
+    common::payload(&outside.join("01.flac"), 500_000, 99);
+    std::fs::remove_dir_all(album.join("disc 2")).unwrap();
+    std::os::unix::fs::symlink(&outside, album.join("disc 2")).unwrap();
+    let cover = album.join("cover.jpg");
+    std::fs::remove_file(&cover).unwrap();
+    common::payload(&cover, 33_333, 98);
+    let users_cover = std::fs::read(&cover).unwrap();
+    d.start();
+    d.wait_state(&hash, "paused", Duration::from_secs(30));
+    let out = d.cli(&["remove", &hash, "--delete-data"]);
+    let reply = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{reply}");
+    assert!(outside.join("01.flac").exists(), "a file outside dropseed's folders was deleted through a link");
+    assert_eq!(std::fs::read(&cover).unwrap(), users_cover, "a file put in the torrent's place was deleted");
+    assert!(!album.join("disc 1/01.flac").exists(), "the torrent's own file is deleted");
+    assert!(reply.contains("kept") && reply.contains("cover.jpg") && reply.contains("disc 2"), "{reply}");
+    assert!(d.log_text().contains("cover.jpg"), "the log names what was kept");
+}

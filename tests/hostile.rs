@@ -333,7 +333,12 @@ fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
 /// Handshakes as a peer of `hash` from `from`; `None` when the daemon closes
 /// the connection instead of answering.
 fn handshake_from(from: [u8; 4], d: &Dropseed, hash: &str, id: u8) -> Option<TcpStream> {
-    let mut s = connect_from(from, d.port).ok()?;
+    handshake_to(from, d.port, hash, id)
+}
+
+/// [`handshake_from`] to the daemon's `port`.
+fn handshake_to(from: [u8; 4], port: u16, hash: &str, id: u8) -> Option<TcpStream> {
+    let mut s = connect_from(from, port).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let info = dropseed::types::InfoHash::parse(hash).unwrap();
     let ours = dropseed::wire::Handshake::new(info, dropseed::types::PeerId([id; 20]), false);
@@ -455,4 +460,120 @@ fn a_download_completes_while_one_host_holds_all_it_may() {
     assert!(leech.wait_exit(Duration::from_secs(90)), "aria2 finished while the attack ran");
     assert!(std::fs::read(dl.join("held.bin")).unwrap() == std::fs::read(out.join("held.bin")).unwrap());
     drop(attackers);
+}
+
+/// Holds an idle, handshaken connection from `from` for as long as the
+/// daemon keeps it, and knocks again soon after it is closed or refused,
+/// until `stop`; `held` counts the connections held at the moment.
+fn idle_attacker(
+    from: [u8; 4],
+    port: u16,
+    hash: String,
+    id: u8,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        if let Some(mut s) = handshake_to(from, port, &hash, id) {
+            held.fetch_add(1, Relaxed);
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let mut buf = [0u8; 4096];
+            while !stop.load(Relaxed) {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            held.fetch_sub(1, Relaxed);
+        }
+        // Back at once (a pause only to spare the test machine's CPU).
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Reads messages from `s` until one satisfies `want`; false when the
+/// connection ends or stays silent for the read timeout.
+fn read_until(s: &mut TcpStream, want: impl Fn(&dropseed::wire::Message<'_>) -> bool) -> bool {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 16384];
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while let Ok(Some((m, used))) = dropseed::wire::decode(&buf[at..]) {
+            if want(&m) {
+                return true;
+            }
+            at += used;
+        }
+        buf.drain(..at);
+    }
+}
+
+/// An honest leecher's visit: in, interested, unchoked, one block received.
+fn fetch_one_block(from: [u8; 4], port: u16, hash: &str, id: u8) -> bool {
+    use dropseed::wire::{encode, BlockRef, Message};
+    let Some(mut s) = handshake_to(from, port, hash, id) else { return false };
+    let mut out = Vec::new();
+    encode(&Message::Interested, &mut out);
+    if s.write_all(&out).is_err() || !read_until(&mut s, |m| matches!(m, Message::Unchoke)) {
+        return false;
+    }
+    out.clear();
+    encode(&Message::Request(BlockRef { piece: 0, offset: 0, len: 16384 }), &mut out);
+    s.write_all(&out).is_ok() && read_until(&mut s, |m| matches!(m, Message::Piece { .. }))
+}
+
+#[test]
+fn an_honest_peer_gets_in_while_many_addresses_hold_and_retake_every_slot() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+    const SLOTS: usize = 10;
+    let d = Dropseed::start_with(&format!("[limits]\nmax_peers_per_torrent = {SLOTS}\n"));
+    let dl = d.download_dir();
+    std::fs::create_dir_all(&dl).unwrap();
+    let Some((t, hash)) = torrent_in(&dl, "fair.bin", 1 << 20) else { return };
+    d.drop_file(&t, "fair.torrent");
+    d.wait_state(&hash, "seeding", Duration::from_secs(30));
+
+    // Eight addresses, three idle connections each (more than the torrent
+    // has room for), each back the moment it is dropped.
+    let (stop, held) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let attackers: Vec<_> = (0..24u8)
+        .map(|i| {
+            let (hash, stop, held, port) = (hash.clone(), stop.clone(), held.clone(), d.port);
+            std::thread::spawn(move || idle_attacker([127, 0, 0, 2 + i / 3], port, hash, 30 + i, stop, held))
+        })
+        .collect();
+    let t0 = Instant::now();
+    while held.load(Relaxed) < SLOTS {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the attackers never filled the torrent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // An honest leecher knocks every second; it must get in, and get data,
+    // within a minute.
+    let t0 = Instant::now();
+    let mut visits = 0;
+    let got_in = loop {
+        visits += 1;
+        if fetch_one_block([127, 0, 0, 100], d.port, &hash, 200) {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    stop.store(true, Relaxed);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    assert!(got_in, "the honest peer was kept out for a minute ({visits} visits)");
 }

@@ -752,7 +752,105 @@ async fn a_download_completes_while_silent_sockets_flood_the_listener() {
 }
 
 // ---------------------------------------------------------------------------
-// 9. The session's commands answer in types, not text
+// 9. A barely binding download limit with a slow, one-at-a-time peer
+// ---------------------------------------------------------------------------
+
+/// A seeder of `data` that dials `to` and answers our requests one at a
+/// time, each `delay` after the last (a slow peer: its rate is set by the
+/// delay, not by how many requests wait). Returns once the connection ends.
+async fn slow_seeder(to: SocketAddr, meta: Metainfo, data: Arc<Vec<u8>>, delay: Duration) {
+    use dropseed::wire::{self, Handshake, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+    let ours = Handshake::new(meta.info_hash, dropseed::types::PeerId([7; 20]), false);
+    s.write_all(&ours.encode()).await.unwrap();
+    let mut theirs = [0u8; 68];
+    s.read_exact(&mut theirs).await.unwrap();
+    let pieces = meta.piece_count();
+    let mut bits = vec![0u8; pieces.div_ceil(8)];
+    for i in 0..pieces {
+        bits[i / 8] |= 0x80 >> (i % 8);
+    }
+    let mut out = Vec::new();
+    wire::encode(&Message::Bitfield(&bits), &mut out);
+    wire::encode(&Message::Unchoke, &mut out);
+    s.write_all(&out).await.unwrap();
+    // Requests are read as they come and queued; blocks go out one by one.
+    let (mut rd, mut wr) = s.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            while let Ok(Some((m, used))) = wire::decode(&buf[at..]) {
+                if let Message::Request(b) = m {
+                    let _ = tx.send(b);
+                }
+                at += used;
+            }
+            buf.drain(..at);
+        }
+    });
+    let piece_len = meta.piece_length;
+    while let Some(b) = rx.recv().await {
+        tokio::time::sleep(delay).await;
+        let start = (b.piece as u64 * piece_len + b.offset as u64) as usize;
+        let mut msg = Vec::new();
+        wire::encode(
+            &Message::Piece { piece: b.piece, offset: b.offset, data: &data[start..start + b.len as usize] },
+            &mut msg,
+        );
+        if wr.write_all(&msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Seconds a leecher limited to `rate` (0: none) takes to fetch `mib` MiB
+/// from a [`slow_seeder`], from its connection to the last piece checked.
+async fn fetch_from_slow_seeder(rate: u64, mib: u64, delay: Duration) -> f64 {
+    let src = tempfile::tempdir().unwrap();
+    common::payload(&src.path().join("slow.bin"), mib << 20, 91);
+    let meta = make_torrent(src.path(), "slow.bin", PIECE_256K);
+    let data = Arc::new(std::fs::read(src.path().join("slow.bin")).unwrap());
+    let b = Node::start_with(|c| c.limits.download_rate = ByteSize(rate)).await;
+    assert_eq!(b.session.add_metainfo(meta.clone()).await.unwrap(), AddOutcome::Added);
+    let hash = meta.info_hash.hex();
+    b.wait_state(&hash, TorrentState::Downloading, Duration::from_secs(30)).await;
+    let t0 = Instant::now();
+    let peer = tokio::spawn(slow_seeder(b.addr(), meta.clone(), data, delay));
+    b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(120)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    b.session.shutdown().await;
+    peer.abort();
+    secs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barely_binding_download_limit_holds_with_a_slow_peer() {
+    let _serial = SERIAL.lock().await;
+    // 16 KiB every 10 ms is at most 1.6 MiB/s (less with the timer's rounding
+    // and the round trips); the limit is 1 MiB/s.
+    const MIB: u64 = 6;
+    let delay = Duration::from_millis(10);
+    let unlimited = fetch_from_slow_seeder(0, MIB, delay).await;
+    let limited = fetch_from_slow_seeder(1 << 20, MIB, delay).await;
+    let (free, got) = (MIB as f64 / unlimited, MIB as f64 / limited);
+    eprintln!("slow peer: {free:.2} MiB/s unlimited, {got:.2} MiB/s under a 1 MiB/s limit");
+    assert!(free > 1.0, "the premise: this peer serves more than the limit ({free:.2} MiB/s)");
+    assert!(got >= 0.8, "a barely binding limit gave {got:.2} MiB/s of its 1 MiB/s (the peer could do {free:.2})");
+    // Over 6 s, a read of up to 256 KiB past the clock and the 100 ms burst.
+    assert!(got <= 1.25, "the limit did not hold: {got:.2} MiB/s");
+}
+
+// ---------------------------------------------------------------------------
+// 10. The session's commands answer in types, not text
 // ---------------------------------------------------------------------------
 
 /// What the control socket and (next) the qBittorrent API build on: every

@@ -20,6 +20,7 @@ use crate::hooks::{Facts, HookEvent, HookRunner};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, now_unix, ResumeRecord};
+use crate::storage::delete::{delete_files, Expect};
 use crate::storage::disk::DiskPool;
 use crate::torrent::fetch::{self, Fetched, MagnetProgress};
 use crate::torrent::ratelimit::RateLimiter;
@@ -135,7 +136,7 @@ impl Session {
                     }
                     torrents += 1;
                     // Restored, not added: no `on_added` hook.
-                    self.start_torrent(Arc::new(*meta), record);
+                    self.start_torrent(Arc::new(*meta), *record);
                 }
                 restore::Restored::Magnet(magnet, paused, announce, category) => {
                     self.env.announces.restore(magnet.info_hash, announce);
@@ -507,7 +508,7 @@ impl Session {
                 self.env.announces.retire(hash, resume::now_unix());
                 let paths = [resume::magnet_path(&dir, &hash), resume::resume_path(&dir, &hash)];
                 let _ = tokio::task::spawn_blocking(move || paths.map(std::fs::remove_file)).await;
-                Ok(Removed { torrent: named, data_deleted: false })
+                Ok(Removed { torrent: named, data_deleted: false, kept: None })
             }
             Entry::Torrent(t) => {
                 let shared = t.shared.clone();
@@ -551,26 +552,31 @@ impl Session {
         })
         .await;
         let torrent = Named { name: name.clone(), hash };
+        let mut kept = None;
         if delete_data {
             let (s, place) = (shared.clone(), shared.place());
+            let recorded = shared.status.lock().unwrap().record.stamps.clone();
             let r = self.env.disk.run(move || {
                 let _no_move_under_way = s.moving.lock().unwrap();
-                // A file replaced under the torrent (it went `missing`) is
-                // the user's now, not data to delete.
-                let replaced = match s.storage() {
-                    Some(storage) => storage.files_gone(&place, &s.meta),
-                    None => crate::storage::survey(&place, &s.meta).grown_files,
-                };
-                crate::torrent::handoff::remove_files_except(&s.meta, &place, &replaced)
+                // Only files proven the torrent's go: those it has open, or
+                // after a restart, those its record stamped (older records:
+                // regular files of the right length, reached without a link).
+                let stamps = s.storage().map(|st| st.stamps()).unwrap_or(recorded);
+                let expect = if stamps.is_empty() { Expect::Length } else { Expect::Stamps(&stamps) };
+                delete_files(&s.meta, &place, &expect)
             });
-            let r = r.await;
-            if let Ok(Err(e)) = r {
-                return Err(SessionError::DataLeft { torrent, why: e.to_string() });
+            match r.await {
+                Ok(Err(e)) => return Err(SessionError::DataLeft { torrent, why: e.to_string() }),
+                Ok(Ok(done)) if !done.kept.is_empty() => {
+                    tracing::warn!(torrent = %name, hash = %hash.short(), "deleting the data{}", done.kept_note());
+                    kept = Some(done);
+                }
+                _ => {}
             }
         }
         self.env.announces.retire(hash, resume::now_unix());
         tracing::info!(torrent = %name, hash = %hash.short(), delete_data, "removed");
-        Ok(Removed { torrent, data_deleted: delete_data })
+        Ok(Removed { torrent, data_deleted: delete_data, kept })
     }
 
     /// Replaces the live configuration (SIGHUP); limits apply from the next

@@ -6,6 +6,7 @@
 //! `Display` gives the sentences the CLI prints. Names come from `.torrent`
 //! files and magnets: they are made printable here, once.
 
+use crate::storage::delete::Deleted;
 use crate::torrent::TorrentState;
 use crate::types::{printable, InfoHash};
 use serde::{Deserialize, Serialize};
@@ -59,17 +60,20 @@ impl fmt::Display for CommandOutcome {
 }
 
 /// What a removal did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Removed {
     pub torrent: Named,
     /// The data was deleted too (`--delete-data`).
     pub data_deleted: bool,
+    /// With `data_deleted`: the files not proven the torrent's, kept.
+    pub kept: Option<Deleted>,
 }
 
 impl fmt::Display for Removed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let and_data = if self.data_deleted { " and its data" } else { "" };
-        write!(f, "removed {}{and_data}", printable(&self.torrent.name, 200))
+        let kept = self.kept.as_ref().map(Deleted::kept_note).unwrap_or_default();
+        write!(f, "removed {}{and_data}{kept}", printable(&self.torrent.name, 200))
     }
 }
 
@@ -174,7 +178,10 @@ mod tests {
             CommandOutcome::UnderWay { torrent: t.clone(), state: TorrentState::Seeding, pausing: true }.to_string(),
             "Film (abababab): still seeding; the pause is under way"
         );
-        assert_eq!(Removed { torrent: t.clone(), data_deleted: true }.to_string(), "removed Film and its data");
+        assert_eq!(
+            Removed { torrent: t.clone(), data_deleted: true, kept: None }.to_string(),
+            "removed Film and its data"
+        );
         assert_eq!(Reannounce::In(t, 12).to_string().split(" (").next(), Some("Film: announcing in 12 s"));
     }
 
@@ -184,7 +191,7 @@ mod tests {
         for text in [
             CommandOutcome::Rechecking(t.clone()).to_string(),
             SessionError::NotApplicable(t.clone(), "is not announcing").to_string(),
-            Removed { torrent: t, data_deleted: false }.to_string(),
+            Removed { torrent: t, data_deleted: false, kept: None }.to_string(),
         ] {
             assert!(!text.contains('\u{1b}') && !text.contains('\n'), "{text:?}");
         }

@@ -14,7 +14,7 @@ pub(super) const PAUSED_MARK: &str = "# paused\n";
 pub(super) const CATEGORY_MARK: &str = "# category: ";
 
 pub(super) enum Restored {
-    Torrent(Box<Metainfo>, ResumeRecord),
+    Torrent(Box<Metainfo>, Box<ResumeRecord>),
     /// A magnet, whether it was paused, its announce record, its category.
     Magnet(Magnet, bool, AnnounceRecord, String),
 }
@@ -54,7 +54,7 @@ fn read_torrent(dir: &Path, path: &Path) -> Result<Restored, String> {
         Some(r) => r,
         None => ResumeRecord::default(),
     };
-    Ok(Restored::Torrent(Box::new(meta), record))
+    Ok(Restored::Torrent(Box::new(meta), Box::new(record)))
 }
 
 /// Where a torrent saved by an older version keeps its data: in

@@ -35,6 +35,11 @@ impl Layout {
         }
     }
 
+    /// How many files the torrent lists (padding included).
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
     #[cfg(test)]
     fn from_parts(files: &[(u64, bool)], piece_length: u64) -> Layout {
         let mut offset = 0;

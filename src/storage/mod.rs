@@ -3,19 +3,23 @@
 //! filesystems where mmap misbehaves). Every method here blocks and may page
 //! fault: call them only from the [`disk::DiskPool`] threads.
 
+pub mod delete;
 pub mod disk;
 pub mod layout;
+pub mod nofollow;
 pub mod place;
 mod sigbus;
 
 use crate::metainfo::Metainfo;
 use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
+use nofollow::FileStamp;
 pub use place::Place;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -38,8 +42,8 @@ trait FileBackend: Send + Sync {
     /// Puts `fresh` (the file recreated or grown back to full size) in the
     /// place of the one opened before.
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()>;
-    /// Device and inode of the file open for `file`, if it is open.
-    fn identity(&self, file: usize) -> Option<(u64, u64)>;
+    /// Device, inode, size and mtime of the file open for `file`, if it is open.
+    fn stamp(&self, file: usize) -> Option<FileStamp>;
 
     /// Feeds a range to `hasher`; the default reads it in chunks.
     fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
@@ -135,13 +139,20 @@ fn preallocate(file: &File, len: u64) -> io::Result<bool> {
     }
 }
 
-/// Opens (creating it and its folders if need be) a file and grows it to
-/// `len`; says whether its blocks were reserved.
-fn open_full_size(path: &Path, len: u64) -> io::Result<(File, bool)> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+/// The place's folder, made if absent (it is a configured folder, or one
+/// in it: made by path), open for [`open_full_size`].
+fn open_place_dir(place: &Place) -> io::Result<std::os::fd::OwnedFd> {
+    std::fs::create_dir_all(&place.dir)?;
+    nofollow::open_root(&place.dir)
+}
+
+/// Opens (creating it and its folders if need be, never through a link:
+/// others may write in the folder) file `i` of `meta` in `place`, and
+/// grows it to full size; says whether its blocks were reserved.
+fn open_full_size(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize) -> io::Result<(File, bool)> {
+    let (dirs, name) = nofollow::names(place, meta, i);
+    let file = nofollow::open_or_create(nofollow::walk_making(root, &dirs)?.as_fd(), name)?;
+    let len = meta.files[i].length;
     let preallocated = file.metadata()?.len() >= len || preallocate(&file, len)?;
     Ok((file, preallocated))
 }
@@ -149,16 +160,18 @@ fn open_full_size(path: &Path, len: u64) -> io::Result<(File, bool)> {
 impl TorrentStorage {
     /// Creates every file at full size (zero-length files too, padding never)
     /// and opens the backend. Nothing is written outside the place's folder:
-    /// metainfo validation already refused unsafe path elements.
+    /// metainfo validation already refused unsafe path elements, and a link
+    /// planted under the folder is an error, never followed.
     pub fn open(place: &Place, meta: &Metainfo, kind: BackendKind) -> io::Result<TorrentStorage> {
         let mut files = Vec::with_capacity(meta.files.len());
         let mut all_preallocated = true;
+        let root = open_place_dir(place)?;
         for (i, f) in meta.files.iter().enumerate() {
             if f.padding {
                 files.push(None);
                 continue;
             }
-            let (file, preallocated) = open_full_size(&place.file_path(meta, i), f.length)?;
+            let (file, preallocated) = open_full_size(root.as_fd(), place, meta, i)?;
             all_preallocated &= preallocated;
             files.push(Some((file, f.length)));
         }
@@ -181,8 +194,9 @@ impl TorrentStorage {
     /// data went missing) and points the backend at them: the pieces they
     /// held are then checked again and downloaded anew.
     pub fn restore_files(&self, place: &Place, meta: &Metainfo, files: &[usize]) -> io::Result<()> {
+        let root = open_place_dir(place)?;
         for &i in files {
-            let (file, _) = open_full_size(&place.file_path(meta, i), meta.files[i].length)?;
+            let (file, _) = open_full_size(root.as_fd(), place, meta, i)?;
             self.backend.reopen(i, file)?;
         }
         Ok(())
@@ -192,25 +206,31 @@ impl TorrentStorage {
     /// gone, cut short or grown, or replaced by another file of that name
     /// (an importer moved or retagged them). Blocking (a stat per file).
     pub fn files_gone(&self, place: &Place, meta: &Metainfo) -> Vec<usize> {
-        use std::os::unix::fs::MetadataExt;
         let changed = |i: usize, length: u64| match std::fs::metadata(place.file_path(meta, i)) {
             Err(_) => true,
-            Ok(m) => m.len() != length || self.backend.identity(i).is_some_and(|id| id != (m.dev(), m.ino())),
+            Ok(m) => m.len() != length || self.backend.stamp(i).is_some_and(|s| !s.same_file(&FileStamp::of(&m))),
         };
         meta.files.iter().enumerate().filter(|(i, f)| !f.padding && changed(*i, f.length)).map(|(i, _)| i).collect()
     }
 
-    /// Points the backend at the same data in another place (a copy made
-    /// and verified there): nothing is created, every file must be whole.
-    pub fn relocate(&self, place: &Place, meta: &Metainfo) -> io::Result<()> {
-        for (i, f) in meta.files.iter().enumerate().filter(|(_, f)| !f.padding) {
-            let file = OpenOptions::new().read(true).write(true).open(place.file_path(meta, i))?;
-            if file.metadata()?.len() != f.length {
-                return Err(io::Error::other(format!("{} is not whole", place.file_path(meta, i).display())));
+    /// Points the backend at the same data in another place: `files` (one
+    /// per torrent file, None for padding), a copy made and verified there
+    /// and opened read-write. Every file must be whole.
+    pub fn relocate(&self, meta: &Metainfo, files: Vec<Option<File>>) -> io::Result<()> {
+        for (i, file) in files.into_iter().enumerate() {
+            let Some(file) = file else { continue };
+            if file.metadata()?.len() != meta.files[i].length {
+                return Err(io::Error::other(format!("{} is not whole", meta.files[i].path.join("/"))));
             }
             self.backend.reopen(i, file)?;
         }
         Ok(())
+    }
+
+    /// The stamp of each file as open now (the default, which proves
+    /// nothing but a length, for padding and files not held open).
+    pub fn stamps(&self) -> Vec<FileStamp> {
+        (0..self.layout.file_count()).map(|i| self.backend.stamp(i).unwrap_or_default()).collect()
     }
 
     pub fn layout(&self) -> &Layout {
@@ -403,9 +423,9 @@ impl FileBackend for MmapBackend {
         self.guarded(m, offset, len, |at| hasher.update(unsafe { std::slice::from_raw_parts(at, len) }))
     }
 
-    fn identity(&self, file: usize) -> Option<(u64, u64)> {
+    fn stamp(&self, file: usize) -> Option<FileStamp> {
         let m = self.maps[file].as_ref()?;
-        file_identity(&m.file.read().unwrap())
+        file_stamp(&m.file.read().unwrap())
     }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
@@ -417,9 +437,8 @@ impl FileBackend for MmapBackend {
     }
 }
 
-fn file_identity(f: &File) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    f.metadata().ok().map(|m| (m.dev(), m.ino()))
+fn file_stamp(f: &File) -> Option<FileStamp> {
+    f.metadata().ok().map(|m| FileStamp::of(&m))
 }
 
 /// Faults in the pages of a range in one system call before a copy, instead
@@ -460,8 +479,8 @@ impl FileBackend for PlainBackend {
     fn flush(&self, file: usize, _offset: u64, _len: usize) -> io::Result<()> {
         self.file(file)?.sync_data()
     }
-    fn identity(&self, file: usize) -> Option<(u64, u64)> {
-        file_identity(&self.files[file].as_ref()?.read().unwrap())
+    fn stamp(&self, file: usize) -> Option<FileStamp> {
+        file_stamp(&self.files[file].as_ref()?.read().unwrap())
     }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
@@ -545,6 +564,25 @@ mod tests {
             s.flush(16, 20).unwrap();
             assert_eq!(std::fs::read(&b).unwrap(), data, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn files_are_never_made_or_opened_through_a_link_in_the_torrents_folder() {
+        let (root, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let meta = multi();
+        std::fs::create_dir_all(root.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("dir/sub")).unwrap();
+        assert!(TorrentStorage::open(&at(root.path(), &meta), &meta, BackendKind::File).is_err());
+        let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(made.is_empty(), "made outside the folder: {made:?}");
+        // A link at a file's own name is not opened (nor grown) either.
+        std::fs::remove_file(root.path().join("dir/sub")).unwrap();
+        std::fs::remove_file(root.path().join("dir/a")).unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::os::unix::fs::symlink(&victim, root.path().join("dir/a")).unwrap();
+        assert!(TorrentStorage::open(&at(root.path(), &meta), &meta, BackendKind::File).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"x");
     }
 
     #[test]

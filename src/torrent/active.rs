@@ -52,6 +52,8 @@ struct Active<'a> {
     child: CancellationToken,
     /// Every address heard of, and when to dial it.
     book: PeerBook,
+    /// Hosts of recent evictions, turned away for a while (see [`evict`]).
+    penalty: evict::PenaltyBox,
     choker: Choker,
     clock: ActiveClock,
     /// (downloaded, uploaded, seconds) per tick, the last few seconds.
@@ -109,6 +111,7 @@ impl<'a> Active<'a> {
             peers: JoinSet::new(),
             child,
             book: PeerBook::default(),
+            penalty: evict::PenaltyBox::default(),
             choker: Choker::new(shared.env.config().limits.upload_slots, rand::random()),
             clock: ActiveClock::new(Instant::now(), totals.0, have),
             rate_window: VecDeque::new(),
@@ -263,13 +266,14 @@ impl<'a> Active<'a> {
             // at the next start or resume).
             return;
         }
+        let recorded = shared.status.lock().unwrap().record.stamps.clone();
         let ctl = Arc::new(MoveControl::default());
         let c = ctl.clone();
         let span = tracing::Span::current();
         let job = tokio::task::spawn_blocking(move || {
             let _in_span = span.enter();
             let _one_move = shared.moving.lock().unwrap();
-            handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &c)
+            handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &recorded, &c)
         });
         self.handoff = Some((job, ctl));
     }
@@ -429,6 +433,7 @@ impl<'a> Active<'a> {
             (limits.max_peers_per_torrent, limits.max_peers_per_ip)
         };
         let mut started = 0;
+        let now = Instant::now();
         while started < CONNECTS_PER_TICK && self.peers.len() < max {
             let Some(addr) = self.book.next_to_dial() else {
                 break;
@@ -438,6 +443,7 @@ impl<'a> Active<'a> {
                 if inner.peers.contains_key(&addr)
                     || inner.banned_addrs.contains(&addr)
                     || inner.peers_at(addr.ip()) >= per_ip
+                    || self.penalty.holds(addr.ip(), now)
                 {
                     continue;
                 }
@@ -462,7 +468,8 @@ impl<'a> Active<'a> {
     }
 
     /// Takes a connection the listener routed here. When the torrent is
-    /// full, an idle peer gives way to the newcomer, if there is one.
+    /// full, an idle peer gives way to the newcomer, if there is one and the
+    /// newcomer's host is not in the penalty box.
     fn accept(&mut self, transport: Transport, addr: SocketAddr, hs: Handshake) {
         let (max, per_ip) = {
             let limits = &self.shared.env.config().limits;
@@ -474,7 +481,7 @@ impl<'a> Active<'a> {
         let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
             return;
         };
-        if self.peers.len() >= max && !self.evict_idle() {
+        if !self.make_room(addr.ip(), self.peers.len() >= max) {
             return;
         }
         let (shared, cancel) = (self.shared.clone(), self.child.clone());
@@ -489,25 +496,26 @@ impl<'a> Active<'a> {
         );
     }
 
-    /// Closes the idlest peer (see [`evict`]); false when none is idle.
-    fn evict_idle(&self) -> bool {
+    /// Whether a newcomer from `ip` gets in (see [`evict::admit`]); when
+    /// the torrent is `full`, closes the idle peer that gives way to it and
+    /// puts both hosts in the penalty box.
+    fn make_room(&mut self, ip: std::net::IpAddr, full: bool) -> bool {
+        let now = Instant::now();
         let inner = self.shared.inner.lock().unwrap();
-        let peers: Vec<evict::Candidate> = inner
-            .peers
-            .iter()
-            .filter(|(_, h)| !h.close.load(Ordering::Relaxed))
-            .map(|(k, h)| evict::Candidate {
-                key: *k,
-                connected_secs: h.connected_at.elapsed().as_secs(),
-                peer_interested: h.peer_interested.load(Ordering::Relaxed),
-                am_interested: h.am_interested.load(Ordering::Relaxed),
-                bytes: h.bytes_down.load(Ordering::Relaxed) + h.bytes_up.load(Ordering::Relaxed),
-            })
-            .collect();
-        let Some(victim) = evict::idle_victim(&peers) else { return false };
-        tracing::debug!(torrent = %self.shared.name(), peer = %victim, "idle peer closed to make room");
-        inner.peers[&victim].kick();
-        true
+        let peers = if full { eviction_candidates(&inner.peers) } else { Vec::new() };
+        match evict::admit(ip, full, &peers, &self.penalty, now) {
+            evict::Admission::Room => true,
+            evict::Admission::Evict(victim) => {
+                tracing::debug!(torrent = %self.shared.name(), peer = %victim, "idle peer closed to make room");
+                inner.peers[&victim].kick();
+                self.penalty.evicted(victim.ip(), ip, now);
+                true
+            }
+            evict::Admission::Refused(why) => {
+                tracing::trace!(torrent = %self.shared.name(), peer = %ip, reason = ?why, "newcomer turned away");
+                false
+            }
+        }
     }
 
     /// Rates over the last few ticks, whatever their length.
@@ -541,6 +549,21 @@ impl<'a> Active<'a> {
             }
         }
     }
+}
+
+/// What eviction looks at in each peer not already being closed.
+fn eviction_candidates(peers: &std::collections::HashMap<PeerKey, Arc<PeerHandle>>) -> Vec<evict::Candidate> {
+    peers
+        .iter()
+        .filter(|(_, h)| !h.close.load(Ordering::Relaxed))
+        .map(|(k, h)| evict::Candidate {
+            key: *k,
+            connected_secs: h.connected_at.elapsed().as_secs(),
+            peer_interested: h.peer_interested.load(Ordering::Relaxed),
+            am_interested: h.am_interested.load(Ordering::Relaxed),
+            bytes: h.bytes_down.load(Ordering::Relaxed) + h.bytes_up.load(Ordering::Relaxed),
+        })
+        .collect()
 }
 
 /// What the choker needs of each peer: its rate since the last round. The

@@ -5,19 +5,28 @@
 //! hidden name in the target folder, synced, verified against the piece
 //! hashes, renamed into place, and only then is the source removed.
 //!
+//! Others in dropseed's group can write in both folders, so a name may turn
+//! into a link at any moment: everything is made and opened one name at a
+//! time from an open folder handle without following links
+//! ([`crate::storage::nofollow`]), the copy is checked through the handles
+//! it was written with, the source goes only once the item in place is
+//! proven to be that very copy, and only the source files proven ours go
+//! ([`crate::storage::delete`]).
+//!
 //! The caller writes the target into the resume record before calling
 //! [`finish_move`], which is idempotent: after a crash at any point it is
 //! called again with the same places and picks up where things stand.
 //! Everything here blocks; run it on a blocking thread.
 
 use crate::metainfo::Metainfo;
+use crate::storage::delete::{self, Expect};
+use crate::storage::nofollow::{self, FileStamp};
 use crate::storage::place::free_name;
 use crate::storage::{Place, TorrentStorage};
 use sha1::Digest;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -34,39 +43,75 @@ pub struct MoveControl {
     pub copied: AtomicU64,
     /// Tenths of the copy already logged.
     logged_tenths: AtomicU64,
+    /// Run between the copy's steps, where a test plants what an attacker
+    /// in dropseed's group would.
+    #[cfg(test)]
+    between_steps: std::sync::Mutex<Option<StepHook>>,
+}
+
+#[cfg(test)]
+type StepHook = Box<dyn FnMut(Step) + Send>;
+
+/// Points of a copy across filesystems a test can act at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+enum Step {
+    /// A stale hidden copy is gone; nothing is created yet.
+    Cleared,
+    /// About to copy file `i` (its folders not made yet).
+    File(usize),
+}
+
+impl MoveControl {
+    fn step(&self, _step: Step) {
+        #[cfg(test)]
+        if let Some(f) = self.between_steps.lock().unwrap().as_mut() {
+            f(_step);
+        }
+    }
 }
 
 /// Brings the data from `from` to `target`, whatever part of that was done
 /// before, and returns where the data now is (`target`, or another free
 /// name beside it if something else took `target`'s name meanwhile).
-/// `storage`, if open, is pointed at the new files before the old go.
+/// `storage`, if open, is pointed at the new files before the old go;
+/// `recorded` is what the resume record stamped of the files (see
+/// [`crate::storage::delete`]), which proves the source ours when the
+/// storage is not open.
 pub fn finish_move(
     meta: &Metainfo,
     from: &Place,
     target: &Place,
     storage: Option<&TorrentStorage>,
+    recorded: &[FileStamp],
     ctl: &MoveControl,
 ) -> io::Result<Place> {
     let settled = Place { settled: true, ..target.clone() };
     match (exists(&from.top()), exists(&target.top())) {
         // Done before a restart (a same-filesystem rename is all or nothing).
         (false, true) => Ok(settled),
-        (true, false) => move_item(meta, from, &settled, storage, ctl).map(|()| settled),
-        (true, true) if is_our_data(meta, &settled, &ctl.stop)? => {
-            // A copy renamed into place; the source was not yet removed.
-            if let Some(s) = storage {
-                s.relocate(&settled, meta)?;
+        (true, false) => move_item(meta, from, &settled, storage, ctl),
+        (true, true) => match our_files(meta, &settled, true, &ctl.stop)? {
+            // A copy renamed into place (every file reached without a link
+            // and every piece checked); the source was not yet removed.
+            Some(files) => {
+                let proof = storage.map(|s| s.stamps()).unwrap_or_else(|| recorded.to_vec());
+                if let Some(s) = storage {
+                    s.relocate(meta, files)?;
+                }
+                let expect = if proof.is_empty() { Expect::Length } else { Expect::Stamps(&proof) };
+                remove_source(meta, from, &expect)?;
+                Ok(settled)
             }
-            remove_source(meta, from)?;
-            Ok(settled)
-        }
-        (true, true) => {
-            // Someone else's item took the name: never touch it.
-            let other = Place { name: free_name(&target.dir, &meta.name, single_file(meta)), ..settled };
-            tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), taken = %target.top().display(), instead = %other.name,
-                "the complete folder's name was taken during the move");
-            move_item(meta, from, &other, storage, ctl).map(|()| other)
-        }
+            // Someone else's item (or a link to anywhere) took the name:
+            // never touch it.
+            None => {
+                let other = Place { name: free_name(&target.dir, &meta.name, single_file(meta)), ..settled };
+                tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), taken = %target.top().display(), instead = %other.name,
+                    "the complete folder's name was taken during the move");
+                move_item(meta, from, &other, storage, ctl)
+            }
+        },
         // Gone from both (imported right after the rename, before the
         // record said so): it belongs at the target, where the check for
         // missing data will find it gone and wait for the user.
@@ -89,39 +134,53 @@ fn exists(p: &Path) -> bool {
 }
 
 /// One rename when both folders share a filesystem, else a verified copy.
+/// Returns where the item went.
 fn move_item(
     meta: &Metainfo,
     from: &Place,
     to: &Place,
     storage: Option<&TorrentStorage>,
     ctl: &MoveControl,
-) -> io::Result<()> {
+) -> io::Result<Place> {
+    // The configured folders themselves are the admin's: made by path.
     std::fs::create_dir_all(&to.dir)?;
-    match rename_noreplace(&from.top(), &to.top()) {
+    let (src, dst) = (nofollow::open_root(&from.dir)?, nofollow::open_root(&to.dir)?);
+    match nofollow::rename_noreplace(src.as_fd(), from.name.as_str(), dst.as_fd(), to.name.as_str()) {
         Ok(()) => {
-            sync_dir(&to.dir)?;
-            sync_dir(&from.dir)
+            nofollow::sync(dst.as_fd())?;
+            nofollow::sync(src.as_fd())?;
+            Ok(to.clone())
         }
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_across(meta, from, to, storage, ctl),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_across(meta, from, to, dst.as_fd(), storage, ctl),
         Err(e) => Err(e),
     }
 }
 
-/// Copies into a hidden name in the target folder, verifies, renames.
-/// Refuses at once when the target's filesystem has not the room: a retry
-/// must not fill the user's disk with a copy that cannot finish.
+/// The hidden name a copy is made under in the complete folder.
+fn hidden_name(meta: &Metainfo) -> String {
+    // Dot-names are what automation skips; a stale one is from a crash.
+    format!(".dropseed-{}.part", &meta.info_hash.hex()[..16])
+}
+
+/// Copies into a hidden name in the target folder (`root`), verifies,
+/// renames, and removes the source only once the item in place is proven
+/// the copy verified. Refuses at once when the target's filesystem has not
+/// the room: a retry must not fill the user's disk with a copy that cannot
+/// finish.
 fn copy_across(
     meta: &Metainfo,
     from: &Place,
     to: &Place,
+    root: BorrowedFd<'_>,
     storage: Option<&TorrentStorage>,
     ctl: &MoveControl,
-) -> io::Result<()> {
-    // Dot-names are what automation skips; a stale one is from a crash.
-    let tmp = Place { name: format!(".dropseed-{}.part", &meta.info_hash.hex()[..16]), ..to.clone() };
-    if exists(&tmp.top()) {
-        remove_all(&tmp.top())?;
+) -> io::Result<Place> {
+    let tmp = hidden_name(meta);
+    match nofollow::remove_tree(root, &tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
+    ctl.step(Step::Cleared);
     let free = crate::storage::free_space(&to.dir)?;
     if free < meta.total_length {
         return Err(io::Error::new(
@@ -136,38 +195,112 @@ fn copy_across(
     }
     tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), to = %to.top().display(), size = meta.total_length,
         "copying to the complete folder (another filesystem)");
-    if let Err(e) = copy_and_verify(meta, from, &tmp, ctl) {
-        // A half copy is not left to fill the complete folder's disk.
-        let _ = remove_all(&tmp.top());
-        return Err(e);
-    }
-    rename_noreplace(&tmp.top(), &to.top())?;
-    sync_dir(&to.dir)?;
+    let copy = match copy_and_verify(meta, from, root, &tmp, ctl) {
+        Ok(copy) => copy,
+        Err(e) => {
+            // A half copy is not left to fill the complete folder's disk.
+            let _ = nofollow::remove_tree(root, &tmp);
+            return Err(e);
+        }
+    };
+    let placed = rename_into_place(meta, root, &tmp, to)?;
+    nofollow::sync(root)?;
+    copy.confirm(meta, root, &placed)?;
     if let Some(s) = storage {
-        s.relocate(to, meta)?;
+        s.relocate(meta, copy.written)?;
     }
-    tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), to = %to.top().display(), "copy verified and in place");
-    remove_source(meta, from)
+    tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), to = %placed.top().display(), "copy verified and in place");
+    remove_source(meta, from, &Expect::Stamps(&copy.sources))?;
+    Ok(placed)
 }
 
-/// Copies every file into `tmp`, syncs, and checks every piece there.
-fn copy_and_verify(meta: &Metainfo, from: &Place, tmp: &Place, ctl: &MoveControl) -> io::Result<()> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for (i, f) in meta.files.iter().enumerate().filter(|(_, f)| !f.padding) {
-        let dst = tmp.file_path(meta, i);
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
-            if !dirs.iter().any(|d| d == parent) {
-                dirs.push(parent.to_path_buf());
+/// Renames the hidden copy to `to`'s name or, if something took that name
+/// during the copy, to the first free one: never over anything.
+fn rename_into_place(meta: &Metainfo, root: BorrowedFd<'_>, tmp: &str, to: &Place) -> io::Result<Place> {
+    match nofollow::rename_noreplace(root, tmp, root, to.name.as_str()) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let other = Place { name: free_name(&to.dir, &meta.name, single_file(meta)), ..to.clone() };
+            tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), taken = %to.top().display(), instead = %other.name,
+                "the complete folder's name was taken during the move");
+            nofollow::rename_noreplace(root, tmp, root, other.name.as_str())?;
+            Ok(other)
+        }
+        r => r.map(|()| to.clone()),
+    }
+}
+
+/// A copy written and verified under the hidden name.
+struct Copied {
+    /// The copy's files, open read-write (None for padding): verified
+    /// through these handles, and handed to the storage once in place.
+    written: Vec<Option<File>>,
+    /// The source files as they were read: only these are removed after.
+    sources: Vec<FileStamp>,
+}
+
+impl Copied {
+    /// Fails unless every file at `placed` is the very file written and
+    /// verified, reached without a link: only then may the source go.
+    fn confirm(&self, meta: &Metainfo, root: BorrowedFd<'_>, placed: &Place) -> io::Result<()> {
+        for (i, written) in self.written.iter().enumerate() {
+            let Some(written) = written else { continue };
+            let (dirs, name) = nofollow::names(placed, meta, i);
+            let found = nofollow::walk(root, &dirs).and_then(|d| nofollow::stamp_at(d.as_fd(), name));
+            let ours = FileStamp::of(&written.metadata()?);
+            if !found.is_ok_and(|f| f.is_some_and(|f| f.same_file(&ours))) {
+                return Err(io::Error::other(format!(
+                    "{} is not the copy just verified; the source is kept",
+                    placed.file_path(meta, i).display()
+                )));
             }
         }
-        copy_file(meta, &from.file_path(meta, i), &dst, f.length, ctl)?;
+        Ok(())
     }
-    for d in dirs.iter().rev() {
-        sync_dir(d)?;
+}
+
+/// Copies every file into the hidden `tmp` in `root`, each made new
+/// (`O_EXCL`) in folders reached without a link, syncs, and checks every
+/// piece through the handles written.
+fn copy_and_verify(
+    meta: &Metainfo,
+    from: &Place,
+    root: BorrowedFd<'_>,
+    tmp: &str,
+    ctl: &MoveControl,
+) -> io::Result<Copied> {
+    let src_root = nofollow::open_root(&from.dir)?;
+    let tmp_place = Place { dir: PathBuf::new(), name: tmp.to_string(), settled: false };
+    if !single_file(meta) {
+        // Made here, never found: anything of that name now was planted.
+        nofollow::make_new_dir(root, tmp)?;
     }
-    sync_dir(&tmp.dir)?;
-    verify(meta, tmp, &ctl.stop)
+    let mut copy =
+        Copied { written: Vec::with_capacity(meta.files.len()), sources: Vec::with_capacity(meta.files.len()) };
+    let mut folders = std::collections::BTreeSet::new();
+    for (i, f) in meta.files.iter().enumerate() {
+        if f.padding {
+            copy.written.push(None);
+            copy.sources.push(FileStamp::default());
+            continue;
+        }
+        ctl.step(Step::File(i));
+        let (dirs, name) = nofollow::names(from, meta, i);
+        let input = nofollow::open_file(nofollow::walk(src_root.as_fd(), &dirs)?.as_fd(), name, false)?;
+        copy.sources.push(FileStamp::of(&input.metadata()?));
+        let (dirs, name) = nofollow::names(&tmp_place, meta, i);
+        let output = nofollow::create_new(nofollow::walk_making(root, &dirs)?.as_fd(), name)?;
+        copy_file(meta, input, &output, f.length, ctl)?;
+        copy.written.push(Some(output));
+        folders.insert(dirs);
+    }
+    for dirs in &folders {
+        nofollow::sync(nofollow::walk(root, dirs)?.as_fd())?;
+    }
+    nofollow::sync(root)?;
+    if !pieces_match(meta, &copy.written, &ctl.stop)? {
+        return Err(io::Error::other(format!("the copy in {} does not match the torrent", from.top().display())));
+    }
+    Ok(copy)
 }
 
 /// A line per tenth of a long copy (one of a few seconds says nothing).
@@ -179,9 +312,8 @@ fn log_progress(meta: &Metainfo, ctl: &MoveControl) {
     }
 }
 
-fn copy_file(meta: &Metainfo, src: &Path, dst: &Path, len: u64, ctl: &MoveControl) -> io::Result<()> {
-    let mut input = File::open(src)?;
-    let mut output = File::create(dst)?;
+fn copy_file(meta: &Metainfo, mut input: File, output: &File, len: u64, ctl: &MoveControl) -> io::Result<()> {
+    let mut out = output;
     let mut buf = vec![0u8; CHUNK.min(len.max(1) as usize)];
     let mut left = len;
     while left > 0 {
@@ -190,7 +322,7 @@ fn copy_file(meta: &Metainfo, src: &Path, dst: &Path, len: u64, ctl: &MoveContro
         }
         let n = (left as usize).min(buf.len());
         input.read_exact(&mut buf[..n])?;
-        output.write_all(&buf[..n])?;
+        out.write_all(&buf[..n])?;
         left -= n as u64;
         ctl.copied.fetch_add(n as u64, Ordering::Relaxed);
         log_progress(meta, ctl);
@@ -198,31 +330,36 @@ fn copy_file(meta: &Metainfo, src: &Path, dst: &Path, len: u64, ctl: &MoveContro
     output.sync_all()
 }
 
-/// Every piece of the data in `place` against the metainfo's hashes.
-fn verify(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Result<()> {
-    if !is_our_data(meta, place, stop)? {
-        return Err(io::Error::other(format!("the copy in {} does not match the torrent", place.top().display())));
-    }
-    Ok(())
+/// Whether `place` holds this torrent's data, whole and verified.
+pub fn is_our_data(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Result<bool> {
+    our_files(meta, place, false, stop).map(|files| files.is_some())
 }
 
-/// Whether `place` holds this torrent's data, whole and verified: files
-/// opened read-only (one of another length, or that cannot be read, is not
-/// ours), stopping at the first piece that differs, or when `stop` is set.
-pub fn is_our_data(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Result<bool> {
-    use std::os::unix::fs::FileExt;
+/// This torrent's files in `place`, whole and verified, each reached from
+/// the folder without a link and opened (read-write if `write`); None when
+/// `place` holds anything else (a link, a file of another length or that
+/// cannot be read, a piece that differs). Stops when `stop` is set.
+fn our_files(meta: &Metainfo, place: &Place, write: bool, stop: &AtomicBool) -> io::Result<Option<Vec<Option<File>>>> {
+    let Ok(root) = nofollow::open_root(&place.dir) else { return Ok(None) };
     let mut files = Vec::with_capacity(meta.files.len());
     for (i, f) in meta.files.iter().enumerate() {
         if f.padding {
             files.push(None);
             continue;
         }
-        let Ok(file) = File::open(place.file_path(meta, i)) else { return Ok(false) };
-        if !file.metadata().is_ok_and(|m| m.is_file() && m.len() == f.length) {
-            return Ok(false);
+        let (dirs, name) = nofollow::names(place, meta, i);
+        match nofollow::walk(root.as_fd(), &dirs).and_then(|d| nofollow::open_file(d.as_fd(), name, write)) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.len() == f.length) => files.push(Some(file)),
+            _ => return Ok(None),
         }
-        files.push(Some(file));
     }
+    Ok(pieces_match(meta, &files, stop)?.then_some(files))
+}
+
+/// Every piece read through `files` (None for padding) against the
+/// metainfo's hashes, stopping at the first that differs.
+fn pieces_match(meta: &Metainfo, files: &[Option<File>], stop: &AtomicBool) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
     let layout = crate::storage::layout::Layout::new(meta);
     let mut buf = Vec::new();
     for p in 0..meta.piece_count() {
@@ -246,68 +383,20 @@ pub fn is_our_data(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Res
     Ok(true)
 }
 
-/// Removes the torrent's files from `from`, then its folders left empty
-/// (never anything else the folder holds). Also `remove --delete-data`.
-pub fn remove_source(meta: &Metainfo, from: &Place) -> io::Result<()> {
-    remove_files_except(meta, from, &[])
+/// Removes the source's files that `expect` proves the torrent's, then its
+/// folders left empty; anything else stays, and a WARN line names it.
+fn remove_source(meta: &Metainfo, from: &Place, expect: &Expect) -> io::Result<()> {
+    let done = delete::delete_files(meta, from, expect)?;
+    if !done.kept.is_empty() {
+        tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), "the move is done{}", done.kept_note());
+    }
+    Ok(())
 }
 
-/// [`remove_source`], but files in `keep` (no longer the torrent's: another
-/// file took their name) stay.
-pub fn remove_files_except(meta: &Metainfo, from: &Place, keep: &[usize]) -> io::Result<()> {
-    for (i, _) in meta.files.iter().enumerate().filter(|(i, f)| !f.padding && !keep.contains(i)) {
-        match std::fs::remove_file(from.file_path(meta, i)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    if !single_file(meta) {
-        let mut dirs: Vec<PathBuf> = (0..meta.files.len())
-            .filter_map(|i| from.file_path(meta, i).parent().map(Path::to_path_buf))
-            .flat_map(|d| d.ancestors().map(Path::to_path_buf).collect::<Vec<_>>())
-            .filter(|d| d.starts_with(from.top()))
-            .collect();
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        dirs.dedup();
-        for d in dirs {
-            let _ = std::fs::remove_dir(d); // fails, as it should, if not empty
-        }
-    }
-    sync_dir(&from.dir)
-}
-
-fn remove_all(p: &Path) -> io::Result<()> {
-    if std::fs::symlink_metadata(p)?.is_dir() {
-        std::fs::remove_dir_all(p)
-    } else {
-        std::fs::remove_file(p)
-    }
-}
-
-/// rename(2) that fails with EEXIST instead of replacing `to` (where the
-/// filesystem cannot promise that, a check just before the plain rename).
+/// rename(2) by path that fails with `AlreadyExists` instead of replacing
+/// `to` (the watch folder's renames).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"));
-    let (f, t) = (c(from)?, c(to)?);
-    // SAFETY: two valid C strings; AT_FDCWD with absolute or relative paths.
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            if exists(to) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", to.display())));
-            }
-            std::fs::rename(from, to)
-        }
-        _ => Err(e),
-    }
-}
-
-fn sync_dir(d: &Path) -> io::Result<()> {
-    File::open(d)?.sync_all()
+    nofollow::rename_noreplace(rustix::fs::CWD, from, rustix::fs::CWD, to)
 }
 
 #[cfg(test)]
@@ -341,12 +430,12 @@ mod tests {
         let (meta, from) = data_in(&incomplete);
         let target = target_in(&complete, &meta);
         let ctl = MoveControl::default();
-        let placed = finish_move(&meta, &from, &target, None, &ctl).unwrap();
+        let placed = finish_move(&meta, &from, &target, None, &[], &ctl).unwrap();
         assert_eq!(placed.top(), complete.join(&meta.name));
         assert!(!from.top().exists());
         assert_eq!(ctl.copied.load(Ordering::Relaxed), 0, "nothing copied");
         // Called again (a crash after the rename, before the record): done.
-        assert_eq!(finish_move(&meta, &from, &target, None, &ctl).unwrap(), placed);
+        assert_eq!(finish_move(&meta, &from, &target, None, &[], &ctl).unwrap(), placed);
     }
 
     #[test]
@@ -357,7 +446,7 @@ mod tests {
         let target = target_in(&complete, &meta);
         std::fs::create_dir_all(target.top()).unwrap();
         std::fs::write(target.top().join("library.mkv"), b"the user's").unwrap();
-        let placed = finish_move(&meta, &from, &target, None, &MoveControl::default()).unwrap();
+        let placed = finish_move(&meta, &from, &target, None, &[], &MoveControl::default()).unwrap();
         assert_eq!(placed.name, format!("{} (2)", meta.name));
         assert_eq!(std::fs::read(target.top().join("library.mkv")).unwrap(), b"the user's");
         assert!(!from.top().exists());
@@ -378,7 +467,7 @@ mod tests {
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::write(stale.join("junk"), b"half").unwrap();
         let ctl = MoveControl::default();
-        let placed = finish_move(&meta, &from, &target, None, &ctl).unwrap();
+        let placed = finish_move(&meta, &from, &target, None, &[], &ctl).unwrap();
         assert!(is_our_data(&meta, &placed, &AtomicBool::new(false)).unwrap());
         assert!(!stale.exists() && !from.top().exists());
         assert_eq!(
@@ -395,11 +484,115 @@ mod tests {
         let target = target_in(other.path(), &meta);
         let ctl = MoveControl::default();
         ctl.stop.store(true, Ordering::Relaxed);
-        let e = finish_move(&meta, &from, &target, None, &ctl).unwrap_err();
+        let e = finish_move(&meta, &from, &target, None, &[], &ctl).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Interrupted);
         assert!(is_our_data(&meta, &from, &AtomicBool::new(false)).unwrap() && !target.top().exists());
         ctl.stop.store(false, Ordering::Relaxed);
-        finish_move(&meta, &from, &target, None, &ctl).unwrap();
+        finish_move(&meta, &from, &target, None, &[], &ctl).unwrap();
         assert!(is_our_data(&meta, &Place { settled: true, ..target }, &AtomicBool::new(false)).unwrap());
+    }
+
+    /// A single-file torrent (`film.mkv`, 40000 bytes) written in `dir`.
+    fn single_in(dir: &Path) -> (Metainfo, Place) {
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let mut pieces = Vec::new();
+        for chunk in bytes.chunks(16384) {
+            pieces.extend_from_slice(&Sha1::digest(chunk));
+        }
+        let mut t = b"d4:infod6:lengthi40000e4:name8:film.mkv12:piece lengthi16384e6:pieces".to_vec();
+        t.extend_from_slice(format!("{}:", pieces.len()).as_bytes());
+        t.extend_from_slice(&pieces);
+        t.extend_from_slice(b"ee");
+        let meta = Metainfo::from_torrent_bytes(&t).unwrap();
+        let place = Place { dir: dir.to_path_buf(), name: meta.name.clone(), settled: false };
+        TorrentStorage::open(&place, &meta, BackendKind::File).unwrap().write(0, &bytes).unwrap();
+        (meta, place)
+    }
+
+    fn hidden(dir: &Path, meta: &Metainfo) -> PathBuf {
+        dir.join(format!(".dropseed-{}.part", &meta.info_hash.hex()[..16]))
+    }
+
+    /// Sets what runs between the copy's steps.
+    fn plant(ctl: &MoveControl, f: impl FnMut(Step) + Send + 'static) {
+        *ctl.between_steps.lock().unwrap() = Some(Box::new(f));
+    }
+
+    fn is_link(p: &Path) -> bool {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+    }
+
+    #[test]
+    fn a_link_planted_at_a_folder_inside_the_hidden_copy_is_never_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        let outside = tempfile::tempdir().unwrap();
+        let (meta, from) = data_in(&root.path().join("incomplete"));
+        let target = target_in(other.path(), &meta);
+        let sub_file = meta.files.iter().position(|f| f.path.len() == 3).unwrap();
+        let ctl = MoveControl::default();
+        let (tmp, out) = (hidden(other.path(), &meta), outside.path().to_path_buf());
+        // Once the hidden folder exists, its `sub` becomes a link outside.
+        plant(&ctl, move |step| {
+            if step == Step::File(sub_file) {
+                let _ = std::os::unix::fs::symlink(&out, tmp.join("sub"));
+            }
+        });
+        let _ = finish_move(&meta, &from, &target, None, &[], &ctl);
+        let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(written.is_empty(), "written outside dropseed's folders: {written:?}");
+        assert!(is_our_data(&meta, &from, &AtomicBool::new(false)).unwrap(), "the source is whole");
+        // Tried again with no one interfering: the move completes.
+        let placed = finish_move(&meta, &from, &target, None, &[], &MoveControl::default()).unwrap();
+        assert!(is_our_data(&meta, &placed, &AtomicBool::new(false)).unwrap());
+        assert!(!is_link(&placed.top().join("sub")));
+    }
+
+    #[test]
+    fn a_link_planted_at_the_hidden_name_of_a_single_file_is_never_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("precious");
+        std::fs::write(&victim, b"someone else's file").unwrap();
+        let (meta, from) = single_in(&root.path().join("incomplete"));
+        let target = target_in(other.path(), &meta);
+        let ctl = MoveControl::default();
+        let (tmp, v) = (hidden(other.path(), &meta), victim.clone());
+        plant(&ctl, move |step| {
+            if step == Step::Cleared {
+                let _ = std::os::unix::fs::symlink(&v, &tmp);
+            }
+        });
+        let _ = finish_move(&meta, &from, &target, None, &[], &ctl);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file", "overwritten through the link");
+        assert!(is_our_data(&meta, &from, &AtomicBool::new(false)).unwrap(), "the source is whole");
+    }
+
+    #[test]
+    fn a_link_planted_at_the_target_during_a_copy_never_costs_the_only_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        for (meta, from) in [data_in(&root.path().join("a")), single_in(&root.path().join("b"))] {
+            let target = target_in(other.path(), &meta);
+            let ctl = MoveControl::default();
+            // During the copy, the target's name becomes a link back at the source.
+            let (link, source) = (target.top(), from.top());
+            plant(&ctl, move |step| {
+                if step == Step::Cleared {
+                    let _ = std::os::unix::fs::symlink(&source, &link);
+                }
+            });
+            let first = finish_move(&meta, &from, &target, None, &[], &ctl);
+            // Tried again (after the error's minute), and once more.
+            let placed = first.or_else(|_| finish_move(&meta, &from, &target, None, &[], &MoveControl::default()));
+            let placed = placed.unwrap();
+            assert!(!is_link(&placed.top()), "{} is the link", placed.top().display());
+            assert!(
+                is_our_data(&meta, &placed, &AtomicBool::new(false)).unwrap(),
+                "the data is where it is said to be"
+            );
+            assert!(is_link(&target.top()), "the link is left alone");
+        }
     }
 }

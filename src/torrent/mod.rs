@@ -509,6 +509,10 @@ impl TorrentShared {
             record.have = have.as_bytes().to_vec();
             record.unverified = if pending.is_empty() { Vec::new() } else { candidates.as_bytes().to_vec() };
         }
+        if let Some(storage) = self.storage() {
+            // After the flush: what the files are now, for `--delete-data`.
+            record.stamps = storage.stamps();
+        }
         record.piece_count = self.meta.piece_count() as u64;
         record.name = self.meta.name.clone();
         record.uploaded = self.uploaded.load(Ordering::Relaxed);
@@ -532,6 +536,7 @@ impl TorrentShared {
         (kept.have, kept.unverified, kept.piece_count) = (record.have, record.unverified, record.piece_count);
         (kept.name, kept.peers, kept.announce) = (record.name, record.peers, record.announce);
         (kept.uploaded, kept.downloaded, kept.corrupt) = (record.uploaded, record.downloaded, record.corrupt);
+        kept.stamps = record.stamps;
         Ok(())
     }
 

@@ -77,6 +77,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     }
     let Some(target) = moving else { return Ok(()) };
     let (s, from) = (shared.clone(), shared.place());
+    let recorded = shared.status.lock().unwrap().record.stamps.clone();
     let control = Arc::new(handoff::MoveControl::default());
     // Paused or removed meanwhile: the copy stops at its next chunk.
     let _stop_if_dropped = StopOnDrop(control.clone());
@@ -84,7 +85,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     let moved = tokio::task::spawn_blocking(move || {
         let _in_span = span.enter();
         let _one_move = s.moving.lock().unwrap();
-        handoff::finish_move(&s.meta, &from, &target, s.storage().map(|s| &**s), &control)
+        handoff::finish_move(&s.meta, &from, &target, s.storage().map(|s| &**s), &recorded, &control)
     })
     .await
     .map_err(|e| e.to_string())?
