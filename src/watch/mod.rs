@@ -32,6 +32,7 @@
 mod categories;
 mod kept;
 mod overlap;
+mod place;
 
 pub use overlap::check as check_overlap;
 
@@ -41,6 +42,7 @@ use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
 use crate::session::{AddOutcome, Session};
 use categories::{Categories, MAX_CATEGORIES, MAX_FILES_PER_FOLDER, MAX_FILES_PER_SCAN};
 use notify::{EventKind, RecursiveMode, Watcher};
+use place::Place;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -177,7 +179,6 @@ pub fn parse_bytes(kind: Kind, bytes: Vec<u8>) -> Result<Parsed, String> {
 /// a device, a symlink to one) is refused without blocking on it, and a file
 /// that grows past the limit while read is refused too.
 pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
     let file = std::fs::OpenOptions::new()
@@ -185,6 +186,12 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| e.to_string())?;
+    read_open_file(file, limit)
+}
+
+/// Reads an opened file the same way: regular, at most `limit` bytes.
+fn read_open_file(file: std::fs::File, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
@@ -436,16 +443,13 @@ impl WatchFolder {
     /// Adds a file once it is complete, or renames it `.invalid` once it has
     /// failed to parse for [`INVALID_AFTER`].
     fn consider(&mut self, path: &Path) {
-        // Regular files only, in a folder that is still no link: nothing
-        // outside the watch folder is read or renamed.
-        let meta = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
-        // (The watch folder itself may be a link the admin configured.)
-        let in_place = |f: &Path| f == self.dir || is_real_folder(f);
-        let Some(meta) = meta.filter(|_| path.parent().is_some_and(in_place)) else {
+        // Regular files only, reached without a link: nothing outside the
+        // watch folder is read or renamed.
+        let place = Place::open(&self.dir, path).ok();
+        let Some((place, (size, mtime))) = place.and_then(|p| p.stat().ok().map(|s| (p, s))) else {
             self.pending.remove(path);
             return;
         };
-        let (size, mtime) = (meta.len(), meta.modified().ok());
         let stamp = kept::stamp(size, mtime);
         if self.kept.holds(path, stamp) {
             self.pending.remove(path);
@@ -466,15 +470,16 @@ impl WatchFolder {
             return;
         }
         p.last_look = Instant::now();
-        match parse_file(path) {
+        let kind = kind_of(path).unwrap_or(Kind::Torrent);
+        match place.read(kind.size_limit()).and_then(|bytes| parse_bytes(kind, bytes)) {
             Ok(parsed) => {
                 self.pending.remove(path);
-                self.add(path, parsed, stamp);
+                self.add(path, &place, parsed, stamp);
             }
             Err(e) if p.first_seen.elapsed() >= INVALID_AFTER => {
                 self.pending.remove(path);
-                let target = free_suffix(path, "invalid");
-                match self.rename(path, &target, stamp) {
+                let target = free_suffix(&place, path, "invalid");
+                match self.rename(&place, path, &target, stamp) {
                     true => {
                         tracing::warn!(file = %shown(path), reason = %e, "invalid file; renamed to {}", shown(&target))
                     }
@@ -489,8 +494,11 @@ impl WatchFolder {
     /// Renames a handled file, never over another; if the folder will not
     /// have it, the file stays, is taken no more, and the folder is warned
     /// about once.
-    fn rename(&mut self, from: &Path, to: &Path, stamp: kept::Stamp) -> bool {
-        let result = crate::torrent::handoff::rename_noreplace(from, to);
+    fn rename(&mut self, place: &Place, from: &Path, to: &Path, stamp: kept::Stamp) -> bool {
+        let result = match to.file_name() {
+            Some(name) => place.rename_noreplace(name),
+            None => Err(std::io::Error::other("no file name")),
+        };
         self.done_with(from, stamp, result)
     }
 
@@ -513,7 +521,7 @@ impl WatchFolder {
         }
     }
 
-    fn add(&mut self, path: &Path, parsed: Parsed, stamp: kept::Stamp) {
+    fn add(&mut self, path: &Path, place: &Place, parsed: Parsed, stamp: kept::Stamp) {
         let file = shown(path);
         // A file in a subfolder belongs to that folder's category.
         let category = match path.parent() {
@@ -543,8 +551,8 @@ impl WatchFolder {
                     tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "already managed; nothing to add")
                 }
                 Ok(AddOutcome::Refused(why)) => {
-                    let target = free_suffix(path, "invalid");
-                    match self.rename(path, &target, stamp) {
+                    let target = free_suffix(place, path, "invalid");
+                    match self.rename(place, path, &target, stamp) {
                         true => {
                             tracing::warn!(file = %file, torrent = %name, hash = %&hash[..8], reason = %why, "not added; renamed to {}", shown(&target))
                         }
@@ -562,11 +570,11 @@ impl WatchFolder {
         }
         match self.on_added {
             OnAdded::Rename => {
-                let target = free_suffix(path, "added");
-                self.rename(path, &target, stamp);
+                let target = free_suffix(place, path, "added");
+                self.rename(place, path, &target, stamp);
             }
             OnAdded::Delete => {
-                let result = std::fs::remove_file(path);
+                let result = place.remove();
                 self.done_with(path, stamp, result);
             }
             OnAdded::Keep => self.kept.insert(path, stamp),
@@ -575,7 +583,7 @@ impl WatchFolder {
 }
 
 fn new_pending(path: &Path) -> Pending {
-    let meta = std::fs::metadata(path).ok();
+    let meta = std::fs::symlink_metadata(path).ok();
     Pending {
         first_seen: Instant::now(),
         last_look: Instant::now(),
@@ -643,10 +651,10 @@ fn category_of_folder(folder: &Path) -> Option<String> {
 
 /// `path.suffix`, or the first of `path.2.suffix`, `path.3.suffix`, ...
 /// that does not exist: a file handled twice keeps both of its traces.
-fn free_suffix(path: &Path, suffix: &str) -> PathBuf {
+fn free_suffix(place: &Place, path: &Path, suffix: &str) -> PathBuf {
     (1..10_000)
         .map(|n| if n == 1 { with_suffix(path, suffix) } else { with_suffix(path, &format!("{n}.{suffix}")) })
-        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .find(|p| p.file_name().is_some_and(|name| !place.exists(name)))
         .unwrap_or_else(|| with_suffix(path, suffix))
 }
 
