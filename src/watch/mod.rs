@@ -277,8 +277,10 @@ impl WatchFolder {
     /// What inotify saw: a drop to consider, or a folder come or gone.
     fn seen(&mut self, path: &Path, complete: bool) {
         if path.parent() == Some(&self.dir) && kind_of(path).is_none() {
-            // Possibly a category folder: scanned within a second, bursts at once.
-            self.folders_changed |= category_of_folder(path).is_some();
+            // A category folder come, gone or replaced (not a `.part` file
+            // renamed): scanned within a second, a burst at once.
+            let folder = self.categories.contains(path) || is_real_folder(path);
+            self.folders_changed |= folder && category_of_folder(path).is_some();
             return;
         }
         if kind_of(path).is_some() && self.is_watched(path) && path.exists() {
