@@ -25,16 +25,20 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(config: Config, config_path: Option<PathBuf>, log: &LogHandle) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let control_path = config.control_socket();
+    // The watch folder is made before anything starts: a daemon that cannot
+    // watch its folder stops, naming it, rather than run deaf; nor does it
+    // start with one that reaches into its own folders.
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::startup::create_folder("watch folder", &c.paths.watch_dir, "watch_dir")?;
+        crate::watch::check_overlap(&c)
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!(e))?;
     // Binding, chmod, chown and the group lookup touch files: off the async workers.
     let c = config.clone();
     let control =
         tokio::task::spawn_blocking(move || crate::control::open(&c)).await?.map_err(|e| anyhow::anyhow!(e))?;
-    // The watch folder is made before anything starts: a daemon that cannot
-    // watch its folder stops, naming it, rather than run deaf.
-    let watch_dir = config.paths.watch_dir.clone();
-    tokio::task::spawn_blocking(move || crate::startup::create_folder("watch folder", &watch_dir, "watch_dir"))
-        .await?
-        .map_err(|e| anyhow::anyhow!(e))?;
     let session = Session::start(config.clone()).await?;
     let cancel = CancellationToken::new();
 

@@ -9,7 +9,7 @@
 //! Runs on the watch thread (blocking file work is fine there); the list is
 //! written once per change of the set, not per file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -73,10 +73,15 @@ impl KeptFiles {
         }
     }
 
-    /// Forgets the files no longer in the folder.
-    pub fn retain_present(&mut self, present: &HashSet<PathBuf>) {
+    /// Whether `path` was kept, as it was then or not.
+    pub fn knows(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
+    }
+
+    /// Forgets the files `still_there` says left the folder.
+    pub fn retain(&mut self, still_there: impl Fn(&PathBuf) -> bool) {
         let before = self.files.len();
-        self.files.retain(|p, _| present.contains(p));
+        self.files.retain(|p, _| still_there(p));
         self.dirty |= self.files.len() != before;
     }
 

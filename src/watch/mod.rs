@@ -12,7 +12,12 @@
 //!
 //! A subfolder is a category: `watch/tv/x.torrent` is added in category
 //! `tv` (one level deep; folders whose names start with `.` are skipped).
-//! inotify watches the subfolders too (files deeper down are ignored).
+//! Anyone in dropseed's group may write here, so nothing is followed out of
+//! the folder: links to folders are not categories (nor, for files, drops),
+//! inotify watches the folder and each category folder one level each (never
+//! recursively, so a deep tree or a link to `/usr` costs nothing), and the
+//! category folders taken are bounded ([`categories`]). [`overlap`] refuses
+//! at start a watch folder reaching into dropseed's own folders.
 //!
 //! A file that cannot be renamed or deleted after it was handled (a
 //! read-only folder) stays where it is and is taken once, like a file kept
@@ -24,13 +29,20 @@
 //! into the session through the runtime's handle. The daemon creates the
 //! folder before it starts this thread, and refuses to start if it cannot.
 
+mod categories;
 mod kept;
+mod overlap;
+mod place;
+
+pub use overlap::check as check_overlap;
 
 use crate::config::{Config, OnAdded};
 use crate::magnet;
 use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
 use crate::session::{AddOutcome, Session};
+use categories::{Categories, MAX_CATEGORIES, MAX_FILES_PER_FOLDER, MAX_FILES_PER_SCAN};
 use notify::{EventKind, RecursiveMode, Watcher};
+use place::Place;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -127,6 +139,14 @@ pub struct WatchFolder {
     warned_unwritable: bool,
     /// The folder was said to be unreadable.
     warned_unlistable: bool,
+    /// inotify, when the filesystem offers it: the folder and each category.
+    inotify: Option<notify::RecommendedWatcher>,
+    /// The category folders taken.
+    categories: Categories,
+    /// inotify saw a folder come or go in the watch folder: scan soon.
+    folders_changed: bool,
+    /// A category folder could not be given an inotify watch (said once).
+    warned_no_watch: bool,
 }
 
 /// Parses a dropped file into what it adds.
@@ -159,7 +179,6 @@ pub fn parse_bytes(kind: Kind, bytes: Vec<u8>) -> Result<Parsed, String> {
 /// a device, a symlink to one) is refused without blocking on it, and a file
 /// that grows past the limit while read is refused too.
 pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
     let file = std::fs::OpenOptions::new()
@@ -167,6 +186,12 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| e.to_string())?;
+    read_open_file(file, limit)
+}
+
+/// Reads an opened file the same way: regular, at most `limit` bytes.
+fn read_open_file(file: std::fs::File, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
@@ -194,6 +219,10 @@ impl WatchFolder {
             kept: kept::KeptFiles::new(&config.paths.state_dir, &config.paths.watch_dir),
             warned_unwritable: false,
             warned_unlistable: false,
+            inotify: None,
+            categories: Categories::new(),
+            folders_changed: false,
+            warned_no_watch: false,
         }
     }
 
@@ -209,14 +238,15 @@ impl WatchFolder {
     /// which SIGHUP replaces.
     fn run(mut self, events: SyncSender<Msg>, rx: Receiver<Msg>) {
         self.kept.load();
-        let _watcher = self.start_inotify(events);
+        self.inotify = self.start_inotify(events);
         tracing::info!(dir = %self.dir.display(), "watching for .torrent and .magnet files");
         self.scan();
         let mut last_full = Instant::now();
         loop {
             self.kept.save();
             // Look again soon while files are settling, else at the poll interval.
-            let wait = if self.pending.is_empty() { self.poll.saturating_sub(last_full.elapsed()) } else { SETTLE };
+            let busy = !self.pending.is_empty() || self.folders_changed;
+            let wait = if busy { SETTLE } else { self.poll.saturating_sub(last_full.elapsed()) };
             match rx.recv_timeout(wait) {
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.kept.save();
@@ -229,16 +259,8 @@ impl WatchFolder {
                     self.scan();
                     last_full = Instant::now();
                 }
-                Ok(Msg::Seen(path, complete)) => {
-                    if kind_of(&path).is_some() && self.is_watched(&path) && path.exists() {
-                        let p = self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
-                        p.closed |= complete;
-                        if complete {
-                            self.consider(&path);
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if last_full.elapsed() >= self.poll => {
+                Ok(Msg::Seen(path, complete)) => self.seen(&path, complete),
+                Err(RecvTimeoutError::Timeout) if last_full.elapsed() >= self.poll || self.folders_changed => {
                     self.scan();
                     last_full = Instant::now();
                 }
@@ -248,6 +270,24 @@ impl WatchFolder {
                         self.consider(&p);
                     }
                 }
+            }
+        }
+    }
+
+    /// What inotify saw: a drop to consider, or a folder come or gone.
+    fn seen(&mut self, path: &Path, complete: bool) {
+        if path.parent() == Some(&self.dir) && kind_of(path).is_none() {
+            // A category folder come, gone or replaced (not a `.part` file
+            // renamed): scanned within a second, a burst at once.
+            let folder = self.categories.contains(path) || is_real_folder(path);
+            self.folders_changed |= folder && category_of_folder(path).is_some();
+            return;
+        }
+        if kind_of(path).is_some() && self.is_watched(path) && path.exists() {
+            let p = self.pending.entry(path.to_path_buf()).or_insert_with(|| new_pending(path));
+            p.closed |= complete;
+            if complete {
+                self.consider(path);
             }
         }
     }
@@ -269,76 +309,149 @@ impl WatchFolder {
                 }
             }
         });
-        // Recursive, for the category subfolders; deeper files are ignored.
-        let result = watcher.and_then(|mut w| w.watch(&self.dir, RecursiveMode::Recursive).map(|()| w));
+        // One level: category folders get their own watch as they are taken.
+        let result = watcher.and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|()| w));
         result
             .map_err(|e| tracing::warn!(dir = %self.dir.display(), error = %e, "inotify unavailable; polling only"))
             .ok()
     }
 
-    /// A file in the folder itself, or in a category subfolder of it.
+    /// A file in the folder itself, or in a category folder taken (and
+    /// still a real folder, not a link put in its place).
     fn is_watched(&self, path: &Path) -> bool {
         match path.parent() {
             Some(parent) if parent == self.dir => true,
-            Some(parent) => parent.parent() == Some(&self.dir) && category_of_folder(parent).is_some(),
+            Some(parent) => self.categories.contains(parent) && is_real_folder(parent),
             None => false,
         }
     }
 
-    /// Lists the folder and considers every candidate file.
+    /// Lists the folder, takes in its category folders and considers the
+    /// candidate files: the folder's own, then the categories' from where
+    /// the last scan's budget ran out.
     pub fn scan(&mut self) {
-        let entries = match std::fs::read_dir(&self.dir) {
+        self.folders_changed = false;
+        let Some(entries) = self.list_watch_folder() else { return };
+        let config = self.session.env.config();
+        let mut root = Listing::new(MAX_FILES_PER_FOLDER);
+        let kept = &self.kept;
+        let folders = entries.flatten().filter_map(|e| {
+            let path = e.path();
+            match e.file_type() {
+                // file_type does not follow links: a link is neither.
+                Ok(t) if t.is_dir() => category_of_folder(&path).is_some().then_some(path),
+                Ok(t) if t.is_file() && kind_of(&path).is_some() => {
+                    let known = kept.knows(&path);
+                    root.offer(path, known);
+                    None
+                }
+                _ => None,
+            }
+        });
+        let configured = |f: &Path| category_of_folder(f).is_some_and(|n| config.categories.contains_key(&n));
+        let change = self.categories.sync(folders, configured);
+        self.apply(&change);
+        let mut scan = Scan { present: HashSet::new(), listed: HashSet::new(), budget: MAX_FILES_PER_SCAN };
+        self.take_files(&self.dir.clone(), root, &mut scan);
+        let order = self.categories.in_scan_order();
+        for (i, folder) in order.iter().enumerate() {
+            if scan.budget == 0 {
+                self.categories.stopped_after(i);
+                break;
+            }
+            let listing = self.list_category(folder, scan.budget.min(MAX_FILES_PER_FOLDER));
+            self.take_files(folder, listing, &mut scan);
+        }
+        // Forget only what a whole listing showed gone.
+        let listed = |p: &PathBuf| scan.present.contains(p) || !p.parent().is_some_and(|f| scan.listed.contains(f));
+        self.pending.retain(|p, _| listed(p));
+        self.kept.retain(listed);
+    }
+
+    fn list_watch_folder(&mut self) -> Option<std::fs::ReadDir> {
+        match std::fs::read_dir(&self.dir) {
             Ok(entries) => {
                 self.warned_unlistable = false;
-                entries
+                Some(entries)
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.warned_unlistable, true) {
                     tracing::warn!(dir = %shown(&self.dir), error = %e,
                         "cannot list the watch folder; give dropseed's user read access to it");
                 }
-                return;
+                None
             }
-        };
-        let mut present = HashSet::new();
-        let mut categories = Vec::new();
-        for e in entries.flatten() {
+        }
+    }
+
+    /// Watches the category folders taken, unwatches the gone ones, and
+    /// names the refused ones.
+    fn apply(&mut self, change: &categories::Change) {
+        for folder in &change.removed {
+            if let Some(w) = self.inotify.as_mut() {
+                let _ = w.unwatch(folder); // already gone with the folder, mostly
+            }
+        }
+        for folder in &change.added {
+            let Some(w) = self.inotify.as_mut() else { break };
+            if let Err(e) = w.watch(folder, RecursiveMode::NonRecursive) {
+                if !std::mem::replace(&mut self.warned_no_watch, true) {
+                    tracing::warn!(dir = %shown(folder), error = %e, "no inotify watch on a category folder; \
+                        its files are found by the scan every poll_secs");
+                }
+            }
+        }
+        if self.categories.should_warn(change) {
+            let names: Vec<String> = change.refused_named.iter().map(|f| shown(f)).collect();
+            tracing::warn!(refused = change.refused, folders = %names.join(", "),
+                "category folders past the limit of {MAX_CATEGORIES} are not watched, and files in them are \
+                 not added; remove the folders you do not use");
+        }
+    }
+
+    /// The candidate files of a category folder, up to `limit` new ones.
+    fn list_category(&self, folder: &Path, limit: usize) -> Listing {
+        let mut listing = Listing::new(limit);
+        // A link put in the folder's place since the listing is not followed.
+        if !is_real_folder(folder) {
+            listing.whole = false;
+            return listing;
+        }
+        for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
             let path = e.path();
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() && category_of_folder(&path).is_some() {
-                categories.push(path);
-                continue;
+            if kind_of(&path).is_some() && e.file_type().is_ok_and(|t| t.is_file()) {
+                let known = self.kept.knows(&path);
+                if !listing.offer(path, known) {
+                    break;
+                }
             }
-            if kind_of(&path).is_none() || !kind.is_file() {
-                continue;
-            }
-            present.insert(path.clone());
+        }
+        listing
+    }
+
+    /// Considers the files of a listing of `folder`, spending the scan's budget.
+    fn take_files(&mut self, folder: &Path, listing: Listing, scan: &mut Scan) {
+        if listing.whole {
+            scan.listed.insert(folder.to_path_buf());
+        }
+        scan.budget = scan.budget.saturating_sub(listing.new);
+        for path in listing.files {
+            scan.present.insert(path.clone());
             self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
             self.consider(&path);
         }
-        for folder in categories.iter().take(MAX_CATEGORIES) {
-            for e in std::fs::read_dir(folder).into_iter().flatten().flatten().take(MAX_FILES_PER_CATEGORY) {
-                let path = e.path();
-                if kind_of(&path).is_none() || !e.file_type().is_ok_and(|t| t.is_file()) {
-                    continue;
-                }
-                present.insert(path.clone());
-                self.pending.entry(path.clone()).or_insert_with(|| new_pending(&path));
-                self.consider(&path);
-            }
-        }
-        self.pending.retain(|p, _| present.contains(p));
-        self.kept.retain_present(&present);
     }
 
     /// Adds a file once it is complete, or renames it `.invalid` once it has
     /// failed to parse for [`INVALID_AFTER`].
     fn consider(&mut self, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else {
+        // Regular files only, reached without a link: nothing outside the
+        // watch folder is read or renamed.
+        let place = Place::open(&self.dir, path).ok();
+        let Some((place, (size, mtime))) = place.and_then(|p| p.stat().ok().map(|s| (p, s))) else {
             self.pending.remove(path);
             return;
         };
-        let (size, mtime) = (meta.len(), meta.modified().ok());
         let stamp = kept::stamp(size, mtime);
         if self.kept.holds(path, stamp) {
             self.pending.remove(path);
@@ -359,15 +472,16 @@ impl WatchFolder {
             return;
         }
         p.last_look = Instant::now();
-        match parse_file(path) {
+        let kind = kind_of(path).unwrap_or(Kind::Torrent);
+        match place.read(kind.size_limit()).and_then(|bytes| parse_bytes(kind, bytes)) {
             Ok(parsed) => {
                 self.pending.remove(path);
-                self.add(path, parsed, stamp);
+                self.add(path, &place, parsed, stamp);
             }
             Err(e) if p.first_seen.elapsed() >= INVALID_AFTER => {
                 self.pending.remove(path);
-                let target = free_suffix(path, "invalid");
-                match self.rename(path, &target, stamp) {
+                let target = free_suffix(&place, path, "invalid");
+                match self.rename(&place, path, &target, stamp) {
                     true => {
                         tracing::warn!(file = %shown(path), reason = %e, "invalid file; renamed to {}", shown(&target))
                     }
@@ -382,8 +496,11 @@ impl WatchFolder {
     /// Renames a handled file, never over another; if the folder will not
     /// have it, the file stays, is taken no more, and the folder is warned
     /// about once.
-    fn rename(&mut self, from: &Path, to: &Path, stamp: kept::Stamp) -> bool {
-        let result = crate::torrent::handoff::rename_noreplace(from, to);
+    fn rename(&mut self, place: &Place, from: &Path, to: &Path, stamp: kept::Stamp) -> bool {
+        let result = match to.file_name() {
+            Some(name) => place.rename_noreplace(name),
+            None => Err(std::io::Error::other("no file name")),
+        };
         self.done_with(from, stamp, result)
     }
 
@@ -406,7 +523,7 @@ impl WatchFolder {
         }
     }
 
-    fn add(&mut self, path: &Path, parsed: Parsed, stamp: kept::Stamp) {
+    fn add(&mut self, path: &Path, place: &Place, parsed: Parsed, stamp: kept::Stamp) {
         let file = shown(path);
         // A file in a subfolder belongs to that folder's category.
         let category = match path.parent() {
@@ -436,8 +553,8 @@ impl WatchFolder {
                     tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "already managed; nothing to add")
                 }
                 Ok(AddOutcome::Refused(why)) => {
-                    let target = free_suffix(path, "invalid");
-                    match self.rename(path, &target, stamp) {
+                    let target = free_suffix(place, path, "invalid");
+                    match self.rename(place, path, &target, stamp) {
                         true => {
                             tracing::warn!(file = %file, torrent = %name, hash = %&hash[..8], reason = %why, "not added; renamed to {}", shown(&target))
                         }
@@ -455,11 +572,11 @@ impl WatchFolder {
         }
         match self.on_added {
             OnAdded::Rename => {
-                let target = free_suffix(path, "added");
-                self.rename(path, &target, stamp);
+                let target = free_suffix(place, path, "added");
+                self.rename(place, path, &target, stamp);
             }
             OnAdded::Delete => {
-                let result = std::fs::remove_file(path);
+                let result = place.remove();
                 self.done_with(path, stamp, result);
             }
             OnAdded::Keep => self.kept.insert(path, stamp),
@@ -468,7 +585,7 @@ impl WatchFolder {
 }
 
 fn new_pending(path: &Path) -> Pending {
-    let meta = std::fs::metadata(path).ok();
+    let meta = std::fs::symlink_metadata(path).ok();
     Pending {
         first_seen: Instant::now(),
         last_look: Instant::now(),
@@ -484,9 +601,49 @@ fn shown(path: &Path) -> String {
     crate::types::printable(&path.to_string_lossy(), 500)
 }
 
-/// Category folders looked into, and files taken from each, per scan.
-const MAX_CATEGORIES: usize = 100;
-const MAX_FILES_PER_CATEGORY: usize = 1000;
+/// The candidate files of one folder: every kept one (they cost a look,
+/// not a parse, so they cannot crowd out new drops) and up to `limit` new.
+struct Listing {
+    files: Vec<PathBuf>,
+    new: usize,
+    limit: usize,
+    /// Every entry was seen (none left out for the limit).
+    whole: bool,
+}
+
+impl Listing {
+    fn new(limit: usize) -> Listing {
+        Listing { files: Vec::new(), new: 0, limit, whole: true }
+    }
+
+    /// Adds a file unless the limit of new ones is reached (then `false`).
+    fn offer(&mut self, path: PathBuf, kept: bool) -> bool {
+        if !kept {
+            if self.new == self.limit {
+                self.whole = false;
+                return false;
+            }
+            self.new += 1;
+        }
+        self.files.push(path);
+        true
+    }
+}
+
+/// What one scan saw and may still do.
+struct Scan {
+    /// Candidate files listed.
+    present: HashSet<PathBuf>,
+    /// Folders listed whole: what is not in `present` has left them.
+    listed: HashSet<PathBuf>,
+    /// New files it may still look at.
+    budget: usize,
+}
+
+/// A folder, not a link to one (nor anything else).
+fn is_real_folder(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
 
 /// The category a watch subfolder stands for, if its name can be one.
 fn category_of_folder(folder: &Path) -> Option<String> {
@@ -496,10 +653,10 @@ fn category_of_folder(folder: &Path) -> Option<String> {
 
 /// `path.suffix`, or the first of `path.2.suffix`, `path.3.suffix`, ...
 /// that does not exist: a file handled twice keeps both of its traces.
-fn free_suffix(path: &Path, suffix: &str) -> PathBuf {
+fn free_suffix(place: &Place, path: &Path, suffix: &str) -> PathBuf {
     (1..10_000)
         .map(|n| if n == 1 { with_suffix(path, suffix) } else { with_suffix(path, &format!("{n}.{suffix}")) })
-        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .find(|p| p.file_name().is_some_and(|name| !place.exists(name)))
         .unwrap_or_else(|| with_suffix(path, suffix))
 }
 
