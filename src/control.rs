@@ -1,6 +1,8 @@
 //! The control channel: a Unix socket (`state_dir/control.sock`, mode 0660
 //! with `[paths] socket_group`, nothing reachable from the network) speaking one JSON request and one JSON
-//! reply per line; and the client side the CLI commands use.
+//! reply per line; and the client side the CLI commands use. The socket is
+//! made in a private folder and linked into place with its final mode and
+//! group, so it is never reachable with more, whatever the umask.
 //!
 //! `add_file` is the one request with a body: its line gives the file's name
 //! (for its kind and the messages) and its size, and exactly that many raw
@@ -132,20 +134,67 @@ pub fn open(config: &Config) -> Result<UnixListener, String> {
 
 /// Binds the socket (replacing a stale one) with mode 0660 and, if given,
 /// the group (name, id). The error says what failed and what to set.
+///
+/// The socket is made in a private folder beside `path` and given its mode
+/// and group there, then linked into place: bound straight at `path` it
+/// would have the umask's mode (0777 under `umask = "0000"`) until the
+/// chmod, and anyone could connect in between. The umask is not narrowed
+/// instead because it is process-wide and other threads create files.
 pub fn bind(path: &Path, group: Option<(&str, u32)>) -> Result<UnixListener, String> {
-    let listener = bind_fresh(path).map_err(|e| crate::startup::cannot_bind_control(path, &e))?;
-    crate::perms::own_socket(path, group)?;
+    let fail = |e: std::io::Error| crate::startup::cannot_bind_control(path, &e);
+    clear_stale(path).map_err(fail)?;
+    let private = PrivateDir::create(path).map_err(fail)?;
+    let listener = UnixListener::bind(private.socket()).map_err(fail)?;
+    crate::perms::own_socket(&private.socket(), path, group)?;
+    // A link never replaces a file: a daemon that got there first keeps it.
+    std::fs::hard_link(private.socket(), path).map_err(fail)?;
     Ok(listener)
 }
 
-fn bind_fresh(path: &Path) -> std::io::Result<UnixListener> {
+/// Removes a socket left by a daemon that died, refusing one that answers.
+fn clear_stale(path: &Path) -> std::io::Result<()> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "a running program already answers on it"));
         }
         std::fs::remove_file(path)?;
     }
-    UnixListener::bind(path)
+    Ok(())
+}
+
+/// A folder only the daemon's user can enter (mkdir with 0700, which no
+/// umask widens), beside the socket's path, to make the socket in; removed
+/// with the socket's name in it when dropped (the listener keeps working).
+/// Its name and the socket's are as long as `control.sock`, so a path that
+/// fits a socket address fits both.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create(beside: &Path) -> std::io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = beside.parent().unwrap_or(Path::new("."));
+        let mut tries = 0;
+        loop {
+            let dir = parent.join(format!(".ctl{:06x}", rand::random::<u32>() & 0xff_ffff));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(PrivateDir(dir)),
+                // Taken (left by a crash, or made by someone else): never reused.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("s")
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 pub async fn serve(listener: UnixListener, path: PathBuf, session: Arc<Session>, cancel: CancellationToken) {

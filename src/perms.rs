@@ -3,7 +3,8 @@
 //! service in the daemon's group, say Sonarr, can drop files into the watch
 //! folder and hardlink finished downloads, and other users see nothing), and
 //! the control socket's mode 0660 and group (`[paths] socket_group`, by
-//! default the daemon's own group).
+//! default the daemon's own group). Both are given while the socket still
+//! sits in a private folder (`control::bind`), before anyone can reach it.
 //!
 //! Changing the socket's group is a `chown`, which the daemon's user may do
 //! only for a group it belongs to; it is skipped when the socket already has
@@ -43,10 +44,11 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     }
 }
 
-/// Gives the control socket mode 0660 and, if asked, the group `gid`.
-pub fn own_socket(path: &Path, group: Option<(&str, u32)>) -> Result<(), String> {
+/// Gives the control socket at `path` mode 0660 and, if asked, the group
+/// `gid`; errors name it as `shown` (where it is going to be).
+pub fn own_socket(path: &Path, shown: &Path, group: Option<(&str, u32)>) -> Result<(), String> {
     let fail = |what: &str, e: io::Error| {
-        format!("cannot {what} of the control socket {} ({})", path.display(), crate::startup::reason(&e))
+        format!("cannot {what} of the control socket {} ({})", shown.display(), crate::startup::reason(&e))
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .map_err(|e| fail("set the mode", e))?;
@@ -57,7 +59,7 @@ pub fn own_socket(path: &Path, group: Option<(&str, u32)>) -> Result<(), String>
             format!(
                 "cannot give the control socket {} to group {name} ({}): dropseed's user must be a member of it; \
                  set [paths] socket_group",
-                path.display(),
+                shown.display(),
                 crate::startup::reason(&e)
             )
         })?;

@@ -614,3 +614,78 @@ fn an_unreadable_watch_folder_is_warned_about_once_and_read_once_it_can_be() {
         v["torrents"].as_array()?.iter().any(|t| t["info_hash"] == hash).then_some(())
     });
 }
+
+/// Sockets in `dir`, or in a folder of it that others may enter, whose mode
+/// lets in more than owner and group (0660): what another user could
+/// connect to.
+fn reachable_wide_sockets(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let list = |d: &Path| -> Vec<(PathBuf, std::fs::Metadata)> {
+        let Ok(entries) = std::fs::read_dir(d) else { return Vec::new() };
+        entries.flatten().filter_map(|e| Some((e.path(), e.path().symlink_metadata().ok()?))).collect()
+    };
+    let mut folders = vec![dir.to_path_buf()];
+    folders.extend(list(dir).into_iter().filter(|(_, m)| m.is_dir() && m.mode() & 0o001 != 0).map(|(p, _)| p));
+    folders
+        .iter()
+        .flat_map(|d| list(d))
+        .filter(|(_, m)| m.file_type().is_socket() && m.mode() & 0o777 & !0o660 != 0)
+        .map(|(p, m)| format!("{} mode {:o}", p.display(), m.mode() & 0o7777))
+        .collect()
+}
+
+/// Issue #23, 15: under `umask = "0000"` the control socket must never be
+/// reachable with more than its 0660, not even between its bind and its
+/// chmod. strace holds every chmod for half a second, so that moment, a few
+/// microseconds otherwise, cannot be missed by a watcher polling state_dir.
+#[test]
+fn the_control_socket_is_never_reachable_with_wider_rights_than_0660() {
+    if !require("strace", "strace") {
+        return;
+    }
+    let ds = with_paths("umask = \"0000\"\n");
+    let socket = ds.state_dir().join("control.sock");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (state, done) = (ds.state_dir(), done.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.extend(reachable_wide_sockets(&state));
+            }
+            seen
+        })
+    };
+    let mut run = Command::new("strace");
+    run.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=chmod,fchmodat"])
+        .args(["-e", "inject=chmod,fchmodat:delay_enter=500000"])
+        .arg(dropseed_bin())
+        .args(["run", "-c"])
+        .arg(&ds.config)
+        .env("NO_COLOR", "1");
+    let mut strace = start_daemon(run, &socket, &ds.dir.path().join("console.log"));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert!(seen.is_empty(), "a socket others could connect to: {seen:?}");
+
+    // And it works, as configured, with nothing left of its making.
+    assert_eq!(mode(&socket), 0o660);
+    let out = ds.cli(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let folders: Vec<PathBuf> = std::fs::read_dir(ds.state_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    assert!(folders.is_empty(), "left behind: {folders:?}");
+
+    // strace's child is the daemon: stopped the usual way.
+    let pid = strace.pid();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let daemon: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on the test's own grandchild.
+    unsafe { libc::kill(daemon, libc::SIGTERM) };
+    let status = wait_for("dropseed to stop", Duration::from_secs(20), || strace.0.try_wait().unwrap());
+    assert!(status.success(), "{status}");
+}

@@ -325,3 +325,60 @@ fn stopping_dropseed_kills_a_running_hook_after_a_short_grace() {
     assert!(ds.log_text().contains("dropseed is stopping"));
     wait_for("the hook's child to be gone", Duration::from_secs(5), || (!alive(child)).then_some(()));
 }
+
+/// Issue #23, 13: a hook that exits at once but leaves a child holding its
+/// stdout. Its end is its own exit, not the child's: the slot frees (the
+/// second hook runs with `max_running = 1`), the log gives its exit status,
+/// nothing says "timed out" under a one-hour timeout, and the child is
+/// killed with the hook's process group once the output grace has passed.
+#[test]
+fn a_hook_that_exits_is_done_though_a_child_it_left_holds_its_output() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let d = work.path().display().to_string();
+    let linger = script(
+        work.path(),
+        "linger.sh",
+        &format!(
+            "sleep 600 &\necho $! > \"{d}/child.$$.tmp\"\nmv \"{d}/child.$$.tmp\" \"{d}/child.$$.pid\"\necho done\n"
+        ),
+    );
+    let mut ds =
+        Dropseed::new(&format!("[hooks]\nmax_running = 1\ntimeout = \"1h\"\non_added = [\"{}\"]\n", linger.display()));
+    let (first, _) = complete_torrent(&ds, work.path(), "linger1.bin", 50_000);
+    let second = work.path().join("t2.torrent");
+    payload(&ds.download_dir().join("linger2.bin"), 60_000, 9);
+    mktorrent(&ds.download_dir().join("linger2.bin"), "http://127.0.0.1:1/announce", 15, &second, &[]);
+    ds.start();
+    ds.drop_file(&first, "linger1.torrent");
+    ds.drop_file(&second, "linger2.torrent");
+
+    // Both hooks ran to their end, one after the other, in well under the hour.
+    let log = wait_for("both hooks to finish", Duration::from_secs(60), || {
+        let log = ds.log_text();
+        (log.matches("hook finished").count() >= 2).then_some(log)
+    });
+    let finished: Vec<&str> = log.lines().filter(|l| l.contains("hook finished")).collect();
+    for line in &finished {
+        assert!(line.contains("exit status 0"), "{line}");
+    }
+    assert!(finished.iter().any(|l| l.contains("linger1.bin")) && finished.iter().any(|l| l.contains("linger2.bin")));
+    assert!(log.contains("line=done"), "the hook's output is logged: {log}");
+    assert!(!log.contains("timed out"), "{log}");
+
+    // The children it left are killed with its group.
+    let children: Vec<u32> = wait_for("both children's pids", Duration::from_secs(10), || {
+        let pids: Vec<u32> = std::fs::read_dir(work.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    for child in children {
+        wait_for("the lingering child to be killed", Duration::from_secs(10), || (!alive(child)).then_some(()));
+    }
+}

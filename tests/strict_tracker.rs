@@ -309,3 +309,57 @@ fn a_magnet_keeps_the_floor_across_a_kill9() {
     let left: Vec<_> = std::fs::read_dir(d.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().starts_with(hash)), "{left:?}");
 }
+
+/// Issue #23, 16: killed (-9) after its `started`, restarted, then paused
+/// while its new `started` waits for the floor. The tracker still holds the
+/// torrent active from the first life (the announce record says it heard a
+/// `started` and no `stopped`), so it must hear `stopped` now, not keep a
+/// ghost peer until it times out.
+#[test]
+fn a_torrent_paused_within_the_floor_after_a_kill9_sends_stopped() {
+    if !common::require("mktorrent", "mktorrent") {
+        return;
+    }
+    let tracker = StrictTracker::start();
+    let work = common::tempdir();
+    let mut d = Dropseed::new("");
+    let data = d.download_dir().join("ghost.bin");
+    common::payload(&data, 200_000, 3);
+    let torrent = work.path().join("ghost.torrent");
+    common::mktorrent(&data, &tracker.url(), 15, &torrent, &[]);
+    let hash = common::info_hash(&torrent);
+    d.start();
+    d.drop_file(&torrent, "ghost.torrent");
+    tracker.wait_event(0, "started", Duration::from_secs(30));
+    d.kill9();
+    d.start();
+    d.wait_state(&hash, "seeding", Duration::from_secs(20));
+    assert!(d.cli(&["pause", &hash]).status.success());
+    tracker.wait_event(1, "stopped", Duration::from_secs(10));
+    let ledger = tracker.ledger.lock().unwrap();
+    let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
+    assert_eq!(events, ["started", "stopped"]);
+    assert!(ledger.violations.is_empty(), "violations: {:#?}", ledger.violations);
+}
+
+/// The same for a magnet removed while its new `started` waits.
+#[test]
+fn a_magnet_removed_within_the_floor_after_a_kill9_sends_stopped() {
+    let tracker = StrictTracker::start();
+    let work = common::tempdir();
+    let hash = "6eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+    let magnet = work.path().join("ghost.magnet");
+    std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{hash}&dn=ghost&tr={}\n", tracker.url())).unwrap();
+    let mut d = Dropseed::start_with("");
+    d.drop_file(&magnet, "ghost.magnet");
+    tracker.wait_event(0, "started", Duration::from_secs(30));
+    d.kill9();
+    d.start();
+    d.wait_state(hash, "metadata", Duration::from_secs(10));
+    assert!(d.cli(&["remove", hash]).status.success());
+    tracker.wait_event(1, "stopped", Duration::from_secs(10));
+    let ledger = tracker.ledger.lock().unwrap();
+    let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
+    assert_eq!(events, ["started", "stopped"]);
+    assert!(ledger.violations.is_empty(), "violations: {:#?}", ledger.violations);
+}

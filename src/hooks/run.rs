@@ -4,19 +4,28 @@
 //! [`MAX_LOGGED_LINES`] lines a run), its exit status logged. At its timeout,
 //! or when dropseed stops and [`SHUTDOWN_GRACE`] has passed, the whole group
 //! is killed with SIGKILL, so a hung hook or anything it started cannot
-//! outlive its welcome. Nothing a hook does reaches the torrent or the daemon:
+//! outlive its welcome. The run ends when the hook's own process exits
+//! (watched through a pidfd, which leaves it unreaped until its group is
+//! dealt with): its output is read for [`OUTPUT_GRACE`] more at most, and
+//! if something it started still holds the pipes then, the group is killed
+//! too, so a background child never keeps the slot until the timeout.
+//! Nothing a hook does reaches the torrent or the daemon:
 //! every failure ends here as a log line.
 
 use super::HookEvent;
 use crate::types::{human_duration, printable};
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 /// Output lines logged per run (stdout and stderr together); the rest is
 /// read and dropped, so a chatty hook never blocks on a full pipe.
@@ -29,6 +38,9 @@ const MAX_LINE_BYTES: usize = 4 * MAX_LINE_CHARS;
 /// How long running hooks may go on once dropseed is stopping, before their
 /// process groups are killed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long the output is read after the hook exits. Longer means something
+/// it started holds the pipes: that is killed with the hook's process group.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// One hook to run, its command line already built.
 pub struct Job {
@@ -40,8 +52,13 @@ pub struct Job {
     pub span: tracing::Span,
 }
 
+/// How a hook's run ended.
 enum End {
-    Exited(std::io::Result<ExitStatus>),
+    /// Its own process exited; `lingered` when something it started still
+    /// held its output [`OUTPUT_GRACE`] later (that was then killed).
+    Exited {
+        lingered: bool,
+    },
     TimedOut,
     Shutdown,
 }
@@ -72,63 +89,129 @@ pub async fn run(job: Job, cancel: CancellationToken) {
     };
     let pgid = child.id();
     tracing::debug!(hook = %hook, program = %program, pid = ?pgid, "hook started");
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let logged = AtomicUsize::new(0);
-    let end = {
-        let work = async {
-            let (status, (), ()) = tokio::join!(
-                child.wait(),
-                pump(stdout, "stdout", &job, &logged),
-                pump(stderr, "stderr", &job, &logged)
-            );
-            status
-        };
-        tokio::pin!(work);
-        let deadline = tokio::time::sleep(job.timeout);
-        tokio::pin!(deadline);
-        let end = tokio::select! {
-            status = &mut work => End::Exited(status),
-            _ = &mut deadline => End::TimedOut,
-            _ = cancel.cancelled() => End::Shutdown,
-        };
-        match end {
-            // Stopping: the hook may still finish within the grace (and its
-            // own timeout); otherwise it is killed.
-            End::Shutdown => tokio::select! {
-                status = &mut work => End::Exited(status),
-                _ = &mut deadline => End::TimedOut,
-                _ = tokio::time::sleep(SHUTDOWN_GRACE) => End::Shutdown,
-            },
-            end => end,
+    let output = read_output(&mut child, hook);
+    let pidfd = pgid.and_then(watch_exit);
+    let end = wait_end(&mut child, pidfd.as_ref(), job.timeout, &cancel).await;
+    let took = format!("{:.1}s", started.elapsed().as_secs_f64());
+    let end = match end {
+        // Whatever it left holding its pipes is not waited for beyond a
+        // short grace, so the slot frees when the hook itself is done.
+        End::Exited { .. } => End::Exited { lingered: !finish_output(output, Some(OUTPUT_GRACE)).await },
+        end => {
+            finish_output(output, None).await;
+            end
         }
     };
-    let took = format!("{:.1}s", started.elapsed().as_secs_f64());
-    let (timeout, grace) = (human_duration(job.timeout.as_secs()), human_duration(SHUTDOWN_GRACE.as_secs()));
+    if !matches!(end, End::Exited { lingered: false }) {
+        // The leader is unreaped (a zombie at worst) where pidfds exist, so
+        // the group's id cannot have gone to anyone else yet.
+        kill_group(pgid);
+    }
+    // Reaps the leader: at once, it exited or was just killed.
+    let status = child.wait().await;
+    log_end(hook, &program, &job, end, status, &took);
+}
+
+/// Lets the output reading end by itself within `grace`, or stops it (its
+/// pipes closed); whether it ended by itself.
+async fn finish_output(mut output: AbortOnDropHandle<()>, grace: Option<Duration>) -> bool {
+    if let Some(grace) = grace {
+        if tokio::time::timeout(grace, &mut output).await.is_ok() {
+            return true;
+        }
+    }
+    output.abort();
+    let _ = output.await;
+    false
+}
+
+/// Waits for the hook's process to exit, its timeout, or dropseed's stop
+/// (then the hook may still finish within the grace and its own timeout).
+async fn wait_end(
+    child: &mut Child,
+    pidfd: Option<&AsyncFd<OwnedFd>>,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> End {
+    let exit = exited(child, pidfd);
+    tokio::pin!(exit);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let end = tokio::select! {
+        () = &mut exit => End::Exited { lingered: false },
+        _ = &mut deadline => End::TimedOut,
+        _ = cancel.cancelled() => End::Shutdown,
+    };
     match end {
-        End::Exited(Ok(status)) if status.success() => {
-            tracing::info!(hook = %hook, program = %program, took, "hook finished: exit status 0")
+        End::Shutdown => tokio::select! {
+            () = &mut exit => End::Exited { lingered: false },
+            _ = &mut deadline => End::TimedOut,
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => End::Shutdown,
+        },
+        end => end,
+    }
+}
+
+/// A pidfd for the hook's process, readable once it exits; `None` where the
+/// kernel has none (before Linux 5.3).
+fn watch_exit(pid: u32) -> Option<AsyncFd<OwnedFd>> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    // SAFETY: an OwnedFd is open, stays open while the AsyncFd owns it, and
+    // always names the same descriptor.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+}
+
+/// The hook's own process has exited. Through its pidfd this leaves it
+/// unreaped; without one, reaping it is the only way to know.
+async fn exited(child: &mut Child, pidfd: Option<&AsyncFd<OwnedFd>>) {
+    if let Some(fd) = pidfd {
+        if fd.readable().await.is_ok() {
+            return;
         }
-        End::Exited(Ok(status)) => {
+    }
+    let _ = child.wait().await;
+}
+
+fn log_end(hook: &str, program: &str, job: &Job, end: End, status: std::io::Result<ExitStatus>, took: &str) {
+    let (timeout, grace) = (human_duration(job.timeout.as_secs()), human_duration(SHUTDOWN_GRACE.as_secs()));
+    let lingered = if matches!(end, End::Exited { lingered: true }) {
+        format!(
+            "; something it started still held its output {} after it exited and was killed with its process group",
+            human_duration(OUTPUT_GRACE.as_secs())
+        )
+    } else {
+        String::new()
+    };
+    match (end, status) {
+        (End::Exited { .. }, Ok(status)) if status.success() => {
+            tracing::info!(hook = %hook, program = %program, took, "hook finished: exit status 0{lingered}")
+        }
+        (End::Exited { .. }, Ok(status)) => {
             let why = describe(status);
-            tracing::warn!(hook = %hook, program = %program, took, "hook failed: {why}")
+            tracing::warn!(hook = %hook, program = %program, took, "hook failed: {why}{lingered}")
         }
-        End::Exited(Err(e)) => {
+        (End::Exited { .. }, Err(e)) => {
             let error = e.to_string();
             tracing::warn!(hook = %hook, program = %program, error, "hook lost: cannot wait for it")
         }
-        End::TimedOut => {
-            kill_group(pgid);
-            tracing::warn!(hook = %hook, program = %program,
-                "hook timed out after {timeout}; its process group was killed");
-        }
-        End::Shutdown => {
-            kill_group(pgid);
-            tracing::warn!(hook = %hook, program = %program,
-                "hook killed with its process group: dropseed is stopping and it ran {grace} past the stop");
-        }
+        (End::TimedOut, _) => tracing::warn!(hook = %hook, program = %program,
+            "hook timed out after {timeout}; its process group was killed"),
+        (End::Shutdown, _) => tracing::warn!(hook = %hook, program = %program,
+            "hook killed with its process group: dropseed is stopping and it ran {grace} past the stop"),
     }
-    // Reaps the leader (at once: it exited, or was just killed).
-    let _ = child.wait().await;
+}
+
+/// Reads the hook's stdout and stderr to their end, logging their lines, in
+/// a task of its own: the hook's end is its own exit, whoever else holds
+/// the pipes. Aborting it closes them.
+fn read_output(child: &mut Child, hook: &'static str) -> AbortOnDropHandle<()> {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let task = async move {
+        let logged = AtomicUsize::new(0);
+        tokio::join!(pump(stdout, "stdout", hook, &logged), pump(stderr, "stderr", hook, &logged));
+    };
+    AbortOnDropHandle::new(tokio::spawn(task.in_current_span()))
 }
 
 /// Starts the program. `spawn` waits for the exec to succeed or fail (a
@@ -148,13 +231,9 @@ async fn spawn(job: &Job) -> std::io::Result<Child> {
 
 /// SIGKILL to the whole process group the hook leads.
 fn kill_group(pgid: Option<u32>) {
-    let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) else {
-        return;
-    };
-    // SAFETY: kill(2) with a negative pid signals that process group; it
-    // touches no memory of ours.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+    let pgid = pgid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1);
+    if let Some(pgid) = pgid.and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
     }
 }
 
@@ -167,13 +246,13 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Reads one output stream to its end, logging its lines within budget.
-async fn pump(stream: Option<impl AsyncRead + Unpin>, name: &'static str, job: &Job, logged: &AtomicUsize) {
+async fn pump(stream: Option<impl AsyncRead + Unpin>, name: &'static str, hook: &'static str, logged: &AtomicUsize) {
     let Some(mut stream) = stream else {
         return;
     };
     let mut lines = Lines::default();
     let mut buf = [0u8; 4096];
-    let mut log = |line: String| log_line(job, name, logged, &line);
+    let mut log = |line: String| log_line(hook, name, logged, &line);
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -183,8 +262,7 @@ async fn pump(stream: Option<impl AsyncRead + Unpin>, name: &'static str, job: &
     lines.finish(&mut log);
 }
 
-fn log_line(job: &Job, stream: &'static str, logged: &AtomicUsize, line: &str) {
-    let hook = job.event.key();
+fn log_line(hook: &str, stream: &'static str, logged: &AtomicUsize, line: &str) {
     match logged.fetch_add(1, Ordering::Relaxed) {
         n if n < MAX_LOGGED_LINES => {
             tracing::info!(hook = %hook, stream = %stream, line = %line, "hook output")

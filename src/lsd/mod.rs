@@ -177,9 +177,12 @@ impl Lsd {
 
     /// One datagram: bounded work, no await, one short lock.
     fn on_datagram(&self, bytes: &[u8], from: SocketAddr, gate: &mut Gate) {
-        let now = Instant::now();
-        if !gate.datagram(now) {
-            return; // a flood: dropped unread, and unlogged
+        let ip = crate::compact::normalize(from).ip();
+        if matches!(ip, IpAddr::V4(v4) if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()) {
+            return;
+        }
+        if gate.admit(ip, Instant::now()).is_err() {
+            return; // over its host's rate or everyone's: dropped unread, and unlogged
         }
         let announce = match message::parse(bytes, &self.cookie) {
             Ok(a) => a,
@@ -189,14 +192,6 @@ impl Lsd {
                 return;
             }
         };
-        let ip = crate::compact::normalize(from).ip();
-        if matches!(ip, IpAddr::V4(v4) if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()) {
-            return;
-        }
-        if !gate.announce(ip, now) {
-            tracing::debug!(%from, "LSD announce over the host's rate, ignored");
-            return;
-        }
         let peer = SocketAddr::new(ip, announce.port);
         let roster = self.roster.lock().unwrap();
         for hash in &announce.hashes {

@@ -129,7 +129,12 @@ struct Announcer {
     /// uploaded, downloaded, corrupt.
     base: (u64, u64, u64),
     tracker_id: Option<Vec<u8>>,
+    /// This session's `started` was answered.
     started: bool,
+    /// An earlier session (before a kill -9, or a `stopped` that got no
+    /// answer) may still be held active by a tracker: `stopped` is owed
+    /// even if this session's `started` never goes out.
+    inherited: bool,
     completed_sent: bool,
     failures: u32,
     next_event: Event,
@@ -157,15 +162,17 @@ impl Announcer {
             return None;
         }
         let base = (counters.uploaded(), counters.downloaded(), counters.corrupt());
+        let record = cfg.book.get(cfg.info_hash);
         Some(Announcer {
             client,
             counters,
             tiers,
             udp_connections: udp::Connections::default(),
-            key: cfg.book.get(cfg.info_hash).key,
+            key: record.key,
             base,
             tracker_id: None,
             started: false,
+            inherited: record.active,
             completed_sent: complete,
             failures: 0,
             last_warning: None,
@@ -178,7 +185,7 @@ impl Announcer {
     /// One announce; returns when to announce next, and the peers it got.
     async fn announce(&mut self, cfg: &TrackerConfig) -> (Duration, Vec<SocketAddr>) {
         let params = self.params(cfg, self.next_event, cfg.numwant);
-        self.mark_sent(cfg).await;
+        self.mark_sent(cfg, self.next_event).await;
         let mut attempts = Vec::new();
         let result =
             announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, &mut attempts).await;
@@ -246,9 +253,10 @@ impl Announcer {
         }
     }
 
-    /// Announces `stopped`, bounded in time, if `started` was accepted.
+    /// Announces `stopped`, bounded in time, if `started` was accepted in
+    /// this session or a tracker may still hold an earlier one.
     async fn stop(mut self, cfg: &TrackerConfig) {
-        if !self.started {
+        if !self.started && !self.inherited {
             return;
         }
         let params = self.params(cfg, Event::Stopped, 0);
@@ -260,7 +268,10 @@ impl Announcer {
             announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, &mut attempts).await
         };
         match tokio::time::timeout(STOPPED_TIMEOUT, announce).await {
-            Ok(Ok(_)) => tracing::debug!(torrent = %cfg.name, "announced stopped"),
+            Ok(Ok(_)) => {
+                cfg.book.stopped(cfg.info_hash);
+                tracing::debug!(torrent = %cfg.name, "announced stopped")
+            }
             _ => tracing::debug!(torrent = %cfg.name, "stopped announce did not complete"),
         }
         show_attempts(cfg, &params, attempts, None);
@@ -268,8 +279,8 @@ impl Announcer {
 
     /// Notes (and saves) the time of an announce before it goes out: one
     /// that never reaches the tracker only delays the next by the floor.
-    async fn mark_sent(&self, cfg: &TrackerConfig) {
-        cfg.book.announced(cfg.info_hash, now_unix(), None);
+    async fn mark_sent(&self, cfg: &TrackerConfig, event: Event) {
+        cfg.book.sending(cfg.info_hash, now_unix(), event);
         self.counters.clone().persist().await;
     }
 

@@ -16,6 +16,10 @@
 //! * `stopped` never waits and is never skipped: it carries the session's
 //!   final counters (upload credit on a private tracker) and tells the
 //!   tracker to stop sending peers our way. What follows it waits instead.
+//!   It is owed from the moment an announce other than `stopped` goes out
+//!   until a `stopped` is answered (the record's `active`), across restarts:
+//!   a torrent paused after a kill -9, before its new `started` may go, still
+//!   sends it.
 
 use super::http::Event;
 use crate::types::InfoHash;
@@ -40,6 +44,25 @@ pub struct AnnounceRecord {
     /// The answering tracker's `min interval`, in seconds.
     #[serde(default)]
     pub min_interval: u64,
+    /// A tracker may hold us as an active peer: an announce other than
+    /// `stopped` went out (saved before it did) and no `stopped` has been
+    /// answered since. A later life whose own `started` has not gone out
+    /// yet still owes the tracker a `stopped` when it stops.
+    #[serde(default, with = "as_integer")]
+    pub active: bool,
+}
+
+/// Bencode has no booleans: 1 or 0.
+mod as_integer {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &bool, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(u8::from(*v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        Ok(u8::deserialize(d)? != 0)
+    }
 }
 
 impl AnnounceRecord {
@@ -129,6 +152,22 @@ impl AnnounceBook {
         }
     }
 
+    /// An announce carrying `event` goes out at `at`: it counts for the
+    /// pace, and anything but `stopped` may make us active at the tracker.
+    pub fn sending(&self, hash: InfoHash, at: u64, event: Event) {
+        self.announced(hash, at, None);
+        if event != Event::Stopped {
+            self.records.lock().unwrap().entry(hash).or_insert_with(AnnounceRecord::fresh).active = true;
+        }
+    }
+
+    /// A tracker answered our `stopped`: it no longer holds us.
+    pub fn stopped(&self, hash: InfoHash) {
+        if let Some(r) = self.records.lock().unwrap().get_mut(&hash) {
+            r.active = false;
+        }
+    }
+
     /// A tracker answered an announce at `at`.
     pub fn announced(&self, hash: InfoHash, at: u64, min_interval: Option<u64>) {
         let mut records = self.records.lock().unwrap();
@@ -206,11 +245,11 @@ mod tests {
 
     #[test]
     fn each_event_keeps_its_distance() {
-        let never = AnnounceRecord { key: 7, last_at: 0, min_interval: 0 };
+        let never = AnnounceRecord { key: 7, last_at: 0, min_interval: 0, active: false };
         for e in [Event::Started, Event::None, Event::Completed, Event::Stopped] {
             assert_eq!(never.pace(e, 1000), 1000, "nothing sent yet: {e:?} at once");
         }
-        let r = AnnounceRecord { key: 7, last_at: 1000, min_interval: 300 };
+        let r = AnnounceRecord { key: 7, last_at: 1000, min_interval: 300, active: true };
         // One second over each limit: times are whole seconds.
         assert_eq!(r.pace(Event::Started, 1005), 1031, "a quick resume waits for the floor");
         assert_eq!(r.pace(Event::Completed, 1010), 1031);
@@ -231,19 +270,45 @@ mod tests {
         assert_ne!(first.key, 0);
         assert_eq!(book.get(h).key, first.key, "stable");
         book.announced(h, 500, Some(60));
-        book.restore(h, AnnounceRecord { key: 9, last_at: 100, min_interval: 0 });
+        book.restore(h, AnnounceRecord { key: 9, last_at: 100, min_interval: 0, active: true });
         assert_eq!(
             book.get(h),
-            AnnounceRecord { key: first.key, last_at: 500, min_interval: 60 },
+            AnnounceRecord { key: first.key, last_at: 500, min_interval: 60, active: false },
             "older record ignored"
         );
         let other = InfoHash([2; 20]);
-        book.restore(other, AnnounceRecord { key: 9, last_at: 100, min_interval: 30 });
+        book.restore(other, AnnounceRecord { key: 9, last_at: 100, min_interval: 30, active: true });
         assert_eq!(book.get(other).key, 9, "a persisted key is kept");
+        assert!(book.get(other).active, "so is what the tracker may still hold");
         // Removed: kept while it holds announces back, then dropped.
         book.retire(other, 110);
         book.retire(InfoHash([3; 20]), 131);
         assert_eq!(book.records.lock().unwrap().get(&other), None, "dropped once the floor passed");
         assert_ne!(book.get(other).key, 9, "a new life, a new key");
+    }
+
+    #[test]
+    fn active_from_the_first_announce_out_until_a_stopped_is_answered() {
+        let book = AnnounceBook::default();
+        let h = InfoHash([4; 20]);
+        assert!(!book.get(h).active, "never announced");
+        book.sending(h, 100, Event::Started);
+        assert!(book.get(h).active, "saved as active before the tracker even answers");
+        book.sending(h, 200, Event::Stopped);
+        assert!(book.get(h).active, "a stopped not yet answered changes nothing");
+        book.stopped(h);
+        assert!(!book.get(h).active);
+        assert_eq!(book.get(h).last_at, 200);
+    }
+
+    #[test]
+    fn a_record_survives_bencode() {
+        for active in [true, false] {
+            let r = AnnounceRecord { key: 9, last_at: 1234, min_interval: 60, active };
+            let bytes = serde_bencode::to_bytes(&r).unwrap();
+            assert_eq!(serde_bencode::from_bytes::<AnnounceRecord>(&bytes).unwrap(), r);
+        }
+        let old = b"d3:keyi9e7:last_ati1234e12:min_intervali60ee";
+        assert!(!serde_bencode::from_bytes::<AnnounceRecord>(old).unwrap().active, "a record from before");
     }
 }
