@@ -5,6 +5,7 @@
 //! - `packet.rs`: the datagram codec (pure).
 //! - `ledbat.rs`: the congestion window and the round-trip timer (pure).
 //! - `conn.rs`: one connection's state machine (pure, clock from the caller).
+//! - `budget.rs`: the out-of-order bytes all connections hold together.
 //! - `unsent.rs`: bytes to send, cut into packets as they are written.
 //! - `batch.rs`: many datagrams per system call (`sendmmsg`, `recvmmsg`).
 //! - `socket.rs`: the runtime on a UDP socket shared with the DHT, and
@@ -15,6 +16,7 @@
 //! read.
 
 mod batch;
+mod budget;
 mod conn;
 mod ledbat;
 pub mod packet;
