@@ -39,7 +39,6 @@ impl Budget {
         debug_assert!(before >= n, "gave back more than was taken");
     }
 
-    #[cfg(test)]
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }

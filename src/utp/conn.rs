@@ -917,3 +917,7 @@ pub fn reset_for(h: &Header, now: u64, scratch: &mut Vec<u8>) {
 #[cfg(test)]
 #[path = "conn_tests.rs"]
 mod tests;
+
+#[doc(hidden)]
+#[path = "conn_fuzz.rs"]
+pub mod fuzz;
