@@ -14,9 +14,17 @@
 //! non-blocking send, never across `.await`; the connection map's lock is
 //! never held while a connection's is taken.
 //!
-//! Bounds: [`MAX_CONNECTIONS`] on the socket, and an accept queue that
-//! drops SYNs when the session is not taking them; a connection's buffers
-//! are bounded in `conn.rs`.
+//! Admission: a SYN opens a half-open connection (no bytes held, not yet
+//! the session's); the peer's first packet must acknowledge our STATE's
+//! random sequence number, which a spoofed source never sees, before the
+//! stream goes to the session. Half-open ones are capped apart
+//! (`MAX_HALF_OPEN`), a new SYN pushing out the oldest, so a flood of
+//! SYNs that are never followed up cannot lock honest peers out.
+//!
+//! Bounds: [`MAX_CONNECTIONS`] on the socket and `MAX_PER_HOST` per host,
+//! and an accept queue that closes proven connections when the session is
+//! not taking them; a connection's buffers are bounded in `conn.rs`, and
+//! what all of them hold out of order by the socket's `budget.rs`.
 
 use super::batch::{self, Outbox, Received, SLOTS};
 use super::budget::{Budget, REORDER_BUDGET};
