@@ -20,6 +20,7 @@ use dropseed::mse::{self, Initiator, Methods, Responder};
 use dropseed::resume::{resume_path, ResumeRecord};
 use dropseed::tracker::{http, udp};
 use dropseed::types::InfoHash;
+use dropseed::utp::packet as utp_packet;
 use dropseed::wire::{self, Handshake, Message, HANDSHAKE_LEN, MAX_MESSAGE_LEN};
 use sha1::{Digest, Sha1};
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ pub const ALL: &[(&str, Target)] = &[
     ("resume", resume),
     ("config", config),
     ("mse", mse_handshake),
+    ("utp", utp),
 ];
 
 /// The bencode scanner: spans it reports lie inside the buffer and are
@@ -411,4 +413,27 @@ pub fn mse_handshake(data: &[u8]) {
             assert!(done.received.len() <= u16::MAX as usize, "only the IA came");
         }
     }
+}
+
+/// uTP datagrams (BEP 29): the input as one datagram through the header
+/// and extension decoder (a packet that parses re-encodes to the same
+/// header, selective ack and payload), then cut into datagrams (a 2-byte
+/// length before each) and fed to a connection with data in flight, whose
+/// books and bounds are checked after every packet.
+pub fn utp(data: &[u8]) {
+    if let Ok(p) = utp_packet::parse(data) {
+        assert!(utp_packet::looks_like_utp(data));
+        assert!(p.payload.len() <= data.len() - utp_packet::HEADER_LEN);
+        if let Some(mask) = p.sack {
+            assert!(!mask.is_empty() && mask.len() % 4 == 0);
+        }
+        // We write selective acks of up to MAX_SACK_BYTES; a peer's may be longer.
+        if p.sack.is_none_or(|m| m.len() <= utp_packet::MAX_SACK_BYTES) {
+            let mut out = Vec::new();
+            utp_packet::write_header(&mut out, &p.header, p.sack);
+            out.extend_from_slice(p.payload);
+            assert_eq!(utp_packet::parse(&out), Ok(p));
+        }
+    }
+    dropseed::utp::fuzz_conn(data);
 }

@@ -1,8 +1,9 @@
 //! Hostile input against the real binary: a resume record built to blow the
 //! stack, a FIFO handed to `add`, an endless control request, a `.magnet`
 //! file of thousands of hashes, peers that send junk blocks or announce
-//! oversized messages. Each attack must leave the daemon up, answering
-//! `status`, and its numbers true.
+//! oversized messages, uTP SYNs from many addresses that never follow up.
+//! Each attack must leave the daemon up, answering `status`, and its
+//! numbers true.
 
 mod common;
 
@@ -576,4 +577,63 @@ fn an_honest_peer_gets_in_while_many_addresses_hold_and_retake_every_slot() {
         a.join().unwrap();
     }
     assert!(got_in, "the honest peer was kept out for a minute ({visits} visits)");
+}
+
+/// Sends `count` uTP SYNs from `from` that it will never follow up, then
+/// a stray packet, and waits for the RESET that answers it: by then the
+/// daemon has read every SYN (nothing is lost to a full socket buffer).
+fn silent_syns(from: &std::net::UdpSocket, to: std::net::SocketAddr, first_id: u16, count: u16) {
+    use dropseed::utp::packet::{self, Header, Kind};
+    let header =
+        |kind, conn_id| Header { kind, conn_id, timestamp: 0, timestamp_diff: 0, wnd_size: 0, seq_nr: 1, ack_nr: 0 };
+    let mut d = Vec::new();
+    for i in 0..count {
+        packet::write_header(&mut d, &header(Kind::Syn, first_id.wrapping_add(2 * i)), None);
+        from.send_to(&d, to).unwrap();
+    }
+    packet::write_header(&mut d, &header(Kind::Data, first_id.wrapping_sub(7)), None);
+    from.send_to(&d, to).unwrap();
+    from.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1500];
+    loop {
+        let n = from.recv(&mut buf).unwrap();
+        if packet::parse(&buf[..n]).is_ok_and(|p| p.header.kind == Kind::Reset) {
+            break;
+        }
+    }
+}
+
+/// Issue #23 (9): uTP SYNs from 40 addresses that never answer (as from
+/// spoofed sources; a uTP stream has no bytes when it is accepted, so the
+/// listener counted them silent and turned later uTP peers away), then an
+/// honest uTP peer from another address: it completes its handshake.
+#[test]
+fn silent_utp_syns_from_many_addresses_do_not_lock_out_a_utp_peer() {
+    let Some((d, hash)) = downloading("utp-syns") else { return };
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], d.port));
+    for host in 0..40u8 {
+        let flood = std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 2, host + 1), 0)).unwrap();
+        silent_syns(&flood, to, u16::from(host) * 1000, 60);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let theirs = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (utp, _) = dropseed::utp::UtpSocket::start(std::sync::Arc::new(udp), None);
+        let mut s = tokio::time::timeout(Duration::from_secs(10), utp.connect(to)).await.unwrap().unwrap();
+        // Its first data a little after the handshake (a long path, a lost
+        // packet): the daemon has taken the connection before it spoke.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let info = dropseed::types::InfoHash::parse(&hash).unwrap();
+        let ours = dropseed::wire::Handshake::new(info, dropseed::types::PeerId([9; 20]), false);
+        s.write_all(&ours.encode()).await.unwrap();
+        let mut theirs = [0u8; 68];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut theirs)).await;
+        drop(s);
+        utp.shut_down().await;
+        read.map(|r| r.map(|_| theirs))
+    });
+    let theirs = theirs.expect("the handshake came in time").expect("the daemon kept the connection");
+    assert_eq!(&theirs[28..48], &dropseed::types::InfoHash::parse(&hash).unwrap().0[..]);
+    assert!(cli_within(&d, &["status"], Duration::from_secs(10)).is_some_and(|o| o.status.success()));
 }

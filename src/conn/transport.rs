@@ -105,6 +105,14 @@ impl Transport {
         }
     }
 
+    /// The handshake matched a torrent: a uTP connection may now fill its
+    /// whole receive buffer (TCP's is the kernel's business).
+    pub fn open_window(&self) {
+        if let Stream::Utp(s) = &self.stream {
+            s.open_window();
+        }
+    }
+
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
         let (r, w) = match self.stream {
             Stream::Tcp(s) => {

@@ -13,7 +13,10 @@
 //! send its first byte within [`FIRST_BYTE_TIMEOUT`] and its whole handshake
 //! (encryption included) within [`HANDSHAKE_TIMEOUT`]; an address keeps at most
 //! [`MAX_PENDING_PER_IP`] sockets handshaking, and [`MAX_PENDING_HANDSHAKES`]
-//! are pending at most. Where there is no room, a newcomer whose handshake is
+//! are pending at most, for TCP and for uTP each (a flood of one kind
+//! cannot lock out the other). A uTP connection reaches us only once its
+//! peer proved it got our answer to its SYN (`utp/socket.rs`), so it is
+//! admitted as one that spoke. Where there is no room, a newcomer whose handshake is
 //! already there when it is accepted takes the place of the oldest silent
 //! socket (or else of the oldest of the address holding the most), and a
 //! silent newcomer is turned away. So a flood of silent sockets, or of
@@ -21,7 +24,7 @@
 
 use super::entry::Entry;
 use super::Session;
-use crate::conn::{self, Stream, HANDSHAKE_TIMEOUT};
+use crate::conn::{self, Proto, Stream, HANDSHAKE_TIMEOUT};
 use crate::torrent::task::Cmd;
 use crate::utp::UtpStream;
 use std::collections::VecDeque;
@@ -75,10 +78,18 @@ impl AcceptBackoff {
     }
 }
 
-/// Handshakes being read: whose, and whether a byte came yet.
+/// Handshakes being read, TCP and uTP apart: a flood of one kind only
+/// ever crowds out its own kind.
 #[derive(Default)]
 struct Pending {
     tasks: JoinSet<()>,
+    tcp: Queue,
+    utp: Queue,
+}
+
+/// One transport's handshakes: whose, and whether a byte came yet.
+#[derive(Default)]
+struct Queue {
     /// In arrival order.
     order: VecDeque<Handshaking>,
 }
@@ -96,6 +107,34 @@ impl Handshaking {
 }
 
 impl Pending {
+    fn queue(&mut self, proto: Proto) -> &mut Queue {
+        match proto {
+            Proto::Tcp => &mut self.tcp,
+            Proto::Utp => &mut self.utp,
+        }
+    }
+
+    /// A TCP socket from `ip`, with its first bytes there (`spoke`) or not.
+    fn admit_tcp(&mut self, ip: IpAddr, spoke: bool) -> bool {
+        self.tcp.admit(ip, spoke)
+    }
+
+    /// A uTP connection from `ip`: the socket hands it over once its peer
+    /// showed that it got our answer to its SYN, which is what uTP can
+    /// prove; its bytes may not have been read off the socket yet.
+    fn admit_utp(&mut self, ip: IpAddr) -> bool {
+        self.utp.admit(ip, true)
+    }
+
+    fn spawn(&mut self, session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: bool) {
+        let proto = stream.proto();
+        let spoke = Arc::new(AtomicBool::new(spoke));
+        let task = self.tasks.spawn(route(session, stream, addr, spoke.clone()));
+        self.queue(proto).order.push_back(Handshaking { ip: addr.ip(), spoke, task });
+    }
+}
+
+impl Queue {
     /// Makes room for a socket from `ip` that has (`spoke`) or has not sent
     /// bytes yet; false when it is turned away. Where there is no room, a
     /// silent newcomer is turned away, and one that spoke takes the place of
@@ -133,12 +172,6 @@ impl Pending {
             None => false,
         }
     }
-
-    fn spawn(&mut self, session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: bool) {
-        let spoke = Arc::new(AtomicBool::new(spoke));
-        let task = self.tasks.spawn(route(session, stream, addr, spoke.clone()));
-        self.order.push_back(Handshaking { ip: addr.ip(), spoke, task });
-    }
 }
 
 /// Whether bytes are waiting on the socket, without reading or waiting.
@@ -166,16 +199,16 @@ pub(super) async fn accept_loop(
             _ = session.cancel.cancelled() => break,
             Some(_) = pending.tasks.join_next(), if !pending.tasks.is_empty() => {}
             Some(stream) = async { utp.as_mut()?.recv().await }, if utp.is_some() => {
-                let (addr, spoke) = (stream.peer_addr(), stream.has_bytes());
-                if pending.admit(addr.ip(), spoke) {
-                    pending.spawn(session.clone(), Stream::Utp(stream), addr, spoke);
+                let addr = stream.peer_addr();
+                if pending.admit_utp(addr.ip()) {
+                    pending.spawn(session.clone(), Stream::Utp(stream), addr, true);
                 }
             }
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
                     backoff.succeeded();
                     let spoke = has_bytes(&stream);
-                    if pending.admit(addr.ip(), spoke) {
+                    if pending.admit_tcp(addr.ip(), spoke) {
                         pending.spawn(session.clone(), Stream::Tcp(stream), addr, spoke);
                     }
                 }
@@ -221,10 +254,12 @@ async fn route(session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: A
     let registry = session.registry.lock().unwrap();
     match registry.get(&hs.info_hash) {
         Some(Entry::Torrent(t)) => {
+            stream.open_window();
             let _ = t.cmd.try_send(Cmd::Incoming(stream, addr, hs));
         }
         Some(Entry::Magnet(m)) => {
             if let Some(fetching) = &m.fetch {
+                stream.open_window();
                 let _ = fetching.incoming.try_send((stream, addr, hs));
             }
         }
@@ -240,15 +275,8 @@ mod tests {
     async fn floods_from_one_address_make_room_for_others() {
         let mut p = Pending::default();
         let (attacker, peer): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
-        let add = |p: &mut Pending, ip, spoke: bool| -> bool {
-            let admitted = p.admit(ip, spoke);
-            if admitted {
-                let task = p.tasks.spawn(std::future::pending());
-                p.order.push_back(Handshaking { ip, spoke: Arc::new(AtomicBool::new(spoke)), task });
-            }
-            admitted
-        };
-        let count = |p: &Pending, ip: IpAddr| p.order.iter().filter(|h| h.ip == ip).count();
+        let add = |p: &mut Pending, ip, spoke: bool| add(p, Proto::Tcp, ip, spoke);
+        let count = |p: &Pending, ip: IpAddr| p.tcp.order.iter().filter(|h| h.ip == ip).count();
         // One address, silent or sending a byte each: never more than its share.
         for i in 0..3 * MAX_PENDING_PER_IP {
             add(&mut p, attacker, i % 2 == 0);
@@ -256,7 +284,7 @@ mod tests {
         assert_eq!(count(&p, attacker), MAX_PENDING_PER_IP);
         // At its cap, silent newcomers from that address were turned away and
         // the ones whose bytes were there took the silent ones' places.
-        assert!(p.order.iter().all(|h| !h.silent()));
+        assert!(p.tcp.order.iter().all(|h| !h.silent()));
         assert!(!add(&mut p, attacker, false));
         assert!(add(&mut p, attacker, true));
         assert_eq!(count(&p, attacker), MAX_PENDING_PER_IP);
@@ -265,12 +293,49 @@ mod tests {
         for i in 0..MAX_PENDING_HANDSHAKES {
             add(&mut p, IpAddr::from([10, 1, (i / 200) as u8, (i % 200) as u8]), true);
         }
-        assert_eq!(p.order.len(), MAX_PENDING_HANDSHAKES);
-        assert!(p.order.iter().all(|h| !h.silent()), "silent sockets made room first");
+        assert_eq!(p.tcp.order.len(), MAX_PENDING_HANDSHAKES);
+        assert!(p.tcp.order.iter().all(|h| !h.silent()), "silent sockets made room first");
         assert!(!add(&mut p, peer, false), "a silent newcomer waits for room");
         assert!(add(&mut p, peer, true));
         assert_eq!(count(&p, peer), 1);
-        assert_eq!(p.order.len(), MAX_PENDING_HANDSHAKES);
+        assert_eq!(p.tcp.order.len(), MAX_PENDING_HANDSHAKES);
+        p.tasks.shutdown().await;
+    }
+
+    /// Admits a stand-in socket as the accept loop does; whether it got in.
+    fn add(p: &mut Pending, proto: Proto, ip: IpAddr, spoke: bool) -> bool {
+        let admitted = match proto {
+            Proto::Tcp => p.admit_tcp(ip, spoke),
+            Proto::Utp => p.admit_utp(ip),
+        };
+        if admitted {
+            let task = p.tasks.spawn(std::future::pending());
+            p.queue(proto).order.push_back(Handshaking { ip, spoke: Arc::new(AtomicBool::new(spoke)), task });
+        }
+        admitted
+    }
+
+    /// Issue #23 (9): silent TCP sockets filling the table kept uTP peers,
+    /// whose streams have no bytes when handed over, out. Each transport
+    /// now has its own budget, and uTP is admitted on the proof the socket
+    /// already checked.
+    #[tokio::test]
+    async fn tcp_and_utp_floods_each_crowd_out_only_their_own_kind() {
+        let mut p = Pending::default();
+        let many = |i: usize| IpAddr::from([10, 2, (i / 200) as u8, (i % 200) as u8]);
+        for i in 0..MAX_PENDING_HANDSHAKES {
+            assert!(add(&mut p, Proto::Tcp, many(i), false));
+        }
+        let peer: IpAddr = [10, 0, 0, 9].into();
+        assert!(add(&mut p, Proto::Utp, peer, false), "a uTP peer gets in past silent TCP sockets");
+        assert_eq!(p.tcp.order.len(), MAX_PENDING_HANDSHAKES, "and takes no TCP socket's place");
+        // A flood of uTP handshakes that stall leaves TCP's budget alone.
+        for i in 0..2 * MAX_PENDING_HANDSHAKES {
+            add(&mut p, Proto::Utp, IpAddr::from([10, 3, (i / 200) as u8, (i % 200) as u8]), false);
+        }
+        assert_eq!(p.tcp.order.len(), MAX_PENDING_HANDSHAKES);
+        assert!(add(&mut p, Proto::Tcp, peer, true), "a TCP peer that spoke still gets in");
+        assert!(p.tcp.order.iter().any(|h| h.ip == peer));
         p.tasks.shutdown().await;
     }
 

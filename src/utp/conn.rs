@@ -11,18 +11,28 @@
 //! unacknowledged is.
 //!
 //! Receiving: packets in order go to `readable`; those ahead wait in
-//! `reorder`. Both together stay within [`RECV_BUF`], which is what we
-//! advertise, so a peer that overruns it only loses its own packets.
+//! `reorder`. Both together stay within what we advertise: [`FIRST_RECV_BUF`]
+//! until the listener matched the peer's handshake to a torrent (or we
+//! dialled it), [`RECV_BUF`] after. Packets held out of order are also
+//! bounded by [`MAX_REORDER_HELD`] per connection and by the socket's
+//! shared [`Budget`]; a peer that overruns any of them only loses its own
+//! packets.
 //!
 //! The handshake follows libtorrent and libutp: the SYN carries our receive
-//! id and sequence number 1; the acceptor's STATE carries its next sequence
-//! number, which is also that of its first data packet.
+//! id and a random sequence number; the acceptor's STATE carries its next
+//! sequence number, which is also that of its first data packet.
+//!
+//! A RESET ends the connection only if it acknowledges one of our latest
+//! packets (the socket checks that it carries our exact receive id): a
+//! blind forger must guess both, and our sequence numbers start at random.
 
+use super::budget::{Budget, REORDER_BUDGET};
 use super::ledbat::{Ledbat, Rtt};
 use super::packet::{self, seq_before, Header, Kind, Packet, MAX_SACK_BYTES};
 use super::unsent::Unsent;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Bytes received and not yet read, in order or not, at most.
 pub const RECV_BUF: usize = 1 << 20;
@@ -40,8 +50,16 @@ const TAIL_PROBE_MIN_US: u64 = 5_000;
 pub const SEND_BUF: usize = 256 * 1024;
 /// Packets held out of order at most.
 const MAX_REORDER: u16 = 1024;
+/// Bytes held out of order at most, each packet charged its payload and
+/// [`REORDER_OVERHEAD`]; also charged to the socket's shared [`Budget`].
+const MAX_REORDER_HELD: usize = RECV_BUF / 2;
+/// What holding one packet out of order costs beyond its payload: the
+/// allocation's header and the map's slot.
+const REORDER_OVERHEAD: usize = 64;
 /// Timeouts in a row (about two minutes with back-off) before giving up.
 const MAX_TIMEOUTS: u32 = 7;
+/// How long a SYN's connection waits for the peer's first packet.
+const HALF_OPEN_US: u64 = 10_000_000;
 /// SYNs sent before a connection attempt gives up.
 const SYN_ATTEMPTS: u32 = 3;
 /// Timeouts a closing connection waits for its FIN's ack: the bytes
@@ -57,6 +75,13 @@ const DUP_ACKS: u8 = 3;
 pub enum State {
     /// Our SYN is out, not yet answered.
     SynSent,
+    /// A SYN came and our STATE answered it; the peer has not yet shown
+    /// that it got that STATE (its first packet acknowledges our random
+    /// sequence number, as a SYN cookie would). Until then it holds no
+    /// bytes and is not handed to the application; it ends at `expires`.
+    SynReceived {
+        expires: u64,
+    },
     Connected,
     /// The application is done writing: our FIN goes after the queued bytes.
     Closing {
@@ -147,7 +172,11 @@ pub struct Conn {
     timeouts: u32,
     readable: BytesMut,
     reorder: HashMap<u16, Vec<u8>>,
+    /// Payload bytes in `reorder` (they count against the window).
     reorder_bytes: usize,
+    /// What `reorder` is charged, to this connection and to `budget`.
+    held: usize,
+    budget: Arc<Budget>,
     /// Their FIN's sequence number, once seen.
     fin_seq: Option<u16>,
     eof: bool,
@@ -159,8 +188,8 @@ pub struct Conn {
     /// Whether the peer sent anything beyond its SYN: an accepted
     /// connection that never did is half-open, and closes without a FIN.
     heard: bool,
-    /// Received bytes we hold at most ([`FIRST_RECV_BUF`] until the first
-    /// read, 0 once the application is gone).
+    /// Received bytes we hold at most ([`FIRST_RECV_BUF`] until
+    /// [`Conn::open_window`], 0 once the application is gone).
     recv_limit: usize,
     /// When a packet may probe the peer's closed window.
     probe_at: Option<u64>,
@@ -209,6 +238,8 @@ impl Conn {
             readable: BytesMut::new(),
             reorder: HashMap::new(),
             reorder_bytes: 0,
+            held: 0,
+            budget: Budget::new(REORDER_BUDGET),
             fin_seq: None,
             eof: false,
             ack_due: false,
@@ -221,25 +252,51 @@ impl Conn {
         }
     }
 
-    /// A connection we open; its SYN goes out with the first transmit.
-    /// Packets for it arrive with `recv_id`.
-    pub fn connect(recv_id: u16, mss: usize) -> Conn {
-        let mut c = Conn::new(State::SynSent, recv_id.wrapping_add(1), recv_id, 1, 0, mss);
+    /// A connection we open; its SYN goes out with the first transmit,
+    /// numbered `seq_nr` (chosen at random by the caller). Packets for it
+    /// arrive with `recv_id`.
+    pub fn connect(recv_id: u16, seq_nr: u16, mss: usize) -> Conn {
+        let mut c = Conn::new(State::SynSent, recv_id.wrapping_add(1), recv_id, seq_nr, 0, mss);
         c.queue_control(Kind::Syn);
         c
     }
 
     /// A connection a peer opened with `syn`; packets for it arrive with
-    /// the SYN's id + 1. `seq_nr`: our first, chosen at random.
-    pub fn accept(syn: &Header, seq_nr: u16, mss: usize) -> Conn {
-        let mut c = Conn::new(State::Connected, syn.conn_id, syn.conn_id.wrapping_add(1), seq_nr, syn.seq_nr, mss);
+    /// the SYN's id + 1. `seq_nr`: our first, chosen at random (the peer
+    /// proves it heard us by acknowledging the one before it).
+    pub fn accept(syn: &Header, seq_nr: u16, mss: usize, now: u64) -> Conn {
+        let state = State::SynReceived { expires: now + HALF_OPEN_US };
+        let mut c = Conn::new(state, syn.conn_id, syn.conn_id.wrapping_add(1), seq_nr, syn.seq_nr, mss);
         c.peer_window = syn.wnd_size as usize;
         c.ack_due = true;
         c
     }
 
+    /// Charges what this connection holds out of order to `budget`, shared
+    /// with the socket's other connections (before anything is held).
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Conn {
+        debug_assert_eq!(self.held, 0);
+        self.budget = budget;
+        self
+    }
+
+    /// The peer's handshake named one of our torrents (or we dialled it):
+    /// it gets the whole receive buffer, not a stranger's.
+    pub fn open_window(&mut self) {
+        if self.recv_limit == FIRST_RECV_BUF {
+            self.recv_limit = RECV_BUF;
+            // A peer stalled on the small window hears that it opened.
+            self.ack_due = true;
+        }
+    }
+
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Accepted, and the peer has not yet shown that it got our answer.
+    pub fn is_half_open(&self) -> bool {
+        matches!(self.state, State::SynReceived { .. })
     }
 
     pub fn tally(&self) -> Tally {
@@ -269,9 +326,6 @@ impl Conn {
         let n = out.len().min(self.readable.len());
         out[..n].copy_from_slice(&self.readable[..n]);
         self.readable.advance(n);
-        if n > 0 {
-            self.recv_limit = RECV_BUF;
-        }
         // A window that opened by a quarter is worth telling a stalled peer.
         if self.window() >= self.advertised + RECV_BUF / 4 {
             self.ack_due = true;
@@ -302,12 +356,11 @@ impl Conn {
     pub fn close(&mut self) {
         // Nobody will read again: hold nothing more.
         self.recv_limit = 0;
-        self.readable.clear();
-        self.reorder.clear();
-        self.reorder_bytes = 0;
+        self.readable = BytesMut::new();
+        self.drop_reorder();
         match self.state {
             State::Connected if self.heard => self.state = State::Closing { fin_sent: false },
-            State::Connected | State::SynSent => self.end(End::Done),
+            State::Connected | State::SynSent | State::SynReceived { .. } => self.end(End::Done),
             _ => {}
         }
     }
@@ -323,7 +376,11 @@ impl Conn {
             TailProbe::Armed { at } => Some(at),
             TailProbe::Idle | TailProbe::Due => None,
         };
-        [self.rto_at, self.probe_at, tail].into_iter().flatten().min()
+        let expires = match self.state {
+            State::SynReceived { expires } => Some(expires),
+            _ => None,
+        };
+        [self.rto_at, self.probe_at, tail, expires].into_iter().flatten().min()
     }
 
     /// Arms the tail probe from now, if anything awaits an ack.
@@ -402,19 +459,30 @@ impl Conn {
             self.ack_due = self.state != State::SynSent;
             return;
         }
+        if h.kind == Kind::Reset {
+            if self.acks_recent(h.ack_nr) {
+                self.end(End::Reset);
+            }
+            return;
+        }
         // An ack for a packet we never sent is forged or stale: ignore it.
         let behind = self.seq_nr.wrapping_sub(1).wrapping_sub(h.ack_nr) as usize;
         if behind > self.flight.len() + STALE_ACKS {
             return;
         }
-        if h.kind == Kind::Reset {
-            self.end(End::Reset);
-            return;
+        if self.is_half_open() {
+            // Nothing of ours but the STATE went out: its number minus one
+            // is the only ack that proves the peer got it.
+            if h.ack_nr != self.seq_nr.wrapping_sub(1) {
+                return;
+            }
+            self.state = State::Connected;
         }
         self.reply_micro = (now as u32).wrapping_sub(h.timestamp);
         self.heard = true;
         if self.state == State::SynSent {
-            if h.ack_nr != 1 {
+            // Only the SYN is out: its answer acknowledges it.
+            if h.ack_nr != self.seq_nr.wrapping_sub(1) {
                 return;
             }
             self.state = State::Connected;
@@ -453,6 +521,14 @@ impl Conn {
             Kind::State | Kind::Reset | Kind::Syn => {}
         }
         self.check_done();
+    }
+
+    /// Whether `ack_nr` names a packet the peer could answer now: one still
+    /// in flight, the last one acknowledged, or (a STATE's number) the next.
+    /// A forged RESET must hit these few of 65536 (as libtorrent checks),
+    /// not anything within a thousand.
+    fn acks_recent(&self, ack_nr: u16) -> bool {
+        self.seq_nr.wrapping_sub(ack_nr) as usize <= self.flight.len() + 1
     }
 
     /// Drops what `ack_nr` and the selective ack cover from `flight`.
@@ -580,33 +656,56 @@ impl Conn {
             self.readable.extend_from_slice(payload);
             self.ack_nr = seq;
             self.advance();
-        } else if !self.reorder.contains_key(&seq) {
+        } else if !self.reorder.contains_key(&seq) && self.hold(payload.len()) {
             self.reorder_bytes += payload.len();
             self.reorder.insert(seq, payload.to_vec());
         }
+    }
+
+    /// Charges a packet of `len` bytes held out of order, if this
+    /// connection's share and the socket's budget both have room.
+    fn hold(&mut self, len: usize) -> bool {
+        let charge = len + REORDER_OVERHEAD;
+        if self.held + charge > MAX_REORDER_HELD || !self.budget.take(charge) {
+            return false; // theirs to resend once the gap is filled
+        }
+        self.held += charge;
+        true
+    }
+
+    /// Takes packet `seq` out of `reorder`, its charge given back.
+    fn unhold(&mut self, seq: u16) -> Option<Vec<u8>> {
+        let p = self.reorder.remove(&seq)?;
+        self.reorder_bytes -= p.len();
+        self.held -= p.len() + REORDER_OVERHEAD;
+        self.budget.give(p.len() + REORDER_OVERHEAD);
+        Some(p)
+    }
+
+    /// Forgets every packet held out of order, the map's memory too.
+    fn drop_reorder(&mut self) {
+        self.reorder = HashMap::new();
+        self.reorder_bytes = 0;
+        self.budget.give(std::mem::take(&mut self.held));
     }
 
     /// Drops the out-of-order packet furthest ahead; false if none.
     fn evict_furthest(&mut self) -> bool {
         let ack = self.ack_nr;
         let Some(&seq) = self.reorder.keys().max_by_key(|s| s.wrapping_sub(ack)) else { return false };
-        let p = self.reorder.remove(&seq).unwrap();
-        self.reorder_bytes -= p.len();
-        true
+        self.unhold(seq).is_some()
     }
 
     /// Moves packets that are now in order out of `reorder`, and sees the FIN.
     fn advance(&mut self) {
-        while let Some(p) = self.reorder.remove(&self.ack_nr.wrapping_add(1)) {
-            self.reorder_bytes -= p.len();
+        while let Some(p) = self.unhold(self.ack_nr.wrapping_add(1)) {
             self.readable.extend_from_slice(&p);
             self.ack_nr = self.ack_nr.wrapping_add(1);
         }
         if self.fin_seq == Some(self.ack_nr.wrapping_add(1)) {
             self.ack_nr = self.ack_nr.wrapping_add(1);
             self.eof = true;
-            self.reorder.clear();
-            self.reorder_bytes = 0;
+            self.drop_reorder();
         }
     }
 
@@ -619,6 +718,7 @@ impl Conn {
 
     fn end(&mut self, end: End) {
         self.state = State::Closed(end);
+        self.drop_reorder();
         self.flight.clear();
         self.unsent.clear();
         self.flight_bytes = 0;
@@ -629,6 +729,12 @@ impl Conn {
     /// Time passed: the tail probe goes out, or a timeout resends what is
     /// unacknowledged.
     pub fn on_timer(&mut self, now: u64) {
+        if let State::SynReceived { expires } = self.state {
+            if now >= expires {
+                self.end(End::TimedOut);
+            }
+            return;
+        }
         if matches!(self.tail, TailProbe::Armed { at } if now >= at) {
             self.tail = TailProbe::Due;
         }
@@ -788,6 +894,12 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
+    }
+}
+
 /// A RESET answering a packet for no connection of ours.
 pub fn reset_for(h: &Header, now: u64, scratch: &mut Vec<u8>) {
     let reply = Header {
@@ -805,3 +917,7 @@ pub fn reset_for(h: &Header, now: u64, scratch: &mut Vec<u8>) {
 #[cfg(test)]
 #[path = "conn_tests.rs"]
 mod tests;
+
+#[doc(hidden)]
+#[path = "conn_fuzz.rs"]
+pub mod fuzz;

@@ -29,8 +29,10 @@ struct Net {
 
 impl Net {
     fn new(lose: impl FnMut(usize, u64, &[u8]) -> bool + 'static) -> Net {
+        let mut a = Conn::connect(1000, 1, MSS);
+        a.open_window(); // dialled for a torrent of ours
         Net {
-            a: Conn::connect(1000, MSS),
+            a,
             b: None,
             now: 1_000_000,
             wire: Vec::new(),
@@ -73,7 +75,12 @@ impl Net {
             if d.to_b {
                 match &mut self.b {
                     Some(b) => b.on_packet(&p, self.now),
-                    None if p.header.kind == Kind::Syn => self.b = Some(Conn::accept(&p.header, 30_000, MSS)),
+                    None if p.header.kind == Kind::Syn => {
+                        // Accepted, and its handshake matched at once.
+                        let mut b = Conn::accept(&p.header, 30_000, MSS, self.now);
+                        b.open_window();
+                        self.b = Some(b);
+                    }
                     None => {}
                 }
             } else {
@@ -143,13 +150,13 @@ fn a_handshake_then_bytes_both_ways() {
     assert!(b == data(3_000_000) && a == data(200_000));
     assert_eq!(*net.a.state(), State::Connected);
     // The handshake as libtorrent expects it: a SYN on our receive id with
-    // sequence number 1, answered on that id; data on the id after it.
-    let mut c = Conn::connect(500, MSS);
+    // the sequence number given, answered on that id; data on the id after it.
+    let mut c = Conn::connect(500, 1, MSS);
     let mut syn = Vec::new();
     c.transmit(0, &mut Vec::new(), |d| syn = d.to_vec());
     let h = parse(&syn).unwrap().header;
     assert_eq!((h.kind, h.conn_id, h.seq_nr), (Kind::Syn, 500, 1));
-    let mut acceptor = Conn::accept(&h, 7000, MSS);
+    let mut acceptor = Conn::accept(&h, 7000, MSS, 0);
     let mut state = Vec::new();
     acceptor.transmit(10, &mut Vec::new(), |d| state = d.to_vec());
     let s = parse(&state).unwrap().header;
@@ -279,6 +286,15 @@ fn a_peer_ignoring_our_window_cannot_grow_our_buffers() {
         packet::write_header(&mut d, &h, None);
         d.extend_from_slice(&[7u8; 1400]);
         net.a.on_packet(&parse(&d).unwrap(), net.now);
+        assert!(net.a.held <= MAX_REORDER_HELD);
+    }
+    // Then in order only, until the buffer is full.
+    for _ in 0..1000 {
+        let mut h = parse(&d).unwrap().header;
+        h.seq_nr = net.a.ack_nr.wrapping_add(1);
+        packet::write_header(&mut d, &h, None);
+        d.extend_from_slice(&[7u8; 1400]);
+        net.a.on_packet(&parse(&d).unwrap(), net.now);
     }
     assert!(net.a.readable.len() + net.a.reorder_bytes <= RECV_BUF);
     assert!(net.a.reorder.len() <= MAX_REORDER as usize);
@@ -289,7 +305,7 @@ fn a_peer_ignoring_our_window_cannot_grow_our_buffers() {
 
 #[test]
 fn the_window_caps_what_is_in_flight() {
-    let mut c = Conn::connect(1, MSS);
+    let mut c = Conn::connect(1, 1, MSS);
     c.transmit(0, &mut Vec::new(), |_| {});
     let state = Header {
         kind: Kind::State,
@@ -416,10 +432,10 @@ fn hostile_packets_never_break_the_books() {
 #[test]
 fn a_half_open_connection_closes_at_once_and_an_unanswered_fin_gives_up() {
     // Accepted, then nothing but the SYN: closing frees it without a FIN.
-    let mut c = Conn::connect(5, MSS);
+    let mut c = Conn::connect(5, 1, MSS);
     let mut syn = Vec::new();
     c.transmit(0, &mut Vec::new(), |d| syn = d.to_vec());
-    let mut accepted = Conn::accept(&parse(&syn).unwrap().header, 100, MSS);
+    let mut accepted = Conn::accept(&parse(&syn).unwrap().header, 100, MSS, 0);
     accepted.close();
     assert_eq!(*accepted.state(), State::Closed(End::Done));
     let mut sent = 0;
@@ -439,7 +455,7 @@ fn a_half_open_connection_closes_at_once_and_an_unanswered_fin_gives_up() {
 
 /// A connected `Conn` (we dialled) and a header from its peer to build on.
 fn connected_with(peer_window: u32) -> (Conn, Header) {
-    let mut c = Conn::connect(1, MSS);
+    let mut c = Conn::connect(1, 1, MSS);
     c.transmit(0, &mut Vec::new(), |_| {});
     let h = Header {
         kind: Kind::State,
@@ -495,14 +511,15 @@ fn unread_and_abandoned_bytes_are_bounded_and_early_fins_ignored() {
         h.seq_nr = 100 + i;
         feed(&mut c, &h, None, &[5; 1000], 20);
     }
-    assert_eq!(c.readable.len(), FIRST_RECV_BUF / 1000 * 1000, "a stranger fills 64 KiB until we read");
+    assert_eq!(c.readable.len(), FIRST_RECV_BUF / 1000 * 1000, "a stranger fills 64 KiB");
     let mut buf = vec![0u8; 1000];
     assert_eq!(c.read(&mut buf), 1000);
+    c.open_window();
     for _ in 0..200 {
         h.seq_nr = c.ack_nr.wrapping_add(1);
         feed(&mut c, &h, None, &[5; 1000], 20);
     }
-    assert!(c.readable.len() > FIRST_RECV_BUF, "a reader gets the whole buffer");
+    assert!(c.readable.len() > FIRST_RECV_BUF, "a matched peer gets the whole buffer");
     // A FIN far ahead is not the end.
     h.kind = Kind::Fin;
     h.seq_nr = c.ack_nr.wrapping_add(5000);
@@ -563,4 +580,168 @@ fn the_selective_ack_covers_every_packet_held_past_a_gap() {
     assert_eq!(sack.len(), 16, "100 packets, in whole 32-bit words");
     let held: Vec<usize> = (0..sack.len() * 8).filter(|b| sack[b / 8] & (1 << (b % 8)) != 0).collect();
     assert_eq!(held, (0..100).collect::<Vec<_>>());
+}
+
+/// A forged RESET must hit the one ack that we could have drawn from the
+/// peer lately: our last sequence numbers, not a thousand behind them.
+#[test]
+fn a_reset_counts_only_with_an_ack_of_what_we_sent_lately() {
+    let mut c = Conn::connect(9, 65_000, MSS);
+    let mut syn = Vec::new();
+    c.transmit(0, &mut Vec::new(), |d| syn = d.to_vec());
+    assert_eq!(parse(&syn).unwrap().header.seq_nr, 65_000, "the SYN carries the sequence number given");
+    let mut h = Header {
+        kind: Kind::State,
+        conn_id: 9,
+        timestamp: 0,
+        timestamp_diff: 0,
+        wnd_size: 1 << 20,
+        seq_nr: 100,
+        ack_nr: 64_999,
+    };
+    feed(&mut c, &h, None, &[], 10);
+    assert_eq!(*c.state(), State::SynSent, "an answer to a SYN we did not send");
+    h.ack_nr = 65_000;
+    feed(&mut c, &h, None, &[], 10);
+    assert_eq!(*c.state(), State::Connected);
+    // A thousand packets out and acknowledged, across the wrap.
+    for i in 0..1000u64 {
+        c.write(&[1; 1000]);
+        c.transmit(20 + i, &mut Vec::new(), |_| {});
+        h.ack_nr = c.seq_nr.wrapping_sub(1);
+        feed(&mut c, &h, None, &[], 20 + i);
+    }
+    assert!(c.flight.is_empty());
+    h.kind = Kind::Reset;
+    for behind in [2u16, 10, 100, 1000] {
+        h.ack_nr = c.seq_nr.wrapping_sub(behind);
+        feed(&mut c, &h, None, &[], 2000);
+        assert_eq!(*c.state(), State::Connected, "a reset acking a packet {behind} back");
+    }
+    h.ack_nr = c.seq_nr.wrapping_add(1);
+    feed(&mut c, &h, None, &[], 2000);
+    assert_eq!(*c.state(), State::Connected, "a reset acking a packet not sent yet");
+    h.ack_nr = c.seq_nr.wrapping_sub(1);
+    feed(&mut c, &h, None, &[], 2000);
+    assert_eq!(*c.state(), State::Closed(End::Reset), "a reset acking our last packet");
+}
+
+/// Issue #23 (8): the listener reads the 20-byte header before it knows
+/// the torrent; that read alone must not open the 1 MiB window.
+#[test]
+fn a_stranger_holds_the_small_window_until_its_handshake_matches() {
+    let (mut c, mut h) = connected_with(1 << 20);
+    h.kind = Kind::Data;
+    h.ack_nr = 0;
+    let flood = |c: &mut Conn, h: &mut Header| {
+        for i in 0..1500u16 {
+            // In order, then far ahead behind a gap.
+            h.seq_nr = if i % 2 == 0 { c.ack_nr.wrapping_add(1) } else { c.ack_nr.wrapping_add(2 + i % 700) };
+            feed(c, h, None, &[5; 1400], 20);
+        }
+    };
+    flood(&mut c, &mut h);
+    let mut header = [0u8; 20];
+    assert_eq!(c.read(&mut header), 20, "the listener reads the handshake's start");
+    flood(&mut c, &mut h);
+    assert!(
+        c.readable.len() + c.reorder_bytes <= FIRST_RECV_BUF,
+        "{} + {} bytes held for a stranger",
+        c.readable.len(),
+        c.reorder_bytes
+    );
+    c.open_window();
+    flood(&mut c, &mut h);
+    assert!(c.readable.len() > FIRST_RECV_BUF, "a matched peer gets the whole buffer");
+}
+
+/// What a connection's reorder buffer costs, as `budget.rs` counts it.
+fn charge(c: &Conn) -> usize {
+    c.reorder_bytes + c.reorder.len() * REORDER_OVERHEAD
+}
+
+/// Issue #23 (8): peers that park data behind a gap they never fill hold
+/// at most their share each and the socket's budget all together, and
+/// give it back when the connection closes, ends or goes.
+#[test]
+fn out_of_order_bytes_are_bounded_per_connection_and_in_total_and_freed() {
+    let budget = Budget::new(REORDER_BUDGET);
+    let mut conns: Vec<(Conn, Header)> = (0..96)
+        .map(|_| {
+            let (c, h) = connected_with(1 << 20);
+            (c.with_budget(budget.clone()), h)
+        })
+        .collect();
+    for (n, (c, h)) in conns.iter_mut().enumerate() {
+        // A byte read, as the peer code does, and the torrent matched.
+        h.kind = Kind::Data;
+        h.ack_nr = 0;
+        h.seq_nr = c.ack_nr.wrapping_add(1);
+        feed(c, h, None, b"x", 20);
+        assert_eq!(c.read(&mut [0u8; 1]), 1);
+        c.open_window();
+        // Full packets, or one byte each (which cost more than their byte).
+        let len = if n % 4 == 0 { 1 } else { 1400 };
+        for i in 0..1100u16 {
+            h.seq_nr = c.ack_nr.wrapping_add(2 + i);
+            feed(c, h, None, &vec![5; len], 20);
+        }
+        assert!(charge(c) <= MAX_REORDER_HELD, "one connection holds {}", charge(c));
+    }
+    let total: usize = conns.iter().map(|(c, _)| charge(c)).sum();
+    assert!(total <= REORDER_BUDGET, "all together hold {total}");
+    assert_eq!(budget.used(), total, "the budget knows what is held");
+    assert!(total > REORDER_BUDGET - MAX_REORDER_HELD, "the budget is used, not refused early: {total}");
+    // The gap filled: what was held moves on and is given back.
+    let (c, h) = &mut conns[1];
+    let (before, held) = (budget.used(), charge(c));
+    h.seq_nr = c.ack_nr.wrapping_add(1);
+    feed(c, h, None, &[5; 1400], 30);
+    assert!(c.reorder.is_empty() && c.readable.len() > held / 2);
+    assert_eq!(budget.used(), before - held);
+    conns[2].0.close();
+    conns[3].0.abort();
+    assert_eq!(budget.used(), conns.iter().map(|(c, _)| charge(c)).sum::<usize>());
+    assert_eq!((charge(&conns[2].0), charge(&conns[3].0)), (0, 0), "closed or ended, nothing held");
+    drop(conns);
+    assert_eq!(budget.used(), 0, "dropped, everything given back");
+}
+
+/// Issue #23 (9): a SYN opens a half-open connection that holds nothing
+/// until the peer's first packet acknowledges our STATE's random number
+/// (what a spoofed source never sees), and that expires if none comes.
+#[test]
+fn a_syn_opens_a_half_open_connection_until_the_peer_shows_it_heard_us() {
+    let syn = Header {
+        kind: Kind::Syn,
+        conn_id: 77,
+        timestamp: 0,
+        timestamp_diff: 0,
+        wnd_size: 1 << 20,
+        seq_nr: 500,
+        ack_nr: 0,
+    };
+    let mut c = Conn::accept(&syn, 40_000, MSS, 0);
+    assert!(c.is_half_open());
+    assert_eq!(c.deadline(), Some(HALF_OPEN_US));
+    let mut h = Header { kind: Kind::Data, conn_id: 78, seq_nr: 501, ..syn };
+    for ack in [0, 39_998, 40_000, 12_345] {
+        h.ack_nr = ack;
+        feed(&mut c, &h, None, b"hello", 10);
+        h.seq_nr += 1;
+        feed(&mut c, &h, None, b"ahead", 10);
+        h.seq_nr -= 1;
+        assert!(c.is_half_open(), "ack {ack}");
+        assert_eq!((c.readable.len(), c.reorder.len(), c.held), (0, 0, 0), "ack {ack}: nothing held");
+    }
+    h.ack_nr = 39_999;
+    feed(&mut c, &h, None, b"hello", 10);
+    assert_eq!(*c.state(), State::Connected);
+    assert_eq!(&c.readable[..], b"hello");
+    // Nobody answers another: it ends at its deadline.
+    let mut silent = Conn::accept(&syn, 1, MSS, 0);
+    silent.on_timer(HALF_OPEN_US - 1);
+    assert!(silent.is_half_open());
+    silent.on_timer(HALF_OPEN_US);
+    assert_eq!(*silent.state(), State::Closed(End::TimedOut));
 }

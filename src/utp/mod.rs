@@ -4,7 +4,9 @@
 //!
 //! - `packet.rs`: the datagram codec (pure).
 //! - `ledbat.rs`: the congestion window and the round-trip timer (pure).
-//! - `conn.rs`: one connection's state machine (pure, clock from the caller).
+//! - `conn.rs`: one connection's state machine (pure, clock from the caller);
+//!   `conn_fuzz.rs` drives one with arbitrary packets for the fuzz target.
+//! - `budget.rs`: the out-of-order bytes all connections hold together.
 //! - `unsent.rs`: bytes to send, cut into packets as they are written.
 //! - `batch.rs`: many datagrams per system call (`sendmmsg`, `recvmmsg`).
 //! - `socket.rs`: the runtime on a UDP socket shared with the DHT, and
@@ -15,6 +17,7 @@
 //! read.
 
 mod batch;
+mod budget;
 mod conn;
 mod ledbat;
 pub mod packet;
@@ -22,3 +25,7 @@ mod socket;
 mod unsent;
 
 pub use socket::{UtpSocket, UtpStream, MAX_CONNECTIONS, OTHER_QUEUE};
+
+/// For the `utp` fuzz target only: a connection fed arbitrary packets.
+#[doc(hidden)]
+pub use conn::fuzz::packets as fuzz_conn;

@@ -14,14 +14,23 @@
 //! non-blocking send, never across `.await`; the connection map's lock is
 //! never held while a connection's is taken.
 //!
-//! Bounds: [`MAX_CONNECTIONS`] on the socket, and an accept queue that
-//! drops SYNs when the session is not taking them; a connection's buffers
-//! are bounded in `conn.rs`.
+//! Admission: a SYN opens a half-open connection (no bytes held, not yet
+//! the session's); the peer's first packet must acknowledge our STATE's
+//! random sequence number, which a spoofed source never sees, before the
+//! stream goes to the session. Half-open ones are capped apart
+//! (`MAX_HALF_OPEN`), a new SYN pushing out the oldest, so a flood of
+//! SYNs that are never followed up cannot lock honest peers out.
+//!
+//! Bounds: [`MAX_CONNECTIONS`] on the socket and `MAX_PER_HOST` per host,
+//! and an accept queue that closes proven connections when the session is
+//! not taking them; a connection's buffers are bounded in `conn.rs`, and
+//! what all of them hold out of order by the socket's `budget.rs`.
 
 use super::batch::{self, Outbox, Received, SLOTS};
+use super::budget::{Budget, REORDER_BUDGET};
 use super::conn::{self, Conn, End, State};
 use super::packet::{self, Kind};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -49,34 +58,85 @@ const MSS_V6: usize = 1200;
 pub const OTHER_QUEUE: usize = 256;
 const OTHER_MAX_LEN: usize = 2048;
 
+/// Connections whose peer has not yet shown that it got our answer to its
+/// SYN, at most; a new SYN pushes the oldest of them out.
+const MAX_HALF_OPEN: usize = 512;
+
 /// Connections from one host (any port) at most, so a SYN flood from one
 /// address cannot take every slot.
 const MAX_PER_HOST: usize = 64;
 
 type Key = (SocketAddr, u16);
 
-/// The connections on a socket, and how many each host holds.
+/// The connections on a socket, how many each host holds, and which are
+/// half-open (a SYN came, the peer has not yet shown it got our answer).
 #[derive(Default)]
 struct Table {
     by_key: HashMap<Key, Arc<Shared>>,
     per_host: HashMap<std::net::IpAddr, usize>,
+    /// Oldest first; at most [`MAX_HALF_OPEN`].
+    half_open: VecDeque<Arc<Shared>>,
 }
 
 impl Table {
+    /// Whether `key`'s host may have one more connection here.
+    fn host_has_room(&self, key: &Key) -> bool {
+        !self.by_key.contains_key(key) && self.per_host.get(&key.0.ip()).is_none_or(|&n| n < MAX_PER_HOST)
+    }
+
     /// Adds a connection if there is room for it.
     fn insert(&mut self, shared: &Arc<Shared>) -> bool {
-        let ip = shared.key.0.ip();
-        let full = self.by_key.len() >= MAX_CONNECTIONS || self.by_key.contains_key(&shared.key);
-        if full || self.per_host.get(&ip).is_some_and(|&n| n >= MAX_PER_HOST) {
+        if self.by_key.len() >= MAX_CONNECTIONS || !self.host_has_room(&shared.key) {
             return false;
         }
-        *self.per_host.entry(ip).or_default() += 1;
+        *self.per_host.entry(shared.key.0.ip()).or_default() += 1;
         self.by_key.insert(shared.key, shared.clone());
         true
     }
 
-    fn remove(&mut self, key: &Key) {
-        if self.by_key.remove(key).is_some() {
+    /// Adds a connection a SYN opened. Where half-open ones are at their
+    /// cap, or the table is full, the oldest half-open one makes room: a
+    /// flood of SYNs that are never followed up (spoofed ones) only pushes
+    /// out its own kind, and an honest SYN lives long enough to be
+    /// answered. Returns whether it was added, and the one pushed out.
+    fn insert_half_open(&mut self, shared: &Arc<Shared>) -> (bool, Option<Arc<Shared>>) {
+        if !self.host_has_room(&shared.key) {
+            return (false, None);
+        }
+        let mut pushed_out = None;
+        if self.half_open.len() >= MAX_HALF_OPEN || self.by_key.len() >= MAX_CONNECTIONS {
+            pushed_out = self.half_open.pop_front();
+            if let Some(old) = &pushed_out {
+                self.remove(old);
+            }
+        }
+        let added = self.insert(shared);
+        if added {
+            self.half_open.push_back(shared.clone());
+        }
+        (added, pushed_out)
+    }
+
+    /// The peer showed it heard us: no longer half-open.
+    fn proven(&mut self, shared: &Arc<Shared>) {
+        self.half_open.retain(|s| !Arc::ptr_eq(s, shared));
+    }
+
+    /// The connection a packet is for. A SYN sent again finds the one it
+    /// made under id + 1. A RESET, like any other packet, must carry our
+    /// exact receive id (libtorrent's rule; libutp also took our send id
+    /// and the ids either side, which made forging one three times easier).
+    fn find(&self, from: SocketAddr, h: &packet::Header) -> Option<Arc<Shared>> {
+        let id = if h.kind == Kind::Syn { h.conn_id.wrapping_add(1) } else { h.conn_id };
+        self.by_key.get(&(from, id)).cloned()
+    }
+
+    /// Removes `shared` (not another connection that took its key since).
+    fn remove(&mut self, shared: &Arc<Shared>) {
+        self.proven(shared);
+        let key = &shared.key;
+        if self.by_key.get(key).is_some_and(|s| Arc::ptr_eq(s, shared)) {
+            self.by_key.remove(key);
             let ip = key.0.ip();
             if let Some(n) = self.per_host.get_mut(&ip) {
                 *n -= 1;
@@ -93,6 +153,8 @@ pub struct UtpSocket {
     epoch: Instant,
     conns: Mutex<Table>,
     accepted: mpsc::Sender<UtpStream>,
+    /// What all connections hold out of order, together.
+    budget: Arc<Budget>,
     /// Connections made so far, both directions.
     opened: std::sync::atomic::AtomicU64,
     cancel: CancellationToken,
@@ -147,6 +209,7 @@ impl UtpSocket {
             epoch: Instant::now(),
             conns: Mutex::new(Table::default()),
             accepted,
+            budget: Budget::new(REORDER_BUDGET),
             opened: Default::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -208,7 +271,8 @@ impl UtpSocket {
                     break id;
                 }
             };
-            let shared = Shared::new((addr, recv_id), Conn::connect(recv_id, Self::mss(&addr)));
+            let conn = Conn::connect(recv_id, rand::random(), Self::mss(&addr)).with_budget(self.budget.clone());
+            let shared = Shared::new((addr, recv_id), conn);
             if !conns.insert(&shared) {
                 return Err(io::Error::other("too many uTP connections"));
             }
@@ -218,6 +282,8 @@ impl UtpSocket {
         // Dropped before it connects, the stream closes the attempt.
         let stream = UtpStream::new(shared);
         std::future::poll_fn(|cx| stream.poll_connected(cx)).await?;
+        // We chose this peer for a torrent of ours.
+        stream.open_window();
         self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(stream)
     }
@@ -291,9 +357,15 @@ impl UtpSocket {
         match found {
             Some(s) => {
                 let mut inner = s.inner.lock().unwrap();
+                let was_half_open = inner.conn.is_half_open();
                 inner.conn.on_packet(&p, self.now());
+                let proven =
+                    was_half_open && !inner.conn.is_half_open() && !matches!(inner.conn.state(), State::Closed(_));
                 inner.wake();
                 drop(inner);
+                if proven {
+                    self.hand_over(&s);
+                }
                 if !touched.iter().any(|t| Arc::ptr_eq(t, &s)) {
                     touched.push(s);
                 }
@@ -307,36 +379,34 @@ impl UtpSocket {
         }
     }
 
-    /// The connection a packet is for. A SYN sent again finds the one it
-    /// made under id + 1; a RESET carries the id of the packet it answers,
-    /// which was the sender's send id, one off our receive id either way.
     fn find(&self, from: SocketAddr, h: &packet::Header) -> Option<Arc<Shared>> {
-        let conns = &self.conns.lock().unwrap().by_key;
-        match h.kind {
-            Kind::Syn => conns.get(&(from, h.conn_id.wrapping_add(1))).cloned(),
-            Kind::Reset => [h.conn_id, h.conn_id.wrapping_add(1), h.conn_id.wrapping_sub(1)]
-                .iter()
-                .find_map(|id| conns.get(&(from, *id)).cloned()),
-            _ => conns.get(&(from, h.conn_id)).cloned(),
+        self.conns.lock().unwrap().find(from, h)
+    }
+
+    /// A SYN: a half-open connection answers it with a STATE, and waits
+    /// (holding nothing) for the packet that proves the peer got it.
+    fn accept(self: &Arc<Self>, syn: &packet::Header, from: SocketAddr) {
+        let conn = Conn::accept(syn, rand::random(), Self::mss(&from), self.now()).with_budget(self.budget.clone());
+        let shared = Shared::new((from, conn.recv_id()), conn);
+        let (added, pushed_out) = self.conns.lock().unwrap().insert_half_open(&shared);
+        if let Some(old) = pushed_out {
+            old.inner.lock().unwrap().conn.abort();
+            old.kick.notify_one();
+        }
+        if added {
+            shared.kick.notify_one();
+            self.tasks.spawn(self.clone().drive(shared));
         }
     }
 
-    fn accept(self: &Arc<Self>, syn: &packet::Header, from: SocketAddr) {
-        let Ok(permit) = self.accepted.try_reserve() else {
-            return; // the session is not keeping up: the peer will try again
-        };
-        let shared = {
-            let conn = Conn::accept(syn, rand::random(), Self::mss(&from));
-            let shared = Shared::new((from, conn.recv_id()), conn);
-            if !self.conns.lock().unwrap().insert(&shared) {
-                return;
-            }
-            shared
-        };
-        shared.kick.notify_one();
-        self.tasks.spawn(self.clone().drive(shared.clone()));
-        self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        permit.send(UtpStream::new(shared));
+    /// The peer of a half-open connection showed it got our STATE: the
+    /// session gets the connection now. If the session is not keeping up,
+    /// the stream is dropped, which closes the connection.
+    fn hand_over(&self, s: &Arc<Shared>) {
+        self.conns.lock().unwrap().proven(s);
+        if self.accepted.try_send(UtpStream::new(s.clone())).is_ok() {
+            self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// A connection's driver: sends what it owes, sleeps until its timer or
@@ -371,7 +441,7 @@ impl UtpSocket {
                 _ = self.cancel.cancelled() => break,
             }
         }
-        self.conns.lock().unwrap().remove(&shared.key);
+        self.conns.lock().unwrap().remove(&shared);
         // Shut down under it: whoever still reads or writes is told so.
         let mut inner = shared.inner.lock().unwrap();
         if !matches!(inner.conn.state(), State::Closed(_)) {
@@ -422,6 +492,17 @@ impl UtpStream {
     pub fn split(self) -> (UtpStream, UtpStream) {
         let other = UtpStream::new(self.shared.clone());
         (self, other)
+    }
+
+    /// Grants the whole receive buffer: the peer's handshake named one of
+    /// our torrents. Until then it may send 64 KiB, a stranger's share.
+    pub fn open_window(&self) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.conn.open_window();
+        if inner.conn.ack_due() {
+            drop(inner);
+            self.shared.kick.notify_one();
+        }
     }
 
     /// Whether received bytes wait to be read.
@@ -562,16 +643,16 @@ mod tests {
         let mut table = Table::default();
         let conn = |ip: [u8; 4], port: u16| {
             let addr = SocketAddr::from((ip, port));
-            Shared::new((addr, 7), Conn::connect(7, MSS_V4))
+            Shared::new((addr, 7), Conn::connect(7, 1, MSS_V4))
         };
         let flood: Vec<_> = (0..MAX_PER_HOST as u16 + 10).map(|p| conn([10, 0, 0, 1], 1000 + p)).collect();
         let taken = flood.iter().filter(|s| table.insert(s)).count();
         assert_eq!(taken, MAX_PER_HOST);
         assert!(table.insert(&conn([10, 0, 0, 2], 1)), "another host still gets in");
-        table.remove(&flood[0].key);
+        table.remove(&flood[0]);
         assert!(table.insert(&flood[MAX_PER_HOST]), "a slot freed is a slot");
         for s in &flood {
-            table.remove(&s.key);
+            table.remove(s);
         }
         assert_eq!(table.per_host.len(), 1, "empty hosts are forgotten");
         // Refused for a full table, a host leaves no trace.
@@ -586,6 +667,145 @@ mod tests {
             assert!(!full.insert(&conn([10, 9, 9, i], 1)));
         }
         assert_eq!(full.per_host.len(), hosts);
+    }
+
+    #[test]
+    fn a_new_syn_pushes_out_the_oldest_half_open_connection_only() {
+        let mut table = Table::default();
+        let half_open = |i: usize| {
+            let syn = header(Kind::Syn, 1);
+            let from = SocketAddr::from(([10, 5, (i / 250) as u8, (i % 250) as u8], 1));
+            Shared::new((from, 2), Conn::accept(&syn, 9, MSS_V4, 0))
+        };
+        let dialled = |i: usize| {
+            Shared::new(
+                (SocketAddr::from(([10, 6, (i / 250) as u8, (i % 250) as u8], 1)), 7),
+                Conn::connect(7, 1, MSS_V4),
+            )
+        };
+        // Established connections fill all but the half-open share.
+        for i in 0..MAX_CONNECTIONS - MAX_HALF_OPEN / 2 {
+            assert!(table.insert(&dialled(i)));
+        }
+        let first: Vec<_> = (0..MAX_HALF_OPEN).map(half_open).collect();
+        for (i, s) in first.iter().enumerate() {
+            let (added, out) = table.insert_half_open(s);
+            assert!(added);
+            // Half of them fit; each after that pushes out the oldest.
+            assert_eq!(out.map(|o| o.key), (i >= MAX_HALF_OPEN / 2).then(|| first[i - MAX_HALF_OPEN / 2].key));
+        }
+        assert_eq!(table.by_key.len(), MAX_CONNECTIONS);
+        // Proven, a connection is no longer pushed out.
+        let keep = &first[MAX_HALF_OPEN / 2];
+        table.proven(keep);
+        for i in 0..MAX_HALF_OPEN {
+            assert!(table.insert_half_open(&half_open(MAX_HALF_OPEN + i)).0);
+        }
+        assert!(table.by_key.get(&keep.key).is_some_and(|s| Arc::ptr_eq(s, keep)));
+        assert!(table.half_open.len() < MAX_HALF_OPEN && table.by_key.len() == MAX_CONNECTIONS);
+        // A connection pushed out and its key taken again: its removal
+        // leaves the newcomer alone.
+        let again = half_open(0);
+        assert!(table.insert_half_open(&again).0);
+        table.remove(&first[0]);
+        assert!(table.by_key.get(&again.key).is_some_and(|s| Arc::ptr_eq(s, &again)));
+    }
+
+    fn header(kind: Kind, conn_id: u16) -> packet::Header {
+        packet::Header { kind, conn_id, timestamp: 0, timestamp_diff: 0, wnd_size: 0, seq_nr: 5, ack_nr: 0 }
+    }
+
+    #[test]
+    fn a_reset_is_heeded_only_under_the_exact_receive_id() {
+        let mut table = Table::default();
+        let peer = SocketAddr::from(([10, 0, 0, 1], 6881));
+        let s = Shared::new((peer, 700), Conn::connect(700, 1, MSS_V4));
+        assert!(table.insert(&s));
+        let found = |id: u16, kind: Kind| table.find(peer, &header(kind, id)).is_some();
+        assert!(found(700, Kind::Reset) && found(700, Kind::Data));
+        assert!(!found(699, Kind::Reset) && !found(701, Kind::Reset), "a reset one id off");
+        assert!(found(699, Kind::Syn), "a SYN sent again carries the id below");
+        assert!(table.find(SocketAddr::from(([10, 0, 0, 1], 6882)), &header(Kind::Reset, 700)).is_none());
+    }
+
+    /// A SYN read off a socket that never answers: (conn id, seq nr).
+    async fn syn_from(silent: &UdpSocket) -> (u16, u16) {
+        let mut buf = [0u8; 1500];
+        let n = tokio::time::timeout(Duration::from_secs(5), silent.recv(&mut buf)).await.unwrap().unwrap();
+        let h = packet::parse(&buf[..n]).unwrap().header;
+        assert_eq!(h.kind, Kind::Syn);
+        (h.conn_id, h.seq_nr)
+    }
+
+    #[tokio::test]
+    async fn dialled_connections_start_at_random_sequence_numbers() {
+        let (a, _) = UtpSocket::start(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()), None);
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = silent.local_addr().unwrap();
+        let dials: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn({
+                    let a = a.clone();
+                    async move { a.connect(to).await }
+                })
+            })
+            .collect();
+        let mut first = HashMap::new();
+        while first.len() < dials.len() {
+            let (id, seq) = syn_from(&silent).await;
+            first.entry(id).or_insert(seq);
+        }
+        let seqs: std::collections::HashSet<u16> = first.values().copied().collect();
+        // Four draws out of 65536 all equal: one chance in 2^48.
+        assert!(seqs.len() > 1, "every SYN numbered {seqs:?}");
+        dials.iter().for_each(|d| d.abort());
+        a.shut_down().await;
+    }
+
+    /// Sends `count` SYNs from `from`, then a stray packet, and waits for
+    /// the RESET that answers it: the socket has read them all by then.
+    async fn syn_burst(from: &UdpSocket, to: SocketAddr, first_id: u16, count: u16) {
+        let mut d = Vec::new();
+        for i in 0..count {
+            packet::write_header(&mut d, &header(Kind::Syn, first_id.wrapping_add(2 * i)), None);
+            from.send_to(&d, to).await.unwrap();
+        }
+        packet::write_header(&mut d, &header(Kind::Data, first_id.wrapping_sub(7)), None);
+        from.send_to(&d, to).await.unwrap();
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), from.recv(&mut buf)).await.unwrap().unwrap();
+            if packet::parse(&buf[..n]).is_ok_and(|p| p.header.kind == Kind::Reset) {
+                break;
+            }
+        }
+    }
+
+    /// Issue #23 (9): SYNs from many addresses that never answer (as with
+    /// spoofed sources) neither reach the listener nor keep an honest peer
+    /// out; it is handed over once its first data shows it got our STATE.
+    #[tokio::test]
+    async fn silent_syns_from_many_addresses_do_not_lock_out_an_honest_peer() {
+        let (a, _) = UtpSocket::start(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()), None);
+        let (b, mut incoming) = UtpSocket::start(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()), None);
+        let to = b.local_addr().unwrap();
+        // More SYNs than the socket has connections, none over a host's share.
+        for host in 0..40u8 {
+            let flood = UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, host + 1), 0)).await.unwrap();
+            syn_burst(&flood, to, u16::from(host) * 1000, MAX_PER_HOST as u16 - 4).await;
+        }
+        assert!(b.connections() <= MAX_HALF_OPEN, "{} half-open connections", b.connections());
+        let connect = tokio::time::timeout(Duration::from_secs(10), a.connect(to)).await;
+        let mut out = connect.expect("the SYN was answered").expect("connected");
+        out.write_all(b"hello").await.unwrap();
+        let mut inc = tokio::time::timeout(Duration::from_secs(5), incoming.recv()).await.unwrap().unwrap();
+        assert_eq!(inc.peer_addr(), a.local_addr().unwrap(), "the first stream handed over is the honest one");
+        let mut got = [0u8; 5];
+        inc.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        assert!(incoming.try_recv().is_err(), "no silent SYN was handed over");
+        a.shut_down().await;
+        b.shut_down().await;
     }
 
     #[tokio::test]
