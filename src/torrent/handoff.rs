@@ -405,22 +405,30 @@ mod tests {
     use crate::storage::BackendKind;
     use sha1::Sha1;
 
-    /// A multi-file torrent (`set/a`, `set/sub/b`, `set/empty`) and its
-    /// data, written in `dir` under the torrent's name.
-    fn data_in(dir: &Path) -> (Metainfo, Place) {
-        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    /// A torrent whose info dictionary starts with `head` (its files and
+    /// name), over `bytes` in 16 KiB pieces, written in `dir` under its name.
+    fn torrent_in(dir: &Path, head: &[u8], bytes: &[u8]) -> (Metainfo, Place) {
         let mut pieces = Vec::new();
         for chunk in bytes.chunks(16384) {
             pieces.extend_from_slice(&Sha1::digest(chunk));
         }
-        let mut t = b"d4:infod5:filesld6:lengthi40000e4:pathl1:aeed6:lengthi30000e4:pathl3:sub1:beed6:lengthi0e4:pathl5:emptyeee4:name3:set12:piece lengthi16384e6:pieces".to_vec();
-        t.extend_from_slice(format!("{}:", pieces.len()).as_bytes());
+        let mut t = b"d4:infod".to_vec();
+        t.extend_from_slice(head);
+        t.extend_from_slice(format!("12:piece lengthi16384e6:pieces{}:", pieces.len()).as_bytes());
         t.extend_from_slice(&pieces);
         t.extend_from_slice(b"ee");
         let meta = Metainfo::from_torrent_bytes(&t).unwrap();
         let place = Place { dir: dir.to_path_buf(), name: meta.name.clone(), settled: false };
-        TorrentStorage::open(&place, &meta, BackendKind::File).unwrap().write(0, &bytes).unwrap();
+        TorrentStorage::open(&place, &meta, BackendKind::File).unwrap().write(0, bytes).unwrap();
         (meta, place)
+    }
+
+    /// A multi-file torrent (`set/a`, `set/sub/b`, `set/empty`) and its
+    /// data, written in `dir` under the torrent's name.
+    fn data_in(dir: &Path) -> (Metainfo, Place) {
+        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let files = b"5:filesld6:lengthi40000e4:pathl1:aeed6:lengthi30000e4:pathl3:sub1:beed6:lengthi0e4:pathl5:emptyeee4:name3:set";
+        torrent_in(dir, files, &bytes)
     }
 
     #[test]
@@ -495,18 +503,7 @@ mod tests {
     /// A single-file torrent (`film.mkv`, 40000 bytes) written in `dir`.
     fn single_in(dir: &Path) -> (Metainfo, Place) {
         let bytes: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 253) as u8).collect();
-        let mut pieces = Vec::new();
-        for chunk in bytes.chunks(16384) {
-            pieces.extend_from_slice(&Sha1::digest(chunk));
-        }
-        let mut t = b"d4:infod6:lengthi40000e4:name8:film.mkv12:piece lengthi16384e6:pieces".to_vec();
-        t.extend_from_slice(format!("{}:", pieces.len()).as_bytes());
-        t.extend_from_slice(&pieces);
-        t.extend_from_slice(b"ee");
-        let meta = Metainfo::from_torrent_bytes(&t).unwrap();
-        let place = Place { dir: dir.to_path_buf(), name: meta.name.clone(), settled: false };
-        TorrentStorage::open(&place, &meta, BackendKind::File).unwrap().write(0, &bytes).unwrap();
-        (meta, place)
+        torrent_in(dir, b"6:lengthi40000e4:name8:film.mkv", &bytes)
     }
 
     fn hidden(dir: &Path, meta: &Metainfo) -> PathBuf {
