@@ -61,6 +61,7 @@ pub mod lsd;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod metrics;
 pub mod mse;
 pub mod perms;
 pub mod resume;

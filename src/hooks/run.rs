@@ -46,8 +46,9 @@ enum End {
     Shutdown,
 }
 
-/// Runs `job` to its end; never fails, only logs.
-pub async fn run(job: Job, cancel: CancellationToken) {
+/// Runs `job` to its end; never fails, only logs. Says whether the hook
+/// exited with status 0.
+pub async fn run(job: Job, cancel: CancellationToken) -> bool {
     let hook = job.event.key();
     let program = printable(&job.argv[0].to_string_lossy(), 200);
     let started = Instant::now();
@@ -61,13 +62,13 @@ pub async fn run(job: Job, cancel: CancellationToken) {
             };
             tracing::warn!(hook = %hook, program = %program,
                 "hook not run: program not found {hint}");
-            return;
+            return false;
         }
         Err(e) => {
             let error = e.to_string();
             tracing::warn!(hook = %hook, program = %program, error,
                 "hook not run: cannot start it");
-            return;
+            return false;
         }
     };
     let pgid = child.id();
@@ -102,6 +103,7 @@ pub async fn run(job: Job, cancel: CancellationToken) {
             end => end,
         }
     };
+    let succeeded = matches!(&end, End::Exited(Ok(status)) if status.success());
     let took = format!("{:.1}s", started.elapsed().as_secs_f64());
     let (timeout, grace) = (human_duration(job.timeout.as_secs()), human_duration(SHUTDOWN_GRACE.as_secs()));
     match end {
@@ -129,6 +131,7 @@ pub async fn run(job: Job, cancel: CancellationToken) {
     }
     // Reaps the leader (at once: it exited, or was just killed).
     let _ = child.wait().await;
+    succeeded
 }
 
 /// Starts the program. `spawn` waits for the exec to succeed or fail (a
