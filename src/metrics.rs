@@ -374,7 +374,8 @@ impl Ledger {
             last.insert(t.hash.to_string(), (t.category.to_string(), now));
         }
         // Categories without a torrent now go: bounded by the live torrents.
-        self.totals.retain(|c, _| last.values().any(|(category, _)| category == c));
+        let live: std::collections::HashSet<&String> = last.values().map(|(category, _)| category).collect();
+        self.totals.retain(|c, _| live.contains(c));
         self.last = last;
     }
 
@@ -489,6 +490,46 @@ mod tests {
         let p = ProcStats::read();
         assert!(p.memory.is_some_and(|m| m.anon > 0), "{p:?}");
         assert!(p.open_files.is_some_and(|n| n >= 3), "{p:?}");
+    }
+
+    /// A status as the session gives it, with a hostile name and category.
+    fn hostile_status() -> TorrentStatus {
+        let evil = "x\"} dropseed_downloaded_bytes_total 1e18\n# EOF\n";
+        serde_json::from_value(serde_json::json!({
+            "info_hash": "ab".repeat(20), "name": evil, "category": evil, "state": "seeding",
+            "progress": 1.0, "size": 10, "downloaded": 10, "uploaded": 5, "download_rate": 0,
+            "upload_rate": 0, "peers": 0, "ratio": 0.5, "error": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn names_and_categories_cannot_inject_samples() {
+        let statuses = [hostile_status()];
+        let m = Metrics::default();
+        m.start_counting(&[]);
+        let mut r = Registry::with_prefix("dropseed");
+        register_torrents(&mut r, &statuses, true);
+        m.register_categories(&mut r, &statuses);
+        let mut text = String::new();
+        encode(&mut text, &r).unwrap();
+        assert_eq!(text.lines().filter(|l| *l == "# EOF").count(), 1, "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("dropseed_downloaded_bytes_total")), "{text}");
+        let torrent_lines = text.lines().filter(|l| l.starts_with("dropseed_torrent_downloaded_bytes_total{"));
+        assert_eq!(torrent_lines.count(), 1, "one series, on one line:\n{text}");
+    }
+
+    #[test]
+    fn per_torrent_series_only_when_asked() {
+        let statuses = [hostile_status()];
+        for per_torrent in [false, true] {
+            let mut r = Registry::default();
+            register_torrents(&mut r, &statuses, per_torrent);
+            let mut text = String::new();
+            encode(&mut text, &r).unwrap();
+            assert_eq!(text.contains("torrent_downloaded"), per_torrent, "{text}");
+            assert!(text.contains("torrents{state=\"seeding\"} 1"), "{text}");
+        }
     }
 
     #[test]

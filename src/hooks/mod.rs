@@ -256,4 +256,22 @@ mod tests {
         tasks.close();
         tasks.wait().await;
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn runs_and_failures_are_counted() {
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let runner = HookRunner::start(4, &tasks, cancel.clone());
+        for argv in [&["/bin/true"][..], &["/bin/false"], &["/nonexistent/hook"]] {
+            assert_eq!(runner.fire(&config_with(argv, "1m"), HookEvent::Added, facts()), Fired::Queued);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while runner.tally().runs < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Stopping waits for the running hooks, which end at once.
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(runner.tally(), HookTally { runs: 3, failures: 2 });
+    }
 }
