@@ -28,6 +28,7 @@ pub struct Config {
     pub seeding: Seeding,
     pub storage: Storage,
     pub hooks: HooksSection,
+    pub api: Api,
     /// `[categories.NAME]`: what a watch subfolder's torrents do differently.
     pub categories: std::collections::BTreeMap<String, Category>,
 }
@@ -422,6 +423,15 @@ impl Default for Storage {
             resume_interval_secs: 10,
         }
     }
+}
+
+/// `[api]`: the HTTP API and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// One series per torrent on `/metrics`; off so that thousands of
+    /// torrents stay cheap to scrape.
+    pub metrics_per_torrent: bool,
 }
 
 /// The programs run at a torrent's events, each an argv array executed

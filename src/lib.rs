@@ -40,6 +40,8 @@
 //!   torrent's state.
 //! * [`hooks`] runs the user's programs at a torrent's events off the
 //!   engine: bounded in number, queue and time, never through a shell.
+//! * [`metrics`] renders `/metrics`: the engine bumps a few atomics where
+//!   bytes and events happen; the rest is read at scrape time, in one pass.
 //! * Memory maps and files are only touched on the disk pool's threads (or
 //!   `spawn_blocking`), never on the async workers, so a page fault or a slow
 //!   filesystem never stalls a peer.
@@ -61,6 +63,7 @@ pub mod lsd;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod metrics;
 pub mod mse;
 pub mod perms;
 pub mod resume;

@@ -896,3 +896,100 @@ async fn commands_answer_typed_outcomes_and_errors() {
     assert_eq!(a.session.remove(h, false).await.unwrap_err().kind(), ErrorKind::NotFound, "removed once only");
     a.session.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// 10. /metrics: the byte counters are the bytes transferred
+// ---------------------------------------------------------------------------
+
+/// Parses metrics text with Python's `prometheus_client` OpenMetrics parser
+/// (what Prometheus-side tooling accepts); answers `(name, labels, value)`
+/// of every sample. Fails the test if the text does not parse.
+fn parse_metrics(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    use std::io::Write;
+    const SCRIPT: &str = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+        out = [[s.name, s.labels, s.value] for f in parse(sys.stdin.read()) for s in f.samples]\n\
+        print(json.dumps(out))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-test-deps.sh installs prometheus-client)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the metrics text does not parse ({stderr}):\n{text}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sample(samples: &[(String, BTreeMap<String, String>, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.2)
+}
+
+fn within_1_percent(what: &str, got: Option<f64>, want: u64) {
+    let got = got.unwrap_or_else(|| panic!("no sample {what}"));
+    let want = want as f64;
+    assert!((got - want).abs() <= want / 100.0, "{what}: {got} for {want} bytes transferred");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_bytes_transferred_and_hide_tracker_passkeys() {
+    let passkey = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6";
+    // A tracker that refuses connections: each announce is a failure.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a = Node::start().await;
+    payload_tree(&a.download_dir(), "tree", TREE, 9);
+    let mut meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    meta.trackers = vec![vec![format!("http://127.0.0.1:{port}/{passkey}/announce?passkey={passkey}")]];
+    let hash = meta.info_hash.hex();
+    a.session.add_metainfo(meta.clone()).await.unwrap();
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    let b = Node::start_with(|c| c.api.metrics_per_torrent = true).await;
+    assert_eq!(b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap(), AddOutcome::Added);
+    b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(60)).await;
+    assert_same_files(&meta, &a.download_dir(), &b.download_dir());
+    let total = meta.total_length;
+
+    let got = parse_metrics(&dropseed::metrics::render(&b.session).await);
+    within_1_percent("b downloaded", sample(&got, "dropseed_downloaded_bytes_total", &[]), total);
+    let none = [("category", "")];
+    within_1_percent("b category downloaded", sample(&got, "dropseed_category_downloaded_bytes_total", &none), total);
+    let this = [("info_hash", hash.as_str()), ("name", "tree")];
+    within_1_percent("b torrent downloaded", sample(&got, "dropseed_torrent_downloaded_bytes_total", &this), total);
+    assert_eq!(sample(&got, "dropseed_torrents", &[("state", "seeding")]), Some(1.0));
+    assert_eq!(sample(&got, "dropseed_torrents", &[("state", "downloading")]), Some(0.0));
+    assert_eq!(sample(&got, "dropseed_hash_failures_total", &[]), Some(0.0));
+    let verified = sample(&got, "dropseed_piece_verify_seconds_count", &[]).unwrap();
+    assert_eq!(verified as usize, meta.piece_count(), "every downloaded piece's hashing is timed");
+    assert!(sample(&got, "dropseed_disk_written_bytes_total", &[]).unwrap() >= total as f64);
+    assert!(sample(&got, "dropseed_memory_bytes", &[("kind", "anon")]).unwrap() > 0.0);
+    assert!(sample(&got, "dropseed_open_files", &[]).unwrap() > 0.0);
+    for (transport, encryption) in [("tcp", "plain"), ("tcp", "encrypted"), ("utp", "plain"), ("utp", "encrypted")] {
+        let labels = [("transport", transport), ("encryption", encryption)];
+        assert!(sample(&got, "dropseed_peers_connected", &labels).is_some(), "{labels:?}");
+    }
+
+    // The seeder: what it uploaded, and its tracker by host only.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (text, got) = loop {
+        let text = dropseed::metrics::render(&a.session).await;
+        let got = parse_metrics(&text);
+        if sample(&got, "dropseed_tracker_announce_failures_total", &[("host", "127.0.0.1")]).is_some_and(|n| n >= 1.0)
+        {
+            break (text, got);
+        }
+        assert!(Instant::now() < deadline, "no failed announce counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    within_1_percent("a uploaded", sample(&got, "dropseed_uploaded_bytes_total", &[]), total);
+    within_1_percent("a category uploaded", sample(&got, "dropseed_category_uploaded_bytes_total", &none), total);
+    assert!(!text.contains(passkey) && !text.contains("announce?"), "a tracker's passkey or path in:\n{text}");
+    assert!(!text.contains("dropseed_torrent_"), "per-torrent series are off by default:\n{text}");
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}

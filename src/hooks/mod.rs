@@ -18,6 +18,7 @@ pub use argv::{check_command, Facts};
 use tracing::Instrument;
 
 use crate::config::Config;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -73,6 +74,22 @@ impl HookEvent {
 pub struct HookRunner {
     queue: mpsc::Sender<run::Job>,
     max_running: usize,
+    counts: Arc<Counts>,
+}
+
+/// Hooks started and failed, for `/metrics`.
+#[derive(Default)]
+struct Counts {
+    runs: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// What [`HookRunner::tally`] answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookTally {
+    pub runs: u64,
+    /// Exited with another status than 0, timed out, killed, or not started.
+    pub failures: u64,
 }
 
 /// What became of a hook [`HookRunner::fire`] was asked to run.
@@ -93,8 +110,16 @@ impl HookRunner {
     pub fn start(max_running: usize, tasks: &TaskTracker, cancel: CancellationToken) -> HookRunner {
         let (queue, jobs) = mpsc::channel(QUEUE_LEN);
         let max_running = max_running.max(1);
-        tasks.spawn(dispatch(jobs, max_running, tasks.clone(), cancel));
-        HookRunner { queue, max_running }
+        let counts = Arc::new(Counts::default());
+        tasks.spawn(dispatch(jobs, max_running, tasks.clone(), cancel, counts.clone()));
+        HookRunner { queue, max_running, counts }
+    }
+
+    pub fn tally(&self) -> HookTally {
+        HookTally {
+            runs: self.counts.runs.load(Ordering::Relaxed),
+            failures: self.counts.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs the hook `config` sets for `event`, if any, without waiting.
@@ -136,6 +161,7 @@ async fn dispatch(
     max_running: usize,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    counts: Arc<Counts>,
 ) {
     let slots = Arc::new(Semaphore::new(max_running));
     loop {
@@ -152,11 +178,14 @@ async fn dispatch(
                 None => break,
             },
         };
-        let cancel = cancel.clone();
+        let (cancel, counts) = (cancel.clone(), counts.clone());
         let span = job.span.clone();
+        counts.runs.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(
             async move {
-                run::run(job, cancel).await;
+                if !run::run(job, cancel).await {
+                    counts.failures.fetch_add(1, Ordering::Relaxed);
+                }
                 drop(slot);
             }
             .instrument(span),
@@ -226,5 +255,23 @@ mod tests {
         cancel.cancel();
         tasks.close();
         tasks.wait().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn runs_and_failures_are_counted() {
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let runner = HookRunner::start(4, &tasks, cancel.clone());
+        for argv in [&["/bin/true"][..], &["/bin/false"], &["/nonexistent/hook"]] {
+            assert_eq!(runner.fire(&config_with(argv, "1m"), HookEvent::Added, facts()), Fired::Queued);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while runner.tally().runs < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Stopping waits for the running hooks, which end at once.
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(runner.tally(), HookTally { runs: 3, failures: 2 });
     }
 }

@@ -63,8 +63,9 @@ enum End {
     Shutdown,
 }
 
-/// Runs `job` to its end; never fails, only logs.
-pub async fn run(job: Job, cancel: CancellationToken) {
+/// Runs `job` to its end; never fails, only logs. Says whether the hook
+/// exited with status 0.
+pub async fn run(job: Job, cancel: CancellationToken) -> bool {
     let hook = job.event.key();
     let program = printable(&job.argv[0].to_string_lossy(), 200);
     let started = Instant::now();
@@ -78,13 +79,13 @@ pub async fn run(job: Job, cancel: CancellationToken) {
             };
             tracing::warn!(hook = %hook, program = %program,
                 "hook not run: program not found {hint}");
-            return;
+            return false;
         }
         Err(e) => {
             let error = e.to_string();
             tracing::warn!(hook = %hook, program = %program, error,
                 "hook not run: cannot start it");
-            return;
+            return false;
         }
     };
     let pgid = child.id();
@@ -109,7 +110,9 @@ pub async fn run(job: Job, cancel: CancellationToken) {
     }
     // Reaps the leader: at once, it exited or was just killed.
     let status = child.wait().await;
+    let succeeded = matches!(end, End::Exited { .. }) && status.as_ref().is_ok_and(|s| s.success());
     log_end(hook, &program, &job, end, status, &took);
+    succeeded
 }
 
 /// Lets the output reading end by itself within `grace`, or stops it (its

@@ -108,6 +108,7 @@ impl Session {
         let (fetched, fetched_rx) = mpsc::unbounded_channel();
         let session = Arc::new(Session { env, registry: Mutex::new(HashMap::new()), cancel, tasks, removals, fetched });
         session.restore().await;
+        session.env.metrics.start_counting(&session.statuses());
         session.tasks.spawn(listener::accept_loop(session.clone(), listener, udp.incoming));
         session.tasks.spawn(housekeeping(Arc::downgrade(&session), removal_rx, fetched_rx, session.cancel.clone()));
         Ok(session)
@@ -700,6 +701,7 @@ async fn make_env(
         lsd,
         announces: Default::default(),
         hooks,
+        metrics: Default::default(),
     })
 }
 

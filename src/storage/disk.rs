@@ -44,6 +44,11 @@ impl DiskPool {
         DiskPool { tx, threads: std::sync::Mutex::new(threads) }
     }
 
+    /// Jobs waiting for a thread (`/metrics`: a disk that cannot keep up).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     pub fn threads(&self) -> usize {
         self.threads.lock().unwrap().len()
     }

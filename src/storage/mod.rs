@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -57,6 +57,23 @@ trait FileBackend: Send + Sync {
         }
         Ok(())
     }
+}
+
+/// Bytes of torrent data read and written by every torrent of the process
+/// (`/metrics`). Counted here, where every byte passes, rather than at each
+/// caller; process-wide, like `/proc/self/io`.
+static READ: AtomicU64 = AtomicU64::new(0);
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Totals of [`READ`] and [`WRITTEN`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IoCounters {
+    pub read: u64,
+    pub written: u64,
+}
+
+pub fn io_counters() -> IoCounters {
+    IoCounters { read: READ.load(Ordering::Relaxed), written: WRITTEN.load(Ordering::Relaxed) }
 }
 
 /// An open torrent's files.
@@ -242,6 +259,7 @@ impl TorrentStorage {
         for s in self.layout.segments(offset, data.len()) {
             if !s.padding {
                 self.backend.write_at(s.file, s.file_offset, &data[s.buf_offset..s.buf_offset + s.len])?;
+                WRITTEN.fetch_add(s.len as u64, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -255,6 +273,7 @@ impl TorrentStorage {
                 dst.fill(0);
             } else {
                 self.backend.read_at(s.file, s.file_offset, dst)?;
+                READ.fetch_add(s.len as u64, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -280,6 +299,7 @@ impl TorrentStorage {
                 hasher.update(vec![0u8; s.len]);
             } else {
                 self.backend.hash_range(s.file, s.file_offset, s.len, &mut hasher)?;
+                READ.fetch_add(s.len as u64, Ordering::Relaxed);
             }
         }
         Ok(hasher.finalize().into())

@@ -46,6 +46,7 @@ async fn run_outgoing(
         Err(end) => return end,
     };
     tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "connected");
+    let _counted = shared.env.metrics.connected(transport.way());
     let mut peer = PeerConn::new(shared.clone(), handle.clone(), addr, theirs);
     let end = conn::run(transport, &mut peer, &cancel).await;
     // Two seeds part for good, however the connection ended.
@@ -73,6 +74,7 @@ pub async fn incoming(
         return end;
     }
     tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "accepted");
+    let _counted = shared.env.metrics.connected(transport.way());
     conn::run(transport, &mut peer, &cancel).await
 }
 

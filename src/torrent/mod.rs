@@ -74,6 +74,8 @@ pub struct Env {
     pub announces: Arc<crate::tracker::pace::AnnounceBook>,
     /// Runs the user's hooks (`[hooks]`) off the engine.
     pub hooks: crate::hooks::HookRunner,
+    /// What `/metrics` shows that the engine counts as it goes.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Env {
@@ -415,7 +417,9 @@ impl TorrentShared {
             .disk
             .spawn(move || {
                 let index = piece.index as usize;
+                let hashing = Instant::now();
                 let good = <[u8; 20]>::from(Sha1::digest(&piece.data)) == shared.meta.piece_hashes[index];
+                shared.env.metrics.piece_verify.observe(hashing.elapsed().as_secs_f64());
                 let write = match (good, shared.storage()) {
                     (true, Some(s)) => {
                         s.write(index as u64 * shared.meta.piece_length, &piece.data).map_err(|e| e.to_string())
@@ -441,6 +445,7 @@ impl TorrentShared {
         let len = self.meta.piece_len(index as usize);
         if good {
             self.downloaded.fetch_add(len as u64, Ordering::Relaxed);
+            self.env.metrics.downloaded.inc_by(len as u64);
             inner.mark_verified(index, len, Instant::now());
             let count = inner.have.count();
             drop(inner);
@@ -448,6 +453,8 @@ impl TorrentShared {
             return;
         }
         self.corrupt.fetch_add(len as u64, Ordering::Relaxed);
+        self.env.metrics.hash_failures.inc();
+        self.env.metrics.corrupt_bytes.inc_by(len as u64);
         inner.picker.piece_failed(index, contributors.len());
         let shown: Vec<String> = contributors.iter().map(|c| c.to_string()).collect();
         tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), piece = index, peers = %shown.join(","), "piece failed its hash check; downloading it again");
@@ -460,6 +467,7 @@ impl TorrentShared {
             if *strikes >= STRIKES_TO_BAN {
                 inner.banned_ids.insert(handle.peer_id);
                 inner.banned_addrs.insert(*culprit);
+                self.env.metrics.peers_banned.inc();
                 tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), peer = %culprit, "peer sent {STRIKES_TO_BAN} corrupt pieces; disconnected and banned for this torrent");
                 handle.kick();
             }

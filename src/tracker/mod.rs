@@ -319,6 +319,7 @@ fn show_attempts(
     };
     for (url, outcome) in attempts {
         let answered = outcome.is_ok();
+        cfg.book.tally(host_label(&url), answered);
         cfg.book.update_tracker(cfg.info_hash, &url, |v| {
             v.last_announce = Some(now);
             v.next_announce = wait.filter(|_| answered).map(|w| now + w.as_secs());
@@ -397,6 +398,30 @@ fn tracker_host(url: &str) -> Option<String> {
     Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
+/// A tracker as `/metrics` labels it: its host only (never the scheme,
+/// port, path, query or user info, where private trackers put passkeys),
+/// with any part of the name that looks like a key hidden, at most 100
+/// characters of `[a-z0-9.:_-]`.
+pub fn host_label(url: &str) -> String {
+    let Some(host) = tracker_host(url).filter(|h| !h.is_empty()) else { return "(invalid)".into() };
+    let safe = |c: char| if c.is_ascii_alphanumeric() || ".:-".contains(c) { c } else { '_' };
+    let parts: Vec<String> = host
+        .split('.')
+        .map(|part| {
+            // A passkey as a subdomain: long, letters and digits.
+            let keylike = part.len() >= 16
+                && part.chars().all(|c| c.is_ascii_alphanumeric())
+                && part.chars().any(|c| c.is_ascii_digit());
+            if keylike {
+                "***".to_string()
+            } else {
+                part.chars().map(safe).collect()
+            }
+        })
+        .collect();
+    parts.join(".").chars().take(100).collect()
+}
+
 /// BEP 12: try each tier in order, each tracker of a tier in order; the one
 /// that answers moves to the front of its tier. A host that may have heard
 /// this announce (anything but an unreachable address) is not asked again
@@ -463,6 +488,27 @@ mod tests {
         );
         assert_eq!(redacted("http://127.0.0.1:6969/announce"), "http://127.0.0.1:6969/announce");
         assert_eq!(redacted("nonsense"), "(not a URL)");
+    }
+
+    #[test]
+    fn the_metrics_host_label_never_holds_a_passkey_or_path() {
+        let key = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6";
+        let cases = [
+            (format!("https://user:{key}@Tracker.Example.org:443/{key}/announce?passkey={key}"), "tracker.example.org"),
+            (format!("http://tracker.example.org/announce.php?passkey={key}&uid=1"), "tracker.example.org"),
+            (format!("udp://{key}.tracker.example.org:6969/announce"), "***.tracker.example.org"),
+            (format!("http://[2001:db8::1]:8080/{key}/announce"), "2001:db8::1"),
+            ("http://opentracker-example.net./announce".to_string(), "opentracker-example.net"),
+            ("http://exa\u{1b}[31mmple\"} x=\"y/announce".to_string(), "exa__31mmple___x__y"),
+            ("not a url".to_string(), "(invalid)"),
+        ];
+        for (url, want) in &cases {
+            let label = host_label(url);
+            assert_eq!(&label, want, "{url}");
+            assert!(!label.contains(key) && !label.contains('/') && !label.contains("announce"), "{url} -> {label}");
+        }
+        let long = format!("http://{}.example/announce", "a".repeat(300));
+        assert_eq!(host_label(&long).len(), 100);
     }
 
     #[test]

@@ -131,6 +131,21 @@ pub struct AnnounceBook {
     retired: Mutex<Vec<InfoHash>>,
     /// Attempts recorded so far, to number them.
     attempts: std::sync::atomic::AtomicU64,
+    /// Announces and failures by tracker host (`/metrics`), at most
+    /// [`MAX_TALLIED_HOSTS`] hosts by name.
+    hosts: Mutex<HashMap<String, HostTally>>,
+}
+
+/// Tracker hosts counted by name; announces to more (a flood of torrents
+/// naming made-up trackers) count under [`OTHER_HOSTS`].
+pub const MAX_TALLIED_HOSTS: usize = 256;
+pub const OTHER_HOSTS: &str = "(other)";
+
+/// One tracker host's announces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostTally {
+    pub attempts: u64,
+    pub failures: u64,
 }
 
 impl AnnounceBook {
@@ -224,6 +239,20 @@ impl AnnounceBook {
         }
     }
 
+    /// Counts an announce to `host` (a label already redacted: see
+    /// [`super::host_label`]).
+    pub fn tally(&self, host: String, answered: bool) {
+        let mut hosts = self.hosts.lock().unwrap();
+        let key = if hosts.len() < MAX_TALLIED_HOSTS || hosts.contains_key(&host) { host } else { OTHER_HOSTS.into() };
+        let t = hosts.entry(key).or_default();
+        t.attempts += 1;
+        t.failures += u64::from(!answered);
+    }
+
+    pub fn host_tallies(&self) -> Vec<(String, HostTally)> {
+        self.hosts.lock().unwrap().iter().map(|(h, t)| (h.clone(), *t)).collect()
+    }
+
     pub fn trackers(&self, hash: InfoHash) -> Vec<TrackerView> {
         self.views.lock().unwrap().get(&hash).cloned().unwrap_or_default()
     }
@@ -242,6 +271,21 @@ impl AnnounceBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_tallies_count_failures_and_stop_naming_hosts_at_the_cap() {
+        let book = AnnounceBook::default();
+        book.tally("a.example".into(), true);
+        book.tally("a.example".into(), false);
+        for i in 0..MAX_TALLIED_HOSTS + 10 {
+            book.tally(format!("h{i}.example"), true);
+        }
+        book.tally("a.example".into(), true);
+        let tallies: HashMap<String, HostTally> = book.host_tallies().into_iter().collect();
+        assert_eq!(tallies["a.example"], HostTally { attempts: 3, failures: 1 }, "a known host is still counted");
+        assert_eq!(tallies.len(), MAX_TALLIED_HOSTS + 1);
+        assert_eq!(tallies[OTHER_HOSTS].attempts, 11);
+    }
 
     #[test]
     fn each_event_keeps_its_distance() {

@@ -201,6 +201,7 @@ impl Upload {
                 FastCounters::bump(&shared.fast.allowed_fast_served);
             }
             shared.uploaded.fetch_add(block.len as u64, Ordering::Relaxed);
+            shared.env.metrics.uploaded.inc_by(block.len as u64);
             handle.bytes_up.fetch_add(block.len as u64, Ordering::Relaxed);
             match shared.env.upload_limit.reserve(block.len as u64) {
                 Some(at) if at > Instant::now() || !self.throttled.is_empty() => self.throttled.push_back((at, msg)),
