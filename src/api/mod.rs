@@ -167,12 +167,33 @@ fn router(api: Arc<Api>) -> Router {
         .layer(middleware::from_fn_with_state(api.clone(), require_login))
         .layer(middleware::from_fn_with_state(api.clone(), check_origin))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(middleware::from_fn(refuse_announced_oversize))
         .layer(middleware::from_fn(request_timeout))
         .with_state(api)
 }
 
 async fn empty_list() -> axum::Json<Vec<()>> {
     axum::Json(Vec::new())
+}
+
+/// The body limit of a path: `torrents/add` carries `.torrent` files.
+pub fn body_limit(path: &str) -> usize {
+    if path == "/api/v2/torrents/add" {
+        ADD_LIMIT
+    } else {
+        FORM_LIMIT
+    }
+}
+
+/// A body announced (Content-Length) over its limit is refused at once,
+/// before a byte of it is read; a chunked one is cut by `DefaultBodyLimit`
+/// as it arrives.
+async fn refuse_announced_oversize(req: Request, next: Next) -> Response {
+    let announced = text(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > body_limit(req.uri().path()) as u64) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large").into_response();
+    }
+    next.run(req).await
 }
 
 /// A request that has not finished in time is cut (a slow body).
@@ -362,6 +383,26 @@ mod tests {
         let many = "a=1&".repeat(10_000);
         assert_eq!(parse_pairs(&many).len(), MAX_FIELDS + 1);
         assert!(Params::from_pairs(parse_pairs(&many)).is_err());
+    }
+
+    #[test]
+    fn the_config_names_the_missing_password_hash() {
+        let mut c = Config::default();
+        c.api.listen = "127.0.0.1:8080".into();
+        assert_eq!(c.validate().unwrap_err().0, "api.password_hash");
+        c.api.password_hash = "plaintext".into();
+        assert_eq!(c.validate().unwrap_err().0, "api.password_hash");
+        c.api.password_hash = auth::hash_password("pw");
+        assert!(c.validate().is_ok());
+        c.api.listen = "localhost".into();
+        assert_eq!(c.validate().unwrap_err().0, "api.listen");
+        assert!(Config::default().validate().is_ok(), "off by default, no hash needed");
+    }
+
+    #[test]
+    fn only_torrents_add_takes_large_bodies() {
+        assert_eq!(body_limit("/api/v2/torrents/add"), ADD_LIMIT);
+        assert_eq!(body_limit("/api/v2/auth/login"), FORM_LIMIT);
     }
 
     #[test]

@@ -304,7 +304,10 @@ async fn read_multipart(mut mp: Multipart) -> Result<AddRequest, Refusal> {
             return Err(too_large());
         }
         let name = field.name().unwrap_or("").to_string();
-        let limit = if name == "torrents" { MAX_TORRENT_FILE } else { super::FORM_LIMIT };
+        // Any file part is a torrent, whatever its field name (the web UI
+        // says `torrents`, qbittorrent-api names each part after its file).
+        let is_file = name == "torrents" || field.file_name().is_some();
+        let limit = if is_file { MAX_TORRENT_FILE } else { super::FORM_LIMIT };
         let mut bytes = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
             if bytes.len() + chunk.len() > limit {
@@ -312,7 +315,7 @@ async fn read_multipart(mut mp: Multipart) -> Result<AddRequest, Refusal> {
             }
             bytes.extend_from_slice(&chunk);
         }
-        if name == "torrents" {
+        if is_file {
             req.files.push(bytes);
         } else {
             req.params.push((name, String::from_utf8_lossy(&bytes).into_owned()));
