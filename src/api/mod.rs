@@ -58,6 +58,8 @@ pub struct Api {
     key_digest: Option<String>,
     sessions: Mutex<Sessions>,
     throttle: Mutex<Throttle>,
+    /// Password checks running at once (each is 600,000 PBKDF2 rounds).
+    checks: Semaphore,
     /// `sync/maindata`'s response ids.
     pub rid: std::sync::atomic::AtomicU64,
 }
@@ -92,6 +94,7 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, session: Arc<Sessio
         key_digest: key_digest.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()),
         sessions: Mutex::new(Sessions::default()),
         throttle: Mutex::new(Throttle::default()),
+        checks: Semaphore::new(2),
         rid: 0.into(),
         session,
     });
@@ -269,6 +272,9 @@ async fn login(State(api): State<Arc<Api>>, req: Request) -> Response {
     };
     let (user, password) = (form.get("username").to_string(), form.get("password").to_string());
     let phc = api.password_hash.clone();
+    // Logins from many addresses at once queue here rather than fill the
+    // blocking pool with key derivations.
+    let _slot = api.checks.acquire().await.expect("never closed");
     let good_password = tokio::task::spawn_blocking(move || auth::verify_password(&phc, &password)).await;
     if user != api.username || !good_password.unwrap_or(false) {
         api.throttle.lock().unwrap().failed(ip, Instant::now());
