@@ -180,6 +180,36 @@ fn oversized_bodies_are_refused_before_they_are_read() {
     assert_eq!(r.status, 413, "too many fields");
 }
 
+/// Whether the server closes `s` (EOF or reset) before `limit`; what it
+/// sent first is ignored.
+fn closed_by_server(mut s: TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn slow_and_silent_clients_are_let_go() {
+    let (_d, port) = daemon_with_api();
+    // Connected, never a byte: it must not hold one of the few slots forever.
+    let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Headers trickled and never finished (slowloris).
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET /api/v2/app/version HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    // The server's limit is 10 s; 40 s is only the test's patience.
+    assert!(closed_by_server(silent, Duration::from_secs(40)), "a silent connection stayed open");
+    assert!(closed_by_server(slow, Duration::from_secs(40)), "unfinished headers kept the connection");
+}
+
 #[test]
 fn repeated_failed_logins_ban_the_address() {
     let (_d, port) = daemon_with_api();
