@@ -49,6 +49,16 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/resume", post(start))
         .route("/torrents/recheck", post(recheck))
         .route("/torrents/reannounce", post(reannounce))
+        .route("/torrents/topPrio", post(no_queue_order))
+        .route("/torrents/bottomPrio", post(no_queue_order))
+        .route("/torrents/increasePrio", post(no_queue_order))
+        .route("/torrents/decreasePrio", post(no_queue_order))
+}
+
+/// Queue order cannot be changed yet: 409, which is what qBittorrent
+/// answers with queueing off and what Sonarr expects then.
+async fn no_queue_order() -> Response {
+    status(StatusCode::CONFLICT, "dropseed cannot reorder its download queue yet")
 }
 
 fn status(code: StatusCode, text: &str) -> Response {

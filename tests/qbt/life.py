@@ -86,6 +86,16 @@ except qbittorrentapi.NotFound404Error:
     pass
 assert c.torrents_webseeds(torrent_hash=h) == []
 assert c.sync_maindata()["full_update"] is True
+try:
+    c.torrents_top_priority(torrent_hashes=h)
+    raise AssertionError("queue order changed")
+except qbittorrentapi.Conflict409Error:
+    pass
+try:
+    c.torrents_set_category(category="movies", torrent_hashes=h)
+    raise AssertionError("category changed")
+except qbittorrentapi.Conflict409Error:
+    pass
 
 c.torrents_stop(torrent_hashes=h)
 wait("stoppedUP", lambda: info(c, h).state == "stoppedUP")
