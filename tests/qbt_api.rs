@@ -105,6 +105,15 @@ fn sid_of(r: &Reply) -> String {
 }
 
 #[test]
+fn the_daemon_will_not_serve_the_api_without_a_password_hash() {
+    let d = Dropseed::new(&format!("[api]\nlisten = \"127.0.0.1:{}\"\n", free_port()));
+    let out = Command::new(dropseed_bin()).arg("run").arg("-c").arg(&d.config).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started");
+    assert!(said.contains("api.password_hash") && said.contains("dropseed api hash-password"), "{said}");
+}
+
+#[test]
 fn only_login_works_without_a_session() {
     let (_d, port) = daemon_with_api();
     for path in ["/api/v2/app/webapiVersion", "/api/v2/torrents/info", "/api/v2/app/preferences"] {
