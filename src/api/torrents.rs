@@ -226,8 +226,13 @@ async fn create_category(State(api): State<Arc<Api>>, p: Params) -> Response {
         );
     }
     let folder = config.paths.watch_dir.join(&name);
+    // A name already there counts only as a real folder: a link to one is
+    // no category for the watch folder.
     let made = tokio::task::spawn_blocking(move || match std::fs::create_dir(&folder) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::symlink_metadata(&folder) {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(e),
+        },
         r => r,
     })
     .await;
