@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
-# Installs what dropseed's integration tests and benchmark need from Debian.
-# Idempotent: packages already present are left alone, apt is only asked when
+# Installs what dropseed's integration tests and benchmark need: Debian
+# packages, and two pinned PyPI packages for the python3 that runs the tests.
+# Idempotent: what is present is left alone; apt and pip are asked only when
 # something is missing.
 set -euo pipefail
 
-# The /metrics test parses the text with Python's prometheus_client (PyPI),
-# pinned; installed for the user once pip is there.
-python_deps() {
-  python3 -c 'import prometheus_client' 2>/dev/null && return
-  echo "install-test-deps: installing prometheus-client==0.21.1 (pip, --user)"
-  python3 -m pip install --user -q prometheus-client==0.21.1 2>/dev/null \
-    || python3 -m pip install --user -q --break-system-packages prometheus-client==0.21.1
-}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 packages=(opentracker aria2 transmission-cli transmission-daemon python3-libtorrent python3-pip mktorrent procps systemd strace)
 missing=()
@@ -20,13 +15,27 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-test-deps: all present (${packages[*]})"
-  python_deps
-  exit 0
+else
+  echo "install-test-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "install-test-deps: installing ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# pip_pin NAME VERSION: installs NAME==VERSION unless that version imports.
+# tests/qbt_api.rs drives dropseed with qbittorrent-api; the /metrics test
+# parses the text with prometheus_client. Root with Debian's python needs
+# --break-system-packages.
+pip_pin() {
+  local have
+  have=$(python3 -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true)
+  if [ "$have" = "$2" ]; then
+    echo "install-test-deps: $1 $2 present"
+    return
+  fi
+  echo "install-test-deps: pip installing $1==$2"
+  python3 -m pip install -q "$1==$2" 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages "$1==$2"
+}
+pip_pin qbittorrent-api 2026.10.1
+pip_pin prometheus-client 0.21.1
 echo "install-test-deps: done"
-python_deps

@@ -28,6 +28,7 @@ pub struct Config {
     pub seeding: Seeding,
     pub storage: Storage,
     pub hooks: HooksSection,
+    /// `[api]`: the qBittorrent-compatible Web API (off unless `listen` is set).
     pub api: Api,
     /// `[categories.NAME]`: what a watch subfolder's torrents do differently.
     pub categories: std::collections::BTreeMap<String, Category>,
@@ -425,13 +426,62 @@ impl Default for Storage {
     }
 }
 
-/// `[api]`: the HTTP API and `/metrics`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+/// `[api]`: the qBittorrent-compatible Web API v2 (see `crate::api`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Api {
+    /// "" = off; else the address and port to listen on.
+    pub listen: String,
+    pub username: String,
+    /// A PBKDF2-SHA256 PHC string from `dropseed api hash-password`.
+    pub password_hash: String,
+    /// `/metrics` asks for the same credentials (false: open to anyone who reaches it).
+    pub metrics_auth: bool,
+    /// Folders a `savepath` may name besides dropseed's own.
+    pub allowed_paths: Vec<PathBuf>,
+    /// Host header names accepted besides the listen address and localhost.
+    pub hosts: Vec<String>,
     /// One series per torrent on `/metrics`; off so that thousands of
     /// torrents stay cheap to scrape.
     pub metrics_per_torrent: bool,
+}
+
+impl Default for Api {
+    fn default() -> Api {
+        Api {
+            listen: String::new(),
+            username: "admin".into(),
+            password_hash: String::new(),
+            metrics_auth: true,
+            allowed_paths: Vec::new(),
+            hosts: Vec::new(),
+            metrics_per_torrent: false,
+        }
+    }
+}
+
+impl Api {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.is_empty() {
+            return Ok(());
+        }
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            ("api.listen", format!("'{}' is not an address and port like \"127.0.0.1:8080\"", self.listen))
+        })?;
+        if self.password_hash.is_empty() {
+            return Err((
+                "api.password_hash",
+                "must be set when api.listen is: make one with `dropseed api hash-password`".into(),
+            ));
+        }
+        if !crate::api::auth::is_phc(&self.password_hash) {
+            return Err(("api.password_hash", "is not a value from `dropseed api hash-password`".into()));
+        }
+        if self.username.is_empty() {
+            return Err(("api.username", "must not be empty".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The programs run at a torrent's events, each an argv array executed
@@ -599,6 +649,7 @@ impl Config {
                 return Err(("categories", format!("[categories.{name}] ratio_limit must be 0 or more")));
             }
         }
+        self.api.validate()?;
         self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
             ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
         })?;

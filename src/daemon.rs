@@ -41,6 +41,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: &LogHandle) 
         tokio::task::spawn_blocking(move || crate::control::open(&c)).await?.map_err(|e| anyhow::anyhow!(e))?;
     let session = Session::start(config.clone()).await?;
     let cancel = CancellationToken::new();
+    let api = crate::api::bind(&config).await?;
 
     // Signals arrive on a plain thread (signal-hook) and are forwarded.
     let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
@@ -65,6 +66,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: &LogHandle) 
     let watch = WatchFolder::new(session.clone(), &config, tokio::runtime::Handle::current()).spawn()?;
     let control_task = tokio::spawn(crate::control::serve(control, control_path, session.clone(), cancel.clone()));
     let status_task = tokio::spawn(status_logger(session.clone(), cancel.clone()));
+    let api_task = tokio::spawn({
+        let (session, cancel) = (session.clone(), cancel.clone());
+        async move {
+            if let Some((listener, local)) = api {
+                crate::api::serve(listener, local, session, cancel).await;
+            }
+        }
+    });
     tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %config.paths.state_dir.display(), "dropseed started");
 
     while let Some(SIGHUP) = sig_rx.recv().await {
@@ -72,7 +81,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: &LogHandle) 
     }
     tracing::info!("stopping: announcing to trackers and saving state");
     cancel.cancel();
-    let _ = tokio::join!(tokio::task::spawn_blocking(move || watch.stop()), control_task, status_task);
+    let _ = tokio::join!(tokio::task::spawn_blocking(move || watch.stop()), control_task, status_task, api_task);
     if tokio::time::timeout(Duration::from_secs(9), session.shutdown()).await.is_err() {
         tracing::warn!("shutdown took too long; exiting with state as last saved");
     }
@@ -301,6 +310,7 @@ mod tests {
             error: None,
             tracker_error: None,
             trackers: Vec::new(),
+            times: Default::default(),
         }
     }
 

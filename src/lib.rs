@@ -46,6 +46,7 @@
 //!   `spawn_blocking`), never on the async workers, so a page fault or a slow
 //!   filesystem never stalls a peer.
 
+pub mod api;
 pub mod bencode;
 pub mod compact;
 pub mod config;

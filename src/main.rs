@@ -112,6 +112,11 @@ enum Command {
         #[arg(value_name = "ID", help = ID_HELP)]
         id: String,
     },
+    /// The qBittorrent-compatible Web API's credentials.
+    Api {
+        #[command(subcommand)]
+        action: ApiAction,
+    },
     /// Print the default config, or check a config file.
     Config {
         /// Print the default config with every setting explained (the default action).
@@ -122,6 +127,14 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ApiAction {
+    /// Read a password on stdin; print the `[api] password_hash` value for it.
+    HashPassword,
+    /// Make an API key for `Authorization: Bearer KEY`: printed once, only its hash is kept.
+    NewKey,
 }
 
 /// Orders of `status`.
@@ -177,8 +190,56 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => run_daemon(cli.config.as_deref()),
+        Command::Api { action } => api_command(cli.config.as_deref(), action),
         other => client(cli.config.as_deref(), other),
     }
+}
+
+fn api_command(flag: Option<&Path>, action: ApiAction) -> ExitCode {
+    use dropseed::api::auth;
+    match action {
+        ApiAction::HashPassword => {
+            let mut line = String::new();
+            // One line; a longer input is not a password anyone types.
+            if std::io::stdin().read_line(&mut line).is_err() || line.len() > 4096 {
+                eprintln!("dropseed api hash-password: cannot read a password on stdin");
+                return ExitCode::from(2);
+            }
+            let password = line.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                eprintln!("dropseed api hash-password: the password is empty");
+                return ExitCode::from(2);
+            }
+            println!("{}", auth::hash_password(password));
+            ExitCode::SUCCESS
+        }
+        ApiAction::NewKey => {
+            let config = match load_config(flag) {
+                Ok(l) => l.config,
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let key = auth::random_token();
+            let file = auth::key_file(&config.paths.state_dir);
+            if let Err(e) = write_private(&file, &auth::key_digest(&key)) {
+                eprintln!("dropseed api new-key: cannot write {}: {e}", file.display());
+                return ExitCode::from(1);
+            }
+            println!("{key}");
+            eprintln!("(shown once; its hash is in {}; restart dropseed to use it)", file.display());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -302,7 +363,7 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         Command::Trackers { id, .. } => Request::Trackers { id },
         Command::Reannounce { id } => Request::Reannounce { id },
         Command::Remove { delete_data, id } => Request::Remove { id, delete_data },
-        Command::Run | Command::Config { .. } => unreachable!(),
+        Command::Run | Command::Config { .. } | Command::Api { .. } => unreachable!(),
     };
     let reply = match runtime().block_on(control::request_with_body(&config.control_socket(), &req, &body)) {
         Ok(r) => r,

@@ -611,6 +611,11 @@ impl TorrentShared {
             error: s.phase.error().map(str::to_string),
             tracker_error: latest_tracker_error(&trackers),
             trackers,
+            times: StatusTimes {
+                added_at: s.record.added_at,
+                completed_at: s.record.completed_at,
+                seeding_secs: s.record.seeding_secs,
+            },
         }
     }
 }
@@ -663,6 +668,18 @@ pub struct TorrentStatus {
     /// Each tracker's last answer and the counters last sent to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trackers: Vec<crate::tracker::pace::TrackerView>,
+    /// When it was added and completed, and how long it seeded (the API's
+    /// added_on, completion_on, seeding_time).
+    #[serde(default)]
+    pub times: StatusTimes,
+}
+
+/// A torrent's times from its resume record: Unix seconds (0 = not yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StatusTimes {
+    pub added_at: u64,
+    pub completed_at: u64,
+    pub seeding_secs: u64,
 }
 
 impl<'de> serde::Deserialize<'de> for TorrentState {

@@ -1,0 +1,125 @@
+//! `app/*`: the versions the callers check (Sonarr trims the `v` of
+//! `app/version`; qbittorrent-api picks `stopped` or `paused` by
+//! `app/webapiVersion`), and the preferences, read from dropseed's config.
+//!
+//! `app/setPreferences` changes nothing at run time yet: dropseed's settings
+//! live in its config file (edit it and send SIGHUP). It answers 200 and
+//! ignores the fields, as qBittorrent ignores unknown ones, so that tools
+//! that push their preferences at start keep working.
+
+use super::{Api, Params};
+use crate::config::{Config, Encryption, LimitAction};
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The Web API version whose semantics we follow (`stopped`/`stoppedUP`).
+pub const WEBAPI_VERSION: &str = "2.11.2";
+/// The qBittorrent version we answer like.
+pub const APP_VERSION: &str = "v5.0.0";
+
+pub fn routes() -> Router<Arc<Api>> {
+    Router::new()
+        .route("/app/version", get(version).post(version))
+        .route("/app/webapiVersion", get(webapi_version).post(webapi_version))
+        .route("/app/buildInfo", get(build_info).post(build_info))
+        .route("/app/preferences", get(preferences).post(preferences))
+        .route("/app/setPreferences", axum::routing::post(set_preferences))
+        .route("/app/defaultSavePath", get(default_save_path).post(default_save_path))
+}
+
+async fn version() -> &'static str {
+    APP_VERSION
+}
+
+async fn webapi_version() -> &'static str {
+    WEBAPI_VERSION
+}
+
+async fn build_info() -> Json<Value> {
+    Json(json!({
+        "qt": "", "libtorrent": format!("dropseed {}", env!("CARGO_PKG_VERSION")),
+        "boost": "", "openssl": "", "zlib": "", "bitness": usize::BITS,
+        "platform": std::env::consts::OS,
+    }))
+}
+
+async fn preferences(State(api): State<Arc<Api>>) -> Json<Value> {
+    Json(preferences_of(&api.config()))
+}
+
+async fn set_preferences(_params: Params) -> &'static str {
+    ""
+}
+
+async fn default_save_path(State(api): State<Arc<Api>>) -> String {
+    api.config().paths.download_dir.display().to_string()
+}
+
+/// qBittorrent's preference fields, true to dropseed's config.
+pub fn preferences_of(c: &Config) -> Value {
+    let ratio = c.seeding.ratio_limit;
+    let seed_mins = (c.seeding.seed_time_limit.0 / 60) as i64;
+    let idle_mins = (c.seeding.idle_seed_limit.0 / 60) as i64;
+    let incomplete = !c.paths.incomplete_dir.as_os_str().is_empty();
+    json!({
+        "save_path": c.paths.download_dir.display().to_string(),
+        "temp_path": c.paths.incomplete_dir.display().to_string(),
+        "temp_path_enabled": incomplete,
+        "max_ratio": if ratio > 0.0 { ratio } else { -1.0 },
+        "max_ratio_enabled": ratio > 0.0,
+        "max_seeding_time": if seed_mins > 0 { seed_mins } else { -1 },
+        "max_seeding_time_enabled": seed_mins > 0,
+        "max_inactive_seeding_time": if idle_mins > 0 { idle_mins } else { -1 },
+        "max_inactive_seeding_time_enabled": idle_mins > 0,
+        // qBittorrent: 0 = stop, 1 = remove.
+        "max_ratio_act": match c.seeding.action { LimitAction::Stop => 0, LimitAction::Remove => 1 },
+        "queueing_enabled": c.limits.max_active_downloads > 0,
+        "max_active_downloads": c.limits.max_active_downloads as i64,
+        "max_active_uploads": -1,
+        "max_active_torrents": -1,
+        "dht": c.dht.enabled,
+        "pex": true,
+        "lsd": c.lsd.enabled,
+        // qBittorrent: 0 = prefer, 1 = require, 2 = disable.
+        "encryption": match c.network.encryption { Encryption::Require => 1, Encryption::Disable => 2, _ => 0 },
+        "listen_port": c.network.listen_port,
+        "up_limit": c.limits.upload_rate.0,
+        "dl_limit": c.limits.download_rate.0,
+        "max_connec": c.limits.max_connections,
+        "max_connec_per_torrent": c.limits.max_peers_per_torrent,
+        "auto_tmm_enabled": false,
+        "create_subfolder_enabled": true,
+        "start_paused_enabled": false,
+        "add_stopped_enabled": false,
+        "web_ui_address": c.api.listen.clone(),
+        "web_ui_username": c.api.username.clone(),
+        "locale": "en",
+        "scan_dirs": {},
+        "torrent_content_layout": "Original",
+        "preallocate_all": false,
+        "incomplete_files_ext": false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preferences_tell_the_config() {
+        let mut c = Config::default();
+        c.seeding.ratio_limit = 2.0;
+        c.seeding.seed_time_limit = crate::config::Span(7200);
+        let p = preferences_of(&c);
+        assert_eq!(p["max_ratio"], 2.0);
+        assert_eq!(p["max_ratio_enabled"], true);
+        assert_eq!(p["max_seeding_time"], 120);
+        assert_eq!(p["max_inactive_seeding_time_enabled"], false);
+        assert_eq!(p["save_path"], c.paths.download_dir.display().to_string());
+        assert_eq!(p["dht"], c.dht.enabled);
+        assert_eq!(p["listen_port"], c.network.listen_port);
+    }
+}

@@ -1,0 +1,467 @@
+//! `torrents/*`: listing, adding, pausing, removing, and the categories
+//! (the watch folder's: `createCategory` makes `watch_dir/NAME/`, so a
+//! torrent added through the API in `tv` lands exactly where one dropped in
+//! `watch/tv/` does). Every change goes through the session's typed
+//! methods, as the watch folder and the control socket do; errors are
+//! mapped by their kind, never by their text.
+//!
+//! Not supported yet (answered plainly): http(s) URLs in `torrents/add`,
+//! a `savepath` other than the category's own folder, changing a torrent's
+//! category (409), tags (accepted, not kept).
+
+use super::model::{self, Filter, Query};
+use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
+use crate::magnet::Magnet;
+use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
+use crate::session::{AddOutcome, ErrorKind};
+use crate::torrent::task::Cmd;
+use crate::types::InfoHash;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Files and magnets one `torrents/add` may carry.
+const MAX_ADDS: usize = 100;
+/// Category folders listed, as many as the watch folder takes.
+const MAX_CATEGORIES: usize = 1000;
+
+pub fn routes() -> Router<Arc<Api>> {
+    Router::new()
+        .route("/torrents/info", get(info).post(info))
+        .route("/torrents/properties", get(properties).post(properties))
+        .route("/torrents/files", get(files).post(files))
+        .route("/torrents/trackers", get(trackers).post(trackers))
+        .route("/torrents/webseeds", get(webseeds).post(webseeds))
+        .route("/torrents/categories", get(categories).post(categories))
+        .route("/torrents/tags", get(no_tags).post(no_tags))
+        .route("/torrents/createCategory", post(create_category))
+        .route("/torrents/setCategory", post(set_category))
+        .route("/torrents/add", post(add).layer(DefaultBodyLimit::max(ADD_LIMIT)))
+        .route("/torrents/delete", post(delete))
+        .route("/torrents/stop", post(stop))
+        .route("/torrents/pause", post(stop))
+        .route("/torrents/start", post(start))
+        .route("/torrents/resume", post(start))
+        .route("/torrents/recheck", post(recheck))
+        .route("/torrents/reannounce", post(reannounce))
+        .route("/torrents/topPrio", post(no_queue_order))
+        .route("/torrents/bottomPrio", post(no_queue_order))
+        .route("/torrents/increasePrio", post(no_queue_order))
+        .route("/torrents/decreasePrio", post(no_queue_order))
+}
+
+/// Queue order cannot be changed yet: 409, which is what qBittorrent
+/// answers with queueing off and what Sonarr expects then.
+async fn no_queue_order() -> Response {
+    status(StatusCode::CONFLICT, "dropseed cannot reorder its download queue yet")
+}
+
+fn status(code: StatusCode, text: &str) -> Response {
+    (code, text.to_string()).into_response()
+}
+
+/// Every torrent in the API's shape.
+pub fn all_infos(api: &Api) -> Vec<model::TorrentInfo> {
+    let config = api.config();
+    let now = crate::resume::now_unix();
+    api.session.statuses().iter().map(|t| model::torrent_info(t, &config.complete_dir(&t.category), now)).collect()
+}
+
+async fn info(State(api): State<Arc<Api>>, p: Params) -> Json<Vec<model::TorrentInfo>> {
+    let q = Query {
+        filter: Filter::parse(p.get("filter")),
+        category: p.opt("category").map(str::to_string),
+        hashes: p.opt("hashes").and_then(hash_list),
+        sort: p.opt("sort").filter(|s| !s.is_empty()).map(str::to_string),
+        reverse: p.flag("reverse"),
+        limit: p.get("limit").parse().ok(),
+        offset: p.get("offset").parse().ok(),
+    };
+    Json(model::select(all_infos(&api), &q))
+}
+
+fn parse_hash(s: &str) -> Option<InfoHash> {
+    (s.trim().len() == 40).then(|| InfoHash::parse(s.trim())).flatten()
+}
+
+/// The status of `hash=...`, or qBittorrent's 404.
+fn one(api: &Api, p: &Params) -> Result<crate::torrent::TorrentStatus, Refusal> {
+    parse_hash(p.get("hash"))
+        .and_then(|h| api.session.status_of(&h))
+        .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, "Torrent hash was not found".into()))
+}
+
+async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
+    let t = match one(&api, &p) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let i = model::torrent_info(&t, &api.config().complete_dir(&t.category), crate::resume::now_unix());
+    let mut out = json!({
+        "hash": i.hash, "infohash_v1": i.infohash_v1, "infohash_v2": "", "name": i.name,
+        "save_path": i.save_path, "download_path": "", "comment": "", "creation_date": -1, "created_by": "",
+        "addition_date": i.added_on, "completion_date": i.completion_on, "last_seen": i.seen_complete,
+        "total_size": i.size, "total_downloaded": i.downloaded, "total_downloaded_session": i.downloaded_session,
+        "total_uploaded": i.uploaded, "total_uploaded_session": i.uploaded_session, "total_wasted": t.wasted,
+    });
+    let more = json!({
+        "dl_speed": i.dlspeed, "up_speed": i.upspeed, "dl_speed_avg": 0, "up_speed_avg": 0,
+        "dl_limit": -1, "up_limit": -1, "eta": i.eta, "time_elapsed": i.time_active, "seeding_time": i.seeding_time,
+        "nb_connections": t.peers, "nb_connections_limit": -1, "peers": i.num_leechs, "peers_total": i.num_leechs,
+        "seeds": i.num_seeds, "seeds_total": i.num_seeds, "share_ratio": i.ratio, "reannounce": 0,
+        "pieces_have": -1, "pieces_num": -1, "piece_size": -1, "popularity": 0.0, "private": false,
+        "is_private": false, "has_metadata": i.has_metadata, "progress": i.progress,
+    });
+    if let (Value::Object(a), Value::Object(b)) = (&mut out, more) {
+        a.extend(b);
+    }
+    Json(out).into_response()
+}
+
+async fn files(State(api): State<Arc<Api>>, p: Params) -> Response {
+    let t = match one(&api, &p) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    // One entry per torrent for now: its content, as the single file it is
+    // or its folder (file selection does not exist yet).
+    Json(json!([{
+        "index": 0, "name": t.name, "size": t.size, "progress": t.progress, "priority": 1,
+        "is_seed": t.progress >= 1.0, "piece_range": [0, 0], "availability": if t.seeds > 0 { 1.0 } else { 0.0 },
+    }]))
+    .into_response()
+}
+
+async fn trackers(State(api): State<Arc<Api>>, p: Params) -> Response {
+    let t = match one(&api, &p) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    let list: Vec<Value> = t
+        .trackers
+        .iter()
+        .enumerate()
+        .map(|(tier, v)| {
+            let failed = v.result.as_deref().is_some_and(|r| r.starts_with("error"));
+            // qBittorrent: 1 not contacted, 2 working, 4 not working.
+            let code = match (&v.result, failed) {
+                (None, _) => 1,
+                (Some(_), false) => 2,
+                (Some(_), true) => 4,
+            };
+            json!({"url": v.url, "status": code, "tier": tier, "num_peers": 0, "num_seeds": 0,
+                   "num_leeches": 0, "num_downloaded": 0, "msg": v.result.clone().unwrap_or_default()})
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn webseeds(State(api): State<Arc<Api>>, p: Params) -> Response {
+    match one(&api, &p) {
+        Ok(_) => Json(Vec::<Value>::new()).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn no_tags() -> Json<Vec<String>> {
+    Json(Vec::new())
+}
+
+/// The categories: watch subfolders and `[categories.NAME]` sections.
+pub async fn category_names(api: &Api) -> Vec<String> {
+    let config = api.config();
+    let watch = config.paths.watch_dir.clone();
+    let mut names: Vec<String> =
+        tokio::task::spawn_blocking(move || list_category_folders(&watch)).await.unwrap_or_default();
+    names.extend(config.categories.keys().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn list_category_folders(watch: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(watch) else { return Vec::new() };
+    dir.flatten()
+        .take(10_000)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| crate::config::valid_category(n))
+        .take(MAX_CATEGORIES)
+        .collect()
+}
+
+pub async fn categories_json(api: &Api) -> Value {
+    let config = api.config();
+    let map: serde_json::Map<String, Value> = category_names(api)
+        .await
+        .into_iter()
+        .map(|n| {
+            let path = config.complete_dir(&n).display().to_string();
+            (n.clone(), json!({"name": n, "savePath": path, "download_path": null}))
+        })
+        .collect();
+    Value::Object(map)
+}
+
+async fn categories(State(api): State<Arc<Api>>) -> Json<Value> {
+    Json(categories_json(&api).await)
+}
+
+async fn create_category(State(api): State<Arc<Api>>, p: Params) -> Response {
+    let name = p.get("category").to_string();
+    if !crate::config::valid_category(&name) {
+        return status(StatusCode::BAD_REQUEST, "Invalid category name");
+    }
+    let save = p.get("savePath");
+    let config = api.config();
+    if !save.is_empty() && Path::new(save) != config.complete_dir(&name) {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "dropseed places a category's torrents in its own folder ([categories.NAME] download_dir in the config)",
+        );
+    }
+    let folder = config.paths.watch_dir.join(&name);
+    // A name already there counts only as a real folder: a link to one is
+    // no category for the watch folder.
+    let made = tokio::task::spawn_blocking(move || match std::fs::create_dir(&folder) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::symlink_metadata(&folder) {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(e),
+        },
+        r => r,
+    })
+    .await;
+    match made {
+        Ok(Ok(())) => "".into_response(),
+        _ => status(StatusCode::CONFLICT, "Unable to create category"),
+    }
+}
+
+async fn set_category(State(api): State<Arc<Api>>, p: Params) -> Response {
+    let want = p.get("category");
+    let hashes = p.opt("hashes").and_then(hash_list).unwrap_or_default();
+    let same =
+        hashes.iter().all(|h| parse_hash(h).and_then(|h| api.session.status_of(&h)).is_none_or(|t| t.category == want));
+    if same {
+        return "".into_response();
+    }
+    status(StatusCode::CONFLICT, "dropseed cannot change a torrent's category yet: remove it and add it in the new one")
+}
+
+/// The hashes a command names: `all` is every torrent.
+fn targets(api: &Api, p: &Params) -> Vec<InfoHash> {
+    match hash_list(p.get("hashes")) {
+        None => api.session.statuses().iter().filter_map(|t| parse_hash(&t.info_hash)).collect(),
+        Some(list) => list.iter().filter_map(|h| parse_hash(h)).collect(),
+    }
+}
+
+async fn run_command(api: &Arc<Api>, p: &Params, cmd: fn() -> Cmd) -> Response {
+    for hash in targets(api, p) {
+        if let Err(e) = api.session.command(hash, cmd()).await {
+            // qBittorrent ignores hashes it does not know.
+            tracing::debug!(hash = %hash.short(), error = %e, "api command not carried out");
+        }
+    }
+    "".into_response()
+}
+
+async fn stop(State(api): State<Arc<Api>>, p: Params) -> Response {
+    run_command(&api, &p, || Cmd::Pause).await
+}
+
+async fn start(State(api): State<Arc<Api>>, p: Params) -> Response {
+    run_command(&api, &p, || Cmd::Resume).await
+}
+
+async fn recheck(State(api): State<Arc<Api>>, p: Params) -> Response {
+    run_command(&api, &p, || Cmd::Recheck).await
+}
+
+async fn reannounce(State(api): State<Arc<Api>>, p: Params) -> Response {
+    for hash in targets(&api, &p) {
+        let _ = api.session.reannounce(hash);
+    }
+    "".into_response()
+}
+
+async fn delete(State(api): State<Arc<Api>>, p: Params) -> Response {
+    let delete_files = p.flag("deleteFiles");
+    for hash in targets(&api, &p) {
+        match api.session.remove(hash, delete_files).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(hash = %hash.short(), error = %e, "api delete not carried out"),
+        }
+    }
+    "".into_response()
+}
+
+/// What a `torrents/add` carries.
+#[derive(Default)]
+struct AddRequest {
+    files: Vec<Vec<u8>>,
+    params: Vec<(String, String)>,
+}
+
+/// Reads a multipart body: each part bounded, the number of parts too.
+async fn read_multipart(mut mp: Multipart) -> Result<AddRequest, Refusal> {
+    let mut req = AddRequest::default();
+    let too_large = || Refusal(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large".into());
+    let bad = |e: axum::extract::multipart::MultipartError| Refusal(e.status(), e.body_text());
+    while let Some(mut field) = mp.next_field().await.map_err(bad)? {
+        if req.files.len() + req.params.len() >= MAX_FIELDS {
+            return Err(too_large());
+        }
+        let name = field.name().unwrap_or("").to_string();
+        // Any file part is a torrent, whatever its field name (the web UI
+        // says `torrents`, qbittorrent-api names each part after its file).
+        let is_file = name == "torrents" || field.file_name().is_some();
+        let limit = if is_file { MAX_TORRENT_FILE } else { super::FORM_LIMIT };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if is_file {
+            req.files.push(bytes);
+        } else {
+            req.params.push((name, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    Ok(req)
+}
+
+async fn add(State(api): State<Arc<Api>>, req: Request) -> Response {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("multipart/form-data"));
+    let body = if multipart {
+        match Multipart::from_request(req, &api).await {
+            Ok(mp) => read_multipart(mp).await,
+            Err(e) => Err(Refusal(e.status(), e.body_text())),
+        }
+    } else {
+        Params::from_request(req, &api)
+            .await
+            .map(|p| AddRequest { files: Vec::new(), params: p.0.into_iter().collect() })
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let params = match Params::from_pairs(body.params) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    match add_all(&api, body.files, &params).await {
+        Ok(()) => "Ok.".into_response(),
+        Err(AddError::Fails) => "Fails.".into_response(),
+        Err(AddError::Refused(why)) => status(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+enum AddError {
+    /// Nothing valid was added: qBittorrent's `Fails.`.
+    Fails,
+    /// A parameter dropseed cannot honour, said plainly.
+    Refused(String),
+}
+
+/// One thing to add.
+enum Item {
+    Torrent(Box<Metainfo>),
+    Magnet(Magnet),
+}
+
+async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), AddError> {
+    let category = p.get("category").to_string();
+    if !category.is_empty() && !crate::config::valid_category(&category) {
+        return Err(AddError::Refused(format!("'{category}' cannot be a category name")));
+    }
+    let (own, save) = (api.config().complete_dir(&category), p.get("savepath").to_string());
+    tokio::task::spawn_blocking(move || check_save_path(&own, &save)).await.map_err(|_| AddError::Fails)??;
+    if !matches!(p.get("contentLayout"), "" | "Original") {
+        return Err(AddError::Refused("contentLayout: only Original is supported".into()));
+    }
+    let urls: Vec<String> =
+        p.get("urls").lines().map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect();
+    if files.len() + urls.len() > MAX_ADDS {
+        return Err(AddError::Refused(format!("at most {MAX_ADDS} torrents in one request")));
+    }
+    if urls.iter().any(|u| u.starts_with("http://") || u.starts_with("https://")) {
+        return Err(AddError::Refused(
+            "http(s) .torrent URLs are not fetched yet: send the file, a magnet or the info hash".into(),
+        ));
+    }
+    let items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
+    let stopped = p.flag("stopped") || p.flag("paused");
+    let mut added = 0;
+    for item in items.into_iter().flatten() {
+        if add_one(api, item, &category, stopped).await {
+            added += 1;
+        }
+    }
+    if added == 0 {
+        return Err(AddError::Fails);
+    }
+    Ok(())
+}
+
+fn parse_items(files: Vec<Vec<u8>>, urls: Vec<String>) -> Vec<Option<Item>> {
+    let torrents = files.into_iter().map(|b| Metainfo::from_torrent_bytes(&b).ok().map(|m| Item::Torrent(Box::new(m))));
+    let magnets = urls.into_iter().map(|u| Magnet::parse(&u).ok().map(Item::Magnet));
+    torrents.chain(magnets).collect()
+}
+
+/// Adds one torrent or magnet; true when it is managed afterwards.
+async fn add_one(api: &Arc<Api>, item: Item, category: &str, stopped: bool) -> bool {
+    let (hash, result) = match item {
+        Item::Torrent(m) => (m.info_hash, api.session.add_metainfo_in(*m, category).await),
+        Item::Magnet(m) => (m.info_hash, api.session.add_magnet_in(m, category).await),
+    };
+    match result {
+        Ok(AddOutcome::Added) => {
+            if stopped {
+                let _ = api.session.command(hash, Cmd::Pause).await;
+            }
+            tracing::info!(hash = %hash.short(), category, "added through the API");
+            true
+        }
+        Ok(AddOutcome::AlreadyManaged) => false,
+        Ok(AddOutcome::Refused(why)) => {
+            tracing::warn!(hash = %hash.short(), reason = %why, "API add refused");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(hash = %hash.short(), error = %e, "API add failed");
+            false
+        }
+    }
+}
+
+/// A `savepath` is honoured only when it is where the category's torrents
+/// go anyway (symlinks resolved); other places are not supported yet.
+/// Blocking (it resolves links): call off the async workers.
+fn check_save_path(own: &Path, save: &str) -> Result<(), AddError> {
+    if save.is_empty() {
+        return Ok(());
+    }
+    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if resolve(Path::new(save)) == resolve(own) {
+        return Ok(());
+    }
+    Err(AddError::Refused(format!(
+        "savepath: dropseed puts this category's torrents in {}; other folders are not supported yet",
+        own.display()
+    )))
+}

@@ -1,0 +1,113 @@
+"""The life automation gives a torrent, through the PyPI client
+qbittorrent-api against dropseed's qBittorrent Web API (tests/qbt_api.rs
+starts the daemon and the swarms and passes everything in QBT_*).
+
+Prints LIFE OK at the end; any failed check raises."""
+
+import filecmp
+import os
+import sys
+import time
+
+import qbittorrentapi
+
+env = os.environ
+URL, PASSWORD = env["QBT_URL"], env["QBT_PASSWORD"]
+EXPECTED_DIR = env["QBT_EXPECTED_DIR"]
+
+
+def wait(what, pred, timeout=120):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def info(client, h):
+    found = [t for t in client.torrents_info(torrent_hashes=h)]
+    return found[0] if found else None
+
+
+# A wrong password is LoginFailed, as against qBittorrent.
+wrong = qbittorrentapi.Client(host=URL, username="admin", password="nope")
+try:
+    wrong.auth_log_in()
+    raise AssertionError("a wrong password logged in")
+except qbittorrentapi.LoginFailed:
+    pass
+
+c = qbittorrentapi.Client(host=URL, username="admin", password=PASSWORD)
+c.auth_log_in()
+assert c.app_version().startswith("v"), c.app_version()
+assert c.app_web_api_version() == "2.11.2"
+prefs = c.app_preferences()
+for key in ("save_path", "max_ratio_enabled", "max_seeding_time", "dht", "listen_port", "queueing_enabled"):
+    assert key in prefs, key
+assert prefs["save_path"] == os.path.dirname(EXPECTED_DIR), prefs["save_path"]
+
+c.torrents_create_category(name="tv")
+cats = c.torrents_categories()
+assert "tv" in cats and cats["tv"]["savePath"] == EXPECTED_DIR, cats
+assert os.path.isdir(os.path.join(env["QBT_WATCH_DIR"], "tv")), "a category is a watch folder"
+
+r = c.torrents_add(torrent_files=env["QBT_TORRENT"], category="tv")
+assert r == "Ok.", repr(r)
+assert c.torrents_add(urls=env["QBT_MAGNET"], category="tv") == "Ok."
+try:
+    c.torrents_add(urls="https://example.org/x.torrent")
+    raise AssertionError("an http URL was taken")
+except qbittorrentapi.InvalidRequest400Error as e:
+    assert "not fetched yet" in str(e), e
+
+by_name = {}
+for name, data in (("episode.mkv", env["QBT_TORRENT_DATA"]), ("special.mkv", env["QBT_MAGNET_DATA"])):
+    t = wait(f"{name} seeding", lambda: next(
+        (t for t in c.torrents_info(category="tv") if t.name == name and t.state in ("stalledUP", "uploading")),
+        None))
+    assert t.hash == t.hash.lower() and len(t.hash) == 40
+    assert t.progress == 1 and t.amount_left == 0 and t.size == os.path.getsize(data), t
+    assert t.content_path == os.path.join(EXPECTED_DIR, name), (t.content_path, EXPECTED_DIR)
+    assert filecmp.cmp(t.content_path, data, shallow=False), "the bytes differ"
+    assert t.category == "tv" and t.added_on > 0 and t.completion_on > 0
+    by_name[name] = t.hash
+
+h = by_name["episode.mkv"]
+assert [t.hash for t in c.torrents_info(status_filter="completed", category="tv", sort="name")] == \
+    [by_name["episode.mkv"], by_name["special.mkv"]]
+assert c.torrents_properties(torrent_hash=h)["save_path"] == EXPECTED_DIR
+try:
+    c.torrents_properties(torrent_hash="0" * 40)
+    raise AssertionError("an unknown hash was found")
+except qbittorrentapi.NotFound404Error:
+    pass
+assert c.torrents_webseeds(torrent_hash=h) == []
+assert c.sync_maindata()["full_update"] is True
+try:
+    c.torrents_top_priority(torrent_hashes=h)
+    raise AssertionError("queue order changed")
+except qbittorrentapi.Conflict409Error:
+    pass
+try:
+    c.torrents_set_category(category="movies", torrent_hashes=h)
+    raise AssertionError("category changed")
+except qbittorrentapi.Conflict409Error:
+    pass
+
+c.torrents_stop(torrent_hashes=h)
+wait("stoppedUP", lambda: info(c, h).state == "stoppedUP")
+assert [t.hash for t in c.torrents_info(status_filter="stopped")] == [h]
+c.torrents_start(torrent_hashes=h)
+wait("seeding again", lambda: info(c, h).state in ("stalledUP", "uploading", "checkingUP", "queuedUP"))
+
+content = info(c, h).content_path
+c.torrents_delete(delete_files=True, torrent_hashes=h)
+wait("removed", lambda: info(c, h) is None)
+wait("its files deleted", lambda: not os.path.exists(content))
+assert info(c, by_name["special.mkv"]) is not None, "the other one stays"
+c.auth_log_out()
+print("LIFE OK")
+sys.stdout.flush()

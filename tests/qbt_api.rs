@@ -1,0 +1,348 @@
+//! The qBittorrent Web API against the real daemon: its security (raw
+//! HTTP, so every header is the test's) and the life automation gives a
+//! torrent, driven by the PyPI client `qbittorrent-api`
+//! (scripts/install-test-deps.sh installs it).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse";
+
+/// A daemon with the API on a free port; the password hash made by the
+/// real `dropseed api hash-password`.
+fn daemon_with_api() -> (Dropseed, u16) {
+    let mut hasher = Command::new(dropseed_bin())
+        .args(["api", "hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hasher.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let out = hasher.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let phc = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(phc.starts_with("$pbkdf2-sha256$") && !phc.contains(PASSWORD), "{phc}");
+    let port = free_port();
+    let mut d = Dropseed::new(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nusername = \"admin\"\npassword_hash = \"{phc}\"\n"
+    ));
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    (d, port)
+}
+
+/// One HTTP/1.1 exchange: status, headers (lowercase names) and body.
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+fn exchange(port: u16, raw: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server may answer (413) and close before the whole request is
+    // sent: that is the point of some tests, so a write error is fine.
+    let _ = s.write_all(raw);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Reply { status, head: head.to_ascii_lowercase(), body: body.to_string() }
+}
+
+struct Req<'a> {
+    method: &'a str,
+    path: &'a str,
+    host: String,
+    headers: Vec<String>,
+    body: String,
+}
+
+impl<'a> Req<'a> {
+    fn new(port: u16, method: &'a str, path: &'a str) -> Req<'a> {
+        Req { method, path, host: format!("127.0.0.1:{port}"), headers: Vec::new(), body: String::new() }
+    }
+    fn header(mut self, h: &str) -> Self {
+        self.headers.push(h.to_string());
+        self
+    }
+    fn form(mut self, body: &str) -> Self {
+        self.headers.push("Content-Type: application/x-www-form-urlencoded".into());
+        self.body = body.to_string();
+        self
+    }
+    fn host(mut self, h: &str) -> Self {
+        self.host = h.to_string();
+        self
+    }
+    fn send(self, port: u16) -> Reply {
+        let mut raw = format!("{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.method, self.path, self.host);
+        for h in &self.headers {
+            raw.push_str(&format!("{h}\r\n"));
+        }
+        raw.push_str(&format!("Content-Length: {}\r\n\r\n{}", self.body.len(), self.body));
+        exchange(port, raw.as_bytes())
+    }
+}
+
+fn login(port: u16, password: &str) -> Reply {
+    Req::new(port, "POST", "/api/v2/auth/login").form(&format!("username=admin&password={password}")).send(port)
+}
+
+fn sid_of(r: &Reply) -> String {
+    let line = r.head.lines().find(|l| l.starts_with("set-cookie:")).expect("a cookie");
+    let sid = line.split("sid=").nth(1).unwrap().split(';').next().unwrap().trim().to_string();
+    assert!(line.contains("httponly") && line.contains("samesite=strict"), "{line}");
+    format!("Cookie: SID={sid}")
+}
+
+#[test]
+fn the_daemon_will_not_serve_the_api_without_a_password_hash() {
+    let d = Dropseed::new(&format!("[api]\nlisten = \"127.0.0.1:{}\"\n", free_port()));
+    let out = Command::new(dropseed_bin()).arg("run").arg("-c").arg(&d.config).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started");
+    assert!(said.contains("api.password_hash") && said.contains("dropseed api hash-password"), "{said}");
+}
+
+#[test]
+fn only_login_works_without_a_session() {
+    let (_d, port) = daemon_with_api();
+    for path in ["/api/v2/app/webapiVersion", "/api/v2/torrents/info", "/api/v2/app/preferences"] {
+        let r = Req::new(port, "GET", path).send(port);
+        assert_eq!((r.status, r.body.as_str()), (403, "Forbidden"), "{path}");
+    }
+    let r = Req::new(port, "POST", "/api/v2/torrents/delete").form("hashes=all&deleteFiles=true").send(port);
+    assert_eq!(r.status, 403);
+    let r = Req::new(port, "GET", "/api/v2/torrents/info").header("Cookie: SID=forged").send(port);
+    assert_eq!(r.status, 403, "a made-up session");
+    let r = Req::new(port, "GET", "/api/v2/torrents/info").header("Authorization: Bearer guessed").send(port);
+    assert_eq!(r.status, 403, "a key when none was made");
+
+    assert_eq!(login(port, "wrong").body, "Fails.");
+    let ok = login(port, "correct%20horse");
+    assert_eq!(ok.body, "Ok.");
+    let cookie = sid_of(&ok);
+    let r = Req::new(port, "GET", "/api/v2/app/webapiVersion").header(&cookie).send(port);
+    assert_eq!((r.status, r.body.as_str()), (200, "2.11.2"));
+    let r = Req::new(port, "GET", "/api/v2/app/version").header(&cookie).send(port);
+    assert!(r.body.starts_with('v'), "{}", r.body);
+    let r = Req::new(port, "POST", "/api/v2/auth/logout").header(&cookie).send(port);
+    assert_eq!(r.status, 200);
+    let r = Req::new(port, "GET", "/api/v2/torrents/info").header(&cookie).send(port);
+    assert_eq!(r.status, 403, "the session ended at logout");
+}
+
+#[test]
+fn a_rebound_host_and_a_cross_origin_post_are_refused() {
+    let (_d, port) = daemon_with_api();
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let r =
+        Req::new(port, "GET", "/api/v2/torrents/info").header(&cookie).host(&format!("evil.example:{port}")).send(port);
+    assert_eq!(r.status, 401, "DNS rebinding: {}", r.body);
+    let r = Req::new(port, "POST", "/api/v2/auth/login")
+        .host("evil.example")
+        .form("username=admin&password=correct%20horse")
+        .send(port);
+    assert_eq!(r.status, 401, "login through a rebound name");
+    let r =
+        Req::new(port, "GET", "/api/v2/torrents/info").header(&cookie).host(&format!("localhost:{port}")).send(port);
+    assert_eq!(r.status, 200, "localhost is ours");
+
+    let pause = |origin: &str| {
+        Req::new(port, "POST", "/api/v2/torrents/stop").header(&cookie).header(origin).form("hashes=all").send(port)
+    };
+    assert_eq!(pause("Origin: http://evil.example").status, 401, "CSRF from another site");
+    assert_eq!(pause("Referer: http://evil.example/x").status, 401, "CSRF by referer");
+    assert_eq!(pause(&format!("Origin: http://127.0.0.1:{port}")).status, 200, "our own page");
+}
+
+#[test]
+fn oversized_bodies_are_refused_before_they_are_read() {
+    let (_d, port) = daemon_with_api();
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    // Announced as 100 MB, but only the headers are sent: the answer must
+    // come from the announced length, without waiting for the body.
+    for (path, ctype) in [
+        ("/api/v2/auth/login", "application/x-www-form-urlencoded"),
+        ("/api/v2/torrents/info", "application/x-www-form-urlencoded"),
+        ("/api/v2/torrents/add", "multipart/form-data; boundary=xyz"),
+    ] {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}\r\nContent-Type: {ctype}\r\n\
+             Content-Length: 100000000\r\nConnection: close\r\n\r\nusername=admin&"
+        );
+        let r = exchange(port, raw.as_bytes());
+        assert_eq!(r.status, 413, "{path}: {}", r.body);
+    }
+    // A form of many small fields, within the byte bound.
+    let many = "a=1&".repeat(5000);
+    let r = Req::new(port, "POST", "/api/v2/torrents/info").header(&cookie).form(&many).send(port);
+    assert_eq!(r.status, 413, "too many fields");
+}
+
+/// Whether the server closes `s` (EOF or reset) before `limit`; what it
+/// sent first is ignored.
+fn closed_by_server(mut s: TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn slow_and_silent_clients_are_let_go() {
+    let (_d, port) = daemon_with_api();
+    // Connected, never a byte: it must not hold one of the few slots forever.
+    let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Headers trickled and never finished (slowloris).
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET /api/v2/app/version HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    // The server's limit is 10 s; 40 s is only the test's patience.
+    assert!(closed_by_server(silent, Duration::from_secs(40)), "a silent connection stayed open");
+    assert!(closed_by_server(slow, Duration::from_secs(40)), "unfinished headers kept the connection");
+}
+
+#[test]
+fn repeated_failed_logins_ban_the_address() {
+    let (_d, port) = daemon_with_api();
+    for _ in 0..5 {
+        assert_eq!(login(port, "guess").body, "Fails.");
+    }
+    let r = login(port, "correct%20horse");
+    assert_eq!(r.status, 403, "banned even with the right password: {}", r.body);
+    assert!(r.body.contains("banned"), "{}", r.body);
+}
+
+#[test]
+fn an_api_key_is_accepted_as_bearer() {
+    let mut d = Dropseed::new("");
+    let port = free_port();
+    let phc = dropseed::api::auth::hash_password(PASSWORD);
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{text}\n[api]\nlisten = \"127.0.0.1:{port}\"\npassword_hash = \"{phc}\"\n"))
+        .unwrap();
+    std::fs::create_dir_all(d.state_dir()).unwrap();
+    let out = d.cli(&["api", "new-key"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let stored = std::fs::read_to_string(d.state_dir().join("api-key.sha256")).unwrap();
+    assert!(!stored.contains(&key), "only the key's hash is stored");
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let r = Req::new(port, "GET", "/api/v2/torrents/info").header(&format!("Authorization: Bearer {key}")).send(port);
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    let r = Req::new(port, "GET", "/api/v2/torrents/info").header("Authorization: Bearer 0123").send(port);
+    assert_eq!(r.status, 403);
+}
+
+/// Debian's or pyenv's python3 with `qbittorrentapi` importable.
+fn python_with_client() -> Option<String> {
+    for py in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(py)
+            .args(["-c", "import qbittorrentapi"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(py.to_string());
+        }
+    }
+    missing("the PyPI package qbittorrent-api is missing (scripts/install-test-deps.sh)");
+    None
+}
+
+#[test]
+fn qbittorrent_api_drives_a_torrent_through_its_life() {
+    let Some(python) = python_with_client() else { return };
+    if !Swarm::tools_present() {
+        return;
+    }
+    let first = Swarm::single("episode.mkv", 3 * 1024 * 1024 + 17, 18, 41);
+    let second = Swarm::single("special.mkv", 1024 * 1024 + 5, 16, 42);
+    let (d, port) = daemon_with_api();
+    let magnet =
+        format!("magnet:?xt=urn:btih:{}&dn=special.mkv&tr={}", second.hash, percent(&second.tracker.announce_url()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qbt/life.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .env("QBT_URL", format!("http://127.0.0.1:{port}"))
+        .env("QBT_PASSWORD", PASSWORD)
+        .env("QBT_TORRENT", &first.torrent)
+        .env("QBT_TORRENT_DATA", first.data.join("episode.mkv"))
+        .env("QBT_MAGNET", &magnet)
+        .env("QBT_MAGNET_DATA", second.data.join("special.mkv"))
+        .env("QBT_EXPECTED_DIR", d.download_dir().join("tv"))
+        .env("QBT_WATCH_DIR", d.watch_dir())
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let log = d.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!("the qbittorrent-api script failed:\n{said}\nlog tail (newest first):\n{}", tail.join("\n"));
+    }
+    assert!(said.contains("LIFE OK"), "{said}");
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `/metrics` on the API's listener: refused without credentials, served to
+/// the session cookie and to HTTP Basic, and the text is what Prometheus's
+/// own Python parser reads.
+#[test]
+fn metrics_need_the_api_credentials_and_parse_as_openmetrics() {
+    let (_d, port) = daemon_with_api();
+    let r = Req::new(port, "GET", "/metrics").send(port);
+    assert_eq!(r.status, 401, "no credentials");
+    assert!(r.head.contains("www-authenticate: basic"), "{}", r.head);
+    let wrong = Req::new(port, "GET", "/metrics").header("Authorization: Basic YWRtaW46d3Jvbmc=").send(port);
+    assert_eq!(wrong.status, 401, "admin:wrong");
+
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let by_cookie = Req::new(port, "GET", "/metrics").header(&cookie).send(port);
+    assert_eq!(by_cookie.status, 200);
+    // admin:correct horse
+    let basic = "Authorization: Basic YWRtaW46Y29ycmVjdCBob3JzZQ==";
+    for _ in 0..2 {
+        let r = Req::new(port, "GET", "/metrics").header(basic).send(port);
+        assert_eq!(r.status, 200, "HTTP Basic, as a Prometheus scrape config sends it");
+        assert!(r.head.contains("content-type: application/openmetrics-text"), "{}", r.head);
+    }
+    let mut py = Command::new("python3")
+        .args(["-c", "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(len(list(p(sys.stdin.read()))))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-test-deps.sh installs prometheus-client)");
+    py.stdin.take().unwrap().write_all(by_cookie.body.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    let families: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(out.status.success() && families > 10, "the parser read {families} families of:\n{}", by_cookie.body);
+}
