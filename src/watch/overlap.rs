@@ -35,7 +35,8 @@ pub fn check(config: &Config) -> Result<(), String> {
     if let Some(why) = conflict(&watched, &own_folders(config)) {
         return Err(why);
     }
-    warn_linked(&linked_subfolders(watch_dir));
+    let (named, count) = linked_subfolders(watch_dir);
+    warn_linked(&named, count);
     Ok(())
 }
 
@@ -78,8 +79,9 @@ fn linked_subfolders(watch_dir: &Path) -> (Vec<PathBuf>, usize) {
     (named, count)
 }
 
-fn warn_linked((named, count): &(Vec<PathBuf>, usize)) {
-    if *count == 0 {
+/// One WARN for the links among the watch folder's entries, if any.
+fn warn_linked(named: &[PathBuf], count: usize) {
+    if count == 0 {
         return;
     }
     let folders = named.iter().map(|p| super::shown(p)).collect::<Vec<_>>().join(", ");
