@@ -9,6 +9,9 @@
 //! dealt with): its output is read for [`OUTPUT_GRACE`] more at most, and
 //! if something it started still holds the pipes then, the group is killed
 //! too, so a background child never keeps the slot until the timeout.
+//! Where the kernel has no pidfds (before Linux 5.3), the hook is reaped to
+//! learn that it exited; its group id may then be reused, so the group is
+//! not killed for a lingering child (its pipes are closed, the log says so).
 //! Nothing a hook does reaches the torrent or the daemon:
 //! every failure ends here as a log line.
 
@@ -52,11 +55,22 @@ pub struct Job {
     pub span: tracing::Span,
 }
 
+/// How the hook's own process was seen to exit.
+#[derive(Debug, Clone, Copy)]
+enum Leader {
+    /// Through its pidfd: unreaped, so its pid (the group's id) is still its own.
+    Unreaped,
+    /// Reaped to learn that it exited (no pidfd): its pid, the group's id,
+    /// may be anyone's by now.
+    Reaped,
+}
+
 /// How a hook's run ended.
 enum End {
     /// Its own process exited; `lingered` when something it started still
-    /// held its output [`OUTPUT_GRACE`] later (that was then killed).
+    /// held its output [`OUTPUT_GRACE`] later.
     Exited {
+        leader: Leader,
         lingered: bool,
     },
     TimedOut,
@@ -66,6 +80,21 @@ enum End {
 /// Runs `job` to its end; never fails, only logs. Says whether the hook
 /// exited with status 0.
 pub async fn run(job: Job, cancel: CancellationToken) -> bool {
+    supervise(job, cancel, watch_exit).await.succeeded
+}
+
+/// What [`supervise`] did, for its caller and its tests.
+#[derive(Debug, Default)]
+struct Ran {
+    /// The hook exited with status 0.
+    succeeded: bool,
+    /// Its process group was sent SIGKILL.
+    group_killed: bool,
+}
+
+/// [`run`], learning of the hook's exit through `pidfd_of` when that gives
+/// a pidfd (tests stand in a kernel without them).
+async fn supervise(job: Job, cancel: CancellationToken, pidfd_of: fn(u32) -> Option<AsyncFd<OwnedFd>>) -> Ran {
     let hook = job.event.key();
     let program = printable(&job.argv[0].to_string_lossy(), 200);
     let started = Instant::now();
@@ -79,40 +108,56 @@ pub async fn run(job: Job, cancel: CancellationToken) -> bool {
             };
             tracing::warn!(hook = %hook, program = %program,
                 "hook not run: program not found {hint}");
-            return false;
+            return Ran::default();
         }
         Err(e) => {
             let error = e.to_string();
             tracing::warn!(hook = %hook, program = %program, error,
                 "hook not run: cannot start it");
-            return false;
+            return Ran::default();
         }
     };
     let pgid = child.id();
     tracing::debug!(hook = %hook, program = %program, pid = ?pgid, "hook started");
     let output = read_output(&mut child, hook);
-    let pidfd = pgid.and_then(watch_exit);
+    let pidfd = pgid.and_then(pidfd_of);
     let end = wait_end(&mut child, pidfd.as_ref(), job.timeout, &cancel).await;
     let took = format!("{:.1}s", started.elapsed().as_secs_f64());
     let end = match end {
         // Whatever it left holding its pipes is not waited for beyond a
         // short grace, so the slot frees when the hook itself is done.
-        End::Exited { .. } => End::Exited { lingered: !finish_output(output, Some(OUTPUT_GRACE)).await },
+        End::Exited { leader, .. } => {
+            End::Exited { leader, lingered: !finish_output(output, Some(OUTPUT_GRACE)).await }
+        }
         end => {
             finish_output(output, None).await;
             end
         }
     };
-    if !matches!(end, End::Exited { lingered: false }) {
-        // The leader is unreaped (a zombie at worst) where pidfds exist, so
-        // the group's id cannot have gone to anyone else yet.
+    let group_killed = group_to_kill(&end);
+    if group_killed {
         kill_group(pgid);
     }
     // Reaps the leader: at once, it exited or was just killed.
     let status = child.wait().await;
     let succeeded = matches!(end, End::Exited { .. }) && status.as_ref().is_ok_and(|s| s.success());
     log_end(hook, &program, &job, end, status, &took);
-    succeeded
+    Ran { succeeded, group_killed }
+}
+
+/// Whether the run's end calls for killing the hook's process group and
+/// the group id is surely still the hook's: only while its leader is
+/// unreaped (a zombie at worst) can the id not have gone to anyone else.
+fn group_to_kill(end: &End) -> bool {
+    match end {
+        End::Exited { lingered: false, .. } => false,
+        // No pidfd: the leader was reaped, and a lingering child may have
+        // left the group, so the id may be reused; it is left alone.
+        End::Exited { leader: Leader::Reaped, .. } => false,
+        // Timed out or stopped without a pidfd: the wait never completed,
+        // so the leader is unreaped too.
+        End::Exited { leader: Leader::Unreaped, .. } | End::TimedOut | End::Shutdown => true,
+    }
 }
 
 /// Lets the output reading end by itself within `grace`, or stops it (its
@@ -141,13 +186,13 @@ async fn wait_end(
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let end = tokio::select! {
-        () = &mut exit => End::Exited { lingered: false },
+        leader = &mut exit => End::Exited { leader, lingered: false },
         _ = &mut deadline => End::TimedOut,
         _ = cancel.cancelled() => End::Shutdown,
     };
     match end {
         End::Shutdown => tokio::select! {
-            () = &mut exit => End::Exited { lingered: false },
+            leader = &mut exit => End::Exited { leader, lingered: false },
             _ = &mut deadline => End::TimedOut,
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => End::Shutdown,
         },
@@ -167,24 +212,30 @@ fn watch_exit(pid: u32) -> Option<AsyncFd<OwnedFd>> {
 
 /// The hook's own process has exited. Through its pidfd this leaves it
 /// unreaped; without one, reaping it is the only way to know.
-async fn exited(child: &mut Child, pidfd: Option<&AsyncFd<OwnedFd>>) {
+async fn exited(child: &mut Child, pidfd: Option<&AsyncFd<OwnedFd>>) -> Leader {
     if let Some(fd) = pidfd {
         if fd.readable().await.is_ok() {
-            return;
+            return Leader::Unreaped;
         }
     }
+    // Its status stays with `child` for the later `wait`.
     let _ = child.wait().await;
+    Leader::Reaped
 }
 
 fn log_end(hook: &str, program: &str, job: &Job, end: End, status: std::io::Result<ExitStatus>, took: &str) {
     let (timeout, grace) = (human_duration(job.timeout.as_secs()), human_duration(SHUTDOWN_GRACE.as_secs()));
-    let lingered = if matches!(end, End::Exited { lingered: true }) {
-        format!(
-            "; something it started still held its output {} after it exited and was killed with its process group",
-            human_duration(OUTPUT_GRACE.as_secs())
-        )
-    } else {
-        String::new()
+    let held = human_duration(OUTPUT_GRACE.as_secs());
+    let lingered = match end {
+        End::Exited { lingered: true, leader: Leader::Unreaped } => {
+            format!("; something it started still held its output {held} after it exited and was killed with its process group")
+        }
+        End::Exited { lingered: true, leader: Leader::Reaped } => format!(
+            "; something it started still held its output {held} after it exited: its output is no longer read, \
+             but it was not killed (no pidfd on this kernel, so the hook was reaped and its process group id may \
+             have been reused)"
+        ),
+        _ => String::new(),
     };
     match (end, status) {
         (End::Exited { .. }, Ok(status)) if status.success() => {
@@ -327,6 +378,40 @@ impl Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `pid` runs (exists and is not a zombie).
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    }
+
+    /// Without a pidfd the hook's process is reaped to learn that it exited,
+    /// so its pid, the group's id, may be someone else's by the time a
+    /// lingering child is noticed: no group kill then (a background child
+    /// of the hook stands in for whoever could have the id).
+    #[tokio::test]
+    async fn without_a_pidfd_a_reaped_hooks_group_is_never_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > '{}'; exit 0", pidfile.display());
+        let job = Job {
+            event: HookEvent::Complete,
+            argv: ["/bin/sh", "-c", &script].map(OsString::from).to_vec(),
+            env: Vec::new(),
+            timeout: Duration::from_secs(60),
+            span: tracing::Span::none(),
+        };
+        let ran = supervise(job, CancellationToken::new(), |_| None).await;
+        let child: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let alive = running(child);
+        if let Some(pid) = rustix::process::Pid::from_raw(child) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        // What was decided, not the child's state alone: a SIGKILL lands
+        // asynchronously, so "still running" could not tell.
+        assert!(!ran.group_killed, "the group of a reaped hook was killed");
+        assert!(ran.succeeded && alive, "{ran:?}, child alive: {alive}");
+    }
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {
         let mut out = Vec::new();

@@ -433,7 +433,8 @@ impl<'a> Active<'a> {
             (limits.max_peers_per_torrent, limits.max_peers_per_ip)
         };
         let mut started = 0;
-        let now = Instant::now();
+        // Dialling only ever fills room, so the penalty box (which guards
+        // evictions) does not apply: a boxed host is dialled like any other.
         while started < CONNECTS_PER_TICK && self.peers.len() < max {
             let Some(addr) = self.book.next_to_dial() else {
                 break;
@@ -443,7 +444,6 @@ impl<'a> Active<'a> {
                 if inner.peers.contains_key(&addr)
                     || inner.banned_addrs.contains(&addr)
                     || inner.peers_at(addr.ip()) >= per_ip
-                    || self.penalty.holds(addr.ip(), now)
                 {
                     continue;
                 }
@@ -469,7 +469,8 @@ impl<'a> Active<'a> {
 
     /// Takes a connection the listener routed here. When the torrent is
     /// full, an idle peer gives way to the newcomer, if there is one and the
-    /// newcomer's host is not in the penalty box.
+    /// newcomer's host is not in the penalty box (with room, the box is not
+    /// consulted).
     fn accept(&mut self, transport: Transport, addr: SocketAddr, hs: Handshake) {
         let (max, per_ip) = {
             let limits = &self.shared.env.config().limits;
@@ -498,7 +499,7 @@ impl<'a> Active<'a> {
 
     /// Whether a newcomer from `ip` gets in (see [`evict::admit`]); when
     /// the torrent is `full`, closes the idle peer that gives way to it and
-    /// puts both hosts in the penalty box.
+    /// puts the newcomer's host in the penalty box.
     fn make_room(&mut self, ip: std::net::IpAddr, full: bool) -> bool {
         let now = Instant::now();
         let inner = self.shared.inner.lock().unwrap();
@@ -508,7 +509,7 @@ impl<'a> Active<'a> {
             evict::Admission::Evict(victim) => {
                 tracing::debug!(torrent = %self.shared.name(), peer = %victim, "idle peer closed to make room");
                 inner.peers[&victim].kick();
-                self.penalty.evicted(victim.ip(), ip, now);
+                self.penalty.evicted(ip, now);
                 true
             }
             evict::Admission::Refused(why) => {

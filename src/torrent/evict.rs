@@ -15,10 +15,16 @@
 //!
 //! Evicting alone is not enough: many hosts that knock again the moment they
 //! are dropped take every slot the moment it frees, before an honest
-//! newcomer's knock comes. So both hosts of an eviction, the one that gave
-//! way and the one that took its place, wait [`PENALTY`] in the
-//! [`PenaltyBox`] before they may connect again: a host takes at most one
-//! freed slot per penalty, and the idle slots left go to others.
+//! newcomer's knock comes. So the host that took a slot by eviction waits
+//! [`PENALTY`] in the [`PenaltyBox`] before it may take another that way: a
+//! host takes at most one freed slot per penalty, and the idle slots left
+//! go to others. The box is consulted only when the torrent is full (only
+//! then would a newcomer evict anyone): a host is one IPv4 address or IPv6
+//! /64, and honest peers behind the same NAT, on the same LAN or on
+//! 127.0.0.1 must still get into, and be dialled by, a torrent with room.
+//! The host that gave way is not boxed: it is no one's proof of abuse (an
+//! honest peer can idle), and boxing the takers alone already bounds
+//! evictions to one per host per penalty.
 
 use super::picker::PeerKey;
 use std::collections::HashMap;
@@ -32,9 +38,9 @@ pub const GRACE_SECS: u64 = 20;
 /// Seconds after which a peer that moved nothing at all may go, interested
 /// or not (every interested peer is unchoked now and then, optimistically).
 pub const SILENT_SECS: u64 = 300;
-/// How long both hosts of an eviction are turned away (longer than
-/// [`GRACE_SECS`], so a host cannot take a slot again as soon as the slot it
-/// took may be taken from it).
+/// How long a host that took a slot by eviction may not take another
+/// (longer than [`GRACE_SECS`], so a host cannot take a slot again as soon
+/// as the slot it took may be taken from it).
 pub const PENALTY: Duration = Duration::from_secs(60);
 /// Hosts in the penalty box at most; the soonest out leave first past it.
 pub const MAX_BOXED: usize = 4096;
@@ -77,7 +83,7 @@ pub enum Admission {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The host was in an eviction a short while ago.
+    /// Full, and the host took a slot by eviction a short while ago.
     Boxed,
     /// Full, and nobody idle.
     Full,
@@ -86,16 +92,18 @@ pub enum Refusal {
 /// Whether a newcomer from `ip` gets in: `full` says the torrent is full,
 /// `peers` are those connected.
 pub fn admit(ip: IpAddr, full: bool, peers: &[Candidate], boxed: &PenaltyBox, now: Instant) -> Admission {
-    if boxed.holds(ip, now) {
-        return Admission::Refused(Refusal::Boxed);
-    }
+    // With room nobody gives way, so the box has nothing to guard: honest
+    // peers sharing a boxed address (a NAT, a LAN, 127.0.0.1) get in.
     if !full {
         return Admission::Room;
+    }
+    if boxed.holds(ip, now) {
+        return Admission::Refused(Refusal::Boxed);
     }
     idle_victim(peers).map_or(Admission::Refused(Refusal::Full), Admission::Evict)
 }
 
-/// Hosts turned away for a while after an eviction: per host (see
+/// Hosts that may not evict for a while after they did: per host (see
 /// [`host_of`]), until when. Bounded by [`MAX_BOXED`].
 #[derive(Default)]
 pub struct PenaltyBox {
@@ -107,9 +115,8 @@ impl PenaltyBox {
         self.until.get(&host_of(ip)).is_some_and(|t| *t > now)
     }
 
-    /// `gave_way`'s connection was closed to let `took` in: both wait.
-    pub fn evicted(&mut self, gave_way: IpAddr, took: IpAddr, now: Instant) {
-        self.put(gave_way, now);
+    /// `took` made an idle peer give way: it may not do so again for a while.
+    pub fn evicted(&mut self, took: IpAddr, now: Instant) {
         self.put(took, now);
     }
 
@@ -172,26 +179,45 @@ mod tests {
     }
 
     #[test]
-    fn both_hosts_of_an_eviction_wait_and_the_box_stays_bounded() {
+    fn the_host_that_took_a_slot_waits_and_the_box_stays_bounded() {
         let t0 = Instant::now();
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let mut b = PenaltyBox::default();
-        b.evicted(ip("10.0.0.1"), ip("2001:db8::1"), t0);
+        b.evicted(ip("10.0.0.1"), t0);
+        b.evicted(ip("2001:db8::1"), t0);
         let later = t0 + PENALTY - Duration::from_millis(1);
         assert!(b.holds(ip("10.0.0.1"), later) && b.holds(ip("::ffff:10.0.0.1"), later));
         assert!(b.holds(ip("2001:db8::ffff"), later), "the same /64");
         assert!(!b.holds(ip("10.0.0.2"), t0));
         assert!(!b.holds(ip("10.0.0.1"), t0 + PENALTY), "out after the penalty");
         let peers = [peer(1, 600, false, false, 0)];
-        assert_eq!(admit(ip("10.0.0.1"), false, &peers, &b, later), Admission::Refused(Refusal::Boxed));
+        assert_eq!(admit(ip("10.0.0.1"), true, &peers, &b, later), Admission::Refused(Refusal::Boxed));
         assert_eq!(admit(ip("10.0.0.3"), false, &peers, &b, later), Admission::Room);
         assert_eq!(admit(ip("10.0.0.3"), true, &peers, &b, later), Admission::Evict(peers[0].key));
         assert_eq!(admit(ip("10.0.0.3"), true, &[], &b, later), Admission::Refused(Refusal::Full));
+        let nth = |i: u32| IpAddr::from(i.to_be_bytes());
         for i in 0..2 * MAX_BOXED as u32 {
-            b.evicted(IpAddr::from(i.to_be_bytes()), ip("10.0.0.9"), t0 + Duration::from_millis(i as u64));
+            b.evicted(nth(i), t0 + Duration::from_millis(i as u64));
         }
         assert!(b.until.len() <= MAX_BOXED);
-        assert!(b.holds(ip("10.0.0.9"), t0 + Duration::from_secs(1)), "the newest stay");
+        let now = t0 + Duration::from_secs(1);
+        assert!(b.holds(nth(2 * MAX_BOXED as u32 - 1), now), "the newest stay");
+        assert!(!b.holds(nth(0), now), "the soonest out left first");
+    }
+
+    /// A host boxed after an eviction (one idle peer behind a NAT, a LAN
+    /// box, 127.0.0.1) still gets in while the torrent has room: the box
+    /// only keeps it from taking someone else's slot.
+    #[test]
+    fn a_boxed_host_is_admitted_while_there_is_room() {
+        let t0 = Instant::now();
+        let nat: IpAddr = "100.64.0.1".parse().unwrap();
+        let mut b = PenaltyBox::default();
+        b.evicted(nat, t0);
+        let idle = [peer(1, 600, false, false, 0)];
+        assert!(b.holds(nat, t0));
+        assert_eq!(admit(nat, false, &idle, &b, t0), Admission::Room, "room: boxed or not");
+        assert_eq!(admit(nat, true, &idle, &b, t0), Admission::Refused(Refusal::Boxed), "full: it may not evict");
     }
 
     /// The attack of issue #23 at full scale, in simulated time: 25 hosts
@@ -230,7 +256,7 @@ mod tests {
                 Admission::Room => inside.push((key, now)),
                 Admission::Evict(victim) => {
                     inside.retain(|(k, _)| *k != victim);
-                    boxed.evicted(victim.ip(), key.ip(), now);
+                    boxed.evicted(key.ip(), now);
                     inside.push((key, now));
                 }
                 Admission::Refused(_) => return false,

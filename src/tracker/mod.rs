@@ -361,8 +361,6 @@ pub fn usable_tiers(listed: &[Vec<String>]) -> Vec<Vec<String>> {
     tiers
 }
 
-/// The host a tracker URL names, lowercased: one announce round reaches
-/// each host at most once, whatever its URLs (http and udp, two paths).
 /// A tracker URL as logs and `status` show it: scheme, host, port and path,
 /// without the query, the user info or any path part that looks like a
 /// key. Private trackers put the passkey in one of those, and logs are
@@ -387,6 +385,8 @@ pub fn redacted(url: &str) -> String {
     printable(&format!("{scheme}://{host}/{}{query}", path.join("/")), 200)
 }
 
+/// The host a tracker URL names, lowercased: one announce round reaches
+/// each host at most once, whatever its URLs (http and udp, two paths).
 fn tracker_host(url: &str) -> Option<String> {
     let after_scheme = url.split_once("://")?.1;
     let authority = after_scheme.split(['/', '?', '#']).next()?;

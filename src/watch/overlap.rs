@@ -1,14 +1,20 @@
 //! Refuses at start a watch folder that overlaps dropseed's own folders.
 //!
 //! Whoever may write into the watch folder (Sonarr, the group) must not
-//! reach dropseed's state, logs or data through it. With `watch/st ->
-//! state_dir`, `state/HASH.torrent` would look like a drop, be renamed
-//! `.added`, and the torrent would be gone after a restart; with the watch
-//! folder inside `download_dir`, a payload's `x.torrent` would be taken. So
-//! the watch folder and its category folders (links included, resolved) must
-//! lie outside `state_dir`, `log_dir`, `incomplete_dir`, `download_dir` and
-//! every `[categories.NAME] download_dir`, and none of those inside them.
-//! Links made later are skipped by the watch thread itself.
+//! reach dropseed's state, logs or data through it. With the watch folder
+//! inside `download_dir`, a payload's `x.torrent` would be taken; inside
+//! `state_dir`, `state/HASH.torrent` would look like a drop, be renamed
+//! `.added`, and the torrent would be gone after a restart. So the watch
+//! folder (its links resolved: the admin chose it) must lie outside
+//! `state_dir`, `log_dir`, `incomplete_dir`, `download_dir` and every
+//! `[categories.NAME] download_dir`, and none of those inside it.
+//!
+//! Links found *inside* the watch folder are another matter: any group
+//! member can plant one (`watch/x -> /var/lib/dropseed`), and the watch
+//! never follows them, so refusing to start over one would protect nothing
+//! and hand that member a way to stop the daemon. Nor are they looked
+//! through (a planted FUSE or NFS target can hang a `stat`): they are named
+//! in one WARN, as ignored.
 //!
 //! Blocking (it resolves paths): call off the async workers.
 
@@ -21,14 +27,17 @@ struct Named {
     path: PathBuf,
 }
 
-/// The one ERROR line's reason when a watch folder overlaps one of ours.
+/// The one ERROR line's reason when the watch folder overlaps one of ours.
+/// Warns about linked subfolders, which are ignored.
 pub fn check(config: &Config) -> Result<(), String> {
-    let own = own_folders(config);
-    let watched = watched_folders(&config.paths.watch_dir);
-    match watched.into_iter().find_map(|w| conflict(&w, &own)) {
-        Some(why) => Err(why),
-        None => Ok(()),
+    let watch_dir = &config.paths.watch_dir;
+    let watched = named("[paths] watch_dir", watch_dir);
+    if let Some(why) = conflict(&watched, &own_folders(config)) {
+        return Err(why);
     }
+    let (named, count) = linked_subfolders(watch_dir);
+    warn_linked(&named, count);
+    Ok(())
 }
 
 /// dropseed's own folders, resolved.
@@ -50,19 +59,33 @@ fn own_folders(config: &Config) -> Vec<Named> {
     own
 }
 
-/// The watch folder and its category folders that are links, resolved. A
-/// real subfolder can only overlap ours if the watch folder itself does.
-fn watched_folders(watch_dir: &Path) -> Vec<Named> {
-    let mut watched = vec![named("[paths] watch_dir", watch_dir)];
+/// Linked subfolders named in the warning at most.
+const MAX_NAMED_LINKS: usize = 20;
+
+/// The links among the watch folder's entries (what they point to is not
+/// looked at: the entry's own type says it is a link), at most
+/// [`MAX_NAMED_LINKS`] of them, and how many there are.
+fn linked_subfolders(watch_dir: &Path) -> (Vec<PathBuf>, usize) {
+    let mut named = Vec::new();
+    let mut count = 0;
     for e in std::fs::read_dir(watch_dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
-        if is_link && super::category_of_folder(&path).is_some() && path.is_dir() {
-            let setting = format!("a category folder of [paths] watch_dir, {}", super::shown(&path));
-            watched.push(named(&setting, &path));
+        if e.file_type().is_ok_and(|t| t.is_symlink()) && super::category_of_folder(&e.path()).is_some() {
+            count += 1;
+            if named.len() < MAX_NAMED_LINKS {
+                named.push(e.path());
+            }
         }
     }
-    watched
+    (named, count)
+}
+
+/// One WARN for the links among the watch folder's entries, if any.
+fn warn_linked(named: &[PathBuf], count: usize) {
+    if count == 0 {
+        return;
+    }
+    let folders = named.iter().map(|p| super::shown(p)).collect::<Vec<_>>().join(", ");
+    tracing::warn!(count, folders, "linked folders in the watch folder are ignored (never followed)");
 }
 
 fn named(setting: &str, path: &Path) -> Named {
@@ -148,19 +171,31 @@ mod tests {
     }
 
     #[test]
-    fn a_linked_category_resolving_into_our_folders_is_refused() {
+    fn a_link_planted_in_the_watch_folder_does_not_stop_the_start_and_is_named() {
         let root = tempfile::tempdir().unwrap();
         let text = paths(root.path(), "");
-        for dir in ["watch", "state", "elsewhere"] {
+        for dir in ["watch/real", "state"] {
             std::fs::create_dir_all(root.path().join(dir)).unwrap();
         }
-        // A link to a folder of nobody's concern passes (the watch thread skips it).
-        std::os::unix::fs::symlink(root.path().join("elsewhere"), root.path().join("watch/other")).unwrap();
-        assert_eq!(check(&config(&text)), Ok(()));
         std::os::unix::fs::symlink(root.path().join("state"), root.path().join("watch/st")).unwrap();
+        // A dangling link (or one to a hung mount) is a link all the same.
+        std::os::unix::fs::symlink(root.path().join("nowhere"), root.path().join("watch/gone")).unwrap();
+        assert_eq!(check(&config(&text)), Ok(()));
+        let (mut named, count) = linked_subfolders(&root.path().join("watch"));
+        named.sort();
+        assert_eq!(count, 2);
+        assert_eq!(named, [root.path().join("watch/gone"), root.path().join("watch/st")]);
+    }
+
+    #[test]
+    fn a_watch_dir_that_is_itself_a_link_into_our_folders_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().display();
+        std::fs::create_dir_all(root.path().join("state/w")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("state/w"), root.path().join("lw")).unwrap();
+        let text = paths(root.path(), "").replace(&format!("{r}/watch\""), &format!("{r}/lw\""));
         let why = check(&config(&text)).unwrap_err();
-        assert!(why.contains("a category folder of [paths] watch_dir") && why.contains("[paths] state_dir"), "{why}");
-        assert!(why.contains("watch/st"), "{why}");
+        assert!(why.contains("is inside") && why.contains("[paths] state_dir"), "{why}");
     }
 
     #[test]
