@@ -473,3 +473,40 @@ fn remove_delete_data_deletes_only_what_is_proven_the_torrents() {
     assert!(reply.contains("kept") && reply.contains("cover.jpg") && reply.contains("disc 2"), "{reply}");
     assert!(d.log_text().contains("cover.jpg"), "the log names what was kept");
 }
+
+#[test]
+fn a_category_folder_made_a_link_outside_is_never_written_through() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    // `ln -s ~dropseed/.ssh download/evil; mkdir watch/evil`, then a
+    // single-file torrent named authorized_keys: with incomplete_dir on (the
+    // move) and off (the file opened in place).
+    let swarm = Swarm::single("authorized_keys", 1 << 20, 15, 72);
+    for incomplete in [true, false] {
+        let outside = common::tempdir();
+        let keys = outside.path().join("authorized_keys");
+        std::fs::write(&keys, b"ssh-ed25519 the admin's key").unwrap();
+        let mut d = Dropseed::new("");
+        if !incomplete {
+            let config = std::fs::read_to_string(&d.config).unwrap();
+            let config = config.replace(&format!("\"{}\"", d.incomplete_dir().display()), "\"\"");
+            std::fs::write(&d.config, config).unwrap();
+        }
+        std::fs::create_dir_all(d.download_dir()).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.download_dir().join("evil")).unwrap();
+        std::fs::create_dir_all(d.watch_dir().join("evil")).unwrap();
+        d.start();
+        d.drop_file(&swarm.torrent, "evil/keys.torrent");
+        let t = d.wait_state(&swarm.hash, "error", Duration::from_secs(60));
+        let link = d.download_dir().join("evil");
+        assert!(t["error"].as_str().unwrap().contains(&link.display().to_string()), "incomplete_dir {incomplete}: {t}");
+        assert_eq!(std::fs::read(&keys).unwrap(), b"ssh-ed25519 the admin's key", "overwritten through the link");
+        assert_eq!(
+            files_under(outside.path()),
+            vec![PathBuf::from("authorized_keys")],
+            "written outside dropseed's folders"
+        );
+        d.stop();
+    }
+}
