@@ -43,6 +43,15 @@ impl Place {
         Place { dir, sub: sub.to_string(), name: name.to_string(), settled }
     }
 
+    /// A place saved before `sub` existed, in the folder `sub` made in the
+    /// configured folder `root`, learns its `sub` (so it is never again
+    /// opened by path); any other place is left as it is.
+    pub fn learn_sub(&mut self, root: &Path, sub: &str) {
+        if self.sub.is_empty() && !sub.is_empty() && self.dir == root.join(sub) {
+            self.sub = sub.to_string();
+        }
+    }
+
     /// The configured folder the place is in (the admin's: opened by path).
     pub fn root(&self) -> &Path {
         match self.sub.is_empty() {
@@ -126,6 +135,16 @@ mod tests {
         assert_eq!(free_name(d, "Show.S01", false), "Show.S01 (2)", "a folder's dots are not an extension");
         std::os::unix::fs::symlink("/nonexistent", d.join(".hidden")).unwrap();
         assert_eq!(free_name(d, ".hidden", true), ".hidden (2)", "a dangling link is taken too");
+    }
+
+    #[test]
+    fn an_older_place_in_a_category_folder_learns_it_is_derived() {
+        let mut old = Place { dir: "/dl/tv".into(), sub: String::new(), name: "x".into(), settled: true };
+        old.learn_sub(Path::new("/dl"), "tv");
+        assert_eq!((old.sub.as_str(), old.root()), ("tv", Path::new("/dl")));
+        let mut elsewhere = Place { dir: "/srv/tv".into(), sub: String::new(), name: "x".into(), settled: true };
+        elsewhere.learn_sub(Path::new("/dl"), "tv");
+        assert_eq!((elsewhere.sub.as_str(), elsewhere.root()), ("", Path::new("/srv/tv")));
     }
 
     #[test]
