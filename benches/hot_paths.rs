@@ -109,7 +109,7 @@ fn storage(c: &mut Criterion) {
     let mut g = c.benchmark_group("storage");
     g.throughput(Throughput::Bytes(piece.len() as u64));
     for kind in [BackendKind::Mmap, BackendKind::File] {
-        let place = dropseed::storage::Place { dir: dir.path().to_path_buf(), name: meta.name.clone(), settled: false };
+        let place = dropseed::storage::Place::new(dir.path(), "", &meta.name, false);
         let s = TorrentStorage::open(&place, &meta, kind).unwrap();
         let mut i = 0u64;
         g.bench_function(format!("{kind:?} write 1 MiB piece"), |b| {

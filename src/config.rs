@@ -676,12 +676,25 @@ impl Config {
 
     /// The complete folder of `category` ("" for none).
     pub fn complete_dir(&self, category: &str) -> PathBuf {
+        let (root, sub) = self.complete_folder(category);
+        if sub.is_empty() {
+            root
+        } else {
+            root.join(sub)
+        }
+    }
+
+    /// The complete folder of `category` as the configured folder and the
+    /// folder dropseed makes in it ("" for none). That one is a group
+    /// member's to replace (they write in `download_dir`), so it is never
+    /// opened by path.
+    pub fn complete_folder(&self, category: &str) -> (PathBuf, String) {
         if category.is_empty() {
-            return self.paths.download_dir.clone();
+            return (self.paths.download_dir.clone(), String::new());
         }
         match self.categories.get(category).and_then(|c| c.download_dir.clone()) {
-            Some(dir) => dir,
-            None => self.paths.download_dir.join(category),
+            Some(dir) => (dir, String::new()),
+            None => (self.paths.download_dir.clone(), category.to_string()),
         }
     }
 
@@ -737,6 +750,8 @@ mod tests {
         assert_eq!(c.complete_dir(""), Path::new("/dl"));
         assert_eq!(c.complete_dir("tv"), Path::new("/srv/tv"));
         assert_eq!(c.complete_dir("anime"), Path::new("/dl/anime"), "a folder without a section");
+        assert_eq!(c.complete_folder("anime"), ("/dl".into(), "anime".into()), "made in download_dir");
+        assert_eq!(c.complete_folder("tv"), ("/srv/tv".into(), String::new()), "configured: opened by path");
         assert_eq!(c.hook_for("tv", HookEvent::Complete).unwrap()[0], "/bin/tv");
         assert_eq!(c.hook_for("tv", HookEvent::Added).unwrap()[0], "/bin/added");
         assert_eq!(c.hook_for("quiet", HookEvent::Added), Some(&Vec::new()), "[] turns it off");

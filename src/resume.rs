@@ -70,7 +70,11 @@ pub struct ResumeRecord {
     /// Device, inode, size and mtime of each of the torrent's files (by
     /// index) when it last had them open: `remove --delete-data` deletes
     /// only files that still match. Empty in older records.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::storage::nofollow::lenient_stamps"
+    )]
     pub stamps: Vec<crate::storage::nofollow::FileStamp>,
 }
 
@@ -198,5 +202,40 @@ mod tests {
         assert_eq!((loaded.hold, loaded.stamps.len()), (Hold::Paused, 0), "no stamps in an old record");
         std::fs::write(resume_path(dir.path(), &h), b"garbage").unwrap();
         assert!(ResumeRecord::load(dir.path(), &h).is_err());
+    }
+
+    #[test]
+    fn a_stamp_of_any_inode_number_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = InfoHash([9; 20]);
+        let big =
+            crate::storage::nofollow::FileStamp { dev: u64::MAX, ino: u64::MAX, size: 1 << 63, mtime_ns: i64::MIN };
+        let r = ResumeRecord { name: "x".into(), hold: Hold::Paused, stamps: vec![big], ..Default::default() };
+        r.save(dir.path(), &h).unwrap();
+        let loaded = ResumeRecord::load(dir.path(), &h).unwrap().unwrap();
+        assert_eq!((loaded.stamps, loaded.hold), (vec![big], Hold::Paused));
+    }
+
+    #[test]
+    fn malformed_stamps_empty_the_stamps_not_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = InfoHash([10; 20]);
+        let head = b"d8:added_ati0e12:completed_ati0e10:downloadedi0e4:have0:4:hold".to_vec();
+        for stamps in [
+            &b"6:stampsi5e"[..],
+            b"6:stampsld3:inoi1eee",
+            b"6:stampsl3:abce",
+            b"6:stampsld3:dev3:abc3:inoi1e8:mtime_nsi0e4:sizei1eee",
+        ] {
+            let mut rec = head.clone();
+            rec.extend_from_slice(b"6:paused4:name1:x11:piece_counti0e12:seeding_secsi0e");
+            rec.extend_from_slice(stamps);
+            rec.extend_from_slice(b"8:uploadedi7ee");
+            std::fs::write(resume_path(dir.path(), &h), &rec).unwrap();
+            let loaded = ResumeRecord::load(dir.path(), &h)
+                .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(stamps)));
+            let loaded = loaded.unwrap();
+            assert_eq!((loaded.uploaded, loaded.hold, loaded.stamps.len()), (7, Hold::Paused, 0));
+        }
     }
 }

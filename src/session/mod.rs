@@ -128,6 +128,11 @@ impl Session {
                     if let Some(p) = record.place.as_mut().filter(|p| p.dir.as_os_str().is_empty()) {
                         p.dir = self.env.download_dir.clone();
                     }
+                    // Saved before places knew their category folder is derived.
+                    let (root, sub) = self.env.config().complete_folder(&record.category);
+                    for p in record.place.iter_mut().chain(record.moving.iter_mut()) {
+                        p.learn_sub(&root, &sub);
+                    }
                     let owner = name_owner(&self.registry.lock().unwrap(), &meta.name);
                     if let Some(other) = owner {
                         // Saved by a version that let two torrents share files.

@@ -61,7 +61,7 @@ fn read_torrent(dir: &Path, path: &Path) -> Result<Restored, String> {
 /// `download_dir` under its name. The folder is filled in by the session
 /// (an empty `dir` here stands for `download_dir`).
 fn legacy_place(meta: &Metainfo) -> crate::storage::Place {
-    crate::storage::Place { dir: Default::default(), name: meta.name.clone(), settled: true }
+    crate::storage::Place::new(std::path::Path::new(""), "", &meta.name, true)
 }
 
 /// A magnet, unless its metadata was fetched just before a crash.

@@ -89,7 +89,7 @@ impl Deleted {
 /// Deletes the files of `meta` in `place` that `expect` proves ours, then
 /// the torrent's folders left empty (never anything else they hold).
 pub fn delete_files(meta: &Metainfo, place: &Place, expect: &Expect) -> io::Result<Deleted> {
-    let root = match nofollow::open_root(&place.dir) {
+    let root = match nofollow::open_place_dir(place, false) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Deleted::default()),
         r => r?,
     };
@@ -157,7 +157,7 @@ mod tests {
             "a".repeat(40)
         );
         let meta = Metainfo::from_torrent_bytes(&torrent(&info)).unwrap();
-        let place = Place { dir: root.to_path_buf(), name: "dir".into(), settled: true };
+        let place = Place::new(root, "", "dir", true);
         let s = TorrentStorage::open(&place, &meta, BackendKind::File).unwrap();
         s.write(0, &[1; 25]).unwrap();
         (meta, place, s)

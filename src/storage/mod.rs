@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -99,14 +99,25 @@ pub struct DiskSurvey {
     pub replaced_files: Vec<usize>,
 }
 
-/// Looks at what is on disk for `meta` without changing anything.
+/// The stamp of file `i` of `meta` as found in the open place folder
+/// `dir`, reached without a link; None when absent, a link, under one or
+/// not a regular file.
+fn found_in(dir: Option<&OwnedFd>, place: &Place, meta: &Metainfo, i: usize) -> Option<FileStamp> {
+    let (dirs, name) = nofollow::names(place, meta, i);
+    let at = nofollow::walk(dir?.as_fd(), &dirs).ok()?;
+    nofollow::stamp_at(at.as_fd(), name).ok().flatten()
+}
+
+/// Looks at what is on disk for `meta` without changing anything (a link
+/// counts as absent: it is never opened).
 pub fn survey(place: &Place, meta: &Metainfo) -> DiskSurvey {
     let mut s = DiskSurvey::default();
+    let dir = nofollow::open_place_dir(place, false).ok();
     for (i, f) in meta.files.iter().enumerate() {
         if f.padding {
             continue;
         }
-        let len = std::fs::metadata(place.file_path(meta, i)).map(|m| m.len()).unwrap_or(0);
+        let len = found_in(dir.as_ref(), place, meta, i).map_or(0, |st| st.size);
         if len > 0 {
             s.existing_files.push(i);
         }
@@ -121,7 +132,25 @@ pub fn survey(place: &Place, meta: &Metainfo) -> DiskSurvey {
     s
 }
 
-/// Free bytes available to us on the filesystem holding `dir`.
+/// Free bytes available to us on the filesystem holding the open folder `dir`.
+pub fn free_space_at(dir: BorrowedFd<'_>) -> io::Result<u64> {
+    let st = rustix::fs::fstatvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Free bytes where `place`'s item is (its configured folder while the
+/// folder made in it is absent), never looked up through a link.
+pub fn place_free_space(place: &Place) -> io::Result<u64> {
+    match nofollow::open_place_dir(place, false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !place.sub.is_empty() => {
+            free_space_at(nofollow::open_configured_root(place.root())?.as_fd())
+        }
+        r => free_space_at(r?.as_fd()),
+    }
+}
+
+/// Free bytes available to us on the filesystem holding the configured
+/// folder `dir`.
 pub fn free_space(dir: &Path) -> io::Result<u64> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -156,11 +185,10 @@ fn preallocate(file: &File, len: u64) -> io::Result<bool> {
     }
 }
 
-/// The place's folder, made if absent (it is a configured folder, or one
-/// in it: made by path), open for [`open_full_size`].
-fn open_place_dir(place: &Place) -> io::Result<std::os::fd::OwnedFd> {
-    std::fs::create_dir_all(&place.dir)?;
-    nofollow::open_root(&place.dir)
+/// The place's folder, made if absent (the configured folder by path, the
+/// one made in it never through a link), open for [`open_full_size`].
+fn open_place_dir(place: &Place) -> io::Result<OwnedFd> {
+    nofollow::open_place_dir(place, true)
 }
 
 /// Opens (creating it and its folders if need be, never through a link:
@@ -223,9 +251,11 @@ impl TorrentStorage {
     /// gone, cut short or grown, or replaced by another file of that name
     /// (an importer moved or retagged them). Blocking (a stat per file).
     pub fn files_gone(&self, place: &Place, meta: &Metainfo) -> Vec<usize> {
-        let changed = |i: usize, length: u64| match std::fs::metadata(place.file_path(meta, i)) {
-            Err(_) => true,
-            Ok(m) => m.len() != length || self.backend.stamp(i).is_some_and(|s| !s.same_file(&FileStamp::of(&m))),
+        let dir = nofollow::open_place_dir(place, false).ok();
+        // A link (or one on the way) is not the file: gone.
+        let changed = |i: usize, length: u64| match found_in(dir.as_ref(), place, meta, i) {
+            None => true,
+            Some(m) => m.size != length || self.backend.stamp(i).is_some_and(|s| !s.same_file(&m)),
         };
         meta.files.iter().enumerate().filter(|(i, f)| !f.padding && changed(*i, f.length)).map(|(i, _)| i).collect()
     }
@@ -518,7 +548,27 @@ mod tests {
 
     /// The torrent's own name in `dir`.
     fn at(dir: &Path, meta: &Metainfo) -> Place {
-        Place { dir: dir.to_path_buf(), name: meta.name.clone(), settled: false }
+        Place::new(dir, "", &meta.name, false)
+    }
+
+    #[test]
+    fn a_category_folder_made_a_link_is_never_written_through() {
+        // `ln -s ~dropseed/.ssh download/evil; mkdir watch/evil`, then a
+        // single-file torrent named authorized_keys, incomplete_dir off.
+        let (dl, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let keys = outside.path().join("authorized_keys");
+        std::fs::write(&keys, b"ssh-ed25519 the admin's key").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dl.path().join("evil")).unwrap();
+        let info = format!("d6:lengthi40e4:name15:authorized_keys12:piece lengthi16e6:pieces60:{}e", "a".repeat(60));
+        let meta = Metainfo::from_torrent_bytes(&torrent(&info)).unwrap();
+        let place = Place::new(dl.path(), "evil", &meta.name, true);
+        assert!(survey(&place, &meta).existing_files.is_empty(), "nothing is found through the link");
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let e = TorrentStorage::open(&place, &meta, kind).err().expect("opened through the link");
+            assert!(e.to_string().contains(&dl.path().join("evil").display().to_string()), "{e}");
+        }
+        assert_eq!(std::fs::read(&keys).unwrap(), b"ssh-ed25519 the admin's key");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made outside");
     }
 
     fn multi() -> Metainfo {

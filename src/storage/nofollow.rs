@@ -38,8 +38,12 @@ const MAX_BATCHES: usize = 4096;
 /// place (another inode), or rewritten since (size, mtime), differs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
+    // Bencode integers are read as i64: the u64s are kept as their bits.
+    #[serde(with = "as_i64")]
     pub dev: u64,
+    #[serde(with = "as_i64")]
     pub ino: u64,
+    #[serde(with = "as_i64")]
     pub size: u64,
     /// Nanoseconds since the epoch.
     pub mtime_ns: i64,
@@ -57,6 +61,33 @@ impl FileStamp {
     }
 }
 
+/// A u64 saved as the i64 of the same bits: serde_bencode reads every
+/// integer as an i64, so one above 2^63 would make the whole record
+/// unreadable.
+mod as_i64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(*v as i64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Ok(i64::deserialize(d)? as u64)
+    }
+}
+
+/// Reads a record's stamps, or none if they are malformed: a bad stamp
+/// costs only the proof it gave (`remove --delete-data` then keeps files
+/// it cannot prove), never the rest of the record.
+pub fn lenient_stamps<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<FileStamp>, D::Error> {
+    let value = serde_bencode::value::Value::deserialize(d)?;
+    let stamps = serde_bencode::to_bytes(&value).and_then(|b| serde_bencode::from_bytes::<Vec<FileStamp>>(&b));
+    Ok(stamps.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "resume record: malformed file stamps ignored");
+        Vec::new()
+    }))
+}
+
 /// The folders from `place.dir` down to file `i` of `meta`, and the file's
 /// own name: `([], name)` for a single file, `([name, sub..], file)` else.
 pub fn names<'a>(place: &'a Place, meta: &'a Metainfo, i: usize) -> (Vec<&'a str>, &'a str) {
@@ -66,9 +97,47 @@ pub fn names<'a>(place: &'a Place, meta: &'a Metainfo, i: usize) -> (Vec<&'a str
     (all, file)
 }
 
-/// A configured folder (`download_dir`, `incomplete_dir`, a category's).
-pub fn open_root(dir: &Path) -> io::Result<OwnedFd> {
+/// A folder the admin configured (`download_dir`, `incomplete_dir`, a
+/// category's `download_dir`), opened by path: links in its own path are
+/// the admin's and followed. Never for a folder derived below one (an
+/// automatic category folder, a torrent's item): group members can replace
+/// those with links, so they are reached with [`open_place_dir`] or
+/// [`walk`] from this handle.
+pub fn open_configured_root(dir: &Path) -> io::Result<OwnedFd> {
     Ok(rfs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// The folder holding `place`'s item: its configured folder by path, then
+/// the folder made in it (if any) without following a link. With `make`,
+/// what is absent is made (the configured folder by path, as the admin
+/// named it). A link at the made folder is an error naming it.
+pub fn open_place_dir(place: &Place, make: bool) -> io::Result<OwnedFd> {
+    if make {
+        std::fs::create_dir_all(place.root())?;
+    }
+    let root = open_configured_root(place.root())?;
+    if place.sub.is_empty() {
+        return Ok(root);
+    }
+    let sub = if make { make_dir(root.as_fd(), &place.sub) } else { open_dir(root.as_fd(), place.sub.as_str()) };
+    sub.map_err(|e| match is_link_error(&e) {
+        true => io::Error::new(e.kind(), format!("{} is a link or not a folder; not followed", place.dir.display())),
+        false => e,
+    })
+}
+
+/// Whether `place`'s item exists (as anything, a link included); an error
+/// when its folder cannot be reached without a link.
+pub fn item_exists(place: &Place) -> io::Result<bool> {
+    let dir = match open_place_dir(place, false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        r => r?,
+    };
+    match rfs::statat(dir.as_fd(), place.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The folder `name` in `dir`; a link there is an error (ELOOP/ENOTDIR).
@@ -247,7 +316,7 @@ mod tests {
         std::fs::create_dir(root.path().join("item")).unwrap();
         symlink(outside.path(), root.path().join("item/sub")).unwrap();
         symlink(outside.path().join("f"), root.path().join("item/f")).unwrap();
-        let r = open_root(root.path()).unwrap();
+        let r = open_configured_root(root.path()).unwrap();
         let e = walk(r.as_fd(), &["item", "sub"]).unwrap_err();
         assert!(is_link_error(&e), "{e}");
         assert!(is_link_error(&walk_making(r.as_fd(), &["item", "sub", "deeper"]).unwrap_err()));
@@ -266,7 +335,7 @@ mod tests {
         std::fs::create_dir_all(t.join("a/b")).unwrap();
         std::fs::write(t.join("a/b/f"), b"x").unwrap();
         symlink(outside.path(), t.join("a/link")).unwrap();
-        let r = open_root(root.path()).unwrap();
+        let r = open_configured_root(root.path()).unwrap();
         remove_tree(r.as_fd(), ".part").unwrap();
         assert!(!t.exists());
         assert!(outside.path().join("keep").exists());
@@ -278,7 +347,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("a"), b"a").unwrap();
         symlink("/nonexistent", root.path().join("b")).unwrap();
-        let r = open_root(root.path()).unwrap();
+        let r = open_configured_root(root.path()).unwrap();
         let e = rename_noreplace(r.as_fd(), "a", r.as_fd(), "b").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         rename_noreplace(r.as_fd(), "a", r.as_fd(), "c").unwrap();

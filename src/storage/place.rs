@@ -6,8 +6,10 @@
 //! rest of the engine never joins `download_dir` itself.
 
 use crate::metainfo::Metainfo;
+use rustix::fs::AtFlags;
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,13 @@ pub struct Place {
     /// folder need not be UTF-8).
     #[serde(with = "path_bytes")]
     pub dir: PathBuf,
+    /// The folder dropseed made for the place in a configured folder (an
+    /// automatic category folder), "" for none: `dir` is then that
+    /// configured folder joined with it. Group members can replace it with
+    /// a link, so it is reached from the configured folder's handle, never
+    /// by path.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub: String,
     /// The top-level item's name: the torrent's, unless that was taken.
     pub name: String,
     /// The data is where it will stay (the complete folder, or wherever the
@@ -27,6 +36,30 @@ pub struct Place {
 }
 
 impl Place {
+    /// `name` in `sub` (one plain folder name, or "") of the configured
+    /// folder `root`.
+    pub fn new(root: &Path, sub: &str, name: &str, settled: bool) -> Place {
+        let dir = if sub.is_empty() { root.to_path_buf() } else { root.join(sub) };
+        Place { dir, sub: sub.to_string(), name: name.to_string(), settled }
+    }
+
+    /// A place saved before `sub` existed, in the folder `sub` made in the
+    /// configured folder `root`, learns its `sub` (so it is never again
+    /// opened by path); any other place is left as it is.
+    pub fn learn_sub(&mut self, root: &Path, sub: &str) {
+        if self.sub.is_empty() && !sub.is_empty() && self.dir == root.join(sub) {
+            self.sub = sub.to_string();
+        }
+    }
+
+    /// The configured folder the place is in (the admin's: opened by path).
+    pub fn root(&self) -> &Path {
+        match self.sub.is_empty() {
+            true => &self.dir,
+            false => self.dir.parent().unwrap_or(&self.dir),
+        }
+    }
+
     /// The top-level item: the single file, or the torrent's root folder.
     pub fn top(&self) -> PathBuf {
         self.dir.join(&self.name)
@@ -42,15 +75,16 @@ impl Place {
 }
 
 /// The first name of `name`, `name (2)`, `name (3)`, ... that nothing in
-/// `dir` holds (a file keeps its extension last: `film (2).mkv`).
-pub fn free_name(dir: &Path, name: &str, single_file: bool) -> String {
+/// the open folder `dir` holds, a link included (a file keeps its
+/// extension last: `film (2).mkv`).
+pub fn free_name(dir: BorrowedFd<'_>, name: &str, single_file: bool) -> String {
     let (stem, ext) = match name.rfind('.') {
         Some(dot) if single_file && dot > 0 => (&name[..dot], &name[dot..]),
         _ => (name, ""),
     };
     (1..)
         .map(|n| if n == 1 { name.to_string() } else { format!("{stem} ({n}){ext}") })
-        .find(|candidate| std::fs::symlink_metadata(dir.join(candidate)).is_err())
+        .find(|candidate| rustix::fs::statat(dir, candidate.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err())
         .expect("some name is free")
 }
 
@@ -84,11 +118,14 @@ mod path_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn taken_names_get_a_number_before_the_extension_of_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        let fd = crate::storage::nofollow::open_configured_root(d).unwrap();
+        let free_name = |_: &Path, name, single| free_name(fd.as_fd(), name, single);
         assert_eq!(free_name(d, "film.mkv", true), "film.mkv");
         std::fs::write(d.join("film.mkv"), b"the user's").unwrap();
         assert_eq!(free_name(d, "film.mkv", true), "film (2).mkv");
@@ -101,9 +138,19 @@ mod tests {
     }
 
     #[test]
+    fn an_older_place_in_a_category_folder_learns_it_is_derived() {
+        let mut old = Place { dir: "/dl/tv".into(), sub: String::new(), name: "x".into(), settled: true };
+        old.learn_sub(Path::new("/dl"), "tv");
+        assert_eq!((old.sub.as_str(), old.root()), ("tv", Path::new("/dl")));
+        let mut elsewhere = Place { dir: "/srv/tv".into(), sub: String::new(), name: "x".into(), settled: true };
+        elsewhere.learn_sub(Path::new("/dl"), "tv");
+        assert_eq!((elsewhere.sub.as_str(), elsewhere.root()), ("", Path::new("/srv/tv")));
+    }
+
+    #[test]
     fn a_place_round_trips_a_folder_that_is_not_utf8() {
         let dir = PathBuf::from(OsString::from_vec(b"/srv/t\xffv".to_vec()));
-        let p = Place { dir, name: "x".into(), settled: true };
+        let p = Place { dir, sub: String::new(), name: "x".into(), settled: true };
         let bytes = serde_bencode::to_bytes(&p).unwrap();
         assert_eq!(serde_bencode::from_bytes::<Place>(&bytes).unwrap(), p);
     }

@@ -251,8 +251,8 @@ impl<'a> Active<'a> {
             return;
         }
         let (shared, env) = (self.shared.clone(), &self.shared.env);
-        let (dir, meta) = (shared.complete_dir(), shared.meta.clone());
-        let target = match env.disk.run(move || handoff::target_in(&dir, &meta)).await {
+        let ((root, sub), meta) = (shared.complete_folder(), shared.meta.clone());
+        let target = match env.disk.run(move || handoff::target_in(&root, &sub, &meta)).await {
             Ok(t) => t,
             Err(_) => return,
         };

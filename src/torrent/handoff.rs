@@ -27,7 +27,7 @@ use sha1::Digest;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Bytes copied between two looks at the stop flag.
@@ -47,6 +47,10 @@ pub struct MoveControl {
     /// in dropseed's group would.
     #[cfg(test)]
     between_steps: std::sync::Mutex<Option<StepHook>>,
+    /// Every move copies, as across filesystems: the copy's tests then
+    /// need no second filesystem (and never skip for want of one).
+    #[cfg(test)]
+    force_copy: bool,
 }
 
 #[cfg(test)]
@@ -63,6 +67,14 @@ enum Step {
 }
 
 impl MoveControl {
+    /// Whether a move must copy even where one rename would do.
+    fn copy_forced(&self) -> bool {
+        #[cfg(test)]
+        return self.force_copy;
+        #[cfg(not(test))]
+        false
+    }
+
     fn step(&self, _step: Step) {
         #[cfg(test)]
         if let Some(f) = self.between_steps.lock().unwrap().as_mut() {
@@ -87,7 +99,7 @@ pub fn finish_move(
     ctl: &MoveControl,
 ) -> io::Result<Place> {
     let settled = Place { settled: true, ..target.clone() };
-    match (exists(&from.top()), exists(&target.top())) {
+    match (nofollow::item_exists(from)?, nofollow::item_exists(target)?) {
         // Done before a restart (a same-filesystem rename is all or nothing).
         (false, true) => Ok(settled),
         (true, false) => move_item(meta, from, &settled, storage, ctl),
@@ -106,7 +118,8 @@ pub fn finish_move(
             // Someone else's item (or a link to anywhere) took the name:
             // never touch it.
             None => {
-                let other = Place { name: free_name(&target.dir, &meta.name, single_file(meta)), ..settled };
+                let dir = nofollow::open_place_dir(target, false)?;
+                let other = Place { name: free_name(dir.as_fd(), &meta.name, single_file(meta)), ..settled };
                 tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), taken = %target.top().display(), instead = %other.name,
                     "the complete folder's name was taken during the move");
                 move_item(meta, from, &other, storage, ctl)
@@ -120,17 +133,19 @@ pub fn finish_move(
 }
 
 /// The complete folder's place for a torrent now in `from`: the torrent's
-/// name in `dir`, or the first free variant of it.
-pub fn target_in(dir: &Path, meta: &Metainfo) -> Place {
-    Place { dir: dir.to_path_buf(), name: free_name(dir, &meta.name, single_file(meta)), settled: true }
+/// name in `sub` of the configured folder `root`, or the first free
+/// variant of it. (A folder that cannot be reached without a link keeps
+/// the name: the move then fails and names the link.)
+pub fn target_in(root: &Path, sub: &str, meta: &Metainfo) -> Place {
+    let mut place = Place::new(root, sub, &meta.name, true);
+    if let Ok(dir) = nofollow::open_place_dir(&place, false) {
+        place.name = free_name(dir.as_fd(), &meta.name, single_file(meta));
+    }
+    place
 }
 
 pub fn single_file(meta: &Metainfo) -> bool {
     meta.files.len() == 1 && meta.files[0].path.len() == 1
-}
-
-fn exists(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
 }
 
 /// One rename when both folders share a filesystem, else a verified copy.
@@ -142,9 +157,12 @@ fn move_item(
     storage: Option<&TorrentStorage>,
     ctl: &MoveControl,
 ) -> io::Result<Place> {
-    // The configured folders themselves are the admin's: made by path.
-    std::fs::create_dir_all(&to.dir)?;
-    let (src, dst) = (nofollow::open_root(&from.dir)?, nofollow::open_root(&to.dir)?);
+    // Only the configured folders are the admin's (made by path); a
+    // category folder made in one is reached without a link.
+    let (src, dst) = (nofollow::open_place_dir(from, false)?, nofollow::open_place_dir(to, true)?);
+    if ctl.copy_forced() {
+        return copy_across(meta, from, to, dst.as_fd(), storage, ctl);
+    }
     match nofollow::rename_noreplace(src.as_fd(), from.name.as_str(), dst.as_fd(), to.name.as_str()) {
         Ok(()) => {
             nofollow::sync(dst.as_fd())?;
@@ -181,7 +199,7 @@ fn copy_across(
         _ => {}
     }
     ctl.step(Step::Cleared);
-    let free = crate::storage::free_space(&to.dir)?;
+    let free = crate::storage::free_space_at(root)?;
     if free < meta.total_length {
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,
@@ -219,7 +237,7 @@ fn copy_across(
 fn rename_into_place(meta: &Metainfo, root: BorrowedFd<'_>, tmp: &str, to: &Place) -> io::Result<Place> {
     match nofollow::rename_noreplace(root, tmp, root, to.name.as_str()) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let other = Place { name: free_name(&to.dir, &meta.name, single_file(meta)), ..to.clone() };
+            let other = Place { name: free_name(root, &meta.name, single_file(meta)), ..to.clone() };
             tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), taken = %to.top().display(), instead = %other.name,
                 "the complete folder's name was taken during the move");
             nofollow::rename_noreplace(root, tmp, root, other.name.as_str())?;
@@ -268,8 +286,8 @@ fn copy_and_verify(
     tmp: &str,
     ctl: &MoveControl,
 ) -> io::Result<Copied> {
-    let src_root = nofollow::open_root(&from.dir)?;
-    let tmp_place = Place { dir: PathBuf::new(), name: tmp.to_string(), settled: false };
+    let src_root = nofollow::open_place_dir(from, false)?;
+    let tmp_place = Place::new(Path::new(""), "", tmp, false);
     if !single_file(meta) {
         // Made here, never found: anything of that name now was planted.
         nofollow::make_new_dir(root, tmp)?;
@@ -340,7 +358,7 @@ pub fn is_our_data(meta: &Metainfo, place: &Place, stop: &AtomicBool) -> io::Res
 /// `place` holds anything else (a link, a file of another length or that
 /// cannot be read, a piece that differs). Stops when `stop` is set.
 fn our_files(meta: &Metainfo, place: &Place, write: bool, stop: &AtomicBool) -> io::Result<Option<Vec<Option<File>>>> {
-    let Ok(root) = nofollow::open_root(&place.dir) else { return Ok(None) };
+    let Ok(root) = nofollow::open_place_dir(place, false) else { return Ok(None) };
     let mut files = Vec::with_capacity(meta.files.len());
     for (i, f) in meta.files.iter().enumerate() {
         if f.padding {
@@ -393,17 +411,12 @@ fn remove_source(meta: &Metainfo, from: &Place, expect: &Expect) -> io::Result<(
     Ok(())
 }
 
-/// rename(2) by path that fails with `AlreadyExists` instead of replacing
-/// `to` (the watch folder's renames).
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    nofollow::rename_noreplace(rustix::fs::CWD, from, rustix::fs::CWD, to)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::BackendKind;
     use sha1::Sha1;
+    use std::path::PathBuf;
 
     /// A torrent whose info dictionary starts with `head` (its files and
     /// name), over `bytes` in 16 KiB pieces, written in `dir` under its name.
@@ -418,7 +431,7 @@ mod tests {
         t.extend_from_slice(&pieces);
         t.extend_from_slice(b"ee");
         let meta = Metainfo::from_torrent_bytes(&t).unwrap();
-        let place = Place { dir: dir.to_path_buf(), name: meta.name.clone(), settled: false };
+        let place = Place::new(dir, "", &meta.name, false);
         TorrentStorage::open(&place, &meta, BackendKind::File).unwrap().write(0, bytes).unwrap();
         (meta, place)
     }
@@ -436,7 +449,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let (incomplete, complete) = (root.path().join("incomplete"), root.path().join("complete"));
         let (meta, from) = data_in(&incomplete);
-        let target = target_in(&complete, &meta);
+        let target = target_in(&complete, "", &meta);
         let ctl = MoveControl::default();
         let placed = finish_move(&meta, &from, &target, None, &[], &ctl).unwrap();
         assert_eq!(placed.top(), complete.join(&meta.name));
@@ -451,7 +464,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let (incomplete, complete) = (root.path().join("incomplete"), root.path().join("complete"));
         let (meta, from) = data_in(&incomplete);
-        let target = target_in(&complete, &meta);
+        let target = target_in(&complete, "", &meta);
         std::fs::create_dir_all(target.top()).unwrap();
         std::fs::write(target.top().join("library.mkv"), b"the user's").unwrap();
         let placed = finish_move(&meta, &from, &target, None, &[], &MoveControl::default()).unwrap();
@@ -462,19 +475,15 @@ mod tests {
 
     #[test]
     fn a_copy_across_filesystems_is_verified_and_a_stale_one_replaced() {
-        let shm = Path::new("/dev/shm");
         let root = tempfile::tempdir().unwrap();
-        let Ok(other) = tempfile::tempdir_in(shm) else {
-            eprintln!("skipped: no /dev/shm");
-            return;
-        };
+        let other = tempfile::tempdir().unwrap();
         let (meta, from) = data_in(&root.path().join("incomplete"));
-        let target = target_in(other.path(), &meta);
+        let target = target_in(other.path(), "", &meta);
         // A half copy from a crash sits under the hidden name.
         let stale = other.path().join(format!(".dropseed-{}.part", &meta.info_hash.hex()[..16]));
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::write(stale.join("junk"), b"half").unwrap();
-        let ctl = MoveControl::default();
+        let ctl = across();
         let placed = finish_move(&meta, &from, &target, None, &[], &ctl).unwrap();
         assert!(is_our_data(&meta, &placed, &AtomicBool::new(false)).unwrap());
         assert!(!stale.exists() && !from.top().exists());
@@ -487,10 +496,10 @@ mod tests {
     #[test]
     fn a_stopped_copy_leaves_the_source_whole() {
         let root = tempfile::tempdir().unwrap();
-        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        let other = tempfile::tempdir().unwrap();
         let (meta, from) = data_in(&root.path().join("incomplete"));
-        let target = target_in(other.path(), &meta);
-        let ctl = MoveControl::default();
+        let target = target_in(other.path(), "", &meta);
+        let ctl = across();
         ctl.stop.store(true, Ordering::Relaxed);
         let e = finish_move(&meta, &from, &target, None, &[], &ctl).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Interrupted);
@@ -498,6 +507,37 @@ mod tests {
         ctl.stop.store(false, Ordering::Relaxed);
         finish_move(&meta, &from, &target, None, &[], &ctl).unwrap();
         assert!(is_our_data(&meta, &Place { settled: true, ..target }, &AtomicBool::new(false)).unwrap());
+    }
+
+    /// A control that makes the move a copy, as across filesystems.
+    fn across() -> MoveControl {
+        MoveControl { force_copy: true, ..Default::default() }
+    }
+
+    #[test]
+    fn a_category_folder_made_a_link_is_never_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let complete = root.path().join("complete");
+        std::fs::create_dir(&complete).unwrap();
+        // A group member's `ln -s /elsewhere download/evil`.
+        std::os::unix::fs::symlink(outside.path(), complete.join("evil")).unwrap();
+        for (meta, from) in [data_in(&root.path().join("a")), single_in(&root.path().join("b"))] {
+            for ctl in [MoveControl::default(), across()] {
+                let target = target_in(&complete, "evil", &meta);
+                let e = finish_move(&meta, &from, &target, None, &[], &ctl).expect_err("moved through the link");
+                assert!(e.to_string().contains(&complete.join("evil").display().to_string()), "{e}");
+                let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.path()).collect();
+                assert!(written.is_empty(), "written outside dropseed's folders: {written:?}");
+                assert!(is_our_data(&meta, &from, &AtomicBool::new(false)).unwrap(), "the source is whole");
+            }
+        }
+        // A real folder of that name is made (and used) without a link.
+        std::fs::remove_file(complete.join("evil")).unwrap();
+        let (meta, from) = single_in(&root.path().join("c"));
+        let placed = finish_move(&meta, &from, &target_in(&complete, "evil", &meta), None, &[], &across()).unwrap();
+        assert_eq!(placed.top(), complete.join("evil").join(&meta.name));
+        assert!(is_our_data(&meta, &placed, &AtomicBool::new(false)).unwrap());
     }
 
     /// A single-file torrent (`film.mkv`, 40000 bytes) written in `dir`.
@@ -522,12 +562,12 @@ mod tests {
     #[test]
     fn a_link_planted_at_a_folder_inside_the_hidden_copy_is_never_followed() {
         let root = tempfile::tempdir().unwrap();
-        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        let other = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let (meta, from) = data_in(&root.path().join("incomplete"));
-        let target = target_in(other.path(), &meta);
+        let target = target_in(other.path(), "", &meta);
         let sub_file = meta.files.iter().position(|f| f.path.len() == 3).unwrap();
-        let ctl = MoveControl::default();
+        let ctl = across();
         let (tmp, out) = (hidden(other.path(), &meta), outside.path().to_path_buf());
         // Once the hidden folder exists, its `sub` becomes a link outside.
         plant(&ctl, move |step| {
@@ -540,7 +580,7 @@ mod tests {
         assert!(written.is_empty(), "written outside dropseed's folders: {written:?}");
         assert!(is_our_data(&meta, &from, &AtomicBool::new(false)).unwrap(), "the source is whole");
         // Tried again with no one interfering: the move completes.
-        let placed = finish_move(&meta, &from, &target, None, &[], &MoveControl::default()).unwrap();
+        let placed = finish_move(&meta, &from, &target, None, &[], &across()).unwrap();
         assert!(is_our_data(&meta, &placed, &AtomicBool::new(false)).unwrap());
         assert!(!is_link(&placed.top().join("sub")));
     }
@@ -548,13 +588,13 @@ mod tests {
     #[test]
     fn a_link_planted_at_the_hidden_name_of_a_single_file_is_never_written_through() {
         let root = tempfile::tempdir().unwrap();
-        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        let other = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("precious");
         std::fs::write(&victim, b"someone else's file").unwrap();
         let (meta, from) = single_in(&root.path().join("incomplete"));
-        let target = target_in(other.path(), &meta);
-        let ctl = MoveControl::default();
+        let target = target_in(other.path(), "", &meta);
+        let ctl = across();
         let (tmp, v) = (hidden(other.path(), &meta), victim.clone());
         plant(&ctl, move |step| {
             if step == Step::Cleared {
@@ -569,10 +609,10 @@ mod tests {
     #[test]
     fn a_link_planted_at_the_target_during_a_copy_never_costs_the_only_copy() {
         let root = tempfile::tempdir().unwrap();
-        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        let other = tempfile::tempdir().unwrap();
         for (meta, from) in [data_in(&root.path().join("a")), single_in(&root.path().join("b"))] {
-            let target = target_in(other.path(), &meta);
-            let ctl = MoveControl::default();
+            let target = target_in(other.path(), "", &meta);
+            let ctl = across();
             // During the copy, the target's name becomes a link back at the source.
             let (link, source) = (target.top(), from.top());
             plant(&ctl, move |step| {
@@ -582,7 +622,7 @@ mod tests {
             });
             let first = finish_move(&meta, &from, &target, None, &[], &ctl);
             // Tried again (after the error's minute), and once more.
-            let placed = first.or_else(|_| finish_move(&meta, &from, &target, None, &[], &MoveControl::default()));
+            let placed = first.or_else(|_| finish_move(&meta, &from, &target, None, &[], &across()));
             let placed = placed.unwrap();
             assert!(!is_link(&placed.top()), "{} is the link", placed.top().display());
             assert!(

@@ -361,16 +361,20 @@ impl TorrentShared {
         self.status.lock().unwrap().record.category.clone()
     }
 
-    /// Where the data goes once complete: its category's complete folder.
-    pub fn complete_dir(&self) -> PathBuf {
-        self.env.config().complete_dir(&self.category())
+    /// Where the data goes once complete: its category's complete folder,
+    /// as the configured folder and the folder made in it ("" for none).
+    pub fn complete_folder(&self) -> (PathBuf, String) {
+        self.env.config().complete_folder(&self.category())
     }
 
     /// Where the data lives now. A record from before `incomplete_dir`
     /// (and a torrent not yet prepared) has it in `download_dir`.
     pub fn place(&self) -> Place {
         let place = self.status.lock().unwrap().record.place.clone();
-        place.unwrap_or_else(|| Place { dir: self.complete_dir(), name: self.meta.name.clone(), settled: true })
+        place.unwrap_or_else(|| {
+            let (root, sub) = self.complete_folder();
+            Place::new(&root, &sub, &self.meta.name, true)
+        })
     }
 
     /// A new torrent's place: `incomplete_dir`, unless that is off or the
@@ -379,10 +383,15 @@ impl TorrentShared {
     pub fn first_place(&self) -> Place {
         let here = self.place();
         let had_pieces = self.status.lock().unwrap().record.have.iter().any(|&b| b != 0);
-        if self.env.incomplete_dir.as_os_str().is_empty() || had_pieces || here.top().exists() {
+        // A link at the item or its folder counts as there: opening it then
+        // fails and says so.
+        if self.env.incomplete_dir.as_os_str().is_empty()
+            || had_pieces
+            || crate::storage::nofollow::item_exists(&here).unwrap_or(true)
+        {
             return here;
         }
-        Place { dir: self.env.incomplete_dir.clone(), name: self.meta.name.clone(), settled: false }
+        Place::new(&self.env.incomplete_dir, "", &self.meta.name, false)
     }
 
     pub fn left(&self) -> u64 {

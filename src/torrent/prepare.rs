@@ -134,7 +134,7 @@ async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
     }
     tracing::info!(torrent = %shared.name(), other = %candidate.top().display(),
         "something else of this name is in the complete folder; leaving it alone and downloading to the incomplete folder");
-    Ok(Place { dir: shared.env.incomplete_dir.clone(), name: shared.meta.name.clone(), settled: false })
+    Ok(Place::new(&shared.env.incomplete_dir, "", &shared.meta.name, false))
 }
 
 /// Stops a blocking check or move when its phase ends (the future that
@@ -177,11 +177,10 @@ async fn refuse_if_missing(shared: &TorrentShared, survey: &storage::DiskSurvey)
 /// Surveys the files and refuses to start without room for what is missing.
 async fn check_space(shared: &TorrentShared) -> Result<storage::DiskSurvey, String> {
     let (meta, place) = (shared.meta.clone(), shared.place());
-    let dir = place.dir.clone();
     let (survey, free) = shared
         .env
         .disk
-        .run(move || (storage::survey(&place, &meta), storage::free_space(&dir).map_err(|e| (dir, e))))
+        .run(move || (storage::survey(&place, &meta), storage::place_free_space(&place).map_err(|e| (place.dir, e))))
         .await
         .map_err(|e| e.to_string())?;
     let free = free.map_err(|(dir, e)| format!("cannot read free space of {}: {e}", dir.display()))?;
