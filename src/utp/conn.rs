@@ -23,7 +23,8 @@
 //! sequence number, which is also that of its first data packet.
 //!
 //! A RESET ends the connection only if it acknowledges one of our latest
-//! packets (the socket checks that it carries our exact receive id): a
+//! packets (the socket checks that it carries our receive id, or our send id as
+//! libutp's do): a
 //! blind forger must guess both, and our sequence numbers start at random.
 
 use super::budget::{Budget, REORDER_BUDGET};
@@ -305,6 +306,10 @@ impl Conn {
 
     pub fn recv_id(&self) -> u16 {
         self.recv_id
+    }
+
+    pub fn send_id(&self) -> u16 {
+        self.send_id
     }
 
     /// Takes what fits of `data` for sending; 0 when the buffer is full

@@ -123,12 +123,22 @@ impl Table {
     }
 
     /// The connection a packet is for. A SYN sent again finds the one it
-    /// made under id + 1. A RESET, like any other packet, must carry our
-    /// exact receive id (libtorrent's rule; libutp also took our send id
-    /// and the ids either side, which made forging one three times easier).
+    /// made under id + 1. A RESET carries our receive id when it answers
+    /// our SYN, and our send id (one off it) when libutp answers a packet
+    /// of ours for a connection it forgot; either is looked for here, and
+    /// the connection heeds it only if it acknowledges one of our latest
+    /// packets (`Conn::on_packet`), which is what stops blind forgers.
     fn find(&self, from: SocketAddr, h: &packet::Header) -> Option<Arc<Shared>> {
         let id = if h.kind == Kind::Syn { h.conn_id.wrapping_add(1) } else { h.conn_id };
-        self.by_key.get(&(from, id)).cloned()
+        let exact = self.by_key.get(&(from, id));
+        if exact.is_some() || h.kind != Kind::Reset {
+            return exact.cloned();
+        }
+        [id.wrapping_add(1), id.wrapping_sub(1)]
+            .into_iter()
+            .filter_map(|recv_id| self.by_key.get(&(from, recv_id)))
+            .find(|s| s.send_id == h.conn_id)
+            .cloned()
     }
 
     /// Removes `shared` (not another connection that took its key since).
@@ -163,6 +173,8 @@ pub struct UtpSocket {
 
 struct Shared {
     key: Key,
+    /// The id our packets carry (fixed at creation): libutp's RESETs echo it.
+    send_id: u16,
     inner: Mutex<Inner>,
     kick: Notify,
 }
@@ -458,6 +470,7 @@ impl Shared {
     fn new(key: Key, conn: Conn) -> Arc<Shared> {
         Arc::new(Shared {
             key,
+            send_id: conn.send_id(),
             inner: Mutex::new(Inner { conn, reader: None, writer: None, handles: 0, armed: 0 }),
             kick: Notify::new(),
         })
@@ -715,17 +728,46 @@ mod tests {
         packet::Header { kind, conn_id, timestamp: 0, timestamp_diff: 0, wnd_size: 0, seq_nr: 5, ack_nr: 0 }
     }
 
+    /// Issue #23 review (1): libutp (Transmission, µTorrent) answers a
+    /// packet for a connection it forgot with a RESET carrying the id that
+    /// packet carried: our send id. Heeded when its ack is one of our
+    /// latest; ignored otherwise, and under any other id.
     #[test]
-    fn a_reset_is_heeded_only_under_the_exact_receive_id() {
-        let mut table = Table::default();
+    fn a_libutp_reset_under_our_send_id_ends_the_connection_if_its_ack_is_recent() {
         let peer = SocketAddr::from(([10, 0, 0, 1], 6881));
-        let s = Shared::new((peer, 700), Conn::connect(700, 1, MSS_V4));
-        assert!(table.insert(&s));
-        let found = |id: u16, kind: Kind| table.find(peer, &header(kind, id)).is_some();
-        assert!(found(700, Kind::Reset) && found(700, Kind::Data));
-        assert!(!found(699, Kind::Reset) && !found(701, Kind::Reset), "a reset one id off");
-        assert!(found(699, Kind::Syn), "a SYN sent again carries the id below");
-        assert!(table.find(SocketAddr::from(([10, 0, 0, 1], 6882)), &header(Kind::Reset, 700)).is_none());
+        // Dialled: we receive under 700 and send under 701. Accepted (their
+        // SYN carried 900): we receive under 901 and send under 900.
+        let dialled = Shared::new((peer, 700), Conn::connect(700, 1, MSS_V4));
+        let syn = packet::Header { seq_nr: 40, ..header(Kind::Syn, 900) };
+        let accepted = Shared::new((peer, 901), Conn::accept(&syn, 5000, MSS_V4, 0));
+        for (s, send_id, good_ack) in [(&dialled, 701, 1), (&accepted, 900, 4999)] {
+            let mut table = Table::default();
+            assert!(table.insert(s));
+            let reset = |id: u16, ack_nr: u16| packet::Header { ack_nr, ..header(Kind::Reset, id) };
+            let recv_id = s.key.1;
+            for off in [2u16, 3, 0xffff - 1] {
+                let id = recv_id.wrapping_add(off);
+                assert!(table.find(peer, &reset(id, good_ack)).is_none(), "a reset under {id}");
+            }
+            assert!(table.find(SocketAddr::from(([10, 0, 0, 1], 6882)), &reset(send_id, good_ack)).is_none());
+            let heed = |h: packet::Header| {
+                let found = table.find(peer, &h).expect("found under our send id");
+                assert!(Arc::ptr_eq(&found, s));
+                let p = packet::Packet { header: h, sack: None, payload: &[] };
+                let mut inner = found.inner.lock().unwrap();
+                inner.conn.on_packet(&p, 10);
+                let state = inner.conn.state().clone();
+                state
+            };
+            assert!(!matches!(heed(reset(send_id, good_ack.wrapping_add(1000))), State::Closed(_)), "bad ack");
+            assert_eq!(heed(reset(send_id, good_ack)), State::Closed(End::Reset), "good ack");
+        }
+        // The exact receive id still works (an answer to our SYN), and a
+        // SYN sent again finds its connection under the id above.
+        let mut table = Table::default();
+        assert!(table.insert(&dialled) && table.insert(&accepted));
+        assert!(table.find(peer, &header(Kind::Reset, 700)).is_some_and(|f| Arc::ptr_eq(&f, &dialled)));
+        assert!(table.find(peer, &header(Kind::Syn, 900)).is_some_and(|f| Arc::ptr_eq(&f, &accepted)));
     }
 
     /// A SYN read off a socket that never answers: (conn id, seq nr).
