@@ -24,7 +24,7 @@
 //! Bounds: [`MAX_CONNECTIONS`] on the socket and `MAX_PER_HOST` per host,
 //! and an accept queue that closes proven connections when the session is
 //! not taking them; a connection's buffers are bounded in `conn.rs`, and
-//! what all of them hold out of order by the socket's `budget.rs`.
+//! what all of them (and each host) hold out of order by `budget.rs`.
 
 use super::batch::{self, Outbox, Received, SLOTS};
 use super::budget::{Budget, REORDER_BUDGET};
@@ -283,7 +283,8 @@ impl UtpSocket {
                     break id;
                 }
             };
-            let conn = Conn::connect(recv_id, rand::random(), Self::mss(&addr)).with_budget(self.budget.clone());
+            let conn =
+                Conn::connect(recv_id, rand::random(), Self::mss(&addr)).with_budget(self.budget.clone(), addr.ip());
             let shared = Shared::new((addr, recv_id), conn);
             if !conns.insert(&shared) {
                 return Err(io::Error::other("too many uTP connections"));
@@ -398,7 +399,8 @@ impl UtpSocket {
     /// A SYN: a half-open connection answers it with a STATE, and waits
     /// (holding nothing) for the packet that proves the peer got it.
     fn accept(self: &Arc<Self>, syn: &packet::Header, from: SocketAddr) {
-        let conn = Conn::accept(syn, rand::random(), Self::mss(&from), self.now()).with_budget(self.budget.clone());
+        let conn =
+            Conn::accept(syn, rand::random(), Self::mss(&from), self.now()).with_budget(self.budget.clone(), from.ip());
         let shared = Shared::new((from, conn.recv_id()), conn);
         let (added, pushed_out) = self.conns.lock().unwrap().insert_half_open(&shared);
         if let Some(old) = pushed_out {
