@@ -363,8 +363,9 @@ mod tests {
         let n = tokio::time::timeout(Duration::from_secs(5), from.recv(&mut buf)).await.unwrap().unwrap();
         let state = parse(&buf[..n]).unwrap().header;
         assert_eq!(state.kind, Kind::State);
-        let (kind, seq) = if payload.is_empty() { (Kind::State, 100) } else { (Kind::Data, 101) };
-        write_header(&mut d, &header(kind, id.wrapping_add(1), seq, state.seq_nr.wrapping_sub(1)), None);
+        // A STATE carries the next sequence number, as the first data does.
+        let kind = if payload.is_empty() { Kind::State } else { Kind::Data };
+        write_header(&mut d, &header(kind, id.wrapping_add(1), 101, state.seq_nr.wrapping_sub(1)), None);
         d.extend_from_slice(payload);
         from.send_to(&d, to).await.unwrap();
     }

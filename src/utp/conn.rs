@@ -913,6 +913,21 @@ impl Drop for Conn {
     }
 }
 
+/// Our STATE answering a SYN for which we keep nothing yet: `seq_nr` is
+/// its cookie, what [`Conn::accept`] gets once the peer acknowledges it.
+pub fn syn_answer(syn: &Header, seq_nr: u16, now: u64, scratch: &mut Vec<u8>) {
+    let reply = Header {
+        kind: Kind::State,
+        conn_id: syn.conn_id,
+        timestamp: now as u32,
+        timestamp_diff: (now as u32).wrapping_sub(syn.timestamp),
+        wnd_size: FIRST_RECV_BUF as u32,
+        seq_nr,
+        ack_nr: syn.seq_nr,
+    };
+    packet::write_header(scratch, &reply, None);
+}
+
 /// A RESET answering a packet for no connection of ours.
 pub fn reset_for(h: &Header, now: u64, scratch: &mut Vec<u8>) {
     let reply = Header {
