@@ -15,8 +15,9 @@
 //! [`MAX_PENDING_PER_IP`] sockets handshaking, and [`MAX_PENDING_HANDSHAKES`]
 //! are pending at most, for TCP and for uTP each (a flood of one kind
 //! cannot lock out the other). A uTP connection reaches us only once its
-//! peer proved it got our answer to its SYN (`utp/socket.rs`), so it is
-//! admitted as one that spoke. Where there is no room, a newcomer whose handshake is
+//! peer proved it got our answer to its SYN (`utp/socket.rs`); it counts
+//! as one that spoke if that proof was a data packet (bytes to read), and
+//! as silent if it was a bare STATE. Where there is no room, a newcomer whose handshake is
 //! already there when it is accepted takes the place of the oldest silent
 //! socket (or else of the oldest of the address holding the most), and a
 //! silent newcomer is turned away. So a flood of silent sockets, or of
@@ -119,11 +120,14 @@ impl Pending {
         self.tcp.admit(ip, spoke)
     }
 
-    /// A uTP connection from `ip`: the socket hands it over once its peer
-    /// showed that it got our answer to its SYN, which is what uTP can
-    /// prove; its bytes may not have been read off the socket yet.
-    fn admit_utp(&mut self, ip: IpAddr) -> bool {
-        self.utp.admit(ip, true)
+    /// A uTP connection: the socket hands it over once its peer showed
+    /// that it got our answer to its SYN, after taking in the packet that
+    /// showed it; if that was data, the peer spoke (a bare STATE proves
+    /// the address, not that a handshake is coming). Returns whether it
+    /// spoke, if it was admitted.
+    fn admit_utp(&mut self, stream: &UtpStream) -> Option<bool> {
+        let spoke = stream.has_bytes();
+        self.utp.admit(stream.peer_addr().ip(), spoke).then_some(spoke)
     }
 
     fn spawn(&mut self, session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: bool) {
@@ -199,9 +203,9 @@ pub(super) async fn accept_loop(
             _ = session.cancel.cancelled() => break,
             Some(_) = pending.tasks.join_next(), if !pending.tasks.is_empty() => {}
             Some(stream) = async { utp.as_mut()?.recv().await }, if utp.is_some() => {
-                let addr = stream.peer_addr();
-                if pending.admit_utp(addr.ip()) {
-                    pending.spawn(session.clone(), Stream::Utp(stream), addr, true);
+                if let Some(spoke) = pending.admit_utp(&stream) {
+                    let addr = stream.peer_addr();
+                    pending.spawn(session.clone(), Stream::Utp(stream), addr, spoke);
                 }
             }
             r = listener.accept() => match r {
@@ -306,7 +310,7 @@ mod tests {
     fn add(p: &mut Pending, proto: Proto, ip: IpAddr, spoke: bool) -> bool {
         let admitted = match proto {
             Proto::Tcp => p.admit_tcp(ip, spoke),
-            Proto::Utp => p.admit_utp(ip),
+            Proto::Utp => p.utp.admit(ip, spoke),
         };
         if admitted {
             let task = p.tasks.spawn(std::future::pending());
@@ -327,7 +331,7 @@ mod tests {
             assert!(add(&mut p, Proto::Tcp, many(i), false));
         }
         let peer: IpAddr = [10, 0, 0, 9].into();
-        assert!(add(&mut p, Proto::Utp, peer, false), "a uTP peer gets in past silent TCP sockets");
+        assert!(add(&mut p, Proto::Utp, peer, true), "a uTP peer gets in past silent TCP sockets");
         assert_eq!(p.tcp.order.len(), MAX_PENDING_HANDSHAKES, "and takes no TCP socket's place");
         // A flood of uTP handshakes that stall leaves TCP's budget alone.
         for i in 0..2 * MAX_PENDING_HANDSHAKES {
@@ -336,6 +340,60 @@ mod tests {
         assert_eq!(p.tcp.order.len(), MAX_PENDING_HANDSHAKES);
         assert!(add(&mut p, Proto::Tcp, peer, true), "a TCP peer that spoke still gets in");
         assert!(p.tcp.order.iter().any(|h| h.ip == peer));
+        p.tasks.shutdown().await;
+    }
+
+    /// A raw uTP peer on `from`: sends a SYN to `to`, reads our STATE, and
+    /// answers it (proving it got it) with `payload`: empty, a bare STATE.
+    async fn prove_syn(from: &tokio::net::UdpSocket, to: SocketAddr, id: u16, payload: &[u8]) {
+        use crate::utp::packet::{parse, write_header, Header, Kind};
+        let header = |kind, conn_id, seq_nr, ack_nr| Header {
+            kind,
+            conn_id,
+            timestamp: 0,
+            timestamp_diff: 0,
+            wnd_size: 1 << 20,
+            seq_nr,
+            ack_nr,
+        };
+        let mut d = Vec::new();
+        write_header(&mut d, &header(Kind::Syn, id, 100, 0), None);
+        from.send_to(&d, to).await.unwrap();
+        let mut buf = [0u8; 1500];
+        let n = tokio::time::timeout(Duration::from_secs(5), from.recv(&mut buf)).await.unwrap().unwrap();
+        let state = parse(&buf[..n]).unwrap().header;
+        assert_eq!(state.kind, Kind::State);
+        // A STATE carries the next sequence number, as the first data does.
+        let kind = if payload.is_empty() { Kind::State } else { Kind::Data };
+        write_header(&mut d, &header(kind, id.wrapping_add(1), 101, state.seq_nr.wrapping_sub(1)), None);
+        d.extend_from_slice(payload);
+        from.send_to(&d, to).await.unwrap();
+    }
+
+    /// Issue #23 review (4): a uTP peer that proves its SYN with a bare
+    /// STATE and sends nothing is admitted as silent: with the table full
+    /// it is turned away, while one whose first data came is let in.
+    #[tokio::test]
+    async fn a_utp_peer_that_proved_its_syn_but_sent_nothing_is_silent() {
+        let udp = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (utp, mut incoming) = crate::utp::UtpSocket::start(udp, None);
+        let to = utp.local_addr().unwrap();
+        let mut p = Pending::default();
+        for i in 0..MAX_PENDING_HANDSHAKES {
+            assert!(add(&mut p, Proto::Utp, IpAddr::from([10, 4, (i / 200) as u8, (i % 200) as u8]), true));
+        }
+        let mute = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        prove_syn(&mute, to, 300, &[]).await;
+        let stream = tokio::time::timeout(Duration::from_secs(5), incoming.recv()).await.unwrap().unwrap();
+        assert_eq!(p.admit_utp(&stream), None, "a bare STATE is no handshake");
+        assert_eq!(p.utp.order.len(), MAX_PENDING_HANDSHAKES, "and pushed no one out");
+        let honest = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        prove_syn(&honest, to, 500, b"\x13BitTorrent protocol").await;
+        let stream = tokio::time::timeout(Duration::from_secs(5), incoming.recv()).await.unwrap().unwrap();
+        assert_eq!(stream.peer_addr(), honest.local_addr().unwrap());
+        assert_eq!(p.admit_utp(&stream), Some(true), "its first data came with the proof");
+        drop(stream);
+        utp.shut_down().await;
         p.tasks.shutdown().await;
     }
 

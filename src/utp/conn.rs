@@ -15,7 +15,8 @@
 //! until the listener matched the peer's handshake to a torrent (or we
 //! dialled it), [`RECV_BUF`] after. Packets held out of order are also
 //! bounded by [`MAX_REORDER_HELD`] per connection and by the socket's
-//! shared [`Budget`]; a peer that overruns any of them only loses its own
+//! shared [`Budget`] (one host holds a share of it at most); a peer
+//! that overruns any of them only loses its own
 //! packets.
 //!
 //! The handshake follows libtorrent and libutp: the SYN carries our receive
@@ -23,15 +24,19 @@
 //! sequence number, which is also that of its first data packet.
 //!
 //! A RESET ends the connection only if it acknowledges one of our latest
-//! packets (the socket checks that it carries our exact receive id): a
+//! packets (the socket checks that it carries our receive id, or our send id as
+//! libutp's do): a
 //! blind forger must guess both, and our sequence numbers start at random.
 
+#[cfg(test)]
+use super::budget::HOST_SHARE;
 use super::budget::{Budget, REORDER_BUDGET};
 use super::ledbat::{Ledbat, Rtt};
 use super::packet::{self, seq_before, Header, Kind, Packet, MAX_SACK_BYTES};
 use super::unsent::Unsent;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 /// Bytes received and not yet read, in order or not, at most.
@@ -177,6 +182,8 @@ pub struct Conn {
     /// What `reorder` is charged, to this connection and to `budget`.
     held: usize,
     budget: Arc<Budget>,
+    /// The peer's address, for its host's share of `budget`.
+    host: IpAddr,
     /// Their FIN's sequence number, once seen.
     fin_seq: Option<u16>,
     eof: bool,
@@ -240,6 +247,7 @@ impl Conn {
             reorder_bytes: 0,
             held: 0,
             budget: Budget::new(REORDER_BUDGET),
+            host: Ipv4Addr::UNSPECIFIED.into(),
             fin_seq: None,
             eof: false,
             ack_due: false,
@@ -274,9 +282,10 @@ impl Conn {
 
     /// Charges what this connection holds out of order to `budget`, shared
     /// with the socket's other connections (before anything is held).
-    pub fn with_budget(mut self, budget: Arc<Budget>) -> Conn {
+    pub fn with_budget(mut self, budget: Arc<Budget>, host: IpAddr) -> Conn {
         debug_assert_eq!(self.held, 0);
         self.budget = budget;
+        self.host = host;
         self
     }
 
@@ -305,6 +314,10 @@ impl Conn {
 
     pub fn recv_id(&self) -> u16 {
         self.recv_id
+    }
+
+    pub fn send_id(&self) -> u16 {
+        self.send_id
     }
 
     /// Takes what fits of `data` for sending; 0 when the buffer is full
@@ -666,7 +679,7 @@ impl Conn {
     /// connection's share and the socket's budget both have room.
     fn hold(&mut self, len: usize) -> bool {
         let charge = len + REORDER_OVERHEAD;
-        if self.held + charge > MAX_REORDER_HELD || !self.budget.take(charge) {
+        if self.held + charge > MAX_REORDER_HELD || !self.budget.take(self.host, charge) {
             return false; // theirs to resend once the gap is filled
         }
         self.held += charge;
@@ -678,7 +691,7 @@ impl Conn {
         let p = self.reorder.remove(&seq)?;
         self.reorder_bytes -= p.len();
         self.held -= p.len() + REORDER_OVERHEAD;
-        self.budget.give(p.len() + REORDER_OVERHEAD);
+        self.budget.give(self.host, p.len() + REORDER_OVERHEAD);
         Some(p)
     }
 
@@ -686,7 +699,7 @@ impl Conn {
     fn drop_reorder(&mut self) {
         self.reorder = HashMap::new();
         self.reorder_bytes = 0;
-        self.budget.give(std::mem::take(&mut self.held));
+        self.budget.give(self.host, std::mem::take(&mut self.held));
     }
 
     /// Drops the out-of-order packet furthest ahead; false if none.
@@ -896,8 +909,23 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.budget.give(self.held);
+        self.budget.give(self.host, self.held);
     }
+}
+
+/// Our STATE answering a SYN for which we keep nothing yet: `seq_nr` is
+/// its cookie, what [`Conn::accept`] gets once the peer acknowledges it.
+pub fn syn_answer(syn: &Header, seq_nr: u16, now: u64, scratch: &mut Vec<u8>) {
+    let reply = Header {
+        kind: Kind::State,
+        conn_id: syn.conn_id,
+        timestamp: now as u32,
+        timestamp_diff: (now as u32).wrapping_sub(syn.timestamp),
+        wnd_size: FIRST_RECV_BUF as u32,
+        seq_nr,
+        ack_nr: syn.seq_nr,
+    };
+    packet::write_header(scratch, &reply, None);
 }
 
 /// A RESET answering a packet for no connection of ours.

@@ -13,7 +13,7 @@ use super::*;
 /// the books break.
 pub fn packets(data: &[u8]) {
     let budget = Budget::new(REORDER_BUDGET);
-    let mut c = Conn::connect(7, 65_500, 1400).with_budget(budget.clone());
+    let mut c = Conn::connect(7, 65_500, 1400).with_budget(budget.clone(), std::net::Ipv4Addr::LOCALHOST.into());
     let (mut now, mut scratch) = (1_000u64, Vec::new());
     c.transmit(now, &mut scratch, |_| {});
     let answer = Header {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::utp::packet::parse;
+use std::net::IpAddr;
 
 const MSS: usize = 1400;
 
@@ -660,32 +661,54 @@ fn charge(c: &Conn) -> usize {
     c.reorder_bytes + c.reorder.len() * REORDER_OVERHEAD
 }
 
+/// A connection from `host`, matched to a torrent, that was sent 1100
+/// packets of `len` bytes behind a gap it never filled.
+fn parking(budget: &Arc<Budget>, host: IpAddr, len: usize) -> (Conn, Header) {
+    let (c, mut h) = connected_with(1 << 20);
+    let mut c = c.with_budget(budget.clone(), host);
+    // A byte read, as the peer code does, and the torrent matched.
+    h.kind = Kind::Data;
+    h.ack_nr = 0;
+    h.seq_nr = c.ack_nr.wrapping_add(1);
+    feed(&mut c, &h, None, b"x", 20);
+    assert_eq!(c.read(&mut [0u8; 1]), 1);
+    c.open_window();
+    // Full packets, or one byte each (which cost more than their byte).
+    for i in 0..1100u16 {
+        h.seq_nr = c.ack_nr.wrapping_add(2 + i);
+        feed(&mut c, &h, None, &vec![5; len], 20);
+    }
+    (c, h)
+}
+
+/// Issue #23 review (3): one host with its 64 connections (across several
+/// torrents) parking data behind gaps takes at most its share of the
+/// socket's budget; a peer on another host still holds out-of-order data.
+#[test]
+fn one_host_cannot_drain_the_reorder_budget() {
+    let budget = Budget::new(REORDER_BUDGET);
+    let attacker = IpAddr::from([10, 9, 9, 9]);
+    let flood: Vec<_> = (0..64).map(|_| parking(&budget, attacker, 1400)).collect();
+    let held: usize = flood.iter().map(|(c, _)| charge(c)).sum();
+    assert!(held <= REORDER_BUDGET / HOST_SHARE, "one host holds {held} of {REORDER_BUDGET}");
+    for n in 0..8u8 {
+        let (honest, _) = parking(&budget, IpAddr::from([10, 1, 1, n]), 1400);
+        assert!(charge(&honest) > MAX_REORDER_HELD / 2, "an honest peer holds {}", charge(&honest));
+    }
+    drop(flood);
+    assert_eq!(budget.used(), 0);
+}
+
 /// Issue #23 (8): peers that park data behind a gap they never fill hold
 /// at most their share each and the socket's budget all together, and
 /// give it back when the connection closes, ends or goes.
 #[test]
 fn out_of_order_bytes_are_bounded_per_connection_and_in_total_and_freed() {
     let budget = Budget::new(REORDER_BUDGET);
-    let mut conns: Vec<(Conn, Header)> = (0..96)
-        .map(|_| {
-            let (c, h) = connected_with(1 << 20);
-            (c.with_budget(budget.clone()), h)
-        })
-        .collect();
-    for (n, (c, h)) in conns.iter_mut().enumerate() {
-        // A byte read, as the peer code does, and the torrent matched.
-        h.kind = Kind::Data;
-        h.ack_nr = 0;
-        h.seq_nr = c.ack_nr.wrapping_add(1);
-        feed(c, h, None, b"x", 20);
-        assert_eq!(c.read(&mut [0u8; 1]), 1);
-        c.open_window();
-        // Full packets, or one byte each (which cost more than their byte).
-        let len = if n % 4 == 0 { 1 } else { 1400 };
-        for i in 0..1100u16 {
-            h.seq_nr = c.ack_nr.wrapping_add(2 + i);
-            feed(c, h, None, &vec![5; len], 20);
-        }
+    // Each from its own host: the per-host share is tested below.
+    let mut conns: Vec<(Conn, Header)> =
+        (0..96u8).map(|n| parking(&budget, IpAddr::from([10, 0, 0, n]), if n % 4 == 0 { 1 } else { 1400 })).collect();
+    for (c, _) in &conns {
         assert!(charge(c) <= MAX_REORDER_HELD, "one connection holds {}", charge(c));
     }
     let total: usize = conns.iter().map(|(c, _)| charge(c)).sum();

@@ -7,6 +7,7 @@
 //! - `conn.rs`: one connection's state machine (pure, clock from the caller);
 //!   `conn_fuzz.rs` drives one with arbitrary packets for the fuzz target.
 //! - `budget.rs`: the out-of-order bytes all connections hold together.
+//! - `cookie.rs`: stateless SYN cookies (a SYN keeps nothing).
 //! - `unsent.rs`: bytes to send, cut into packets as they are written.
 //! - `batch.rs`: many datagrams per system call (`sendmmsg`, `recvmmsg`).
 //! - `socket.rs`: the runtime on a UDP socket shared with the DHT, and
@@ -19,6 +20,7 @@
 mod batch;
 mod budget;
 mod conn;
+mod cookie;
 mod ledbat;
 pub mod packet;
 mod socket;

@@ -14,23 +14,24 @@
 //! non-blocking send, never across `.await`; the connection map's lock is
 //! never held while a connection's is taken.
 //!
-//! Admission: a SYN opens a half-open connection (no bytes held, not yet
-//! the session's); the peer's first packet must acknowledge our STATE's
-//! random sequence number, which a spoofed source never sees, before the
-//! stream goes to the session. Half-open ones are capped apart
-//! (`MAX_HALF_OPEN`), a new SYN pushing out the oldest, so a flood of
-//! SYNs that are never followed up cannot lock honest peers out.
+//! Admission: a SYN keeps nothing (no table entry, no task); it is
+//! answered with a STATE whose sequence number is a SYN cookie
+//! (`cookie.rs`). The connection is built, and goes to the session, when
+//! a packet under the SYN's id + 1 acknowledges that cookie, which a
+//! spoofed source never sees. So a SYN flood, however fast, cannot push
+//! an honest peer out, whatever its round trip.
 //!
 //! Bounds: [`MAX_CONNECTIONS`] on the socket and `MAX_PER_HOST` per host,
 //! and an accept queue that closes proven connections when the session is
 //! not taking them; a connection's buffers are bounded in `conn.rs`, and
-//! what all of them hold out of order by the socket's `budget.rs`.
+//! what all of them (and each host) hold out of order by `budget.rs`.
 
 use super::batch::{self, Outbox, Received, SLOTS};
 use super::budget::{Budget, REORDER_BUDGET};
 use super::conn::{self, Conn, End, State};
+use super::cookie::Cookies;
 use super::packet::{self, Kind};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -58,24 +59,17 @@ const MSS_V6: usize = 1200;
 pub const OTHER_QUEUE: usize = 256;
 const OTHER_MAX_LEN: usize = 2048;
 
-/// Connections whose peer has not yet shown that it got our answer to its
-/// SYN, at most; a new SYN pushes the oldest of them out.
-const MAX_HALF_OPEN: usize = 512;
-
 /// Connections from one host (any port) at most, so a SYN flood from one
 /// address cannot take every slot.
 const MAX_PER_HOST: usize = 64;
 
 type Key = (SocketAddr, u16);
 
-/// The connections on a socket, how many each host holds, and which are
-/// half-open (a SYN came, the peer has not yet shown it got our answer).
+/// The connections on a socket, and how many each host holds.
 #[derive(Default)]
 struct Table {
     by_key: HashMap<Key, Arc<Shared>>,
     per_host: HashMap<std::net::IpAddr, usize>,
-    /// Oldest first; at most [`MAX_HALF_OPEN`].
-    half_open: VecDeque<Arc<Shared>>,
 }
 
 impl Table {
@@ -94,46 +88,27 @@ impl Table {
         true
     }
 
-    /// Adds a connection a SYN opened. Where half-open ones are at their
-    /// cap, or the table is full, the oldest half-open one makes room: a
-    /// flood of SYNs that are never followed up (spoofed ones) only pushes
-    /// out its own kind, and an honest SYN lives long enough to be
-    /// answered. Returns whether it was added, and the one pushed out.
-    fn insert_half_open(&mut self, shared: &Arc<Shared>) -> (bool, Option<Arc<Shared>>) {
-        if !self.host_has_room(&shared.key) {
-            return (false, None);
-        }
-        let mut pushed_out = None;
-        if self.half_open.len() >= MAX_HALF_OPEN || self.by_key.len() >= MAX_CONNECTIONS {
-            pushed_out = self.half_open.pop_front();
-            if let Some(old) = &pushed_out {
-                self.remove(old);
-            }
-        }
-        let added = self.insert(shared);
-        if added {
-            self.half_open.push_back(shared.clone());
-        }
-        (added, pushed_out)
-    }
-
-    /// The peer showed it heard us: no longer half-open.
-    fn proven(&mut self, shared: &Arc<Shared>) {
-        self.half_open.retain(|s| !Arc::ptr_eq(s, shared));
-    }
-
     /// The connection a packet is for. A SYN sent again finds the one it
-    /// made under id + 1. A RESET, like any other packet, must carry our
-    /// exact receive id (libtorrent's rule; libutp also took our send id
-    /// and the ids either side, which made forging one three times easier).
+    /// made under id + 1. A RESET carries our receive id when it answers
+    /// our SYN, and our send id (one off it) when libutp answers a packet
+    /// of ours for a connection it forgot; either is looked for here, and
+    /// the connection heeds it only if it acknowledges one of our latest
+    /// packets (`Conn::on_packet`), which is what stops blind forgers.
     fn find(&self, from: SocketAddr, h: &packet::Header) -> Option<Arc<Shared>> {
         let id = if h.kind == Kind::Syn { h.conn_id.wrapping_add(1) } else { h.conn_id };
-        self.by_key.get(&(from, id)).cloned()
+        let exact = self.by_key.get(&(from, id));
+        if exact.is_some() || h.kind != Kind::Reset {
+            return exact.cloned();
+        }
+        [id.wrapping_add(1), id.wrapping_sub(1)]
+            .into_iter()
+            .filter_map(|recv_id| self.by_key.get(&(from, recv_id)))
+            .find(|s| s.send_id == h.conn_id)
+            .cloned()
     }
 
     /// Removes `shared` (not another connection that took its key since).
     fn remove(&mut self, shared: &Arc<Shared>) {
-        self.proven(shared);
         let key = &shared.key;
         if self.by_key.get(key).is_some_and(|s| Arc::ptr_eq(s, shared)) {
             self.by_key.remove(key);
@@ -155,6 +130,8 @@ pub struct UtpSocket {
     accepted: mpsc::Sender<UtpStream>,
     /// What all connections hold out of order, together.
     budget: Arc<Budget>,
+    /// The keys our answers to SYNs are made with.
+    cookies: Cookies,
     /// Connections made so far, both directions.
     opened: std::sync::atomic::AtomicU64,
     cancel: CancellationToken,
@@ -163,6 +140,8 @@ pub struct UtpSocket {
 
 struct Shared {
     key: Key,
+    /// The id our packets carry (fixed at creation): libutp's RESETs echo it.
+    send_id: u16,
     inner: Mutex<Inner>,
     kick: Notify,
 }
@@ -210,6 +189,7 @@ impl UtpSocket {
             conns: Mutex::new(Table::default()),
             accepted,
             budget: Budget::new(REORDER_BUDGET),
+            cookies: Cookies::default(),
             opened: Default::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -271,7 +251,8 @@ impl UtpSocket {
                     break id;
                 }
             };
-            let conn = Conn::connect(recv_id, rand::random(), Self::mss(&addr)).with_budget(self.budget.clone());
+            let conn =
+                Conn::connect(recv_id, rand::random(), Self::mss(&addr)).with_budget(self.budget.clone(), addr.ip());
             let shared = Shared::new((addr, recv_id), conn);
             if !conns.insert(&shared) {
                 return Err(io::Error::other("too many uTP connections"));
@@ -357,25 +338,26 @@ impl UtpSocket {
         match found {
             Some(s) => {
                 let mut inner = s.inner.lock().unwrap();
-                let was_half_open = inner.conn.is_half_open();
                 inner.conn.on_packet(&p, self.now());
-                let proven =
-                    was_half_open && !inner.conn.is_half_open() && !matches!(inner.conn.state(), State::Closed(_));
                 inner.wake();
                 drop(inner);
-                if proven {
-                    self.hand_over(&s);
-                }
                 if !touched.iter().any(|t| Arc::ptr_eq(t, &s)) {
                     touched.push(s);
                 }
             }
-            None if h.kind == Kind::Syn => self.accept(&h, from),
-            None if h.kind != Kind::Reset => {
-                conn::reset_for(&h, self.now(), scratch);
+            None if h.kind == Kind::Syn => {
+                let cookie = self.cookies.issue(self.now(), from, h.conn_id, h.seq_nr);
+                conn::syn_answer(&h, cookie, self.now(), scratch);
                 let _ = self.udp.try_send_to(scratch, from);
             }
-            None => {}
+            None if h.kind == Kind::Reset => {}
+            None => match self.accept(&p, from) {
+                Some(s) => touched.push(s),
+                None => {
+                    conn::reset_for(&h, self.now(), scratch);
+                    let _ = self.udp.try_send_to(scratch, from);
+                }
+            },
         }
     }
 
@@ -383,27 +365,40 @@ impl UtpSocket {
         self.conns.lock().unwrap().find(from, h)
     }
 
-    /// A SYN: a half-open connection answers it with a STATE, and waits
-    /// (holding nothing) for the packet that proves the peer got it.
-    fn accept(self: &Arc<Self>, syn: &packet::Header, from: SocketAddr) {
-        let conn = Conn::accept(syn, rand::random(), Self::mss(&from), self.now()).with_budget(self.budget.clone());
+    /// A packet for no connection: if it acknowledges the cookie we
+    /// answered a SYN with (its id one above the SYN's, its sequence number
+    /// the one after the SYN's), the connection is built, takes it in, and
+    /// goes to the session. None if it proves nothing, or there is no room.
+    fn accept(self: &Arc<Self>, p: &packet::Packet<'_>, from: SocketAddr) -> Option<Arc<Shared>> {
+        let h = &p.header;
+        if !matches!(h.kind, Kind::Data | Kind::State) {
+            return None;
+        }
+        let (syn_id, syn_seq, cookie) = (h.conn_id.wrapping_sub(1), h.seq_nr.wrapping_sub(1), h.ack_nr.wrapping_add(1));
+        let now = self.now();
+        if !self.cookies.check(now, from, syn_id, syn_seq, cookie) {
+            return None;
+        }
+        let syn = packet::Header { kind: Kind::Syn, conn_id: syn_id, seq_nr: syn_seq, ..*h };
+        let conn = Conn::accept(&syn, cookie, Self::mss(&from), now).with_budget(self.budget.clone(), from.ip());
         let shared = Shared::new((from, conn.recv_id()), conn);
-        let (added, pushed_out) = self.conns.lock().unwrap().insert_half_open(&shared);
-        if let Some(old) = pushed_out {
-            old.inner.lock().unwrap().conn.abort();
-            old.kick.notify_one();
+        if !self.conns.lock().unwrap().insert(&shared) {
+            return None;
         }
-        if added {
-            shared.kick.notify_one();
-            self.tasks.spawn(self.clone().drive(shared));
+        {
+            let mut inner = shared.inner.lock().unwrap();
+            inner.conn.on_packet(p, now);
+            debug_assert!(!inner.conn.is_half_open(), "the cookie was checked");
         }
+        self.tasks.spawn(self.clone().drive(shared.clone()));
+        self.hand_over(&shared);
+        Some(shared)
     }
 
-    /// The peer of a half-open connection showed it got our STATE: the
-    /// session gets the connection now. If the session is not keeping up,
-    /// the stream is dropped, which closes the connection.
+    /// The peer proved it got our answer to its SYN: the session gets the
+    /// connection now. If the session is not keeping up, the stream is
+    /// dropped, which closes the connection.
     fn hand_over(&self, s: &Arc<Shared>) {
-        self.conns.lock().unwrap().proven(s);
         if self.accepted.try_send(UtpStream::new(s.clone())).is_ok() {
             self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -458,6 +453,7 @@ impl Shared {
     fn new(key: Key, conn: Conn) -> Arc<Shared> {
         Arc::new(Shared {
             key,
+            send_id: conn.send_id(),
             inner: Mutex::new(Inner { conn, reader: None, writer: None, handles: 0, armed: 0 }),
             kick: Notify::new(),
         })
@@ -669,63 +665,50 @@ mod tests {
         assert_eq!(full.per_host.len(), hosts);
     }
 
-    #[test]
-    fn a_new_syn_pushes_out_the_oldest_half_open_connection_only() {
-        let mut table = Table::default();
-        let half_open = |i: usize| {
-            let syn = header(Kind::Syn, 1);
-            let from = SocketAddr::from(([10, 5, (i / 250) as u8, (i % 250) as u8], 1));
-            Shared::new((from, 2), Conn::accept(&syn, 9, MSS_V4, 0))
-        };
-        let dialled = |i: usize| {
-            Shared::new(
-                (SocketAddr::from(([10, 6, (i / 250) as u8, (i % 250) as u8], 1)), 7),
-                Conn::connect(7, 1, MSS_V4),
-            )
-        };
-        // Established connections fill all but the half-open share.
-        for i in 0..MAX_CONNECTIONS - MAX_HALF_OPEN / 2 {
-            assert!(table.insert(&dialled(i)));
-        }
-        let first: Vec<_> = (0..MAX_HALF_OPEN).map(half_open).collect();
-        for (i, s) in first.iter().enumerate() {
-            let (added, out) = table.insert_half_open(s);
-            assert!(added);
-            // Half of them fit; each after that pushes out the oldest.
-            assert_eq!(out.map(|o| o.key), (i >= MAX_HALF_OPEN / 2).then(|| first[i - MAX_HALF_OPEN / 2].key));
-        }
-        assert_eq!(table.by_key.len(), MAX_CONNECTIONS);
-        // Proven, a connection is no longer pushed out.
-        let keep = &first[MAX_HALF_OPEN / 2];
-        table.proven(keep);
-        for i in 0..MAX_HALF_OPEN {
-            assert!(table.insert_half_open(&half_open(MAX_HALF_OPEN + i)).0);
-        }
-        assert!(table.by_key.get(&keep.key).is_some_and(|s| Arc::ptr_eq(s, keep)));
-        assert!(table.half_open.len() < MAX_HALF_OPEN && table.by_key.len() == MAX_CONNECTIONS);
-        // A connection pushed out and its key taken again: its removal
-        // leaves the newcomer alone.
-        let again = half_open(0);
-        assert!(table.insert_half_open(&again).0);
-        table.remove(&first[0]);
-        assert!(table.by_key.get(&again.key).is_some_and(|s| Arc::ptr_eq(s, &again)));
-    }
-
     fn header(kind: Kind, conn_id: u16) -> packet::Header {
         packet::Header { kind, conn_id, timestamp: 0, timestamp_diff: 0, wnd_size: 0, seq_nr: 5, ack_nr: 0 }
     }
 
+    /// Issue #23 review (1): libutp (Transmission, µTorrent) answers a
+    /// packet for a connection it forgot with a RESET carrying the id that
+    /// packet carried: our send id. Heeded when its ack is one of our
+    /// latest; ignored otherwise, and under any other id.
     #[test]
-    fn a_reset_is_heeded_only_under_the_exact_receive_id() {
-        let mut table = Table::default();
+    fn a_libutp_reset_under_our_send_id_ends_the_connection_if_its_ack_is_recent() {
         let peer = SocketAddr::from(([10, 0, 0, 1], 6881));
-        let s = Shared::new((peer, 700), Conn::connect(700, 1, MSS_V4));
-        assert!(table.insert(&s));
-        let found = |id: u16, kind: Kind| table.find(peer, &header(kind, id)).is_some();
-        assert!(found(700, Kind::Reset) && found(700, Kind::Data));
-        assert!(!found(699, Kind::Reset) && !found(701, Kind::Reset), "a reset one id off");
-        assert!(found(699, Kind::Syn), "a SYN sent again carries the id below");
-        assert!(table.find(SocketAddr::from(([10, 0, 0, 1], 6882)), &header(Kind::Reset, 700)).is_none());
+        // Dialled: we receive under 700 and send under 701. Accepted (their
+        // SYN carried 900): we receive under 901 and send under 900.
+        let dialled = Shared::new((peer, 700), Conn::connect(700, 1, MSS_V4));
+        let syn = packet::Header { seq_nr: 40, ..header(Kind::Syn, 900) };
+        let accepted = Shared::new((peer, 901), Conn::accept(&syn, 5000, MSS_V4, 0));
+        for (s, send_id, good_ack) in [(&dialled, 701, 1), (&accepted, 900, 4999)] {
+            let mut table = Table::default();
+            assert!(table.insert(s));
+            let reset = |id: u16, ack_nr: u16| packet::Header { ack_nr, ..header(Kind::Reset, id) };
+            let recv_id = s.key.1;
+            for off in [2u16, 3, 0xffff - 1] {
+                let id = recv_id.wrapping_add(off);
+                assert!(table.find(peer, &reset(id, good_ack)).is_none(), "a reset under {id}");
+            }
+            assert!(table.find(SocketAddr::from(([10, 0, 0, 1], 6882)), &reset(send_id, good_ack)).is_none());
+            let heed = |h: packet::Header| {
+                let found = table.find(peer, &h).expect("found under our send id");
+                assert!(Arc::ptr_eq(&found, s));
+                let p = packet::Packet { header: h, sack: None, payload: &[] };
+                let mut inner = found.inner.lock().unwrap();
+                inner.conn.on_packet(&p, 10);
+                let state = inner.conn.state().clone();
+                state
+            };
+            assert!(!matches!(heed(reset(send_id, good_ack.wrapping_add(1000))), State::Closed(_)), "bad ack");
+            assert_eq!(heed(reset(send_id, good_ack)), State::Closed(End::Reset), "good ack");
+        }
+        // The exact receive id still works (an answer to our SYN), and a
+        // SYN sent again finds its connection under the id above.
+        let mut table = Table::default();
+        assert!(table.insert(&dialled) && table.insert(&accepted));
+        assert!(table.find(peer, &header(Kind::Reset, 700)).is_some_and(|f| Arc::ptr_eq(&f, &dialled)));
+        assert!(table.find(peer, &header(Kind::Syn, 900)).is_some_and(|f| Arc::ptr_eq(&f, &accepted)));
     }
 
     /// A SYN read off a socket that never answers: (conn id, seq nr).
@@ -794,7 +777,7 @@ mod tests {
             let flood = UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, host + 1), 0)).await.unwrap();
             syn_burst(&flood, to, u16::from(host) * 1000, MAX_PER_HOST as u16 - 4).await;
         }
-        assert!(b.connections() <= MAX_HALF_OPEN, "{} half-open connections", b.connections());
+        assert_eq!(b.connections(), 0, "SYNs keep nothing");
         let connect = tokio::time::timeout(Duration::from_secs(10), a.connect(to)).await;
         let mut out = connect.expect("the SYN was answered").expect("connected");
         out.write_all(b"hello").await.unwrap();
@@ -805,6 +788,70 @@ mod tests {
         assert_eq!(&got, b"hello");
         assert!(incoming.try_recv().is_err(), "no silent SYN was handed over");
         a.shut_down().await;
+        b.shut_down().await;
+    }
+
+    /// Issue #23 review (2): a fast flood of spoofed SYNs (100k, from
+    /// sources that never answer) arriving while an honest peer 200 ms
+    /// away completes its handshake: the peer is still handed over, and
+    /// the flood leaves nothing behind (no connection, no task).
+    #[tokio::test]
+    async fn a_spoofed_syn_flood_keeps_no_state_and_an_honest_peer_gets_in() {
+        tokio::time::pause();
+        let (b, mut incoming) = UtpSocket::start(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()), None);
+        let to = b.local_addr().unwrap();
+        let honest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let syn = packet::Header { seq_nr: 300, ..header(Kind::Syn, 4000) };
+        let mut d = Vec::new();
+        packet::write_header(&mut d, &syn, None);
+        honest.send_to(&d, to).await.unwrap();
+        let mut buf = [0u8; 1500];
+        let n = tokio::time::timeout(Duration::from_secs(5), honest.recv(&mut buf)).await.unwrap().unwrap();
+        let state = packet::parse(&buf[..n]).unwrap().header;
+        assert_eq!((state.kind, state.conn_id, state.ack_nr), (Kind::State, 4000, 300));
+        // The flood, from 16 addresses standing in for many spoofed ones
+        // (more than the half-open connections a socket kept before):
+        // each burst read before the next is sent.
+        let mut floods = Vec::new();
+        for host in 0..16u8 {
+            floods.push(UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 2, host + 1), 0)).await.unwrap());
+        }
+        let probe = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+        for burst in 0..1000u32 {
+            for i in 0..100u32 {
+                let id = (burst * 100 + i) as u16;
+                packet::write_header(&mut d, &header(Kind::Syn, id), None);
+                floods[i as usize % floods.len()].send_to(&d, to).await.unwrap();
+            }
+            packet::write_header(&mut d, &header(Kind::Data, 9), None);
+            probe.send_to(&d, to).await.unwrap();
+            loop {
+                let n = tokio::time::timeout(Duration::from_secs(5), probe.recv(&mut buf)).await.unwrap().unwrap();
+                if packet::parse(&buf[..n]).is_ok_and(|p| p.header.kind == Kind::Reset) {
+                    break;
+                }
+            }
+        }
+        assert_eq!(b.connections(), 0, "the flood keeps no state");
+        assert_eq!(b.tasks.len(), 1, "nor any task: the receive loop alone");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let first = packet::Header {
+            seq_nr: 301,
+            ack_nr: state.seq_nr.wrapping_sub(1),
+            wnd_size: 1 << 20,
+            ..header(Kind::Data, 4001)
+        };
+        packet::write_header(&mut d, &first, None);
+        d.extend_from_slice(b"hello");
+        honest.send_to(&d, to).await.unwrap();
+        let mut inc = tokio::time::timeout(Duration::from_secs(5), incoming.recv()).await.unwrap().unwrap();
+        assert_eq!(inc.peer_addr(), honest.local_addr().unwrap());
+        let mut got = [0u8; 5];
+        inc.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(b.connections(), 1);
+        assert!(incoming.try_recv().is_err(), "no spoofed SYN was handed over");
+        drop(inc);
         b.shut_down().await;
     }
 
