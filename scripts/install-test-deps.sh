@@ -4,7 +4,7 @@
 # something is missing.
 set -euo pipefail
 
-packages=(opentracker aria2 transmission-cli transmission-daemon python3-libtorrent mktorrent procps systemd strace)
+packages=(opentracker aria2 transmission-cli transmission-daemon python3-libtorrent mktorrent procps systemd strace tmux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

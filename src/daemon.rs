@@ -301,6 +301,7 @@ mod tests {
             error: None,
             tracker_error: None,
             trackers: Vec::new(),
+            added_at: 0,
         }
     }
 

@@ -95,6 +95,7 @@ impl MagnetEntry {
             error,
             tracker_error: None,
             trackers: Vec::new(),
+            added_at: 0,
         }
     }
 }

@@ -8,6 +8,7 @@ mod active;
 pub mod choker;
 pub mod clock;
 mod connect;
+pub mod detail;
 pub mod evict;
 pub mod fast;
 pub mod fetch;
@@ -603,6 +604,7 @@ impl TorrentShared {
             error: s.phase.error().map(str::to_string),
             tracker_error: latest_tracker_error(&trackers),
             trackers,
+            added_at: s.record.added_at,
         }
     }
 }
@@ -655,6 +657,9 @@ pub struct TorrentStatus {
     /// Each tracker's last answer and the counters last sent to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trackers: Vec<crate::tracker::pace::TrackerView>,
+    /// Unix seconds when it was added (0 for a magnet still fetching).
+    #[serde(default)]
+    pub added_at: u64,
 }
 
 impl<'de> serde::Deserialize<'de> for TorrentState {
