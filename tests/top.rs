@@ -134,6 +134,8 @@ fn top_lists_pauses_adds_filters_details_and_quits() {
         row(s, "alpha.bin").is_some_and(|r| r.contains("seeding"))
             && row(s, "bravo.bin").is_some_and(|r| r.contains("downloading"))
     });
+    // What the README shows (`--nocapture`).
+    eprintln!("{screen}");
     assert!(row(&screen, "alpha.bin").unwrap().contains("100%"), "{screen}");
     assert!(row(&screen, "bravo.bin").unwrap().contains("  0%"), "{screen}");
     assert!(screen.lines().nth(1).unwrap().contains("2 torrents: 1 downloading, 1 seeding"), "{screen}");
@@ -171,10 +173,10 @@ fn top_lists_pauses_adds_filters_details_and_quits() {
     tmux.keys(&["s"]);
     tmux.wait("sorted by progress", |s| s.contains("sort: progress"));
 
-    // The detail view of the selected torrent: files and trackers.
-    tmux.keys(&["Escape"]);
     tmux.keys(&["s", "s", "s", "s"]);
     tmux.wait("sorted by name", |s| s.contains("sort: name"));
+
+    // The detail view of the selected torrent: files and trackers.
     tmux.keys(&["k", "Enter"]);
     let screen = tmux.wait("the detail view", |s| s.contains("Files (1)") && s.contains("Trackers (1)"));
     assert!(screen.contains("alpha.bin") && screen.contains("127.0.0.1"), "{screen}");

@@ -150,7 +150,7 @@ impl App {
             if self.log.len() == LOG_LINES {
                 self.log.pop_front();
             }
-            self.log.push_back(printable(&l, 1000));
+            self.log.push_back(printable(&short_time(&l), 1000));
         }
         self.log_last = last;
     }
@@ -319,6 +319,18 @@ impl App {
         if self.cursor().is_none() {
             self.selected = self.rows.first().map(|&i| torrents[i].info_hash.clone());
         }
+    }
+}
+
+/// A log line with its `time=2026-12-06T22:27:01.417Z` cut to `22:27:01`
+/// (the pane is narrow; the file keeps the whole stamp).
+fn short_time(line: &str) -> std::borrow::Cow<'_, str> {
+    let stamp = line.strip_prefix("time=").and_then(|rest| rest.split_once(' '));
+    match stamp {
+        Some((t, rest)) if t.len() >= 19 && t.is_char_boundary(11) && t.is_char_boundary(19) => {
+            format!("{} {rest}", &t[11..19]).into()
+        }
+        _ => line.into(),
     }
 }
 
@@ -515,6 +527,9 @@ pub(crate) mod tests {
         assert_eq!(app.log.len(), LOG_LINES);
         assert_eq!(app.log[0], "line 5?[2J");
         assert_eq!(app.log_last, 1000);
+        app.on_log(vec!["time=2026-12-06T22:27:01.417Z level=info msg=added".into(), "time=x y".into()], 1002);
+        assert_eq!(app.log[LOG_LINES - 2], "22:27:01 level=info msg=added");
+        assert_eq!(app.log[LOG_LINES - 1], "time=x y");
         app.on_log(Vec::new(), 3);
         assert!(app.log.is_empty());
         assert_eq!(app.log_last, 0, "the next request asks from the first line");

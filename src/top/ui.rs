@@ -135,7 +135,7 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect) {
         widths.push(Constraint::Length(9));
     }
     head.extend(["DOWN", "UP"]);
-    widths.extend([Constraint::Length(10), Constraint::Length(10)]);
+    widths.extend([Constraint::Length(11), Constraint::Length(11)]);
     if wide {
         head.push("PEERS");
         widths.push(Constraint::Length(7));
