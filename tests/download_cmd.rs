@@ -134,3 +134,19 @@ fn bad_input_and_a_timeout_fail_with_a_message() {
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains("error: not complete within 3s"), "{said}");
 }
+
+#[test]
+fn with_a_seed_time_it_seeds_that_long_then_exits() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let swarm = Swarm::single("seeded.bin", 1 << 20, 16, 51);
+    let out = swarm.work.path().join("out");
+    let started = std::time::Instant::now();
+    let (mut p, log) = start(swarm.torrent.to_str().unwrap(), &out, &["--seed-time", "3s", "--timeout", "2m"]);
+    assert_eq!(finish(&mut p, &log, Duration::from_secs(150)), 0);
+    assert!(started.elapsed() >= Duration::from_secs(3), "exited before seeding 3 s");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.lines().any(|l| l.starts_with("stopped 100.0%")), "not stopped at the limit:\n{said}");
+    assert_same_tree(&swarm.data, &out);
+}
