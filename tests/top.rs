@@ -214,3 +214,44 @@ fn top_waits_for_a_daemon_that_goes_away_and_leaves_on_sigint() {
     unsafe { libc::kill(tmux.top_pid(), libc::SIGINT) };
     tmux.assert_exited_and_restored();
 }
+
+/// One request line to the control socket, its reply parsed.
+fn ask(d: &Dropseed, line: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.state_dir().join("control.sock")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
+#[test]
+fn the_log_and_detail_requests_top_uses() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let swarm = Swarm::single("gamma.bin", 1 << 20, 16, 3);
+    let d = Dropseed::start_with("");
+    assert!(d.cli(&["add", swarm.torrent.to_str().unwrap()]).status.success());
+    d.wait_state(&swarm.hash, "seeding", Duration::from_secs(60));
+
+    let detail = ask(&d, &format!(r#"{{"cmd":"detail","id":"{}"}}"#, &swarm.hash[..8]));
+    assert_eq!(detail["ok"], true, "{detail}");
+    assert_eq!(detail["torrents"].as_array().unwrap().len(), 1, "only the torrent asked: {detail}");
+    let files = &detail["detail"]["files"];
+    assert_eq!(files, &serde_json::json!([{"path": "gamma.bin", "size": 1 << 20, "done": 1 << 20}]), "{detail}");
+    assert!(detail["torrents"][0]["trackers"].as_array().is_some_and(|t| !t.is_empty()), "{detail}");
+    let missing = ask(&d, r#"{"cmd":"detail","id":"ffffffff"}"#);
+    assert_eq!((missing["ok"].as_bool(), missing["error"].as_str()), (Some(false), Some("not_found")), "{missing}");
+
+    let log = ask(&d, r#"{"cmd":"log","after":0}"#);
+    let lines = log["log"].as_array().unwrap();
+    assert!(!lines.is_empty() && lines.len() <= 200, "{log}");
+    assert!(lines.iter().any(|l| l.as_str().unwrap().contains("added from the control socket")), "{log}");
+    let last = log["log_last"].as_u64().unwrap();
+    let none = ask(&d, &format!(r#"{{"cmd":"log","after":{last}}}"#));
+    assert!(none["log"].as_array().unwrap().iter().all(|l| !l.as_str().unwrap().contains("added from")), "{none}");
+    let beyond = ask(&d, r#"{"cmd":"log","after":18446744073709551615}"#);
+    assert_eq!(beyond["log"], serde_json::json!([]), "{beyond}");
+}
