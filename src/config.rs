@@ -318,7 +318,7 @@ impl<'de> Deserialize<'de> for Span {
 
 /// A duration: "90m", "36h", "1.5d", "2 weeks", or parts in a row
 /// ("1d12h", "1h 30m"); a bare number is seconds.
-fn parse_span(s: &str) -> Result<u64, String> {
+pub fn parse_span(s: &str) -> Result<u64, String> {
     const UNITS: &str = "s, m (minutes), h, d, w; e.g. 90m, 36h, 1.5d, 1d12h";
     let text = s.trim();
     let mut rest = text;

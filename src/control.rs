@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
@@ -57,6 +57,15 @@ pub enum Request {
         id: String,
     },
     Reannounce {
+        id: String,
+    },
+    /// The daemon's recent log lines numbered after `after` (`dropseed top`).
+    Log {
+        #[serde(default)]
+        after: u64,
+    },
+    /// One torrent's status with its files and peers (`dropseed top`).
+    Detail {
         id: String,
     },
 }
@@ -90,6 +99,21 @@ pub struct Reply {
     /// The DHT's UDP port, with `status` when the DHT runs.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dht_port: Option<u16>,
+    /// Free bytes where downloads go, with `status`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub disk_free: Option<u64>,
+    /// The daemon's resident memory in bytes, with `status`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memory: Option<u64>,
+    /// Recent log lines, with `log`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub log: Option<Vec<String>>,
+    /// The newest log line's number, with `log`: the next request's `after`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub log_last: Option<u64>,
+    /// Files and peers of the one torrent asked, with `detail`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<crate::torrent::detail::TorrentDetail>,
 }
 
 impl Reply {
@@ -309,15 +333,37 @@ async fn read_line<R: AsyncBufRead + Unpin>(rd: &mut R, max: usize) -> Result<Op
     }
 }
 
+/// Log lines one `log` request returns at most.
+pub const MAX_LOG_LINES: usize = 200;
+
 async fn execute(req: Request, session: &Arc<Session>) -> Reply {
     match req {
-        Request::Status => Reply {
-            ok: true,
-            torrents: Some(session.statuses()),
-            dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
-            dht_nodes6: session.env.dht.as_ref().and_then(|d| d.node_count_of(crate::dht::family::Family::V6)),
-            dht_port: session.env.dht.as_ref().map(|d| d.port()),
-            ..Default::default()
+        Request::Status => {
+            let dir = session.env.download_dir.clone();
+            let (disk_free, memory) =
+                tokio::task::spawn_blocking(move || (disk_free(&dir), resident_memory())).await.unwrap_or_default();
+            Reply {
+                ok: true,
+                torrents: Some(session.statuses()),
+                dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
+                dht_nodes6: session.env.dht.as_ref().and_then(|d| d.node_count_of(crate::dht::family::Family::V6)),
+                dht_port: session.env.dht.as_ref().map(|d| d.port()),
+                disk_free,
+                memory,
+                ..Default::default()
+            }
+        }
+        Request::Log { after } => {
+            let (lines, last) = crate::logring::since(after, MAX_LOG_LINES);
+            let lines = lines.iter().map(|l| printable(l, crate::logring::MAX_LINE)).collect();
+            Reply { ok: true, log: Some(lines), log_last: Some(last), ..Default::default() }
+        }
+        Request::Detail { id } => match session.find(&id).map(|h| session.detail_of(&h)) {
+            Ok(Some((status, detail))) => {
+                Reply { ok: true, torrents: Some(vec![status]), detail: Some(detail), ..Default::default() }
+            }
+            Ok(None) => Reply::failed(ErrorKind::NotFound, format!("no torrent {}", printable(&id, 100))),
+            Err(e) => Reply::of(Err::<String, _>(e)),
         },
         Request::Add { source } => reply_of(add(session, source).await),
         Request::AddFile { name, .. } => Reply::err(format!("{}: add_file without its bytes", printable(&name, 200))),
@@ -337,6 +383,20 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
         },
         Request::Reannounce { id } => Reply::of(session.find(&id).and_then(|h| session.reannounce(h))),
     }
+}
+
+/// Free bytes on the filesystem holding `dir`, if it can be asked. Blocking.
+fn disk_free(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// This process's resident memory in bytes (Linux `/proc`). Blocking.
+fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// A pause, resume or recheck of the torrent `id` names.

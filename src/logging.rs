@@ -80,14 +80,29 @@ pub fn init(cfg: &Log, log_dir: &Path, console: bool) -> io::Result<LogHandle> {
     // The console shows the same lines as the file (journald keeps them).
     let console_layer = console
         .then(|| tracing_subscriber::fmt::layer().event_format(Logfmt).with_ansi(false).with_writer(std::io::stderr));
+    // The recent lines `dropseed top` follows over the control socket.
+    let ring_layer =
+        tracing_subscriber::fmt::layer().event_format(Logfmt).with_ansi(false).with_writer(crate::logring::RingWriter);
     tracing_subscriber::registry()
         .with(filter)
         .with(SpanFields)
         .with(file_layer)
         .with(console_layer)
+        .with(ring_layer)
         .try_init()
         .map_err(io::Error::other)?;
     Ok(LogHandle { filter: handle, _guard: guard, link })
+}
+
+/// Logging for a foreground command (`download`): `level` lines (a bare
+/// level applies to dropseed) to stderr only, no file.
+pub fn init_stderr(level: &str) -> Result<(), String> {
+    tracing_subscriber::registry()
+        .with(filter_for(level))
+        .with(SpanFields)
+        .with(tracing_subscriber::fmt::layer().event_format(Logfmt).with_ansi(false).with_writer(std::io::stderr))
+        .try_init()
+        .map_err(|e| e.to_string())
 }
 
 struct LinkState {

@@ -117,6 +117,33 @@ enum Command {
         #[command(subcommand)]
         action: ApiAction,
     },
+    /// A full-screen live view of the running daemon: torrents, totals and its log
+    /// (keys: j/k move, space pause/resume, + add, d remove, / filter, Enter details, ? help, q quit).
+    Top,
+    /// Download one torrent in the foreground, no daemon needed; exits 0 once the files
+    /// are verified in DIR (after seeding to the limit, if one is given).
+    #[command(after_help = "State is kept in DIR/.dropseed-download so a run cut short (Ctrl-C) resumes; \
+                            it is removed when done. Exit codes: 0 done, 1 bad input or the torrent failed, \
+                            3 --timeout reached, 130 interrupted.\n\nExamples:\n  \
+                            dropseed download 'magnet:?xt=urn:btih:0123...' -o ~/dl\n  \
+                            dropseed download film.torrent --seed-ratio 1.0 --timeout 2h")]
+    Download {
+        /// A magnet URI, a 40-digit info hash, or a .torrent or .magnet file.
+        #[arg(value_name = "MAGNET|FILE|HASH")]
+        source: String,
+        /// Where the files go.
+        #[arg(short = 'o', long = "output", value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Seed until this upload ratio before exiting.
+        #[arg(long, value_name = "R")]
+        seed_ratio: Option<f64>,
+        /// Seed this long before exiting (e.g. 90s, 30m, 2h).
+        #[arg(long, value_name = "T", value_parser = dropseed::config::parse_span)]
+        seed_time: Option<u64>,
+        /// Give up (exit 3) if not done within this time (e.g. 10m).
+        #[arg(long, value_name = "T", value_parser = dropseed::config::parse_span)]
+        timeout: Option<u64>,
+    },
     /// Print the default config, or check a config file.
     Config {
         /// Print the default config with every setting explained (the default action).
@@ -191,6 +218,19 @@ fn main() -> ExitCode {
         }
         Command::Run => run_daemon(cli.config.as_deref()),
         Command::Api { action } => api_command(cli.config.as_deref(), action),
+        Command::Top => run_top(cli.config.as_deref()),
+        Command::Download { source, dir, seed_ratio, seed_time, timeout } => {
+            let secs = |t: Option<u64>| t.map(std::time::Duration::from_secs);
+            let opts = dropseed::download::Options {
+                source,
+                dir,
+                seed_ratio,
+                seed_time: secs(seed_time),
+                timeout: secs(timeout),
+                tty: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            };
+            run_download(cli.config.as_deref(), opts)
+        }
         other => client(cli.config.as_deref(), other),
     }
 }
@@ -240,6 +280,71 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(text.as_bytes())
+}
+
+fn run_top(config_path: Option<&Path>) -> ExitCode {
+    let config = match load_config(config_path) {
+        Ok(c) => c.config,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match dropseed::top::run(config.control_socket()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dropseed top: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `download`: the defaults, or the `-c` file when one is named (its
+/// network, DHT and limits; its paths are not used).
+fn run_download(config_path: Option<&Path>, opts: dropseed::download::Options) -> ExitCode {
+    use dropseed::download::Outcome;
+    tune_allocator();
+    let base = match config_path {
+        None => dropseed::config::Config::default(),
+        Some(_) => match load_config(config_path) {
+            Ok(c) => c.config,
+            Err(e) => {
+                eprintln!("config error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    // Warnings (a tracker refusing, a disk error) on stderr; progress on stdout.
+    let _ = tracing_subscriber_stderr();
+    let dir = opts.dir.display().to_string();
+    // Ctrl-C (or a TERM) ends the run cleanly: the session saves what it has.
+    let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, quit.clone()) {
+            eprintln!("error: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let stop = async move {
+        while !quit.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let outcome = runtime().block_on(dropseed::download::run(&base, opts, stop));
+    match &outcome {
+        Outcome::Done { name } => eprintln!("done: {name} is in {dir}"),
+        Outcome::Interrupted => eprintln!("interrupted: run the same command again to resume"),
+        Outcome::TimedOut(t) => eprintln!(
+            "error: not complete within {}; what is on disk is kept, run again to resume",
+            human_duration(t.as_secs())
+        ),
+        Outcome::Failed(why) => eprintln!("error: {why}"),
+    }
+    ExitCode::from(outcome.exit_code())
+}
+
+fn tracing_subscriber_stderr() -> Result<(), String> {
+    dropseed::logging::init_stderr("warn")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -363,7 +468,9 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
         Command::Trackers { id, .. } => Request::Trackers { id },
         Command::Reannounce { id } => Request::Reannounce { id },
         Command::Remove { delete_data, id } => Request::Remove { id, delete_data },
-        Command::Run | Command::Config { .. } | Command::Api { .. } => unreachable!(),
+        Command::Run | Command::Top | Command::Download { .. } | Command::Config { .. } | Command::Api { .. } => {
+            unreachable!()
+        }
     };
     let reply = match runtime().block_on(control::request_with_body(&config.control_socket(), &req, &body)) {
         Ok(r) => r,

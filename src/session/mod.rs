@@ -398,6 +398,16 @@ impl Session {
         })
     }
 
+    /// One torrent's status with its files and peers (`dropseed top`'s
+    /// detail view); a magnet has no files yet and an empty detail.
+    pub fn detail_of(&self, hash: &InfoHash) -> Option<(TorrentStatus, crate::torrent::detail::TorrentDetail)> {
+        let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
+        Some(match source {
+            StatusSource::Torrent(shared) => (shared.status(), shared.detail()),
+            StatusSource::Ready(status) => (*status, Default::default()),
+        })
+    }
+
     /// Finds a torrent by name, name prefix or hash (see `lookup`), reading
     /// only names and hashes: no torrent's status is built.
     pub fn find(&self, id: &str) -> Result<InfoHash, SessionError> {

@@ -8,6 +8,7 @@ mod active;
 pub mod choker;
 pub mod clock;
 mod connect;
+pub mod detail;
 pub mod evict;
 pub mod fast;
 pub mod fetch;
