@@ -55,6 +55,12 @@ impl Tmux {
         assert!(self.run(&["send-keys", "-t", "top", "-l", text]).status.success());
     }
 
+    /// Text pasted as a bracketed paste (top asks for them).
+    fn paste(&self, text: &str) {
+        assert!(self.run(&["set-buffer", "--", text]).status.success());
+        assert!(self.run(&["paste-buffer", "-p", "-t", "top"]).status.success());
+    }
+
     fn format(&self, fmt: &str) -> String {
         let out = self.run(&["display-message", "-p", "-t", "top", fmt]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -182,6 +188,20 @@ fn top_lists_pauses_adds_filters_details_and_quits() {
     assert!(screen.contains("alpha.bin") && screen.contains("127.0.0.1"), "{screen}");
     tmux.keys(&["Escape"]);
     tmux.wait("the list again", |s| table(s).len() == 2);
+
+    // A paste in the list is never keys (`r` recheck, `D` `y` delete the
+    // data, `q` quit, space pause): it opens the add prompt holding it.
+    tmux.paste("dn=The.Dying.Light rDy q ");
+    let screen = tmux.wait("the add prompt holding the paste", |s| {
+        s.contains("add (magnet, hash or path): dn=The.Dying.Light rDy q _")
+    });
+    assert_eq!(table(&screen).len(), 2, "{screen}");
+    tmux.keys(&["Escape"]);
+    tmux.wait("the list again, without the prompt", |s| table(s).len() == 2 && !s.contains("add (magnet"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(d.torrent(&swarm.hash).unwrap()["state"], "seeding", "neither rechecked nor paused");
+    assert!(d.torrent(&bravo_hash).is_some());
+    assert!(!tmux.screen().contains("top exited"));
 
     // `+` adds a magnet typed (or pasted) at the prompt.
     let magnet_hash = "0123456789abcdef0123456789abcdef01234567";

@@ -193,6 +193,31 @@ impl App {
         }
     }
 
+    /// A bracketed paste: text for an open prompt, never keys. In the list
+    /// it opens the add prompt holding the text (a magnet or a path, most
+    /// likely); a confirmation, the detail view and the help ignore it, so a
+    /// pasted `y` or `q` answers nothing. Control characters are dropped and
+    /// the prompt keeps its bound.
+    pub fn on_paste(&mut self, pasted: &str) -> Action {
+        let (prompt, mut text) = match &self.mode {
+            Mode::Input { prompt, text } => (*prompt, text.clone()),
+            Mode::List if pasted.chars().any(|c| !c.is_control()) => (Prompt::Add, String::new()),
+            Mode::List | Mode::Confirm { .. } | Mode::Detail { .. } | Mode::Help => return Action::None,
+        };
+        for c in pasted.chars().filter(|c| !c.is_control()) {
+            if text.len() >= MAX_INPUT {
+                break;
+            }
+            text.push(c);
+        }
+        if prompt == Prompt::Filter {
+            self.filter = text.clone();
+            self.refilter();
+        }
+        self.mode = Mode::Input { prompt, text };
+        Action::None
+    }
+
     fn list_key(&mut self, key: KeyEvent) -> Action {
         let id = self.current().map(|t| t.info_hash.clone());
         match key.code {
@@ -258,7 +283,7 @@ impl App {
             KeyCode::Backspace => {
                 text.pop();
             }
-            // Pasted text arrives as characters; control characters never enter.
+            // Control characters never enter.
             KeyCode::Char(c) if !c.is_control() && text.len() < MAX_INPUT => text.push(c),
             _ => {}
         }
@@ -536,5 +561,68 @@ pub(crate) mod tests {
         assert_eq!(app.log_last, 0, "the next request asks from the first line");
         app.on_log(vec!["fresh".into()], 3);
         assert_eq!(app.log.iter().collect::<Vec<_>>(), ["fresh"]);
+    }
+
+    #[test]
+    fn a_paste_in_the_list_opens_the_add_prompt_and_never_acts_as_keys() {
+        let mut app = three();
+        let before = app.current().unwrap().info_hash.clone();
+        // `r` of urn, `D` and `y`, `q`, spaces and `?`: none may act.
+        let pasted = "magnet:?xt=urn:btih:0123&dn=The.Dying.Light quit yes\u{1b}[2J\n";
+        assert_eq!(app.on_paste(pasted), Action::None);
+        let want = "magnet:?xt=urn:btih:0123&dn=The.Dying.Light quit yes[2J";
+        assert_eq!(app.mode, Mode::Input { prompt: Prompt::Add, text: want.into() });
+        assert_eq!(app.current().unwrap().info_hash, before, "the selection did not move");
+        assert_eq!((app.sort, app.category.clone(), app.filter.as_str()), (Sort::Name, None, ""));
+        // Enter sends the pasted text as an add, and nothing else.
+        assert_eq!(app.on_key(code(KeyCode::Enter)), Action::Add(want.into()));
+        assert_eq!(app.mode, Mode::List);
+    }
+
+    #[test]
+    fn a_paste_goes_to_an_open_prompt_within_its_bound() {
+        let mut app = three();
+        app.on_key(key('+'));
+        app.on_key(key('m'));
+        assert_eq!(app.on_paste("agnet:?xt=urn:btih:ab\tcd"), Action::None);
+        assert_eq!(app.mode, Mode::Input { prompt: Prompt::Add, text: "magnet:?xt=urn:btih:abcd".into() });
+        assert_eq!(app.on_paste(&"y".repeat(3 * MAX_INPUT)), Action::None);
+        let Mode::Input { text, .. } = &app.mode else { panic!("{:?}", app.mode) };
+        assert_eq!(text.len(), MAX_INPUT);
+        // The filter narrows as a paste arrives.
+        app.on_key(code(KeyCode::Esc));
+        app.on_key(key('/'));
+        assert_eq!(app.on_paste("RL\r\n"), Action::None);
+        assert_eq!(names(&app), ["charlie"]);
+        assert_eq!(app.mode, Mode::Input { prompt: Prompt::Filter, text: "RL".into() });
+        // A paste of nothing printable in the list opens nothing.
+        app.on_key(code(KeyCode::Esc));
+        assert_eq!(app.on_paste("\u{3}\n"), Action::None);
+        assert_eq!(app.mode, Mode::List);
+    }
+
+    #[test]
+    fn a_paste_never_answers_a_confirmation_nor_leaves_a_view() {
+        let mut app = three();
+        for delete_data in [false, true] {
+            app.on_key(key(if delete_data { 'D' } else { 'd' }));
+            let confirm = app.mode.clone();
+            assert!(matches!(confirm, Mode::Confirm { .. }), "{confirm:?}");
+            for pasted in ["y", "Y", "yes", "y\n", "\u{3}"] {
+                assert_eq!(app.on_paste(pasted), Action::None, "{pasted:?}");
+                assert_eq!(app.mode, confirm, "the dialog stays open after {pasted:?}");
+            }
+            // Only a typed key answers it.
+            assert_eq!(app.on_key(key('n')), Action::None);
+            assert_eq!(app.mode, Mode::List);
+        }
+        // The detail view and the help ignore a paste too.
+        for open in [code(KeyCode::Enter), key('?')] {
+            app.on_key(open);
+            let view = app.mode.clone();
+            assert_eq!(app.on_paste("q\n?"), Action::None);
+            assert_eq!(app.mode, view);
+            app.on_key(code(KeyCode::Esc));
+        }
     }
 }

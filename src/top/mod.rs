@@ -15,7 +15,7 @@ pub mod ui;
 use crate::control::{self, Reply, Request};
 use app::{Action, App, Link, Mode, Snapshot};
 use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste, Event, KeyCode, KeyEventKind};
+use ratatui::crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste, Event, KeyEventKind};
 use ratatui::crossterm::{cursor, execute, terminal};
 use ratatui::Terminal;
 use std::io::{self, Stdout};
@@ -107,16 +107,14 @@ fn event_loop(
         if !event::poll(wait)? {
             continue;
         }
-        let actions = match event::read()? {
-            Event::Key(k) if k.kind != KeyEventKind::Release => vec![app.on_key(k)],
-            // A paste types its characters at the prompt.
-            Event::Paste(text) => {
-                text.chars().take(app::MAX_INPUT).map(|c| app.on_key(event::KeyEvent::from(KeyCode::Char(c)))).collect()
-            }
-            _ => Vec::new(),
+        let action = match event::read()? {
+            Event::Key(k) if k.kind != KeyEventKind::Release => Some(app.on_key(k)),
+            // Text for a prompt (in the list it opens the add prompt), never keys.
+            Event::Paste(text) => Some(app.on_paste(&text)),
+            _ => None,
         };
         let was_detail = matches!(app.mode, Mode::Detail { .. });
-        for action in actions {
+        if let Some(action) = action {
             match action {
                 Action::None => {}
                 Action::Quit => return Ok(()),
