@@ -386,7 +386,7 @@ async fn execute(req: Request, session: &Arc<Session>) -> Reply {
 }
 
 /// Free bytes on the filesystem holding `dir`, if it can be asked. Blocking.
-fn disk_free(dir: &Path) -> Option<u64> {
+pub(crate) fn disk_free(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

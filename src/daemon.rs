@@ -152,6 +152,10 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
             if new.hooks.max_running != old.hooks.max_running {
                 restart.push("hooks.max_running");
             }
+            // The API's user name and password hash are read live.
+            if new.api.listen != old.api.listen || new.api.hosts != old.api.hosts {
+                restart.push("api.listen/hosts");
+            }
             session.set_config(Arc::new(new));
             tracing::info!(
                 changed = %if changed.is_empty() { "nothing".to_string() } else { changed.join(",") },

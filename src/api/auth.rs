@@ -54,8 +54,6 @@ pub fn key_file(state_dir: &Path) -> PathBuf {
     state_dir.join("api-key.sha256")
 }
 
-/// The stored form of an API key. A key is 192 random bits, so a fast hash
-/// is enough: nothing can be guessed from it.
 /// The user name and password of an HTTP Basic header's value (after
 /// `Basic `), if it is base64 of `user:password` in UTF-8.
 pub fn basic_credentials(value: &str) -> Option<(String, String)> {
@@ -66,6 +64,8 @@ pub fn basic_credentials(value: &str) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
+/// The stored form of an API key. A key is 192 random bits, so a fast hash
+/// is enough: nothing can be guessed from it.
 pub fn key_digest(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -83,7 +83,11 @@ pub enum Gate {
     Banned(Instant),
 }
 
-/// Failed logins per address, and bans.
+/// Failed logins per address, and bans. An IPv6 client counts by its /64
+/// (one host can hold a whole /64). The map never holds more than
+/// [`MAX_TRACKED_IPS`] addresses, bans included: when full, expired entries
+/// go, then the oldest counters, then the oldest bans, an eighth of the map
+/// at once so that the cost of a flood stays amortised.
 #[derive(Default)]
 pub struct Throttle {
     ips: HashMap<IpAddr, Failures>,
@@ -95,8 +99,14 @@ enum Failures {
     Banned { until: Instant },
 }
 
+/// The address the throttle counts: IPv4 as is, IPv6 by its /64.
+fn throttle_key(ip: IpAddr) -> IpAddr {
+    crate::torrent::evict::host_of(ip)
+}
+
 impl Throttle {
     pub fn gate(&mut self, ip: IpAddr, now: Instant) -> Gate {
+        let ip = throttle_key(ip);
         match self.ips.get(&ip) {
             Some(Failures::Banned { until }) if *until > now => Gate::Banned(*until),
             Some(Failures::Banned { .. }) => {
@@ -108,8 +118,9 @@ impl Throttle {
     }
 
     pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        let ip = throttle_key(ip);
         if !self.ips.contains_key(&ip) && self.ips.len() >= MAX_TRACKED_IPS {
-            self.forget_stale(now);
+            self.make_room(now);
         }
         let next = match self.ips.get(&ip) {
             Some(Failures::Counting { count, last }) if now.duration_since(*last) < BAN => count + 1,
@@ -124,28 +135,33 @@ impl Throttle {
     }
 
     pub fn succeeded(&mut self, ip: IpAddr) {
-        self.ips.remove(&ip);
+        self.ips.remove(&throttle_key(ip));
     }
 
-    /// Makes room: expired entries go, then (a flood of addresses) the
-    /// oldest counters, never a ban in force.
-    fn forget_stale(&mut self, now: Instant) {
+    /// Makes room for an eighth of the map: expired entries go, then the
+    /// oldest counters, then (a flood of banned addresses) the bans that
+    /// began first.
+    fn make_room(&mut self, now: Instant) {
         self.ips.retain(|_, f| match f {
             Failures::Banned { until } => *until > now,
             Failures::Counting { last, .. } => now.duration_since(*last) < BAN,
         });
-        if self.ips.len() >= MAX_TRACKED_IPS {
-            let oldest = self
-                .ips
-                .iter()
-                .filter_map(|(ip, f)| match f {
-                    Failures::Counting { last, .. } => Some((*last, *ip)),
-                    Failures::Banned { .. } => None,
-                })
-                .min();
-            if let Some((_, ip)) = oldest {
-                self.ips.remove(&ip);
-            }
+        let keep = MAX_TRACKED_IPS - MAX_TRACKED_IPS / 8;
+        if self.ips.len() <= keep {
+            return;
+        }
+        let mut order: Vec<(bool, Instant, IpAddr)> = self
+            .ips
+            .iter()
+            .map(|(ip, f)| match f {
+                Failures::Counting { last, .. } => (false, *last, *ip),
+                Failures::Banned { until } => (true, *until, *ip),
+            })
+            .collect();
+        let excess = order.len() - keep;
+        order.select_nth_unstable(excess - 1);
+        for (_, _, ip) in &order[..excess] {
+            self.ips.remove(ip);
         }
     }
 
@@ -263,6 +279,33 @@ mod tests {
         }
         assert!(t.len() <= MAX_TRACKED_IPS);
         assert!(matches!(t.gate(banned, t0 + Duration::from_secs(60)), Gate::Banned(_)));
+    }
+
+    #[test]
+    fn ten_times_the_cap_in_addresses_and_bans_never_grow_the_map_past_it() {
+        let (mut t, t0) = (Throttle::default(), Instant::now());
+        for i in 0..(MAX_TRACKED_IPS as u32 * 10) {
+            let now = t0 + Duration::from_millis(i.into());
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            // Every address banned: bans count against the cap too.
+            for _ in 0..MAX_FAILURES {
+                t.failed(ip, now);
+            }
+            assert!(t.len() <= MAX_TRACKED_IPS, "{} after {i}", t.len());
+        }
+        let last = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + MAX_TRACKED_IPS as u32 * 10 - 1));
+        assert!(matches!(t.gate(last, t0 + Duration::from_secs(60)), Gate::Banned(_)), "the newest ban is kept");
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address() {
+        let (mut t, t0) = (Throttle::default(), Instant::now());
+        for i in 0..MAX_FAILURES {
+            t.failed(format!("2001:db8::{:x}", i + 1).parse().unwrap(), t0);
+        }
+        assert!(matches!(t.gate("2001:db8::ffff:1".parse().unwrap(), t0), Gate::Banned(_)));
+        assert_eq!(t.gate("2001:db8:0:1::1".parse().unwrap(), t0), Gate::Open, "another /64");
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub const MAX_FIELDS: usize = 256;
 pub struct Api {
     pub session: Arc<Session>,
     hosts: guard::Hosts,
-    username: String,
-    password_hash: String,
+    /// The password hash the sessions and the Basic digest were opened
+    /// under: when a reload changes it, they are dropped.
+    seen_hash: Mutex<String>,
     /// The API key's digest, if `dropseed api new-key` made one.
     key_digest: Option<String>,
     sessions: Mutex<Sessions>,
@@ -70,6 +71,22 @@ pub struct Api {
 impl Api {
     pub fn config(&self) -> Arc<Config> {
         self.session.env.config()
+    }
+
+    /// The user name and password hash of the live config (a SIGHUP can
+    /// rotate them). A new hash ends every session and forgets the Basic
+    /// header that passed, so a leaked password stops working at once.
+    fn credentials(&self) -> (String, String) {
+        let config = self.config();
+        let (user, phc) = (config.api.username.clone(), config.api.password_hash.clone());
+        let mut seen = self.seen_hash.lock().unwrap();
+        if *seen != phc {
+            *self.sessions.lock().unwrap() = Sessions::default();
+            *self.basic_passed.lock().unwrap() = None;
+            seen.clone_from(&phc);
+            tracing::info!("api password changed: sessions closed");
+        }
+        (user, phc)
     }
 }
 
@@ -92,8 +109,7 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, session: Arc<Sessio
     let key_digest = tokio::task::spawn_blocking(move || std::fs::read_to_string(key_file).ok()).await.ok().flatten();
     let api = Arc::new(Api {
         hosts: guard::Hosts::new(local, &config.api.hosts),
-        username: config.api.username.clone(),
-        password_hash: config.api.password_hash.clone(),
+        seen_hash: Mutex::new(config.api.password_hash.clone()),
         key_digest: key_digest.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()),
         sessions: Mutex::new(Sessions::default()),
         throttle: Mutex::new(Throttle::default()),
@@ -235,6 +251,7 @@ async fn require_login(State(api): State<Arc<Api>>, req: Request, next: Next) ->
 }
 
 fn logged_in(api: &Api, headers: &HeaderMap) -> bool {
+    api.credentials();
     if let (Some(digest), Some(key)) =
         (&api.key_digest, text(headers, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer ")))
     {
@@ -276,12 +293,22 @@ async fn login(State(api): State<Arc<Api>>, req: Request) -> Response {
         Err(r) => return r.into_response(),
     };
     let (user, password) = (form.get("username").to_string(), form.get("password").to_string());
-    let phc = api.password_hash.clone();
     // Logins from many addresses at once queue here rather than fill the
     // blocking pool with key derivations.
     let _slot = api.checks.acquire().await.expect("never closed");
+    // Again now: failures counted while this one waited may have banned
+    // the address (many connections at once get no more guesses), and
+    // the failure is counted before the slot is let go.
+    if let Gate::Banned(_) = api.throttle.lock().unwrap().gate(ip, Instant::now()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "Your IP address has been banned after too many failed authentication attempts.",
+        )
+            .into_response();
+    }
+    let (username, phc) = api.credentials();
     let good_password = tokio::task::spawn_blocking(move || auth::verify_password(&phc, &password)).await;
-    if user != api.username || !good_password.unwrap_or(false) {
+    if user != username || !good_password.unwrap_or(false) {
         api.throttle.lock().unwrap().failed(ip, Instant::now());
         return "Fails.".into_response();
     }
@@ -319,14 +346,19 @@ async fn basic_login(api: &Api, headers: &HeaderMap, ip: IpAddr) -> bool {
     if let Gate::Banned(_) = api.throttle.lock().unwrap().gate(ip, Instant::now()) {
         return false;
     }
+    // A header that is no `user:password` is no guess: refused without
+    // counting (and without growing the throttle at no cost).
     let Some((user, password)) = auth::basic_credentials(value) else {
-        api.throttle.lock().unwrap().failed(ip, Instant::now());
         return false;
     };
-    let phc = api.password_hash.clone();
     let _slot = api.checks.acquire().await.expect("never closed");
+    // Checked again with the slot held, as in `login`.
+    if let Gate::Banned(_) = api.throttle.lock().unwrap().gate(ip, Instant::now()) {
+        return false;
+    }
+    let (username, phc) = api.credentials();
     let good = tokio::task::spawn_blocking(move || auth::verify_password(&phc, &password)).await.unwrap_or(false);
-    if user != api.username || !good {
+    if user != username || !good {
         api.throttle.lock().unwrap().failed(ip, Instant::now());
         return false;
     }

@@ -275,11 +275,14 @@ pub struct Query {
 /// Filters, sorts (by any field, as its JSON value) and pages `all`.
 pub fn select(all: Vec<TorrentInfo>, q: &Query) -> Vec<TorrentInfo> {
     let filter = q.filter.unwrap_or(Filter::All);
+    // Up to 10,000 hashes: looked up, not scanned.
+    let wanted: Option<std::collections::HashSet<&str>> =
+        q.hashes.as_ref().map(|hs| hs.iter().map(String::as_str).collect());
     let mut out: Vec<TorrentInfo> = all
         .into_iter()
         .filter(|t| filter.accepts(t))
         .filter(|t| q.category.as_ref().is_none_or(|c| &t.category == c))
-        .filter(|t| q.hashes.as_ref().is_none_or(|hs| hs.contains(&t.hash)))
+        .filter(|t| wanted.as_ref().is_none_or(|hs| hs.contains(t.hash.as_str())))
         .collect();
     if let Some(key) = &q.sort {
         let mut keyed: Vec<(serde_json::Value, TorrentInfo)> = out.into_iter().map(|t| (field(&t, key), t)).collect();

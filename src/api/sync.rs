@@ -3,7 +3,7 @@
 //! (`full_update: true`, with a fresh `rid`), which is well-formed for any
 //! `rid` a client sends back; real deltas come later.
 
-use super::torrents::{all_infos, categories_json};
+use super::torrents::{categories_json, infos_of};
 use super::{Api, Params};
 use crate::torrent::TorrentStatus;
 use axum::extract::State;
@@ -20,7 +20,7 @@ pub fn routes() -> Router<Arc<Api>> {
 }
 
 /// Totals over all torrents, in `transfer/info`'s shape.
-pub fn server_state(all: &[TorrentStatus], config: &crate::config::Config) -> Value {
+pub fn server_state(all: &[TorrentStatus], config: &crate::config::Config, machine: Machine) -> Value {
     let sum = |f: fn(&TorrentStatus) -> u64| all.iter().map(f).sum::<u64>();
     json!({
         "dl_info_speed": sum(|t| t.download_rate),
@@ -29,22 +29,44 @@ pub fn server_state(all: &[TorrentStatus], config: &crate::config::Config) -> Va
         "up_info_data": sum(|t| t.uploaded),
         "dl_rate_limit": config.limits.download_rate.0,
         "up_rate_limit": config.limits.upload_rate.0,
-        "dht_nodes": 0,
+        "dht_nodes": machine.dht_nodes,
         "connection_status": "connected",
         "use_alt_speed_limits": false,
         "refresh_interval": 1500,
-        "free_space_on_disk": 0,
+        "free_space_on_disk": machine.free_space_on_disk,
         "queueing": config.limits.max_active_downloads > 0,
     })
 }
 
+/// What `server_state` says beyond the torrents: the disk and the DHT.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Machine {
+    pub free_space_on_disk: u64,
+    pub dht_nodes: usize,
+}
+
+/// Free space where downloads go (as the control socket's `status`) and
+/// the DHT's nodes.
+pub async fn machine(api: &Api) -> Machine {
+    let dir = api.session.env.download_dir.clone();
+    let free = tokio::task::spawn_blocking(move || crate::control::disk_free(&dir)).await.ok().flatten();
+    Machine {
+        free_space_on_disk: free.unwrap_or(0),
+        dht_nodes: api.session.env.dht.as_ref().map_or(0, |d| d.node_count()),
+    }
+}
+
 pub async fn transfer_info(State(api): State<Arc<Api>>) -> Json<Value> {
-    Json(server_state(&api.session.statuses(), &api.config()))
+    Json(server_state(&api.session.statuses(), &api.config(), machine(&api).await))
 }
 
 async fn maindata(State(api): State<Arc<Api>>, _p: Params) -> Json<Value> {
-    let torrents: serde_json::Map<String, Value> =
-        all_infos(&api).into_iter().map(|t| (t.hash.clone(), serde_json::to_value(t).unwrap_or(Value::Null))).collect();
+    // One snapshot for the torrents and the totals.
+    let all = api.session.statuses();
+    let torrents: serde_json::Map<String, Value> = infos_of(&api, &all)
+        .into_iter()
+        .map(|t| (t.hash.clone(), serde_json::to_value(t).unwrap_or(Value::Null)))
+        .collect();
     let rid = api.rid.fetch_add(1, Ordering::Relaxed) + 1;
     Json(json!({
         "rid": rid,
@@ -56,7 +78,7 @@ async fn maindata(State(api): State<Arc<Api>>, _p: Params) -> Json<Value> {
         "tags": [],
         "tags_removed": [],
         "trackers": {},
-        "server_state": server_state(&api.session.statuses(), &api.config()),
+        "server_state": server_state(&all, &api.config(), machine(&api).await),
     }))
 }
 

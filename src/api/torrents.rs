@@ -67,9 +67,14 @@ fn status(code: StatusCode, text: &str) -> Response {
 
 /// Every torrent in the API's shape.
 pub fn all_infos(api: &Api) -> Vec<model::TorrentInfo> {
+    infos_of(api, &api.session.statuses())
+}
+
+/// These torrents in the API's shape.
+pub fn infos_of(api: &Api, all: &[crate::torrent::TorrentStatus]) -> Vec<model::TorrentInfo> {
     let config = api.config();
     let now = crate::resume::now_unix();
-    api.session.statuses().iter().map(|t| model::torrent_info(t, &config.complete_dir(&t.category), now)).collect()
+    all.iter().map(|t| model::torrent_info(t, &config.complete_dir(&t.category), now)).collect()
 }
 
 async fn info(State(api): State<Arc<Api>>, p: Params) -> Json<Vec<model::TorrentInfo>> {
@@ -261,13 +266,38 @@ fn targets(api: &Api, p: &Params) -> Vec<InfoHash> {
     }
 }
 
+/// Commands running at once for one request.
+const COMMANDS_AT_ONCE: usize = 16;
+/// How long a command request waits for its commands before it answers:
+/// qBittorrent answers at once, the change is seen in `torrents/info`.
+const COMMAND_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Pause, resume or recheck of every target. Each command runs in its own
+/// task (at most [`COMMANDS_AT_ONCE`] at a time), so a request dropped by
+/// its client or by the request timeout never cancels one half-way, and a
+/// torrent slow to reach its state does not hold up the others nor the
+/// answer, which comes once the commands are under way.
 async fn run_command(api: &Arc<Api>, p: &Params, cmd: fn() -> Cmd) -> Response {
-    for hash in targets(api, p) {
-        if let Err(e) = api.session.command(hash, cmd()).await {
-            // qBittorrent ignores hashes it does not know.
-            tracing::debug!(hash = %hash.short(), error = %e, "api command not carried out");
+    let hashes = targets(api, p);
+    let session = api.session.clone();
+    let driver = tokio::spawn(async move {
+        let mut running = tokio::task::JoinSet::new();
+        for hash in hashes {
+            while running.len() >= COMMANDS_AT_ONCE {
+                running.join_next().await;
+            }
+            let session = session.clone();
+            running.spawn(async move {
+                if let Err(e) = session.command(hash, cmd()).await {
+                    // qBittorrent ignores hashes it does not know.
+                    tracing::debug!(hash = %hash.short(), error = %e, "api command not carried out");
+                }
+            });
         }
-    }
+        while running.join_next().await.is_some() {}
+    });
+    // Dropping the handle on time-out leaves the driver running.
+    let _ = tokio::time::timeout(COMMAND_ANSWER_WAIT, driver).await;
     "".into_response()
 }
 
@@ -284,21 +314,32 @@ async fn recheck(State(api): State<Arc<Api>>, p: Params) -> Response {
 }
 
 async fn reannounce(State(api): State<Arc<Api>>, p: Params) -> Response {
-    for hash in targets(&api, &p) {
-        let _ = api.session.reannounce(hash);
-    }
+    let (hashes, session) = (targets(&api, &p), api.session.clone());
+    let _ = tokio::spawn(async move {
+        for hash in hashes {
+            let _ = session.reannounce(hash);
+        }
+    })
+    .await;
     "".into_response()
 }
 
+/// Removals run in a task of their own and the request awaits it: a client
+/// that hangs up (or the request timeout) drops the request, never a
+/// removal half-way, which would leave its registry slot reserved.
 async fn delete(State(api): State<Arc<Api>>, p: Params) -> Response {
     let delete_files = p.flag("deleteFiles");
-    for hash in targets(&api, &p) {
-        match api.session.remove(hash, delete_files).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(hash = %hash.short(), error = %e, "api delete not carried out"),
+    let (hashes, session) = (targets(&api, &p), api.session.clone());
+    let _ = tokio::spawn(async move {
+        for hash in hashes {
+            match session.remove(hash, delete_files).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(hash = %hash.short(), error = %e, "api delete not carried out"),
+            }
         }
-    }
+    })
+    .await;
     "".into_response()
 }
 
@@ -405,12 +446,20 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     }
     let items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
     let stopped = p.flag("stopped") || p.flag("paused");
-    let mut added = 0;
-    for item in items.into_iter().flatten() {
-        if add_one(api, item, &category, stopped).await {
-            added += 1;
+    // In a task of its own, awaited: a dropped request never cancels an add
+    // half-way (its registry slot reserved, its state files half written).
+    let api = api.clone();
+    let added = tokio::spawn(async move {
+        let mut added = 0;
+        for item in items.into_iter().flatten() {
+            if add_one(&api, item, &category, stopped).await {
+                added += 1;
+            }
         }
-    }
+        added
+    })
+    .await
+    .unwrap_or(0);
     if added == 0 {
         return Err(AddError::Fails);
     }
