@@ -235,6 +235,31 @@ fn top_waits_for_a_daemon_that_goes_away_and_leaves_on_sigint() {
     tmux.assert_exited_and_restored();
 }
 
+/// A terminal that goes away (the SSH session or tmux dies under it) ends
+/// `top` within seconds instead of leaving it spinning on a dead terminal.
+#[test]
+fn top_exits_when_its_terminal_goes_away() {
+    if !tmux_present() {
+        return;
+    }
+    let d = Dropseed::start_with("");
+    let tmux = Tmux::top(&d.config);
+    tmux.wait("the empty list", |s| s.contains("no torrents"));
+    let pid = tmux.top_pid();
+    assert!(tmux.run(&["kill-server"]).status.success());
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let still = running();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(!still, "top (pid {pid}) still runs 10 s after its terminal went away");
+}
+
 /// One request line to the control socket, its reply parsed.
 fn ask(d: &Dropseed, line: &str) -> serde_json::Value {
     use std::io::{BufRead, Write};

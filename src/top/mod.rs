@@ -41,11 +41,55 @@ pub fn run(socket: PathBuf) -> io::Result<()> {
         signal_hook::flag::register(sig, quit.clone())?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    watch_terminal(quit.clone())?;
     let color = colors_wanted(std::env::var("NO_COLOR").ok().as_deref(), std::env::var("TERM").ok().as_deref());
     let mut term = Screen::enter()?;
     let result = event_loop(&mut term.0, &rt, &socket, &quit, App::new(color));
     drop(term);
     result
+}
+
+/// How often the terminal watch looks, and how long a quit may take.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+const QUIT_GRACE: Duration = Duration::from_secs(2);
+
+/// crossterm's reader spins forever on a terminal that hung up (its read
+/// loop retries end-of-file and EIO without returning), so `top` would
+/// burn a core after its SSH session or tmux went away, deaf to signals.
+/// A thread of its own watches the terminal and the quit flag, and ends
+/// the process when the event loop cannot.
+fn watch_terminal(quit: Arc<AtomicBool>) -> io::Result<()> {
+    use std::io::IsTerminal;
+    if !io::stdin().is_terminal() {
+        return Ok(()); // crossterm reads /dev/tty then; nothing here to watch
+    }
+    let watch = move || {
+        let mut quit_since: Option<Instant> = None;
+        loop {
+            std::thread::sleep(WATCH_EVERY);
+            if terminal_hung_up() {
+                // Nothing to restore: the terminal is gone.
+                std::process::exit(1);
+            }
+            if quit.load(Ordering::Relaxed) {
+                let since = *quit_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > QUIT_GRACE {
+                    restore();
+                    std::process::exit(0);
+                }
+            }
+        }
+    };
+    std::thread::Builder::new().name("top-terminal".into()).spawn(watch).map(drop)
+}
+
+/// Whether standard input, the terminal, has hung up (POLLHUP or an error).
+fn terminal_hung_up() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let stdin = io::stdin();
+    let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+    poll(&mut fds, Some(&now)).is_ok() && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
 }
 
 /// The terminal in raw mode on the alternate screen; dropping it (or a
