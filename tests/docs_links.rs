@@ -33,13 +33,17 @@ fn md_in(dir: &Path) -> Vec<PathBuf> {
     entries.flatten().map(|e| e.path()).filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "md")).collect()
 }
 
-/// The lines of a Markdown text outside fenced code blocks, numbered from 1.
-fn prose_lines(text: &str) -> Vec<(usize, &str)> {
+/// The lines of a Markdown text outside fenced code blocks, numbered from
+/// 1, with HTML comments blanked out (GitHub renders neither's links).
+fn prose_lines(text: &str) -> Vec<(usize, String)> {
     let mut fence: Option<&str> = None;
+    let mut in_comment = false;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim_start();
-        let marker = if t.starts_with("```") {
+        let marker = if in_comment {
+            None
+        } else if t.starts_with("```") {
             Some("```")
         } else if t.starts_with("~~~") {
             Some("~~~")
@@ -49,11 +53,41 @@ fn prose_lines(text: &str) -> Vec<(usize, &str)> {
         match (fence, marker) {
             (None, Some(m)) => fence = Some(m),
             (Some(f), Some(m)) if f == m => fence = None,
-            (None, None) => out.push((i + 1, line)),
+            (None, None) => out.push((i + 1, without_comments(line, &mut in_comment))),
             _ => {}
         }
     }
     out
+}
+
+/// A line without the parts inside `<!-- -->`; `open` carries a comment
+/// left open across lines.
+fn without_comments(line: &str, open: &mut bool) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    loop {
+        if *open {
+            match rest.find("-->") {
+                Some(end) => {
+                    *open = false;
+                    rest = &rest[end + 3..];
+                }
+                None => return out,
+            }
+        } else {
+            match rest.find("<!--") {
+                Some(start) => {
+                    out.push_str(&rest[..start]);
+                    *open = true;
+                    rest = &rest[start + 4..];
+                }
+                None => {
+                    out.push_str(rest);
+                    return out;
+                }
+            }
+        }
+    }
 }
 
 /// A line with its inline code spans blanked out (links inside them are text).
@@ -161,7 +195,7 @@ fn broken_links(root: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(&file).unwrap();
         let shown = file.strip_prefix(root).unwrap_or(&file).display().to_string();
         for (n, line) in prose_lines(&text) {
-            for target in link_targets(line) {
+            for target in link_targets(&line) {
                 if let Some(why) = check_target(&file, &text, &target) {
                     broken.push(format!("{shown}:{n}: ({target}): {why}"));
                 }
@@ -230,6 +264,11 @@ fn link_targets_skip_code_and_keep_images() {
     assert_eq!(link_targets("see [a](x.md#b) and ![pic](images/p.png \"t\")"), ["x.md#b", "images/p.png"]);
     assert!(link_targets("`[a](nowhere.md)` is code").is_empty());
     assert!(prose_lines("```\n[a](nowhere.md)\n```\n").is_empty());
+    let lines: Vec<String> = prose_lines("a <!-- [x](x.md) --> b\n<!--\n![p](p.png)\n--> [c](c.md)\n")
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(lines, ["a  b", "", "", " [c](c.md)"]);
 }
 
 /// The checker itself: a tree with one good and three broken links reports
