@@ -264,10 +264,8 @@ fn link_targets_skip_code_and_keep_images() {
     assert_eq!(link_targets("see [a](x.md#b) and ![pic](images/p.png \"t\")"), ["x.md#b", "images/p.png"]);
     assert!(link_targets("`[a](nowhere.md)` is code").is_empty());
     assert!(prose_lines("```\n[a](nowhere.md)\n```\n").is_empty());
-    let lines: Vec<String> = prose_lines("a <!-- [x](x.md) --> b\n<!--\n![p](p.png)\n--> [c](c.md)\n")
-        .into_iter()
-        .map(|(_, l)| l)
-        .collect();
+    let lines: Vec<String> =
+        prose_lines("a <!-- [x](x.md) --> b\n<!--\n![p](p.png)\n--> [c](c.md)\n").into_iter().map(|(_, l)| l).collect();
     assert_eq!(lines, ["a  b", "", "", " [c](c.md)"]);
 }
 
