@@ -7,7 +7,7 @@
 # It creates the system user and group `dropseed` (no home skeleton, no
 # login), the data folder /var/lib/dropseed (group-writable and setgid, so
 # everything in it stays in group dropseed), installs the binary, the README
-# (the unit's Documentation=), a config in /etc/dropseed/dropseed.toml (kept
+# and docs/ (the unit's Documentation=), a config in /etc/dropseed/dropseed.toml (kept
 # if one is there) and the unit; then starts the service if systemd runs.
 # Run again after a new build to upgrade: the binary and the unit are
 # replaced, the config is kept, a running service is restarted.
@@ -37,6 +37,7 @@ fi
 install -d -o dropseed -g dropseed -m 2770 "$DATA"
 install -m 755 "$BIN" /usr/local/bin/dropseed
 install -D -m 644 README.md /usr/local/share/doc/dropseed/README.md
+install -D -m 644 -t /usr/local/share/doc/dropseed/docs docs/*.md
 install -d -m 755 /etc/dropseed
 if [ ! -e "$CONFIG" ]; then
     # The default config with its folders under /var/lib/dropseed.

@@ -13,9 +13,9 @@
 //! - `socket.rs`: the runtime on a UDP socket shared with the DHT, and
 //!   [`UtpStream`], the byte stream the peer code sees.
 //!
-//! Why our own: see the README's design note under "uTP". In short, the
-//! crates there lack either delay-based congestion control or a streaming
-//! read.
+//! Why our own: see the design note "Why our own uTP" in
+//! docs/architecture.md. In short, the crates there lack either delay-based
+//! congestion control or a streaming read.
 
 mod batch;
 mod budget;
