@@ -1,0 +1,146 @@
+// Sets Flood up against dropseed and reads its torrent list in headless
+// Chromium, as a user sees it. Run by tests/flood.rs, which starts dropseed
+// and Flood and asserts on what this prints; it asserts nothing itself.
+//
+// 1. Flood's own HTTP API: register the first (admin) user with dropseed as
+//    its qBittorrent client, then ask Flood for its connection test.
+// 2. Chromium (playwright-core, the system's /usr/bin/chromium): log in
+//    through Flood's form, wait until the list shows every expected name,
+//    then print one JSON line per torrent row (its name, its classes, which
+//    carry Flood's status, and its text, which carries the progress) and
+//    the sidebar's status filters, and save a screenshot.
+//
+// Environment: FLOOD_URL, QBT_URL, QBT_USER, QBT_PASSWORD, CHROMIUM,
+// EXPECT_NAMES (JSON list), SCREENSHOT (path), TIMEOUT_MS.
+
+'use strict';
+
+const { chromium } = require('playwright-core');
+
+const env = (name) => {
+  const v = process.env[name];
+  if (v === undefined || v === '') throw new Error(`${name} is not set`);
+  return v;
+};
+
+const floodUrl = env('FLOOD_URL');
+const expectNames = JSON.parse(env('EXPECT_NAMES'));
+const timeout = Number(process.env.TIMEOUT_MS || 30000);
+// Flood's own user: nothing to do with dropseed's credentials.
+const floodUser = 'flood-admin';
+const floodPassword = 'flood test password';
+
+const say = (what, data) => console.log(JSON.stringify({ what, ...data }));
+
+async function api(path, init = {}) {
+  const res = await fetch(`${floodUrl}/api${path}`, {
+    ...init,
+    headers: { 'Content-Type': 'application/json', ...(init.headers || {}) },
+  });
+  const text = await res.text();
+  return { status: res.status, text, cookie: res.headers.get('set-cookie') };
+}
+
+async function register() {
+  const body = {
+    username: floodUser,
+    password: floodPassword,
+    level: 10,
+    client: {
+      client: 'qBittorrent',
+      type: 'web',
+      version: 1,
+      url: env('QBT_URL'),
+      username: env('QBT_USER'),
+      password: env('QBT_PASSWORD'),
+    },
+  };
+  const r = await api('/auth/register?cookie=false', { method: 'POST', body: JSON.stringify(body) });
+  if (r.status !== 200) throw new Error(`Flood refused the registration: ${r.status} ${r.text}`);
+  const login = await api('/auth/authenticate', {
+    method: 'POST',
+    body: JSON.stringify({ username: floodUser, password: floodPassword }),
+  });
+  if (login.status !== 200) throw new Error(`Flood login: ${login.status} ${login.text}`);
+  const jwt = login.cookie.split(';')[0];
+  const test = await api('/client/connection-test', { headers: { Cookie: jwt } });
+  say('connection-test', { status: test.status, body: test.text });
+  const settings = await api('/client/settings', { headers: { Cookie: jwt } });
+  say('client-settings', { status: settings.status, body: settings.text });
+  // The expanded list: a row with its name, status and "NN%" as text.
+  const view = await api('/settings', {
+    method: 'PATCH',
+    headers: { Cookie: jwt },
+    body: JSON.stringify({ torrentListViewSize: 'expanded' }),
+  });
+  if (view.status !== 200) throw new Error(`Flood settings: ${view.status} ${view.text}`);
+}
+
+async function readList(page) {
+  return page.$$eval(
+    '.torrent',
+    (rows, dump) =>
+      rows.map((row) => ({
+        name: (row.querySelector('.torrent__details__section--primary') || row).textContent.trim(),
+        classes: row.className,
+        text: row.innerText.replace(/\s+/g, ' ').trim(),
+        html: dump ? row.outerHTML : undefined,
+      })),
+    Boolean(process.env.DUMP_HTML),
+  );
+}
+
+async function browse() {
+  const browser = await chromium.launch({
+    executablePath: env('CHROMIUM'),
+    // Loopback only: nothing of Chromium's own reaches the network.
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+    timeout,
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 560 } });
+    page.on('pageerror', (e) => say('page-error', { message: String(e) }));
+    page.on('console', (m) => m.type() === 'error' && say('console-error', { message: m.text() }));
+    page.on('response', (r) => r.status() >= 400 && say('http-error', { url: r.url(), status: r.status() }));
+    await page.goto(`${floodUrl}/login`, { timeout });
+    await page.fill('input[name="username"]', floodUser, { timeout });
+    await page.fill('input[name="password"]', floodPassword);
+    await page.click('button[type="submit"]');
+    await page.waitForSelector('.torrent', { timeout });
+    // Until every expected name is listed (the first poll may be partial).
+    const deadline = Date.now() + timeout;
+    let rows = await readList(page);
+    while (!expectNames.every((n) => rows.some((r) => r.name === n)) && Date.now() < deadline) {
+      await page.waitForTimeout(250);
+      rows = await readList(page);
+    }
+    // The "loading" overlay fades out once every dependency has arrived.
+    await page.waitForSelector('.application__loading-overlay', { state: 'detached', timeout });
+    for (const row of rows) say('row', row);
+    const filters = await page.$$eval('.sidebar-filter__item', (items) =>
+      items.map((i) => i.innerText.replace(/\s+/g, ' ').trim()),
+    );
+    say('sidebar', { filters });
+    await page.screenshot({ path: env('SCREENSHOT') });
+    say('screenshot', { path: env('SCREENSHOT') });
+  } finally {
+    await browser.close();
+  }
+}
+
+(async () => {
+  await register();
+  await browse();
+  say('done', {});
+})().catch((e) => {
+  say('failed', { message: String(e && e.stack ? e.stack : e) });
+  process.exit(1);
+});
