@@ -21,6 +21,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const PASSWORD: &str = "flood's password";
+/// The torrent the swarm's aria2 seeds, slowly.
+const DOWNLOADING: &str = "Elephants.Dream.2006.mkv";
+/// The torrent added through Flood (no seeder: it waits for peers).
+const ADDED: &str = "Big.Buck.Bunny.2008.mkv";
 
 /// tests/flood with its pinned packages installed, if they are.
 fn flood_dir() -> Option<PathBuf> {
@@ -62,37 +66,41 @@ fn preload(data: &Path, dir: &Path) {
 
 /// dropseed with the API on, and three torrents as a seedbox has them:
 /// one seeding (complete, category `movies`), one stopped (category `tv`),
-/// one waiting for peers (no category). Returns it, the API port and the
-/// names in that order.
-fn seedbox(tracker: &Tracker, work: &Path) -> (Dropseed, u16, [String; 3]) {
-    let names = ["Sintel.2010.720p.mkv", "Tears.of.Steel.2012.mkv", "Elephants.Dream.2006.mkv"].map(String::from);
-    let made: Vec<_> =
-        names.iter().enumerate().map(|(i, n)| tracked_torrent(tracker, work, n, 2 << 20, 70 + i as u64)).collect();
+/// one downloading from a slow aria2 seeder (no category; 64 KiB/s, so it
+/// is still downloading when Flood shows it). Returns it, the API port, the
+/// names and the hashes, in that order.
+fn seedbox(swarm: &Swarm, work: &Path) -> (Dropseed, u16, [String; 3], [String; 3]) {
+    let names = ["Sintel.2010.720p.mkv", "Tears.of.Steel.2012.mkv", DOWNLOADING].map(String::from);
+    let seeding = tracked_torrent(&swarm.tracker, work, &names[0], 3 << 20, 70);
+    let stopped = tracked_torrent(&swarm.tracker, work, &names[1], 2 << 20, 71);
+    let hashes = [seeding.1.clone(), stopped.1.clone(), swarm.hash.clone()];
     let api = free_port();
     let mut d = Dropseed::new(&format!(
         "[api]\nlisten = \"127.0.0.1:{api}\"\nusername = \"admin\"\npassword_hash = \"{}\"\n\
          [log]\nlevel = \"info,dropseed::api=debug\"\n",
         hash_of(PASSWORD)
     ));
-    preload(&made[0].2, &d.download_dir().join("movies"));
+    preload(&seeding.2, &d.download_dir().join("movies"));
     d.start();
-    let drop_in = |(torrent, _, _): &(PathBuf, String, PathBuf), folder: &str| {
+    let drop_in = |torrent: &Path, folder: &str| {
         let dir = d.watch_dir().join(folder);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(torrent, dir.join("t.part")).unwrap();
         std::fs::rename(dir.join("t.part"), dir.join(torrent.file_name().unwrap())).unwrap();
     };
-    drop_in(&made[0], "movies");
-    drop_in(&made[1], "tv");
-    drop_in(&made[2], "");
-    d.wait_state(&made[0].1, "seeding", Duration::from_secs(30));
-    d.wait_state(&made[1].1, "downloading", Duration::from_secs(30));
-    let out = d.cli(&["pause", &made[1].1]);
+    drop_in(&seeding.0, "movies");
+    drop_in(&stopped.0, "tv");
+    drop_in(&swarm.torrent, "");
+    d.wait_state(&hashes[0], "seeding", Duration::from_secs(30));
+    d.wait_state(&hashes[1], "downloading", Duration::from_secs(30));
+    let out = d.cli(&["pause", &hashes[1]]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    d.wait_state(&made[1].1, "paused", Duration::from_secs(10));
-    d.wait_state(&made[2].1, "downloading", Duration::from_secs(30));
+    d.wait_state(&hashes[1], "paused", Duration::from_secs(10));
+    wait_for("some of the download", Duration::from_secs(30), || {
+        d.torrent(&hashes[2]).filter(|t| t["progress"].as_f64().unwrap_or(0.0) > 0.02)
+    });
     wait_for("the API listener", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", api)).ok());
-    (d, api, names)
+    (d, api, names, hashes)
 }
 
 /// Flood on a free port with its database in `rundir`, up when it answers.
@@ -136,8 +144,9 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
         return;
     }
     let work = tempdir();
-    let tracker = Tracker::start();
-    let (d, api, names) = seedbox(&tracker, work.path());
+    let swarm = Swarm::single_with(DOWNLOADING, 8 << 20, 16, 72, &["--max-upload-limit=64K"]);
+    let (d, api, names, hashes) = seedbox(&swarm, work.path());
+    let (added_torrent, added_hash, _) = tracked_torrent(&swarm.tracker, work.path(), ADDED, 1 << 20, 73);
     let flood_log = work.path().join("flood.log");
     let (_flood, flood_port) = start_flood(&flood_dir, &work.path().join("flood-run"), &flood_log);
     let screenshot = std::env::var_os("DROPSEED_FLOOD_SCREENSHOT")
@@ -151,8 +160,12 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
         .env("QBT_USER", "admin")
         .env("QBT_PASSWORD", PASSWORD)
         .env("CHROMIUM", "/usr/bin/chromium")
-        .env("EXPECT_NAMES", serde_json::to_string(&names).unwrap())
+        .env("EXPECT_NAMES", serde_json::to_string(&[&names[0], &names[1], &names[2], ADDED]).unwrap())
+        .env("ADD_TORRENT", &added_torrent)
         .env("SCREENSHOT", &screenshot)
+        .env("START_NAME", &names[1])
+        .env("DETAILS_HASH", &hashes[2])
+        .env("LINGER_MS", std::env::var("FLOOD_LINGER_MS").unwrap_or_default())
         .env("TIMEOUT_MS", "30000")
         .output()
         .unwrap();
@@ -172,9 +185,14 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
     assert_eq!(test["status"], 200, "{}", context());
     assert!(test["body"].as_str().unwrap().contains("\"isConnected\":true"), "{}", context());
 
+    // Added through Flood: dropseed has it.
+    let add = &lines_of(&said, "add")[0];
+    assert_eq!(add["status"], 200, "{add}\n{}", context());
+    assert!(d.torrent(&added_hash).is_some(), "{add}");
+
     // The list, as Chromium rendered it.
     let rows = lines_of(&said, "row");
-    assert_eq!(rows.len(), 3, "{}", context());
+    assert_eq!(rows.len(), 4, "{}", context());
     let row = |name: &str| {
         rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} not listed\n{}", context())).clone()
     };
@@ -188,9 +206,26 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
     let stopped = row(&names[1]);
     assert!(has(&stopped, "torrent--is-stopped") && !has(&stopped, "torrent--is-seeding"), "{stopped}");
     assert!(text(&stopped).contains("0%") && !text(&stopped).contains("100%"), "{stopped}");
-    let waiting = row(&names[2]);
-    assert!(has(&waiting, "torrent--is-downloading") && !has(&waiting, "torrent--is-stopped"), "{waiting}");
-    assert!(!has(&waiting, "torrent--is-completed"), "{waiting}");
+    let downloading = row(&names[2]);
+    assert!(has(&downloading, "torrent--is-downloading"), "{downloading}");
+    assert!(!has(&downloading, "torrent--is-stopped") && !has(&downloading, "torrent--is-completed"), "{downloading}");
+    let percent = text(&downloading).split_whitespace().find_map(|w| w.strip_suffix('%')?.parse::<f64>().ok());
+    assert!(percent.is_some_and(|p| p > 0.0 && p < 100.0), "{downloading}");
+    let added = row(ADDED);
+    assert!(has(&added, "torrent--is-downloading") && text(&added).contains("0%"), "{added}");
+
+    // Flood's preferences view reads these qBittorrent keys.
+    let settings: Value =
+        serde_json::from_str(lines_of(&said, "client-settings")[0]["body"].as_str().unwrap()).unwrap();
+    for key in ["networkPortRandom", "throttleMaxUploads", "throttleMaxUploadsGlobal"] {
+        assert!(settings.get(key).is_some(), "{key} missing from {settings}");
+    }
+    assert!(settings["networkLocalAddress"][0].is_string(), "{settings}");
+
+    // Started with Flood's start button: dropseed resumes it.
+    let started = &lines_of(&said, "started")[0];
+    assert!(!has(started, "torrent--is-stopped"), "{started}");
+    d.wait_state(&hashes[1], "downloading", Duration::from_secs(10));
 
     // The status filters in the sidebar count them by Flood's status
     // ("Seeding 1 2MB": the name, the count, their size).
@@ -200,13 +235,24 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
         .iter()
         .map(|f| f.as_str().unwrap().to_string())
         .collect();
-    for want in ["All 3 ", "Downloading 1 ", "Seeding 1 ", "Stopped 1 ", "Complete 1 "] {
+    for want in ["All 4 ", "Downloading 2 ", "Seeding 1 ", "Stopped 1 ", "Complete 1 "] {
         assert!(filters.iter().any(|f| f.starts_with(want)), "{want} in {filters:?}");
     }
 
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot of {} bytes", png.len());
 
+    // Flood's details view: the file and the tracker, read through dropseed.
+    let details = &lines_of(&said, "details")[0];
+    assert_eq!(details["status"], 200, "{details}");
+    let details: Value = serde_json::from_str(details["body"].as_str().unwrap()).unwrap();
+    assert_eq!(details["contents"][0]["filename"], names[2], "{details}");
+    let file_percent = details["contents"][0]["percentComplete"].as_f64().unwrap_or(-1.0);
+    assert!(file_percent > 0.0 && file_percent <= 100.0, "{details}");
+    assert_eq!(details["trackers"][0]["url"], swarm.tracker.announce_url(), "{details}");
+
+    let reloads = lines_of(&said, "overlay-gone")[0]["reloads"].clone();
+    eprintln!("Flood's loading overlay needed {reloads} page reloads to go away");
     let seen = requests_seen(&d.log_text());
     eprintln!("Flood's requests to dropseed (method path status: count):");
     for (req, n) in &seen {

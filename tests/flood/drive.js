@@ -8,10 +8,15 @@
 //    through Flood's form, wait until the list shows every expected name,
 //    then print one JSON line per torrent row (its name, its classes, which
 //    carry Flood's status, and its text, which carries the progress) and
-//    the sidebar's status filters, and save a screenshot.
+//    the sidebar's status filters, and save a screenshot; then, if asked,
+//    start a stopped torrent with Flood's start button.
 //
 // Environment: FLOOD_URL, QBT_URL, QBT_USER, QBT_PASSWORD, CHROMIUM,
-// EXPECT_NAMES (JSON list), SCREENSHOT (path), TIMEOUT_MS.
+// EXPECT_NAMES (JSON list), SCREENSHOT (path), TIMEOUT_MS, and START_NAME:
+// a torrent to start with Flood's start button after the screenshot;
+// ADD_TORRENT: a .torrent file to add through Flood before the browser opens;
+// DETAILS_HASH: a torrent whose details (files, peers, trackers) to ask
+// Flood for; LINGER_MS: how long to keep the page open at the end.
 
 'use strict';
 
@@ -30,6 +35,8 @@ const timeout = Number(process.env.TIMEOUT_MS || 30000);
 const floodUser = 'flood-admin';
 const floodPassword = 'flood test password';
 
+// Flood's session cookie, once registered.
+let jwt = '';
 const say = (what, data) => console.log(JSON.stringify({ what, ...data }));
 
 async function api(path, init = {}) {
@@ -62,7 +69,7 @@ async function register() {
     body: JSON.stringify({ username: floodUser, password: floodPassword }),
   });
   if (login.status !== 200) throw new Error(`Flood login: ${login.status} ${login.text}`);
-  const jwt = login.cookie.split(';')[0];
+  jwt = login.cookie.split(';')[0];
   const test = await api('/client/connection-test', { headers: { Cookie: jwt } });
   say('connection-test', { status: test.status, body: test.text });
   const settings = await api('/client/settings', { headers: { Cookie: jwt } });
@@ -88,6 +95,49 @@ async function readList(page) {
       })),
     Boolean(process.env.DUMP_HTML),
   );
+}
+
+// Selects the row named `name`, presses Flood's start button, and waits
+// until the list no longer shows it stopped (Flood polls every 2 s).
+async function start(page, name, deadline) {
+  const row = page.locator('.torrent', { has: page.locator('.torrent__details__section--primary', { hasText: name }) });
+  await row.click();
+  await page.click('.action--start-torrent');
+  let seen = (await readList(page)).find((r) => r.name === name);
+  while (seen && /\btorrent--is-stopped\b/.test(seen.classes) && Date.now() < deadline + timeout) {
+    await page.waitForTimeout(250);
+    seen = (await readList(page)).find((r) => r.name === name);
+  }
+  say('started', seen || { name, missing: true });
+}
+
+// Flood's "loading" overlay fades out once every dependency has arrived;
+// an entry barrier would say the client is lost. At times the overlay stays
+// up, every dependency ticked (its enter transition never ends when it is
+// told to leave while entering, a race in Flood's UI on a busy machine): a
+// user reloads the page then, and so does this, up to three times.
+async function overlayGone(page, deadline) {
+  const gone = () =>
+    !document.querySelector('.application__entry-barrier') &&
+    [...document.querySelectorAll('.application__loading-overlay')].every((o) => getComputedStyle(o).opacity === '0');
+  for (let reloads = 0; ; reloads++) {
+    const wait = Math.max(1000, Math.min(8000, deadline - Date.now()));
+    const ok = await page.waitForFunction(gone, null, { timeout: wait, polling: 250 }).then(
+      () => true,
+      () => false,
+    );
+    if (ok) {
+      say('overlay-gone', { reloads });
+      return;
+    }
+    const overlays = await page.$$eval('.application__loading-overlay', (os) =>
+      os.map((o) => `${getComputedStyle(o).opacity} ${o.className}: ${o.innerText.replace(/\s+/g, ' ')}`),
+    );
+    say('overlay-stuck', { overlays });
+    if (reloads === 3 || Date.now() > deadline) throw new Error('the loading overlay never went away');
+    await page.reload({ timeout });
+    await page.waitForSelector('.torrent', { timeout });
+  }
 }
 
 async function browse() {
@@ -122,8 +172,7 @@ async function browse() {
       await page.waitForTimeout(250);
       rows = await readList(page);
     }
-    // The "loading" overlay fades out once every dependency has arrived.
-    await page.waitForSelector('.application__loading-overlay', { state: 'detached', timeout });
+    await overlayGone(page, deadline);
     for (const row of rows) say('row', row);
     const filters = await page.$$eval('.sidebar-filter__item', (items) =>
       items.map((i) => i.innerText.replace(/\s+/g, ' ').trim()),
@@ -131,14 +180,39 @@ async function browse() {
     say('sidebar', { filters });
     await page.screenshot({ path: env('SCREENSHOT') });
     say('screenshot', { path: env('SCREENSHOT') });
+    if (process.env.START_NAME) await start(page, process.env.START_NAME, deadline);
+    // To watch what Flood polls with its page open (LINGER_MS=60000).
+    await page.waitForTimeout(Number(process.env.LINGER_MS || 0));
   } finally {
     await browser.close();
   }
 }
 
+// What Flood's details view of a torrent gets: its files, peers and
+// trackers, which Flood's server reads from dropseed.
+async function details(hash) {
+  const r = await api(`/torrents/${hash.toUpperCase()}/details`, { headers: { Cookie: jwt } });
+  say('details', { status: r.status, body: r.text });
+}
+
+// Adds a .torrent file as Flood's "Add Torrents" dialog does (its default
+// destination: the client's default save path).
+async function addFile(path) {
+  const file = require('fs').readFileSync(path).toString('base64');
+  const r = await api('/torrents/add-files', {
+    method: 'POST',
+    headers: { Cookie: jwt },
+    body: JSON.stringify({ files: [file], start: true }),
+  });
+  say('add', { status: r.status, body: r.text });
+}
+
 (async () => {
   await register();
+  if (process.env.ADD_TORRENT) await addFile(process.env.ADD_TORRENT);
   await browse();
+  if (process.env.DETAILS_HASH) await details(process.env.DETAILS_HASH);
+
   say('done', {});
 })().catch((e) => {
   say('failed', { message: String(e && e.stack ? e.stack : e) });
