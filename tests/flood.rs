@@ -16,6 +16,7 @@ use common::*;
 use serde_json::Value;
 use std::io::Write;
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -120,6 +121,17 @@ fn start_flood(dir: &Path, rundir: &Path, log: &Path) -> (Proc, u16) {
     (flood, port)
 }
 
+/// A child and all it started (its process group), killed on drop: the
+/// Chromium of drive.js goes with it, even if node died first.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 /// What drive.js printed: one JSON object a line, by its `what`.
 fn lines_of(out: &str, what: &str) -> Vec<Value> {
     out.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["what"] == what).collect()
@@ -153,7 +165,8 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
         .map(PathBuf::from)
         .unwrap_or_else(|| work.path().join("flood.png"));
 
-    let out = Command::new("node")
+    let (said_path, err_path) = (work.path().join("drive.out"), work.path().join("drive.err"));
+    let child = Command::new("node")
         .arg(flood_dir.join("drive.js"))
         .env("FLOOD_URL", format!("http://127.0.0.1:{flood_port}"))
         .env("QBT_URL", format!("http://127.0.0.1:{api}"))
@@ -167,18 +180,24 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
         .env("DETAILS_HASH", &hashes[2])
         .env("LINGER_MS", std::env::var("FLOOD_LINGER_MS").unwrap_or_default())
         .env("TIMEOUT_MS", "30000")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
+        .stdout(std::fs::File::create(&said_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("node");
+    let mut drive = Group(child);
+    let status = wait_for("drive.js", Duration::from_secs(180), || drive.0.try_wait().unwrap());
+    drop(drive);
+    let said = std::fs::read_to_string(&said_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let context = || {
         format!(
-            "drive.js said:\n{said}\n{}\nFlood's log:\n{}\ndropseed's API requests: {:?}",
-            String::from_utf8_lossy(&out.stderr),
+            "drive.js said:\n{said}\n{stderr}\nFlood's log:\n{}\ndropseed's API requests: {:?}",
             std::fs::read_to_string(&flood_log).unwrap_or_default(),
             requests_seen(&d.log_text())
         )
     };
-    assert!(out.status.success() && !lines_of(&said, "done").is_empty(), "{}", context());
+    assert!(status.success() && !lines_of(&said, "done").is_empty(), "{}", context());
 
     // Flood's server reached dropseed as a qBittorrent client.
     let test = &lines_of(&said, "connection-test")[0];

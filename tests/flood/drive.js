@@ -3,13 +3,16 @@
 // and Flood and asserts on what this prints; it asserts nothing itself.
 //
 // 1. Flood's own HTTP API: register the first (admin) user with dropseed as
-//    its qBittorrent client, then ask Flood for its connection test.
+//    its qBittorrent client, ask Flood for its connection test and client
+//    settings, switch its list to the expanded view, and add a .torrent as
+//    Flood's "Add Torrents" dialog does.
 // 2. Chromium (playwright-core, the system's /usr/bin/chromium): log in
 //    through Flood's form, wait until the list shows every expected name,
 //    then print one JSON line per torrent row (its name, its classes, which
 //    carry Flood's status, and its text, which carries the progress) and
 //    the sidebar's status filters, and save a screenshot; then, if asked,
 //    start a stopped torrent with Flood's start button.
+// 3. Flood's details view of one torrent (files, peers, trackers).
 //
 // Environment: FLOOD_URL, QBT_URL, QBT_USER, QBT_PASSWORD, CHROMIUM,
 // EXPECT_NAMES (JSON list), SCREENSHOT (path), TIMEOUT_MS, and START_NAME:
@@ -173,6 +176,7 @@ async function browse() {
       rows = await readList(page);
     }
     await overlayGone(page, deadline);
+    rows = await readList(page);
     for (const row of rows) say('row', row);
     const filters = await page.$$eval('.sidebar-filter__item', (items) =>
       items.map((i) => i.innerText.replace(/\s+/g, ' ').trim()),
@@ -212,7 +216,6 @@ async function addFile(path) {
   if (process.env.ADD_TORRENT) await addFile(process.env.ADD_TORRENT);
   await browse();
   if (process.env.DETAILS_HASH) await details(process.env.DETAILS_HASH);
-
   say('done', {});
 })().catch((e) => {
   say('failed', { message: String(e && e.stack ? e.stack : e) });
