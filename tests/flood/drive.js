@@ -19,7 +19,8 @@
 // a torrent to start with Flood's start button after the screenshot;
 // ADD_TORRENT: a .torrent file to add through Flood before the browser opens;
 // DETAILS_HASH: a torrent whose details (files, peers, trackers) to ask
-// Flood for; LINGER_MS: how long to keep the page open at the end.
+// Flood for; LINGER_MS: how long to keep the page open at the end;
+// DUMP_HTML: print each row's HTML too (to debug a selector).
 
 'use strict';
 
