@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what dropseed's integration tests and benchmark need: Debian
-# packages, and two pinned PyPI packages for the python3 that runs the tests.
+# packages, two pinned PyPI packages for the python3 that runs the tests,
+# and the npm packages pinned in tests/flood/package-lock.json (Flood and
+# playwright-core, for tests/flood.rs) with the machine's Node.js.
 # Idempotent: what is present is left alone; apt and pip are asked only when
 # something is missing.
 set -euo pipefail
@@ -8,7 +10,7 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-packages=(opentracker aria2 transmission-cli transmission-daemon python3-libtorrent python3-pip mktorrent procps systemd strace tmux)
+packages=(opentracker aria2 transmission-cli transmission-daemon python3-libtorrent python3-pip mktorrent procps systemd strace tmux chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,4 +40,26 @@ pip_pin() {
 }
 pip_pin qbittorrent-api 2026.10.1
 pip_pin prometheus-client 0.21.1
+
+# tests/flood.rs: Flood (a web UI that manages qBittorrent clients) and
+# playwright-core, at the versions in tests/flood/package-lock.json, into
+# tests/flood/node_modules; `npm ci` only when an installed version differs.
+flood_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/flood"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "install-test-deps: node and npm are missing (Node.js 20 or later): tests/flood.rs needs them" >&2
+  exit 1
+fi
+if (cd "$flood_dir" && node -e '
+  const lock = require("./package-lock.json").packages;
+  for (const [path, p] of Object.entries(lock)) {
+    if (path === "") continue;
+    let have;
+    try { have = require("./" + path + "/package.json").version; } catch { process.exit(1); }
+    if (have !== p.version) process.exit(1);
+  }'); then
+  echo "install-test-deps: tests/flood npm packages present"
+else
+  echo "install-test-deps: npm ci in tests/flood"
+  (cd "$flood_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "install-test-deps: done"

@@ -86,6 +86,12 @@ pub fn preferences_of(c: &Config) -> Value {
         // qBittorrent: 0 = prefer, 1 = require, 2 = disable.
         "encryption": match c.network.encryption { Encryption::Require => 1, Encryption::Disable => 2, _ => 0 },
         "listen_port": c.network.listen_port,
+        // Read by Flood's settings view; dropseed never picks a random port
+        // and announces no other address.
+        "random_port": false,
+        "announce_ip": "",
+        "max_uploads": -1,
+        "max_uploads_per_torrent": c.limits.upload_slots,
         "up_limit": c.limits.upload_rate.0,
         "dl_limit": c.limits.download_rate.0,
         "max_connec": c.limits.max_connections,
@@ -121,5 +127,7 @@ mod tests {
         assert_eq!(p["save_path"], c.paths.download_dir.display().to_string());
         assert_eq!(p["dht"], c.dht.enabled);
         assert_eq!(p["listen_port"], c.network.listen_port);
+        assert_eq!(p["max_uploads_per_torrent"], c.limits.upload_slots);
+        assert_eq!((&p["random_port"], &p["announce_ip"]), (&json!(false), &json!("")));
     }
 }

@@ -191,7 +191,18 @@ fn router(api: Arc<Api>) -> Router {
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(middleware::from_fn(refuse_announced_oversize))
         .layer(middleware::from_fn(request_timeout))
+        .layer(middleware::from_fn(log_request))
         .with_state(api)
+}
+
+/// One debug line a request (`dropseed::api=debug`): what a client polls and
+/// what it was answered, for whoever points a new tool at the API. The path
+/// only: a query may carry a hash list or a token.
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let response = next.run(req).await;
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "api request");
+    response
 }
 
 async fn empty_list() -> axum::Json<Vec<()>> {

@@ -53,12 +53,22 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/bottomPrio", post(no_queue_order))
         .route("/torrents/increasePrio", post(no_queue_order))
         .route("/torrents/decreasePrio", post(no_queue_order))
+        .route("/torrents/setSuperSeeding", post(set_super_seeding))
 }
 
 /// Queue order cannot be changed yet: 409, which is what qBittorrent
 /// answers with queueing off and what Sonarr expects then.
 async fn no_queue_order() -> Response {
     status(StatusCode::CONFLICT, "dropseed cannot reorder its download queue yet")
+}
+
+/// Flood turns super-seeding off after every add; dropseed has none, so
+/// "off" is already true and "on" is refused.
+async fn set_super_seeding(p: Params) -> Response {
+    if p.flag("value") {
+        return status(StatusCode::CONFLICT, "dropseed has no super-seeding (initial seeding) mode");
+    }
+    StatusCode::OK.into_response()
 }
 
 fn status(code: StatusCode, text: &str) -> Response {
@@ -431,7 +441,9 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     }
     let (own, save) = (api.config().complete_dir(&category), p.get("savepath").to_string());
     tokio::task::spawn_blocking(move || check_save_path(&own, &save)).await.map_err(|_| AddError::Fails)??;
-    if !matches!(p.get("contentLayout"), "" | "Original") {
+    // An unknown layout is Original, as in qBittorrent (Flood sends the
+    // word "undefined" when its user chose none).
+    if matches!(p.get("contentLayout"), "Subfolder" | "NoSubfolder") {
         return Err(AddError::Refused("contentLayout: only Original is supported".into()));
     }
     let urls: Vec<String> =
