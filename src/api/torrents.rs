@@ -38,7 +38,6 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/trackers", get(trackers).post(trackers))
         .route("/torrents/webseeds", get(webseeds).post(webseeds))
         .route("/torrents/categories", get(categories).post(categories))
-        .route("/torrents/tags", get(no_tags).post(no_tags))
         .route("/torrents/createCategory", post(create_category))
         .route("/torrents/setCategory", post(set_category))
         .route("/torrents/add", post(add).layer(DefaultBodyLimit::max(ADD_LIMIT)))
@@ -61,7 +60,7 @@ async fn no_queue_order() -> Response {
     status(StatusCode::CONFLICT, "dropseed cannot reorder its download queue yet")
 }
 
-fn status(code: StatusCode, text: &str) -> Response {
+pub(super) fn status(code: StatusCode, text: &str) -> Response {
     (code, text.to_string()).into_response()
 }
 
@@ -87,15 +86,19 @@ async fn info(State(api): State<Arc<Api>>, p: Params) -> Json<Vec<model::Torrent
         limit: p.get("limit").parse().ok(),
         offset: p.get("offset").parse().ok(),
     };
-    Json(model::select(all_infos(&api), &q))
+    let mut all = all_infos(&api);
+    if let Some(tag) = p.opt("tag") {
+        all.retain(|t| super::tags::has_tag(&t.tags, tag));
+    }
+    Json(model::select(all, &q))
 }
 
-fn parse_hash(s: &str) -> Option<InfoHash> {
+pub(super) fn parse_hash(s: &str) -> Option<InfoHash> {
     (s.trim().len() == 40).then(|| InfoHash::parse(s.trim())).flatten()
 }
 
 /// The status of `hash=...`, or qBittorrent's 404.
-fn one(api: &Api, p: &Params) -> Result<crate::torrent::TorrentStatus, Refusal> {
+pub(super) fn one(api: &Api, p: &Params) -> Result<crate::torrent::TorrentStatus, Refusal> {
     parse_hash(p.get("hash"))
         .and_then(|h| api.session.status_of(&h))
         .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, "Torrent hash was not found".into()))
@@ -171,10 +174,6 @@ async fn webseeds(State(api): State<Arc<Api>>, p: Params) -> Response {
         Ok(_) => Json(Vec::<Value>::new()).into_response(),
         Err(r) => r.into_response(),
     }
-}
-
-async fn no_tags() -> Json<Vec<String>> {
-    Json(Vec::new())
 }
 
 /// The categories: watch subfolders and `[categories.NAME]` sections.
@@ -259,7 +258,7 @@ async fn set_category(State(api): State<Arc<Api>>, p: Params) -> Response {
 }
 
 /// The hashes a command names: `all` is every torrent.
-fn targets(api: &Api, p: &Params) -> Vec<InfoHash> {
+pub(super) fn targets(api: &Api, p: &Params) -> Vec<InfoHash> {
     match hash_list(p.get("hashes")) {
         None => api.session.statuses().iter().filter_map(|t| parse_hash(&t.info_hash)).collect(),
         Some(list) => list.iter().filter_map(|h| parse_hash(h)).collect(),
@@ -446,13 +445,14 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     }
     let items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
     let stopped = p.flag("stopped") || p.flag("paused");
+    let opts = super::tags::add_options(api, p, category).await.map_err(AddError::Refused)?;
     // In a task of its own, awaited: a dropped request never cancels an add
     // half-way (its registry slot reserved, its state files half written).
     let api = api.clone();
     let added = tokio::spawn(async move {
         let mut added = 0;
         for item in items.into_iter().flatten() {
-            if add_one(&api, item, &category, stopped).await {
+            if add_one(&api, item, &opts, stopped).await {
                 added += 1;
             }
         }
@@ -473,10 +473,11 @@ fn parse_items(files: Vec<Vec<u8>>, urls: Vec<String>) -> Vec<Option<Item>> {
 }
 
 /// Adds one torrent or magnet; true when it is managed afterwards.
-async fn add_one(api: &Arc<Api>, item: Item, category: &str, stopped: bool) -> bool {
+async fn add_one(api: &Arc<Api>, item: Item, opts: &crate::session::AddOptions, stopped: bool) -> bool {
+    let category = opts.category.as_str();
     let (hash, result) = match item {
-        Item::Torrent(m) => (m.info_hash, api.session.add_metainfo_in(*m, category).await),
-        Item::Magnet(m) => (m.info_hash, api.session.add_magnet_in(m, category).await),
+        Item::Torrent(m) => (m.info_hash, api.session.add_metainfo_with(*m, opts.clone()).await),
+        Item::Magnet(m) => (m.info_hash, api.session.add_magnet_with(m, opts.clone()).await),
     };
     match result {
         Ok(AddOutcome::Added) => {
