@@ -18,7 +18,9 @@
 
 pub mod app;
 pub mod auth;
+pub mod category;
 pub mod guard;
+pub mod location;
 pub mod model;
 pub mod sync;
 pub mod tags;
@@ -182,6 +184,8 @@ fn router(api: Arc<Api>) -> Router {
         .merge(torrents::routes())
         .merge(sync::routes())
         .merge(tags::routes())
+        .merge(category::routes())
+        .merge(location::routes())
         .route("/transfer/info", get(sync::transfer_info).post(sync::transfer_info))
         .route("/log/main", get(empty_list).post(empty_list))
         .route("/log/peers", get(empty_list).post(empty_list));

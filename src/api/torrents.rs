@@ -7,7 +7,7 @@
 //!
 //! Not supported yet (answered plainly): http(s) URLs in `torrents/add`,
 //! a `savepath` other than the category's own folder, changing a torrent's
-//! category (409), tags (accepted, not kept).
+//! category (409). Tags and share limits are in `tags`.
 
 use super::model::{self, Filter, Query};
 use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
@@ -428,8 +428,9 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     if !category.is_empty() && !crate::config::valid_category(&category) {
         return Err(AddError::Refused(format!("'{category}' cannot be a category name")));
     }
-    let (own, save) = (api.config().complete_dir(&category), p.get("savepath").to_string());
-    tokio::task::spawn_blocking(move || check_save_path(&own, &save)).await.map_err(|_| AddError::Fails)??;
+    let (config, save) = (api.config(), p.get("savepath").to_string());
+    let own = config.complete_dir(&category);
+    tokio::task::spawn_blocking(move || check_save_path(&config, &own, &save)).await.map_err(|_| AddError::Fails)??;
     if !matches!(p.get("contentLayout"), "" | "Original") {
         return Err(AddError::Refused("contentLayout: only Original is supported".into()));
     }
@@ -499,13 +500,15 @@ async fn add_one(api: &Arc<Api>, item: Item, opts: &crate::session::AddOptions, 
     }
 }
 
-/// A `savepath` is honoured only when it is where the category's torrents
-/// go anyway (symlinks resolved); other places are not supported yet.
+/// A `savepath` outside the folders dropseed may write is refused, naming
+/// them; one inside is honoured only when it is where the category's
+/// torrents go anyway (symlinks resolved): other places are not supported yet.
 /// Blocking (it resolves links): call off the async workers.
-fn check_save_path(own: &Path, save: &str) -> Result<(), AddError> {
+fn check_save_path(config: &crate::config::Config, own: &Path, save: &str) -> Result<(), AddError> {
     if save.is_empty() {
         return Ok(());
     }
+    super::location::check_path(config, save).map_err(|why| AddError::Refused(format!("savepath: {why}")))?;
     let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     if resolve(Path::new(save)) == resolve(own) {
         return Ok(());

@@ -411,11 +411,18 @@ impl Session {
             .into_iter()
             .map(|s| match s {
                 StatusSource::Torrent(shared) => shared.status(),
-                StatusSource::Ready(status) => *status,
+                StatusSource::Ready(status) => self.magnet_status(*status),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
         out
+    }
+
+    /// A magnet's status with the share limits that will hold for its torrent.
+    fn magnet_status(&self, mut status: TorrentStatus) -> TorrentStatus {
+        let config = self.env.config().seeding_limits(&status.category);
+        status.limits.effective = status.limits.own.effective(config);
+        status
     }
 
     /// The status of one torrent or magnet, without building every other's.
@@ -423,7 +430,7 @@ impl Session {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
             StatusSource::Torrent(shared) => shared.status(),
-            StatusSource::Ready(status) => *status,
+            StatusSource::Ready(status) => self.magnet_status(*status),
         })
     }
 
@@ -433,7 +440,7 @@ impl Session {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
             StatusSource::Torrent(shared) => (shared.status(), shared.detail()),
-            StatusSource::Ready(status) => (*status, Default::default()),
+            StatusSource::Ready(status) => (self.magnet_status(*status), Default::default()),
         })
     }
 
