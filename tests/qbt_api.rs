@@ -311,6 +311,9 @@ fn qbittorrent_api_drives_a_torrent_through_its_life() {
         panic!("the qbittorrent-api script failed:\n{said}\nlog tail (newest first):\n{}", tail.join("\n"));
     }
     assert!(said.contains("LIFE OK"), "{said}");
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("seeding limit reached")).expect("an INFO line for the limit reached");
+    assert!(line.contains("level=info") && line.contains("the torrent's own ratio limit"), "{line}");
 }
 
 fn percent(s: &str) -> String {
@@ -556,7 +559,14 @@ fn tags_limits_categories_and_refusals_over_http() {
     let cats = Req::new(port, "GET", "/api/v2/torrents/categories").header(&cookie).send(port).body;
     assert!(!cats.contains("\"old\"") && cats.contains("\"tv\""), "{cats}");
 
-    // Tags and limits survive a restart.
+    // The name shown (the files keep theirs).
+    assert_eq!(post("rename", &format!("hash={}&name=x", "0".repeat(40))).status, 404);
+    let r = post("rename", &format!("hash={hash}&name=two%0Alines"));
+    assert!(r.status == 400 && r.body.contains("control character"), "{}", r.body);
+    assert_eq!(post("rename", &format!("hash={hash}&name=")).status, 400);
+    assert_eq!(post("rename", &format!("hash={hash}&name=Shown%20Name")).status, 200);
+
+    // Tags, limits and the name survive a restart.
     let mut d = d;
     d.stop();
     d.start();
@@ -568,6 +578,7 @@ fn tags_limits_categories_and_refusals_over_http() {
         (info[0]["tags"].as_str(), info[0]["seeding_time_limit"].as_i64()),
         (Some("cross-seed, sonarr"), Some(30))
     );
+    assert_eq!(info[0]["name"], "Shown Name");
     let tags = Req::new(port, "GET", "/api/v2/torrents/tags").header(&cookie).send(port).body;
     assert_eq!(tags, r#"["cross-seed","keep","sonarr","spare"]"#, "removeTags keeps a tag known, deleteTags not");
 }

@@ -1,17 +1,19 @@
 //! `torrents/tags`, `createTags`, `deleteTags`, `addTags`, `removeTags`,
-//! `setShareLimits`, and what `torrents/add` takes of them (`tags`,
-//! `ratioLimit`, `seedingTimeLimit`, `inactiveSeedingTimeLimit`).
+//! `setShareLimits`, `rename`, and what `torrents/add` takes of them
+//! (`tags`, `ratioLimit`, `seedingTimeLimit`, `inactiveSeedingTimeLimit`,
+//! `rename`).
 //!
 //! Why a module: tags and share limits are labels the session keeps per
-//! torrent (see `session::labels`); this is their HTTP edge. Every tag is
+//! torrent (see `session::labels`), as is the name a torrent is shown
+//! under (its files keep theirs); this is their HTTP edge. Every tag is
 //! checked (`session::tags::check`) before the session sees it, and a bad
 //! one is a 400 naming it. As in qBittorrent, hashes the session does not
 //! know are skipped.
 
-use super::torrents::{status, targets};
+use super::torrents::{one, parse_hash, status, targets};
 use super::{Api, Params};
 use crate::session::tags::{self, MAX_TAGS_PER_TORRENT};
-use crate::session::{AddOptions, LabelChange, SessionError};
+use crate::session::{check_name, AddOptions, LabelChange, SessionError};
 use crate::torrent::share::ShareLimits;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,6 +30,7 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/addTags", post(add_tags))
         .route("/torrents/removeTags", post(remove_tags))
         .route("/torrents/setShareLimits", post(set_share_limits))
+        .route("/torrents/rename", post(rename))
 }
 
 /// Whether `torrents/info`'s `tags` field (comma+space joined) holds `tag`;
@@ -111,6 +114,26 @@ async fn set_share_limits(State(api): State<Arc<Api>>, p: Params) -> Response {
     }
 }
 
+/// The name shown for one torrent: 404 for an unknown hash, 400 for a bad name.
+async fn rename(State(api): State<Arc<Api>>, p: Params) -> Response {
+    if let Err(r) = one(&api, &p) {
+        return r.into_response();
+    }
+    let Some(hash) = parse_hash(p.get("hash")) else {
+        return status(StatusCode::NOT_FOUND, "Torrent hash was not found");
+    };
+    let name = match check_name(p.get("name")) {
+        Ok(n) => n,
+        Err(why) => return status(StatusCode::BAD_REQUEST, &why),
+    };
+    let session = api.session.clone();
+    match tokio::spawn(async move { session.change_labels(hash, LabelChange::Rename(name)).await }).await {
+        Ok(Ok(_)) => "".into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "the rename failed"),
+    }
+}
+
 /// Applies a change to every target, in a task of its own (a dropped
 /// request never stops it half-way). Unknown hashes are skipped; a bad
 /// tag or a bound passed is a 400 at the first torrent.
@@ -165,8 +188,12 @@ pub async fn add_options(api: &Api, p: &Params, category: String) -> Result<AddO
         return Err(format!("a torrent carries at most {MAX_TAGS_PER_TORRENT} tags"));
     }
     let share = share_limits(p, false)?;
+    let name = match p.get("rename").trim() {
+        "" => None,
+        n => Some(check_name(n)?),
+    };
     api.session.create_tags(&tags).await.map_err(|e| e.to_string())?;
-    Ok(AddOptions { category, tags, share })
+    Ok(AddOptions { category, tags, share, name })
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ impl MagnetEntry {
         };
         TorrentStatus {
             info_hash: hash.hex(),
-            name: self.magnet.display_name(),
+            name: self.opts.name.clone().unwrap_or_else(|| self.magnet.display_name()),
             state,
             progress: 0.0,
             size: 0,

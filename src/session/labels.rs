@@ -23,6 +23,26 @@ pub struct AddOptions {
     pub tags: Vec<String>,
     /// None: the config's limits.
     pub share: Option<ShareLimits>,
+    /// The name shown instead of the torrent's own (see [`check_name`]).
+    pub name: Option<String>,
+}
+
+/// The longest name a torrent may be shown under, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Checks a name to show a torrent under (trimmed).
+pub fn check_name(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err("name: empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("name: longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name: contains a newline or another control character".into());
+    }
+    Ok(name.to_string())
 }
 
 /// One change to a torrent's labels.
@@ -31,11 +51,21 @@ pub enum LabelChange {
     AddTags(Vec<String>),
     RemoveTags(Vec<String>),
     Share(ShareLimits),
+    /// The name to show (checked with [`check_name`]).
+    Rename(String),
+}
+
+/// What a change may touch, in a record or a magnet's options.
+struct Labels<'a> {
+    tags: &'a mut Vec<String>,
+    share: &'a mut Option<ShareLimits>,
+    name: &'a mut Option<String>,
 }
 
 impl LabelChange {
     /// Applies the change; true if something changed.
-    fn apply(&self, tags: &mut Vec<String>, share: &mut Option<ShareLimits>) -> Result<bool, SessionError> {
+    fn apply(&self, l: Labels<'_>) -> Result<bool, SessionError> {
+        let Labels { tags, share, name } = l;
         match self {
             LabelChange::AddTags(new) => {
                 let next = tags::merged(tags, new).map_err(SessionError::Invalid)?;
@@ -47,6 +77,7 @@ impl LabelChange {
                 Ok(tags.len() != before)
             }
             LabelChange::Share(limits) => Ok(share.replace(*limits) != Some(*limits)),
+            LabelChange::Rename(new) => Ok(name.replace(new.clone()).as_ref() != Some(new)),
         }
     }
 }
@@ -119,7 +150,8 @@ impl Session {
         let target = match self.registry.lock().unwrap().get_mut(&hash) {
             Some(Entry::Torrent(t)) => Target::Torrent(t.shared.clone()),
             Some(Entry::Magnet(m)) => {
-                if !change.apply(&mut m.opts.tags, &mut m.opts.share)? {
+                let o = &mut m.opts;
+                if !change.apply(Labels { tags: &mut o.tags, share: &mut o.share, name: &mut o.name })? {
                     return Ok(named);
                 }
                 Target::Magnet(m.magnet.clone(), m.fetch.is_none(), m.opts.clone())
@@ -131,7 +163,11 @@ impl Session {
             Target::Torrent(shared) => {
                 let changed = {
                     let record = &mut shared.status.lock().unwrap().record;
-                    change.apply(&mut record.tags, &mut record.share)?
+                    change.apply(Labels {
+                        tags: &mut record.tags,
+                        share: &mut record.share,
+                        name: &mut record.shown_name,
+                    })?
                 };
                 if changed && !shared.save_resume(false).await {
                     return Err(SessionError::Io(format!("{named}: the change could not be saved (see the log)")));

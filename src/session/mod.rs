@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use labels::{AddOptions, LabelChange};
+pub use labels::{check_name, AddOptions, LabelChange};
 pub use listener::AcceptBackoff;
 pub use outcome::{CommandOutcome, ErrorKind, Named, Reannounce, Removed, SessionError};
 
@@ -306,6 +306,7 @@ impl Session {
             category: opts.category,
             tags: opts.tags,
             share: opts.share,
+            shown_name: opts.name,
             ..Default::default()
         };
         let meta = Arc::new(meta);

@@ -14,6 +14,8 @@ pub(super) const PAUSED_MARK: &str = "# paused\n";
 pub(super) const CATEGORY_MARK: &str = "# category: ";
 /// The line that lists a magnet's tags, comma-separated.
 pub(super) const TAGS_MARK: &str = "# tags: ";
+/// The line with the name a magnet is shown under.
+pub(super) const NAME_MARK: &str = "# name: ";
 /// The line with a magnet's own share limits, as qBittorrent numbers
 /// (-2 global, -1 none): thousandths of a ratio, minutes, minutes.
 pub(super) const SHARE_MARK: &str = "# share: ";
@@ -84,7 +86,8 @@ fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
     let mark = |m: &str| text.lines().find_map(|l| l.strip_prefix(m)).map(str::trim);
     let tags = mark(TAGS_MARK).and_then(|t| super::tags::parse_list(t).ok()).unwrap_or_default();
     let share = mark(SHARE_MARK).and_then(parse_share);
-    let opts = super::AddOptions { category, tags, share };
+    let name = mark(NAME_MARK).and_then(|n| super::check_name(n).ok());
+    let opts = super::AddOptions { category, tags, share, name };
     let uri = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).ok_or("empty magnet file")?;
     let magnet = crate::magnet::Magnet::parse_stored(uri)?;
     if resume::torrent_path(dir, &magnet.info_hash).exists() {
@@ -115,6 +118,9 @@ pub(super) fn option_marks(opts: &super::AddOptions) -> String {
     }
     if !opts.tags.is_empty() {
         text.push_str(&format!("{TAGS_MARK}{}\n", opts.tags.join(",")));
+    }
+    if let Some(name) = &opts.name {
+        text.push_str(&format!("{NAME_MARK}{name}\n"));
     }
     if let Some(s) = opts.share {
         let (r, t, i): (i64, i64, i64) = (s.ratio_milli.into(), s.seeding_minutes.into(), s.inactive_minutes.into());
@@ -155,6 +161,7 @@ mod tests {
             category: "tv".into(),
             tags: vec!["a b".into(), "x".into()],
             share: Some(crate::torrent::share::ShareLimits::from_api(1.5, -1, 30).unwrap()),
+            name: Some("Shown name".into()),
         };
         std::fs::write(&path, format!("magnet:?xt=urn:btih:{hash}\n{}", option_marks(&opts))).unwrap();
         let Some(Restored::Magnet(_, _, _, back)) = read_magnet(dir.path(), &path).unwrap() else {

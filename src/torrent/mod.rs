@@ -609,7 +609,7 @@ impl TorrentShared {
         let eta = (state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
         TorrentStatus {
             info_hash: self.meta.info_hash.hex(),
-            name: self.meta.name.clone(),
+            name: s.record.shown_name.clone().unwrap_or_else(|| self.meta.name.clone()),
             state,
             progress: done as f64 / size as f64,
             size,
