@@ -1015,7 +1015,7 @@ async fn tags_and_share_limits_persist_across_a_restart() {
     let added = a.session.change_labels(meta.info_hash, LabelChange::AddTags(vec!["keep".into()])).await.unwrap();
     assert_eq!(added.hash, meta.info_hash);
     let other = meta_of_magnet();
-    let magnet_opts = AddOptions { category: "tv".into(), tags: vec!["m".into()], share: None };
+    let magnet_opts = AddOptions { category: "tv".into(), tags: vec!["m".into()], share: None, name: None };
     a.session.add_magnet_with(other.clone(), magnet_opts).await.unwrap();
     a.session.change_labels(other.info_hash, LabelChange::Share(share)).await.unwrap();
     // Too many tags on one torrent is refused, typed.

@@ -47,8 +47,8 @@ async fn list(State(api): State<Arc<Api>>) -> Json<Vec<String>> {
 }
 
 /// The `tags` parameter, checked: a 400 naming the bad tag.
-fn tag_list(p: &Params) -> Result<Vec<String>, Response> {
-    tags::parse_list(p.get("tags")).map_err(|why| status(StatusCode::BAD_REQUEST, &why))
+fn tag_list(p: &Params) -> Result<Vec<String>, Box<Response>> {
+    tags::parse_list(p.get("tags")).map_err(|why| Box::new(status(StatusCode::BAD_REQUEST, &why)))
 }
 
 fn refused(e: SessionError) -> Response {
@@ -64,7 +64,7 @@ fn refused(e: SessionError) -> Response {
 async fn create(State(api): State<Arc<Api>>, p: Params) -> Response {
     let new = match tag_list(&p) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match api.session.create_tags(&new).await {
         Ok(()) => "".into_response(),
@@ -75,7 +75,7 @@ async fn create(State(api): State<Arc<Api>>, p: Params) -> Response {
 async fn delete(State(api): State<Arc<Api>>, p: Params) -> Response {
     let gone = match tag_list(&p) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // In a task of its own: a client that hangs up never stops it half-way.
     let session = api.session.clone();
@@ -90,7 +90,7 @@ async fn add_tags(State(api): State<Arc<Api>>, p: Params) -> Response {
     match tag_list(&p) {
         Ok(new) if new.is_empty() => status(StatusCode::BAD_REQUEST, "tags: no tag given"),
         Ok(new) => relabel(&api, &p, LabelChange::AddTags(new)).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -102,7 +102,7 @@ async fn remove_tags(State(api): State<Arc<Api>>, p: Params) -> Response {
             relabel(&api, &p, LabelChange::RemoveTags(all)).await
         }
         Ok(gone) => relabel(&api, &p, LabelChange::RemoveTags(gone)).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 

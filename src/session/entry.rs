@@ -46,7 +46,7 @@ pub(super) struct MagnetEntry {
     /// Why the metadata could not be used or saved, if so.
     pub error: Option<String>,
     /// The category, tags and share limits the torrent it becomes will have.
-    pub opts: super::AddOptions,
+    pub opts: Box<super::AddOptions>,
 }
 
 /// The task fetching a magnet's metadata, and what the session sees of it.

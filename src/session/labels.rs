@@ -154,7 +154,7 @@ impl Session {
                 if !change.apply(Labels { tags: &mut o.tags, share: &mut o.share, name: &mut o.name })? {
                     return Ok(named);
                 }
-                Target::Magnet(m.magnet.clone(), m.fetch.is_none(), m.opts.clone())
+                Target::Magnet(Box::new((m.magnet.clone(), m.fetch.is_none(), (*m.opts).clone())))
             }
             Some(Entry::Reserved(_)) => return Err(SessionError::Busy(hash)),
             None => return Err(not_managed(&hash)),
@@ -173,7 +173,8 @@ impl Session {
                     return Err(SessionError::Io(format!("{named}: the change could not be saved (see the log)")));
                 }
             }
-            Target::Magnet(magnet, paused, opts) => {
+            Target::Magnet(magnet) => {
+                let (magnet, paused, opts) = *magnet;
                 super::save_magnet(&self.env.state_dir, &magnet, paused, &opts)
                     .await
                     .map_err(|e| SessionError::Io(format!("{named}: cannot save: {e}")))?;
@@ -187,5 +188,5 @@ impl Session {
 /// What `relabel` writes, taken under the registry's lock.
 enum Target {
     Torrent(std::sync::Arc<crate::torrent::TorrentShared>),
-    Magnet(crate::magnet::Magnet, bool, AddOptions),
+    Magnet(Box<(crate::magnet::Magnet, bool, AddOptions)>),
 }

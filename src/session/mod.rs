@@ -156,7 +156,7 @@ impl Session {
                 }
                 restore::Restored::Magnet(magnet, paused, announce, opts) => {
                     self.env.announces.restore(magnet.info_hash, announce);
-                    self.start_magnet(magnet, paused, opts)
+                    self.start_magnet(magnet, paused, *opts)
                 }
             }
         }
@@ -198,7 +198,7 @@ impl Session {
         // millisecond, and its metadata must find the magnet in place.
         let mut registry = self.registry.lock().unwrap();
         let fetch = (!paused).then(|| self.spawn_fetch(&magnet));
-        registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None, opts }));
+        registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None, opts: Box::new(opts) }));
     }
 
     fn spawn_fetch(self: &Arc<Self>, magnet: &Magnet) -> Fetching {
@@ -294,7 +294,7 @@ impl Session {
         // a paused torrent.
         let paused = magnet.as_ref().is_some_and(|m| m.fetch.is_none());
         // A magnet's torrent keeps the magnet's category, tags and limits.
-        let opts = magnet.as_ref().map_or(opts, |m| m.opts.clone());
+        let opts = magnet.as_ref().map_or(opts, |m| (*m.opts).clone());
         if let Some(m) = magnet.as_mut() {
             m.stop_fetch().await;
         }

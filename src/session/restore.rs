@@ -24,7 +24,7 @@ pub(super) enum Restored {
     Torrent(Box<Metainfo>, Box<ResumeRecord>),
     /// A magnet, whether it was paused, its announce record, its category,
     /// tags and share limits.
-    Magnet(Magnet, bool, AnnounceRecord, super::AddOptions),
+    Magnet(Magnet, bool, AnnounceRecord, Box<super::AddOptions>),
 }
 
 pub(super) fn scan(dir: &Path) -> Vec<Restored> {
@@ -96,7 +96,7 @@ fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
     }
     // Only its announces are recorded; an unreadable record costs a wait.
     let announce = ResumeRecord::load(dir, &magnet.info_hash).ok().flatten().unwrap_or_default().announce;
-    Ok(Some(Restored::Magnet(magnet, paused, announce, opts)))
+    Ok(Some(Restored::Magnet(magnet, paused, announce, Box::new(opts))))
 }
 
 /// `R S I` as [`SHARE_MARK`] writes them.
@@ -167,7 +167,7 @@ mod tests {
         let Some(Restored::Magnet(_, _, _, back)) = read_magnet(dir.path(), &path).unwrap() else {
             panic!("not restored as a magnet");
         };
-        assert_eq!(back, opts);
+        assert_eq!(*back, opts);
         // A hand-edited bad tag list or share line is dropped, not fatal.
         std::fs::write(&path, format!("magnet:?xt=urn:btih:{hash}\n{TAGS_MARK}a\u{7}\n{SHARE_MARK}1 x\n")).unwrap();
         let Some(Restored::Magnet(_, _, _, back)) = read_magnet(dir.path(), &path).unwrap() else {
