@@ -566,6 +566,18 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert_eq!(post("rename", &format!("hash={hash}&name=")).status, 400);
     assert_eq!(post("rename", &format!("hash={hash}&name=Shown%20Name")).status, 200);
 
+    // The global limits are the config file's: setPreferences says so in the log.
+    let r = Req::new(port, "POST", "/api/v2/app/setPreferences")
+        .header(&cookie)
+        .form("json=%7B%22max_ratio_enabled%22%3Atrue%2C%22max_ratio%22%3A1%7D")
+        .send(port);
+    assert_eq!(r.status, 200);
+    let prefs = Req::new(port, "GET", "/api/v2/app/preferences").header(&cookie).send(port).body;
+    assert!(prefs.contains(r#""max_ratio_enabled":false"#), "{prefs}");
+    let log = d.wait_log("app/setPreferences changes nothing", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("app/setPreferences")).unwrap();
+    assert!(line.contains("max_ratio,max_ratio_enabled"), "{line}");
+
     // Tags, limits and the name survive a restart.
     let mut d = d;
     d.stop();
