@@ -476,6 +476,8 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert_eq!(get("tags").body, r#"["cross-seed","sonarr"]"#);
     let shown = d.torrent(&hash).expect("in status --json");
     assert_eq!(shown["tags"], serde_json::json!(["cross-seed", "sonarr"]), "status --json shows the tags");
+    let text = String::from_utf8_lossy(&d.cli(&["status", &hash]).stdout).to_string();
+    assert!(text.contains("tags      cross-seed, sonarr") && text.contains("limits    ratio 1.5"), "{text}");
 
     // Bad tags: 400 naming the problem; nothing changed.
     for (form, says) in [
