@@ -545,6 +545,11 @@ fn tags_limits_categories_and_refusals_over_http() {
     // Categories: the config's stay, a used one stays, an unused one goes.
     let r = post("removeCategories", "categories=films");
     assert!(r.status == 409 && r.body.contains("config file"), "{}", r.body);
+    let r = post("createCategory", "category=tv&savePath=/etc");
+    assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
+    let r = post("createCategory", &format!("category=tv&savePath={}/films", d.download_dir().display()));
+    assert!(r.status == 400 && r.body.contains("puts this category's torrents in"), "{}", r.body);
+    assert!(!d.watch_dir().join("tv").exists(), "nothing made");
     assert_eq!(post("createCategory", "category=tv").status, 200);
     assert_eq!(post("createCategory", "category=old").status, 200);
     let r = post("editCategory", "category=tv&savePath=/srv/elsewhere");

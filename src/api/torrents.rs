@@ -221,13 +221,13 @@ async fn create_category(State(api): State<Arc<Api>>, p: Params) -> Response {
     if !crate::config::valid_category(&name) {
         return status(StatusCode::BAD_REQUEST, "Invalid category name");
     }
-    let save = p.get("savePath");
     let config = api.config();
-    if !save.is_empty() && Path::new(save) != config.complete_dir(&name) {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "dropseed places a category's torrents in its own folder ([categories.NAME] download_dir in the config)",
-        );
+    let (c, own, save) = (config.clone(), config.complete_dir(&name), p.get("savePath").to_string());
+    let checked = tokio::task::spawn_blocking(move || check_save_path(&c, &own, &save)).await;
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(AddError::Refused(why))) => return status(StatusCode::BAD_REQUEST, &why),
+        _ => return status(StatusCode::BAD_REQUEST, "savePath cannot be checked"),
     }
     let folder = config.paths.watch_dir.join(&name);
     // A name already there counts only as a real folder: a link to one is
