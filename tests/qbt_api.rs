@@ -186,6 +186,8 @@ fn oversized_bodies_are_refused_before_they_are_read() {
     for (path, ctype) in [
         ("/api/v2/auth/login", "application/x-www-form-urlencoded"),
         ("/api/v2/torrents/info", "application/x-www-form-urlencoded"),
+        ("/api/v2/torrents/addTags", "application/x-www-form-urlencoded"),
+        ("/api/v2/torrents/setShareLimits", "application/x-www-form-urlencoded"),
         ("/api/v2/torrents/add", "multipart/form-data; boundary=xyz"),
     ] {
         let raw = format!(
