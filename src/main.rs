@@ -661,6 +661,21 @@ fn print_table(torrents: &[TorrentStatus]) {
     }
 }
 
+/// The seeding limits that hold, as `status` shows them; None for none.
+fn seeding_limits_line(e: &dropseed::torrent::share::Effective) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(r) = e.ratio {
+        parts.push(format!("ratio {r}"));
+    }
+    if let Some(s) = e.seeding_secs {
+        parts.push(format!("seeding time {}", dropseed::types::human_duration(s)));
+    }
+    if let Some(s) = e.idle_secs {
+        parts.push(format!("inactive {}", dropseed::types::human_duration(s)));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// One torrent, everything the daemon says of it.
 fn print_details(t: &TorrentStatus) {
     let ratio = if t.ratio < 0.0 { "inf".into() } else { format!("{:.2}", t.ratio) };
@@ -670,6 +685,12 @@ fn print_details(t: &TorrentStatus) {
     println!("  state     {} ({:.1}% of {})", t.state.as_str(), t.progress * 100.0, human_bytes(t.size));
     println!("  path      {}", if t.path.is_empty() { "-".to_string() } else { printable(&t.path, 1000) });
     println!("  category  {category}");
+    if !t.tags.is_empty() {
+        println!("  tags      {}", printable(&t.tags.join(", "), 1000));
+    }
+    if let Some(limits) = seeding_limits_line(&t.limits.effective) {
+        println!("  limits    {limits}");
+    }
     println!(
         "  transfer  down {}/s, up {}/s, {} peers ({} seeds), ratio {ratio}",
         human_bytes(t.download_rate),

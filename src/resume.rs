@@ -76,6 +76,16 @@ pub struct ResumeRecord {
         deserialize_with = "crate::storage::nofollow::lenient_stamps"
     )]
     pub stamps: Vec<crate::storage::nofollow::FileStamp>,
+    /// The torrent's tags (the API's `torrents/addTags`); older records have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Its own share limits (the API's `setShareLimits`); None = the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<crate::torrent::share::ShareLimits>,
+    /// The name shown instead of the metainfo's (the API's `torrents/rename`);
+    /// the files keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_name: Option<String>,
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still

@@ -996,3 +996,91 @@ async fn metrics_count_the_bytes_transferred_and_hide_tracker_passkeys() {
     b.session.shutdown().await;
     a.session.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Tags and share limits (the API's labels), through the session
+// ---------------------------------------------------------------------------
+
+/// Tags and share limits given at the add and changed later are kept in
+/// the resume record (and a magnet's state file), across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_and_share_limits_persist_across_a_restart() {
+    use dropseed::session::{AddOptions, LabelChange};
+    use dropseed::torrent::share::{ShareLimit, ShareLimits};
+    let a = Node::start().await;
+    payload_tree(&a.download_dir(), "tree", TREE, 5);
+    let meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    let hash = meta.info_hash.hex();
+    let share = ShareLimits::from_api(2.5, 90, -1).unwrap();
+    let opts = AddOptions { tags: vec!["cross-seed".into()], share: Some(share), ..Default::default() };
+    assert_eq!(a.session.add_metainfo_with(meta.clone(), opts).await.unwrap(), AddOutcome::Added);
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    let added = a.session.change_labels(meta.info_hash, LabelChange::AddTags(vec!["keep".into()])).await.unwrap();
+    assert_eq!(added.hash, meta.info_hash);
+    let other = meta_of_magnet();
+    let magnet_opts = AddOptions { category: "tv".into(), tags: vec!["m".into()], share: None, name: None };
+    a.session.add_magnet_with(other.clone(), magnet_opts).await.unwrap();
+    a.session.change_labels(other.info_hash, LabelChange::Share(share)).await.unwrap();
+    // Too many tags on one torrent is refused, typed.
+    let many: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    let err = a.session.change_labels(meta.info_hash, LabelChange::AddTags(many)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest, "{err}");
+    let unknown = dropseed::types::InfoHash([7; 20]);
+    let err = a.session.change_labels(unknown, LabelChange::AddTags(vec!["x".into()])).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    let Node { dir, session } = a;
+    session.shutdown().await;
+    let b = Node::start_in(dir, |_| {}).await;
+    let t = b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    assert_eq!(t.tags, ["cross-seed", "keep"]);
+    assert_eq!(t.limits.own, share);
+    assert_eq!(t.limits.effective.ratio, Some(2.5));
+    assert_eq!(t.limits.effective.seeding_secs, Some(90 * 60));
+    assert_eq!(t.limits.effective.idle_secs, None);
+    let m = b.status(&other.info_hash.hex()).expect("the magnet is back");
+    assert_eq!(
+        (m.category.as_str(), m.tags.clone(), m.limits.own.seeding_minutes),
+        ("tv", vec!["m".into()], ShareLimit::At(90))
+    );
+    assert_eq!(b.session.known_tags().await, ["cross-seed", "keep", "m"]);
+    // Deleting a tag takes it off every torrent.
+    b.session.delete_tags(&["keep".into()]).await.unwrap();
+    assert_eq!(b.status(&hash).unwrap().tags, ["cross-seed"]);
+    assert_eq!(b.session.known_tags().await, ["cross-seed", "m"]);
+    b.session.shutdown().await;
+}
+
+fn meta_of_magnet() -> Magnet {
+    Magnet::parse(&format!("magnet:?xt=urn:btih:{}&dn=later", "ef".repeat(20))).unwrap()
+}
+
+/// A torrent's own share limits override the config's: unlimited keeps it
+/// seeding past `[seeding] seed_time_limit`; back to -2 (global) it stops
+/// there; a ratio limit of 0 stops it at once. (The seeding clock is the
+/// wall clock, so the config's limit here is one second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torrent_stops_at_its_own_share_limits() {
+    use dropseed::session::{AddOptions, LabelChange};
+    use dropseed::torrent::share::ShareLimits;
+    let a = Node::start_with(|c| c.seeding.seed_time_limit = dropseed::config::Span(1)).await;
+    payload_tree(&a.download_dir(), "tree", TREE, 6);
+    let meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    let hash = meta.info_hash.hex();
+    let limits = |ratio, minutes| ShareLimits::from_api(ratio, minutes, -2).unwrap();
+    let opts = AddOptions { share: Some(limits(-1.0, -1)), ..Default::default() };
+    assert_eq!(a.session.add_metainfo_with(meta.clone(), opts).await.unwrap(), AddOutcome::Added);
+    let t = a.wait_for(&hash, "3 s seeded", Duration::from_secs(30), |t| t.times.seeding_secs >= 3).await;
+    assert_eq!(t.state, TorrentState::Seeding, "unlimited: the config's 1 s does not hold");
+    assert_eq!(t.limits.effective.seeding_secs, None);
+
+    a.session.change_labels(meta.info_hash, LabelChange::Share(limits(-2.0, -2))).await.unwrap();
+    let t = a.wait_state(&hash, TorrentState::Stopped, Duration::from_secs(30)).await;
+    assert_eq!(t.limits.effective.seeding_secs, Some(1), "global again: the config's limit");
+
+    a.session.change_labels(meta.info_hash, LabelChange::Share(limits(0.0, -1))).await.unwrap();
+    a.session.command(meta.info_hash, Cmd::Resume).await.unwrap();
+    let t = a.wait_state(&hash, TorrentState::Stopped, Duration::from_secs(30)).await;
+    assert_eq!(t.limits.effective.ratio, Some(0.0));
+    a.session.shutdown().await;
+}

@@ -17,10 +17,15 @@ const PASSWORD: &str = "correct horse";
 /// A daemon with the API on a free port; the password hash made by the
 /// real `dropseed api hash-password`.
 fn daemon_with_api() -> (Dropseed, u16) {
+    daemon_with_api_and("")
+}
+
+/// The same, with more config (TOML sections) after `[api]`.
+fn daemon_with_api_and(more: &str) -> (Dropseed, u16) {
     let phc = hash_of(PASSWORD);
     let port = free_port();
     let mut d = Dropseed::new(&format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\nusername = \"admin\"\npassword_hash = \"{phc}\"\n"
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nusername = \"admin\"\npassword_hash = \"{phc}\"\n{more}"
     ));
     d.start();
     wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
@@ -181,6 +186,8 @@ fn oversized_bodies_are_refused_before_they_are_read() {
     for (path, ctype) in [
         ("/api/v2/auth/login", "application/x-www-form-urlencoded"),
         ("/api/v2/torrents/info", "application/x-www-form-urlencoded"),
+        ("/api/v2/torrents/addTags", "application/x-www-form-urlencoded"),
+        ("/api/v2/torrents/setShareLimits", "application/x-www-form-urlencoded"),
         ("/api/v2/torrents/add", "multipart/form-data; boundary=xyz"),
     ] {
         let raw = format!(
@@ -306,6 +313,9 @@ fn qbittorrent_api_drives_a_torrent_through_its_life() {
         panic!("the qbittorrent-api script failed:\n{said}\nlog tail (newest first):\n{}", tail.join("\n"));
     }
     assert!(said.contains("LIFE OK"), "{said}");
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("seeding limit reached")).expect("an INFO line for the limit reached");
+    assert!(line.contains("level=info") && line.contains("the torrent's own ratio limit"), "{line}");
 }
 
 fn percent(s: &str) -> String {
@@ -439,4 +449,157 @@ fn a_reloaded_password_hash_replaces_the_old_one_and_its_sessions() {
     let fresh = login(port, "battery%20staple");
     assert_eq!(fresh.body, "Ok.");
     assert_eq!(version(&sid_of(&fresh)), 200);
+}
+
+/// The write side: tags, share limits, categories and the refusals, each
+/// answered with a status and a text that names the problem; nothing
+/// without a session.
+#[test]
+fn tags_limits_categories_and_refusals_over_http() {
+    let (d, port) = daemon_with_api_and("[categories.films]\n");
+    for path in ["addTags", "createTags", "deleteTags", "setShareLimits", "setLocation", "removeCategories"] {
+        let r = Req::new(port, "POST", &format!("/api/v2/torrents/{path}")).form("hashes=all&tags=x").send(port);
+        assert_eq!(r.status, 403, "{path} without a session");
+    }
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let post = |path: &str, form: &str| {
+        Req::new(port, "POST", &format!("/api/v2/torrents/{path}")).header(&cookie).form(form).send(port)
+    };
+    let get = |path: &str| Req::new(port, "GET", &format!("/api/v2/torrents/{path}")).header(&cookie).send(port);
+    let hash = "ab".repeat(20);
+    let magnet = format!("magnet:?xt=urn:btih:{hash}%26dn=show");
+    let added = post("add", &format!("urls={magnet}&tags=sonarr,%20cross-seed&ratioLimit=1.5&seedingTimeLimit=-1"));
+    assert_eq!((added.status, added.body.as_str()), (200, "Ok."));
+    let info: serde_json::Value = serde_json::from_str(&get("info").body).unwrap();
+    let t = &info[0];
+    assert_eq!(t["tags"], "cross-seed, sonarr");
+    assert_eq!((t["ratio_limit"].as_f64(), t["seeding_time_limit"].as_i64()), (Some(1.5), Some(-1)));
+    assert_eq!((t["max_ratio"].as_f64(), t["max_seeding_time"].as_i64()), (Some(1.5), Some(-1)));
+    assert_eq!(get("tags").body, r#"["cross-seed","sonarr"]"#);
+    let shown = d.torrent(&hash).expect("in status --json");
+    assert_eq!(shown["tags"], serde_json::json!(["cross-seed", "sonarr"]), "status --json shows the tags");
+    let text = String::from_utf8_lossy(&d.cli(&["status", &hash]).stdout).to_string();
+    assert!(text.contains("tags      cross-seed, sonarr") && text.contains("limits    ratio 1.5"), "{text}");
+
+    // Bad tags: 400 naming the problem; nothing changed.
+    for (form, says) in [
+        ("tags=new%0Aline", "newline"),
+        ("tags=bell%07", "control character"),
+        (&*format!("tags={}", "x".repeat(200)), "longer than"),
+        ("tags=", "no tag"),
+    ] {
+        let r = post("addTags", &format!("hashes={hash}&{form}"));
+        assert_eq!(r.status, 400, "{form}: {}", r.body);
+        assert!(r.body.contains(says), "{form}: {}", r.body);
+    }
+    let r = post("add", &format!("urls=magnet:?xt=urn:btih:{}&tags=a%0Ab", "cd".repeat(20)));
+    assert!(r.status == 400 && r.body.contains("newline"), "{}", r.body);
+    assert_eq!(post("addTags", &format!("hashes={hash}&tags=keep,drop")).status, 200);
+    assert_eq!(post("addTags", &format!("hashes={}&tags=ghost", "0".repeat(40))).status, 200, "unknown: skipped");
+    assert_eq!(get("tags").body, r#"["cross-seed","drop","keep","sonarr"]"#);
+    let tagged = |tag: &str| {
+        let list: serde_json::Value = serde_json::from_str(&get(&format!("info?tag={tag}")).body).unwrap();
+        list.as_array().unwrap().len()
+    };
+    assert_eq!((tagged("keep"), tagged("kee"), tagged("")), (1, 0, 0));
+    assert_eq!(post("removeTags", &format!("hashes={hash}&tags=keep")).status, 200);
+    assert_eq!(post("deleteTags", "tags=drop").status, 200);
+    let info: serde_json::Value = serde_json::from_str(&get("info").body).unwrap();
+    assert_eq!(info[0]["tags"], "cross-seed, sonarr");
+    assert_eq!(post("createTags", "tags=spare").status, 200);
+    assert!(get("tags").body.contains("spare"));
+
+    // Share limits.
+    let r = post("setShareLimits", &format!("hashes={hash}&ratioLimit=lots&seedingTimeLimit=1"));
+    assert!(r.status == 400 && r.body.contains("ratioLimit"), "{}", r.body);
+    let r = post("setShareLimits", &format!("hashes={hash}&ratioLimit=-5&seedingTimeLimit=1"));
+    assert!(r.status == 400 && r.body.contains("-2 (global)"), "{}", r.body);
+    let r = post("setShareLimits", &format!("hashes={hash}&ratioLimit=1"));
+    assert!(r.status == 400 && r.body.contains("required"), "{}", r.body);
+    assert_eq!(post("setShareLimits", &format!("hashes={hash}&ratioLimit=-2&seedingTimeLimit=30")).status, 200);
+    let info: serde_json::Value = serde_json::from_str(&get("info").body).unwrap();
+    assert_eq!((info[0]["ratio_limit"].as_f64(), info[0]["seeding_time_limit"].as_i64()), (Some(-2.0), Some(30)));
+    assert_eq!((info[0]["max_ratio"].as_f64(), info[0]["max_seeding_time"].as_i64()), (Some(-1.0), Some(30)));
+
+    // Paths: an escape is 400 naming the allowed folders; inside, a move is refused.
+    let r = post("setLocation", &format!("hashes={hash}&location=/etc"));
+    assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
+    let escape = format!("{}/../../etc", d.download_dir().display());
+    let r = post("setLocation", &format!("hashes={hash}&location={escape}"));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = post("setLocation", &format!("hashes={hash}&location={}/x", d.download_dir().display()));
+    assert!(r.status == 409 && r.body.contains("cannot move"), "{}", r.body);
+    let r = post("add", &format!("urls=magnet:?xt=urn:btih:{}&savepath=/etc", "cd".repeat(20)));
+    assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
+
+    // Refused until dropseed has them; an unknown hash is 404 first.
+    for path in ["renameFile", "renameFolder", "filePrio"] {
+        assert_eq!(post(path, &format!("hash={}&id=0&priority=0", "0".repeat(40))).status, 404, "{path}");
+        let r = post(path, &format!("hash={hash}&id=0&priority=0&oldPath=a&newPath=b"));
+        assert_eq!(r.status, 409, "{path}: {}", r.body);
+    }
+    let r = post("setForceStart", &format!("hashes={hash}&value=true"));
+    assert!(r.status == 409 && r.body.contains("no forced start"), "{}", r.body);
+    assert_eq!(post("setForceStart", &format!("hashes={hash}&value=false")).status, 200);
+    let r = post("setUploadLimit", &format!("hashes={hash}&limit=1000"));
+    assert!(r.status == 409 && r.body.contains("per-torrent"), "{}", r.body);
+
+    // Categories: the config's stay, a used one stays, an unused one goes.
+    let r = post("removeCategories", "categories=films");
+    assert!(r.status == 409 && r.body.contains("config file"), "{}", r.body);
+    let r = post("createCategory", "category=tv&savePath=/etc");
+    assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
+    let r = post("createCategory", &format!("category=tv&savePath={}/films", d.download_dir().display()));
+    assert!(r.status == 400 && r.body.contains("puts this category's torrents in"), "{}", r.body);
+    assert!(!d.watch_dir().join("tv").exists(), "nothing made");
+    assert_eq!(post("createCategory", "category=tv").status, 200);
+    assert_eq!(post("createCategory", "category=old").status, 200);
+    let r = post("editCategory", "category=tv&savePath=/srv/elsewhere");
+    assert!(r.status == 409 && r.body.contains("[categories.tv] download_dir"), "{}", r.body);
+    let own = d.download_dir().join("tv");
+    assert_eq!(post("editCategory", &format!("category=tv&savePath={}", own.display())).status, 200);
+    assert_eq!(post("editCategory", "category=nope&savePath=").status, 409);
+    let r = post("add", &format!("urls=magnet:?xt=urn:btih:{}&category=tv", "ef".repeat(20)));
+    assert_eq!(r.body, "Ok.");
+    let r = post("removeCategories", "categories=tv");
+    assert!(r.status == 409 && r.body.contains("still has 1 torrent"), "{}", r.body);
+    assert_eq!(post("removeCategories", "categories=old").status, 200);
+    assert!(!d.watch_dir().join("old").exists() && d.watch_dir().join("tv").is_dir());
+    let cats = Req::new(port, "GET", "/api/v2/torrents/categories").header(&cookie).send(port).body;
+    assert!(!cats.contains("\"old\"") && cats.contains("\"tv\""), "{cats}");
+
+    // The name shown (the files keep theirs).
+    assert_eq!(post("rename", &format!("hash={}&name=x", "0".repeat(40))).status, 404);
+    let r = post("rename", &format!("hash={hash}&name=two%0Alines"));
+    assert!(r.status == 400 && r.body.contains("control character"), "{}", r.body);
+    assert_eq!(post("rename", &format!("hash={hash}&name=")).status, 400);
+    assert_eq!(post("rename", &format!("hash={hash}&name=Shown%20Name")).status, 200);
+
+    // The global limits are the config file's: setPreferences says so in the log.
+    let r = Req::new(port, "POST", "/api/v2/app/setPreferences")
+        .header(&cookie)
+        .form("json=%7B%22max_ratio_enabled%22%3Atrue%2C%22max_ratio%22%3A1%7D")
+        .send(port);
+    assert_eq!(r.status, 200);
+    let prefs = Req::new(port, "GET", "/api/v2/app/preferences").header(&cookie).send(port).body;
+    assert!(prefs.contains(r#""max_ratio_enabled":false"#), "{prefs}");
+    let log = d.wait_log("app/setPreferences changes nothing", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("app/setPreferences")).unwrap();
+    assert!(line.contains("max_ratio,max_ratio_enabled"), "{line}");
+
+    // Tags, limits and the name survive a restart.
+    let mut d = d;
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let info = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(&cookie).send(port).body;
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        (info[0]["tags"].as_str(), info[0]["seeding_time_limit"].as_i64()),
+        (Some("cross-seed, sonarr"), Some(30))
+    );
+    assert_eq!(info[0]["name"], "Shown Name");
+    let tags = Req::new(port, "GET", "/api/v2/torrents/tags").header(&cookie).send(port).body;
+    assert_eq!(tags, r#"["cross-seed","keep","sonarr","spare"]"#, "removeTags keeps a tag known, deleteTags not");
 }

@@ -2,10 +2,14 @@
 //! `app/version`; qbittorrent-api picks `stopped` or `paused` by
 //! `app/webapiVersion`), and the preferences, read from dropseed's config.
 //!
-//! `app/setPreferences` changes nothing at run time yet: dropseed's settings
-//! live in its config file (edit it and send SIGHUP). It answers 200 and
-//! ignores the fields, as qBittorrent ignores unknown ones, so that tools
-//! that push their preferences at start keep working.
+//! `app/setPreferences` changes nothing at run time: dropseed's settings
+//! live in its config file (edit it and send SIGHUP), the global share
+//! limits too (`[seeding]`: max_ratio, max_seeding_time,
+//! max_inactive_seeding_time, max_ratio_act), so that a restart or a
+//! reload never undoes what the API set. A torrent's own limits are
+//! `torrents/setShareLimits`'. It answers 200 and ignores the fields, as
+//! qBittorrent ignores unknown ones, so that tools that push their
+//! preferences at start keep working, and logs the names it ignored.
 
 use super::{Api, Params};
 use crate::config::{Config, Encryption, LimitAction};
@@ -50,7 +54,15 @@ async fn preferences(State(api): State<Arc<Api>>) -> Json<Value> {
     Json(preferences_of(&api.config()))
 }
 
-async fn set_preferences(_params: Params) -> &'static str {
+async fn set_preferences(params: Params) -> &'static str {
+    let fields: serde_json::Map<String, Value> = serde_json::from_str(params.get("json")).unwrap_or_default();
+    if !fields.is_empty() {
+        let names: Vec<String> = fields.keys().take(20).map(|k| crate::types::printable(k, 40)).collect();
+        tracing::info!(
+            fields = %names.join(","),
+            "app/setPreferences changes nothing: set these in the config file and send SIGHUP"
+        );
+    }
     ""
 }
 

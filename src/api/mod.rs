@@ -18,9 +18,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod category;
 pub mod guard;
+pub mod location;
 pub mod model;
 pub mod sync;
+pub mod tags;
 pub mod torrents;
 
 use crate::config::Config;
@@ -180,6 +183,9 @@ fn router(api: Arc<Api>) -> Router {
         .merge(app::routes())
         .merge(torrents::routes())
         .merge(sync::routes())
+        .merge(tags::routes())
+        .merge(category::routes())
+        .merge(location::routes())
         .route("/transfer/info", get(sync::transfer_info).post(sync::transfer_info))
         .route("/log/main", get(empty_list).post(empty_list))
         .route("/log/peers", get(empty_list).post(empty_list));

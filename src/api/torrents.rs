@@ -7,7 +7,7 @@
 //!
 //! Not supported yet (answered plainly): http(s) URLs in `torrents/add`,
 //! a `savepath` other than the category's own folder, changing a torrent's
-//! category (409), tags (accepted, not kept).
+//! category (409). Tags and share limits are in `tags`.
 
 use super::model::{self, Filter, Query};
 use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
@@ -38,7 +38,6 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/trackers", get(trackers).post(trackers))
         .route("/torrents/webseeds", get(webseeds).post(webseeds))
         .route("/torrents/categories", get(categories).post(categories))
-        .route("/torrents/tags", get(no_tags).post(no_tags))
         .route("/torrents/createCategory", post(create_category))
         .route("/torrents/setCategory", post(set_category))
         .route("/torrents/add", post(add).layer(DefaultBodyLimit::max(ADD_LIMIT)))
@@ -71,7 +70,7 @@ async fn set_super_seeding(p: Params) -> Response {
     StatusCode::OK.into_response()
 }
 
-fn status(code: StatusCode, text: &str) -> Response {
+pub(super) fn status(code: StatusCode, text: &str) -> Response {
     (code, text.to_string()).into_response()
 }
 
@@ -97,15 +96,19 @@ async fn info(State(api): State<Arc<Api>>, p: Params) -> Json<Vec<model::Torrent
         limit: p.get("limit").parse().ok(),
         offset: p.get("offset").parse().ok(),
     };
-    Json(model::select(all_infos(&api), &q))
+    let mut all = all_infos(&api);
+    if let Some(tag) = p.opt("tag") {
+        all.retain(|t| super::tags::has_tag(&t.tags, tag));
+    }
+    Json(model::select(all, &q))
 }
 
-fn parse_hash(s: &str) -> Option<InfoHash> {
+pub(super) fn parse_hash(s: &str) -> Option<InfoHash> {
     (s.trim().len() == 40).then(|| InfoHash::parse(s.trim())).flatten()
 }
 
 /// The status of `hash=...`, or qBittorrent's 404.
-fn one(api: &Api, p: &Params) -> Result<crate::torrent::TorrentStatus, Refusal> {
+pub(super) fn one(api: &Api, p: &Params) -> Result<crate::torrent::TorrentStatus, Refusal> {
     parse_hash(p.get("hash"))
         .and_then(|h| api.session.status_of(&h))
         .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, "Torrent hash was not found".into()))
@@ -183,10 +186,6 @@ async fn webseeds(State(api): State<Arc<Api>>, p: Params) -> Response {
     }
 }
 
-async fn no_tags() -> Json<Vec<String>> {
-    Json(Vec::new())
-}
-
 /// The categories: watch subfolders and `[categories.NAME]` sections.
 pub async fn category_names(api: &Api) -> Vec<String> {
     let config = api.config();
@@ -232,13 +231,13 @@ async fn create_category(State(api): State<Arc<Api>>, p: Params) -> Response {
     if !crate::config::valid_category(&name) {
         return status(StatusCode::BAD_REQUEST, "Invalid category name");
     }
-    let save = p.get("savePath");
     let config = api.config();
-    if !save.is_empty() && Path::new(save) != config.complete_dir(&name) {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "dropseed places a category's torrents in its own folder ([categories.NAME] download_dir in the config)",
-        );
+    let (c, own, save) = (config.clone(), config.complete_dir(&name), p.get("savePath").to_string());
+    let checked = tokio::task::spawn_blocking(move || check_save_path(&c, &own, &save)).await;
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(AddError::Refused(why))) => return status(StatusCode::BAD_REQUEST, &why),
+        _ => return status(StatusCode::BAD_REQUEST, "savePath cannot be checked"),
     }
     let folder = config.paths.watch_dir.join(&name);
     // A name already there counts only as a real folder: a link to one is
@@ -269,7 +268,7 @@ async fn set_category(State(api): State<Arc<Api>>, p: Params) -> Response {
 }
 
 /// The hashes a command names: `all` is every torrent.
-fn targets(api: &Api, p: &Params) -> Vec<InfoHash> {
+pub(super) fn targets(api: &Api, p: &Params) -> Vec<InfoHash> {
     match hash_list(p.get("hashes")) {
         None => api.session.statuses().iter().filter_map(|t| parse_hash(&t.info_hash)).collect(),
         Some(list) => list.iter().filter_map(|h| parse_hash(h)).collect(),
@@ -439,8 +438,9 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     if !category.is_empty() && !crate::config::valid_category(&category) {
         return Err(AddError::Refused(format!("'{category}' cannot be a category name")));
     }
-    let (own, save) = (api.config().complete_dir(&category), p.get("savepath").to_string());
-    tokio::task::spawn_blocking(move || check_save_path(&own, &save)).await.map_err(|_| AddError::Fails)??;
+    let (config, save) = (api.config(), p.get("savepath").to_string());
+    let own = config.complete_dir(&category);
+    tokio::task::spawn_blocking(move || check_save_path(&config, &own, &save)).await.map_err(|_| AddError::Fails)??;
     // An unknown layout is Original, as in qBittorrent (Flood sends the
     // word "undefined" when its user chose none).
     if matches!(p.get("contentLayout"), "Subfolder" | "NoSubfolder") {
@@ -458,13 +458,14 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     }
     let items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
     let stopped = p.flag("stopped") || p.flag("paused");
+    let opts = super::tags::add_options(api, p, category).await.map_err(AddError::Refused)?;
     // In a task of its own, awaited: a dropped request never cancels an add
     // half-way (its registry slot reserved, its state files half written).
     let api = api.clone();
     let added = tokio::spawn(async move {
         let mut added = 0;
         for item in items.into_iter().flatten() {
-            if add_one(&api, item, &category, stopped).await {
+            if add_one(&api, item, &opts, stopped).await {
                 added += 1;
             }
         }
@@ -485,10 +486,11 @@ fn parse_items(files: Vec<Vec<u8>>, urls: Vec<String>) -> Vec<Option<Item>> {
 }
 
 /// Adds one torrent or magnet; true when it is managed afterwards.
-async fn add_one(api: &Arc<Api>, item: Item, category: &str, stopped: bool) -> bool {
+async fn add_one(api: &Arc<Api>, item: Item, opts: &crate::session::AddOptions, stopped: bool) -> bool {
+    let category = opts.category.as_str();
     let (hash, result) = match item {
-        Item::Torrent(m) => (m.info_hash, api.session.add_metainfo_in(*m, category).await),
-        Item::Magnet(m) => (m.info_hash, api.session.add_magnet_in(m, category).await),
+        Item::Torrent(m) => (m.info_hash, api.session.add_metainfo_with(*m, opts.clone()).await),
+        Item::Magnet(m) => (m.info_hash, api.session.add_magnet_with(m, opts.clone()).await),
     };
     match result {
         Ok(AddOutcome::Added) => {
@@ -510,13 +512,15 @@ async fn add_one(api: &Arc<Api>, item: Item, category: &str, stopped: bool) -> b
     }
 }
 
-/// A `savepath` is honoured only when it is where the category's torrents
-/// go anyway (symlinks resolved); other places are not supported yet.
+/// A `savepath` outside the folders dropseed may write is refused, naming
+/// them; one inside is honoured only when it is where the category's
+/// torrents go anyway (symlinks resolved): other places are not supported yet.
 /// Blocking (it resolves links): call off the async workers.
-fn check_save_path(own: &Path, save: &str) -> Result<(), AddError> {
+fn check_save_path(config: &crate::config::Config, own: &Path, save: &str) -> Result<(), AddError> {
     if save.is_empty() {
         return Ok(());
     }
+    super::location::check_path(config, save).map_err(|why| AddError::Refused(format!("savepath: {why}")))?;
     let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     if resolve(Path::new(save)) == resolve(own) {
         return Ok(());

@@ -45,8 +45,8 @@ pub(super) struct MagnetEntry {
     pub fetch: Option<Fetching>,
     /// Why the metadata could not be used or saved, if so.
     pub error: Option<String>,
-    /// The category the torrent it becomes will have.
-    pub category: String,
+    /// The category, tags and share limits the torrent it becomes will have.
+    pub opts: Box<super::AddOptions>,
 }
 
 /// The task fetching a magnet's metadata, and what the session sees of it.
@@ -75,7 +75,7 @@ impl MagnetEntry {
         };
         TorrentStatus {
             info_hash: hash.hex(),
-            name: self.magnet.display_name(),
+            name: self.opts.name.clone().unwrap_or_else(|| self.magnet.display_name()),
             state,
             progress: 0.0,
             size: 0,
@@ -85,7 +85,7 @@ impl MagnetEntry {
             fast: Default::default(),
             corrupt: 0,
             path: String::new(),
-            category: self.category.clone(),
+            category: self.opts.category.clone(),
             download_rate: 0,
             upload_rate: 0,
             peers: self.fetch.as_ref().map_or(0, |f| f.progress.peers.load(Ordering::Relaxed)),
@@ -96,6 +96,11 @@ impl MagnetEntry {
             tracker_error: None,
             trackers: Vec::new(),
             times: Default::default(),
+            tags: self.opts.tags.clone(),
+            limits: crate::torrent::share::LimitsView {
+                own: self.opts.share.unwrap_or_default(),
+                effective: Default::default(),
+            },
         }
     }
 }

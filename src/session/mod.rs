@@ -10,10 +10,12 @@
 //! soon as they are added, and restored from it at start as they were.
 
 mod entry;
+mod labels;
 mod listener;
 pub mod lookup;
 pub mod outcome;
 mod restore;
+pub mod tags;
 
 use crate::config::Config;
 use crate::hooks::{Facts, HookEvent, HookRunner};
@@ -38,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use labels::{check_name, AddOptions, LabelChange};
 pub use listener::AcceptBackoff;
 pub use outcome::{CommandOutcome, ErrorKind, Named, Reannounce, Removed, SessionError};
 
@@ -53,6 +56,9 @@ pub struct Session {
     removals: mpsc::UnboundedSender<InfoHash>,
     /// Magnets whose metadata arrived.
     fetched: mpsc::UnboundedSender<Fetched>,
+    /// The known tags; also held while a torrent's tags or limits change,
+    /// so that changes are saved one at a time.
+    tags: tokio::sync::Mutex<tags::TagBook>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -106,7 +112,11 @@ impl Session {
         let env = Arc::new(make_env(config, listen_port, hooks, udp.dht, udp.utp).await?);
         let (removals, removal_rx) = mpsc::unbounded_channel();
         let (fetched, fetched_rx) = mpsc::unbounded_channel();
-        let session = Arc::new(Session { env, registry: Mutex::new(HashMap::new()), cancel, tasks, removals, fetched });
+        let dir = env.state_dir.clone();
+        let book = tokio::task::spawn_blocking(move || tags::TagBook::load(&dir)).await.unwrap_or_default();
+        let tags = tokio::sync::Mutex::new(book);
+        let registry = Mutex::new(HashMap::new());
+        let session = Arc::new(Session { env, registry, cancel, tasks, removals, fetched, tags });
         session.restore().await;
         session.env.metrics.start_counting(&session.statuses());
         session.tasks.spawn(listener::accept_loop(session.clone(), listener, udp.incoming));
@@ -144,9 +154,9 @@ impl Session {
                     // Restored, not added: no `on_added` hook.
                     self.start_torrent(Arc::new(*meta), *record);
                 }
-                restore::Restored::Magnet(magnet, paused, announce, category) => {
+                restore::Restored::Magnet(magnet, paused, announce, opts) => {
                     self.env.announces.restore(magnet.info_hash, announce);
-                    self.start_magnet(magnet, paused, category)
+                    self.start_magnet(magnet, paused, *opts)
                 }
             }
         }
@@ -182,13 +192,13 @@ impl Session {
     }
 
     /// Puts a magnet in the registry, fetching unless paused.
-    fn start_magnet(self: &Arc<Self>, magnet: Magnet, paused: bool, category: String) {
+    fn start_magnet(self: &Arc<Self>, magnet: Magnet, paused: bool, opts: AddOptions) {
         let hash = magnet.info_hash;
         // Spawned under the registry's lock: a fetch can finish within a
         // millisecond, and its metadata must find the magnet in place.
         let mut registry = self.registry.lock().unwrap();
         let fetch = (!paused).then(|| self.spawn_fetch(&magnet));
-        registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None, category }));
+        registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None, opts: Box::new(opts) }));
     }
 
     fn spawn_fetch(self: &Arc<Self>, magnet: &Magnet) -> Fetching {
@@ -240,7 +250,15 @@ impl Session {
 
     /// Adds a torrent in `category` ("" for none).
     pub async fn add_metainfo_in(self: &Arc<Self>, meta: Metainfo, category: &str) -> std::io::Result<AddOutcome> {
-        self.add_torrent(meta, Vec::new(), Origin::User, category.to_string()).await
+        self.add_metainfo_with(meta, AddOptions { category: category.to_string(), ..Default::default() }).await
+    }
+
+    /// Adds a torrent with a category, tags and share limits (the API's add).
+    pub async fn add_metainfo_with(self: &Arc<Self>, meta: Metainfo, opts: AddOptions) -> std::io::Result<AddOutcome> {
+        if let Err(e) = self.create_tags(&opts.tags).await {
+            return Ok(AddOutcome::Refused(e.to_string()));
+        }
+        self.add_torrent(meta, Vec::new(), Origin::User, opts).await
     }
 
     async fn add_torrent(
@@ -248,7 +266,7 @@ impl Session {
         meta: Metainfo,
         peers: Vec<SocketAddr>,
         origin: Origin,
-        category: String,
+        opts: AddOptions,
     ) -> std::io::Result<AddOutcome> {
         let hash = meta.info_hash;
         let replaced = {
@@ -275,8 +293,8 @@ impl Session {
         // Metadata that arrives just after the user paused the magnet makes
         // a paused torrent.
         let paused = magnet.as_ref().is_some_and(|m| m.fetch.is_none());
-        // A magnet's torrent keeps the magnet's category.
-        let category = magnet.as_ref().map_or(category, |m| m.category.clone());
+        // A magnet's torrent keeps the magnet's category, tags and limits.
+        let opts = magnet.as_ref().map_or(opts, |m| (*m.opts).clone());
         if let Some(m) = magnet.as_mut() {
             m.stop_fetch().await;
         }
@@ -285,7 +303,10 @@ impl Session {
             added_at: now_unix(),
             peers: peers.iter().map(|p| p.to_string()).collect(),
             hold: if paused { resume::Hold::Paused } else { resume::Hold::Running },
-            category,
+            category: opts.category,
+            tags: opts.tags,
+            share: opts.share,
+            shown_name: opts.name,
             ..Default::default()
         };
         let meta = Arc::new(meta);
@@ -318,7 +339,7 @@ impl Session {
     /// A magnet's metadata arrived: it becomes a torrent like any other.
     async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
         let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
-        match self.add_torrent(f.meta, f.peers, Origin::Fetched, String::new()).await {
+        match self.add_torrent(f.meta, f.peers, Origin::Fetched, AddOptions::default()).await {
             Ok(AddOutcome::Added) => {
                 tracing::info!(torrent = %name, hash = %hash.short(), "metadata received; starting the torrent")
             }
@@ -345,6 +366,15 @@ impl Session {
 
     /// Adds a magnet in `category` ("" for none).
     pub async fn add_magnet_in(self: &Arc<Self>, magnet: Magnet, category: &str) -> std::io::Result<AddOutcome> {
+        self.add_magnet_with(magnet, AddOptions { category: category.to_string(), ..Default::default() }).await
+    }
+
+    /// Adds a magnet with a category, tags and share limits, which the
+    /// torrent it becomes keeps.
+    pub async fn add_magnet_with(self: &Arc<Self>, magnet: Magnet, opts: AddOptions) -> std::io::Result<AddOutcome> {
+        if let Err(e) = self.create_tags(&opts.tags).await {
+            return Ok(AddOutcome::Refused(e.to_string()));
+        }
         let hash = magnet.info_hash;
         {
             let mut registry = self.registry.lock().unwrap();
@@ -353,17 +383,17 @@ impl Session {
             }
             registry.insert(hash, Entry::Reserved(None));
         }
-        match save_magnet(&self.env.state_dir, &magnet, false, category).await {
+        match save_magnet(&self.env.state_dir, &magnet, false, &opts).await {
             Ok(()) => {
                 let facts = Facts {
                     hash: hash.hex(),
                     name: magnet.display_name(),
                     path: Default::default(),
-                    category: category.to_string(),
+                    category: opts.category.clone(),
                     size: None,
                 };
                 self.env.hooks.fire(&self.env.config(), HookEvent::Added, facts);
-                self.start_magnet(magnet, false, category.to_string());
+                self.start_magnet(magnet, false, opts);
                 Ok(AddOutcome::Added)
             }
             Err(e) => {
@@ -382,11 +412,18 @@ impl Session {
             .into_iter()
             .map(|s| match s {
                 StatusSource::Torrent(shared) => shared.status(),
-                StatusSource::Ready(status) => *status,
+                StatusSource::Ready(status) => self.magnet_status(*status),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
         out
+    }
+
+    /// A magnet's status with the share limits that will hold for its torrent.
+    fn magnet_status(&self, mut status: TorrentStatus) -> TorrentStatus {
+        let config = self.env.config().seeding_limits(&status.category);
+        status.limits.effective = status.limits.own.effective(config);
+        status
     }
 
     /// The status of one torrent or magnet, without building every other's.
@@ -394,7 +431,7 @@ impl Session {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
             StatusSource::Torrent(shared) => shared.status(),
-            StatusSource::Ready(status) => *status,
+            StatusSource::Ready(status) => self.magnet_status(*status),
         })
     }
 
@@ -404,7 +441,7 @@ impl Session {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
             StatusSource::Torrent(shared) => (shared.status(), shared.detail()),
-            StatusSource::Ready(status) => (*status, Default::default()),
+            StatusSource::Ready(status) => (self.magnet_status(*status), Default::default()),
         })
     }
 
@@ -499,12 +536,12 @@ impl Session {
         let io = |e: std::io::Error| SessionError::Io(e.to_string());
         if matches!(cmd, Cmd::Pause) {
             m.stop_fetch().await;
-            let r = save_magnet(&self.env.state_dir, &m.magnet, true, &m.category).await;
+            let r = save_magnet(&self.env.state_dir, &m.magnet, true, &m.opts).await;
             tracing::info!(torrent = %named.name, hash = %hash.short(), "paused");
             self.put(*hash, Entry::Magnet(m));
             return r.map(|_| CommandOutcome::Reached(named, Paused)).map_err(io);
         }
-        let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.category).await;
+        let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.opts).await;
         tracing::info!(torrent = %named.name, hash = %hash.short(), "resumed");
         let mut registry = self.registry.lock().unwrap();
         m.error = None;
@@ -767,11 +804,9 @@ fn persist_torrent(dir: &Path, meta: &Metainfo, record: &ResumeRecord) -> std::i
 }
 
 /// A magnet in `state_dir`: its URI, and a `# paused` line while paused.
-async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool, category: &str) -> std::io::Result<()> {
+async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool, opts: &AddOptions) -> std::io::Result<()> {
     let mut text = format!("{}\n{}", magnet.to_uri(), if paused { restore::PAUSED_MARK } else { "" });
-    if !category.is_empty() {
-        text.push_str(&format!("{}{category}\n", restore::CATEGORY_MARK));
-    }
+    text.push_str(&restore::option_marks(opts));
     let path = resume::magnet_path(state_dir, &magnet.info_hash);
     tokio::task::spawn_blocking(move || resume::write_atomic(&path, text.as_bytes()))
         .await

@@ -115,6 +115,8 @@ pub enum SessionError {
     DataLeft { torrent: Named, why: String },
     /// A file could not be written or read.
     Io(String),
+    /// The request asks for what cannot be (a bad tag, a bound passed); the text says why.
+    Invalid(String),
 }
 
 impl SessionError {
@@ -128,6 +130,7 @@ impl SessionError {
             SessionError::Gone(_) => ErrorKind::Gone,
             SessionError::NotApplicable(..) => ErrorKind::NotApplicable,
             SessionError::DataLeft { .. } | SessionError::Io(_) => ErrorKind::Io,
+            SessionError::Invalid(_) => ErrorKind::BadRequest,
         }
     }
 }
@@ -135,7 +138,9 @@ impl SessionError {
 impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionError::NotFound(s) | SessionError::Ambiguous(s) | SessionError::Io(s) => f.write_str(s),
+            SessionError::NotFound(s) | SessionError::Ambiguous(s) | SessionError::Io(s) | SessionError::Invalid(s) => {
+                f.write_str(s)
+            }
             SessionError::Busy(h) => write!(f, "{} is being added or removed; try again", h.short()),
             SessionError::Gone(h) => write!(f, "{}: the torrent's task has stopped", h.short()),
             SessionError::NotApplicable(t, why) => write!(f, "{t} {why}"),

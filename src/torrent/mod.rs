@@ -19,6 +19,7 @@ pub mod phase;
 pub mod picker;
 pub mod prepare;
 pub mod ratelimit;
+pub mod share;
 pub mod task;
 
 use crate::config::Config;
@@ -362,6 +363,13 @@ impl TorrentShared {
         self.status.lock().unwrap().record.category.clone()
     }
 
+    /// The share limits that hold for this torrent, its own and the config's.
+    pub fn limits_of(&self, record: &ResumeRecord) -> share::LimitsView {
+        let own = record.share.unwrap_or_default();
+        let config = self.env.config().seeding_limits(&record.category);
+        share::LimitsView { own, effective: own.effective(config) }
+    }
+
     /// Where the data goes once complete: its category's complete folder,
     /// as the configured folder and the folder made in it ("" for none).
     pub fn complete_folder(&self) -> (PathBuf, String) {
@@ -601,7 +609,7 @@ impl TorrentShared {
         let eta = (state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
         TorrentStatus {
             info_hash: self.meta.info_hash.hex(),
-            name: self.meta.name.clone(),
+            name: s.record.shown_name.clone().unwrap_or_else(|| self.meta.name.clone()),
             state,
             progress: done as f64 / size as f64,
             size,
@@ -626,6 +634,8 @@ impl TorrentShared {
                 completed_at: s.record.completed_at,
                 seeding_secs: s.record.seeding_secs,
             },
+            tags: s.record.tags.clone(),
+            limits: self.limits_of(&s.record),
         }
     }
 }
@@ -682,6 +692,12 @@ pub struct TorrentStatus {
     /// added_on, completion_on, seeding_time).
     #[serde(default)]
     pub times: StatusTimes,
+    /// Its tags, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Its own share limits and those that hold for it.
+    #[serde(default)]
+    pub limits: share::LimitsView,
 }
 
 /// A torrent's times from its resume record: Unix seconds (0 = not yet).

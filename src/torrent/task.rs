@@ -239,23 +239,38 @@ impl Drop for QueuedGuard<'_> {
     }
 }
 
-/// Why a seeding torrent should stop, if it should.
+/// Why a seeding torrent should stop, if it should: the limit reached,
+/// named (its own from the API, else its category's or `[seeding]`).
 pub(super) fn limit_reached(shared: &TorrentShared) -> Option<String> {
-    let limits = shared.env.config().seeding_limits(&shared.category());
-    if limits.ratio > 0.0 {
+    let (limits, seeded, idle) = {
+        let s = shared.status.lock().unwrap();
+        (shared.limits_of(&s.record), s.record.seeding_secs, s.record.seed_idle_secs)
+    };
+    let whose = |own: super::share::ShareLimit| match own {
+        super::share::ShareLimit::At(_) => "the torrent's own",
+        _ => "the configured",
+    };
+    let (own, limits) = (limits.own, limits.effective);
+    if let Some(max) = limits.ratio {
         let up = shared.uploaded.load(Ordering::Relaxed) as f64;
         let down = shared.downloaded.load(Ordering::Relaxed);
         let base = if down > 0 { down } else { shared.meta.total_length } as f64;
-        if up / base >= limits.ratio {
-            return Some(format!("ratio {:.2} >= {}", up / base, limits.ratio));
+        if up / base >= max {
+            return Some(format!("ratio {:.2} >= {max} ({} ratio limit)", up / base, whose(own.ratio_milli)));
         }
     }
-    let (seeded, idle) = {
-        let s = shared.status.lock().unwrap();
-        (s.record.seeding_secs, s.record.seed_idle_secs)
-    };
-    if limits.time_secs > 0 && seeded >= limits.time_secs {
-        return Some(format!("seeded for {}", human_duration(seeded)));
+    if limits.seeding_secs.is_some_and(|max| seeded >= max) {
+        return Some(format!(
+            "seeded for {} ({} seeding time limit)",
+            human_duration(seeded),
+            whose(own.seeding_minutes)
+        ));
     }
-    (limits.idle_secs > 0 && idle >= limits.idle_secs).then(|| format!("nothing uploaded for {}", human_duration(idle)))
+    limits.idle_secs.filter(|max| idle >= *max).map(|_| {
+        format!(
+            "nothing uploaded for {} ({} inactive seeding time limit)",
+            human_duration(idle),
+            whose(own.inactive_minutes)
+        )
+    })
 }

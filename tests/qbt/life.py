@@ -54,7 +54,7 @@ cats = c.torrents_categories()
 assert "tv" in cats and cats["tv"]["savePath"] == EXPECTED_DIR, cats
 assert os.path.isdir(os.path.join(env["QBT_WATCH_DIR"], "tv")), "a category is a watch folder"
 
-r = c.torrents_add(torrent_files=env["QBT_TORRENT"], category="tv")
+r = c.torrents_add(torrent_files=env["QBT_TORRENT"], category="tv", tags="sonarr")
 assert r == "Ok.", repr(r)
 assert c.torrents_add(urls=env["QBT_MAGNET"], category="tv") == "Ok."
 try:
@@ -96,6 +96,34 @@ try:
     raise AssertionError("category changed")
 except qbittorrentapi.Conflict409Error:
     pass
+
+# Tags: given at the add, added, filtered on, removed.
+assert info(c, h).tags == "sonarr", info(c, h).tags
+c.torrents_add_tags(tags=["cross-seed", "keep"], torrent_hashes=h)
+assert info(c, h).tags == "cross-seed, keep, sonarr", info(c, h).tags
+assert set(c.torrents_tags()) >= {"cross-seed", "keep", "sonarr"}, c.torrents_tags()
+assert [t.hash for t in c.torrents_info(tag="keep")] == [h]
+assert [t.hash for t in c.torrents_info(tag="")] == [by_name["special.mkv"]], "the untagged"
+c.torrents_remove_tags(tags="keep", torrent_hashes=h)
+c.torrents_delete_tags(tags="keep")
+assert "keep" not in c.torrents_tags() and info(c, h).tags == "cross-seed, sonarr"
+try:
+    c.torrents_add_tags(tags="bad\ttag", torrent_hashes=h)
+    raise AssertionError("a tag with a control character was taken")
+except qbittorrentapi.InvalidRequest400Error as e:
+    assert "control character" in str(e), e
+
+# Share limits: a seeding torrent given a ratio limit of 0 stops at once,
+# as a torrent at its seeding goal: stoppedUP, which Sonarr removes.
+s = by_name["special.mkv"]
+assert info(c, s).ratio_limit == -2 and info(c, s).max_ratio == -1, "the config sets no limit"
+c.torrents_set_share_limits(ratio_limit=0, seeding_time_limit=-1, inactive_seeding_time_limit=-2, torrent_hashes=s)
+wait("stoppedUP at the ratio limit", lambda: info(c, s).state == "stoppedUP")
+t = info(c, s)
+assert (t.ratio_limit, t.max_ratio, t.seeding_time_limit, t.max_seeding_time) == (0, 0, -1, -1), t
+c.torrents_set_share_limits(ratio_limit=-1, seeding_time_limit=-1, inactive_seeding_time_limit=-1, torrent_hashes=s)
+c.torrents_start(torrent_hashes=s)
+wait("seeding again without limits", lambda: info(c, s).state in ("stalledUP", "uploading"))
 
 c.torrents_stop(torrent_hashes=h)
 wait("stoppedUP", lambda: info(c, h).state == "stoppedUP")
