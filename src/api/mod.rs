@@ -18,6 +18,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod content;
 pub mod guard;
 pub mod model;
 pub mod sync;
