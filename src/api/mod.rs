@@ -65,6 +65,8 @@ pub struct Api {
     checks: Semaphore,
     /// `sync/maindata`'s response ids.
     pub rid: std::sync::atomic::AtomicU64,
+    /// What `sync/maindata` showed under recent rids (bounded).
+    pub sync_history: Mutex<sync::History>,
     /// The digest of the last HTTP Basic header that passed (`/metrics`).
     basic_passed: Mutex<Option<String>>,
 }
@@ -116,6 +118,7 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, session: Arc<Sessio
         throttle: Mutex::new(Throttle::default()),
         checks: Semaphore::new(2),
         rid: 0.into(),
+        sync_history: Mutex::new(sync::History::default()),
         basic_passed: Mutex::new(None),
         session,
     });
