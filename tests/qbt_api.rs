@@ -306,6 +306,12 @@ fn qbittorrent_api_drives_a_torrent_through_its_life() {
         panic!("the qbittorrent-api script failed:\n{said}\nlog tail (newest first):\n{}", tail.join("\n"));
     }
     assert!(said.contains("LIFE OK"), "{said}");
+    // The failed fetch is logged with why, its passkey-like path redacted.
+    let log = d.log_text();
+    let failed = log.lines().find(|l| l.contains("cannot fetch the .torrent") && l.contains("missing.torrent"));
+    let failed = failed.unwrap_or_else(|| panic!("no fetch failure logged:\n{log}"));
+    assert!(failed.contains("404") && failed.contains("/dl/***/missing.torrent"), "{failed}");
+    assert!(!log.contains("abcdefghijklmnop1234"), "the passkey reached the log");
 }
 
 fn percent(s: &str) -> String {

@@ -19,6 +19,7 @@
 pub mod app;
 pub mod auth;
 pub mod content;
+pub mod fetch;
 pub mod guard;
 pub mod model;
 pub mod sync;

@@ -306,7 +306,10 @@ mod tests {
     fn frame(torrents: Vec<(String, Map<String, Value>)>, cats: &[&str], tags: &[&str], free: u64) -> Frame {
         Frame {
             torrents,
-            categories: cats.iter().map(|c| (c.to_string(), json!({"name": c, "savePath": format!("/d/{c}")}))).collect(),
+            categories: cats
+                .iter()
+                .map(|c| (c.to_string(), json!({"name": c, "savePath": format!("/d/{c}")})))
+                .collect(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             server_state: json!({"free_space_on_disk": free, "dht_nodes": 0}).as_object().unwrap().clone(),
         }
@@ -314,7 +317,8 @@ mod tests {
 
     #[test]
     fn a_delta_carries_only_what_changed() {
-        let before = frame(vec![torrent("aa", "stalledUP", 0), torrent("bb", "stalledUP", 0)], &["tv", "old"], &["x"], 5);
+        let before =
+            frame(vec![torrent("aa", "stalledUP", 0), torrent("bb", "stalledUP", 0)], &["tv", "old"], &["x"], 5);
         let now = frame(
             vec![torrent("aa", "uploading", 7), torrent("bb", "stalledUP", 0), torrent("cc", "metaDL", 0)],
             &["tv", "movies"],

@@ -5,11 +5,13 @@
 //! methods, as the watch folder and the control socket do; errors are
 //! mapped by their kind, never by their text.
 //!
-//! Not supported yet (answered plainly): http(s) URLs in `torrents/add`,
-//! a `savepath` other than the category's own folder, changing a torrent's
-//! category (409), tags (accepted, not kept).
+//! http(s) `.torrent` URLs in `torrents/add` are fetched (`fetch`). Not
+//! supported yet (answered plainly): a `savepath` other than the
+//! category's own folder, changing a torrent's category (409), tags
+//! (accepted, not kept).
 
 use super::content;
+use super::fetch;
 use super::model::{self, Filter, Query};
 use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
 use crate::magnet::Magnet;
@@ -472,12 +474,12 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     if files.len() + urls.len() > MAX_ADDS {
         return Err(AddError::Refused(format!("at most {MAX_ADDS} torrents in one request")));
     }
-    if urls.iter().any(|u| u.starts_with("http://") || u.starts_with("https://")) {
-        return Err(AddError::Refused(
-            "http(s) .torrent URLs are not fetched yet: send the file, a magnet or the info hash".into(),
-        ));
-    }
-    let items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
+    let (web, urls): (Vec<String>, Vec<String>) = urls.into_iter().partition(|u| fetch::is_http(u));
+    let fetched = fetch::fetch_all(&api.session.env.http, web).await;
+    let unfetched = fetched.iter().filter(|f| f.is_none()).count();
+    let files = files.into_iter().chain(fetched.into_iter().flatten()).collect();
+    let mut items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
+    items.extend((0..unfetched).map(|_| None));
     let stopped = p.flag("stopped") || p.flag("paused");
     // In a task of its own, awaited: a dropped request never cancels an add
     // half-way (its registry slot reserved, its state files half written).
