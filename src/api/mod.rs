@@ -22,6 +22,7 @@ pub mod content;
 pub mod fetch;
 pub mod guard;
 pub mod model;
+pub mod prefs;
 pub mod sync;
 pub mod torrents;
 

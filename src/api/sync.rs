@@ -6,6 +6,7 @@
 //! that rid. A client sending it back gets only what changed since: new
 //! torrents whole, changed fields of changed torrents, `torrents_removed`,
 //! changed categories and `categories_removed`, tags added and removed,
+//! trackers whose torrents changed and `trackers_removed`,
 //! changed `server_state` fields; empty parts are left out, as qBittorrent
 //! does. A rid that is unknown, already used or forgotten gets a
 //! `full_update`. A digest is taken when used, so each client's chain holds
@@ -45,6 +46,8 @@ pub struct Frame {
     /// By category name.
     pub categories: Map<String, Value>,
     pub tags: Vec<String>,
+    /// Each tracker URL with the hashes of the torrents announcing to it.
+    pub trackers: Map<String, Value>,
     pub server_state: Map<String, Value>,
 }
 
@@ -54,6 +57,8 @@ pub struct Digest {
     torrents: HashMap<String, Vec<(String, u64)>>,
     categories: Map<String, Value>,
     tags: BTreeSet<String>,
+    /// A hash of each tracker's list of torrents.
+    trackers: HashMap<String, u64>,
     server_state: Map<String, Value>,
 }
 
@@ -81,6 +86,7 @@ impl Frame {
             torrents: self.torrents.iter().map(|(h, fields)| (h.clone(), row(fields))).collect(),
             categories: self.categories.clone(),
             tags: self.tags.iter().cloned().collect(),
+            trackers: self.trackers.iter().map(|(url, v)| (url.clone(), value_hash(v))).collect(),
             server_state: self.server_state.clone(),
         }
     }
@@ -94,7 +100,7 @@ impl Frame {
         out.insert("torrents".into(), Value::Object(torrents));
         out.insert("categories".into(), Value::Object(self.categories.clone()));
         out.insert("tags".into(), json!(self.tags));
-        out.insert("trackers".into(), json!({}));
+        out.insert("trackers".into(), Value::Object(self.trackers.clone()));
         out.insert("server_state".into(), Value::Object(self.server_state.clone()));
         out
     }
@@ -132,6 +138,14 @@ impl Frame {
         let tags_now: BTreeSet<&String> = self.tags.iter().collect();
         let tags: Vec<&&String> = tags_now.iter().filter(|t| !before.tags.contains(t.as_str())).collect();
         let tags_removed: Vec<&String> = before.tags.iter().filter(|t| !tags_now.contains(t)).collect();
+        let trackers: Map<String, Value> = self
+            .trackers
+            .iter()
+            .filter(|(url, v)| before.trackers.get(url.as_str()) != Some(&value_hash(v)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let trackers_removed: Vec<&String> =
+            before.trackers.keys().filter(|k| !self.trackers.contains_key(k.as_str())).collect();
         let server_state: Map<String, Value> = self
             .server_state
             .iter()
@@ -145,6 +159,8 @@ impl Frame {
             ("categories_removed", json!(categories_removed)),
             ("tags", json!(tags)),
             ("tags_removed", json!(tags_removed)),
+            ("trackers", Value::Object(trackers)),
+            ("trackers_removed", json!(trackers_removed)),
             ("server_state", Value::Object(server_state)),
         ];
         let mut out = Map::new();
@@ -227,7 +243,31 @@ pub fn server_state(all: &[TorrentStatus], config: &crate::config::Config, machi
         "refresh_interval": 1500,
         "free_space_on_disk": machine.free_space_on_disk,
         "queueing": config.limits.max_active_downloads > 0,
+        // What qBittorrent adds in sync/maindata: all-time totals are the
+        // torrents' recorded ones; libtorrent's cache figures have no
+        // counterpart (dropseed keeps no read cache).
+        "alltime_dl": sum(|t| t.downloaded),
+        "alltime_ul": sum(|t| t.uploaded),
+        "global_ratio": global_ratio(sum(|t| t.uploaded), sum(|t| t.downloaded)),
+        "total_wasted_session": sum(|t| t.wasted),
+        "total_peer_connections": all.iter().map(|t| t.peers).sum::<usize>(),
+        "queued_io_jobs": machine.disk_queue,
+        "average_time_queue": 0,
+        "total_buffers_size": 0,
+        "total_queued_size": 0,
+        "read_cache_hits": "0",
+        "read_cache_overload": "0",
+        "write_cache_overload": "0",
     })
+}
+
+/// Uploaded over downloaded with two decimals, `-` before any download (a
+/// string, as qBittorrent sends it).
+fn global_ratio(up: u64, down: u64) -> String {
+    if down == 0 {
+        return "-".into();
+    }
+    format!("{:.2}", up as f64 / down as f64)
 }
 
 /// What `server_state` says beyond the torrents: the disk and the DHT.
@@ -235,6 +275,8 @@ pub fn server_state(all: &[TorrentStatus], config: &crate::config::Config, machi
 pub struct Machine {
     pub free_space_on_disk: u64,
     pub dht_nodes: usize,
+    /// Jobs waiting for a disk thread.
+    pub disk_queue: usize,
 }
 
 /// Free space where downloads go (as the control socket's `status`) and
@@ -245,6 +287,7 @@ pub async fn machine(api: &Api) -> Machine {
     Machine {
         free_space_on_disk: free.unwrap_or(0),
         dht_nodes: api.session.env.dht.as_ref().map_or(0, |d| d.node_count()),
+        disk_queue: api.session.env.disk.queued(),
     }
 }
 
@@ -270,7 +313,18 @@ async fn frame(api: &Api) -> Frame {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    Frame { torrents, categories, tags: Vec::new(), server_state }
+    Frame { torrents, categories, tags: Vec::new(), trackers: trackers_of(&all), server_state }
+}
+
+/// Each tracker URL with the hashes of the torrents announcing to it.
+pub fn trackers_of(all: &[TorrentStatus]) -> Map<String, Value> {
+    let mut by_url: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for t in all {
+        for v in &t.trackers {
+            by_url.entry(v.url.as_str()).or_default().push(t.info_hash.to_ascii_lowercase());
+        }
+    }
+    by_url.into_iter().map(|(url, hashes)| (url.to_string(), json!(hashes))).collect()
 }
 
 async fn maindata(State(api): State<Arc<Api>>, p: Params) -> Json<Value> {
@@ -311,6 +365,7 @@ mod tests {
                 .map(|c| (c.to_string(), json!({"name": c, "savePath": format!("/d/{c}")})))
                 .collect(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            trackers: json!({"http://t/a": ["aa"]}).as_object().unwrap().clone(),
             server_state: json!({"free_space_on_disk": free, "dht_nodes": 0}).as_object().unwrap().clone(),
         }
     }
@@ -335,12 +390,18 @@ mod tests {
         assert_eq!(d["categories_removed"], json!(["old"]));
         assert_eq!((d["tags"].clone(), d["tags_removed"].clone()), (json!(["y"]), json!(["x"])));
         assert!(d.get("server_state").is_none(), "nothing changed there");
+        assert!(d.get("trackers").is_none() && d.get("trackers_removed").is_none());
 
-        let later = frame(vec![torrent("cc", "metaDL", 0)], &["tv", "movies"], &["y"], 4);
+        let mut later = frame(vec![torrent("cc", "metaDL", 0)], &["tv", "movies"], &["y"], 4);
+        later.trackers = json!({"http://t/b": ["cc"]}).as_object().unwrap().clone();
         let d = later.delta(&now.digest());
         assert_eq!(d["torrents_removed"], json!(["aa", "bb"]));
         assert!(d.get("torrents").is_none() && d.get("categories").is_none() && d.get("tags").is_none());
         assert_eq!(d["server_state"], json!({"free_space_on_disk": 4}));
+        assert_eq!(
+            (d["trackers"].clone(), d["trackers_removed"].clone()),
+            (json!({"http://t/b": ["cc"]}), json!(["http://t/a"]))
+        );
     }
 
     #[test]
