@@ -166,10 +166,19 @@ def main():
         wait(f"{s.label} seeding", lambda: s.kind() == "seeding" and s.torrent().progress == 1)
     step("seeding", servers, problems)
 
+    rids = [s.get("sync/maindata")["rid"] for s in servers]
     for s in servers:
         s.client.torrents_stop(torrent_hashes=HASH)
     for s in servers:
         wait(f"{s.label} stopped", lambda: s.kind() == "stopped/complete")
+    # Both answer the rid they gave with a delta naming the new state (the
+    # first request on that HTTP session since: qbittorrent-nox keeps one
+    # snapshot per session).
+    for s, rid in zip(servers, rids):
+        delta = s.get("sync/maindata", rid=rid)
+        changed = delta.get("torrents", {}).get(HASH, {})
+        if delta.get("full_update") or "state" not in changed:
+            problems.append(f"{s.label}: sync/maindata rid={rid} after stop: {json.dumps(delta)[:400]}")
     step("stopped", servers, problems)
 
     for s in servers:
