@@ -446,3 +446,51 @@ fn a_reloaded_password_hash_replaces_the_old_one_and_its_sessions() {
     assert_eq!(fresh.body, "Ok.");
     assert_eq!(version(&sid_of(&fresh)), 200);
 }
+
+/// A connection from `from` to the API.
+fn connect_from(from: &str, port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&format!("{from}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.connect(&format!("127.0.0.1:{port}").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.into()
+}
+
+/// One address cannot hold every connection slot: past its share, its
+/// next connection is closed at once, while another address is served.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let (_d, port) = daemon_with_api();
+    let share = dropseed::api::MAX_PER_ADDRESS;
+    assert!(share < dropseed::api::MAX_CONNECTIONS);
+    // Each answered once (so the server has taken it) and held open, idle.
+    let held: Vec<TcpStream> = (0..share).map(|_| answered_and_kept(connect_from("127.0.0.1", port), port)).collect();
+    let extra = connect_from("127.0.0.1", port);
+    assert!(closed_by_server(extra, Duration::from_secs(3)), "a connection past the address's share was kept");
+    let mut other = connect_from("127.0.0.2", port);
+    other
+        .write_all(
+            format!("GET /api/v2/app/version HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = other.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "another address was not served: {answer:?}");
+    drop(held);
+}
+
+/// Sends one request on `s` and reads its answer, leaving it open.
+fn answered_and_kept(mut s: TcpStream, port: u16) -> TcpStream {
+    s.write_all(format!("GET /api/v2/app/version HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"Forbidden") {
+        let n = s.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
