@@ -494,3 +494,99 @@ fn answered_and_kept(mut s: TcpStream, port: u16) -> TcpStream {
     }
     s
 }
+
+/// `torrents/add` with one `.torrent` file part and a category.
+fn add_file(port: u16, cookie: &str, torrent: &[u8], category: &str) -> Reply {
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--xyz\r\nContent-Disposition: form-data; name=\"category\"\r\n\r\n");
+    body.extend_from_slice(category.as_bytes());
+    body.extend_from_slice(
+        b"\r\n--xyz\r\nContent-Disposition: form-data; name=\"torrents\"; filename=\"t.torrent\"\r\n",
+    );
+    body.extend_from_slice(b"Content-Type: application/x-bittorrent\r\n\r\n");
+    body.extend_from_slice(torrent);
+    body.extend_from_slice(b"\r\n--xyz--\r\n");
+    let mut raw = format!(
+        "POST /api/v2/torrents/add HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}\r\nConnection: close\r\n\
+         Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    exchange(port, &raw)
+}
+
+/// One torrent's `torrents/info` entry once it seeds, its paths made
+/// relative to the daemon's download folder.
+fn seeding_info(d: &Dropseed, port: u16, cookie: &str, hash: &str) -> serde_json::Value {
+    let mut t = wait_for("seeding", Duration::from_secs(90), || {
+        let r = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(cookie).send(port);
+        let list: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let t = list.get(0)?.clone();
+        matches!(t["state"].as_str(), Some("stalledUP" | "uploading")).then_some(t)
+    });
+    let root = format!("{}/", d.download_dir().display());
+    for key in ["save_path", "content_path", "root_path"] {
+        let relative =
+            t[key].as_str().unwrap().strip_prefix(&root).unwrap_or("(outside the download folder)").to_string();
+        t[key] = relative.into();
+    }
+    t
+}
+
+/// A torrent added through the API in category `tv` and the same torrent
+/// dropped into `watch/tv/` end in the same place, with the same
+/// `torrents/info` fields but for times, rates and peer counts.
+#[test]
+fn the_api_and_the_watch_folder_add_alike() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let swarm = Swarm::single("show.mkv", 2 * 1024 * 1024 + 3, 16, 51);
+    let (by_api, api_port) = daemon_with_api();
+    let (by_watch, watch_port) = daemon_with_api();
+    let api_cookie = sid_of(&login(api_port, "correct%20horse"));
+    let watch_cookie = sid_of(&login(watch_port, "correct%20horse"));
+
+    let r = add_file(api_port, &api_cookie, &std::fs::read(&swarm.torrent).unwrap(), "tv");
+    assert_eq!((r.status, r.body.as_str()), (200, "Ok."));
+    std::fs::create_dir_all(by_watch.watch_dir().join("tv")).unwrap();
+    by_watch.drop_file(&swarm.torrent, "tv/show.mkv.torrent");
+
+    let mut a = seeding_info(&by_api, api_port, &api_cookie, &swarm.hash);
+    let mut w = seeding_info(&by_watch, watch_port, &watch_cookie, &swarm.hash);
+    assert_eq!(a["content_path"], "tv/show.mkv");
+    let source = std::fs::read(swarm.data.join("show.mkv")).unwrap();
+    for d in [&by_api, &by_watch] {
+        assert!(std::fs::read(d.download_dir().join("tv/show.mkv")).unwrap() == source, "the bytes differ");
+    }
+    // What depends on when and with whom, not on how it was added.
+    for key in [
+        "state",
+        "added_on",
+        "completion_on",
+        "last_activity",
+        "seen_complete",
+        "time_active",
+        "seeding_time",
+        "dlspeed",
+        "upspeed",
+        "eta",
+        "downloaded",
+        "uploaded",
+        "downloaded_session",
+        "uploaded_session",
+        "ratio",
+        "num_seeds",
+        "num_leechs",
+        "num_complete",
+        "num_incomplete",
+        "availability",
+        "popularity",
+        "reannounce",
+    ] {
+        a.as_object_mut().unwrap().remove(key);
+        w.as_object_mut().unwrap().remove(key);
+    }
+    assert_eq!(a, w, "torrents/info differs between the API's add and the watch folder's");
+}
