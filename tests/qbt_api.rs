@@ -312,6 +312,7 @@ fn qbittorrent_api_drives_a_torrent_through_its_life() {
     let failed = failed.unwrap_or_else(|| panic!("no fetch failure logged:\n{log}"));
     assert!(failed.contains("404") && failed.contains("/dl/***/missing.torrent"), "{failed}");
     assert!(!log.contains("abcdefghijklmnop1234"), "the passkey reached the log");
+    assert!(log.contains("not a .torrent file"), "a page that is no .torrent is logged as such");
 }
 
 fn percent(s: &str) -> String {

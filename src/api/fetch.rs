@@ -7,7 +7,7 @@
 //! A failure is logged with the URL redacted as tracker URLs are (a
 //! private tracker's download link carries the passkey).
 
-use crate::metainfo::MAX_TORRENT_FILE;
+use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
 use std::time::Duration;
 
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -40,15 +40,22 @@ pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Strin
     Ok(body)
 }
 
-/// Fetches every URL, a few at a time; a failure is logged and is None.
-pub async fn fetch_all(client: &reqwest::Client, urls: Vec<String>) -> Vec<Option<Vec<u8>>> {
+/// Fetches and reads every URL's torrent, a few at a time; a failure is
+/// logged and is None.
+pub async fn fetch_all(client: &reqwest::Client, urls: Vec<String>) -> Vec<Option<Metainfo>> {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FETCHES_AT_ONCE));
     let mut running = tokio::task::JoinSet::new();
     for (i, url) in urls.into_iter().enumerate() {
         let (client, slots) = (client.clone(), slots.clone());
         running.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let got = fetch(&client, &url).await;
+            let got = match fetch(&client, &url).await {
+                Ok(bytes) => tokio::task::spawn_blocking(move || Metainfo::from_torrent_bytes(&bytes))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| m.map_err(|e| format!("not a .torrent file: {e}"))),
+                Err(e) => Err(e),
+            };
             if let Err(why) = &got {
                 tracing::warn!(url = %crate::tracker::redacted(&url), error = %why, "API add: cannot fetch the .torrent");
             }

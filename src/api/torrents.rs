@@ -476,10 +476,8 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     }
     let (web, urls): (Vec<String>, Vec<String>) = urls.into_iter().partition(|u| fetch::is_http(u));
     let fetched = fetch::fetch_all(&api.session.env.http, web).await;
-    let unfetched = fetched.iter().filter(|f| f.is_none()).count();
-    let files = files.into_iter().chain(fetched.into_iter().flatten()).collect();
     let mut items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
-    items.extend((0..unfetched).map(|_| None));
+    items.extend(fetched.into_iter().map(|m| m.map(|m| Item::Torrent(Box::new(m)))));
     let stopped = p.flag("stopped") || p.flag("paused");
     // In a task of its own, awaited: a dropped request never cancels an add
     // half-way (its registry slot reserved, its state files half written).

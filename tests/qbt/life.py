@@ -70,6 +70,7 @@ web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 threading.Thread(target=web.serve_forever, daemon=True).start()
 web_url = f"http://127.0.0.1:{web.server_address[1]}"
 assert c.torrents_add(urls=f"{web_url}/dl/abcdefghijklmnop1234/missing.torrent") == "Fails."
+assert c.torrents_add(urls=f"{web_url}/") == "Fails.", "a page that is no .torrent"
 closed = socket.socket()
 closed.bind(("127.0.0.1", 0))
 assert c.torrents_add(urls=f"http://127.0.0.1:{closed.getsockname()[1]}/x.torrent") == "Fails."
