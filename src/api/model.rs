@@ -157,7 +157,7 @@ pub fn torrent_info(t: &TorrentStatus, complete_dir: &Path, now: u64) -> Torrent
         max_seeding_time: -1,
         inactive_seeding_time_limit: -2,
         max_inactive_seeding_time: -1,
-        time_active: now.saturating_sub(t.times.added_at),
+        time_active: t.times.active_secs,
         added_on: t.times.added_at,
         completion_on: if t.times.completed_at > 0 { t.times.completed_at as i64 } else { -1 },
         // Payload moving now, else the last time it did this run, else

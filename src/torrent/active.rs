@@ -315,6 +315,7 @@ impl<'a> Active<'a> {
         };
         let plan = self.clock.tick(now, facts);
         self.update_rates(plan.elapsed);
+        self.shared.status.lock().unwrap().record.active_secs += plan.active_secs;
         if let Some(quiet) = plan.stalled {
             tracing::debug!(torrent = %self.shared.name(), quiet = %human_duration(quiet.as_secs()), "download stalled");
             return (plan.next_tick, Some(Outcome::Stalled));

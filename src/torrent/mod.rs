@@ -640,6 +640,7 @@ impl TorrentShared {
                 completed_at: s.record.completed_at,
                 seeding_secs: s.record.seeding_secs,
                 last_active: s.last_active,
+                active_secs: s.record.active_secs,
             },
         }
     }
@@ -718,6 +719,9 @@ pub struct StatusTimes {
     /// When payload last moved, this run (the API's `last_activity`).
     #[serde(default)]
     pub last_active: u64,
+    /// Seconds running, downloading or seeding (the API's `time_active`).
+    #[serde(default)]
+    pub active_secs: u64,
 }
 
 impl<'de> serde::Deserialize<'de> for TorrentState {
