@@ -27,9 +27,9 @@ use std::sync::Arc;
 
 /// Digests remembered at most (about one per polling client).
 pub const MAX_SNAPSHOTS: usize = 32;
-/// Torrent rows remembered at most over all digests (each row is a few
-/// hundred bytes: 100,000 rows stay under 60 MB); the newest digest is kept
-/// whatever its size.
+/// Torrent rows remembered at most over all digests (a row is its hash
+/// and 8 bytes per field, about 600 bytes: 100,000 rows are about 60 MB);
+/// the newest digest is kept whatever its size.
 pub const MAX_ROWS: usize = 100_000;
 
 pub fn routes() -> Router<Arc<Api>> {
@@ -51,10 +51,11 @@ pub struct Frame {
     pub server_state: Map<String, Value>,
 }
 
-/// What a client was shown, compactly: a hash of each torrent field.
+/// What a client was shown, compactly: a hash of each torrent field (its
+/// name and value), in the fields' order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Digest {
-    torrents: HashMap<String, Vec<(String, u64)>>,
+    torrents: HashMap<String, Vec<u64>>,
     categories: Map<String, Value>,
     tags: BTreeSet<String>,
     /// A hash of each tracker's list of torrents.
@@ -62,8 +63,9 @@ pub struct Digest {
     server_state: Map<String, Value>,
 }
 
-/// A JSON value's hash, written straight from its serialization.
-fn value_hash(v: &Value) -> u64 {
+/// A field's hash: its name, and its value written straight from its
+/// serialization.
+fn field_hash(key: &str, v: &Value) -> u64 {
     struct Sink(std::collections::hash_map::DefaultHasher);
     impl std::io::Write for Sink {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -75,18 +77,20 @@ fn value_hash(v: &Value) -> u64 {
         }
     }
     let mut sink = Sink(Default::default());
+    sink.0.write(key.as_bytes());
+    sink.0.write_u8(0);
     let _ = serde_json::to_writer(&mut sink, v);
     sink.0.finish()
 }
 
 impl Frame {
     pub fn digest(&self) -> Digest {
-        let row = |fields: &Map<String, Value>| fields.iter().map(|(k, v)| (k.clone(), value_hash(v))).collect();
+        let row = |fields: &Map<String, Value>| fields.iter().map(|(k, v)| field_hash(k, v)).collect();
         Digest {
             torrents: self.torrents.iter().map(|(h, fields)| (h.clone(), row(fields))).collect(),
             categories: self.categories.clone(),
             tags: self.tags.iter().cloned().collect(),
-            trackers: self.trackers.iter().map(|(url, v)| (url.clone(), value_hash(v))).collect(),
+            trackers: self.trackers.iter().map(|(url, v)| (url.clone(), field_hash("", v))).collect(),
             server_state: self.server_state.clone(),
         }
     }
@@ -107,18 +111,16 @@ impl Frame {
 
     /// What changed since `before` was shown.
     pub fn delta(&self, before: &Digest) -> Map<String, Value> {
+        self.delta_to(before, &self.digest())
+    }
+
+    /// The same, given this frame's own digest (`now`), computed once.
+    fn delta_to(&self, before: &Digest, now: &Digest) -> Map<String, Value> {
         let mut torrents = Map::new();
         for (hash, fields) in &self.torrents {
-            let changed: Map<String, Value> = match before.torrents.get(hash) {
-                None => fields.clone(),
-                Some(old) => {
-                    let old: HashMap<&str, u64> = old.iter().map(|(k, h)| (k.as_str(), *h)).collect();
-                    fields
-                        .iter()
-                        .filter(|(k, v)| old.get(k.as_str()) != Some(&value_hash(v)))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                }
+            let changed: Map<String, Value> = match (before.torrents.get(hash), now.torrents.get(hash)) {
+                (Some(old), Some(new)) => changed_fields(fields, old, new),
+                _ => fields.clone(),
             };
             if !changed.is_empty() {
                 torrents.insert(hash.clone(), Value::Object(changed));
@@ -141,7 +143,7 @@ impl Frame {
         let trackers: Map<String, Value> = self
             .trackers
             .iter()
-            .filter(|(url, v)| before.trackers.get(url.as_str()) != Some(&value_hash(v)))
+            .filter(|(url, v)| before.trackers.get(url.as_str()) != Some(&field_hash("", v)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let trackers_removed: Vec<&String> =
@@ -177,6 +179,19 @@ impl Frame {
         }
         out
     }
+}
+
+/// The fields of a torrent whose hash differs between two digests, side
+/// by side (a torrent's fields always come in the same sorted order; were
+/// they to differ, more fields would be sent, never fewer).
+fn changed_fields(fields: &Map<String, Value>, old: &[u64], new: &[u64]) -> Map<String, Value> {
+    fields
+        .iter()
+        .zip(new)
+        .enumerate()
+        .filter(|(i, (_, hash))| old.get(*i) != Some(*hash))
+        .map(|(_, ((k, v), _))| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The digests clients may still send a rid of, oldest first.
@@ -218,11 +233,12 @@ impl History {
 /// The answer to `rid`: a delta from what it showed, or a full update.
 pub fn answer(history: &mut History, rid: u64, new_rid: u64, frame: &Frame) -> Map<String, Value> {
     let before = (rid != 0).then(|| history.take(rid)).flatten();
+    let now = Arc::new(frame.digest());
     let mut out = match before {
-        Some(d) => frame.delta(&d),
+        Some(d) => frame.delta_to(&d, &now),
         None => frame.full(),
     };
-    history.keep(new_rid, Arc::new(frame.digest()));
+    history.keep(new_rid, now);
     out.insert("rid".into(), new_rid.into());
     out
 }
