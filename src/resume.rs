@@ -35,6 +35,9 @@ pub struct ResumeRecord {
     /// Seconds seeding since the last uploaded byte, for the idle limit.
     #[serde(default)]
     pub seed_idle_secs: u64,
+    /// Seconds running, downloading or seeding (the API's `time_active`).
+    #[serde(default)]
+    pub active_secs: u64,
     /// Why the torrent is held still, if it is.
     #[serde(default)]
     pub hold: Hold,

@@ -316,6 +316,13 @@ fn qbittorrent_api_drives_a_torrent_through_its_life() {
     let log = d.log_text();
     let line = log.lines().find(|l| l.contains("seeding limit reached")).expect("an INFO line for the limit reached");
     assert!(line.contains("level=info") && line.contains("the torrent's own ratio limit"), "{line}");
+    // The failed fetch is logged with why, its passkey-like path redacted.
+    let log = d.log_text();
+    let failed = log.lines().find(|l| l.contains("cannot fetch the .torrent") && l.contains("missing.torrent"));
+    let failed = failed.unwrap_or_else(|| panic!("no fetch failure logged:\n{log}"));
+    assert!(failed.contains("404") && failed.contains("/dl/***/missing.torrent"), "{failed}");
+    assert!(!log.contains("abcdefghijklmnop1234"), "the passkey reached the log");
+    assert!(log.contains("not a .torrent file"), "a page that is no .torrent is logged as such");
 }
 
 fn percent(s: &str) -> String {
@@ -508,6 +515,9 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert_eq!(info[0]["tags"], "cross-seed, sonarr");
     assert_eq!(post("createTags", "tags=spare").status, 200);
     assert!(get("tags").body.contains("spare"));
+    let main = Req::new(port, "GET", "/api/v2/sync/maindata").header(&cookie).send(port).body;
+    let main: serde_json::Value = serde_json::from_str(&main).unwrap();
+    assert_eq!(main["tags"], serde_json::json!(["cross-seed", "keep", "sonarr", "spare"]), "web UIs see the tags");
 
     // Share limits.
     let r = post("setShareLimits", &format!("hashes={hash}&ratioLimit=lots&seedingTimeLimit=1"));
@@ -602,4 +612,148 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert_eq!(info[0]["name"], "Shown Name");
     let tags = Req::new(port, "GET", "/api/v2/torrents/tags").header(&cookie).send(port).body;
     assert_eq!(tags, r#"["cross-seed","keep","sonarr","spare"]"#, "removeTags keeps a tag known, deleteTags not");
+}
+
+/// A connection from `from` to the API.
+fn connect_from(from: &str, port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&format!("{from}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.connect(&format!("127.0.0.1:{port}").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.into()
+}
+
+/// One address cannot hold every connection slot: past its share, its
+/// next connection is closed at once, while another address is served.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let (_d, port) = daemon_with_api();
+    let share = dropseed::api::MAX_PER_ADDRESS;
+    assert!(share < dropseed::api::MAX_CONNECTIONS);
+    // Each answered once (so the server has taken it) and held open, idle.
+    let held: Vec<TcpStream> = (0..share).map(|_| answered_and_kept(connect_from("127.0.0.1", port), port)).collect();
+    let extra = connect_from("127.0.0.1", port);
+    assert!(closed_by_server(extra, Duration::from_secs(3)), "a connection past the address's share was kept");
+    let mut other = connect_from("127.0.0.2", port);
+    other
+        .write_all(
+            format!("GET /api/v2/app/version HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = other.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "another address was not served: {answer:?}");
+    drop(held);
+}
+
+/// Sends one request on `s` and reads its answer, leaving it open.
+fn answered_and_kept(mut s: TcpStream, port: u16) -> TcpStream {
+    s.write_all(format!("GET /api/v2/app/version HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"Forbidden") {
+        let n = s.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// `torrents/add` with one `.torrent` file part and a category.
+fn add_file(port: u16, cookie: &str, torrent: &[u8], category: &str) -> Reply {
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--xyz\r\nContent-Disposition: form-data; name=\"category\"\r\n\r\n");
+    body.extend_from_slice(category.as_bytes());
+    body.extend_from_slice(
+        b"\r\n--xyz\r\nContent-Disposition: form-data; name=\"torrents\"; filename=\"t.torrent\"\r\n",
+    );
+    body.extend_from_slice(b"Content-Type: application/x-bittorrent\r\n\r\n");
+    body.extend_from_slice(torrent);
+    body.extend_from_slice(b"\r\n--xyz--\r\n");
+    let mut raw = format!(
+        "POST /api/v2/torrents/add HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}\r\nConnection: close\r\n\
+         Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    exchange(port, &raw)
+}
+
+/// One torrent's `torrents/info` entry once it seeds, its paths made
+/// relative to the daemon's download folder.
+fn seeding_info(d: &Dropseed, port: u16, cookie: &str, hash: &str) -> serde_json::Value {
+    let mut t = wait_for("seeding", Duration::from_secs(90), || {
+        let r = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(cookie).send(port);
+        let list: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let t = list.get(0)?.clone();
+        matches!(t["state"].as_str(), Some("stalledUP" | "uploading")).then_some(t)
+    });
+    let root = format!("{}/", d.download_dir().display());
+    for key in ["save_path", "content_path", "root_path"] {
+        let relative =
+            t[key].as_str().unwrap().strip_prefix(&root).unwrap_or("(outside the download folder)").to_string();
+        t[key] = relative.into();
+    }
+    t
+}
+
+/// A torrent added through the API in category `tv` and the same torrent
+/// dropped into `watch/tv/` end in the same place, with the same
+/// `torrents/info` fields but for times, rates and peer counts.
+#[test]
+fn the_api_and_the_watch_folder_add_alike() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let swarm = Swarm::single("show.mkv", 2 * 1024 * 1024 + 3, 16, 51);
+    let (by_api, api_port) = daemon_with_api();
+    let (by_watch, watch_port) = daemon_with_api();
+    let api_cookie = sid_of(&login(api_port, "correct%20horse"));
+    let watch_cookie = sid_of(&login(watch_port, "correct%20horse"));
+
+    let r = add_file(api_port, &api_cookie, &std::fs::read(&swarm.torrent).unwrap(), "tv");
+    assert_eq!((r.status, r.body.as_str()), (200, "Ok."));
+    std::fs::create_dir_all(by_watch.watch_dir().join("tv")).unwrap();
+    by_watch.drop_file(&swarm.torrent, "tv/show.mkv.torrent");
+
+    let mut a = seeding_info(&by_api, api_port, &api_cookie, &swarm.hash);
+    let mut w = seeding_info(&by_watch, watch_port, &watch_cookie, &swarm.hash);
+    assert_eq!(a["content_path"], "tv/show.mkv");
+    let source = std::fs::read(swarm.data.join("show.mkv")).unwrap();
+    for d in [&by_api, &by_watch] {
+        assert!(std::fs::read(d.download_dir().join("tv/show.mkv")).unwrap() == source, "the bytes differ");
+    }
+    // What depends on when and with whom, not on how it was added.
+    for key in [
+        "state",
+        "added_on",
+        "completion_on",
+        "last_activity",
+        "seen_complete",
+        "time_active",
+        "seeding_time",
+        "dlspeed",
+        "upspeed",
+        "eta",
+        "downloaded",
+        "uploaded",
+        "downloaded_session",
+        "uploaded_session",
+        "ratio",
+        "num_seeds",
+        "num_leechs",
+        "num_complete",
+        "num_incomplete",
+        "availability",
+        "popularity",
+        "reannounce",
+    ] {
+        a.as_object_mut().unwrap().remove(key);
+        w.as_object_mut().unwrap().remove(key);
+    }
+    assert_eq!(a, w, "torrents/info differs between the API's add and the watch folder's");
 }

@@ -70,8 +70,17 @@ async fn default_save_path(State(api): State<Arc<Api>>) -> String {
     api.config().paths.download_dir.display().to_string()
 }
 
-/// qBittorrent's preference fields, true to dropseed's config.
+/// qBittorrent's preference fields, true to dropseed's config (the ones
+/// it has no setting for come from `prefs`).
 pub fn preferences_of(c: &Config) -> Value {
+    let mut all = super::prefs::fixed(c);
+    if let Value::Object(own) = own_preferences(c) {
+        all.extend(own);
+    }
+    Value::Object(all)
+}
+
+fn own_preferences(c: &Config) -> Value {
     let ratio = c.seeding.ratio_limit;
     let seed_mins = (c.seeding.seed_time_limit.0 / 60) as i64;
     let idle_mins = (c.seeding.idle_seed_limit.0 / 60) as i64;

@@ -10,7 +10,8 @@
 //! Origin/Referer check (`guard`, 401), then the login check (cookie `SID`
 //! or `Authorization: Bearer KEY`, else 403 `Forbidden`; only `auth/login`
 //! is open, and `/metrics` also takes HTTP Basic, or nothing with
-//! `[api] metrics_auth = false`). Connections are bounded ([`MAX_CONNECTIONS`]), headers must
+//! `[api] metrics_auth = false`). Connections are bounded ([`MAX_CONNECTIONS`],
+//! [`MAX_PER_ADDRESS`] from one address or IPv6 /64), headers must
 //! arrive within [`HEADER_TIMEOUT`] and a whole request within
 //! [`REQUEST_TIMEOUT`]; bodies are bounded before they are buffered
 //! ([`FORM_LIMIT`], [`ADD_LIMIT`] for `torrents/add`), forms in fields
@@ -19,9 +20,12 @@
 pub mod app;
 pub mod auth;
 pub mod category;
+pub mod content;
+pub mod fetch;
 pub mod guard;
 pub mod location;
 pub mod model;
+pub mod prefs;
 pub mod sync;
 pub mod tags;
 pub mod torrents;
@@ -44,6 +48,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one address (an IPv6 /64) may hold at once: one client
+/// cannot take every slot of [`MAX_CONNECTIONS`].
+pub const MAX_PER_ADDRESS: usize = 16;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Plain forms (`application/x-www-form-urlencoded`).
@@ -67,6 +74,8 @@ pub struct Api {
     checks: Semaphore,
     /// `sync/maindata`'s response ids.
     pub rid: std::sync::atomic::AtomicU64,
+    /// What `sync/maindata` showed under recent rids (bounded).
+    pub sync_history: Mutex<sync::History>,
     /// The digest of the last HTTP Basic header that passed (`/metrics`).
     basic_passed: Mutex<Option<String>>,
 }
@@ -118,12 +127,14 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, session: Arc<Sessio
         throttle: Mutex::new(Throttle::default()),
         checks: Semaphore::new(2),
         rid: 0.into(),
+        sync_history: Mutex::new(sync::History::default()),
         basic_passed: Mutex::new(None),
         session,
     });
     tracing::info!(address = %local, "qBittorrent API listening");
     let router = router(api);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(PerAddress::default());
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -141,14 +152,56 @@ pub async fn serve(listener: TcpListener, local: SocketAddr, session: Arc<Sessio
                 }
             },
         };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            // Closed at once, its global slot given back with the permit.
+            tracing::debug!(peer = %peer.ip(), "api: too many connections from one address");
+            continue;
+        };
         let (router, cancel) = (router.clone(), cancel.clone());
         tasks.spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, address_slot);
             serve_connection(stream, peer, router, cancel).await;
         });
     }
     tasks.close();
     tasks.wait().await;
+}
+
+/// Connections held per address (an IPv6 /64): at most
+/// [`MAX_CONNECTIONS`] entries, as only held connections count.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One held connection's place in its address's share; given back on drop.
+struct AddressSlot {
+    held: Arc<PerAddress>,
+    host: IpAddr,
+}
+
+impl PerAddress {
+    /// A place for one more connection from `ip`, unless its share is taken.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let host = crate::torrent::evict::host_of(ip);
+        let mut held = self.0.lock().unwrap();
+        let n = held.entry(host).or_insert(0);
+        if *n >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { held: self.clone(), host })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.held.0.lock().unwrap();
+        if let Some(n) = held.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.host);
+            }
+        }
+    }
 }
 
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, router: Router, cancel: CancellationToken) {
@@ -507,6 +560,20 @@ mod tests {
     fn only_torrents_add_takes_large_bodies() {
         assert_eq!(body_limit("/api/v2/torrents/add"), ADD_LIMIT);
         assert_eq!(body_limit("/api/v2/auth/login"), FORM_LIMIT);
+    }
+
+    #[test]
+    fn an_address_holds_its_share_of_connections_and_gives_them_back() {
+        let per = Arc::new(PerAddress::default());
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::2".parse().unwrap();
+        let mut held: Vec<AddressSlot> = (0..MAX_PER_ADDRESS).map(|_| per.take(a).unwrap()).collect();
+        assert!(per.take(same_64).is_none(), "a /64 is one address");
+        assert!(per.take("192.0.2.1".parse().unwrap()).is_some(), "another address has its own share");
+        held.pop();
+        assert!(per.take(a).is_some(), "a closed connection gives its place back");
+        held.clear();
+        assert!(per.0.lock().unwrap().is_empty(), "addresses with nothing held are forgotten");
     }
 
     #[test]

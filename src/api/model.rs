@@ -157,10 +157,12 @@ pub fn torrent_info(t: &TorrentStatus, complete_dir: &Path, now: u64) -> Torrent
         max_seeding_time: t.limits.max_seeding_time(),
         inactive_seeding_time_limit: t.limits.inactive_seeding_time_limit(),
         max_inactive_seeding_time: t.limits.max_inactive_seeding_time(),
-        time_active: now.saturating_sub(t.times.added_at),
+        time_active: t.times.active_secs,
         added_on: t.times.added_at,
         completion_on: if t.times.completed_at > 0 { t.times.completed_at as i64 } else { -1 },
-        last_activity: if active { now } else { t.times.added_at },
+        // Payload moving now, else the last time it did this run, else
+        // the last event known (completed, added).
+        last_activity: if active { now } else { t.times.last_active.max(t.times.completed_at).max(t.times.added_at) },
         seen_complete: if t.progress >= 1.0 { now } else { 0 },
         category: t.category.clone(),
         tags: t.tags.join(", "),

@@ -5,10 +5,12 @@
 //! methods, as the watch folder and the control socket do; errors are
 //! mapped by their kind, never by their text.
 //!
-//! Not supported yet (answered plainly): http(s) URLs in `torrents/add`,
-//! a `savepath` other than the category's own folder, changing a torrent's
-//! category (409). Tags and share limits are in `tags`.
+//! http(s) `.torrent` URLs in `torrents/add` are fetched (`fetch`). Not
+//! supported yet (answered plainly): changing a torrent's category (409).
+//! Tags and share limits are in `tags`; paths are checked in `location`.
 
+use super::content;
+use super::fetch;
 use super::model::{self, Filter, Query};
 use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
 use crate::magnet::Magnet;
@@ -35,6 +37,8 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/info", get(info).post(info))
         .route("/torrents/properties", get(properties).post(properties))
         .route("/torrents/files", get(files).post(files))
+        .route("/torrents/pieceStates", get(piece_states).post(piece_states))
+        .route("/torrents/pieceHashes", get(piece_hashes).post(piece_hashes))
         .route("/torrents/trackers", get(trackers).post(trackers))
         .route("/torrents/webseeds", get(webseeds).post(webseeds))
         .route("/torrents/categories", get(categories).post(categories))
@@ -119,6 +123,10 @@ async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
         Ok(t) => t,
         Err(r) => return r.into_response(),
     };
+    let shared = parse_hash(p.get("hash")).and_then(|h| api.session.torrent(&h));
+    let pieces = shared.as_ref().map(|s| (s.meta.piece_length as i64, s.meta.piece_count() as i64, s.pieces()));
+    let (piece_size, pieces_num, pieces_have) =
+        pieces.map_or((-1, -1, -1), |(size, n, v)| (size, n, v.have.count() as i64));
     let i = model::torrent_info(&t, &api.config().complete_dir(&t.category), crate::resume::now_unix());
     let mut out = json!({
         "hash": i.hash, "infohash_v1": i.infohash_v1, "infohash_v2": "", "name": i.name,
@@ -132,8 +140,9 @@ async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
         "dl_limit": -1, "up_limit": -1, "eta": i.eta, "time_elapsed": i.time_active, "seeding_time": i.seeding_time,
         "nb_connections": t.peers, "nb_connections_limit": -1, "peers": i.num_leechs, "peers_total": i.num_leechs,
         "seeds": i.num_seeds, "seeds_total": i.num_seeds, "share_ratio": i.ratio, "reannounce": 0,
-        "pieces_have": -1, "pieces_num": -1, "piece_size": -1, "popularity": 0.0, "private": false,
-        "is_private": false, "has_metadata": i.has_metadata, "progress": i.progress,
+        "pieces_have": pieces_have, "pieces_num": pieces_num, "piece_size": piece_size, "popularity": 0.0,
+        "private": i.private, "is_private": i.private, "isPrivate": i.private, "has_metadata": i.has_metadata,
+        "progress": i.progress, "last_activity": i.last_activity,
     });
     if let (Value::Object(a), Value::Object(b)) = (&mut out, more) {
         a.extend(b);
@@ -141,18 +150,43 @@ async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
     Json(out).into_response()
 }
 
+/// The torrent of `hash=...` (None for a magnet without its metadata yet),
+/// or qBittorrent's 404 for a hash it does not know.
+fn one_torrent(api: &Api, p: &Params) -> Result<Option<Arc<crate::torrent::TorrentShared>>, Refusal> {
+    let not_found = || Refusal(StatusCode::NOT_FOUND, "Torrent hash was not found".into());
+    let hash = parse_hash(p.get("hash")).ok_or_else(not_found)?;
+    match api.session.torrent(&hash) {
+        Some(t) => Ok(Some(t)),
+        None => api.session.status_of(&hash).map(|_| None).ok_or_else(not_found),
+    }
+}
+
+/// Every file of the torrent (or those `indexes` names), with its verified
+/// progress: what cross-seed matches files by.
 async fn files(State(api): State<Arc<Api>>, p: Params) -> Response {
-    let t = match one(&api, &p) {
-        Ok(t) => t,
+    let shared = match one_torrent(&api, &p) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Json(Vec::<Value>::new()).into_response(),
         Err(r) => return r.into_response(),
     };
-    // One entry per torrent for now: its content, as the single file it is
-    // or its folder (file selection does not exist yet).
-    Json(json!([{
-        "index": 0, "name": t.name, "size": t.size, "progress": t.progress, "priority": 1,
-        "is_seed": t.progress >= 1.0, "piece_range": [0, 0], "availability": if t.seeds > 0 { 1.0 } else { 0.0 },
-    }]))
-    .into_response()
+    let indexes = content::parse_indexes(p.get("indexes"));
+    Json(content::files(&shared.meta, &shared.pieces(), indexes.as_ref())).into_response()
+}
+
+async fn piece_states(State(api): State<Arc<Api>>, p: Params) -> Response {
+    match one_torrent(&api, &p) {
+        Ok(Some(t)) => Json(content::piece_states(&t.pieces())).into_response(),
+        Ok(None) => Json(Vec::<u8>::new()).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn piece_hashes(State(api): State<Arc<Api>>, p: Params) -> Response {
+    match one_torrent(&api, &p) {
+        Ok(Some(t)) => Json(content::piece_hashes(&t.meta)).into_response(),
+        Ok(None) => Json(Vec::<String>::new()).into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 async fn trackers(State(api): State<Arc<Api>>, p: Params) -> Response {
@@ -451,12 +485,10 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     if files.len() + urls.len() > MAX_ADDS {
         return Err(AddError::Refused(format!("at most {MAX_ADDS} torrents in one request")));
     }
-    if urls.iter().any(|u| u.starts_with("http://") || u.starts_with("https://")) {
-        return Err(AddError::Refused(
-            "http(s) .torrent URLs are not fetched yet: send the file, a magnet or the info hash".into(),
-        ));
-    }
-    let items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
+    let (web, urls): (Vec<String>, Vec<String>) = urls.into_iter().partition(|u| fetch::is_http(u));
+    let fetched = fetch::fetch_all(&api.session.env.http, web).await;
+    let mut items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
+    items.extend(fetched.into_iter().map(|m| m.map(|m| Item::Torrent(Box::new(m)))));
     let stopped = p.flag("stopped") || p.flag("paused");
     let opts = super::tags::add_options(api, p, category).await.map_err(AddError::Refused)?;
     // In a task of its own, awaited: a dropped request never cancels an add

@@ -435,6 +435,15 @@ impl Session {
         })
     }
 
+    /// One torrent's shared state (its metainfo, pieces, counters), for a
+    /// detail of that torrent alone; none for a magnet or a stranger.
+    pub fn torrent(&self, hash: &InfoHash) -> Option<Arc<TorrentShared>> {
+        match self.registry.lock().unwrap().get(hash)? {
+            Entry::Torrent(t) => Some(t.shared.clone()),
+            _ => None,
+        }
+    }
+
     /// One torrent's status with its files and peers (`dropseed top`'s
     /// detail view); a magnet has no files yet and an empty detail.
     pub fn detail_of(&self, hash: &InfoHash) -> Option<(TorrentStatus, crate::torrent::detail::TorrentDetail)> {

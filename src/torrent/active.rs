@@ -315,6 +315,7 @@ impl<'a> Active<'a> {
         };
         let plan = self.clock.tick(now, facts);
         self.update_rates(plan.elapsed);
+        self.shared.status.lock().unwrap().record.active_secs += plan.active_secs;
         if let Some(quiet) = plan.stalled {
             tracing::debug!(torrent = %self.shared.name(), quiet = %human_duration(quiet.as_secs()), "download stalled");
             return (plan.next_tick, Some(Outcome::Stalled));
@@ -529,9 +530,13 @@ impl<'a> Active<'a> {
         }
         let (d, u, secs) = self.rate_window.iter().fold((0, 0, 0.0), |acc, x| (acc.0 + x.0, acc.1 + x.1, acc.2 + x.2));
         let secs = secs.max(0.001);
+        let moved = self.rate_window.back().is_some_and(|x| x.0 > 0 || x.1 > 0);
         let mut s = self.shared.status.lock().unwrap();
         s.download_rate = (d as f64 / secs) as u64;
         s.upload_rate = (u as f64 / secs) as u64;
+        if moved {
+            s.last_active = crate::resume::now_unix();
+        }
     }
 
     fn choke_round(&mut self, now: Instant) {

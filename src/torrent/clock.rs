@@ -46,6 +46,8 @@ pub struct Plan {
     pub stalled: Option<Duration>,
     /// Whole seconds of seeding to add to the record.
     pub seeded_secs: u64,
+    /// Whole seconds running (downloading or seeding) to add to the record.
+    pub active_secs: u64,
     pub save: bool,
 }
 
@@ -59,6 +61,8 @@ pub struct ActiveClock {
     last_saved_have: usize,
     /// Seeding time not yet counted in whole seconds.
     seeding_carry: Duration,
+    /// Running time not yet counted in whole seconds.
+    active_carry: Duration,
 }
 
 impl ActiveClock {
@@ -71,6 +75,7 @@ impl ActiveClock {
             last_save: now,
             last_saved_have: have,
             seeding_carry: Duration::ZERO,
+            active_carry: Duration::ZERO,
         }
     }
 
@@ -99,13 +104,17 @@ impl ActiveClock {
             seeded_secs = self.seeding_carry.as_secs();
             self.seeding_carry -= Duration::from_secs(seeded_secs);
         }
+        self.active_carry += elapsed;
+        let active_secs = self.active_carry.as_secs();
+        self.active_carry -= Duration::from_secs(active_secs);
         let since_save = now.saturating_duration_since(self.last_save);
         let save = since_save >= f.save_every && (f.have != self.last_saved_have || since_save >= IDLE_SAVE_EVERY);
         if save {
             self.last_save = now;
             self.last_saved_have = f.have;
         }
-        Plan { elapsed, next_tick: now + if f.idle { IDLE_TICK } else { TICK }, choke, stalled, seeded_secs, save }
+        let next_tick = now + if f.idle { IDLE_TICK } else { TICK };
+        Plan { elapsed, next_tick, choke, stalled, seeded_secs, active_secs, save }
     }
 
     pub fn choked(&mut self, now: Instant) {
@@ -177,6 +186,18 @@ mod tests {
         let mut total = 0;
         for i in 1..=10 {
             total += c.tick(t0 + Duration::from_millis(700 * i), f).seeded_secs;
+        }
+        assert_eq!(total, 7);
+    }
+
+    #[test]
+    fn running_time_counts_downloading_and_seeding_alike() {
+        let t0 = Instant::now();
+        let mut c = ActiveClock::new(t0, 0, 0);
+        let mut total = 0;
+        for i in 1..=10 {
+            let f = Facts { seeding: i > 5, downloading: i <= 5, ..facts() };
+            total += c.tick(t0 + Duration::from_millis(700 * i), f).active_secs;
         }
         assert_eq!(total, 7);
     }

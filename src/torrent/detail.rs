@@ -64,7 +64,7 @@ fn file_view(f: &FileEntry, have: &Bitfield, piece_length: u64) -> FileView {
 }
 
 /// Bytes of `[offset, offset + length)` that lie in verified pieces.
-fn verified_in(f: &FileEntry, have: &Bitfield, piece_length: u64) -> u64 {
+pub fn verified_in(f: &FileEntry, have: &Bitfield, piece_length: u64) -> u64 {
     if f.length == 0 || piece_length == 0 {
         return 0;
     }

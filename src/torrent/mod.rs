@@ -282,6 +282,8 @@ pub struct StatusCell {
     pub phase: phase::Phase,
     pub download_rate: u64,
     pub upload_rate: u64,
+    /// When payload last moved either way (Unix seconds, 0 = not since start).
+    pub last_active: u64,
     pub record: ResumeRecord,
 }
 
@@ -320,6 +322,7 @@ impl TorrentShared {
                 phase: phase::Phase::initial(record.hold),
                 download_rate: 0,
                 upload_rate: 0,
+                last_active: 0,
                 record,
             }),
             storage: OnceLock::new(),
@@ -334,6 +337,17 @@ impl TorrentShared {
 
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// Each piece as the API's `pieceStates` sees it, with how many peers
+    /// have it: one copy under the lock, for this torrent alone.
+    pub fn pieces(&self) -> PieceView {
+        let inner = self.inner.lock().unwrap();
+        PieceView {
+            have: inner.have.clone(),
+            in_progress: inner.picker.in_progress().collect(),
+            availability: inner.picker.availability().to_vec(),
+        }
     }
 
     /// The torrent's top-level item on disk where it lives now: its single
@@ -633,11 +647,23 @@ impl TorrentShared {
                 added_at: s.record.added_at,
                 completed_at: s.record.completed_at,
                 seeding_secs: s.record.seeding_secs,
+                last_active: s.last_active,
+                active_secs: s.record.active_secs,
             },
             tags: s.record.tags.clone(),
             limits: self.limits_of(&s.record),
         }
     }
+}
+
+/// A copy of one torrent's piece states ([`TorrentShared::pieces`]).
+#[derive(Debug, Clone)]
+pub struct PieceView {
+    pub have: Bitfield,
+    /// Started and not verified yet.
+    pub in_progress: Vec<u32>,
+    /// Connected peers having each piece.
+    pub availability: Vec<u32>,
 }
 
 /// The latest announce's error, if the latest one failed.
@@ -706,6 +732,12 @@ pub struct StatusTimes {
     pub added_at: u64,
     pub completed_at: u64,
     pub seeding_secs: u64,
+    /// When payload last moved, this run (the API's `last_activity`).
+    #[serde(default)]
+    pub last_active: u64,
+    /// Seconds running, downloading or seeding (the API's `time_active`).
+    #[serde(default)]
+    pub active_secs: u64,
 }
 
 impl<'de> serde::Deserialize<'de> for TorrentState {

@@ -136,6 +136,20 @@ impl Picker {
         peer_has.iter_ones().any(|i| matches!(self.status[i], Status::Wanted | Status::Partial))
     }
 
+    /// Pieces started and not yet verified (blocks arriving, or hashing).
+    pub fn in_progress(&self) -> impl Iterator<Item = u32> + '_ {
+        self.status
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Status::Partial | Status::Verifying))
+            .map(|(i, _)| i as u32)
+    }
+
+    /// How many connected peers have each piece.
+    pub fn availability(&self) -> &[u32] {
+        &self.availability
+    }
+
     pub fn wants(&self, piece: u32) -> bool {
         matches!(self.status.get(piece as usize), Some(Status::Wanted | Status::Partial))
     }

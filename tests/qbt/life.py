@@ -5,7 +5,11 @@ starts the daemon and the swarms and passes everything in QBT_*).
 Prints LIFE OK at the end; any failed check raises."""
 
 import filecmp
+import functools
+import http.server
 import os
+import socket
+import threading
 import sys
 import time
 
@@ -57,11 +61,20 @@ assert os.path.isdir(os.path.join(env["QBT_WATCH_DIR"], "tv")), "a category is a
 r = c.torrents_add(torrent_files=env["QBT_TORRENT"], category="tv", tags="sonarr")
 assert r == "Ok.", repr(r)
 assert c.torrents_add(urls=env["QBT_MAGNET"], category="tv") == "Ok."
-try:
-    c.torrents_add(urls="https://example.org/x.torrent")
-    raise AssertionError("an http URL was taken")
-except qbittorrentapi.InvalidRequest400Error as e:
-    assert "not fetched yet" in str(e), e
+# http(s) .torrent URLs are fetched: one served on loopback, and two that
+# fail (a 404 whose path carries a passkey the log must not show, and a
+# port where nobody listens) answer Fails.
+served = os.path.dirname(env["QBT_TORRENT"])
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
+web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+threading.Thread(target=web.serve_forever, daemon=True).start()
+web_url = f"http://127.0.0.1:{web.server_address[1]}"
+assert c.torrents_add(urls=f"{web_url}/dl/abcdefghijklmnop1234/missing.torrent") == "Fails."
+assert c.torrents_add(urls=f"{web_url}/") == "Fails.", "a page that is no .torrent"
+closed = socket.socket()
+closed.bind(("127.0.0.1", 0))
+assert c.torrents_add(urls=f"http://127.0.0.1:{closed.getsockname()[1]}/x.torrent") == "Fails."
+closed.close()
 
 by_name = {}
 for name, data in (("episode.mkv", env["QBT_TORRENT_DATA"]), ("special.mkv", env["QBT_MAGNET_DATA"])):
@@ -85,7 +98,27 @@ try:
 except qbittorrentapi.NotFound404Error:
     pass
 assert c.torrents_webseeds(torrent_hash=h) == []
-assert c.sync_maindata()["full_update"] is True
+size = os.path.getsize(env["QBT_TORRENT_DATA"])
+files = c.torrents_files(torrent_hash=h)
+pieces = list(c.torrents_piece_hashes(torrent_hash=h))
+assert len(files) == 1, files
+f = files[0]
+assert (f.index, f.name, f.size, f.progress, f.priority) == (0, "episode.mkv", size, 1, 1), f
+assert list(f.piece_range) == [0, len(pieces) - 1] and f.is_seed is True, (f, len(pieces), pieces[:2])
+assert all(len(p) == 40 for p in pieces) and len(pieces) == -(-size // (1 << 18)), len(pieces)
+assert list(c.torrents_piece_states(torrent_hash=h)) == [2] * len(pieces)
+props = c.torrents_properties(torrent_hash=h)
+assert (props.piece_size, props.pieces_num, props.pieces_have) == (1 << 18, len(pieces), len(pieces)), props
+assert props.addition_date > 0 and props.completion_date >= props.addition_date, props
+assert props.last_seen > 0 and props.total_size == size, props
+for call in (c.torrents_files, c.torrents_piece_states, c.torrents_piece_hashes):
+    try:
+        call(torrent_hash="0" * 40)
+        raise AssertionError(f"{call.__name__}: an unknown hash was found")
+    except qbittorrentapi.NotFound404Error:
+        pass
+main = c.sync_maindata()
+assert main["full_update"] is True and h in main["torrents"], main
 try:
     c.torrents_top_priority(torrent_hashes=h)
     raise AssertionError("queue order changed")
@@ -127,6 +160,12 @@ wait("seeding again without limits", lambda: info(c, s).state in ("stalledUP", "
 
 c.torrents_stop(torrent_hashes=h)
 wait("stoppedUP", lambda: info(c, h).state == "stoppedUP")
+# A delta from the rid given: only what changed, the state among it.
+delta = c.sync_maindata(rid=main["rid"])
+assert delta["full_update"] is False and delta["rid"] > main["rid"], delta
+assert delta["torrents"][h]["state"] == "stoppedUP", delta
+assert "name" not in delta["torrents"][h] and "hash" not in delta["torrents"][h], delta
+assert c.sync_maindata(rid=main["rid"])["full_update"] is True, "a rid answers once"
 assert [t.hash for t in c.torrents_info(status_filter="stopped")] == [h]
 c.torrents_start(torrent_hashes=h)
 wait("seeding again", lambda: info(c, h).state in ("stalledUP", "uploading", "checkingUP", "queuedUP"))
@@ -135,6 +174,15 @@ content = info(c, h).content_path
 c.torrents_delete(delete_files=True, torrent_hashes=h)
 wait("removed", lambda: info(c, h) is None)
 wait("its files deleted", lambda: not os.path.exists(content))
+gone = c.sync_maindata(rid=delta["rid"])
+assert gone["full_update"] is False and h in gone["torrents_removed"], gone
+
+# Added again, from its URL this time: fetched, downloaded, seeded.
+name = os.path.basename(env["QBT_TORRENT"])
+assert c.torrents_add(urls=f"{web_url}/{name}", category="tv") == "Ok."
+again = wait("the fetched torrent seeding", lambda: (lambda t: t if t and t.state in ("stalledUP", "uploading") else None)(info(c, h)))
+assert filecmp.cmp(again.content_path, env["QBT_TORRENT_DATA"], shallow=False), "the bytes differ"
+web.shutdown()
 assert info(c, by_name["special.mkv"]) is not None, "the other one stays"
 c.auth_log_out()
 print("LIFE OK")
