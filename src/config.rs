@@ -5,7 +5,7 @@
 //! `dropseed config --default` prints it, and a test checks that it parses to
 //! exactly `Config::default()`, so the two cannot drift apart.
 
-use crate::hooks::HookEvent;
+use crate::hookcmd::HookEvent;
 use crate::storage::BackendKind;
 use crate::types::parse_size;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -474,7 +474,7 @@ impl Api {
                 "must be set when api.listen is: make one with `dropseed api hash-password`".into(),
             ));
         }
-        if !crate::api::auth::is_phc(&self.password_hash) {
+        if !is_phc(&self.password_hash) {
             return Err(("api.password_hash", "is not a value from `dropseed api hash-password`".into()));
         }
         if self.username.is_empty() {
@@ -567,11 +567,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path` with its paths made absolute (see [`crate::confpath`]).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        crate::confpath::load(crate::confpath::Source::Flag(path.to_path_buf())).map(|l| l.config)
-    }
-
     /// Reads `path` with its paths as written.
     pub fn load_unresolved(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.into(), err })?;
@@ -631,7 +626,7 @@ impl Config {
         }
         for event in HookEvent::ALL {
             if let Some(argv) = self.hooks.commands.get(event) {
-                crate::hooks::check_command(argv).map_err(|why| (event.global_key(), why))?;
+                crate::hookcmd::check_command(argv).map_err(|why| (event.global_key(), why))?;
             }
         }
         for (name, c) in &self.categories {
@@ -641,7 +636,7 @@ impl Config {
             for event in HookEvent::ALL {
                 let own = self.hook_for(name, event).filter(|_| c != &Category::default());
                 if let Some(argv) = own {
-                    crate::hooks::check_command(argv)
+                    crate::hookcmd::check_command(argv)
                         .map_err(|why| ("categories", format!("[categories.{name}] {}: {why}", event.key())))?;
                 }
             }
@@ -735,6 +730,12 @@ impl Config {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `phc` is a PBKDF2 PHC string we can verify against.
+pub fn is_phc(phc: &str) -> bool {
+    pbkdf2::password_hash::PasswordHash::new(phc)
+        .is_ok_and(|h| h.algorithm.as_str().starts_with("pbkdf2") && h.salt.is_some())
 }
 
 #[cfg(test)]

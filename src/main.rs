@@ -540,7 +540,7 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
 
 fn print_trackers(torrents: &[TorrentStatus]) {
     let when = |t: Option<u64>| {
-        let now = dropseed::resume::now_unix();
+        let now = dropseed::wallclock::now_unix();
         match t {
             None => "-".to_string(),
             Some(t) if t >= now => format!("in {}", dropseed::types::human_duration(t - now)),

@@ -16,10 +16,11 @@ pub mod outcome;
 mod restore;
 
 use crate::config::Config;
-use crate::hooks::{Facts, HookEvent, HookRunner};
+use crate::hookcmd::HookEvent;
+use crate::hooks::{Facts, HookRunner};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
-use crate::resume::{self, now_unix, ResumeRecord};
+use crate::resume::{self, ResumeRecord};
 use crate::storage::delete::{delete_files, Expect};
 use crate::storage::disk::DiskPool;
 use crate::torrent::fetch::{self, Fetched, MagnetProgress};
@@ -28,6 +29,7 @@ use crate::torrent::task::{self, Cmd, Exit};
 use crate::torrent::{Env, TorrentShared, TorrentStatus};
 use crate::types::{InfoHash, PeerId};
 use crate::utp::{UtpSocket, UtpStream};
+use crate::wallclock::now_unix;
 use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -521,7 +523,7 @@ impl Session {
         let result = match entry {
             Entry::Magnet(mut m) => {
                 m.stop_fetch().await;
-                self.env.announces.retire(hash, resume::now_unix());
+                self.env.announces.retire(hash, now_unix());
                 let paths = [resume::magnet_path(&dir, &hash), resume::resume_path(&dir, &hash)];
                 let _ = tokio::task::spawn_blocking(move || paths.map(std::fs::remove_file)).await;
                 Ok(Removed { torrent: named, data_deleted: false, kept: None })
@@ -552,7 +554,7 @@ impl Session {
             ));
         }
         let book = &self.env.announces;
-        let now = resume::now_unix();
+        let now = now_unix();
         let at = book.get(hash).pace(crate::tracker::http::Event::None, now);
         book.waker(hash).notify_one();
         Ok(if at > now { Reannounce::In(named, at - now) } else { Reannounce::Now(named) })
@@ -590,7 +592,7 @@ impl Session {
                 _ => {}
             }
         }
-        self.env.announces.retire(hash, resume::now_unix());
+        self.env.announces.retire(hash, now_unix());
         tracing::info!(torrent = %name, hash = %hash.short(), delete_data, "removed");
         Ok(Removed { torrent, data_deleted: delete_data, kept })
     }

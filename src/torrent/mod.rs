@@ -209,8 +209,8 @@ impl Inner {
     /// when it comes as `::ffff:a.b.c.d`) or one IPv6 /64, which one
     /// subscriber usually holds whole.
     pub fn peers_at(&self, ip: std::net::IpAddr) -> usize {
-        let host = evict::host_of(ip);
-        self.peers.keys().filter(|k| evict::host_of(k.ip()) == host).count()
+        let host = crate::types::host_of(ip);
+        self.peers.keys().filter(|k| crate::types::host_of(k.ip()) == host).count()
     }
 
     /// A piece passed its hash check and sits in storage. The have bit, the
@@ -342,7 +342,7 @@ impl TorrentShared {
     }
 
     /// Runs the hook configured for `event`, if any; never waits for it.
-    pub fn run_hook(&self, event: crate::hooks::HookEvent) {
+    pub fn run_hook(&self, event: crate::hookcmd::HookEvent) {
         let facts = crate::hooks::Facts {
             hash: self.meta.info_hash.hex(),
             name: self.meta.name.clone(),
