@@ -6,7 +6,6 @@
 //! exactly `Config::default()`, so the two cannot drift apart.
 
 use crate::hookcmd::HookEvent;
-use crate::storage::BackendKind;
 use crate::types::parse_size;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
@@ -404,6 +403,15 @@ impl Default for Seeding {
     fn default() -> Seeding {
         Seeding { ratio_limit: 0.0, seed_time_limit: Span(0), idle_seed_limit: Span(0), action: LimitAction::Stop }
     }
+}
+
+/// How torrent data is read and written (`[storage] backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Mmap,
+    File,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -58,6 +58,7 @@ pub mod daemon;
 pub mod dht;
 pub mod download;
 pub mod extension;
+pub mod fsutil;
 pub mod hookcmd;
 pub mod hooks;
 pub mod logfmt;

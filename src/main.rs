@@ -395,7 +395,7 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
             eprintln!(
                 "dropseed: cannot write the log in {} ({}): set [paths] log_dir",
                 config.paths.log_dir.display(),
-                dropseed::startup::reason(&e)
+                dropseed::fsutil::reason(&e)
             );
             return ExitCode::from(1);
         }

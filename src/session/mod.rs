@@ -760,7 +760,7 @@ fn name_owner(registry: &HashMap<InfoHash, Entry>, name: &str) -> Option<InfoHas
 /// Writes a new torrent's metainfo and first record, and drops its magnet.
 fn persist_torrent(dir: &Path, meta: &Metainfo, record: &ResumeRecord) -> std::io::Result<()> {
     let hash = meta.info_hash;
-    resume::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
+    crate::fsutil::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
     record.save(dir, &hash)?;
     match std::fs::remove_file(resume::magnet_path(dir, &hash)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -775,7 +775,7 @@ async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool, category: 
         text.push_str(&format!("{}{category}\n", restore::CATEGORY_MARK));
     }
     let path = resume::magnet_path(state_dir, &magnet.info_hash);
-    tokio::task::spawn_blocking(move || resume::write_atomic(&path, text.as_bytes()))
+    tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, text.as_bytes()))
         .await
         .map_err(std::io::Error::other)?
 }
