@@ -626,32 +626,8 @@ impl Config {
         if self.storage.resume_interval_secs == 0 {
             return Err(("storage.resume_interval_secs", "must be at least 1".into()));
         }
-        if self.hooks.max_running == 0 {
-            return Err(("hooks.max_running", "must be at least 1".into()));
-        }
-        if self.hooks.timeout.0 == 0 {
-            return Err(("hooks.timeout", "must be at least 1s".into()));
-        }
-        for event in HookEvent::ALL {
-            if let Some(argv) = self.hooks.commands.get(event) {
-                crate::hookcmd::check_command(argv).map_err(|why| (event.global_key(), why))?;
-            }
-        }
-        for (name, c) in &self.categories {
-            if !valid_category(name) {
-                return Err(("categories", format!("'{name}' cannot be a folder name: no '/', no leading '.'")));
-            }
-            for event in HookEvent::ALL {
-                let own = self.hook_for(name, event).filter(|_| c != &Category::default());
-                if let Some(argv) = own {
-                    crate::hookcmd::check_command(argv)
-                        .map_err(|why| ("categories", format!("[categories.{name}] {}: {why}", event.key())))?;
-                }
-            }
-            if c.ratio_limit.is_some_and(|r| r < 0.0 || !r.is_finite()) {
-                return Err(("categories", format!("[categories.{name}] ratio_limit must be 0 or more")));
-            }
-        }
+        self.validate_hooks()?;
+        self.validate_categories()?;
         self.api.validate()?;
         self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
             ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
@@ -668,6 +644,42 @@ impl Config {
         ] {
             if p.as_os_str().is_empty() {
                 return Err((key, "must not be empty".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[hooks]`: the limits, and each command (see [`crate::hookcmd`]).
+    fn validate_hooks(&self) -> Result<(), (&'static str, String)> {
+        if self.hooks.max_running == 0 {
+            return Err(("hooks.max_running", "must be at least 1".into()));
+        }
+        if self.hooks.timeout.0 == 0 {
+            return Err(("hooks.timeout", "must be at least 1s".into()));
+        }
+        for event in HookEvent::ALL {
+            if let Some(argv) = self.hooks.commands.get(event) {
+                crate::hookcmd::check_command(argv).map_err(|why| (event.global_key(), why))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `[categories.NAME]`: a usable folder name, its own hooks and ratio.
+    fn validate_categories(&self) -> Result<(), (&'static str, String)> {
+        for (name, c) in &self.categories {
+            if !valid_category(name) {
+                return Err(("categories", format!("'{name}' cannot be a folder name: no '/', no leading '.'")));
+            }
+            for event in HookEvent::ALL {
+                let own = self.hook_for(name, event).filter(|_| c != &Category::default());
+                if let Some(argv) = own {
+                    crate::hookcmd::check_command(argv)
+                        .map_err(|why| ("categories", format!("[categories.{name}] {}: {why}", event.key())))?;
+                }
+            }
+            if c.ratio_limit.is_some_and(|r| r < 0.0 || !r.is_finite()) {
+                return Err(("categories", format!("[categories.{name}] ratio_limit must be 0 or more")));
             }
         }
         Ok(())
