@@ -54,6 +54,7 @@ pub mod confmsg;
 pub mod confpath;
 pub mod conn;
 pub mod control;
+pub mod counters;
 pub mod daemon;
 pub mod dht;
 pub mod download;

@@ -76,7 +76,7 @@ pub struct Env {
     /// Runs the user's hooks (`[hooks]`) off the engine.
     pub hooks: crate::hooks::HookRunner,
     /// What `/metrics` shows that the engine counts as it goes.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: crate::counters::Metrics,
 }
 
 impl Env {
