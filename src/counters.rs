@@ -1,9 +1,9 @@
 //! The engine's counters for `/metrics`: cheap atomics the torrent tasks and
 //! connections bump where bytes, hash failures, bans and connections happen
 //! ([`Metrics`], one per session, in [`crate::torrent::Env`]), and the
-//! per-category byte totals kept across scrapes. Apart from the scrape
-//! (`metrics.rs`), which reads the session, so that the engine below the
-//! session can hold them.
+//! per-category byte totals kept across scrapes. Kept apart from the scrape
+//! (`metrics.rs`, which reads the session) so that the torrent tasks, below
+//! the session, hold them without importing a module above them.
 
 use crate::conn::{Attempt, Proto, Way};
 use prometheus_client::metrics::counter::Counter;
