@@ -2,8 +2,9 @@
 //! piece hashing, and copies into and out of storage. Run: `cargo bench`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use dropseed::config::BackendKind;
 use dropseed::metainfo::Metainfo;
-use dropseed::storage::{BackendKind, TorrentStorage};
+use dropseed::storage::TorrentStorage;
 use dropseed::torrent::picker::Picker;
 use dropseed::types::Bitfield;
 use dropseed::wire::{self, BlockRef, Message};

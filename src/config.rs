@@ -5,8 +5,7 @@
 //! `dropseed config --default` prints it, and a test checks that it parses to
 //! exactly `Config::default()`, so the two cannot drift apart.
 
-use crate::hooks::HookEvent;
-use crate::storage::BackendKind;
+use crate::hookcmd::HookEvent;
 use crate::types::parse_size;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
@@ -406,6 +405,15 @@ impl Default for Seeding {
     }
 }
 
+/// How torrent data is read and written (`[storage] backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Mmap,
+    File,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
@@ -474,7 +482,7 @@ impl Api {
                 "must be set when api.listen is: make one with `dropseed api hash-password`".into(),
             ));
         }
-        if !crate::api::auth::is_phc(&self.password_hash) {
+        if !is_phc(&self.password_hash) {
             return Err(("api.password_hash", "is not a value from `dropseed api hash-password`".into()));
         }
         if self.username.is_empty() {
@@ -567,11 +575,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path` with its paths made absolute (see [`crate::confpath`]).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        crate::confpath::load(crate::confpath::Source::Flag(path.to_path_buf())).map(|l| l.config)
-    }
-
     /// Reads `path` with its paths as written.
     pub fn load_unresolved(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.into(), err })?;
@@ -623,32 +626,8 @@ impl Config {
         if self.storage.resume_interval_secs == 0 {
             return Err(("storage.resume_interval_secs", "must be at least 1".into()));
         }
-        if self.hooks.max_running == 0 {
-            return Err(("hooks.max_running", "must be at least 1".into()));
-        }
-        if self.hooks.timeout.0 == 0 {
-            return Err(("hooks.timeout", "must be at least 1s".into()));
-        }
-        for event in HookEvent::ALL {
-            if let Some(argv) = self.hooks.commands.get(event) {
-                crate::hooks::check_command(argv).map_err(|why| (event.global_key(), why))?;
-            }
-        }
-        for (name, c) in &self.categories {
-            if !valid_category(name) {
-                return Err(("categories", format!("'{name}' cannot be a folder name: no '/', no leading '.'")));
-            }
-            for event in HookEvent::ALL {
-                let own = self.hook_for(name, event).filter(|_| c != &Category::default());
-                if let Some(argv) = own {
-                    crate::hooks::check_command(argv)
-                        .map_err(|why| ("categories", format!("[categories.{name}] {}: {why}", event.key())))?;
-                }
-            }
-            if c.ratio_limit.is_some_and(|r| r < 0.0 || !r.is_finite()) {
-                return Err(("categories", format!("[categories.{name}] ratio_limit must be 0 or more")));
-            }
-        }
+        self.validate_hooks()?;
+        self.validate_categories()?;
         self.api.validate()?;
         self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
             ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
@@ -665,6 +644,42 @@ impl Config {
         ] {
             if p.as_os_str().is_empty() {
                 return Err((key, "must not be empty".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[hooks]`: the limits, and each command (see [`crate::hookcmd`]).
+    fn validate_hooks(&self) -> Result<(), (&'static str, String)> {
+        if self.hooks.max_running == 0 {
+            return Err(("hooks.max_running", "must be at least 1".into()));
+        }
+        if self.hooks.timeout.0 == 0 {
+            return Err(("hooks.timeout", "must be at least 1s".into()));
+        }
+        for event in HookEvent::ALL {
+            if let Some(argv) = self.hooks.commands.get(event) {
+                crate::hookcmd::check_command(argv).map_err(|why| (event.global_key(), why))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `[categories.NAME]`: a usable folder name, its own hooks and ratio.
+    fn validate_categories(&self) -> Result<(), (&'static str, String)> {
+        for (name, c) in &self.categories {
+            if !valid_category(name) {
+                return Err(("categories", format!("'{name}' cannot be a folder name: no '/', no leading '.'")));
+            }
+            for event in HookEvent::ALL {
+                let own = self.hook_for(name, event).filter(|_| c != &Category::default());
+                if let Some(argv) = own {
+                    crate::hookcmd::check_command(argv)
+                        .map_err(|why| ("categories", format!("[categories.{name}] {}: {why}", event.key())))?;
+                }
+            }
+            if c.ratio_limit.is_some_and(|r| r < 0.0 || !r.is_finite()) {
+                return Err(("categories", format!("[categories.{name}] ratio_limit must be 0 or more")));
             }
         }
         Ok(())
@@ -735,6 +750,12 @@ impl Config {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `phc` is a PBKDF2 PHC string we can verify against.
+pub fn is_phc(phc: &str) -> bool {
+    pbkdf2::password_hash::PasswordHash::new(phc)
+        .is_ok_and(|h| h.algorithm.as_str().starts_with("pbkdf2") && h.salt.is_some())
 }
 
 #[cfg(test)]

@@ -487,7 +487,7 @@ pub fn add_request(source: &str) -> Result<(Request, Vec<u8>), String> {
 
 /// Why the CLI cannot talk to the daemon, and what to do.
 fn cannot_connect(socket: &Path, e: &std::io::Error) -> String {
-    let reason = crate::startup::reason(e);
+    let reason = crate::fsutil::reason(e);
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => format!(
             "cannot use the control socket {} ({reason}): run this as dropseed's user or as a member of the \

@@ -7,6 +7,7 @@
 //! config, rescan the watch folder, re-point the log link.
 
 use crate::config::Config;
+use crate::confpath;
 use crate::logging::LogHandle;
 use crate::session::Session;
 use crate::torrent::TorrentState;
@@ -97,7 +98,7 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
         watch.rescan();
         return;
     };
-    match Config::load(path) {
+    match confpath::load(confpath::Source::Flag(path.to_path_buf())).map(|l| l.config) {
         Ok(new) => {
             let old = session.env.config();
             let mut changed = Vec::new();

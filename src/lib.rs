@@ -40,8 +40,11 @@
 //!   torrent's state.
 //! * [`hooks`] runs the user's programs at a torrent's events off the
 //!   engine: bounded in number, queue and time, never through a shell.
-//! * [`metrics`] renders `/metrics`: the engine bumps a few atomics where
-//!   bytes and events happen; the rest is read at scrape time, in one pass.
+//! * [`metrics`] renders `/metrics`: the engine bumps a few atomics
+//!   ([`counters`]) where bytes and events happen; the rest is read at
+//!   scrape time, in one pass.
+//! * The top-level modules stand in layers, each importing only modules
+//!   below it (docs/architecture.md, "Layering"; `tests/layering.rs`).
 //! * Memory maps and files are only touched on the disk pool's threads (or
 //!   `spawn_blocking`), never on the async workers, so a page fault or a slow
 //!   filesystem never stalls a peer.
@@ -54,10 +57,13 @@ pub mod confmsg;
 pub mod confpath;
 pub mod conn;
 pub mod control;
+pub mod counters;
 pub mod daemon;
 pub mod dht;
 pub mod download;
 pub mod extension;
+pub mod fsutil;
+pub mod hookcmd;
 pub mod hooks;
 pub mod logfmt;
 pub mod logging;
@@ -71,6 +77,7 @@ pub mod mse;
 pub mod perms;
 pub mod resume;
 pub mod session;
+pub mod share;
 pub mod startup;
 pub mod storage;
 pub mod top;
@@ -78,5 +85,6 @@ pub mod torrent;
 pub mod tracker;
 pub mod types;
 pub mod utp;
+pub mod wallclock;
 pub mod watch;
 pub mod wire;

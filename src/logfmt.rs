@@ -165,7 +165,7 @@ fn level_name(level: &Level) -> &'static str {
 fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
-    let (y, m, day) = crate::logging::civil_from_days(secs.div_euclid(86400));
+    let (y, m, day) = crate::wallclock::civil_from_days(secs.div_euclid(86400));
     let t = secs.rem_euclid(86400);
     format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", t / 3600, t % 3600 / 60, t % 60, d.subsec_millis())
 }

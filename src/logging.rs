@@ -8,6 +8,7 @@
 
 use crate::config::{Log, Rotation};
 use crate::logfmt::{Logfmt, SpanFields};
+use crate::wallclock::civil_from_days;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -151,19 +152,6 @@ fn file_name_for(rotation: Rotation, unix: i64) -> String {
     }
 }
 
-/// Days since 1970-01-01 to a (year, month, day) civil date (UTC).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 #[derive(Clone)]
 struct LinkedWriter {
     inner: NonBlocking,
@@ -191,7 +179,5 @@ mod tests {
         assert_eq!(file_name_for(Rotation::Daily, t), "dropseed.2026-11-23.log");
         assert_eq!(file_name_for(Rotation::Hourly, t), "dropseed.2026-11-23-23.log");
         assert_eq!(file_name_for(Rotation::Minutely, t), "dropseed.2026-11-23-23-20.log");
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11016), (2000, 2, 29));
     }
 }

@@ -395,7 +395,7 @@ fn run_daemon(flag: Option<&Path>) -> ExitCode {
             eprintln!(
                 "dropseed: cannot write the log in {} ({}): set [paths] log_dir",
                 config.paths.log_dir.display(),
-                dropseed::startup::reason(&e)
+                dropseed::fsutil::reason(&e)
             );
             return ExitCode::from(1);
         }
@@ -441,25 +441,61 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
     };
     let json = matches!(command, Command::Status { json: true, .. } | Command::Trackers { json: true, .. });
     let trackers_view = matches!(command, Command::Trackers { .. });
-    let mut view = None;
-    let mut body = Vec::new();
+    let (req, body, view) = match client_request(command) {
+        Ok(built) => built,
+        Err(code) => return code,
+    };
+    let reply = match runtime().block_on(control::request_with_body(&config.control_socket(), &req, &body)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !reply.ok {
+        print_refusal(&req, reply);
+        return ExitCode::from(1);
+    }
+    match reply.torrents.as_ref() {
+        Some(torrents) if trackers_view => {
+            if json {
+                let trackers: Vec<_> = torrents.iter().flat_map(|t| t.trackers.clone()).collect();
+                println!("{}", serde_json::json!({ "trackers": trackers }));
+            } else {
+                print_trackers(torrents);
+            }
+        }
+        Some(_) => return print_torrents(reply, view.as_ref(), json),
+        None => {
+            if let Some(m) = reply.message {
+                // Replies name torrents: printable, whatever a .torrent calls itself.
+                for line in m.lines() {
+                    println!("{}", printable(line, 2000));
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The control request a client command makes, its body (a file's bytes
+/// for `add`) and, for `status`, the view asked for; the exit code when the
+/// command's arguments are refused.
+fn client_request(command: Command) -> Result<(Request, Vec<u8>, Option<View>), ExitCode> {
     let req = match command {
         Command::Status { ids, json: _, state, category, sort, reverse } => {
             if let Some(bad) = state.iter().find(|s| !STATES.contains(&s.as_str())) {
                 eprintln!("error: --state {bad}: not a state; states are {}", STATES.join(", "));
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
-            view = Some(View { ids, states: state, category, sort, reverse });
-            Request::Status
+            let view = View { ids, states: state, category, sort, reverse };
+            return Ok((Request::Status, Vec::new(), Some(view)));
         }
         Command::Add { source } => match control::add_request(&source) {
-            Ok((req, bytes)) => {
-                body = bytes;
-                req
-            }
+            Ok((req, bytes)) => return Ok((req, bytes, None)),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(1);
+                return Err(ExitCode::from(1));
             }
         },
         Command::Pause { id } => Request::Pause { id },
@@ -472,67 +508,53 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             unreachable!()
         }
     };
-    let reply = match runtime().block_on(control::request_with_body(&config.control_socket(), &req, &body)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
+    Ok((req, Vec::new(), None))
+}
+
+/// The daemon's refusal of `req`, on stderr.
+fn print_refusal(req: &Request, reply: control::Reply) {
+    let message = reply.message.unwrap_or_default();
+    // A daemon older than protocol 2 names no error kind: its words are all there is.
+    let old_daemon = reply.version.is_none();
+    if old_daemon && matches!(req, Request::AddFile { .. }) && message.contains("unknown variant `add_file`") {
+        eprintln!(
+            "error: the running daemon is older than this dropseed and cannot take a file's contents; restart it"
+        );
+    } else {
+        eprintln!("error: {}", printable(&message, 2000));
+    }
+}
+
+/// `status`: the torrents of the reply the view selects, as JSON, details
+/// (torrents named) or a table with the DHT's line.
+fn print_torrents(reply: control::Reply, view: Option<&View>, json: bool) -> ExitCode {
+    let torrents = match view.map(|v| v.select(reply.torrents.unwrap_or_default())) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
             return ExitCode::from(1);
         }
+        None => Vec::new(),
     };
-    if !reply.ok {
-        let message = reply.message.unwrap_or_default();
-        // A daemon older than protocol 2 names no error kind: its words are all there is.
-        let old_daemon = reply.version.is_none();
-        if old_daemon && matches!(req, Request::AddFile { .. }) && message.contains("unknown variant `add_file`") {
-            eprintln!(
-                "error: the running daemon is older than this dropseed and cannot take a file's contents; restart it"
-            );
-        } else {
-            eprintln!("error: {}", printable(&message, 2000));
+    if json {
+        let mut out = serde_json::json!({ "torrents": torrents });
+        if let Some(n) = reply.dht_nodes {
+            out["dht_nodes"] = n.into();
         }
-        return ExitCode::from(1);
-    }
-    if let Some(torrents) = reply.torrents.as_ref().filter(|_| trackers_view) {
-        if json {
-            let trackers: Vec<_> = torrents.iter().flat_map(|t| t.trackers.clone()).collect();
-            println!("{}", serde_json::json!({ "trackers": trackers }));
-        } else {
-            print_trackers(torrents);
+        if let Some(n) = reply.dht_nodes6 {
+            out["dht_nodes6"] = n.into();
         }
-    } else if let Some(torrents) = reply.torrents {
-        let torrents = match view.as_ref().map(|v| v.select(torrents)) {
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-            None => Vec::new(),
-        };
-        if json {
-            let mut out = serde_json::json!({ "torrents": torrents });
-            if let Some(n) = reply.dht_nodes {
-                out["dht_nodes"] = n.into();
-            }
-            if let Some(n) = reply.dht_nodes6 {
-                out["dht_nodes6"] = n.into();
-            }
-            if let Some(p) = reply.dht_port {
-                out["dht_port"] = p.into();
-            }
-            println!("{out}");
-        } else if view.as_ref().is_some_and(|v| !v.ids.is_empty()) {
-            torrents.iter().for_each(print_details);
-        } else {
-            print_table(&torrents);
-            if let (Some(n), Some(p)) = (reply.dht_nodes, reply.dht_port) {
-                let v6 = reply.dht_nodes6.map(|m| format!(" ({m} over IPv6)")).unwrap_or_default();
-                println!("DHT: {n} nodes{v6}, UDP port {p}");
-            }
+        if let Some(p) = reply.dht_port {
+            out["dht_port"] = p.into();
         }
-    } else if let Some(m) = reply.message {
-        // Replies name torrents: printable, whatever a .torrent calls itself.
-        for line in m.lines() {
-            println!("{}", printable(line, 2000));
+        println!("{out}");
+    } else if view.is_some_and(|v| !v.ids.is_empty()) {
+        torrents.iter().for_each(print_details);
+    } else {
+        print_table(&torrents);
+        if let (Some(n), Some(p)) = (reply.dht_nodes, reply.dht_port) {
+            let v6 = reply.dht_nodes6.map(|m| format!(" ({m} over IPv6)")).unwrap_or_default();
+            println!("DHT: {n} nodes{v6}, UDP port {p}");
         }
     }
     ExitCode::SUCCESS
@@ -540,7 +562,7 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
 
 fn print_trackers(torrents: &[TorrentStatus]) {
     let when = |t: Option<u64>| {
-        let now = dropseed::resume::now_unix();
+        let now = dropseed::wallclock::now_unix();
         match t {
             None => "-".to_string(),
             Some(t) if t >= now => format!("in {}", dropseed::types::human_duration(t - now)),
@@ -662,7 +684,7 @@ fn print_table(torrents: &[TorrentStatus]) {
 }
 
 /// The seeding limits that hold, as `status` shows them; None for none.
-fn seeding_limits_line(e: &dropseed::torrent::share::Effective) -> Option<String> {
+fn seeding_limits_line(e: &dropseed::share::Effective) -> Option<String> {
     let mut parts = Vec::new();
     if let Some(r) = e.ratio {
         parts.push(format!("ratio {r}"));

@@ -48,7 +48,7 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 /// `gid`; errors name it as `shown` (where it is going to be).
 pub fn own_socket(path: &Path, shown: &Path, group: Option<(&str, u32)>) -> Result<(), String> {
     let fail = |what: &str, e: io::Error| {
-        format!("cannot {what} of the control socket {} ({})", shown.display(), crate::startup::reason(&e))
+        format!("cannot {what} of the control socket {} ({})", shown.display(), crate::fsutil::reason(&e))
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .map_err(|e| fail("set the mode", e))?;
@@ -60,7 +60,7 @@ pub fn own_socket(path: &Path, shown: &Path, group: Option<(&str, u32)>) -> Resu
                 "cannot give the control socket {} to group {name} ({}): dropseed's user must be a member of it; \
                  set [paths] socket_group",
                 shown.display(),
-                crate::startup::reason(&e)
+                crate::fsutil::reason(&e)
             )
         })?;
     }

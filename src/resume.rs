@@ -5,8 +5,7 @@
 
 use crate::types::InfoHash;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -84,7 +83,7 @@ pub struct ResumeRecord {
     pub tags: Vec<String>,
     /// Its own share limits (the API's `setShareLimits`); None = the config's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub share: Option<crate::torrent::share::ShareLimits>,
+    pub share: Option<crate::share::ShareLimits>,
     /// The name shown instead of the metainfo's (the API's `torrents/rename`);
     /// the files keep theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,24 +116,11 @@ pub fn magnet_path(state_dir: &Path, hash: &InfoHash) -> PathBuf {
     state_dir.join(format!("{}.magnet", hash.hex()))
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old or the new content.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
-}
-
 impl ResumeRecord {
     pub fn save(&self, state_dir: &Path, hash: &InfoHash) -> io::Result<()> {
         let current = ResumeRecord { version: RECORD_VERSION, ..self.clone() };
         let bytes = serde_bencode::to_bytes(&current).map_err(io::Error::other)?;
-        write_atomic(&resume_path(state_dir, hash), &bytes)
+        crate::fsutil::write_atomic(&resume_path(state_dir, hash), &bytes)
     }
 
     pub fn load(state_dir: &Path, hash: &InfoHash) -> io::Result<Option<ResumeRecord>> {
@@ -162,10 +148,6 @@ impl ResumeRecord {
         (self.paused, self.stopped) = (0, 0);
         self
     }
-}
-
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! and never writes into the running daemon's log. Every later failure goes
 //! to the log as one ERROR line, and to stderr.
 
+use crate::fsutil;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::net::SocketAddr;
@@ -38,7 +39,7 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, LockError> {
         LockError::Unusable(format!(
             "cannot create the state folder {} ({}): set [paths] state_dir",
             state_dir.display(),
-            reason(&e)
+            fsutil::reason(&e)
         ))
     })?;
     let path = state_dir.join(LOCK_FILE);
@@ -53,7 +54,7 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, LockError> {
             LockError::Unusable(format!(
                 "cannot open the lock file {} ({}): set [paths] state_dir",
                 path.display(),
-                reason(&e)
+                fsutil::reason(&e)
             ))
         })?;
     // SAFETY: flock on a descriptor we own.
@@ -70,21 +71,12 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, LockError> {
                 state_dir.display()
             )));
         }
-        let why = format!("cannot lock {} ({}); running without the lock", path.display(), reason(&e));
+        let why = format!("cannot lock {} ({}); running without the lock", path.display(), fsutil::reason(&e));
         return Ok(StateLock { _file: file, not_locked: Some(why) });
     }
     // The pid is only for the message above; failing to write it is harmless.
     let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
     Ok(StateLock { _file: file, not_locked: None })
-}
-
-/// The system's reason without the "(os error N)" tail.
-pub fn reason(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 /// The peer listener cannot be bound.
@@ -93,17 +85,17 @@ pub fn cannot_listen(addr: SocketAddr, e: &io::Error) -> String {
         io::ErrorKind::AddrNotAvailable => "[network] listen_address",
         _ => "[network] listen_port",
     };
-    format!("cannot listen on {addr} ({}): set {setting}", reason(e))
+    format!("cannot listen on {addr} ({}): set {setting}", fsutil::reason(e))
 }
 
 /// The control socket cannot be made.
 pub fn cannot_bind_control(path: &Path, e: &io::Error) -> String {
-    format!("cannot create the control socket {} ({}): set [paths] state_dir", path.display(), reason(e))
+    format!("cannot create the control socket {} ({}): set [paths] state_dir", path.display(), fsutil::reason(e))
 }
 
 /// A folder the daemon needs cannot be created.
 pub fn cannot_create(what: &str, dir: &Path, key: &str, e: &io::Error) -> String {
-    format!("cannot create the {what} {} ({}): set [paths] {key}", dir.display(), reason(e))
+    format!("cannot create the {what} {} ({}): set [paths] {key}", dir.display(), fsutil::reason(e))
 }
 
 /// Creates a folder the daemon needs, or says which setting names it.

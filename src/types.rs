@@ -1,7 +1,9 @@
 //! Small value types shared by every layer: info hashes, peer ids, byte-size
-//! formatting and parsing, and a compact bitfield.
+//! formatting and parsing, a compact bitfield, and the host a peer address
+//! counts as.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// SHA-1 of a torrent's bencoded `info` dictionary.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -260,6 +262,18 @@ impl fmt::Debug for Bitfield {
     }
 }
 
+/// The host an address belongs to: an IPv4 address (mapped ones unwrapped)
+/// or an IPv6 /64.
+pub fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,5 +336,14 @@ mod tests {
         // Wrong length: invalid.
         assert!(Bitfield::from_bytes(&[0xff], 10).is_none());
         assert!(Bitfield::full(10).is_full());
+    }
+
+    #[test]
+    fn one_host_is_one_ipv4_address_or_one_ipv6_64() {
+        let h = |s: &str| host_of(s.parse().unwrap());
+        assert_eq!(h("::ffff:1.2.3.4"), h("1.2.3.4"), "mapped IPv4 is the same host");
+        assert_ne!(h("1.2.3.4"), h("1.2.3.5"));
+        assert_eq!(h("2001:db8:1:2::1"), h("2001:db8:1:2:ffff::9"), "same /64");
+        assert_ne!(h("2001:db8:1:2::1"), h("2001:db8:1:3::1"));
     }
 }

@@ -149,6 +149,62 @@ fn requests_seen(log: &str) -> Vec<(String, usize)> {
     counts.into_iter().collect()
 }
 
+/// Whether Flood gave a row this CSS class (its status: seeding, stopped...).
+fn has(r: &Value, class: &str) -> bool {
+    r["classes"].as_str().unwrap().split(' ').any(|c| c == class)
+}
+
+/// The list, as Chromium rendered it: each torrent's name, Flood's status
+/// classes and its progress.
+fn check_rows(said: &str, names: &[String; 3], context: &dyn Fn() -> String) {
+    let rows = lines_of(said, "row");
+    assert_eq!(rows.len(), 4, "{}", context());
+    let row = |name: &str| {
+        rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} not listed\n{}", context())).clone()
+    };
+    let text = |r: &Value| r["text"].as_str().unwrap().to_string();
+
+    let seeding = row(&names[0]);
+    assert!(has(&seeding, "torrent--is-seeding") && has(&seeding, "torrent--is-completed"), "{seeding}");
+    assert!(!has(&seeding, "torrent--is-stopped"), "{seeding}");
+    assert!(text(&seeding).contains("100%"), "{seeding}");
+    let stopped = row(&names[1]);
+    assert!(has(&stopped, "torrent--is-stopped") && !has(&stopped, "torrent--is-seeding"), "{stopped}");
+    assert!(text(&stopped).contains("0%") && !text(&stopped).contains("100%"), "{stopped}");
+    let downloading = row(&names[2]);
+    assert!(has(&downloading, "torrent--is-downloading"), "{downloading}");
+    assert!(!has(&downloading, "torrent--is-stopped") && !has(&downloading, "torrent--is-completed"), "{downloading}");
+    let percent = text(&downloading).split_whitespace().find_map(|w| w.strip_suffix('%')?.parse::<f64>().ok());
+    assert!(percent.is_some_and(|p| p > 0.0 && p < 100.0), "{downloading}");
+    let added = row(ADDED);
+    assert!(has(&added, "torrent--is-downloading") && text(&added).contains("0%"), "{added}");
+
+    // The status filters in the sidebar count them by Flood's status
+    // ("Seeding 1 2MB": the name, the count, their size).
+    let filters: Vec<String> = lines_of(said, "sidebar")[0]["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    for want in ["All 4 ", "Downloading 2 ", "Seeding 1 ", "Stopped 1 ", "Complete 1 "] {
+        assert!(filters.iter().any(|f| f.starts_with(want)), "{want} in {filters:?}");
+    }
+}
+
+/// What Flood asked of dropseed, printed for the docs: every request answered.
+fn check_requests(said: &str, d: &Dropseed) {
+    let reloads = lines_of(said, "overlay-gone")[0]["reloads"].clone();
+    eprintln!("Flood's loading overlay needed {reloads} page reloads to go away");
+    let seen = requests_seen(&d.log_text());
+    eprintln!("Flood's requests to dropseed (method path status: count):");
+    for (req, n) in &seen {
+        eprintln!("  {req}: {n}");
+    }
+    assert!(seen.iter().any(|(r, _)| r.starts_with("POST /api/v2/torrents/info 200")), "{seen:?}");
+    assert!(seen.iter().all(|(r, _)| r.ends_with(" 200")), "dropseed refused some of Flood's requests: {seen:?}");
+}
+
 #[test]
 fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
     let Some(flood_dir) = flood_dir() else { return };
@@ -209,29 +265,7 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
     assert_eq!(add["status"], 200, "{add}\n{}", context());
     assert!(d.torrent(&added_hash).is_some(), "{add}");
 
-    // The list, as Chromium rendered it.
-    let rows = lines_of(&said, "row");
-    assert_eq!(rows.len(), 4, "{}", context());
-    let row = |name: &str| {
-        rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} not listed\n{}", context())).clone()
-    };
-    let has = |r: &Value, class: &str| r["classes"].as_str().unwrap().split(' ').any(|c| c == class);
-    let text = |r: &Value| r["text"].as_str().unwrap().to_string();
-
-    let seeding = row(&names[0]);
-    assert!(has(&seeding, "torrent--is-seeding") && has(&seeding, "torrent--is-completed"), "{seeding}");
-    assert!(!has(&seeding, "torrent--is-stopped"), "{seeding}");
-    assert!(text(&seeding).contains("100%"), "{seeding}");
-    let stopped = row(&names[1]);
-    assert!(has(&stopped, "torrent--is-stopped") && !has(&stopped, "torrent--is-seeding"), "{stopped}");
-    assert!(text(&stopped).contains("0%") && !text(&stopped).contains("100%"), "{stopped}");
-    let downloading = row(&names[2]);
-    assert!(has(&downloading, "torrent--is-downloading"), "{downloading}");
-    assert!(!has(&downloading, "torrent--is-stopped") && !has(&downloading, "torrent--is-completed"), "{downloading}");
-    let percent = text(&downloading).split_whitespace().find_map(|w| w.strip_suffix('%')?.parse::<f64>().ok());
-    assert!(percent.is_some_and(|p| p > 0.0 && p < 100.0), "{downloading}");
-    let added = row(ADDED);
-    assert!(has(&added, "torrent--is-downloading") && text(&added).contains("0%"), "{added}");
+    check_rows(&said, &names, &context);
 
     // Flood's preferences view reads these qBittorrent keys.
     let settings: Value =
@@ -246,18 +280,6 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
     assert!(!has(started, "torrent--is-stopped"), "{started}");
     d.wait_state(&hashes[1], "downloading", Duration::from_secs(10));
 
-    // The status filters in the sidebar count them by Flood's status
-    // ("Seeding 1 2MB": the name, the count, their size).
-    let filters: Vec<String> = lines_of(&said, "sidebar")[0]["filters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap().to_string())
-        .collect();
-    for want in ["All 4 ", "Downloading 2 ", "Seeding 1 ", "Stopped 1 ", "Complete 1 "] {
-        assert!(filters.iter().any(|f| f.starts_with(want)), "{want} in {filters:?}");
-    }
-
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot of {} bytes", png.len());
 
@@ -270,13 +292,5 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
     assert!(file_percent > 0.0 && file_percent <= 100.0, "{details}");
     assert_eq!(details["trackers"][0]["url"], swarm.tracker.announce_url(), "{details}");
 
-    let reloads = lines_of(&said, "overlay-gone")[0]["reloads"].clone();
-    eprintln!("Flood's loading overlay needed {reloads} page reloads to go away");
-    let seen = requests_seen(&d.log_text());
-    eprintln!("Flood's requests to dropseed (method path status: count):");
-    for (req, n) in &seen {
-        eprintln!("  {req}: {n}");
-    }
-    assert!(seen.iter().any(|(r, _)| r.starts_with("POST /api/v2/torrents/info 200")), "{seen:?}");
-    assert!(seen.iter().all(|(r, _)| r.ends_with(" 200")), "dropseed refused some of Flood's requests: {seen:?}");
+    check_requests(&said, &d);
 }

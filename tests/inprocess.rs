@@ -1006,7 +1006,7 @@ async fn metrics_count_the_bytes_transferred_and_hide_tracker_passkeys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_and_share_limits_persist_across_a_restart() {
     use dropseed::session::{AddOptions, LabelChange};
-    use dropseed::torrent::share::{ShareLimit, ShareLimits};
+    use dropseed::share::{ShareLimit, ShareLimits};
     let a = Node::start().await;
     payload_tree(&a.download_dir(), "tree", TREE, 5);
     let meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
@@ -1062,7 +1062,7 @@ fn meta_of_magnet() -> Magnet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torrent_stops_at_its_own_share_limits() {
     use dropseed::session::{AddOptions, LabelChange};
-    use dropseed::torrent::share::ShareLimits;
+    use dropseed::share::ShareLimits;
     let a = Node::start_with(|c| c.seeding.seed_time_limit = dropseed::config::Span(1)).await;
     payload_tree(&a.download_dir(), "tree", TREE, 6);
     let meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);

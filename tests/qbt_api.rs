@@ -468,11 +468,8 @@ fn tags_limits_categories_and_refusals_over_http() {
         let r = Req::new(port, "POST", &format!("/api/v2/torrents/{path}")).form("hashes=all&tags=x").send(port);
         assert_eq!(r.status, 403, "{path} without a session");
     }
-    let cookie = sid_of(&login(port, "correct%20horse"));
-    let post = |path: &str, form: &str| {
-        Req::new(port, "POST", &format!("/api/v2/torrents/{path}")).header(&cookie).form(form).send(port)
-    };
-    let get = |path: &str| Req::new(port, "GET", &format!("/api/v2/torrents/{path}")).header(&cookie).send(port);
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let (post, get) = (|path: &str, form: &str| api.post(path, form), |path: &str| api.get(path));
     let hash = "ab".repeat(20);
     let magnet = format!("magnet:?xt=urn:btih:{hash}%26dn=show");
     let added = post("add", &format!("urls={magnet}&tags=sonarr,%20cross-seed&ratioLimit=1.5&seedingTimeLimit=-1"));
@@ -488,7 +485,51 @@ fn tags_limits_categories_and_refusals_over_http() {
     let text = String::from_utf8_lossy(&d.cli(&["status", &hash]).stdout).to_string();
     assert!(text.contains("tags      cross-seed, sonarr") && text.contains("limits    ratio 1.5"), "{text}");
 
-    // Bad tags: 400 naming the problem; nothing changed.
+    bad_tags_are_refused(&api, &d, &hash);
+    share_limits_are_checked_and_kept(&api, &d, &hash);
+    paths_outside_the_folders_are_refused(&api, &d, &hash);
+    missing_features_are_refused_plainly(&api, &d, &hash);
+    categories_are_managed_safely(&api, &d, &hash);
+    the_shown_name_changes(&api, &d, &hash);
+    set_preferences_keeps_the_config_limits(&api, &d, &hash);
+
+    // Tags, limits and the name survive a restart.
+    let mut d = d;
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let info = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(&cookie).send(port).body;
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        (info[0]["tags"].as_str(), info[0]["seeding_time_limit"].as_i64()),
+        (Some("cross-seed, sonarr"), Some(30))
+    );
+    assert_eq!(info[0]["name"], "Shown Name");
+    let tags = Req::new(port, "GET", "/api/v2/torrents/tags").header(&cookie).send(port).body;
+    assert_eq!(tags, r#"["cross-seed","keep","sonarr","spare"]"#, "removeTags keeps a tag known, deleteTags not");
+}
+
+/// A logged-in API session: `torrents/...` requests with its cookie.
+struct Session {
+    port: u16,
+    cookie: String,
+}
+
+impl Session {
+    fn post(&self, path: &str, form: &str) -> Reply {
+        Req::new(self.port, "POST", &format!("/api/v2/torrents/{path}")).header(&self.cookie).form(form).send(self.port)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        Req::new(self.port, "GET", &format!("/api/v2/torrents/{path}")).header(&self.cookie).send(self.port)
+    }
+}
+
+/// Bad tags: 400 naming the problem; nothing changed.
+fn bad_tags_are_refused(api: &Session, _d: &Dropseed, hash: &str) {
+    let (post, get) = (|path: &str, form: &str| api.post(path, form), |path: &str| api.get(path));
+    let (port, cookie) = (api.port, &api.cookie);
     for (form, says) in [
         ("tags=new%0Aline", "newline"),
         ("tags=bell%07", "control character"),
@@ -515,11 +556,14 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert_eq!(info[0]["tags"], "cross-seed, sonarr");
     assert_eq!(post("createTags", "tags=spare").status, 200);
     assert!(get("tags").body.contains("spare"));
-    let main = Req::new(port, "GET", "/api/v2/sync/maindata").header(&cookie).send(port).body;
+    let main = Req::new(port, "GET", "/api/v2/sync/maindata").header(cookie).send(port).body;
     let main: serde_json::Value = serde_json::from_str(&main).unwrap();
     assert_eq!(main["tags"], serde_json::json!(["cross-seed", "keep", "sonarr", "spare"]), "web UIs see the tags");
+}
 
-    // Share limits.
+/// Share limits.
+fn share_limits_are_checked_and_kept(api: &Session, _d: &Dropseed, hash: &str) {
+    let (post, get) = (|path: &str, form: &str| api.post(path, form), |path: &str| api.get(path));
     let r = post("setShareLimits", &format!("hashes={hash}&ratioLimit=lots&seedingTimeLimit=1"));
     assert!(r.status == 400 && r.body.contains("ratioLimit"), "{}", r.body);
     let r = post("setShareLimits", &format!("hashes={hash}&ratioLimit=-5&seedingTimeLimit=1"));
@@ -530,8 +574,11 @@ fn tags_limits_categories_and_refusals_over_http() {
     let info: serde_json::Value = serde_json::from_str(&get("info").body).unwrap();
     assert_eq!((info[0]["ratio_limit"].as_f64(), info[0]["seeding_time_limit"].as_i64()), (Some(-2.0), Some(30)));
     assert_eq!((info[0]["max_ratio"].as_f64(), info[0]["max_seeding_time"].as_i64()), (Some(-1.0), Some(30)));
+}
 
-    // Paths: an escape is 400 naming the allowed folders; inside, a move is refused.
+/// Paths: an escape is 400 naming the allowed folders; inside, a move is refused.
+fn paths_outside_the_folders_are_refused(api: &Session, d: &Dropseed, hash: &str) {
+    let post = |path: &str, form: &str| api.post(path, form);
     let r = post("setLocation", &format!("hashes={hash}&location=/etc"));
     assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
     let escape = format!("{}/../../etc", d.download_dir().display());
@@ -541,8 +588,11 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert!(r.status == 409 && r.body.contains("cannot move"), "{}", r.body);
     let r = post("add", &format!("urls=magnet:?xt=urn:btih:{}&savepath=/etc", "cd".repeat(20)));
     assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
+}
 
-    // Refused until dropseed has them; an unknown hash is 404 first.
+/// Refused until dropseed has them; an unknown hash is 404 first.
+fn missing_features_are_refused_plainly(api: &Session, _d: &Dropseed, hash: &str) {
+    let post = |path: &str, form: &str| api.post(path, form);
     for path in ["renameFile", "renameFolder", "filePrio"] {
         assert_eq!(post(path, &format!("hash={}&id=0&priority=0", "0".repeat(40))).status, 404, "{path}");
         let r = post(path, &format!("hash={hash}&id=0&priority=0&oldPath=a&newPath=b"));
@@ -553,8 +603,12 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert_eq!(post("setForceStart", &format!("hashes={hash}&value=false")).status, 200);
     let r = post("setUploadLimit", &format!("hashes={hash}&limit=1000"));
     assert!(r.status == 409 && r.body.contains("per-torrent"), "{}", r.body);
+}
 
-    // Categories: the config's stay, a used one stays, an unused one goes.
+/// Categories: the config's stay, a used one stays, an unused one goes.
+fn categories_are_managed_safely(api: &Session, d: &Dropseed, _hash: &str) {
+    let post = |path: &str, form: &str| api.post(path, form);
+    let (port, cookie) = (api.port, &api.cookie);
     let r = post("removeCategories", "categories=films");
     assert!(r.status == 409 && r.body.contains("config file"), "{}", r.body);
     let r = post("createCategory", "category=tv&savePath=/etc");
@@ -575,43 +629,33 @@ fn tags_limits_categories_and_refusals_over_http() {
     assert!(r.status == 409 && r.body.contains("still has 1 torrent"), "{}", r.body);
     assert_eq!(post("removeCategories", "categories=old").status, 200);
     assert!(!d.watch_dir().join("old").exists() && d.watch_dir().join("tv").is_dir());
-    let cats = Req::new(port, "GET", "/api/v2/torrents/categories").header(&cookie).send(port).body;
+    let cats = Req::new(port, "GET", "/api/v2/torrents/categories").header(cookie).send(port).body;
     assert!(!cats.contains("\"old\"") && cats.contains("\"tv\""), "{cats}");
+}
 
-    // The name shown (the files keep theirs).
+/// The name shown (the files keep theirs).
+fn the_shown_name_changes(api: &Session, _d: &Dropseed, hash: &str) {
+    let post = |path: &str, form: &str| api.post(path, form);
     assert_eq!(post("rename", &format!("hash={}&name=x", "0".repeat(40))).status, 404);
     let r = post("rename", &format!("hash={hash}&name=two%0Alines"));
     assert!(r.status == 400 && r.body.contains("control character"), "{}", r.body);
     assert_eq!(post("rename", &format!("hash={hash}&name=")).status, 400);
     assert_eq!(post("rename", &format!("hash={hash}&name=Shown%20Name")).status, 200);
+}
 
-    // The global limits are the config file's: setPreferences says so in the log.
+/// The global limits are the config file's: setPreferences says so in the log.
+fn set_preferences_keeps_the_config_limits(api: &Session, d: &Dropseed, _hash: &str) {
+    let (port, cookie) = (api.port, &api.cookie);
     let r = Req::new(port, "POST", "/api/v2/app/setPreferences")
-        .header(&cookie)
+        .header(cookie)
         .form("json=%7B%22max_ratio_enabled%22%3Atrue%2C%22max_ratio%22%3A1%7D")
         .send(port);
     assert_eq!(r.status, 200);
-    let prefs = Req::new(port, "GET", "/api/v2/app/preferences").header(&cookie).send(port).body;
+    let prefs = Req::new(port, "GET", "/api/v2/app/preferences").header(cookie).send(port).body;
     assert!(prefs.contains(r#""max_ratio_enabled":false"#), "{prefs}");
     let log = d.wait_log("app/setPreferences changes nothing", Duration::from_secs(10));
     let line = log.lines().find(|l| l.contains("app/setPreferences")).unwrap();
     assert!(line.contains("max_ratio,max_ratio_enabled"), "{line}");
-
-    // Tags, limits and the name survive a restart.
-    let mut d = d;
-    d.stop();
-    d.start();
-    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
-    let cookie = sid_of(&login(port, "correct%20horse"));
-    let info = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(&cookie).send(port).body;
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-    assert_eq!(
-        (info[0]["tags"].as_str(), info[0]["seeding_time_limit"].as_i64()),
-        (Some("cross-seed, sonarr"), Some(30))
-    );
-    assert_eq!(info[0]["name"], "Shown Name");
-    let tags = Req::new(port, "GET", "/api/v2/torrents/tags").header(&cookie).send(port).body;
-    assert_eq!(tags, r#"["cross-seed","keep","sonarr","spare"]"#, "removeTags keeps a tag known, deleteTags not");
 }
 
 /// A connection from `from` to the API.

@@ -32,11 +32,6 @@ pub fn hash_password(password: &str) -> String {
     Pbkdf2.hash_password(password.as_bytes(), &salt).expect("PBKDF2 with a generated salt").to_string()
 }
 
-/// Whether `phc` is a PBKDF2 PHC string we can verify against.
-pub fn is_phc(phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| h.algorithm.as_str().starts_with("pbkdf2") && h.salt.is_some())
-}
-
 /// Checks `password` against `phc` (slow on purpose: call off the async workers).
 pub fn verify_password(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Pbkdf2.verify_password(password.as_bytes(), &h).is_ok())
@@ -101,7 +96,7 @@ enum Failures {
 
 /// The address the throttle counts: IPv4 as is, IPv6 by its /64.
 fn throttle_key(ip: IpAddr) -> IpAddr {
-    crate::torrent::evict::host_of(ip)
+    crate::types::host_of(ip)
 }
 
 impl Throttle {
@@ -222,6 +217,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::is_phc;
 
     #[test]
     fn basic_credentials_are_base64_of_user_colon_password() {

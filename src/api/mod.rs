@@ -181,7 +181,7 @@ struct AddressSlot {
 impl PerAddress {
     /// A place for one more connection from `ip`, unless its share is taken.
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let host = crate::torrent::evict::host_of(ip);
+        let host = crate::types::host_of(ip);
         let mut held = self.0.lock().unwrap();
         let n = held.entry(host).or_insert(0);
         if *n >= MAX_PER_ADDRESS {

@@ -14,7 +14,7 @@ use super::torrents::{one, parse_hash, status, targets};
 use super::{Api, Params};
 use crate::session::tags::{self, MAX_TAGS_PER_TORRENT};
 use crate::session::{check_name, AddOptions, LabelChange, SessionError};
-use crate::torrent::share::ShareLimits;
+use crate::share::ShareLimits;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -86,7 +86,7 @@ pub fn all_infos(api: &Api) -> Vec<model::TorrentInfo> {
 /// These torrents in the API's shape.
 pub fn infos_of(api: &Api, all: &[crate::torrent::TorrentStatus]) -> Vec<model::TorrentInfo> {
     let config = api.config();
-    let now = crate::resume::now_unix();
+    let now = crate::wallclock::now_unix();
     all.iter().map(|t| model::torrent_info(t, &config.complete_dir(&t.category), now)).collect()
 }
 
@@ -127,7 +127,7 @@ async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
     let pieces = shared.as_ref().map(|s| (s.meta.piece_length as i64, s.meta.piece_count() as i64, s.pieces()));
     let (piece_size, pieces_num, pieces_have) =
         pieces.map_or((-1, -1, -1), |(size, n, v)| (size, n, v.have.count() as i64));
-    let i = model::torrent_info(&t, &api.config().complete_dir(&t.category), crate::resume::now_unix());
+    let i = model::torrent_info(&t, &api.config().complete_dir(&t.category), crate::wallclock::now_unix());
     let mut out = json!({
         "hash": i.hash, "infohash_v1": i.infohash_v1, "infohash_v2": "", "name": i.name,
         "save_path": i.save_path, "download_path": "", "comment": "", "creation_date": -1, "created_by": "",

@@ -232,7 +232,7 @@ impl Dht {
             nodes6: list(self.v6.as_ref()).unwrap_or_default(),
         };
         if let Ok(bytes) = serde_json::to_vec(&saved) {
-            if let Err(e) = crate::resume::write_atomic(&self.state_file, &bytes) {
+            if let Err(e) = crate::fsutil::write_atomic(&self.state_file, &bytes) {
                 tracing::warn!(error = %e, "cannot save the DHT node list");
             }
         }

@@ -8,11 +8,8 @@
 //! newlines, a leading `-`), and a substituted value is never scanned again,
 //! so a torrent named `{path}` stays `{path}`.
 
-use super::HookEvent;
+use crate::hookcmd::{HookEvent, PLACEHOLDERS};
 use std::ffi::OsString;
-
-/// The placeholders a template may use, without their braces.
-pub const PLACEHOLDERS: [&str; 5] = ["hash", "name", "path", "category", "size"];
 
 /// What a hook is told about its torrent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,49 +83,6 @@ pub fn env(event: HookEvent, facts: &Facts) -> Vec<(&'static str, OsString)> {
         ("DROPSEED_CATEGORY", facts.value("category")),
         ("DROPSEED_SIZE", facts.value("size")),
     ]
-}
-
-/// Checks a configured command: `[]` is no hook; otherwise the program is
-/// a fixed, non-empty path (a placeholder there would let a torrent's name
-/// choose what runs), no element holds a NUL byte, and every `{word}` is a
-/// known placeholder (an unknown one is most likely a typo).
-pub fn check_command(argv: &[String]) -> Result<(), String> {
-    let Some(program) = argv.first() else {
-        return Ok(());
-    };
-    if program.trim().is_empty() {
-        return Err("the program (the first element) is empty".into());
-    }
-    if program.contains('{') && PLACEHOLDERS.iter().any(|p| program.contains(&format!("{{{p}}}"))) {
-        return Err(format!(
-            "the program {program:?} contains a placeholder; \
-             placeholders go in the arguments, the program must be a fixed path"
-        ));
-    }
-    for (i, element) in argv.iter().enumerate() {
-        if element.contains('\0') {
-            return Err(format!("element {} contains a NUL byte", i + 1));
-        }
-        if let Some(word) = unknown_placeholder(element) {
-            let known: Vec<String> = PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect();
-            return Err(format!("unknown placeholder {{{word}}} in {element:?} (known: {})", known.join(", ")));
-        }
-    }
-    Ok(())
-}
-
-/// The first `{word}` (letters, digits, `_`) that is not a placeholder.
-fn unknown_placeholder(element: &str) -> Option<&str> {
-    let mut rest = element;
-    while let Some(at) = rest.find('{') {
-        rest = &rest[at + 1..];
-        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-        let word = &rest[..end];
-        if !word.is_empty() && rest[end..].starts_with('}') && !PLACEHOLDERS.contains(&word) {
-            return Some(word);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -216,17 +170,5 @@ mod tests {
         assert_eq!(get("DROPSEED_HASH").unwrap(), f.hash);
         assert_eq!(get("DROPSEED_SIZE").unwrap(), "12345");
         assert_eq!(get("DROPSEED_CATEGORY").unwrap(), "");
-    }
-
-    #[test]
-    fn commands_are_checked() {
-        let c = |v: &[&str]| check_command(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert!(c(&[]).is_ok());
-        assert!(c(&["/bin/notify", "{name}", "--size={size}", "{}", "a{b c}"]).is_ok());
-        assert!(c(&[" "]).unwrap_err().contains("empty"));
-        assert!(c(&["{path}"]).unwrap_err().contains("fixed path"));
-        assert!(c(&["/bin/x", "a\0b"]).unwrap_err().contains("NUL"));
-        let e = c(&["/bin/x", "{nmae}"]).unwrap_err();
-        assert!(e.contains("{nmae}") && e.contains("{name}"), "{e}");
     }
 }

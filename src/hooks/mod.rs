@@ -14,10 +14,11 @@
 pub mod argv;
 mod run;
 
-pub use argv::{check_command, Facts};
+pub use argv::Facts;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::hookcmd::HookEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,48 +28,6 @@ use tokio_util::task::TaskTracker;
 
 /// Hooks waiting for a free slot, at most; more are dropped with a WARN.
 pub const QUEUE_LEN: usize = 100;
-
-/// The moments a hook can be attached to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookEvent {
-    /// A torrent or magnet was added (not restored at startup).
-    Added,
-    /// A download finished here.
-    Complete,
-    /// A seeding limit was reached.
-    SeedingDone,
-}
-
-impl HookEvent {
-    pub const ALL: [HookEvent; 3] = [HookEvent::Added, HookEvent::Complete, HookEvent::SeedingDone];
-
-    /// The config key, also the hook's name in logs.
-    pub fn key(self) -> &'static str {
-        match self {
-            HookEvent::Added => "on_added",
-            HookEvent::Complete => "on_complete",
-            HookEvent::SeedingDone => "on_seeding_done",
-        }
-    }
-
-    /// The key in the global section, as errors name it.
-    pub fn global_key(self) -> &'static str {
-        match self {
-            HookEvent::Added => "hooks.on_added",
-            HookEvent::Complete => "hooks.on_complete",
-            HookEvent::SeedingDone => "hooks.on_seeding_done",
-        }
-    }
-
-    /// `DROPSEED_EVENT`.
-    pub fn env_value(self) -> &'static str {
-        match self {
-            HookEvent::Added => "added",
-            HookEvent::Complete => "complete",
-            HookEvent::SeedingDone => "seeding_done",
-        }
-    }
-}
 
 /// The session's handle for running hooks.
 pub struct HookRunner {

@@ -15,7 +15,7 @@
 //! Nothing a hook does reaches the torrent or the daemon:
 //! every failure ends here as a log line.
 
-use super::HookEvent;
+use crate::hookcmd::HookEvent;
 use crate::types::{human_duration, printable};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;

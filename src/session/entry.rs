@@ -97,7 +97,7 @@ impl MagnetEntry {
             trackers: Vec::new(),
             times: Default::default(),
             tags: self.opts.tags.clone(),
-            limits: crate::torrent::share::LimitsView {
+            limits: crate::share::LimitsView {
                 own: self.opts.share.unwrap_or_default(),
                 effective: Default::default(),
             },

@@ -11,7 +11,7 @@
 use super::entry::Entry;
 use super::tags::{self, TagBook};
 use super::{not_managed, Named, Session, SessionError};
-use crate::torrent::share::ShareLimits;
+use crate::share::ShareLimits;
 use crate::types::InfoHash;
 
 /// A torrent's category, tags and own share limits.

@@ -18,10 +18,11 @@ mod restore;
 pub mod tags;
 
 use crate::config::Config;
-use crate::hooks::{Facts, HookEvent, HookRunner};
+use crate::hookcmd::HookEvent;
+use crate::hooks::{Facts, HookRunner};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
-use crate::resume::{self, now_unix, ResumeRecord};
+use crate::resume::{self, ResumeRecord};
 use crate::storage::delete::{delete_files, Expect};
 use crate::storage::disk::DiskPool;
 use crate::torrent::fetch::{self, Fetched, MagnetProgress};
@@ -30,6 +31,7 @@ use crate::torrent::task::{self, Cmd, Exit};
 use crate::torrent::{Env, TorrentShared, TorrentStatus};
 use crate::types::{InfoHash, PeerId};
 use crate::utp::{UtpSocket, UtpStream};
+use crate::wallclock::now_unix;
 use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -567,7 +569,7 @@ impl Session {
         let result = match entry {
             Entry::Magnet(mut m) => {
                 m.stop_fetch().await;
-                self.env.announces.retire(hash, resume::now_unix());
+                self.env.announces.retire(hash, now_unix());
                 let paths = [resume::magnet_path(&dir, &hash), resume::resume_path(&dir, &hash)];
                 let _ = tokio::task::spawn_blocking(move || paths.map(std::fs::remove_file)).await;
                 Ok(Removed { torrent: named, data_deleted: false, kept: None })
@@ -598,7 +600,7 @@ impl Session {
             ));
         }
         let book = &self.env.announces;
-        let now = resume::now_unix();
+        let now = now_unix();
         let at = book.get(hash).pace(crate::tracker::http::Event::None, now);
         book.waker(hash).notify_one();
         Ok(if at > now { Reannounce::In(named, at - now) } else { Reannounce::Now(named) })
@@ -636,7 +638,7 @@ impl Session {
                 _ => {}
             }
         }
-        self.env.announces.retire(hash, resume::now_unix());
+        self.env.announces.retire(hash, now_unix());
         tracing::info!(torrent = %name, hash = %hash.short(), delete_data, "removed");
         Ok(Removed { torrent, data_deleted: delete_data, kept })
     }
@@ -804,7 +806,7 @@ fn name_owner(registry: &HashMap<InfoHash, Entry>, name: &str) -> Option<InfoHas
 /// Writes a new torrent's metainfo and first record, and drops its magnet.
 fn persist_torrent(dir: &Path, meta: &Metainfo, record: &ResumeRecord) -> std::io::Result<()> {
     let hash = meta.info_hash;
-    resume::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
+    crate::fsutil::write_atomic(&resume::torrent_path(dir, &hash), &meta.to_torrent_bytes())?;
     record.save(dir, &hash)?;
     match std::fs::remove_file(resume::magnet_path(dir, &hash)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -817,7 +819,7 @@ async fn save_magnet(state_dir: &Path, magnet: &Magnet, paused: bool, opts: &Add
     let mut text = format!("{}\n{}", magnet.to_uri(), if paused { restore::PAUSED_MARK } else { "" });
     text.push_str(&restore::option_marks(opts));
     let path = resume::magnet_path(state_dir, &magnet.info_hash);
-    tokio::task::spawn_blocking(move || resume::write_atomic(&path, text.as_bytes()))
+    tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, text.as_bytes()))
         .await
         .map_err(std::io::Error::other)?
 }

@@ -100,10 +100,10 @@ fn read_magnet(dir: &Path, path: &Path) -> Result<Option<Restored>, String> {
 }
 
 /// `R S I` as [`SHARE_MARK`] writes them.
-fn parse_share(text: &str) -> Option<crate::torrent::share::ShareLimits> {
+fn parse_share(text: &str) -> Option<crate::share::ShareLimits> {
     let n: Vec<i64> = text.split_whitespace().map(|v| v.parse().ok()).collect::<Option<_>>()?;
     let &[ratio, seeding, inactive] = n.as_slice() else { return None };
-    Some(crate::torrent::share::ShareLimits {
+    Some(crate::share::ShareLimits {
         ratio_milli: ratio.into(),
         seeding_minutes: seeding.into(),
         inactive_minutes: inactive.into(),
@@ -160,7 +160,7 @@ mod tests {
         let opts = super::super::AddOptions {
             category: "tv".into(),
             tags: vec!["a b".into(), "x".into()],
-            share: Some(crate::torrent::share::ShareLimits::from_api(1.5, -1, 30).unwrap()),
+            share: Some(crate::share::ShareLimits::from_api(1.5, -1, 30).unwrap()),
             name: Some("Shown name".into()),
         };
         std::fs::write(&path, format!("magnet:?xt=urn:btih:{hash}\n{}", option_marks(&opts))).unwrap();

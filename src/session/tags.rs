@@ -102,7 +102,7 @@ impl TagBook {
     /// Writes the file atomically. Blocking.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         let text: String = self.known.iter().map(|t| format!("{t}\n")).collect();
-        crate::resume::write_atomic(&book_path(state_dir), text.as_bytes())
+        crate::fsutil::write_atomic(&book_path(state_dir), text.as_bytes())
     }
 }
 

@@ -147,8 +147,9 @@ fn remove_empty_folders(root: BorrowedFd<'_>, meta: &Metainfo, place: &Place) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BackendKind;
     use crate::metainfo::tests::torrent;
-    use crate::storage::{BackendKind, TorrentStorage};
+    use crate::storage::TorrentStorage;
 
     /// `dir/a` (5 bytes) and `dir/sub/b` (20 bytes), written in `root`.
     fn opened(root: &std::path::Path) -> (Metainfo, Place, TorrentStorage) {

@@ -10,12 +10,12 @@ pub mod nofollow;
 pub mod place;
 mod sigbus;
 
+use crate::config::BackendKind;
 use crate::metainfo::Metainfo;
 use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
 use nofollow::FileStamp;
 pub use place::Place;
-use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io;
@@ -25,14 +25,6 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    #[default]
-    Mmap,
-    File,
-}
 
 /// Per-file block access; offsets are within the file.
 trait FileBackend: Send + Sync {
@@ -155,6 +147,7 @@ pub fn free_space(dir: &Path) -> io::Result<u64> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
+    // SAFETY: statvfs is plain old data (integers only); all-zero is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid C string and st a valid out pointer.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

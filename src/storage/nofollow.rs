@@ -13,7 +13,7 @@
 
 use crate::metainfo::Metainfo;
 use crate::storage::Place;
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::path::Arg;
 use serde::{Deserialize, Serialize};
@@ -221,26 +221,6 @@ pub fn is_link_error(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR))
 }
 
-/// Renames `from` in `from_dir` to `to` in `to_dir`, failing with
-/// `AlreadyExists` instead of replacing anything (where the filesystem
-/// cannot promise that, a look just before a plain rename).
-pub fn rename_noreplace<P: Arg + Copy, Q: Arg + Copy>(
-    from_dir: BorrowedFd<'_>,
-    from: P,
-    to_dir: BorrowedFd<'_>,
-    to: Q,
-) -> io::Result<()> {
-    match rfs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(Errno::INVAL) | Err(Errno::NOSYS) => match rfs::statat(to_dir, to, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "the name is taken")),
-            Err(Errno::NOENT) => Ok(rfs::renameat(from_dir, from, to_dir, to)?),
-            Err(e) => Err(e.into()),
-        },
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Removes the name `name` from `dir` (a file, or a link itself).
 pub fn unlink(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     Ok(rfs::unlinkat(dir, name, AtFlags::empty())?)
@@ -340,17 +320,5 @@ mod tests {
         assert!(!t.exists());
         assert!(outside.path().join("keep").exists());
         assert_eq!(remove_tree(r.as_fd(), ".part").unwrap_err().kind(), io::ErrorKind::NotFound);
-    }
-
-    #[test]
-    fn rename_noreplace_never_replaces() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("a"), b"a").unwrap();
-        symlink("/nonexistent", root.path().join("b")).unwrap();
-        let r = open_configured_root(root.path()).unwrap();
-        let e = rename_noreplace(r.as_fd(), "a", r.as_fd(), "b").unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
-        rename_noreplace(r.as_fd(), "a", r.as_fd(), "c").unwrap();
-        assert_eq!(std::fs::read(root.path().join("c")).unwrap(), b"a");
     }
 }

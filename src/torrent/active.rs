@@ -14,11 +14,11 @@ use super::task::{limit_reached, Command, Control};
 use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
 use crate::conn::{Transport, Way};
-use crate::hooks::HookEvent;
-use crate::resume::now_unix;
+use crate::hookcmd::HookEvent;
 use crate::storage::Place;
 use crate::tracker::{self, TrackerConfig, TransferCounters};
 use crate::types::{human_bytes, human_duration};
+use crate::wallclock::now_unix;
 use crate::wire::Handshake;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -535,7 +535,7 @@ impl<'a> Active<'a> {
         s.download_rate = (d as f64 / secs) as u64;
         s.upload_rate = (u as f64 / secs) as u64;
         if moved {
-            s.last_active = crate::resume::now_unix();
+            s.last_active = crate::wallclock::now_unix();
         }
     }
 

@@ -27,8 +27,9 @@
 //! evictions to one per host per penalty.
 
 use super::picker::PeerKey;
+use crate::types::host_of;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Seconds a new peer has to say what it has and wants before it counts as
@@ -131,18 +132,6 @@ impl PenaltyBox {
             }
         }
         self.until.insert(host, now + PENALTY);
-    }
-}
-
-/// The host an address belongs to: an IPv4 address (mapped ones unwrapped)
-/// or an IPv6 /64.
-pub fn host_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
-        v4 => v4,
     }
 }
 
@@ -281,14 +270,5 @@ mod tests {
         }
         let waited = got_in.map(|t| t - first_knock);
         assert!(waited.is_some_and(|w| w <= Duration::from_secs(60)), "the honest peer waited {waited:?}");
-    }
-
-    #[test]
-    fn one_host_is_one_ipv4_address_or_one_ipv6_64() {
-        let h = |s: &str| host_of(s.parse().unwrap());
-        assert_eq!(h("::ffff:1.2.3.4"), h("1.2.3.4"), "mapped IPv4 is the same host");
-        assert_ne!(h("1.2.3.4"), h("1.2.3.5"));
-        assert_eq!(h("2001:db8:1:2::1"), h("2001:db8:1:2:ffff::9"), "same /64");
-        assert_ne!(h("2001:db8:1:2::1"), h("2001:db8:1:3::1"));
     }
 }

@@ -18,6 +18,7 @@
 //! called again with the same places and picks up where things stand.
 //! Everything here blocks; run it on a blocking thread.
 
+use crate::fsutil;
 use crate::metainfo::Metainfo;
 use crate::storage::delete::{self, Expect};
 use crate::storage::nofollow::{self, FileStamp};
@@ -163,7 +164,7 @@ fn move_item(
     if ctl.copy_forced() {
         return copy_across(meta, from, to, dst.as_fd(), storage, ctl);
     }
-    match nofollow::rename_noreplace(src.as_fd(), from.name.as_str(), dst.as_fd(), to.name.as_str()) {
+    match fsutil::rename_noreplace(src.as_fd(), from.name.as_str(), dst.as_fd(), to.name.as_str()) {
         Ok(()) => {
             nofollow::sync(dst.as_fd())?;
             nofollow::sync(src.as_fd())?;
@@ -235,12 +236,12 @@ fn copy_across(
 /// Renames the hidden copy to `to`'s name or, if something took that name
 /// during the copy, to the first free one: never over anything.
 fn rename_into_place(meta: &Metainfo, root: BorrowedFd<'_>, tmp: &str, to: &Place) -> io::Result<Place> {
-    match nofollow::rename_noreplace(root, tmp, root, to.name.as_str()) {
+    match fsutil::rename_noreplace(root, tmp, root, to.name.as_str()) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let other = Place { name: free_name(root, &meta.name, single_file(meta)), ..to.clone() };
             tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), taken = %to.top().display(), instead = %other.name,
                 "the complete folder's name was taken during the move");
-            nofollow::rename_noreplace(root, tmp, root, other.name.as_str())?;
+            fsutil::rename_noreplace(root, tmp, root, other.name.as_str())?;
             Ok(other)
         }
         r => r.map(|()| to.clone()),
@@ -414,7 +415,7 @@ fn remove_source(meta: &Metainfo, from: &Place, expect: &Expect) -> io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::BackendKind;
+    use crate::config::BackendKind;
     use sha1::Sha1;
     use std::path::PathBuf;
 

@@ -19,12 +19,12 @@ pub mod phase;
 pub mod picker;
 pub mod prepare;
 pub mod ratelimit;
-pub mod share;
 pub mod task;
 
 use crate::config::Config;
 use crate::metainfo::Metainfo;
 use crate::resume::ResumeRecord;
+use crate::share;
 use crate::storage::disk::DiskPool;
 use crate::storage::{Place, TorrentStorage};
 use crate::types::{Bitfield, PeerId};
@@ -77,7 +77,7 @@ pub struct Env {
     /// Runs the user's hooks (`[hooks]`) off the engine.
     pub hooks: crate::hooks::HookRunner,
     /// What `/metrics` shows that the engine counts as it goes.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: crate::counters::Metrics,
 }
 
 impl Env {
@@ -210,8 +210,8 @@ impl Inner {
     /// when it comes as `::ffff:a.b.c.d`) or one IPv6 /64, which one
     /// subscriber usually holds whole.
     pub fn peers_at(&self, ip: std::net::IpAddr) -> usize {
-        let host = evict::host_of(ip);
-        self.peers.keys().filter(|k| evict::host_of(k.ip()) == host).count()
+        let host = crate::types::host_of(ip);
+        self.peers.keys().filter(|k| crate::types::host_of(k.ip()) == host).count()
     }
 
     /// A piece passed its hash check and sits in storage. The have bit, the
@@ -357,7 +357,7 @@ impl TorrentShared {
     }
 
     /// Runs the hook configured for `event`, if any; never waits for it.
-    pub fn run_hook(&self, event: crate::hooks::HookEvent) {
+    pub fn run_hook(&self, event: crate::hookcmd::HookEvent) {
         let facts = crate::hooks::Facts {
             hash: self.meta.info_hash.hex(),
             name: self.meta.name.clone(),

@@ -98,7 +98,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     }
     shared.save_resume(true).await;
     // The download finished before a restart cut its move short.
-    shared.run_hook(crate::hooks::HookEvent::Complete);
+    shared.run_hook(crate::hookcmd::HookEvent::Complete);
     Ok(())
 }
 

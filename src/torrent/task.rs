@@ -246,8 +246,8 @@ pub(super) fn limit_reached(shared: &TorrentShared) -> Option<String> {
         let s = shared.status.lock().unwrap();
         (shared.limits_of(&s.record), s.record.seeding_secs, s.record.seed_idle_secs)
     };
-    let whose = |own: super::share::ShareLimit| match own {
-        super::share::ShareLimit::At(_) => "the torrent's own",
+    let whose = |own: crate::share::ShareLimit| match own {
+        crate::share::ShareLimit::At(_) => "the torrent's own",
         _ => "the configured",
     };
     let (own, limits) = (limits.own, limits.effective);

@@ -12,9 +12,9 @@ pub mod http;
 pub mod pace;
 pub mod udp;
 
-use crate::resume::now_unix;
 use crate::types::printable;
 use crate::types::{InfoHash, PeerId};
+use crate::wallclock::now_unix;
 use http::{AnnounceParams, Event};
 use pace::AnnounceBook;
 use std::net::SocketAddr;

@@ -304,7 +304,7 @@ impl Received {
 }
 
 fn recv_many(udp: &UdpSocket, bufs: &mut [u8], got: &mut Vec<(usize, Option<SocketAddr>)>) -> io::Result<usize> {
-    // SAFETY (zeroed): sockaddr_storage and mmsghdr are plain old data.
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; SLOTS];
     let mut iovs: Vec<libc::iovec> = bufs
         .chunks_mut(SLOT_LEN)
@@ -314,6 +314,8 @@ fn recv_many(udp: &UdpSocket, bufs: &mut [u8], got: &mut Vec<(usize, Option<Sock
         .iter_mut()
         .zip(names.iter_mut())
         .map(|(iov, name)| {
+            // SAFETY: mmsghdr is plain old data; all-zero (null pointers, zero
+            // lengths) is a valid value, and the fields that matter are set here.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;

@@ -7,7 +7,7 @@
 //! dropped: its sender resends it once the gap is filled. In-order data
 //! never touches the budget, so the hot path is unchanged.
 
-use crate::torrent::evict::host_of;
+use crate::types::host_of;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -102,7 +102,7 @@ impl KeptFiles {
             .collect();
         let saved = Saved { dir: self.dir.to_string_lossy().into_owned(), files };
         let bytes = serde_json::to_vec(&saved).unwrap_or_default();
-        if let Err(e) = crate::resume::write_atomic(&self.file, &bytes) {
+        if let Err(e) = crate::fsutil::write_atomic(&self.file, &bytes) {
             tracing::warn!(file = %self.file.display(), error = %e, "cannot save the list of kept watch files");
         }
     }

@@ -4,10 +4,10 @@
 //! member who swaps a category folder for a link between the scan and the
 //! read cannot make dropseed read or rename anything outside the folder.
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,17 +64,8 @@ impl Place {
 
     /// Renames the file to `to` in the same folder, never over another.
     pub fn rename_noreplace(&self, to: &OsStr) -> io::Result<()> {
-        let d = &self.dir;
-        match rustix::fs::renameat_with(d, &self.name, d, to, RenameFlags::NOREPLACE) {
-            // A filesystem without RENAME_NOREPLACE: look, then rename.
-            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if !self.exists(to) => {
-                Ok(rustix::fs::renameat(d, &self.name, d, to)?)
-            }
-            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
-                Err(io::Error::new(io::ErrorKind::AlreadyExists, "name taken"))
-            }
-            other => Ok(other?),
-        }
+        let d = self.dir.as_fd();
+        crate::fsutil::rename_noreplace(d, self.name.as_os_str(), d, to)
     }
 
     pub fn remove(&self) -> io::Result<()> {
