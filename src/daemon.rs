@@ -315,6 +315,8 @@ mod tests {
             tracker_error: None,
             trackers: Vec::new(),
             times: Default::default(),
+            borrowed: false,
+            shared_with: Vec::new(),
         }
     }
 

@@ -670,6 +670,12 @@ fn print_details(t: &TorrentStatus) {
     println!("  state     {} ({:.1}% of {})", t.state.as_str(), t.progress * 100.0, human_bytes(t.size));
     println!("  path      {}", if t.path.is_empty() { "-".to_string() } else { printable(&t.path, 1000) });
     println!("  category  {category}");
+    if !t.shared_with.is_empty() {
+        let others: Vec<&str> = t.shared_with.iter().map(|h| h.get(..8).unwrap_or(h)).collect();
+        println!("  shares    its data with {}", printable(&others.join(", "), 500));
+    } else if t.borrowed {
+        println!("  shares    seeds data it found there (read-only)");
+    }
     println!(
         "  transfer  down {}/s, up {}/s, {} peers ({} seeds), ratio {ratio}",
         human_bytes(t.download_rate),

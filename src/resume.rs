@@ -76,6 +76,13 @@ pub struct ResumeRecord {
         deserialize_with = "crate::storage::nofollow::lenient_stamps"
     )]
     pub stamps: Vec<crate::storage::nofollow::FileStamp>,
+    /// The data was there before the torrent (another torrent's, or put
+    /// there by the user for it: cross-seeding): every piece is verified
+    /// against this torrent's hashes before a byte is served, the files are
+    /// opened read-only, and a piece that fails puts the torrent in error
+    /// rather than being downloaded into a file others use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", with = "crate::storage::place::bool_as_int")]
+    pub borrowed: bool,
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still

@@ -82,7 +82,8 @@ pub fn state_name(t: &TorrentStatus) -> &'static str {
         TorrentState::Metadata => "metaDL",
         TorrentState::Queued if complete => "queuedUP",
         TorrentState::Queued => "queuedDL",
-        TorrentState::Checking if complete => "checkingUP",
+        // A torrent verifying data it seeds from (cross-seeding) never downloads.
+        TorrentState::Checking if complete || t.borrowed => "checkingUP",
         TorrentState::Checking => "checkingDL",
         TorrentState::Downloading if t.download_rate > 0 => "downloading",
         TorrentState::Downloading => "stalledDL",
@@ -346,6 +347,8 @@ mod tests {
             tracker_error: None,
             trackers: Vec::new(),
             times: Default::default(),
+            borrowed: false,
+            shared_with: Vec::new(),
         }
     }
 

@@ -96,6 +96,8 @@ impl MagnetEntry {
             tracker_error: None,
             trackers: Vec::new(),
             times: Default::default(),
+            borrowed: false,
+            shared_with: Vec::new(),
         }
     }
 }
@@ -115,6 +117,11 @@ impl Entry {
             Entry::Reserved(name) => name.as_deref(),
             Entry::Magnet(_) => None,
         }
+    }
+
+    /// A torrent seeding data it does not own (cross-seeding).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self, Entry::Torrent(t) if t.shared.status.lock().unwrap().record.borrowed)
     }
 
     /// The name `status` shows for this entry; none while it is reserved.

@@ -14,14 +14,16 @@ mod listener;
 pub mod lookup;
 pub mod outcome;
 mod restore;
+mod shared;
 
 use crate::config::Config;
 use crate::hooks::{Facts, HookEvent, HookRunner};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, now_unix, ResumeRecord};
-use crate::storage::delete::{delete_files, Expect};
+use crate::storage::delete::{delete_files_unused, Expect};
 use crate::storage::disk::DiskPool;
+use crate::storage::Place;
 use crate::torrent::fetch::{self, Fetched, MagnetProgress};
 use crate::torrent::ratelimit::RateLimiter;
 use crate::torrent::task::{self, Cmd, Exit};
@@ -31,7 +33,7 @@ use crate::utp::{UtpSocket, UtpStream};
 use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -133,8 +135,9 @@ impl Session {
                     for p in record.place.iter_mut().chain(record.moving.iter_mut()) {
                         p.learn_sub(&root, &sub);
                     }
+                    // Torrents seeding shared data (cross-seeding) share a name by design.
                     let owner = name_owner(&self.registry.lock().unwrap(), &meta.name);
-                    if let Some(other) = owner {
+                    if let Some(other) = owner.filter(|_| !record.borrowed) {
                         // Saved by a version that let two torrents share files.
                         tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), other = %other.short(),
                             "not started: its files would be another torrent's; remove one of the two");
@@ -240,7 +243,33 @@ impl Session {
 
     /// Adds a torrent in `category` ("" for none).
     pub async fn add_metainfo_in(self: &Arc<Self>, meta: Metainfo, category: &str) -> std::io::Result<AddOutcome> {
-        self.add_torrent(meta, Vec::new(), Origin::User, category.to_string()).await
+        self.add_torrent(meta, Vec::new(), Origin::User, category.to_string(), None).await
+    }
+
+    /// Adds a torrent whose data is already in the folder `save` (inside
+    /// dropseed's folders or `[api] allowed_paths`): it seeds from it in
+    /// place, read-only, once every piece is verified (cross-seeding). A
+    /// `save` that is the category's own folder, without the data there,
+    /// is an ordinary add.
+    pub async fn add_metainfo_at(
+        self: &Arc<Self>,
+        meta: Metainfo,
+        category: &str,
+        save: PathBuf,
+    ) -> std::io::Result<AddOutcome> {
+        let (config, cat, name) = (self.env.config(), category.to_string(), meta.name.clone());
+        let found = tokio::task::spawn_blocking(move || shared::save_path_place(&config, &save, &cat, &name))
+            .await
+            .map_err(std::io::Error::other)?;
+        match found {
+            Err(why) => Ok(AddOutcome::Refused(why)),
+            Ok(at) => self.add_torrent(meta, Vec::new(), Origin::User, category.to_string(), at).await,
+        }
+    }
+
+    /// The other torrents seeding `hash`'s data (the same files).
+    pub fn sharing(&self, hash: &InfoHash) -> Vec<InfoHash> {
+        shared::sharing(&self.registry.lock().unwrap(), hash)
     }
 
     async fn add_torrent(
@@ -249,24 +278,24 @@ impl Session {
         peers: Vec<SocketAddr>,
         origin: Origin,
         category: String,
+        mut at: Option<Place>,
     ) -> std::io::Result<AddOutcome> {
         let hash = meta.info_hash;
         let replaced = {
             let mut registry = self.registry.lock().unwrap();
             let claim = Entry::Reserved(Some(meta.name.clone()));
-            let owner = name_owner(&registry, &meta.name);
-            match (registry.get(&hash), origin, owner) {
-                (Some(Entry::Magnet(_)) | None, _, Some(other)) => {
-                    return Ok(AddOutcome::Refused(format!(
-                        "its files would be those of torrent {} ({:?}) in the download folder",
-                        &other.hex()[..8],
-                        meta.name
-                    )));
-                }
-                (Some(Entry::Magnet(_)), _, None) => registry.insert(hash, claim),
-                (None, Origin::User, None) => registry.insert(hash, claim),
-                _ => return Ok(AddOutcome::AlreadyManaged),
+            let fresh = matches!((registry.get(&hash), origin), (Some(Entry::Magnet(_)), _) | (None, Origin::User));
+            if !fresh {
+                return Ok(AddOutcome::AlreadyManaged);
             }
+            // Another torrent's files under this name: seeded from, never written.
+            if at.is_none() {
+                match shared::borrowable(&registry, &meta.name) {
+                    Err(why) => return Ok(AddOutcome::Refused(why)),
+                    Ok(place) => at = place,
+                }
+            }
+            registry.insert(hash, claim)
         };
         let mut magnet = match replaced {
             Some(Entry::Magnet(m)) => Some(m),
@@ -286,6 +315,8 @@ impl Session {
             peers: peers.iter().map(|p| p.to_string()).collect(),
             hold: if paused { resume::Hold::Paused } else { resume::Hold::Running },
             category,
+            borrowed: at.is_some(),
+            place: at,
             ..Default::default()
         };
         let meta = Arc::new(meta);
@@ -294,7 +325,14 @@ impl Session {
             tokio::task::spawn_blocking(move || persist_torrent(&dir, &m, &r)).await.map_err(std::io::Error::other);
         match saved.and_then(|r| r) {
             Ok(()) => {
+                let borrowed = record.borrowed;
                 let shared = self.start_torrent(meta, record);
+                if borrowed {
+                    let matched =
+                        self.sharing(&hash).iter().map(|h| h.short().to_string()).collect::<Vec<_>>().join(",");
+                    tracing::info!(torrent = %shared.name(), hash = %hash.short(), matched = %matched,
+                        path = %shared.data_path().display(), "seeding data already there once every piece is verified");
+                }
                 // A magnet's metadata arriving is not a new add: its hook ran.
                 if origin == Origin::User {
                     shared.run_hook(HookEvent::Added);
@@ -318,7 +356,7 @@ impl Session {
     /// A magnet's metadata arrived: it becomes a torrent like any other.
     async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
         let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
-        match self.add_torrent(f.meta, f.peers, Origin::Fetched, String::new()).await {
+        match self.add_torrent(f.meta, f.peers, Origin::Fetched, String::new(), None).await {
             Ok(AddOutcome::Added) => {
                 tracing::info!(torrent = %name, hash = %hash.short(), "metadata received; starting the torrent")
             }
@@ -386,14 +424,20 @@ impl Session {
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
+        shared::fill_shared_with(&mut out);
         out
+    }
+
+    fn with_shares(&self, hash: &InfoHash, mut status: TorrentStatus) -> TorrentStatus {
+        status.shared_with = self.sharing(hash).iter().map(InfoHash::hex).collect();
+        status
     }
 
     /// The status of one torrent or magnet, without building every other's.
     pub fn status_of(&self, hash: &InfoHash) -> Option<TorrentStatus> {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
-            StatusSource::Torrent(shared) => shared.status(),
+            StatusSource::Torrent(shared) => self.with_shares(hash, shared.status()),
             StatusSource::Ready(status) => *status,
         })
     }
@@ -403,7 +447,7 @@ impl Session {
     pub fn detail_of(&self, hash: &InfoHash) -> Option<(TorrentStatus, crate::torrent::detail::TorrentDetail)> {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
-            StatusSource::Torrent(shared) => (shared.status(), shared.detail()),
+            StatusSource::Torrent(shared) => (self.with_shares(hash, shared.status()), shared.detail()),
             StatusSource::Ready(status) => (*status, Default::default()),
         })
     }
@@ -570,6 +614,7 @@ impl Session {
         let torrent = Named { name: name.clone(), hash };
         let mut kept = None;
         if delete_data {
+            let in_use = shared::files_in_use(&self.registry.lock().unwrap(), &hash);
             let (s, place) = (shared.clone(), shared.place());
             let recorded = shared.status.lock().unwrap().record.stamps.clone();
             let r = self.env.disk.run(move || {
@@ -579,7 +624,7 @@ impl Session {
                 // regular files of the right length, reached without a link).
                 let stamps = s.storage().map(|st| st.stamps()).unwrap_or(recorded);
                 let expect = if stamps.is_empty() { Expect::Length } else { Expect::Stamps(&stamps) };
-                delete_files(&s.meta, &place, &expect)
+                delete_files_unused(&s.meta, &place, &expect, &in_use)
             });
             match r.await {
                 Ok(Err(e)) => return Err(SessionError::DataLeft { torrent, why: e.to_string() }),
@@ -749,10 +794,11 @@ async fn housekeeping(
     }
 }
 
-/// The torrent that owns `name` in the download folder: no two torrents may
-/// share a file, or one would overwrite the other's seeded data.
+/// The torrent that writes the files of `name` (not one seeding them
+/// shared): no two torrents may write one file, or one would overwrite the
+/// other's data.
 fn name_owner(registry: &HashMap<InfoHash, Entry>, name: &str) -> Option<InfoHash> {
-    registry.iter().find(|(_, e)| e.claimed_name() == Some(name)).map(|(h, _)| *h)
+    registry.iter().find(|(_, e)| e.claimed_name() == Some(name) && !e.is_borrowed()).map(|(h, _)| *h)
 }
 
 /// Writes a new torrent's metainfo and first record, and drops its magnet.

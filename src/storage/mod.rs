@@ -81,6 +81,9 @@ pub struct TorrentStorage {
     layout: Layout,
     backend: Box<dyn FileBackend>,
     pub kind: BackendKind,
+    /// Opened read-only over data the torrent does not own (cross-seeding):
+    /// a write fails, and files are never created or grown.
+    pub read_only: bool,
 }
 
 /// What `prepare` found on disk before opening.
@@ -202,6 +205,27 @@ fn open_full_size(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize
     Ok((file, preallocated))
 }
 
+/// File `i` of `meta` in `place`, open read-only, checked whole (None for padding).
+fn open_existing_file(
+    root: BorrowedFd<'_>,
+    place: &Place,
+    meta: &Metainfo,
+    i: usize,
+) -> io::Result<Option<RwLock<File>>> {
+    let f = &meta.files[i];
+    if f.padding {
+        return Ok(None);
+    }
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", place.file_path(meta, i).display()));
+    let (dirs, name) = nofollow::names(place, meta, i);
+    let file = nofollow::open_file(nofollow::walk(root, &dirs).map_err(named)?.as_fd(), name, false).map_err(named)?;
+    let len = file.metadata()?.len();
+    if len != f.length {
+        return Err(named(io::Error::other(format!("{len} bytes where the torrent has {}", f.length))));
+    }
+    Ok(Some(RwLock::new(file)))
+}
+
 impl TorrentStorage {
     /// Creates every file at full size (zero-length files too, padding never)
     /// and opens the backend. Nothing is written outside the place's folder:
@@ -232,13 +256,36 @@ impl TorrentStorage {
                 files: files.into_iter().map(|f| f.map(|(file, _)| RwLock::new(file))).collect(),
             }),
         };
-        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind })
+        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind, read_only: false })
+    }
+
+    /// Opens the files already in `place` read-only, for a torrent seeding
+    /// data it does not own (see [`crate::resume::ResumeRecord::borrowed`]):
+    /// nothing is created, grown or ever written, and a file missing, of
+    /// another length, or reached through a link is an error naming it.
+    pub fn open_existing(place: &Place, meta: &Metainfo) -> io::Result<TorrentStorage> {
+        let root = nofollow::open_place_dir(place, false)?;
+        let files = (0..meta.files.len())
+            .map(|i| open_existing_file(root.as_fd(), place, meta, i))
+            .collect::<io::Result<_>>()?;
+        let backend = Box::new(PlainBackend { files });
+        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind: BackendKind::File, read_only: true })
     }
 
     /// Makes files found missing or short whole again (sparse zeros where
     /// data went missing) and points the backend at them: the pieces they
     /// held are then checked again and downloaded anew.
     pub fn restore_files(&self, place: &Place, meta: &Metainfo, files: &[usize]) -> io::Result<()> {
+        if self.read_only {
+            // Data shared with others is never recreated: only reopened as it is.
+            let root = nofollow::open_place_dir(place, false)?;
+            for &i in files {
+                if let Some(file) = open_existing_file(root.as_fd(), place, meta, i)? {
+                    self.backend.reopen(i, file.into_inner().unwrap())?;
+                }
+            }
+            return Ok(());
+        }
         let root = open_place_dir(place)?;
         for &i in files {
             let (file, _) = open_full_size(root.as_fd(), place, meta, i)?;
@@ -286,6 +333,12 @@ impl TorrentStorage {
 
     /// Writes `data` at stream offset `offset`; padding is skipped.
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "data shared with other torrents is never written",
+            ));
+        }
         for s in self.layout.segments(offset, data.len()) {
             if !s.padding {
                 self.backend.write_at(s.file, s.file_offset, &data[s.buf_offset..s.buf_offset + s.len])?;

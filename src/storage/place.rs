@@ -89,7 +89,7 @@ pub fn free_name(dir: BorrowedFd<'_>, name: &str, single_file: bool) -> String {
 }
 
 /// Bencode has no booleans: 0 or 1.
-mod bool_as_int {
+pub(crate) mod bool_as_int {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &bool, s: S) -> Result<S::Ok, S::Error> {

@@ -626,6 +626,8 @@ impl TorrentShared {
                 completed_at: s.record.completed_at,
                 seeding_secs: s.record.seeding_secs,
             },
+            borrowed: s.record.borrowed,
+            shared_with: Vec::new(),
         }
     }
 }
@@ -682,6 +684,13 @@ pub struct TorrentStatus {
     /// added_on, completion_on, seeding_time).
     #[serde(default)]
     pub times: StatusTimes,
+    /// It seeds data it found there, read-only, verified first (cross-seeding).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
+    /// The other torrents seeding the same data (their hashes); filled in
+    /// by the session, which sees them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
 }
 
 /// A torrent's times from its resume record: Unix seconds (0 = not yet).

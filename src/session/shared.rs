@@ -1,0 +1,135 @@
+//! Cross-seeding: several torrents (the same files under other info hashes,
+//! one per tracker) seeding one copy of the data.
+//!
+//! A file belongs to the torrent that wrote it. Another torrent may seed it
+//! only once that torrent is complete, and only after verifying every piece
+//! against its own hashes; it opens the files read-only and never writes
+//! them (see `ResumeRecord::borrowed` and the `Preparing` phase). Here: which
+//! place a new torrent may borrow, whether a save path the user named is
+//! one dropseed may read from, which torrents share a torrent's data, and
+//! which files (by device and inode) others still use, so that
+//! `remove --delete-data` keeps them.
+
+use super::entry::Entry;
+use crate::config::Config;
+use crate::storage::Place;
+use crate::types::InfoHash;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// The place a new torrent named `name` would seed from: the data of a
+/// complete torrent of that name, settled where it stays. `Ok(None)` when no
+/// torrent has the name; an error when one has it but is not complete (its
+/// files are still being written).
+pub(super) fn borrowable(registry: &HashMap<InfoHash, Entry>, name: &str) -> Result<Option<Place>, String> {
+    let mut claimed_by = None;
+    for (hash, e) in registry.iter().filter(|(_, e)| e.claimed_name() == Some(name)) {
+        if let Entry::Torrent(t) = e {
+            let place = t.shared.place();
+            let moving = t.shared.status.lock().unwrap().record.moving.is_some();
+            if place.settled && !moving && t.shared.is_complete() {
+                return Ok(Some(place));
+            }
+        }
+        claimed_by = Some(*hash);
+    }
+    match claimed_by {
+        None => Ok(None),
+        Some(other) => Err(format!(
+            "its files would be those of torrent {} ({name:?}), which is not complete yet: \
+             add it again once that one seeds, and it will seed from the same data",
+            &other.hex()[..8]
+        )),
+    }
+}
+
+/// The other torrents whose data is `hash`'s data (the same top-level item).
+pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<InfoHash> {
+    let Some(Entry::Torrent(me)) = registry.get(hash) else { return Vec::new() };
+    let top = me.shared.place().top();
+    let mut others: Vec<InfoHash> = registry
+        .iter()
+        .filter(|(h, _)| *h != hash)
+        .filter_map(|(h, e)| match e {
+            Entry::Torrent(t) if t.shared.place().top() == top => Some(*h),
+            _ => None,
+        })
+        .collect();
+    others.sort_by_key(|h| h.0);
+    others
+}
+
+/// Fills each status's `shared_with`: the torrents whose data is at the same path.
+pub(super) fn fill_shared_with(statuses: &mut [crate::torrent::TorrentStatus]) {
+    let mut by_path: HashMap<&str, Vec<&str>> = HashMap::new();
+    for s in statuses.iter().filter(|s| !s.path.is_empty()) {
+        by_path.entry(&s.path).or_default().push(&s.info_hash);
+    }
+    let shares: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|s| match by_path.get(s.path.as_str()) {
+            Some(all) if !s.path.is_empty() && all.len() > 1 => {
+                all.iter().filter(|h| **h != s.info_hash).map(|h| h.to_string()).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    for (s, shared_with) in statuses.iter_mut().zip(shares) {
+        s.shared_with = shared_with;
+    }
+}
+
+/// (device, inode) of every file the torrents other than `hash` seed from,
+/// as they have them open (or, not open yet, as their records stamped them).
+pub(super) fn files_in_use(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> HashSet<(u64, u64)> {
+    let mut used = HashSet::new();
+    for (h, e) in registry {
+        let Entry::Torrent(t) = e else { continue };
+        if h == hash {
+            continue;
+        }
+        let stamps = match t.shared.storage() {
+            Some(s) => s.stamps(),
+            None => t.shared.status.lock().unwrap().record.stamps.clone(),
+        };
+        used.extend(stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)));
+    }
+    used
+}
+
+/// The folders a save path may name: the download folder, each category's,
+/// and `[api] allowed_paths`, links resolved.
+fn readable_roots(config: &Config) -> Vec<PathBuf> {
+    let mut roots = vec![config.paths.download_dir.clone()];
+    roots.extend(config.categories.values().filter_map(|c| c.download_dir.clone()));
+    roots.extend(config.api.allowed_paths.iter().cloned());
+    roots.iter().filter_map(|r| r.canonicalize().ok()).collect()
+}
+
+/// Where a torrent added with a save path seeds from: `Ok(Some(place))`
+/// when its item is in `save` (a folder inside dropseed's folders or
+/// `[api] allowed_paths`), `Ok(None)` when the item is absent and `save` is
+/// the category's own complete folder (an ordinary add). Blocking (it
+/// resolves links and looks on disk): call off the async workers.
+pub fn save_path_place(config: &Config, save: &Path, category: &str, name: &str) -> Result<Option<Place>, String> {
+    let shown = crate::types::printable(&save.display().to_string(), 300);
+    let real = save.canonicalize().map_err(|e| format!("save path {shown}: {e}"))?;
+    if !readable_roots(config).iter().any(|root| real.starts_with(root)) {
+        return Err(format!(
+            "save path {shown} is outside dropseed's folders (download_dir, the categories' folders, \
+             [api] allowed_paths)"
+        ));
+    }
+    let place = Place::new(&real, "", name, true);
+    if crate::storage::nofollow::item_exists(&place).map_err(|e| format!("{}: {e}", place.top().display()))? {
+        return Ok(Some(place));
+    }
+    let own = config.complete_dir(category).canonicalize().ok();
+    if own.as_deref() == Some(real.as_path()) {
+        return Ok(None);
+    }
+    Err(format!(
+        "nothing named {:?} in the save path {shown}: a save path is for seeding data already there",
+        crate::types::printable(name, 200)
+    ))
+}
