@@ -75,6 +75,11 @@ enum Command {
         /// A .torrent or .magnet file, a magnet URI, or a 40-digit info hash.
         #[arg(value_name = "FILE|MAGNET|HASH")]
         source: String,
+        /// The folder already holding the torrent's data (cross-seeding): it
+        /// is seeded there in place, read-only, once every piece is verified.
+        /// It must be inside download_dir, a category's folder or [api] allowed_paths.
+        #[arg(long, value_name = "DIR")]
+        save_path: Option<PathBuf>,
     },
     /// Pause a torrent; prints the state it reached.
     Pause {
@@ -452,7 +457,17 @@ fn client(config_path: Option<&Path>, command: Command) -> ExitCode {
             view = Some(View { ids, states: state, category, sort, reverse });
             Request::Status
         }
-        Command::Add { source } => match control::add_request(&source) {
+        Command::Add { source, save_path } => match control::add_request(&source) {
+            Ok((Request::AddFile { name, size, .. }, bytes)) if save_path.is_some() => {
+                body = bytes;
+                // The daemon's working folder is not ours: an absolute path.
+                let dir = save_path.map(|d| std::path::absolute(&d).unwrap_or(d));
+                Request::AddFile { name, size, save_path: dir }
+            }
+            Ok(_) if save_path.is_some() => {
+                eprintln!("error: --save-path needs a .torrent file (a magnet has no files yet)");
+                return ExitCode::from(1);
+            }
             Ok((req, bytes)) => {
                 body = bytes;
                 req

@@ -5,9 +5,15 @@
 //! methods, as the watch folder and the control socket do; errors are
 //! mapped by their kind, never by their text.
 //!
+//! A `savepath` other than the category's own folder names data already
+//! there (cross-seeding: what the `cross-seed` tool sends): the torrent
+//! seeds it in place, read-only, once every piece is verified, showing
+//! `checkingUP` meanwhile; `skip_checking` changes nothing (dropseed always
+//! verifies shared data). The folder must be inside dropseed's folders or
+//! `[api] allowed_paths`.
+//!
 //! Not supported yet (answered plainly): http(s) URLs in `torrents/add`,
-//! a `savepath` other than the category's own folder, changing a torrent's
-//! category (409), tags (accepted, not kept).
+//! changing a torrent's category (409), tags (accepted, not kept).
 
 use super::model::{self, Filter, Query};
 use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
@@ -429,8 +435,10 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     if !category.is_empty() && !crate::config::valid_category(&category) {
         return Err(AddError::Refused(format!("'{category}' cannot be a category name")));
     }
-    let (own, save) = (api.config().complete_dir(&category), p.get("savepath").to_string());
-    tokio::task::spawn_blocking(move || check_save_path(&own, &save)).await.map_err(|_| AddError::Fails)??;
+    if p.get("savepath").contains('\0') {
+        return Err(AddError::Refused("savepath: not a path".into()));
+    }
+    let save = Some(p.get("savepath")).filter(|s| !s.is_empty()).map(std::path::PathBuf::from);
     if !matches!(p.get("contentLayout"), "" | "Original") {
         return Err(AddError::Refused("contentLayout: only Original is supported".into()));
     }
@@ -452,7 +460,7 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     let added = tokio::spawn(async move {
         let mut added = 0;
         for item in items.into_iter().flatten() {
-            if add_one(&api, item, &category, stopped).await {
+            if add_one(&api, item, &category, save.clone(), stopped).await {
                 added += 1;
             }
         }
@@ -473,10 +481,21 @@ fn parse_items(files: Vec<Vec<u8>>, urls: Vec<String>) -> Vec<Option<Item>> {
 }
 
 /// Adds one torrent or magnet; true when it is managed afterwards.
-async fn add_one(api: &Arc<Api>, item: Item, category: &str, stopped: bool) -> bool {
-    let (hash, result) = match item {
-        Item::Torrent(m) => (m.info_hash, api.session.add_metainfo_in(*m, category).await),
-        Item::Magnet(m) => (m.info_hash, api.session.add_magnet_in(m, category).await),
+async fn add_one(api: &Arc<Api>, item: Item, category: &str, save: Option<std::path::PathBuf>, stopped: bool) -> bool {
+    let (hash, result) = match (item, save) {
+        (Item::Torrent(m), Some(dir)) => (m.info_hash, api.session.add_metainfo_at(*m, category, dir).await),
+        (Item::Torrent(m), None) => (m.info_hash, api.session.add_metainfo_in(*m, category).await),
+        // A magnet has no files yet: only the category's own folder.
+        (Item::Magnet(m), Some(dir)) => {
+            let own = api.config().complete_dir(category);
+            let same = tokio::task::spawn_blocking(move || same_folder(&own, &dir)).await.unwrap_or(false);
+            if !same {
+                tracing::warn!(hash = %m.info_hash.short(), "API add refused: a savepath other than the category's folder needs a .torrent file (a magnet has no files yet)");
+                return false;
+            }
+            (m.info_hash, api.session.add_magnet_in(m, category).await)
+        }
+        (Item::Magnet(m), None) => (m.info_hash, api.session.add_magnet_in(m, category).await),
     };
     match result {
         Ok(AddOutcome::Added) => {
@@ -498,19 +517,8 @@ async fn add_one(api: &Arc<Api>, item: Item, category: &str, stopped: bool) -> b
     }
 }
 
-/// A `savepath` is honoured only when it is where the category's torrents
-/// go anyway (symlinks resolved); other places are not supported yet.
-/// Blocking (it resolves links): call off the async workers.
-fn check_save_path(own: &Path, save: &str) -> Result<(), AddError> {
-    if save.is_empty() {
-        return Ok(());
-    }
+/// Whether two folders are one, links resolved. Blocking.
+fn same_folder(a: &Path, b: &Path) -> bool {
     let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    if resolve(Path::new(save)) == resolve(own) {
-        return Ok(());
-    }
-    Err(AddError::Refused(format!(
-        "savepath: dropseed puts this category's torrents in {}; other folders are not supported yet",
-        own.display()
-    )))
+    resolve(a) == resolve(b)
 }
