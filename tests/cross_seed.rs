@@ -179,3 +179,32 @@ fn cross_seeds_come_in_every_way_seed_at_once_and_share_the_files_safely() {
     assert_eq!(t["downloaded"], 0);
     assert_eq!(std::fs::read(&e02).unwrap(), corrupted, "the shared file was rewritten");
 }
+
+#[test]
+fn a_kill_during_the_verification_of_shared_data_loses_nothing() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let mut d = Dropseed::start_with("[storage]\ndisk_threads = 1\n");
+    // 3 GiB of sparse zeros: long enough to check that a kill lands mid-way.
+    let big = d.download_dir().join("big.bin");
+    std::fs::create_dir_all(d.download_dir()).unwrap();
+    std::fs::File::create(&big).unwrap().set_len(3 << 30).unwrap();
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.len(), m.modified().unwrap())
+    };
+    let before = stamp(&big);
+    let torrent = d.dir.path().join("big.torrent");
+    mktorrent(&big, "http://127.0.0.1:1/announce", 20, &torrent, &["-p", "-s", "TRACKER-K"]);
+    let hash = info_hash(&torrent);
+    let out = d.cli(&["add", torrent.to_str().unwrap(), "--save-path", d.download_dir().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_state(&hash, "checking", Duration::from_secs(30));
+    d.kill9();
+    assert_eq!(stamp(&big), before, "the shared file was touched");
+    d.start();
+    let t = d.wait_state(&hash, "seeding", Duration::from_secs(300));
+    assert_eq!((t["downloaded"].as_u64(), t["progress"].as_f64()), (Some(0), Some(1.0)));
+    assert_eq!(stamp(&big), before, "the shared file was touched");
+}
