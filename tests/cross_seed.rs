@@ -49,29 +49,41 @@ fn login(port: u16) -> String {
     format!("Cookie: SID={sid}\r\n")
 }
 
-/// `torrents/add` as cross-seed sends it: the file, `savepath`,
-/// `skip_checking=true`, a category and tags.
+/// `torrents/add` as cross-seed sends it (QBittorrent.ts `inject`, for an
+/// exact match with `skipRecheck`, against a client reporting v5): the file
+/// as `NAME.cross-seed.torrent`, `downloadPath` and `savepath` (the
+/// matched torrent's `save_path`), `autoTMM=false`, `tags`,
+/// `contentLayout=Original`, `skip_checking=true`, `stopped=false`, and the
+/// sentinel `foo=bar` it appends last.
 fn api_add(port: u16, cookie: &str, torrent: &Path, savepath: &Path) -> (u16, String) {
     let boundary = "----crossseedboundary";
     let mut body = Vec::new();
-    let mut field = |name: &str, value: &str| {
-        body.extend_from_slice(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
-        )
-    };
-    field("savepath", savepath.to_str().unwrap());
-    field("skip_checking", "true");
-    field("tags", "cross-seed");
-    field("autoTMM", "false");
     body.extend_from_slice(
         format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"torrents\"; filename=\"b.torrent\"\r\n\
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"torrents\"; filename=\"Show.S01.cross-seed.torrent\"\r\n\
              Content-Type: application/x-bittorrent\r\n\r\n"
         )
         .as_bytes(),
     );
     body.extend_from_slice(&std::fs::read(torrent).unwrap());
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body.extend_from_slice(b"\r\n");
+    let save = savepath.to_str().unwrap();
+    let fields = [
+        ("downloadPath", save),
+        ("savepath", save),
+        ("autoTMM", "false"),
+        ("tags", "cross-seed"),
+        ("contentLayout", "Original"),
+        ("skip_checking", "true"),
+        ("stopped", "false"),
+        ("foo", "bar"),
+    ];
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     let head = format!(
         "POST /api/v2/torrents/add HTTP/1.1\r\n{cookie}Content-Type: multipart/form-data; boundary={boundary}\r\n"
     );
@@ -81,7 +93,10 @@ fn api_add(port: u16, cookie: &str, torrent: &Path, savepath: &Path) -> (u16, St
 
 /// The API's view of one torrent.
 fn api_info(port: u16, cookie: &str, hash: &str) -> Option<serde_json::Value> {
-    let (_, _, body) = http(port, &format!("GET /api/v2/torrents/info?hashes={hash} HTTP/1.1\r\n{cookie}"), b"");
+    // cross-seed asks with a POST form, as for every request.
+    let head =
+        format!("POST /api/v2/torrents/info HTTP/1.1\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\n");
+    let (_, _, body) = http(port, &head, format!("hashes={hash}").as_bytes());
     serde_json::from_str::<serde_json::Value>(&body).ok()?.as_array()?.first().cloned()
 }
 

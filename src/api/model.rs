@@ -379,6 +379,12 @@ mod tests {
     }
 
     #[test]
+    fn a_cross_seed_verifying_its_shared_data_is_checking_up() {
+        let verifying = TorrentStatus { borrowed: true, ..status("x", TorrentState::Checking, 0.3, 0, 0) };
+        assert_eq!(state_name(&verifying), "checkingUP");
+    }
+
+    #[test]
     fn numbers_are_true_and_hashes_lowercase() {
         let i = info(&status("show", TorrentState::Downloading, 0.25, 10, 0));
         assert_eq!(i.hash, i.hash.to_ascii_lowercase());
