@@ -229,4 +229,24 @@ mod tests {
         delete_files(&meta, &place, &Expect::Length).unwrap();
         assert!(!root.path().join("dir").exists(), "empty folders go");
     }
+
+    #[test]
+    fn files_another_torrent_uses_are_kept_and_named() {
+        let root = tempfile::tempdir().unwrap();
+        let (meta, place, storage) = opened(root.path());
+        let stamps = storage.stamps();
+        // A cross-seed opened the very same `sub/b` read-only.
+        let other = TorrentStorage::open_existing(&place, &meta).unwrap();
+        let b = other.stamps()[1];
+        assert_eq!((b.dev, b.ino), (stamps[1].dev, stamps[1].ino));
+        let in_use = HashSet::from([(b.dev, b.ino)]);
+        let done = delete_files_unused(&meta, &place, &Expect::Stamps(&stamps), &in_use).unwrap();
+        assert_eq!(done.removed, 1);
+        assert!(!root.path().join("dir/a").exists());
+        assert_eq!(std::fs::read(root.path().join("dir/sub/b")).unwrap(), [1; 20]);
+        assert!(done.kept_note().contains("sub/b (still used by another torrent)"), "{}", done.kept_note());
+        // The read-only side cannot write, whatever asks it to.
+        assert!(other.write(0, &[2; 25]).is_err());
+        assert_eq!(std::fs::read(root.path().join("dir/sub/b")).unwrap(), [1; 20]);
+    }
 }
