@@ -782,6 +782,16 @@ async fn a_torrent_added_at_a_save_path_seeds_in_place_and_survives_a_restart() 
         let s = a.wait_state(h, TorrentState::Seeding, Duration::from_secs(30)).await;
         assert_eq!(s.downloaded, 0);
     }
+    // A file changed behind their backs while stopped (same size, other
+    // bytes) is verified again at the next start: both err, naming it.
+    a.session.shutdown().await;
+    let Node { dir, .. } = a;
+    common::payload(&library.join("tree/sub/deeper/c.bin"), TREE[2].1, 4242);
+    let a = Node::start_in(dir, |_| {}).await;
+    for h in [&hash, &other.info_hash.hex()] {
+        let s = a.wait_for(h, "an error", Duration::from_secs(30), |s| s.state == TorrentState::Error).await;
+        assert!(s.error.as_deref().unwrap().contains("deeper/c.bin"), "{s:?}");
+    }
     // A file moved away puts both in `missing`, never into a download.
     std::fs::rename(library.join("tree/a.bin"), library.join("a.bin.moved")).unwrap();
     for h in [meta.info_hash, other.info_hash] {

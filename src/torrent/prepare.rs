@@ -49,6 +49,9 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
         refuse_if_missing(shared, &survey).await.map_err(Stop::Missing)?;
     }
     let storage = open_storage(shared, &mut survey).await?;
+    if borrowed {
+        forget_changed_files(shared, &storage);
+    }
     let to_check = pieces_to_check(shared, &storage, &survey, recheck);
     if to_check.is_empty() {
         return if borrowed { borrowed_whole(shared) } else { Ok(()) };
@@ -88,6 +91,27 @@ async fn borrowed_survey(shared: &TorrentShared) -> Result<storage::DiskSurvey, 
         "files it seeds from (shared data, never recreated) are missing or of another length: {}",
         file_list(shared, &off)
     )))
+}
+
+/// Shared data may change behind a torrent's back (its owner rechecks and
+/// repairs it, the user replaces a file): the pieces of every file that is
+/// not the one the record stamped (device, inode, size, mtime) are verified
+/// again before they are served.
+fn forget_changed_files(shared: &TorrentShared, storage: &TorrentStorage) {
+    let recorded = shared.status.lock().unwrap().record.stamps.clone();
+    if recorded.is_empty() {
+        return;
+    }
+    let now = storage.stamps();
+    let mut inner = shared.inner.lock().unwrap();
+    for (i, (was, is)) in recorded.iter().zip(&now).enumerate() {
+        if was != is {
+            // mark_lost leaves a piece not held as it is.
+            for p in storage.layout().pieces_of_file(i) {
+                inner.mark_lost(p as u32, shared.meta.piece_len(p));
+            }
+        }
+    }
 }
 
 /// A torrent seeding data it does not own leaves preparing only complete:
