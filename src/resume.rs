@@ -83,6 +83,11 @@ pub struct ResumeRecord {
     /// rather than being downloaded into a file others use.
     #[serde(default, skip_serializing_if = "std::ops::Not::not", with = "crate::storage::place::bool_as_int")]
     pub borrowed: bool,
+    /// Files (by index) linked in at add from another torrent's data whose
+    /// pieces verified (automatic cross-seed matching): never rewritten
+    /// while another name holds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<u32>,
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still

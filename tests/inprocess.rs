@@ -803,6 +803,88 @@ async fn a_torrent_added_at_a_save_path_seeds_in_place_and_survives_a_restart() 
     a.session.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_season_pack_links_the_episodes_seeded_already_and_downloads_only_the_rest() {
+    use std::os::unix::fs::MetadataExt;
+    // Two episodes seeded under one name; the pack, under another, has a third.
+    let episodes: &[(&str, u64)] = &[("e01.mkv", 1_300_001), ("e02.mkv", 1_100_007)];
+    let a = Node::start().await;
+    payload_tree(&a.download_dir(), "Show.S01.WEB", episodes, 61);
+    let season = make_torrent(&a.download_dir(), "Show.S01.WEB", PIECE_256K);
+    a.session.add_metainfo(season.clone()).await.unwrap();
+    a.wait_state(&season.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    let b = Node::start().await;
+    let pack_dir = b.download_dir().join("Show.S01.PACK");
+    for (name, _) in episodes {
+        std::fs::create_dir_all(&pack_dir).unwrap();
+        std::fs::copy(a.download_dir().join("Show.S01.WEB").join(name), pack_dir.join(name)).unwrap();
+    }
+    let e03 = 900_013;
+    common::payload(&pack_dir.join("e03.mkv"), e03, 62);
+    let pack = make_torrent(&b.download_dir(), "Show.S01.PACK", PIECE_256K);
+    b.session.add_metainfo(pack.clone()).await.unwrap();
+    b.wait_state(&pack.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+
+    a.session.add_magnet(magnet_of(&pack, vec![b.addr()])).await.unwrap();
+    let done = a.wait_state(&pack.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(60)).await;
+    assert_same_files(&pack, &b.download_dir(), &a.download_dir());
+    // Only the third episode came over the wire (and the piece it shares with the second).
+    assert!(done.downloaded <= e03 + PIECE_256K, "downloaded {} of {}", done.downloaded, pack.total_length);
+    for (name, _) in episodes {
+        let theirs = std::fs::metadata(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
+        let ours = std::fs::metadata(a.download_dir().join("Show.S01.PACK").join(name)).unwrap();
+        assert_eq!((theirs.dev(), theirs.ino()), (ours.dev(), ours.ino()), "{name} is linked, not copied");
+    }
+    let first = a.status(&season.info_hash.hex()).unwrap();
+    assert_eq!((first.state, first.progress), (TorrentState::Seeding, 1.0));
+    for (name, _) in episodes {
+        let theirs = std::fs::read(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
+        assert!(theirs == std::fs::read(pack_dir.join(name)).unwrap(), "{name} of the season changed");
+    }
+    // Removing the pack with its data keeps the episodes the season seeds.
+    let removed = a.session.remove(pack.info_hash, true).await.unwrap().to_string();
+    assert!(removed.contains("still used by another torrent"), "{removed}");
+    assert!(a.download_dir().join("Show.S01.WEB/e02.mkv").exists());
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_file_that_differs_where_a_piece_spans_it_is_never_rewritten() {
+    // The pack's e01 differs from the seeded one in its last bytes only,
+    // which lie in the piece it shares with e02: its inner pieces verify,
+    // it is linked, and the shared piece, once downloaded, does not match it.
+    let a = Node::start_with(|c| c.cross_seed.matching = dropseed::config::MatchMode::Size).await;
+    payload_tree(&a.download_dir(), "Season.WEB", &[("one.mkv", 1_300_001)], 71);
+    let season = make_torrent(&a.download_dir(), "Season.WEB", PIECE_256K);
+    a.session.add_metainfo(season.clone()).await.unwrap();
+    a.wait_state(&season.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    let seeded = std::fs::read(a.download_dir().join("Season.WEB/one.mkv")).unwrap();
+    let b = Node::start().await;
+    let pack_dir = b.download_dir().join("Pack");
+    std::fs::create_dir_all(&pack_dir).unwrap();
+    let mut e01 = seeded.clone();
+    let n = e01.len();
+    e01[n - 10..].copy_from_slice(&[0xEE; 10]);
+    std::fs::write(pack_dir.join("e01.mkv"), &e01).unwrap();
+    common::payload(&pack_dir.join("e02.mkv"), 700_003, 72);
+    let pack = make_torrent(&b.download_dir(), "Pack", PIECE_256K);
+    b.session.add_metainfo(pack.clone()).await.unwrap();
+    b.wait_state(&pack.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+
+    // Size mode: "e01.mkv" matches "one.mkv" by its size alone.
+    a.session.add_magnet(magnet_of(&pack, vec![b.addr()])).await.unwrap();
+    let failed = a
+        .wait_for(&pack.info_hash.hex(), "an error", Duration::from_secs(60), |s| s.state == TorrentState::Error)
+        .await;
+    assert!(failed.error.as_deref().unwrap().contains("never rewritten"), "{failed:?}");
+    assert!(std::fs::read(a.download_dir().join("Season.WEB/one.mkv")).unwrap() == seeded, "the seeded file changed");
+    let first = a.status(&season.info_hash.hex()).unwrap();
+    assert_eq!((first.state, first.progress), (TorrentState::Seeding, 1.0));
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // 8. Silent sockets on the listen port do not lock peers out (slowloris)
 // ---------------------------------------------------------------------------

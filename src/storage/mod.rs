@@ -44,6 +44,8 @@ trait FileBackend: Send + Sync {
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()>;
     /// Device, inode, size and mtime of the file open for `file`, if it is open.
     fn stamp(&self, file: usize) -> Option<FileStamp>;
+    /// How many names the file open for `file` has (hard links).
+    fn links(&self, file: usize) -> Option<u64>;
 
     /// Feeds a range to `hasher`; the default reads it in chunks.
     fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
@@ -84,6 +86,10 @@ pub struct TorrentStorage {
     /// Opened read-only over data the torrent does not own (cross-seeding):
     /// a write fails, and files are never created or grown.
     pub read_only: bool,
+    /// Files linked in from another torrent's data (cross-seeding), by
+    /// index: while another name still holds one, a write into it must
+    /// find the same bytes there (nothing is written), or it fails.
+    pub linked: Vec<bool>,
 }
 
 /// What `prepare` found on disk before opening.
@@ -256,7 +262,7 @@ impl TorrentStorage {
                 files: files.into_iter().map(|f| f.map(|(file, _)| RwLock::new(file))).collect(),
             }),
         };
-        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind, read_only: false })
+        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind, read_only: false, linked: Vec::new() })
     }
 
     /// Opens the files already in `place` read-only, for a torrent seeding
@@ -269,7 +275,13 @@ impl TorrentStorage {
             .map(|i| open_existing_file(root.as_fd(), place, meta, i))
             .collect::<io::Result<_>>()?;
         let backend = Box::new(PlainBackend { files });
-        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind: BackendKind::File, read_only: true })
+        Ok(TorrentStorage {
+            layout: Layout::new(meta),
+            backend,
+            kind: BackendKind::File,
+            read_only: true,
+            linked: Vec::new(),
+        })
     }
 
     /// Makes files found missing or short whole again (sparse zeros where
@@ -340,10 +352,31 @@ impl TorrentStorage {
             ));
         }
         for s in self.layout.segments(offset, data.len()) {
-            if !s.padding {
-                self.backend.write_at(s.file, s.file_offset, &data[s.buf_offset..s.buf_offset + s.len])?;
+            let bytes = &data[s.buf_offset..s.buf_offset + s.len];
+            if !s.padding && self.shared_file(s.file) {
+                self.same_bytes(s.file, s.file_offset, bytes)?;
+            } else if !s.padding {
+                self.backend.write_at(s.file, s.file_offset, bytes)?;
                 WRITTEN.fetch_add(s.len as u64, Ordering::Relaxed);
             }
+        }
+        Ok(())
+    }
+
+    /// A file linked in from another torrent's data that another name still holds.
+    fn shared_file(&self, file: usize) -> bool {
+        self.linked.get(file).copied().unwrap_or(false) && self.backend.links(file).unwrap_or(1) > 1
+    }
+
+    /// A write into a shared file: the bytes must be there already.
+    fn same_bytes(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut there = vec![0u8; data.len()];
+        self.backend.read_at(file, offset, &mut there)?;
+        if there != data {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("file {file} is another torrent's data (a hard link) and differs here: never rewritten"),
+            ));
         }
         Ok(())
     }
@@ -530,6 +563,10 @@ impl FileBackend for MmapBackend {
         let m = self.maps[file].as_ref()?;
         file_stamp(&m.file.read().unwrap())
     }
+    fn links(&self, file: usize) -> Option<u64> {
+        let m = self.maps[file].as_ref()?;
+        Some(std::os::unix::fs::MetadataExt::nlink(&m.file.read().unwrap().metadata().ok()?))
+    }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
         let Some(m) = self.maps[file].as_ref() else { return Ok(()) };
@@ -584,6 +621,9 @@ impl FileBackend for PlainBackend {
     }
     fn stamp(&self, file: usize) -> Option<FileStamp> {
         file_stamp(&self.files[file].as_ref()?.read().unwrap())
+    }
+    fn links(&self, file: usize) -> Option<u64> {
+        Some(std::os::unix::fs::MetadataExt::nlink(&self.files[file].as_ref()?.read().unwrap().metadata().ok()?))
     }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {

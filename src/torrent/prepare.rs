@@ -307,7 +307,10 @@ async fn open_storage(shared: &TorrentShared, survey: &mut storage::DiskSurvey) 
         return Ok(s);
     }
     let (meta, place, kind) = (shared.meta.clone(), shared.place(), env.config().storage.backend);
-    let borrowed = shared.status.lock().unwrap().record.borrowed;
+    let (borrowed, linked) = {
+        let s = shared.status.lock().unwrap();
+        (s.record.borrowed, s.record.linked.clone())
+    };
     let storage = env
         .disk
         .run(move || {
@@ -316,12 +319,18 @@ async fn open_storage(shared: &TorrentShared, survey: &mut storage::DiskSurvey) 
             } else {
                 TorrentStorage::open(&place, &meta, kind)
             };
-            opened.map_err(|e| (place.dir, e))
+            opened.map(|s| with_links(s, &linked, meta.files.len())).map_err(|e| (place.dir, e))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|(dir, e)| format!("cannot create files in {}: {e}", dir.display()))?;
     Ok(shared.storage.get_or_init(|| Arc::new(storage)).clone())
+}
+
+/// Marks the files linked in from another torrent's data (never rewritten).
+fn with_links(mut storage: TorrentStorage, linked: &[u32], files: usize) -> TorrentStorage {
+    storage.linked = (0..files).map(|i| linked.contains(&(i as u32))).collect();
+    storage
 }
 
 /// All pieces on a recheck; for a torrent without a record, those touching
