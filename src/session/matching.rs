@@ -61,11 +61,12 @@ pub(super) fn find(meta: &Metainfo, sources: &[Arc<TorrentShared>], mode: MatchM
     found
 }
 
-/// What a file is matched by: its path below the top folder (exact) or
-/// nothing (size), and its length.
+/// What a file is matched by: its path below the top folder (a single
+/// file's own name) in exact mode, nothing in size mode; and its length.
 fn key(f: &FileEntry, mode: MatchMode) -> (Vec<String>, u64) {
     match mode {
-        MatchMode::Exact => (f.path.iter().skip(1).cloned().collect(), f.length),
+        MatchMode::Exact if f.path.len() > 1 => (f.path[1..].to_vec(), f.length),
+        MatchMode::Exact => (f.path.clone(), f.length),
         _ => (Vec::new(), f.length),
     }
 }
