@@ -837,6 +837,9 @@ async fn a_season_pack_links_the_episodes_seeded_already_and_downloads_only_the_
     }
     let first = a.status(&season.info_hash.hex()).unwrap();
     assert_eq!((first.state, first.progress), (TorrentState::Seeding, 1.0));
+    // Each names the other as sharing its data (by inode).
+    assert_eq!(first.shared_with, vec![pack.info_hash.hex()]);
+    assert_eq!(a.session.status_of(&pack.info_hash).unwrap().shared_with, vec![season.info_hash.hex()]);
     for (name, _) in episodes {
         let theirs = std::fs::read(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
         assert!(theirs == std::fs::read(pack_dir.join(name)).unwrap(), "{name} of the season changed");

@@ -486,15 +486,19 @@ impl Session {
             let registry = self.registry.lock().unwrap();
             registry.iter().filter_map(|(hash, e)| e.status_source(hash)).collect()
         };
+        let mut files = HashMap::new();
         let mut out: Vec<TorrentStatus> = sources
             .into_iter()
             .map(|s| match s {
-                StatusSource::Torrent(shared) => shared.status(),
+                StatusSource::Torrent(shared) => {
+                    files.insert(shared.meta.info_hash.hex(), shared::inodes(&shared));
+                    shared.status()
+                }
                 StatusSource::Ready(status) => *status,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
-        shared::fill_shared_with(&mut out);
+        shared::fill_shared_with(&mut out, &files);
         out
     }
 

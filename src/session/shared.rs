@@ -43,15 +43,16 @@ pub(super) fn borrowable(registry: &HashMap<InfoHash, Entry>, name: &str) -> Res
     }
 }
 
-/// The other torrents whose data is `hash`'s data (the same top-level item).
+/// The other torrents whose data is `hash`'s data: the same top-level item,
+/// or files of the same inode (linked in by matching).
 pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<InfoHash> {
     let Some(Entry::Torrent(me)) = registry.get(hash) else { return Vec::new() };
-    let top = me.shared.place().top();
+    let (top, mine) = (me.shared.place().top(), inodes(&me.shared));
     let mut others: Vec<InfoHash> = registry
         .iter()
         .filter(|(h, _)| *h != hash)
         .filter_map(|(h, e)| match e {
-            Entry::Torrent(t) if t.shared.place().top() == top => Some(*h),
+            Entry::Torrent(t) if t.shared.place().top() == top || !inodes(&t.shared).is_disjoint(&mine) => Some(*h),
             _ => None,
         })
         .collect();
@@ -59,19 +60,42 @@ pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> V
     others
 }
 
-/// Fills each status's `shared_with`: the torrents whose data is at the same path.
-pub(super) fn fill_shared_with(statuses: &mut [crate::torrent::TorrentStatus]) {
+/// (device, inode) of a torrent's files, as it has them open (or, not
+/// open yet, as its record stamped them).
+pub(super) fn inodes(t: &crate::torrent::TorrentShared) -> HashSet<(u64, u64)> {
+    let stamps = match t.storage() {
+        Some(s) => s.stamps(),
+        None => t.status.lock().unwrap().record.stamps.clone(),
+    };
+    stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)).collect()
+}
+
+/// Fills each status's `shared_with`: the torrents whose data is at the
+/// same path, or whose files (`files`, by hash) share an inode with its own.
+pub(super) fn fill_shared_with(
+    statuses: &mut [crate::torrent::TorrentStatus],
+    files: &HashMap<String, HashSet<(u64, u64)>>,
+) {
     let mut by_path: HashMap<&str, Vec<&str>> = HashMap::new();
     for s in statuses.iter().filter(|s| !s.path.is_empty()) {
         by_path.entry(&s.path).or_default().push(&s.info_hash);
     }
+    let mut by_inode: HashMap<(u64, u64), Vec<&str>> = HashMap::new();
+    for (hash, set) in files {
+        for inode in set {
+            by_inode.entry(*inode).or_default().push(hash);
+        }
+    }
     let shares: Vec<Vec<String>> = statuses
         .iter()
-        .map(|s| match by_path.get(s.path.as_str()) {
-            Some(all) if !s.path.is_empty() && all.len() > 1 => {
-                all.iter().filter(|h| **h != s.info_hash).map(|h| h.to_string()).collect()
+        .map(|s| {
+            let mut others: Vec<&str> = by_path.get(s.path.as_str()).cloned().unwrap_or_default();
+            for inode in files.get(&s.info_hash).into_iter().flatten() {
+                others.extend(by_inode.get(inode).into_iter().flatten());
             }
-            _ => Vec::new(),
+            others.sort_unstable();
+            others.dedup();
+            others.into_iter().filter(|h| *h != s.info_hash && !s.path.is_empty()).map(str::to_string).collect()
         })
         .collect();
     for (s, shared_with) in statuses.iter_mut().zip(shares) {
@@ -88,11 +112,7 @@ pub(super) fn files_in_use(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash)
         if h == hash {
             continue;
         }
-        let stamps = match t.shared.storage() {
-            Some(s) => s.stamps(),
-            None => t.shared.status.lock().unwrap().record.stamps.clone(),
-        };
-        used.extend(stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)));
+        used.extend(inodes(&t.shared));
     }
     used
 }
