@@ -122,7 +122,7 @@ fn link_one(meta: &Metainfo, place: &Place, m: &Found, mode: LinkMode) -> io::Re
     let (dirs, name) = nofollow::names(place, meta, m.file);
     let root = nofollow::open_place_dir(place, true)?;
     let dir = nofollow::walk_making(root.as_fd(), &dirs)?;
-    let hidden = format!(".{name}.dropseed-link");
+    let hidden = crate::storage::place::link_name(name);
     let _ = nofollow::unlink(dir.as_fd(), &hidden);
     let linked = match mode {
         LinkMode::Hardlink => {

@@ -42,6 +42,7 @@ impl From<String> for Stop {
 
 pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), Stop> {
     settle_place(shared).await?;
+    clear_stale_links(shared).await;
     let borrowed = shared.status.lock().unwrap().record.borrowed;
     let mut survey = if borrowed { borrowed_survey(shared).await? } else { check_space(shared).await? };
     let asked = recheck && shared.recheck_asked.swap(false, Ordering::Relaxed);
@@ -76,6 +77,18 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
         return borrowed_whole(shared);
     }
     Ok(())
+}
+
+/// A kill -9 while matched files were being linked in may have left one
+/// under its hidden name: gone before the item can move anywhere.
+async fn clear_stale_links(shared: &TorrentShared) {
+    let linked = shared.status.lock().unwrap().record.linked.clone();
+    let place = shared.place();
+    if linked.is_empty() || place.settled {
+        return;
+    }
+    let meta = shared.meta.clone();
+    let _ = shared.env.disk.run(move || storage::place::clear_stale_links(&place, &meta, &linked)).await;
 }
 
 /// The survey of a torrent seeding data it does not own: every file must be
