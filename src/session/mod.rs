@@ -688,11 +688,13 @@ impl Session {
         let torrent = Named { name: name.clone(), hash };
         let mut kept = None;
         if delete_data {
-            let in_use = shared::files_in_use(&self.registry.lock().unwrap(), &hash);
+            let others = shared::others(&self.registry.lock().unwrap(), &hash);
             let (s, place) = (shared.clone(), shared.place());
             let recorded = shared.status.lock().unwrap().record.stamps.clone();
             let r = self.env.disk.run(move || {
                 let _no_move_under_way = s.moving.lock().unwrap();
+                // Files other torrents seed are kept (cross-seeding).
+                let in_use = shared::files_in_use(&others);
                 // Only files proven the torrent's go: those it has open, or
                 // after a restart, those its record stamped (older records:
                 // regular files of the right length, reached without a link).

@@ -13,9 +13,11 @@
 use super::entry::Entry;
 use crate::config::Config;
 use crate::storage::Place;
+use crate::torrent::TorrentShared;
 use crate::types::InfoHash;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The place a new torrent named `name` would seed from: the data of a
 /// complete torrent of that name, settled where it stays. `Ok(None)` when no
@@ -60,14 +62,11 @@ pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> V
     others
 }
 
-/// (device, inode) of a torrent's files, as it has them open (or, not
-/// open yet, as its record stamped them).
-pub(super) fn inodes(t: &crate::torrent::TorrentShared) -> HashSet<(u64, u64)> {
-    let stamps = match t.storage() {
-        Some(s) => s.stamps(),
-        None => t.status.lock().unwrap().record.stamps.clone(),
-    };
-    stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)).collect()
+/// (device, inode) of a torrent's files as its record last stamped them
+/// (no system call: statuses are built on the async workers).
+pub(super) fn inodes(t: &TorrentShared) -> HashSet<(u64, u64)> {
+    let record = &t.status.lock().unwrap().record;
+    record.stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)).collect()
 }
 
 /// Fills each status's `shared_with`: the torrents whose data is at the
@@ -105,16 +104,29 @@ pub(super) fn fill_shared_with(
 
 /// (device, inode) of every file the torrents other than `hash` seed from,
 /// as they have them open (or, not open yet, as their records stamped them).
-pub(super) fn files_in_use(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> HashSet<(u64, u64)> {
+/// Blocking (a `fstat` per open file): run it on the disk pool.
+pub(super) fn files_in_use(others: &[Arc<TorrentShared>]) -> HashSet<(u64, u64)> {
     let mut used = HashSet::new();
-    for (h, e) in registry {
-        let Entry::Torrent(t) = e else { continue };
-        if h == hash {
-            continue;
-        }
-        used.extend(inodes(&t.shared));
+    for t in others {
+        let stamps = match t.storage() {
+            Some(s) => s.stamps(),
+            None => t.status.lock().unwrap().record.stamps.clone(),
+        };
+        used.extend(stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)));
     }
     used
+}
+
+/// Every torrent but `hash`, for [`files_in_use`].
+pub(super) fn others(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<Arc<TorrentShared>> {
+    registry
+        .iter()
+        .filter(|(h, _)| *h != hash)
+        .filter_map(|(_, e)| match e {
+            Entry::Torrent(t) => Some(t.shared.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The folders a save path may name: the download folder, each category's,

@@ -53,6 +53,7 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
     if borrowed {
         forget_changed_files(shared, &storage);
     }
+    note_stamps(shared, &storage).await;
     let to_check = pieces_to_check(shared, &storage, &survey, recheck);
     if to_check.is_empty() {
         return if borrowed { borrowed_whole(shared) } else { Ok(()) };
@@ -124,6 +125,15 @@ fn forget_changed_files(shared: &TorrentShared, storage: &TorrentStorage) {
                 inner.mark_lost(p as u32, shared.meta.piece_len(p));
             }
         }
+    }
+}
+
+/// The record learns which files are open (device, inode): what `status`
+/// shows as shared with other torrents, before the next save writes them.
+async fn note_stamps(shared: &TorrentShared, storage: &Arc<TorrentStorage>) {
+    let st = storage.clone();
+    if let Ok(stamps) = shared.env.disk.run(move || st.stamps()).await {
+        shared.status.lock().unwrap().record.stamps = stamps;
     }
 }
 
