@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     pub seeding: Seeding,
     pub storage: Storage,
+    /// `[cross_seed]`: how a new torrent finds its files among the data seeded already.
+    pub cross_seed: CrossSeed,
     pub hooks: HooksSection,
     /// `[api]`: the qBittorrent-compatible Web API (off unless `listen` is set).
     pub api: Api,
@@ -432,6 +434,43 @@ impl Default for Storage {
             resume_interval_secs: 10,
         }
     }
+}
+
+/// `[cross_seed]`: when a torrent is added, its files are looked for among
+/// the data of the complete torrents dropseed seeds; those that verify
+/// against its piece hashes are linked into its own folder instead of
+/// being downloaded.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrossSeed {
+    #[serde(rename = "match")]
+    pub matching: MatchMode,
+    pub link: LinkMode,
+}
+
+/// Which files of another torrent are candidates for a new torrent's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchMode {
+    /// The same path below the top-level folder, and the same size.
+    #[default]
+    Exact,
+    /// The same size (another top-level name, another layout).
+    Size,
+    Off,
+}
+
+/// How a matched file comes into the new torrent's folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    /// A hard link (one copy of the data), a copy across filesystems.
+    #[default]
+    Hardlink,
+    /// Always a copy.
+    Copy,
+    /// Matched files are not used: only a whole item of its name is seeded in place.
+    Off,
 }
 
 /// `[api]`: the qBittorrent-compatible Web API v2 (see `crate::api`).

@@ -39,6 +39,10 @@ pub enum Request {
     AddFile {
         name: String,
         size: u64,
+        /// `add --save-path DIR`: the folder already holding the torrent's
+        /// data, seeded in place (cross-seeding).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        save_path: Option<PathBuf>,
     },
     Pause {
         id: String,
@@ -266,8 +270,8 @@ async fn handle(stream: UnixStream, session: Arc<Session>, cancel: CancellationT
             Ok(Some(bytes)) => match std::str::from_utf8(&bytes).map(serde_json::from_str::<Request>) {
                 Err(_) => (Reply::err("bad request: not UTF-8 text".into()), true),
                 Ok(Err(e)) => (Reply::err(format!("bad request: {e}")), true),
-                Ok(Ok(Request::AddFile { name, size })) => match read_body(&mut rd, &name, size).await {
-                    Ok((kind, bytes)) => (reply_of(add_file(&session, &name, kind, bytes).await), true),
+                Ok(Ok(Request::AddFile { name, size, save_path })) => match read_body(&mut rd, &name, size).await {
+                    Ok((kind, bytes)) => (reply_of(add_file(&session, &name, kind, bytes, save_path).await), true),
                     // What follows the line is unread: the connection ends.
                     Err(why) => (Reply::err(why), false),
                 },
@@ -435,27 +439,55 @@ async fn add(session: &Arc<Session>, source: String) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{}: {e}", printable(&trimmed, 500)))?;
-    add_parsed(session, parsed, &printable(&trimmed, 500)).await
+    add_parsed(session, parsed, &printable(&trimmed, 500), None).await
 }
 
 /// Adds what a file sent over the socket holds.
-async fn add_file(session: &Arc<Session>, name: &str, kind: Kind, bytes: Vec<u8>) -> Result<String, String> {
+async fn add_file(
+    session: &Arc<Session>,
+    name: &str,
+    kind: Kind,
+    bytes: Vec<u8>,
+    save_path: Option<PathBuf>,
+) -> Result<String, String> {
     let shown = printable(name, 200);
     // Parsing a large torrent is CPU work: off the async workers.
     let parsed = tokio::task::spawn_blocking(move || crate::watch::parse_bytes(kind, bytes))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{shown}: {e}"))?;
-    add_parsed(session, parsed, &shown).await
+    add_parsed(session, parsed, &shown, save_path).await
 }
 
-async fn add_parsed(session: &Arc<Session>, parsed: Parsed, file: &str) -> Result<String, String> {
+async fn add_parsed(
+    session: &Arc<Session>,
+    parsed: Parsed,
+    file: &str,
+    save: Option<PathBuf>,
+) -> Result<String, String> {
     match parsed {
         Parsed::Torrent(meta) => {
             let (name, hash) = (meta.name.clone(), meta.info_hash);
-            let o = session.add_metainfo(*meta).await.map_err(|e| e.to_string())?;
-            tracing::info!(file = %file, torrent = %name, hash = %hash.short(), "added from the control socket");
+            let o = match save {
+                Some(dir) => session.add_metainfo_at(*meta, Default::default(), dir).await,
+                None => session.add_metainfo(*meta).await,
+            }
+            .map_err(|e| e.to_string())?;
+            let matched = session.sharing(&hash).iter().map(|h| h.short().to_string()).collect::<Vec<_>>().join(",");
+            match matched.is_empty() {
+                true => {
+                    tracing::info!(file = %file, torrent = %name, hash = %hash.short(), "added from the control socket")
+                }
+                false => tracing::info!(file = %file, torrent = %name, hash = %hash.short(), matched = %matched,
+                    "added from the control socket"),
+            }
+            if o == AddOutcome::Added && !matched.is_empty() {
+                return Ok(format!("added {name}: seeds the data of {matched} once every piece is verified"));
+            }
             Ok(outcome_text(o, &name))
+        }
+        Parsed::Magnets(_) if save.is_some() => {
+            Err("--save-path needs a .torrent file (a magnet has no files yet)".into())
         }
         Parsed::Magnets(list) => {
             let mut said = Vec::new();
@@ -482,7 +514,7 @@ pub fn add_request(source: &str) -> Result<(Request, Vec<u8>), String> {
         .ok_or_else(|| format!("{shown}: not a .torrent or .magnet file, a magnet URI or an info hash"))?;
     let bytes = crate::watch::read_regular_file(path, kind.size_limit()).map_err(|e| format!("{shown}: {e}"))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok((Request::AddFile { name, size: bytes.len() as u64 }, bytes))
+    Ok((Request::AddFile { name, size: bytes.len() as u64, save_path: None }, bytes))
 }
 
 /// Why the CLI cannot talk to the daemon, and what to do.
@@ -530,7 +562,7 @@ mod tests {
         std::fs::write(&f, b"d4:infodee").unwrap();
         let (req, body) = add_request(f.to_str().unwrap()).unwrap();
         match req {
-            Request::AddFile { name, size } => assert_eq!((name.as_str(), size), ("Some.Torrent", 10)),
+            Request::AddFile { name, size, .. } => assert_eq!((name.as_str(), size), ("Some.Torrent", 10)),
             other => panic!("{other:?}"),
         }
         assert_eq!(body, b"d4:infodee");

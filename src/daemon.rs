@@ -318,6 +318,8 @@ mod tests {
             times: Default::default(),
             tags: Vec::new(),
             limits: Default::default(),
+            borrowed: false,
+            shared_with: Vec::new(),
         }
     }
 

@@ -75,6 +75,11 @@ enum Command {
         /// A .torrent or .magnet file, a magnet URI, or a 40-digit info hash.
         #[arg(value_name = "FILE|MAGNET|HASH")]
         source: String,
+        /// The folder already holding the torrent's data (cross-seeding): it
+        /// is seeded there in place, read-only, once every piece is verified.
+        /// It must be inside download_dir, a category's folder or [api] allowed_paths.
+        #[arg(long, value_name = "DIR")]
+        save_path: Option<PathBuf>,
     },
     /// Pause a torrent; prints the state it reached.
     Pause {
@@ -491,7 +496,16 @@ fn client_request(command: Command) -> Result<(Request, Vec<u8>, Option<View>), 
             let view = View { ids, states: state, category, sort, reverse };
             return Ok((Request::Status, Vec::new(), Some(view)));
         }
-        Command::Add { source } => match control::add_request(&source) {
+        Command::Add { source, save_path } => match control::add_request(&source) {
+            Ok((Request::AddFile { name, size, .. }, bytes)) if save_path.is_some() => {
+                // The daemon's working folder is not ours: an absolute path.
+                let dir = save_path.map(|d| std::path::absolute(&d).unwrap_or(d));
+                return Ok((Request::AddFile { name, size, save_path: dir }, bytes, None));
+            }
+            Ok(_) if save_path.is_some() => {
+                eprintln!("error: --save-path needs a .torrent file (a magnet has no files yet)");
+                return Err(ExitCode::from(1));
+            }
             Ok((req, bytes)) => return Ok((req, bytes, None)),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -712,6 +726,12 @@ fn print_details(t: &TorrentStatus) {
     }
     if let Some(limits) = seeding_limits_line(&t.limits.effective) {
         println!("  limits    {limits}");
+    }
+    if !t.shared_with.is_empty() {
+        let others: Vec<&str> = t.shared_with.iter().map(|h| h.get(..8).unwrap_or(h)).collect();
+        println!("  shares    its data with {}", printable(&others.join(", "), 500));
+    } else if t.borrowed {
+        println!("  shares    seeds data it found there (read-only)");
     }
     println!(
         "  transfer  down {}/s, up {}/s, {} peers ({} seeds), ratio {ratio}",

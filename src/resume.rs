@@ -88,6 +88,18 @@ pub struct ResumeRecord {
     /// the files keep theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shown_name: Option<String>,
+    /// The data was there before the torrent (another torrent's, or put
+    /// there by the user for it: cross-seeding): every piece is verified
+    /// against this torrent's hashes before a byte is served, the files are
+    /// opened read-only, and a piece that fails puts the torrent in error
+    /// rather than being downloaded into a file others use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", with = "crate::storage::place::bool_as_int")]
+    pub borrowed: bool,
+    /// Files (by index) linked in at add from another torrent's data whose
+    /// pieces verified (automatic cross-seed matching): never rewritten
+    /// while another name holds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<u32>,
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still

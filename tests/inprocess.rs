@@ -157,6 +157,12 @@ impl Be {
 /// The torrent of `root/name`, built the way mktorrent would: a file gives a
 /// single-file torrent, a directory a multi-file one (paths sorted).
 fn make_torrent(root: &Path, name: &str, piece_len: u64) -> Metainfo {
+    make_torrent_with(root, name, piece_len, Vec::new())
+}
+
+/// [`make_torrent`] with more keys in the info dictionary (`source`,
+/// `private`: another tracker's torrent of the same files).
+fn make_torrent_with(root: &Path, name: &str, piece_len: u64, extra: Vec<(&str, Be)>) -> Metainfo {
     let top = root.join(name);
     let (sources, files): (Vec<PathBuf>, Option<Vec<Be>>) = if top.is_dir() {
         let rels = common::files_under(&top);
@@ -202,6 +208,9 @@ fn make_torrent(root: &Path, name: &str, piece_len: u64) -> Metainfo {
     info.insert(b"name".to_vec(), Be::str(name));
     info.insert(b"piece length".to_vec(), Be::Int(piece_len as i64));
     info.insert(b"pieces".to_vec(), Be::Bytes(pieces));
+    for (k, v) in extra {
+        info.insert(k.as_bytes().to_vec(), v);
+    }
     match files {
         Some(f) => info.insert(b"files".to_vec(), Be::List(f)),
         None => info.insert(b"length".to_vec(), Be::Int(total as i64)),
@@ -666,35 +675,225 @@ async fn a_silent_tracker_does_not_hold_up_a_pause() {
 }
 
 // ---------------------------------------------------------------------------
-// 7. Two torrents never share files
+// 7. Cross-seeding: torrents of the same files share one verified copy
 // ---------------------------------------------------------------------------
 
+/// The torrent of `root/name` another tracker would give: the same files
+/// under another info hash (its `source` field).
+fn cross_torrent(root: &Path, name: &str, source: &str) -> Metainfo {
+    make_torrent_with(root, name, PIECE_256K, vec![("source", Be::str(source))])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torrent_whose_files_are_another_s_is_refused() {
+async fn a_cross_seed_seeds_the_same_files_and_delete_data_keeps_them() {
     let (a, first) = seeder(7).await;
-    // Same name, other content: another info hash over the same paths.
-    let other_src = tempfile::tempdir().unwrap();
-    payload_tree(other_src.path(), "tree", TREE, 77);
-    let second = make_torrent(other_src.path(), "tree", PIECE_256K);
+    let second = cross_torrent(&a.download_dir(), "tree", "OTHER-TRACKER");
     assert_ne!(first.info_hash, second.info_hash);
-    let outcome = a.session.add_metainfo(second.clone()).await.unwrap();
-    assert!(matches!(&outcome, AddOutcome::Refused(why) if why.contains(&first.info_hash.hex()[..8])), "{outcome:?}");
-    // A magnet of it is accepted, and refused when its metadata arrives.
+    let (h1, h2) = (first.info_hash.hex(), second.info_hash.hex());
+    assert_eq!(a.session.add_metainfo(second.clone()).await.unwrap(), AddOutcome::Added);
+    let b = a.wait_state(&h2, TorrentState::Seeding, Duration::from_secs(30)).await;
+    assert_eq!((b.progress, b.downloaded, b.borrowed), (1.0, 0, true), "{b:?}");
+    assert_eq!(b.path, a.status(&h1).unwrap().path, "seeded in place, not copied");
+    assert_eq!(a.session.status_of(&second.info_hash).unwrap().shared_with, vec![h1.clone()]);
+    assert_eq!(a.status(&h1).unwrap().shared_with, vec![h2.clone()]);
+    // A leecher fetches every byte of the second torrent from it.
+    let c = Node::start().await;
+    c.session.add_magnet(magnet_of(&second, vec![a.addr()])).await.unwrap();
+    c.wait_state(&h2, TorrentState::Seeding, Duration::from_secs(60)).await;
+    assert_same_files(&second, &a.download_dir(), &c.download_dir());
+    // Removing the first with its data keeps the files the second seeds.
+    let removed = a.session.remove(first.info_hash, true).await.unwrap();
+    let text = removed.to_string();
+    assert!(text.contains("still used by another torrent") && text.contains("a.bin"), "{text}");
+    let theirs = tempfile::tempdir().unwrap();
+    payload_tree(theirs.path(), "tree", TREE, 7);
+    assert_same_files(&second, theirs.path(), &a.download_dir());
+    assert_eq!(a.status(&h2).unwrap().state, TorrentState::Seeding);
+    // The last one to go takes them.
+    let removed = a.session.remove(second.info_hash, true).await.unwrap();
+    assert!(!removed.to_string().contains("kept"), "{removed}");
+    assert!(!a.download_dir().join("tree").exists());
+    c.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_seed_over_other_content_errs_naming_the_file_and_never_writes() {
+    let (a, first) = seeder(17).await;
+    // Same name, other content in one file: its pieces there fail.
+    let other_src = tempfile::tempdir().unwrap();
+    payload_tree(other_src.path(), "tree", TREE, 17);
+    common::payload(&other_src.path().join("tree/sub/b.bin"), TREE[1].1, 999);
+    let second = make_torrent(other_src.path(), "tree", PIECE_256K);
+    let h2 = second.info_hash.hex();
+    assert_eq!(a.session.add_metainfo(second.clone()).await.unwrap(), AddOutcome::Added);
+    let failed = a.wait_for(&h2, "an error", Duration::from_secs(30), |s| s.state == TorrentState::Error).await;
+    let error = failed.error.unwrap();
+    // b.bin, and the files whose pieces it straddles.
+    assert!(error.contains("sub/b.bin") && !error.contains("z.bin"), "{error}");
+    assert_eq!(failed.downloaded, 0);
+    // A magnet of it, with a peer that has it, is refused the same way: the
+    // shared file is never downloaded into.
     let b = Node::start().await;
-    payload_tree(&b.download_dir(), "tree", TREE, 77);
+    payload_tree(&b.download_dir(), "tree", TREE, 17);
+    common::payload(&b.download_dir().join("tree/sub/b.bin"), TREE[1].1, 999);
     b.session.add_metainfo(second.clone()).await.unwrap();
-    b.wait_state(&second.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    b.wait_state(&h2, TorrentState::Seeding, Duration::from_secs(30)).await;
+    a.session.remove(second.info_hash, false).await.unwrap();
     assert_eq!(a.session.add_magnet(magnet_of(&second, vec![b.addr()])).await.unwrap(), AddOutcome::Added);
-    let failed = a
-        .wait_for(&second.info_hash.hex(), "an error", Duration::from_secs(30), |s| s.state == TorrentState::Error)
-        .await;
-    assert!(failed.error.unwrap().contains("would be those of torrent"));
+    let failed = a.wait_for(&h2, "an error", Duration::from_secs(30), |s| s.state == TorrentState::Error).await;
+    assert_eq!(failed.downloaded, 0);
     // The first torrent's data was never touched.
     let status = a.status(&first.info_hash.hex()).unwrap();
     assert_eq!((status.state, status.progress), (TorrentState::Seeding, 1.0));
     let theirs = tempfile::tempdir().unwrap();
-    payload_tree(theirs.path(), "tree", TREE, 7);
+    payload_tree(theirs.path(), "tree", TREE, 17);
     assert_same_files(&first, theirs.path(), &a.download_dir());
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torrent_added_at_a_save_path_seeds_in_place_and_survives_a_restart() {
+    let a = Node::start().await;
+    let library = a.download_dir().join("library");
+    payload_tree(&library, "tree", TREE, 27);
+    let meta = cross_torrent(&library, "tree", "TRACKER-ONE");
+    let hash = meta.info_hash.hex();
+    // Outside dropseed's folders: refused, saying why.
+    let outside = tempfile::tempdir().unwrap();
+    payload_tree(outside.path(), "tree", TREE, 27);
+    let o = a.session.add_metainfo_at(meta.clone(), Default::default(), outside.path().to_path_buf()).await.unwrap();
+    assert!(matches!(&o, AddOutcome::Refused(why) if why.contains("outside dropseed's folders")), "{o:?}");
+    let o = a
+        .session
+        .add_metainfo_at(meta.clone(), Default::default(), library.join("..").join("..").join(".."))
+        .await
+        .unwrap();
+    assert!(matches!(o, AddOutcome::Refused(_)), "{o:?}");
+    assert_eq!(
+        a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap(),
+        AddOutcome::Added
+    );
+    let s = a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    assert_eq!((s.downloaded, s.path.as_str()), (0, library.join("tree").to_str().unwrap()));
+    // A second tracker's torrent of the same files, by name in the same place.
+    let other = cross_torrent(&library, "tree", "TRACKER-TWO");
+    assert_eq!(
+        a.session.add_metainfo_at(other.clone(), Default::default(), library.clone()).await.unwrap(),
+        AddOutcome::Added
+    );
+    a.wait_state(&other.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    // Both come back after a restart (two torrents of one name, both shared).
+    a.session.shutdown().await;
+    let Node { dir, .. } = a;
+    let a = Node::start_in(dir, |_| {}).await;
+    for h in [&hash, &other.info_hash.hex()] {
+        let s = a.wait_state(h, TorrentState::Seeding, Duration::from_secs(30)).await;
+        assert_eq!(s.downloaded, 0);
+    }
+    // A file changed behind their backs while stopped (same size, other
+    // bytes) is verified again at the next start: both err, naming it.
+    a.session.shutdown().await;
+    let Node { dir, .. } = a;
+    common::payload(&library.join("tree/sub/deeper/c.bin"), TREE[2].1, 4242);
+    let a = Node::start_in(dir, |_| {}).await;
+    for h in [&hash, &other.info_hash.hex()] {
+        let s = a.wait_for(h, "an error", Duration::from_secs(30), |s| s.state == TorrentState::Error).await;
+        assert!(s.error.as_deref().unwrap().contains("deeper/c.bin"), "{s:?}");
+    }
+    // A file moved away puts both in `missing`, never into a download.
+    std::fs::rename(library.join("tree/a.bin"), library.join("a.bin.moved")).unwrap();
+    for h in [meta.info_hash, other.info_hash] {
+        a.session.command(h, Cmd::Pause).await.unwrap();
+        a.session.command(h, Cmd::Resume).await.unwrap();
+        a.wait_state(&h.hex(), TorrentState::Missing, Duration::from_secs(30)).await;
+    }
+    assert!(!library.join("tree/a.bin").exists());
+    a.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_season_pack_links_the_episodes_seeded_already_and_downloads_only_the_rest() {
+    use std::os::unix::fs::MetadataExt;
+    // Two episodes seeded under one name; the pack, under another, has a third.
+    let episodes: &[(&str, u64)] = &[("e01.mkv", 1_300_001), ("e02.mkv", 1_100_007)];
+    let a = Node::start().await;
+    payload_tree(&a.download_dir(), "Show.S01.WEB", episodes, 61);
+    let season = make_torrent(&a.download_dir(), "Show.S01.WEB", PIECE_256K);
+    a.session.add_metainfo(season.clone()).await.unwrap();
+    a.wait_state(&season.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    let b = Node::start().await;
+    let pack_dir = b.download_dir().join("Show.S01.PACK");
+    for (name, _) in episodes {
+        std::fs::create_dir_all(&pack_dir).unwrap();
+        std::fs::copy(a.download_dir().join("Show.S01.WEB").join(name), pack_dir.join(name)).unwrap();
+    }
+    let e03 = 900_013;
+    common::payload(&pack_dir.join("e03.mkv"), e03, 62);
+    let pack = make_torrent(&b.download_dir(), "Show.S01.PACK", PIECE_256K);
+    b.session.add_metainfo(pack.clone()).await.unwrap();
+    b.wait_state(&pack.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+
+    a.session.add_magnet(magnet_of(&pack, vec![b.addr()])).await.unwrap();
+    let done = a.wait_state(&pack.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(60)).await;
+    assert_same_files(&pack, &b.download_dir(), &a.download_dir());
+    // Only the third episode came over the wire (and the piece it shares with the second).
+    assert!(done.downloaded <= e03 + PIECE_256K, "downloaded {} of {}", done.downloaded, pack.total_length);
+    for (name, _) in episodes {
+        let theirs = std::fs::metadata(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
+        let ours = std::fs::metadata(a.download_dir().join("Show.S01.PACK").join(name)).unwrap();
+        assert_eq!((theirs.dev(), theirs.ino()), (ours.dev(), ours.ino()), "{name} is linked, not copied");
+    }
+    let first = a.status(&season.info_hash.hex()).unwrap();
+    assert_eq!((first.state, first.progress), (TorrentState::Seeding, 1.0));
+    // Each names the other as sharing its data (by inode).
+    assert_eq!(first.shared_with, vec![pack.info_hash.hex()]);
+    assert_eq!(a.session.status_of(&pack.info_hash).unwrap().shared_with, vec![season.info_hash.hex()]);
+    for (name, _) in episodes {
+        let theirs = std::fs::read(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
+        assert!(theirs == std::fs::read(pack_dir.join(name)).unwrap(), "{name} of the season changed");
+    }
+    // Removing the pack with its data keeps the episodes the season seeds.
+    let removed = a.session.remove(pack.info_hash, true).await.unwrap().to_string();
+    assert!(removed.contains("still used by another torrent"), "{removed}");
+    assert!(a.download_dir().join("Show.S01.WEB/e02.mkv").exists());
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_file_that_differs_where_a_piece_spans_it_is_never_rewritten() {
+    // The pack's e01 differs from the seeded one in its last bytes only,
+    // which lie in the piece it shares with e02: its inner pieces verify,
+    // it is linked, and the shared piece, once downloaded, does not match it.
+    let a = Node::start_with(|c| c.cross_seed.matching = dropseed::config::MatchMode::Size).await;
+    payload_tree(&a.download_dir(), "Season.WEB", &[("one.mkv", 1_300_001)], 71);
+    let season = make_torrent(&a.download_dir(), "Season.WEB", PIECE_256K);
+    a.session.add_metainfo(season.clone()).await.unwrap();
+    a.wait_state(&season.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    let seeded = std::fs::read(a.download_dir().join("Season.WEB/one.mkv")).unwrap();
+    let b = Node::start().await;
+    let pack_dir = b.download_dir().join("Pack");
+    std::fs::create_dir_all(&pack_dir).unwrap();
+    let mut e01 = seeded.clone();
+    let n = e01.len();
+    e01[n - 10..].copy_from_slice(&[0xEE; 10]);
+    std::fs::write(pack_dir.join("e01.mkv"), &e01).unwrap();
+    common::payload(&pack_dir.join("e02.mkv"), 700_003, 72);
+    let pack = make_torrent(&b.download_dir(), "Pack", PIECE_256K);
+    b.session.add_metainfo(pack.clone()).await.unwrap();
+    b.wait_state(&pack.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+
+    // Size mode: "e01.mkv" matches "one.mkv" by its size alone.
+    a.session.add_magnet(magnet_of(&pack, vec![b.addr()])).await.unwrap();
+    let failed = a
+        .wait_for(&pack.info_hash.hex(), "an error", Duration::from_secs(60), |s| s.state == TorrentState::Error)
+        .await;
+    assert!(failed.error.as_deref().unwrap().contains("never rewritten"), "{failed:?}");
+    assert!(std::fs::read(a.download_dir().join("Season.WEB/one.mkv")).unwrap() == seeded, "the seeded file changed");
+    let first = a.status(&season.info_hash.hex()).unwrap();
+    assert_eq!((first.state, first.progress), (TorrentState::Seeding, 1.0));
     b.session.shutdown().await;
     a.session.shutdown().await;
 }

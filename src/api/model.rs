@@ -82,7 +82,8 @@ pub fn state_name(t: &TorrentStatus) -> &'static str {
         TorrentState::Metadata => "metaDL",
         TorrentState::Queued if complete => "queuedUP",
         TorrentState::Queued => "queuedDL",
-        TorrentState::Checking if complete => "checkingUP",
+        // A torrent verifying data it seeds from (cross-seeding) never downloads.
+        TorrentState::Checking if complete || t.borrowed => "checkingUP",
         TorrentState::Checking => "checkingDL",
         TorrentState::Downloading if t.download_rate > 0 => "downloading",
         TorrentState::Downloading => "stalledDL",
@@ -350,6 +351,8 @@ mod tests {
             times: Default::default(),
             tags: Vec::new(),
             limits: Default::default(),
+            borrowed: false,
+            shared_with: Vec::new(),
         }
     }
 
@@ -377,6 +380,12 @@ mod tests {
         for (state, progress, down, up, want) in cases {
             assert_eq!(state_name(&status("x", state, progress, down, up)), want, "{state:?}");
         }
+    }
+
+    #[test]
+    fn a_cross_seed_verifying_its_shared_data_is_checking_up() {
+        let verifying = TorrentStatus { borrowed: true, ..status("x", TorrentState::Checking, 0.3, 0, 0) };
+        assert_eq!(state_name(&verifying), "checkingUP");
     }
 
     #[test]

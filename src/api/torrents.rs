@@ -5,9 +5,15 @@
 //! methods, as the watch folder and the control socket do; errors are
 //! mapped by their kind, never by their text.
 //!
-//! http(s) `.torrent` URLs in `torrents/add` are fetched (`fetch`). Not
-//! supported yet (answered plainly): changing a torrent's category (409).
-//! Tags and share limits are in `tags`; paths are checked in `location`.
+//! http(s) `.torrent` URLs in `torrents/add` are fetched (`fetch`). A
+//! `savepath` other than the category's own folder names data already
+//! there (cross-seeding: what the `cross-seed` tool sends): the torrent
+//! seeds it in place, read-only, once every piece is verified, showing
+//! `checkingUP` meanwhile; `skip_checking` changes nothing (dropseed always
+//! verifies shared data). The folder must be inside dropseed's folders or
+//! `[api] allowed_paths` (`location`). Tags and share limits are in `tags`.
+//!
+//! Not supported yet (answered plainly): changing a torrent's category (409).
 
 use super::content;
 use super::fetch;
@@ -473,8 +479,14 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
         return Err(AddError::Refused(format!("'{category}' cannot be a category name")));
     }
     let (config, save) = (api.config(), p.get("savepath").to_string());
-    let own = config.complete_dir(&category);
-    tokio::task::spawn_blocking(move || check_save_path(&config, &own, &save)).await.map_err(|_| AddError::Fails)??;
+    if !save.is_empty() {
+        let checked = save.clone();
+        tokio::task::spawn_blocking(move || super::location::check_path(&config, &checked))
+            .await
+            .map_err(|_| AddError::Fails)?
+            .map_err(|why| AddError::Refused(format!("savepath: {why}")))?;
+    }
+    let save = Some(save).filter(|s| !s.is_empty()).map(std::path::PathBuf::from);
     // An unknown layout is Original, as in qBittorrent (Flood sends the
     // word "undefined" when its user chose none).
     if matches!(p.get("contentLayout"), "Subfolder" | "NoSubfolder") {
@@ -497,7 +509,7 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
     let added = tokio::spawn(async move {
         let mut added = 0;
         for item in items.into_iter().flatten() {
-            if add_one(&api, item, &opts, stopped).await {
+            if add_one(&api, item, &opts, save.clone(), stopped).await {
                 added += 1;
             }
         }
@@ -518,11 +530,28 @@ fn parse_items(files: Vec<Vec<u8>>, urls: Vec<String>) -> Vec<Option<Item>> {
 }
 
 /// Adds one torrent or magnet; true when it is managed afterwards.
-async fn add_one(api: &Arc<Api>, item: Item, opts: &crate::session::AddOptions, stopped: bool) -> bool {
+async fn add_one(
+    api: &Arc<Api>,
+    item: Item,
+    opts: &crate::session::AddOptions,
+    save: Option<std::path::PathBuf>,
+    stopped: bool,
+) -> bool {
     let category = opts.category.as_str();
-    let (hash, result) = match item {
-        Item::Torrent(m) => (m.info_hash, api.session.add_metainfo_with(*m, opts.clone()).await),
-        Item::Magnet(m) => (m.info_hash, api.session.add_magnet_with(m, opts.clone()).await),
+    let (hash, result) = match (item, save) {
+        (Item::Torrent(m), Some(dir)) => (m.info_hash, api.session.add_metainfo_at(*m, opts.clone(), dir).await),
+        (Item::Torrent(m), None) => (m.info_hash, api.session.add_metainfo_with(*m, opts.clone()).await),
+        // A magnet has no files yet: only the category's own folder.
+        (Item::Magnet(m), Some(dir)) => {
+            let own = api.config().complete_dir(category);
+            let same = tokio::task::spawn_blocking(move || same_folder(&own, &dir)).await.unwrap_or(false);
+            if !same {
+                tracing::warn!(hash = %m.info_hash.short(), "API add refused: a savepath other than the category's folder needs a .torrent file (a magnet has no files yet)");
+                return false;
+            }
+            (m.info_hash, api.session.add_magnet_with(m, opts.clone()).await)
+        }
+        (Item::Magnet(m), None) => (m.info_hash, api.session.add_magnet_with(m, opts.clone()).await),
     };
     match result {
         Ok(AddOutcome::Added) => {
@@ -544,21 +573,26 @@ async fn add_one(api: &Arc<Api>, item: Item, opts: &crate::session::AddOptions, 
     }
 }
 
-/// A `savepath` outside the folders dropseed may write is refused, naming
-/// them; one inside is honoured only when it is where the category's
-/// torrents go anyway (symlinks resolved): other places are not supported yet.
-/// Blocking (it resolves links): call off the async workers.
+/// A category's `savePath` outside the folders dropseed may write is
+/// refused, naming them; one inside is honoured only when it is where the
+/// category's torrents go anyway (links resolved): a category's folder is
+/// set in the config. Blocking (it resolves links).
 fn check_save_path(config: &crate::config::Config, own: &Path, save: &str) -> Result<(), AddError> {
     if save.is_empty() {
         return Ok(());
     }
-    super::location::check_path(config, save).map_err(|why| AddError::Refused(format!("savepath: {why}")))?;
-    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    if resolve(Path::new(save)) == resolve(own) {
+    super::location::check_path(config, save).map_err(|why| AddError::Refused(format!("savePath: {why}")))?;
+    if same_folder(Path::new(save), own) {
         return Ok(());
     }
     Err(AddError::Refused(format!(
-        "savepath: dropseed puts this category's torrents in {}; other folders are not supported yet",
+        "savePath: dropseed puts this category's torrents in {}; other folders are not supported yet",
         own.display()
     )))
+}
+
+/// Whether two folders are one, links resolved. Blocking.
+fn same_folder(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    resolve(a) == resolve(b)
 }

@@ -101,6 +101,8 @@ impl MagnetEntry {
                 own: self.opts.share.unwrap_or_default(),
                 effective: Default::default(),
             },
+            borrowed: false,
+            shared_with: Vec::new(),
         }
     }
 }
@@ -120,6 +122,11 @@ impl Entry {
             Entry::Reserved(name) => name.as_deref(),
             Entry::Magnet(_) => None,
         }
+    }
+
+    /// A torrent seeding data it does not own (cross-seeding).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self, Entry::Torrent(t) if t.shared.status.lock().unwrap().record.borrowed)
     }
 
     /// The name `status` shows for this entry; none while it is reserved.

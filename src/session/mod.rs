@@ -13,8 +13,10 @@ mod entry;
 mod labels;
 mod listener;
 pub mod lookup;
+mod matching;
 pub mod outcome;
 mod restore;
+mod shared;
 pub mod tags;
 
 use crate::config::Config;
@@ -23,8 +25,9 @@ use crate::hooks::{Facts, HookRunner};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, ResumeRecord};
-use crate::storage::delete::{delete_files, Expect};
+use crate::storage::delete::{delete_files_unused, Expect};
 use crate::storage::disk::DiskPool;
+use crate::storage::Place;
 use crate::torrent::fetch::{self, Fetched, MagnetProgress};
 use crate::torrent::ratelimit::RateLimiter;
 use crate::torrent::task::{self, Cmd, Exit};
@@ -35,7 +38,7 @@ use crate::wallclock::now_unix;
 use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -145,8 +148,9 @@ impl Session {
                     for p in record.place.iter_mut().chain(record.moving.iter_mut()) {
                         p.learn_sub(&root, &sub);
                     }
+                    // Torrents seeding shared data (cross-seeding) share a name by design.
                     let owner = name_owner(&self.registry.lock().unwrap(), &meta.name);
-                    if let Some(other) = owner {
+                    if let Some(other) = owner.filter(|_| !record.borrowed) {
                         // Saved by a version that let two torrents share files.
                         tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), other = %other.short(),
                             "not started: its files would be another torrent's; remove one of the two");
@@ -260,7 +264,37 @@ impl Session {
         if let Err(e) = self.create_tags(&opts.tags).await {
             return Ok(AddOutcome::Refused(e.to_string()));
         }
-        self.add_torrent(meta, Vec::new(), Origin::User, opts).await
+        self.add_torrent(meta, Vec::new(), Origin::User, opts, None).await
+    }
+
+    /// Adds a torrent whose data is already in the folder `save` (inside
+    /// dropseed's folders or `[api] allowed_paths`): it seeds from it in
+    /// place, read-only, once every piece is verified (cross-seeding). A
+    /// `save` that is the category's own folder, without the data there,
+    /// is an ordinary add.
+    pub async fn add_metainfo_at(
+        self: &Arc<Self>,
+        meta: Metainfo,
+        opts: AddOptions,
+        save: PathBuf,
+    ) -> std::io::Result<AddOutcome> {
+        let (config, cat, name) = (self.env.config(), opts.category.clone(), meta.name.clone());
+        let found = tokio::task::spawn_blocking(move || shared::save_path_place(&config, &save, &cat, &name))
+            .await
+            .map_err(std::io::Error::other)?;
+        let at = match found {
+            Err(why) => return Ok(AddOutcome::Refused(why)),
+            Ok(at) => at,
+        };
+        if let Err(e) = self.create_tags(&opts.tags).await {
+            return Ok(AddOutcome::Refused(e.to_string()));
+        }
+        self.add_torrent(meta, Vec::new(), Origin::User, opts, at).await
+    }
+
+    /// The other torrents seeding `hash`'s data (the same files).
+    pub fn sharing(&self, hash: &InfoHash) -> Vec<InfoHash> {
+        shared::sharing(&self.registry.lock().unwrap(), hash)
     }
 
     async fn add_torrent(
@@ -269,24 +303,24 @@ impl Session {
         peers: Vec<SocketAddr>,
         origin: Origin,
         opts: AddOptions,
+        mut at: Option<Place>,
     ) -> std::io::Result<AddOutcome> {
         let hash = meta.info_hash;
         let replaced = {
             let mut registry = self.registry.lock().unwrap();
             let claim = Entry::Reserved(Some(meta.name.clone()));
-            let owner = name_owner(&registry, &meta.name);
-            match (registry.get(&hash), origin, owner) {
-                (Some(Entry::Magnet(_)) | None, _, Some(other)) => {
-                    return Ok(AddOutcome::Refused(format!(
-                        "its files would be those of torrent {} ({:?}) in the download folder",
-                        &other.hex()[..8],
-                        meta.name
-                    )));
-                }
-                (Some(Entry::Magnet(_)), _, None) => registry.insert(hash, claim),
-                (None, Origin::User, None) => registry.insert(hash, claim),
-                _ => return Ok(AddOutcome::AlreadyManaged),
+            let fresh = matches!((registry.get(&hash), origin), (Some(Entry::Magnet(_)), _) | (None, Origin::User));
+            if !fresh {
+                return Ok(AddOutcome::AlreadyManaged);
             }
+            // Another torrent's files under this name: seeded from, never written.
+            if at.is_none() {
+                match shared::borrowable(&registry, &meta.name) {
+                    Err(why) => return Ok(AddOutcome::Refused(why)),
+                    Ok(place) => at = place,
+                }
+            }
+            registry.insert(hash, claim)
         };
         let mut magnet = match replaced {
             Some(Entry::Magnet(m)) => Some(m),
@@ -309,15 +343,31 @@ impl Session {
             tags: opts.tags,
             share: opts.share,
             shown_name: opts.name,
+            borrowed: at.is_some(),
+            place: at,
             ..Default::default()
         };
         let meta = Arc::new(meta);
+        let mut record = record;
+        let found = if record.place.is_none() { self.find_matches(&meta, &mut record).await } else { Vec::new() };
         let (dir, m, r) = (self.env.state_dir.clone(), meta.clone(), record.clone());
         let saved =
             tokio::task::spawn_blocking(move || persist_torrent(&dir, &m, &r)).await.map_err(std::io::Error::other);
         match saved.and_then(|r| r) {
             Ok(()) => {
+                // Linked once the record names them (a crash between leaves
+                // files the torrent made itself: those it may write).
+                if !found.is_empty() {
+                    record.linked = self.link_matches(&meta, &record, found).await;
+                }
+                let borrowed = record.borrowed;
                 let shared = self.start_torrent(meta, record);
+                if borrowed {
+                    let matched =
+                        self.sharing(&hash).iter().map(|h| h.short().to_string()).collect::<Vec<_>>().join(",");
+                    tracing::info!(torrent = %shared.name(), hash = %hash.short(), matched = %matched,
+                        path = %shared.data_path().display(), "seeding data already there once every piece is verified");
+                }
                 // A magnet's metadata arriving is not a new add: its hook ran.
                 if origin == Origin::User {
                     shared.run_hook(HookEvent::Added);
@@ -338,10 +388,72 @@ impl Session {
         }
     }
 
+    /// Looks for a new torrent's files among the data seeded already
+    /// (`[cross_seed]`): the files that verify against its hashes, and its
+    /// place and `linked` files set in `record` when there are any.
+    async fn find_matches(&self, meta: &Arc<Metainfo>, record: &mut ResumeRecord) -> Vec<matching::Found> {
+        let config = self.env.config();
+        let (mode, link) = (config.cross_seed.matching, config.cross_seed.link);
+        if mode == crate::config::MatchMode::Off || link == crate::config::LinkMode::Off {
+            return Vec::new();
+        }
+        let sources: Vec<Arc<crate::torrent::TorrentShared>> = {
+            let registry = self.registry.lock().unwrap();
+            registry
+                .values()
+                .filter_map(|e| match e {
+                    Entry::Torrent(t) if t.shared.storage().is_some() && t.shared.is_complete() => {
+                        Some(t.shared.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        if sources.is_empty() {
+            return Vec::new();
+        }
+        let (root, sub) = config.complete_folder(&record.category);
+        let done = Place::new(&root, &sub, &meta.name, true);
+        let place = match self.env.incomplete_dir.as_os_str().is_empty() {
+            true => done.clone(),
+            false => Place::new(&self.env.incomplete_dir, "", &meta.name, false),
+        };
+        let (m, p) = (meta.clone(), place.clone());
+        let found = self.env.disk.run(move || {
+            // Nothing is linked into an item that exists already.
+            let taken = |p: &Place| nofollow_exists(p);
+            if taken(&done) || taken(&p) {
+                return Vec::new();
+            }
+            matching::find(&m, &sources, mode)
+        });
+        let found = found.await.unwrap_or_default();
+        if !found.is_empty() {
+            record.place = Some(place);
+            record.linked = found.iter().map(|f| f.file() as u32).collect();
+        }
+        found
+    }
+
+    /// Links the files found into the new torrent's place; the indices linked.
+    async fn link_matches(&self, meta: &Arc<Metainfo>, record: &ResumeRecord, found: Vec<matching::Found>) -> Vec<u32> {
+        let (m, place, link) = (meta.clone(), record.place.clone(), self.env.config().cross_seed.link);
+        let Some(place) = place else { return Vec::new() };
+        let sources: Vec<String> = {
+            let mut s: Vec<String> = found.iter().map(|f| f.source_hash().short().to_string()).collect();
+            s.dedup();
+            s
+        };
+        let linked = self.env.disk.run(move || matching::link_all(&m, &place, &found, link)).await.unwrap_or_default();
+        tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), matched = %sources.join(","), files = linked.len(),
+            "files found among the data seeded already, verified and linked; downloading the rest");
+        linked
+    }
+
     /// A magnet's metadata arrived: it becomes a torrent like any other.
     async fn metadata_arrived(self: &Arc<Self>, f: Fetched) {
         let (hash, name) = (f.meta.info_hash, f.meta.name.clone());
-        match self.add_torrent(f.meta, f.peers, Origin::Fetched, AddOptions::default()).await {
+        match self.add_torrent(f.meta, f.peers, Origin::Fetched, AddOptions::default(), None).await {
             Ok(AddOutcome::Added) => {
                 tracing::info!(torrent = %name, hash = %hash.short(), "metadata received; starting the torrent")
             }
@@ -410,14 +522,19 @@ impl Session {
             let registry = self.registry.lock().unwrap();
             registry.iter().filter_map(|(hash, e)| e.status_source(hash)).collect()
         };
+        let mut files = HashMap::new();
         let mut out: Vec<TorrentStatus> = sources
             .into_iter()
             .map(|s| match s {
-                StatusSource::Torrent(shared) => shared.status(),
+                StatusSource::Torrent(shared) => {
+                    files.insert(shared.meta.info_hash.hex(), shared::inodes(&shared));
+                    shared.status()
+                }
                 StatusSource::Ready(status) => self.magnet_status(*status),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
+        shared::fill_shared_with(&mut out, &files);
         out
     }
 
@@ -428,11 +545,16 @@ impl Session {
         status
     }
 
+    fn with_shares(&self, hash: &InfoHash, mut status: TorrentStatus) -> TorrentStatus {
+        status.shared_with = self.sharing(hash).iter().map(InfoHash::hex).collect();
+        status
+    }
+
     /// The status of one torrent or magnet, without building every other's.
     pub fn status_of(&self, hash: &InfoHash) -> Option<TorrentStatus> {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
-            StatusSource::Torrent(shared) => shared.status(),
+            StatusSource::Torrent(shared) => self.with_shares(hash, shared.status()),
             StatusSource::Ready(status) => self.magnet_status(*status),
         })
     }
@@ -451,7 +573,7 @@ impl Session {
     pub fn detail_of(&self, hash: &InfoHash) -> Option<(TorrentStatus, crate::torrent::detail::TorrentDetail)> {
         let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
         Some(match source {
-            StatusSource::Torrent(shared) => (shared.status(), shared.detail()),
+            StatusSource::Torrent(shared) => (self.with_shares(hash, shared.status()), shared.detail()),
             StatusSource::Ready(status) => (self.magnet_status(*status), Default::default()),
         })
     }
@@ -618,16 +740,19 @@ impl Session {
         let torrent = Named { name: name.clone(), hash };
         let mut kept = None;
         if delete_data {
+            let others = shared::others(&self.registry.lock().unwrap(), &hash);
             let (s, place) = (shared.clone(), shared.place());
             let recorded = shared.status.lock().unwrap().record.stamps.clone();
             let r = self.env.disk.run(move || {
                 let _no_move_under_way = s.moving.lock().unwrap();
+                // Files other torrents seed are kept (cross-seeding).
+                let in_use = shared::files_in_use(&others);
                 // Only files proven the torrent's go: those it has open, or
                 // after a restart, those its record stamped (older records:
                 // regular files of the right length, reached without a link).
                 let stamps = s.storage().map(|st| st.stamps()).unwrap_or(recorded);
                 let expect = if stamps.is_empty() { Expect::Length } else { Expect::Stamps(&stamps) };
-                delete_files(&s.meta, &place, &expect)
+                delete_files_unused(&s.meta, &place, &expect, &in_use)
             });
             match r.await {
                 Ok(Err(e)) => return Err(SessionError::DataLeft { torrent, why: e.to_string() }),
@@ -797,10 +922,16 @@ async fn housekeeping(
     }
 }
 
-/// The torrent that owns `name` in the download folder: no two torrents may
-/// share a file, or one would overwrite the other's seeded data.
+/// The torrent that writes the files of `name` (not one seeding them
+/// shared): no two torrents may write one file, or one would overwrite the
+/// other's data.
 fn name_owner(registry: &HashMap<InfoHash, Entry>, name: &str) -> Option<InfoHash> {
-    registry.iter().find(|(_, e)| e.claimed_name() == Some(name)).map(|(h, _)| *h)
+    registry.iter().find(|(_, e)| e.claimed_name() == Some(name) && !e.is_borrowed()).map(|(h, _)| *h)
+}
+
+/// Whether anything is at a place's item (a link counts). Blocking.
+fn nofollow_exists(place: &Place) -> bool {
+    crate::storage::nofollow::item_exists(place).unwrap_or(true)
 }
 
 /// Writes a new torrent's metainfo and first record, and drops its magnet.

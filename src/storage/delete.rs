@@ -6,10 +6,14 @@
 //! configured folder without a link (see [`super::nofollow`]) and, where
 //! the torrent recorded them, with the device, inode, size and mtime it had
 //! when the torrent last had it open. Anything else is kept and named.
+//!
+//! Several torrents may seed one file (cross-seeding): a file is counted by
+//! its (device, inode), and one another torrent still uses is kept, named.
 
 use super::nofollow::{self, FileStamp};
 use crate::metainfo::Metainfo;
 use crate::storage::Place;
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -48,6 +52,8 @@ pub enum Kept {
     NotOurs,
     /// It could not be looked at or deleted.
     Failed(io::Error),
+    /// Another torrent still seeds from this very file.
+    InUse,
 }
 
 impl fmt::Display for Kept {
@@ -56,6 +62,7 @@ impl fmt::Display for Kept {
             Kept::NotPlain => write!(f, "a link, or under one"),
             Kept::NotOurs => write!(f, "not the file the torrent had"),
             Kept::Failed(e) => write!(f, "{e}"),
+            Kept::InUse => write!(f, "still used by another torrent"),
         }
     }
 }
@@ -69,7 +76,7 @@ pub struct Deleted {
 }
 
 impl Deleted {
-    /// "; kept 2 files not proven the torrent's: /a (why), /b (why)", or "".
+    /// "; kept 2 files: /a (why), /b (why)", or "".
     pub fn kept_note(&self) -> String {
         if self.kept.is_empty() {
             return String::new();
@@ -77,7 +84,7 @@ impl Deleted {
         let shown: Vec<String> = self.kept.iter().take(5).map(|(p, why)| format!("{} ({why})", p.display())).collect();
         let more = self.kept.len() - shown.len();
         format!(
-            "; kept {} file{} not proven the torrent's: {}{}",
+            "; kept {} file{}: {}{}",
             self.kept.len(),
             if self.kept.len() == 1 { "" } else { "s" },
             shown.join(", "),
@@ -89,13 +96,24 @@ impl Deleted {
 /// Deletes the files of `meta` in `place` that `expect` proves ours, then
 /// the torrent's folders left empty (never anything else they hold).
 pub fn delete_files(meta: &Metainfo, place: &Place, expect: &Expect) -> io::Result<Deleted> {
+    delete_files_unused(meta, place, expect, &HashSet::new())
+}
+
+/// [`delete_files`], keeping the files whose (device, inode) is in `in_use`
+/// (those other torrents seed from).
+pub fn delete_files_unused(
+    meta: &Metainfo,
+    place: &Place,
+    expect: &Expect,
+    in_use: &HashSet<(u64, u64)>,
+) -> io::Result<Deleted> {
     let root = match nofollow::open_place_dir(place, false) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Deleted::default()),
         r => r?,
     };
     let mut done = Deleted::default();
     for (i, _) in meta.files.iter().enumerate().filter(|(_, f)| !f.padding) {
-        match delete_one(root.as_fd(), meta, place, i, expect) {
+        match delete_one(root.as_fd(), meta, place, i, expect, in_use) {
             Ok(true) => done.removed += 1,
             Ok(false) => {}
             Err(why) => done.kept.push((place.file_path(meta, i), why)),
@@ -107,7 +125,14 @@ pub fn delete_files(meta: &Metainfo, place: &Place, expect: &Expect) -> io::Resu
 }
 
 /// Deletes file `i` if proven ours: Ok(false) when it is not there.
-fn delete_one(root: BorrowedFd<'_>, meta: &Metainfo, place: &Place, i: usize, expect: &Expect) -> Result<bool, Kept> {
+fn delete_one(
+    root: BorrowedFd<'_>,
+    meta: &Metainfo,
+    place: &Place,
+    i: usize,
+    expect: &Expect,
+    in_use: &HashSet<(u64, u64)>,
+) -> Result<bool, Kept> {
     let (dirs, name) = nofollow::names(place, meta, i);
     let dir = match nofollow::walk(root, &dirs) {
         Ok(d) => d,
@@ -118,6 +143,7 @@ fn delete_one(root: BorrowedFd<'_>, meta: &Metainfo, place: &Place, i: usize, ex
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Kept::Failed(e)),
         Ok(None) => Err(Kept::NotPlain),
+        Ok(Some(found)) if in_use.contains(&(found.dev, found.ino)) => Err(Kept::InUse),
         Ok(Some(found)) if !expect.proves(meta, i, &found) => Err(Kept::NotOurs),
         // unlinkat never follows the name: whatever is there now, only
         // that name in our folder goes.
@@ -203,5 +229,25 @@ mod tests {
         std::fs::remove_file(root.path().join("dir/sub/users.nfo")).unwrap();
         delete_files(&meta, &place, &Expect::Length).unwrap();
         assert!(!root.path().join("dir").exists(), "empty folders go");
+    }
+
+    #[test]
+    fn files_another_torrent_uses_are_kept_and_named() {
+        let root = tempfile::tempdir().unwrap();
+        let (meta, place, storage) = opened(root.path());
+        let stamps = storage.stamps();
+        // A cross-seed opened the very same `sub/b` read-only.
+        let other = TorrentStorage::open_existing(&place, &meta).unwrap();
+        let b = other.stamps()[1];
+        assert_eq!((b.dev, b.ino), (stamps[1].dev, stamps[1].ino));
+        let in_use = HashSet::from([(b.dev, b.ino)]);
+        let done = delete_files_unused(&meta, &place, &Expect::Stamps(&stamps), &in_use).unwrap();
+        assert_eq!(done.removed, 1);
+        assert!(!root.path().join("dir/a").exists());
+        assert_eq!(std::fs::read(root.path().join("dir/sub/b")).unwrap(), [1; 20]);
+        assert!(done.kept_note().contains("sub/b (still used by another torrent)"), "{}", done.kept_note());
+        // The read-only side cannot write, whatever asks it to.
+        assert!(other.write(0, &[2; 25]).is_err());
+        assert_eq!(std::fs::read(root.path().join("dir/sub/b")).unwrap(), [1; 20]);
     }
 }

@@ -36,6 +36,8 @@ trait FileBackend: Send + Sync {
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()>;
     /// Device, inode, size and mtime of the file open for `file`, if it is open.
     fn stamp(&self, file: usize) -> Option<FileStamp>;
+    /// How many names the file open for `file` has (hard links).
+    fn links(&self, file: usize) -> Option<u64>;
 
     /// Feeds a range to `hasher`; the default reads it in chunks.
     fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
@@ -73,6 +75,13 @@ pub struct TorrentStorage {
     layout: Layout,
     backend: Box<dyn FileBackend>,
     pub kind: BackendKind,
+    /// Opened read-only over data the torrent does not own (cross-seeding):
+    /// a write fails, and files are never created or grown.
+    pub read_only: bool,
+    /// Files linked in from another torrent's data (cross-seeding), by
+    /// index: while another name still holds one, a write into it must
+    /// find the same bytes there (nothing is written), or it fails.
+    pub linked: Vec<bool>,
 }
 
 /// What `prepare` found on disk before opening.
@@ -195,6 +204,27 @@ fn open_full_size(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize
     Ok((file, preallocated))
 }
 
+/// File `i` of `meta` in `place`, open read-only, checked whole (None for padding).
+fn open_existing_file(
+    root: BorrowedFd<'_>,
+    place: &Place,
+    meta: &Metainfo,
+    i: usize,
+) -> io::Result<Option<RwLock<File>>> {
+    let f = &meta.files[i];
+    if f.padding {
+        return Ok(None);
+    }
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", place.file_path(meta, i).display()));
+    let (dirs, name) = nofollow::names(place, meta, i);
+    let file = nofollow::open_file(nofollow::walk(root, &dirs).map_err(named)?.as_fd(), name, false).map_err(named)?;
+    let len = file.metadata()?.len();
+    if len != f.length {
+        return Err(named(io::Error::other(format!("{len} bytes where the torrent has {}", f.length))));
+    }
+    Ok(Some(RwLock::new(file)))
+}
+
 impl TorrentStorage {
     /// Creates every file at full size (zero-length files too, padding never)
     /// and opens the backend. Nothing is written outside the place's folder:
@@ -225,13 +255,42 @@ impl TorrentStorage {
                 files: files.into_iter().map(|f| f.map(|(file, _)| RwLock::new(file))).collect(),
             }),
         };
-        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind })
+        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind, read_only: false, linked: Vec::new() })
+    }
+
+    /// Opens the files already in `place` read-only, for a torrent seeding
+    /// data it does not own (see [`crate::resume::ResumeRecord::borrowed`]):
+    /// nothing is created, grown or ever written, and a file missing, of
+    /// another length, or reached through a link is an error naming it.
+    pub fn open_existing(place: &Place, meta: &Metainfo) -> io::Result<TorrentStorage> {
+        let root = nofollow::open_place_dir(place, false)?;
+        let files = (0..meta.files.len())
+            .map(|i| open_existing_file(root.as_fd(), place, meta, i))
+            .collect::<io::Result<_>>()?;
+        let backend = Box::new(PlainBackend { files });
+        Ok(TorrentStorage {
+            layout: Layout::new(meta),
+            backend,
+            kind: BackendKind::File,
+            read_only: true,
+            linked: Vec::new(),
+        })
     }
 
     /// Makes files found missing or short whole again (sparse zeros where
     /// data went missing) and points the backend at them: the pieces they
     /// held are then checked again and downloaded anew.
     pub fn restore_files(&self, place: &Place, meta: &Metainfo, files: &[usize]) -> io::Result<()> {
+        if self.read_only {
+            // Data shared with others is never recreated: only reopened as it is.
+            let root = nofollow::open_place_dir(place, false)?;
+            for &i in files {
+                if let Some(file) = open_existing_file(root.as_fd(), place, meta, i)? {
+                    self.backend.reopen(i, file.into_inner().unwrap())?;
+                }
+            }
+            return Ok(());
+        }
         let root = open_place_dir(place)?;
         for &i in files {
             let (file, _) = open_full_size(root.as_fd(), place, meta, i)?;
@@ -279,11 +338,38 @@ impl TorrentStorage {
 
     /// Writes `data` at stream offset `offset`; padding is skipped.
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "data shared with other torrents is never written",
+            ));
+        }
         for s in self.layout.segments(offset, data.len()) {
-            if !s.padding {
-                self.backend.write_at(s.file, s.file_offset, &data[s.buf_offset..s.buf_offset + s.len])?;
+            let bytes = &data[s.buf_offset..s.buf_offset + s.len];
+            if !s.padding && self.shared_file(s.file) {
+                self.same_bytes(s.file, s.file_offset, bytes)?;
+            } else if !s.padding {
+                self.backend.write_at(s.file, s.file_offset, bytes)?;
                 WRITTEN.fetch_add(s.len as u64, Ordering::Relaxed);
             }
+        }
+        Ok(())
+    }
+
+    /// A file linked in from another torrent's data that another name still holds.
+    fn shared_file(&self, file: usize) -> bool {
+        self.linked.get(file).copied().unwrap_or(false) && self.backend.links(file).unwrap_or(1) > 1
+    }
+
+    /// A write into a shared file: the bytes must be there already.
+    fn same_bytes(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut there = vec![0u8; data.len()];
+        self.backend.read_at(file, offset, &mut there)?;
+        if there != data {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("file {file} is another torrent's data (a hard link) and differs here: never rewritten"),
+            ));
         }
         Ok(())
     }
@@ -470,6 +556,10 @@ impl FileBackend for MmapBackend {
         let m = self.maps[file].as_ref()?;
         file_stamp(&m.file.read().unwrap())
     }
+    fn links(&self, file: usize) -> Option<u64> {
+        let m = self.maps[file].as_ref()?;
+        Some(std::os::unix::fs::MetadataExt::nlink(&m.file.read().unwrap().metadata().ok()?))
+    }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
         let Some(m) = self.maps[file].as_ref() else { return Ok(()) };
@@ -524,6 +614,9 @@ impl FileBackend for PlainBackend {
     }
     fn stamp(&self, file: usize) -> Option<FileStamp> {
         file_stamp(&self.files[file].as_ref()?.read().unwrap())
+    }
+    fn links(&self, file: usize) -> Option<u64> {
+        Some(std::os::unix::fs::MetadataExt::nlink(&self.files[file].as_ref()?.read().unwrap().metadata().ok()?))
     }
 
     fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {

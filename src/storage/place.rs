@@ -74,6 +74,24 @@ impl Place {
     }
 }
 
+/// The hidden name a matched file is linked under before it is renamed
+/// into place (cross-seed matching), beside its final name.
+pub fn link_name(name: &str) -> String {
+    format!(".{name}.dropseed-link")
+}
+
+/// Removes what a link cut short by a crash left under [`link_name`] for
+/// files `files` of `meta` in `place` (never following a link). Blocking.
+pub fn clear_stale_links(place: &Place, meta: &Metainfo, files: &[u32]) {
+    let Ok(root) = super::nofollow::open_place_dir(place, false) else { return };
+    for &i in files.iter().filter(|&&i| (i as usize) < meta.files.len()) {
+        let (dirs, name) = super::nofollow::names(place, meta, i as usize);
+        if let Ok(dir) = super::nofollow::walk(std::os::fd::AsFd::as_fd(&root), &dirs) {
+            let _ = super::nofollow::unlink(std::os::fd::AsFd::as_fd(&dir), &link_name(name));
+        }
+    }
+}
+
 /// The first name of `name`, `name (2)`, `name (3)`, ... that nothing in
 /// the open folder `dir` holds, a link included (a file keeps its
 /// extension last: `film (2).mkv`).
@@ -89,7 +107,7 @@ pub fn free_name(dir: BorrowedFd<'_>, name: &str, single_file: bool) -> String {
 }
 
 /// Bencode has no booleans: 0 or 1.
-mod bool_as_int {
+pub(crate) mod bool_as_int {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &bool, s: S) -> Result<S::Ok, S::Error> {
@@ -119,6 +137,24 @@ mod path_bytes {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn a_link_cut_short_by_a_crash_is_cleared_and_nothing_else() {
+        let info = format!(
+            "d5:filesld6:lengthi5e4:pathl1:aeed6:lengthi20e4:pathl3:sub1:beee4:name3:dir12:piece lengthi16e6:pieces40:{}e",
+            "a".repeat(40)
+        );
+        let meta = Metainfo::from_torrent_bytes(&crate::metainfo::tests::torrent(&info)).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let place = Place::new(root.path(), "", "dir", false);
+        std::fs::create_dir_all(root.path().join("dir/sub")).unwrap();
+        std::fs::write(root.path().join("dir/sub/.b.dropseed-link"), b"half").unwrap();
+        std::fs::write(root.path().join("dir/a"), b"aaaaa").unwrap();
+        std::fs::write(root.path().join("dir/sub/.other"), b"users").unwrap();
+        clear_stale_links(&place, &meta, &[0, 1]);
+        assert!(!root.path().join("dir/sub/.b.dropseed-link").exists());
+        assert!(root.path().join("dir/a").exists() && root.path().join("dir/sub/.other").exists());
+    }
 
     #[test]
     fn taken_names_get_a_number_before_the_extension_of_a_file() {

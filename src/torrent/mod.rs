@@ -652,6 +652,8 @@ impl TorrentShared {
             },
             tags: s.record.tags.clone(),
             limits: self.limits_of(&s.record),
+            borrowed: s.record.borrowed,
+            shared_with: Vec::new(),
         }
     }
 }
@@ -724,6 +726,13 @@ pub struct TorrentStatus {
     /// Its own share limits and those that hold for it.
     #[serde(default)]
     pub limits: share::LimitsView,
+    /// It seeds data it found there, read-only, verified first (cross-seeding).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
+    /// The other torrents seeding the same data (their hashes); filled in
+    /// by the session, which sees them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
 }
 
 /// A torrent's times from its resume record: Unix seconds (0 = not yet).

@@ -4,6 +4,12 @@
 //! whatever pieces the disk may hold that the resume record does not vouch
 //! for (every piece on a recheck). Data gone from its settled place is not
 //! recreated there unless the user asks for a recheck.
+//!
+//! A torrent seeding data it found there (cross-seeding: another torrent's
+//! files, or the user's) opens them read-only and leaves this phase only
+//! with every piece verified against its own hashes: a file missing is
+//! `missing`, a piece that fails is an error naming its file, never a
+//! download into a file others seed.
 
 //!
 //! The future may be dropped at any await (pause, remove, shutdown): every
@@ -36,15 +42,21 @@ impl From<String> for Stop {
 
 pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), Stop> {
     settle_place(shared).await?;
-    let mut survey = check_space(shared).await?;
+    clear_stale_links(shared).await;
+    let borrowed = shared.status.lock().unwrap().record.borrowed;
+    let mut survey = if borrowed { borrowed_survey(shared).await? } else { check_space(shared).await? };
     let asked = recheck && shared.recheck_asked.swap(false, Ordering::Relaxed);
     if !asked {
         refuse_if_missing(shared, &survey).await.map_err(Stop::Missing)?;
     }
     let storage = open_storage(shared, &mut survey).await?;
+    if borrowed {
+        forget_changed_files(shared, &storage);
+    }
+    note_stamps(shared, &storage).await;
     let to_check = pieces_to_check(shared, &storage, &survey, recheck);
     if to_check.is_empty() {
-        return Ok(());
+        return if borrowed { borrowed_whole(shared) } else { Ok(()) };
     }
     let started = Instant::now();
     let total = to_check.len();
@@ -61,7 +73,107 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
         "checking done"
     );
     shared.save_resume(false).await;
-    first_error.map_or(Ok(()), |e| Err(Stop::Failed(e)))
+    first_error.map_or(Ok(()), |e| Err(Stop::Failed(e)))?;
+    if borrowed {
+        return borrowed_whole(shared);
+    }
+    Ok(())
+}
+
+/// A kill -9 while matched files were being linked in may have left one
+/// under its hidden name: gone before the item can move anywhere.
+async fn clear_stale_links(shared: &TorrentShared) {
+    let linked = shared.status.lock().unwrap().record.linked.clone();
+    let place = shared.place();
+    if linked.is_empty() || place.settled {
+        return;
+    }
+    let meta = shared.meta.clone();
+    let _ = shared.env.disk.run(move || storage::place::clear_stale_links(&place, &meta, &linked)).await;
+}
+
+/// The survey of a torrent seeding data it does not own: every file must be
+/// there at its length (a file gone is `missing`: nothing is recreated).
+async fn borrowed_survey(shared: &TorrentShared) -> Result<storage::DiskSurvey, Stop> {
+    let (meta, place) = (shared.meta.clone(), shared.place());
+    let survey = shared.env.disk.run(move || storage::survey(&place, &meta)).await.map_err(|e| e.to_string())?;
+    let off: BTreeSet<usize> = survey.short_files.iter().chain(&survey.grown_files).copied().collect();
+    if off.is_empty() {
+        return Ok(survey);
+    }
+    Err(Stop::Missing(format!(
+        "files it seeds from (shared data, never recreated) are missing or of another length: {}",
+        file_list(shared, &off)
+    )))
+}
+
+/// Shared data may change behind a torrent's back (its owner rechecks and
+/// repairs it, the user replaces a file): the pieces of every file that is
+/// not the one the record stamped (device, inode, size, mtime) are verified
+/// again before they are served.
+fn forget_changed_files(shared: &TorrentShared, storage: &TorrentStorage) {
+    let recorded = shared.status.lock().unwrap().record.stamps.clone();
+    if recorded.is_empty() {
+        return;
+    }
+    let now = storage.stamps();
+    let mut inner = shared.inner.lock().unwrap();
+    for (i, (was, is)) in recorded.iter().zip(&now).enumerate() {
+        if was != is {
+            // mark_lost leaves a piece not held as it is.
+            for p in storage.layout().pieces_of_file(i) {
+                inner.mark_lost(p as u32, shared.meta.piece_len(p));
+            }
+        }
+    }
+}
+
+/// The record learns which files are open (device, inode): what `status`
+/// shows as shared with other torrents, before the next save writes them.
+async fn note_stamps(shared: &TorrentShared, storage: &Arc<TorrentStorage>) {
+    let st = storage.clone();
+    if let Ok(stamps) = shared.env.disk.run(move || st.stamps()).await {
+        shared.status.lock().unwrap().record.stamps = stamps;
+    }
+}
+
+/// A torrent seeding data it does not own leaves preparing only complete:
+/// pieces that failed its hashes name their files, and it never downloads
+/// into them.
+fn borrowed_whole(shared: &TorrentShared) -> Result<(), Stop> {
+    let files: BTreeSet<usize> = {
+        let inner = shared.inner.lock().unwrap();
+        let meta = &shared.meta;
+        (0..meta.piece_count())
+            .filter(|&p| !inner.have.get(p))
+            .flat_map(|p| {
+                let start = p as u64 * meta.piece_length;
+                let end = start + meta.piece_len(p) as u64;
+                meta.files
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, f)| !f.padding && f.length > 0 && f.offset < end && f.offset + f.length > start)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    };
+    if files.is_empty() {
+        return Ok(());
+    }
+    Err(Stop::Failed(format!(
+        "pieces over {} fail this torrent's hashes: the data it seeds from is another's or was changed, \
+         and shared data is never rewritten (remove this torrent, or give it data of its own)",
+        file_list(shared, &files)
+    )))
+}
+
+/// Up to five files' paths, and how many more.
+fn file_list(shared: &TorrentShared, files: &BTreeSet<usize>) -> String {
+    let place = shared.place();
+    let names: Vec<String> =
+        files.iter().take(5).map(|&i| place.file_path(&shared.meta, i).display().to_string()).collect();
+    let more = files.len().saturating_sub(names.len());
+    format!("{}{}", names.join(", "), if more > 0 { format!(" and {more} more") } else { String::new() })
 }
 
 /// Gives a new torrent its first place, and finishes a move to the
@@ -218,13 +330,30 @@ async fn open_storage(shared: &TorrentShared, survey: &mut storage::DiskSurvey) 
         return Ok(s);
     }
     let (meta, place, kind) = (shared.meta.clone(), shared.place(), env.config().storage.backend);
+    let (borrowed, linked) = {
+        let s = shared.status.lock().unwrap();
+        (s.record.borrowed, s.record.linked.clone())
+    };
     let storage = env
         .disk
-        .run(move || TorrentStorage::open(&place, &meta, kind).map_err(|e| (place.dir, e)))
+        .run(move || {
+            let opened = if borrowed {
+                TorrentStorage::open_existing(&place, &meta)
+            } else {
+                TorrentStorage::open(&place, &meta, kind)
+            };
+            opened.map(|s| with_links(s, &linked, meta.files.len())).map_err(|e| (place.dir, e))
+        })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|(dir, e)| format!("cannot create files in {}: {e}", dir.display()))?;
     Ok(shared.storage.get_or_init(|| Arc::new(storage)).clone())
+}
+
+/// Marks the files linked in from another torrent's data (never rewritten).
+fn with_links(mut storage: TorrentStorage, linked: &[u32], files: usize) -> TorrentStorage {
+    storage.linked = (0..files).map(|i| linked.contains(&(i as u32))).collect();
+    storage
 }
 
 /// All pieces on a recheck; for a torrent without a record, those touching
@@ -247,6 +376,9 @@ fn pieces_to_check(
     let mut set = BTreeSet::new();
     if recheck {
         set.extend(0..meta.piece_count());
+    } else if storage.read_only {
+        // Shared data: nothing is served that this torrent has not verified.
+        set.extend((0..meta.piece_count()).filter(|&p| !inner.have.get(p)));
     } else if !had_record {
         for &f in &survey.existing_files {
             set.extend(layout.pieces_of_file(f));

@@ -547,7 +547,18 @@ impl WatchFolder {
         for (name, hash, r) in &results {
             match r {
                 Ok(AddOutcome::Added) => {
-                    tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], category = %category, "added")
+                    // Torrents whose data it seeds (cross-seeding), if any.
+                    let shares =
+                        crate::types::InfoHash::parse(hash).map(|h| self.session.sharing(&h)).unwrap_or_default();
+                    let matched = shares.iter().map(|h| h.short().to_string()).collect::<Vec<_>>().join(",");
+                    match matched.is_empty() {
+                        true => {
+                            tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], category = %category, "added")
+                        }
+                        false => {
+                            tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], category = %category, matched = %matched, "added")
+                        }
+                    }
                 }
                 Ok(AddOutcome::AlreadyManaged) => {
                     tracing::info!(file = %file, torrent = %name, hash = %&hash[..8], "already managed; nothing to add")

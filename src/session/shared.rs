@@ -1,0 +1,167 @@
+//! Cross-seeding: several torrents (the same files under other info hashes,
+//! one per tracker) seeding one copy of the data.
+//!
+//! A file belongs to the torrent that wrote it. Another torrent may seed it
+//! only once that torrent is complete, and only after verifying every piece
+//! against its own hashes; it opens the files read-only and never writes
+//! them (see `ResumeRecord::borrowed` and the `Preparing` phase). Here: which
+//! place a new torrent may borrow, whether a save path the user named is
+//! one dropseed may read from, which torrents share a torrent's data, and
+//! which files (by device and inode) others still use, so that
+//! `remove --delete-data` keeps them.
+
+use super::entry::Entry;
+use crate::config::Config;
+use crate::storage::Place;
+use crate::torrent::TorrentShared;
+use crate::types::InfoHash;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The place a new torrent named `name` would seed from: the data of a
+/// complete torrent of that name, settled where it stays. `Ok(None)` when no
+/// torrent has the name; an error when one has it but is not complete (its
+/// files are still being written).
+pub(super) fn borrowable(registry: &HashMap<InfoHash, Entry>, name: &str) -> Result<Option<Place>, String> {
+    let mut claimed_by = None;
+    for (hash, e) in registry.iter().filter(|(_, e)| e.claimed_name() == Some(name)) {
+        if let Entry::Torrent(t) = e {
+            let place = t.shared.place();
+            let moving = t.shared.status.lock().unwrap().record.moving.is_some();
+            if place.settled && !moving && t.shared.is_complete() {
+                return Ok(Some(place));
+            }
+        }
+        claimed_by = Some(*hash);
+    }
+    match claimed_by {
+        None => Ok(None),
+        Some(other) => Err(format!(
+            "its files would be those of torrent {} ({name:?}), which is not complete yet: \
+             add it again once that one seeds, and it will seed from the same data",
+            &other.hex()[..8]
+        )),
+    }
+}
+
+/// The other torrents whose data is `hash`'s data: the same top-level item,
+/// or files of the same inode (linked in by matching).
+pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<InfoHash> {
+    let Some(Entry::Torrent(me)) = registry.get(hash) else { return Vec::new() };
+    let (top, mine) = (me.shared.place().top(), inodes(&me.shared));
+    let mut others: Vec<InfoHash> = registry
+        .iter()
+        .filter(|(h, _)| *h != hash)
+        .filter_map(|(h, e)| match e {
+            Entry::Torrent(t) if t.shared.place().top() == top || !inodes(&t.shared).is_disjoint(&mine) => Some(*h),
+            _ => None,
+        })
+        .collect();
+    others.sort_by_key(|h| h.0);
+    others
+}
+
+/// (device, inode) of a torrent's files as its record last stamped them
+/// (no system call: statuses are built on the async workers).
+pub(super) fn inodes(t: &TorrentShared) -> HashSet<(u64, u64)> {
+    let record = &t.status.lock().unwrap().record;
+    record.stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)).collect()
+}
+
+/// Fills each status's `shared_with`: the torrents whose data is at the
+/// same path, or whose files (`files`, by hash) share an inode with its own.
+pub(super) fn fill_shared_with(
+    statuses: &mut [crate::torrent::TorrentStatus],
+    files: &HashMap<String, HashSet<(u64, u64)>>,
+) {
+    let mut by_path: HashMap<&str, Vec<&str>> = HashMap::new();
+    for s in statuses.iter().filter(|s| !s.path.is_empty()) {
+        by_path.entry(&s.path).or_default().push(&s.info_hash);
+    }
+    let mut by_inode: HashMap<(u64, u64), Vec<&str>> = HashMap::new();
+    for (hash, set) in files {
+        for inode in set {
+            by_inode.entry(*inode).or_default().push(hash);
+        }
+    }
+    let shares: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|s| {
+            let mut others: Vec<&str> = by_path.get(s.path.as_str()).cloned().unwrap_or_default();
+            for inode in files.get(&s.info_hash).into_iter().flatten() {
+                others.extend(by_inode.get(inode).into_iter().flatten());
+            }
+            others.sort_unstable();
+            others.dedup();
+            others.into_iter().filter(|h| *h != s.info_hash && !s.path.is_empty()).map(str::to_string).collect()
+        })
+        .collect();
+    for (s, shared_with) in statuses.iter_mut().zip(shares) {
+        s.shared_with = shared_with;
+    }
+}
+
+/// (device, inode) of every file the torrents other than `hash` seed from,
+/// as they have them open (or, not open yet, as their records stamped them).
+/// Blocking (a `fstat` per open file): run it on the disk pool.
+pub(super) fn files_in_use(others: &[Arc<TorrentShared>]) -> HashSet<(u64, u64)> {
+    let mut used = HashSet::new();
+    for t in others {
+        let stamps = match t.storage() {
+            Some(s) => s.stamps(),
+            None => t.status.lock().unwrap().record.stamps.clone(),
+        };
+        used.extend(stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)));
+    }
+    used
+}
+
+/// Every torrent but `hash`, for [`files_in_use`].
+pub(super) fn others(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<Arc<TorrentShared>> {
+    registry
+        .iter()
+        .filter(|(h, _)| *h != hash)
+        .filter_map(|(_, e)| match e {
+            Entry::Torrent(t) => Some(t.shared.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The folders a save path may name: the download folder, each category's,
+/// and `[api] allowed_paths`, links resolved.
+fn readable_roots(config: &Config) -> Vec<PathBuf> {
+    let mut roots = vec![config.paths.download_dir.clone()];
+    roots.extend(config.categories.values().filter_map(|c| c.download_dir.clone()));
+    roots.extend(config.api.allowed_paths.iter().cloned());
+    roots.iter().filter_map(|r| r.canonicalize().ok()).collect()
+}
+
+/// Where a torrent added with a save path seeds from: `Ok(Some(place))`
+/// when its item is in `save` (a folder inside dropseed's folders or
+/// `[api] allowed_paths`), `Ok(None)` when the item is absent and `save` is
+/// the category's own complete folder (an ordinary add). Blocking (it
+/// resolves links and looks on disk): call off the async workers.
+pub fn save_path_place(config: &Config, save: &Path, category: &str, name: &str) -> Result<Option<Place>, String> {
+    let shown = crate::types::printable(&save.display().to_string(), 300);
+    let real = save.canonicalize().map_err(|e| format!("save path {shown}: {e}"))?;
+    if !readable_roots(config).iter().any(|root| real.starts_with(root)) {
+        return Err(format!(
+            "save path {shown} is outside dropseed's folders (download_dir, the categories' folders, \
+             [api] allowed_paths)"
+        ));
+    }
+    let place = Place::new(&real, "", name, true);
+    if crate::storage::nofollow::item_exists(&place).map_err(|e| format!("{}: {e}", place.top().display()))? {
+        return Ok(Some(place));
+    }
+    let own = config.complete_dir(category).canonicalize().ok();
+    if own.as_deref() == Some(real.as_path()) {
+        return Ok(None);
+    }
+    Err(format!(
+        "nothing named {:?} in the save path {shown}: a save path is for seeding data already there",
+        crate::types::printable(name, 200)
+    ))
+}
