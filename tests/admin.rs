@@ -272,8 +272,9 @@ fn a_second_daemon_is_refused_without_writing_into_the_first_ones_log() {
     run.arg("run").arg("-c").arg(&config);
     let mut first = start_daemon(run, &dir.path().join("state/control.sock"), &dir.path().join("console.log"));
     let log_dir = dir.path().join("logs");
-    wait_for("the first daemon's start line", Duration::from_secs(10), || {
-        std::fs::read_to_string(log_dir.join("dropseed.log")).ok().filter(|t| t.contains("dropseed started"))
+    // Its last start-up line: the watch folder starts after "dropseed started".
+    wait_for("the first daemon's start-up", Duration::from_secs(10), || {
+        std::fs::read_to_string(log_dir.join("dropseed.log")).ok().filter(|t| t.contains("watching for .torrent"))
     });
     let before: Vec<(PathBuf, String)> = std::fs::read_dir(&log_dir)
         .unwrap()

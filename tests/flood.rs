@@ -291,6 +291,12 @@ fn flood_in_chromium_shows_the_torrent_list_of_dropseed() {
     let file_percent = details["contents"][0]["percentComplete"].as_f64().unwrap_or(-1.0);
     assert!(file_percent > 0.0 && file_percent <= 100.0, "{details}");
     assert_eq!(details["trackers"][0]["url"], swarm.tracker.announce_url(), "{details}");
+    // Its peers tab: the aria2 seeder it downloads from (sync/torrentPeers).
+    let peers = details["peers"].as_array().cloned().unwrap_or_default();
+    let seeder = peers.iter().find(|p| p["clientVersion"].as_str().is_some_and(|c| c.starts_with("aria2")));
+    let seeder = seeder.unwrap_or_else(|| panic!("no aria2 peer in Flood's details: {details}"));
+    assert_eq!(seeder["completedPercent"].as_f64(), Some(100.0), "{seeder}");
+    assert!(seeder["downloadRate"].as_u64().is_some_and(|r| r > 0), "{seeder}");
 
     check_requests(&said, &d);
 }

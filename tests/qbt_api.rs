@@ -801,3 +801,40 @@ fn the_api_and_the_watch_folder_add_alike() {
     }
     assert_eq!(a, w, "torrents/info differs between the API's add and the watch folder's");
 }
+
+/// `log/main` serves the daemon's recent log lines in qBittorrent's shape:
+/// ids that grow, types by level (2 info, 4 warning, 8 critical), the type
+/// filters and `last_known_id`.
+#[test]
+fn log_main_serves_the_recent_log_lines() {
+    let (d, port) = daemon_with_api();
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let log = |query: &str| {
+        let r = Req::new(port, "GET", &format!("/api/v2/log/main?{query}")).header(&api.cookie).send(port);
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str::<Vec<serde_json::Value>>(&r.body).unwrap()
+    };
+    // A magnet cannot name a folder of data: refused with a WARN.
+    let elsewhere = d.download_dir().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let form = format!("urls=magnet:?xt=urn:btih:{}&savepath={}", "cd".repeat(20), elsewhere.display());
+    assert_eq!(api.post("add", &form).body, "Fails.");
+    d.wait_log("API add refused", Duration::from_secs(10));
+
+    let all = log("");
+    assert!(all.len() > 3, "{all:?}");
+    let ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "consecutive ids: {ids:?}");
+    let listening = all.iter().find(|e| e["message"].as_str().unwrap().contains("qBittorrent API listening"));
+    let listening = listening.unwrap_or_else(|| panic!("no listening line in {all:?}"));
+    assert_eq!(listening["type"], 2, "an INFO line is type 2: {listening}");
+    assert!(listening["timestamp"].as_i64().unwrap() > 1_700_000_000, "{listening}");
+    assert!(!listening["message"].as_str().unwrap().contains("level="), "{listening}");
+
+    let warnings = log("normal=false&info=false");
+    assert!(!warnings.is_empty() && warnings.iter().all(|e| e["type"] == 4 || e["type"] == 8), "{warnings:?}");
+    assert!(warnings.iter().any(|e| e["message"].as_str().unwrap().contains("API add refused")), "{warnings:?}");
+    let newest = *ids.last().unwrap();
+    let later = log(&format!("last_known_id={newest}"));
+    assert!(later.iter().all(|e| e["id"].as_u64().unwrap() > newest), "{later:?}");
+}

@@ -24,6 +24,7 @@ pub mod content;
 pub mod fetch;
 pub mod guard;
 pub mod location;
+pub mod logs;
 pub mod model;
 pub mod prefs;
 pub mod sync;
@@ -239,8 +240,8 @@ fn router(api: Arc<Api>) -> Router {
         .merge(tags::routes())
         .merge(category::routes())
         .merge(location::routes())
+        .merge(logs::routes())
         .route("/transfer/info", get(sync::transfer_info).post(sync::transfer_info))
-        .route("/log/main", get(empty_list).post(empty_list))
         .route("/log/peers", get(empty_list).post(empty_list));
     Router::new()
         .nest("/api/v2", v2)

@@ -357,16 +357,63 @@ async fn maindata(State(api): State<Arc<Api>>, p: Params) -> Json<Value> {
 
 async fn torrent_peers(State(api): State<Arc<Api>>, p: Params) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let known = crate::types::InfoHash::parse(p.get("hash")).and_then(|h| api.session.status_of(&h));
-    if known.is_none() {
+    let detail = crate::types::InfoHash::parse(p.get("hash")).and_then(|h| api.session.detail_of(&h));
+    let Some((_, detail)) = detail else {
         return (axum::http::StatusCode::NOT_FOUND, "Torrent hash was not found").into_response();
+    };
+    let peers: Map<String, Value> = detail.peers.iter().map(|peer| (peer.addr.clone(), peer_json(peer))).collect();
+    let rid = api.rid.fetch_add(1, Ordering::Relaxed) + 1;
+    Json(json!({"rid": rid, "full_update": true, "show_flags": true, "peers": peers})).into_response()
+}
+
+/// One connected peer in qBittorrent's shape (at most
+/// `detail::MAX_PEERS` of them). Rates are averages since the connection
+/// began; a peer's progress is known here only for seeds (1).
+fn peer_json(peer: &crate::torrent::detail::PeerView) -> Value {
+    let (ip, port) = match peer.addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), a.port()),
+        Err(_) => (peer.addr.clone(), 0),
+    };
+    let seed = peer.flags.contains('S');
+    json!({
+        "client": peer.client, "peer_id_client": peer.client, "connection": "BT", "country": "", "country_code": "",
+        "dl_speed": peer.down_rate, "up_speed": peer.up_rate, "downloaded": peer.downloaded,
+        "uploaded": peer.uploaded, "files": "", "flags": qbt_flags(&peer.flags), "flags_desc": "",
+        "ip": ip, "port": port, "progress": if seed { 1.0 } else { 0.0 }, "relevance": if seed { 1.0 } else { 0.0 },
+    })
+}
+
+/// Our peer flags (`S` seed, `i` it is interested, `I` we are, `u` we
+/// unchoked it, `s` snubbed) as qBittorrent's letters, which web UIs filter
+/// on: `D`/`d` we download from it (or want to, choked: here, snubbed),
+/// `U`/`u` we upload to it (or it wants us to, choked), `S` snubbed.
+fn qbt_flags(ours: &str) -> String {
+    let has = |c: char| ours.contains(c);
+    let mut out = Vec::new();
+    if has('I') {
+        out.push(if has('s') { "d" } else { "D" });
     }
-    Json(json!({"rid": api.rid.fetch_add(1, Ordering::Relaxed) + 1, "full_update": true, "peers": {}})).into_response()
+    if has('i') {
+        out.push(if has('u') { "U" } else { "u" });
+    }
+    if has('s') {
+        out.push("S");
+    }
+    out.join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_flags_use_qbittorrent_letters() {
+        assert_eq!(qbt_flags("SIu"), "D");
+        assert_eq!(qbt_flags("iIu"), "D U");
+        assert_eq!(qbt_flags("Is"), "d S");
+        assert_eq!(qbt_flags("i"), "u");
+        assert_eq!(qbt_flags(""), "");
+    }
 
     fn torrent(hash: &str, state: &str, up: u64) -> (String, Map<String, Value>) {
         let v = json!({"hash": hash, "name": format!("n-{hash}"), "state": state, "upspeed": up, "progress": 1.0});

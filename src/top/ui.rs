@@ -367,6 +367,8 @@ mod tests {
                 client: "Transmission 3000".into(),
                 down_rate: 2048,
                 up_rate: 0,
+                downloaded: 4096,
+                uploaded: 0,
                 flags: "SI".into(),
             }],
             peers_total: 1,

@@ -38,6 +38,11 @@ pub struct PeerView {
     /// Average rates since the connection began, bytes/s.
     pub down_rate: u64,
     pub up_rate: u64,
+    /// Payload bytes since the connection began.
+    #[serde(default)]
+    pub downloaded: u64,
+    #[serde(default)]
+    pub uploaded: u64,
     /// `S` seed, `i` it is interested, `I` we are, `u` unchoked by us, `s` snubbed.
     pub flags: String,
 }
@@ -89,17 +94,23 @@ fn peer_view(addr: std::net::SocketAddr, p: &super::PeerHandle) -> PeerView {
         flag(p.unchoke.load(Ordering::Relaxed), 'u'),
         flag(p.snubbed.load(Ordering::Relaxed), 's'),
     ];
+    let (downloaded, uploaded) = (p.bytes_down.load(Ordering::Relaxed), p.bytes_up.load(Ordering::Relaxed));
     PeerView {
         addr: addr.to_string(),
         client: client_of(&p.peer_id),
-        down_rate: p.bytes_down.load(Ordering::Relaxed) / secs,
-        up_rate: p.bytes_up.load(Ordering::Relaxed) / secs,
+        down_rate: downloaded / secs,
+        up_rate: uploaded / secs,
+        downloaded,
+        uploaded,
         flags: flags.into_iter().flatten().collect(),
     }
 }
 
 /// The client a peer id names in the common `-XX1234-` form; `?` otherwise.
 pub fn client_of(id: &[u8; 20]) -> String {
+    if let Some(version) = aria2_version(id) {
+        return format!("aria2 {version}");
+    }
     let tag = &id[..8];
     let azureus = tag[0] == b'-' && tag[7] == b'-' && tag[1..7].iter().all(|c| c.is_ascii_alphanumeric());
     if !azureus {
@@ -117,6 +128,16 @@ pub fn client_of(id: &[u8; 20]) -> String {
         other => return String::from_utf8_lossy(other).into_owned() + " " + &String::from_utf8_lossy(&tag[3..7]),
     };
     format!("{name} {}", String::from_utf8_lossy(&tag[3..7]))
+}
+
+/// aria2's own form, `A2-1-36-0-` then random bytes: the version
+/// `1.36.0`, digits only (anything else in the id is the peer's to choose).
+fn aria2_version(id: &[u8; 20]) -> Option<String> {
+    let rest = id.strip_prefix(b"A2-")?;
+    let parts: Vec<&[u8]> = rest.splitn(4, |&b| b == b'-').take(3).collect();
+    let numeric = |p: &&[u8]| !p.is_empty() && p.len() <= 3 && p.iter().all(u8::is_ascii_digit);
+    (parts.len() == 3 && parts.iter().all(numeric))
+        .then(|| parts.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>().join("."))
 }
 
 #[cfg(test)]
@@ -146,5 +167,9 @@ mod tests {
         assert_eq!(client_of(&id), "ZZ 0102");
         id[..8].copy_from_slice(b"\x1b[31mabc");
         assert_eq!(client_of(&id), "?");
+        id[..10].copy_from_slice(b"A2-1-36-0-");
+        assert_eq!(client_of(&id), "aria2 1.36.0");
+        id[..10].copy_from_slice(b"A2-1-\x1b[-0-");
+        assert_eq!(client_of(&id), "?", "only digits are shown");
     }
 }
