@@ -838,3 +838,54 @@ fn log_main_serves_the_recent_log_lines() {
     let later = log(&format!("last_known_id={newest}"));
     assert!(later.iter().all(|e| e["id"].as_u64().unwrap() > newest), "{later:?}");
 }
+
+/// The daemon's peak resident memory so far (VmHWM: a buffer freed at once
+/// still counts), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Bodies past the limits, really sent (announced, and chunked without a
+/// length), are refused while they stream: the daemon's memory, even at its
+/// peak, does not grow with what clients send.
+#[test]
+fn oversized_bodies_sent_in_full_do_not_raise_the_peak_memory() {
+    let (d, port) = daemon_with_api();
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let chunk = vec![b'a'; 1 << 20];
+    let send = |chunked: bool| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let length = if chunked { "Transfer-Encoding: chunked".to_string() } else { "Content-Length: 33554432".into() };
+        let head = format!(
+            "POST /api/v2/torrents/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n{length}\r\n\r\n"
+        );
+        let _ = s.write_all(head.as_bytes());
+        // 32 MiB, until the server stops reading (a refused body is not read).
+        for _ in 0..32 {
+            let sent = if chunked {
+                s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .and_then(|_| s.write_all(&chunk))
+                    .and_then(|_| s.write_all(b"\r\n"))
+            } else {
+                s.write_all(&chunk)
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    };
+    send(false);
+    let before = peak_rss_kib(d.proc.as_ref().unwrap().pid());
+    for i in 0..10 {
+        send(i % 2 == 0);
+    }
+    let grown = peak_rss_kib(d.proc.as_ref().unwrap().pid()).saturating_sub(before);
+    assert!(grown < 16 << 10, "10 x 32 MiB refused bodies raised the peak memory by {grown} KiB");
+    // Still serving.
+    let r = Req::new(port, "GET", "/api/v2/app/version").header(&cookie).send(port);
+    assert_eq!(r.status, 200);
+}
