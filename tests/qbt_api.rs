@@ -506,6 +506,7 @@ fn tags_limits_categories_and_refusals_over_http() {
         (Some("cross-seed, sonarr"), Some(30))
     );
     assert_eq!(info[0]["name"], "Shown Name");
+    assert_eq!(info[0]["category"], "films", "the category set survives a restart");
     let tags = Req::new(port, "GET", "/api/v2/torrents/tags").header(&cookie).send(port).body;
     assert_eq!(tags, r#"["cross-seed","keep","sonarr","spare"]"#, "removeTags keeps a tag known, deleteTags not");
 }
@@ -606,7 +607,7 @@ fn missing_features_are_refused_plainly(api: &Session, _d: &Dropseed, hash: &str
 }
 
 /// Categories: the config's stay, a used one stays, an unused one goes.
-fn categories_are_managed_safely(api: &Session, d: &Dropseed, _hash: &str) {
+fn categories_are_managed_safely(api: &Session, d: &Dropseed, hash: &str) {
     let post = |path: &str, form: &str| api.post(path, form);
     let (port, cookie) = (api.port, &api.cookie);
     let r = post("removeCategories", "categories=films");
@@ -628,6 +629,13 @@ fn categories_are_managed_safely(api: &Session, d: &Dropseed, _hash: &str) {
     let r = post("removeCategories", "categories=tv");
     assert!(r.status == 409 && r.body.contains("still has 1 torrent"), "{}", r.body);
     assert_eq!(post("removeCategories", "categories=old").status, 200);
+    // The label moves (the data would stay where it is); an unknown
+    // category is refused as qBittorrent refuses it.
+    let r = post("setCategory", &format!("hashes={hash}&category=nope"));
+    assert!(r.status == 409 && r.body.contains("Incorrect category name"), "{}", r.body);
+    assert_eq!(post("setCategory", &format!("hashes={hash}&category=films")).status, 200);
+    let info: serde_json::Value = serde_json::from_str(&api.get(&format!("info?hashes={hash}")).body).unwrap();
+    assert_eq!(info[0]["category"], "films");
     assert!(!d.watch_dir().join("old").exists() && d.watch_dir().join("tv").is_dir());
     let cats = Req::new(port, "GET", "/api/v2/torrents/categories").header(cookie).send(port).body;
     assert!(!cats.contains("\"old\"") && cats.contains("\"tv\""), "{cats}");

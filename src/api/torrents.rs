@@ -13,7 +13,7 @@
 //! verifies shared data). The folder must be inside dropseed's folders or
 //! `[api] allowed_paths` (`location`). Tags and share limits are in `tags`.
 //!
-//! Not supported yet (answered plainly): changing a torrent's category (409).
+//! Not supported yet (answered plainly): queue order (409).
 
 use super::content;
 use super::fetch;
@@ -21,7 +21,7 @@ use super::model::{self, Filter, Query};
 use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
 use crate::magnet::Magnet;
 use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
-use crate::session::{AddOutcome, ErrorKind};
+use crate::session::{AddOutcome, ErrorKind, LabelChange, SessionError};
 use crate::torrent::task::Cmd;
 use crate::types::InfoHash;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
@@ -296,15 +296,25 @@ async fn create_category(State(api): State<Arc<Api>>, p: Params) -> Response {
     }
 }
 
+/// Moves torrents to another category ("" for none), which must exist:
+/// the label only, as qBittorrent's manual mode does; the data stays where
+/// it is, and a torrent still downloading lands in the new category's
+/// folder. Unknown hashes are skipped, as qBittorrent does.
 async fn set_category(State(api): State<Arc<Api>>, p: Params) -> Response {
-    let want = p.get("category");
-    let hashes = p.opt("hashes").and_then(hash_list).unwrap_or_default();
-    let same =
-        hashes.iter().all(|h| parse_hash(h).and_then(|h| api.session.status_of(&h)).is_none_or(|t| t.category == want));
-    if same {
-        return "".into_response();
+    let want = p.get("category").to_string();
+    if !want.is_empty() {
+        let known = categories_json(&api).await;
+        if known.get(&want).is_none() {
+            return status(StatusCode::CONFLICT, "Incorrect category name");
+        }
     }
-    status(StatusCode::CONFLICT, "dropseed cannot change a torrent's category yet: remove it and add it in the new one")
+    for hash in targets(&api, &p) {
+        match api.session.change_labels(hash, LabelChange::Category(want.clone())).await {
+            Ok(_) | Err(SessionError::NotFound(_)) => {}
+            Err(e) => return status(StatusCode::CONFLICT, &e.to_string()),
+        }
+    }
+    "".into_response()
 }
 
 /// The hashes a command names: `all` is every torrent.

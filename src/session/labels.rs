@@ -53,10 +53,15 @@ pub enum LabelChange {
     Share(ShareLimits),
     /// The name to show (checked with [`check_name`]).
     Rename(String),
+    /// Another category ("" for none; an existing one, checked by the
+    /// caller). The data stays where it is, as with qBittorrent's manual
+    /// mode; a torrent not yet complete lands in the new category's folder.
+    Category(String),
 }
 
 /// What a change may touch, in a record or a magnet's options.
 struct Labels<'a> {
+    category: &'a mut String,
     tags: &'a mut Vec<String>,
     share: &'a mut Option<ShareLimits>,
     name: &'a mut Option<String>,
@@ -65,7 +70,7 @@ struct Labels<'a> {
 impl LabelChange {
     /// Applies the change; true if something changed.
     fn apply(&self, l: Labels<'_>) -> Result<bool, SessionError> {
-        let Labels { tags, share, name } = l;
+        let Labels { category, tags, share, name } = l;
         match self {
             LabelChange::AddTags(new) => {
                 let next = tags::merged(tags, new).map_err(SessionError::Invalid)?;
@@ -78,6 +83,7 @@ impl LabelChange {
             }
             LabelChange::Share(limits) => Ok(share.replace(*limits) != Some(*limits)),
             LabelChange::Rename(new) => Ok(name.replace(new.clone()).as_ref() != Some(new)),
+            LabelChange::Category(new) => Ok(std::mem::replace(category, new.clone()) != *new),
         }
     }
 }
@@ -151,7 +157,9 @@ impl Session {
             Some(Entry::Torrent(t)) => Target::Torrent(t.shared.clone()),
             Some(Entry::Magnet(m)) => {
                 let o = &mut m.opts;
-                if !change.apply(Labels { tags: &mut o.tags, share: &mut o.share, name: &mut o.name })? {
+                let labels =
+                    Labels { category: &mut o.category, tags: &mut o.tags, share: &mut o.share, name: &mut o.name };
+                if !change.apply(labels)? {
                     return Ok(named);
                 }
                 Target::Magnet(Box::new((m.magnet.clone(), m.fetch.is_none(), (*m.opts).clone())))
@@ -164,6 +172,7 @@ impl Session {
                 let changed = {
                     let record = &mut shared.status.lock().unwrap().record;
                     change.apply(Labels {
+                        category: &mut record.category,
                         tags: &mut record.tags,
                         share: &mut record.share,
                         name: &mut record.shown_name,
