@@ -162,11 +162,12 @@ impl Session {
         match target {
             Target::Torrent(shared) => {
                 let changed = {
-                    let record = &mut shared.status.lock().unwrap().record;
-                    change.apply(Labels {
-                        tags: &mut record.tags,
-                        share: &mut record.share,
-                        name: &mut record.shown_name,
+                    shared.with_record(|record| {
+                        change.apply(Labels {
+                            tags: &mut record.tags,
+                            share: &mut record.share,
+                            name: &mut record.shown_name,
+                        })
                     })?
                 };
                 if changed && !shared.save_resume(false).await {

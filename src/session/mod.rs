@@ -181,7 +181,7 @@ impl Session {
         // Spawned under the registry's lock, so that nothing the task does
         // can find its entry missing.
         let mut registry = self.registry.lock().unwrap();
-        let span = crate::logfmt::torrent_span(&shared.meta.name, &hash);
+        let span = crate::logfmt::torrent_span(&shared.meta().name, &hash);
         let task = self.tasks.spawn({
             let (shared, cancel) = (shared.clone(), cancel.clone());
             async move {
@@ -527,7 +527,7 @@ impl Session {
             .into_iter()
             .map(|s| match s {
                 StatusSource::Torrent(shared) => {
-                    files.insert(shared.meta.info_hash.hex(), shared::inodes(&shared));
+                    files.insert(shared.meta().info_hash.hex(), shared::inodes(&shared));
                     shared.status()
                 }
                 StatusSource::Ready(status) => self.magnet_status(*status),
@@ -630,7 +630,7 @@ impl Session {
             (true, _) => {}
         }
         // Subscribed before the command goes, so its phase change is seen.
-        let mut changes = shared.phase_changes.subscribe();
+        let mut changes = shared.phase_changes();
         sender.send(cmd).await.map_err(|_| SessionError::Gone(hash))?;
         let deadline = tokio::time::Instant::now() + STATE_WAIT;
         loop {
@@ -730,7 +730,7 @@ impl Session {
 
     /// Deletes a stopped torrent's state files, and its data if asked.
     async fn forget_torrent(&self, shared: &Arc<TorrentShared>, delete_data: bool) -> Result<Removed, SessionError> {
-        let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta.info_hash, shared.name().to_string());
+        let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta().info_hash, shared.name().to_string());
         let _ = tokio::task::spawn_blocking(move || {
             for p in [resume::torrent_path(&dir, &hash), resume::resume_path(&dir, &hash)] {
                 let _ = std::fs::remove_file(p);
@@ -742,9 +742,9 @@ impl Session {
         if delete_data {
             let others = shared::others(&self.registry.lock().unwrap(), &hash);
             let (s, place) = (shared.clone(), shared.place());
-            let recorded = shared.status.lock().unwrap().record.stamps.clone();
+            let recorded = shared.with_record(|r| r.stamps.clone());
             let r = self.env.disk.run(move || {
-                let _no_move_under_way = s.moving.lock().unwrap();
+                let _no_move_under_way = s.hold_moves();
                 // Files other torrents seed are kept (cross-seeding).
                 let in_use = shared::files_in_use(&others);
                 // Only files proven the torrent's go: those it has open, or
@@ -752,7 +752,7 @@ impl Session {
                 // regular files of the right length, reached without a link).
                 let stamps = s.storage().map(|st| st.stamps()).unwrap_or(recorded);
                 let expect = if stamps.is_empty() { Expect::Length } else { Expect::Stamps(&stamps) };
-                delete_files_unused(&s.meta, &place, &expect, &in_use)
+                delete_files_unused(s.meta(), &place, &expect, &in_use)
             });
             match r.await {
                 Ok(Err(e)) => return Err(SessionError::DataLeft { torrent, why: e.to_string() }),
