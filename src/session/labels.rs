@@ -97,7 +97,7 @@ impl Session {
     /// Forgets tags, and takes them off every torrent that has them.
     pub async fn delete_tags(&self, gone: &[String]) -> Result<(), SessionError> {
         let mut book = self.tags.lock().await;
-        let hashes: Vec<InfoHash> = self.registry.lock().unwrap().keys().copied().collect();
+        let hashes: Vec<InfoHash> = self.registry().keys().copied().collect();
         let change = LabelChange::RemoveTags(gone.to_vec());
         for hash in hashes {
             match self.relabel(hash, &change).await {
@@ -147,7 +147,7 @@ impl Session {
     /// file. Called with the tag book's lock held.
     async fn relabel(&self, hash: InfoHash, change: &LabelChange) -> Result<Named, SessionError> {
         let named = self.named(&hash)?;
-        let target = match self.registry.lock().unwrap().get_mut(&hash) {
+        let target = match self.registry().get_mut(&hash) {
             Some(Entry::Torrent(t)) => Target::Torrent(t.shared.clone()),
             Some(Entry::Magnet(m)) => {
                 let o = &mut m.opts;

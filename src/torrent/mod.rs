@@ -23,6 +23,7 @@ mod state;
 pub mod task;
 
 use crate::config::Config;
+use crate::locks::locked;
 use crate::metainfo::Metainfo;
 use crate::resume::ResumeRecord;
 use crate::share;
@@ -36,7 +37,7 @@ use sha1::{Digest, Sha1};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify, Semaphore};
 
@@ -82,6 +83,11 @@ pub struct Env {
 impl Env {
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
+    }
+
+    /// A reloaded config: what [`Env::config`] returns from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap() = config;
     }
 
     /// What outgoing connections may use, as configured now.
@@ -146,8 +152,8 @@ pub struct PeerHandle {
     pub close: AtomicBool,
     /// Where the peer accepts connections: the address we dialled, or its
     /// extension handshake's `p`. What PEX and the resume record pass on.
-    pub listen: Mutex<Option<SocketAddr>>,
-    pub cancels: Mutex<Vec<BlockRef>>,
+    listen: Mutex<Option<SocketAddr>>,
+    cancels: Mutex<Vec<BlockRef>>,
     pub notify: Notify,
     /// `(bytes_down, bytes_up)` at the last choking round.
     choke_mark: Mutex<(u64, u64)>,
@@ -178,6 +184,28 @@ impl PeerHandle {
         let now = (self.bytes_down.load(Ordering::Relaxed), self.bytes_up.load(Ordering::Relaxed));
         let before = std::mem::replace(&mut *locked(&self.choke_mark), now);
         (now.0.saturating_sub(before.0), now.1.saturating_sub(before.1))
+    }
+
+    /// Where the peer accepts connections, when known.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        *locked(&self.listen)
+    }
+
+    /// The address from the peer's extension handshake, unless one is
+    /// known already (the address we dialled stays).
+    pub fn learn_listen(&self, addr: SocketAddr) {
+        locked(&self.listen).get_or_insert(addr);
+    }
+
+    /// Asks the peer task to cancel a request it sent (endgame), and wakes it.
+    pub fn cancel(&self, block: BlockRef) {
+        locked(&self.cancels).push(block);
+        self.notify.notify_one();
+    }
+
+    /// The cancels asked for since the last call.
+    pub fn take_cancels(&self) -> Vec<BlockRef> {
+        std::mem::take(&mut *locked(&self.cancels))
     }
 
     pub fn kick(&self) {
@@ -273,9 +301,7 @@ impl TorrentShared {
         &self.meta.name
     }
 
-    /// The torrent's state, locked. The one place its lock is taken: a
-    /// panic while holding it cannot leave the state half-changed (every
-    /// change is one [`Inner`] method), so a poisoned lock is used as is.
+    /// The torrent's state, locked: the one place its lock is taken.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         locked(&self.inner)
     }
@@ -521,7 +547,7 @@ impl TorrentShared {
         // Where to find peers again after a restart (what PEX would tell).
         let peers: Vec<String> = {
             let inner = self.lock();
-            inner.peers().handles().filter_map(|h| *locked(&h.listen)).take(50).map(|a| a.to_string()).collect()
+            inner.peers().handles().filter_map(|h| h.listen()).take(50).map(|a| a.to_string()).collect()
         };
         if !peers.is_empty() {
             record.peers = peers;
@@ -615,13 +641,6 @@ impl TorrentShared {
             shared_with: Vec::new(),
         }
     }
-}
-
-/// A mutex's guard. A panic while one was held (a bug) leaves each of
-/// these structures whole, since every change is one method or one field,
-/// so a poisoned lock is taken as it is rather than spreading the panic.
-pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A copy of one torrent's piece states ([`TorrentShared::pieces`]).

@@ -320,8 +320,7 @@ fn broadcast_cancel(shared: &TorrentShared, from: PeerKey, block: BlockRef) {
     let inner = shared.lock();
     for (k, h) in inner.peers().iter() {
         if *k != from {
-            h.cancels.lock().unwrap().push(block);
-            h.notify.notify_one();
+            h.cancel(block);
         }
     }
 }

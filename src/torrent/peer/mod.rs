@@ -138,7 +138,7 @@ impl Handler for PeerConn {
                     return Err(ConnEnd::Banned);
                 }
                 self.upload.apply_choke(&self.handle, &self.shared, out);
-                let cancels = std::mem::take(&mut *self.handle.cancels.lock().unwrap());
+                let cancels = self.handle.take_cancels();
                 self.download.on_endgame_cancels(cancels, out);
             }
             Wake::Have => self.send_haves(out)?,

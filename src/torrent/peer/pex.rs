@@ -91,7 +91,7 @@ fn connected_listeners(shared: &TorrentShared, except: PeerKey) -> HashMap<Socke
         .iter()
         .filter(|(k, _)| **k != except)
         .filter_map(|(k, h)| {
-            let listen = (*h.listen.lock().unwrap())?;
+            let listen = h.listen()?;
             let seed = if h.is_seed.load(Ordering::Relaxed) { extension::PEX_SEED } else { 0 };
             // We dialled it at that address, so it is reachable.
             let reachable = if listen == *k { extension::PEX_REACHABLE } else { 0 };
