@@ -65,6 +65,7 @@ pub mod extension;
 pub mod fsutil;
 pub mod hookcmd;
 pub mod hooks;
+pub mod locks;
 pub mod logfmt;
 pub mod logging;
 pub mod logring;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Modules at the bottom: they import only each other (and no other
 /// module of the crate), so anything may use them.
-const BOTTOM: &[&str] = &["bencode", "compact", "fsutil", "hookcmd", "types", "wallclock"];
+const BOTTOM: &[&str] = &["bencode", "compact", "fsutil", "hookcmd", "locks", "types", "wallclock"];
 
 /// Where one module names another: (importing module, imported module) to
 /// the places ("src/file.rs:line") that do.

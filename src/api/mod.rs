@@ -82,6 +82,41 @@ pub struct Api {
 }
 
 impl Api {
+    /// `sync_history`, locked.
+    fn sync_history(&self) -> std::sync::MutexGuard<'_, sync::History> {
+        crate::locks::locked(&self.sync_history)
+    }
+}
+
+impl Api {
+    /// `seen_hash`, locked.
+    fn seen_hash(&self) -> std::sync::MutexGuard<'_, String> {
+        crate::locks::locked(&self.seen_hash)
+    }
+}
+
+impl Api {
+    /// `basic_passed`, locked.
+    fn basic_passed(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        crate::locks::locked(&self.basic_passed)
+    }
+}
+
+impl Api {
+    /// `throttle`, locked.
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        crate::locks::locked(&self.throttle)
+    }
+}
+
+impl Api {
+    /// `sessions`, locked.
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        crate::locks::locked(&self.sessions)
+    }
+}
+
+impl Api {
     pub fn config(&self) -> Arc<Config> {
         self.session.env.config()
     }
@@ -92,10 +127,10 @@ impl Api {
     fn credentials(&self) -> (String, String) {
         let config = self.config();
         let (user, phc) = (config.api.username.clone(), config.api.password_hash.clone());
-        let mut seen = self.seen_hash.lock().unwrap();
+        let mut seen = self.seen_hash();
         if *seen != phc {
-            *self.sessions.lock().unwrap() = Sessions::default();
-            *self.basic_passed.lock().unwrap() = None;
+            *self.sessions() = Sessions::default();
+            *self.basic_passed() = None;
             seen.clone_from(&phc);
             tracing::info!("api password changed: sessions closed");
         }
@@ -331,7 +366,7 @@ fn logged_in(api: &Api, headers: &HeaderMap) -> bool {
         }
     }
     match sid(headers) {
-        Some(id) => api.sessions.lock().unwrap().touch(id, Instant::now()),
+        Some(id) => api.sessions().touch(id, Instant::now()),
         None => false,
     }
 }
@@ -352,7 +387,7 @@ fn sid(headers: &HeaderMap) -> Option<&str> {
 
 async fn login(State(api): State<Arc<Api>>, req: Request) -> Response {
     let ip = req.extensions().get::<Peer>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0);
-    if let Gate::Banned(_) = api.throttle.lock().unwrap().gate(ip, Instant::now()) {
+    if let Gate::Banned(_) = api.throttle().gate(ip, Instant::now()) {
         return (
             StatusCode::FORBIDDEN,
             "Your IP address has been banned after too many failed authentication attempts.",
@@ -370,7 +405,7 @@ async fn login(State(api): State<Arc<Api>>, req: Request) -> Response {
     // Again now: failures counted while this one waited may have banned
     // the address (many connections at once get no more guesses), and
     // the failure is counted before the slot is let go.
-    if let Gate::Banned(_) = api.throttle.lock().unwrap().gate(ip, Instant::now()) {
+    if let Gate::Banned(_) = api.throttle().gate(ip, Instant::now()) {
         return (
             StatusCode::FORBIDDEN,
             "Your IP address has been banned after too many failed authentication attempts.",
@@ -380,11 +415,11 @@ async fn login(State(api): State<Arc<Api>>, req: Request) -> Response {
     let (username, phc) = api.credentials();
     let good_password = tokio::task::spawn_blocking(move || auth::verify_password(&phc, &password)).await;
     if user != username || !good_password.unwrap_or(false) {
-        api.throttle.lock().unwrap().failed(ip, Instant::now());
+        api.throttle().failed(ip, Instant::now());
         return "Fails.".into_response();
     }
-    api.throttle.lock().unwrap().succeeded(ip);
-    let id = api.sessions.lock().unwrap().open(Instant::now());
+    api.throttle().succeeded(ip);
+    let id = api.sessions().open(Instant::now());
     let cookie = format!("SID={id}; HttpOnly; SameSite=Strict; path=/");
     ([(header::SET_COOKIE, cookie)], "Ok.").into_response()
 }
@@ -411,10 +446,10 @@ async fn basic_login(api: &Api, headers: &HeaderMap, ip: IpAddr) -> bool {
         return false;
     };
     let digest = auth::key_digest(value.trim());
-    if api.basic_passed.lock().unwrap().as_deref().is_some_and(|d| auth::same(d, &digest)) {
+    if api.basic_passed().as_deref().is_some_and(|d| auth::same(d, &digest)) {
         return true;
     }
-    if let Gate::Banned(_) = api.throttle.lock().unwrap().gate(ip, Instant::now()) {
+    if let Gate::Banned(_) = api.throttle().gate(ip, Instant::now()) {
         return false;
     }
     // A header that is no `user:password` is no guess: refused without
@@ -424,23 +459,23 @@ async fn basic_login(api: &Api, headers: &HeaderMap, ip: IpAddr) -> bool {
     };
     let _slot = api.checks.acquire().await.expect("never closed");
     // Checked again with the slot held, as in `login`.
-    if let Gate::Banned(_) = api.throttle.lock().unwrap().gate(ip, Instant::now()) {
+    if let Gate::Banned(_) = api.throttle().gate(ip, Instant::now()) {
         return false;
     }
     let (username, phc) = api.credentials();
     let good = tokio::task::spawn_blocking(move || auth::verify_password(&phc, &password)).await.unwrap_or(false);
     if user != username || !good {
-        api.throttle.lock().unwrap().failed(ip, Instant::now());
+        api.throttle().failed(ip, Instant::now());
         return false;
     }
-    api.throttle.lock().unwrap().succeeded(ip);
-    *api.basic_passed.lock().unwrap() = Some(digest);
+    api.throttle().succeeded(ip);
+    *api.basic_passed() = Some(digest);
     true
 }
 
 async fn logout(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     if let Some(id) = sid(&headers) {
-        api.sessions.lock().unwrap().close(id);
+        api.sessions().close(id);
     }
     "Ok.".into_response()
 }

@@ -349,7 +349,7 @@ async fn maindata(State(api): State<Arc<Api>>, p: Params) -> Json<Value> {
     let new_rid = api.rid.fetch_add(1, Ordering::Relaxed) + 1;
     // The diff runs off the async workers: 10,000 torrents are a few ms.
     let api2 = api.clone();
-    let out = tokio::task::spawn_blocking(move || answer(&mut api2.sync_history.lock().unwrap(), rid, new_rid, &frame))
+    let out = tokio::task::spawn_blocking(move || answer(&mut api2.sync_history(), rid, new_rid, &frame))
         .await
         .unwrap_or_default();
     Json(Value::Object(out))

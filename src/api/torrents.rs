@@ -130,7 +130,7 @@ async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
         Err(r) => return r.into_response(),
     };
     let shared = parse_hash(p.get("hash")).and_then(|h| api.session.torrent(&h));
-    let pieces = shared.as_ref().map(|s| (s.meta.piece_length as i64, s.meta.piece_count() as i64, s.pieces()));
+    let pieces = shared.as_ref().map(|s| (s.meta().piece_length as i64, s.meta().piece_count() as i64, s.pieces()));
     let (piece_size, pieces_num, pieces_have) =
         pieces.map_or((-1, -1, -1), |(size, n, v)| (size, n, v.have.count() as i64));
     let i = model::torrent_info(&t, &api.config().complete_dir(&t.category), crate::wallclock::now_unix());
@@ -176,7 +176,7 @@ async fn files(State(api): State<Arc<Api>>, p: Params) -> Response {
         Err(r) => return r.into_response(),
     };
     let indexes = content::parse_indexes(p.get("indexes"));
-    Json(content::files(&shared.meta, &shared.pieces(), indexes.as_ref())).into_response()
+    Json(content::files(shared.meta(), &shared.pieces(), indexes.as_ref())).into_response()
 }
 
 async fn piece_states(State(api): State<Arc<Api>>, p: Params) -> Response {
@@ -189,7 +189,7 @@ async fn piece_states(State(api): State<Arc<Api>>, p: Params) -> Response {
 
 async fn piece_hashes(State(api): State<Arc<Api>>, p: Params) -> Response {
     match one_torrent(&api, &p) {
-        Ok(Some(t)) => Json(content::piece_hashes(&t.meta)).into_response(),
+        Ok(Some(t)) => Json(content::piece_hashes(t.meta())).into_response(),
         Ok(None) => Json(Vec::<String>::new()).into_response(),
         Err(r) => r.into_response(),
     }

@@ -54,6 +54,13 @@ pub struct Dht {
 }
 
 impl Dht {
+    /// `saver`, locked.
+    fn saver(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        crate::locks::locked(&self.saver)
+    }
+}
+
+impl Dht {
     /// Starts a node per family the listen address `ip` covers (see
     /// [`family::bind_addresses`]), on `port` if it is free for UDP. The
     /// IPv4 node takes `shared_v4` if given (the socket uTP reads).
@@ -104,7 +111,7 @@ impl Dht {
             return Err(std::io::Error::other("no DHT node could start"));
         }
         let dht = Arc::new(Dht { v4, v6, own, state_file, cancel: CancellationToken::new(), saver: Mutex::new(None) });
-        *dht.saver.lock().unwrap() = Some(tokio::spawn(dht.clone().save_loop()));
+        *dht.saver() = Some(tokio::spawn(dht.clone().save_loop()));
         Ok(dht)
     }
 
@@ -205,7 +212,7 @@ impl Dht {
     /// Stops both nodes and saves their node lists.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        let saver = self.saver.lock().unwrap().take();
+        let saver = self.saver().take();
         if let Some(t) = saver {
             let _ = t.await;
         }

@@ -68,7 +68,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut s = self.state.lock().unwrap();
+        let mut s = crate::locks::locked(self.state);
         if s.pending.get(&self.tid).is_some_and(|p| p.seq == self.seq) {
             s.pending.remove(&self.tid);
         }
@@ -141,6 +141,27 @@ pub struct Node {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+impl Node {
+    /// `inbox`, locked.
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Option<Inbox>> {
+        crate::locks::locked(&self.inbox)
+    }
+}
+
+impl Node {
+    /// `tasks`, locked.
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        crate::locks::locked(&self.tasks)
+    }
+}
+
+impl Node {
+    /// `state`, locked.
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        crate::locks::locked(&self.state)
+    }
+}
+
 /// Where a lookup stands with one candidate node.
 enum Contact {
     Unasked,
@@ -201,7 +222,7 @@ impl Node {
         let saved = saved.into_iter().filter(|a| Family::of(a) == family).collect();
         let receive = tokio::spawn(node.clone().receive_loop());
         let maintain = tokio::spawn(node.clone().maintain_loop(saved, new_rx));
-        node.tasks.lock().unwrap().extend([receive, maintain]);
+        node.tasks().extend([receive, maintain]);
         tracing::info!(port, family = %family, id = %crate::types::to_hex(&own.0[..4]), "DHT node listening");
         Ok(node)
     }
@@ -221,12 +242,12 @@ impl Node {
     }
 
     pub fn node_count(&self) -> usize {
-        self.state.lock().unwrap().table.len()
+        self.state().table.len()
     }
 
     /// The nodes worth saving for the next start.
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.state.lock().unwrap().table.addresses()
+        self.state().table.addresses()
     }
 
     /// A peer told us its DHT port: ping it, and keep it if it answers.
@@ -237,7 +258,7 @@ impl Node {
     /// Stops both tasks.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks());
         for t in tasks {
             let _ = t.await;
         }
@@ -251,7 +272,7 @@ impl Node {
 
     async fn receive_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; MAX_PACKET + 1];
-        let mut inbox = self.inbox.lock().unwrap().take();
+        let mut inbox = self.inbox().take();
         loop {
             let (n, from) = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -280,7 +301,7 @@ impl Node {
     /// two held at once.
     fn handle(&self, msg: Message, from: SocketAddr) -> Option<Message> {
         let now = self.now_secs();
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.state();
         match msg.body {
             Body::Response(r) => {
                 let tid = tid_of(&msg.t)?;
@@ -317,7 +338,7 @@ impl Node {
     /// when wanted, are read from the sibling before our lock is taken.
     fn handle_query(&self, t: Vec<u8>, id: Option<NodeId>, q: Query, from: SocketAddr, now: u64) -> Option<Message> {
         {
-            let mut s = self.state.lock().unwrap();
+            let mut s = self.state();
             let t0 = Instant::now();
             if t0.duration_since(s.replies_window.0) >= Duration::from_secs(1) {
                 s.replies_window = (t0, 0);
@@ -343,7 +364,7 @@ impl Node {
             }
             _ => Vec::new(),
         };
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.state();
         self.rotate_secret(&mut s);
         let body = answer(&mut s, q, from, self.family, sibling_nodes);
         Some(Message { t, id: Some(s.table.own_id()), body })
@@ -351,13 +372,13 @@ impl Node {
 
     /// Live peers announced to us for `hash`, as a `get_peers` reply gives them.
     fn stored_peers(&self, hash: &[u8; 20]) -> Vec<SocketAddr> {
-        let s = self.state.lock().unwrap();
+        let s = self.state();
         s.store.get(hash).map(|v| live_peers(v)).unwrap_or_default()
     }
 
     /// The K nodes of our table closest to `target`.
     fn closest(&self, target: &NodeId) -> Vec<(NodeId, SocketAddr)> {
-        self.state.lock().unwrap().table.closest(target, K)
+        self.state().table.closest(target, K)
     }
 
     /// The families we ask for in `find_node` and `get_peers`: ours, and
@@ -400,7 +421,7 @@ impl Node {
         }
         let (tx, rx) = oneshot::channel();
         let (guard, own) = {
-            let mut s = self.state.lock().unwrap();
+            let mut s = self.state();
             if s.pending.len() >= MAX_PENDING {
                 return None;
             }
@@ -419,7 +440,7 @@ impl Node {
         let reply = if sent { tokio::time::timeout(QUERY_TIMEOUT, rx).await.ok().and_then(Result::ok) } else { None };
         drop(guard);
         if reply.is_none() {
-            self.state.lock().unwrap().table.failed(addr);
+            self.state().table.failed(addr);
         }
         reply
     }
@@ -467,7 +488,7 @@ impl Node {
             Lookup::Peers(h) => NodeId(h),
         };
         let (own, start) = {
-            let s = self.state.lock().unwrap();
+            let s = self.state();
             (s.table.own_id(), s.table.closest(&target, K * 2))
         };
         let mut shortlist: BTreeMap<[u8; 20], (SocketAddr, Contact)> = BTreeMap::new();
@@ -557,7 +578,7 @@ impl Node {
             });
         }
         while pings.join_next().await.is_some() {}
-        let own = self.state.lock().unwrap().table.own_id();
+        let own = self.state().table.own_id();
         let _ = self.lookup(Lookup::Nodes(own)).await;
         tracing::debug!(nodes = self.node_count(), "DHT bootstrap round done");
     }
@@ -587,14 +608,14 @@ impl Node {
                 }
                 Some(_) = pings.join_next(), if !pings.is_empty() => {}
                 _ = tick.tick() => {
-                    let questionable = self.state.lock().unwrap().table.questionable(self.now_secs(), 4);
+                    let questionable = self.state().table.questionable(self.now_secs(), 4);
                     for addr in questionable {
                         if pings.len() < 16 {
                             let dht = self.clone();
                             pings.spawn(async move { let _ = dht.query(addr, Query::Ping).await; });
                         }
                     }
-                    expire_store(&mut self.state.lock().unwrap().store);
+                    expire_store(&mut self.state().store);
                 }
             }
         }
@@ -732,7 +753,7 @@ mod tests {
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let q = node.query(silent.local_addr().unwrap(), Query::Ping);
         assert!(tokio::time::timeout(Duration::from_millis(50), q).await.is_err());
-        assert_eq!(node.state.lock().unwrap().pending.len(), 0);
+        assert_eq!(node.state().pending.len(), 0);
         node.shutdown().await;
     }
 

@@ -56,6 +56,20 @@ pub struct Lsd {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+impl Lsd {
+    /// `tasks`, locked.
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        crate::locks::locked(&self.tasks)
+    }
+}
+
+impl Lsd {
+    /// `roster`, locked.
+    fn roster(&self) -> std::sync::MutexGuard<'_, Roster<PeerSink>> {
+        crate::locks::locked(&self.roster)
+    }
+}
+
 /// A torrent's place in the roster; dropping it takes the torrent out.
 pub struct Registration {
     lsd: Arc<Lsd>,
@@ -65,7 +79,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.lsd.roster.lock().unwrap().leave(self.hash, self.id);
+        self.lsd.roster().leave(self.hash, self.id);
     }
 }
 
@@ -103,7 +117,7 @@ impl Lsd {
         });
         let receive = tokio::spawn(lsd.clone().receive_loop());
         let announce = tokio::spawn(lsd.clone().announce_loop());
-        lsd.tasks.lock().unwrap().extend([receive, announce]);
+        lsd.tasks().extend([receive, announce]);
         tracing::info!(group = %message::GROUP, interface = %interface, "local service discovery on");
         Ok(lsd)
     }
@@ -111,7 +125,7 @@ impl Lsd {
     /// Puts a public torrent in the roster until the registration is dropped:
     /// it is announced, and peers announcing it are sent to `peers`.
     pub fn register(self: &Arc<Self>, hash: InfoHash, peers: PeerSink) -> Registration {
-        let id = self.roster.lock().unwrap().join(hash, peers, Instant::now());
+        let id = self.roster().join(hash, peers, Instant::now());
         self.joined.notify_one();
         Registration { lsd: self.clone(), hash, id }
     }
@@ -119,7 +133,7 @@ impl Lsd {
     /// Stops both tasks.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks());
         for t in tasks {
             let _ = t.await;
         }
@@ -129,7 +143,7 @@ impl Lsd {
         let to = SocketAddr::from((message::GROUP, message::PORT));
         loop {
             let (due, wake) = {
-                let mut roster = self.roster.lock().unwrap();
+                let mut roster = self.roster();
                 let due = roster.take_due(Instant::now(), message::HASHES_PER_MESSAGE);
                 (due, roster.next_wake())
             };
@@ -193,7 +207,7 @@ impl Lsd {
             }
         };
         let peer = SocketAddr::new(ip, announce.port);
-        let roster = self.roster.lock().unwrap();
+        let roster = self.roster();
         for hash in &announce.hashes {
             if let Some(sink) = roster.get(hash) {
                 // A full channel means the torrent has peers to dial already.

@@ -126,7 +126,7 @@ impl Entry {
 
     /// A torrent seeding data it does not own (cross-seeding).
     pub fn is_borrowed(&self) -> bool {
-        matches!(self, Entry::Torrent(t) if t.shared.status.lock().unwrap().record.borrowed)
+        matches!(self, Entry::Torrent(t) if t.shared.with_record(|r| r.borrowed))
     }
 
     /// The name `status` shows for this entry; none while it is reserved.

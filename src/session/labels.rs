@@ -103,7 +103,7 @@ impl Session {
     /// Forgets tags, and takes them off every torrent that has them.
     pub async fn delete_tags(&self, gone: &[String]) -> Result<(), SessionError> {
         let mut book = self.tags.lock().await;
-        let hashes: Vec<InfoHash> = self.registry.lock().unwrap().keys().copied().collect();
+        let hashes: Vec<InfoHash> = self.registry().keys().copied().collect();
         let change = LabelChange::RemoveTags(gone.to_vec());
         for hash in hashes {
             match self.relabel(hash, &change).await {
@@ -153,7 +153,7 @@ impl Session {
     /// file. Called with the tag book's lock held.
     async fn relabel(&self, hash: InfoHash, change: &LabelChange) -> Result<Named, SessionError> {
         let named = self.named(&hash)?;
-        let target = match self.registry.lock().unwrap().get_mut(&hash) {
+        let target = match self.registry().get_mut(&hash) {
             Some(Entry::Torrent(t)) => Target::Torrent(t.shared.clone()),
             Some(Entry::Magnet(m)) => {
                 let o = &mut m.opts;
@@ -170,12 +170,13 @@ impl Session {
         match target {
             Target::Torrent(shared) => {
                 let changed = {
-                    let record = &mut shared.status.lock().unwrap().record;
-                    change.apply(Labels {
-                        category: &mut record.category,
-                        tags: &mut record.tags,
-                        share: &mut record.share,
-                        name: &mut record.shown_name,
+                    shared.with_record(|record| {
+                        change.apply(Labels {
+                            category: &mut record.category,
+                            tags: &mut record.tags,
+                            share: &mut record.share,
+                            name: &mut record.shown_name,
+                        })
                     })?
                 };
                 if changed && !shared.save_resume(false).await {

@@ -255,7 +255,7 @@ async fn route(session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: A
         }
         Err(_) => return,
     };
-    let registry = session.registry.lock().unwrap();
+    let registry = session.registry();
     match registry.get(&hs.info_hash) {
         Some(Entry::Torrent(t)) => {
             stream.open_window();

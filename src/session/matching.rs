@@ -37,7 +37,7 @@ impl Found {
         self.file
     }
     pub fn source_hash(&self) -> crate::types::InfoHash {
-        self.source.meta.info_hash
+        self.source.meta().info_hash
     }
 }
 
@@ -46,7 +46,7 @@ impl Found {
 pub(super) fn find(meta: &Metainfo, sources: &[Arc<TorrentShared>], mode: MatchMode) -> Vec<Found> {
     let mut by_key: HashMap<(Vec<String>, u64), (usize, usize)> = HashMap::new();
     for (si, s) in sources.iter().enumerate() {
-        for (fi, f) in s.meta.files.iter().enumerate().filter(|(_, f)| !f.padding && f.length > 0) {
+        for (fi, f) in s.meta().files.iter().enumerate().filter(|(_, f)| !f.padding && f.length > 0) {
             by_key.entry(key(f, mode)).or_insert((si, fi));
         }
     }
@@ -76,7 +76,7 @@ fn key(f: &FileEntry, mode: MatchMode) -> (Vec<String>, u64) {
 /// cannot be told apart alone, and is not taken).
 fn verifies(meta: &Metainfo, i: usize, source: &TorrentShared, fi: usize) -> bool {
     let Some(storage) = source.storage() else { return false };
-    let (f, g) = (&meta.files[i], &source.meta.files[fi]);
+    let (f, g) = (&meta.files[i], &source.meta().files[fi]);
     let first = f.offset.div_ceil(meta.piece_length) as usize;
     let mut checked = 0;
     for p in first..meta.piece_count() {
@@ -116,7 +116,7 @@ pub(super) fn link_all(meta: &Metainfo, place: &Place, found: &[Found], mode: Li
 
 fn link_one(meta: &Metainfo, place: &Place, m: &Found, mode: LinkMode) -> io::Result<()> {
     let source_place = m.source.place();
-    let (src_dirs, src_name) = nofollow::names(&source_place, &m.source.meta, m.source_file);
+    let (src_dirs, src_name) = nofollow::names(&source_place, m.source.meta(), m.source_file);
     let src_root = nofollow::open_place_dir(&source_place, false)?;
     let src_dir = nofollow::walk(src_root.as_fd(), &src_dirs)?;
     let (dirs, name) = nofollow::names(place, meta, m.file);

@@ -66,6 +66,13 @@ pub struct Session {
     tags: tokio::sync::Mutex<tags::TagBook>,
 }
 
+impl Session {
+    /// `registry`, locked.
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Entry>> {
+        crate::locks::locked(&self.registry)
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddOutcome {
     Added,
@@ -87,7 +94,7 @@ impl Session {
     /// incoming connection names its torrent (or magnet). One SHA-1 per
     /// entry, under the registry's lock and no `.await`.
     pub fn find_req2(&self, req2: &[u8; 20]) -> Option<[u8; 20]> {
-        let registry = self.registry.lock().unwrap();
+        let registry = self.registry();
         registry.keys().map(|h| h.0).find(|h| crate::mse::req2(h) == *req2)
     }
 
@@ -149,7 +156,7 @@ impl Session {
                         p.learn_sub(&root, &sub);
                     }
                     // Torrents seeding shared data (cross-seeding) share a name by design.
-                    let owner = name_owner(&self.registry.lock().unwrap(), &meta.name);
+                    let owner = name_owner(&self.registry(), &meta.name);
                     if let Some(other) = owner.filter(|_| !record.borrowed) {
                         // Saved by a version that let two torrents share files.
                         tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), other = %other.short(),
@@ -180,8 +187,8 @@ impl Session {
         let removals = self.removals.clone();
         // Spawned under the registry's lock, so that nothing the task does
         // can find its entry missing.
-        let mut registry = self.registry.lock().unwrap();
-        let span = crate::logfmt::torrent_span(&shared.meta.name, &hash);
+        let mut registry = self.registry();
+        let span = crate::logfmt::torrent_span(&shared.meta().name, &hash);
         let task = self.tasks.spawn({
             let (shared, cancel) = (shared.clone(), cancel.clone());
             async move {
@@ -202,7 +209,7 @@ impl Session {
         let hash = magnet.info_hash;
         // Spawned under the registry's lock: a fetch can finish within a
         // millisecond, and its metadata must find the magnet in place.
-        let mut registry = self.registry.lock().unwrap();
+        let mut registry = self.registry();
         let fetch = (!paused).then(|| self.spawn_fetch(&magnet));
         registry.insert(hash, Entry::Magnet(MagnetEntry { magnet, fetch, error: None, opts: Box::new(opts) }));
     }
@@ -226,12 +233,12 @@ impl Session {
     }
 
     fn put(&self, hash: InfoHash, entry: Entry) {
-        self.registry.lock().unwrap().insert(hash, entry);
+        self.registry().insert(hash, entry);
     }
 
     /// Takes an entry out for a change that awaits, leaving its slot reserved.
     fn take(&self, hash: &InfoHash) -> Option<Entry> {
-        let mut registry = self.registry.lock().unwrap();
+        let mut registry = self.registry();
         match registry.get(hash)? {
             Entry::Reserved(_) => None,
             e => {
@@ -242,7 +249,7 @@ impl Session {
     }
 
     fn release(&self, hash: &InfoHash) {
-        let mut registry = self.registry.lock().unwrap();
+        let mut registry = self.registry();
         if matches!(registry.get(hash), Some(Entry::Reserved(_))) {
             registry.remove(hash);
         }
@@ -294,7 +301,7 @@ impl Session {
 
     /// The other torrents seeding `hash`'s data (the same files).
     pub fn sharing(&self, hash: &InfoHash) -> Vec<InfoHash> {
-        shared::sharing(&self.registry.lock().unwrap(), hash)
+        shared::sharing(&self.registry(), hash)
     }
 
     async fn add_torrent(
@@ -307,7 +314,7 @@ impl Session {
     ) -> std::io::Result<AddOutcome> {
         let hash = meta.info_hash;
         let replaced = {
-            let mut registry = self.registry.lock().unwrap();
+            let mut registry = self.registry();
             let claim = Entry::Reserved(Some(meta.name.clone()));
             let fresh = matches!((registry.get(&hash), origin), (Some(Entry::Magnet(_)), _) | (None, Origin::User));
             if !fresh {
@@ -398,7 +405,7 @@ impl Session {
             return Vec::new();
         }
         let sources: Vec<Arc<crate::torrent::TorrentShared>> = {
-            let registry = self.registry.lock().unwrap();
+            let registry = self.registry();
             registry
                 .values()
                 .filter_map(|e| match e {
@@ -468,7 +475,7 @@ impl Session {
     /// A magnet's metadata cannot become a torrent: it stays, in error.
     fn magnet_failed(&self, hash: &InfoHash, name: &str, why: String) {
         tracing::warn!(torrent = %name, hash = %hash.short(), reason = %why, "cannot start the torrent of this magnet");
-        if let Some(Entry::Magnet(m)) = self.registry.lock().unwrap().get_mut(hash) {
+        if let Some(Entry::Magnet(m)) = self.registry().get_mut(hash) {
             m.error = Some(why);
         }
     }
@@ -491,7 +498,7 @@ impl Session {
         }
         let hash = magnet.info_hash;
         {
-            let mut registry = self.registry.lock().unwrap();
+            let mut registry = self.registry();
             if registry.contains_key(&hash) {
                 return Ok(AddOutcome::AlreadyManaged);
             }
@@ -519,7 +526,7 @@ impl Session {
 
     pub fn statuses(&self) -> Vec<TorrentStatus> {
         let sources: Vec<StatusSource> = {
-            let registry = self.registry.lock().unwrap();
+            let registry = self.registry();
             registry.iter().filter_map(|(hash, e)| e.status_source(hash)).collect()
         };
         let mut files = HashMap::new();
@@ -527,7 +534,7 @@ impl Session {
             .into_iter()
             .map(|s| match s {
                 StatusSource::Torrent(shared) => {
-                    files.insert(shared.meta.info_hash.hex(), shared::inodes(&shared));
+                    files.insert(shared.meta().info_hash.hex(), shared::inodes(&shared));
                     shared.status()
                 }
                 StatusSource::Ready(status) => self.magnet_status(*status),
@@ -552,7 +559,7 @@ impl Session {
 
     /// The status of one torrent or magnet, without building every other's.
     pub fn status_of(&self, hash: &InfoHash) -> Option<TorrentStatus> {
-        let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
+        let source = self.registry().get(hash)?.status_source(hash)?;
         Some(match source {
             StatusSource::Torrent(shared) => self.with_shares(hash, shared.status()),
             StatusSource::Ready(status) => self.magnet_status(*status),
@@ -562,7 +569,7 @@ impl Session {
     /// One torrent's shared state (its metainfo, pieces, counters), for a
     /// detail of that torrent alone; none for a magnet or a stranger.
     pub fn torrent(&self, hash: &InfoHash) -> Option<Arc<TorrentShared>> {
-        match self.registry.lock().unwrap().get(hash)? {
+        match self.registry().get(hash)? {
             Entry::Torrent(t) => Some(t.shared.clone()),
             _ => None,
         }
@@ -571,7 +578,7 @@ impl Session {
     /// One torrent's status with its files and peers (`dropseed top`'s
     /// detail view); a magnet has no files yet and an empty detail.
     pub fn detail_of(&self, hash: &InfoHash) -> Option<(TorrentStatus, crate::torrent::detail::TorrentDetail)> {
-        let source = self.registry.lock().unwrap().get(hash)?.status_source(hash)?;
+        let source = self.registry().get(hash)?.status_source(hash)?;
         Some(match source {
             StatusSource::Torrent(shared) => (self.with_shares(hash, shared.status()), shared.detail()),
             StatusSource::Ready(status) => (self.magnet_status(*status), Default::default()),
@@ -581,7 +588,7 @@ impl Session {
     /// Finds a torrent by name, name prefix or hash (see `lookup`), reading
     /// only names and hashes: no torrent's status is built.
     pub fn find(&self, id: &str) -> Result<InfoHash, SessionError> {
-        let registry = self.registry.lock().unwrap();
+        let registry = self.registry();
         let named: Vec<(String, InfoHash)> =
             registry.iter().filter_map(|(hash, e)| Some((e.display_name()?, *hash))).collect();
         drop(registry);
@@ -593,7 +600,7 @@ impl Session {
 
     /// The torrent or magnet of `hash` as replies name it.
     fn named(&self, hash: &InfoHash) -> Result<Named, SessionError> {
-        let registry = self.registry.lock().unwrap();
+        let registry = self.registry();
         match registry.get(hash) {
             None => Err(not_managed(hash)),
             Some(e) => e.display_name().map(|name| Named { name, hash: *hash }).ok_or(SessionError::Busy(*hash)),
@@ -603,7 +610,7 @@ impl Session {
     /// Pause, resume or recheck, for torrents and magnets alike. A pause or
     /// resume answers with the state the torrent reached.
     pub async fn command(self: &Arc<Self>, hash: InfoHash, cmd: Cmd) -> Result<CommandOutcome, SessionError> {
-        let torrent = match self.registry.lock().unwrap().get(&hash) {
+        let torrent = match self.registry().get(&hash) {
             Some(Entry::Torrent(t)) => Some((t.cmd.clone(), t.shared.clone())),
             Some(Entry::Magnet(_)) => None,
             Some(Entry::Reserved(_)) => return Err(SessionError::Busy(hash)),
@@ -630,7 +637,7 @@ impl Session {
             (true, _) => {}
         }
         // Subscribed before the command goes, so its phase change is seen.
-        let mut changes = shared.phase_changes.subscribe();
+        let mut changes = shared.phase_changes();
         sender.send(cmd).await.map_err(|_| SessionError::Gone(hash))?;
         let deadline = tokio::time::Instant::now() + STATE_WAIT;
         loop {
@@ -653,7 +660,7 @@ impl Session {
     async fn magnet_command(self: &Arc<Self>, hash: &InfoHash, cmd: Cmd) -> Result<CommandOutcome, SessionError> {
         use crate::torrent::TorrentState::{Metadata, Paused};
         // What changes nothing is answered without taking the entry out.
-        let (fetching, named) = match self.registry.lock().unwrap().get(hash) {
+        let (fetching, named) = match self.registry().get(hash) {
             Some(Entry::Magnet(m)) => (m.fetch.is_some(), Named { name: m.magnet.display_name(), hash: *hash }),
             _ => return Err(SessionError::Busy(*hash)),
         };
@@ -676,7 +683,7 @@ impl Session {
         }
         let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.opts).await;
         tracing::info!(torrent = %named.name, hash = %hash.short(), "resumed");
-        let mut registry = self.registry.lock().unwrap();
+        let mut registry = self.registry();
         m.error = None;
         m.fetch = Some(self.spawn_fetch(&m.magnet));
         registry.insert(*hash, Entry::Magnet(m));
@@ -730,7 +737,7 @@ impl Session {
 
     /// Deletes a stopped torrent's state files, and its data if asked.
     async fn forget_torrent(&self, shared: &Arc<TorrentShared>, delete_data: bool) -> Result<Removed, SessionError> {
-        let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta.info_hash, shared.name().to_string());
+        let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta().info_hash, shared.name().to_string());
         let _ = tokio::task::spawn_blocking(move || {
             for p in [resume::torrent_path(&dir, &hash), resume::resume_path(&dir, &hash)] {
                 let _ = std::fs::remove_file(p);
@@ -740,11 +747,11 @@ impl Session {
         let torrent = Named { name: name.clone(), hash };
         let mut kept = None;
         if delete_data {
-            let others = shared::others(&self.registry.lock().unwrap(), &hash);
+            let others = shared::others(&self.registry(), &hash);
             let (s, place) = (shared.clone(), shared.place());
-            let recorded = shared.status.lock().unwrap().record.stamps.clone();
+            let recorded = shared.with_record(|r| r.stamps.clone());
             let r = self.env.disk.run(move || {
-                let _no_move_under_way = s.moving.lock().unwrap();
+                let _no_move_under_way = s.hold_moves();
                 // Files other torrents seed are kept (cross-seeding).
                 let in_use = shared::files_in_use(&others);
                 // Only files proven the torrent's go: those it has open, or
@@ -752,7 +759,7 @@ impl Session {
                 // regular files of the right length, reached without a link).
                 let stamps = s.storage().map(|st| st.stamps()).unwrap_or(recorded);
                 let expect = if stamps.is_empty() { Expect::Length } else { Expect::Stamps(&stamps) };
-                delete_files_unused(&s.meta, &place, &expect, &in_use)
+                delete_files_unused(s.meta(), &place, &expect, &in_use)
             });
             match r.await {
                 Ok(Err(e)) => return Err(SessionError::DataLeft { torrent, why: e.to_string() }),
@@ -773,7 +780,7 @@ impl Session {
     pub fn set_config(&self, config: Arc<Config>) {
         self.env.download_limit.set_rate(config.limits.download_rate.0);
         self.env.upload_limit.set_rate(config.limits.upload_rate.0);
-        *self.env.config.write().unwrap() = config;
+        self.env.set_config(config);
     }
 
     /// Stops every task (each torrent announces `stopped` and saves its

@@ -28,7 +28,7 @@ pub(super) fn borrowable(registry: &HashMap<InfoHash, Entry>, name: &str) -> Res
     for (hash, e) in registry.iter().filter(|(_, e)| e.claimed_name() == Some(name)) {
         if let Entry::Torrent(t) = e {
             let place = t.shared.place();
-            let moving = t.shared.status.lock().unwrap().record.moving.is_some();
+            let moving = t.shared.with_record(|r| r.moving.is_some());
             if place.settled && !moving && t.shared.is_complete() {
                 return Ok(Some(place));
             }
@@ -65,8 +65,7 @@ pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> V
 /// (device, inode) of a torrent's files as its record last stamped them
 /// (no system call: statuses are built on the async workers).
 pub(super) fn inodes(t: &TorrentShared) -> HashSet<(u64, u64)> {
-    let record = &t.status.lock().unwrap().record;
-    record.stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)).collect()
+    t.with_record(|record| record.stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)).collect())
 }
 
 /// Fills each status's `shared_with`: the torrents whose data is at the
@@ -110,7 +109,7 @@ pub(super) fn files_in_use(others: &[Arc<TorrentShared>]) -> HashSet<(u64, u64)>
     for t in others {
         let stamps = match t.storage() {
             Some(s) => s.stamps(),
-            None => t.status.lock().unwrap().record.stamps.clone(),
+            None => t.with_record(|r| r.stamps.clone()),
         };
         used.extend(stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)));
     }

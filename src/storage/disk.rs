@@ -20,6 +20,13 @@ pub struct DiskPool {
 }
 
 impl DiskPool {
+    /// `threads`, locked.
+    fn workers(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        crate::locks::locked(&self.threads)
+    }
+}
+
+impl DiskPool {
     /// `threads` = 0 means one per core (at least 2).
     pub fn new(threads: usize, queue: usize) -> DiskPool {
         let n = if threads == 0 {
@@ -50,7 +57,7 @@ impl DiskPool {
     }
 
     pub fn threads(&self) -> usize {
-        self.threads.lock().unwrap().len()
+        self.workers().len()
     }
 
     /// Runs `f` on a disk thread and waits for its result.
@@ -81,7 +88,7 @@ impl DiskPool {
     /// Lets queued jobs finish, then joins the threads.
     pub fn shutdown(&self) {
         self.tx.close();
-        for t in self.threads.lock().unwrap().drain(..) {
+        for t in self.workers().drain(..) {
             let _ = t.join();
         }
     }

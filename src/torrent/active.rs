@@ -104,8 +104,8 @@ pub(super) async fn run(
 impl<'a> Active<'a> {
     fn new(shared: &'a Arc<TorrentShared>, child: CancellationToken, complete: bool) -> Active<'a> {
         let totals = (shared.received.load(Ordering::Relaxed), shared.uploaded.load(Ordering::Relaxed));
-        let have = shared.inner.lock().unwrap().have.count();
-        let remembered = shared.status.lock().unwrap().record.peers.iter().filter_map(|p| p.parse().ok()).collect();
+        let have = shared.lock().have().count();
+        let remembered = shared.status_cell().record.peers.iter().filter_map(|p| p.parse().ok()).collect();
         Active {
             shared,
             peers: JoinSet::new(),
@@ -209,7 +209,7 @@ impl<'a> Active<'a> {
     /// A piece was verified (or a write failed): notes completion, which
     /// frees the download slot.
     async fn on_new_piece(&mut self, slot: &mut Option<OwnedSemaphorePermit>) -> Option<Outcome> {
-        if let Some(e) = self.shared.inner.lock().unwrap().disk_error.take() {
+        if let Some(e) = self.shared.lock().take_disk_error() {
             return Some(Outcome::DiskFailed(e));
         }
         if slot.is_none() || !self.shared.is_complete() {
@@ -217,10 +217,10 @@ impl<'a> Active<'a> {
         }
         *slot = None;
         self.completed_tx.send_replace(true);
-        self.shared.status.lock().unwrap().record.completed_at = now_unix();
+        self.shared.status_cell().record.completed_at = now_unix();
         let secs = self.started.0.elapsed().as_secs_f64().max(0.001);
         let got = self.shared.received.load(Ordering::Relaxed).saturating_sub(self.started.1);
-        let category = self.shared.status.lock().unwrap().record.category.clone();
+        let category = self.shared.status_cell().record.category.clone();
         tracing::info!(
             torrent = %self.shared.name(),
             size = %human_bytes(self.shared.meta.total_length),
@@ -236,7 +236,7 @@ impl<'a> Active<'a> {
             self.shared.run_hook(HookEvent::Complete);
         }
         self.shared.save_resume(false).await;
-        let have = self.shared.inner.lock().unwrap().have.count();
+        let have = self.shared.lock().have().count();
         self.clock.saved(Instant::now(), have);
         self.start_handoff().await;
         None
@@ -260,19 +260,19 @@ impl<'a> Active<'a> {
             tracing::warn!(torrent = %shared.name(), taken = %target.dir.join(&shared.meta.name).display(),
                 instead = %target.name, "name already taken in the complete folder; not overwriting it");
         }
-        shared.status.lock().unwrap().record.moving = Some(target.clone());
+        shared.status_cell().record.moving = Some(target.clone());
         if !shared.save_resume(true).await {
             // Not moved without the record naming the target (tried again
             // at the next start or resume).
             return;
         }
-        let recorded = shared.status.lock().unwrap().record.stamps.clone();
+        let recorded = shared.status_cell().record.stamps.clone();
         let ctl = Arc::new(MoveControl::default());
         let c = ctl.clone();
         let span = tracing::Span::current();
         let job = tokio::task::spawn_blocking(move || {
             let _in_span = span.enter();
-            let _one_move = shared.moving.lock().unwrap();
+            let _one_move = shared.hold_moves();
             handoff::finish_move(&shared.meta, &from, &target, shared.storage().map(|s| &**s), &recorded, &c)
         });
         self.handoff = Some((job, ctl));
@@ -287,7 +287,7 @@ impl<'a> Active<'a> {
         };
         tracing::info!(torrent = %self.shared.name(), path = %place.top().display(), "moved to the complete folder");
         {
-            let mut s = self.shared.status.lock().unwrap();
+            let mut s = self.shared.status_cell();
             s.record.place = Some(place);
             s.record.moving = None;
         }
@@ -305,7 +305,7 @@ impl<'a> Active<'a> {
         let seeding = self.shared.is_complete();
         let facts = clock::Facts {
             received: self.shared.received.load(Ordering::Relaxed),
-            have: self.shared.inner.lock().unwrap().have.count(),
+            have: self.shared.lock().have().count(),
             downloading,
             others_queued: env.queued.load(Ordering::Relaxed) > 0,
             seeding,
@@ -315,7 +315,7 @@ impl<'a> Active<'a> {
         };
         let plan = self.clock.tick(now, facts);
         self.update_rates(plan.elapsed);
-        self.shared.status.lock().unwrap().record.active_secs += plan.active_secs;
+        self.shared.status_cell().record.active_secs += plan.active_secs;
         if let Some(quiet) = plan.stalled {
             tracing::debug!(torrent = %self.shared.name(), quiet = %human_duration(quiet.as_secs()), "download stalled");
             return (plan.next_tick, Some(Outcome::Stalled));
@@ -324,7 +324,7 @@ impl<'a> Active<'a> {
             self.choke_round(now);
         }
         self.dial_learned(now);
-        if let Some(e) = self.shared.inner.lock().unwrap().disk_error.take() {
+        if let Some(e) = self.shared.lock().take_disk_error() {
             return (plan.next_tick, Some(Outcome::DiskFailed(e)));
         }
         // Limits wait for the data to be delivered to its complete folder.
@@ -332,7 +332,7 @@ impl<'a> Active<'a> {
             let uploaded = self.shared.uploaded.load(Ordering::Relaxed);
             let moved = std::mem::replace(&mut self.last_uploaded, uploaded) != uploaded;
             {
-                let record = &mut self.shared.status.lock().unwrap().record;
+                let record = &mut self.shared.status_cell().record;
                 record.seeding_secs += plan.seeded_secs;
                 record.seed_idle_secs = if moved { 0 } else { record.seed_idle_secs + plan.seeded_secs };
             }
@@ -381,7 +381,7 @@ impl<'a> Active<'a> {
 
     /// Peers from PEX, due retries, and when alone, the remembered ones.
     fn dial_learned(&mut self, now: Instant) {
-        let mut learned = std::mem::take(&mut self.shared.inner.lock().unwrap().pex_learned);
+        let mut learned = self.shared.lock().take_pex();
         self.book.queue_due(now);
         if self.peers.is_empty() && !self.book.has_queued() {
             learned.extend_from_slice(&self.remembered);
@@ -399,7 +399,7 @@ impl<'a> Active<'a> {
             ctl.stop.store(true, Ordering::Relaxed);
             if let Ok(Ok(place)) = job.await {
                 {
-                    let mut s = self.shared.status.lock().unwrap();
+                    let mut s = self.shared.status_cell();
                     s.record.place = Some(place);
                     s.record.moving = None;
                 }
@@ -416,7 +416,7 @@ impl<'a> Active<'a> {
             let _ = d.await;
         }
         {
-            let mut s = self.shared.status.lock().unwrap();
+            let mut s = self.shared.status_cell();
             s.download_rate = 0;
             s.upload_rate = 0;
         }
@@ -440,14 +440,8 @@ impl<'a> Active<'a> {
             let Some(addr) = self.book.next_to_dial() else {
                 break;
             };
-            {
-                let inner = self.shared.inner.lock().unwrap();
-                if inner.peers.contains_key(&addr)
-                    || inner.banned_addrs.contains(&addr)
-                    || inner.peers_at(addr.ip()) >= per_ip
-                {
-                    continue;
-                }
+            if !self.shared.lock().peers().may_dial(addr, per_ip) {
+                continue;
             }
             let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
                 break;
@@ -477,7 +471,7 @@ impl<'a> Active<'a> {
             let limits = &self.shared.env.config().limits;
             (limits.max_peers_per_torrent, limits.max_peers_per_ip)
         };
-        if self.shared.inner.lock().unwrap().peers_at(addr.ip()) >= per_ip {
+        if self.shared.lock().peers().at_host(addr.ip()) >= per_ip {
             return;
         }
         let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
@@ -503,13 +497,15 @@ impl<'a> Active<'a> {
     /// puts the newcomer's host in the penalty box.
     fn make_room(&mut self, ip: std::net::IpAddr, full: bool) -> bool {
         let now = Instant::now();
-        let inner = self.shared.inner.lock().unwrap();
-        let peers = if full { eviction_candidates(&inner.peers) } else { Vec::new() };
+        let inner = self.shared.lock();
+        let peers = if full { eviction_candidates(inner.peers()) } else { Vec::new() };
         match evict::admit(ip, full, &peers, &self.penalty, now) {
             evict::Admission::Room => true,
             evict::Admission::Evict(victim) => {
                 tracing::debug!(torrent = %self.shared.name(), peer = %victim, "idle peer closed to make room");
-                inner.peers[&victim].kick();
+                if let Some(victim) = inner.peers().get(&victim) {
+                    victim.kick();
+                }
                 self.penalty.evicted(ip, now);
                 true
             }
@@ -531,7 +527,7 @@ impl<'a> Active<'a> {
         let (d, u, secs) = self.rate_window.iter().fold((0, 0, 0.0), |acc, x| (acc.0 + x.0, acc.1 + x.1, acc.2 + x.2));
         let secs = secs.max(0.001);
         let moved = self.rate_window.back().is_some_and(|x| x.0 > 0 || x.1 > 0);
-        let mut s = self.shared.status.lock().unwrap();
+        let mut s = self.shared.status_cell();
         s.download_rate = (d as f64 / secs) as u64;
         s.upload_rate = (u as f64 / secs) as u64;
         if moved {
@@ -543,8 +539,7 @@ impl<'a> Active<'a> {
         let secs = self.clock.since_choke(now).as_secs_f64().max(1.0);
         self.clock.choked(now);
         let seeding = self.shared.is_complete();
-        let handles: Vec<(PeerKey, Arc<PeerHandle>)> =
-            self.shared.inner.lock().unwrap().peers.iter().map(|(k, h)| (*k, h.clone())).collect();
+        let handles: Vec<(PeerKey, Arc<PeerHandle>)> = self.shared.lock().peers().snapshot();
         let inputs = choke_inputs(&handles, seeding, secs);
         self.choker.set_slots(self.shared.env.config().limits.upload_slots);
         let unchoked = self.choker.run(&inputs);
@@ -558,7 +553,7 @@ impl<'a> Active<'a> {
 }
 
 /// What eviction looks at in each peer not already being closed.
-fn eviction_candidates(peers: &std::collections::HashMap<PeerKey, Arc<PeerHandle>>) -> Vec<evict::Candidate> {
+fn eviction_candidates(peers: &super::PeerTable) -> Vec<evict::Candidate> {
     peers
         .iter()
         .filter(|(_, h)| !h.close.load(Ordering::Relaxed))

@@ -5,7 +5,7 @@
 
 use super::peer::PeerConn;
 use super::picker::PeerKey;
-use super::{PeerHandle, TorrentShared};
+use super::{PeerHandle, Refusal, TorrentShared};
 use crate::conn::{self, ConnEnd, Transport, Way};
 use crate::wire::Handshake;
 use std::net::SocketAddr;
@@ -88,19 +88,14 @@ fn register(
     if peer_id == shared.env.peer_id.0 {
         return Err(ConnEnd::Ourselves);
     }
-    let mut inner = shared.inner.lock().unwrap();
-    if inner.banned_ids.contains(&peer_id) || inner.banned_addrs.contains(&addr) {
-        return Err(ConnEnd::Banned);
-    }
-    if inner.peers.contains_key(&addr) || inner.peers.values().any(|p| p.peer_id == peer_id) {
-        return Err(ConnEnd::AlreadyConnected);
-    }
-    if inner.peers_at(addr.ip()) >= shared.env.config().limits.max_peers_per_ip {
-        return Err(ConnEnd::IpFull);
-    }
+    let per_host = shared.env.config().limits.max_peers_per_ip;
     let handle = Arc::new(PeerHandle::new(peer_id, listen));
-    inner.peers.insert(addr, handle.clone());
-    Ok(handle)
+    match shared.lock().peers_mut().admit(addr, handle.clone(), per_host) {
+        Ok(()) => Ok(handle),
+        Err(Refusal::Banned) => Err(ConnEnd::Banned),
+        Err(Refusal::AlreadyConnected) => Err(ConnEnd::AlreadyConnected),
+        Err(Refusal::HostFull) => Err(ConnEnd::IpFull),
+    }
 }
 
 /// The DHT bit is set only where the DHT may be used: never for private torrents.

@@ -50,9 +50,8 @@ pub struct PeerView {
 impl TorrentShared {
     pub fn detail(&self) -> TorrentDetail {
         let (have, peers) = {
-            let inner = self.inner.lock().unwrap();
-            let peers: Vec<_> = inner.peers.iter().map(|(k, p)| (*k, p.clone())).collect();
-            (inner.have.clone(), peers)
+            let inner = self.lock();
+            (inner.have().clone(), inner.peers().snapshot())
         };
         let files: Vec<&FileEntry> = self.meta.files.iter().filter(|f| !f.padding).collect();
         TorrentDetail {

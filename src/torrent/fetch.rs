@@ -77,6 +77,27 @@ struct Ctx {
     progress: Arc<MagnetProgress>,
 }
 
+impl Ctx {
+    /// `good_peers`, locked.
+    fn good_peers(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
+        crate::locks::locked(&self.good_peers)
+    }
+}
+
+impl Ctx {
+    /// `result`, locked.
+    fn result(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        crate::locks::locked(&self.result)
+    }
+}
+
+impl Ctx {
+    /// `assembler`, locked.
+    fn assembler(&self) -> std::sync::MutexGuard<'_, MetadataAssembler> {
+        crate::locks::locked(&self.assembler)
+    }
+}
+
 /// The tracker sees a magnet as a leecher with unknown bytes left. Its
 /// announce record is kept in a resume record of its own, so a restart
 /// during the fetch does not announce again too soon (the torrent it turns
@@ -143,10 +164,10 @@ pub async fn run(
     conns.tasks.shutdown().await;
     // Both end on `done`; the tracker's `stopped` announce is bounded.
     while helpers.join_next().await.is_some() {}
-    let info = ctx.result.lock().unwrap().take()?;
+    let info = ctx.result().take()?;
     match Metainfo::from_info_bytes(&info, tiers) {
         Ok(meta) => {
-            let mut peers = std::mem::take(&mut *ctx.good_peers.lock().unwrap());
+            let mut peers = std::mem::take(&mut *ctx.good_peers());
             peers.extend(magnet.peers.iter().copied());
             peers.sort();
             peers.dedup();
@@ -279,7 +300,7 @@ impl Connections {
     fn dial(&mut self, ctx: &Arc<Ctx>) {
         while self.tasks.len() < MAX_CONNECTIONS {
             let Some(addr) = self.book.next_to_dial() else { break };
-            if self.connected.contains(&addr) || ctx.assembler.lock().unwrap().is_banned(&addr) {
+            if self.connected.contains(&addr) || ctx.assembler().is_banned(&addr) {
                 continue;
             }
             self.connected.insert(addr);
@@ -322,7 +343,7 @@ async fn outgoing(ctx: &Arc<Ctx>, addr: SocketAddr) -> ConnEnd {
             Err(end) => return end,
         },
     };
-    ctx.good_peers.lock().unwrap().push(addr);
+    ctx.good_peers().push(addr);
     exchange(ctx, transport, addr, theirs).await
 }
 
@@ -353,7 +374,7 @@ async fn exchange(ctx: &Arc<Ctx>, transport: Transport, addr: SocketAddr, theirs
         outstanding: 0,
     };
     let end = conn::run(transport, &mut handler, &ctx.done).await;
-    ctx.assembler.lock().unwrap().release(addr);
+    ctx.assembler().release(addr);
     ctx.blocks_freed.notify_waiters();
     end
 }
@@ -384,7 +405,7 @@ impl MetadataConn {
     fn on_ext_handshake(&mut self, payload: &[u8]) -> Result<(), ConnEnd> {
         let hs = ExtHandshake::decode(payload).ok_or(ConnEnd::Protocol("unreadable extension handshake".into()))?;
         if let Some(l) = hs.listen_addr(self.addr) {
-            let mut good = self.ctx.good_peers.lock().unwrap();
+            let mut good = self.ctx.good_peers();
             if !good.contains(&l) {
                 good.push(l);
             }
@@ -392,7 +413,7 @@ impl MetadataConn {
         let unsuitable = |why: &str| ConnEnd::Unsuitable(why.to_string());
         self.their_metadata_id = Some(hs.id_of(extension::UT_METADATA).ok_or(unsuitable("does not serve metadata"))?);
         let size = hs.metadata_size().map_err(ConnEnd::Protocol)?.ok_or(unsuitable("does not have the metadata"))?;
-        self.ctx.assembler.lock().unwrap().offer_size(self.addr, size).map_err(ConnEnd::Protocol)?;
+        self.ctx.assembler().offer_size(self.addr, size).map_err(ConnEnd::Protocol)?;
         self.their_size = Some(size);
         Ok(())
     }
@@ -423,7 +444,7 @@ impl MetadataConn {
         match outcome {
             DataOutcome::Stored => Ok(()),
             DataOutcome::Complete(info) => {
-                *self.ctx.result.lock().unwrap() = Some(info);
+                *self.ctx.result() = Some(info);
                 self.ctx.done.cancel();
                 Err(ConnEnd::Cancelled)
             }
@@ -501,7 +522,7 @@ impl Handler for MetadataConn {
         let Some(id) = self.their_metadata_id else {
             return;
         };
-        let mut assembler = self.ctx.assembler.lock().unwrap();
+        let mut assembler = self.ctx.assembler();
         if let (None, Some(size)) = (assembler.size(), self.their_size) {
             // Refused if this peer's size is not the one now taken.
             let _ = assembler.offer_size(self.addr, size);

@@ -1,7 +1,7 @@
 //! One torrent: its shared state (pieces, peers, counters) and the pieces of
 //! logic that touch it from several tasks.
 //!
-//! Lock order: the session's torrent map, then [`TorrentShared::inner`], then
+//! Lock order: the session's torrent map, then [`TorrentShared::lock`], then
 //! a peer's control mutex. No lock here is ever held across an `.await`.
 
 mod active;
@@ -19,9 +19,11 @@ pub mod phase;
 pub mod picker;
 pub mod prepare;
 pub mod ratelimit;
+mod state;
 pub mod task;
 
 use crate::config::Config;
+use crate::locks::locked;
 use crate::metainfo::Metainfo;
 use crate::resume::ResumeRecord;
 use crate::share;
@@ -32,11 +34,10 @@ use crate::wire::BlockRef;
 use picker::{PeerKey, Picker};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify, Semaphore};
 
@@ -44,8 +45,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 /// old; the kernel has usually written it back by then.
 pub const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Pieces failed by a peer as the sole contributor before it is banned.
-pub const STRIKES_TO_BAN: u32 = 3;
+pub use state::{Inner, PeerTable, Refusal, STRIKES_TO_BAN};
 
 /// Everything a torrent needs from the session around it.
 pub struct Env {
@@ -83,6 +83,11 @@ pub struct Env {
 impl Env {
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
+    }
+
+    /// A reloaded config: what [`Env::config`] returns from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap() = config;
     }
 
     /// What outgoing connections may use, as configured now.
@@ -147,8 +152,8 @@ pub struct PeerHandle {
     pub close: AtomicBool,
     /// Where the peer accepts connections: the address we dialled, or its
     /// extension handshake's `p`. What PEX and the resume record pass on.
-    pub listen: Mutex<Option<SocketAddr>>,
-    pub cancels: Mutex<Vec<BlockRef>>,
+    listen: Mutex<Option<SocketAddr>>,
+    cancels: Mutex<Vec<BlockRef>>,
     pub notify: Notify,
     /// `(bytes_down, bytes_up)` at the last choking round.
     choke_mark: Mutex<(u64, u64)>,
@@ -177,8 +182,30 @@ impl PeerHandle {
     /// Bytes down and up since the last call (the choking round's window).
     pub fn bytes_since_mark(&self) -> (u64, u64) {
         let now = (self.bytes_down.load(Ordering::Relaxed), self.bytes_up.load(Ordering::Relaxed));
-        let before = std::mem::replace(&mut *self.choke_mark.lock().unwrap(), now);
+        let before = std::mem::replace(&mut *locked(&self.choke_mark), now);
         (now.0.saturating_sub(before.0), now.1.saturating_sub(before.1))
+    }
+
+    /// Where the peer accepts connections, when known.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        *locked(&self.listen)
+    }
+
+    /// The address from the peer's extension handshake, unless one is
+    /// known already (the address we dialled stays).
+    pub fn learn_listen(&self, addr: SocketAddr) {
+        locked(&self.listen).get_or_insert(addr);
+    }
+
+    /// Asks the peer task to cancel a request it sent (endgame), and wakes it.
+    pub fn cancel(&self, block: BlockRef) {
+        locked(&self.cancels).push(block);
+        self.notify.notify_one();
+    }
+
+    /// The cancels asked for since the last call.
+    pub fn take_cancels(&self) -> Vec<BlockRef> {
+        std::mem::take(&mut *locked(&self.cancels))
     }
 
     pub fn kick(&self) {
@@ -187,94 +214,41 @@ impl PeerHandle {
     }
 }
 
-pub struct Inner {
-    pub have: Bitfield,
-    pub picker: Picker,
-    /// Verified pieces in the order they completed, for `have` broadcasts.
-    pub completed_order: Vec<u32>,
-    /// Verified and written, but not yet flushed to disk, with when.
-    pub unflushed: Vec<(u32, Instant)>,
-    pub peers: HashMap<PeerKey, Arc<PeerHandle>>,
-    pub strikes: HashMap<[u8; 20], u32>,
-    pub banned_ids: HashSet<[u8; 20]>,
-    pub banned_addrs: HashSet<PeerKey>,
-    pub disk_error: Option<String>,
-    /// Peers heard of through PEX, for the torrent task to dial.
-    pub pex_learned: Vec<SocketAddr>,
-    /// Bytes of verified pieces.
-    pub verified_bytes: u64,
-}
-
-impl Inner {
-    /// Connections this torrent has with one host: one IPv4 address (also
-    /// when it comes as `::ffff:a.b.c.d`) or one IPv6 /64, which one
-    /// subscriber usually holds whole.
-    pub fn peers_at(&self, ip: std::net::IpAddr) -> usize {
-        let host = crate::types::host_of(ip);
-        self.peers.keys().filter(|k| crate::types::host_of(k.ip()) == host).count()
-    }
-
-    /// A piece passed its hash check and sits in storage. The have bit, the
-    /// picker, the byte count and the unflushed list change together here
-    /// and in [`Inner::mark_lost`], nowhere else. Returns whether it is new.
-    pub fn mark_verified(&mut self, index: u32, piece_len: u32, now: Instant) -> bool {
-        self.picker.piece_verified(index);
-        if !self.have.set(index as usize) {
-            return false;
-        }
-        self.completed_order.push(index);
-        self.unflushed.push((index, now));
-        self.verified_bytes += u64::from(piece_len);
-        true
-    }
-
-    /// A piece we counted as verified is not (a recheck found it bad).
-    pub fn mark_lost(&mut self, index: u32, piece_len: u32) {
-        if !self.have.get(index as usize) {
-            return;
-        }
-        self.have.clear(index as usize);
-        self.picker.piece_lost(index);
-        self.unflushed.retain(|(p, _)| *p != index);
-        self.verified_bytes -= u64::from(piece_len);
-    }
-}
-
 pub struct TorrentShared {
-    pub meta: Arc<Metainfo>,
-    pub env: Arc<Env>,
-    pub storage: OnceLock<Arc<TorrentStorage>>,
-    pub inner: Mutex<Inner>,
+    meta: Arc<Metainfo>,
+    env: Arc<Env>,
+    storage: OnceLock<Arc<TorrentStorage>>,
+    inner: Mutex<Inner>,
     /// Payload bytes of pieces downloaded and verified, and sent, this
     /// session plus what the resume record carried: what trackers and
     /// ratios count.
-    pub downloaded: AtomicU64,
-    pub uploaded: AtomicU64,
+    downloaded: AtomicU64,
+    uploaded: AtomicU64,
     /// Bytes of downloaded pieces that failed their hash check, in all.
-    pub corrupt: AtomicU64,
+    corrupt: AtomicU64,
     /// Payload bytes accepted in blocks this session, verified or not yet:
     /// what rates and stall detection see.
-    pub received: AtomicU64,
+    received: AtomicU64,
     /// Payload received that was not asked for or no longer needed.
-    pub wasted: AtomicU64,
+    wasted: AtomicU64,
     /// Fast-extension (BEP 6) messages sent and received, this session.
-    pub fast: fast::FastCounters,
+    fast: fast::FastCounters,
     /// Count of verified pieces; peers wait on it to send `have`.
-    pub have_tx: watch::Sender<usize>,
-    pub status: Mutex<StatusCell>,
+    have_tx: watch::Sender<usize>,
+    status: Mutex<StatusCell>,
     /// One resume save at a time: the torrent task and the tracker task both
     /// save, and two saves at once would share a temp file and could claim
     /// pieces the other has not flushed yet.
     saving: Mutex<()>,
     /// The user asked for a recheck (not a retry after a disk error): only
     /// then may data gone from its complete folder be downloaded again.
-    pub recheck_asked: AtomicBool,
+    recheck_asked: AtomicBool,
     /// One move of the data at a time (a move cut short and the next one,
     /// or a removal with its data), held on the blocking thread doing it.
-    pub moving: Mutex<()>,
+    moving: Mutex<()>,
     /// Counts phase changes; `pause` and `resume` wait on it to report the
     /// state reached.
-    pub phase_changes: watch::Sender<u64>,
+    phase_changes: watch::Sender<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -305,19 +279,7 @@ impl TorrentShared {
             wasted: AtomicU64::new(0),
             fast: fast::FastCounters::default(),
             have_tx: watch::Sender::new(have.count()),
-            inner: Mutex::new(Inner {
-                have,
-                picker,
-                completed_order: Vec::new(),
-                unflushed: Vec::new(),
-                peers: HashMap::new(),
-                strikes: HashMap::new(),
-                banned_ids: HashSet::new(),
-                banned_addrs: HashSet::new(),
-                disk_error: None,
-                pex_learned: Vec::new(),
-                verified_bytes: verified,
-            }),
+            inner: Mutex::new(Inner::new(have, picker, verified)),
             status: Mutex::new(StatusCell {
                 phase: phase::Phase::initial(record.hold),
                 download_rate: 0,
@@ -339,14 +301,47 @@ impl TorrentShared {
         &self.meta.name
     }
 
+    /// The torrent's state, locked: the one place its lock is taken.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        locked(&self.inner)
+    }
+
+    /// The torrent's phase, rates and resume record, locked (after
+    /// [`TorrentShared::lock`] when both are held).
+    pub fn status_cell(&self) -> MutexGuard<'_, StatusCell> {
+        locked(&self.status)
+    }
+
+    /// Reads or changes the resume record under its lock; the change goes
+    /// to disk with the next save.
+    pub fn with_record<R>(&self, f: impl FnOnce(&mut ResumeRecord) -> R) -> R {
+        f(&mut self.status_cell().record)
+    }
+
+    pub fn meta(&self) -> &Arc<Metainfo> {
+        &self.meta
+    }
+
+    /// Wakes on every phase change: subscribe before sending a command to
+    /// see the phase it leads to.
+    pub fn phase_changes(&self) -> watch::Receiver<u64> {
+        self.phase_changes.subscribe()
+    }
+
+    /// Held while the data moves or is deleted, on the blocking thread
+    /// doing it: one at a time.
+    pub fn hold_moves(&self) -> MutexGuard<'_, ()> {
+        locked(&self.moving)
+    }
+
     /// Each piece as the API's `pieceStates` sees it, with how many peers
     /// have it: one copy under the lock, for this torrent alone.
     pub fn pieces(&self) -> PieceView {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.lock();
         PieceView {
-            have: inner.have.clone(),
-            in_progress: inner.picker.in_progress().collect(),
-            availability: inner.picker.availability().to_vec(),
+            have: inner.have().clone(),
+            in_progress: inner.picker().in_progress().collect(),
+            availability: inner.picker().availability().to_vec(),
         }
     }
 
@@ -374,7 +369,7 @@ impl TorrentShared {
 
     /// The torrent's category, "" for none.
     pub fn category(&self) -> String {
-        self.status.lock().unwrap().record.category.clone()
+        self.status_cell().record.category.clone()
     }
 
     /// The share limits that hold for this torrent, its own and the config's.
@@ -393,7 +388,7 @@ impl TorrentShared {
     /// Where the data lives now. A record from before `incomplete_dir`
     /// (and a torrent not yet prepared) has it in `download_dir`.
     pub fn place(&self) -> Place {
-        let place = self.status.lock().unwrap().record.place.clone();
+        let place = self.status_cell().record.place.clone();
         place.unwrap_or_else(|| {
             let (root, sub) = self.complete_folder();
             Place::new(&root, &sub, &self.meta.name, true)
@@ -405,7 +400,7 @@ impl TorrentShared {
     /// have: checked and seeded there, never moved). Blocking (a stat).
     pub fn first_place(&self) -> Place {
         let here = self.place();
-        let had_pieces = self.status.lock().unwrap().record.have.iter().any(|&b| b != 0);
+        let had_pieces = self.status_cell().record.have.iter().any(|&b| b != 0);
         // A link at the item or its folder counts as there: opening it then
         // fails and says so.
         if self.env.incomplete_dir.as_os_str().is_empty()
@@ -418,17 +413,17 @@ impl TorrentShared {
     }
 
     pub fn left(&self) -> u64 {
-        self.meta.total_length - self.inner.lock().unwrap().verified_bytes
+        self.meta.total_length - self.lock().verified_bytes()
     }
 
     pub fn is_complete(&self) -> bool {
-        self.inner.lock().unwrap().have.is_full()
+        self.lock().have().is_full()
     }
 
     /// Enters a phase; its hold goes into the record saved next.
     pub fn set_phase(&self, phase: phase::Phase) {
         {
-            let mut s = self.status.lock().unwrap();
+            let mut s = self.status_cell();
             s.record.hold = phase.hold();
             s.phase = phase;
         }
@@ -437,7 +432,7 @@ impl TorrentShared {
 
     pub fn state(&self) -> TorrentState {
         let complete = self.is_complete();
-        self.status.lock().unwrap().phase.state(complete)
+        self.status_cell().phase.state(complete)
     }
 
     /// Hands a complete piece to the disk pool: hash, write if good, then
@@ -460,16 +455,16 @@ impl TorrentShared {
                     (false, _) => Ok(()),
                 };
                 shared.piece_done(piece.index, good, &piece.contributors, write);
-                shared.inner.lock().unwrap().picker.recycle(piece.data);
+                shared.lock().picker_mut().recycle(piece.data);
             })
             .await;
     }
 
     /// Runs on a disk thread once a piece was hashed (and written).
     fn piece_done(&self, index: u32, good: bool, contributors: &[PeerKey], write: Result<(), String>) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         if let Err(e) = write {
-            inner.picker.piece_failed(index, 0);
+            inner.picker_mut().piece_failed(index, 0);
             drop(inner);
             self.disk_failed(format!("writing piece {index}: {e}"));
             return;
@@ -479,7 +474,7 @@ impl TorrentShared {
             self.downloaded.fetch_add(len as u64, Ordering::Relaxed);
             self.env.metrics.downloaded.inc_by(len as u64);
             inner.mark_verified(index, len, Instant::now());
-            let count = inner.have.count();
+            let count = inner.have().count();
             drop(inner);
             self.have_tx.send_replace(count);
             return;
@@ -487,18 +482,11 @@ impl TorrentShared {
         self.corrupt.fetch_add(len as u64, Ordering::Relaxed);
         self.env.metrics.hash_failures.inc();
         self.env.metrics.corrupt_bytes.inc_by(len as u64);
-        inner.picker.piece_failed(index, contributors.len());
+        inner.picker_mut().piece_failed(index, contributors.len());
         let shown: Vec<String> = contributors.iter().map(|c| c.to_string()).collect();
         tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), piece = index, peers = %shown.join(","), "piece failed its hash check; downloading it again");
         if let [culprit] = contributors {
-            let Some(handle) = inner.peers.get(culprit).cloned() else {
-                return;
-            };
-            let strikes = inner.strikes.entry(handle.peer_id).or_insert(0);
-            *strikes += 1;
-            if *strikes >= STRIKES_TO_BAN {
-                inner.banned_ids.insert(handle.peer_id);
-                inner.banned_addrs.insert(*culprit);
+            if let Some(handle) = inner.peers_mut().strike(*culprit) {
                 self.env.metrics.peers_banned.inc();
                 tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), peer = %culprit, "peer sent {STRIKES_TO_BAN} corrupt pieces; disconnected and banned for this torrent");
                 handle.kick();
@@ -510,7 +498,7 @@ impl TorrentShared {
     /// it into `error` (woken through `have_tx`). Any thread may call it.
     pub fn disk_failed(&self, what: String) {
         tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), error = %what, "disk trouble");
-        self.inner.lock().unwrap().disk_error.get_or_insert(what);
+        self.lock().note_disk_error(what);
         self.have_tx.send_modify(|_| {});
     }
 
@@ -521,20 +509,17 @@ impl TorrentShared {
     /// finds pages the kernel has written back already instead of forcing
     /// writeback on our thread. Blocking: run on the disk pool.
     pub fn save_resume_blocking(&self, flush_all: bool) -> std::io::Result<()> {
-        let _one_at_a_time = self.saving.lock().unwrap();
+        let _one_at_a_time = locked(&self.saving);
         let (flush, pending, mut have) = {
-            let mut inner = self.inner.lock().unwrap();
-            let (flush, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.unflushed)
-                .into_iter()
-                .partition(|(_, at)| flush_all || at.elapsed() >= FLUSH_DELAY);
-            inner.unflushed = pending.clone();
-            (flush, pending, inner.have.clone())
+            let mut inner = self.lock();
+            let (flush, pending) = inner.take_flushable(flush_all, FLUSH_DELAY);
+            (flush, pending, inner.have().clone())
         };
         if let Some(storage) = self.storage() {
             for &(p, _) in &flush {
                 let r = storage.layout().piece_range(p as usize);
                 if let Err(e) = storage.flush(r.start, (r.end - r.start) as usize) {
-                    self.inner.lock().unwrap().unflushed.extend_from_slice(&flush);
+                    self.lock().unflush(&flush);
                     return Err(e);
                 }
             }
@@ -544,7 +529,7 @@ impl TorrentShared {
             have.clear(p as usize);
             candidates.set(p as usize);
         }
-        let mut record = self.status.lock().unwrap().record.clone();
+        let mut record = self.status_cell().record.clone();
         if self.storage().is_some() || record.have.is_empty() {
             record.have = have.as_bytes().to_vec();
             record.unverified = if pending.is_empty() { Vec::new() } else { candidates.as_bytes().to_vec() };
@@ -561,8 +546,8 @@ impl TorrentShared {
         record.announce = self.env.announces.get(self.meta.info_hash);
         // Where to find peers again after a restart (what PEX would tell).
         let peers: Vec<String> = {
-            let inner = self.inner.lock().unwrap();
-            inner.peers.values().filter_map(|h| *h.listen.lock().unwrap()).take(50).map(|a| a.to_string()).collect()
+            let inner = self.lock();
+            inner.peers().handles().filter_map(|h| h.listen()).take(50).map(|a| a.to_string()).collect()
         };
         if !peers.is_empty() {
             record.peers = peers;
@@ -571,7 +556,7 @@ impl TorrentShared {
         // Only what this save computed goes back: the place, the move's
         // target or the hold may have changed meanwhile, and the next save
         // writes them.
-        let mut s = self.status.lock().unwrap();
+        let mut s = self.status_cell();
         let kept = &mut s.record;
         (kept.have, kept.unverified, kept.piece_count) = (record.have, record.unverified, record.piece_count);
         (kept.name, kept.peers, kept.announce) = (record.name, record.peers, record.announce);
@@ -597,11 +582,11 @@ impl TorrentShared {
     /// Snapshot for the control socket and the status lines.
     pub fn status(&self) -> TorrentStatus {
         let (peers, seeds, done, complete) = {
-            let inner = self.inner.lock().unwrap();
-            let seeds = inner.peers.values().filter(|p| p.is_seed.load(Ordering::Relaxed)).count();
-            (inner.peers.len(), seeds, inner.verified_bytes, inner.have.is_full())
+            let inner = self.lock();
+            let seeds = inner.peers().handles().filter(|p| p.is_seed.load(Ordering::Relaxed)).count();
+            (inner.peers().len(), seeds, inner.verified_bytes(), inner.have().is_full())
         };
-        let s = self.status.lock().unwrap().clone();
+        let s = self.status_cell().clone();
         let size = self.meta.total_length;
         let downloaded = self.downloaded.load(Ordering::Relaxed);
         let uploaded = self.uploaded.load(Ordering::Relaxed);

@@ -43,7 +43,7 @@ impl From<String> for Stop {
 pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), Stop> {
     settle_place(shared).await?;
     clear_stale_links(shared).await;
-    let borrowed = shared.status.lock().unwrap().record.borrowed;
+    let borrowed = shared.status_cell().record.borrowed;
     let mut survey = if borrowed { borrowed_survey(shared).await? } else { check_space(shared).await? };
     let asked = recheck && shared.recheck_asked.swap(false, Ordering::Relaxed);
     if !asked {
@@ -61,7 +61,7 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
     let started = Instant::now();
     let total = to_check.len();
     let Checked { good, first_error } = hash_pieces(shared, &storage, to_check).await;
-    let count = shared.inner.lock().unwrap().have.count();
+    let count = shared.lock().have().count();
     shared.have_tx.send_replace(count);
     tracing::info!(
         torrent = %shared.name(),
@@ -83,7 +83,7 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
 /// A kill -9 while matched files were being linked in may have left one
 /// under its hidden name: gone before the item can move anywhere.
 async fn clear_stale_links(shared: &TorrentShared) {
-    let linked = shared.status.lock().unwrap().record.linked.clone();
+    let linked = shared.status_cell().record.linked.clone();
     let place = shared.place();
     if linked.is_empty() || place.settled {
         return;
@@ -112,12 +112,12 @@ async fn borrowed_survey(shared: &TorrentShared) -> Result<storage::DiskSurvey, 
 /// not the one the record stamped (device, inode, size, mtime) are verified
 /// again before they are served.
 fn forget_changed_files(shared: &TorrentShared, storage: &TorrentStorage) {
-    let recorded = shared.status.lock().unwrap().record.stamps.clone();
+    let recorded = shared.status_cell().record.stamps.clone();
     if recorded.is_empty() {
         return;
     }
     let now = storage.stamps();
-    let mut inner = shared.inner.lock().unwrap();
+    let mut inner = shared.lock();
     for (i, (was, is)) in recorded.iter().zip(&now).enumerate() {
         if was != is {
             // mark_lost leaves a piece not held as it is.
@@ -133,7 +133,7 @@ fn forget_changed_files(shared: &TorrentShared, storage: &TorrentStorage) {
 async fn note_stamps(shared: &TorrentShared, storage: &Arc<TorrentStorage>) {
     let st = storage.clone();
     if let Ok(stamps) = shared.env.disk.run(move || st.stamps()).await {
-        shared.status.lock().unwrap().record.stamps = stamps;
+        shared.status_cell().record.stamps = stamps;
     }
 }
 
@@ -142,10 +142,10 @@ async fn note_stamps(shared: &TorrentShared, storage: &Arc<TorrentStorage>) {
 /// into them.
 fn borrowed_whole(shared: &TorrentShared) -> Result<(), Stop> {
     let files: BTreeSet<usize> = {
-        let inner = shared.inner.lock().unwrap();
+        let inner = shared.lock();
         let meta = &shared.meta;
         (0..meta.piece_count())
-            .filter(|&p| !inner.have.get(p))
+            .filter(|&p| !inner.have().get(p))
             .flat_map(|p| {
                 let start = p as u64 * meta.piece_length;
                 let end = start + meta.piece_len(p) as u64;
@@ -180,23 +180,23 @@ fn file_list(shared: &TorrentShared, files: &BTreeSet<usize>) -> String {
 /// complete folder that was under way when the daemon stopped.
 async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     let (placed, moving) = {
-        let s = shared.status.lock().unwrap();
+        let s = shared.status_cell();
         (s.record.place.is_some(), s.record.moving.clone())
     };
     if !placed {
         let first = first_place(shared).await?;
-        shared.status.lock().unwrap().record.place = Some(first);
+        shared.status_cell().record.place = Some(first);
     }
     let Some(target) = moving else { return Ok(()) };
     let (s, from) = (shared.clone(), shared.place());
-    let recorded = shared.status.lock().unwrap().record.stamps.clone();
+    let recorded = shared.status_cell().record.stamps.clone();
     let control = Arc::new(handoff::MoveControl::default());
     // Paused or removed meanwhile: the copy stops at its next chunk.
     let _stop_if_dropped = StopOnDrop(control.clone());
     let span = tracing::Span::current();
     let moved = tokio::task::spawn_blocking(move || {
         let _in_span = span.enter();
-        let _one_move = s.moving.lock().unwrap();
+        let _one_move = s.hold_moves();
         handoff::finish_move(&s.meta, &from, &target, s.storage().map(|s| &**s), &recorded, &control)
     })
     .await
@@ -204,7 +204,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     .map_err(|e| format!("moving to the complete folder: {e}"))?;
     tracing::info!(torrent = %shared.name(), path = %moved.top().display(), "move to the complete folder finished");
     {
-        let mut s = shared.status.lock().unwrap();
+        let mut s = shared.status_cell();
         s.record.place = Some(moved);
         s.record.moving = None;
     }
@@ -221,7 +221,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
 async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
     let s = shared.clone();
     let candidate = shared.env.disk.run(move || s.first_place()).await.map_err(|e| e.to_string())?;
-    let had_pieces = shared.status.lock().unwrap().record.have.iter().any(|&b| b != 0);
+    let had_pieces = shared.status_cell().record.have.iter().any(|&b| b != 0);
     if !candidate.settled || shared.env.incomplete_dir.as_os_str().is_empty() || had_pieces {
         return Ok(candidate);
     }
@@ -234,13 +234,13 @@ async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
         .map_err(|e| format!("checking {}: {e}", candidate.top().display()))?;
     if ours {
         tracing::info!(torrent = %shared.name(), path = %candidate.top().display(), "data found whole in the complete folder; seeding it there");
-        let mut inner = shared.inner.lock().unwrap();
+        let mut inner = shared.lock();
         for p in 0..shared.meta.piece_count() {
             inner.mark_verified(p as u32, shared.meta.piece_len(p), Instant::now());
         }
-        let (count, have) = (inner.have.count(), inner.have.as_bytes().to_vec());
+        let (count, have) = (inner.have().count(), inner.have().as_bytes().to_vec());
         drop(inner);
-        shared.status.lock().unwrap().record.have = have;
+        shared.status_cell().record.have = have;
         shared.have_tx.send_replace(count);
         return Ok(candidate);
     }
@@ -331,7 +331,7 @@ async fn open_storage(shared: &TorrentShared, survey: &mut storage::DiskSurvey) 
     }
     let (meta, place, kind) = (shared.meta.clone(), shared.place(), env.config().storage.backend);
     let (borrowed, linked) = {
-        let s = shared.status.lock().unwrap();
+        let s = shared.status_cell();
         (s.record.borrowed, s.record.linked.clone())
     };
     let storage = env
@@ -368,24 +368,24 @@ fn pieces_to_check(
 ) -> Vec<usize> {
     let meta = &shared.meta;
     let (had_record, candidates) = {
-        let s = shared.status.lock().unwrap();
+        let s = shared.status_cell();
         (s.record.have.iter().any(|&b| b != 0), Bitfield::from_bytes(&s.record.unverified, meta.piece_count()))
     };
-    let inner = shared.inner.lock().unwrap();
+    let inner = shared.lock();
     let layout = storage.layout();
     let mut set = BTreeSet::new();
     if recheck {
         set.extend(0..meta.piece_count());
     } else if storage.read_only {
         // Shared data: nothing is served that this torrent has not verified.
-        set.extend((0..meta.piece_count()).filter(|&p| !inner.have.get(p)));
+        set.extend((0..meta.piece_count()).filter(|&p| !inner.have().get(p)));
     } else if !had_record {
         for &f in &survey.existing_files {
             set.extend(layout.pieces_of_file(f));
         }
     } else {
         for &f in survey.short_files.iter().chain(&survey.replaced_files) {
-            set.extend(layout.pieces_of_file(f).filter(|&p| inner.have.get(p)));
+            set.extend(layout.pieces_of_file(f).filter(|&p| inner.have().get(p)));
         }
     }
     if let Some(c) = &candidates {
@@ -428,7 +428,7 @@ async fn hash_pieces(shared: &Arc<TorrentShared>, storage: &Arc<TorrentStorage>,
         };
         let Ok((p, result)) = done else { continue };
         let len = shared.meta.piece_len(p);
-        let mut inner = shared.inner.lock().unwrap();
+        let mut inner = shared.lock();
         match result {
             Ok(true) => {
                 checked.good += 1;

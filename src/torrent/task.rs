@@ -91,7 +91,7 @@ pub(super) enum Command {
 }
 
 pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, cancel: CancellationToken) -> Exit {
-    let mut phase = shared.status.lock().unwrap().phase.clone();
+    let mut phase = shared.status_cell().phase.clone();
     let mut slot: Option<OwnedSemaphorePermit> = None;
     let mut ctl = Control { cmds: &mut cmds, cancel: &cancel, recheck_asked: &shared.recheck_asked };
     loop {
@@ -112,7 +112,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
         log_outcome(&shared, &phase, &outcome);
         if outcome == Outcome::Resumed {
             // Resumed by hand: the idle limit counts from now.
-            shared.status.lock().unwrap().record.seed_idle_secs = 0;
+            shared.status_cell().record.seed_idle_secs = 0;
         }
         let action = shared.env.config().seeding.action;
         phase = match phase::next(&phase, outcome, action) {
@@ -126,7 +126,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
         if phase != Phase::Active {
             slot = None;
         }
-        let was_held = matches!(shared.status.lock().unwrap().phase, Phase::Held { .. });
+        let was_held = matches!(shared.status_cell().phase, Phase::Held { .. });
         shared.set_phase(phase.clone());
         if was_held {
             // Leaving a hold is persisted at once, or a restart would find it held.
@@ -243,7 +243,7 @@ impl Drop for QueuedGuard<'_> {
 /// named (its own from the API, else its category's or `[seeding]`).
 pub(super) fn limit_reached(shared: &TorrentShared) -> Option<String> {
     let (limits, seeded, idle) = {
-        let s = shared.status.lock().unwrap();
+        let s = shared.status_cell();
         (shared.limits_of(&s.record), s.record.seeding_secs, s.record.seed_idle_secs)
     };
     let whose = |own: crate::share::ShareLimit| match own {

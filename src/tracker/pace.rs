@@ -136,6 +136,41 @@ pub struct AnnounceBook {
     hosts: Mutex<HashMap<String, HostTally>>,
 }
 
+impl AnnounceBook {
+    /// `hosts`, locked.
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostTally>> {
+        crate::locks::locked(&self.hosts)
+    }
+}
+
+impl AnnounceBook {
+    /// `retired`, locked.
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<InfoHash>> {
+        crate::locks::locked(&self.retired)
+    }
+}
+
+impl AnnounceBook {
+    /// `wakers`, locked.
+    fn wakers(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Arc<Notify>>> {
+        crate::locks::locked(&self.wakers)
+    }
+}
+
+impl AnnounceBook {
+    /// `views`, locked.
+    fn views(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Vec<TrackerView>>> {
+        crate::locks::locked(&self.views)
+    }
+}
+
+impl AnnounceBook {
+    /// `records`, locked.
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, AnnounceRecord>> {
+        crate::locks::locked(&self.records)
+    }
+}
+
 /// Tracker hosts counted by name; announces to more (a flood of torrents
 /// naming made-up trackers) count under [`OTHER_HOSTS`].
 pub const MAX_TALLIED_HOSTS: usize = 256;
@@ -152,7 +187,7 @@ impl AnnounceBook {
     /// The record for `hash`, made (with a fresh key) if there is none.
     pub fn get(&self, hash: InfoHash) -> AnnounceRecord {
         self.unretire(&hash);
-        *self.records.lock().unwrap().entry(hash).or_insert_with(AnnounceRecord::fresh)
+        *self.records().entry(hash).or_insert_with(AnnounceRecord::fresh)
     }
 
     /// Takes a persisted record, unless the session already knows newer.
@@ -160,7 +195,7 @@ impl AnnounceBook {
         if record.key == 0 {
             return;
         }
-        let mut records = self.records.lock().unwrap();
+        let mut records = self.records();
         let known = records.entry(hash).or_insert(record);
         if known.last_at < record.last_at {
             *known = record;
@@ -172,20 +207,20 @@ impl AnnounceBook {
     pub fn sending(&self, hash: InfoHash, at: u64, event: Event) {
         self.announced(hash, at, None);
         if event != Event::Stopped {
-            self.records.lock().unwrap().entry(hash).or_insert_with(AnnounceRecord::fresh).active = true;
+            self.records().entry(hash).or_insert_with(AnnounceRecord::fresh).active = true;
         }
     }
 
     /// A tracker answered our `stopped`: it no longer holds us.
     pub fn stopped(&self, hash: InfoHash) {
-        if let Some(r) = self.records.lock().unwrap().get_mut(&hash) {
+        if let Some(r) = self.records().get_mut(&hash) {
             r.active = false;
         }
     }
 
     /// A tracker answered an announce at `at`.
     pub fn announced(&self, hash: InfoHash, at: u64, min_interval: Option<u64>) {
-        let mut records = self.records.lock().unwrap();
+        let mut records = self.records();
         let r = records.entry(hash).or_insert_with(AnnounceRecord::fresh);
         r.last_at = at;
         if let Some(m) = min_interval {
@@ -196,13 +231,13 @@ impl AnnounceBook {
     /// The torrent left the session: its record goes once it no longer
     /// holds anything back. Records retired earlier are dropped here too.
     pub fn retire(&self, hash: InfoHash, now: u64) {
-        let mut retired = self.retired.lock().unwrap();
-        let mut records = self.records.lock().unwrap();
+        let mut retired = self.retired();
+        let mut records = self.records();
         retired.retain(|h| match records.get(h) {
             Some(r) if r.last_at + FLOOR_SECS < now => {
                 records.remove(h);
-                self.views.lock().unwrap().remove(h);
-                self.wakers.lock().unwrap().remove(h);
+                self.views().remove(h);
+                self.wakers().remove(h);
                 false
             }
             Some(_) => true,
@@ -215,7 +250,7 @@ impl AnnounceBook {
 
     /// The trackers of a torrent whose announce loop starts.
     pub fn show_trackers(&self, hash: InfoHash, tiers: &[Vec<String>]) {
-        let mut views = self.views.lock().unwrap();
+        let mut views = self.views();
         let known = views.remove(&hash).unwrap_or_default();
         let fresh = tiers
             .iter()
@@ -233,7 +268,7 @@ impl AnnounceBook {
     /// Records an attempt on one tracker, numbered after every earlier one.
     pub fn update_tracker(&self, hash: InfoHash, url: &str, change: impl FnOnce(&mut TrackerView)) {
         let attempt = self.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if let Some(v) = self.views.lock().unwrap().get_mut(&hash).and_then(|vs| vs.iter_mut().find(|v| v.url == url)) {
+        if let Some(v) = self.views().get_mut(&hash).and_then(|vs| vs.iter_mut().find(|v| v.url == url)) {
             change(v);
             v.attempt = attempt;
         }
@@ -242,7 +277,7 @@ impl AnnounceBook {
     /// Counts an announce to `host` (a label already redacted: see
     /// [`super::host_label`]).
     pub fn tally(&self, host: String, answered: bool) {
-        let mut hosts = self.hosts.lock().unwrap();
+        let mut hosts = self.hosts();
         let key = if hosts.len() < MAX_TALLIED_HOSTS || hosts.contains_key(&host) { host } else { OTHER_HOSTS.into() };
         let t = hosts.entry(key).or_default();
         t.attempts += 1;
@@ -250,21 +285,21 @@ impl AnnounceBook {
     }
 
     pub fn host_tallies(&self) -> Vec<(String, HostTally)> {
-        self.hosts.lock().unwrap().iter().map(|(h, t)| (h.clone(), *t)).collect()
+        self.hosts().iter().map(|(h, t)| (h.clone(), *t)).collect()
     }
 
     pub fn trackers(&self, hash: InfoHash) -> Vec<TrackerView> {
-        self.views.lock().unwrap().get(&hash).cloned().unwrap_or_default()
+        self.views().get(&hash).cloned().unwrap_or_default()
     }
 
     /// The notification a torrent's announce loop waits on besides its timer.
     pub fn waker(&self, hash: InfoHash) -> Arc<Notify> {
-        self.wakers.lock().unwrap().entry(hash).or_default().clone()
+        self.wakers().entry(hash).or_default().clone()
     }
 
     /// A torrent came back before its record was dropped.
     fn unretire(&self, hash: &InfoHash) {
-        self.retired.lock().unwrap().retain(|h| h != hash);
+        self.retired().retain(|h| h != hash);
     }
 }
 
@@ -327,7 +362,7 @@ mod tests {
         // Removed: kept while it holds announces back, then dropped.
         book.retire(other, 110);
         book.retire(InfoHash([3; 20]), 131);
-        assert_eq!(book.records.lock().unwrap().get(&other), None, "dropped once the floor passed");
+        assert_eq!(book.records().get(&other), None, "dropped once the floor passed");
         assert_ne!(book.get(other).key, 9, "a new life, a new key");
     }
 

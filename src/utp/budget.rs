@@ -31,6 +31,13 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// `hosts`, locked.
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        crate::locks::locked(&self.hosts)
+    }
+}
+
+impl Budget {
     pub fn new(limit: usize) -> Arc<Budget> {
         Arc::new(Budget { used: AtomicUsize::new(0), limit, hosts: Mutex::default() })
     }
@@ -38,7 +45,7 @@ impl Budget {
     /// Takes `n` bytes for a connection from `ip` if they fit in its
     /// host's share and in the total; false (and nothing taken) if not.
     pub fn take(&self, ip: IpAddr, n: usize) -> bool {
-        let mut hosts = self.hosts.lock().unwrap();
+        let mut hosts = self.hosts();
         let host = host_of(ip);
         let held = hosts.get(&host).copied().unwrap_or(0);
         if held.checked_add(n).is_none_or(|h| h > self.limit / HOST_SHARE) || !self.take_total(n) {
@@ -61,7 +68,7 @@ impl Budget {
         if n == 0 {
             return;
         }
-        let mut hosts = self.hosts.lock().unwrap();
+        let mut hosts = self.hosts();
         let host = host_of(ip);
         if let Some(held) = hosts.get_mut(&host) {
             debug_assert!(*held >= n, "a host gave back more than it took");
@@ -102,6 +109,6 @@ mod tests {
             b.give(host(i), 100);
         }
         assert_eq!(b.used(), 0);
-        assert!(b.hosts.lock().unwrap().is_empty(), "hosts holding nothing are forgotten");
+        assert!(b.hosts().is_empty(), "hosts holding nothing are forgotten");
     }
 }

@@ -53,6 +53,13 @@ pub struct Cookies {
     keys: Mutex<Keys>,
 }
 
+impl Cookies {
+    /// `keys`, locked.
+    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
+        crate::locks::locked(&self.keys)
+    }
+}
+
 impl Default for Cookies {
     fn default() -> Cookies {
         Cookies { keys: Mutex::new(Keys { slot: 0, current: Key::new(), previous: Key::new() }) }
@@ -63,14 +70,14 @@ impl Cookies {
     /// Our first sequence number for a SYN from `from` with `conn_id`
     /// and `syn_seq`, at `now`.
     pub fn issue(&self, now: u64, from: SocketAddr, conn_id: u16, syn_seq: u16) -> u16 {
-        let mut keys = self.keys.lock().unwrap();
+        let mut keys = self.keys();
         keys.rotate(now);
         keys.current.cookie(from, conn_id, syn_seq)
     }
 
     /// Whether `cookie` is one we issued for that SYN in this slot or the one before.
     pub fn check(&self, now: u64, from: SocketAddr, conn_id: u16, syn_seq: u16, cookie: u16) -> bool {
-        let mut keys = self.keys.lock().unwrap();
+        let mut keys = self.keys();
         keys.rotate(now);
         keys.current.cookie(from, conn_id, syn_seq) == cookie || keys.previous.cookie(from, conn_id, syn_seq) == cookie
     }

@@ -138,12 +138,26 @@ pub struct UtpSocket {
     tasks: TaskTracker,
 }
 
+impl UtpSocket {
+    /// `conns`, locked.
+    fn conns(&self) -> std::sync::MutexGuard<'_, Table> {
+        crate::locks::locked(&self.conns)
+    }
+}
+
 struct Shared {
     key: Key,
     /// The id our packets carry (fixed at creation): libutp's RESETs echo it.
     send_id: u16,
     inner: Mutex<Inner>,
     kick: Notify,
+}
+
+impl Shared {
+    /// `inner`, locked.
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        crate::locks::locked(&self.inner)
+    }
 }
 
 struct Inner {
@@ -208,7 +222,7 @@ impl UtpSocket {
     }
 
     pub fn connections(&self) -> usize {
-        self.conns.lock().unwrap().by_key.len()
+        self.conns().by_key.len()
     }
 
     /// Stops the receive loop and every connection, and waits for them.
@@ -244,7 +258,7 @@ impl UtpSocket {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "uTP runs over IPv4 only"));
         }
         let shared = {
-            let mut conns = self.conns.lock().unwrap();
+            let mut conns = self.conns();
             let recv_id = loop {
                 let id: u16 = rand::random();
                 if !conns.by_key.contains_key(&(addr, id)) {
@@ -305,7 +319,7 @@ impl UtpSocket {
     /// the network might, and sent again.
     fn answer(&self, s: &Arc<Shared>, outbox: &mut Outbox, scratch: &mut Vec<u8>) {
         let kick = {
-            let mut inner = s.inner.lock().unwrap();
+            let mut inner = s.inner();
             inner.conn.transmit(self.now(), scratch, |d| outbox.push(d));
             inner.wake();
             let closed = matches!(inner.conn.state(), State::Closed(_));
@@ -337,7 +351,7 @@ impl UtpSocket {
         let found = self.find(from, &h);
         match found {
             Some(s) => {
-                let mut inner = s.inner.lock().unwrap();
+                let mut inner = s.inner();
                 inner.conn.on_packet(&p, self.now());
                 inner.wake();
                 drop(inner);
@@ -362,7 +376,7 @@ impl UtpSocket {
     }
 
     fn find(&self, from: SocketAddr, h: &packet::Header) -> Option<Arc<Shared>> {
-        self.conns.lock().unwrap().find(from, h)
+        self.conns().find(from, h)
     }
 
     /// A packet for no connection: if it acknowledges the cookie we
@@ -382,11 +396,11 @@ impl UtpSocket {
         let syn = packet::Header { kind: Kind::Syn, conn_id: syn_id, seq_nr: syn_seq, ..*h };
         let conn = Conn::accept(&syn, cookie, Self::mss(&from), now).with_budget(self.budget.clone(), from.ip());
         let shared = Shared::new((from, conn.recv_id()), conn);
-        if !self.conns.lock().unwrap().insert(&shared) {
+        if !self.conns().insert(&shared) {
             return None;
         }
         {
-            let mut inner = shared.inner.lock().unwrap();
+            let mut inner = shared.inner();
             inner.conn.on_packet(p, now);
             debug_assert!(!inner.conn.is_half_open(), "the cookie was checked");
         }
@@ -412,7 +426,7 @@ impl UtpSocket {
         let mut outbox = Outbox::default();
         loop {
             let (deadline, closed) = {
-                let mut inner = shared.inner.lock().unwrap();
+                let mut inner = shared.inner();
                 let now = self.now();
                 inner.conn.on_timer(now);
                 inner.conn.transmit(now, &mut scratch, |d| outbox.push(d));
@@ -436,9 +450,9 @@ impl UtpSocket {
                 _ = self.cancel.cancelled() => break,
             }
         }
-        self.conns.lock().unwrap().remove(&shared);
+        self.conns().remove(&shared);
         // Shut down under it: whoever still reads or writes is told so.
-        let mut inner = shared.inner.lock().unwrap();
+        let mut inner = shared.inner();
         if !matches!(inner.conn.state(), State::Closed(_)) {
             inner.conn.abort();
         }
@@ -476,7 +490,7 @@ fn ended(end: End) -> io::Error {
 
 impl UtpStream {
     fn new(shared: Arc<Shared>) -> UtpStream {
-        shared.inner.lock().unwrap().handles += 1;
+        shared.inner().handles += 1;
         UtpStream { shared }
     }
 
@@ -493,7 +507,7 @@ impl UtpStream {
     /// Grants the whole receive buffer: the peer's handshake named one of
     /// our torrents. Until then it may send 64 KiB, a stranger's share.
     pub fn open_window(&self) {
-        let mut inner = self.shared.inner.lock().unwrap();
+        let mut inner = self.shared.inner();
         inner.conn.open_window();
         if inner.conn.ack_due() {
             drop(inner);
@@ -503,13 +517,13 @@ impl UtpStream {
 
     /// Whether received bytes wait to be read.
     pub fn has_bytes(&self) -> bool {
-        self.shared.inner.lock().unwrap().conn.has_readable()
+        self.shared.inner().conn.has_readable()
     }
 
     /// Waits until bytes arrive or the connection ends, reading nothing.
     pub async fn readable(&self) {
         std::future::poll_fn(|cx| {
-            let mut inner = self.shared.inner.lock().unwrap();
+            let mut inner = self.shared.inner();
             let c = &inner.conn;
             if c.has_readable() || c.at_eof() || matches!(c.state(), State::Closed(_)) {
                 return Poll::Ready(());
@@ -521,7 +535,7 @@ impl UtpStream {
     }
 
     fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut inner = self.shared.inner.lock().unwrap();
+        let mut inner = self.shared.inner();
         match inner.conn.state() {
             State::SynSent => {
                 inner.writer = Some(cx.waker().clone());
@@ -536,7 +550,7 @@ impl UtpStream {
 
 impl Drop for UtpStream {
     fn drop(&mut self) {
-        let mut inner = self.shared.inner.lock().unwrap();
+        let mut inner = self.shared.inner();
         inner.handles -= 1;
         if inner.handles == 0 {
             inner.conn.close();
@@ -548,7 +562,7 @@ impl Drop for UtpStream {
 
 impl AsyncRead for UtpStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let mut inner = self.shared.inner.lock().unwrap();
+        let mut inner = self.shared.inner();
         if inner.conn.has_readable() {
             // Only as much of the buffer as will be filled is initialized.
             let want = buf.remaining().min(inner.conn.readable_len());
@@ -583,7 +597,7 @@ impl AsyncWrite for UtpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut inner = self.shared.inner.lock().unwrap();
+        let mut inner = self.shared.inner();
         match *inner.conn.state() {
             State::Closed(end) => return Poll::Ready(Err(ended(end))),
             State::Closing { .. } => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
@@ -615,7 +629,7 @@ impl AsyncWrite for UtpStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shared.inner.lock().unwrap().conn.close();
+        self.shared.inner().conn.close();
         self.shared.kick.notify_one();
         Poll::Ready(Ok(()))
     }
@@ -695,7 +709,7 @@ mod tests {
                 let found = table.find(peer, &h).expect("found under our send id");
                 assert!(Arc::ptr_eq(&found, s));
                 let p = packet::Packet { header: h, sack: None, payload: &[] };
-                let mut inner = found.inner.lock().unwrap();
+                let mut inner = found.inner();
                 inner.conn.on_packet(&p, 10);
                 let state = inner.conn.state().clone();
                 state

@@ -104,9 +104,10 @@ impl Download {
         // needed count as downloaded (for trackers, ratios and the choker).
         self.unmetered += len;
         let (outcome, complete, endgame) = {
-            let mut inner = shared.inner.lock().unwrap();
-            let (o, c) = inner.picker.block_received(key, block.piece, block.offset, data);
-            (o, c, inner.picker.in_endgame())
+            let mut inner = shared.lock();
+            let picker = inner.picker_mut();
+            let (o, c) = picker.block_received(key, block.piece, block.offset, data);
+            (o, c, picker.in_endgame())
         };
         self.completed.extend(complete);
         if outcome != BlockOutcome::Accepted {
@@ -197,9 +198,9 @@ impl Download {
     pub(super) fn cancel_held(&mut self, now: Instant, shared: &TorrentShared, out: &mut OutQueue) {
         let held = self.take_held(now);
         if !held.is_empty() {
-            let mut inner = shared.inner.lock().unwrap();
+            let mut inner = shared.lock();
             for b in held {
-                inner.picker.request_dropped(&b);
+                inner.picker_mut().request_dropped(&b);
                 out.push_small(&Message::Cancel(b));
             }
         }
@@ -217,7 +218,7 @@ impl Download {
         if self.am_interested && !self.outstanding.is_empty() {
             return;
         }
-        let wants = shared.inner.lock().unwrap().picker.wants_any(peer_has);
+        let wants = shared.lock().picker().wants_any(peer_has);
         self.set_interest(wants, handle, out);
     }
 
@@ -294,8 +295,8 @@ impl Download {
         let pickable = self.pickable(peer_has);
         {
             let outstanding = &self.outstanding;
-            let mut inner = shared.inner.lock().unwrap();
-            inner.picker.pick(key, &pickable, want, &|b| outstanding.contains(b), &mut picked);
+            let mut inner = shared.lock();
+            inner.picker_mut().pick(key, &pickable, want, &|b| outstanding.contains(b), &mut picked);
         }
         for b in picked {
             self.outstanding.insert(b);
@@ -307,20 +308,19 @@ impl Download {
         if self.outstanding.is_empty() {
             return;
         }
-        let mut inner = shared.inner.lock().unwrap();
+        let mut inner = shared.lock();
         for b in self.outstanding.drain() {
-            inner.picker.request_dropped(&b);
+            inner.picker_mut().request_dropped(&b);
         }
     }
 }
 
 /// In endgame, a block that arrived is cancelled at every other peer.
 fn broadcast_cancel(shared: &TorrentShared, from: PeerKey, block: BlockRef) {
-    let inner = shared.inner.lock().unwrap();
-    for (k, h) in &inner.peers {
+    let inner = shared.lock();
+    for (k, h) in inner.peers().iter() {
         if *k != from {
-            h.cancels.lock().unwrap().push(block);
-            h.notify.notify_one();
+            h.cancel(block);
         }
     }
 }

@@ -19,7 +19,7 @@ impl PeerConn {
         self.peer_ut_metadata = hs.id_of(extension::UT_METADATA);
         self.pex.peer_id = hs.id_of(extension::UT_PEX);
         if let Some(addr) = hs.listen_addr(self.key) {
-            self.handle.listen.lock().unwrap().get_or_insert(addr);
+            self.handle.learn_listen(addr);
         }
         tracing::debug!(peer = %self.key, client = %hs.client(), reqq = ?hs.reqq, "extension handshake");
     }

@@ -17,16 +17,17 @@ impl PeerConn {
     /// without the extension, nothing while it is empty: BEP 3 allows that).
     pub(super) fn send_have_state(&mut self, out: &mut OutQueue) {
         let counters = &self.shared.fast;
-        let inner = self.shared.inner.lock().unwrap();
-        self.haves_sent = inner.completed_order.len();
-        if self.fast && inner.have.is_full() {
+        let inner = self.shared.lock();
+        self.haves_sent = inner.completed_count();
+        let have = inner.have();
+        if self.fast && have.is_full() {
             out.push_small(&Message::HaveAll);
             FastCounters::bump(&counters.have_all_sent);
-        } else if self.fast && inner.have.count() == 0 {
+        } else if self.fast && have.count() == 0 {
             out.push_small(&Message::HaveNone);
             FastCounters::bump(&counters.have_none_sent);
-        } else if inner.have.count() > 0 {
-            out.push_small(&Message::Bitfield(inner.have.as_bytes()));
+        } else if have.count() > 0 {
+            out.push_small(&Message::Bitfield(have.as_bytes()));
         }
         drop(inner);
         self.have_rx.mark_unchanged();
@@ -38,9 +39,10 @@ impl PeerConn {
             return Err(ConnEnd::Protocol(format!("have {i} out of range ({n} pieces)")));
         }
         if self.peer_has.set(i as usize) {
-            let mut inner = self.shared.inner.lock().unwrap();
-            inner.picker.peer_have(i);
-            if inner.picker.wants(i) {
+            let mut inner = self.shared.lock();
+            let picker = inner.picker_mut();
+            picker.peer_have(i);
+            if picker.wants(i) {
                 self.download.set_interest(true, &self.handle, out);
             }
         }
@@ -63,11 +65,12 @@ impl PeerConn {
 
     /// What the peer has, from a bitfield, `have_all` or `have_none`.
     pub(super) fn replace_peer_has(&mut self, bf: Bitfield, out: &mut OutQueue) -> Result<(), ConnEnd> {
-        let mut inner = self.shared.inner.lock().unwrap();
-        inner.picker.peer_bitfield(&self.peer_has, false);
+        let mut inner = self.shared.lock();
+        let picker = inner.picker_mut();
+        picker.peer_bitfield(&self.peer_has, false);
         self.peer_has = bf;
-        inner.picker.peer_bitfield(&self.peer_has, true);
-        let wants = inner.picker.wants_any(&self.peer_has);
+        picker.peer_bitfield(&self.peer_has, true);
+        let wants = picker.wants_any(&self.peer_has);
         drop(inner);
         if wants {
             self.download.set_interest(true, &self.handle, out);
@@ -88,8 +91,8 @@ impl PeerConn {
 
     pub(super) fn send_haves(&mut self, out: &mut OutQueue) -> Result<(), ConnEnd> {
         let (new, complete): (Vec<u32>, bool) = {
-            let inner = self.shared.inner.lock().unwrap();
-            (inner.completed_order[self.haves_sent..].to_vec(), inner.have.is_full())
+            let inner = self.shared.lock();
+            (inner.completed_since(self.haves_sent).to_vec(), inner.have().is_full())
         };
         self.haves_sent += new.len();
         for i in new {

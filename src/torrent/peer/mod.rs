@@ -138,7 +138,7 @@ impl Handler for PeerConn {
                     return Err(ConnEnd::Banned);
                 }
                 self.upload.apply_choke(&self.handle, &self.shared, out);
-                let cancels = std::mem::take(&mut *self.handle.cancels.lock().unwrap());
+                let cancels = self.handle.take_cancels();
                 self.download.on_endgame_cancels(cancels, out);
             }
             Wake::Have => self.send_haves(out)?,
@@ -236,7 +236,7 @@ impl PeerConn {
             Message::RejectRequest(b) => {
                 FastCounters::bump(&counters.rejects_received);
                 if self.download.on_reject(b)? {
-                    self.shared.inner.lock().unwrap().picker.request_dropped(&b);
+                    self.shared.lock().picker_mut().request_dropped(&b);
                 }
                 Ok(())
             }
@@ -268,10 +268,8 @@ impl PeerConn {
 impl Drop for PeerConn {
     fn drop(&mut self) {
         self.download.drop_outstanding(&self.shared);
-        let mut inner = self.shared.inner.lock().unwrap();
-        inner.picker.peer_bitfield(&self.peer_has, false);
-        if inner.peers.get(&self.key).is_some_and(|h| Arc::ptr_eq(h, &self.handle)) {
-            inner.peers.remove(&self.key);
-        }
+        let mut inner = self.shared.lock();
+        inner.picker_mut().peer_bitfield(&self.peer_has, false);
+        inner.peers_mut().remove(self.key, &self.handle);
     }
 }

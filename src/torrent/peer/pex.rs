@@ -44,12 +44,11 @@ impl Pex {
         let Ok(msg) = PexMsg::decode(payload) else {
             return;
         };
-        let mut inner = shared.inner.lock().unwrap();
-        let room = MAX_PEX_BACKLOG.saturating_sub(inner.pex_learned.len());
+        let mut inner = shared.lock();
         // A seed has nothing for another seed.
-        let seeding = inner.have.is_full();
+        let seeding = inner.have().is_full();
         let useful = msg.added.into_iter().filter(|(_, f)| !(seeding && f & extension::PEX_SEED != 0));
-        inner.pex_learned.extend(useful.map(|(a, _)| a).take(room));
+        inner.learn_pex(useful.map(|(a, _)| a), MAX_PEX_BACKLOG);
     }
 
     /// Tells the peer which peers joined and left since the last message.
@@ -86,13 +85,13 @@ impl Pex {
 
 /// Connected peers but `except`, by listening address, with their BEP 11 flags.
 fn connected_listeners(shared: &TorrentShared, except: PeerKey) -> HashMap<SocketAddr, u8> {
-    let inner = shared.inner.lock().unwrap();
+    let inner = shared.lock();
     inner
-        .peers
+        .peers()
         .iter()
         .filter(|(k, _)| **k != except)
         .filter_map(|(k, h)| {
-            let listen = (*h.listen.lock().unwrap())?;
+            let listen = h.listen()?;
             let seed = if h.is_seed.load(Ordering::Relaxed) { extension::PEX_SEED } else { 0 };
             // We dialled it at that address, so it is reachable.
             let reachable = if listen == *k { extension::PEX_REACHABLE } else { 0 };

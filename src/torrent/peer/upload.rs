@@ -69,8 +69,8 @@ impl Upload {
         let meta = &shared.meta;
         let (n, hash) = (meta.piece_count() as u32, &meta.info_hash.0);
         let set = fast::allowed_fast_set(ip, hash, n, fast::ALLOWED_FAST_SENT);
-        let inner = shared.inner.lock().unwrap();
-        for &piece in set.iter().filter(|p| inner.have.get(**p as usize)) {
+        let inner = shared.lock();
+        for &piece in set.iter().filter(|p| inner.have().get(**p as usize)) {
             out.push_small(&Message::AllowedFast(piece));
             FastCounters::bump(&shared.fast.allowed_fast_sent);
         }
@@ -96,7 +96,7 @@ impl Upload {
             choking: self.am_choking,
             allowed_fast: self.allowed.contains(&b.piece),
             queue_full: self.queue.len() >= MAX_QUEUED_REQUESTS,
-            have: valid && shared.inner.lock().unwrap().have.get(b.piece as usize),
+            have: valid && shared.lock().have().get(b.piece as usize),
         };
         match fast::refusal(facts) {
             // A duplicate request costs one extra block at worst, bounded by
@@ -140,8 +140,8 @@ impl Upload {
             return;
         }
         let slots = shared.env.config().limits.upload_slots;
-        let inner = shared.inner.lock().unwrap();
-        let used = inner.peers.values().filter(|p| p.unchoke.load(Ordering::Relaxed)).count();
+        let inner = shared.lock();
+        let used = inner.peers().handles().filter(|p| p.unchoke.load(Ordering::Relaxed)).count();
         if used < slots {
             handle.unchoke.store(true, Ordering::Relaxed);
             drop(inner);
