@@ -1283,3 +1283,44 @@ async fn a_torrent_stops_at_its_own_share_limits() {
     assert_eq!(t.limits.effective.ratio, Some(0.0));
     a.session.shutdown().await;
 }
+
+/// A save path's folder is reached from the configured folder holding it,
+/// one name at a time: replaced by a link (its files moved outside, the
+/// same inodes), nothing outside is deleted, before or after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_path_folder_replaced_by_a_link_is_never_followed() {
+    let a = Node::start().await;
+    let library = a.download_dir().join("library");
+    payload_tree(&library, "tree", TREE, 29);
+    let meta = cross_torrent(&library, "tree", "TRACKER-ONE");
+    let hash = meta.info_hash.hex();
+    let added = a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap();
+    assert_eq!(added, AddOutcome::Added);
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    // A group member moves the folder out (same files, same inodes) and
+    // puts a link in its place.
+    let outside = a.dir.path().join("outside");
+    std::fs::rename(&library, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &library).unwrap();
+    let removed = format!("{:?}", a.session.remove(meta.info_hash, true).await);
+    assert!(outside.join("tree/a.bin").exists(), "followed the link: {removed}");
+    assert!(removed.contains("not followed"), "{removed}");
+    // The same after a restart, from the record's stamps.
+    std::fs::remove_file(&library).unwrap();
+    std::fs::rename(&outside, &library).unwrap();
+    assert_eq!(
+        a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap(),
+        AddOutcome::Added
+    );
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    a.session.shutdown().await;
+    let Node { dir, .. } = a;
+    std::fs::rename(&library, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &library).unwrap();
+    let a = Node::start_in(dir, |_| {}).await;
+    a.wait_for(&hash, "not seeding", Duration::from_secs(30), |s| s.state != TorrentState::Checking).await;
+    let removed = format!("{:?}", a.session.remove(meta.info_hash, true).await);
+    assert!(outside.join("tree/a.bin").exists(), "followed the link after a restart: {removed}");
+    assert!(removed.contains("not followed"), "{removed}");
+    a.session.shutdown().await;
+}

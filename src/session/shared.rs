@@ -146,13 +146,23 @@ fn readable_roots(config: &Config) -> Vec<PathBuf> {
 pub fn save_path_place(config: &Config, save: &Path, category: &str, name: &str) -> Result<Option<Place>, String> {
     let shown = crate::types::printable(&save.display().to_string(), 300);
     let real = save.canonicalize().map_err(|e| format!("save path {shown}: {e}"))?;
-    if !readable_roots(config).iter().any(|root| real.starts_with(root)) {
+    // The deepest configured folder holding it is opened by path; the rest
+    // is walked a name at a time, never through a link (group members can
+    // replace a folder below it with one after the add).
+    let root =
+        readable_roots(config).into_iter().filter(|root| real.starts_with(root)).max_by_key(|r| r.as_os_str().len());
+    let Some(root) = root else {
         return Err(format!(
             "save path {shown} is outside dropseed's folders (download_dir, the categories' folders, \
              [api] allowed_paths)"
         ));
-    }
-    let place = Place::new(&real, "", name, true);
+    };
+    let sub = real
+        .strip_prefix(&root)
+        .unwrap_or(Path::new(""))
+        .to_str()
+        .ok_or_else(|| format!("save path {shown}: its folders below {} must be UTF-8 names", root.display()))?;
+    let place = Place::new(&root, sub, name, true);
     if crate::storage::nofollow::item_exists(&place).map_err(|e| format!("{}: {e}", place.top().display()))? {
         return Ok(Some(place));
     }
