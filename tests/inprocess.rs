@@ -1394,3 +1394,27 @@ async fn a_save_path_into_data_still_downloading_is_refused() {
     assert!(matches!(&o, AddOutcome::Refused(why) if why.contains("not complete yet")), "{o:?}");
     a.session.shutdown().await;
 }
+
+/// A cross-seed whose data failed verification waits for the user: it is
+/// not hashed again every minute (the clock is paused: a minute passes at
+/// once), and a resume checks it again.
+#[tokio::test(start_paused = true)]
+async fn a_borrowed_torrent_that_failed_verification_is_not_retried_until_resumed() {
+    let a = Node::start().await;
+    let library = a.download_dir().join("library");
+    payload_tree(&library, "tree", TREE, 43);
+    let meta = cross_torrent(&library, "tree", "TRACKER-ONE");
+    let hash = meta.info_hash.hex();
+    let good = std::fs::read(library.join("tree/a.bin")).unwrap();
+    common::payload(&library.join("tree/a.bin"), TREE[0].1, 4343);
+    let added = a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap();
+    assert_eq!(added, AddOutcome::Added);
+    a.wait_state(&hash, TorrentState::Error, Duration::from_secs(30)).await;
+    // The data is put right; only the user's resume looks at it again.
+    std::fs::write(library.join("tree/a.bin"), &good).unwrap();
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    assert_eq!(a.status(&hash).unwrap().state, TorrentState::Error, "retried on its own");
+    a.session.command(meta.info_hash, Cmd::Resume).await.unwrap();
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    a.session.shutdown().await;
+}
