@@ -854,10 +854,16 @@ async fn a_season_pack_links_the_episodes_seeded_already_and_downloads_only_the_
         let theirs = std::fs::read(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
         assert!(theirs == std::fs::read(pack_dir.join(name)).unwrap(), "{name} of the season changed");
     }
-    // Removing the pack with its data keeps the episodes the season seeds.
+    // Removing the pack with its data unlinks its own names (the season's
+    // names keep the data): no space is left behind.
     let removed = a.session.remove(pack.info_hash, true).await.unwrap().to_string();
-    assert!(removed.contains("still used by another torrent"), "{removed}");
-    assert!(a.download_dir().join("Show.S01.WEB/e02.mkv").exists());
+    assert!(!removed.contains("kept"), "{removed}");
+    assert!(!a.download_dir().join("Show.S01.PACK").exists(), "{removed}");
+    for (name, _) in episodes {
+        let theirs = std::fs::read(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
+        assert!(theirs == std::fs::read(pack_dir.join(name)).unwrap(), "{name} of the season changed");
+    }
+    assert_eq!(a.status(&season.info_hash.hex()).unwrap().state, TorrentState::Seeding);
     b.session.shutdown().await;
     a.session.shutdown().await;
 }
@@ -1281,5 +1287,134 @@ async fn a_torrent_stops_at_its_own_share_limits() {
     a.session.command(meta.info_hash, Cmd::Resume).await.unwrap();
     let t = a.wait_state(&hash, TorrentState::Stopped, Duration::from_secs(30)).await;
     assert_eq!(t.limits.effective.ratio, Some(0.0));
+    a.session.shutdown().await;
+}
+
+/// A save path's folder is reached from the configured folder holding it,
+/// one name at a time: replaced by a link (its files moved outside, the
+/// same inodes), nothing outside is deleted, before or after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_path_folder_replaced_by_a_link_is_never_followed() {
+    let a = Node::start().await;
+    let library = a.download_dir().join("library");
+    payload_tree(&library, "tree", TREE, 29);
+    let meta = cross_torrent(&library, "tree", "TRACKER-ONE");
+    let hash = meta.info_hash.hex();
+    let added = a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap();
+    assert_eq!(added, AddOutcome::Added);
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    // A group member moves the folder out (same files, same inodes) and
+    // puts a link in its place.
+    let outside = a.dir.path().join("outside");
+    std::fs::rename(&library, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &library).unwrap();
+    let removed = format!("{:?}", a.session.remove(meta.info_hash, true).await);
+    assert!(outside.join("tree/a.bin").exists(), "followed the link: {removed}");
+    assert!(removed.contains("not followed"), "{removed}");
+    // The same after a restart, from the record's stamps.
+    std::fs::remove_file(&library).unwrap();
+    std::fs::rename(&outside, &library).unwrap();
+    assert_eq!(
+        a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap(),
+        AddOutcome::Added
+    );
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
+    a.session.shutdown().await;
+    let Node { dir, .. } = a;
+    std::fs::rename(&library, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &library).unwrap();
+    let a = Node::start_in(dir, |_| {}).await;
+    a.wait_for(&hash, "not seeding", Duration::from_secs(30), |s| s.state != TorrentState::Checking).await;
+    let removed = format!("{:?}", a.session.remove(meta.info_hash, true).await);
+    assert!(outside.join("tree/a.bin").exists(), "followed the link after a restart: {removed}");
+    assert!(removed.contains("not followed"), "{removed}");
+    a.session.shutdown().await;
+}
+
+/// A borrowed torrent whose data failed verification never deletes it: the
+/// files were never proven its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_borrowed_torrent_that_failed_verification_keeps_the_files_on_delete() {
+    let a = Node::start().await;
+    let library = a.download_dir().join("library");
+    payload_tree(&library, "tree", TREE, 31);
+    let other_src = tempfile::tempdir().unwrap();
+    payload_tree(other_src.path(), "tree", TREE, 31);
+    common::payload(&other_src.path().join("tree/sub/b.bin"), TREE[1].1, 999);
+    let meta = make_torrent(other_src.path(), "tree", PIECE_256K);
+    let hash = meta.info_hash.hex();
+    let added = a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap();
+    assert_eq!(added, AddOutcome::Added);
+    a.wait_for(&hash, "an error", Duration::from_secs(30), |s| s.state == TorrentState::Error).await;
+    let removed = a.session.remove(meta.info_hash, true).await.unwrap().to_string();
+    assert!(removed.contains("not verified as this torrent's data"), "{removed}");
+    let theirs = tempfile::tempdir().unwrap();
+    payload_tree(theirs.path(), "tree", TREE, 31);
+    for (rel, _) in TREE {
+        let (want, got) = (theirs.path().join("tree").join(rel), library.join("tree").join(rel));
+        assert!(std::fs::read(want).unwrap() == std::fs::read(&got).unwrap(), "{} was touched", got.display());
+    }
+    a.session.shutdown().await;
+}
+
+/// Files a cross-seed names at the same path are kept when their owner is
+/// removed with its data, even while that cross-seed has none of them open
+/// (here `missing`: it has a file more, absent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_data_keeps_the_files_of_a_cross_seed_that_has_them_closed() {
+    let (a, first) = seeder(37).await;
+    let src = tempfile::tempdir().unwrap();
+    payload_tree(src.path(), "tree", TREE, 37);
+    common::payload(&src.path().join("tree/extra.nfo"), 1000, 5);
+    let second = make_torrent(src.path(), "tree", PIECE_256K);
+    let h2 = second.info_hash.hex();
+    assert_eq!(a.session.add_metainfo(second.clone()).await.unwrap(), AddOutcome::Added);
+    a.wait_state(&h2, TorrentState::Missing, Duration::from_secs(30)).await;
+    let removed = a.session.remove(first.info_hash, true).await.unwrap().to_string();
+    assert!(removed.contains("still used by another torrent"), "{removed}");
+    let theirs = tempfile::tempdir().unwrap();
+    payload_tree(theirs.path(), "tree", TREE, 37);
+    assert_same_files(&first, theirs.path(), &a.download_dir());
+    a.session.shutdown().await;
+}
+
+/// A save path naming an item its owner is still downloading into (here
+/// after a recheck found a file damaged) is refused, as an add by name is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_path_into_data_still_downloading_is_refused() {
+    let (a, first) = seeder(41).await;
+    let second = cross_torrent(&a.download_dir(), "tree", "OTHER-TRACKER");
+    common::payload(&a.download_dir().join("tree/a.bin"), TREE[0].1, 4141);
+    a.session.command(first.info_hash, Cmd::Recheck).await.unwrap();
+    a.wait_for(&first.info_hash.hex(), "incomplete", Duration::from_secs(30), |s| {
+        s.progress < 1.0 && s.state != TorrentState::Checking
+    })
+    .await;
+    let o = a.session.add_metainfo_at(second.clone(), Default::default(), a.download_dir()).await.unwrap();
+    assert!(matches!(&o, AddOutcome::Refused(why) if why.contains("not complete yet")), "{o:?}");
+    a.session.shutdown().await;
+}
+
+/// A cross-seed whose data failed verification waits for the user: it is
+/// not hashed again every minute (the clock is paused: a minute passes at
+/// once), and a resume checks it again.
+#[tokio::test(start_paused = true)]
+async fn a_borrowed_torrent_that_failed_verification_is_not_retried_until_resumed() {
+    let a = Node::start().await;
+    let library = a.download_dir().join("library");
+    payload_tree(&library, "tree", TREE, 43);
+    let meta = cross_torrent(&library, "tree", "TRACKER-ONE");
+    let hash = meta.info_hash.hex();
+    let good = std::fs::read(library.join("tree/a.bin")).unwrap();
+    common::payload(&library.join("tree/a.bin"), TREE[0].1, 4343);
+    let added = a.session.add_metainfo_at(meta.clone(), Default::default(), library.clone()).await.unwrap();
+    assert_eq!(added, AddOutcome::Added);
+    a.wait_state(&hash, TorrentState::Error, Duration::from_secs(30)).await;
+    // The data is put right; only the user's resume looks at it again.
+    std::fs::write(library.join("tree/a.bin"), &good).unwrap();
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    assert_eq!(a.status(&hash).unwrap().state, TorrentState::Error, "retried on its own");
+    a.session.command(meta.info_hash, Cmd::Resume).await.unwrap();
+    a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
     a.session.shutdown().await;
 }

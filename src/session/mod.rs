@@ -25,7 +25,7 @@ use crate::hooks::{Facts, HookRunner};
 use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, ResumeRecord};
-use crate::storage::delete::{delete_files_unused, Expect};
+use crate::storage::delete::{delete_files_unused, Deleted, Expect, Kept};
 use crate::storage::disk::DiskPool;
 use crate::storage::Place;
 use crate::torrent::fetch::{self, Fetched, MagnetProgress};
@@ -321,10 +321,15 @@ impl Session {
                 return Ok(AddOutcome::AlreadyManaged);
             }
             // Another torrent's files under this name: seeded from, never written.
-            if at.is_none() {
-                match shared::borrowable(&registry, &meta.name) {
+            match &at {
+                None => match shared::borrowable(&registry, &meta.name) {
                     Err(why) => return Ok(AddOutcome::Refused(why)),
                     Ok(place) => at = place,
+                },
+                Some(place) => {
+                    if let Err(why) = shared::owner_downloading(&registry, place) {
+                        return Ok(AddOutcome::Refused(why));
+                    }
                 }
             }
             registry.insert(hash, claim)
@@ -749,11 +754,16 @@ impl Session {
         if delete_data {
             let others = shared::others(&self.registry(), &hash);
             let (s, place) = (shared.clone(), shared.place());
-            let recorded = shared.with_record(|r| r.stamps.clone());
+            let (recorded, borrowed) = shared.with_record(|r| (r.stamps.clone(), r.borrowed));
             let r = self.env.disk.run(move || {
                 let _no_move_under_way = s.hold_moves();
+                // Borrowed data is the torrent's only once every piece of
+                // it verified: until then nothing of it goes.
+                if borrowed && !s.is_complete() {
+                    return Ok(Deleted { removed: 0, kept: vec![(place.top(), Kept::NotVerified)] });
+                }
                 // Files other torrents seed are kept (cross-seeding).
-                let in_use = shared::files_in_use(&others);
+                let in_use = shared::files_in_use(&place, &others);
                 // Only files proven the torrent's go: those it has open, or
                 // after a restart, those its record stamped (older records:
                 // regular files of the right length, reached without a link).

@@ -45,6 +45,26 @@ pub(super) fn borrowable(registry: &HashMap<InfoHash, Entry>, name: &str) -> Res
     }
 }
 
+/// For a save path naming `place`: an error when a torrent of its own
+/// downloads into that very item (its files are still being written).
+pub(super) fn owner_downloading(registry: &HashMap<InfoHash, Entry>, place: &Place) -> Result<(), String> {
+    let top = place.top();
+    for (hash, e) in registry.iter() {
+        let Entry::Torrent(t) = e else { continue };
+        let p = t.shared.place();
+        let borrowed = t.shared.with_record(|r| r.borrowed);
+        if p.name == place.name && !borrowed && p.top() == top && !t.shared.is_complete() {
+            return Err(format!(
+                "its files would be those of torrent {} ({:?}), which is not complete yet: \
+                 add it again once that one seeds, and it will seed from the same data",
+                &hash.hex()[..8],
+                crate::types::printable(&place.name, 200)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The other torrents whose data is `hash`'s data: the same top-level item,
 /// or files of the same inode (linked in by matching).
 pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<InfoHash> {
@@ -101,19 +121,31 @@ pub(super) fn fill_shared_with(
     }
 }
 
-/// (device, inode) of every file the torrents other than `hash` seed from,
-/// as they have them open (or, not open yet, as their records stamped them).
-/// Blocking (a `fstat` per open file): run it on the disk pool.
-pub(super) fn files_in_use(others: &[Arc<TorrentShared>]) -> HashSet<(u64, u64)> {
+/// The files of `place`'s item (each as its path below the item) that other
+/// torrents name at the very same path: their item is the same entry of the
+/// same folder, whether or not they have it open (paused, `missing`). A
+/// file of ours another torrent holds under another name (hard-linked in by
+/// matching) is not among them: unlinking our name leaves theirs.
+/// Blocking (opens and `fstat`s the folders): run it on the disk pool.
+pub(super) fn files_in_use(place: &Place, others: &[Arc<TorrentShared>]) -> HashSet<Vec<String>> {
     let mut used = HashSet::new();
-    for t in others {
-        let stamps = match t.storage() {
-            Some(s) => s.stamps(),
-            None => t.with_record(|r| r.stamps.clone()),
-        };
-        used.extend(stamps.iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino)));
+    let same_name: Vec<_> = others.iter().filter(|t| t.place().name == place.name).collect();
+    if same_name.is_empty() {
+        return used;
+    }
+    let Some(mine) = folder_id(place) else { return used };
+    for t in same_name.into_iter().filter(|t| folder_id(&t.place()) == Some(mine)) {
+        used.extend(t.meta().files.iter().filter(|f| !f.padding).map(|f| f.path.iter().skip(1).cloned().collect()));
     }
     used
+}
+
+/// (device, inode) of the folder holding `place`'s item, reached without a
+/// link; none if it cannot be.
+fn folder_id(place: &Place) -> Option<(u64, u64)> {
+    let dir = crate::storage::nofollow::open_place_dir(place, false).ok()?;
+    let st = rustix::fs::fstat(&dir).ok()?;
+    Some((st.st_dev, st.st_ino))
 }
 
 /// Every torrent but `hash`, for [`files_in_use`].
@@ -145,13 +177,23 @@ fn readable_roots(config: &Config) -> Vec<PathBuf> {
 pub fn save_path_place(config: &Config, save: &Path, category: &str, name: &str) -> Result<Option<Place>, String> {
     let shown = crate::types::printable(&save.display().to_string(), 300);
     let real = save.canonicalize().map_err(|e| format!("save path {shown}: {e}"))?;
-    if !readable_roots(config).iter().any(|root| real.starts_with(root)) {
+    // The deepest configured folder holding it is opened by path; the rest
+    // is walked a name at a time, never through a link (group members can
+    // replace a folder below it with one after the add).
+    let root =
+        readable_roots(config).into_iter().filter(|root| real.starts_with(root)).max_by_key(|r| r.as_os_str().len());
+    let Some(root) = root else {
         return Err(format!(
             "save path {shown} is outside dropseed's folders (download_dir, the categories' folders, \
              [api] allowed_paths)"
         ));
-    }
-    let place = Place::new(&real, "", name, true);
+    };
+    let sub = real
+        .strip_prefix(&root)
+        .unwrap_or(Path::new(""))
+        .to_str()
+        .ok_or_else(|| format!("save path {shown}: its folders below {} must be UTF-8 names", root.display()))?;
+    let place = Place::new(&root, sub, name, true);
     if crate::storage::nofollow::item_exists(&place).map_err(|e| format!("{}: {e}", place.top().display()))? {
         return Ok(Some(place));
     }

@@ -7,8 +7,10 @@
 //! the torrent recorded them, with the device, inode, size and mtime it had
 //! when the torrent last had it open. Anything else is kept and named.
 //!
-//! Several torrents may seed one file (cross-seeding): a file is counted by
-//! its (device, inode), and one another torrent still uses is kept, named.
+//! Several torrents may seed one file (cross-seeding): a file another
+//! torrent names at the same path is kept, named. A name of ours whose
+//! inode another torrent holds under another name (a hard link made by
+//! matching) goes: the other name keeps the data.
 
 use super::nofollow::{self, FileStamp};
 use crate::metainfo::Metainfo;
@@ -54,6 +56,9 @@ pub enum Kept {
     Failed(io::Error),
     /// Another torrent still seeds from this very file.
     InUse,
+    /// A borrowed torrent (cross-seed) not complete: its pieces were never
+    /// all verified, so the files are not proven its own.
+    NotVerified,
 }
 
 impl fmt::Display for Kept {
@@ -63,6 +68,7 @@ impl fmt::Display for Kept {
             Kept::NotOurs => write!(f, "not the file the torrent had"),
             Kept::Failed(e) => write!(f, "{e}"),
             Kept::InUse => write!(f, "still used by another torrent"),
+            Kept::NotVerified => write!(f, "not verified as this torrent's data"),
         }
     }
 }
@@ -99,13 +105,13 @@ pub fn delete_files(meta: &Metainfo, place: &Place, expect: &Expect) -> io::Resu
     delete_files_unused(meta, place, expect, &HashSet::new())
 }
 
-/// [`delete_files`], keeping the files whose (device, inode) is in `in_use`
-/// (those other torrents seed from).
+/// [`delete_files`], keeping the files whose path below the item is in
+/// `in_use` (those other torrents seed from at the same path).
 pub fn delete_files_unused(
     meta: &Metainfo,
     place: &Place,
     expect: &Expect,
-    in_use: &HashSet<(u64, u64)>,
+    in_use: &HashSet<Vec<String>>,
 ) -> io::Result<Deleted> {
     let root = match nofollow::open_place_dir(place, false) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Deleted::default()),
@@ -131,8 +137,11 @@ fn delete_one(
     place: &Place,
     i: usize,
     expect: &Expect,
-    in_use: &HashSet<(u64, u64)>,
+    in_use: &HashSet<Vec<String>>,
 ) -> Result<bool, Kept> {
+    if in_use.contains(meta.files[i].path.get(1..).unwrap_or_default()) {
+        return Err(Kept::InUse);
+    }
     let (dirs, name) = nofollow::names(place, meta, i);
     let dir = match nofollow::walk(root, &dirs) {
         Ok(d) => d,
@@ -143,7 +152,6 @@ fn delete_one(
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Kept::Failed(e)),
         Ok(None) => Err(Kept::NotPlain),
-        Ok(Some(found)) if in_use.contains(&(found.dev, found.ino)) => Err(Kept::InUse),
         Ok(Some(found)) if !expect.proves(meta, i, &found) => Err(Kept::NotOurs),
         // unlinkat never follows the name: whatever is there now, only
         // that name in our folder goes.
@@ -240,7 +248,7 @@ mod tests {
         let other = TorrentStorage::open_existing(&place, &meta).unwrap();
         let b = other.stamps()[1];
         assert_eq!((b.dev, b.ino), (stamps[1].dev, stamps[1].ino));
-        let in_use = HashSet::from([(b.dev, b.ino)]);
+        let in_use = HashSet::from([vec!["sub".to_string(), "b".to_string()]]);
         let done = delete_files_unused(&meta, &place, &Expect::Stamps(&stamps), &in_use).unwrap();
         assert_eq!(done.removed, 1);
         assert!(!root.path().join("dir/a").exists());

@@ -119,7 +119,8 @@ pub fn open_place_dir(place: &Place, make: bool) -> io::Result<OwnedFd> {
     if place.sub.is_empty() {
         return Ok(root);
     }
-    let sub = if make { make_dir(root.as_fd(), &place.sub) } else { open_dir(root.as_fd(), place.sub.as_str()) };
+    let names: Vec<&str> = place.sub_names().collect();
+    let sub = if make { walk_making(root.as_fd(), &names) } else { walk(root.as_fd(), &names) };
     sub.map_err(|e| match is_link_error(&e) {
         true => io::Error::new(e.kind(), format!("{} is a link or not a folder; not followed", place.dir.display())),
         false => e,

@@ -20,8 +20,9 @@ pub struct Place {
     #[serde(with = "path_bytes")]
     pub dir: PathBuf,
     /// The folder dropseed made for the place in a configured folder (an
-    /// automatic category folder), "" for none: `dir` is then that
-    /// configured folder joined with it. Group members can replace it with
+    /// automatic category folder, or a save path's folders below the
+    /// configured folder holding it: names joined by `/`), "" for none:
+    /// `dir` is then that configured folder joined with it. Group members can replace it with
     /// a link, so it is reached from the configured folder's handle, never
     /// by path.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -36,8 +37,8 @@ pub struct Place {
 }
 
 impl Place {
-    /// `name` in `sub` (one plain folder name, or "") of the configured
-    /// folder `root`.
+    /// `name` in `sub` (plain folder names joined by `/`, or "") of the
+    /// configured folder `root`.
     pub fn new(root: &Path, sub: &str, name: &str, settled: bool) -> Place {
         let dir = if sub.is_empty() { root.to_path_buf() } else { root.join(sub) };
         Place { dir, sub: sub.to_string(), name: name.to_string(), settled }
@@ -54,10 +55,13 @@ impl Place {
 
     /// The configured folder the place is in (the admin's: opened by path).
     pub fn root(&self) -> &Path {
-        match self.sub.is_empty() {
-            true => &self.dir,
-            false => self.dir.parent().unwrap_or(&self.dir),
-        }
+        let depth = self.sub_names().count();
+        self.dir.ancestors().nth(depth).unwrap_or(&self.dir)
+    }
+
+    /// The folders of `sub`, from the configured folder down.
+    pub fn sub_names(&self) -> impl Iterator<Item = &str> {
+        self.sub.split('/').filter(|n| !n.is_empty())
     }
 
     /// The top-level item: the single file, or the torrent's root folder.

@@ -103,7 +103,7 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
             Phase::Preparing { recheck } => preparing(&shared, *recheck, &mut ctl).await,
             Phase::Queued => queued(&shared, &mut ctl, &mut slot).await,
             Phase::Active => active::run(&shared, &mut ctl, &mut slot).await,
-            Phase::Errored { .. } => errored(&mut ctl).await,
+            Phase::Errored { .. } => errored(&mut ctl, !unproven(&shared)).await,
             Phase::Missing { .. } => held(&mut ctl).await,
         };
         let Some(outcome) = outcome else {
@@ -143,6 +143,8 @@ fn log_outcome(shared: &TorrentShared, phase: &Phase, outcome: &Outcome) {
         (_, Outcome::Paused) => tracing::info!(torrent = %name, "paused"),
         (_, Outcome::DataMissing(e)) => tracing::warn!(torrent = %name, error = %e,
             "data missing; waiting for the user (resume once it is back, or recheck to download it again)"),
+        (_, Outcome::PrepareFailed(e)) if unproven(shared) => tracing::warn!(torrent = %name, error = %e,
+            "cannot seed this data: not retried (resume or recheck it once the data is right)"),
         (_, Outcome::PrepareFailed(e)) => {
             tracing::warn!(torrent = %name, error = %e, "cannot start; retrying in 60s")
         }
@@ -210,8 +212,21 @@ async fn queued(
 }
 
 /// In error: tries again after a while, or when the user says so.
-async fn errored(ctl: &mut Control<'_>) -> Option<Outcome> {
-    let retry = tokio::time::sleep(ERROR_RETRY);
+/// A torrent seeding data it does not own whose pieces did not all verify:
+/// trying again would hash the whole torrent again, every minute, to the
+/// same end, so only the user (resume, recheck) makes it look again.
+fn unproven(shared: &TorrentShared) -> bool {
+    shared.status.lock().unwrap().record.borrowed && !shared.is_complete()
+}
+
+/// In error: retried after [`ERROR_RETRY`] (`retry`), or on a command.
+async fn errored(ctl: &mut Control<'_>, retry: bool) -> Option<Outcome> {
+    let retry = async move {
+        match retry {
+            true => tokio::time::sleep(ERROR_RETRY).await,
+            false => std::future::pending().await,
+        }
+    };
     tokio::pin!(retry);
     loop {
         tokio::select! {
