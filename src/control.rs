@@ -343,15 +343,15 @@ pub const MAX_LOG_LINES: usize = 200;
 async fn execute(req: Request, session: &Arc<Session>) -> Reply {
     match req {
         Request::Status => {
-            let dir = session.env.download_dir.clone();
+            let dir = session.env.download_dir().to_path_buf();
             let (disk_free, memory) =
                 tokio::task::spawn_blocking(move || (disk_free(&dir), resident_memory())).await.unwrap_or_default();
             Reply {
                 ok: true,
                 torrents: Some(session.statuses()),
-                dht_nodes: session.env.dht.as_ref().map(|d| d.node_count()),
-                dht_nodes6: session.env.dht.as_ref().and_then(|d| d.node_count_of(crate::dht::family::Family::V6)),
-                dht_port: session.env.dht.as_ref().map(|d| d.port()),
+                dht_nodes: session.env.dht().map(|d| d.node_count()),
+                dht_nodes6: session.env.dht().and_then(|d| d.node_count_of(crate::dht::family::Family::V6)),
+                dht_port: session.env.dht().map(|d| d.port()),
                 disk_free,
                 memory,
                 ..Default::default()

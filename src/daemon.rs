@@ -242,8 +242,8 @@ fn log_statuses(session: &Session, full: bool) {
         tracing::info!(not_listed = lines - max_lines, "status: more torrents than listed");
     }
     let states: Vec<String> = per_state.iter().map(|(k, v)| format!("{k}:{v}")).collect();
-    let free = crate::storage::free_space(&session.env.download_dir).map(human_bytes).unwrap_or_else(|_| "?".into());
-    let dht_nodes = session.env.dht.as_ref().map(|d| d.node_count().to_string()).unwrap_or_else(|| "off".into());
+    let free = crate::storage::free_space(session.env.download_dir()).map(human_bytes).unwrap_or_else(|_| "?".into());
+    let dht_nodes = session.env.dht().map(|d| d.node_count().to_string()).unwrap_or_else(|| "off".into());
     tracing::info!(
         torrents = all.len(),
         states = %states.join(","),

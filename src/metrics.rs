@@ -187,7 +187,7 @@ impl TorrentFamilies {
 fn register_session(r: &mut Registry, session: &Session) {
     let env = &session.env;
     let (announces, failures) = (Family::<Label, Counter>::default(), Family::<Label, Counter>::default());
-    for (host, tally) in env.announces.host_tallies() {
+    for (host, tally) in env.announces().host_tallies() {
         announces.get_or_create(&[("host", host.clone())]).inc_by(tally.attempts);
         failures.get_or_create(&[("host", host)]).inc_by(tally.failures);
     }
@@ -196,9 +196,9 @@ fn register_session(r: &mut Registry, session: &Session) {
     let io = crate::storage::io_counters();
     r.register_with_unit("disk_read", "Bytes read from torrent data", Unit::Bytes, counter(io.read));
     r.register_with_unit("disk_written", "Bytes written to torrent data", Unit::Bytes, counter(io.written));
-    r.register("disk_queue_depth", "Jobs waiting for a disk thread", gauge(env.disk.queued() as u64));
+    r.register("disk_queue_depth", "Jobs waiting for a disk thread", gauge(env.disk().queued() as u64));
     let dht = Family::<Label, Gauge>::default();
-    if let Some(d) = &env.dht {
+    if let Some(d) = &env.dht() {
         for (family, label) in [(crate::dht::family::Family::V4, "v4"), (crate::dht::family::Family::V6, "v6")] {
             if let Some(n) = d.node_count_of(family) {
                 dht.get_or_create(&[("family", label.into())]).set(clamp(n as u64));
@@ -206,7 +206,7 @@ fn register_session(r: &mut Registry, session: &Session) {
         }
     }
     r.register("dht_nodes", "Nodes in the DHT routing table, by address family", dht);
-    let hooks = env.hooks.tally();
+    let hooks = env.hooks().tally();
     r.register("hook_runs", "Hooks started", counter(hooks.runs));
     r.register("hook_failures", "Hooks that did not exit with status 0 (or did not start)", counter(hooks.failures));
 }
@@ -247,7 +247,7 @@ fn clamp(v: u64) -> i64 {
 /// The metrics text for one scrape; `/proc/self` is read on the blocking pool.
 pub async fn render(session: &Session) -> String {
     let proc = tokio::task::spawn_blocking(ProcStats::read).await.unwrap_or_default();
-    session.env.metrics.encode(session, &proc)
+    session.env.metrics().encode(session, &proc)
 }
 
 // ---------------------------------------------------------------------------

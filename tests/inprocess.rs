@@ -285,7 +285,7 @@ async fn seeds_and_leeches_over_utp_encrypted() {
     assert_eq!(b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap(), AddOutcome::Added);
     b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(60)).await;
     assert_same_files(&meta, &a.download_dir(), &b.download_dir());
-    let opened = |n: &Node| n.session.env.utp.as_ref().map_or(0, |u| u.opened());
+    let opened = |n: &Node| n.session.env.utp().map_or(0, |u| u.opened());
     assert!(opened(&a) >= 1 && opened(&b) >= 1, "uTP connections: {} and {}", opened(&a), opened(&b));
     b.session.shutdown().await;
     a.session.shutdown().await;
@@ -303,7 +303,7 @@ async fn download_limit_charges_each_byte_once() {
     let b = Node::start_with(|c| c.limits.download_rate = ByteSize(1 << 30)).await;
     b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap();
     b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(60)).await;
-    let charged = b.session.env.download_limit.charged();
+    let charged = b.session.env.download_limit().charged();
     let size = meta.total_length;
     assert_same_files(&meta, &a.download_dir(), &b.download_dir());
     b.session.shutdown().await;

@@ -298,12 +298,12 @@ pub struct Machine {
 /// Free space where downloads go (as the control socket's `status`) and
 /// the DHT's nodes.
 pub async fn machine(api: &Api) -> Machine {
-    let dir = api.session.env.download_dir.clone();
+    let dir = api.session.env.download_dir().to_path_buf();
     let free = tokio::task::spawn_blocking(move || crate::control::disk_free(&dir)).await.ok().flatten();
     Machine {
         free_space_on_disk: free.unwrap_or(0),
-        dht_nodes: api.session.env.dht.as_ref().map_or(0, |d| d.node_count()),
-        disk_queue: api.session.env.disk.queued(),
+        dht_nodes: api.session.env.dht().map_or(0, |d| d.node_count()),
+        disk_queue: api.session.env.disk().queued(),
     }
 }
 

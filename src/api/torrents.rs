@@ -508,7 +508,7 @@ async fn add_all(api: &Arc<Api>, files: Vec<Vec<u8>>, p: &Params) -> Result<(), 
         return Err(AddError::Refused(format!("at most {MAX_ADDS} torrents in one request")));
     }
     let (web, urls): (Vec<String>, Vec<String>) = urls.into_iter().partition(|u| fetch::is_http(u));
-    let fetched = fetch::fetch_all(&api.session.env.http, web).await;
+    let fetched = fetch::fetch_all(api.session.env.http(), web).await;
     let mut items = tokio::task::spawn_blocking(move || parse_items(files, urls)).await.map_err(|_| AddError::Fails)?;
     items.extend(fetched.into_iter().map(|m| m.map(|m| Item::Torrent(Box::new(m)))));
     let stopped = p.flag("stopped") || p.flag("paused");

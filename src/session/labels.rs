@@ -140,7 +140,7 @@ impl Session {
     }
 
     async fn save_book(&self, book: TagBook) -> Result<TagBook, SessionError> {
-        let dir = self.env.state_dir.clone();
+        let dir = self.env.state_dir().to_path_buf();
         let saved = tokio::task::spawn_blocking(move || book.save(&dir).map(|()| book)).await;
         match saved {
             Ok(Ok(book)) => Ok(book),
@@ -185,7 +185,7 @@ impl Session {
             }
             Target::Magnet(magnet) => {
                 let (magnet, paused, opts) = *magnet;
-                super::save_magnet(&self.env.state_dir, &magnet, paused, &opts)
+                super::save_magnet(self.env.state_dir(), &magnet, paused, &opts)
                     .await
                     .map_err(|e| SessionError::Io(format!("{named}: cannot save: {e}")))?;
             }

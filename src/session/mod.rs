@@ -26,21 +26,19 @@ use crate::magnet::Magnet;
 use crate::metainfo::Metainfo;
 use crate::resume::{self, ResumeRecord};
 use crate::storage::delete::{delete_files_unused, Deleted, Expect, Kept};
-use crate::storage::disk::DiskPool;
 use crate::storage::Place;
 use crate::torrent::fetch::{self, Fetched, MagnetProgress};
-use crate::torrent::ratelimit::RateLimiter;
 use crate::torrent::task::{self, Cmd, Exit};
-use crate::torrent::{Env, TorrentShared, TorrentStatus};
-use crate::types::{InfoHash, PeerId};
+use crate::torrent::{Env, Services, TorrentShared, TorrentStatus};
+use crate::types::InfoHash;
 use crate::utp::{UtpSocket, UtpStream};
 use crate::wallclock::now_unix;
 use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{mpsc, Semaphore};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -121,34 +119,34 @@ impl Session {
         let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
         let hooks = HookRunner::start(config.hooks.max_running, &tasks, cancel.clone());
         let udp = udp_side(&config, ip, listen_port).await;
-        let env = Arc::new(make_env(config, listen_port, hooks, udp.dht, udp.utp).await?);
+        let env = Arc::new(make_env(config, listen_port, hooks, udp.dht, udp.utp)?);
         let (removals, removal_rx) = mpsc::unbounded_channel();
         let (fetched, fetched_rx) = mpsc::unbounded_channel();
-        let dir = env.state_dir.clone();
+        let dir = env.state_dir().to_path_buf();
         let book = tokio::task::spawn_blocking(move || tags::TagBook::load(&dir)).await.unwrap_or_default();
         let tags = tokio::sync::Mutex::new(book);
         let registry = Mutex::new(HashMap::new());
         let session = Arc::new(Session { env, registry, cancel, tasks, removals, fetched, tags });
         session.restore().await;
-        session.env.metrics.start_counting(&session.statuses());
+        session.env.metrics().start_counting(&session.statuses());
         session.tasks.spawn(listener::accept_loop(session.clone(), listener, udp.incoming));
         session.tasks.spawn(housekeeping(Arc::downgrade(&session), removal_rx, fetched_rx, session.cancel.clone()));
         Ok(session)
     }
 
     pub fn listen_port(&self) -> u16 {
-        self.env.listen_port
+        self.env.listen_port()
     }
 
     async fn restore(self: &Arc<Self>) {
-        let dir = self.env.state_dir.clone();
+        let dir = self.env.state_dir().to_path_buf();
         let found = tokio::task::spawn_blocking(move || restore::scan(&dir)).await.unwrap_or_default();
         let mut torrents = 0;
         for item in found {
             match item {
                 restore::Restored::Torrent(meta, mut record) => {
                     if let Some(p) = record.place.as_mut().filter(|p| p.dir.as_os_str().is_empty()) {
-                        p.dir = self.env.download_dir.clone();
+                        p.dir = self.env.download_dir().to_path_buf();
                     }
                     // Saved before places knew their category folder is derived.
                     let (root, sub) = self.env.config().complete_folder(&record.category);
@@ -168,7 +166,7 @@ impl Session {
                     self.start_torrent(Arc::new(*meta), *record);
                 }
                 restore::Restored::Magnet(magnet, paused, announce, opts) => {
-                    self.env.announces.restore(magnet.info_hash, announce);
+                    self.env.announces().restore(magnet.info_hash, announce);
                     self.start_magnet(magnet, paused, *opts)
                 }
             }
@@ -362,7 +360,7 @@ impl Session {
         let meta = Arc::new(meta);
         let mut record = record;
         let found = if record.place.is_none() { self.find_matches(&meta, &mut record).await } else { Vec::new() };
-        let (dir, m, r) = (self.env.state_dir.clone(), meta.clone(), record.clone());
+        let (dir, m, r) = (self.env.state_dir().to_path_buf(), meta.clone(), record.clone());
         let saved =
             tokio::task::spawn_blocking(move || persist_torrent(&dir, &m, &r)).await.map_err(std::io::Error::other);
         match saved.and_then(|r| r) {
@@ -426,12 +424,12 @@ impl Session {
         }
         let (root, sub) = config.complete_folder(&record.category);
         let done = Place::new(&root, &sub, &meta.name, true);
-        let place = match self.env.incomplete_dir.as_os_str().is_empty() {
+        let place = match self.env.incomplete_dir().as_os_str().is_empty() {
             true => done.clone(),
-            false => Place::new(&self.env.incomplete_dir, "", &meta.name, false),
+            false => Place::new(self.env.incomplete_dir(), "", &meta.name, false),
         };
         let (m, p) = (meta.clone(), place.clone());
-        let found = self.env.disk.run(move || {
+        let found = self.env.disk().run(move || {
             // Nothing is linked into an item that exists already.
             let taken = |p: &Place| nofollow_exists(p);
             if taken(&done) || taken(&p) {
@@ -456,7 +454,8 @@ impl Session {
             s.dedup();
             s
         };
-        let linked = self.env.disk.run(move || matching::link_all(&m, &place, &found, link)).await.unwrap_or_default();
+        let linked =
+            self.env.disk().run(move || matching::link_all(&m, &place, &found, link)).await.unwrap_or_default();
         tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), matched = %sources.join(","), files = linked.len(),
             "files found among the data seeded already, verified and linked; downloading the rest");
         linked
@@ -509,7 +508,7 @@ impl Session {
             }
             registry.insert(hash, Entry::Reserved(None));
         }
-        match save_magnet(&self.env.state_dir, &magnet, false, &opts).await {
+        match save_magnet(self.env.state_dir(), &magnet, false, &opts).await {
             Ok(()) => {
                 let facts = Facts {
                     hash: hash.hex(),
@@ -518,7 +517,7 @@ impl Session {
                     category: opts.category.clone(),
                     size: None,
                 };
-                self.env.hooks.fire(&self.env.config(), HookEvent::Added, facts);
+                self.env.hooks().fire(&self.env.config(), HookEvent::Added, facts);
                 self.start_magnet(magnet, false, opts);
                 Ok(AddOutcome::Added)
             }
@@ -681,12 +680,12 @@ impl Session {
         let io = |e: std::io::Error| SessionError::Io(e.to_string());
         if matches!(cmd, Cmd::Pause) {
             m.stop_fetch().await;
-            let r = save_magnet(&self.env.state_dir, &m.magnet, true, &m.opts).await;
+            let r = save_magnet(self.env.state_dir(), &m.magnet, true, &m.opts).await;
             tracing::info!(torrent = %named.name, hash = %hash.short(), "paused");
             self.put(*hash, Entry::Magnet(m));
             return r.map(|_| CommandOutcome::Reached(named, Paused)).map_err(io);
         }
-        let r = save_magnet(&self.env.state_dir, &m.magnet, false, &m.opts).await;
+        let r = save_magnet(self.env.state_dir(), &m.magnet, false, &m.opts).await;
         tracing::info!(torrent = %named.name, hash = %hash.short(), "resumed");
         let mut registry = self.registry();
         m.error = None;
@@ -699,11 +698,11 @@ impl Session {
     pub async fn remove(&self, hash: InfoHash, delete_data: bool) -> Result<Removed, SessionError> {
         let named = self.named(&hash)?;
         let entry = self.take(&hash).ok_or(SessionError::Busy(hash))?;
-        let dir = self.env.state_dir.clone();
+        let dir = self.env.state_dir().to_path_buf();
         let result = match entry {
             Entry::Magnet(mut m) => {
                 m.stop_fetch().await;
-                self.env.announces.retire(hash, now_unix());
+                self.env.announces().retire(hash, now_unix());
                 let paths = [resume::magnet_path(&dir, &hash), resume::resume_path(&dir, &hash)];
                 let _ = tokio::task::spawn_blocking(move || paths.map(std::fs::remove_file)).await;
                 Ok(Removed { torrent: named, data_deleted: false, kept: None })
@@ -733,7 +732,7 @@ impl Session {
                 "is not announcing (paused, queued, checking, or no tracker)",
             ));
         }
-        let book = &self.env.announces;
+        let book = self.env.announces();
         let now = now_unix();
         let at = book.get(hash).pace(crate::tracker::http::Event::None, now);
         book.waker(hash).notify_one();
@@ -742,7 +741,8 @@ impl Session {
 
     /// Deletes a stopped torrent's state files, and its data if asked.
     async fn forget_torrent(&self, shared: &Arc<TorrentShared>, delete_data: bool) -> Result<Removed, SessionError> {
-        let (dir, hash, name) = (self.env.state_dir.clone(), shared.meta().info_hash, shared.name().to_string());
+        let (dir, hash, name) =
+            (self.env.state_dir().to_path_buf(), shared.meta().info_hash, shared.name().to_string());
         let _ = tokio::task::spawn_blocking(move || {
             for p in [resume::torrent_path(&dir, &hash), resume::resume_path(&dir, &hash)] {
                 let _ = std::fs::remove_file(p);
@@ -755,7 +755,7 @@ impl Session {
             let others = shared::others(&self.registry(), &hash);
             let (s, place) = (shared.clone(), shared.place());
             let (recorded, borrowed) = shared.with_record(|r| (r.stamps.clone(), r.borrowed));
-            let r = self.env.disk.run(move || {
+            let r = self.env.disk().run(move || {
                 let _no_move_under_way = s.hold_moves();
                 // Borrowed data is the torrent's only once every piece of
                 // it verified: until then nothing of it goes.
@@ -780,7 +780,7 @@ impl Session {
                 _ => {}
             }
         }
-        self.env.announces.retire(hash, now_unix());
+        self.env.announces().retire(hash, now_unix());
         tracing::info!(torrent = %name, hash = %hash.short(), delete_data, "removed");
         Ok(Removed { torrent, data_deleted: delete_data, kept })
     }
@@ -788,8 +788,8 @@ impl Session {
     /// Replaces the live configuration (SIGHUP); limits apply from the next
     /// use, paths and ports need a restart.
     pub fn set_config(&self, config: Arc<Config>) {
-        self.env.download_limit.set_rate(config.limits.download_rate.0);
-        self.env.upload_limit.set_rate(config.limits.upload_rate.0);
+        self.env.download_limit().set_rate(config.limits.download_rate.0);
+        self.env.upload_limit().set_rate(config.limits.upload_rate.0);
         self.env.set_config(config);
     }
 
@@ -799,16 +799,16 @@ impl Session {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
-        if let Some(utp) = &self.env.utp {
+        if let Some(utp) = &self.env.utp() {
             utp.shut_down().await;
         }
-        if let Some(dht) = &self.env.dht {
+        if let Some(dht) = &self.env.dht() {
             dht.shutdown().await;
         }
-        if let Some(lsd) = &self.env.lsd {
+        if let Some(lsd) = &self.env.lsd() {
             lsd.shutdown().await;
         }
-        let disk = self.env.disk.clone();
+        let disk = self.env.disk().clone();
         let _ = tokio::task::spawn_blocking(move || disk.shutdown()).await;
     }
 }
@@ -852,7 +852,7 @@ async fn udp_side(config: &Config, ip: IpAddr, listen_port: u16) -> UdpSide {
     side
 }
 
-async fn make_env(
+fn make_env(
     config: Arc<Config>,
     listen_port: u16,
     hooks: HookRunner,
@@ -871,43 +871,7 @@ async fn make_env(
     } else {
         None
     };
-    Ok(Env {
-        peer_id: PeerId::generate(),
-        listen_port,
-        disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
-        http: reqwest::Client::builder()
-            .user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let verdict = crate::tracker::http::redirect_allowed(
-                    &attempt.previous()[0],
-                    attempt.url(),
-                    attempt.previous().len() - 1,
-                );
-                match verdict {
-                    Ok(()) => attempt.follow(),
-                    Err(why) => attempt.error(why),
-                }
-            }))
-            .build()?,
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-        download_slots: Arc::new(Semaphore::new(match config.limits.max_active_downloads {
-            0 => Semaphore::MAX_PERMITS,
-            n => n,
-        })),
-        queued: Default::default(),
-        download_limit: RateLimiter::new(config.limits.download_rate.0),
-        upload_limit: RateLimiter::new(config.limits.upload_rate.0),
-        download_dir: config.paths.download_dir.clone(),
-        incomplete_dir: config.paths.incomplete_dir.clone(),
-        state_dir: config.paths.state_dir.clone(),
-        config: RwLock::new(config),
-        dht,
-        utp,
-        lsd,
-        announces: Default::default(),
-        hooks,
-        metrics: Default::default(),
-    })
+    Env::new(config, listen_port, Services { dht, utp, lsd, hooks })
 }
 
 fn not_managed(hash: &InfoHash) -> SessionError {

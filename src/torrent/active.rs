@@ -133,27 +133,27 @@ impl<'a> Active<'a> {
         let cfg = TrackerConfig {
             info_hash: shared.meta.info_hash,
             name: shared.meta.name.clone(),
-            peer_id: env.peer_id,
-            port: env.listen_port,
+            peer_id: env.peer_id(),
+            port: env.listen_port(),
             tiers: shared.meta.trackers.clone(),
             numwant: env.config().network.numwant,
-            book: env.announces.clone(),
+            book: env.announces().clone(),
         };
         let counters = shared.clone() as Arc<dyn TransferCounters>;
         let completed = self.completed_tx.subscribe();
         let tracker = tokio::spawn(
-            tracker::run(cfg, env.http.clone(), counters, peers_tx.clone(), completed, self.child.clone())
+            tracker::run(cfg, env.http().clone(), counters, peers_tx.clone(), completed, self.child.clone())
                 .in_current_span(),
         );
         let public = !shared.meta.private;
-        let lsd = env.lsd.as_ref().filter(|_| public).map(|l| l.register(shared.meta.info_hash, peers_tx.clone()));
-        let dht = env.dht.as_ref().filter(|_| public).map(|dht| {
+        let lsd = env.lsd().filter(|_| public).map(|l| l.register(shared.meta.info_hash, peers_tx.clone()));
+        let dht = env.dht().filter(|_| public).map(|dht| {
             let torrent = shared.clone();
             let every = move |_found| if torrent.is_complete() { DHT_SEEDING_EVERY } else { DHT_DOWNLOADING_EVERY };
             let hash = shared.meta.info_hash;
             tokio::spawn(
                 dht.clone()
-                    .keep_looking_up(hash, env.listen_port, peers_tx, self.child.clone(), every)
+                    .keep_looking_up(hash, env.listen_port(), peers_tx, self.child.clone(), every)
                     .in_current_span(),
             )
         });
@@ -252,7 +252,7 @@ impl<'a> Active<'a> {
         }
         let (shared, env) = (self.shared.clone(), &self.shared.env);
         let ((root, sub), meta) = (shared.complete_folder(), shared.meta.clone());
-        let target = match env.disk.run(move || handoff::target_in(&root, &sub, &meta)).await {
+        let target = match env.disk().run(move || handoff::target_in(&root, &sub, &meta)).await {
             Ok(t) => t,
             Err(_) => return,
         };
@@ -307,7 +307,7 @@ impl<'a> Active<'a> {
             received: self.shared.received.load(Ordering::Relaxed),
             have: self.shared.lock().have().count(),
             downloading,
-            others_queued: env.queued.load(Ordering::Relaxed) > 0,
+            others_queued: env.queued().load(Ordering::Relaxed) > 0,
             seeding,
             idle: seeding && self.peers.is_empty() && !self.book.has_queued(),
             stall_after: Duration::from_secs(config.limits.stall_secs),
@@ -365,7 +365,7 @@ impl<'a> Active<'a> {
             return None;
         }
         let (meta, p) = (self.shared.meta.clone(), place.clone());
-        let gone = self.shared.env.disk.run(move || storage.files_gone(&p, &meta)).await.ok()?;
+        let gone = self.shared.env.disk().run(move || storage.files_gone(&p, &meta)).await.ok()?;
         if gone.is_empty() {
             return None;
         }
@@ -443,7 +443,7 @@ impl<'a> Active<'a> {
             if !self.shared.lock().peers().may_dial(addr, per_ip) {
                 continue;
             }
-            let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
+            let Ok(permit) = self.shared.env.connections().clone().try_acquire_owned() else {
                 break;
             };
             started += 1;
@@ -474,7 +474,7 @@ impl<'a> Active<'a> {
         if self.shared.lock().peers().at_host(addr.ip()) >= per_ip {
             return;
         }
-        let Ok(permit) = self.shared.env.connections.clone().try_acquire_owned() else {
+        let Ok(permit) = self.shared.env.connections().clone().try_acquire_owned() else {
             return;
         };
         if !self.make_room(addr.ip(), self.peers.len() >= max) {

@@ -46,7 +46,7 @@ async fn run_outgoing(
         Err(end) => return end,
     };
     tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "connected");
-    let _counted = shared.env.metrics.connected(transport.way());
+    let _counted = shared.env.metrics().connected(transport.way());
     let mut peer = PeerConn::new(shared.clone(), handle.clone(), addr, theirs);
     let end = conn::run(transport, &mut peer, &cancel).await;
     // Two seeds part for good, however the connection ended.
@@ -74,7 +74,7 @@ pub async fn incoming(
         return end;
     }
     tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "accepted");
-    let _counted = shared.env.metrics.connected(transport.way());
+    let _counted = shared.env.metrics().connected(transport.way());
     conn::run(transport, &mut peer, &cancel).await
 }
 
@@ -85,7 +85,7 @@ fn register(
     peer_id: [u8; 20],
     listen: Option<SocketAddr>,
 ) -> Result<Arc<PeerHandle>, ConnEnd> {
-    if peer_id == shared.env.peer_id.0 {
+    if peer_id == shared.env.peer_id().0 {
         return Err(ConnEnd::Ourselves);
     }
     let per_host = shared.env.config().limits.max_peers_per_ip;
@@ -100,5 +100,5 @@ fn register(
 
 /// The DHT bit is set only where the DHT may be used: never for private torrents.
 fn our_handshake(shared: &TorrentShared) -> Handshake {
-    Handshake::new(shared.meta.info_hash, shared.env.peer_id, shared.env.dht.is_some() && !shared.meta.private)
+    Handshake::new(shared.meta.info_hash, shared.env.peer_id(), shared.env.dht().is_some() && !shared.meta.private)
 }

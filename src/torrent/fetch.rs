@@ -119,8 +119,8 @@ impl TransferCounters for MagnetCounters {
     }
     fn persist(self: Arc<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
-            let record = ResumeRecord { announce: self.env.announces.get(self.hash), ..ResumeRecord::default() };
-            let (dir, hash) = (self.env.state_dir.clone(), self.hash);
+            let record = ResumeRecord { announce: self.env.announces().get(self.hash), ..ResumeRecord::default() };
+            let (dir, hash) = (self.env.state_dir().to_path_buf(), self.hash);
             let saved = tokio::task::spawn_blocking(move || record.save(&dir, &hash)).await;
             if let Ok(Err(e)) = saved {
                 tracing::warn!(hash = %&hash.hex()[..8], error = %e, "could not save the magnet's announce record");
@@ -155,7 +155,7 @@ pub async fn run(
     let mut helpers = start_discovery(&ctx, &magnet, &tiers);
     let name = magnet.display_name();
     tracing::info!(torrent = %name, trackers = magnet.trackers.len(), peers = magnet.peers.len(), "fetching metadata");
-    if let Some(why) = no_way_to_peers(&magnet, &tiers, ctx.env.dht.is_some()) {
+    if let Some(why) = no_way_to_peers(&magnet, &tiers, ctx.env.dht().is_some()) {
         tracing::warn!(torrent = %name, "{why}");
     }
     let mut conns = Connections::default();
@@ -207,13 +207,13 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
         let cfg = TrackerConfig {
             info_hash: hash,
             name: magnet.display_name(),
-            peer_id: env.peer_id,
-            port: env.listen_port,
+            peer_id: env.peer_id(),
+            port: env.listen_port(),
             tiers: tiers.to_vec(),
             numwant: env.config().network.numwant,
-            book: env.announces.clone(),
+            book: env.announces().clone(),
         };
-        let (http, tx, d) = (env.http.clone(), ctx.discovered.clone(), ctx.done.clone());
+        let (http, tx, d) = (env.http().clone(), ctx.discovered.clone(), ctx.done.clone());
         let counters = Arc::new(MagnetCounters { hash, env: env.clone() });
         helpers.spawn(
             async move {
@@ -225,14 +225,14 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
             .in_current_span(),
         );
     }
-    if let Some(dht) = env.dht.clone() {
+    if let Some(dht) = env.dht().cloned() {
         let (tx, d) = (ctx.discovered.clone(), ctx.done.clone());
         let mut wait = DHT_EVERY / 2;
         let every = move |found: usize| {
             wait = next_dht_wait(wait, found);
             wait
         };
-        helpers.spawn(dht.keep_looking_up(hash, env.listen_port, tx, d, every).in_current_span());
+        helpers.spawn(dht.keep_looking_up(hash, env.listen_port(), tx, d, every).in_current_span());
     }
     helpers
 }
@@ -335,7 +335,7 @@ impl Connections {
 
 /// Dials a peer for metadata.
 async fn outgoing(ctx: &Arc<Ctx>, addr: SocketAddr) -> ConnEnd {
-    let ours = Handshake::new(ctx.hash, ctx.env.peer_id, ctx.env.dht.is_some());
+    let ours = Handshake::new(ctx.hash, ctx.env.peer_id(), ctx.env.dht().is_some());
     let (transport, theirs) = tokio::select! {
         _ = ctx.done.cancelled() => return ConnEnd::Cancelled,
         r = conn::dial(addr, &ours, ctx.env.reach(), None) => match r {
@@ -349,7 +349,7 @@ async fn outgoing(ctx: &Arc<Ctx>, addr: SocketAddr) -> ConnEnd {
 
 /// Answers a peer the listener routed to this magnet.
 async fn accepted(ctx: &Arc<Ctx>, mut transport: Transport, addr: SocketAddr, theirs: Handshake) -> ConnEnd {
-    let ours = Handshake::new(ctx.hash, ctx.env.peer_id, ctx.env.dht.is_some());
+    let ours = Handshake::new(ctx.hash, ctx.env.peer_id(), ctx.env.dht().is_some());
     if let Err(end) = conn::answer(&mut transport, &ours).await {
         return end;
     }
@@ -358,7 +358,7 @@ async fn accepted(ctx: &Arc<Ctx>, mut transport: Transport, addr: SocketAddr, th
 
 /// The extension-protocol conversation with one peer.
 async fn exchange(ctx: &Arc<Ctx>, transport: Transport, addr: SocketAddr, theirs: Handshake) -> ConnEnd {
-    if theirs.peer_id == ctx.env.peer_id {
+    if theirs.peer_id == ctx.env.peer_id() {
         return ConnEnd::Ourselves;
     }
     if !theirs.supports_extensions() {
@@ -468,9 +468,9 @@ impl Handler for MetadataConn {
         if self.fast {
             out.push_small(&Message::HaveNone);
         }
-        let hs = ExtHandshake::ours(self.ctx.env.listen_port, MAX_QUEUED_REQUESTS, self.addr.ip(), None, true);
+        let hs = ExtHandshake::ours(self.ctx.env.listen_port(), MAX_QUEUED_REQUESTS, self.addr.ip(), None, true);
         out.push_small(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() });
-        if let Some(dht) = self.ctx.env.dht.as_ref().filter(|_| self.dht) {
+        if let Some(dht) = self.ctx.env.dht().filter(|_| self.dht) {
             out.push_small(&Message::Port(dht.port_for(self.addr.ip())));
         }
     }

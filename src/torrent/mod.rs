@@ -9,6 +9,7 @@ pub mod choker;
 pub mod clock;
 mod connect;
 pub mod detail;
+pub mod env;
 pub mod evict;
 pub mod fast;
 pub mod fetch;
@@ -22,14 +23,12 @@ pub mod ratelimit;
 mod state;
 pub mod task;
 
-use crate::config::Config;
 use crate::locks::locked;
 use crate::metainfo::Metainfo;
 use crate::resume::ResumeRecord;
 use crate::share;
-use crate::storage::disk::DiskPool;
 use crate::storage::{Place, TorrentStorage};
-use crate::types::{Bitfield, PeerId};
+use crate::types::Bitfield;
 use crate::wire::BlockRef;
 use picker::{PeerKey, Picker};
 use serde::Serialize;
@@ -37,9 +36,9 @@ use sha1::{Digest, Sha1};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 
 /// A verified piece is flushed and claimed in the resume record once this
 /// old; the kernel has usually written it back by then.
@@ -47,59 +46,7 @@ pub const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub use state::{Inner, PeerTable, Refusal, STRIKES_TO_BAN};
 
-/// Everything a torrent needs from the session around it.
-pub struct Env {
-    pub peer_id: PeerId,
-    pub listen_port: u16,
-    pub config: RwLock<Arc<Config>>,
-    pub disk: Arc<DiskPool>,
-    pub http: reqwest::Client,
-    /// Global peer-connection budget (`limits.max_connections`).
-    pub connections: Arc<Semaphore>,
-    /// Downloads allowed at once (`limits.max_active_downloads`).
-    pub download_slots: Arc<Semaphore>,
-    /// Torrents waiting for a download slot.
-    pub queued: std::sync::atomic::AtomicUsize,
-    pub download_dir: PathBuf,
-    /// Where torrents download until complete; empty to use `download_dir`.
-    pub incomplete_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub download_limit: ratelimit::RateLimiter,
-    pub upload_limit: ratelimit::RateLimiter,
-    /// The DHT node, when enabled.
-    pub dht: Option<Arc<crate::dht::Dht>>,
-    /// uTP on the listen port's UDP side, when `[network] utp` is on.
-    pub utp: Option<Arc<crate::utp::UtpSocket>>,
-    /// Local Service Discovery, when enabled.
-    pub lsd: Option<Arc<crate::lsd::Lsd>>,
-    /// When each torrent last announced, and its tracker key.
-    pub announces: Arc<crate::tracker::pace::AnnounceBook>,
-    /// Runs the user's hooks (`[hooks]`) off the engine.
-    pub hooks: crate::hooks::HookRunner,
-    /// What `/metrics` shows that the engine counts as it goes.
-    pub metrics: crate::counters::Metrics,
-}
-
-impl Env {
-    pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap().clone()
-    }
-
-    /// A reloaded config: what [`Env::config`] returns from now on.
-    pub fn set_config(&self, config: Arc<Config>) {
-        *self.config.write().unwrap() = config;
-    }
-
-    /// What outgoing connections may use, as configured now.
-    pub fn reach(&self) -> crate::conn::Reach<'_> {
-        let network = &self.config.read().unwrap().network;
-        crate::conn::Reach {
-            encryption: network.encryption,
-            utp: self.utp.as_ref(),
-            utp_first: network.utp == crate::config::Utp::Prefer,
-        }
-    }
-}
+pub use env::{Env, Services};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -264,7 +211,7 @@ pub struct StatusCell {
 impl TorrentShared {
     pub fn new(meta: Arc<Metainfo>, env: Arc<Env>, record: ResumeRecord) -> Arc<TorrentShared> {
         let n = meta.piece_count();
-        env.announces.restore(meta.info_hash, record.announce);
+        env.announces().restore(meta.info_hash, record.announce);
         let have = Bitfield::from_bytes(&record.have, n).unwrap_or_else(|| Bitfield::new(n));
         // At least four pieces, whatever the setting, or large pieces would
         // leave peers idle.
@@ -360,7 +307,7 @@ impl TorrentShared {
             category: self.category(),
             size: Some(self.meta.total_length),
         };
-        self.env.hooks.fire(&self.env.config(), event, facts);
+        self.env.hooks().fire(&self.env.config(), event, facts);
     }
 
     pub fn storage(&self) -> Option<&Arc<TorrentStorage>> {
@@ -403,13 +350,13 @@ impl TorrentShared {
         let had_pieces = self.status_cell().record.have.iter().any(|&b| b != 0);
         // A link at the item or its folder counts as there: opening it then
         // fails and says so.
-        if self.env.incomplete_dir.as_os_str().is_empty()
+        if self.env.incomplete_dir().as_os_str().is_empty()
             || had_pieces
             || crate::storage::nofollow::item_exists(&here).unwrap_or(true)
         {
             return here;
         }
-        Place::new(&self.env.incomplete_dir, "", &self.meta.name, false)
+        Place::new(self.env.incomplete_dir(), "", &self.meta.name, false)
     }
 
     pub fn left(&self) -> u64 {
@@ -441,12 +388,12 @@ impl TorrentShared {
         let shared = self.clone();
         let _ = self
             .env
-            .disk
+            .disk()
             .spawn(move || {
                 let index = piece.index as usize;
                 let hashing = Instant::now();
                 let good = <[u8; 20]>::from(Sha1::digest(&piece.data)) == shared.meta.piece_hashes[index];
-                shared.env.metrics.piece_verify.observe(hashing.elapsed().as_secs_f64());
+                shared.env.metrics().piece_verify.observe(hashing.elapsed().as_secs_f64());
                 let write = match (good, shared.storage()) {
                     (true, Some(s)) => {
                         s.write(index as u64 * shared.meta.piece_length, &piece.data).map_err(|e| e.to_string())
@@ -472,7 +419,7 @@ impl TorrentShared {
         let len = self.meta.piece_len(index as usize);
         if good {
             self.downloaded.fetch_add(len as u64, Ordering::Relaxed);
-            self.env.metrics.downloaded.inc_by(len as u64);
+            self.env.metrics().downloaded.inc_by(len as u64);
             inner.mark_verified(index, len, Instant::now());
             let count = inner.have().count();
             drop(inner);
@@ -480,14 +427,14 @@ impl TorrentShared {
             return;
         }
         self.corrupt.fetch_add(len as u64, Ordering::Relaxed);
-        self.env.metrics.hash_failures.inc();
-        self.env.metrics.corrupt_bytes.inc_by(len as u64);
+        self.env.metrics().hash_failures.inc();
+        self.env.metrics().corrupt_bytes.inc_by(len as u64);
         inner.picker_mut().piece_failed(index, contributors.len());
         let shown: Vec<String> = contributors.iter().map(|c| c.to_string()).collect();
         tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), piece = index, peers = %shown.join(","), "piece failed its hash check; downloading it again");
         if let [culprit] = contributors {
             if let Some(handle) = inner.peers_mut().strike(*culprit) {
-                self.env.metrics.peers_banned.inc();
+                self.env.metrics().peers_banned.inc();
                 tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), peer = %culprit, "peer sent {STRIKES_TO_BAN} corrupt pieces; disconnected and banned for this torrent");
                 handle.kick();
             }
@@ -543,7 +490,7 @@ impl TorrentShared {
         record.uploaded = self.uploaded.load(Ordering::Relaxed);
         record.downloaded = self.downloaded.load(Ordering::Relaxed);
         record.corrupt = self.corrupt.load(Ordering::Relaxed);
-        record.announce = self.env.announces.get(self.meta.info_hash);
+        record.announce = self.env.announces().get(self.meta.info_hash);
         // Where to find peers again after a restart (what PEX would tell).
         let peers: Vec<String> = {
             let inner = self.lock();
@@ -552,7 +499,7 @@ impl TorrentShared {
         if !peers.is_empty() {
             record.peers = peers;
         }
-        record.save(&self.env.state_dir, &self.meta.info_hash)?;
+        record.save(self.env.state_dir(), &self.meta.info_hash)?;
         // Only what this save computed goes back: the place, the move's
         // target or the hold may have changed meanwhile, and the next save
         // writes them.
@@ -569,7 +516,7 @@ impl TorrentShared {
     /// could not be written.
     pub async fn save_resume(self: &Arc<Self>, flush_all: bool) -> bool {
         let shared = self.clone();
-        match self.env.disk.run(move || shared.save_resume_blocking(flush_all)).await {
+        match self.env.disk().run(move || shared.save_resume_blocking(flush_all)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), error = %e, "could not save resume state");
@@ -604,7 +551,7 @@ impl TorrentShared {
             TorrentState::Seeding if unsettled => TorrentState::Moving,
             state => state,
         };
-        let trackers = self.env.announces.trackers(self.meta.info_hash);
+        let trackers = self.env.announces().trackers(self.meta.info_hash);
         let eta = (state == TorrentState::Downloading && s.download_rate > 0).then(|| (size - done) / s.download_rate);
         TorrentStatus {
             info_hash: self.meta.info_hash.hex(),

@@ -89,14 +89,14 @@ async fn clear_stale_links(shared: &TorrentShared) {
         return;
     }
     let meta = shared.meta.clone();
-    let _ = shared.env.disk.run(move || storage::place::clear_stale_links(&place, &meta, &linked)).await;
+    let _ = shared.env.disk().run(move || storage::place::clear_stale_links(&place, &meta, &linked)).await;
 }
 
 /// The survey of a torrent seeding data it does not own: every file must be
 /// there at its length (a file gone is `missing`: nothing is recreated).
 async fn borrowed_survey(shared: &TorrentShared) -> Result<storage::DiskSurvey, Stop> {
     let (meta, place) = (shared.meta.clone(), shared.place());
-    let survey = shared.env.disk.run(move || storage::survey(&place, &meta)).await.map_err(|e| e.to_string())?;
+    let survey = shared.env.disk().run(move || storage::survey(&place, &meta)).await.map_err(|e| e.to_string())?;
     let off: BTreeSet<usize> = survey.short_files.iter().chain(&survey.grown_files).copied().collect();
     if off.is_empty() {
         return Ok(survey);
@@ -132,7 +132,7 @@ fn forget_changed_files(shared: &TorrentShared, storage: &TorrentStorage) {
 /// shows as shared with other torrents, before the next save writes them.
 async fn note_stamps(shared: &TorrentShared, storage: &Arc<TorrentStorage>) {
     let st = storage.clone();
-    if let Ok(stamps) = shared.env.disk.run(move || st.stamps()).await {
+    if let Ok(stamps) = shared.env.disk().run(move || st.stamps()).await {
         shared.status_cell().record.stamps = stamps;
     }
 }
@@ -220,9 +220,9 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
 /// for writing, and the download goes to `incomplete_dir` as usual.
 async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
     let s = shared.clone();
-    let candidate = shared.env.disk.run(move || s.first_place()).await.map_err(|e| e.to_string())?;
+    let candidate = shared.env.disk().run(move || s.first_place()).await.map_err(|e| e.to_string())?;
     let had_pieces = shared.status_cell().record.have.iter().any(|&b| b != 0);
-    if !candidate.settled || shared.env.incomplete_dir.as_os_str().is_empty() || had_pieces {
+    if !candidate.settled || shared.env.incomplete_dir().as_os_str().is_empty() || had_pieces {
         return Ok(candidate);
     }
     let control = Arc::new(handoff::MoveControl::default());
@@ -246,7 +246,7 @@ async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
     }
     tracing::info!(torrent = %shared.name(), other = %candidate.top().display(),
         "something else of this name is in the complete folder; leaving it alone and downloading to the incomplete folder");
-    Ok(Place::new(&shared.env.incomplete_dir, "", &shared.meta.name, false))
+    Ok(Place::new(shared.env.incomplete_dir(), "", &shared.meta.name, false))
 }
 
 /// Stops a blocking check or move when its phase ends (the future that
@@ -271,7 +271,7 @@ async fn refuse_if_missing(shared: &TorrentShared, survey: &storage::DiskSurvey)
     if let Some(storage) = shared.storage().cloned() {
         // Replaced by another file of the same name and length.
         let (meta, p) = (shared.meta.clone(), place.clone());
-        gone.extend(shared.env.disk.run(move || storage.files_gone(&p, &meta)).await.unwrap_or_default());
+        gone.extend(shared.env.disk().run(move || storage.files_gone(&p, &meta)).await.unwrap_or_default());
     }
     if gone.is_empty() {
         return Ok(());
@@ -291,7 +291,7 @@ async fn check_space(shared: &TorrentShared) -> Result<storage::DiskSurvey, Stri
     let (meta, place) = (shared.meta.clone(), shared.place());
     let (survey, free) = shared
         .env
-        .disk
+        .disk()
         .run(move || (storage::survey(&place, &meta), storage::place_free_space(&place).map_err(|e| (place.dir, e))))
         .await
         .map_err(|e| e.to_string())?;
@@ -316,7 +316,7 @@ async fn open_storage(shared: &TorrentShared, survey: &mut storage::DiskSurvey) 
         // anew and their pieces checked.
         let (s, meta, place, short) = (s.clone(), shared.meta.clone(), shared.place(), survey.short_files.clone());
         let (s, replaced) = env
-            .disk
+            .disk()
             .run(move || {
                 let replaced: Vec<usize> =
                     s.files_gone(&place, &meta).into_iter().filter(|i| !short.contains(i)).collect();
@@ -335,7 +335,7 @@ async fn open_storage(shared: &TorrentShared, survey: &mut storage::DiskSurvey) 
         (s.record.borrowed, s.record.linked.clone())
     };
     let storage = env
-        .disk
+        .disk()
         .run(move || {
             let opened = if borrowed {
                 TorrentStorage::open_existing(&place, &meta)
@@ -406,7 +406,7 @@ struct Checked {
 /// Hashes pieces on the disk pool, a bounded number at a time. Each result is
 /// recorded as it comes; a piece that cannot be read counts as missing.
 async fn hash_pieces(shared: &Arc<TorrentShared>, storage: &Arc<TorrentStorage>, mut to_check: Vec<usize>) -> Checked {
-    let disk = &shared.env.disk;
+    let disk = shared.env.disk();
     let parallel = disk.threads() * 2;
     let mut jobs = JoinSet::new();
     let mut checked = Checked::default();

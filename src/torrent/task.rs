@@ -197,10 +197,10 @@ async fn queued(
     ctl: &mut Control<'_>,
     slot: &mut Option<OwnedSemaphorePermit>,
 ) -> Option<Outcome> {
-    let _waiting = QueuedGuard::new(&shared.env.queued);
+    let _waiting = QueuedGuard::new(shared.env.queued());
     loop {
         tokio::select! {
-            permit = shared.env.download_slots.clone().acquire_owned() => {
+            permit = shared.env.download_slots().clone().acquire_owned() => {
                 *slot = Some(permit.ok()?);
                 return Some(Outcome::GotSlot);
             }

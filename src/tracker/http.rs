@@ -226,6 +226,20 @@ pub fn parse_reply(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
 /// Redirects followed from one announce at most.
 pub const MAX_REDIRECTS: usize = 3;
 
+/// The client trackers and `.torrent` URLs are fetched with: our user
+/// agent, and redirects only where [`redirect_allowed`] says.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("dropseed/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            match redirect_allowed(&attempt.previous()[0], attempt.url(), attempt.previous().len() - 1) {
+                Ok(()) => attempt.follow(),
+                Err(why) => attempt.error(why),
+            }
+        }))
+        .build()
+}
+
 /// Whether a tracker's redirect from `origin` to `to`, after `hops` already
 /// followed, may be followed: at most [`MAX_REDIRECTS`], only to http or
 /// https, and from a tracker on the internet never to `localhost` or a

@@ -112,7 +112,7 @@ impl Download {
         self.completed.extend(complete);
         if outcome != BlockOutcome::Accepted {
             shared.wasted.fetch_add(len, Ordering::Relaxed);
-            shared.env.metrics.wasted_bytes.inc_by(len);
+            shared.env.metrics().wasted_bytes.inc_by(len);
             return;
         }
         shared.received.fetch_add(len, Ordering::Relaxed);

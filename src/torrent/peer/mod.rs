@@ -110,10 +110,10 @@ impl Handler for PeerConn {
         if self.theirs.supports_extensions() {
             let size = Some(meta.info_bytes.len());
             let hs =
-                ExtHandshake::ours(shared.env.listen_port, MAX_QUEUED_REQUESTS, self.key.ip(), size, !meta.private);
+                ExtHandshake::ours(shared.env.listen_port(), MAX_QUEUED_REQUESTS, self.key.ip(), size, !meta.private);
             out.push_small(&Message::Extended { id: extension::HANDSHAKE_ID, payload: &hs.encode() });
         }
-        if let Some(dht) = shared.env.dht.as_ref().filter(|_| self.theirs.supports_dht() && !meta.private) {
+        if let Some(dht) = shared.env.dht().filter(|_| self.theirs.supports_dht() && !meta.private) {
             out.push_small(&Message::Port(dht.port_for(self.key.ip())));
         }
         if self.fast {
@@ -190,7 +190,7 @@ impl Handler for PeerConn {
         // The download limit pauses reading; TCP then slows the sender.
         match self.download.take_unmetered() {
             0 => None,
-            got => self.shared.env.download_limit.reserve(got),
+            got => self.shared.env.download_limit().reserve(got),
         }
     }
 
@@ -256,7 +256,7 @@ impl PeerConn {
     }
 
     fn on_port(&self, port: u16) {
-        if let (Some(dht), false) = (&self.shared.env.dht, self.shared.meta.private) {
+        if let (Some(dht), false) = (&self.shared.env.dht(), self.shared.meta.private) {
             if port != 0 {
                 dht.add_node(SocketAddr::new(self.key.ip(), port));
             }

@@ -201,9 +201,9 @@ impl Upload {
                 FastCounters::bump(&shared.fast.allowed_fast_served);
             }
             shared.uploaded.fetch_add(block.len as u64, Ordering::Relaxed);
-            shared.env.metrics.uploaded.inc_by(block.len as u64);
+            shared.env.metrics().uploaded.inc_by(block.len as u64);
             handle.bytes_up.fetch_add(block.len as u64, Ordering::Relaxed);
-            match shared.env.upload_limit.reserve(block.len as u64) {
+            match shared.env.upload_limit().reserve(block.len as u64) {
                 Some(at) if at > Instant::now() || !self.throttled.is_empty() => self.throttled.push_back((at, msg)),
                 _ => out.push_owned(msg),
             }
@@ -224,7 +224,7 @@ impl Upload {
     /// Starts disk reads for queued requests while there is room: in the
     /// socket's queue, in flight, and under the upload limit.
     pub(super) fn serve(&mut self, shared: &Arc<TorrentShared>, out: &OutQueue) {
-        let disk = &shared.env.disk;
+        let disk = shared.env.disk();
         // A read the disk queue had no room for goes first.
         if let Some(job) = self.parked_read.take() {
             if let Err(back) = disk.try_spawn(job) {

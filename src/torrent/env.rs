@@ -1,0 +1,176 @@
+//! What every torrent shares with the session around it: the config, the
+//! disk pool, the connection and download budgets, the rate limiters and the
+//! network services (DHT, uTP, LSD). Built once at start-up; its fields are
+//! private so that the budgets are only ever taken and given back through
+//! the methods below, never replaced under the torrents' feet.
+
+use super::ratelimit::RateLimiter;
+use crate::config::Config;
+use crate::storage::disk::DiskPool;
+use crate::types::PeerId;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
+use tokio::sync::Semaphore;
+
+/// The network services started before the torrents, each when enabled.
+pub struct Services {
+    pub dht: Option<Arc<crate::dht::Dht>>,
+    pub utp: Option<Arc<crate::utp::UtpSocket>>,
+    pub lsd: Option<Arc<crate::lsd::Lsd>>,
+    pub hooks: crate::hooks::HookRunner,
+}
+
+/// Everything a torrent needs from the session around it.
+pub struct Env {
+    peer_id: PeerId,
+    listen_port: u16,
+    config: RwLock<Arc<Config>>,
+    disk: Arc<DiskPool>,
+    http: reqwest::Client,
+    /// Global peer-connection budget (`limits.max_connections`).
+    connections: Arc<Semaphore>,
+    /// Downloads allowed at once (`limits.max_active_downloads`).
+    download_slots: Arc<Semaphore>,
+    /// Torrents waiting for a download slot.
+    queued: AtomicUsize,
+    download_dir: PathBuf,
+    /// Where torrents download until complete; empty to use `download_dir`.
+    incomplete_dir: PathBuf,
+    state_dir: PathBuf,
+    download_limit: RateLimiter,
+    upload_limit: RateLimiter,
+    services: Services,
+    /// When each torrent last announced, and its tracker key.
+    announces: Arc<crate::tracker::pace::AnnounceBook>,
+    /// What `/metrics` shows that the engine counts as it goes.
+    metrics: crate::counters::Metrics,
+}
+
+impl Env {
+    /// The environment for `config`, listening on `listen_port`.
+    pub fn new(config: Arc<Config>, listen_port: u16, services: Services) -> anyhow::Result<Env> {
+        let limits = &config.limits;
+        Ok(Env {
+            peer_id: PeerId::generate(),
+            listen_port,
+            disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
+            http: crate::tracker::http::client()?,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            download_slots: Arc::new(Semaphore::new(match limits.max_active_downloads {
+                0 => Semaphore::MAX_PERMITS,
+                n => n,
+            })),
+            queued: AtomicUsize::new(0),
+            download_limit: RateLimiter::new(limits.download_rate.0),
+            upload_limit: RateLimiter::new(limits.upload_rate.0),
+            download_dir: config.paths.download_dir.clone(),
+            incomplete_dir: config.paths.incomplete_dir.clone(),
+            state_dir: config.paths.state_dir.clone(),
+            config: RwLock::new(config),
+            services,
+            announces: Default::default(),
+            metrics: Default::default(),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+
+    /// A reloaded config: what [`Env::config`] returns from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap() = config;
+    }
+
+    /// What outgoing connections may use, as configured now.
+    pub fn reach(&self) -> crate::conn::Reach<'_> {
+        let network = &self.config.read().unwrap().network;
+        crate::conn::Reach {
+            encryption: network.encryption,
+            utp: self.services.utp.as_ref(),
+            utp_first: network.utp == crate::config::Utp::Prefer,
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.listen_port
+    }
+
+    pub fn disk(&self) -> &Arc<DiskPool> {
+        &self.disk
+    }
+
+    /// The HTTP client trackers and `.torrent` URLs are fetched with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Global peer-connection budget (`limits.max_connections`).
+    pub fn connections(&self) -> &Arc<Semaphore> {
+        &self.connections
+    }
+
+    /// Downloads allowed at once (`limits.max_active_downloads`).
+    pub fn download_slots(&self) -> &Arc<Semaphore> {
+        &self.download_slots
+    }
+
+    /// How many torrents wait for a download slot.
+    pub fn queued(&self) -> &AtomicUsize {
+        &self.queued
+    }
+
+    pub fn download_dir(&self) -> &Path {
+        &self.download_dir
+    }
+
+    /// Where torrents download until complete; empty to use `download_dir`.
+    pub fn incomplete_dir(&self) -> &Path {
+        &self.incomplete_dir
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn download_limit(&self) -> &RateLimiter {
+        &self.download_limit
+    }
+
+    pub fn upload_limit(&self) -> &RateLimiter {
+        &self.upload_limit
+    }
+
+    /// The DHT node, when enabled.
+    pub fn dht(&self) -> Option<&Arc<crate::dht::Dht>> {
+        self.services.dht.as_ref()
+    }
+
+    /// uTP on the listen port's UDP side, when `[network] utp` is on.
+    pub fn utp(&self) -> Option<&Arc<crate::utp::UtpSocket>> {
+        self.services.utp.as_ref()
+    }
+
+    /// Local Service Discovery, when enabled.
+    pub fn lsd(&self) -> Option<&Arc<crate::lsd::Lsd>> {
+        self.services.lsd.as_ref()
+    }
+
+    /// Runs the user's hooks (`[hooks]`) off the engine.
+    pub fn hooks(&self) -> &crate::hooks::HookRunner {
+        &self.services.hooks
+    }
+
+    pub fn announces(&self) -> &Arc<crate::tracker::pace::AnnounceBook> {
+        &self.announces
+    }
+
+    pub fn metrics(&self) -> &crate::counters::Metrics {
+        &self.metrics
+    }
+}
