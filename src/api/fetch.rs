@@ -8,6 +8,7 @@
 //! private tracker's download link carries the passkey).
 
 use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
+use crate::tracker::http::error_text;
 use std::time::Duration;
 
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -70,21 +71,6 @@ pub async fn fetch_all(client: &reqwest::Client, urls: Vec<String>) -> Vec<Optio
     }
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()
-}
-
-/// A request error with its causes, without the URL.
-fn error_text(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

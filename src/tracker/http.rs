@@ -161,6 +161,17 @@ struct RawReply {
 /// say the connection was refused), without the URL (it carries the passkey).
 fn http_error(e: reqwest::Error) -> TrackerError {
     let unreached = e.is_connect();
+    let text = error_text(e);
+    if unreached {
+        TrackerError::Unreached(text)
+    } else {
+        TrackerError::Http(text)
+    }
+}
+
+/// A request's failure as one line: the error and each cause that adds
+/// something, without the URL (it may carry a passkey).
+pub fn error_text(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(&e);
@@ -171,11 +182,7 @@ fn http_error(e: reqwest::Error) -> TrackerError {
         }
         cause = c.source();
     }
-    if unreached {
-        TrackerError::Unreached(text)
-    } else {
-        TrackerError::Http(text)
-    }
+    text
 }
 
 /// Parses a bencoded announce reply (pure).
