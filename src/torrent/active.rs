@@ -195,6 +195,11 @@ impl<'a> Active<'a> {
                         return Some(o);
                     }
                 }
+                () = self.shared.disk_trouble() => {
+                    if let Some(e) = self.shared.lock().take_disk_error() {
+                        return Some(Outcome::DiskFailed(e));
+                    }
+                }
                 _ = tokio::time::sleep_until(next_tick.into()) => {
                     let (next, outcome) = self.on_tick(slot.is_some()).await;
                     if outcome.is_some() {
@@ -206,12 +211,8 @@ impl<'a> Active<'a> {
         }
     }
 
-    /// A piece was verified (or a write failed): notes completion, which
-    /// frees the download slot.
+    /// A piece was verified: notes completion, which frees the download slot.
     async fn on_new_piece(&mut self, slot: &mut Option<OwnedSemaphorePermit>) -> Option<Outcome> {
-        if let Some(e) = self.shared.lock().take_disk_error() {
-            return Some(Outcome::DiskFailed(e));
-        }
         if slot.is_none() || !self.shared.is_complete() {
             return None;
         }

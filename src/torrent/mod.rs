@@ -182,6 +182,9 @@ pub struct TorrentShared {
     fast: fast::FastCounters,
     /// Count of verified pieces; peers wait on it to send `have`.
     have_tx: watch::Sender<usize>,
+    /// Woken when a read or write of the data failed: the torrent task then
+    /// takes the error (kept in [`Inner`]) into `error`.
+    disk_trouble: Notify,
     status: Mutex<StatusCell>,
     /// One resume save at a time: the torrent task and the tracker task both
     /// save, and two saves at once would share a temp file and could claim
@@ -226,6 +229,7 @@ impl TorrentShared {
             wasted: AtomicU64::new(0),
             fast: fast::FastCounters::default(),
             have_tx: watch::Sender::new(have.count()),
+            disk_trouble: Notify::new(),
             inner: Mutex::new(Inner::new(have, picker, verified)),
             status: Mutex::new(StatusCell {
                 phase: phase::Phase::initial(record.hold),
@@ -442,11 +446,17 @@ impl TorrentShared {
     }
 
     /// A read or write of the torrent's data failed: the torrent task takes
-    /// it into `error` (woken through `have_tx`). Any thread may call it.
+    /// it into `error`. Any thread may call it.
     pub fn disk_failed(&self, what: String) {
         tracing::warn!(torrent = %self.meta.name, hash = %self.meta.info_hash.short(), error = %what, "disk trouble");
         self.lock().note_disk_error(what);
-        self.have_tx.send_modify(|_| {});
+        // A stored permit if the task is not waiting: never lost.
+        self.disk_trouble.notify_one();
+    }
+
+    /// Resolves once a disk error was noted since the last call.
+    pub async fn disk_trouble(&self) {
+        self.disk_trouble.notified().await;
     }
 
     /// Writes the resume record. Pieces verified at least [`FLUSH_DELAY`] ago
