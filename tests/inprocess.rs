@@ -1418,3 +1418,83 @@ async fn a_borrowed_torrent_that_failed_verification_is_not_retried_until_resume
     a.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(30)).await;
     a.session.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// 11. A magnet's metadata connections count against the session's limits
+// ---------------------------------------------------------------------------
+
+/// Peers that accept and never answer, so that each connection stays open
+/// until the dialler gives up; counts how many are open at once at most.
+struct SilentPeers {
+    addrs: Vec<SocketAddr>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentPeers {
+    async fn on(hosts: &[[u8; 4]]) -> SilentPeers {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (open, peak) = (Arc::new(Default::default()), Arc::new(Default::default()));
+        let mut addrs = Vec::new();
+        for host in hosts {
+            let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(*host), 0)).await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let (open, peak): (Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) =
+                (Arc::clone(&open), Arc::clone(&peak));
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let now = open.fetch_add(1, SeqCst) + 1;
+                    peak.fetch_max(now, SeqCst);
+                    let open = open.clone();
+                    tokio::spawn(async move {
+                        let mut sink = Vec::new();
+                        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+                        open.fetch_sub(1, SeqCst);
+                    });
+                }
+            });
+        }
+        SilentPeers { addrs, open, peak }
+    }
+
+    /// Waits until `want` connections are open at once, then watches a
+    /// while longer; the most ever open.
+    async fn peak_after_reaching(&self, want: usize) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
+        let t0 = Instant::now();
+        while self.open.load(SeqCst) < want {
+            assert!(t0.elapsed() < Duration::from_secs(20), "only {} connections came", self.open.load(SeqCst));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.peak.load(SeqCst)
+    }
+}
+
+fn magnet_for(seed: u8, peers: Vec<SocketAddr>) -> Magnet {
+    Magnet { info_hash: dropseed::types::InfoHash([seed; 20]), name: None, trackers: vec![], peers }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn magnet_connections_hold_the_global_connection_permits() {
+    // Eight hosts, two magnets that name them all: up to 16 dials without
+    // the global budget of 3.
+    let hosts: Vec<[u8; 4]> = (2..10).map(|i| [127, 0, 0, i]).collect();
+    let peers = SilentPeers::on(&hosts).await;
+    let b = Node::start_with(|c| c.limits.max_connections = 3).await;
+    for seed in [1, 2] {
+        b.session.add_magnet(magnet_for(seed, peers.addrs.clone())).await.unwrap();
+    }
+    assert_eq!(peers.peak_after_reaching(3).await, 3, "metadata dials beyond max_connections");
+    b.session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn magnet_connections_respect_the_per_host_limit() {
+    // Six peers on one host: a magnet dials up to 8 without the per-host rule.
+    let peers = SilentPeers::on(&[[127, 0, 0, 20]; 6]).await;
+    let b = Node::start_with(|c| c.limits.max_peers_per_ip = 2).await;
+    b.session.add_magnet(magnet_for(3, peers.addrs.clone())).await.unwrap();
+    assert_eq!(peers.peak_after_reaching(2).await, 2, "metadata dials beyond max_peers_per_ip");
+    b.session.shutdown().await;
+}

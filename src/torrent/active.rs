@@ -445,6 +445,7 @@ impl<'a> Active<'a> {
                 continue;
             }
             let Ok(permit) = self.shared.env.connections().clone().try_acquire_owned() else {
+                self.book.put_back(addr);
                 break;
             };
             started += 1;

@@ -246,15 +246,18 @@ fn next_dht_wait(previous: Duration, found: usize) -> Duration {
     }
 }
 
-/// The magnet's metadata connections and the book of peers to dial.
+/// The magnet's metadata connections and the book of peers to dial. Each
+/// holds one of the session's connection permits (`limits.max_connections`)
+/// and counts against `limits.max_peers_per_ip`, as a torrent's peers do.
 #[derive(Default)]
 struct Connections {
     /// Every address heard of, and when to dial it.
     book: PeerBook,
+    /// Every live connection, dialled or accepted.
     connected: HashSet<SocketAddr>,
-    /// Outgoing connections end with their address, whether another try
-    /// makes sense, and how long they lasted; incoming ones with nothing.
-    tasks: JoinSet<Option<(SocketAddr, bool, Duration)>>,
+    /// Connections end with their address and, for outgoing ones, whether
+    /// another try makes sense and how long they lasted.
+    tasks: JoinSet<(SocketAddr, Option<(bool, Duration)>)>,
 }
 
 impl Connections {
@@ -275,9 +278,11 @@ impl Connections {
                 _ = ctx.done.cancelled() => return,
                 Some(list) = discovered.recv() => self.book.heard(list, Instant::now()),
                 Some(r) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok(Some((addr, retry, lasted))) = r {
+                    if let Ok((addr, dialled)) = r {
                         self.connected.remove(&addr);
-                        self.book.ended(addr, retry, lasted, Instant::now());
+                        if let Some((retry, lasted)) = dialled {
+                            self.book.ended(addr, retry, lasted, Instant::now());
+                        }
                     }
                 }
                 Some((transport, addr, theirs)) = incoming.recv() => self.accept(ctx, transport, addr, theirs),
@@ -297,20 +302,36 @@ impl Connections {
         }
     }
 
+    /// Whether `ip`'s host has room for one more connection.
+    fn host_has_room(&self, ip: std::net::IpAddr, per_host: usize) -> bool {
+        let host = crate::types::host_of(ip);
+        self.connected.iter().filter(|a| crate::types::host_of(a.ip()) == host).count() < per_host
+    }
+
     fn dial(&mut self, ctx: &Arc<Ctx>) {
+        let per_host = ctx.env.config().limits.max_peers_per_ip;
         while self.tasks.len() < MAX_CONNECTIONS {
             let Some(addr) = self.book.next_to_dial() else { break };
             if self.connected.contains(&addr) || ctx.assembler().is_banned(&addr) {
                 continue;
             }
+            if !self.host_has_room(addr.ip(), per_host) {
+                // As a torrent does: the address comes back when a source names it again.
+                continue;
+            }
+            let Ok(permit) = ctx.env.connections().clone().try_acquire_owned() else {
+                self.book.put_back(addr);
+                break;
+            };
             self.connected.insert(addr);
             let ctx = ctx.clone();
             self.tasks.spawn(
                 async move {
+                    let _permit = permit;
                     let started = Instant::now();
                     let end = outgoing(&ctx, addr).await;
                     tracing::debug!(peer = %addr, reason = %end, "metadata connection ended");
-                    Some((addr, end.worth_redialling(), started.elapsed()))
+                    (addr, Some((end.worth_redialling(), started.elapsed())))
                 }
                 .in_current_span(),
             );
@@ -318,15 +339,24 @@ impl Connections {
     }
 
     fn accept(&mut self, ctx: &Arc<Ctx>, transport: Transport, addr: SocketAddr, theirs: Handshake) {
-        if self.tasks.len() >= MAX_CONNECTIONS * 2 || self.connected.contains(&addr) {
+        let per_host = ctx.env.config().limits.max_peers_per_ip;
+        if self.tasks.len() >= MAX_CONNECTIONS * 2
+            || self.connected.contains(&addr)
+            || !self.host_has_room(addr.ip(), per_host)
+        {
             return;
         }
+        let Ok(permit) = ctx.env.connections().clone().try_acquire_owned() else {
+            return;
+        };
+        self.connected.insert(addr);
         let ctx = ctx.clone();
         self.tasks.spawn(
             async move {
+                let _permit = permit;
                 let end = accepted(&ctx, transport, addr, theirs).await;
                 tracing::debug!(peer = %addr, reason = %end, "metadata connection ended");
-                None
+                (addr, None)
             }
             .in_current_span(),
         );

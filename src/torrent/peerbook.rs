@@ -125,6 +125,12 @@ impl PeerBook {
         self.queue.pop_front()
     }
 
+    /// `addr`, taken by [`PeerBook::next_to_dial`] but not dialled (no
+    /// connection permit was free), is the next again.
+    pub fn put_back(&mut self, addr: SocketAddr) {
+        self.queue.push_front(addr);
+    }
+
     pub fn has_queued(&self) -> bool {
         !self.queue.is_empty()
     }
