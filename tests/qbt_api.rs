@@ -586,7 +586,7 @@ fn paths_outside_the_folders_are_refused(api: &Session, d: &Dropseed, hash: &str
     let r = post("setLocation", &format!("hashes={hash}&location={escape}"));
     assert_eq!(r.status, 400, "{}", r.body);
     let r = post("setLocation", &format!("hashes={hash}&location={}/x", d.download_dir().display()));
-    assert!(r.status == 409 && r.body.contains("cannot move"), "{}", r.body);
+    assert!(r.status == 409 && r.body.contains("no data to move"), "{}", r.body);
     let r = post("add", &format!("urls=magnet:?xt=urn:btih:{}&savepath=/etc", "cd".repeat(20)));
     assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
 }
@@ -896,4 +896,86 @@ fn oversized_bodies_sent_in_full_do_not_raise_the_peak_memory() {
     // Still serving.
     let r = Req::new(port, "GET", "/api/v2/app/version").header(&cookie).send(port);
     assert_eq!(r.status, 200);
+}
+
+/// Runs a script of tests/qbt with `qbittorrent-api` and these QBT_*
+/// variables; fails with its output and the log's tail unless it printed `ok`.
+fn run_script(python: &str, d: &Dropseed, port: u16, script: &str, vars: &[(&str, String)], ok: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qbt").join(script);
+    let out = Command::new(python)
+        .arg(&script)
+        .env("QBT_URL", format!("http://127.0.0.1:{port}"))
+        .env("QBT_PASSWORD", PASSWORD)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || !said.contains(ok) {
+        let log = d.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!("{} failed:\n{said}\nlog tail (newest first):\n{}", script.display(), tail.join("\n"));
+    }
+}
+
+/// `setLocation` moves a seeding torrent's data (a rename on the same
+/// filesystem, a verified copy to another), refuses data shared with a
+/// cross-seed, and the new place holds after a restart.
+#[test]
+fn set_location_moves_the_data_and_the_new_place_holds() {
+    let Some(python) = python_with_client() else { return };
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let (same_fs, other_fs) = (work.path().join("moved"), work.path().join("other"));
+    std::fs::create_dir_all(&same_fs).unwrap();
+    let Some(_disk) = small_disk(&other_fs) else { return };
+    let allowed = format!("allowed_paths = [\"{}\", \"{}\"]\n", same_fs.display(), other_fs.display());
+    let phc = hash_of(PASSWORD);
+    let port = free_port();
+    let mut d = Dropseed::new(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nusername = \"admin\"\npassword_hash = \"{phc}\"\n{allowed}"
+    ));
+    // The data is in the download folder already: seeded where it is.
+    let data = d.download_dir().join("pack");
+    payload(&data.join("a.bin"), 600 * 1024 + 7, 61);
+    payload(&data.join("sub/b.bin"), 300 * 1024, 62);
+    let original = work.path().join("original");
+    payload(&original.join("a.bin"), 600 * 1024 + 7, 61);
+    payload(&original.join("sub/b.bin"), 300 * 1024, 62);
+    let (torrent, cross) = (work.path().join("pack.torrent"), work.path().join("cross.torrent"));
+    mktorrent(&data, "http://127.0.0.1:1/announce", 16, &torrent, &[]);
+    mktorrent(&data, "http://127.0.0.1:1/announce", 16, &cross, &["-s", "other-tracker"]);
+    let (hash, cross_hash) = (info_hash(&torrent), info_hash(&cross));
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let vars = [
+        ("QBT_TORRENT", torrent.display().to_string()),
+        ("QBT_HASH", hash.clone()),
+        ("QBT_CROSS_TORRENT", cross.display().to_string()),
+        ("QBT_CROSS_HASH", cross_hash),
+        ("QBT_DATA", original.display().to_string()),
+        ("QBT_DOWNLOAD_DIR", d.download_dir().display().to_string()),
+        ("QBT_SAME_FS", same_fs.display().to_string()),
+        ("QBT_OTHER_FS", other_fs.display().to_string()),
+        ("QBT_LOG", d.log_dir().join("dropseed.log").display().to_string()),
+    ];
+    run_script(&python, &d, port, "move.py", &vars, "MOVE OK");
+    let log = d.log_text();
+    assert_eq!(log.matches("moved to another folder").count(), 2, "each move is logged");
+    assert!(log.contains("copy verified and in place"), "the move to the tmpfs was a copy");
+
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let t = wait_for("seeding from the new place after a restart", Duration::from_secs(30), || {
+        let r = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(&cookie).send(port);
+        let list: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let t = list.get(0)?.clone();
+        matches!(t["state"].as_str(), Some("stalledUP" | "uploading")).then_some(t)
+    });
+    assert_eq!(t["content_path"].as_str(), Some(other_fs.join("pack").to_str().unwrap()));
+    assert_same_tree(&original, &other_fs.join("pack"));
+    assert!(!data.exists() && !same_fs.join("pack").exists(), "an old copy stays");
 }

@@ -15,6 +15,7 @@ mod listener;
 pub mod lookup;
 mod matching;
 pub mod outcome;
+pub mod relocate;
 mod restore;
 mod shared;
 pub mod tags;

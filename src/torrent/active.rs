@@ -172,7 +172,7 @@ impl<'a> Active<'a> {
             tokio::select! {
                 cmd = ctl.next() => match cmd.ok()? {
                     Command::Incoming(stream, addr, hs) => self.accept(stream, addr, hs),
-                    Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked)) => return Some(o),
+                    Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked | Outcome::Relocate(_))) => return Some(o),
                     Command::Outcome(_) => {}
                 },
                 Some(list) = peers_rx.recv() => self.add_candidates(list),

@@ -19,6 +19,7 @@ pub mod phase;
 pub mod picker;
 pub mod prepare;
 pub mod ratelimit;
+mod relocate;
 mod state;
 pub mod task;
 
@@ -246,6 +247,8 @@ pub struct TorrentShared {
     /// One move of the data at a time (a move cut short and the next one,
     /// or a removal with its data), held on the blocking thread doing it.
     moving: Mutex<()>,
+    /// The data is being moved to a folder the user named (`relocate.rs`).
+    relocating: AtomicBool,
     /// Counts phase changes; `pause` and `resume` wait on it to report the
     /// state reached.
     phase_changes: watch::Sender<u64>,
@@ -292,6 +295,7 @@ impl TorrentShared {
             saving: Mutex::new(()),
             recheck_asked: AtomicBool::new(false),
             moving: Mutex::new(()),
+            relocating: AtomicBool::new(false),
             meta,
             env,
         })
@@ -602,6 +606,7 @@ impl TorrentShared {
             // Seeding is what automation waits for: only once the data is
             // in its complete folder.
             TorrentState::Seeding if unsettled => TorrentState::Moving,
+            _ if self.relocating.load(Ordering::Relaxed) => TorrentState::Moving,
             state => state,
         };
         let trackers = self.env.announces.trackers(self.meta.info_hash);

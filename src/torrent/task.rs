@@ -28,6 +28,9 @@ pub enum Cmd {
     Pause,
     Resume,
     Recheck,
+    /// Move the complete data to this place (the API's `setLocation`):
+    /// see `relocate.rs`.
+    Relocate(crate::storage::Place),
     Incoming(Transport, SocketAddr, Handshake),
 }
 
@@ -79,6 +82,7 @@ impl Control<'_> {
                     self.recheck_asked.store(true, Ordering::Relaxed);
                     Command::Outcome(Outcome::RecheckAsked)
                 }
+                Cmd::Relocate(target) => Command::Outcome(Outcome::Relocate(target)),
                 Cmd::Incoming(t, addr, hs) => Command::Incoming(t, addr, hs),
             }),
         }
@@ -110,6 +114,12 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
             return Exit::Cancelled;
         };
         log_outcome(&shared, &phase, &outcome);
+        if let Outcome::Relocate(target) = &outcome {
+            // The phase that met it has ended: no peer reads the files.
+            if super::relocate::move_now(&shared, target.clone(), ctl.cancel).await.is_none() {
+                return Exit::Cancelled;
+            }
+        }
         if outcome == Outcome::Resumed {
             // Resumed by hand: the idle limit counts from now.
             shared.status_cell().record.seed_idle_secs = 0;
