@@ -979,3 +979,74 @@ fn set_location_moves_the_data_and_the_new_place_holds() {
     assert_same_tree(&original, &other_fs.join("pack"));
     assert!(!data.exists() && !same_fs.join("pack").exists(), "an old copy stays");
 }
+
+/// Each torrent's `priority` (its place in the download queue) by hash.
+fn priorities(api: &Session) -> std::collections::HashMap<String, (i64, String)> {
+    let list: serde_json::Value = serde_json::from_str(&api.get("info").body).unwrap();
+    let list = list.as_array().unwrap();
+    list.iter()
+        .map(|t| {
+            let (h, p, s) =
+                (t["hash"].as_str().unwrap(), t["priority"].as_i64().unwrap(), t["state"].as_str().unwrap());
+            (h.to_string(), (p, s.to_string()))
+        })
+        .collect()
+}
+
+/// Three downloads and one slot: the queue's order, changed through the
+/// API, decides which starts next, and survives a restart.
+#[test]
+fn the_queue_order_decides_which_download_starts() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    // A has no seeder: it holds the slot until it stalls (3 s), then yields.
+    let (a, a_hash, _) = tracked_torrent(&tracker, work.path(), "a.bin", 512 * 1024, 71);
+    let (b, b_hash, b_data) = tracked_torrent(&tracker, work.path(), "b.bin", 512 * 1024, 72);
+    let (c, c_hash, c_data) = tracked_torrent(&tracker, work.path(), "c.bin", 512 * 1024, 73);
+    let _seeders =
+        [Aria2::seed(&b, &b_data, &work.path().join("b.log")), Aria2::seed(&c, &c_data, &work.path().join("c.log"))];
+    tracker.wait_seeders(&b_hash, 1);
+    tracker.wait_seeders(&c_hash, 1);
+    let (mut d, port) = daemon_with_api_and("[limits]\nmax_active_downloads = 1\nstall_secs = 3\n");
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let state = |h: &str| priorities(&api).get(h).cloned().unwrap_or_default();
+    assert_eq!(add_file(port, &api.cookie, &std::fs::read(&a).unwrap(), "").body, "Ok.");
+    wait_for("a downloading", Duration::from_secs(20), || state(&a_hash).1.ends_with("DL").then_some(()));
+    wait_for("a holding the slot", Duration::from_secs(20), || (state(&a_hash).1 != "queuedDL").then_some(()));
+    for t in [&b, &c] {
+        assert_eq!(add_file(port, &api.cookie, &std::fs::read(t).unwrap(), "").body, "Ok.");
+    }
+    wait_for("b and c queued", Duration::from_secs(20), || {
+        (state(&b_hash).1 == "queuedDL" && state(&c_hash).1 == "queuedDL").then_some(())
+    });
+    let order = || [&a_hash, &b_hash, &c_hash].map(|h| state(h).0);
+    assert_eq!(order(), [1, 2, 3]);
+    assert_eq!(api.post("topPrio", &format!("hashes={c_hash}")).status, 200);
+    assert_eq!(order(), [2, 3, 1]);
+    // When a yields the slot, c (first) gets it, not b (who came first).
+    wait_for("c seeding", Duration::from_secs(60), || {
+        let (b_now, c_now) = (state(&b_hash).1, state(&c_hash).1);
+        assert_eq!(b_now, "queuedDL", "b started before c");
+        matches!(c_now.as_str(), "stalledUP" | "uploading").then_some(())
+    });
+    assert_eq!(state(&c_hash).0, 0, "a complete torrent leaves the queue");
+    assert_eq!(api.post("decreasePrio", &format!("hashes={a_hash}")).status, 200);
+    assert_eq!((state(&b_hash).0, state(&a_hash).0), (1, 2));
+    // Held, they keep their places across a restart.
+    assert_eq!(api.post("stop", &format!("hashes={a_hash}|{b_hash}")).status, 200);
+    wait_for("both stopped", Duration::from_secs(20), || {
+        (state(&a_hash).1 == "stoppedDL" && state(&b_hash).1 == "stoppedDL").then_some(())
+    });
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let p = priorities(&api);
+    assert_eq!((p[&b_hash].0, p[&a_hash].0), (1, 2), "the order after a restart: {p:?}");
+    assert_eq!(api.post("increasePrio", &format!("hashes={a_hash}")).status, 200);
+    let p = priorities(&api);
+    assert_eq!((p[&a_hash].0, p[&b_hash].0), (1, 2));
+}

@@ -700,6 +700,7 @@ impl Session {
     pub async fn remove(&self, hash: InfoHash, delete_data: bool) -> Result<Removed, SessionError> {
         let named = self.named(&hash)?;
         let entry = self.take(&hash).ok_or(SessionError::Busy(hash))?;
+        self.env.queue.leave(&hash);
         let dir = self.env.state_dir.clone();
         let result = match entry {
             Entry::Magnet(mut m) => {
@@ -791,6 +792,7 @@ impl Session {
     pub fn set_config(&self, config: Arc<Config>) {
         self.env.download_limit.set_rate(config.limits.download_rate.0);
         self.env.upload_limit.set_rate(config.limits.upload_rate.0);
+        self.env.queue.set_limit(config.limits.max_active_downloads);
         self.env.set_config(config);
     }
 
@@ -872,6 +874,9 @@ async fn make_env(
     } else {
         None
     };
+    let (limit, order) = (config.limits.max_active_downloads, config.paths.state_dir.join("queue"));
+    let queue =
+        tokio::task::spawn_blocking(move || crate::torrent::queue::DownloadQueue::new(limit, Some(order))).await?;
     Ok(Env {
         peer_id: PeerId::generate(),
         listen_port,
@@ -891,10 +896,7 @@ async fn make_env(
             }))
             .build()?,
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-        download_slots: Arc::new(Semaphore::new(match config.limits.max_active_downloads {
-            0 => Semaphore::MAX_PERMITS,
-            n => n,
-        })),
+        queue: Arc::new(queue),
         queued: Default::default(),
         download_limit: RateLimiter::new(config.limits.download_rate.0),
         upload_limit: RateLimiter::new(config.limits.upload_rate.0),

@@ -18,6 +18,7 @@ pub mod peerbook;
 pub mod phase;
 pub mod picker;
 pub mod prepare;
+pub mod queue;
 pub mod ratelimit;
 mod relocate;
 mod state;
@@ -57,8 +58,9 @@ pub struct Env {
     pub http: reqwest::Client,
     /// Global peer-connection budget (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
-    /// Downloads allowed at once (`limits.max_active_downloads`).
-    pub download_slots: Arc<Semaphore>,
+    /// Downloads allowed at once (`limits.max_active_downloads`), in the
+    /// user's order.
+    pub queue: Arc<queue::DownloadQueue>,
     /// Torrents waiting for a download slot.
     pub queued: std::sync::atomic::AtomicUsize,
     pub download_dir: PathBuf,
@@ -274,6 +276,10 @@ impl TorrentShared {
         let budget = (env.config().storage.piece_buffer.0 as usize).max(4 * meta.piece_length as usize);
         let picker = Picker::new(meta.piece_length, meta.total_length, &have, budget, rand::random());
         let verified = have.iter_ones().map(|i| meta.piece_len(i) as u64).sum();
+        if !have.is_full() {
+            // Paused or not, an incomplete torrent has its place in the queue.
+            env.queue.join(meta.info_hash);
+        }
         Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
