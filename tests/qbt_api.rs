@@ -491,7 +491,7 @@ fn tags_limits_categories_and_refusals_over_http() {
     missing_features_are_refused_plainly(&api, &d, &hash);
     categories_are_managed_safely(&api, &d, &hash);
     the_shown_name_changes(&api, &d, &hash);
-    set_preferences_keeps_the_config_limits(&api, &d, &hash);
+    set_preferences_applies_what_dropseed_can(&api, &d, &hash);
 
     // Tags, limits and the name survive a restart.
     let mut d = d;
@@ -651,19 +651,43 @@ fn the_shown_name_changes(api: &Session, _d: &Dropseed, hash: &str) {
     assert_eq!(post("rename", &format!("hash={hash}&name=Shown%20Name")).status, 200);
 }
 
-/// The global limits are the config file's: setPreferences says so in the log.
-fn set_preferences_keeps_the_config_limits(api: &Session, d: &Dropseed, _hash: &str) {
+/// setPreferences and transfer/set*Limit change the running config (not
+/// the file): what dropseed honours shows in the preferences, the rest is
+/// named in the log, a bad value is 400 naming its field.
+fn set_preferences_applies_what_dropseed_can(api: &Session, d: &Dropseed, _hash: &str) {
     let (port, cookie) = (api.port, &api.cookie);
-    let r = Req::new(port, "POST", "/api/v2/app/setPreferences")
-        .header(cookie)
-        .form("json=%7B%22max_ratio_enabled%22%3Atrue%2C%22max_ratio%22%3A1%7D")
-        .send(port);
+    let file = std::fs::read_to_string(&d.config).unwrap();
+    let set = |json: &str| {
+        let form = format!("json={}", percent(json));
+        Req::new(port, "POST", "/api/v2/app/setPreferences").header(cookie).form(&form).send(port)
+    };
+    let prefs = || -> serde_json::Value {
+        serde_json::from_str(&Req::new(port, "GET", "/api/v2/app/preferences").header(cookie).send(port).body).unwrap()
+    };
+    let r = set(r#"{"max_ratio_enabled":true,"max_ratio":1,"dl_limit":2048,"upnp":true,"queueing_enabled":false}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = prefs();
+    assert_eq!((&p["max_ratio_enabled"], &p["max_ratio"], &p["dl_limit"]), (&true.into(), &1.0.into(), &2048.into()));
+    assert_eq!((&p["queueing_enabled"], &p["upnp"]), (&false.into(), &false.into()));
+    let log = d.wait_log("app/setPreferences ignored", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("app/setPreferences ignored")).unwrap();
+    assert!(line.contains("fields=upnp"), "{line}");
+    let r = api.post("topPrio", "hashes=all");
+    assert!(r.status == 409 && r.body.contains("queueing"), "queueing off: {}", r.body);
+    let r = set(r#"{"dl_limit":"fast"}"#);
+    assert!(r.status == 400 && r.body.contains("dl_limit"), "{}", r.body);
+    assert_eq!(prefs()["dl_limit"], 2048, "nothing changed by a refused request");
+    let r = Req::new(port, "POST", "/api/v2/transfer/setUploadLimit").header(cookie).form("limit=4096").send(port);
     assert_eq!(r.status, 200);
-    let prefs = Req::new(port, "GET", "/api/v2/app/preferences").header(cookie).send(port).body;
-    assert!(prefs.contains(r#""max_ratio_enabled":false"#), "{prefs}");
-    let log = d.wait_log("app/setPreferences changes nothing", Duration::from_secs(10));
-    let line = log.lines().find(|l| l.contains("app/setPreferences")).unwrap();
-    assert!(line.contains("max_ratio,max_ratio_enabled"), "{line}");
+    let r = Req::new(port, "GET", "/api/v2/transfer/uploadLimit").header(cookie).send(port);
+    assert_eq!(r.body, "4096");
+    assert_eq!(prefs()["up_limit"], 4096);
+    let r = Req::new(port, "POST", "/api/v2/transfer/setDownloadLimit").header(cookie).form("limit=x").send(port);
+    assert_eq!(r.status, 400);
+    let r = set(r#"{"max_ratio_enabled":false,"queueing_enabled":true,"dl_limit":0,"up_limit":0}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(api.post("topPrio", "hashes=all").status, 200, "queueing on again");
+    assert_eq!(std::fs::read_to_string(&d.config).unwrap(), file, "the config file is never written");
 }
 
 /// A connection from `from` to the API.
@@ -993,8 +1017,8 @@ fn priorities(api: &Session) -> std::collections::HashMap<String, (i64, String)>
         .collect()
 }
 
-/// Three downloads and one slot: the queue's order, changed through the
-/// API, decides which starts next, and survives a restart.
+/// Downloads and one slot: the queue's order, changed through the API,
+/// decides which starts next, and survives a restart.
 #[test]
 fn the_queue_order_decides_which_download_starts() {
     if !Swarm::tools_present() {
@@ -1002,10 +1026,12 @@ fn the_queue_order_decides_which_download_starts() {
     }
     let work = tempdir();
     let tracker = Tracker::start();
-    // A has no seeder: it holds the slot until it stalls (3 s), then yields.
+    // A and D have no seeder: each holds the slot until it stalls (3 s)
+    // and yields it; B and C have one.
     let (a, a_hash, _) = tracked_torrent(&tracker, work.path(), "a.bin", 512 * 1024, 71);
     let (b, b_hash, b_data) = tracked_torrent(&tracker, work.path(), "b.bin", 512 * 1024, 72);
     let (c, c_hash, c_data) = tracked_torrent(&tracker, work.path(), "c.bin", 512 * 1024, 73);
+    let (d_torrent, d_hash, _) = tracked_torrent(&tracker, work.path(), "d.bin", 512 * 1024, 74);
     let _seeders =
         [Aria2::seed(&b, &b_data, &work.path().join("b.log")), Aria2::seed(&c, &c_data, &work.path().join("c.log"))];
     tracker.wait_seeders(&b_hash, 1);
@@ -1014,39 +1040,37 @@ fn the_queue_order_decides_which_download_starts() {
     let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
     let state = |h: &str| priorities(&api).get(h).cloned().unwrap_or_default();
     assert_eq!(add_file(port, &api.cookie, &std::fs::read(&a).unwrap(), "").body, "Ok.");
-    wait_for("a downloading", Duration::from_secs(20), || state(&a_hash).1.ends_with("DL").then_some(()));
-    wait_for("a holding the slot", Duration::from_secs(20), || (state(&a_hash).1 != "queuedDL").then_some(()));
-    for t in [&b, &c] {
+    wait_for("a holding the slot", Duration::from_secs(20), || {
+        matches!(state(&a_hash).1.as_str(), "downloading" | "stalledDL" | "metaDL").then_some(())
+    });
+    for t in [&b, &c, &d_torrent] {
         assert_eq!(add_file(port, &api.cookie, &std::fs::read(t).unwrap(), "").body, "Ok.");
     }
-    wait_for("b and c queued", Duration::from_secs(20), || {
-        (state(&b_hash).1 == "queuedDL" && state(&c_hash).1 == "queuedDL").then_some(())
-    });
-    let order = || [&a_hash, &b_hash, &c_hash].map(|h| state(h).0);
-    assert_eq!(order(), [1, 2, 3]);
+    let order = || [&a_hash, &b_hash, &c_hash, &d_hash].map(|h| state(h).0);
+    wait_for("b, c and d queued in order", Duration::from_secs(20), || (order() == [1, 2, 3, 4]).then_some(()));
     assert_eq!(api.post("topPrio", &format!("hashes={c_hash}")).status, 200);
-    assert_eq!(order(), [2, 3, 1]);
+    assert_eq!(api.post("bottomPrio", &format!("hashes={b_hash}")).status, 200);
+    assert_eq!(order(), [2, 4, 1, 3]);
     // When a yields the slot, c (first) gets it, not b (who came first).
     wait_for("c seeding", Duration::from_secs(60), || {
         let (b_now, c_now) = (state(&b_hash).1, state(&c_hash).1);
         assert_eq!(b_now, "queuedDL", "b started before c");
         matches!(c_now.as_str(), "stalledUP" | "uploading").then_some(())
     });
+    // d has the slot now (a yielded it, b is last); all held before b's turn.
+    assert_eq!(api.post("stop", &format!("hashes={a_hash}|{b_hash}|{d_hash}")).status, 200);
+    assert_eq!(state(&b_hash).1, "stoppedDL", "b still had not started");
     assert_eq!(state(&c_hash).0, 0, "a complete torrent leaves the queue");
-    assert_eq!(api.post("decreasePrio", &format!("hashes={a_hash}")).status, 200);
-    assert_eq!((state(&b_hash).0, state(&a_hash).0), (1, 2));
+    assert_eq!(api.post("increasePrio", &format!("hashes={b_hash}")).status, 200);
+    assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| state(h).0), [1, 2, 3]);
     // Held, they keep their places across a restart.
-    assert_eq!(api.post("stop", &format!("hashes={a_hash}|{b_hash}")).status, 200);
-    wait_for("both stopped", Duration::from_secs(20), || {
-        (state(&a_hash).1 == "stoppedDL" && state(&b_hash).1 == "stoppedDL").then_some(())
-    });
     d.stop();
     d.start();
     wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
     let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
     let p = priorities(&api);
-    assert_eq!((p[&b_hash].0, p[&a_hash].0), (1, 2), "the order after a restart: {p:?}");
-    assert_eq!(api.post("increasePrio", &format!("hashes={a_hash}")).status, 200);
+    assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| p[h].0), [1, 2, 3], "the order after a restart: {p:?}");
+    assert_eq!(api.post("decreasePrio", &format!("hashes={a_hash}")).status, 200);
     let p = priorities(&api);
-    assert_eq!((p[&a_hash].0, p[&b_hash].0), (1, 2));
+    assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| p[h].0), [2, 1, 3]);
 }

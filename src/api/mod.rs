@@ -27,6 +27,7 @@ pub mod location;
 pub mod logs;
 pub mod model;
 pub mod prefs;
+pub mod setprefs;
 pub mod sync;
 pub mod tags;
 pub mod torrents;

@@ -43,6 +43,9 @@ struct State {
     saved: HashMap<InfoHash, usize>,
     running: HashSet<InfoHash>,
     waiting: HashSet<InfoHash>,
+    /// Gave up their slot, stalled: behind every other waiting torrent
+    /// until they get one again.
+    yielded: HashSet<InfoHash>,
     /// Downloads at once; 0 = no limit (queueing off).
     limit: usize,
     /// Counts changes of `order`.
@@ -57,7 +60,9 @@ impl State {
             return true;
         }
         let free = self.limit.saturating_sub(self.running.len());
-        let ahead = self.order.iter().take_while(|h| *h != hash).filter(|h| self.waiting.contains(h)).count();
+        let key = |h: &InfoHash| (self.yielded.contains(h), self.order.iter().position(|x| x == h));
+        let mine = key(hash);
+        let ahead = self.waiting.iter().filter(|h| *h != hash && key(h) < mine).count();
         free > 0 && ahead < free
     }
 }
@@ -125,12 +130,19 @@ impl DownloadQueue {
         self.changed_order(s);
     }
 
+    /// A download gave up its slot for want of data: the others waiting
+    /// go first.
+    pub fn yielded(&self, hash: InfoHash) {
+        locked(&self.state).yielded.insert(hash);
+    }
+
     /// A torrent complete or removed leaves the queue.
     pub fn leave(&self, hash: &InfoHash) {
         let mut s = locked(&self.state);
         let Some(i) = s.order.iter().position(|h| h == hash) else { return };
         s.order.remove(i);
         s.saved.remove(hash);
+        s.yielded.remove(hash);
         self.changed_order(s);
     }
 
@@ -189,6 +201,7 @@ impl DownloadQueue {
                 s.waiting.insert(hash);
                 if s.may_start(&hash) {
                     s.running.insert(hash);
+                    s.yielded.remove(&hash);
                     return Slot { queue: self.clone(), hash };
                 }
             }
@@ -250,6 +263,24 @@ mod tests {
         assert!(!two.is_finished(), "the second in the queue waits");
         drop(got);
         two.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_download_goes_behind_the_others_waiting() {
+        let q = Arc::new(DownloadQueue::new(1, None));
+        let first = q.acquire(h(1)).await;
+        let q2 = q.clone();
+        let two = tokio::spawn(async move { q2.acquire(h(2)).await });
+        tokio::task::yield_now().await;
+        q.yielded(h(1));
+        drop(first);
+        let q1 = q.clone();
+        let one = tokio::spawn(async move { q1.acquire(h(1)).await });
+        let wait = std::time::Duration::from_secs(5);
+        let got = tokio::time::timeout(wait, two).await.expect("the one that stalled went first").unwrap();
+        assert!(!one.is_finished());
+        drop(got);
+        one.await.unwrap();
     }
 
     #[test]

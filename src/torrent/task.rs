@@ -115,8 +115,10 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
             return Exit::Cancelled;
         };
         log_outcome(&shared, &phase, &outcome);
-        if outcome == (Outcome::Prepared { complete: true }) {
-            shared.env.queue.leave(&shared.meta.info_hash);
+        match outcome {
+            Outcome::Prepared { complete: true } => shared.env.queue.leave(&shared.meta.info_hash),
+            Outcome::Stalled => shared.env.queue.yielded(shared.meta.info_hash),
+            _ => {}
         }
         if let Outcome::Relocate(target) = &outcome {
             // The phase that met it has ended: no peer reads the files.
