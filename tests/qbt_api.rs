@@ -968,7 +968,7 @@ fn set_location_moves_the_data_and_the_new_place_holds() {
     payload(&original.join("a.bin"), 600 * 1024 + 7, 61);
     payload(&original.join("sub/b.bin"), 300 * 1024, 62);
     let (torrent, cross) = (work.path().join("pack.torrent"), work.path().join("cross.torrent"));
-    mktorrent(&data, "http://127.0.0.1:1/announce", 16, &torrent, &[]);
+    mktorrent(&data, "http://127.0.0.1:1/announce", 16, &torrent, &["-c", "from the test"]);
     mktorrent(&data, "http://127.0.0.1:1/announce", 16, &cross, &["-s", "other-tracker"]);
     let (hash, cross_hash) = (info_hash(&torrent), info_hash(&cross));
     d.start();
@@ -1002,6 +1002,14 @@ fn set_location_moves_the_data_and_the_new_place_holds() {
     assert_eq!(t["content_path"].as_str(), Some(other_fs.join("pack").to_str().unwrap()));
     assert_same_tree(&original, &other_fs.join("pack"));
     assert!(!data.exists() && !same_fs.join("pack").exists(), "an old copy stays");
+    // The .torrent's comment, creator and date, kept through the restart.
+    let r = Req::new(port, "GET", &format!("/api/v2/torrents/properties?hash={hash}")).header(&cookie).send(port);
+    let props: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(props["comment"], "from the test");
+    assert!(props["created_by"].as_str().unwrap().starts_with("mktorrent"), "{props}");
+    let made = props["creation_date"].as_i64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now - 600..=now).contains(&made), "creation_date {made}");
 }
 
 /// Each torrent's `priority` (its place in the download queue) by hash.

@@ -176,10 +176,12 @@ async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
     let pieces = shared.as_ref().map(|s| (s.meta().piece_length as i64, s.meta().piece_count() as i64, s.pieces()));
     let (piece_size, pieces_num, pieces_have) =
         pieces.map_or((-1, -1, -1), |(size, n, v)| (size, n, v.have.count() as i64));
+    let about = shared.as_ref().map(|s| s.meta().about.clone()).unwrap_or_default();
     let i = model::torrent_info(&t, &api.config().complete_dir(&t.category), crate::wallclock::now_unix());
     let mut out = json!({
         "hash": i.hash, "infohash_v1": i.infohash_v1, "infohash_v2": "", "name": i.name,
-        "save_path": i.save_path, "download_path": "", "comment": "", "creation_date": -1, "created_by": "",
+        "save_path": i.save_path, "download_path": "", "comment": about.comment.unwrap_or_default(),
+        "creation_date": about.creation_date.unwrap_or(-1), "created_by": about.created_by.unwrap_or_default(),
         "addition_date": i.added_on, "completion_date": i.completion_on, "last_seen": i.seen_complete,
         "total_size": i.size, "total_downloaded": i.downloaded, "total_downloaded_session": i.downloaded_session,
         "total_uploaded": i.uploaded, "total_uploaded_session": i.uploaded_session, "total_wasted": t.wasted,
