@@ -986,7 +986,7 @@ fn set_location_moves_the_data_and_the_new_place_holds() {
     ];
     run_script(&python, &d, port, "move.py", &vars, "MOVE OK");
     let log = d.log_text();
-    assert_eq!(log.matches("moved to another folder").count(), 2, "each move is logged");
+    assert_eq!(log.matches("moved to another folder").count(), 4, "each move is logged");
     assert!(log.contains("copy verified and in place"), "the move to the tmpfs was a copy");
 
     d.stop();

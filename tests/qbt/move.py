@@ -99,6 +99,20 @@ same_tree(original, t.content_path)
 assert not os.path.exists(os.path.join(same_fs, name)), "the source stays after the copy"
 assert [n for n in os.listdir(other_fs) if n.startswith(".")] == [], "a hidden copy is left"
 
+# A stopped torrent moves at once and stays stopped; started, it seeds
+# from there; and back again.
+c.torrents_stop(torrent_hashes=h)
+wait("stopped", lambda: info(c, h).state == "stoppedUP")
+c.torrents_set_location(location=same_fs, torrent_hashes=h)
+wait("moved while stopped", lambda: (lambda t: t.save_path == same_fs and t.state == "stoppedUP")(info(c, h)))
+same_tree(original, os.path.join(same_fs, name))
+assert not os.path.exists(os.path.join(other_fs, name))
+c.torrents_start(torrent_hashes=h)
+seeding_at(c, h, same_fs)
+c.torrents_set_location(location=other_fs, torrent_hashes=h)
+t = seeding_at(c, h, other_fs)
+same_tree(original, t.content_path)
+
 # A path outside the allowed folders: 400 naming them; nothing moves.
 try:
     c.torrents_set_location(location="/etc", torrent_hashes=h)
