@@ -318,6 +318,7 @@ mod tests {
             limits: Default::default(),
             borrowed: false,
             shared_with: Vec::new(),
+            rate_limits: Default::default(),
         }
     }
 

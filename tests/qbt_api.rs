@@ -602,8 +602,8 @@ fn missing_features_are_refused_plainly(api: &Session, _d: &Dropseed, hash: &str
     let r = post("setForceStart", &format!("hashes={hash}&value=true"));
     assert!(r.status == 409 && r.body.contains("no forced start"), "{}", r.body);
     assert_eq!(post("setForceStart", &format!("hashes={hash}&value=false")).status, 200);
-    let r = post("setUploadLimit", &format!("hashes={hash}&limit=1000"));
-    assert!(r.status == 409 && r.body.contains("per-torrent"), "{}", r.body);
+    let r = post("setUploadLimit", &format!("hashes={hash}&limit=lots"));
+    assert!(r.status == 400 && r.body.contains("limit"), "{}", r.body);
 }
 
 /// Categories: the config's stay, a used one stays, an unused one goes.
@@ -1081,4 +1081,47 @@ fn the_queue_order_decides_which_download_starts() {
     assert_eq!(api.post("decreasePrio", &format!("hashes={a_hash}")).status, 200);
     let p = priorities(&api);
     assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| p[h].0), [2, 1, 3]);
+}
+
+/// A torrent's own upload limit, set through the API, is kept across a
+/// restart and holds: a leecher takes its 1 MiB at about 128 KiB/s.
+#[test]
+fn a_torrents_own_upload_limit_is_kept_and_holds() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let (torrent, hash, data) = tracked_torrent(&tracker, work.path(), "limited.bin", 1024 * 1024, 81);
+    let (mut d, port) = daemon_with_api();
+    payload(&d.download_dir().join("limited.bin"), 1024 * 1024, 81);
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    assert_eq!(add_file(port, &api.cookie, &std::fs::read(&torrent).unwrap(), "").body, "Ok.");
+    seeding_info(&d, port, &api.cookie, &hash);
+    assert_eq!(api.post("setUploadLimit", &format!("hashes={hash}&limit=131072")).status, 200);
+    let shown = api.post("uploadLimit", &format!("hashes={hash}")).body;
+    assert_eq!(shown, format!("{{\"{hash}\":131072}}"));
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let info = seeding_info(&d, port, &api.cookie, &hash);
+    assert_eq!((info["up_limit"].as_i64(), info["dl_limit"].as_i64()), (Some(131072), Some(0)), "{info}");
+    tracker.wait_seeders(&hash, 1);
+    let leech_dir = work.path().join("leech");
+    let mut leech = Aria2::leech(&torrent, &leech_dir, &work.path().join("leech.log"));
+    // From the first byte dropseed counted as uploaded to the leecher's end.
+    let uploaded = || {
+        let r = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(&api.cookie).send(port);
+        let list: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        list[0]["uploaded"].as_u64().unwrap()
+    };
+    wait_for("the upload to begin", Duration::from_secs(60), || (uploaded() > 0).then_some(()));
+    let started = std::time::Instant::now();
+    assert!(leech.wait_exit(Duration::from_secs(60)), "the leecher failed");
+    let took = started.elapsed().as_secs_f64();
+    assert_same_tree(&data, &leech_dir);
+    // 1 MiB at 128 KiB/s: 8 s, less the first 100 ms of burst and what
+    // went before the first look (unlimited, aria2 takes about 2 s here).
+    assert!(took >= 6.0, "1 MiB uploaded in {took:.1} s: the limit did not hold");
 }

@@ -2,7 +2,7 @@
 //! it, see `session::relocate`), and the requests about it dropseed
 //! refuses for now, each with a plain reason:
 //! `renameFile`, `renameFolder`,
-//! `filePrio`, `setForceStart` (true), `setDownloadLimit`, `setUploadLimit`.
+//! `filePrio`, `setForceStart` (true).
 //!
 //! Why a module: no path given through the API may reach outside the
 //! folders dropseed writes (`download_dir`, `incomplete_dir`, the category
@@ -30,8 +30,6 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/renameFolder", post(no_file_renames))
         .route("/torrents/filePrio", post(no_file_priorities))
         .route("/torrents/setForceStart", post(set_force_start))
-        .route("/torrents/setDownloadLimit", post(no_torrent_rate_limits))
-        .route("/torrents/setUploadLimit", post(no_torrent_rate_limits))
 }
 
 /// The folders a path from the API may be in.
@@ -179,13 +177,6 @@ async fn set_force_start(State(api): State<Arc<Api>>, p: Params) -> Response {
         StatusCode::CONFLICT,
         "dropseed has no forced start: its download queue ([limits] max_active_downloads) always applies; \
          use torrents/start",
-    )
-}
-
-async fn no_torrent_rate_limits() -> Response {
-    status(
-        StatusCode::CONFLICT,
-        "dropseed has no per-torrent rate limits: the global [limits] download_rate and upload_rate apply",
     )
 }
 
