@@ -13,7 +13,8 @@
 use crate::locks::locked;
 use crate::types::InfoHash;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -27,12 +28,13 @@ pub enum Move {
 }
 
 pub struct DownloadQueue {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     changed: Notify,
     /// Where the order is kept; None in tests that keep nothing.
     file: Option<PathBuf>,
-    /// The newest order written, so an older write never lands last.
-    written: Arc<Mutex<u64>>,
+    /// A writer of the order is under way: changes meanwhile are written
+    /// by it (one file write for a burst of changes, e.g. at start).
+    writing: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -41,6 +43,7 @@ struct State {
     order: Vec<InfoHash>,
     /// The order read at start: restored torrents join at their rank.
     saved: HashMap<InfoHash, usize>,
+    /// Holding a slot, or granted one and about to take it.
     running: HashSet<InfoHash>,
     waiting: HashSet<InfoHash>,
     /// Gave up their slot, stalled: behind every other waiting torrent
@@ -53,17 +56,32 @@ struct State {
 }
 
 impl State {
-    /// Whether `hash`, waiting, is among the first waiting torrents the
-    /// free slots go to.
-    fn may_start(&self, hash: &InfoHash) -> bool {
-        if self.limit == 0 {
-            return true;
+    /// Gives the free slots to the first waiting torrents: those not
+    /// yielded first, then by their place in the order. Once per change,
+    /// not once per waiter.
+    fn grant(&mut self) {
+        let mut free = match self.limit {
+            0 => usize::MAX,
+            n => n.saturating_sub(self.running.len()),
+        };
+        if free == 0 || self.waiting.len() <= self.running.intersection(&self.waiting).count() {
+            return;
         }
-        let free = self.limit.saturating_sub(self.running.len());
-        let key = |h: &InfoHash| (self.yielded.contains(h), self.order.iter().position(|x| x == h));
-        let mine = key(hash);
-        let ahead = self.waiting.iter().filter(|h| *h != hash && key(h) < mine).count();
-        free > 0 && ahead < free
+        let rank: HashMap<&InfoHash, usize> = self.order.iter().enumerate().map(|(i, h)| (h, i)).collect();
+        let mut next: Vec<(bool, usize, InfoHash)> = self
+            .waiting
+            .iter()
+            .filter(|h| !self.running.contains(h))
+            .map(|h| (self.yielded.contains(h), rank.get(h).copied().unwrap_or(usize::MAX), *h))
+            .collect();
+        next.sort_unstable();
+        for (_, _, h) in next {
+            if free == 0 {
+                break;
+            }
+            self.running.insert(h);
+            free -= 1;
+        }
     }
 }
 
@@ -75,18 +93,32 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        locked(&self.queue.state).running.remove(&self.hash);
+        let mut s = locked(&self.queue.state);
+        s.running.remove(&self.hash);
+        s.grant();
+        drop(s);
         self.queue.changed.notify_waiters();
     }
 }
 
-/// Takes a torrent out of `waiting` when its wait ends, slot or not.
-struct Waiting<'a>(&'a DownloadQueue, InfoHash);
+/// A torrent's wait for a slot; given up when dropped before the slot was
+/// taken (a slot granted meanwhile goes to the next).
+struct Waiting<'a> {
+    queue: &'a DownloadQueue,
+    hash: InfoHash,
+    taken: bool,
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        locked(&self.0.state).waiting.remove(&self.1);
-        self.0.changed.notify_waiters();
+        let mut s = locked(&self.queue.state);
+        s.waiting.remove(&self.hash);
+        if !self.taken {
+            s.running.remove(&self.hash);
+            s.grant();
+        }
+        drop(s);
+        self.queue.changed.notify_waiters();
     }
 }
 
@@ -97,10 +129,10 @@ impl DownloadQueue {
         let text = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
         let saved = text.lines().filter_map(|l| InfoHash::parse(l.trim())).enumerate().map(|(i, h)| (h, i)).collect();
         DownloadQueue {
-            state: Mutex::new(State { saved, limit, ..State::default() }),
+            state: Arc::new(Mutex::new(State { saved, limit, ..State::default() })),
             changed: Notify::new(),
             file,
-            written: Arc::new(Mutex::new(0)),
+            writing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -112,7 +144,10 @@ impl DownloadQueue {
     /// A new limit (a config reload, `app/setPreferences`); downloads
     /// running keep their slots.
     pub fn set_limit(&self, limit: usize) {
-        locked(&self.state).limit = limit;
+        let mut s = locked(&self.state);
+        s.limit = limit;
+        s.grant();
+        drop(s);
         self.changed.notify_waiters();
     }
 
@@ -150,10 +185,11 @@ impl DownloadQueue {
     /// qBittorrent does: `Top` keeps their order among themselves.
     pub fn reorder(&self, hashes: &[InfoHash], how: Move) {
         let mut s = locked(&self.state);
-        let mut picked: Vec<InfoHash> = s.order.iter().filter(|h| hashes.contains(h)).copied().collect();
+        let wanted: HashSet<&InfoHash> = hashes.iter().collect();
+        let mut picked: Vec<InfoHash> = s.order.iter().filter(|h| wanted.contains(h)).copied().collect();
         match how {
             Move::Top | Move::Bottom => {
-                s.order.retain(|h| !picked.contains(h));
+                s.order.retain(|h| !wanted.contains(h));
                 if how == Move::Top {
                     picked.extend(s.order.iter().copied());
                     s.order = picked;
@@ -162,18 +198,15 @@ impl DownloadQueue {
                 }
             }
             Move::Up => {
-                for h in picked {
-                    let i = s.order.iter().position(|x| *x == h).unwrap_or(0);
-                    if i > 0 {
+                for i in 1..s.order.len() {
+                    if wanted.contains(&s.order[i]) && !wanted.contains(&s.order[i - 1]) {
                         s.order.swap(i, i - 1);
                     }
                 }
             }
             Move::Down => {
-                picked.reverse();
-                for h in picked {
-                    let i = s.order.iter().position(|x| *x == h).unwrap_or(0);
-                    if i + 1 < s.order.len() {
+                for i in (0..s.order.len().saturating_sub(1)).rev() {
+                    if wanted.contains(&s.order[i]) && !wanted.contains(&s.order[i + 1]) {
                         s.order.swap(i, i + 1);
                     }
                 }
@@ -187,21 +220,25 @@ impl DownloadQueue {
         locked(&self.state).order.iter().enumerate().map(|(i, h)| (*h, i)).collect()
     }
 
-    /// Waits for a slot, first come by the queue's order. Dropping the
-    /// future gives up the wait.
+    /// Waits for a slot, given by the queue's order. Dropping the future
+    /// gives up the wait.
     pub async fn acquire(self: &Arc<Self>, hash: InfoHash) -> Slot {
         self.join(hash);
-        let _waiting = Waiting(self, hash);
+        let mut waiting = Waiting { queue: self, hash, taken: false };
+        {
+            let mut s = locked(&self.state);
+            s.waiting.insert(hash);
+            s.grant();
+        }
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut s = locked(&self.state);
-                s.waiting.insert(hash);
-                if s.may_start(&hash) {
-                    s.running.insert(hash);
+                if s.running.contains(&hash) {
                     s.yielded.remove(&hash);
+                    waiting.taken = true;
                     return Slot { queue: self.clone(), hash };
                 }
             }
@@ -209,31 +246,41 @@ impl DownloadQueue {
         }
     }
 
-    /// Wakes the waiters and writes the order (off the async workers).
+    /// Grants what the change frees, wakes the waiters, and has the order
+    /// written (off the async workers, one writer at a time).
     fn changed_order(&self, mut s: std::sync::MutexGuard<'_, State>) {
         s.version += 1;
-        let (version, text) = (s.version, s.order.iter().map(|h| h.hex() + "\n").collect::<String>());
+        s.grant();
         drop(s);
         self.changed.notify_waiters();
         let Some(file) = self.file.clone() else { return };
-        let write = move |written: &Mutex<u64>| {
-            let mut last = locked(written);
-            if *last >= version {
-                return;
-            }
-            let tmp = file.with_extension("tmp");
-            let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file));
-            match r {
-                Ok(()) => *last = version,
-                Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot save the download queue's order"),
-            }
-        };
+        if self.writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (state, writing) = (self.state.clone(), self.writing.clone());
+        let write = move || write_order(&state, &writing, &file);
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let written = self.written.clone();
-                rt.spawn_blocking(move || write(&written));
-            }
-            Err(_) => write(&self.written),
+            Ok(rt) => drop(rt.spawn_blocking(write)),
+            Err(_) => write(),
+        }
+    }
+}
+
+/// Writes the order until no change came during the write. Blocking.
+fn write_order(state: &Mutex<State>, writing: &AtomicBool, file: &Path) {
+    loop {
+        let (version, text) = {
+            let s = locked(state);
+            (s.version, s.order.iter().map(|h| h.hex() + "\n").collect::<String>())
+        };
+        let tmp = file.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file)) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot save the download queue's order");
+        }
+        writing.store(false, Ordering::Release);
+        let changed = locked(state).version != version;
+        if !changed || writing.swap(true, Ordering::AcqRel) {
+            return;
         }
     }
 }
