@@ -142,10 +142,8 @@ fn reload(session: &Session, path: Option<&std::path::Path>, log: &LogHandle, wa
             if new.storage != old.storage {
                 restart.push("storage");
             }
-            if new.limits.max_active_downloads != old.limits.max_active_downloads
-                || new.limits.max_connections != old.limits.max_connections
-            {
-                restart.push("limits.max_active_downloads/max_connections");
+            if new.limits.max_connections != old.limits.max_connections {
+                restart.push("limits.max_connections");
             }
             if new.log.rotation != old.log.rotation || new.log.max_files != old.log.max_files {
                 restart.push("log.rotation/max_files");
@@ -320,6 +318,7 @@ mod tests {
             limits: Default::default(),
             borrowed: false,
             shared_with: Vec::new(),
+            rate_limits: Default::default(),
         }
     }
 

@@ -83,6 +83,54 @@ pub struct Metainfo {
     pub private: bool,
     /// The raw bencoded `info` dictionary (served to magnet peers, BEP 9).
     pub info_bytes: Vec<u8>,
+    /// What the `.torrent` says about itself outside `info` (none for a
+    /// magnet's metadata).
+    pub about: About,
+}
+
+/// A `.torrent`'s `comment`, `created by` and `creation date`, as the API's
+/// `torrents/properties` shows them: bounded, kept with the torrent in
+/// `state_dir`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct About {
+    pub comment: Option<String>,
+    pub created_by: Option<String>,
+    /// Unix seconds.
+    pub creation_date: Option<i64>,
+}
+
+/// The longest `comment` or `created by` kept, in bytes.
+const MAX_ABOUT: usize = 4096;
+
+impl About {
+    fn from_raw(raw: &RawTorrent) -> About {
+        let text = |b: &Option<ByteBuf>| {
+            b.as_ref().map(|b| {
+                let s = String::from_utf8_lossy(&b[..b.len().min(MAX_ABOUT)]).into_owned();
+                s.trim_end_matches('\u{FFFD}').to_string()
+            })
+        };
+        About {
+            comment: text(&raw.comment),
+            created_by: text(&raw.created_by),
+            creation_date: raw.creation_date.filter(|d| *d > 0),
+        }
+    }
+
+    /// The keys as bencode, in their sorted places before `info`.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut text = |key: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                out.extend_from_slice(format!("{}:{key}{}:", key.len(), v.len()).as_bytes());
+                out.extend_from_slice(v.as_bytes());
+            }
+        };
+        text("comment", &self.comment);
+        text("created by", &self.created_by);
+        if let Some(d) = self.creation_date {
+            out.extend_from_slice(format!("13:creation datei{d}e").as_bytes());
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -90,6 +138,11 @@ struct RawTorrent {
     announce: Option<ByteBuf>,
     #[serde(rename = "announce-list")]
     announce_list: Option<Vec<Vec<ByteBuf>>>,
+    comment: Option<ByteBuf>,
+    #[serde(rename = "created by")]
+    created_by: Option<ByteBuf>,
+    #[serde(rename = "creation date")]
+    creation_date: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +232,7 @@ impl Metainfo {
         }
         let span = bencode::top_level_value(bytes, b"info")?.ok_or(MetainfoError::NoInfo)?;
         let raw: RawTorrent = serde_bencode::from_bytes(bytes).map_err(|e| MetainfoError::Field(e.to_string()))?;
+        let about = About::from_raw(&raw);
         let mut trackers: Vec<Vec<String>> = raw
             .announce_list
             .unwrap_or_default()
@@ -191,7 +245,7 @@ impl Metainfo {
                 trackers.push(vec![url]);
             }
         }
-        Metainfo::from_info_bytes(&bytes[span], trackers)
+        Ok(Metainfo { about, ..Metainfo::from_info_bytes(&bytes[span], trackers)? })
     }
 
     /// Builds from a raw `info` dictionary, as a magnet's metadata arrives.
@@ -245,6 +299,7 @@ impl Metainfo {
             trackers,
             private: info.private == Some(1),
             info_bytes: info_bytes.to_vec(),
+            about: About::default(),
         })
     }
 
@@ -272,6 +327,7 @@ impl Metainfo {
             }
             out.push(b'e');
         }
+        self.about.encode(&mut out);
         out.extend_from_slice(b"4:info");
         out.extend_from_slice(&self.info_bytes);
         out.push(b'e');
@@ -326,6 +382,24 @@ pub(crate) mod tests {
             let e = Metainfo::from_torrent_bytes(&torrent(&info)).unwrap_err();
             assert!(matches!(e, MetainfoError::UnsafePath(..)), "{name:?}: {e}");
         }
+    }
+
+    #[test]
+    fn comment_creator_and_date_are_kept_through_state_dir() {
+        let info = format!("d6:lengthi5e4:name1:a12:piece lengthi16e6:pieces{}e", pieces(1));
+        let head = "d7:comment9:from here10:created by9:mktorrent13:creation datei1700000000e4:info";
+        let bytes = [head.as_bytes(), info.as_bytes(), b"e"].concat();
+        let m = Metainfo::from_torrent_bytes(&bytes).unwrap();
+        let about = About {
+            comment: Some("from here".into()),
+            created_by: Some("mktorrent".into()),
+            creation_date: Some(1_700_000_000),
+        };
+        assert_eq!(m.about, about);
+        let again = Metainfo::from_torrent_bytes(&m.to_torrent_bytes()).unwrap();
+        assert_eq!((again.about, again.info_hash), (about, m.info_hash));
+        let long = format!("d7:comment{}:{}4:info{info}e", 10_000, "x".repeat(10_000));
+        assert_eq!(Metainfo::from_torrent_bytes(long.as_bytes()).unwrap().about.comment.unwrap().len(), 4096);
     }
 
     #[test]

@@ -100,6 +100,25 @@ pub struct ResumeRecord {
     /// while another name holds them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub linked: Vec<u32>,
+    /// Its own rate limits (the API's `torrents/setDownloadLimit`), under
+    /// the global ones.
+    #[serde(default, skip_serializing_if = "RateLimits::is_none")]
+    pub rate_limits: RateLimits,
+}
+
+/// A torrent's own rates in bytes/s; 0 = none (the global `[limits]` still hold).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    #[serde(default)]
+    pub download: u64,
+    #[serde(default)]
+    pub upload: u64,
+}
+
+impl RateLimits {
+    pub fn is_none(&self) -> bool {
+        *self == RateLimits::default()
+    }
 }
 
 /// A torrent the user paused, or one a seeding limit stopped, stays still

@@ -491,7 +491,7 @@ fn tags_limits_categories_and_refusals_over_http() {
     missing_features_are_refused_plainly(&api, &d, &hash);
     categories_are_managed_safely(&api, &d, &hash);
     the_shown_name_changes(&api, &d, &hash);
-    set_preferences_keeps_the_config_limits(&api, &d, &hash);
+    set_preferences_applies_what_dropseed_can(&api, &d, &hash);
 
     // Tags, limits and the name survive a restart.
     let mut d = d;
@@ -586,7 +586,7 @@ fn paths_outside_the_folders_are_refused(api: &Session, d: &Dropseed, hash: &str
     let r = post("setLocation", &format!("hashes={hash}&location={escape}"));
     assert_eq!(r.status, 400, "{}", r.body);
     let r = post("setLocation", &format!("hashes={hash}&location={}/x", d.download_dir().display()));
-    assert!(r.status == 409 && r.body.contains("cannot move"), "{}", r.body);
+    assert!(r.status == 409 && r.body.contains("no data to move"), "{}", r.body);
     let r = post("add", &format!("urls=magnet:?xt=urn:btih:{}&savepath=/etc", "cd".repeat(20)));
     assert!(r.status == 400 && r.body.contains("outside the folders"), "{}", r.body);
 }
@@ -602,8 +602,8 @@ fn missing_features_are_refused_plainly(api: &Session, _d: &Dropseed, hash: &str
     let r = post("setForceStart", &format!("hashes={hash}&value=true"));
     assert!(r.status == 409 && r.body.contains("no forced start"), "{}", r.body);
     assert_eq!(post("setForceStart", &format!("hashes={hash}&value=false")).status, 200);
-    let r = post("setUploadLimit", &format!("hashes={hash}&limit=1000"));
-    assert!(r.status == 409 && r.body.contains("per-torrent"), "{}", r.body);
+    let r = post("setUploadLimit", &format!("hashes={hash}&limit=lots"));
+    assert!(r.status == 400 && r.body.contains("limit"), "{}", r.body);
 }
 
 /// Categories: the config's stay, a used one stays, an unused one goes.
@@ -651,19 +651,43 @@ fn the_shown_name_changes(api: &Session, _d: &Dropseed, hash: &str) {
     assert_eq!(post("rename", &format!("hash={hash}&name=Shown%20Name")).status, 200);
 }
 
-/// The global limits are the config file's: setPreferences says so in the log.
-fn set_preferences_keeps_the_config_limits(api: &Session, d: &Dropseed, _hash: &str) {
+/// setPreferences and transfer/set*Limit change the running config (not
+/// the file): what dropseed honours shows in the preferences, the rest is
+/// named in the log, a bad value is 400 naming its field.
+fn set_preferences_applies_what_dropseed_can(api: &Session, d: &Dropseed, _hash: &str) {
     let (port, cookie) = (api.port, &api.cookie);
-    let r = Req::new(port, "POST", "/api/v2/app/setPreferences")
-        .header(cookie)
-        .form("json=%7B%22max_ratio_enabled%22%3Atrue%2C%22max_ratio%22%3A1%7D")
-        .send(port);
+    let file = std::fs::read_to_string(&d.config).unwrap();
+    let set = |json: &str| {
+        let form = format!("json={}", percent(json));
+        Req::new(port, "POST", "/api/v2/app/setPreferences").header(cookie).form(&form).send(port)
+    };
+    let prefs = || -> serde_json::Value {
+        serde_json::from_str(&Req::new(port, "GET", "/api/v2/app/preferences").header(cookie).send(port).body).unwrap()
+    };
+    let r = set(r#"{"max_ratio_enabled":true,"max_ratio":1,"dl_limit":2048,"upnp":true,"queueing_enabled":false}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = prefs();
+    assert_eq!((&p["max_ratio_enabled"], &p["max_ratio"], &p["dl_limit"]), (&true.into(), &1.0.into(), &2048.into()));
+    assert_eq!((&p["queueing_enabled"], &p["upnp"]), (&false.into(), &false.into()));
+    let log = d.wait_log("app/setPreferences ignored", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("app/setPreferences ignored")).unwrap();
+    assert!(line.contains("fields=upnp"), "{line}");
+    let r = api.post("topPrio", "hashes=all");
+    assert!(r.status == 409 && r.body.contains("queueing"), "queueing off: {}", r.body);
+    let r = set(r#"{"dl_limit":"fast"}"#);
+    assert!(r.status == 400 && r.body.contains("dl_limit"), "{}", r.body);
+    assert_eq!(prefs()["dl_limit"], 2048, "nothing changed by a refused request");
+    let r = Req::new(port, "POST", "/api/v2/transfer/setUploadLimit").header(cookie).form("limit=4096").send(port);
     assert_eq!(r.status, 200);
-    let prefs = Req::new(port, "GET", "/api/v2/app/preferences").header(cookie).send(port).body;
-    assert!(prefs.contains(r#""max_ratio_enabled":false"#), "{prefs}");
-    let log = d.wait_log("app/setPreferences changes nothing", Duration::from_secs(10));
-    let line = log.lines().find(|l| l.contains("app/setPreferences")).unwrap();
-    assert!(line.contains("max_ratio,max_ratio_enabled"), "{line}");
+    let r = Req::new(port, "GET", "/api/v2/transfer/uploadLimit").header(cookie).send(port);
+    assert_eq!(r.body, "4096");
+    assert_eq!(prefs()["up_limit"], 4096);
+    let r = Req::new(port, "POST", "/api/v2/transfer/setDownloadLimit").header(cookie).form("limit=x").send(port);
+    assert_eq!(r.status, 400);
+    let r = set(r#"{"max_ratio_enabled":false,"queueing_enabled":true,"dl_limit":0,"up_limit":0}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(api.post("topPrio", "hashes=all").status, 200, "queueing on again");
+    assert_eq!(std::fs::read_to_string(&d.config).unwrap(), file, "the config file is never written");
 }
 
 /// A connection from `from` to the API.
@@ -896,4 +920,208 @@ fn oversized_bodies_sent_in_full_do_not_raise_the_peak_memory() {
     // Still serving.
     let r = Req::new(port, "GET", "/api/v2/app/version").header(&cookie).send(port);
     assert_eq!(r.status, 200);
+}
+
+/// Runs a script of tests/qbt with `qbittorrent-api` and these QBT_*
+/// variables; fails with its output and the log's tail unless it printed `ok`.
+fn run_script(python: &str, d: &Dropseed, port: u16, script: &str, vars: &[(&str, String)], ok: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/qbt").join(script);
+    let out = Command::new(python)
+        .arg(&script)
+        .env("QBT_URL", format!("http://127.0.0.1:{port}"))
+        .env("QBT_PASSWORD", PASSWORD)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || !said.contains(ok) {
+        let log = d.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!("{} failed:\n{said}\nlog tail (newest first):\n{}", script.display(), tail.join("\n"));
+    }
+}
+
+/// `setLocation` moves a seeding torrent's data (a rename on the same
+/// filesystem, a verified copy to another), refuses data shared with a
+/// cross-seed, and the new place holds after a restart.
+#[test]
+fn set_location_moves_the_data_and_the_new_place_holds() {
+    let Some(python) = python_with_client() else { return };
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let (same_fs, other_fs) = (work.path().join("moved"), work.path().join("other"));
+    std::fs::create_dir_all(&same_fs).unwrap();
+    let Some(_disk) = small_disk(&other_fs) else { return };
+    let allowed = format!("allowed_paths = [\"{}\", \"{}\"]\n", same_fs.display(), other_fs.display());
+    let phc = hash_of(PASSWORD);
+    let port = free_port();
+    let mut d = Dropseed::new(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nusername = \"admin\"\npassword_hash = \"{phc}\"\n{allowed}"
+    ));
+    // The data is in the download folder already: seeded where it is.
+    let data = d.download_dir().join("pack");
+    payload(&data.join("a.bin"), 600 * 1024 + 7, 61);
+    payload(&data.join("sub/b.bin"), 300 * 1024, 62);
+    let original = work.path().join("original");
+    payload(&original.join("a.bin"), 600 * 1024 + 7, 61);
+    payload(&original.join("sub/b.bin"), 300 * 1024, 62);
+    let (torrent, cross) = (work.path().join("pack.torrent"), work.path().join("cross.torrent"));
+    mktorrent(&data, "http://127.0.0.1:1/announce", 16, &torrent, &["-c", "from the test"]);
+    mktorrent(&data, "http://127.0.0.1:1/announce", 16, &cross, &["-s", "other-tracker"]);
+    let (hash, cross_hash) = (info_hash(&torrent), info_hash(&cross));
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let vars = [
+        ("QBT_TORRENT", torrent.display().to_string()),
+        ("QBT_HASH", hash.clone()),
+        ("QBT_CROSS_TORRENT", cross.display().to_string()),
+        ("QBT_CROSS_HASH", cross_hash),
+        ("QBT_DATA", original.display().to_string()),
+        ("QBT_DOWNLOAD_DIR", d.download_dir().display().to_string()),
+        ("QBT_SAME_FS", same_fs.display().to_string()),
+        ("QBT_OTHER_FS", other_fs.display().to_string()),
+        ("QBT_LOG", d.log_dir().join("dropseed.log").display().to_string()),
+    ];
+    run_script(&python, &d, port, "move.py", &vars, "MOVE OK");
+    let log = d.log_text();
+    assert_eq!(log.matches("moved to another folder").count(), 4, "each move is logged");
+    assert!(log.contains("copy verified and in place"), "the move to the tmpfs was a copy");
+
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let cookie = sid_of(&login(port, "correct%20horse"));
+    let t = wait_for("seeding from the new place after a restart", Duration::from_secs(30), || {
+        let r = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(&cookie).send(port);
+        let list: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let t = list.get(0)?.clone();
+        matches!(t["state"].as_str(), Some("stalledUP" | "uploading")).then_some(t)
+    });
+    assert_eq!(t["content_path"].as_str(), Some(other_fs.join("pack").to_str().unwrap()));
+    assert_same_tree(&original, &other_fs.join("pack"));
+    assert!(!data.exists() && !same_fs.join("pack").exists(), "an old copy stays");
+    // The .torrent's comment, creator and date, kept through the restart.
+    let r = Req::new(port, "GET", &format!("/api/v2/torrents/properties?hash={hash}")).header(&cookie).send(port);
+    let props: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(props["comment"], "from the test");
+    assert!(props["created_by"].as_str().unwrap().starts_with("mktorrent"), "{props}");
+    let made = props["creation_date"].as_i64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now - 600..=now).contains(&made), "creation_date {made}");
+}
+
+/// Each torrent's `priority` (its place in the download queue) by hash.
+fn priorities(api: &Session) -> std::collections::HashMap<String, (i64, String)> {
+    let list: serde_json::Value = serde_json::from_str(&api.get("info").body).unwrap();
+    let list = list.as_array().unwrap();
+    list.iter()
+        .map(|t| {
+            let (h, p, s) =
+                (t["hash"].as_str().unwrap(), t["priority"].as_i64().unwrap(), t["state"].as_str().unwrap());
+            (h.to_string(), (p, s.to_string()))
+        })
+        .collect()
+}
+
+/// Downloads and one slot: the queue's order, changed through the API,
+/// decides which starts next, and survives a restart.
+#[test]
+fn the_queue_order_decides_which_download_starts() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    // A and D have no seeder: each holds the slot until it stalls (3 s)
+    // and yields it; B and C have one.
+    let (a, a_hash, _) = tracked_torrent(&tracker, work.path(), "a.bin", 512 * 1024, 71);
+    let (b, b_hash, b_data) = tracked_torrent(&tracker, work.path(), "b.bin", 512 * 1024, 72);
+    let (c, c_hash, c_data) = tracked_torrent(&tracker, work.path(), "c.bin", 512 * 1024, 73);
+    let (d_torrent, d_hash, _) = tracked_torrent(&tracker, work.path(), "d.bin", 512 * 1024, 74);
+    let _seeders =
+        [Aria2::seed(&b, &b_data, &work.path().join("b.log")), Aria2::seed(&c, &c_data, &work.path().join("c.log"))];
+    tracker.wait_seeders(&b_hash, 1);
+    tracker.wait_seeders(&c_hash, 1);
+    let (mut d, port) = daemon_with_api_and("[limits]\nmax_active_downloads = 1\nstall_secs = 3\n");
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let state = |h: &str| priorities(&api).get(h).cloned().unwrap_or_default();
+    assert_eq!(add_file(port, &api.cookie, &std::fs::read(&a).unwrap(), "").body, "Ok.");
+    wait_for("a holding the slot", Duration::from_secs(20), || {
+        matches!(state(&a_hash).1.as_str(), "downloading" | "stalledDL" | "metaDL").then_some(())
+    });
+    for t in [&b, &c, &d_torrent] {
+        assert_eq!(add_file(port, &api.cookie, &std::fs::read(t).unwrap(), "").body, "Ok.");
+    }
+    let order = || [&a_hash, &b_hash, &c_hash, &d_hash].map(|h| state(h).0);
+    wait_for("b, c and d queued in order", Duration::from_secs(20), || (order() == [1, 2, 3, 4]).then_some(()));
+    assert_eq!(api.post("topPrio", &format!("hashes={c_hash}")).status, 200);
+    assert_eq!(api.post("bottomPrio", &format!("hashes={b_hash}")).status, 200);
+    assert_eq!(order(), [2, 4, 1, 3]);
+    // When a yields the slot, c (first) gets it, not b (who came first).
+    wait_for("c seeding", Duration::from_secs(60), || {
+        let (b_now, c_now) = (state(&b_hash).1, state(&c_hash).1);
+        assert_eq!(b_now, "queuedDL", "b started before c");
+        matches!(c_now.as_str(), "stalledUP" | "uploading").then_some(())
+    });
+    // d has the slot now (a yielded it, b is last); all held before b's turn.
+    assert_eq!(api.post("stop", &format!("hashes={a_hash}|{b_hash}|{d_hash}")).status, 200);
+    assert_eq!(state(&b_hash).1, "stoppedDL", "b still had not started");
+    assert_eq!(state(&c_hash).0, 0, "a complete torrent leaves the queue");
+    assert_eq!(api.post("increasePrio", &format!("hashes={b_hash}")).status, 200);
+    assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| state(h).0), [1, 2, 3]);
+    // Held, they keep their places across a restart.
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let p = priorities(&api);
+    assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| p[h].0), [1, 2, 3], "the order after a restart: {p:?}");
+    assert_eq!(api.post("decreasePrio", &format!("hashes={a_hash}")).status, 200);
+    let p = priorities(&api);
+    assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| p[h].0), [2, 1, 3]);
+}
+
+/// A torrent's own upload limit, set through the API, is kept across a
+/// restart and holds: a leecher takes its 1 MiB at about 128 KiB/s.
+#[test]
+fn a_torrents_own_upload_limit_is_kept_and_holds() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    let (torrent, hash, data) = tracked_torrent(&tracker, work.path(), "limited.bin", 1024 * 1024, 81);
+    let (mut d, port) = daemon_with_api();
+    payload(&d.download_dir().join("limited.bin"), 1024 * 1024, 81);
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    assert_eq!(add_file(port, &api.cookie, &std::fs::read(&torrent).unwrap(), "").body, "Ok.");
+    seeding_info(&d, port, &api.cookie, &hash);
+    assert_eq!(api.post("setUploadLimit", &format!("hashes={hash}&limit=131072")).status, 200);
+    let shown = api.post("uploadLimit", &format!("hashes={hash}")).body;
+    assert_eq!(shown, format!("{{\"{hash}\":131072}}"));
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let info = seeding_info(&d, port, &api.cookie, &hash);
+    assert_eq!((info["up_limit"].as_i64(), info["dl_limit"].as_i64()), (Some(131072), Some(0)), "{info}");
+    tracker.wait_seeders(&hash, 1);
+    let leech_dir = work.path().join("leech");
+    let mut leech = Aria2::leech(&torrent, &leech_dir, &work.path().join("leech.log"));
+    // From the first byte dropseed counted as uploaded to the leecher's end.
+    let uploaded = || {
+        let r = Req::new(port, "GET", &format!("/api/v2/torrents/info?hashes={hash}")).header(&api.cookie).send(port);
+        let list: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        list[0]["uploaded"].as_u64().unwrap()
+    };
+    wait_for("the upload to begin", Duration::from_secs(60), || (uploaded() > 0).then_some(()));
+    let started = std::time::Instant::now();
+    assert!(leech.wait_exit(Duration::from_secs(60)), "the leecher failed");
+    let took = started.elapsed().as_secs_f64();
+    assert_same_tree(&data, &leech_dir);
+    // 1 MiB at 128 KiB/s: 8 s, less the first 100 ms of burst and what
+    // went before the first look (unlimited, aria2 takes about 2 s here).
+    assert!(took >= 6.0, "1 MiB uploaded in {took:.1} s: the limit did not hold");
 }

@@ -2,18 +2,16 @@
 //! `app/version`; qbittorrent-api picks `stopped` or `paused` by
 //! `app/webapiVersion`), and the preferences, read from dropseed's config.
 //!
-//! `app/setPreferences` changes nothing at run time: dropseed's settings
-//! live in its config file (edit it and send SIGHUP), the global share
-//! limits too (`[seeding]`: max_ratio, max_seeding_time,
-//! max_inactive_seeding_time, max_ratio_act), so that a restart or a
-//! reload never undoes what the API set. A torrent's own limits are
-//! `torrents/setShareLimits`'. It answers 200 and ignores the fields, as
-//! qBittorrent ignores unknown ones, so that tools that push their
-//! preferences at start keep working, and logs the names it ignored.
+//! `app/setPreferences` applies what dropseed can change at run time (the
+//! global rates, the download queue, the global share limits) to the
+//! running config, as a reload does, without touching the config file:
+//! see `setprefs`. The `transfer/*Limit` calls are here too.
 
-use super::{Api, Params};
+use super::{setprefs, Api, Params};
 use crate::config::{Config, Encryption, LimitAction};
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -32,6 +30,10 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/app/preferences", get(preferences).post(preferences))
         .route("/app/setPreferences", axum::routing::post(set_preferences))
         .route("/app/defaultSavePath", get(default_save_path).post(default_save_path))
+        .route("/transfer/downloadLimit", get(download_limit).post(download_limit))
+        .route("/transfer/uploadLimit", get(upload_limit).post(upload_limit))
+        .route("/transfer/setDownloadLimit", axum::routing::post(set_download_limit))
+        .route("/transfer/setUploadLimit", axum::routing::post(set_upload_limit))
 }
 
 async fn version() -> &'static str {
@@ -54,16 +56,63 @@ async fn preferences(State(api): State<Arc<Api>>) -> Json<Value> {
     Json(preferences_of(&api.config()))
 }
 
-async fn set_preferences(params: Params) -> &'static str {
-    let fields: serde_json::Map<String, Value> = serde_json::from_str(params.get("json")).unwrap_or_default();
-    if !fields.is_empty() {
-        let names: Vec<String> = fields.keys().take(20).map(|k| crate::types::printable(k, 40)).collect();
+/// Applies what dropseed honours (see `setprefs`) to the running config,
+/// as a reload does; the rest is named in an INFO line. 400 naming a bad
+/// field, with nothing changed.
+async fn set_preferences(State(api): State<Arc<Api>>, params: Params) -> Response {
+    let fields: serde_json::Map<String, Value> = match serde_json::from_str(params.get("json")) {
+        Ok(f) => f,
+        Err(_) => return (StatusCode::BAD_REQUEST, "json: not a JSON object").into_response(),
+    };
+    let (config, ignored) = match setprefs::apply(&api.config(), &fields) {
+        Ok(applied) => applied,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    let honoured: Vec<&str> = fields.keys().map(String::as_str).filter(|k| setprefs::HONOURED.contains(k)).collect();
+    api.session.set_config(Arc::new(config));
+    if !honoured.is_empty() {
+        tracing::info!(fields = %honoured.join(","), "app/setPreferences applied until the next restart or reload (the config file is unchanged)");
+    }
+    if !ignored.is_empty() {
+        let names: Vec<String> = ignored.iter().take(20).map(|k| crate::types::printable(k, 40)).collect();
         tracing::info!(
             fields = %names.join(","),
-            "app/setPreferences changes nothing: set these in the config file and send SIGHUP"
+            "app/setPreferences ignored what dropseed cannot change at run time: set these in the config file"
         );
     }
-    ""
+    "".into_response()
+}
+
+/// `transfer/downloadLimit` and `uploadLimit`: the global rates in bytes/s, 0 for none.
+async fn download_limit(State(api): State<Arc<Api>>) -> String {
+    api.config().limits.download_rate.0.to_string()
+}
+
+async fn upload_limit(State(api): State<Arc<Api>>) -> String {
+    api.config().limits.upload_rate.0.to_string()
+}
+
+async fn set_download_limit(State(api): State<Arc<Api>>, p: Params) -> Response {
+    set_limit(&api, &p, "dl_limit")
+}
+
+async fn set_upload_limit(State(api): State<Arc<Api>>, p: Params) -> Response {
+    set_limit(&api, &p, "up_limit")
+}
+
+/// `limit` (bytes/s; 0 or less for none) as the preference `field`.
+fn set_limit(api: &Api, p: &Params, field: &str) -> Response {
+    let Ok(limit) = p.get("limit").trim().parse::<i64>() else {
+        return (StatusCode::BAD_REQUEST, "limit: not a whole number of bytes per second").into_response();
+    };
+    let fields = serde_json::Map::from_iter([(field.to_string(), Value::from(limit))]);
+    match setprefs::apply(&api.config(), &fields) {
+        Ok((config, _)) => {
+            api.session.set_config(Arc::new(config));
+            "".into_response()
+        }
+        Err(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+    }
 }
 
 async fn default_save_path(State(api): State<Arc<Api>>) -> String {

@@ -128,6 +128,7 @@ mod tests {
             ],
             total_length: 45,
             trackers: Vec::new(),
+            about: Default::default(),
             private: false,
             info_bytes: Vec::new(),
         }

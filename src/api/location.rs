@@ -1,7 +1,8 @@
-//! Where a torrent's data may be put through the API, and the requests
-//! about it dropseed refuses for now, each with a plain reason:
-//! `setLocation` (after the path check), `renameFile`, `renameFolder`,
-//! `filePrio`, `setForceStart` (true), `setDownloadLimit`, `setUploadLimit`.
+//! Where a torrent's data may be put through the API (`setLocation` moves
+//! it, see `session::relocate`), and the requests about it dropseed
+//! refuses for now, each with a plain reason:
+//! `renameFile`, `renameFolder`,
+//! `filePrio`, `setForceStart` (true).
 //!
 //! Why a module: no path given through the API may reach outside the
 //! folders dropseed writes (`download_dir`, `incomplete_dir`, the category
@@ -12,6 +13,8 @@
 use super::torrents::{one, parse_hash, status};
 use super::{hash_list, Api, Params};
 use crate::config::Config;
+use crate::session::relocate::Relocation;
+use crate::session::ErrorKind;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -27,8 +30,6 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/renameFolder", post(no_file_renames))
         .route("/torrents/filePrio", post(no_file_priorities))
         .route("/torrents/setForceStart", post(set_force_start))
-        .route("/torrents/setDownloadLimit", post(no_torrent_rate_limits))
-        .route("/torrents/setUploadLimit", post(no_torrent_rate_limits))
 }
 
 /// The folders a path from the API may be in.
@@ -88,23 +89,59 @@ fn resolve(p: &Path) -> Option<PathBuf> {
     }
 }
 
-/// The path is checked first (400 when it escapes), then the move is
-/// refused: dropseed moves data only to a category's complete folder.
+/// The path is checked first (400 when it escapes); then each torrent's
+/// data moves there through the verified handoff (it shows `moving`
+/// meanwhile). A torrent that must stay (its data shared with another, not
+/// complete) is 409 naming why; unknown hashes are skipped, as qBittorrent
+/// does.
 async fn set_location(State(api): State<Arc<Api>>, p: Params) -> Response {
     let location = p.get("location").to_string();
     if location.trim().is_empty() {
         return status(StatusCode::BAD_REQUEST, "location: no path given");
     }
     let config = api.config();
-    let checked = tokio::task::spawn_blocking(move || check_path(&config, &location)).await;
-    match checked {
-        Ok(Ok(_)) => status(
-            StatusCode::CONFLICT,
-            "dropseed cannot move a torrent's data to another folder yet: its data goes to its category's folder",
-        ),
-        Ok(Err(why)) => status(StatusCode::BAD_REQUEST, &why),
-        Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "the path check failed"),
+    let checked =
+        tokio::task::spawn_blocking(move || check_path(&config, &location).and_then(|p| split_root(&config, &p))).await;
+    let (root, sub) = match checked {
+        Ok(Ok(at)) => at,
+        Ok(Err(why)) => return status(StatusCode::BAD_REQUEST, &why),
+        Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "the path check failed"),
+    };
+    let mut refused = Vec::new();
+    for hash in super::torrents::targets(&api, &p) {
+        match api.session.relocate(hash, root.clone(), sub.clone()).await {
+            Ok(Relocation::Started(t, to)) => {
+                tracing::info!(hash = %t.hash.short(), to = %to.display(), "moving through the API")
+            }
+            Ok(Relocation::AlreadyThere(_)) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => refused.push(e.to_string()),
+        }
     }
+    if refused.is_empty() {
+        return "".into_response();
+    }
+    status(StatusCode::CONFLICT, &refused.join("\n"))
+}
+
+/// A checked path as the deepest allowed folder holding it and the folders
+/// below it (made by dropseed, reached without a link). Blocking.
+fn split_root(c: &Config, resolved: &Path) -> Result<(PathBuf, String), String> {
+    let root = allowed_roots(c)
+        .iter()
+        .filter_map(|r| resolve(r))
+        .filter(|root| resolved.starts_with(root))
+        .max_by_key(|r| r.as_os_str().len())
+        .ok_or_else(|| "the path is outside the folders dropseed may write".to_string())?;
+    let sub = resolved.strip_prefix(&root).unwrap_or(Path::new(""));
+    let sub = sub.to_str().ok_or_else(|| {
+        format!(
+            "{}: the folders below {} must be UTF-8 names",
+            crate::types::printable(&resolved.display().to_string(), 300),
+            root.display()
+        )
+    })?;
+    Ok((root.clone(), sub.to_string()))
 }
 
 /// 404 for an unknown torrent (as qBittorrent), else the refusal.
@@ -140,13 +177,6 @@ async fn set_force_start(State(api): State<Arc<Api>>, p: Params) -> Response {
         StatusCode::CONFLICT,
         "dropseed has no forced start: its download queue ([limits] max_active_downloads) always applies; \
          use torrents/start",
-    )
-}
-
-async fn no_torrent_rate_limits() -> Response {
-    status(
-        StatusCode::CONFLICT,
-        "dropseed has no per-torrent rate limits: the global [limits] download_rate and upload_rate apply",
     )
 }
 

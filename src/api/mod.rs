@@ -27,6 +27,8 @@ pub mod location;
 pub mod logs;
 pub mod model;
 pub mod prefs;
+pub mod rates;
+pub mod setprefs;
 pub mod sync;
 pub mod tags;
 pub mod torrents;
@@ -275,6 +277,7 @@ fn router(api: Arc<Api>) -> Router {
         .merge(tags::routes())
         .merge(category::routes())
         .merge(location::routes())
+        .merge(rates::routes())
         .merge(logs::routes())
         .route("/transfer/info", get(sync::transfer_info).post(sync::transfer_info))
         .route("/log/peers", get(empty_list).post(empty_list));

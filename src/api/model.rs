@@ -178,8 +178,8 @@ pub fn torrent_info(t: &TorrentStatus, complete_dir: &Path, now: u64) -> Torrent
         trackers_count: t.trackers.len() as u64,
         tracker,
         priority: 0,
-        dl_limit: 0,
-        up_limit: 0,
+        dl_limit: t.rate_limits.download as i64,
+        up_limit: t.rate_limits.upload as i64,
         availability: if t.seeds > 0 { 1.0 } else { 0.0 },
         popularity: 0.0,
         reannounce: 0,
@@ -353,6 +353,7 @@ mod tests {
             limits: Default::default(),
             borrowed: false,
             shared_with: Vec::new(),
+            rate_limits: Default::default(),
         }
     }
 

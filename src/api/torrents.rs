@@ -12,8 +12,8 @@
 //! `checkingUP` meanwhile; `skip_checking` changes nothing (dropseed always
 //! verifies shared data). The folder must be inside dropseed's folders or
 //! `[api] allowed_paths` (`location`). Tags and share limits are in `tags`.
-//!
-//! Not supported yet (answered plainly): queue order (409).
+//! Queue order (`topPrio` and the like) moves torrents in the download
+//! queue (`torrent::queue`); `priority` shows the place.
 
 use super::content;
 use super::fetch;
@@ -22,6 +22,7 @@ use super::{hash_list, Api, Params, Refusal, ADD_LIMIT, MAX_FIELDS};
 use crate::magnet::Magnet;
 use crate::metainfo::{Metainfo, MAX_TORRENT_FILE};
 use crate::session::{AddOutcome, ErrorKind, LabelChange, SessionError};
+use crate::torrent::queue::Move;
 use crate::torrent::task::Cmd;
 use crate::types::InfoHash;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
@@ -58,17 +59,42 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/torrents/resume", post(start))
         .route("/torrents/recheck", post(recheck))
         .route("/torrents/reannounce", post(reannounce))
-        .route("/torrents/topPrio", post(no_queue_order))
-        .route("/torrents/bottomPrio", post(no_queue_order))
-        .route("/torrents/increasePrio", post(no_queue_order))
-        .route("/torrents/decreasePrio", post(no_queue_order))
+        .route("/torrents/topPrio", post(top_prio))
+        .route("/torrents/bottomPrio", post(bottom_prio))
+        .route("/torrents/increasePrio", post(increase_prio))
+        .route("/torrents/decreasePrio", post(decrease_prio))
         .route("/torrents/setSuperSeeding", post(set_super_seeding))
 }
 
-/// Queue order cannot be changed yet: 409, which is what qBittorrent
-/// answers with queueing off and what Sonarr expects then.
-async fn no_queue_order() -> Response {
-    status(StatusCode::CONFLICT, "dropseed cannot reorder its download queue yet")
+/// Moves torrents in the download queue. 409 with queueing off
+/// (`max_active_downloads = 0`), as qBittorrent answers then; complete
+/// torrents and unknown hashes are skipped.
+async fn queue_move(api: &Api, p: &Params, how: Move) -> Response {
+    let queue = api.session.env.queue();
+    if !queue.enabled() {
+        return status(
+            StatusCode::CONFLICT,
+            "Torrent queueing must be enabled: [limits] max_active_downloads is 0 (no download queue)",
+        );
+    }
+    queue.reorder(&targets(api, p), how);
+    "".into_response()
+}
+
+async fn top_prio(State(api): State<Arc<Api>>, p: Params) -> Response {
+    queue_move(&api, &p, Move::Top).await
+}
+
+async fn bottom_prio(State(api): State<Arc<Api>>, p: Params) -> Response {
+    queue_move(&api, &p, Move::Bottom).await
+}
+
+async fn increase_prio(State(api): State<Arc<Api>>, p: Params) -> Response {
+    queue_move(&api, &p, Move::Up).await
+}
+
+async fn decrease_prio(State(api): State<Arc<Api>>, p: Params) -> Response {
+    queue_move(&api, &p, Move::Down).await
 }
 
 /// Flood turns super-seeding off after every add; dropseed has none, so
@@ -93,7 +119,24 @@ pub fn all_infos(api: &Api) -> Vec<model::TorrentInfo> {
 pub fn infos_of(api: &Api, all: &[crate::torrent::TorrentStatus]) -> Vec<model::TorrentInfo> {
     let config = api.config();
     let now = crate::wallclock::now_unix();
-    all.iter().map(|t| model::torrent_info(t, &config.complete_dir(&t.category), now)).collect()
+    let mut infos: Vec<model::TorrentInfo> =
+        all.iter().map(|t| model::torrent_info(t, &config.complete_dir(&t.category), now)).collect();
+    let queue = api.session.env.queue();
+    if queue.enabled() {
+        let ranks = queue.ranks();
+        let rank_of = |i: &model::TorrentInfo| parse_hash(&i.hash).and_then(|h| ranks.get(&h).copied());
+        let mut queued: Vec<(usize, usize)> = infos
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.progress < 1.0)
+            .filter_map(|(at, i)| rank_of(i).map(|r| (r, at)))
+            .collect();
+        queued.sort_unstable();
+        for (position, (_, at)) in queued.into_iter().enumerate() {
+            infos[at].priority = position as i64 + 1;
+        }
+    }
+    infos
 }
 
 async fn info(State(api): State<Arc<Api>>, p: Params) -> Json<Vec<model::TorrentInfo>> {
@@ -133,10 +176,12 @@ async fn properties(State(api): State<Arc<Api>>, p: Params) -> Response {
     let pieces = shared.as_ref().map(|s| (s.meta().piece_length as i64, s.meta().piece_count() as i64, s.pieces()));
     let (piece_size, pieces_num, pieces_have) =
         pieces.map_or((-1, -1, -1), |(size, n, v)| (size, n, v.have.count() as i64));
+    let about = shared.as_ref().map(|s| s.meta().about.clone()).unwrap_or_default();
     let i = model::torrent_info(&t, &api.config().complete_dir(&t.category), crate::wallclock::now_unix());
     let mut out = json!({
         "hash": i.hash, "infohash_v1": i.infohash_v1, "infohash_v2": "", "name": i.name,
-        "save_path": i.save_path, "download_path": "", "comment": "", "creation_date": -1, "created_by": "",
+        "save_path": i.save_path, "download_path": "", "comment": about.comment.unwrap_or_default(),
+        "creation_date": about.creation_date.unwrap_or(-1), "created_by": about.created_by.unwrap_or_default(),
         "addition_date": i.added_on, "completion_date": i.completion_on, "last_seen": i.seen_complete,
         "total_size": i.size, "total_downloaded": i.downloaded, "total_downloaded_session": i.downloaded_session,
         "total_uploaded": i.uploaded, "total_uploaded_session": i.uploaded_session, "total_wasted": t.wasted,

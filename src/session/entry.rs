@@ -103,6 +103,7 @@ impl MagnetEntry {
             },
             borrowed: false,
             shared_with: Vec::new(),
+            rate_limits: Default::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ mod listener;
 pub mod lookup;
 mod matching;
 pub mod outcome;
+pub mod relocate;
 mod restore;
 mod shared;
 pub mod tags;
@@ -119,7 +120,7 @@ impl Session {
         let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
         let hooks = HookRunner::start(config.hooks.max_running, &tasks, cancel.clone());
         let udp = udp_side(&config, ip, listen_port).await;
-        let env = Arc::new(make_env(config, listen_port, hooks, udp.dht, udp.utp)?);
+        let env = Arc::new(make_env(config, listen_port, hooks, udp.dht, udp.utp).await?);
         let (removals, removal_rx) = mpsc::unbounded_channel();
         let (fetched, fetched_rx) = mpsc::unbounded_channel();
         let dir = env.state_dir().to_path_buf();
@@ -698,6 +699,7 @@ impl Session {
     pub async fn remove(&self, hash: InfoHash, delete_data: bool) -> Result<Removed, SessionError> {
         let named = self.named(&hash)?;
         let entry = self.take(&hash).ok_or(SessionError::Busy(hash))?;
+        self.env.queue().leave(&hash);
         let dir = self.env.state_dir().to_path_buf();
         let result = match entry {
             Entry::Magnet(mut m) => {
@@ -790,6 +792,7 @@ impl Session {
     pub fn set_config(&self, config: Arc<Config>) {
         self.env.download_limit().set_rate(config.limits.download_rate.0);
         self.env.upload_limit().set_rate(config.limits.upload_rate.0);
+        self.env.queue().set_limit(config.limits.max_active_downloads);
         self.env.set_config(config);
     }
 
@@ -852,7 +855,7 @@ async fn udp_side(config: &Config, ip: IpAddr, listen_port: u16) -> UdpSide {
     side
 }
 
-fn make_env(
+async fn make_env(
     config: Arc<Config>,
     listen_port: u16,
     hooks: HookRunner,
@@ -871,7 +874,10 @@ fn make_env(
     } else {
         None
     };
-    Env::new(config, listen_port, Services { dht, utp, lsd, hooks })
+    let (limit, order) = (config.limits.max_active_downloads, config.paths.state_dir.join("queue"));
+    let queue =
+        tokio::task::spawn_blocking(move || crate::torrent::queue::DownloadQueue::new(limit, Some(order))).await?;
+    Env::new(config, listen_port, Services { dht, utp, lsd, hooks }, queue)
 }
 
 fn not_managed(hash: &InfoHash) -> SessionError {

@@ -111,6 +111,8 @@ pub enum SessionError {
     Gone(InfoHash),
     /// The command does not apply to the torrent as it is now.
     NotApplicable(Named, &'static str),
+    /// The torrent must stay as it is, for the reason given.
+    Refused(Named, String),
     /// Removed, but deleting its data failed.
     DataLeft { torrent: Named, why: String },
     /// A file could not be written or read.
@@ -128,7 +130,7 @@ impl SessionError {
             SessionError::Ambiguous(_) => ErrorKind::Ambiguous,
             SessionError::Busy(_) => ErrorKind::Busy,
             SessionError::Gone(_) => ErrorKind::Gone,
-            SessionError::NotApplicable(..) => ErrorKind::NotApplicable,
+            SessionError::NotApplicable(..) | SessionError::Refused(..) => ErrorKind::NotApplicable,
             SessionError::DataLeft { .. } | SessionError::Io(_) => ErrorKind::Io,
             SessionError::Invalid(_) => ErrorKind::BadRequest,
         }
@@ -144,6 +146,7 @@ impl fmt::Display for SessionError {
             SessionError::Busy(h) => write!(f, "{} is being added or removed; try again", h.short()),
             SessionError::Gone(h) => write!(f, "{}: the torrent's task has stopped", h.short()),
             SessionError::NotApplicable(t, why) => write!(f, "{t} {why}"),
+            SessionError::Refused(t, why) => write!(f, "{t} {why}"),
             SessionError::DataLeft { torrent, why } => {
                 write!(f, "removed {}, but deleting its data failed: {why}", printable(&torrent.name, 200))
             }

@@ -10,6 +10,7 @@ use super::handoff::{self, MoveControl};
 use super::peerbook::PeerBook;
 use super::phase::Outcome;
 use super::picker::PeerKey;
+use super::queue::Slot;
 use super::task::{limit_reached, Command, Control};
 use super::{connect, evict};
 use super::{PeerHandle, TorrentShared};
@@ -25,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -86,7 +87,7 @@ struct Helpers {
 pub(super) async fn run(
     shared: &Arc<TorrentShared>,
     ctl: &mut Control<'_>,
-    slot: &mut Option<OwnedSemaphorePermit>,
+    slot: &mut Option<Slot>,
 ) -> Option<Outcome> {
     let complete = shared.is_complete();
     let mut a = Active::new(shared, ctl.cancel.child_token(), complete);
@@ -163,7 +164,7 @@ impl<'a> Active<'a> {
     async fn run(
         &mut self,
         ctl: &mut Control<'_>,
-        slot: &mut Option<OwnedSemaphorePermit>,
+        slot: &mut Option<Slot>,
         peers_rx: &mut mpsc::Receiver<Vec<SocketAddr>>,
     ) -> Option<Outcome> {
         let mut have_rx = self.shared.have_tx.subscribe();
@@ -172,7 +173,7 @@ impl<'a> Active<'a> {
             tokio::select! {
                 cmd = ctl.next() => match cmd.ok()? {
                     Command::Incoming(stream, addr, hs) => self.accept(stream, addr, hs),
-                    Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked)) => return Some(o),
+                    Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked | Outcome::Relocate(_))) => return Some(o),
                     Command::Outcome(_) => {}
                 },
                 Some(list) = peers_rx.recv() => self.add_candidates(list),
@@ -212,11 +213,12 @@ impl<'a> Active<'a> {
     }
 
     /// A piece was verified: notes completion, which frees the download slot.
-    async fn on_new_piece(&mut self, slot: &mut Option<OwnedSemaphorePermit>) -> Option<Outcome> {
+    async fn on_new_piece(&mut self, slot: &mut Option<Slot>) -> Option<Outcome> {
         if slot.is_none() || !self.shared.is_complete() {
             return None;
         }
         *slot = None;
+        self.shared.env.queue().leave(&self.shared.meta.info_hash);
         self.completed_tx.send_replace(true);
         self.shared.status_cell().record.completed_at = now_unix();
         let secs = self.started.0.elapsed().as_secs_f64().max(0.001);

@@ -30,8 +30,9 @@ pub struct Env {
     http: reqwest::Client,
     /// Global peer-connection budget (`limits.max_connections`).
     connections: Arc<Semaphore>,
-    /// Downloads allowed at once (`limits.max_active_downloads`).
-    download_slots: Arc<Semaphore>,
+    /// Downloads allowed at once (`limits.max_active_downloads`), in the
+    /// user's order.
+    queue: Arc<super::queue::DownloadQueue>,
     /// Torrents waiting for a download slot.
     queued: AtomicUsize,
     download_dir: PathBuf,
@@ -49,7 +50,12 @@ pub struct Env {
 
 impl Env {
     /// The environment for `config`, listening on `listen_port`.
-    pub fn new(config: Arc<Config>, listen_port: u16, services: Services) -> anyhow::Result<Env> {
+    pub fn new(
+        config: Arc<Config>,
+        listen_port: u16,
+        services: Services,
+        queue: super::queue::DownloadQueue,
+    ) -> anyhow::Result<Env> {
         let limits = &config.limits;
         Ok(Env {
             peer_id: PeerId::generate(),
@@ -57,10 +63,7 @@ impl Env {
             disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
             http: crate::tracker::http::client()?,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
-            download_slots: Arc::new(Semaphore::new(match limits.max_active_downloads {
-                0 => Semaphore::MAX_PERMITS,
-                n => n,
-            })),
+            queue: Arc::new(queue),
             queued: AtomicUsize::new(0),
             download_limit: RateLimiter::new(limits.download_rate.0),
             upload_limit: RateLimiter::new(limits.upload_rate.0),
@@ -115,9 +118,10 @@ impl Env {
         &self.connections
     }
 
-    /// Downloads allowed at once (`limits.max_active_downloads`).
-    pub fn download_slots(&self) -> &Arc<Semaphore> {
-        &self.download_slots
+    /// Downloads allowed at once (`limits.max_active_downloads`), in the
+    /// user's order.
+    pub fn queue(&self) -> &Arc<super::queue::DownloadQueue> {
+        &self.queue
     }
 
     /// How many torrents wait for a download slot.

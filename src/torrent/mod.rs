@@ -19,7 +19,9 @@ pub mod peerbook;
 pub mod phase;
 pub mod picker;
 pub mod prepare;
+pub mod queue;
 pub mod ratelimit;
+mod relocate;
 mod state;
 pub mod task;
 
@@ -39,6 +41,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
+
+/// The later of two reservations (`None`: no limit, at once).
+fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
 
 /// A verified piece is flushed and claimed in the resume record once this
 /// old; the kernel has usually written it back by then.
@@ -196,6 +206,11 @@ pub struct TorrentShared {
     /// One move of the data at a time (a move cut short and the next one,
     /// or a removal with its data), held on the blocking thread doing it.
     moving: Mutex<()>,
+    /// The data is being moved to a folder the user named (`relocate.rs`).
+    relocating: AtomicBool,
+    /// Its own rate limits (the record's `rate_limits`), under the global ones.
+    pub download_limit: ratelimit::RateLimiter,
+    pub upload_limit: ratelimit::RateLimiter,
     /// Counts phase changes; `pause` and `resume` wait on it to report the
     /// state reached.
     phase_changes: watch::Sender<u64>,
@@ -221,6 +236,11 @@ impl TorrentShared {
         let budget = (env.config().storage.piece_buffer.0 as usize).max(4 * meta.piece_length as usize);
         let picker = Picker::new(meta.piece_length, meta.total_length, &have, budget, rand::random());
         let verified = have.iter_ones().map(|i| meta.piece_len(i) as u64).sum();
+        let rates = record.rate_limits;
+        if !have.is_full() {
+            // Paused or not, an incomplete torrent has its place in the queue.
+            env.queue().join(meta.info_hash);
+        }
         Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
@@ -243,6 +263,9 @@ impl TorrentShared {
             saving: Mutex::new(()),
             recheck_asked: AtomicBool::new(false),
             moving: Mutex::new(()),
+            relocating: AtomicBool::new(false),
+            download_limit: ratelimit::RateLimiter::new(rates.download),
+            upload_limit: ratelimit::RateLimiter::new(rates.upload),
             meta,
             env,
         })
@@ -312,6 +335,24 @@ impl TorrentShared {
             size: Some(self.meta.total_length),
         };
         self.env.hooks().fire(&self.env.config(), event, facts);
+    }
+
+    /// When `bytes` just received may be followed by more: under the
+    /// global download limit and the torrent's own (`None`: at once).
+    pub fn reserve_download(&self, bytes: u64) -> Option<Instant> {
+        later(self.env.download_limit().reserve(bytes), self.download_limit.reserve(bytes))
+    }
+
+    /// When `bytes` may be sent: under the global upload limit and the torrent's own.
+    pub fn reserve_upload(&self, bytes: u64) -> Option<Instant> {
+        later(self.env.upload_limit().reserve(bytes), self.upload_limit.reserve(bytes))
+    }
+
+    /// Sets the torrent's own rate limits (kept with the next resume save).
+    pub fn set_rate_limits(&self, limits: crate::resume::RateLimits) {
+        self.download_limit.set_rate(limits.download);
+        self.upload_limit.set_rate(limits.upload);
+        self.with_record(|r| r.rate_limits = limits);
     }
 
     pub fn storage(&self) -> Option<&Arc<TorrentStorage>> {
@@ -559,6 +600,7 @@ impl TorrentShared {
             // Seeding is what automation waits for: only once the data is
             // in its complete folder.
             TorrentState::Seeding if unsettled => TorrentState::Moving,
+            _ if self.relocating.load(Ordering::Relaxed) => TorrentState::Moving,
             state => state,
         };
         let trackers = self.env.announces().trackers(self.meta.info_hash);
@@ -596,6 +638,7 @@ impl TorrentShared {
             limits: self.limits_of(&s.record),
             borrowed: s.record.borrowed,
             shared_with: Vec::new(),
+            rate_limits: s.record.rate_limits,
         }
     }
 }
@@ -675,6 +718,9 @@ pub struct TorrentStatus {
     /// by the session, which sees them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<String>,
+    /// Its own rate limits (bytes/s, 0 = none).
+    #[serde(default, skip_serializing_if = "crate::resume::RateLimits::is_none")]
+    pub rate_limits: crate::resume::RateLimits,
 }
 
 /// A torrent's times from its resume record: Unix seconds (0 = not yet).

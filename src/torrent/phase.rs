@@ -61,6 +61,9 @@ pub enum Outcome {
     /// the data is whole where it was.
     MoveFailed(String),
     RetryDue,
+    /// The user asked for the complete data to move (`setLocation`); the
+    /// move runs between this phase and the next.
+    Relocate(crate::storage::Place),
 }
 
 /// Where to go next, or that the torrent leaves the session.
@@ -134,6 +137,9 @@ pub fn next(phase: &Phase, outcome: Outcome, action: LimitAction) -> Next {
         (Phase::Active, O::DiskFailed(message)) => Phase::Errored { message, recheck: true },
         (Phase::Active, O::MoveFailed(message)) => Phase::Errored { message, recheck: false },
         (Phase::Errored { recheck, .. }, O::RetryDue | O::Resumed) => Phase::Preparing { recheck },
+        // Seeding again from the new place (its files checked there); a
+        // held torrent stays held.
+        (Phase::Active, O::Relocate(_)) => Phase::Preparing { recheck: false },
         (_, O::RecheckAsked) => Phase::Preparing { recheck: true },
         (phase, _) => phase,
     })
@@ -165,6 +171,14 @@ mod tests {
         assert_eq!(p.hold(), Hold::Stopped);
         assert_eq!(go(&p, Outcome::Resumed), Phase::Preparing { recheck: false });
         assert_eq!(next(&Phase::Active, Outcome::LimitReached, Remove), Next::Remove);
+    }
+
+    #[test]
+    fn a_relocated_seed_checks_its_new_place_and_a_held_one_stays_held() {
+        let to = crate::storage::Place::new(std::path::Path::new("/srv/other"), "", "x", true);
+        assert_eq!(go(&Phase::Active, Outcome::Relocate(to.clone())), Phase::Preparing { recheck: false });
+        let held = Phase::Held { hold: Hold::Paused, recheck: false };
+        assert_eq!(go(&held, Outcome::Relocate(to)), held);
     }
 
     #[test]

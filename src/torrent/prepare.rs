@@ -189,6 +189,11 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     }
     let Some(target) = moving else { return Ok(()) };
     let (s, from) = (shared.clone(), shared.place());
+    if from.settled {
+        // A move the user asked for (`setLocation`), cut short by a restart.
+        super::relocate::finish(shared, target).await;
+        return Ok(());
+    }
     let recorded = shared.status_cell().record.stamps.clone();
     let control = Arc::new(handoff::MoveControl::default());
     // Paused or removed meanwhile: the copy stops at its next chunk.

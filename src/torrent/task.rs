@@ -9,6 +9,7 @@
 use super::active;
 use super::phase::{self, Next, Outcome, Phase};
 use super::prepare::{prepare, Stop};
+use super::queue::Slot;
 use super::TorrentShared;
 use crate::conn::Transport;
 use crate::resume::Hold;
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const ERROR_RETRY: Duration = Duration::from_secs(60);
@@ -28,6 +29,9 @@ pub enum Cmd {
     Pause,
     Resume,
     Recheck,
+    /// Move the complete data to this place (the API's `setLocation`):
+    /// see `relocate.rs`.
+    Relocate(crate::storage::Place),
     Incoming(Transport, SocketAddr, Handshake),
 }
 
@@ -79,6 +83,7 @@ impl Control<'_> {
                     self.recheck_asked.store(true, Ordering::Relaxed);
                     Command::Outcome(Outcome::RecheckAsked)
                 }
+                Cmd::Relocate(target) => Command::Outcome(Outcome::Relocate(target)),
                 Cmd::Incoming(t, addr, hs) => Command::Incoming(t, addr, hs),
             }),
         }
@@ -92,7 +97,7 @@ pub(super) enum Command {
 
 pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, cancel: CancellationToken) -> Exit {
     let mut phase = shared.status_cell().phase.clone();
-    let mut slot: Option<OwnedSemaphorePermit> = None;
+    let mut slot: Option<Slot> = None;
     let mut ctl = Control { cmds: &mut cmds, cancel: &cancel, recheck_asked: &shared.recheck_asked };
     loop {
         if matches!(phase, Phase::Held { .. }) {
@@ -110,6 +115,17 @@ pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, canc
             return Exit::Cancelled;
         };
         log_outcome(&shared, &phase, &outcome);
+        match outcome {
+            Outcome::Prepared { complete: true } => shared.env.queue().leave(&shared.meta.info_hash),
+            Outcome::Stalled => shared.env.queue().yielded(shared.meta.info_hash),
+            _ => {}
+        }
+        if let Outcome::Relocate(target) = &outcome {
+            // The phase that met it has ended: no peer reads the files.
+            if super::relocate::move_now(&shared, target.clone(), ctl.cancel).await.is_none() {
+                return Exit::Cancelled;
+            }
+        }
         if outcome == Outcome::Resumed {
             // Resumed by hand: the idle limit counts from now.
             shared.status_cell().record.seed_idle_secs = 0;
@@ -192,16 +208,12 @@ async fn preparing(shared: &Arc<TorrentShared>, recheck: bool, ctl: &mut Control
 }
 
 /// Waits for a download slot (`limits.max_active_downloads`).
-async fn queued(
-    shared: &TorrentShared,
-    ctl: &mut Control<'_>,
-    slot: &mut Option<OwnedSemaphorePermit>,
-) -> Option<Outcome> {
+async fn queued(shared: &TorrentShared, ctl: &mut Control<'_>, slot: &mut Option<Slot>) -> Option<Outcome> {
     let _waiting = QueuedGuard::new(shared.env.queued());
     loop {
         tokio::select! {
-            permit = shared.env.download_slots().clone().acquire_owned() => {
-                *slot = Some(permit.ok()?);
+            permit = shared.env.queue().acquire(shared.meta.info_hash) => {
+                *slot = Some(permit);
                 return Some(Outcome::GotSlot);
             }
             cmd = ctl.next() => if let Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked)) = cmd.ok()? {

@@ -119,11 +119,9 @@ for call in (c.torrents_files, c.torrents_piece_states, c.torrents_piece_hashes)
         pass
 main = c.sync_maindata()
 assert main["full_update"] is True and h in main["torrents"], main
-try:
-    c.torrents_top_priority(torrent_hashes=h)
-    raise AssertionError("queue order changed")
-except qbittorrentapi.Conflict409Error:
-    pass
+# A complete torrent has no place in the download queue: priority 0.
+c.torrents_top_priority(torrent_hashes=h)
+assert info(c, h).priority == 0, info(c, h).priority
 try:
     c.torrents_set_category(category="movies", torrent_hashes=h)
     raise AssertionError("category changed")

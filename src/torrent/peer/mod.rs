@@ -190,7 +190,7 @@ impl Handler for PeerConn {
         // The download limit pauses reading; TCP then slows the sender.
         match self.download.take_unmetered() {
             0 => None,
-            got => self.shared.env.download_limit().reserve(got),
+            got => self.shared.reserve_download(got),
         }
     }
 

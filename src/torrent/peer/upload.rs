@@ -203,7 +203,7 @@ impl Upload {
             shared.uploaded.fetch_add(block.len as u64, Ordering::Relaxed);
             shared.env.metrics().uploaded.inc_by(block.len as u64);
             handle.bytes_up.fetch_add(block.len as u64, Ordering::Relaxed);
-            match shared.env.upload_limit().reserve(block.len as u64) {
+            match shared.reserve_upload(block.len as u64) {
                 Some(at) if at > Instant::now() || !self.throttled.is_empty() => self.throttled.push_back((at, msg)),
                 _ => out.push_owned(msg),
             }
