@@ -489,6 +489,22 @@ def idle_cpu(pid, secs):
     return (cpu_seconds(pid) - cpu0) / (time.time() - t0) * 100
 
 
+SETTLE_SECS = 120
+
+
+def idle_figures(pid, idle_secs, at_tracker):
+    """Idle CPU over `idle_secs` twice: from 10 s after the last torrent
+    seeds (what adding them leaves behind: first announces, dials), and
+    again from SETTLE_SECS later (steady idle); memory and descriptors at
+    the end."""
+    time.sleep(10)
+    after_add = idle_cpu(pid, idle_secs)
+    time.sleep(SETTLE_SECS)
+    steady = idle_cpu(pid, idle_secs)
+    return {"idle_after_add_pct": after_add, "idle_cpu_pct": steady, "anon": rss_anon(pid), "fds": open_fds(pid),
+            "tracker": at_tracker()}
+
+
 def timed(f):
     t0 = time.time()
     f()
@@ -541,9 +557,7 @@ def scale_dropseed(work, data, torrents, idle_secs, at_tracker):
         return sum(1 for t in ds.torrents() if t["state"] == "seeding")
     wait(lambda: seeding() == n, 900, f"dropseed: {n} torrents seeding", every=1)
     added = time.time() - t0
-    time.sleep(10)
-    res = {"added_secs": added, "idle_cpu_pct": idle_cpu(ds.proc.pid, idle_secs), "anon": rss_anon(ds.proc.pid),
-           "fds": open_fds(ds.proc.pid), "tracker": at_tracker()}
+    res = {"added_secs": added, **idle_figures(ds.proc.pid, idle_secs, at_tracker)}
     cli = [str(ds.bin), "status", "--json", "-c", str(ds.config)]
     res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     ds.stop()
@@ -567,9 +581,7 @@ def scale_transmission(work, data, torrents, idle_secs, at_tracker):
             rpc.call("torrent-add", metainfo=__import__("base64").b64encode(Path(t).read_bytes()).decode(), **{"download-dir": str(data)})
     wait(lambda: rpc.seeding() == n, 900, f"transmission: {n} torrents seeding", every=1)
     added = time.time() - t0
-    time.sleep(10)
-    res = {"added_secs": added, "idle_cpu_pct": idle_cpu(proc.pid, idle_secs), "anon": rss_anon(proc.pid),
-           "fds": open_fds(proc.pid), "tracker": at_tracker()}
+    res = {"added_secs": added, **idle_figures(proc.pid, idle_secs, at_tracker)}
     cli = ["transmission-remote", str(rpc_port), "-l"]
     res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     kill(proc)
@@ -604,7 +616,7 @@ def scale_run(work, tracker, counts, idle_secs):
             res = run(work, data, torrents, idle_secs, lambda: seeded_at_tracker(tracker, [h for _, h in made]))
             res.update(client=client, count=n)
             rows.append(res)
-            print(f"scale {n:6} {client:12} idle {res['idle_cpu_pct']:.2f}%  anon {fmt_mib(res['anon'])}  "
+            print(f"scale {n:6} {client:12} idle {res['idle_after_add_pct']:.2f}% then {res['idle_cpu_pct']:.2f}%  anon {fmt_mib(res['anon'])}  "
                   f"fds {res['fds']}  at tracker {res['tracker']}  status {res['status_secs']:.3f}s  restart {res['restart_secs']:.1f}s "
                   f"(rpc up {res['socket_secs']:.2f}s)  added in {res['added_secs']:.1f}s", flush=True)
         shutil.rmtree(data, ignore_errors=True)
@@ -617,15 +629,15 @@ def render_scale(rows, idle_secs, cores, command):
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cores} cores, loopback, with `{command}`. "
              "N complete torrents (half one 40 KiB file, half a folder of three files; 16 KiB pieces), every one "
              "announcing to one local opentracker, seeded by each daemon alone in turn from the same data. "
-             f"Idle CPU: % of one core over {idle_secs} s, measured 10 s after the last torrent seeds. RssAnon and open "
-             "file descriptors at the end of that window. `status`: median of 3 runs of `dropseed status --json` / "
+             f"Idle CPU: % of one core over {idle_secs} s, measured from 10 s after the last torrent seeds (after add) "
+             f"and again {SETTLE_SECS} s after that window (steady). RssAnon and open file descriptors at the end. `status`: median of 3 runs of `dropseed status --json` / "
              "`transmission-remote -l` (process start included). Restart: from starting the daemon on its resume "
              "records to every torrent seeding (control socket / RPC port up in brackets). At tracker: of a sample of the "
              "torrents, how many opentracker lists a seeder for at the end of the idle window.", "",
-             "| N | client | idle CPU % | RssAnon | per torrent (anon) | open fds | at tracker | status s | restart s (socket up) | add all s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| N | client | idle CPU % after add | idle CPU % steady | RssAnon | per torrent (anon) | open fds | at tracker | status s | restart s (socket up) | add all s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['count']} | {r['client']} | {r['idle_cpu_pct']:.2f} | {fmt_mib(r['anon'])} | "
+        lines.append(f"| {r['count']} | {r['client']} | {r['idle_after_add_pct']:.2f} | {r['idle_cpu_pct']:.2f} | {fmt_mib(r['anon'])} | "
                      f"{r['anon'] / r['count'] / 1024:.1f} KiB | {r['fds']} | {r['tracker']} | {r['status_secs']:.3f} | "
                      f"{r['restart_secs']:.1f} ({r['socket_secs']:.2f}) | {r['added_secs']:.1f} |")
     lines.append("")
@@ -647,6 +659,7 @@ def main():
     ap.add_argument("--out", help="the report (default bench/results.md; with --scale, bench/scale-DATE.md)")
     ap.add_argument("--scale", help="only the scale comparison with transmission-daemon, for these N (e.g. 500,2000)")
     ap.add_argument("--idle-secs", type=int, default=60, help="the idle CPU window of --scale")
+    ap.add_argument("--settle-secs", type=int, default=SETTLE_SECS, help="--scale: from the first idle window to the steady one")
     ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")
     ap.add_argument("--base-bin", help="another dropseed build, run as client 'dropseed-base' beside the others")
     ap.add_argument("--work", default=str(ROOT / "bench/work"))
@@ -731,6 +744,8 @@ def main():
 
 
 def scale_main(args, work, cores):
+    global SETTLE_SECS
+    SETTLE_SECS = args.settle_secs
     counts = [int(n) for n in args.scale.split(",")]
     tracker = Tracker(work)
     try:
