@@ -2,6 +2,7 @@
 """dropseed's benchmark against the clients users would otherwise pick.
 
     scripts/bench [--size-mib N] [--rounds N] [--torrents N] [--out FILE]
+    scripts/bench --scale 500,2000 [--idle-secs 60]
 
 Everything runs on 127.0.0.1: opentracker, two libtorrent seeders, and each
 downloader in turn, alternating, for several rounds. Reported per client:
@@ -18,6 +19,11 @@ leecher; "libtorrent-utp" is libtorrent with TCP off both ways. Every other
 seeder is measured against a TCP-only leecher, so the seeding rows compare
 one transport at a time (libtorrent's default would pick uTP). Writes a
 markdown table to bench/results.md and prints it.
+
+With --scale N[,N...] only the scale comparison runs: N complete torrents
+(single- and multi-file, announcing to a local opentracker) seeded by
+dropseed, then by transmission-daemon: idle CPU, RssAnon, open file
+descriptors, `status` time and restart time, to bench/scale-DATE.md.
 """
 import argparse
 import hashlib
@@ -431,37 +437,211 @@ def seed_round(client, ctx):
 
 # ---------------------------------------------------------------- scale
 
-def scale(ctx, count):
-    work, tracker = ctx["work"], ctx["tracker"]
-    ds = Dropseed(work, "scale")
-    src = work / "scale-src"
-    shutil.rmtree(src, ignore_errors=True)
-    src.mkdir()
-    torrents, hashes = [], []
-    rng = random.Random(5)
-    for i in range(count):
-        name = f"small-{i:04d}.bin"
-        (src / name).write_bytes(rng.randbytes(64 * 1024))
-        t = work / "scale-torrents" / f"{name}.torrent"
-        t.parent.mkdir(exist_ok=True)
-        subprocess.run(["mktorrent", "-a", tracker.url, "-l", "15", "-o", str(t), str(src / name)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        os.link(src / name, ds.dir / "downloads" / name)
-        torrents.append(t)
-        hashes.append(info_hash_of(t))
-    tracker.allow(hashes)
+def bencode(v):
+    if isinstance(v, int):
+        return b"i%de" % v
+    if isinstance(v, str):
+        v = v.encode()
+    if isinstance(v, bytes):
+        return b"%d:%s" % (len(v), v)
+    if isinstance(v, list):
+        return b"l" + b"".join(bencode(x) for x in v) + b"e"
+    return b"d" + b"".join(bencode(k) + bencode(v[k]) for k in sorted(v)) + b"e"
+
+
+SCALE_PIECE = 16 * 1024
+
+
+def make_scale_torrent(data, out, i, announce, rng):
+    """Torrent `i` of the scale set, with its data in `data`: even ones a
+    single 40 KiB file, odd ones a folder of three files (multi-file)."""
+    if i % 2 == 0:
+        name = f"single-{i:05d}.bin"
+        files = [([], rng.randbytes(40 * 1024))]
+    else:
+        name = f"multi-{i:05d}"
+        files = [(["a.bin"], rng.randbytes(10 * 1024)), (["sub", "b.bin"], rng.randbytes(20 * 1024)),
+                 (["c.txt"], rng.randbytes(3 * 1024))]
+    blob = b"".join(f[1] for f in files)
+    pieces = b"".join(hashlib.sha1(blob[o:o + SCALE_PIECE]).digest() for o in range(0, len(blob), SCALE_PIECE))
+    info = {"name": name, "piece length": SCALE_PIECE, "pieces": pieces}
+    if i % 2 == 0:
+        info["length"] = len(blob)
+        (data / name).write_bytes(blob)
+    else:
+        info["files"] = [{"length": len(b), "path": p} for p, b in files]
+        for p, b in files:
+            f = data.joinpath(name, *p)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(b)
+    raw_info = bencode(info)
+    (out / f"{name}.torrent").write_bytes(bencode({"announce": announce, "info": info}))
+    return out / f"{name}.torrent", hashlib.sha1(raw_info).hexdigest()
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def idle_cpu(pid, secs):
+    cpu0, t0 = cpu_seconds(pid), time.time()
+    time.sleep(secs)
+    return (cpu_seconds(pid) - cpu0) / (time.time() - t0) * 100
+
+
+SETTLE_SECS = 120
+
+
+def idle_figures(pid, idle_secs, at_tracker):
+    """Idle CPU over `idle_secs` twice: from 10 s after the last torrent
+    seeds (what adding them leaves behind: first announces, dials), and
+    again from SETTLE_SECS later (steady idle); memory and descriptors at
+    the end."""
+    time.sleep(10)
+    after_add = idle_cpu(pid, idle_secs)
+    time.sleep(SETTLE_SECS)
+    steady = idle_cpu(pid, idle_secs)
+    return {"idle_after_add_pct": after_add, "idle_cpu_pct": steady, "anon": rss_anon(pid), "fds": open_fds(pid),
+            "tracker": at_tracker()}
+
+
+def timed(f):
+    t0 = time.time()
+    f()
+    return time.time() - t0
+
+
+class TrRpc:
+    """transmission-daemon's JSON RPC (the session id handshake included)."""
+
+    def __init__(self, port):
+        self.url, self.sid = f"http://127.0.0.1:{port}/transmission/rpc", ""
+
+    def call(self, method, **args):
+        import urllib.request
+        import urllib.error
+        body = json.dumps({"method": method, "arguments": args}).encode()
+        for _ in range(3):
+            req = urllib.request.Request(self.url, body, {"X-Transmission-Session-Id": self.sid})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return json.loads(r.read())["arguments"]
+            except urllib.error.HTTPError as e:
+                if e.code != 409:
+                    raise
+                self.sid = e.headers["X-Transmission-Session-Id"]
+        raise RuntimeError("transmission rpc: no session id")
+
+    def seeding(self):
+        # status 6 = seeding
+        return sum(1 for t in self.call("torrent-get", fields=["status"])["torrents"] if t["status"] == 6)
+
+
+def seeded_at_tracker(tracker, hashes):
+    """How many of (a sample of) `hashes` the tracker lists a seeder for."""
+    sample = hashes[:: max(1, len(hashes) // 20)]
+    return f"{sum(1 for h in sample if scrape(tracker.port, h)[0] >= 1)}/{len(sample)}"
+
+
+def scale_dropseed(work, data, torrents, idle_secs, at_tracker):
+    n = len(torrents)
+    ds = Dropseed(work, "scale-ds")
+    # Seeds the data in place: download_dir is the scale set's data folder.
+    ds.config.write_text(ds.config.read_text().replace(f'download_dir = "{ds.dir}/downloads"', f'download_dir = "{data}"'))
     ds.start()
+    t0 = time.time()
     for t in torrents:
-        shutil.copy(t, ds.dir / "watch" / t.name)
-    wait(lambda: sum(1 for t in ds.torrents() if t["state"] == "seeding") == count, 300, f"{count} torrents seeding", every=1)
-    time.sleep(5)
-    cpu0, t0 = cpu_seconds(ds.proc.pid), time.time()
-    time.sleep(30)
-    idle = (cpu_seconds(ds.proc.pid) - cpu0) / (time.time() - t0) * 100
-    anon = rss_anon(ds.proc.pid)
+        ds.drop(t)
+
+    def seeding():
+        return sum(1 for t in ds.torrents() if t["state"] == "seeding")
+    wait(lambda: seeding() == n, 900, f"dropseed: {n} torrents seeding", every=1)
+    added = time.time() - t0
+    res = {"added_secs": added, **idle_figures(ds.proc.pid, idle_secs, at_tracker)}
+    cli = [str(ds.bin), "status", "--json", "-c", str(ds.config)]
+    res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     ds.stop()
-    shutil.rmtree(work / "scale", ignore_errors=True)
-    return {"count": count, "idle_cpu_pct": idle, "anon": anon}
+    t0 = time.time()
+    ds.start()
+    res["socket_secs"] = time.time() - t0
+    wait(lambda: seeding() == n, 900, f"dropseed: {n} torrents seeding after a restart", every=0.2)
+    res["restart_secs"] = time.time() - t0
+    ds.stop()
+    shutil.rmtree(ds.dir, ignore_errors=True)
+    return res
+
+
+def scale_transmission(work, data, torrents, idle_secs, at_tracker):
+    n = len(torrents)
+    proc, rpc_port, _ = transmission_start(work, data)
+    rpc = TrRpc(rpc_port)
+    t0 = time.time()
+    for i in range(0, n, 100):
+        for t in torrents[i:i + 100]:
+            rpc.call("torrent-add", metainfo=__import__("base64").b64encode(Path(t).read_bytes()).decode(), **{"download-dir": str(data)})
+    wait(lambda: rpc.seeding() == n, 900, f"transmission: {n} torrents seeding", every=1)
+    added = time.time() - t0
+    res = {"added_secs": added, **idle_figures(proc.pid, idle_secs, at_tracker)}
+    cli = ["transmission-remote", str(rpc_port), "-l"]
+    res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
+    kill(proc)
+    home = work / "tr-home"
+    t0 = time.time()
+    proc = subprocess.Popen(["transmission-daemon", "-f", "-g", str(home)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait(lambda: _port_open(rpc_port), 60, "transmission rpc", every=0.05)
+    res["socket_secs"] = time.time() - t0
+    wait(lambda: rpc.seeding() == n, 900, f"transmission: {n} torrents seeding after a restart", every=0.2)
+    res["restart_secs"] = time.time() - t0
+    kill(proc)
+    shutil.rmtree(home, ignore_errors=True)
+    return res
+
+
+def scale_run(work, tracker, counts, idle_secs):
+    """For each N: the same N complete torrents (half single-file, half
+    multi-file, all announcing to one opentracker) seeded by dropseed, then
+    by transmission-daemon, each alone."""
+    rows = []
+    for n in counts:
+        data, tdir = work / f"scale-data-{n}", work / f"scale-torrents-{n}"
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(tdir, ignore_errors=True)
+        data.mkdir(parents=True)
+        tdir.mkdir()
+        rng = random.Random(n)
+        made = [make_scale_torrent(data, tdir, i, tracker.url, rng) for i in range(n)]
+        tracker.allow([h for _, h in made])
+        torrents = [t for t, _ in made]
+        for client, run in (("dropseed", scale_dropseed), ("transmission", scale_transmission)):
+            res = run(work, data, torrents, idle_secs, lambda: seeded_at_tracker(tracker, [h for _, h in made]))
+            res.update(client=client, count=n)
+            rows.append(res)
+            print(f"scale {n:6} {client:12} idle {res['idle_after_add_pct']:.2f}% then {res['idle_cpu_pct']:.2f}%  anon {fmt_mib(res['anon'])}  "
+                  f"fds {res['fds']}  at tracker {res['tracker']}  status {res['status_secs']:.3f}s  restart {res['restart_secs']:.1f}s "
+                  f"(rpc up {res['socket_secs']:.2f}s)  added in {res['added_secs']:.1f}s", flush=True)
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(tdir, ignore_errors=True)
+    return rows
+
+
+def render_scale(rows, idle_secs, cores, command):
+    lines = ["# dropseed scale benchmark", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cores} cores, loopback, with `{command}`. "
+             "N complete torrents (half one 40 KiB file, half a folder of three files; 16 KiB pieces), every one "
+             "announcing to one local opentracker, seeded by each daemon alone in turn from the same data. "
+             f"Idle CPU: % of one core over {idle_secs} s, measured from 10 s after the last torrent seeds (after add) "
+             f"and again {SETTLE_SECS} s after that window (steady). RssAnon and open file descriptors at the end. `status`: median of 3 runs of `dropseed status --json` / "
+             "`transmission-remote -l` (process start included). Restart: from starting the daemon on its resume "
+             "records to every torrent seeding (control socket / RPC port up in brackets). At tracker: of a sample of the "
+             "torrents, how many opentracker lists a seeder for at the end of the idle window.", "",
+             "| N | client | idle CPU % after add | idle CPU % steady | RssAnon | per torrent (anon) | open fds | at tracker | status s | restart s (socket up) | add all s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['count']} | {r['client']} | {r['idle_after_add_pct']:.2f} | {r['idle_cpu_pct']:.2f} | {fmt_mib(r['anon'])} | "
+                     f"{r['anon'] / r['count'] / 1024:.1f} KiB | {r['fds']} | {r['tracker']} | {r['status_secs']:.3f} | "
+                     f"{r['restart_secs']:.1f} ({r['socket_secs']:.2f}) | {r['added_secs']:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def fmt_mib(b):
@@ -476,7 +656,10 @@ def main():
     ap.add_argument("--clients", default="dropseed,dropseed-enc,dropseed-utp,aria2,transmission,libtorrent,libtorrent-utp")
     ap.add_argument("--skip", default="", help="comma list of: download,magnet,seeding,scale")
     ap.add_argument("--magnet-rounds", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "bench/results.md"))
+    ap.add_argument("--out", help="the report (default bench/results.md; with --scale, bench/scale-DATE.md)")
+    ap.add_argument("--scale", help="only the scale comparison with transmission-daemon, for these N (e.g. 500,2000)")
+    ap.add_argument("--idle-secs", type=int, default=60, help="the idle CPU window of --scale")
+    ap.add_argument("--settle-secs", type=int, default=SETTLE_SECS, help="--scale: from the first idle window to the steady one")
     ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")
     ap.add_argument("--base-bin", help="another dropseed build, run as client 'dropseed-base' beside the others")
     ap.add_argument("--work", default=str(ROOT / "bench/work"))
@@ -492,8 +675,11 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     os.chmod(work, 0o755)
-    size = args.size_mib * MIB
     cores = os.cpu_count()
+    if args.scale:
+        return scale_main(args, work, cores)
+    args.out = args.out or str(ROOT / "bench/results.md")
+    size = args.size_mib * MIB
     sha1_speed = float(subprocess.run([str(ROOT / "target/release/examples/sha1speed")], capture_output=True, text=True, check=True).stdout)
     print(f"sha1 crate, one core: {sha1_speed / MIB:.0f} MiB/s; cores: {cores}", flush=True)
 
@@ -543,7 +729,7 @@ def main():
                 if res["recheck"]:
                     results["recheck"] = res["recheck"]
         if "scale" not in skip:
-            results["scale"] = scale(ctx, args.torrents)
+            results["scale"] = scale_run(work, tracker, [args.torrents], 30)[0]
             s = results["scale"]
             print(f"scale {s['count']} torrents: idle CPU {s['idle_cpu_pct']:.2f}%  anon {fmt_mib(s['anon'])}", flush=True)
     finally:
@@ -553,6 +739,24 @@ def main():
     report = render(results, args, sha1_speed, cores)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
+    print(report)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def scale_main(args, work, cores):
+    global SETTLE_SECS
+    SETTLE_SECS = args.settle_secs
+    counts = [int(n) for n in args.scale.split(",")]
+    tracker = Tracker(work)
+    try:
+        rows = scale_run(work, tracker, counts, args.idle_secs)
+    finally:
+        kill(tracker.proc)
+    command = "scripts/bench " + " ".join(sys.argv[1:])
+    report = render_scale(rows, args.idle_secs, cores, command)
+    out = Path(args.out or ROOT / f"bench/scale-{time.strftime('%Y-%m-%d', time.gmtime())}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
     print(report)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -15,6 +15,7 @@ mod listener;
 pub mod lookup;
 mod matching;
 pub mod outcome;
+mod registry;
 pub mod relocate;
 mod restore;
 mod shared;
@@ -35,10 +36,11 @@ use crate::types::InfoHash;
 use crate::utp::{UtpSocket, UtpStream};
 use crate::wallclock::now_unix;
 use entry::{Entry, Fetching, MagnetEntry, StatusSource, TorrentEntry};
+use registry::{Registry, SlotEvent, Slots};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +55,7 @@ const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Session {
     pub env: Arc<Env>,
-    registry: Mutex<HashMap<InfoHash, Entry>>,
+    registry: Registry,
     cancel: CancellationToken,
     tasks: TaskTracker,
     /// Torrents that asked to be removed (a seeding limit with `remove`).
@@ -67,8 +69,8 @@ pub struct Session {
 
 impl Session {
     /// `registry`, locked.
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Entry>> {
-        crate::locks::locked(&self.registry)
+    fn registry(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.registry.lock()
     }
 }
 
@@ -90,11 +92,10 @@ enum Origin {
 
 impl Session {
     /// The info hash whose HASH('req2', ·) is `req2`: how an encrypted
-    /// incoming connection names its torrent (or magnet). One SHA-1 per
-    /// entry, under the registry's lock and no `.await`.
+    /// incoming connection names its torrent (or magnet). One look-up in
+    /// the registry's index.
     pub fn find_req2(&self, req2: &[u8; 20]) -> Option<[u8; 20]> {
-        let registry = self.registry();
-        registry.keys().map(|h| h.0).find(|h| crate::mse::req2(h) == *req2)
+        self.registry().find_req2(req2).map(|h| h.0)
     }
 
     /// Binds the listener, restores the torrents in `state_dir`, and starts them.
@@ -126,7 +127,12 @@ impl Session {
         let dir = env.state_dir().to_path_buf();
         let book = tokio::task::spawn_blocking(move || tags::TagBook::load(&dir)).await.unwrap_or_default();
         let tags = tokio::sync::Mutex::new(book);
-        let registry = Mutex::new(HashMap::new());
+        // What the announce book keeps of a torrent goes with its slot.
+        let book = env.clone();
+        let registry = Registry::new(move |event| match event {
+            SlotEvent::Entered(hash) => book.announces().unretire(&hash),
+            SlotEvent::Left(hash) => book.announces().retire(hash, now_unix()),
+        });
         let session = Arc::new(Session { env, registry, cancel, tasks, removals, fetched, tags });
         session.restore().await;
         session.env.metrics().start_counting(&session.statuses());
@@ -231,29 +237,6 @@ impl Session {
         Fetching { progress, incoming, cancel, task }
     }
 
-    fn put(&self, hash: InfoHash, entry: Entry) {
-        self.registry().insert(hash, entry);
-    }
-
-    /// Takes an entry out for a change that awaits, leaving its slot reserved.
-    fn take(&self, hash: &InfoHash) -> Option<Entry> {
-        let mut registry = self.registry();
-        match registry.get(hash)? {
-            Entry::Reserved(_) => None,
-            e => {
-                let claim = e.claimed_name().map(str::to_string);
-                registry.insert(*hash, Entry::Reserved(claim))
-            }
-        }
-    }
-
-    fn release(&self, hash: &InfoHash) {
-        let mut registry = self.registry();
-        if matches!(registry.get(hash), Some(Entry::Reserved(_))) {
-            registry.remove(hash);
-        }
-    }
-
     /// Adds a torrent; persisted before it starts, so a crash right after
     /// still knows it. A magnet of the same torrent still fetching is dropped.
     pub async fn add_metainfo(self: &Arc<Self>, meta: Metainfo) -> std::io::Result<AddOutcome> {
@@ -312,9 +295,8 @@ impl Session {
         mut at: Option<Place>,
     ) -> std::io::Result<AddOutcome> {
         let hash = meta.info_hash;
-        let replaced = {
+        let (reservation, replaced) = {
             let mut registry = self.registry();
-            let claim = Entry::Reserved(Some(meta.name.clone()));
             let fresh = matches!((registry.get(&hash), origin), (Some(Entry::Magnet(_)), _) | (None, Origin::User));
             if !fresh {
                 return Ok(AddOutcome::AlreadyManaged);
@@ -331,7 +313,7 @@ impl Session {
                     }
                 }
             }
-            registry.insert(hash, claim)
+            self.registry.reserve(&mut registry, hash, Some(meta.name.clone()))
         };
         let mut magnet = match replaced {
             Some(Entry::Magnet(m)) => Some(m),
@@ -390,9 +372,10 @@ impl Session {
                     // The magnet stays, paused, saying why.
                     Some(mut m) => {
                         m.error = Some(format!("cannot save the metadata: {e}"));
-                        self.put(hash, Entry::Magnet(m));
+                        reservation.commit(Entry::Magnet(m));
                     }
-                    None => self.release(&hash),
+                    // Dropped: the slot is free again.
+                    None => drop(reservation),
                 }
                 Err(e)
             }
@@ -502,13 +485,13 @@ impl Session {
             return Ok(AddOutcome::Refused(e.to_string()));
         }
         let hash = magnet.info_hash;
-        {
+        let reservation = {
             let mut registry = self.registry();
             if registry.contains_key(&hash) {
                 return Ok(AddOutcome::AlreadyManaged);
             }
-            registry.insert(hash, Entry::Reserved(None));
-        }
+            self.registry.reserve(&mut registry, hash, None).0
+        };
         match save_magnet(self.env.state_dir(), &magnet, false, &opts).await {
             Ok(()) => {
                 let facts = Facts {
@@ -520,12 +503,11 @@ impl Session {
                 };
                 self.env.hooks().fire(&self.env.config(), HookEvent::Added, facts);
                 self.start_magnet(magnet, false, opts);
+                drop(reservation);
                 Ok(AddOutcome::Added)
             }
-            Err(e) => {
-                self.release(&hash);
-                Err(e)
-            }
+            // The reservation, dropped, frees the slot.
+            Err(e) => Err(e),
         }
     }
 
@@ -675,7 +657,7 @@ impl Session {
             (Cmd::Pause | Cmd::Resume, _) => {}
             _ => return Err(SessionError::NotApplicable(named, "has no data to check until its metadata arrives")),
         }
-        let Some(Entry::Magnet(mut m)) = self.take(hash) else {
+        let Some((reservation, Entry::Magnet(mut m))) = self.registry.take(hash) else {
             return Err(SessionError::Busy(*hash));
         };
         let io = |e: std::io::Error| SessionError::Io(e.to_string());
@@ -683,7 +665,7 @@ impl Session {
             m.stop_fetch().await;
             let r = save_magnet(self.env.state_dir(), &m.magnet, true, &m.opts).await;
             tracing::info!(torrent = %named.name, hash = %hash.short(), "paused");
-            self.put(*hash, Entry::Magnet(m));
+            reservation.commit(Entry::Magnet(m));
             return r.map(|_| CommandOutcome::Reached(named, Paused)).map_err(io);
         }
         let r = save_magnet(self.env.state_dir(), &m.magnet, false, &m.opts).await;
@@ -691,20 +673,20 @@ impl Session {
         let mut registry = self.registry();
         m.error = None;
         m.fetch = Some(self.spawn_fetch(&m.magnet));
-        registry.insert(*hash, Entry::Magnet(m));
+        reservation.commit_in(&mut registry, Entry::Magnet(m));
         r.map(|_| CommandOutcome::Reached(named, Metadata)).map_err(io)
     }
 
     /// Removes a torrent (and with `delete_data`, its files).
     pub async fn remove(&self, hash: InfoHash, delete_data: bool) -> Result<Removed, SessionError> {
         let named = self.named(&hash)?;
-        let entry = self.take(&hash).ok_or(SessionError::Busy(hash))?;
+        // The slot stays reserved until the reservation drops at the end.
+        let (_reservation, entry) = self.registry.take(&hash).ok_or(SessionError::Busy(hash))?;
         self.env.queue().leave(&hash);
         let dir = self.env.state_dir().to_path_buf();
         let result = match entry {
             Entry::Magnet(mut m) => {
                 m.stop_fetch().await;
-                self.env.announces().retire(hash, now_unix());
                 let paths = [resume::magnet_path(&dir, &hash), resume::resume_path(&dir, &hash)];
                 let _ = tokio::task::spawn_blocking(move || paths.map(std::fs::remove_file)).await;
                 Ok(Removed { torrent: named, data_deleted: false, kept: None })
@@ -716,7 +698,6 @@ impl Session {
             }
             Entry::Reserved(_) => Err(SessionError::Busy(hash)),
         };
-        self.release(&hash);
         result
     }
 
@@ -782,7 +763,6 @@ impl Session {
                 _ => {}
             }
         }
-        self.env.announces().retire(hash, now_unix());
         tracing::info!(torrent = %name, hash = %hash.short(), delete_data, "removed");
         Ok(Removed { torrent, data_deleted: delete_data, kept })
     }

@@ -186,7 +186,6 @@ pub struct HostTally {
 impl AnnounceBook {
     /// The record for `hash`, made (with a fresh key) if there is none.
     pub fn get(&self, hash: InfoHash) -> AnnounceRecord {
-        self.unretire(&hash);
         *self.records().entry(hash).or_insert_with(AnnounceRecord::fresh)
     }
 
@@ -228,24 +227,31 @@ impl AnnounceBook {
         }
     }
 
-    /// The torrent left the session: its record goes once it no longer
-    /// holds anything back. Records retired earlier are dropped here too.
+    /// The torrent left the session (the registry says so: see
+    /// `session::registry`): its record goes once it no longer holds
+    /// anything back. Records retired earlier are swept here too.
     pub fn retire(&self, hash: InfoHash, now: u64) {
+        self.sweep(now);
         let mut retired = self.retired();
-        let mut records = self.records();
-        retired.retain(|h| match records.get(h) {
-            Some(r) if r.last_at + FLOOR_SECS < now => {
-                records.remove(h);
-                self.views().remove(h);
-                self.wakers().remove(h);
-                false
-            }
-            Some(_) => true,
-            None => false,
-        });
         if !retired.contains(&hash) {
             retired.push(hash);
         }
+    }
+
+    /// Drops what the book keeps of every retired torrent whose floor has
+    /// passed: its record, its trackers' views and its waker.
+    pub fn sweep(&self, now: u64) {
+        let mut retired = self.retired();
+        let mut records = self.records();
+        retired.retain(|h| {
+            if records.get(h).is_some_and(|r| r.last_at.min(now) + FLOOR_SECS >= now) {
+                return true;
+            }
+            records.remove(h);
+            self.views().remove(h);
+            self.wakers().remove(h);
+            false
+        });
     }
 
     /// The trackers of a torrent whose announce loop starts.
@@ -297,8 +303,14 @@ impl AnnounceBook {
         self.wakers().entry(hash).or_default().clone()
     }
 
-    /// A torrent came back before its record was dropped.
-    fn unretire(&self, hash: &InfoHash) {
+    /// How many torrents each map holds: records, views, wakers, retired.
+    #[cfg(test)]
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        (self.records().len(), self.views().len(), self.wakers().len(), self.retired().len())
+    }
+
+    /// A torrent (back) in the session: what the book has of it stays.
+    pub fn unretire(&self, hash: &InfoHash) {
         self.retired().retain(|h| h != hash);
     }
 }
@@ -361,9 +373,25 @@ mod tests {
         assert!(book.get(other).active, "so is what the tracker may still hold");
         // Removed: kept while it holds announces back, then dropped.
         book.retire(other, 110);
+        assert_eq!(book.records().get(&other).map(|r| r.key), Some(9), "kept within the floor");
         book.retire(InfoHash([3; 20]), 131);
         assert_eq!(book.records().get(&other), None, "dropped once the floor passed");
         assert_ne!(book.get(other).key, 9, "a new life, a new key");
+    }
+
+    #[test]
+    fn a_torrent_back_before_the_sweep_keeps_its_record() {
+        let book = AnnounceBook::default();
+        let h = InfoHash([5; 20]);
+        book.announced(h, 100, Some(60));
+        let key = book.get(h).key;
+        book.retire(h, 110);
+        book.unretire(&h);
+        book.sweep(1000);
+        assert_eq!(book.get(h).key, key, "back in the session: not swept");
+        book.retire(h, 1000);
+        book.sweep(1000);
+        assert_eq!(book.sizes(), (0, 0, 0, 0), "gone with everything it had");
     }
 
     #[test]
