@@ -1497,6 +1497,8 @@ async fn magnet_connections_respect_the_per_host_limit() {
     b.session.add_magnet(magnet_for(3, peers.addrs.clone())).await.unwrap();
     assert_eq!(peers.peak_after_reaching(2).await, 2, "metadata dials beyond max_peers_per_ip");
     b.session.shutdown().await;
+}
+
 // An add that fails on the disk (its metainfo cannot be written) leaves no
 // entry behind: the hash is neither listed nor busy, and the same add
 // succeeds once the disk lets it.
@@ -1508,7 +1510,7 @@ async fn an_add_failing_on_the_disk_leaves_no_entry() {
     let meta = make_torrent(src.path(), "blocked.bin", 16 * 1024);
     let hash = meta.info_hash.hex();
     // A folder where the metainfo file goes: writing it fails.
-    let obstacle = node.session.env.state_dir.join(format!("{hash}.torrent"));
+    let obstacle = node.session.env.state_dir().join(format!("{hash}.torrent"));
     std::fs::create_dir(&obstacle).unwrap();
     let failed = node.session.add_metainfo(meta.clone()).await;
     assert!(failed.is_err(), "the write must fail: {failed:?}");
