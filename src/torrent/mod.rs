@@ -13,6 +13,7 @@ pub mod evict;
 pub mod fast;
 pub mod fetch;
 pub mod handoff;
+pub mod matching;
 pub mod peer;
 pub mod peerbook;
 pub mod phase;
@@ -78,9 +79,22 @@ pub struct Env {
     pub hooks: crate::hooks::HookRunner,
     /// What `/metrics` shows that the engine counts as it goes.
     pub metrics: crate::counters::Metrics,
+    /// The torrents a new one's files may be found among (cross-seed
+    /// matching), given by the session once it exists.
+    pub match_sources: OnceLock<MatchSources>,
+    /// Bounds the match checks running at once, session-wide.
+    pub match_checks: Semaphore,
 }
 
+/// Lists the torrents the session manages (see [`Env::match_sources`]).
+pub type MatchSources = Box<dyn Fn() -> Vec<Arc<TorrentShared>> + Send + Sync>;
+
 impl Env {
+    /// The torrents the session manages, for matching; none before it is up.
+    pub fn match_sources(&self) -> Vec<Arc<TorrentShared>> {
+        self.match_sources.get().map(|f| f()).unwrap_or_default()
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
     }
