@@ -1395,6 +1395,32 @@ async fn a_save_path_into_data_still_downloading_is_refused() {
     a.session.shutdown().await;
 }
 
+/// The same, with the save path naming the item by another path: the
+/// download folder in the config is a link, the save path its real folder.
+/// The item is told by what it is (device, inode), not by the path's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_path_into_data_still_downloading_is_refused_by_any_path() {
+    let dir = tempfile::Builder::new().prefix("dropseed-inproc").tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("downloads")).unwrap();
+    let a = Node::start_in(dir, |_| {}).await;
+    payload_tree(&a.download_dir(), "tree", TREE, 43);
+    let first = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    assert_eq!(a.session.add_metainfo(first.clone()).await.unwrap(), AddOutcome::Added);
+    a.wait_state(&first.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    let second = cross_torrent(&a.download_dir(), "tree", "OTHER-TRACKER");
+    common::payload(&a.download_dir().join("tree/a.bin"), TREE[0].1, 4343);
+    a.session.command(first.info_hash, Cmd::Recheck).await.unwrap();
+    a.wait_for(&first.info_hash.hex(), "incomplete", Duration::from_secs(30), |s| {
+        s.progress < 1.0 && s.state != TorrentState::Checking
+    })
+    .await;
+    let o = a.session.add_metainfo_at(second.clone(), Default::default(), real).await.unwrap();
+    assert!(matches!(&o, AddOutcome::Refused(why) if why.contains("not complete yet")), "{o:?}");
+    a.session.shutdown().await;
+}
+
 /// A cross-seed whose data failed verification waits for the user: it is
 /// not hashed again every minute (the clock is paused: a minute passes at
 /// once), and a resume checks it again.

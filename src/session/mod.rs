@@ -289,9 +289,14 @@ impl Session {
         save: PathBuf,
     ) -> std::io::Result<AddOutcome> {
         let (config, cat, name) = (self.env.config(), opts.category.clone(), meta.name.clone());
-        let found = tokio::task::spawn_blocking(move || shared::save_path_place(&config, &save, &cat, &name))
-            .await
-            .map_err(std::io::Error::other)?;
+        let downloading = shared::downloading_named(&self.registry(), &name);
+        let found = tokio::task::spawn_blocking(move || {
+            let at = shared::save_path_place(&config, &save, &cat, &name)?;
+            at.iter().try_for_each(|place| shared::downloading_here(place, &downloading))?;
+            Ok(at)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         let at = match found {
             Err(why) => return Ok(AddOutcome::Refused(why)),
             Ok(at) => at,
