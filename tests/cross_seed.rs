@@ -315,3 +315,31 @@ fn a_kill_during_the_copy_of_a_matched_file_leaves_nothing_half_copied() {
     same_bytes(&kept, &final_name);
     same_bytes(&kept, &d.download_dir().join("Show.A/ep.mkv"));
 }
+
+/// A pause stops a match under way: the copy stops at its next MiB and its
+/// hidden name goes, nothing appears under the final name; a resume makes
+/// the match again, and the torrent seeds with nothing downloaded.
+#[test]
+fn a_pause_stops_a_match_copy_and_a_resume_makes_it_again() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let len = 512 * MIB;
+    let (d, kept, b_torrent, b) = source_and_match(work.path(), len);
+    let (final_name, hidden) = (d.download_dir().join("Other.mkv"), d.download_dir().join(".Other.mkv.dropseed-link"));
+    let out = d.cli(&["add", b_torrent.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the hidden copy to be under way", Duration::from_secs(120), || {
+        std::fs::metadata(&hidden).ok().filter(|m| m.len() > 0)
+    });
+    let out = d.cli(&["pause", &b]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_state(&b, "paused", Duration::from_secs(10));
+    wait_for("the hidden copy to go", Duration::from_secs(30), || (!hidden.exists()).then_some(()));
+    assert!(!final_name.exists(), "a copy stopped by a pause is under its final name");
+    assert!(d.cli(&["resume", &b]).status.success());
+    let t = d.wait_state(&b, "seeding", Duration::from_secs(120));
+    assert_eq!((t["downloaded"].as_u64(), t["progress"].as_f64()), (Some(0), Some(1.0)), "{t}");
+    same_bytes(&kept, &final_name);
+}

@@ -840,6 +840,12 @@ async fn a_season_pack_links_the_episodes_seeded_already_and_downloads_only_the_
     assert_same_files(&pack, &b.download_dir(), &a.download_dir());
     // Only the third episode came over the wire (and the piece it shares with the second).
     assert!(done.downloaded <= e03 + PIECE_256K, "downloaded {} of {}", done.downloaded, pack.total_length);
+    // That piece spans a matched file and the missing one: downloaded and
+    // verified, never assumed from the matched half.
+    let e03_at = pack.files.iter().find(|f| f.path.last().is_some_and(|n| n == "e03.mkv")).unwrap().offset;
+    let from_piece = e03_at / PIECE_256K * PIECE_256K;
+    assert!(e03_at % PIECE_256K != 0, "the test needs a piece over the second and third episodes");
+    assert!(done.downloaded >= pack.total_length - from_piece, "downloaded {}", done.downloaded);
     for (name, _) in episodes {
         let theirs = std::fs::metadata(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
         let ours = std::fs::metadata(a.download_dir().join("Show.S01.PACK").join(name)).unwrap();

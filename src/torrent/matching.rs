@@ -233,7 +233,10 @@ fn link_all(meta: &Metainfo, place: &Place, found: &[Found], mode: LinkMode, sto
     for m in found {
         match link_one(meta, place, m, mode, stop) {
             Ok(()) => linked.push(m.file as u32),
-            Err(e) => tracing::warn!(torrent = %meta.name, file = %place.file_path(meta, m.file).display(), error = %e,
+            // Paused, removed or shut down: the match is made again later.
+            Err(_) if stop.load(Ordering::Relaxed) => break,
+            Err(e) => tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(),
+                file = %place.file_path(meta, m.file).display(), error = %e,
                 "cannot link a matched file; downloading it"),
         }
     }
