@@ -343,3 +343,57 @@ fn a_pause_stops_a_match_copy_and_a_resume_makes_it_again() {
     assert_eq!((t["downloaded"].as_u64(), t["progress"].as_f64()), (Some(0), Some(1.0)), "{t}");
     same_bytes(&kept, &final_name);
 }
+
+/// A source file replaced (another inode under its name) after it verified
+/// and before it is linked is not linked: the file linked must be the one
+/// whose pieces were checked. Here the replacement has the same bytes, so
+/// only its identity tells it apart; it is downloaded instead (there is no
+/// peer: the torrent stays incomplete).
+#[test]
+fn a_source_file_replaced_between_its_check_and_its_link_is_not_linked() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let mut d = Dropseed::new("[storage]\ndisk_threads = 1\n[cross_seed]\nmatch = \"size\"\nlink = \"copy\"\n");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let inc = format!("incomplete_dir = \"{}\"\n", d.incomplete_dir().display());
+    std::fs::write(&d.config, text.replace(&inc, "incomplete_dir = \"\"\n")).unwrap();
+    d.start();
+    // A: a big file and a small one; B: the same two under other names.
+    let a_data = d.download_dir().join("Show.A");
+    std::fs::create_dir_all(&a_data).unwrap();
+    dense_file(&a_data.join("ep.mkv"), 512 * MIB);
+    payload(&a_data.join("extra.mkv"), 2 * MIB, 5);
+    let a_torrent = work.path().join("a.torrent");
+    mktorrent(&a_data, "http://127.0.0.1:1/announce", 20, &a_torrent, &[]);
+    let a = info_hash(&a_torrent);
+    let out = d.cli(&["add", a_torrent.to_str().unwrap(), "--save-path", d.download_dir().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_state(&a, "seeding", Duration::from_secs(120));
+    let pack = work.path().join("Pack");
+    std::fs::create_dir_all(&pack).unwrap();
+    std::fs::hard_link(a_data.join("ep.mkv"), pack.join("big.mkv")).unwrap();
+    std::fs::copy(a_data.join("extra.mkv"), pack.join("small.mkv")).unwrap();
+    let b_torrent = work.path().join("b.torrent");
+    mktorrent(&pack, "http://127.0.0.1:1/announce", 20, &b_torrent, &["-p", "-s", "TRACKER-B"]);
+    let b = info_hash(&b_torrent);
+
+    let out = d.cli(&["add", b_torrent.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Both files verified, the big one being copied: the small one's
+    // source is replaced by a copy of the same bytes (another inode).
+    let hidden = d.download_dir().join("Pack/.big.mkv.dropseed-link");
+    wait_for("the big file's copy to be under way", Duration::from_secs(120), || {
+        std::fs::metadata(&hidden).ok().filter(|m| m.len() > 0)
+    });
+    let extra = a_data.join("extra.mkv");
+    std::fs::copy(&extra, work.path().join("extra.new")).unwrap();
+    std::fs::rename(work.path().join("extra.new"), &extra).unwrap();
+    d.wait_log("the source file was replaced since it was verified", Duration::from_secs(60));
+    let t = d.wait_state(&b, "downloading", Duration::from_secs(60));
+    assert_eq!(t["downloaded"], 0, "{t}");
+    assert!(t["progress"].as_f64().unwrap() < 1.0, "{t}");
+    let big = std::fs::metadata(d.download_dir().join("Pack/big.mkv")).unwrap();
+    assert_eq!(big.len(), 512 * MIB, "the big file is linked");
+}
