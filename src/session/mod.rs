@@ -321,7 +321,9 @@ impl Session {
 
     /// The other torrents seeding `hash`'s data (the same files).
     pub fn sharing(&self, hash: &InfoHash) -> Vec<InfoHash> {
-        shared::sharing(&self.registry(), hash)
+        let Some(me) = self.torrent(hash) else { return Vec::new() };
+        // Read outside the registry's lock: each torrent's record is locked in turn.
+        shared::sharing(&me, &self.all_torrents())
     }
 
     async fn add_torrent(

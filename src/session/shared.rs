@@ -101,18 +101,18 @@ fn not_complete_yet(hash: &InfoHash, name: &str) -> String {
     )
 }
 
-/// The other torrents whose data is `hash`'s data: the same top-level item,
-/// or files of the same inode (linked in by matching).
-pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<InfoHash> {
-    let Some(Entry::Torrent(me)) = registry.get(hash) else { return Vec::new() };
-    let (top, mine) = (me.shared.place().top(), inodes(&me.shared));
-    let mut others: Vec<InfoHash> = registry
+/// The other torrents whose data is `me`'s data: the same top-level item,
+/// or files of the same inode (linked in by matching), among `all` (every
+/// torrent, taken from the registry: this runs outside its lock, each
+/// torrent's record locked in turn).
+pub(super) fn sharing(me: &TorrentShared, all: &[Arc<TorrentShared>]) -> Vec<InfoHash> {
+    let hash = me.meta().info_hash;
+    let (top, mine) = (me.place().top(), inodes(me));
+    let mut others: Vec<InfoHash> = all
         .iter()
-        .filter(|(h, _)| *h != hash)
-        .filter_map(|(h, e)| match e {
-            Entry::Torrent(t) if t.shared.place().top() == top || !inodes(&t.shared).is_disjoint(&mine) => Some(*h),
-            _ => None,
-        })
+        .filter(|t| t.meta().info_hash != hash)
+        .filter(|t| t.place().top() == top || !inodes(t).is_disjoint(&mine))
+        .map(|t| t.meta().info_hash)
         .collect();
     others.sort_by_key(|h| h.0);
     others
