@@ -179,6 +179,7 @@ impl Session {
         if torrents > 0 {
             tracing::info!(torrents, "restored torrents from state");
         }
+        self.env.restored.send_replace(true);
     }
 
     /// Spawns a torrent's task and puts it in the registry.
@@ -321,9 +322,8 @@ impl Session {
 
     /// The other torrents seeding `hash`'s data (the same files).
     pub fn sharing(&self, hash: &InfoHash) -> Vec<InfoHash> {
-        let Some(me) = self.torrent(hash) else { return Vec::new() };
-        // Read outside the registry's lock: each torrent's record is locked in turn.
-        shared::sharing(&me, &self.all_torrents())
+        // Indexed: no other torrent is looked at.
+        self.env.shares.others(hash)
     }
 
     async fn add_torrent(
@@ -704,6 +704,7 @@ impl Session {
             }
         })
         .await;
+        self.env.shares.forget(&hash);
         let torrent = Named { name: name.clone(), hash };
         let mut kept = None;
         if delete_data {
@@ -867,6 +868,8 @@ async fn make_env(
         metrics: Default::default(),
         match_sources: Default::default(),
         match_checks,
+        shares: Default::default(),
+        restored: tokio::sync::watch::Sender::new(false),
     })
 }
 

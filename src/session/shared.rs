@@ -101,23 +101,6 @@ fn not_complete_yet(hash: &InfoHash, name: &str) -> String {
     )
 }
 
-/// The other torrents whose data is `me`'s data: the same top-level item,
-/// or files of the same inode (linked in by matching), among `all` (every
-/// torrent, taken from the registry: this runs outside its lock, each
-/// torrent's record locked in turn).
-pub(super) fn sharing(me: &TorrentShared, all: &[Arc<TorrentShared>]) -> Vec<InfoHash> {
-    let hash = me.meta().info_hash;
-    let (top, mine) = (me.place().top(), inodes(me));
-    let mut others: Vec<InfoHash> = all
-        .iter()
-        .filter(|t| t.meta().info_hash != hash)
-        .filter(|t| t.place().top() == top || !inodes(t).is_disjoint(&mine))
-        .map(|t| t.meta().info_hash)
-        .collect();
-    others.sort_by_key(|h| h.0);
-    others
-}
-
 /// (device, inode) of a torrent's files as its record last stamped them
 /// (no system call: statuses are built on the async workers).
 pub(super) fn inodes(t: &TorrentShared) -> HashSet<(u64, u64)> {

@@ -65,6 +65,8 @@ pub async fn run(shared: &Arc<TorrentShared>) {
         (s.record.place.clone(), s.record.linked.clone(), s.record.category.clone())
     };
     if mode != MatchMode::Off && link != LinkMode::Off {
+        // At a start, the sources may not be back yet.
+        let _ = shared.env.restored.subscribe().wait_for(|done| *done).await;
         await_candidate_checks(shared, mode).await;
         let Ok(_permit) = shared.env.match_checks.acquire().await else { return };
         let (root, sub) = config.complete_folder(&category);
@@ -139,6 +141,7 @@ async fn link_found(
         s.record.place = Some(place.clone());
         s.record.linked = found.iter().map(|f| f.file as u32).collect();
     }
+    shared.index_shares();
     shared.save_resume(true).await;
     let mut sources: Vec<String> = found.iter().map(|f| f.source.meta().info_hash.short().to_string()).collect();
     sources.dedup();

@@ -20,6 +20,7 @@ pub mod phase;
 pub mod picker;
 pub mod prepare;
 pub mod ratelimit;
+pub mod shareindex;
 mod state;
 pub mod task;
 
@@ -84,6 +85,11 @@ pub struct Env {
     pub match_sources: OnceLock<MatchSources>,
     /// Bounds the match checks running at once, session-wide.
     pub match_checks: Semaphore,
+    /// Which torrents share data, for a status without a scan of all.
+    pub shares: shareindex::ShareIndex,
+    /// Set once the torrents of the last run are all back: a match waits
+    /// for it, or it would miss the sources not restored yet.
+    pub restored: watch::Sender<bool>,
 }
 
 /// Lists the torrents the session manages (see [`Env::match_sources`]).
@@ -285,7 +291,7 @@ impl TorrentShared {
         let budget = (env.config().storage.piece_buffer.0 as usize).max(4 * meta.piece_length as usize);
         let picker = Picker::new(meta.piece_length, meta.total_length, &have, budget, rand::random());
         let verified = have.iter_ones().map(|i| meta.piece_len(i) as u64).sum();
-        Arc::new(TorrentShared {
+        let shared = Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
             corrupt: AtomicU64::new(record.corrupt),
@@ -308,7 +314,17 @@ impl TorrentShared {
             moving: Mutex::new(()),
             meta,
             env,
-        })
+        });
+        shared.index_shares();
+        shared
+    }
+
+    /// Files where this torrent's data is (its item, its files' device and
+    /// inode as the record knows them) in the session's [`Env::shares`].
+    pub fn index_shares(&self) {
+        let (top, files) = (self.place().top(), self.with_record(|r| r.stamps.clone()));
+        let files = files.into_iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino));
+        self.env.shares.set(self.meta.info_hash, top, files);
     }
 
     pub fn name(&self) -> &str {
@@ -576,6 +592,8 @@ impl TorrentShared {
         (kept.name, kept.peers, kept.announce) = (record.name, record.peers, record.announce);
         (kept.uploaded, kept.downloaded, kept.corrupt) = (record.uploaded, record.downloaded, record.corrupt);
         kept.stamps = record.stamps;
+        drop(s);
+        self.index_shares();
         Ok(())
     }
 

@@ -138,6 +138,7 @@ async fn note_stamps(shared: &TorrentShared, storage: &Arc<TorrentStorage>) {
     let st = storage.clone();
     if let Ok(stamps) = shared.env.disk.run(move || st.stamps()).await {
         shared.status_cell().record.stamps = stamps;
+        shared.index_shares();
     }
 }
 
@@ -190,6 +191,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     if !placed {
         let first = first_place(shared).await?;
         shared.status_cell().record.place = Some(first);
+        shared.index_shares();
     }
     let Some(target) = moving else { return Ok(()) };
     let (s, from) = (shared.clone(), shared.place());
@@ -212,6 +214,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
         s.record.place = Some(moved);
         s.record.moving = None;
     }
+    shared.index_shares();
     shared.save_resume(true).await;
     // The download finished before a restart cut its move short.
     shared.run_hook(crate::hookcmd::HookEvent::Complete);
