@@ -100,6 +100,11 @@ pub struct ResumeRecord {
     /// while another name holds them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub linked: Vec<u32>,
+    /// Automatic cross-seed matching is still to be made (see
+    /// `torrent::matching`): set at the add, cleared once done, so a kill -9
+    /// in the middle makes it again at the next start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", with = "crate::storage::place::bool_as_int")]
+    pub match_pending: bool,
     /// Its own rate limits (the API's `torrents/setDownloadLimit`), under
     /// the global ones.
     #[serde(default, skip_serializing_if = "RateLimits::is_none")]

@@ -224,3 +224,176 @@ fn a_kill_during_the_verification_of_shared_data_loses_nothing() {
     assert_eq!((t["downloaded"].as_u64(), t["progress"].as_f64()), (Some(0), Some(1.0)));
     assert_eq!(stamp(&big), before, "the shared file was touched");
 }
+
+/// `len` bytes of data no filesystem stores sparse, written fast: one
+/// random MiB, each copy stamped with its index.
+fn dense_file(path: &Path, len: u64) {
+    let block = path.with_extension("block");
+    payload(&block, MIB, 11);
+    let mut buf = std::fs::read(&block).unwrap();
+    std::fs::remove_file(&block).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..len / MIB {
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&buf).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Two files hold the same bytes.
+fn same_bytes(want: &Path, got: &Path) {
+    let (a, b) = (std::fs::read(want).unwrap(), std::fs::read(got).unwrap());
+    assert!(a == b, "{} differs from {}", got.display(), want.display());
+}
+
+/// A daemon without an incomplete folder (matched files are copied beside
+/// their final names in the complete folder), copying matches (`link =
+/// "copy"`), one disk thread; and in it, torrent A seeding `len` bytes of
+/// `Show.A/ep.mkv`. Returns the daemon, A's data kept aside to compare,
+/// and B: the same bytes as the single file `Other.mkv` (another name,
+/// matched by size), its torrent and hash.
+fn source_and_match(work: &Path, len: u64) -> (Dropseed, std::path::PathBuf, std::path::PathBuf, String) {
+    let mut d = Dropseed::new("[storage]\ndisk_threads = 1\n[cross_seed]\nmatch = \"size\"\nlink = \"copy\"\n");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let inc = format!("incomplete_dir = \"{}\"\n", d.incomplete_dir().display());
+    std::fs::write(&d.config, text.replace(&inc, "incomplete_dir = \"\"\n")).unwrap();
+    d.start();
+    let kept = work.join("kept.mkv");
+    dense_file(&kept, len);
+    let a_data = d.download_dir().join("Show.A");
+    std::fs::create_dir_all(&a_data).unwrap();
+    std::fs::copy(&kept, a_data.join("ep.mkv")).unwrap();
+    let a_torrent = work.join("a.torrent");
+    mktorrent(&a_data, "http://127.0.0.1:1/announce", 20, &a_torrent, &[]);
+    let a = info_hash(&a_torrent);
+    let out = d.cli(&["add", a_torrent.to_str().unwrap(), "--save-path", d.download_dir().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_state(&a, "seeding", Duration::from_secs(120));
+    let other = work.join("Other.mkv");
+    std::fs::hard_link(&kept, &other).unwrap();
+    let b_torrent = work.join("b.torrent");
+    mktorrent(&other, "http://127.0.0.1:1/announce", 20, &b_torrent, &["-p", "-s", "TRACKER-B"]);
+    let b = info_hash(&b_torrent);
+    (d, kept, b_torrent, b)
+}
+
+/// The add of a torrent whose file matches answers at once, the torrent
+/// checking while the match is verified and copied. A kill -9 while the
+/// matched file is being copied in: the source's data is
+/// untouched, nothing half-copied is under the final name, the hidden copy
+/// is gone after the restart (there is no incomplete folder: it was in the
+/// complete one), and the new torrent ends up seeding with nothing
+/// downloaded (the match is made again).
+#[test]
+fn a_kill_during_the_copy_of_a_matched_file_leaves_nothing_half_copied() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let len = 512 * MIB;
+    let (mut d, kept, b_torrent, b) = source_and_match(work.path(), len);
+    let (final_name, hidden) = (d.download_dir().join("Other.mkv"), d.download_dir().join(".Other.mkv.dropseed-link"));
+    // The add answers at once: the match is the torrent's own checking.
+    let out = d.cli(&["add", b_torrent.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = d.torrent(&b).expect("B is listed once added");
+    assert_eq!(t["state"], "checking", "{t}");
+    assert!(!final_name.exists(), "the add waited for the match to be copied");
+    let size = wait_for("the hidden copy to be under way", Duration::from_secs(120), || {
+        std::fs::metadata(&hidden).ok().map(|m| m.len()).filter(|&n| n > 0)
+    });
+    d.kill9();
+    let copied = std::fs::metadata(&hidden).map(|m| m.len()).unwrap_or(0);
+    assert!(size < len && copied < len, "the kill landed after the copy ({copied} of {len} bytes)");
+    assert!(!final_name.exists(), "a half copy is visible under its final name");
+    same_bytes(&kept, &d.download_dir().join("Show.A/ep.mkv"));
+
+    d.start();
+    let t = d.wait_state(&b, "seeding", Duration::from_secs(120));
+    assert_eq!((t["downloaded"].as_u64(), t["progress"].as_f64()), (Some(0), Some(1.0)), "{t}");
+    assert!(!hidden.exists(), "the hidden copy was left behind");
+    same_bytes(&kept, &final_name);
+    same_bytes(&kept, &d.download_dir().join("Show.A/ep.mkv"));
+}
+
+/// A pause stops a match under way: the copy stops at its next MiB and its
+/// hidden name goes, nothing appears under the final name; a resume makes
+/// the match again, and the torrent seeds with nothing downloaded.
+#[test]
+fn a_pause_stops_a_match_copy_and_a_resume_makes_it_again() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let len = 512 * MIB;
+    let (d, kept, b_torrent, b) = source_and_match(work.path(), len);
+    let (final_name, hidden) = (d.download_dir().join("Other.mkv"), d.download_dir().join(".Other.mkv.dropseed-link"));
+    let out = d.cli(&["add", b_torrent.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the hidden copy to be under way", Duration::from_secs(120), || {
+        std::fs::metadata(&hidden).ok().filter(|m| m.len() > 0)
+    });
+    let out = d.cli(&["pause", &b]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_state(&b, "paused", Duration::from_secs(10));
+    wait_for("the hidden copy to go", Duration::from_secs(30), || (!hidden.exists()).then_some(()));
+    assert!(!final_name.exists(), "a copy stopped by a pause is under its final name");
+    assert!(d.cli(&["resume", &b]).status.success());
+    let t = d.wait_state(&b, "seeding", Duration::from_secs(120));
+    assert_eq!((t["downloaded"].as_u64(), t["progress"].as_f64()), (Some(0), Some(1.0)), "{t}");
+    same_bytes(&kept, &final_name);
+}
+
+/// A source file replaced (another inode under its name) after it verified
+/// and before it is linked is not linked: the file linked must be the one
+/// whose pieces were checked. Here the replacement has the same bytes, so
+/// only its identity tells it apart; it is downloaded instead (there is no
+/// peer: the torrent stays incomplete).
+#[test]
+fn a_source_file_replaced_between_its_check_and_its_link_is_not_linked() {
+    if !require("mktorrent", "mktorrent") {
+        return;
+    }
+    let work = tempdir();
+    let mut d = Dropseed::new("[storage]\ndisk_threads = 1\n[cross_seed]\nmatch = \"size\"\nlink = \"copy\"\n");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let inc = format!("incomplete_dir = \"{}\"\n", d.incomplete_dir().display());
+    std::fs::write(&d.config, text.replace(&inc, "incomplete_dir = \"\"\n")).unwrap();
+    d.start();
+    // A: a big file and a small one; B: the same two under other names.
+    let a_data = d.download_dir().join("Show.A");
+    std::fs::create_dir_all(&a_data).unwrap();
+    dense_file(&a_data.join("ep.mkv"), 512 * MIB);
+    payload(&a_data.join("extra.mkv"), 2 * MIB, 5);
+    let a_torrent = work.path().join("a.torrent");
+    mktorrent(&a_data, "http://127.0.0.1:1/announce", 20, &a_torrent, &[]);
+    let a = info_hash(&a_torrent);
+    let out = d.cli(&["add", a_torrent.to_str().unwrap(), "--save-path", d.download_dir().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_state(&a, "seeding", Duration::from_secs(120));
+    let pack = work.path().join("Pack");
+    std::fs::create_dir_all(&pack).unwrap();
+    std::fs::hard_link(a_data.join("ep.mkv"), pack.join("big.mkv")).unwrap();
+    std::fs::copy(a_data.join("extra.mkv"), pack.join("small.mkv")).unwrap();
+    let b_torrent = work.path().join("b.torrent");
+    mktorrent(&pack, "http://127.0.0.1:1/announce", 20, &b_torrent, &["-p", "-s", "TRACKER-B"]);
+    let b = info_hash(&b_torrent);
+
+    let out = d.cli(&["add", b_torrent.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Both files verified, the big one being copied: the small one's
+    // source is replaced by a copy of the same bytes (another inode).
+    let hidden = d.download_dir().join("Pack/.big.mkv.dropseed-link");
+    wait_for("the big file's copy to be under way", Duration::from_secs(120), || {
+        std::fs::metadata(&hidden).ok().filter(|m| m.len() > 0)
+    });
+    let extra = a_data.join("extra.mkv");
+    std::fs::copy(&extra, work.path().join("extra.new")).unwrap();
+    std::fs::rename(work.path().join("extra.new"), &extra).unwrap();
+    d.wait_log("the source file was replaced since it was verified", Duration::from_secs(60));
+    let t = d.wait_state(&b, "downloading", Duration::from_secs(60));
+    assert_eq!(t["downloaded"], 0, "{t}");
+    assert!(t["progress"].as_f64().unwrap() < 1.0, "{t}");
+    let big = std::fs::metadata(d.download_dir().join("Pack/big.mkv")).unwrap();
+    assert_eq!(big.len(), 512 * MIB, "the big file is linked");
+}

@@ -840,6 +840,12 @@ async fn a_season_pack_links_the_episodes_seeded_already_and_downloads_only_the_
     assert_same_files(&pack, &b.download_dir(), &a.download_dir());
     // Only the third episode came over the wire (and the piece it shares with the second).
     assert!(done.downloaded <= e03 + PIECE_256K, "downloaded {} of {}", done.downloaded, pack.total_length);
+    // That piece spans a matched file and the missing one: downloaded and
+    // verified, never assumed from the matched half.
+    let e03_at = pack.files.iter().find(|f| f.path.last().is_some_and(|n| n == "e03.mkv")).unwrap().offset;
+    let from_piece = e03_at / PIECE_256K * PIECE_256K;
+    assert!(e03_at % PIECE_256K != 0, "the test needs a piece over the second and third episodes");
+    assert!(done.downloaded >= pack.total_length - from_piece, "downloaded {}", done.downloaded);
     for (name, _) in episodes {
         let theirs = std::fs::metadata(a.download_dir().join("Show.S01.WEB").join(name)).unwrap();
         let ours = std::fs::metadata(a.download_dir().join("Show.S01.PACK").join(name)).unwrap();
@@ -1391,6 +1397,32 @@ async fn a_save_path_into_data_still_downloading_is_refused() {
     })
     .await;
     let o = a.session.add_metainfo_at(second.clone(), Default::default(), a.download_dir()).await.unwrap();
+    assert!(matches!(&o, AddOutcome::Refused(why) if why.contains("not complete yet")), "{o:?}");
+    a.session.shutdown().await;
+}
+
+/// The same, with the save path naming the item by another path: the
+/// download folder in the config is a link, the save path its real folder.
+/// The item is told by what it is (device, inode), not by the path's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_path_into_data_still_downloading_is_refused_by_any_path() {
+    let dir = tempfile::Builder::new().prefix("dropseed-inproc").tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("downloads")).unwrap();
+    let a = Node::start_in(dir, |_| {}).await;
+    payload_tree(&a.download_dir(), "tree", TREE, 43);
+    let first = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    assert_eq!(a.session.add_metainfo(first.clone()).await.unwrap(), AddOutcome::Added);
+    a.wait_state(&first.info_hash.hex(), TorrentState::Seeding, Duration::from_secs(30)).await;
+    let second = cross_torrent(&a.download_dir(), "tree", "OTHER-TRACKER");
+    common::payload(&a.download_dir().join("tree/a.bin"), TREE[0].1, 4343);
+    a.session.command(first.info_hash, Cmd::Recheck).await.unwrap();
+    a.wait_for(&first.info_hash.hex(), "incomplete", Duration::from_secs(30), |s| {
+        s.progress < 1.0 && s.state != TorrentState::Checking
+    })
+    .await;
+    let o = a.session.add_metainfo_at(second.clone(), Default::default(), real).await.unwrap();
     assert!(matches!(&o, AddOutcome::Refused(why) if why.contains("not complete yet")), "{o:?}");
     a.session.shutdown().await;
 }

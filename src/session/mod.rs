@@ -13,7 +13,6 @@ mod entry;
 mod labels;
 mod listener;
 pub mod lookup;
-mod matching;
 pub mod outcome;
 mod registry;
 pub mod relocate;
@@ -134,6 +133,10 @@ impl Session {
             SlotEvent::Left(hash) => book.announces().retire(hash, now_unix()),
         });
         let session = Arc::new(Session { env, registry, cancel, tasks, removals, fetched, tags });
+        let weak = Arc::downgrade(&session);
+        let sources: crate::torrent::MatchSources =
+            Box::new(move || weak.upgrade().map(|s| s.all_torrents()).unwrap_or_default());
+        session.env.set_match_sources(sources);
         session.restore().await;
         session.env.metrics().start_counting(&session.statuses());
         session.tasks.spawn(listener::accept_loop(session.clone(), listener, udp.incoming));
@@ -181,6 +184,7 @@ impl Session {
         if torrents > 0 {
             tracing::info!(torrents, "restored torrents from state");
         }
+        self.env.restored().send_replace(true);
     }
 
     /// Spawns a torrent's task and puts it in the registry.
@@ -268,9 +272,14 @@ impl Session {
         save: PathBuf,
     ) -> std::io::Result<AddOutcome> {
         let (config, cat, name) = (self.env.config(), opts.category.clone(), meta.name.clone());
-        let found = tokio::task::spawn_blocking(move || shared::save_path_place(&config, &save, &cat, &name))
-            .await
-            .map_err(std::io::Error::other)?;
+        let downloading = shared::downloading_named(&self.registry(), &name);
+        let found = tokio::task::spawn_blocking(move || {
+            let at = shared::save_path_place(&config, &save, &cat, &name)?;
+            at.iter().try_for_each(|place| shared::downloading_here(place, &downloading))?;
+            Ok(at)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         let at = match found {
             Err(why) => return Ok(AddOutcome::Refused(why)),
             Ok(at) => at,
@@ -281,9 +290,22 @@ impl Session {
         self.add_torrent(meta, Vec::new(), Origin::User, opts, at).await
     }
 
+    /// Every torrent (not the magnets), for cross-seed matching.
+    fn all_torrents(&self) -> Vec<Arc<TorrentShared>> {
+        let registry = self.registry();
+        registry
+            .values()
+            .filter_map(|e| match e {
+                Entry::Torrent(t) => Some(t.shared.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The other torrents seeding `hash`'s data (the same files).
     pub fn sharing(&self, hash: &InfoHash) -> Vec<InfoHash> {
-        shared::sharing(&self.registry(), hash)
+        // Indexed: no other torrent is looked at.
+        self.env.shares().others(hash)
     }
 
     async fn add_torrent(
@@ -337,22 +359,17 @@ impl Session {
             share: opts.share,
             shown_name: opts.name,
             borrowed: at.is_some(),
+            // Made in the torrent's checking (torrent::matching), not here.
+            match_pending: at.is_none() && matching_on(&self.env.config()),
             place: at,
             ..Default::default()
         };
         let meta = Arc::new(meta);
-        let mut record = record;
-        let found = if record.place.is_none() { self.find_matches(&meta, &mut record).await } else { Vec::new() };
         let (dir, m, r) = (self.env.state_dir().to_path_buf(), meta.clone(), record.clone());
         let saved =
             tokio::task::spawn_blocking(move || persist_torrent(&dir, &m, &r)).await.map_err(std::io::Error::other);
         match saved.and_then(|r| r) {
             Ok(()) => {
-                // Linked once the record names them (a crash between leaves
-                // files the torrent made itself: those it may write).
-                if !found.is_empty() {
-                    record.linked = self.link_matches(&meta, &record, found).await;
-                }
                 let borrowed = record.borrowed;
                 let shared = self.start_torrent(meta, record);
                 if borrowed {
@@ -380,69 +397,6 @@ impl Session {
                 Err(e)
             }
         }
-    }
-
-    /// Looks for a new torrent's files among the data seeded already
-    /// (`[cross_seed]`): the files that verify against its hashes, and its
-    /// place and `linked` files set in `record` when there are any.
-    async fn find_matches(&self, meta: &Arc<Metainfo>, record: &mut ResumeRecord) -> Vec<matching::Found> {
-        let config = self.env.config();
-        let (mode, link) = (config.cross_seed.matching, config.cross_seed.link);
-        if mode == crate::config::MatchMode::Off || link == crate::config::LinkMode::Off {
-            return Vec::new();
-        }
-        let sources: Vec<Arc<crate::torrent::TorrentShared>> = {
-            let registry = self.registry();
-            registry
-                .values()
-                .filter_map(|e| match e {
-                    Entry::Torrent(t) if t.shared.storage().is_some() && t.shared.is_complete() => {
-                        Some(t.shared.clone())
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        if sources.is_empty() {
-            return Vec::new();
-        }
-        let (root, sub) = config.complete_folder(&record.category);
-        let done = Place::new(&root, &sub, &meta.name, true);
-        let place = match self.env.incomplete_dir().as_os_str().is_empty() {
-            true => done.clone(),
-            false => Place::new(self.env.incomplete_dir(), "", &meta.name, false),
-        };
-        let (m, p) = (meta.clone(), place.clone());
-        let found = self.env.disk().run(move || {
-            // Nothing is linked into an item that exists already.
-            let taken = |p: &Place| nofollow_exists(p);
-            if taken(&done) || taken(&p) {
-                return Vec::new();
-            }
-            matching::find(&m, &sources, mode)
-        });
-        let found = found.await.unwrap_or_default();
-        if !found.is_empty() {
-            record.place = Some(place);
-            record.linked = found.iter().map(|f| f.file() as u32).collect();
-        }
-        found
-    }
-
-    /// Links the files found into the new torrent's place; the indices linked.
-    async fn link_matches(&self, meta: &Arc<Metainfo>, record: &ResumeRecord, found: Vec<matching::Found>) -> Vec<u32> {
-        let (m, place, link) = (meta.clone(), record.place.clone(), self.env.config().cross_seed.link);
-        let Some(place) = place else { return Vec::new() };
-        let sources: Vec<String> = {
-            let mut s: Vec<String> = found.iter().map(|f| f.source_hash().short().to_string()).collect();
-            s.dedup();
-            s
-        };
-        let linked =
-            self.env.disk().run(move || matching::link_all(&m, &place, &found, link)).await.unwrap_or_default();
-        tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), matched = %sources.join(","), files = linked.len(),
-            "files found among the data seeded already, verified and linked; downloading the rest");
-        linked
     }
 
     /// A magnet's metadata arrived: it becomes a torrent like any other.
@@ -732,6 +686,7 @@ impl Session {
             }
         })
         .await;
+        self.env.shares().forget(&hash);
         let torrent = Named { name: name.clone(), hash };
         let mut kept = None;
         if delete_data {
@@ -896,9 +851,10 @@ fn name_owner(registry: &HashMap<InfoHash, Entry>, name: &str) -> Option<InfoHas
     registry.iter().find(|(_, e)| e.claimed_name() == Some(name) && !e.is_borrowed()).map(|(h, _)| *h)
 }
 
-/// Whether anything is at a place's item (a link counts). Blocking.
-fn nofollow_exists(place: &Place) -> bool {
-    crate::storage::nofollow::item_exists(place).unwrap_or(true)
+/// Whether `[cross_seed]` asks for automatic matching.
+fn matching_on(config: &crate::config::Config) -> bool {
+    use crate::config::{LinkMode, MatchMode};
+    config.cross_seed.matching != MatchMode::Off && config.cross_seed.link != LinkMode::Off
 }
 
 /// Writes a new torrent's metainfo and first record, and drops its magnet.

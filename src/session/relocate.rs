@@ -9,7 +9,7 @@
 //! named by two torrents): moving it would pull it from under the other.
 
 use super::entry::Entry;
-use super::{not_managed, shared, Named, Session, SessionError};
+use super::{not_managed, Named, Session, SessionError};
 use crate::storage::Place;
 use crate::torrent::task::Cmd;
 use crate::torrent::TorrentState;
@@ -39,7 +39,7 @@ impl Session {
         let (sender, torrent, sharing) = {
             let registry = self.registry();
             match registry.get(&hash) {
-                Some(Entry::Torrent(t)) => (t.cmd.clone(), t.shared.clone(), shared::sharing(&registry, &hash)),
+                Some(Entry::Torrent(t)) => (t.cmd.clone(), t.shared.clone(), self.env.shares().others(&hash)),
                 Some(Entry::Magnet(m)) => {
                     let named = Named { name: m.magnet.display_name(), hash };
                     return Err(SessionError::NotApplicable(named, "has no data to move until its metadata arrives"));

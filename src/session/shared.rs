@@ -46,40 +46,59 @@ pub(super) fn borrowable(registry: &HashMap<InfoHash, Entry>, name: &str) -> Res
 }
 
 /// For a save path naming `place`: an error when a torrent of its own
-/// downloads into that very item (its files are still being written).
+/// downloads into that very item, named by the same path (its files are
+/// still being written). Cheap, under the registry's lock; the same item
+/// under another path is told by [`downloading_here`].
 pub(super) fn owner_downloading(registry: &HashMap<InfoHash, Entry>, place: &Place) -> Result<(), String> {
     let top = place.top();
-    for (hash, e) in registry.iter() {
-        let Entry::Torrent(t) = e else { continue };
-        let p = t.shared.place();
-        let borrowed = t.shared.with_record(|r| r.borrowed);
-        if p.name == place.name && !borrowed && p.top() == top && !t.shared.is_complete() {
-            return Err(format!(
-                "its files would be those of torrent {} ({:?}), which is not complete yet: \
-                 add it again once that one seeds, and it will seed from the same data",
-                &hash.hex()[..8],
-                crate::types::printable(&place.name, 200)
-            ));
-        }
+    match downloading_named(registry, &place.name).into_iter().find(|(_, p)| p.top() == top) {
+        Some((hash, _)) => Err(not_complete_yet(&hash, &place.name)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// The other torrents whose data is `hash`'s data: the same top-level item,
-/// or files of the same inode (linked in by matching).
-pub(super) fn sharing(registry: &HashMap<InfoHash, Entry>, hash: &InfoHash) -> Vec<InfoHash> {
-    let Some(Entry::Torrent(me)) = registry.get(hash) else { return Vec::new() };
-    let (top, mine) = (me.shared.place().top(), inodes(&me.shared));
-    let mut others: Vec<InfoHash> = registry
+/// The torrents still downloading an item named `name` (not those seeding
+/// shared data), with their places.
+pub(super) fn downloading_named(registry: &HashMap<InfoHash, Entry>, name: &str) -> Vec<(InfoHash, Place)> {
+    registry
         .iter()
-        .filter(|(h, _)| *h != hash)
-        .filter_map(|(h, e)| match e {
-            Entry::Torrent(t) if t.shared.place().top() == top || !inodes(&t.shared).is_disjoint(&mine) => Some(*h),
+        .filter_map(|(hash, e)| match e {
+            Entry::Torrent(t) => Some((*hash, t)),
             _ => None,
         })
-        .collect();
-    others.sort_by_key(|h| h.0);
-    others
+        .filter(|(_, t)| t.shared.place().name == name && !t.shared.with_record(|r| r.borrowed))
+        .filter(|(_, t)| !t.shared.is_complete())
+        .map(|(hash, t)| (hash, t.shared.place()))
+        .collect()
+}
+
+/// For a save path naming `place`: an error when one of `downloading` (see
+/// [`downloading_named`]) is that very item, the same device and inode,
+/// whatever path names it (a link in a configured folder, `..`).
+/// Blocking: run it off the async workers.
+pub(super) fn downloading_here(place: &Place, downloading: &[(InfoHash, Place)]) -> Result<(), String> {
+    let Some(mine) = item_id(place) else { return Ok(()) };
+    match downloading.iter().find(|(_, p)| item_id(p) == Some(mine)) {
+        Some((hash, _)) => Err(not_complete_yet(hash, &place.name)),
+        None => Ok(()),
+    }
+}
+
+/// (device, inode) of a place's item, its root folder opened by path and
+/// the rest walked without following a link; none if absent.
+fn item_id(place: &Place) -> Option<(u64, u64)> {
+    let dir = crate::storage::nofollow::open_place_dir(place, false).ok()?;
+    let st = rustix::fs::statat(&dir, place.name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    Some((st.st_dev, st.st_ino))
+}
+
+fn not_complete_yet(hash: &InfoHash, name: &str) -> String {
+    format!(
+        "its files would be those of torrent {} ({:?}), which is not complete yet: \
+         add it again once that one seeds, and it will seed from the same data",
+        &hash.hex()[..8],
+        crate::types::printable(name, 200)
+    )
 }
 
 /// (device, inode) of a torrent's files as its record last stamped them

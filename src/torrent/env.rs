@@ -10,8 +10,8 @@ use crate::storage::disk::DiskPool;
 use crate::types::PeerId;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, RwLock};
-use tokio::sync::Semaphore;
+use std::sync::{Arc, OnceLock, RwLock};
+use tokio::sync::{watch, Semaphore};
 
 /// The network services started before the torrents, each when enabled.
 pub struct Services {
@@ -46,7 +46,20 @@ pub struct Env {
     announces: Arc<crate::tracker::pace::AnnounceBook>,
     /// What `/metrics` shows that the engine counts as it goes.
     metrics: crate::counters::Metrics,
+    /// The torrents a new one's files may be found among (cross-seed
+    /// matching), given by the session once it exists.
+    match_sources: OnceLock<MatchSources>,
+    /// Bounds the match checks running at once, session-wide.
+    match_checks: Semaphore,
+    /// Which torrents share data, for a status without a scan of all.
+    shares: super::shareindex::ShareIndex,
+    /// Set once the torrents of the last run are all back: a match waits
+    /// for it, or it would miss the sources not restored yet.
+    restored: watch::Sender<bool>,
 }
+
+/// Lists the torrents the session manages (see [`Env::match_sources`]).
+pub type MatchSources = Box<dyn Fn() -> Vec<Arc<super::TorrentShared>> + Send + Sync>;
 
 impl Env {
     /// The environment for `config`, listening on `listen_port`.
@@ -57,10 +70,13 @@ impl Env {
         queue: super::queue::DownloadQueue,
     ) -> anyhow::Result<Env> {
         let limits = &config.limits;
+        let disk = Arc::new(DiskPool::new(config.storage.disk_threads, 64));
+        // Match checks leave disk threads to the torrents seeding.
+        let match_checks = Semaphore::new((disk.threads() / 2).max(1));
         Ok(Env {
             peer_id: PeerId::generate(),
             listen_port,
-            disk: Arc::new(DiskPool::new(config.storage.disk_threads, 64)),
+            disk,
             http: crate::tracker::http::client()?,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             queue: Arc::new(queue),
@@ -74,6 +90,10 @@ impl Env {
             services,
             announces: Default::default(),
             metrics: Default::default(),
+            match_sources: OnceLock::new(),
+            match_checks,
+            shares: Default::default(),
+            restored: watch::Sender::new(false),
         })
     }
 
@@ -176,5 +196,30 @@ impl Env {
 
     pub fn metrics(&self) -> &crate::counters::Metrics {
         &self.metrics
+    }
+
+    /// The torrents the session manages, for matching; none before it is up.
+    pub fn match_sources(&self) -> Vec<Arc<super::TorrentShared>> {
+        self.match_sources.get().map(|f| f()).unwrap_or_default()
+    }
+
+    /// Given once by the session, when it exists.
+    pub fn set_match_sources(&self, sources: MatchSources) {
+        let _ = self.match_sources.set(sources);
+    }
+
+    /// Bounds the match checks running at once, session-wide.
+    pub fn match_checks(&self) -> &Semaphore {
+        &self.match_checks
+    }
+
+    /// Which torrents share data.
+    pub fn shares(&self) -> &super::shareindex::ShareIndex {
+        &self.shares
+    }
+
+    /// True once the torrents of the last run are all back.
+    pub fn restored(&self) -> &watch::Sender<bool> {
+        &self.restored
     }
 }

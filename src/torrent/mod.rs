@@ -14,6 +14,7 @@ pub mod evict;
 pub mod fast;
 pub mod fetch;
 pub mod handoff;
+pub mod matching;
 pub mod peer;
 pub mod peerbook;
 pub mod phase;
@@ -22,6 +23,7 @@ pub mod prepare;
 pub mod queue;
 pub mod ratelimit;
 mod relocate;
+pub mod shareindex;
 mod state;
 pub mod task;
 
@@ -56,7 +58,7 @@ pub const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub use state::{Inner, PeerTable, Refusal, STRIKES_TO_BAN};
 
-pub use env::{Env, Services};
+pub use env::{Env, MatchSources, Services};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -241,7 +243,7 @@ impl TorrentShared {
             // Paused or not, an incomplete torrent has its place in the queue.
             env.queue().join(meta.info_hash);
         }
-        Arc::new(TorrentShared {
+        let shared = Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
             corrupt: AtomicU64::new(record.corrupt),
@@ -268,7 +270,17 @@ impl TorrentShared {
             upload_limit: ratelimit::RateLimiter::new(rates.upload),
             meta,
             env,
-        })
+        });
+        shared.index_shares();
+        shared
+    }
+
+    /// Files where this torrent's data is (its item, its files' device and
+    /// inode as the record knows them) in the session's [`Env::shares`].
+    pub fn index_shares(&self) {
+        let (top, files) = (self.place().top(), self.with_record(|r| r.stamps.clone()));
+        let files = files.into_iter().filter(|s| s.ino != 0).map(|s| (s.dev, s.ino));
+        self.env.shares().set(self.meta.info_hash, top, files);
     }
 
     pub fn name(&self) -> &str {
@@ -560,6 +572,8 @@ impl TorrentShared {
         (kept.name, kept.peers, kept.announce) = (record.name, record.peers, record.announce);
         (kept.uploaded, kept.downloaded, kept.corrupt) = (record.uploaded, record.downloaded, record.corrupt);
         kept.stamps = record.stamps;
+        drop(s);
+        self.index_shares();
         Ok(())
     }
 

@@ -41,6 +41,9 @@ impl From<String> for Stop {
 }
 
 pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), Stop> {
+    if shared.status_cell().record.match_pending {
+        super::matching::run(shared).await;
+    }
     settle_place(shared).await?;
     clear_stale_links(shared).await;
     let borrowed = shared.status_cell().record.borrowed;
@@ -81,11 +84,12 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
 }
 
 /// A kill -9 while matched files were being linked in may have left one
-/// under its hidden name: gone before the item can move anywhere.
+/// under its hidden name (in the incomplete folder, or in the complete one
+/// when there is none): gone before the item can move anywhere.
 async fn clear_stale_links(shared: &TorrentShared) {
     let linked = shared.status_cell().record.linked.clone();
     let place = shared.place();
-    if linked.is_empty() || place.settled {
+    if linked.is_empty() {
         return;
     }
     let meta = shared.meta.clone();
@@ -134,6 +138,7 @@ async fn note_stamps(shared: &TorrentShared, storage: &Arc<TorrentStorage>) {
     let st = storage.clone();
     if let Ok(stamps) = shared.env.disk().run(move || st.stamps()).await {
         shared.status_cell().record.stamps = stamps;
+        shared.index_shares();
     }
 }
 
@@ -186,6 +191,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
     if !placed {
         let first = first_place(shared).await?;
         shared.status_cell().record.place = Some(first);
+        shared.index_shares();
     }
     let Some(target) = moving else { return Ok(()) };
     let (s, from) = (shared.clone(), shared.place());
@@ -213,6 +219,7 @@ async fn settle_place(shared: &Arc<TorrentShared>) -> Result<(), String> {
         s.record.place = Some(moved);
         s.record.moving = None;
     }
+    shared.index_shares();
     shared.save_resume(true).await;
     // The download finished before a restart cut its move short.
     shared.run_hook(crate::hookcmd::HookEvent::Complete);
