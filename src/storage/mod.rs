@@ -17,6 +17,7 @@ use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
 use nofollow::FileStamp;
 pub use place::Place;
+use pool::{FilePool, Mapping, Opened};
 use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io;
@@ -25,7 +26,6 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use pool::{FilePool, Mapping, Opened};
 use std::sync::{Arc, Mutex};
 
 /// Bytes of torrent data read and written by every torrent of the process
@@ -232,12 +232,7 @@ fn open_full_size(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize
 }
 
 /// File `i` of `meta` in `place`, open read-only, checked whole (None for padding).
-fn open_existing_file(
-    root: BorrowedFd<'_>,
-    place: &Place,
-    meta: &Metainfo,
-    i: usize,
-) -> io::Result<Option<File>> {
+fn open_existing_file(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize) -> io::Result<Option<File>> {
     let f = &meta.files[i];
     if f.padding {
         return Ok(None);
@@ -528,7 +523,9 @@ impl TorrentStorage {
     /// A handle over `file`, mapped with the mmap backend.
     fn opened(&self, file: File, len: u64) -> io::Result<Opened> {
         let map = match self.kind {
-            BackendKind::Mmap if len > 0 => Some(Mapping::new(MmapOptions::new().len(len as usize).map_raw(&file)?, len)),
+            BackendKind::Mmap if len > 0 => {
+                Some(Mapping::new(MmapOptions::new().len(len as usize).map_raw(&file)?, len))
+            }
             _ => None,
         };
         Ok(Opened { file, map })
@@ -674,7 +671,8 @@ impl TorrentStorage {
 /// The folders from `place.dir` down to a file at `path` (the metainfo's,
 /// the torrent's name first), and the file's own name.
 fn slot_names<'a>(place: &'a Place, path: &'a [String]) -> (Vec<&'a str>, &'a str) {
-    let mut all: Vec<&str> = std::iter::once(place.name.as_str()).chain(path.iter().skip(1).map(String::as_str)).collect();
+    let mut all: Vec<&str> =
+        std::iter::once(place.name.as_str()).chain(path.iter().skip(1).map(String::as_str)).collect();
     let file = all.pop().expect("the item's name at least");
     (all, file)
 }

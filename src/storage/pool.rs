@@ -147,11 +147,13 @@ impl FilePool {
     /// Puts `h` in the place of whatever was open for `key` (a file
     /// recreated or moved): the old handle is closed once no longer in use.
     pub fn replace(&self, key: Key, h: Opened) {
-        let victims = {
+        let (old, victims) = {
             let mut lru = self.locked();
-            lru.put(key, Arc::new(h));
-            self.evict(&mut lru)
+            let old = lru.put(key, Arc::new(h));
+            (old, self.evict(&mut lru))
         };
+        // Unmapped and closed outside the lock (or by its last user).
+        drop(old);
         self.close(victims);
     }
 
@@ -159,9 +161,12 @@ impl FilePool {
     /// stale mapping): the next [`get`](Self::get) opens the file anew.
     pub fn discard(&self, key: Key, old: &Arc<Opened>) {
         let mut lru = self.locked();
-        if lru.peek(&key).is_some_and(|h| Arc::ptr_eq(h, old)) {
-            lru.pop(&key);
-        }
+        let gone = match lru.peek(&key).is_some_and(|h| Arc::ptr_eq(h, old)) {
+            true => lru.pop(&key),
+            false => None,
+        };
+        drop(lru);
+        drop(gone);
     }
 
     /// Closes the handles of a storage going away (no flush: closing a
@@ -211,7 +216,7 @@ pub fn raise_fd_limit(budget: usize) {
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
         lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
             tracing::warn!(error = %e, "could not raise the open-file limit to its hard limit");
         }
     }
