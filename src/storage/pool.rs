@@ -209,21 +209,50 @@ impl FilePool {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit, and logs the
-/// budget: the pool's files, plus sockets, plus everything else.
-pub fn raise_fd_limit(budget: usize) {
+/// Descriptors left for everything but torrent files: sockets (peers,
+/// trackers, the API), state files, logs.
+const RESERVE: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit, and returns the
+/// budget of torrent files to use under it: `configured`, or less where
+/// the limit would leave under [`RESERVE`] for the rest (logged).
+pub fn raise_fd_limit(configured: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
-    if lim.current < lim.maximum {
+    // None is no limit: the soft one is raised whenever it differs.
+    if lim.current != lim.maximum {
         lim.current = lim.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
             tracing::warn!(error = %e, "could not raise the open-file limit to its hard limit");
         }
     }
     let soft = getrlimit(Resource::Nofile).current;
+    let budget = fitted_budget(configured, soft);
+    if budget < configured {
+        tracing::warn!(max_open_files = configured, rlimit_nofile = ?soft, using = budget,
+            "[storage] max_open_files would leave too few descriptors for sockets under the open-file limit: lowered");
+    }
     tracing::info!(max_open_files = budget, rlimit_nofile = ?soft, "open torrent files bounded");
-    if soft.is_some_and(|s| (budget as u64).saturating_add(256) > s) {
-        tracing::warn!(max_open_files = budget, rlimit_nofile = ?soft,
-            "[storage] max_open_files leaves under 256 descriptors for sockets and the rest: lower it or raise the limit");
+    budget
+}
+
+/// `configured`, lowered to leave [`RESERVE`] descriptors under `soft`
+/// (None: no limit), and never under 16.
+fn fitted_budget(configured: usize, soft: Option<u64>) -> usize {
+    let room = soft.map_or(u64::MAX, |s| s.saturating_sub(RESERVE).max(16));
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fitted_budget;
+
+    #[test]
+    fn the_budget_leaves_room_for_sockets_under_the_limit() {
+        assert_eq!(fitted_budget(512, Some(1024)), 512);
+        assert_eq!(fitted_budget(512, Some(524_288)), 512);
+        assert_eq!(fitted_budget(900, Some(1024)), 768);
+        assert_eq!(fitted_budget(512, Some(64)), 16);
+        assert_eq!(fitted_budget(512, None), 512);
     }
 }

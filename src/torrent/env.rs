@@ -51,9 +51,8 @@ impl Env {
     /// The environment for `config`, listening on `listen_port`.
     pub fn new(config: Arc<Config>, listen_port: u16, services: Services) -> anyhow::Result<Env> {
         let limits = &config.limits;
-        let files = crate::storage::pool::FilePool::global();
-        files.set_budget(config.storage.max_open_files);
-        crate::storage::pool::raise_fd_limit(files.budget());
+        let budget = crate::storage::pool::raise_fd_limit(config.storage.max_open_files);
+        crate::storage::pool::FilePool::global().set_budget(budget);
         Ok(Env {
             peer_id: PeerId::generate(),
             listen_port,
