@@ -423,6 +423,9 @@ pub struct Storage {
     pub disk_threads: usize,
     pub piece_buffer: ByteSize,
     pub resume_interval_secs: u64,
+    /// Torrent files (and their memory maps) held open at once, all
+    /// torrents together; the least recently used are closed beyond it.
+    pub max_open_files: usize,
 }
 
 impl Default for Storage {
@@ -432,6 +435,7 @@ impl Default for Storage {
             disk_threads: 0,
             piece_buffer: ByteSize(16 * 1024 * 1024),
             resume_interval_secs: 10,
+            max_open_files: crate::storage::pool::DEFAULT_BUDGET,
         }
     }
 }
@@ -661,6 +665,9 @@ impl Config {
         }
         if self.storage.piece_buffer.0 < 1024 * 1024 {
             return Err(("storage.piece_buffer", "must be at least 1MiB".into()));
+        }
+        if self.storage.max_open_files < 16 {
+            return Err(("storage.max_open_files", "must be at least 16".into()));
         }
         if self.storage.resume_interval_secs == 0 {
             return Err(("storage.resume_interval_secs", "must be at least 1".into()));

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod layout;
 pub mod nofollow;
 pub mod place;
+pub mod pool;
 mod sigbus;
 
 use crate::config::BackendKind;
@@ -16,6 +17,7 @@ use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
 use nofollow::FileStamp;
 pub use place::Place;
+use pool::{FilePool, Mapping, Opened};
 use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io;
@@ -23,35 +25,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::RwLock;
-
-/// Per-file block access; offsets are within the file.
-trait FileBackend: Send + Sync {
-    fn write_at(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()>;
-    fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    fn flush(&self, file: usize, offset: u64, len: usize) -> io::Result<()>;
-    /// Puts `fresh` (the file recreated or grown back to full size) in the
-    /// place of the one opened before.
-    fn reopen(&self, file: usize, fresh: File) -> io::Result<()>;
-    /// Device, inode, size and mtime of the file open for `file`, if it is open.
-    fn stamp(&self, file: usize) -> Option<FileStamp>;
-    /// How many names the file open for `file` has (hard links).
-    fn links(&self, file: usize) -> Option<u64>;
-
-    /// Feeds a range to `hasher`; the default reads it in chunks.
-    fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
-        let mut buf = vec![0u8; len.min(1 << 16)];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(buf.len());
-            self.read_at(file, offset + done as u64, &mut buf[..n])?;
-            hasher.update(&buf[..n]);
-            done += n;
-        }
-        Ok(())
-    }
-}
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Bytes of torrent data read and written by every torrent of the process
 /// (`/metrics`). Counted here, where every byte passes, rather than at each
@@ -73,7 +48,6 @@ pub fn io_counters() -> IoCounters {
 /// An open torrent's files.
 pub struct TorrentStorage {
     layout: Layout,
-    backend: Box<dyn FileBackend>,
     pub kind: BackendKind,
     /// Opened read-only over data the torrent does not own (cross-seeding):
     /// a write fails, and files are never created or grown.
@@ -82,6 +56,59 @@ pub struct TorrentStorage {
     /// index: while another name still holds one, a write into it must
     /// find the same bytes there (nothing is written), or it fails.
     pub linked: Vec<bool>,
+    /// This storage's files in the [`pool::FilePool`], opened on demand.
+    id: u64,
+    pool: Arc<FilePool>,
+    /// Where the files are now, to open them again (moved with the data).
+    place: Mutex<Place>,
+    /// Per file; None for padding.
+    files: Vec<Option<FileSlot>>,
+}
+
+/// What is needed to open a file again and know it for the one opened first.
+struct FileSlot {
+    /// As in the metainfo: the torrent's name first.
+    path: Vec<String>,
+    len: u64,
+    /// The file as last seen open: opening a name that is another file
+    /// now is an error, never data served from it.
+    known: Mutex<Known>,
+}
+
+/// When a file was made (statx btime), where the filesystem tells: with
+/// the inode number it tells our file from one made later under the same
+/// number (freed once we closed ours, and reused).
+type Birth = (i64, u32);
+
+struct Known {
+    stamp: FileStamp,
+    born: Option<Birth>,
+}
+
+impl Known {
+    fn of(file: &File) -> io::Result<Known> {
+        Ok(Known { stamp: FileStamp::of(&file.metadata()?), born: birth(file.as_fd(), "") })
+    }
+
+    /// The same file (a birth time unknown on either side proves nothing).
+    fn same(&self, stamp: &FileStamp, born: Option<Birth>) -> bool {
+        self.stamp.same_file(stamp) && (self.born.is_none() || born.is_none() || self.born == born)
+    }
+}
+
+/// The birth time of `name` in `dir` (of `dir` itself for ""), never
+/// through a link.
+fn birth(dir: BorrowedFd<'_>, name: &str) -> Option<Birth> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let flags = if name.is_empty() { AtFlags::EMPTY_PATH } else { AtFlags::SYMLINK_NOFOLLOW };
+    let st = statx(dir, name, flags, StatxFlags::BTIME).ok()?;
+    (st.stx_mask & StatxFlags::BTIME.bits() != 0).then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec))
+}
+
+impl Drop for TorrentStorage {
+    fn drop(&mut self) {
+        self.pool.forget(self.id, self.files.len());
+    }
 }
 
 /// What `prepare` found on disk before opening.
@@ -205,12 +232,7 @@ fn open_full_size(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize
 }
 
 /// File `i` of `meta` in `place`, open read-only, checked whole (None for padding).
-fn open_existing_file(
-    root: BorrowedFd<'_>,
-    place: &Place,
-    meta: &Metainfo,
-    i: usize,
-) -> io::Result<Option<RwLock<File>>> {
+fn open_existing_file(root: BorrowedFd<'_>, place: &Place, meta: &Metainfo, i: usize) -> io::Result<Option<File>> {
     let f = &meta.files[i];
     if f.padding {
         return Ok(None);
@@ -222,7 +244,7 @@ fn open_existing_file(
     if len != f.length {
         return Err(named(io::Error::other(format!("{len} bytes where the torrent has {}", f.length))));
     }
-    Ok(Some(RwLock::new(file)))
+    Ok(Some(file))
 }
 
 impl TorrentStorage {
@@ -239,9 +261,10 @@ impl TorrentStorage {
                 files.push(None);
                 continue;
             }
+            // Closed again at once: opened on demand through the pool.
             let (file, preallocated) = open_full_size(root.as_fd(), place, meta, i)?;
             all_preallocated &= preallocated;
-            files.push(Some((file, f.length)));
+            files.push(Some(file));
         }
         let kind = if kind == BackendKind::Mmap && !all_preallocated {
             tracing::warn!(torrent = %meta.name, hash = %meta.info_hash.short(), "filesystem cannot preallocate; using the file backend for this torrent (mmap would risk SIGBUS on a full disk)");
@@ -249,13 +272,47 @@ impl TorrentStorage {
         } else {
             kind
         };
-        let backend: Box<dyn FileBackend> = match kind {
-            BackendKind::Mmap => Box::new(MmapBackend::new(files)?),
-            BackendKind::File => Box::new(PlainBackend {
-                files: files.into_iter().map(|f| f.map(|(file, _)| RwLock::new(file))).collect(),
-            }),
-        };
-        Ok(TorrentStorage { layout: Layout::new(meta), backend, kind, read_only: false, linked: Vec::new() })
+        if kind == BackendKind::Mmap {
+            sigbus::install();
+        }
+        TorrentStorage::new(place, meta, kind, false, files)
+    }
+
+    /// The storage over `opened` (one per file of `meta`, None for padding),
+    /// which are stamped and closed.
+    fn new(
+        place: &Place,
+        meta: &Metainfo,
+        kind: BackendKind,
+        read_only: bool,
+        opened: Vec<Option<File>>,
+    ) -> io::Result<TorrentStorage> {
+        let files = opened
+            .into_iter()
+            .zip(&meta.files)
+            .map(|(file, f)| {
+                let Some(file) = file else { return Ok(None) };
+                let known = Mutex::new(Known::of(&file)?);
+                Ok(Some(FileSlot { path: f.path.clone(), len: f.length, known }))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(TorrentStorage {
+            layout: Layout::new(meta),
+            kind,
+            read_only,
+            linked: Vec::new(),
+            id: pool::next_id(),
+            pool: FilePool::global().clone(),
+            place: Mutex::new(place.clone()),
+            files,
+        })
+    }
+
+    /// Uses `pool` instead of the process's (tests of the bound).
+    #[cfg(test)]
+    fn in_pool(mut self, pool: &Arc<FilePool>) -> TorrentStorage {
+        self.pool = pool.clone();
+        self
     }
 
     /// Opens the files already in `place` read-only, for a torrent seeding
@@ -267,14 +324,7 @@ impl TorrentStorage {
         let files = (0..meta.files.len())
             .map(|i| open_existing_file(root.as_fd(), place, meta, i))
             .collect::<io::Result<_>>()?;
-        let backend = Box::new(PlainBackend { files });
-        Ok(TorrentStorage {
-            layout: Layout::new(meta),
-            backend,
-            kind: BackendKind::File,
-            read_only: true,
-            linked: Vec::new(),
-        })
+        TorrentStorage::new(place, meta, BackendKind::File, true, files)
     }
 
     /// Makes files found missing or short whole again (sparse zeros where
@@ -286,16 +336,18 @@ impl TorrentStorage {
             let root = nofollow::open_place_dir(place, false)?;
             for &i in files {
                 if let Some(file) = open_existing_file(root.as_fd(), place, meta, i)? {
-                    self.backend.reopen(i, file.into_inner().unwrap())?;
+                    self.reopen(i, file)?;
                 }
             }
+            self.moved_to(place);
             return Ok(());
         }
         let root = open_place_dir(place)?;
         for &i in files {
             let (file, _) = open_full_size(root.as_fd(), place, meta, i)?;
-            self.backend.reopen(i, file)?;
+            self.reopen(i, file)?;
         }
+        self.moved_to(place);
         Ok(())
     }
 
@@ -307,7 +359,7 @@ impl TorrentStorage {
         // A link (or one on the way) is not the file: gone.
         let changed = |i: usize, length: u64| match found_in(dir.as_ref(), place, meta, i) {
             None => true,
-            Some(m) => m.size != length || self.backend.stamp(i).is_some_and(|s| !s.same_file(&m)),
+            Some(m) => m.size != length || self.replaced(i, &m),
         };
         meta.files.iter().enumerate().filter(|(i, f)| !f.padding && changed(*i, f.length)).map(|(i, _)| i).collect()
     }
@@ -321,15 +373,21 @@ impl TorrentStorage {
             if file.metadata()?.len() != meta.files[i].length {
                 return Err(io::Error::other(format!("{} is not whole", meta.files[i].path.join("/"))));
             }
-            self.backend.reopen(i, file)?;
+            self.reopen(i, file)?;
         }
         Ok(())
     }
 
-    /// The stamp of each file as open now (the default, which proves
-    /// nothing but a length, for padding and files not held open).
+    /// The data is now in `place` (renamed or copied there): files are
+    /// opened again from there.
+    pub fn moved_to(&self, place: &Place) {
+        *crate::locks::locked(&self.place) = place.clone();
+    }
+
+    /// The stamp of each file as open now, or as last seen open (the
+    /// default, which proves nothing but a length, for padding).
     pub fn stamps(&self) -> Vec<FileStamp> {
-        (0..self.layout.file_count()).map(|i| self.backend.stamp(i).unwrap_or_default()).collect()
+        (0..self.layout.file_count()).map(|i| self.stamp(i).unwrap_or_default()).collect()
     }
 
     pub fn layout(&self) -> &Layout {
@@ -349,7 +407,7 @@ impl TorrentStorage {
             if !s.padding && self.shared_file(s.file) {
                 self.same_bytes(s.file, s.file_offset, bytes)?;
             } else if !s.padding {
-                self.backend.write_at(s.file, s.file_offset, bytes)?;
+                self.write_at(s.file, s.file_offset, bytes)?;
                 WRITTEN.fetch_add(s.len as u64, Ordering::Relaxed);
             }
         }
@@ -358,13 +416,13 @@ impl TorrentStorage {
 
     /// A file linked in from another torrent's data that another name still holds.
     fn shared_file(&self, file: usize) -> bool {
-        self.linked.get(file).copied().unwrap_or(false) && self.backend.links(file).unwrap_or(1) > 1
+        self.linked.get(file).copied().unwrap_or(false) && self.links(file).unwrap_or(1) > 1
     }
 
     /// A write into a shared file: the bytes must be there already.
     fn same_bytes(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut there = vec![0u8; data.len()];
-        self.backend.read_at(file, offset, &mut there)?;
+        self.read_at(file, offset, &mut there)?;
         if there != data {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -381,7 +439,7 @@ impl TorrentStorage {
             if s.padding {
                 dst.fill(0);
             } else {
-                self.backend.read_at(s.file, s.file_offset, dst)?;
+                self.read_at(s.file, s.file_offset, dst)?;
                 READ.fetch_add(s.len as u64, Ordering::Relaxed);
             }
         }
@@ -392,7 +450,7 @@ impl TorrentStorage {
     pub fn flush(&self, offset: u64, len: usize) -> io::Result<()> {
         for s in self.layout.segments(offset, len) {
             if !s.padding {
-                self.backend.flush(s.file, s.file_offset, s.len)?;
+                self.flush_file(s.file, s.file_offset, s.len)?;
             }
         }
         Ok(())
@@ -407,7 +465,7 @@ impl TorrentStorage {
             if s.padding {
                 hasher.update(vec![0u8; s.len]);
             } else {
-                self.backend.hash_range(s.file, s.file_offset, s.len, &mut hasher)?;
+                self.hash_range(s.file, s.file_offset, s.len, &mut hasher)?;
                 READ.fetch_add(s.len as u64, Ordering::Relaxed);
             }
         }
@@ -422,70 +480,212 @@ impl TorrentStorage {
     }
 }
 
-/// One file's mapping.
-struct MappedFile {
-    /// Kept to check the length and to map the file again; replaced when
-    /// the file was recreated.
-    file: RwLock<File>,
-    len: u64,
-    map: MmapRaw,
-    /// A copy faulted (the file shrank under it): zero pages may sit where
-    /// the file's pages were, so the mapping is not trusted until the file
-    /// is whole again and mapped anew over the same addresses.
-    stale: AtomicBool,
-}
-
-struct MmapBackend {
-    maps: Vec<Option<MappedFile>>,
-}
-
-impl MmapBackend {
-    fn new(files: Vec<Option<(File, u64)>>) -> io::Result<MmapBackend> {
-        sigbus::install();
-        let maps = files
-            .into_iter()
-            .map(|f| match f {
-                Some((file, len)) if len > 0 => {
-                    let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
-                    Ok(Some(MappedFile { file: RwLock::new(file), len, map, stale: AtomicBool::new(false) }))
-                }
-                _ => Ok(None),
-            })
-            .collect::<io::Result<_>>()?;
-        Ok(MmapBackend { maps })
+/// File access through the pool; offsets are within the file.
+impl TorrentStorage {
+    fn slot(&self, i: usize) -> io::Result<&FileSlot> {
+        self.files.get(i).and_then(Option::as_ref).ok_or_else(|| io::Error::other("access to a padding file"))
     }
 
-    /// The mapping for `file`, once the range is known to be inside it and
-    /// inside the file as it is now, and the mapping is trustworthy. The
-    /// length check catches a file cut short within a page (which reads as
-    /// zeros, no fault); the guard around each copy catches one cut short
-    /// after the check.
-    fn checked(&self, file: usize, offset: u64, len: usize) -> io::Result<&MappedFile> {
-        let m = self.maps[file].as_ref().ok_or_else(|| io::Error::other("access to an unmapped file"))?;
+    fn key(&self, i: usize) -> pool::Key {
+        (self.id, i)
+    }
+
+    /// File `i`'s handle, opened again if the pool closed it.
+    fn handle(&self, i: usize) -> io::Result<Arc<Opened>> {
+        let slot = self.slot(i)?;
+        self.pool.get(self.key(i), || self.open_again(slot))
+    }
+
+    /// Opens a file of this storage again, by the same rules as the first
+    /// time (no link on the way, a regular file), and only if it is the
+    /// file opened then: one put in its place since is an error.
+    fn open_again(&self, slot: &FileSlot) -> io::Result<Opened> {
+        let place = crate::locks::locked(&self.place).clone();
+        let named = |e: io::Error| {
+            let mut path = place.top();
+            path.extend(slot.path.iter().skip(1));
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        };
+        let (dirs, name) = slot_names(&place, &slot.path);
+        let dir = nofollow::open_place_dir(&place, false).and_then(|root| nofollow::walk(root.as_fd(), &dirs));
+        let file = nofollow::open_file(dir.map_err(named)?.as_fd(), name, !self.read_only).map_err(named)?;
+        let now = Known::of(&file)?;
+        {
+            let mut known = crate::locks::locked(&slot.known);
+            if !known.same(&now.stamp, now.born) {
+                return Err(named(io::Error::other("another file was put in its place since it was opened")));
+            }
+            *known = now;
+        }
+        self.opened(file, slot.len)
+    }
+
+    /// A handle over `file`, mapped with the mmap backend.
+    fn opened(&self, file: File, len: u64) -> io::Result<Opened> {
+        let map = match self.kind {
+            BackendKind::Mmap if len > 0 => {
+                Some(Mapping::new(MmapOptions::new().len(len as usize).map_raw(&file)?, len))
+            }
+            _ => None,
+        };
+        Ok(Opened { file, map })
+    }
+
+    /// The stamp and birth of file `slot` found under its name now, if it
+    /// can be reached without a link.
+    fn by_name(&self, slot: &FileSlot) -> Option<(FileStamp, Option<Birth>)> {
+        let place = crate::locks::locked(&self.place).clone();
+        let (dirs, name) = slot_names(&place, &slot.path);
+        let root = nofollow::open_place_dir(&place, false).ok()?;
+        let at = nofollow::walk(root.as_fd(), &dirs).ok()?;
+        let stamp = nofollow::stamp_at(at.as_fd(), name).ok().flatten()?;
+        Some((stamp, birth(at.as_fd(), name)))
+    }
+
+    /// File `i` as open now, or as last seen open (when closed and its
+    /// name no longer holds the same file).
+    fn stamp(&self, i: usize) -> Option<FileStamp> {
+        let slot = self.files.get(i)?.as_ref()?;
+        let now = match self.pool.peek(self.key(i)) {
+            Some(h) => file_stamp(&h.file).map(|s| (s, None)),
+            None => self.by_name(slot),
+        };
+        let mut known = crate::locks::locked(&slot.known);
+        match now {
+            Some((now, born)) if known.same(&now, born) => {
+                known.stamp = now;
+                Some(now)
+            }
+            _ => Some(known.stamp),
+        }
+    }
+
+    /// Whether `found` under file `i`'s name is another file than ours.
+    fn replaced(&self, i: usize, found: &FileStamp) -> bool {
+        let Some(slot) = self.files.get(i).and_then(Option::as_ref) else { return false };
+        match self.pool.peek(self.key(i)) {
+            // Held open: its inode number cannot have been reused.
+            Some(h) => file_stamp(&h.file).is_some_and(|s| !s.same_file(found)),
+            None => {
+                let born = self.by_name(slot).and_then(|(_, born)| born);
+                !crate::locks::locked(&slot.known).same(found, born)
+            }
+        }
+    }
+
+    /// How many names file `i` has (hard links).
+    fn links(&self, i: usize) -> Option<u64> {
+        Some(std::os::unix::fs::MetadataExt::nlink(&self.handle(i).ok()?.file.metadata().ok()?))
+    }
+
+    /// Puts `fresh` (the file recreated, grown back to full size, or
+    /// copied elsewhere) in the place of the one opened before.
+    fn reopen(&self, i: usize, fresh: File) -> io::Result<()> {
+        let Some(slot) = self.files.get(i).and_then(Option::as_ref) else { return Ok(()) };
+        *crate::locks::locked(&slot.known) = Known::of(&fresh)?;
+        self.pool.replace(self.key(i), self.opened(fresh, slot.len)?);
+        Ok(())
+    }
+
+    /// File `i`'s mapped handle, once the range is known to be inside the
+    /// mapping and inside the file as it is now, and the mapping is
+    /// trustworthy. The length check catches a file cut short within a
+    /// page (which reads as zeros, no fault); the guard around each copy
+    /// catches one cut short after the check.
+    fn mapped(&self, i: usize, offset: u64, len: usize) -> io::Result<Arc<Opened>> {
+        let slot = self.slot(i)?;
         let end = offset + len as u64;
-        if end > m.len {
+        if end > slot.len {
             return Err(io::Error::other("access beyond the end of the file"));
         }
-        let actual = m.file.read().unwrap().metadata()?.len();
-        if actual < end || (actual < m.len && m.stale.load(Ordering::Acquire)) {
-            return Err(truncated(Some(actual), m.len));
+        let mut h = self.handle(i)?;
+        let m = h.map.as_ref().ok_or_else(|| io::Error::other("access to an unmapped file"))?;
+        let actual = h.file.metadata()?.len();
+        let stale = m.stale.load(Ordering::Acquire);
+        if actual < end || (actual < slot.len && stale) {
+            return Err(truncated(Some(actual), slot.len));
         }
-        if m.stale.load(Ordering::Acquire) {
-            map_again(m, &m.file.write().unwrap())?;
+        if stale {
+            // Zero pages may be in it: the file, whole again, is mapped anew.
+            self.pool.discard(self.key(i), &h);
+            h = self.handle(i)?;
         }
-        Ok(m)
+        Ok(h)
     }
 
-    /// Runs a copy touching `len` bytes of the mapping at `offset` under the
-    /// SIGBUS guard; a fault marks the mapping stale and becomes an error.
-    fn guarded<T>(&self, m: &MappedFile, offset: u64, len: usize, copy: impl FnOnce(*mut u8) -> T) -> io::Result<T> {
-        // SAFETY: offset is inside the mapping (checked by the caller).
-        let at = unsafe { m.map.as_mut_ptr().add(offset as usize) };
-        sigbus::guarded(at, len, || copy(at)).map_err(|sigbus::Faulted| {
-            m.stale.store(true, Ordering::Release);
-            truncated(None, m.len)
-        })
+    fn write_at(&self, i: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.kind == BackendKind::File {
+            return self.handle(i)?.file.write_all_at(data, offset);
+        }
+        let h = self.mapped(i, offset, data.len())?;
+        let m = h.map.as_ref().expect("checked by mapped");
+        populate_for_write(&m.map, offset as usize, data.len());
+        m.dirty.store(true, Ordering::Release);
+        // SAFETY: the range is inside the mapping (checked). Pieces are
+        // disjoint ranges and each piece is written by one disk job, so no two
+        // threads write the same bytes at once.
+        guarded(m, offset, data.len(), |at| unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at, data.len()) })
     }
+
+    fn read_at(&self, i: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.kind == BackendKind::File {
+            // A file cut short reads as an early end, never as the missing bytes.
+            return self.handle(i)?.file.read_exact_at(buf, offset);
+        }
+        let h = self.mapped(i, offset, buf.len())?;
+        let m = h.map.as_ref().expect("checked by mapped");
+        // SAFETY: in range (checked); readers only see verified pieces, which
+        // are never written again.
+        guarded(m, offset, buf.len(), |at| unsafe { std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), buf.len()) })
+    }
+
+    fn flush_file(&self, i: usize, offset: u64, len: usize) -> io::Result<()> {
+        if self.kind == BackendKind::File {
+            return self.handle(i)?.file.sync_data();
+        }
+        let h = self.mapped(i, offset, len)?;
+        h.map.as_ref().expect("checked by mapped").map.flush_range(offset as usize, len)
+    }
+
+    /// Feeds a range to `hasher`: straight from the mapping, or read in chunks.
+    fn hash_range(&self, i: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
+        if self.kind == BackendKind::File {
+            let mut buf = vec![0u8; len.min(1 << 16)];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buf.len());
+                self.read_at(i, offset + done as u64, &mut buf[..n])?;
+                hasher.update(&buf[..n]);
+                done += n;
+            }
+            return Ok(());
+        }
+        let h = self.mapped(i, offset, len)?;
+        let m = h.map.as_ref().expect("checked by mapped");
+        // SAFETY: in range (checked); hashed straight from the mapping on a
+        // disk thread, so no copy and no page fault on an async worker.
+        guarded(m, offset, len, |at| hasher.update(unsafe { std::slice::from_raw_parts(at, len) }))
+    }
+}
+
+/// The folders from `place.dir` down to a file at `path` (the metainfo's,
+/// the torrent's name first), and the file's own name.
+fn slot_names<'a>(place: &'a Place, path: &'a [String]) -> (Vec<&'a str>, &'a str) {
+    let mut all: Vec<&str> =
+        std::iter::once(place.name.as_str()).chain(path.iter().skip(1).map(String::as_str)).collect();
+    let file = all.pop().expect("the item's name at least");
+    (all, file)
+}
+
+/// Runs a copy touching `len` bytes of the mapping at `offset` under the
+/// SIGBUS guard; a fault marks the mapping stale and becomes an error.
+fn guarded<T>(m: &Mapping, offset: u64, len: usize, copy: impl FnOnce(*mut u8) -> T) -> io::Result<T> {
+    // SAFETY: offset is inside the mapping (checked by the caller).
+    let at = unsafe { m.map.as_mut_ptr().add(offset as usize) };
+    sigbus::guarded(at, len, || copy(at)).map_err(|sigbus::Faulted| {
+        m.stale.store(true, Ordering::Release);
+        truncated(None, m.len)
+    })
 }
 
 fn truncated(actual: Option<u64>, expected: u64) -> io::Error {
@@ -494,80 +694,6 @@ fn truncated(actual: Option<u64>, expected: u64) -> io::Error {
         None => format!("file was truncated while in use (expected {expected} bytes)"),
     };
     io::Error::new(io::ErrorKind::UnexpectedEof, msg)
-}
-
-/// Maps `file` over `m`'s addresses, replacing whatever the SIGBUS guard
-/// put there, and trusts the mapping again.
-fn map_again(m: &MappedFile, file: &File) -> io::Result<()> {
-    // SAFETY: the range is exactly our own mapping (same address and length,
-    // shared, read-write like the original); MAP_FIXED swaps its pages in one
-    // step, so a concurrent reader sees either the old or the new pages.
-    let r = unsafe {
-        libc::mmap(
-            m.map.as_mut_ptr().cast(),
-            m.len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if r == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    m.stale.store(false, Ordering::Release);
-    Ok(())
-}
-
-impl FileBackend for MmapBackend {
-    fn write_at(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
-        let m = self.checked(file, offset, data.len())?;
-        populate_for_write(&m.map, offset as usize, data.len());
-        // SAFETY: the range is inside the mapping (checked). Pieces are
-        // disjoint ranges and each piece is written by one disk job, so no two
-        // threads write the same bytes at once.
-        self.guarded(m, offset, data.len(), |at| unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), at, data.len())
-        })
-    }
-
-    fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let m = self.checked(file, offset, buf.len())?;
-        // SAFETY: in range (checked); readers only see verified pieces, which
-        // are never written again.
-        self.guarded(m, offset, buf.len(), |at| unsafe {
-            std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), buf.len())
-        })
-    }
-
-    fn flush(&self, file: usize, offset: u64, len: usize) -> io::Result<()> {
-        let m = self.checked(file, offset, len)?;
-        m.map.flush_range(offset as usize, len)
-    }
-
-    fn hash_range(&self, file: usize, offset: u64, len: usize, hasher: &mut Sha1) -> io::Result<()> {
-        let m = self.checked(file, offset, len)?;
-        // SAFETY: in range (checked); hashed straight from the mapping on a
-        // disk thread, so no copy and no page fault on an async worker.
-        self.guarded(m, offset, len, |at| hasher.update(unsafe { std::slice::from_raw_parts(at, len) }))
-    }
-
-    fn stamp(&self, file: usize) -> Option<FileStamp> {
-        let m = self.maps[file].as_ref()?;
-        file_stamp(&m.file.read().unwrap())
-    }
-    fn links(&self, file: usize) -> Option<u64> {
-        let m = self.maps[file].as_ref()?;
-        Some(std::os::unix::fs::MetadataExt::nlink(&m.file.read().unwrap().metadata().ok()?))
-    }
-
-    fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
-        let Some(m) = self.maps[file].as_ref() else { return Ok(()) };
-        let mut held = m.file.write().unwrap();
-        map_again(m, &fresh)?;
-        *held = fresh;
-        Ok(())
-    }
 }
 
 fn file_stamp(f: &File) -> Option<FileStamp> {
@@ -586,44 +712,6 @@ fn populate_for_write(map: &MmapRaw, offset: usize, len: usize) {
     // contents, it only makes the pages resident and writable.
     unsafe {
         libc::madvise(map.as_mut_ptr().add(start).cast(), end - start, MADV_POPULATE_WRITE);
-    }
-}
-
-struct PlainBackend {
-    /// Behind a lock only so a recreated file can take the old one's place.
-    files: Vec<Option<RwLock<File>>>,
-}
-
-impl PlainBackend {
-    fn file(&self, file: usize) -> io::Result<std::sync::RwLockReadGuard<'_, File>> {
-        let f = self.files[file].as_ref().ok_or_else(|| io::Error::other("access to a padding file"))?;
-        Ok(f.read().unwrap())
-    }
-}
-
-impl FileBackend for PlainBackend {
-    fn write_at(&self, file: usize, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file(file)?.write_all_at(data, offset)
-    }
-    fn read_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        // A file cut short reads as an early end, never as the missing bytes.
-        self.file(file)?.read_exact_at(buf, offset)
-    }
-    fn flush(&self, file: usize, _offset: u64, _len: usize) -> io::Result<()> {
-        self.file(file)?.sync_data()
-    }
-    fn stamp(&self, file: usize) -> Option<FileStamp> {
-        file_stamp(&self.files[file].as_ref()?.read().unwrap())
-    }
-    fn links(&self, file: usize) -> Option<u64> {
-        Some(std::os::unix::fs::MetadataExt::nlink(&self.files[file].as_ref()?.read().unwrap().metadata().ok()?))
-    }
-
-    fn reopen(&self, file: usize, fresh: File) -> io::Result<()> {
-        if let Some(f) = &self.files[file] {
-            *f.write().unwrap() = fresh;
-        }
-        Ok(())
     }
 }
 
@@ -739,6 +827,102 @@ mod tests {
         std::os::unix::fs::symlink(&victim, root.path().join("dir/a")).unwrap();
         assert!(TorrentStorage::open(&at(root.path(), &meta), &meta, BackendKind::File).is_err());
         assert_eq!(std::fs::read(&victim).unwrap(), b"x");
+    }
+
+    /// Three files of 16 bytes, one piece each.
+    fn three() -> Metainfo {
+        let files: String = ["a", "b", "c"].iter().map(|n| format!("d6:lengthi16e4:pathl1:{n}ee")).collect();
+        let info = format!("d5:filesl{files}e4:name3:tri12:piece lengthi16e6:pieces60:{}e", "a".repeat(60));
+        Metainfo::from_torrent_bytes(&torrent(&info)).unwrap()
+    }
+
+    /// `three()` opened in `dir` with a pool of `budget` handles.
+    fn pooled(dir: &Path, kind: BackendKind, budget: usize) -> (Arc<FilePool>, TorrentStorage, Metainfo) {
+        let meta = three();
+        let pool = Arc::new(FilePool::new(budget));
+        let s = TorrentStorage::open(&at(dir, &meta), &meta, kind).unwrap().in_pool(&pool);
+        (pool, s, meta)
+    }
+
+    fn is_open(pool: &FilePool, s: &TorrentStorage, i: usize) -> bool {
+        pool.peek(s.key(i)).is_some()
+    }
+
+    #[test]
+    fn the_pool_closes_the_least_recently_used_file_and_opens_it_again_on_demand() {
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let (pool, s, _) = pooled(dir.path(), kind, 2);
+            assert!(pool.is_empty(), "nothing held open once opened");
+            let data: Vec<u8> = (1..=48).collect();
+            s.write(0, &data[..16]).unwrap();
+            s.write(16, &data[16..32]).unwrap();
+            s.write(0, &data[..16]).unwrap(); // a used again: b is now the oldest
+            s.write(32, &data[32..]).unwrap();
+            assert_eq!(pool.len(), 2);
+            assert!(is_open(&pool, &s, 0) && !is_open(&pool, &s, 1) && is_open(&pool, &s, 2), "{kind:?}");
+            let mut back = vec![0u8; 48];
+            s.read(0, &mut back).unwrap();
+            assert_eq!(back, data, "{kind:?}: b opened again for the read");
+            assert!(pool.len() <= 2);
+            drop(s);
+            assert!(pool.is_empty(), "a storage dropped closes its files");
+        }
+    }
+
+    #[test]
+    fn a_file_replaced_or_deleted_while_closed_is_never_read_and_is_found_gone() {
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let (pool, s, meta) = pooled(dir.path(), kind, 1);
+            s.write(0, &[7u8; 48]).unwrap();
+            assert!(!is_open(&pool, &s, 0) && !is_open(&pool, &s, 1));
+            let (a, b) = (dir.path().join("tri/a"), dir.path().join("tri/b"));
+            // Another file of the same size takes a's name; b is deleted.
+            std::fs::remove_file(&a).unwrap();
+            std::fs::write(&a, [9u8; 16]).unwrap();
+            std::fs::remove_file(&b).unwrap();
+            let mut buf = [0u8; 16];
+            let e = s.read(0, &mut buf).unwrap_err();
+            assert!(e.to_string().contains("another file was put in its place"), "{kind:?}: {e}");
+            assert!(e.to_string().contains(&a.display().to_string()), "{e}");
+            assert_eq!(s.read(16, &mut buf).unwrap_err().kind(), io::ErrorKind::NotFound, "{kind:?}");
+            assert_eq!(s.files_gone(&at(dir.path(), &meta), &meta), vec![0, 1], "{kind:?}");
+            // Restored: used again, and stamped as the new files.
+            s.restore_files(&at(dir.path(), &meta), &meta, &[0, 1]).unwrap();
+            assert!(s.files_gone(&at(dir.path(), &meta), &meta).is_empty());
+            s.read(0, &mut buf).unwrap();
+            assert_eq!(buf, [9u8; 16]);
+        }
+    }
+
+    #[test]
+    fn a_handle_in_use_is_never_closed_under_its_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, s, _) = pooled(dir.path(), BackendKind::Mmap, 1);
+        let held = s.handle(0).unwrap();
+        s.write(16, &[1u8; 16]).unwrap();
+        s.write(32, &[2u8; 16]).unwrap();
+        assert!(pool.peek(s.key(0)).is_some_and(|h| Arc::ptr_eq(&h, &held)), "a in use, still open");
+        assert_eq!(pool.len(), 2, "over budget by the handle in use only");
+        drop(held);
+        s.write(16, &[1u8; 16]).unwrap();
+        assert!(!is_open(&pool, &s, 0), "closed once no longer in use");
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn a_mapping_written_through_is_flushed_before_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, s, _) = pooled(dir.path(), BackendKind::Mmap, 1);
+        let mut buf = [0u8; 16];
+        s.read(0, &mut buf).unwrap();
+        s.read(16, &mut buf).unwrap();
+        assert_eq!(pool.evictions(), (1, 0), "a clean mapping closes without msync");
+        s.write(16, &[5u8; 16]).unwrap();
+        s.read(32, &mut buf).unwrap();
+        assert_eq!(pool.evictions(), (2, 1), "the written mapping was flushed");
+        assert_eq!(std::fs::read(dir.path().join("tri/b")).unwrap(), [5u8; 16]);
     }
 
     #[test]

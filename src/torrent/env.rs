@@ -73,6 +73,8 @@ impl Env {
         let disk = Arc::new(DiskPool::new(config.storage.disk_threads, 64));
         // Match checks leave disk threads to the torrents seeding.
         let match_checks = Semaphore::new((disk.threads() / 2).max(1));
+        let budget = crate::storage::pool::raise_fd_limit(config.storage.max_open_files);
+        crate::storage::pool::FilePool::global().set_budget(budget);
         Ok(Env {
             peer_id: PeerId::generate(),
             listen_port,

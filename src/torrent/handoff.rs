@@ -100,7 +100,7 @@ pub fn finish_move(
     ctl: &MoveControl,
 ) -> io::Result<Place> {
     let settled = Place { settled: true, ..target.clone() };
-    match (nofollow::item_exists(from)?, nofollow::item_exists(target)?) {
+    let placed = match (nofollow::item_exists(from)?, nofollow::item_exists(target)?) {
         // Done before a restart (a same-filesystem rename is all or nothing).
         (false, true) => Ok(settled),
         (true, false) => move_item(meta, from, &settled, storage, ctl),
@@ -130,7 +130,12 @@ pub fn finish_move(
         // record said so): it belongs at the target, where the check for
         // missing data will find it gone and wait for the user.
         (false, false) => Ok(settled),
+    };
+    // Files closed by the pool are opened again from where the data is now.
+    if let (Ok(p), Some(s)) = (&placed, storage) {
+        s.moved_to(p);
     }
+    placed
 }
 
 /// The complete folder's place for a torrent now in `from`: the torrent's
@@ -166,6 +171,9 @@ fn move_item(
     }
     match fsutil::rename_noreplace(src.as_fd(), from.name.as_str(), dst.as_fd(), to.name.as_str()) {
         Ok(()) => {
+            if let Some(s) = storage {
+                s.moved_to(to);
+            }
             nofollow::sync(dst.as_fd())?;
             nofollow::sync(src.as_fd())?;
             Ok(to.clone())
@@ -227,6 +235,7 @@ fn copy_across(
     copy.confirm(meta, root, &placed)?;
     if let Some(s) = storage {
         s.relocate(meta, copy.written)?;
+        s.moved_to(&placed);
     }
     tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), to = %placed.top().display(), "copy verified and in place");
     remove_source(meta, from, &Expect::Stamps(&copy.sources))?;

@@ -280,6 +280,18 @@ impl Tracker {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    /// Adds many info hashes to the whitelist with one reload.
+    pub fn allow_all(&self, hashes: &[String]) {
+        let wl = self.dir.path().join("wl.txt");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&wl).unwrap();
+        for h in hashes {
+            writeln!(f, "{h}").unwrap();
+        }
+        drop(f);
+        self.proc.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     /// Scrape: (seeders, leechers, completed) as opentracker counts them.
     pub fn scrape(&self, hash: &str) -> Option<(u64, u64, u64)> {
         use std::io::Read;
@@ -497,6 +509,8 @@ pub struct Dropseed {
     pub config: PathBuf,
     pub port: u16,
     pub proc: Option<Proc>,
+    /// RLIMIT_NOFILE (soft and hard) the daemon starts under, if set.
+    pub nofile: Option<u64>,
 }
 
 impl Dropseed {
@@ -521,7 +535,7 @@ impl Dropseed {
             lg = d.join("logs").display(),
         );
         std::fs::write(&config, text).unwrap();
-        Dropseed { dir, config, port, proc: None }
+        Dropseed { dir, config, port, proc: None, nofile: None }
     }
 
     pub fn start_with(extra: &str) -> Dropseed {
@@ -538,15 +552,23 @@ impl Dropseed {
         for attempt in 1..=3 {
             let console = self.dir.path().join("console.log");
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&console).unwrap();
-            let child = Command::new(dropseed_bin())
-                .arg("run")
-                .arg("-c")
-                .arg(&self.config)
-                .env("NO_COLOR", "1")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start dropseed");
+            let mut cmd = Command::new(dropseed_bin());
+            cmd.arg("run").arg("-c").arg(&self.config).env("NO_COLOR", "1");
+            if let Some(n) = self.nofile {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: setrlimit is async-signal-safe; nothing else runs
+                // between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                        match libc::setrlimit(libc::RLIMIT_NOFILE, &lim) {
+                            0 => Ok(()),
+                            _ => Err(std::io::Error::last_os_error()),
+                        }
+                    });
+                }
+            }
+            let child = cmd.stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start dropseed");
             self.proc = Some(Proc(child));
             let sock = self.dir.path().join("state/control.sock");
             let deadline = Instant::now() + Duration::from_secs(30);
