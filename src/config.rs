@@ -428,6 +428,9 @@ pub struct Storage {
     pub max_open_files: usize,
 }
 
+/// `[storage] max_open_files` by default: torrent files open at once.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 512;
+
 impl Default for Storage {
     fn default() -> Storage {
         Storage {
@@ -435,7 +438,7 @@ impl Default for Storage {
             disk_threads: 0,
             piece_buffer: ByteSize(16 * 1024 * 1024),
             resume_interval_secs: 10,
-            max_open_files: crate::storage::pool::DEFAULT_BUDGET,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
         }
     }
 }

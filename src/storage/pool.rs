@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// `[storage] max_open_files` unless configured: well under the usual soft
 /// limit of 1,024, which also counts sockets, the state folder and logs.
-pub const DEFAULT_BUDGET: usize = 512;
+pub const DEFAULT_BUDGET: usize = crate::config::DEFAULT_MAX_OPEN_FILES;
 
 /// (storage id, file index).
 pub type Key = (u64, usize);
