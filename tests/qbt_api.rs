@@ -1094,7 +1094,7 @@ fn a_forced_start_downloads_outside_the_queue_and_is_kept() {
     let tracker = Tracker::start();
     // A has no seeder: it holds the slot (it never stalls in this test).
     let (a, a_hash, _) = tracked_torrent(&tracker, work.path(), "a.bin", 512 * 1024, 91);
-    let (b, b_hash, b_data) = tracked_torrent(&tracker, work.path(), "b.bin", 512 * 1024, 92);
+    let (b, b_hash, b_data) = tracked_torrent(&tracker, work.path(), "b.bin", 1024 * 1024, 92);
     let _seeder = Aria2::seed(&b, &b_data, &work.path().join("b.log"));
     tracker.wait_seeders(&b_hash, 1);
     let (mut d, port) = daemon_with_api_and("[limits]\nmax_active_downloads = 1\nstall_secs = 600\n");
@@ -1113,6 +1113,8 @@ fn a_forced_start_downloads_outside_the_queue_and_is_kept() {
     assert_eq!(api.post("stop", &format!("hashes={b_hash}")).status, 200);
     wait_for("b stopped", Duration::from_secs(20), || (state(&api, &b_hash) == "stoppedDL").then_some(()));
     assert_eq!(api.post("setForceStart", &format!("hashes={}&value=true", "0".repeat(40))).status, 404);
+    // Its own limit (256 KiB/s) makes it download for seconds: forcedDL is seen.
+    assert_eq!(api.post("setDownloadLimit", &format!("hashes={b_hash}&limit=262144")).status, 200);
     let r = api.post("setForceStart", &format!("hashes={b_hash}&value=true"));
     assert_eq!(r.status, 200, "{}", r.body);
     let mut seen = std::collections::BTreeSet::new();
@@ -1124,6 +1126,7 @@ fn a_forced_start_downloads_outside_the_queue_and_is_kept() {
         (t["state"] == "forcedUP").then_some(t)
     });
     assert_eq!(done["force_start"], true, "{done}");
+    assert!(seen.contains("forcedDL"), "{seen:?}");
     assert!(
         seen.iter().all(|s| matches!(
             s.as_str(),
