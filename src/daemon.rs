@@ -319,6 +319,7 @@ mod tests {
             borrowed: false,
             shared_with: Vec::new(),
             rate_limits: Default::default(),
+            force_start: false,
         }
     }
 

@@ -109,6 +109,10 @@ pub struct ResumeRecord {
     /// the global ones.
     #[serde(default, skip_serializing_if = "RateLimits::is_none")]
     pub rate_limits: RateLimits,
+    /// Forced start (the API's `setForceStart`): a download slot at once,
+    /// outside `[limits] max_active_downloads` (see `torrent::queue`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", with = "crate::storage::place::bool_as_int")]
+    pub force_start: bool,
 }
 
 /// A torrent's own rates in bytes/s; 0 = none (the global `[limits]` still hold).

@@ -599,9 +599,7 @@ fn missing_features_are_refused_plainly(api: &Session, _d: &Dropseed, hash: &str
         let r = post(path, &format!("hash={hash}&id=0&priority=0&oldPath=a&newPath=b"));
         assert_eq!(r.status, 409, "{path}: {}", r.body);
     }
-    let r = post("setForceStart", &format!("hashes={hash}&value=true"));
-    assert!(r.status == 409 && r.body.contains("no forced start"), "{}", r.body);
-    assert_eq!(post("setForceStart", &format!("hashes={hash}&value=false")).status, 200);
+    assert_eq!(post("setForceStart", &format!("hashes={}&value=true", "0".repeat(40))).status, 404);
     let r = post("setUploadLimit", &format!("hashes={hash}&limit=lots"));
     assert!(r.status == 400 && r.body.contains("limit"), "{}", r.body);
 }
@@ -1081,6 +1079,87 @@ fn the_queue_order_decides_which_download_starts() {
     assert_eq!(api.post("decreasePrio", &format!("hashes={a_hash}")).status, 200);
     let p = priorities(&api);
     assert_eq!([&a_hash, &b_hash, &d_hash].map(|h| p[h].0), [2, 1, 3]);
+}
+
+/// One download holds the only slot; a second, queued and then stopped,
+/// is force-started: it resumes, downloads beside the first (`forcedDL`)
+/// without taking its slot, completes (`forcedUP`), and stays forced
+/// across a restart until `value=false` clears it.
+#[test]
+fn a_forced_start_downloads_outside_the_queue_and_is_kept() {
+    if !Swarm::tools_present() {
+        return;
+    }
+    let work = tempdir();
+    let tracker = Tracker::start();
+    // A has no seeder: it holds the slot (it never stalls in this test).
+    let (a, a_hash, _) = tracked_torrent(&tracker, work.path(), "a.bin", 512 * 1024, 91);
+    let (b, b_hash, b_data) = tracked_torrent(&tracker, work.path(), "b.bin", 1024 * 1024, 92);
+    let _seeder = Aria2::seed(&b, &b_data, &work.path().join("b.log"));
+    tracker.wait_seeders(&b_hash, 1);
+    let (mut d, port) = daemon_with_api_and("[limits]\nmax_active_downloads = 1\nstall_secs = 600\n");
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let info = |api: &Session, h: &str| {
+        let list: serde_json::Value = serde_json::from_str(&api.get(&format!("info?hashes={h}")).body).unwrap();
+        list[0].clone()
+    };
+    let state = |api: &Session, h: &str| info(api, h)["state"].as_str().unwrap_or_default().to_string();
+    assert_eq!(add_file(port, &api.cookie, &std::fs::read(&a).unwrap(), "").body, "Ok.");
+    wait_for("a holding the slot", Duration::from_secs(20), || {
+        matches!(state(&api, &a_hash).as_str(), "downloading" | "stalledDL").then_some(())
+    });
+    assert_eq!(add_file(port, &api.cookie, &std::fs::read(&b).unwrap(), "").body, "Ok.");
+    wait_for("b queued", Duration::from_secs(20), || (state(&api, &b_hash) == "queuedDL").then_some(()));
+    assert_eq!(api.post("stop", &format!("hashes={b_hash}")).status, 200);
+    wait_for("b stopped", Duration::from_secs(20), || (state(&api, &b_hash) == "stoppedDL").then_some(()));
+    assert_eq!(api.post("setForceStart", &format!("hashes={}&value=true", "0".repeat(40))).status, 404);
+    // Its own limit (256 KiB/s) makes it download for seconds: forcedDL is seen.
+    assert_eq!(api.post("setDownloadLimit", &format!("hashes={b_hash}&limit=262144")).status, 200);
+    let r = api.post("setForceStart", &format!("hashes={b_hash}&value=true"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut seen = std::collections::BTreeSet::new();
+    let done = wait_for("b downloaded, forced", Duration::from_secs(90), || {
+        let t = info(&api, &b_hash);
+        seen.insert(t["state"].as_str().unwrap_or_default().to_string());
+        let a_now = state(&api, &a_hash);
+        assert!(matches!(a_now.as_str(), "downloading" | "stalledDL"), "a lost its slot: {a_now}");
+        (t["state"] == "forcedUP").then_some(t)
+    });
+    assert_eq!(done["force_start"], true, "{done}");
+    assert!(seen.contains("forcedDL"), "{seen:?}");
+    assert!(
+        seen.iter().all(|s| matches!(
+            s.as_str(),
+            "stoppedDL" | "checkingDL" | "queuedDL" | "forcedDL" | "moving" | "forcedUP"
+        )),
+        "{seen:?}"
+    );
+    assert_same_tree(&b_data, &d.download_dir());
+    // Kept across a restart.
+    d.stop();
+    d.start();
+    wait_for("the API listener", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok());
+    let api = Session { port, cookie: sid_of(&login(port, "correct%20horse")) };
+    let t = wait_for("b forced after the restart", Duration::from_secs(30), || {
+        let t = info(&api, &b_hash);
+        (t["state"] == "forcedUP").then_some(t)
+    });
+    assert_eq!(t["force_start"], true);
+    let maindata = |rid: u64| {
+        let r = Req::new(port, "GET", &format!("/api/v2/sync/maindata?rid={rid}")).header(&api.cookie).send(port);
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+    };
+    let rid = maindata(0)["rid"].as_u64().unwrap();
+    // `all` clears it: b seeds as any other, a still downloads.
+    assert_eq!(api.post("setForceStart", "hashes=all&value=false").status, 200);
+    let t = wait_for("b no longer forced", Duration::from_secs(20), || {
+        let t = info(&api, &b_hash);
+        matches!(t["state"].as_str(), Some("stalledUP" | "uploading")).then_some(t)
+    });
+    assert_eq!(t["force_start"], false);
+    let delta = maindata(rid);
+    assert_eq!(delta["torrents"][&b_hash]["force_start"], false, "sync/maindata carries the change: {delta}");
+    assert!(matches!(state(&api, &a_hash).as_str(), "downloading" | "stalledDL"));
 }
 
 /// A torrent's own upload limit, set through the API, is kept across a

@@ -1,8 +1,8 @@
 //! Where a torrent's data may be put through the API (`setLocation` moves
 //! it, see `session::relocate`), and the requests about it dropseed
 //! refuses for now, each with a plain reason:
-//! `renameFile`, `renameFolder`,
-//! `filePrio`, `setForceStart` (true).
+//! `renameFile`, `renameFolder`, `filePrio`. And `setForceStart`, which
+//! puts a torrent outside the download queue's limit (`torrent::queue`).
 //!
 //! Why a module: no path given through the API may reach outside the
 //! folders dropseed writes (`download_dir`, `incomplete_dir`, the category
@@ -15,6 +15,7 @@ use super::{hash_list, Api, Params};
 use crate::config::Config;
 use crate::session::relocate::Relocation;
 use crate::session::ErrorKind;
+use crate::torrent::task::Cmd;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -161,7 +162,11 @@ async fn no_file_priorities(State(api): State<Arc<Api>>, p: Params) -> Response 
     }
 }
 
-/// `value=false` asks for what is always so; `true` is refused.
+/// Forces or clears the start of every torrent named (`all`: every one);
+/// 404 if a named hash is not known. `value=true` then resumes those held,
+/// as qBittorrent does, through the same path as `torrents/start`. The
+/// flags are set in a task of their own: a client that hangs up does not
+/// stop it half-way.
 async fn set_force_start(State(api): State<Arc<Api>>, p: Params) -> Response {
     let known = hash_list(p.get("hashes"))
         .unwrap_or_default()
@@ -170,14 +175,19 @@ async fn set_force_start(State(api): State<Arc<Api>>, p: Params) -> Response {
     if !known {
         return status(StatusCode::NOT_FOUND, "Torrent hash was not found");
     }
-    if !p.flag("value") {
+    let (forced, hashes, session) = (p.flag("value"), super::torrents::targets(&api, &p), api.session.clone());
+    let _ = tokio::spawn(async move {
+        for hash in hashes {
+            if let Err(e) = session.set_force_start(hash, forced).await {
+                tracing::debug!(hash = %hash.short(), error = %e, "force start not carried out");
+            }
+        }
+    })
+    .await;
+    if !forced {
         return "".into_response();
     }
-    status(
-        StatusCode::CONFLICT,
-        "dropseed has no forced start: its download queue ([limits] max_active_downloads) always applies; \
-         use torrents/start",
-    )
+    super::torrents::run_command(&api, &p, || Cmd::Resume).await
 }
 
 #[cfg(test)]

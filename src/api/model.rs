@@ -85,6 +85,9 @@ pub fn state_name(t: &TorrentStatus) -> &'static str {
         // A torrent verifying data it seeds from (cross-seeding) never downloads.
         TorrentState::Checking if complete || t.borrowed => "checkingUP",
         TorrentState::Checking => "checkingDL",
+        // Forced (`setForceStart`), as qBittorrent: stalled or not.
+        TorrentState::Downloading if t.force_start => "forcedDL",
+        TorrentState::Seeding if t.force_start => "forcedUP",
         TorrentState::Downloading if t.download_rate > 0 => "downloading",
         TorrentState::Downloading => "stalledDL",
         TorrentState::Seeding if t.upload_rate > 0 => "uploading",
@@ -183,7 +186,7 @@ pub fn torrent_info(t: &TorrentStatus, complete_dir: &Path, now: u64) -> Torrent
         availability: if t.seeds > 0 { 1.0 } else { 0.0 },
         popularity: 0.0,
         reannounce: 0,
-        force_start: false,
+        force_start: t.force_start,
         auto_tmm: false,
         seq_dl: false,
         f_l_piece_prio: false,
@@ -354,6 +357,7 @@ mod tests {
             borrowed: false,
             shared_with: Vec::new(),
             rate_limits: Default::default(),
+            force_start: false,
         }
     }
 
@@ -381,6 +385,16 @@ mod tests {
         for (state, progress, down, up, want) in cases {
             assert_eq!(state_name(&status("x", state, progress, down, up)), want, "{state:?}");
         }
+    }
+
+    #[test]
+    fn forced_torrents_show_forced_states() {
+        let forced = |state, progress| TorrentStatus { force_start: true, ..status("f", state, progress, 0, 0) };
+        assert_eq!(state_name(&forced(TorrentState::Downloading, 0.5)), "forcedDL");
+        assert_eq!(state_name(&forced(TorrentState::Seeding, 1.0)), "forcedUP");
+        assert_eq!(state_name(&forced(TorrentState::Stopped, 1.0)), "stoppedUP", "stopped wins");
+        let i = info(&forced(TorrentState::Downloading, 0.5));
+        assert!(i.force_start && Filter::Downloading.accepts(&i));
     }
 
     #[test]

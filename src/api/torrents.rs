@@ -381,7 +381,7 @@ const COMMAND_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// its client or by the request timeout never cancels one half-way, and a
 /// torrent slow to reach its state does not hold up the others nor the
 /// answer, which comes once the commands are under way.
-async fn run_command(api: &Arc<Api>, p: &Params, cmd: fn() -> Cmd) -> Response {
+pub(super) async fn run_command(api: &Arc<Api>, p: &Params, cmd: fn() -> Cmd) -> Response {
     let hashes = targets(api, p);
     let session = api.session.clone();
     let driver = tokio::spawn(async move {

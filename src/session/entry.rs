@@ -104,6 +104,7 @@ impl MagnetEntry {
             borrowed: false,
             shared_with: Vec::new(),
             rate_limits: Default::default(),
+            force_start: false,
         }
     }
 }

@@ -631,12 +631,28 @@ impl Session {
         r.map(|_| CommandOutcome::Reached(named, Metadata)).map_err(io)
     }
 
+    /// Forces a torrent's start (a download slot outside the queue's
+    /// limit, kept in its record), or clears the force. It does not resume
+    /// a held torrent: `command(Resume)` does. A magnet fetching its
+    /// metadata has no slot to force: nothing changes.
+    pub async fn set_force_start(&self, hash: InfoHash, forced: bool) -> Result<(), SessionError> {
+        let Some(t) = self.torrent(&hash) else {
+            return self.registry().get(&hash).map(|_| ()).ok_or_else(|| not_managed(&hash));
+        };
+        if t.with_record(|r| r.force_start) != forced {
+            t.set_force_start(forced);
+            t.save_resume(false).await;
+        }
+        Ok(())
+    }
+
     /// Removes a torrent (and with `delete_data`, its files).
     pub async fn remove(&self, hash: InfoHash, delete_data: bool) -> Result<Removed, SessionError> {
         let named = self.named(&hash)?;
         // The slot stays reserved until the reservation drops at the end.
         let (_reservation, entry) = self.registry.take(&hash).ok_or(SessionError::Busy(hash))?;
         self.env.queue().leave(&hash);
+        self.env.queue().set_forced(hash, false);
         let dir = self.env.state_dir().to_path_buf();
         let result = match entry {
             Entry::Magnet(mut m) => {

@@ -310,7 +310,8 @@ impl<'a> Active<'a> {
             received: self.shared.received.load(Ordering::Relaxed),
             have: self.shared.lock().have().count(),
             downloading,
-            others_queued: env.queued().load(Ordering::Relaxed) > 0,
+            // A forced download never yields its slot: it would get it back at once.
+            others_queued: env.queued().load(Ordering::Relaxed) > 0 && !self.shared.status_cell().record.force_start,
             seeding,
             idle: seeding && self.peers.is_empty() && !self.book.has_queued(),
             stall_after: Duration::from_secs(config.limits.stall_secs),

@@ -243,6 +243,9 @@ impl TorrentShared {
             // Paused or not, an incomplete torrent has its place in the queue.
             env.queue().join(meta.info_hash);
         }
+        if record.force_start {
+            env.queue().set_forced(meta.info_hash, true);
+        }
         let shared = Arc::new(TorrentShared {
             downloaded: AtomicU64::new(record.downloaded),
             uploaded: AtomicU64::new(record.uploaded),
@@ -358,6 +361,13 @@ impl TorrentShared {
     /// When `bytes` may be sent: under the global upload limit and the torrent's own.
     pub fn reserve_upload(&self, bytes: u64) -> Option<Instant> {
         later(self.env.upload_limit().reserve(bytes), self.upload_limit.reserve(bytes))
+    }
+
+    /// Forces the torrent's start, or clears it (kept with the next resume
+    /// save); a forced torrent downloads outside the queue's limit.
+    pub fn set_force_start(&self, forced: bool) {
+        self.env.queue().set_forced(self.meta.info_hash, forced);
+        self.with_record(|r| r.force_start = forced);
     }
 
     /// Sets the torrent's own rate limits (kept with the next resume save).
@@ -653,6 +663,7 @@ impl TorrentShared {
             borrowed: s.record.borrowed,
             shared_with: Vec::new(),
             rate_limits: s.record.rate_limits,
+            force_start: s.record.force_start,
         }
     }
 }
@@ -735,6 +746,9 @@ pub struct TorrentStatus {
     /// Its own rate limits (bytes/s, 0 = none).
     #[serde(default, skip_serializing_if = "crate::resume::RateLimits::is_none")]
     pub rate_limits: crate::resume::RateLimits,
+    /// Started by force, outside the download queue's limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_start: bool,
 }
 
 /// A torrent's times from its resume record: Unix seconds (0 = not yet).

@@ -9,6 +9,11 @@
 //! move ahead of it (no preemption): it yields it when done, stalled or
 //! paused, as before. The list is written to `state_dir/queue` (one hex
 //! hash a line) on every change, so the order survives a restart.
+//!
+//! A forced torrent (the API's `setForceStart`) gets a slot at once,
+//! outside the limit: forced slots are not counted against it, so the
+//! others keep theirs and their order. Cleared, a running torrent keeps its
+//! slot (now counted); a waiting one waits its turn again.
 
 use crate::locks::locked;
 use crate::types::InfoHash;
@@ -49,6 +54,9 @@ struct State {
     /// Gave up their slot, stalled: behind every other waiting torrent
     /// until they get one again.
     yielded: HashSet<InfoHash>,
+    /// Forced: a slot at once, not counted against `limit`. Kept while
+    /// complete too (a recheck may make the torrent download again).
+    forced: HashSet<InfoHash>,
     /// Downloads at once; 0 = no limit (queueing off).
     limit: usize,
     /// Counts changes of `order`.
@@ -60,9 +68,13 @@ impl State {
     /// yielded first, then by their place in the order. Once per change,
     /// not once per waiter.
     fn grant(&mut self) {
+        let forced: Vec<InfoHash> =
+            self.waiting.intersection(&self.forced).filter(|h| !self.running.contains(h)).copied().collect();
+        self.running.extend(forced);
+        let counted = self.running.iter().filter(|h| !self.forced.contains(h)).count();
         let mut free = match self.limit {
             0 => usize::MAX,
-            n => n.saturating_sub(self.running.len()),
+            n => n.saturating_sub(counted),
         };
         if free == 0 || self.waiting.len() <= self.running.intersection(&self.waiting).count() {
             return;
@@ -163,6 +175,18 @@ impl DownloadQueue {
         let at = at.unwrap_or(s.order.len());
         s.order.insert(at, hash);
         self.changed_order(s);
+    }
+
+    /// Forces a torrent's start (see the module's header), or clears it.
+    pub fn set_forced(&self, hash: InfoHash, forced: bool) {
+        let mut s = locked(&self.state);
+        let changed = if forced { s.forced.insert(hash) } else { s.forced.remove(&hash) };
+        if !changed {
+            return;
+        }
+        s.grant();
+        drop(s);
+        self.changed.notify_waiters();
     }
 
     /// A download gave up its slot for want of data: the others waiting
@@ -328,6 +352,34 @@ mod tests {
         assert!(!one.is_finished());
         drop(got);
         one.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_forced_torrent_starts_outside_the_limit() {
+        let q = Arc::new(DownloadQueue::new(1, None));
+        let first = q.acquire(h(1)).await;
+        let (q2, q3) = (q.clone(), q.clone());
+        let two = tokio::spawn(async move { q2.acquire(h(2)).await });
+        let three = tokio::spawn(async move { q3.acquire(h(3)).await });
+        tokio::task::yield_now().await;
+        q.set_forced(h(3), true);
+        let wait = std::time::Duration::from_secs(5);
+        let forced = tokio::time::timeout(wait, three).await.expect("the forced one starts at once").unwrap();
+        assert!(!two.is_finished(), "the limit still holds for the others");
+        // The forced slot is not counted: the next slot freed goes to 2.
+        drop(first);
+        let second = tokio::time::timeout(wait, two).await.expect("2 got the freed slot").unwrap();
+        // Cleared while running: it keeps its slot, now counted, so a
+        // fourth waits for one of them.
+        q.set_forced(h(3), false);
+        let q4 = q.clone();
+        let four = tokio::spawn(async move { q4.acquire(h(4)).await });
+        tokio::task::yield_now().await;
+        drop(second);
+        tokio::task::yield_now().await;
+        assert!(!four.is_finished(), "3 counts against the limit again");
+        drop(forced);
+        tokio::time::timeout(wait, four).await.expect("4 gets 3's slot").unwrap();
     }
 
     #[test]
