@@ -27,6 +27,11 @@ if [ -n "$INSTANCE" ]; then
         echo "install.sh: INSTANCE must be letters, digits, _ or - (and not 'dropseed'): got '$INSTANCE'" >&2
         exit 1
         ;;
+    watch | downloads | incomplete | state | logs)
+        # /var/lib/dropseed/NAME would be one of the first daemon's folders.
+        echo "install.sh: INSTANCE '$INSTANCE' is the name of one of the first daemon's folders; choose another" >&2
+        exit 1
+        ;;
     esac
     DATA=/var/lib/dropseed/$INSTANCE
     CONFIG=/etc/dropseed/$INSTANCE.toml

@@ -137,7 +137,11 @@ fn two_thousand_multi_file_torrents_seed_under_a_limit_of_1024_descriptors() {
         std::thread::sleep(Duration::from_secs(1));
     }
     assert!(std::time::Instant::now() < deadline, "not every torrent seeding after 120 s");
-    eprintln!("all {TORRENTS} seeding after {:.1?}; most fds so far {}", t0.elapsed(), most.all.load(Ordering::Relaxed));
+    eprintln!(
+        "all {TORRENTS} seeding after {:.1?}; most fds so far {}",
+        t0.elapsed(),
+        most.all.load(Ordering::Relaxed)
+    );
 
     // A peer downloads three of them (every file of each read back).
     let work = common::tempdir();

@@ -562,7 +562,15 @@ pub fn hash_list(s: &str) -> Option<Vec<String>> {
     if s == "all" {
         return None;
     }
-    Some(s.split('|').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).take(10_000).collect())
+    // Each once: `H|H` is one request for H, not two racing each other.
+    let mut seen = std::collections::HashSet::new();
+    Some(
+        s.split('|')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty() && seen.insert(h.clone()))
+            .take(10_000)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -619,5 +627,6 @@ mod tests {
     fn hash_lists() {
         assert_eq!(hash_list("all"), None);
         assert_eq!(hash_list("AB|cd||"), Some(vec!["ab".into(), "cd".into()]));
+        assert_eq!(hash_list("ab|AB|cd|ab"), Some(vec!["ab".into(), "cd".into()]), "each once");
     }
 }

@@ -611,8 +611,14 @@ impl Session {
             (Cmd::Pause | Cmd::Resume, _) => {}
             _ => return Err(SessionError::NotApplicable(named, "has no data to check until its metadata arrives")),
         }
-        let Some((reservation, Entry::Magnet(mut m))) = self.registry.take(hash) else {
-            return Err(SessionError::Busy(*hash));
+        let (reservation, mut m) = match self.registry.take(hash) {
+            Some((reservation, Entry::Magnet(m))) => (reservation, m),
+            // Became a torrent meanwhile (its metadata arrived): put back.
+            Some((reservation, other)) => {
+                reservation.commit(other);
+                return Err(SessionError::Busy(*hash));
+            }
+            None => return Err(SessionError::Busy(*hash)),
         };
         let io = |e: std::io::Error| SessionError::Io(e.to_string());
         if matches!(cmd, Cmd::Pause) {
@@ -651,8 +657,6 @@ impl Session {
         let named = self.named(&hash)?;
         // The slot stays reserved until the reservation drops at the end.
         let (_reservation, entry) = self.registry.take(&hash).ok_or(SessionError::Busy(hash))?;
-        self.env.queue().leave(&hash);
-        self.env.queue().set_forced(hash, false);
         let dir = self.env.state_dir().to_path_buf();
         let result = match entry {
             Entry::Magnet(mut m) => {
@@ -668,6 +672,10 @@ impl Session {
             }
             Entry::Reserved(_) => Err(SessionError::Busy(hash)),
         };
+        // After the task stopped: one reaching its queue meanwhile would
+        // have joined it again.
+        self.env.queue().leave(&hash);
+        self.env.queue().set_forced(hash, false);
         result
     }
 

@@ -364,16 +364,27 @@ impl TorrentStorage {
         meta.files.iter().enumerate().filter(|(i, f)| !f.padding && changed(*i, f.length)).map(|(i, _)| i).collect()
     }
 
-    /// Points the backend at the same data in another place: `files` (one
-    /// per torrent file, None for padding), a copy made and verified there
-    /// and opened read-write. Every file must be whole.
-    pub fn relocate(&self, meta: &Metainfo, files: Vec<Option<File>>) -> io::Result<()> {
-        for (i, file) in files.into_iter().enumerate() {
-            let Some(file) = file else { continue };
-            if file.metadata()?.len() != meta.files[i].length {
+    /// Points the backend at the same data in another place, `to`: `files`
+    /// (one per torrent file, None for padding), a copy made and verified
+    /// there and opened read-write. Every file must be whole.
+    pub fn relocate(&self, meta: &Metainfo, to: &Place, files: Vec<Option<File>>) -> io::Result<()> {
+        for (i, file) in files.iter().enumerate() {
+            if file
+                .as_ref()
+                .map(|f| f.metadata().map(|m| m.len()))
+                .transpose()?
+                .is_some_and(|l| l != meta.files[i].length)
+            {
                 return Err(io::Error::other(format!("{} is not whole", meta.files[i].path.join("/"))));
             }
-            self.reopen(i, file)?;
+        }
+        // The new place first: a file the pool closes between two reopens
+        // below is opened again from there, never from the old folder.
+        self.moved_to(to);
+        for (i, file) in files.into_iter().enumerate() {
+            if let Some(file) = file {
+                self.reopen(i, file)?;
+            }
         }
         Ok(())
     }

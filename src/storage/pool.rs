@@ -213,17 +213,25 @@ impl FilePool {
 /// trackers, the API), state files, logs.
 const RESERVE: u64 = 256;
 
-/// Raises the soft limit on open files to the hard limit, and returns the
-/// budget of torrent files to use under it: `configured`, or less where
-/// the limit would leave under [`RESERVE`] for the rest (logged).
+/// The soft open-file limit is raised at most to this (the systemd unit's
+/// `LimitNOFILE=`).
+const RAISE_CAP: u64 = 65_536;
+
+/// Raises the soft limit on open files toward the hard limit (at most
+/// [`RAISE_CAP`]), and returns the budget of torrent files to use under
+/// it: `configured`, or less where the limit would leave under
+/// [`RESERVE`] for the rest (logged).
 pub fn raise_fd_limit(configured: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
-    // None is no limit: the soft one is raised whenever it differs.
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
+    // Up to the hard limit (None: none), but not past RAISE_CAP: hooks
+    // inherit the limit, and some programs close every descriptor up to
+    // it (containers often allow a billion).
+    let want = lim.maximum.map_or(RAISE_CAP, |hard| hard.min(RAISE_CAP));
+    if lim.current.is_some_and(|soft| soft < want) {
+        lim.current = Some(want);
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            tracing::warn!(error = %e, "could not raise the open-file limit to its hard limit");
+            tracing::warn!(error = %e, "could not raise the open-file limit");
         }
     }
     let soft = getrlimit(Resource::Nofile).current;

@@ -100,6 +100,12 @@ pub fn finish_move(
     ctl: &MoveControl,
 ) -> io::Result<Place> {
     let settled = Place { settled: true, ..target.clone() };
+    if same_item(from, target) {
+        // Asked to move where it is (a second request for one folder):
+        // the "both exist" case below would take it for a finished copy
+        // and remove the source, which is the data itself.
+        return Ok(settled);
+    }
     let placed = match (nofollow::item_exists(from)?, nofollow::item_exists(target)?) {
         // Done before a restart (a same-filesystem rename is all or nothing).
         (false, true) => Ok(settled),
@@ -110,7 +116,7 @@ pub fn finish_move(
             Some(files) => {
                 let proof = storage.map(|s| s.stamps()).unwrap_or_else(|| recorded.to_vec());
                 if let Some(s) = storage {
-                    s.relocate(meta, files)?;
+                    s.relocate(meta, &settled, files)?;
                 }
                 let expect = if proof.is_empty() { Expect::Length } else { Expect::Stamps(&proof) };
                 remove_source(meta, from, &expect)?;
@@ -136,6 +142,18 @@ pub fn finish_move(
         s.moved_to(p);
     }
     placed
+}
+
+/// Whether two places name one item: the same path, or the same file or
+/// folder on disk (device and inode) reached by another.
+fn same_item(a: &Place, b: &Place) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (a.top(), b.top());
+    a == b
+        || match (std::fs::symlink_metadata(&a), std::fs::symlink_metadata(&b)) {
+            (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+            _ => false,
+        }
 }
 
 /// The complete folder's place for a torrent now in `from`: the torrent's
@@ -234,8 +252,7 @@ fn copy_across(
     nofollow::sync(root)?;
     copy.confirm(meta, root, &placed)?;
     if let Some(s) = storage {
-        s.relocate(meta, copy.written)?;
-        s.moved_to(&placed);
+        s.relocate(meta, &placed, copy.written)?;
     }
     tracing::info!(torrent = %meta.name, hash = %meta.info_hash.short(), to = %placed.top().display(), "copy verified and in place");
     remove_source(meta, from, &Expect::Stamps(&copy.sources))?;
@@ -467,6 +484,18 @@ mod tests {
         assert_eq!(ctl.copied.load(Ordering::Relaxed), 0, "nothing copied");
         // Called again (a crash after the rename, before the record): done.
         assert_eq!(finish_move(&meta, &from, &target, None, &[], &ctl).unwrap(), placed);
+    }
+
+    #[test]
+    fn a_move_onto_the_place_the_data_is_at_touches_nothing() {
+        // Two setLocation requests for one folder: the second moves the
+        // data from where the first put it to the same place.
+        let root = tempfile::tempdir().unwrap();
+        let (meta, here) = data_in(root.path());
+        let settled = Place { settled: true, ..here.clone() };
+        let placed = finish_move(&meta, &settled, &settled, None, &[], &MoveControl::default()).unwrap();
+        assert_eq!(placed.top(), here.top());
+        assert!(is_our_data(&meta, &placed, &AtomicBool::new(false)).unwrap(), "the data is still whole");
     }
 
     #[test]

@@ -23,8 +23,13 @@ impl RateLimiter {
         RateLimiter { rate: AtomicU64::new(rate), next_free: Mutex::new(Instant::now()), charged: AtomicU64::new(0) }
     }
 
+    /// A new rate, from now: what a lower one had reserved ahead of time
+    /// is forgotten, so raising a limit takes effect at once.
     pub fn set_rate(&self, rate: u64) {
-        self.rate.store(rate, Ordering::Relaxed);
+        if self.rate.swap(rate, Ordering::Relaxed) != rate {
+            let mut next = crate::locks::locked(&self.next_free);
+            *next = (*next).min(Instant::now());
+        }
     }
 
     pub fn rate(&self) -> u64 {
@@ -59,6 +64,18 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raising_a_limit_takes_effect_at_once() {
+        let limit = RateLimiter::new(1);
+        for _ in 0..20 {
+            limit.reserve(16384);
+        }
+        // Hours of 1 B/s reserved ahead; then the limit goes up.
+        limit.set_rate(10 << 20);
+        let at = limit.reserve(16384).unwrap();
+        assert!(at <= Instant::now() + Duration::from_millis(100), "still waiting {:?}", at - Instant::now());
+    }
 
     #[test]
     fn unlimited_never_waits() {

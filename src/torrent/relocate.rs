@@ -62,13 +62,41 @@ pub(super) async fn finish(shared: &Arc<TorrentShared>, target: Place) {
                 r.moving = None;
             });
         }
-        Err(e) => {
-            tracing::warn!(torrent = %shared.name(), to = %target.top().display(), error = %e,
-                "cannot move to another folder; the data stays where it is: {}", from.top().display());
-            shared.with_record(|r| r.moving = None);
-        }
+        Err(e) => match moved_anyway(&from, &target).await {
+            // Failed after the point of no return (a folder's sync after
+            // the rename, say): the data is at the target; so is the record.
+            Some(place) => {
+                tracing::warn!(torrent = %shared.name(), from = %from.top().display(), to = %place.top().display(), error = %e,
+                    "moved to another folder, with an error after the data had moved");
+                shared.with_record(|r| {
+                    r.place = Some(place);
+                    r.moving = None;
+                });
+            }
+            None => {
+                tracing::warn!(torrent = %shared.name(), to = %target.top().display(), error = %e,
+                    "cannot move to another folder; the data stays where it is: {}", from.top().display());
+                shared.with_record(|r| r.moving = None);
+            }
+        },
     }
     shared.save_resume(true).await;
+}
+
+/// After a failed move: the target's place, if the data left `from` and is
+/// at `target` all the same.
+async fn moved_anyway(from: &Place, target: &Place) -> Option<Place> {
+    let (from, target) = (from.clone(), target.clone());
+    tokio::task::spawn_blocking(move || {
+        use crate::storage::nofollow::item_exists;
+        // Unsure (an error looking) counts as "still at the source".
+        let gone = item_exists(&from).is_ok_and(|e| !e);
+        let there = item_exists(&target).unwrap_or(false);
+        (gone && there).then_some(Place { settled: true, ..target })
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Shows the torrent `moving` while it is set.
