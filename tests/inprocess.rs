@@ -1551,3 +1551,52 @@ async fn an_add_failing_on_the_disk_leaves_no_entry() {
     assert_eq!(node.session.add_metainfo(meta).await.unwrap(), AddOutcome::Added, "the slot is free again");
     node.session.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// 12. A tracker that lists our own address: learnt once, never dialled again
+// ---------------------------------------------------------------------------
+
+/// A tracker answering every announce with the one peer `peer`.
+async fn tracker_listing(peer: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/announce", listener.local_addr().unwrap());
+    let SocketAddr::V4(v4) = peer else { panic!("an IPv4 peer") };
+    let mut body = b"d8:intervali1800e5:peers6:".to_vec();
+    body.extend(v4.ip().octets());
+    body.extend(v4.port().to_be_bytes());
+    body.push(b'e');
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_address_from_a_tracker_is_learnt_and_not_dialled_again() {
+    let a = Node::start().await;
+    let url = tracker_listing(a.addr()).await;
+    // A download with nobody else: the tracker names only us.
+    let src = tempfile::tempdir().unwrap();
+    payload_tree(src.path(), "tree", TREE, 12);
+    let mut meta = make_torrent(src.path(), "tree", PIECE_256K);
+    meta.trackers = vec![vec![url]];
+    a.session.add_metainfo(meta).await.unwrap();
+    // Our listener answers our own dial before refusing it, so the dialling
+    // side sees its own peer id (and no hang-up worth five retries).
+    let t0 = Instant::now();
+    while !a.session.env.is_ourselves(&a.addr()) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never learnt that it dialled itself");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.session.shutdown().await;
+}

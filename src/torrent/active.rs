@@ -444,7 +444,7 @@ impl<'a> Active<'a> {
             let Some(addr) = self.book.next_to_dial() else {
                 break;
             };
-            if !self.shared.lock().peers().may_dial(addr, per_ip) {
+            if self.shared.env.is_ourselves(&addr) || !self.shared.lock().peers().may_dial(addr, per_ip) {
                 continue;
             }
             let Ok(permit) = self.shared.env.connections().clone().try_acquire_owned() else {

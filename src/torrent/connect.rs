@@ -43,6 +43,10 @@ async fn run_outgoing(
 ) -> ConnEnd {
     let handle = match register(&shared, addr, theirs.peer_id.0, Some(addr)) {
         Ok(h) => h,
+        Err(ConnEnd::Ourselves) => {
+            shared.env.note_ourselves(addr);
+            return ConnEnd::Ourselves;
+        }
         Err(end) => return end,
     };
     tracing::debug!(torrent = %shared.name(), peer = %addr, transport = transport.kind(), "connected");
@@ -66,6 +70,12 @@ pub async fn incoming(
 ) -> ConnEnd {
     let handle = match register(&shared, addr, theirs.peer_id.0, None) {
         Ok(h) => h,
+        Err(ConnEnd::Ourselves) => {
+            // Answered all the same, so that our dialling side learns it
+            // reached itself (rather than a peer that hung up, retried).
+            let _ = conn::answer(&mut transport, &our_handshake(&shared)).await;
+            return ConnEnd::Ourselves;
+        }
         Err(end) => return end,
     };
     // From here on, dropping the peer takes it out of the torrent again.

@@ -56,7 +56,14 @@ pub struct Env {
     /// Set once the torrents of the last run are all back: a match waits
     /// for it, or it would miss the sources not restored yet.
     restored: watch::Sender<bool>,
+    /// Addresses that turned out to be this daemon (a tracker lists our
+    /// own address among the peers): never dialled again.
+    ourselves: std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>,
 }
+
+/// Addresses of ourselves remembered at most (one per interface a tracker
+/// may see us by, and a few more).
+const MAX_OURSELVES: usize = 64;
 
 /// Lists the torrents the session manages (see [`Env::match_sources`]).
 pub type MatchSources = Box<dyn Fn() -> Vec<Arc<super::TorrentShared>> + Send + Sync>;
@@ -96,6 +103,7 @@ impl Env {
             match_checks,
             shares: Default::default(),
             restored: watch::Sender::new(false),
+            ourselves: Default::default(),
         })
     }
 
@@ -218,6 +226,19 @@ impl Env {
     /// Which torrents share data.
     pub fn shares(&self) -> &super::shareindex::ShareIndex {
         &self.shares
+    }
+
+    /// A connection to `addr` reached this daemon itself.
+    pub fn note_ourselves(&self, addr: std::net::SocketAddr) {
+        let mut known = crate::locks::locked(&self.ourselves);
+        if known.len() < MAX_OURSELVES {
+            known.insert(addr);
+        }
+    }
+
+    /// Whether `addr` is known to be this daemon: not worth a dial.
+    pub fn is_ourselves(&self, addr: &std::net::SocketAddr) -> bool {
+        crate::locks::locked(&self.ourselves).contains(addr)
     }
 
     /// True once the torrents of the last run are all back.

@@ -312,7 +312,7 @@ impl Connections {
         let per_host = ctx.env.config().limits.max_peers_per_ip;
         while self.tasks.len() < MAX_CONNECTIONS {
             let Some(addr) = self.book.next_to_dial() else { break };
-            if self.connected.contains(&addr) || ctx.assembler().is_banned(&addr) {
+            if self.connected.contains(&addr) || ctx.assembler().is_banned(&addr) || ctx.env.is_ourselves(&addr) {
                 continue;
             }
             if !self.host_has_room(addr.ip(), per_host) {
@@ -373,6 +373,10 @@ async fn outgoing(ctx: &Arc<Ctx>, addr: SocketAddr) -> ConnEnd {
             Err(end) => return end,
         },
     };
+    if theirs.peer_id == ctx.env.peer_id() {
+        ctx.env.note_ourselves(addr);
+        return ConnEnd::Ourselves;
+    }
     ctx.good_peers().push(addr);
     exchange(ctx, transport, addr, theirs).await
 }
