@@ -597,7 +597,7 @@ def scale_transmission(work, data, torrents, idle_secs, at_tracker):
     return res
 
 
-def scale_run(work, tracker, counts, idle_secs):
+def scale_run(work, tracker, counts, idle_secs, clients=("dropseed", "transmission")):
     """For each N: the same N complete torrents (half single-file, half
     multi-file, all announcing to one opentracker) seeded by dropseed, then
     by transmission-daemon, each alone."""
@@ -612,7 +612,8 @@ def scale_run(work, tracker, counts, idle_secs):
         made = [make_scale_torrent(data, tdir, i, tracker.url, rng) for i in range(n)]
         tracker.allow([h for _, h in made])
         torrents = [t for t, _ in made]
-        for client, run in (("dropseed", scale_dropseed), ("transmission", scale_transmission)):
+        runs = {"dropseed": scale_dropseed, "transmission": scale_transmission}
+        for client, run in ((c, runs[c]) for c in clients):
             res = run(work, data, torrents, idle_secs, lambda: seeded_at_tracker(tracker, [h for _, h in made]))
             res.update(client=client, count=n)
             rows.append(res)
@@ -658,6 +659,7 @@ def main():
     ap.add_argument("--magnet-rounds", type=int, default=1)
     ap.add_argument("--out", help="the report (default bench/results.md; with --scale, bench/scale-DATE.md)")
     ap.add_argument("--scale", help="only the scale comparison with transmission-daemon, for these N (e.g. 500,2000)")
+    ap.add_argument("--scale-clients", default="dropseed,transmission", help="--scale: which daemons to run")
     ap.add_argument("--idle-secs", type=int, default=60, help="the idle CPU window of --scale")
     ap.add_argument("--settle-secs", type=int, default=SETTLE_SECS, help="--scale: from the first idle window to the steady one")
     ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")
@@ -749,7 +751,7 @@ def scale_main(args, work, cores):
     counts = [int(n) for n in args.scale.split(",")]
     tracker = Tracker(work)
     try:
-        rows = scale_run(work, tracker, counts, args.idle_secs)
+        rows = scale_run(work, tracker, counts, args.idle_secs, args.scale_clients.split(","))
     finally:
         kill(tracker.proc)
     command = "scripts/bench " + " ".join(sys.argv[1:])
