@@ -543,21 +543,79 @@ def seeded_at_tracker(tracker, hashes):
     return f"{sum(1 for h in sample if scrape(tracker.port, h)[0] >= 1)}/{len(sample)}"
 
 
-def scale_dropseed(work, data, torrents, idle_secs, at_tracker):
+SCALE_DL_RATE = 4 * MIB
+SCALE_DL_SIZE = 1024 * MIB
+
+
+class RunningDownload:
+    """A download under way while the scale set arrives: one aria2 seeder
+    held to SCALE_DL_RATE, the daemon fetching SCALE_DL_SIZE from it. Its
+    rate before the adds and while they run shows whether adding thousands
+    of torrents stalls a transfer already running."""
+
+    def __init__(self, work, tracker):
+        self.dir = work / "scale-dl"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "seed").mkdir(parents=True)
+        name, piece = "running.bin", MIB
+        path = self.dir / "seed" / name
+        rng, hashes = random.Random(7), []
+        with open(path, "wb") as f:
+            for _ in range(SCALE_DL_SIZE // piece):
+                block = rng.randbytes(piece)
+                f.write(block)
+                hashes.append(hashlib.sha1(block).digest())
+        info = {"name": name, "piece length": piece, "pieces": b"".join(hashes), "length": SCALE_DL_SIZE}
+        self.torrent = self.dir / "running.torrent"
+        self.torrent.write_bytes(bencode({"announce": tracker.url, "info": info}))
+        self.hash = hashlib.sha1(bencode(info)).hexdigest()
+        tracker.allow([self.hash])
+        self.tracker, self.seeder = tracker, None
+
+    def start_seeder(self):
+        self.seeder = aria2_start(["-V", "--seed-ratio=0.0", f"--max-overall-upload-limit={SCALE_DL_RATE}"],
+                                  free_port(), self.dir / "seed", self.torrent)
+        wait(lambda: scrape(self.tracker.port, self.hash)[0] >= 1, 120, "rate-limited aria2 seeder ready")
+
+    def stop_seeder(self):
+        kill(self.seeder)
+
+    @staticmethod
+    def got(ds, h):
+        # One torrent's status: `status` would build every torrent's.
+        torrents = ds.request({"cmd": "detail", "id": h}).get("torrents") or [{}]
+        return torrents[0].get("downloaded", 0)
+
+
+def scale_dropseed(work, data, torrents, idle_secs, at_tracker, running=None):
     n = len(torrents)
     ds = Dropseed(work, "scale-ds")
     # Seeds the data in place: download_dir is the scale set's data folder.
     ds.config.write_text(ds.config.read_text().replace(f'download_dir = "{ds.dir}/downloads"', f'download_dir = "{data}"'))
     ds.start()
+    rates = {}
+    if running:
+        running.start_seeder()
+        ds.drop(running.torrent)
+        wait(lambda: running.got(ds, running.hash) > 0, 120, "the running download to start")
+        time.sleep(5)
+        b0, t0 = running.got(ds, running.hash), time.time()
+        time.sleep(10)
+        rates["dl_before"] = (running.got(ds, running.hash) - b0) / (time.time() - t0)
     t0 = time.time()
+    b0 = running.got(ds, running.hash) if running else 0
     for t in torrents:
         ds.drop(t)
 
     def seeding():
-        return sum(1 for t in ds.torrents() if t["state"] == "seeding")
-    wait(lambda: seeding() == n, 900, f"dropseed: {n} torrents seeding", every=1)
+        return sum(1 for t in ds.torrents() if t["state"] == "seeding" and (not running or t["info_hash"] != running.hash))
+    wait(lambda: seeding() == n, 1800, f"dropseed: {n} torrents seeding", every=1)
     added = time.time() - t0
-    res = {"added_secs": added, **idle_figures(ds.proc.pid, idle_secs, at_tracker)}
+    if running:
+        rates["dl_during"] = (running.got(ds, running.hash) - b0) / added
+        ds.request({"cmd": "remove", "id": running.hash, "delete_data": True})
+        running.stop_seeder()
+    res = {"added_secs": added, **rates, **idle_figures(ds.proc.pid, idle_secs, at_tracker)}
     cli = [str(ds.bin), "status", "--json", "-c", str(ds.config)]
     res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     ds.stop()
@@ -602,6 +660,7 @@ def scale_run(work, tracker, counts, idle_secs, clients=("dropseed", "transmissi
     multi-file, all announcing to one opentracker) seeded by dropseed, then
     by transmission-daemon, each alone."""
     rows = []
+    running = RunningDownload(work, tracker)
     for n in counts:
         data, tdir = work / f"scale-data-{n}", work / f"scale-torrents-{n}"
         shutil.rmtree(data, ignore_errors=True)
@@ -614,7 +673,11 @@ def scale_run(work, tracker, counts, idle_secs, clients=("dropseed", "transmissi
         torrents = [t for t, _ in made]
         runs = {"dropseed": scale_dropseed, "transmission": scale_transmission}
         for client, run in ((c, runs[c]) for c in clients):
-            res = run(work, data, torrents, idle_secs, lambda: seeded_at_tracker(tracker, [h for _, h in made]))
+            at_tracker = lambda: seeded_at_tracker(tracker, [h for _, h in made])  # noqa: E731
+            if client == "dropseed":
+                res = run(work, data, torrents, idle_secs, at_tracker, running)
+            else:
+                res = run(work, data, torrents, idle_secs, at_tracker)
             res.update(client=client, count=n)
             rows.append(res)
             print(f"scale {n:6} {client:12} idle {res['idle_after_add_pct']:.2f}% then {res['idle_cpu_pct']:.2f}%  anon {fmt_mib(res['anon'])}  "
@@ -634,13 +697,16 @@ def render_scale(rows, idle_secs, cores, command):
              f"and again {SETTLE_SECS} s after that window (steady). RssAnon and open file descriptors at the end. `status`: median of 3 runs of `dropseed status --json` / "
              "`transmission-remote -l` (process start included). Restart: from starting the daemon on its resume "
              "records to every torrent seeding (control socket / RPC port up in brackets). At tracker: of a sample of the "
-             "torrents, how many opentracker lists a seeder for at the end of the idle window.", "",
-             "| N | client | idle CPU % after add | idle CPU % steady | RssAnon | per torrent (anon) | open fds | at tracker | status s | restart s (socket up) | add all s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "torrents, how many opentracker lists a seeder for at the end of the idle window. Running download: "
+             f"before the N torrents arrive, dropseed starts a {SCALE_DL_SIZE // MIB} MiB download from one aria2 seeder "
+             f"held to {SCALE_DL_RATE / MIB:.0f} MiB/s; its rate over 10 s before the adds and over the whole add.", "",
+             "| N | client | idle CPU % after add | idle CPU % steady | RssAnon | per torrent (anon) | open fds | at tracker | status s | restart s (socket up) | add all s | running download MiB/s before, during add |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        dl = f"{r['dl_before'] / MIB:.2f}, {r['dl_during'] / MIB:.2f}" if "dl_during" in r else "-"
         lines.append(f"| {r['count']} | {r['client']} | {r['idle_after_add_pct']:.2f} | {r['idle_cpu_pct']:.2f} | {fmt_mib(r['anon'])} | "
                      f"{r['anon'] / r['count'] / 1024:.1f} KiB | {r['fds']} | {r['tracker']} | {r['status_secs']:.3f} | "
-                     f"{r['restart_secs']:.1f} ({r['socket_secs']:.2f}) | {r['added_secs']:.1f} |")
+                     f"{r['restart_secs']:.1f} ({r['socket_secs']:.2f}) | {r['added_secs']:.1f} | {dl} |")
     lines.append("")
     return "\n".join(lines)
 

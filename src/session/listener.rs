@@ -259,7 +259,7 @@ async fn route(session: Arc<Session>, stream: Stream, addr: SocketAddr, spoke: A
     match registry.get(&hs.info_hash) {
         Some(Entry::Torrent(t)) => {
             stream.open_window();
-            let _ = t.cmd.try_send(Cmd::Incoming(stream, addr, hs));
+            let _ = t.cmd.try_send(Cmd::Incoming(Box::new((stream, addr, hs))));
         }
         Some(Entry::Magnet(m)) => {
             if let Some(fetching) = &m.fetch {

@@ -38,8 +38,11 @@ const DHT_DOWNLOADING_EVERY: Duration = Duration::from_secs(120);
 const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Peer tasks get this long to end on their own before they are aborted.
 const PEERS_DRAIN: Duration = Duration::from_secs(5);
-/// How often a seeding torrent looks whether its files are still there.
+/// How often a seeding torrent with peers looks whether its files are
+/// still there, and one without (nothing reads them; ten thousand idle
+/// torrents would otherwise stat files hundreds of times a second).
 const PRESENCE_EVERY: Duration = Duration::from_secs(60);
+const PRESENCE_IDLE_EVERY: Duration = Duration::from_secs(300);
 
 /// An outgoing connection's end: its address, whether it is worth dialling
 /// again, how long it lasted, and how it was made (if it was).
@@ -114,7 +117,7 @@ impl<'a> Active<'a> {
             book: PeerBook::default(),
             penalty: evict::PenaltyBox::default(),
             choker: Choker::new(shared.env.config().limits.upload_slots, rand::random()),
-            clock: ActiveClock::new(Instant::now(), totals.0, have),
+            clock: ActiveClock::new(Instant::now(), totals, have, rand::random()),
             rate_window: VecDeque::new(),
             last_totals: totals,
             remembered,
@@ -240,7 +243,8 @@ impl<'a> Active<'a> {
         }
         self.shared.save_resume(false).await;
         let have = self.shared.lock().have().count();
-        self.clock.saved(Instant::now(), have);
+        let moved = (self.shared.received.load(Ordering::Relaxed), self.shared.uploaded.load(Ordering::Relaxed));
+        self.clock.saved(Instant::now(), have, moved);
         self.start_handoff().await;
         None
     }
@@ -306,20 +310,34 @@ impl<'a> Active<'a> {
         let env = &self.shared.env;
         let config = env.config();
         let seeding = self.shared.is_complete();
+        let idle = seeding && self.peers.is_empty() && !self.book.has_queued();
+        // Each lock taken alone: a guard in the literal below would live
+        // to the end of the statement, across `wake_by`'s locks.
+        let have = self.shared.lock().have().count();
+        let force_start = self.shared.status_cell().record.force_start;
+        let wake_by = idle.then(|| self.wake_by(now)).flatten();
         let facts = clock::Facts {
             received: self.shared.received.load(Ordering::Relaxed),
-            have: self.shared.lock().have().count(),
+            sent: self.shared.uploaded.load(Ordering::Relaxed),
+            have,
             downloading,
             // A forced download never yields its slot: it would get it back at once.
-            others_queued: env.queued().load(Ordering::Relaxed) > 0 && !self.shared.status_cell().record.force_start,
+            others_queued: env.queued().load(Ordering::Relaxed) > 0 && !force_start,
             seeding,
-            idle: seeding && self.peers.is_empty() && !self.book.has_queued(),
+            idle,
+            wake_by,
             stall_after: Duration::from_secs(config.limits.stall_secs),
             save_every: Duration::from_secs(config.storage.resume_interval_secs),
         };
         let plan = self.clock.tick(now, facts);
         self.update_rates(plan.elapsed);
-        self.shared.status_cell().record.active_secs += plan.active_secs;
+        // What the record has not counted yet shows in the status.
+        let uncounted = super::Uncounted { since: now, seeding: self.counts_seeding() };
+        {
+            let mut s = self.shared.status_cell();
+            s.record.active_secs += plan.active_secs;
+            s.uncounted = Some(uncounted);
+        }
         if let Some(quiet) = plan.stalled {
             tracing::debug!(torrent = %self.shared.name(), quiet = %human_duration(quiet.as_secs()), "download stalled");
             return (plan.next_tick, Some(Outcome::Stalled));
@@ -332,7 +350,7 @@ impl<'a> Active<'a> {
             return (plan.next_tick, Some(Outcome::DiskFailed(e)));
         }
         // Limits wait for the data to be delivered to its complete folder.
-        if seeding && self.handoff.is_none() && self.shared.place().settled {
+        if self.counts_seeding() {
             let uploaded = self.shared.uploaded.load(Ordering::Relaxed);
             let moved = std::mem::replace(&mut self.last_uploaded, uploaded) != uploaded;
             {
@@ -348,7 +366,7 @@ impl<'a> Active<'a> {
             }
         }
         if seeding && now >= self.next_presence_check {
-            self.next_presence_check = now + PRESENCE_EVERY;
+            self.next_presence_check = now + if idle { PRESENCE_IDLE_EVERY } else { PRESENCE_EVERY };
             if let Some(missing) = self.files_gone().await {
                 return (plan.next_tick, Some(Outcome::DataMissing(missing)));
             }
@@ -357,6 +375,26 @@ impl<'a> Active<'a> {
             self.shared.save_resume(false).await;
         }
         (plan.next_tick, None)
+    }
+
+    /// Whether seeding time counts (and seeding limits apply): complete,
+    /// and delivered to its complete folder.
+    fn counts_seeding(&self) -> bool {
+        self.shared.is_complete() && self.handoff.is_none() && self.shared.place().settled
+    }
+
+    /// The soonest thing an idle seeder must wake for: a dial retry, its
+    /// presence check, a seeding time limit.
+    fn wake_by(&self, now: Instant) -> Option<Instant> {
+        let limit = self.counts_seeding().then(|| {
+            let s = self.shared.status_cell();
+            let limits = self.shared.limits_of(&s.record).effective;
+            let left = |max: Option<u64>, done: u64| max.map(|m| now + Duration::from_secs(m.saturating_sub(done)));
+            let by_time = left(limits.seeding_secs, s.record.seeding_secs);
+            let by_idle = left(limits.idle_secs, s.record.seed_idle_secs);
+            by_time.into_iter().chain(by_idle).min()
+        });
+        [self.book.next_retry(), Some(self.next_presence_check), limit.flatten()].into_iter().flatten().min()
     }
 
     /// Files of a complete torrent in its settled place that left it (an
@@ -423,6 +461,7 @@ impl<'a> Active<'a> {
             let mut s = self.shared.status_cell();
             s.download_rate = 0;
             s.upload_rate = 0;
+            s.uncounted = None;
         }
         self.shared.save_resume(true).await;
     }
@@ -524,6 +563,10 @@ impl<'a> Active<'a> {
     /// Rates over the last few ticks, whatever their length.
     fn update_rates(&mut self, elapsed: Duration) {
         let now = (self.shared.received.load(Ordering::Relaxed), self.shared.uploaded.load(Ordering::Relaxed));
+        if elapsed > 2 * clock::TICK {
+            // After an idle stretch: the rate is this tick's alone.
+            self.rate_window.clear();
+        }
         self.rate_window.push_back((now.0 - self.last_totals.0, now.1 - self.last_totals.1, elapsed.as_secs_f64()));
         self.last_totals = now;
         if self.rate_window.len() > 5 {

@@ -6,14 +6,40 @@
 use std::time::{Duration, Instant};
 
 pub const TICK: Duration = Duration::from_secs(1);
-/// A seeding torrent with no peers and none to call wakes this seldom, so
-/// hundreds of idle torrents cost next to nothing.
-pub const IDLE_TICK: Duration = Duration::from_secs(5);
+/// A seeding torrent with no peers and none to call wakes at most this
+/// often (sooner when something falls due: [`Facts::wake_by`]); what wakes
+/// it otherwise (a peer, a tracker's list, a command) does not wait for a
+/// tick, so ten thousand idle torrents cost next to nothing.
+pub const IDLE_TICK: Duration = Duration::from_secs(30);
 pub const CHOKE_EVERY: Duration = Duration::from_secs(10);
-/// Resume records without new pieces are rewritten this often (counters and
-/// seeding time); rarely, as hundreds of idle torrents would otherwise fsync
-/// constantly.
-pub const IDLE_SAVE_EVERY: Duration = Duration::from_secs(300);
+/// Resume records without new pieces but with new transfer counters are
+/// rewritten this often (upload credit survives a kill -9).
+pub const MOVED_SAVE_EVERY: Duration = Duration::from_secs(300);
+/// Resume records where only the clocks moved (seeding and running time)
+/// are rewritten this seldom: a save is two fsyncs, and ten thousand idle
+/// torrents saving every five minutes spent most of their idle CPU on it.
+/// A kill -9 (or a power cut) loses at most this much counted seeding
+/// time, which only makes a seeding time limit come later.
+pub const QUIET_SAVE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Idle ticks fall on this grid, shared by every torrent of the process,
+/// so the idle torrents due within one step wake together: one wakeup of
+/// the runtime instead of one per torrent.
+pub const IDLE_GRID: Duration = Duration::from_secs(1);
+
+/// `t` rounded up to the next point of a grid of `step` starting at `epoch`.
+pub fn on_grid(t: Instant, epoch: Instant, step: Duration) -> Instant {
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let step_ns = step.as_nanos().max(1);
+    let steps = since.div_ceil(step_ns);
+    epoch + Duration::from_nanos((steps * step_ns).min(u64::MAX as u128) as u64)
+}
+
+/// The process's grid origin for [`on_grid`].
+pub fn grid_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// What the torrent task knows at a tick.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +55,11 @@ pub struct Facts {
     pub seeding: bool,
     /// Seeding with no peers and nobody to dial.
     pub idle: bool,
+    /// Payload bytes sent so far.
+    pub sent: u64,
+    /// The soonest thing an idle torrent must wake for (a dial retry, a
+    /// presence check, a seeding limit), if any.
+    pub wake_by: Option<Instant>,
     /// `limits.stall_secs`.
     pub stall_after: Duration,
     /// `storage.resume_interval_secs`.
@@ -59,6 +90,10 @@ pub struct ActiveClock {
     last_received: u64,
     last_save: Instant,
     last_saved_have: usize,
+    /// The transfer counters (received, sent) at the last save.
+    last_saved_moved: (u64, u64),
+    /// Where idle ticks' grid starts ([`grid_epoch`] outside tests).
+    grid: Instant,
     /// Seeding time not yet counted in whole seconds.
     seeding_carry: Duration,
     /// Running time not yet counted in whole seconds.
@@ -66,14 +101,23 @@ pub struct ActiveClock {
 }
 
 impl ActiveClock {
-    pub fn new(now: Instant, received: u64, have: usize) -> ActiveClock {
+    /// `save_phase` in [0, 1) places this torrent's quiet saves within
+    /// their interval, so torrents started together do not save together.
+    pub fn new(now: Instant, moved: (u64, u64), have: usize, save_phase: f64) -> ActiveClock {
+        ActiveClock::on(now, moved, have, save_phase, grid_epoch())
+    }
+
+    fn on(now: Instant, moved: (u64, u64), have: usize, save_phase: f64, grid: Instant) -> ActiveClock {
+        let back = QUIET_SAVE_EVERY.mul_f64(save_phase.clamp(0.0, 1.0));
         ActiveClock {
+            grid,
             last_tick: now,
             last_choke: now,
             last_data: now,
-            last_received: received,
-            last_save: now,
+            last_received: moved.0,
+            last_save: now.checked_sub(back).unwrap_or(now),
             last_saved_have: have,
+            last_saved_moved: moved,
             seeding_carry: Duration::ZERO,
             active_carry: Duration::ZERO,
         }
@@ -108,12 +152,19 @@ impl ActiveClock {
         let active_secs = self.active_carry.as_secs();
         self.active_carry -= Duration::from_secs(active_secs);
         let since_save = now.saturating_duration_since(self.last_save);
-        let save = since_save >= f.save_every && (f.have != self.last_saved_have || since_save >= IDLE_SAVE_EVERY);
+        let moved = (f.received, f.sent) != self.last_saved_moved;
+        let save = since_save >= f.save_every
+            && (f.have != self.last_saved_have
+                || (moved && since_save >= MOVED_SAVE_EVERY)
+                || since_save >= QUIET_SAVE_EVERY);
         if save {
-            self.last_save = now;
-            self.last_saved_have = f.have;
+            self.saved(now, f.have, (f.received, f.sent));
         }
-        let next_tick = now + if f.idle { IDLE_TICK } else { TICK };
+        let next_tick = match (f.idle, f.wake_by) {
+            (false, _) => now + TICK,
+            (true, Some(by)) => on_grid(by.clamp(now + TICK, now + IDLE_TICK), self.grid, IDLE_GRID),
+            (true, None) => on_grid(now + IDLE_TICK, self.grid, IDLE_GRID),
+        };
         Plan { elapsed, next_tick, choke, stalled, seeded_secs, active_secs, save }
     }
 
@@ -121,10 +172,11 @@ impl ActiveClock {
         self.last_choke = now;
     }
 
-    /// A save made outside the tick (on completion).
-    pub fn saved(&mut self, now: Instant, have: usize) {
+    /// A save made (on completion, or at a tick).
+    pub fn saved(&mut self, now: Instant, have: usize, moved: (u64, u64)) {
         self.last_save = now;
         self.last_saved_have = have;
+        self.last_saved_moved = moved;
     }
 }
 
@@ -140,6 +192,8 @@ mod tests {
             others_queued: false,
             seeding: false,
             idle: false,
+            sent: 0,
+            wake_by: None,
             stall_after: Duration::from_secs(30),
             save_every: Duration::from_secs(10),
         }
@@ -152,7 +206,7 @@ mod tests {
     #[test]
     fn choke_rounds_every_ten_seconds() {
         let t0 = Instant::now();
-        let mut c = ActiveClock::new(t0, 0, 0);
+        let mut c = ActiveClock::new(t0, (0, 0), 0, 0.0);
         let mut rounds = 0;
         for s in 1..=35 {
             let now = t0 + secs(s);
@@ -167,7 +221,7 @@ mod tests {
     #[test]
     fn a_stall_needs_silence_and_others_waiting() {
         let t0 = Instant::now();
-        let mut c = ActiveClock::new(t0, 0, 0);
+        let mut c = ActiveClock::new(t0, (0, 0), 0, 0.0);
         let f = Facts { others_queued: true, received: 5, ..facts() };
         assert_eq!(c.tick(t0 + secs(20), f).stalled, None, "data came");
         assert_eq!(c.tick(t0 + secs(49), f).stalled, None, "29 s of silence");
@@ -181,7 +235,7 @@ mod tests {
     #[test]
     fn seeding_time_is_counted_in_whole_seconds_without_loss() {
         let t0 = Instant::now();
-        let mut c = ActiveClock::new(t0, 0, 0);
+        let mut c = ActiveClock::new(t0, (0, 0), 0, 0.0);
         let f = Facts { seeding: true, downloading: false, ..facts() };
         let mut total = 0;
         for i in 1..=10 {
@@ -193,7 +247,7 @@ mod tests {
     #[test]
     fn running_time_counts_downloading_and_seeding_alike() {
         let t0 = Instant::now();
-        let mut c = ActiveClock::new(t0, 0, 0);
+        let mut c = ActiveClock::new(t0, (0, 0), 0, 0.0);
         let mut total = 0;
         for i in 1..=10 {
             let f = Facts { seeding: i > 5, downloading: i <= 5, ..facts() };
@@ -203,21 +257,59 @@ mod tests {
     }
 
     #[test]
-    fn saves_on_new_pieces_at_the_interval_and_rarely_when_idle() {
-        let t0 = Instant::now();
-        let mut c = ActiveClock::new(t0, 0, 0);
+    fn saves_on_new_pieces_at_the_interval_on_moved_counters_seldom_and_rarely_when_quiet() {
+        let t0 = Instant::now() + secs(3600);
+        let mut c = ActiveClock::new(t0, (0, 0), 0, 0.0);
         assert!(!c.tick(t0 + secs(5), Facts { have: 3, ..facts() }).save, "before the interval");
         assert!(c.tick(t0 + secs(10), Facts { have: 3, ..facts() }).save);
         assert!(!c.tick(t0 + secs(60), Facts { have: 3, ..facts() }).save, "nothing new");
-        assert!(c.tick(t0 + secs(310), Facts { have: 3, ..facts() }).save, "overdue");
+        let sent = Facts { have: 3, sent: 1000, ..facts() };
+        assert!(!c.tick(t0 + secs(300), sent).save, "uploaded, but not for long");
+        assert!(c.tick(t0 + secs(310), sent).save, "uploaded: saved after five minutes");
+        assert!(!c.tick(t0 + secs(1000), sent).save, "only the clocks moved");
+        assert!(c.tick(t0 + secs(310) + QUIET_SAVE_EVERY, sent).save, "quiet, but overdue");
     }
 
     #[test]
-    fn idle_seeders_tick_slowly() {
+    fn quiet_saves_of_torrents_started_together_are_spread() {
+        let t0 = Instant::now() + QUIET_SAVE_EVERY;
+        let first_save = |phase: f64| {
+            let mut c = ActiveClock::new(t0, (0, 0), 0, phase);
+            (1..=QUIET_SAVE_EVERY.as_secs()).find(|&s| c.tick(t0 + secs(s), facts()).save).unwrap()
+        };
+        assert_eq!(first_save(0.0), QUIET_SAVE_EVERY.as_secs());
+        assert_eq!(first_save(0.5), QUIET_SAVE_EVERY.as_secs() / 2);
+        assert_eq!(first_save(0.9999), 1);
+    }
+
+    #[test]
+    fn idle_seeders_tick_seldom_but_wake_for_what_falls_due() {
         let t0 = Instant::now();
-        let mut c = ActiveClock::new(t0, 0, 0);
+        let mut c = ActiveClock::on(t0, (0, 0), 0, 0.0, t0);
         let now = t0 + secs(1);
-        assert_eq!(c.tick(now, Facts { idle: true, ..facts() }).next_tick, now + IDLE_TICK);
+        let idle = Facts { idle: true, ..facts() };
+        assert_eq!(c.tick(now, idle).next_tick, now + IDLE_TICK);
         assert_eq!(c.tick(now, facts()).next_tick, now + TICK);
+        let retry = Facts { wake_by: Some(now + secs(7)), ..idle };
+        assert_eq!(c.tick(now, retry).next_tick, now + secs(7));
+        let overdue = Facts { wake_by: Some(now), ..idle };
+        assert_eq!(c.tick(now, overdue).next_tick, now + TICK, "never a busy loop");
+        let far = Facts { wake_by: Some(now + secs(3600)), ..idle };
+        assert_eq!(c.tick(now, far).next_tick, now + IDLE_TICK);
+    }
+
+    #[test]
+    fn idle_ticks_of_different_torrents_fall_together_on_the_grid() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        let idle = Facts { idle: true, ..facts() };
+        let next = |started: Duration| {
+            let mut c = ActiveClock::on(epoch + started, (0, 0), 0, 0.0, epoch);
+            c.tick(epoch + started + secs(1), idle).next_tick
+        };
+        assert_eq!(next(ms(120)), next(ms(870)), "started 750 ms apart, woken together");
+        assert_eq!(next(ms(120)), epoch + secs(32));
+        assert_eq!(on_grid(epoch + secs(5), epoch, secs(1)), epoch + secs(5), "on the grid already");
+        assert_eq!(on_grid(epoch, epoch + secs(5), secs(1)), epoch + secs(5), "before the origin");
     }
 }

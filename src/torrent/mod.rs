@@ -226,6 +226,31 @@ pub struct StatusCell {
     /// When payload last moved either way (Unix seconds, 0 = not since start).
     pub last_active: u64,
     pub record: ResumeRecord,
+    /// Running (and seeding) time since the active phase's last tick, not
+    /// yet in the record: an idle seeder ticks seldom.
+    pub uncounted: Option<Uncounted>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Uncounted {
+    pub since: std::time::Instant,
+    /// Seeding time counts too.
+    pub seeding: bool,
+}
+
+impl StatusCell {
+    /// (running, seeding) seconds, what the record has not counted yet
+    /// included.
+    fn times(&self) -> (u64, u64) {
+        let (active, seeding) = (self.record.active_secs, self.record.seeding_secs);
+        match self.uncounted {
+            Some(u) => {
+                let more = u.since.elapsed().as_secs();
+                (active + more, seeding + if u.seeding { more } else { 0 })
+            }
+            None => (active, seeding),
+        }
+    }
 }
 
 impl TorrentShared {
@@ -262,6 +287,7 @@ impl TorrentShared {
                 upload_rate: 0,
                 last_active: 0,
                 record,
+                uncounted: None,
             }),
             storage: OnceLock::new(),
             phase_changes: watch::Sender::new(0),
@@ -654,9 +680,9 @@ impl TorrentShared {
             times: StatusTimes {
                 added_at: s.record.added_at,
                 completed_at: s.record.completed_at,
-                seeding_secs: s.record.seeding_secs,
+                seeding_secs: s.times().1,
                 last_active: s.last_active,
-                active_secs: s.record.active_secs,
+                active_secs: s.times().0,
             },
             tags: s.record.tags.clone(),
             limits: self.limits_of(&s.record),

@@ -131,6 +131,11 @@ impl PeerBook {
         self.queue.push_front(addr);
     }
 
+    /// When the soonest retry falls due (an idle torrent wakes for it).
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retries.peek().map(|Reverse((at, _))| *at)
+    }
+
     pub fn has_queued(&self) -> bool {
         !self.queue.is_empty()
     }

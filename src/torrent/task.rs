@@ -25,14 +25,16 @@ use tokio_util::sync::CancellationToken;
 
 const ERROR_RETRY: Duration = Duration::from_secs(60);
 
+/// A command to a torrent's task. Boxed payloads keep it small: every
+/// torrent's channel holds a block of 32 of them from the start.
 pub enum Cmd {
     Pause,
     Resume,
     Recheck,
     /// Move the complete data to this place (the API's `setLocation`):
     /// see `relocate.rs`.
-    Relocate(crate::storage::Place),
-    Incoming(Transport, SocketAddr, Handshake),
+    Relocate(Box<crate::storage::Place>),
+    Incoming(Box<(Transport, SocketAddr, Handshake)>),
 }
 
 /// What the session learns when a torrent task ends.
@@ -83,8 +85,11 @@ impl Control<'_> {
                     self.recheck_asked.store(true, Ordering::Relaxed);
                     Command::Outcome(Outcome::RecheckAsked)
                 }
-                Cmd::Relocate(target) => Command::Outcome(Outcome::Relocate(target)),
-                Cmd::Incoming(t, addr, hs) => Command::Incoming(t, addr, hs),
+                Cmd::Relocate(target) => Command::Outcome(Outcome::Relocate(*target)),
+                Cmd::Incoming(incoming) => {
+                    let (t, addr, hs) = *incoming;
+                    Command::Incoming(t, addr, hs)
+                }
             }),
         }
     }
@@ -300,4 +305,13 @@ pub(super) fn limit_reached(shared: &TorrentShared) -> Option<String> {
             whose(own.inactive_minutes)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_command_is_small() {
+        // Each torrent's command channel allocates 32 of them up front.
+        assert!(std::mem::size_of::<super::Cmd>() <= 16, "{}", std::mem::size_of::<super::Cmd>());
+    }
 }
