@@ -151,6 +151,9 @@ pub struct Network {
     pub listen_address: String,
     /// Peers asked of a tracker in each announce.
     pub numwant: u32,
+    /// Announces a second to one tracker host, across all torrents; 0
+    /// for no pacing.
+    pub announces_per_host: u32,
     /// Protocol encryption (MSE/PE) of peer connections.
     pub encryption: Encryption,
     /// Peer connections over uTP (BEP 29) as well as TCP.
@@ -163,6 +166,7 @@ impl Default for Network {
             listen_port: 6881,
             listen_address: "::".into(),
             numwant: 50,
+            announces_per_host: 10,
             encryption: Encryption::default(),
             utp: Utp::default(),
         }

@@ -134,6 +134,8 @@ pub struct AnnounceBook {
     /// Announces and failures by tracker host (`/metrics`), at most
     /// [`MAX_TALLIED_HOSTS`] hosts by name.
     hosts: Mutex<HashMap<String, HostTally>>,
+    /// Paces announces per tracker host across the session.
+    pacer: super::hostpace::HostPacer,
 }
 
 impl AnnounceBook {
@@ -184,6 +186,17 @@ pub struct HostTally {
 }
 
 impl AnnounceBook {
+    /// A book whose announces go out at most `per_host` a second to one
+    /// tracker host (`[network] announces_per_host`; 0: unpaced).
+    pub fn with_host_rate(per_host: u32) -> AnnounceBook {
+        AnnounceBook { pacer: super::hostpace::HostPacer::new(per_host), ..AnnounceBook::default() }
+    }
+
+    /// The session's per-host announce pacer.
+    pub fn pacer(&self) -> &super::hostpace::HostPacer {
+        &self.pacer
+    }
+
     /// The record for `hash`, made (with a fresh key) if there is none.
     pub fn get(&self, hash: InfoHash) -> AnnounceRecord {
         *self.records().entry(hash).or_insert_with(AnnounceRecord::fresh)
