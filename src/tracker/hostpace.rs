@@ -49,6 +49,8 @@ struct Rate {
 impl Rate {
     /// `per_second` slots a second, twice as many at once; none for 0.
     fn per_second(per_second: u32) -> Option<Rate> {
+        // The config holds it far lower; bounded here all the same.
+        let per_second = per_second.min(1_000_000);
         (per_second > 0).then(|| Rate { every: Duration::from_secs(1) / per_second, burst: per_second * 2 })
     }
 

@@ -614,7 +614,10 @@ mod tests {
         // A refused connection carried nothing: the next URL is asked.
         let mut tiers = vec![vec![refused, good]];
         let mut attempts = Vec::new();
-        assert!(announce_tiers(&client, &mut udp, &mut tiers, &params(), None, &mut attempts).await.is_ok(), "{attempts:?}");
+        assert!(
+            announce_tiers(&client, &mut udp, &mut tiers, &params(), None, &mut attempts).await.is_ok(),
+            "{attempts:?}"
+        );
         assert_eq!(good_count.load(SeqCst), 1);
     }
 
