@@ -64,6 +64,9 @@ fn whole_life_against_opentracker(url: impl Fn(&Tracker) -> String) {
     // `completed` waits for the floor after `started`, then makes us a seeder.
     wait_answered(&d, &hash, "completed", Duration::from_secs(45));
     wait_counts(&tracker, &hash, 2, 0, Duration::from_secs(10));
+    // The tracker's count of the whole swarm is in the status.
+    let swarm = d.torrent(&hash).map(|t| t["swarm"].clone()).unwrap_or_default();
+    assert!(swarm["seeders"].as_u64().is_some_and(|n| n >= 1) && swarm["leechers"].is_u64(), "{swarm}");
 
     assert!(d.cli(&["pause", &hash]).status.success());
     wait_counts(&tracker, &hash, 1, 0, Duration::from_secs(10));

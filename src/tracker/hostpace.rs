@@ -73,6 +73,16 @@ pub struct HostPacer {
     state: Mutex<State>,
 }
 
+/// A reserved slot: how long to wait for it, and the buckets it came from.
+#[derive(Debug)]
+pub struct Slot {
+    pub wait: Duration,
+    /// The host's bucket (none when hosts are not paced).
+    key: Option<String>,
+    /// Taken from the bucket of starts too.
+    start: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Theoretical arrival time of each host's bucket.
@@ -95,31 +105,68 @@ impl HostPacer {
     }
 
     /// Reserves the slot of an announce to `host` asked for at `now` (a
-    /// torrent's first with `start`) and returns how long to wait for it.
-    pub fn slot(&self, host: &str, start: bool, now: Instant) -> Duration {
+    /// torrent's first with `start`).
+    pub fn reserve(&self, host: &str, start: bool, now: Instant) -> Slot {
         let mut state = locked(&self.state);
         let mut at = now;
+        let start = start && self.start_rate.is_some();
         if let (true, Some(rate)) = (start, self.start_rate) {
             let (tat, slot) = rate.take(state.starts, now);
             state.starts = Some(tat);
             at = slot;
         }
+        let mut key = None;
         if let Some(rate) = self.host_rate {
-            let key = state.key(host, now);
-            let tat = state.hosts.get(key.as_str()).copied();
-            let (tat, slot) = rate.take(tat, at);
-            state.hosts.insert(key, tat);
-            at = slot;
+            let k = state.key(host, now);
+            let (tat, slot) = rate.take(state.hosts.get(k.as_str()).copied(), at);
+            state.hosts.insert(k.clone(), tat);
+            (at, key) = (slot, Some(k));
         }
-        at - now
+        Slot { wait: at - now, key, start }
     }
 
-    /// Waits for the slot of an announce to `host` (see [`HostPacer::slot`]).
-    pub async fn wait(&self, host: &str, start: bool) {
-        let wait = self.slot(host, start, Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+    /// How long an announce to `host` asked for at `now` waits for its slot.
+    pub fn slot(&self, host: &str, start: bool, now: Instant) -> Duration {
+        self.reserve(host, start, now).wait
+    }
+
+    /// A slot no longer waited for (its torrent stopped meanwhile) goes back
+    /// to the next to ask: 10,000 torrents paused while they wait must not
+    /// hold back the one resumed after them.
+    pub fn give_back(&self, slot: &Slot, now: Instant) {
+        let mut state = locked(&self.state);
+        let back = |tat: &mut Instant, rate: Option<Rate>| {
+            if let (Some(rate), true) = (rate, *tat > now) {
+                *tat = tat.checked_sub(rate.every).map_or(now, |t| t.max(now));
+            }
+        };
+        if let Some(tat) = slot.key.as_ref().and_then(|k| state.hosts.get_mut(k)) {
+            back(tat, self.host_rate);
         }
+        if let Some(tat) = state.starts.as_mut().filter(|_| slot.start) {
+            back(tat, self.start_rate);
+        }
+    }
+
+    /// Waits for the slot of an announce to `host` (see
+    /// [`HostPacer::reserve`]); dropped before it, gives the slot back.
+    pub async fn wait(&self, host: &str, start: bool) {
+        /// Gives the slot back unless the wait ran to its end.
+        struct Waiting<'p>(&'p HostPacer, Option<Slot>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if let Some(slot) = self.1.take() {
+                    self.0.give_back(&slot, Instant::now());
+                }
+            }
+        }
+        let slot = self.reserve(host, start, Instant::now());
+        if slot.wait.is_zero() {
+            return;
+        }
+        let mut waiting = Waiting(self, Some(slot));
+        tokio::time::sleep(waiting.1.as_ref().map_or(Duration::ZERO, |s| s.wait)).await;
+        waiting.1 = None;
     }
 
     /// Hosts with a bucket of their own now (for tests).
@@ -206,6 +253,35 @@ mod tests {
     #[test]
     fn the_config_default_is_this_default() {
         assert_eq!(crate::config::Network::default().announces_per_host, DEFAULT_PER_HOST);
+    }
+
+    #[test]
+    fn slots_given_back_go_to_the_next_to_ask() {
+        let pacer = HostPacer::new(10);
+        let t0 = Instant::now();
+        let slots: Vec<Slot> = (0..100).map(|_| pacer.reserve("t.example", true, t0)).collect();
+        assert_eq!(pacer.slot("t.example", false, t0), ms(8100), "behind 100 reserved");
+        // Those waiting (all but the burst) are paused meanwhile.
+        for s in slots.iter().filter(|s| !s.wait.is_zero()) {
+            pacer.give_back(s, t0 + ms(10));
+        }
+        let next = pacer.reserve("t.example", true, t0 + ms(10));
+        assert!(next.wait <= ms(200), "not held back by the abandoned: {:?}", next.wait);
+        // Given back long after, a slot changes nothing.
+        pacer.give_back(&next, t0 + Duration::from_secs(60));
+        assert_eq!(pacer.slot("t.example", false, t0 + Duration::from_secs(60)), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_before_its_slot_gives_it_back() {
+        let pacer = HostPacer::new(1);
+        for _ in 0..2 {
+            pacer.wait("t.example", false).await;
+        }
+        let t0 = Instant::now();
+        let abandoned = tokio::time::timeout(ms(10), pacer.wait("t.example", false)).await;
+        assert!(abandoned.is_err(), "the third waits a second");
+        assert!(pacer.slot("t.example", false, t0) <= Duration::from_secs(1), "not two");
     }
 
     #[test]

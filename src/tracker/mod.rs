@@ -11,6 +11,7 @@
 pub mod hostpace;
 pub mod http;
 pub mod pace;
+pub mod scrape;
 pub mod udp;
 
 use crate::types::printable;
@@ -200,7 +201,11 @@ impl Announcer {
             announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, pacing, &mut attempts)
                 .await;
         if let Ok(reply) = &result {
-            cfg.book.announced(cfg.info_hash, now_unix(), Some(reply.min_interval.unwrap_or(0)));
+            let now = now_unix();
+            cfg.book.announced(cfg.info_hash, now, Some(reply.min_interval.unwrap_or(0)));
+            if let (Some(seeders), Some(leechers)) = (reply.seeders, reply.leechers) {
+                cfg.book.swarm_seen(cfg.info_hash, pace::Swarm { seeders, leechers, at: now });
+            }
         }
         // The tracker that answered, or the last one that failed.
         let url = attempts.last().map(|(url, _)| redacted(url)).unwrap_or_default();
