@@ -397,9 +397,11 @@ fn announces_of_many_torrents_to_one_host_are_paced() {
     let times = tracker.times("/announce");
     let (first, last) = (times[0], times[TORRENTS - 1]);
     // The bucket lets a burst of 2 * RATE through, then RATE a second: a
-    // second holds at most 3 * RATE (a few more for request latency).
+    // second holds at most 3 * RATE, and RATE / 2 more that a loaded
+    // machine woke up to half a second late (198 unpaced).
     let most = most_within(&times, Duration::from_secs(1));
-    assert!(most <= 3 * RATE + 5, "{most} announces within one second to one host");
+    assert!(most <= 3 * RATE + RATE / 2, "{most} announces within one second to one host");
+    eprintln!("{TORRENTS} first announces over {:?}, at most {most} within a second", last - first);
     let least = Duration::from_secs_f64((TORRENTS - 2 * RATE) as f64 / RATE as f64) - Duration::from_millis(500);
     assert!(last - first >= least, "{TORRENTS} first announces within {:?}", last - first);
 }

@@ -64,6 +64,9 @@ pub fn request_url(base: &str, hashes: &[InfoHash]) -> String {
 /// Hashes not asked for are left out; a `failure reason` is an error.
 pub fn parse_reply(body: &[u8], asked: &[InfoHash]) -> Result<Vec<(InfoHash, u64, u64)>, TrackerError> {
     let malformed = |what: &str| TrackerError::Malformed(what.to_string());
+    // Checked first, within a nesting bound: a hostile reply must not
+    // overflow the stack of the parse below.
+    crate::bencode::top_level_value(body, b"files").map_err(|e| malformed(&e.to_string()))?;
     let Value::Dict(top) = serde_bencode::from_bytes::<Value>(body).map_err(|e| malformed(&e.to_string()))? else {
         return Err(malformed("not a dictionary"));
     };
@@ -188,6 +191,8 @@ mod tests {
         assert!(matches!(failure, Err(TrackerError::Failure(t)) if t == "no scrape"));
         assert!(parse_reply(b"garbage", &hashes).is_err());
         assert!(parse_reply(b"d5:filesi3ee", &hashes).is_err());
+        let deep = [&b"d5:files"[..], &b"l".repeat(100_000), &b"e".repeat(100_001)].concat();
+        assert!(parse_reply(&deep, &hashes).is_err(), "nested too deep: refused, not a stack overflow");
     }
 
     #[test]
