@@ -144,6 +144,10 @@ impl Default for Paths {
     }
 }
 
+/// The most `[network] announces_per_host` may be: past it, pacing would
+/// not pace anything a tracker can serve.
+pub const MAX_ANNOUNCES_PER_HOST: u32 = 1000;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
@@ -151,6 +155,9 @@ pub struct Network {
     pub listen_address: String,
     /// Peers asked of a tracker in each announce.
     pub numwant: u32,
+    /// Announces a second to one tracker host, across all torrents; 0
+    /// for no pacing.
+    pub announces_per_host: u32,
     /// Protocol encryption (MSE/PE) of peer connections.
     pub encryption: Encryption,
     /// Peer connections over uTP (BEP 29) as well as TCP.
@@ -163,6 +170,7 @@ impl Default for Network {
             listen_port: 6881,
             listen_address: "::".into(),
             numwant: 50,
+            announces_per_host: 10,
             encryption: Encryption::default(),
             utp: Utp::default(),
         }
@@ -681,6 +689,10 @@ impl Config {
         self.network.listen_address.parse::<std::net::IpAddr>().map_err(|_| {
             ("network.listen_address", format!("'{}' is not an IP address", self.network.listen_address))
         })?;
+        if self.network.announces_per_host > MAX_ANNOUNCES_PER_HOST {
+            let msg = format!("must be at most {MAX_ANNOUNCES_PER_HOST} a second (0 for no pacing)");
+            return Err(("network.announces_per_host", msg));
+        }
         let lsd_if = self.lsd.interface.trim();
         if !lsd_if.is_empty() && lsd_if.parse::<std::net::Ipv4Addr>().is_err() {
             return Err(("lsd.interface", format!("'{lsd_if}' is not an IPv4 address (LSD speaks IPv4 only)")));
@@ -884,6 +896,7 @@ mod tests {
             ("[storage]\npiece_buffer = \"1K\"\n", "storage.piece_buffer"),
             ("[lsd]\ninterface = \"eth0\"\n", "lsd.interface"),
             ("[lsd]\ninterface = \"::1\"\n", "lsd.interface"),
+            ("[network]\nannounces_per_host = 5000\n", "network.announces_per_host"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

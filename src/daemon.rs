@@ -312,6 +312,7 @@ mod tests {
             eta_secs: None,
             error: None,
             tracker_error: None,
+            swarm: None,
             trackers: Vec::new(),
             times: Default::default(),
             tags: Vec::new(),

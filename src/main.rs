@@ -740,6 +740,9 @@ fn print_details(t: &TorrentStatus) {
         t.peers,
         t.seeds
     );
+    if let Some(swarm) = t.swarm {
+        println!("  swarm     {} seeders, {} leechers (the tracker's count)", swarm.seeders, swarm.leechers);
+    }
     println!(
         "  counters  downloaded {}, uploaded {}, corrupt {}, wasted {}",
         human_bytes(t.downloaded),

@@ -94,6 +94,7 @@ impl MagnetEntry {
             eta_secs: None,
             error,
             tracker_error: None,
+            swarm: None,
             trackers: Vec::new(),
             times: Default::default(),
             tags: self.opts.tags.clone(),

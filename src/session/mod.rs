@@ -140,6 +140,8 @@ impl Session {
         session.restore().await;
         session.env.metrics().start_counting(&session.statuses());
         session.tasks.spawn(listener::accept_loop(session.clone(), listener, udp.incoming));
+        let (book, http) = (session.env.announces().clone(), session.env.http().clone());
+        session.tasks.spawn(crate::tracker::scrape::run(book, http, session.cancel.clone()));
         session.tasks.spawn(housekeeping(Arc::downgrade(&session), removal_rx, fetched_rx, session.cancel.clone()));
         Ok(session)
     }

@@ -307,6 +307,48 @@ mod tests {
         assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
+    /// A registry telling `book` of every hash entering and leaving, as the
+    /// session's does.
+    fn booked(book: &Arc<AnnounceBook>) -> Registry {
+        let b = book.clone();
+        Registry::new(move |e| match e {
+            SlotEvent::Entered(h) => b.unretire(&h),
+            SlotEvent::Left(h) => b.retire(h, crate::wallclock::now_unix()),
+        })
+    }
+
+    /// The suspect of a timeout of tests/trackers.rs: an entry taken out
+    /// for a command (pause, resume, remove) leaves its slot reserved, so
+    /// the book never hears that it left, and a sweep meanwhile (another
+    /// torrent removed) keeps its record and its waker.
+    #[test]
+    fn an_entry_taken_for_a_command_keeps_its_announce_state_through_a_sweep() {
+        let book = Arc::new(AnnounceBook::default());
+        let registry = booked(&book);
+        let (h, other) = (hash(7), hash(8));
+        let magnet = crate::magnet::Magnet::parse(&h.hex()).unwrap();
+        let entry = || super::super::entry::MagnetEntry {
+            magnet: magnet.clone(),
+            fetch: None,
+            error: None,
+            opts: Box::default(),
+        };
+        registry.lock().insert(h, Entry::Magnet(entry()));
+        registry.lock().insert(other, Entry::Reserved(None));
+        // Announced long ago: a retired record would be swept at once.
+        let long_ago = crate::wallclock::now_unix() - 10 * FLOOR_SECS;
+        book.sending(h, long_ago, crate::tracker::http::Event::Started);
+        let (key, waker) = (book.get(h).key, book.waker(h));
+        let (reservation, _taken) = registry.take(&h).unwrap();
+        // Another torrent leaves meanwhile: its retire sweeps the book.
+        registry.lock().remove(&other);
+        book.sweep(crate::wallclock::now_unix() + 10 * FLOOR_SECS);
+        assert_eq!(book.get(h).key, key, "the record of a torrent under a command stays");
+        assert!(Arc::ptr_eq(&book.waker(h), &waker), "so does the waker its announce loop waits on");
+        reservation.commit(Entry::Magnet(entry()));
+        assert_eq!(book.sizes().3, 0, "nothing retired");
+    }
+
     #[test]
     fn announce_state_goes_with_the_slot_for_1000_torrents() {
         let book = Arc::new(AnnounceBook::default());

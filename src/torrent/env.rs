@@ -82,6 +82,7 @@ impl Env {
         let match_checks = Semaphore::new((disk.threads() / 2).max(1));
         let budget = crate::storage::pool::raise_fd_limit(config.storage.max_open_files);
         crate::storage::pool::FilePool::global().set_budget(budget);
+        let announces = crate::tracker::pace::AnnounceBook::with_host_rate(config.network.announces_per_host);
         Ok(Env {
             peer_id: PeerId::generate(),
             listen_port,
@@ -97,7 +98,7 @@ impl Env {
             state_dir: config.paths.state_dir.clone(),
             config: RwLock::new(config),
             services,
-            announces: Default::default(),
+            announces: Arc::new(announces),
             metrics: Default::default(),
             match_sources: OnceLock::new(),
             match_checks,

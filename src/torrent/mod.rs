@@ -677,6 +677,7 @@ impl TorrentShared {
             error: s.phase.error().map(str::to_string),
             tracker_error: latest_tracker_error(&trackers),
             trackers,
+            swarm: self.env.announces().swarm(self.meta.info_hash),
             times: StatusTimes {
                 added_at: s.record.added_at,
                 completed_at: s.record.completed_at,
@@ -752,6 +753,9 @@ pub struct TorrentStatus {
     /// Each tracker's last answer and the counters last sent to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trackers: Vec<crate::tracker::pace::TrackerView>,
+    /// The whole swarm as its tracker last counted it (announce or scrape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<crate::tracker::pace::Swarm>,
     /// When it was added and completed, and how long it seeded (the API's
     /// added_on, completion_on, seeding_time).
     #[serde(default)]

@@ -118,8 +118,14 @@ pub fn announce_url(base: &str, p: &AnnounceParams) -> String {
 }
 
 pub async fn announce(client: &reqwest::Client, base: &str, p: &AnnounceParams) -> Result<AnnounceReply, TrackerError> {
-    let mut resp =
-        client.get(announce_url(base, p)).timeout(Duration::from_secs(15)).send().await.map_err(http_error)?;
+    parse_reply(&get_bounded(client, &announce_url(base, p)).await?)
+}
+
+/// A tracker's reply to a GET of `url` (an announce or a scrape): at most
+/// [`MAX_RESPONSE`] bytes, within 15 s to the headers, redirects as
+/// [`client`] allows them.
+pub async fn get_bounded(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, TrackerError> {
+    let mut resp = client.get(url).timeout(Duration::from_secs(15)).send().await.map_err(http_error)?;
     if resp.status().is_redirection() {
         // A Location the client would not follow at all (not a URL it can
         // request, e.g. `file:`) ends up here rather than in the policy.
@@ -137,7 +143,7 @@ pub async fn announce(client: &reqwest::Client, base: &str, p: &AnnounceParams) 
         }
         body.extend_from_slice(&chunk);
     }
-    parse_reply(&body)
+    Ok(body)
 }
 
 #[derive(Deserialize)]

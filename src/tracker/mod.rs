@@ -8,8 +8,10 @@
 //! The counters sent are this announce session's: they start from zero at
 //! each `started` and only grow until its `stopped`.
 
+pub mod hostpace;
 pub mod http;
 pub mod pace;
+pub mod scrape;
 pub mod udp;
 
 use crate::types::printable;
@@ -144,6 +146,8 @@ struct Announcer {
     last_outcome: Option<String>,
     /// When this announce session began (for the quick "not registered" retry).
     born: std::time::Instant,
+    /// The first announce took its slot among the session's starts.
+    start_paced: bool,
 }
 
 impl Announcer {
@@ -178,19 +182,30 @@ impl Announcer {
             last_warning: None,
             last_outcome: None,
             born: std::time::Instant::now(),
+            start_paced: false,
             next_event: Event::Started,
         })
     }
 
     /// One announce; returns when to announce next, and the peers it got.
     async fn announce(&mut self, cfg: &TrackerConfig) -> (Duration, Vec<SocketAddr>) {
+        // The host's pace first: the announce counts from when it goes out.
+        let host = self.tiers.first().and_then(|t| t.first()).and_then(|u| tracker_host(u)).unwrap_or_default();
+        cfg.book.pacer().wait(&host, !self.start_paced).await;
+        self.start_paced = true;
         let params = self.params(cfg, self.next_event, cfg.numwant);
         self.mark_sent(cfg, self.next_event).await;
         let mut attempts = Vec::new();
+        let pacing = Some((cfg.book.pacer(), host.as_str()));
         let result =
-            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, &mut attempts).await;
+            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, pacing, &mut attempts)
+                .await;
         if let Ok(reply) = &result {
-            cfg.book.announced(cfg.info_hash, now_unix(), Some(reply.min_interval.unwrap_or(0)));
+            let now = now_unix();
+            cfg.book.announced(cfg.info_hash, now, Some(reply.min_interval.unwrap_or(0)));
+            if let (Some(seeders), Some(leechers)) = (reply.seeders, reply.leechers) {
+                cfg.book.swarm_seen(cfg.info_hash, pace::Swarm { seeders, leechers, at: now });
+            }
         }
         // The tracker that answered, or the last one that failed.
         let url = attempts.last().map(|(url, _)| redacted(url)).unwrap_or_default();
@@ -246,9 +261,9 @@ impl Announcer {
                 // An upload often reaches us before its tracker knows it:
                 // then retry as soon as the pace allows, for a few minutes.
                 if not_registered(&e) && self.born.elapsed() < QUICK_RETRY_FOR {
-                    return (Duration::from_secs(MIN_BACKOFF), Vec::new());
+                    return (backoff(1), Vec::new());
                 }
-                (Duration::from_secs((MIN_BACKOFF << (self.failures - 1).min(7)).min(MAX_BACKOFF)), Vec::new())
+                (backoff(self.failures), Vec::new())
             }
         }
     }
@@ -264,8 +279,9 @@ impl Announcer {
         // The book is enough here: the torrent saves its record right after
         // its announce loop ends, and a slow save must not eat the 3 s.
         cfg.book.announced(cfg.info_hash, now_unix(), None);
+        // Never paced: see `hostpace`.
         let announce = async {
-            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, &mut attempts).await
+            announce_tiers(&self.client, &mut self.udp_connections, &mut self.tiers, &params, None, &mut attempts).await
         };
         match tokio::time::timeout(STOPPED_TIMEOUT, announce).await {
             Ok(Ok(_)) => {
@@ -337,6 +353,15 @@ fn summary(r: &http::AnnounceReply) -> String {
         s.push_str(&format!("; warning: {w}"));
     }
     s
+}
+
+/// The wait before retrying after `failures` failures in a row (at least
+/// 1): 15 s doubling up to 30 min, and up to a quarter more at random, so
+/// that torrents failing together (a tracker's outage) do not retry
+/// together. Only ever longer than the doubling: the pace's rules hold.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs((MIN_BACKOFF << failures.saturating_sub(1).min(7)).min(MAX_BACKOFF));
+    base + (base / 4).mul_f64(rand::random::<f64>())
 }
 
 /// A tracker's way of saying it does not know the torrent (yet).
@@ -426,12 +451,14 @@ pub fn host_label(url: &str) -> String {
 /// that answers moves to the front of its tier. A host that may have heard
 /// this announce (anything but an unreachable address) is not asked again
 /// in the same round under another URL: to the tracker, that would be a
-/// second announce within the same second.
+/// second announce within the same second. With `pacing`, a host other
+/// than the one named (its slot taken already) is asked once its pace allows.
 async fn announce_tiers(
     client: &reqwest::Client,
     udp_connections: &mut udp::Connections,
     tiers: &mut [Vec<String>],
     params: &AnnounceParams,
+    pacing: Option<(&hostpace::HostPacer, &str)>,
     attempts: &mut Vec<(String, Result<String, String>)>,
 ) -> Result<http::AnnounceReply, http::TrackerError> {
     let mut last_err = None;
@@ -442,6 +469,9 @@ async fn announce_tiers(
             if heard.contains(&host) {
                 attempts.push((tier[i].clone(), Err("not asked: its host had this announce already".into())));
                 continue;
+            }
+            if let Some((pacer, _)) = pacing.filter(|(_, paced)| *paced != host) {
+                pacer.wait(&host, false).await;
             }
             let reply = if tier[i].starts_with("udp://") {
                 udp::announce(udp_connections, &tier[i], params, &udp::RETRY_TIMEOUTS).await
@@ -512,6 +542,17 @@ mod tests {
     }
 
     #[test]
+    fn back_off_doubles_and_spreads_by_up_to_a_quarter() {
+        for (failures, base) in [(1, 15), (2, 30), (3, 60), (8, 1800), (30, 1800)] {
+            let waits: Vec<Duration> = (0..200).map(|_| backoff(failures)).collect();
+            let base = Duration::from_secs(base);
+            assert!(waits.iter().all(|w| *w >= base && *w <= base + base / 4), "{failures}: {waits:?}");
+            let distinct: std::collections::HashSet<_> = waits.iter().collect();
+            assert!(distinct.len() > 100, "torrents failing together retry apart: {failures}");
+        }
+    }
+
+    #[test]
     fn not_registered_failures_are_recognised() {
         for t in ["Torrent not registered with this tracker", "Unregistered torrent", "torrent not found"] {
             assert!(not_registered(&TrackerError::Failure(t.into())), "{t}");
@@ -572,13 +613,16 @@ mod tests {
         // for the next round.
         let mut tiers = vec![vec![failing.clone()], vec![good.clone()]];
         let mut attempts = Vec::new();
-        assert!(announce_tiers(&client, &mut udp, &mut tiers, &params(), &mut attempts).await.is_err());
+        assert!(announce_tiers(&client, &mut udp, &mut tiers, &params(), None, &mut attempts).await.is_err());
         assert_eq!((failing_count.load(SeqCst), good_count.load(SeqCst)), (1, 0), "{attempts:?}");
 
         // A refused connection carried nothing: the next URL is asked.
         let mut tiers = vec![vec![refused, good]];
         let mut attempts = Vec::new();
-        assert!(announce_tiers(&client, &mut udp, &mut tiers, &params(), &mut attempts).await.is_ok(), "{attempts:?}");
+        assert!(
+            announce_tiers(&client, &mut udp, &mut tiers, &params(), None, &mut attempts).await.is_ok(),
+            "{attempts:?}"
+        );
         assert_eq!(good_count.load(SeqCst), 1);
     }
 

@@ -110,6 +110,16 @@ pub struct TrackerView {
     pub attempt: u64,
 }
 
+/// What a tracker last said of a torrent's whole swarm (announce replies
+/// and scrapes), beyond the peers we are connected to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Swarm {
+    pub seeders: u64,
+    pub leechers: u64,
+    /// Unix seconds of the answer.
+    pub at: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sent {
     pub event: String,
@@ -134,6 +144,53 @@ pub struct AnnounceBook {
     /// Announces and failures by tracker host (`/metrics`), at most
     /// [`MAX_TALLIED_HOSTS`] hosts by name.
     hosts: Mutex<HashMap<String, HostTally>>,
+    /// Paces announces per tracker host across the session.
+    pacer: super::hostpace::HostPacer,
+    /// Each torrent's swarm as its tracker last counted it.
+    swarms: Mutex<HashMap<InfoHash, Swarm>>,
+}
+
+impl AnnounceBook {
+    /// `swarms`, locked.
+    fn swarms(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Swarm>> {
+        crate::locks::locked(&self.swarms)
+    }
+
+    /// A tracker counted `hash`'s swarm; the newest answer wins. Only for
+    /// a torrent the book knows (its announce loop ran): a scrape reply
+    /// cannot make the map grow past the session's torrents.
+    pub fn swarm_seen(&self, hash: InfoHash, swarm: Swarm) {
+        if !self.records().contains_key(&hash) {
+            return;
+        }
+        let mut swarms = self.swarms();
+        let known = swarms.entry(hash).or_insert(swarm);
+        if known.at <= swarm.at {
+            *known = swarm;
+        }
+    }
+
+    /// What a tracker last counted of `hash`'s swarm.
+    pub fn swarm(&self, hash: InfoHash) -> Option<Swarm> {
+        self.swarms().get(&hash).copied()
+    }
+
+    /// What a scrape round asks for: each torrent a tracker holds active
+    /// with no count newer than `fresh` seconds, and the URL of the
+    /// tracker it announces to (the last that answered, else its first).
+    pub fn scrape_targets(&self, now: u64, fresh: u64) -> Vec<(InfoHash, String)> {
+        let records = self.records();
+        let views = self.views();
+        let swarms = self.swarms();
+        let due = |h: &InfoHash| {
+            records.get(h).is_some_and(|r| r.active) && swarms.get(h).is_none_or(|s| s.at + fresh <= now)
+        };
+        let in_use = |vs: &[TrackerView]| {
+            let answered = vs.iter().filter(|v| v.result.as_ref().is_some_and(|r| !r.starts_with("error")));
+            answered.max_by_key(|v| v.attempt).or(vs.first()).map(|v| v.url.clone())
+        };
+        views.iter().filter(|(h, _)| due(h)).filter_map(|(h, vs)| Some((*h, in_use(vs)?))).collect()
+    }
 }
 
 impl AnnounceBook {
@@ -184,6 +241,17 @@ pub struct HostTally {
 }
 
 impl AnnounceBook {
+    /// A book whose announces go out at most `per_host` a second to one
+    /// tracker host (`[network] announces_per_host`; 0: unpaced).
+    pub fn with_host_rate(per_host: u32) -> AnnounceBook {
+        AnnounceBook { pacer: super::hostpace::HostPacer::new(per_host), ..AnnounceBook::default() }
+    }
+
+    /// The session's per-host announce pacer.
+    pub fn pacer(&self) -> &super::hostpace::HostPacer {
+        &self.pacer
+    }
+
     /// The record for `hash`, made (with a fresh key) if there is none.
     pub fn get(&self, hash: InfoHash) -> AnnounceRecord {
         *self.records().entry(hash).or_insert_with(AnnounceRecord::fresh)
@@ -248,6 +316,7 @@ impl AnnounceBook {
                 return true;
             }
             records.remove(h);
+            self.swarms().remove(h);
             self.views().remove(h);
             self.wakers().remove(h);
             false
@@ -390,8 +459,15 @@ mod tests {
         book.sweep(1000);
         assert_eq!(book.get(h).key, key, "back in the session: not swept");
         book.retire(h, 1000);
+        book.swarm_seen(h, Swarm { seeders: 3, leechers: 4, at: 1000 });
+        assert_eq!(book.swarm(h).map(|s| s.seeders), Some(3));
+        book.swarm_seen(h, Swarm { seeders: 9, leechers: 9, at: 999 });
+        assert_eq!(book.swarm(h).map(|s| s.seeders), Some(3), "an older count is ignored");
+        book.swarm_seen(InfoHash([6; 20]), Swarm::default());
+        assert_eq!(book.swarm(InfoHash([6; 20])), None, "a hash the book does not know is not kept");
         book.sweep(1000);
         assert_eq!(book.sizes(), (0, 0, 0, 0), "gone with everything it had");
+        assert_eq!(book.swarm(h), None);
     }
 
     #[test]
