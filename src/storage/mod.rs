@@ -13,6 +13,7 @@ mod sigbus;
 
 use crate::config::BackendKind;
 use crate::metainfo::Metainfo;
+use crate::types::Bitfield;
 use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
 use nofollow::FileStamp;
@@ -63,6 +64,12 @@ pub struct TorrentStorage {
     place: Mutex<Place>,
     /// Per file; None for padding.
     files: Vec<Option<FileSlot>>,
+    /// Ranges made durable (msync / fdatasync calls), for tests and stats.
+    flushes: AtomicU64,
+    /// Pieces written through this storage since they were last flushed:
+    /// only those need a flush. Data found on disk (a torrent seeding from
+    /// the start) never does, so its first resume save syncs nothing.
+    written: Mutex<Bitfield>,
 }
 
 /// What is needed to open a file again and know it for the one opened first.
@@ -305,6 +312,8 @@ impl TorrentStorage {
             pool: FilePool::global().clone(),
             place: Mutex::new(place.clone()),
             files,
+            flushes: AtomicU64::new(0),
+            written: Mutex::new(Bitfield::new(Layout::new(meta).piece_count())),
         })
     }
 
@@ -413,7 +422,7 @@ impl TorrentStorage {
                 "data shared with other torrents is never written",
             ));
         }
-        for s in self.layout.segments(offset, data.len()) {
+        let result = self.layout.segments(offset, data.len()).into_iter().try_for_each(|s| {
             let bytes = &data[s.buf_offset..s.buf_offset + s.len];
             if !s.padding && self.shared_file(s.file) {
                 self.same_bytes(s.file, s.file_offset, bytes)?;
@@ -421,8 +430,15 @@ impl TorrentStorage {
                 self.write_at(s.file, s.file_offset, bytes)?;
                 WRITTEN.fetch_add(s.len as u64, Ordering::Relaxed);
             }
-        }
-        Ok(())
+            Ok(())
+        });
+        // After the copy (a flush asked for once this returns sees it), and
+        // even after a failure: part of the range may have been written.
+        let mut written = crate::locks::locked(&self.written);
+        self.layout.pieces_in(offset, data.len()).0.for_each(|p| {
+            written.set(p);
+        });
+        result
     }
 
     /// A file linked in from another torrent's data that another name still holds.
@@ -457,14 +473,35 @@ impl TorrentStorage {
         Ok(())
     }
 
-    /// Makes the bytes of a range durable (msync / fdatasync).
+    /// Makes the bytes of a range durable (msync / fdatasync), if this
+    /// storage wrote any of them since they were last flushed: a piece
+    /// never written in this process's life is left alone.
     pub fn flush(&self, offset: u64, len: usize) -> io::Result<()> {
-        for s in self.layout.segments(offset, len) {
-            if !s.padding {
-                self.flush_file(s.file, s.file_offset, s.len)?;
+        let (touched, whole) = self.layout.pieces_in(offset, len);
+        let cleaned: Vec<usize> = {
+            let mut written = crate::locks::locked(&self.written);
+            if !touched.clone().any(|p| written.get(p)) {
+                return Ok(());
             }
+            // Cleared before the sync: a write landing meanwhile sets its
+            // piece again, for the next flush.
+            let cleaned: Vec<usize> = whole.filter(|&p| written.get(p)).collect();
+            cleaned.iter().for_each(|&p| written.clear(p));
+            cleaned
+        };
+        let result = self
+            .layout
+            .segments(offset, len)
+            .into_iter()
+            .filter(|s| !s.padding)
+            .try_for_each(|s| self.flush_file(s.file, s.file_offset, s.len));
+        if result.is_err() {
+            let mut written = crate::locks::locked(&self.written);
+            cleaned.iter().for_each(|&p| {
+                written.set(p);
+            });
         }
-        Ok(())
+        result
     }
 
     /// SHA-1 of piece `index` as it is on disk (padding hashes as zeros),
@@ -481,6 +518,11 @@ impl TorrentStorage {
             }
         }
         Ok(hasher.finalize().into())
+    }
+
+    /// How many file ranges were made durable (msync / fdatasync calls).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     pub fn read_piece(&self, index: usize) -> io::Result<Vec<u8>> {
@@ -651,6 +693,7 @@ impl TorrentStorage {
     }
 
     fn flush_file(&self, i: usize, offset: u64, len: usize) -> io::Result<()> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         if self.kind == BackendKind::File {
             return self.handle(i)?.file.sync_data();
         }
@@ -934,6 +977,47 @@ mod tests {
         s.read(32, &mut buf).unwrap();
         assert_eq!(pool.evictions(), (2, 1), "the written mapping was flushed");
         assert_eq!(std::fs::read(dir.path().join("tri/b")).unwrap(), [5u8; 16]);
+    }
+
+    #[test]
+    fn data_found_on_disk_is_never_flushed_only_what_was_written() {
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let meta = three();
+            std::fs::create_dir(dir.path().join("tri")).unwrap();
+            for n in ["a", "b", "c"] {
+                std::fs::write(dir.path().join("tri").join(n), [3u8; 16]).unwrap();
+            }
+            let s = TorrentStorage::open(&at(dir.path(), &meta), &meta, kind).unwrap();
+            let mut buf = [0u8; 48];
+            s.read(0, &mut buf).unwrap();
+            // A torrent seeding what it found: its first save flushes nothing.
+            for p in 0..3 {
+                s.flush(p * 16, 16).unwrap();
+            }
+            assert_eq!(s.flushes(), 0, "{kind:?}: pages never written were flushed");
+            s.write(16, &[4u8; 16]).unwrap();
+            for p in 0..3 {
+                s.flush(p * 16, 16).unwrap();
+            }
+            assert_eq!(s.flushes(), 1, "{kind:?}: only the piece written is flushed");
+            s.flush(16, 16).unwrap();
+            assert_eq!(s.flushes(), 1, "{kind:?}: and only once");
+            assert_eq!(std::fs::read(dir.path().join("tri/b")).unwrap(), [4u8; 16]);
+        }
+    }
+
+    #[test]
+    fn a_range_flushed_in_part_stays_to_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_pool, s, _) = pooled(dir.path(), BackendKind::Mmap, 4);
+        s.write(0, &[1u8; 32]).unwrap();
+        s.flush(8, 16).unwrap();
+        let after_part = s.flushes();
+        assert!(after_part > 0);
+        s.flush(0, 16).unwrap();
+        s.flush(16, 16).unwrap();
+        assert_eq!(s.flushes(), after_part + 2, "pieces flushed only in part are flushed whole later");
     }
 
     #[test]
