@@ -473,6 +473,29 @@ impl TorrentStorage {
         Ok(())
     }
 
+    /// Appends `len` bytes from stream offset `offset` to `out`: with the
+    /// mmap backend copied from the mapping straight into `out`'s spare
+    /// capacity, never zeroed first (a block sent to a peer costs one copy,
+    /// not a memset and a copy). Padding appends zeros. On an error `out`
+    /// is as it was.
+    pub fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let start = out.len();
+        out.reserve(len);
+        let result = self.layout.segments(offset, len).into_iter().try_for_each(|s| {
+            if s.padding {
+                out.resize(out.len() + s.len, 0);
+                return Ok(());
+            }
+            self.append_at(s.file, s.file_offset, s.len, out)?;
+            READ.fetch_add(s.len as u64, Ordering::Relaxed);
+            Ok(())
+        });
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
     /// Makes the bytes of a range durable (msync / fdatasync), if this
     /// storage wrote any of them since they were last flushed: a piece
     /// never written in this process's life is left alone.
@@ -692,6 +715,21 @@ impl TorrentStorage {
         guarded(m, offset, buf.len(), |at| unsafe { std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), buf.len()) })
     }
 
+    fn append_at(&self, i: usize, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        if self.kind == BackendKind::File {
+            let at = out.len();
+            out.resize(at + len, 0);
+            return self.read_at(i, offset, &mut out[at..]);
+        }
+        let h = self.mapped(i, offset, len)?;
+        let m = h.map.as_ref().expect("checked by mapped");
+        // Room first: nothing allocates inside the guard.
+        out.reserve(len);
+        // SAFETY: in range (checked); readers only see verified pieces, which
+        // are never written again.
+        guarded(m, offset, len, |at| out.extend_from_slice(unsafe { std::slice::from_raw_parts(at, len) }))
+    }
+
     fn flush_file(&self, i: usize, offset: u64, len: usize) -> io::Result<()> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         if self.kind == BackendKind::File {
@@ -861,6 +899,29 @@ mod tests {
             s.write(16, &data).unwrap();
             s.flush(16, 20).unwrap();
             assert_eq!(std::fs::read(&b).unwrap(), data, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn reads_append_across_files_and_padding_and_leave_the_buffer_as_it_was_on_an_error() {
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let meta = multi();
+            let s = TorrentStorage::open(&at(dir.path(), &meta), &meta, kind).unwrap();
+            let data: Vec<u8> = (1..=36).collect();
+            s.write(0, &data).unwrap();
+            let mut out = b"header".to_vec();
+            s.read_append(2, 30, &mut out).unwrap();
+            let mut expect = b"header".to_vec();
+            expect.extend_from_slice(&data[2..5]);
+            expect.extend_from_slice(&[0; 11]);
+            expect.extend_from_slice(&data[16..32]);
+            assert_eq!(out, expect, "{kind:?}");
+            // Cut short under us: an error, and nothing half-read is kept.
+            std::fs::OpenOptions::new().write(true).open(dir.path().join("dir/sub/b")).unwrap().set_len(2).unwrap();
+            let e = s.read_append(0, 36, &mut out).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{kind:?}: {e}");
+            assert_eq!(out, expect, "{kind:?}");
         }
     }
 

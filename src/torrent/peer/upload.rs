@@ -269,8 +269,9 @@ fn read_job(shared: Arc<TorrentShared>, blocks: Vec<BlockRef>, tx: mpsc::Sender<
         for b in blocks {
             let mut msg = Vec::with_capacity(13 + b.len as usize);
             wire::encode_piece_header(b.piece, b.offset, b.len as usize, &mut msg);
-            msg.resize(13 + b.len as usize, 0);
-            match storage.read(b.piece as u64 * shared.meta.piece_length + b.offset as u64, &mut msg[13..]) {
+            // Copied out of the mapping behind the header, never zeroed first.
+            let at = b.piece as u64 * shared.meta.piece_length + b.offset as u64;
+            match storage.read_append(at, b.len as usize, &mut msg) {
                 Ok(()) => batch.push((b, msg)),
                 Err(e) => {
                     shared.disk_failed(format!("reading piece {} for upload: {e}", b.piece));
