@@ -46,6 +46,15 @@ pub fn io_counters() -> IoCounters {
     IoCounters { read: READ.load(Ordering::Relaxed), written: WRITTEN.load(Ordering::Relaxed) }
 }
 
+/// A part of a block as it is on disk, for a send without a copy.
+pub enum Span {
+    /// Padding: zeros, never stored.
+    Zeros(usize),
+    /// `len` bytes of an open file from `offset`. While held, the pool
+    /// never closes the handle.
+    File { file: Arc<Opened>, offset: u64, len: usize },
+}
+
 /// An open torrent's files.
 pub struct TorrentStorage {
     layout: Layout,
@@ -496,6 +505,27 @@ impl TorrentStorage {
         result
     }
 
+    /// The file ranges holding `len` bytes from stream offset `offset`,
+    /// their pages read in (a send from them then does not wait for the
+    /// disk), checked inside the files as they are now. Only with the mmap
+    /// backend, whose mapping can read them in and wait: None with the file
+    /// backend (the caller copies).
+    pub fn spans(&self, offset: u64, len: usize) -> io::Result<Option<Vec<Span>>> {
+        if self.kind != BackendKind::Mmap {
+            return Ok(None);
+        }
+        let spans = self.layout.segments(offset, len).into_iter().map(|s| {
+            if s.padding {
+                return Ok(Span::Zeros(s.len));
+            }
+            let h = self.mapped(s.file, s.file_offset, s.len)?;
+            populate_for_read(&h.map.as_ref().expect("checked by mapped").map, s.file_offset as usize, s.len);
+            READ.fetch_add(s.len as u64, Ordering::Relaxed);
+            Ok(Span::File { file: h, offset: s.file_offset, len: s.len })
+        });
+        spans.collect::<io::Result<_>>().map(Some)
+    }
+
     /// Makes the bytes of a range durable (msync / fdatasync), if this
     /// storage wrote any of them since they were last flushed: a piece
     /// never written in this process's life is left alone.
@@ -790,6 +820,22 @@ fn truncated(actual: Option<u64>, expected: u64) -> io::Error {
 
 fn file_stamp(f: &File) -> Option<FileStamp> {
     f.metadata().ok().map(|m| FileStamp::of(&m))
+}
+
+/// Reads the pages of a range in (from the disk if need be) and waits,
+/// before they are sent from the page cache on an async worker (Linux
+/// 5.14+; elsewhere the send reads them in itself). A file cut short fails
+/// here without a signal, and the send finds it short.
+fn populate_for_read(map: &MmapRaw, offset: usize, len: usize) {
+    const MADV_POPULATE_READ: libc::c_int = 22;
+    let page = 4096;
+    let start = offset / page * page;
+    let end = (offset + len).min(map.len());
+    // SAFETY: the range lies within the mapping; madvise does not change its
+    // contents, it only makes the pages resident.
+    unsafe {
+        libc::madvise(map.as_mut_ptr().add(start).cast(), end - start, MADV_POPULATE_READ);
+    }
 }
 
 /// Faults in the pages of a range in one system call before a copy, instead

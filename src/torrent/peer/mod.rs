@@ -143,7 +143,7 @@ impl Handler for PeerConn {
             }
             Wake::Have => self.send_haves(out)?,
             Wake::ReadDone(batch) => self.upload.read_done(batch, &self.shared, &self.handle, out),
-            Wake::Throttle => self.upload.release_throttled(Instant::now(), out),
+            Wake::Throttle => self.upload.release_throttled(&self.shared, Instant::now(), out),
         }
         Ok(())
     }
