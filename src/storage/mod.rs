@@ -509,9 +509,10 @@ impl TorrentStorage {
     /// their pages read in (a send from them then does not wait for the
     /// disk), checked inside the files as they are now. Only with the mmap
     /// backend, whose mapping can read them in and wait: None with the file
-    /// backend (the caller copies).
+    /// backend, and while the pool is over its budget (handles held for
+    /// sends would keep it there: the caller copies).
     pub fn spans(&self, offset: u64, len: usize) -> io::Result<Option<Vec<Span>>> {
-        if self.kind != BackendKind::Mmap {
+        if self.kind != BackendKind::Mmap || self.pool.len() > self.pool.budget() {
             return Ok(None);
         }
         let spans = self.layout.segments(offset, len).into_iter().map(|s| {
@@ -1070,6 +1071,23 @@ mod tests {
         s.write(16, &[1u8; 16]).unwrap();
         assert!(!is_open(&pool, &s, 0), "closed once no longer in use");
         assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn spans_hold_their_handles_and_are_refused_while_the_pool_is_over_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, s, _) = pooled(dir.path(), BackendKind::Mmap, 1);
+        s.write(0, &[1u8; 48]).unwrap();
+        let a = s.spans(0, 16).unwrap().expect("within budget");
+        assert!(matches!(&a[..], [Span::File { offset: 0, len: 16, .. }]));
+        let b = s.spans(20, 4).unwrap().expect("at the budget: one more");
+        assert!(matches!(&b[..], [Span::File { offset: 4, len: 4, .. }]));
+        assert_eq!(pool.len(), 2, "both held for their sends");
+        assert!(s.spans(32, 16).unwrap().is_none(), "over budget: copied instead");
+        drop((a, b));
+        s.read(32, &mut [0u8; 16]).unwrap();
+        assert!(pool.len() <= 1, "released once sent");
+        assert!(s.spans(32, 16).unwrap().is_some());
     }
 
     #[test]
