@@ -2,6 +2,9 @@
 //! the disk reads that answer them and the upload limit they pass. With a
 //! fast peer (BEP 6) every request gets an answer, the block or a
 //! `reject_request`, and its allowed-fast pieces are served while we choke it.
+//! To a plain TCP peer without an upload limit, blocks go as file ranges the
+//! connection's writer sends from the page cache (`sendfile`); to the others
+//! they are copied out of storage.
 
 use super::OUT_HIGH_WATER;
 use crate::conn::{ConnEnd, FileRange, OutQueue};
@@ -310,7 +313,8 @@ enum Read {
 
 /// One block read as `how` asks.
 fn read_block(storage: &TorrentStorage, at: u64, b: BlockRef, how: Read) -> std::io::Result<Outgoing> {
-    let mut msg = Vec::with_capacity(13 + b.len as usize);
+    // Room for the payload only where it is copied in.
+    let mut msg = Vec::with_capacity(if let Read::Copy = how { 13 + b.len as usize } else { 13 });
     wire::encode_piece_header(b.piece, b.offset, b.len as usize, &mut msg);
     if let Read::Spans = how {
         if let Some(spans) = storage.spans(at, b.len as usize)? {
