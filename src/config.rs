@@ -162,6 +162,9 @@ pub struct Network {
     pub encryption: Encryption,
     /// Peer connections over uTP (BEP 29) as well as TCP.
     pub utp: Utp,
+    /// Blocks to plain TCP peers without an upload limit go from the page
+    /// cache with `sendfile(2)`, never copied through our memory.
+    pub sendfile: bool,
 }
 
 impl Default for Network {
@@ -173,6 +176,7 @@ impl Default for Network {
             announces_per_host: 10,
             encryption: Encryption::default(),
             utp: Utp::default(),
+            sendfile: true,
         }
     }
 }

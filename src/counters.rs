@@ -18,6 +18,9 @@ pub struct Metrics {
     pub downloaded: Counter,
     /// Payload bytes sent to peers, this process.
     pub uploaded: Counter,
+    /// Of those, bytes sent from the page cache with `sendfile(2)`, never
+    /// copied through our memory.
+    pub uploaded_zero_copy: Counter,
     pub hash_failures: Counter,
     /// Bytes of pieces that failed their hash check.
     pub corrupt_bytes: Counter,
@@ -38,6 +41,7 @@ impl Default for Metrics {
         Metrics {
             downloaded: Counter::default(),
             uploaded: Counter::default(),
+            uploaded_zero_copy: Counter::default(),
             hash_failures: Counter::default(),
             corrupt_bytes: Counter::default(),
             wasted_bytes: Counter::default(),

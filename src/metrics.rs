@@ -73,6 +73,12 @@ impl Metrics {
             self.downloaded.clone(),
         );
         r.register_with_unit("uploaded", "Payload bytes uploaded to peers", bytes.clone(), self.uploaded.clone());
+        r.register_with_unit(
+            "uploaded_zero_copy",
+            "Of the payload bytes uploaded, those sent from the page cache (sendfile), never copied",
+            bytes.clone(),
+            self.uploaded_zero_copy.clone(),
+        );
         r.register("hash_failures", "Downloaded pieces that failed their hash check", self.hash_failures.clone());
         r.register_with_unit(
             "corrupt",

@@ -291,6 +291,32 @@ async fn seeds_and_leeches_over_utp_encrypted() {
     a.session.shutdown().await;
 }
 
+/// A plain TCP leecher gets its blocks from the seeder's page cache
+/// (sendfile), each piece passing its hash check; an encrypted one gets
+/// them copied (RC4 needs the bytes), as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_blocks_go_from_the_page_cache_and_encrypted_ones_are_copied() {
+    use dropseed::config::Encryption;
+    let (a, meta) = seeder(21).await;
+    let hash = meta.info_hash.hex();
+    let zero_copy = |n: &Node| n.session.env.metrics().uploaded_zero_copy.get();
+    let (a, meta, hash) = (&a, &meta, &hash);
+    let leech = |enc| async move {
+        let n = Node::start_with(|c| c.network.encryption = enc).await;
+        assert_eq!(n.session.add_magnet(magnet_of(meta, vec![a.addr()])).await.unwrap(), AddOutcome::Added);
+        n.wait_state(hash, TorrentState::Seeding, Duration::from_secs(60)).await;
+        assert_same_files(meta, &a.download_dir(), &n.download_dir());
+        assert_eq!(n.session.env.metrics().hash_failures.get(), 0, "{enc:?}: a piece failed its hash check");
+        n.session.shutdown().await;
+    };
+    leech(Encryption::Disable).await;
+    let sent = zero_copy(a);
+    assert!(sent >= meta.total_length, "{sent} bytes of {} sent from the page cache", meta.total_length);
+    leech(Encryption::Require).await;
+    assert_eq!(zero_copy(a), sent, "an encrypted peer's blocks are copied");
+    a.session.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // 2. The download limit is charged once per received byte
 // ---------------------------------------------------------------------------

@@ -16,9 +16,10 @@ pub mod transport;
 use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 use bytes::{Buf, BytesMut};
 pub use dial::{accept, dial, Attempt, Reach, Way};
-pub use outqueue::OutQueue;
+use outqueue::Next;
+pub use outqueue::{FileRange, OutQueue};
 use std::future::Future;
-use std::io::IoSlice;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -183,7 +184,7 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
     let (mut rd, mut wr) = transport.into_split();
     let mut conn = Conn {
         rbuf: BytesMut::with_capacity(256 * 1024),
-        out: OutQueue::default(),
+        out: OutQueue::new(wr.takes_files()),
         read_resume_at: None,
         last_received: Instant::now(),
         last_sent: Instant::now(),
@@ -193,12 +194,13 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = {
-            let slices = conn.out.slices();
+            let next = conn.out.next();
+            let writing = next.is_some() || wr.has_pending();
             let paused = conn.read_resume_at;
             tokio::select! {
                 r = rd.read_buf(&mut conn.rbuf), if paused.is_none() => Event::Read(r),
                 _ = sleep_until(paused), if paused.is_some() => Event::ReadResume,
-                w = write_out(&mut wr, &slices), if !slices.is_empty() || wr.has_pending() => Event::Wrote(w),
+                w = write_out(&mut wr, next), if writing => Event::Wrote(w),
                 w = handler.wake() => Event::Wake(w),
                 _ = tick.tick() => Event::Tick,
                 _ = cancel.cancelled() => Event::Cancelled,
@@ -237,13 +239,24 @@ pub async fn run<H: Handler>(transport: Transport, handler: &mut H, cancel: &Can
     }
 }
 
-/// Writes the queue's slices, or with none, flushes what the transport
-/// accepted earlier (an encrypting transport buffers): `None` then.
-async fn write_out(wr: &mut WriteHalf, slices: &[IoSlice<'_>]) -> std::io::Result<Option<usize>> {
-    if slices.is_empty() {
-        wr.flush().await.map(|()| None)
-    } else {
-        wr.write_vectored(slices).await.map(Some)
+/// Writes what is next in the queue, or with nothing, flushes what the
+/// transport accepted earlier (an encrypting transport buffers): `None`
+/// then. A file range found cut short is its owner's disk error, and ends
+/// the connection (its piece message went out in part).
+async fn write_out(wr: &mut WriteHalf, next: Option<Next<'_>>) -> std::io::Result<Option<usize>> {
+    match next {
+        None => wr.flush().await.map(|()| None),
+        Some(Next::Bytes { slices, more: false }) => wr.write_vectored(&slices).await.map(Some),
+        Some(Next::Bytes { slices, more: true }) => wr.write_more(&slices).await.map(Some),
+        Some(Next::File { range, offset, len }) => match wr.send_file(range.file.as_fd(), offset, len).await {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                let why = format!("file cut short under a send ({} bytes from offset {offset} expected)", len);
+                (range.on_short)(why.clone());
+                // Not `UnexpectedEof`: that would read as the peer closing.
+                Err(std::io::Error::other(why))
+            }
+            r => r.map(Some),
+        },
     }
 }
 
@@ -309,3 +322,6 @@ impl Conn {
         handler.on_tick(now, &mut self.out)
     }
 }
+
+#[cfg(test)]
+mod sendfile_tests;

@@ -11,9 +11,10 @@ use crate::mse::Established;
 use crate::utp::UtpStream;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -226,6 +227,53 @@ impl WriteHalf {
     /// Whether bytes it accepted wait for a flush to go out.
     pub fn has_pending(&self) -> bool {
         self.cipher.as_ref().is_some_and(|side| side.has_pending())
+    }
+
+    /// The plain TCP socket under it: nothing (encryption, uTP) needs the
+    /// bytes, so file ranges may go with `sendfile(2)`.
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match (&self.inner, &self.cipher) {
+            (StreamWrite::Tcp(w), None) => Some(w.as_ref()),
+            _ => None,
+        }
+    }
+
+    pub fn takes_files(&self) -> bool {
+        self.plain_tcp().is_some()
+    }
+
+    /// Writes `bufs` telling the kernel more follows at once (`MSG_MORE`:
+    /// a piece's header leaves in one segment with its payload), where the
+    /// socket is plain TCP; a plain vectored write elsewhere.
+    pub async fn write_more(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+        let Some(sock) = self.plain_tcp() else {
+            return tokio::io::AsyncWriteExt::write_vectored(self, bufs).await;
+        };
+        sock.async_io(Interest::WRITABLE, || {
+            Ok(sendmsg(sock, bufs, &mut SendAncillaryBuffer::default(), SendFlags::MORE | SendFlags::NOSIGNAL)?)
+        })
+        .await
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset` with `sendfile(2)`,
+    /// from the page cache to the socket without a copy through user
+    /// space; waits for the socket to take some (a partial send is
+    /// returned as such). The pages are read in already (the disk pool
+    /// populated them), so this does not block the worker on the disk. A
+    /// file that ends before the range is an error of kind `UnexpectedEof`.
+    pub async fn send_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        let sock = self.plain_tcp().ok_or_else(|| io::Error::other("sendfile over an encrypted or uTP transport"))?;
+        let sent = sock
+            .async_io(Interest::WRITABLE, || {
+                let mut at = offset;
+                Ok(rustix::fs::sendfile(sock, file, Some(&mut at), len)?)
+            })
+            .await?;
+        if sent == 0 && len > 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended before the range to send"));
+        }
+        Ok(sent)
     }
 }
 

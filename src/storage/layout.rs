@@ -87,6 +87,24 @@ impl Layout {
         out
     }
 
+    pub fn piece_count(&self) -> usize {
+        self.total_length.div_ceil(self.piece_length.max(1)) as usize
+    }
+
+    /// Pieces with at least one byte in `len` bytes from stream offset
+    /// `offset`, and of those, the ones the range holds whole.
+    pub fn pieces_in(&self, offset: u64, len: usize) -> (Range<usize>, Range<usize>) {
+        if len == 0 {
+            return (0..0, 0..0);
+        }
+        let (pl, end) = (self.piece_length.max(1), offset + len as u64);
+        let touched = (offset / pl) as usize..end.div_ceil(pl) as usize;
+        let first_whole = offset.div_ceil(pl) as usize;
+        // The last piece is whole up to the end of the torrent.
+        let end_whole = if end == self.total_length { touched.end } else { (end / pl) as usize };
+        (touched, first_whole..end_whole.max(first_whole))
+    }
+
     /// Pieces that hold at least one byte of file `file`.
     pub fn pieces_of_file(&self, file: usize) -> Range<usize> {
         let (start, len, _) = self.files[file];
@@ -126,6 +144,11 @@ mod tests {
         assert_eq!(l.pieces_of_file(0), 0..1);
         assert_eq!(l.pieces_of_file(1), 0..0);
         assert_eq!(l.pieces_of_file(3), 1..3);
+        assert_eq!(l.piece_count(), 3);
+        assert_eq!(l.pieces_in(16, 16), (1..2, 1..2));
+        assert_eq!(l.pieces_in(8, 16), (0..2, 1..1));
+        assert_eq!(l.pieces_in(8, 28), (0..3, 1..3), "the short last piece is whole at the end");
+        assert_eq!(l.pieces_in(32, 2), (2..3, 2..2));
     }
 
     #[test]

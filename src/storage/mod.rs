@@ -13,6 +13,7 @@ mod sigbus;
 
 use crate::config::BackendKind;
 use crate::metainfo::Metainfo;
+use crate::types::Bitfield;
 use layout::Layout;
 use memmap2::{MmapOptions, MmapRaw};
 use nofollow::FileStamp;
@@ -45,6 +46,15 @@ pub fn io_counters() -> IoCounters {
     IoCounters { read: READ.load(Ordering::Relaxed), written: WRITTEN.load(Ordering::Relaxed) }
 }
 
+/// A part of a block as it is on disk, for a send without a copy.
+pub enum Span {
+    /// Padding: zeros, never stored.
+    Zeros(usize),
+    /// `len` bytes of an open file from `offset`. While held, the pool
+    /// never closes the handle.
+    File { file: Arc<Opened>, offset: u64, len: usize },
+}
+
 /// An open torrent's files.
 pub struct TorrentStorage {
     layout: Layout,
@@ -63,6 +73,12 @@ pub struct TorrentStorage {
     place: Mutex<Place>,
     /// Per file; None for padding.
     files: Vec<Option<FileSlot>>,
+    /// Ranges made durable (msync / fdatasync calls), for tests and stats.
+    flushes: AtomicU64,
+    /// Pieces written through this storage since they were last flushed:
+    /// only those need a flush. Data found on disk (a torrent seeding from
+    /// the start) never does, so its first resume save syncs nothing.
+    written: Mutex<Bitfield>,
 }
 
 /// What is needed to open a file again and know it for the one opened first.
@@ -305,6 +321,8 @@ impl TorrentStorage {
             pool: FilePool::global().clone(),
             place: Mutex::new(place.clone()),
             files,
+            flushes: AtomicU64::new(0),
+            written: Mutex::new(Bitfield::new(Layout::new(meta).piece_count())),
         })
     }
 
@@ -413,7 +431,7 @@ impl TorrentStorage {
                 "data shared with other torrents is never written",
             ));
         }
-        for s in self.layout.segments(offset, data.len()) {
+        let result = self.layout.segments(offset, data.len()).into_iter().try_for_each(|s| {
             let bytes = &data[s.buf_offset..s.buf_offset + s.len];
             if !s.padding && self.shared_file(s.file) {
                 self.same_bytes(s.file, s.file_offset, bytes)?;
@@ -421,8 +439,15 @@ impl TorrentStorage {
                 self.write_at(s.file, s.file_offset, bytes)?;
                 WRITTEN.fetch_add(s.len as u64, Ordering::Relaxed);
             }
-        }
-        Ok(())
+            Ok(())
+        });
+        // After the copy (a flush asked for once this returns sees it), and
+        // even after a failure: part of the range may have been written.
+        let mut written = crate::locks::locked(&self.written);
+        self.layout.pieces_in(offset, data.len()).0.for_each(|p| {
+            written.set(p);
+        });
+        result
     }
 
     /// A file linked in from another torrent's data that another name still holds.
@@ -457,14 +482,80 @@ impl TorrentStorage {
         Ok(())
     }
 
-    /// Makes the bytes of a range durable (msync / fdatasync).
-    pub fn flush(&self, offset: u64, len: usize) -> io::Result<()> {
-        for s in self.layout.segments(offset, len) {
-            if !s.padding {
-                self.flush_file(s.file, s.file_offset, s.len)?;
+    /// Appends `len` bytes from stream offset `offset` to `out`: with the
+    /// mmap backend copied from the mapping straight into `out`'s spare
+    /// capacity, never zeroed first (a block sent to a peer costs one copy,
+    /// not a memset and a copy). Padding appends zeros. On an error `out`
+    /// is as it was.
+    pub fn read_append(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let start = out.len();
+        out.reserve(len);
+        let result = self.layout.segments(offset, len).into_iter().try_for_each(|s| {
+            if s.padding {
+                out.resize(out.len() + s.len, 0);
+                return Ok(());
             }
+            self.append_at(s.file, s.file_offset, s.len, out)?;
+            READ.fetch_add(s.len as u64, Ordering::Relaxed);
+            Ok(())
+        });
+        if result.is_err() {
+            out.truncate(start);
         }
-        Ok(())
+        result
+    }
+
+    /// The file ranges holding `len` bytes from stream offset `offset`,
+    /// their pages read in (a send from them then does not wait for the
+    /// disk), checked inside the files as they are now. Only with the mmap
+    /// backend, whose mapping can read them in and wait: None with the file
+    /// backend, and while the pool is over its budget (handles held for
+    /// sends would keep it there: the caller copies).
+    pub fn spans(&self, offset: u64, len: usize) -> io::Result<Option<Vec<Span>>> {
+        if self.kind != BackendKind::Mmap || self.pool.len() > self.pool.budget() {
+            return Ok(None);
+        }
+        let spans = self.layout.segments(offset, len).into_iter().map(|s| {
+            if s.padding {
+                return Ok(Span::Zeros(s.len));
+            }
+            let h = self.mapped(s.file, s.file_offset, s.len)?;
+            populate_for_read(&h.map.as_ref().expect("checked by mapped").map, s.file_offset as usize, s.len);
+            READ.fetch_add(s.len as u64, Ordering::Relaxed);
+            Ok(Span::File { file: h, offset: s.file_offset, len: s.len })
+        });
+        spans.collect::<io::Result<_>>().map(Some)
+    }
+
+    /// Makes the bytes of a range durable (msync / fdatasync), if this
+    /// storage wrote any of them since they were last flushed: a piece
+    /// never written in this process's life is left alone.
+    pub fn flush(&self, offset: u64, len: usize) -> io::Result<()> {
+        let (touched, whole) = self.layout.pieces_in(offset, len);
+        let cleaned: Vec<usize> = {
+            let mut written = crate::locks::locked(&self.written);
+            if !touched.clone().any(|p| written.get(p)) {
+                return Ok(());
+            }
+            // Cleared before the sync: a write landing meanwhile sets its
+            // piece again, for the next flush.
+            let cleaned: Vec<usize> = whole.filter(|&p| written.get(p)).collect();
+            cleaned.iter().for_each(|&p| written.clear(p));
+            cleaned
+        };
+        let result = self
+            .layout
+            .segments(offset, len)
+            .into_iter()
+            .filter(|s| !s.padding)
+            .try_for_each(|s| self.flush_file(s.file, s.file_offset, s.len));
+        if result.is_err() {
+            let mut written = crate::locks::locked(&self.written);
+            cleaned.iter().for_each(|&p| {
+                written.set(p);
+            });
+        }
+        result
     }
 
     /// SHA-1 of piece `index` as it is on disk (padding hashes as zeros),
@@ -481,6 +572,11 @@ impl TorrentStorage {
             }
         }
         Ok(hasher.finalize().into())
+    }
+
+    /// How many file ranges were made durable (msync / fdatasync calls).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     pub fn read_piece(&self, index: usize) -> io::Result<Vec<u8>> {
@@ -650,7 +746,23 @@ impl TorrentStorage {
         guarded(m, offset, buf.len(), |at| unsafe { std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), buf.len()) })
     }
 
+    fn append_at(&self, i: usize, offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        if self.kind == BackendKind::File {
+            let at = out.len();
+            out.resize(at + len, 0);
+            return self.read_at(i, offset, &mut out[at..]);
+        }
+        let h = self.mapped(i, offset, len)?;
+        let m = h.map.as_ref().expect("checked by mapped");
+        // Room first: nothing allocates inside the guard.
+        out.reserve(len);
+        // SAFETY: in range (checked); readers only see verified pieces, which
+        // are never written again.
+        guarded(m, offset, len, |at| out.extend_from_slice(unsafe { std::slice::from_raw_parts(at, len) }))
+    }
+
     fn flush_file(&self, i: usize, offset: u64, len: usize) -> io::Result<()> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         if self.kind == BackendKind::File {
             return self.handle(i)?.file.sync_data();
         }
@@ -709,6 +821,22 @@ fn truncated(actual: Option<u64>, expected: u64) -> io::Error {
 
 fn file_stamp(f: &File) -> Option<FileStamp> {
     f.metadata().ok().map(|m| FileStamp::of(&m))
+}
+
+/// Reads the pages of a range in (from the disk if need be) and waits,
+/// before they are sent from the page cache on an async worker (Linux
+/// 5.14+; elsewhere the send reads them in itself). A file cut short fails
+/// here without a signal, and the send finds it short.
+fn populate_for_read(map: &MmapRaw, offset: usize, len: usize) {
+    const MADV_POPULATE_READ: libc::c_int = 22;
+    let page = 4096;
+    let start = offset / page * page;
+    let end = (offset + len).min(map.len());
+    // SAFETY: the range lies within the mapping; madvise does not change its
+    // contents, it only makes the pages resident.
+    unsafe {
+        libc::madvise(map.as_mut_ptr().add(start).cast(), end - start, MADV_POPULATE_READ);
+    }
 }
 
 /// Faults in the pages of a range in one system call before a copy, instead
@@ -822,6 +950,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_append_across_files_and_padding_and_leave_the_buffer_as_it_was_on_an_error() {
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let meta = multi();
+            let s = TorrentStorage::open(&at(dir.path(), &meta), &meta, kind).unwrap();
+            let data: Vec<u8> = (1..=36).collect();
+            s.write(0, &data).unwrap();
+            let mut out = b"header".to_vec();
+            s.read_append(2, 30, &mut out).unwrap();
+            let mut expect = b"header".to_vec();
+            expect.extend_from_slice(&data[2..5]);
+            expect.extend_from_slice(&[0; 11]);
+            expect.extend_from_slice(&data[16..32]);
+            assert_eq!(out, expect, "{kind:?}");
+            // Cut short under us: an error, and nothing half-read is kept.
+            std::fs::OpenOptions::new().write(true).open(dir.path().join("dir/sub/b")).unwrap().set_len(2).unwrap();
+            let e = s.read_append(0, 36, &mut out).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{kind:?}: {e}");
+            assert_eq!(out, expect, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn files_are_never_made_or_opened_through_a_link_in_the_torrents_folder() {
         let (root, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let meta = multi();
@@ -923,6 +1074,23 @@ mod tests {
     }
 
     #[test]
+    fn spans_hold_their_handles_and_are_refused_while_the_pool_is_over_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, s, _) = pooled(dir.path(), BackendKind::Mmap, 1);
+        s.write(0, &[1u8; 48]).unwrap();
+        let a = s.spans(0, 16).unwrap().expect("within budget");
+        assert!(matches!(&a[..], [Span::File { offset: 0, len: 16, .. }]));
+        let b = s.spans(20, 4).unwrap().expect("at the budget: one more");
+        assert!(matches!(&b[..], [Span::File { offset: 4, len: 4, .. }]));
+        assert_eq!(pool.len(), 2, "both held for their sends");
+        assert!(s.spans(32, 16).unwrap().is_none(), "over budget: copied instead");
+        drop((a, b));
+        s.read(32, &mut [0u8; 16]).unwrap();
+        assert!(pool.len() <= 1, "released once sent");
+        assert!(s.spans(32, 16).unwrap().is_some());
+    }
+
+    #[test]
     fn a_mapping_written_through_is_flushed_before_it_is_closed() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, s, _) = pooled(dir.path(), BackendKind::Mmap, 1);
@@ -934,6 +1102,47 @@ mod tests {
         s.read(32, &mut buf).unwrap();
         assert_eq!(pool.evictions(), (2, 1), "the written mapping was flushed");
         assert_eq!(std::fs::read(dir.path().join("tri/b")).unwrap(), [5u8; 16]);
+    }
+
+    #[test]
+    fn data_found_on_disk_is_never_flushed_only_what_was_written() {
+        for kind in [BackendKind::Mmap, BackendKind::File] {
+            let dir = tempfile::tempdir().unwrap();
+            let meta = three();
+            std::fs::create_dir(dir.path().join("tri")).unwrap();
+            for n in ["a", "b", "c"] {
+                std::fs::write(dir.path().join("tri").join(n), [3u8; 16]).unwrap();
+            }
+            let s = TorrentStorage::open(&at(dir.path(), &meta), &meta, kind).unwrap();
+            let mut buf = [0u8; 48];
+            s.read(0, &mut buf).unwrap();
+            // A torrent seeding what it found: its first save flushes nothing.
+            for p in 0..3 {
+                s.flush(p * 16, 16).unwrap();
+            }
+            assert_eq!(s.flushes(), 0, "{kind:?}: pages never written were flushed");
+            s.write(16, &[4u8; 16]).unwrap();
+            for p in 0..3 {
+                s.flush(p * 16, 16).unwrap();
+            }
+            assert_eq!(s.flushes(), 1, "{kind:?}: only the piece written is flushed");
+            s.flush(16, 16).unwrap();
+            assert_eq!(s.flushes(), 1, "{kind:?}: and only once");
+            assert_eq!(std::fs::read(dir.path().join("tri/b")).unwrap(), [4u8; 16]);
+        }
+    }
+
+    #[test]
+    fn a_range_flushed_in_part_stays_to_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_pool, s, _) = pooled(dir.path(), BackendKind::Mmap, 4);
+        s.write(0, &[1u8; 32]).unwrap();
+        s.flush(8, 16).unwrap();
+        let after_part = s.flushes();
+        assert!(after_part > 0);
+        s.flush(0, 16).unwrap();
+        s.flush(16, 16).unwrap();
+        assert_eq!(s.flushes(), after_part + 2, "pieces flushed only in part are flushed whole later");
     }
 
     #[test]

@@ -50,6 +50,13 @@ impl Mapping {
     }
 }
 
+/// A handle's descriptor, for a send straight from the file.
+impl std::os::fd::AsFd for Opened {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 impl Opened {
     /// Makes what was written through the mapping durable before it goes.
     fn flush_for_close(&self) -> std::io::Result<bool> {

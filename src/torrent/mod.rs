@@ -385,6 +385,12 @@ impl TorrentShared {
     }
 
     /// When `bytes` may be sent: under the global upload limit and the torrent's own.
+    /// No upload limit holds this torrent's uploads back (the session's
+    /// nor its own).
+    pub fn upload_unlimited(&self) -> bool {
+        self.env.upload_limit().rate() == 0 && self.upload_limit.rate() == 0
+    }
+
     pub fn reserve_upload(&self, bytes: u64) -> Option<Instant> {
         later(self.env.upload_limit().reserve(bytes), self.upload_limit.reserve(bytes))
     }

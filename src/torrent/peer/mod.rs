@@ -14,7 +14,9 @@
 //!
 //! Life of a block we upload: a valid `Request` from an unchoked peer is
 //! queued (capped at [`MAX_QUEUED_REQUESTS`]); batches are read from storage
-//! on the disk pool and come back as ready-made messages.
+//! on the disk pool and come back as ready-made messages, or, for a plain
+//! TCP peer, as file ranges (pages read in) that the writer sends with
+//! `sendfile` after each block's header.
 //!
 //! With a peer that also speaks the fast extension (BEP 6, see [`super::fast`])
 //! every request gets exactly one answer: the block or a `reject_request`,
@@ -143,7 +145,7 @@ impl Handler for PeerConn {
             }
             Wake::Have => self.send_haves(out)?,
             Wake::ReadDone(batch) => self.upload.read_done(batch, &self.shared, &self.handle, out),
-            Wake::Throttle => self.upload.release_throttled(Instant::now(), out),
+            Wake::Throttle => self.upload.release_throttled(&self.shared, Instant::now(), out),
         }
         Ok(())
     }

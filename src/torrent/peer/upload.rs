@@ -2,10 +2,15 @@
 //! the disk reads that answer them and the upload limit they pass. With a
 //! fast peer (BEP 6) every request gets an answer, the block or a
 //! `reject_request`, and its allowed-fast pieces are served while we choke it.
+//! To a plain TCP peer without an upload limit, blocks go as file ranges the
+//! connection's writer sends from the page cache (`sendfile`); to the others
+//! they are copied out of storage.
 
 use super::OUT_HIGH_WATER;
-use crate::conn::{ConnEnd, OutQueue};
+use crate::conn::{ConnEnd, FileRange, OutQueue};
 use crate::storage::disk::Job;
+use crate::storage::Span;
+use crate::storage::TorrentStorage;
 use crate::torrent::fast::{self, FastCounters, Refusal, RequestFacts};
 use crate::torrent::{PeerHandle, TorrentShared};
 use crate::wire::{self, BlockRef, Message, BLOCK_LEN};
@@ -25,7 +30,39 @@ const READS_IN_FLIGHT: usize = 2;
 /// A peer whose rejects pile up in our send queue this far does not read.
 const MAX_OUT_FOR_REJECTS: usize = 4 * 1024 * 1024;
 
-pub(super) type ReadBatch = Vec<(BlockRef, Vec<u8>)>;
+pub(super) type ReadBatch = Vec<(BlockRef, Outgoing)>;
+
+/// A block read for a peer, ready to queue.
+pub enum Outgoing {
+    /// The whole `piece` message, copied out of storage.
+    Copied(Vec<u8>),
+    /// Its header, and where the payload is on disk, to send from the page
+    /// cache (plain TCP only).
+    OnDisk { header: Vec<u8>, spans: Vec<Span> },
+}
+
+impl Outgoing {
+    fn queue(self, shared: &Arc<TorrentShared>, out: &mut OutQueue) {
+        let spans = match self {
+            Outgoing::Copied(msg) => return out.push_owned(msg),
+            Outgoing::OnDisk { header, spans } => {
+                out.push_bytes(&header);
+                spans
+            }
+        };
+        let s = shared.clone();
+        let on_short: Arc<dyn Fn(String) + Send + Sync> = Arc::new(move |why| s.disk_failed(why));
+        for span in spans {
+            match span {
+                Span::Zeros(n) => out.push_owned(vec![0; n]),
+                Span::File { file, offset, len } => {
+                    shared.env.metrics().uploaded_zero_copy.inc_by(len as u64);
+                    out.push_file(FileRange { file, offset, len, on_short: on_short.clone() });
+                }
+            }
+        }
+    }
+}
 
 /// What we serve to this peer.
 pub(super) struct Upload {
@@ -41,7 +78,7 @@ pub(super) struct Upload {
     reads_tx: mpsc::Sender<ReadBatch>,
     pub(super) reads_rx: mpsc::Receiver<ReadBatch>,
     /// Data waiting for the upload limit, with when it may go.
-    throttled: VecDeque<(Instant, Vec<u8>)>,
+    throttled: VecDeque<(Instant, Outgoing)>,
     /// A read waiting for room in the disk queue.
     parked_read: Option<Job>,
 }
@@ -184,7 +221,7 @@ impl Upload {
     pub(super) fn read_done(
         &mut self,
         batch: ReadBatch,
-        shared: &TorrentShared,
+        shared: &Arc<TorrentShared>,
         handle: &PeerHandle,
         out: &mut OutQueue,
     ) {
@@ -205,7 +242,7 @@ impl Upload {
             handle.bytes_up.fetch_add(block.len as u64, Ordering::Relaxed);
             match shared.reserve_upload(block.len as u64) {
                 Some(at) if at > Instant::now() || !self.throttled.is_empty() => self.throttled.push_back((at, msg)),
-                _ => out.push_owned(msg),
+                _ => msg.queue(shared, out),
             }
         }
     }
@@ -215,9 +252,9 @@ impl Upload {
         self.throttled.front().map(|t| t.0)
     }
 
-    pub(super) fn release_throttled(&mut self, now: Instant, out: &mut OutQueue) {
+    pub(super) fn release_throttled(&mut self, shared: &Arc<TorrentShared>, now: Instant, out: &mut OutQueue) {
         while self.throttled.front().is_some_and(|t| t.0 <= now) {
-            out.push_owned(self.throttled.pop_front().unwrap().1);
+            self.throttled.pop_front().unwrap().1.queue(shared, out);
         }
     }
 
@@ -242,9 +279,10 @@ impl Upload {
             let take = self.queue.len().min(READ_BATCH);
             let blocks: Vec<BlockRef> = self.queue.drain(..take).collect();
             self.reads_in_flight += 1;
+            let how = if zero_copy(shared, out) { Read::Spans } else { Read::Copy };
             // A full queue parks the job here (retried on the next event, at
             // the latest the next tick) rather than waiting in this loop.
-            if let Err(back) = disk.try_spawn(read_job(shared.clone(), blocks, self.reads_tx.clone())) {
+            if let Err(back) = disk.try_spawn(read_job(shared.clone(), blocks, how, self.reads_tx.clone())) {
                 self.parked_read = back;
                 return;
             }
@@ -257,9 +295,41 @@ fn send_reject(b: BlockRef, shared: &TorrentShared, out: &mut OutQueue) {
     FastCounters::bump(&shared.fast.rejects_sent);
 }
 
-/// A disk job reading blocks as ready-made `piece` messages. A failed read
-/// is a disk error of the torrent, like a failed write.
-fn read_job(shared: Arc<TorrentShared>, blocks: Vec<BlockRef>, tx: mpsc::Sender<ReadBatch>) -> Job {
+/// Whether blocks for this connection go from the page cache: the
+/// transport is plain TCP, it is configured, and no upload limit holds
+/// them back (the copying path serves limited peers).
+fn zero_copy(shared: &TorrentShared, out: &OutQueue) -> bool {
+    out.takes_files() && shared.env.config().network.sendfile && shared.upload_unlimited()
+}
+
+/// How a read job gets its blocks.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Copied out of storage into messages.
+    Copy,
+    /// As file ranges to send from, where the backend can (else copied).
+    Spans,
+}
+
+/// One block read as `how` asks.
+fn read_block(storage: &TorrentStorage, at: u64, b: BlockRef, how: Read) -> std::io::Result<Outgoing> {
+    // Room for the payload only where it is copied in.
+    let mut msg = Vec::with_capacity(if let Read::Copy = how { 13 + b.len as usize } else { 13 });
+    wire::encode_piece_header(b.piece, b.offset, b.len as usize, &mut msg);
+    if let Read::Spans = how {
+        if let Some(spans) = storage.spans(at, b.len as usize)? {
+            return Ok(Outgoing::OnDisk { header: msg, spans });
+        }
+    }
+    // Copied out of the mapping behind the header, never zeroed first.
+    storage.read_append(at, b.len as usize, &mut msg)?;
+    Ok(Outgoing::Copied(msg))
+}
+
+/// A disk job reading blocks as ready-made `piece` messages, or as file
+/// ranges with their pages read in. A failed read is a disk error of the
+/// torrent, like a failed write.
+fn read_job(shared: Arc<TorrentShared>, blocks: Vec<BlockRef>, how: Read, tx: mpsc::Sender<ReadBatch>) -> Job {
     Box::new(move || {
         let Some(storage) = shared.storage() else {
             let _ = tx.try_send(Vec::new());
@@ -267,11 +337,9 @@ fn read_job(shared: Arc<TorrentShared>, blocks: Vec<BlockRef>, tx: mpsc::Sender<
         };
         let mut batch = Vec::with_capacity(blocks.len());
         for b in blocks {
-            let mut msg = Vec::with_capacity(13 + b.len as usize);
-            wire::encode_piece_header(b.piece, b.offset, b.len as usize, &mut msg);
-            msg.resize(13 + b.len as usize, 0);
-            match storage.read(b.piece as u64 * shared.meta.piece_length + b.offset as u64, &mut msg[13..]) {
-                Ok(()) => batch.push((b, msg)),
+            let at = b.piece as u64 * shared.meta.piece_length + b.offset as u64;
+            match read_block(storage, at, b, how) {
+                Ok(msg) => batch.push((b, msg)),
                 Err(e) => {
                     shared.disk_failed(format!("reading piece {} for upload: {e}", b.piece));
                     break;
