@@ -203,6 +203,8 @@ class Dropseed:
     BIN = ROOT / "target/release/dropseed"
     # Other builds to compare, by client name (--base-bin adds "dropseed-base").
     BINS = {}
+    # TOML lines appended to every dropseed config (--dropseed-config).
+    EXTRA = ""
 
     def __init__(self, work, name, extra="", client="dropseed"):
         self.bin = Dropseed.BINS.get(client, Dropseed.BIN)
@@ -219,7 +221,7 @@ class Dropseed:
         self.config.write_text(
             f'[paths]\nwatch_dir = "{d}/watch"\ndownload_dir = "{d}/downloads"\nstate_dir = "{d}/state"\nlog_dir = "{d}/logs"\n'
             f'[network]\nlisten_port = {self.port}\nlisten_address = "127.0.0.1"\n{enc}[dht]\nenabled = false\n'
-            f'[log]\nstatus_interval_secs = 0\n{extra}\n')
+            f'[log]\nstatus_interval_secs = 0\n{extra}\n{Dropseed.EXTRA}\n')
         (d / "downloads").mkdir()
         (d / "watch").mkdir()
         self.proc = None
@@ -327,7 +329,18 @@ def wait_exit(proc, what, t0):
 
 def download_round(client, ctx, magnet=False):
     """One client downloads the payload from the seeders, given the torrent
-    file or (magnet=True) only a magnet with the tracker in `tr`."""
+    file or (magnet=True) only a magnet with the tracker in `tr`. A round
+    that fails leaves no client running."""
+    live = []
+    try:
+        return _download_round(client, ctx, magnet, live)
+    except BaseException:
+        for proc in live:
+            kill(proc)
+        raise
+
+
+def _download_round(client, ctx, magnet, live):
     work, size, expect = ctx["work"], ctx["size"], ctx["sha1"]
     torrent = ctx["magnet"] if magnet else ctx["torrent"]
     meta_secs = None
@@ -339,6 +352,7 @@ def download_round(client, ctx, magnet=False):
     if client.startswith("dropseed"):
         ds = Dropseed(work, f"dl-{client}", client=client)
         ds.start()
+        live.append(ds.proc)
         w = Watch(ds.proc.pid)
         source = torrent
         if magnet:
@@ -363,11 +377,13 @@ def download_round(client, ctx, magnet=False):
     elif client == "aria2":
         port = free_port()
         proc = aria2_start(["--seed-time=0", "--file-allocation=falloc"], port, out, torrent)
+        live.append(proc)
         elapsed, w = wait_exit(proc, "aria2 download", t0)
         cpu = w.cpu
         got = sha1_file(out / name)
     elif client == "transmission":
         proc, rpc, peer = transmission_start(work, out)
+        live.append(proc)
         w = Watch(proc.pid)
         t0 = time.time()
         subprocess.run(["transmission-remote", str(rpc), "-a", str(torrent)], capture_output=True)
@@ -384,11 +400,13 @@ def download_round(client, ctx, magnet=False):
         got = sha1_file(path)
     elif client == "libtorrent":
         proc, _ = lt_start("leech", torrent, out)
+        live.append(proc)
         elapsed, w = wait_exit(proc, "libtorrent download", t0)
         cpu = w.cpu
         got = sha1_file(out / name)
     elif client == "libtorrent-utp":
         proc, _ = lt_start("leech", torrent, out, transport_of(client))
+        live.append(proc)
         elapsed, w = wait_exit(proc, "libtorrent download", t0)
         cpu = w.cpu
         got = sha1_file(out / name)
@@ -525,24 +543,37 @@ def peers40_down(ctx, clients, rounds, results):
         ctx["seeders"] = [swarm.proc]
         for r in range(rounds):
             for c in clients[r % len(clients):] + clients[:r % len(clients)]:
-                res = download_round(c, ctx)
-                results.setdefault(c, []).append(res)
-                print(f"round {r + 1} peers40-down {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
-                      f"{res['wakeups_per_gib']:9.0f} wakeups/GiB  anon {fmt_mib(res['anon'])}  ok={res['ok']}", flush=True)
+                res = peers40_try(c, r, "peers40-down", lambda: download_round(c, ctx), results)
+                if res:
+                    print(f"round {r + 1} peers40-down {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
+                          f"{res['wakeups_per_gib']:9.0f} wakeups/GiB  anon {fmt_mib(res['anon'])}  ok={res['ok']}", flush=True)
     finally:
         ctx["seeders"] = []
         swarm.stop()
         shutil.rmtree(d, ignore_errors=True)
 
 
+def peers40_try(client, r, row, run, results):
+    """One round of a many-peers row; a round that fails (a timeout) is
+    recorded and reported, and the others go on."""
+    try:
+        res = run()
+    except (TimeoutError, OSError, subprocess.SubprocessError) as e:
+        print(f"round {r + 1} {row} {client}: FAILED: {e}", flush=True)
+        results.setdefault(client, []).append({"error": str(e)})
+        return None
+    results.setdefault(client, []).append(res)
+    return res
+
+
 def peers40_up(ctx, clients, rounds, results):
     for r in range(rounds):
         for c in clients[r % len(clients):] + clients[:r % len(clients)]:
-            res = seed40_round(c, ctx)
-            results.setdefault(c, []).append(res)
-            print(f"round {r + 1} peers40-up   {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
-                  f"{res['wakeups_per_gib']:9.0f} wakeups/GiB  anon {fmt_mib(res['anon'])}  "
-                  f"leechers connected {res['peers']}, receiving {res['moving']}  ok={res['ok']}", flush=True)
+            res = peers40_try(c, r, "peers40-up", lambda: seed40_round(c, ctx), results)
+            if res:
+                print(f"round {r + 1} peers40-up   {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
+                      f"{res['wakeups_per_gib']:9.0f} wakeups/GiB  anon {fmt_mib(res['anon'])}  "
+                      f"leechers connected {res['peers']}, receiving {res['moving']}  ok={res['ok']}", flush=True)
 
 
 def seed40_round(client, ctx):
@@ -584,11 +615,19 @@ def seed40_round(client, ctx):
 
 
 def peers40_medians(rows):
-    """Per client: median MiB/s, CPU-s/GiB, wakeups/GiB; peak RssAnon; all verified."""
-    return {c: {"mibs": statistics.median(r["mibs"] for r in runs), "cpu": statistics.median(r["cpu_per_gib"] for r in runs),
+    """Per client: median MiB/s, CPU-s/GiB, wakeups/GiB; peak RssAnon; all
+    verified; failed rounds. Clients without a good round are left out."""
+    failed = {c: [r["error"] for r in runs if "error" in r] for c, runs in rows.items()}
+    rows = {c: [r for r in runs if "error" not in r] for c, runs in rows.items()}
+    return {c: {"failed": failed[c], "mibs": statistics.median(r["mibs"] for r in runs), "cpu": statistics.median(r["cpu_per_gib"] for r in runs),
                 "wakeups": statistics.median(r["wakeups_per_gib"] for r in runs), "anon": max(r["anon"] for r in runs),
                 "ok": all(r["ok"] for r in runs), "peers": [r.get("peers") for r in runs], "moving": [r.get("moving") for r in runs]}
-            for c, runs in rows.items()}
+            for c, runs in rows.items() if runs}
+
+
+def peers40_failures(rows):
+    lines = [f"- {c}, a failed round: {e}" for c, runs in rows.items() for e in (r.get("error") for r in runs) if e]
+    return ["Failed rounds (not in the medians):", "", *lines, ""] if lines else []
 
 
 def render_peers40(res, p40, sha_cost):
@@ -609,6 +648,7 @@ def render_peers40(res, p40, sha_cost):
         for c, m in med.items():
             lines.append(f"| {c} | {m['mibs']:.1f} | {m['cpu']:.2f} | {m['wakeups']:.0f} | {fmt_mib(m['anon'])} | {'all' if m['ok'] else 'NO'} |")
         lines.append("")
+        lines += peers40_failures(down)
         others = {c: m for c, m in med.items() if not c.startswith("dropseed")}
         if "dropseed" in med and others:
             d = med["dropseed"]
@@ -633,6 +673,7 @@ def render_peers40(res, p40, sha_cost):
             lines.append(f"| {c} | {m['mibs']:.1f} | {m['cpu']:.2f} | {m['wakeups']:.0f} | {fmt_mib(m['anon'])} | "
                          f"{', '.join(map(str, m['peers']))} | {', '.join(map(str, m['moving']))} | {'all' if m['ok'] else 'NO'} |")
         lines.append("")
+        lines += peers40_failures(up)
         others = {c: m for c, m in med.items() if not c.startswith("dropseed")}
         if "dropseed" in med and others:
             d = med["dropseed"]
@@ -867,6 +908,7 @@ def main():
     ap.add_argument("--idle-secs", type=int, default=60, help="the idle CPU window of --scale")
     ap.add_argument("--settle-secs", type=int, default=SETTLE_SECS, help="--scale: from the first idle window to the steady one")
     ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")
+    ap.add_argument("--dropseed-config", default="", help="TOML appended to every dropseed config (tables not already there: [storage], [limits]...)")
     ap.add_argument("--base-bin", help="another dropseed build, run as client 'dropseed-base' beside the others")
     ap.add_argument("--work", default=str(ROOT / "bench/work"))
     ap.add_argument("--sha1speed", default=str(ROOT / "target/release/examples/sha1speed"), help="the sha1speed example binary")
@@ -884,6 +926,7 @@ def main():
     if args.base_bin:
         Dropseed.BINS["dropseed-base"] = Path(args.base_bin).resolve()
         clients.insert(1, "dropseed-base")
+    Dropseed.EXTRA = args.dropseed_config
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -64,6 +64,9 @@ def session(ip, port, args):
     else:
         settings["download_rate_limit"] = args.rate
         settings["unchoke_slots_limit"] = 0
+        # A seeder still checking refuses the first dials; libtorrent would
+        # wait a minute before dialling a failed peer again.
+        settings["min_reconnect_time"] = 1
     ses = lt.session(settings)
     everyone = lt.ip_filter()
     everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
@@ -143,7 +146,6 @@ def main():
     while time.time() - start < args.timeout:
         write_status(args.status, handles)
         if args.mode == "leech" and time.time() - last_dial >= REDIAL_SECS:
-            # A seeder still checking its data refuses the first dial.
             for h in handles:
                 if h.status().num_peers == 0:
                     for p in args.peer:
