@@ -74,11 +74,33 @@ def rss_anon(pid):
     return 0
 
 
+def thread_wakeups(pid):
+    """Voluntary context switches (a thread going to sleep, so one wakeup
+    each) per live thread of `pid`, by thread id."""
+    counts = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return counts
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        counts[tid] = int(line.split()[1])
+        except OSError:
+            pass
+    return counts
+
+
 class Watch:
-    """Samples a process's peak RssAnon and last CPU while it runs."""
+    """Samples a process's peak RssAnon, last CPU and wakeups while it runs.
+    Wakeups are summed over its threads, each at the last count seen, so a
+    thread that exits between samples keeps what it had."""
 
     def __init__(self, pid):
         self.pid, self.peak, self.cpu = pid, 0, 0.0
+        self.threads = {}
 
     def sample(self):
         try:
@@ -86,6 +108,12 @@ class Watch:
             self.cpu = cpu_seconds(self.pid)
         except OSError:
             pass
+        for tid, n in thread_wakeups(self.pid).items():
+            self.threads[tid] = max(n, self.threads.get(tid, 0))
+
+    @property
+    def wakeups(self):
+        return sum(self.threads.values())
 
 
 def wait(cond, timeout, what, watch=None, every=0.05):
@@ -178,6 +206,8 @@ class Dropseed:
     BIN = ROOT / "target/release/dropseed"
     # Other builds to compare, by client name (--base-bin adds "dropseed-base").
     BINS = {}
+    # TOML lines appended to every dropseed config (--dropseed-config).
+    EXTRA = ""
 
     def __init__(self, work, name, extra="", client="dropseed"):
         self.bin = Dropseed.BINS.get(client, Dropseed.BIN)
@@ -196,7 +226,7 @@ class Dropseed:
         self.config.write_text(
             f'[paths]\nwatch_dir = "{d}/watch"\ndownload_dir = "{d}/downloads"\nstate_dir = "{d}/state"\nlog_dir = "{d}/logs"\n'
             f'[network]\nlisten_port = {self.port}\nlisten_address = "127.0.0.1"\n{enc}[dht]\nenabled = false\n'
-            f'[log]\nstatus_interval_secs = 0\n{extra}\n')
+            f'[log]\nstatus_interval_secs = 0\n{extra}\n{Dropseed.EXTRA}\n')
         (d / "downloads").mkdir()
         (d / "watch").mkdir()
         self.proc = None
@@ -304,7 +334,18 @@ def wait_exit(proc, what, t0):
 
 def download_round(client, ctx, magnet=False):
     """One client downloads the payload from the seeders, given the torrent
-    file or (magnet=True) only a magnet with the tracker in `tr`."""
+    file or (magnet=True) only a magnet with the tracker in `tr`. A round
+    that fails leaves no client running."""
+    live = []
+    try:
+        return _download_round(client, ctx, magnet, live)
+    except BaseException:
+        for proc in live:
+            kill(proc)
+        raise
+
+
+def _download_round(client, ctx, magnet, live):
     work, size, expect = ctx["work"], ctx["size"], ctx["sha1"]
     torrent = ctx["magnet"] if magnet else ctx["torrent"]
     meta_secs = None
@@ -316,6 +357,7 @@ def download_round(client, ctx, magnet=False):
     if client.startswith("dropseed"):
         ds = Dropseed(work, f"dl-{client}", client=client)
         ds.start()
+        live.append(ds.proc)
         w = Watch(ds.proc.pid)
         source = torrent
         if magnet:
@@ -340,11 +382,13 @@ def download_round(client, ctx, magnet=False):
     elif client == "aria2":
         port = free_port()
         proc = aria2_start(["--seed-time=0", "--file-allocation=falloc"], port, out, torrent)
+        live.append(proc)
         elapsed, w = wait_exit(proc, "aria2 download", t0)
         cpu = w.cpu
         got = sha1_file(out / name)
     elif client == "transmission":
         proc, rpc, peer = transmission_start(work, out)
+        live.append(proc)
         w = Watch(proc.pid)
         t0 = time.time()
         subprocess.run(["transmission-remote", str(rpc), "-a", str(torrent)], capture_output=True)
@@ -361,11 +405,13 @@ def download_round(client, ctx, magnet=False):
         got = sha1_file(path)
     elif client == "libtorrent":
         proc, _ = lt_start("leech", torrent, out)
+        live.append(proc)
         elapsed, w = wait_exit(proc, "libtorrent download", t0)
         cpu = w.cpu
         got = sha1_file(out / name)
     elif client == "libtorrent-utp":
         proc, _ = lt_start("leech", torrent, out, transport_of(client))
+        live.append(proc)
         elapsed, w = wait_exit(proc, "libtorrent download", t0)
         cpu = w.cpu
         got = sha1_file(out / name)
@@ -373,7 +419,7 @@ def download_round(client, ctx, magnet=False):
     if client.startswith("dropseed"):
         shutil.rmtree(work / f"dl-{client}", ignore_errors=True)
     return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "anon": w.peak, "ok": got == expect,
-            "secs": elapsed, "meta_secs": meta_secs}
+            "secs": elapsed, "meta_secs": meta_secs, "wakeups_per_gib": w.wakeups / (size / GIB)}
 
 
 # ---------------------------------------------------------------- seeding
@@ -381,32 +427,8 @@ def download_round(client, ctx, magnet=False):
 def seed_round(client, ctx):
     work, torrent, size = ctx["work"], ctx["torrent"], ctx["size"]
     d = work / f"seed-{client}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
     name = ctx["name"]
-    proc = ds = None
-    if client.startswith("dropseed"):
-        ds = Dropseed(work, f"seed-{client}", client=client)
-        os.link(ctx["data"], ds.dir / "downloads" / name)
-        ds.start()
-        ds.drop(torrent)
-        wait(lambda: ds.state_of(ctx["hash"]) == "seeding", 120, "dropseed seeder ready")
-        pid, port = ds.proc.pid, ds.port
-    else:
-        os.link(ctx["data"], d / name)
-        if client == "aria2":
-            port = free_port()
-            proc = aria2_start(["-V", "--seed-ratio=0.0"], port, d, torrent)
-            time.sleep(1)
-            wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "aria2 seeder ready")
-        elif client == "transmission":
-            proc, rpc, port = transmission_start(work, d)
-            subprocess.run(["transmission-remote", str(rpc), "-a", str(torrent)], capture_output=True)
-            wait(lambda: transmission_percent(rpc) >= 100, 120, "transmission seeder ready", every=0.5)
-        elif client.startswith("libtorrent"):
-            proc, port = lt_start("seed", torrent, d, transport_of(client))
-            wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "libtorrent seeder ready")
-        pid = proc.pid
+    pid, port, proc, ds = start_seeder(client, ctx, d)
     time.sleep(1)
     out = work / "seed-leecher"
     shutil.rmtree(out, ignore_errors=True)
@@ -438,6 +460,231 @@ def seed_round(client, ctx):
     shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(work / f"seed-{client}", ignore_errors=True)
     return {"mibs": size / MIB / elapsed, "cpu_per_gib": cpu / (size / GIB), "ok": ok, "recheck": recheck}
+
+
+def start_seeder(client, ctx, d):
+    """Starts `client` seeding ctx's payload (hard-linked into `d`, or into
+    dropseed's download folder) and waits until it seeds. Returns the pid to
+    measure, the peer port, and the process or the Dropseed to stop."""
+    work, torrent, name = ctx["work"], ctx["torrent"], ctx["name"]
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    proc = ds = None
+    try:
+        if client.startswith("dropseed"):
+            ds = Dropseed(work, d.name, extra=ctx.get("dropseed_extra", ""), client=client)
+            os.link(ctx["data"], ds.dir / "downloads" / name)
+            ds.start()
+            ds.drop(torrent)
+            wait(lambda: ds.state_of(ctx["hash"]) == "seeding", 120, "dropseed seeder ready")
+            return ds.proc.pid, ds.port, None, ds
+        os.link(ctx["data"], d / name)
+        if client == "aria2":
+            port = free_port()
+            proc = aria2_start(["-V", "--seed-ratio=0.0"], port, d, torrent)
+            time.sleep(1)
+            wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "aria2 seeder ready")
+        elif client == "transmission":
+            proc, rpc, port = transmission_start(work, d)
+            subprocess.run(["transmission-remote", str(rpc), "-a", str(torrent)], capture_output=True)
+            wait(lambda: transmission_percent(rpc) >= 100, 120, "transmission seeder ready", every=0.5)
+        elif client.startswith("libtorrent"):
+            proc, port = lt_start("seed", torrent, d, transport_of(client))
+            wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= 1, 120, "libtorrent seeder ready")
+        else:
+            raise ValueError(f"unknown client {client}")
+        return proc.pid, port, proc, None
+    except BaseException:
+        kill(proc)
+        if ds:
+            ds.stop()
+        raise
+
+
+# ---------------------------------------------------------------- many real peers
+
+SWARM = ["/usr/bin/python3", str(ROOT / "scripts/lt_swarm.py")]
+
+
+class Swarm:
+    """scripts/lt_swarm.py: ctx["count"] libtorrent sessions in one process,
+    each on its own loopback address and held to ctx["rate"] bytes/s. Its
+    process is listed in ctx["helpers"], which main kills whatever happens."""
+
+    def __init__(self, mode, ctx, d, extra=()):
+        self.status_path = d / "swarm.json"
+        self.proc = subprocess.Popen(
+            SWARM + [mode, str(ctx["torrent"]), "--dir", str(d), "--count", str(ctx["count"]), "--rate", str(ctx["rate"]),
+                     "--port", str(free_port()), "--status", str(self.status_path), *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(d / "swarm.log", "w"), text=True)
+        ctx["helpers"].append(self.proc)
+
+    def status(self):
+        try:
+            return json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return {"down": 0, "up": 0, "peers": 0, "seeding": 0, "failed": 0, "moving": 0, "time": 0}
+
+    def fresh_status(self):
+        """The next status the swarm writes (once a second), so a sample of
+        the client under test taken now lines up with it."""
+        before = self.status()["time"]
+        return wait(lambda: (lambda st: st if st["time"] != before else None)(self.status()), 10, "swarm status", every=0.01)
+
+    def stop(self):
+        kill(self.proc)
+
+
+def peers40_down(ctx, clients, rounds, results):
+    """Each client downloads the payload from ctx["count"] rate-limited
+    libtorrent seeders found at the tracker (transmission is dialled by
+    them), alternating, `rounds` times."""
+    d = ctx["work"] / "p40-seeders"
+    d.mkdir()
+    os.link(ctx["data"], d / ctx["name"])
+    swarm = Swarm("seed", ctx, d)
+    try:
+        wait(lambda: scrape(ctx["tracker"].port, ctx["hash"])[0] >= ctx["count"], 300, f"{ctx['count']} seeders at the tracker")
+        ctx["seeders"] = [swarm.proc]
+        for r in range(rounds):
+            for c in clients[r % len(clients):] + clients[:r % len(clients)]:
+                res = peers40_try(c, r, "peers40-down", lambda: download_round(c, ctx), results)
+                if res:
+                    print(f"round {r + 1} peers40-down {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
+                          f"{res['wakeups_per_gib']:9.0f} wakeups/GiB  anon {fmt_mib(res['anon'])}  ok={res['ok']}", flush=True)
+    finally:
+        ctx["seeders"] = []
+        swarm.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def peers40_try(client, r, row, run, results):
+    """One round of a many-peers row; a round that fails (a timeout) is
+    recorded and reported, and the others go on."""
+    try:
+        res = run()
+    except (TimeoutError, OSError, subprocess.SubprocessError) as e:
+        print(f"round {r + 1} {row} {client}: FAILED: {e}", flush=True)
+        results.setdefault(client, []).append({"error": str(e)})
+        return None
+    results.setdefault(client, []).append(res)
+    return res
+
+
+def peers40_up(ctx, clients, rounds, results):
+    for r in range(rounds):
+        for c in clients[r % len(clients):] + clients[:r % len(clients)]:
+            res = peers40_try(c, r, "peers40-up", lambda: seed40_round(c, ctx), results)
+            if res:
+                print(f"round {r + 1} peers40-up   {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  "
+                      f"{res['wakeups_per_gib']:9.0f} wakeups/GiB  anon {fmt_mib(res['anon'])}  "
+                      f"leechers connected {res['peers']}, receiving {res['moving']}  ok={res['ok']}", flush=True)
+
+
+def seed40_round(client, ctx):
+    """`client` seeds to ctx["count"] download-limited libtorrent leechers
+    that dial it (and only it; they never upload). Measured over a window of
+    ctx["secs"] seconds, from ctx["warmup"] s after the first byte arrives:
+    payload the leechers received, and the seeder's CPU, wakeups, RssAnon."""
+    work = ctx["work"]
+    d, leech_dir = work / f"p40-seed-{client}", work / "p40-leechers"
+    pid, port, proc, ds = start_seeder(client, ctx, d)
+    swarm = None
+    try:
+        shutil.rmtree(leech_dir, ignore_errors=True)
+        leech_dir.mkdir()
+        swarm = Swarm("leech", ctx, leech_dir, ["--peer", f"127.0.0.1:{port}"])
+        wait(lambda: swarm.status()["down"] > 0, 60, f"leechers receiving from {client}", every=0.2)
+        time.sleep(ctx["warmup"])
+        w = Watch(pid)
+        s0 = swarm.fresh_status()
+        w.sample()
+        cpu0, wakeups0 = w.cpu, w.wakeups
+        while time.time() - s0["time"] < ctx["secs"] - 0.5:
+            w.sample()
+            time.sleep(0.2)
+        s1 = swarm.fresh_status()
+        w.sample()
+    finally:
+        if swarm:
+            swarm.stop()
+        kill(proc)
+        if ds:
+            ds.stop()
+        shutil.rmtree(leech_dir, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
+    got = max(1, s1["down"] - s0["down"])
+    return {"mibs": got / MIB / (s1["time"] - s0["time"]), "cpu_per_gib": (w.cpu - cpu0) / (got / GIB),
+            "wakeups_per_gib": (w.wakeups - wakeups0) / (got / GIB), "anon": w.peak, "peers": s1["peers"],
+            "moving": s1["moving"], "ok": s1["failed"] == 0 and got > 1}
+
+
+def peers40_medians(rows):
+    """Per client: median MiB/s, CPU-s/GiB, wakeups/GiB; peak RssAnon; all
+    verified; failed rounds. Clients without a good round are left out."""
+    failed = {c: [r["error"] for r in runs if "error" in r] for c, runs in rows.items()}
+    rows = {c: [r for r in runs if "error" not in r] for c, runs in rows.items()}
+    return {c: {"failed": failed[c], "mibs": statistics.median(r["mibs"] for r in runs), "cpu": statistics.median(r["cpu_per_gib"] for r in runs),
+                "wakeups": statistics.median(r["wakeups_per_gib"] for r in runs), "anon": max(r["anon"] for r in runs),
+                "ok": all(r["ok"] for r in runs), "peers": [r.get("peers") for r in runs], "moving": [r.get("moving") for r in runs]}
+            for c, runs in rows.items() if runs}
+
+
+def peers40_failures(rows):
+    lines = [f"- {c}, a failed round: {e}" for c, runs in rows.items() for e in (r.get("error") for r in runs) if e]
+    return ["Failed rounds (not in the medians):", "", *lines, ""] if lines else []
+
+
+def render_peers40(res, p40, sha_cost):
+    """The two "many real peers" sections and their targets."""
+    lines, targets = [], []
+    count, rate = p40["count"], p40["rate"] // 1024
+    down, up = res.get("peers40-down"), res.get("peers40-up")
+    if down:
+        med = peers40_medians(down)
+        lines += [f"## Download from {count} rate-limited peers", "",
+                  f"{p40['size_mib']} MiB, 1 MiB pieces, from {count} libtorrent seeders (one `lt.session` each, on "
+                  f"127.0.0.2-{count + 1}, each upload-limited to {rate} KiB/s, so at most {count * rate / 1024:.0f} MiB/s in all), "
+                  "found at the tracker (transmission is dialled by them). Timed from the start (dropseed: the drop) to complete; "
+                  "CPU, wakeups (voluntary context switches summed over the client's threads) and RssAnon of the downloader "
+                  "over its whole run.", "",
+                  "| client | median MiB/s | median CPU-s/GiB | median wakeups/GiB | peak RssAnon | verified |",
+                  "|---|---|---|---|---|---|"]
+        for c, m in med.items():
+            lines.append(f"| {c} | {m['mibs']:.1f} | {m['cpu']:.2f} | {m['wakeups']:.0f} | {fmt_mib(m['anon'])} | {'all' if m['ok'] else 'NO'} |")
+        lines.append("")
+        lines += peers40_failures(down)
+        others = {c: m for c, m in med.items() if not c.startswith("dropseed")}
+        if "dropseed" in med and others:
+            d = med["dropseed"]
+            frugal = min(others.items(), key=lambda kv: kv[1]["cpu"])
+            targets += [
+                (f"{count} peers: download CPU/GiB <= 0.75x most frugal reference", f"{d['cpu']:.2f} vs {frugal[0]} {frugal[1]['cpu']:.2f} = {d['cpu'] / frugal[1]['cpu']:.2f}x", d["cpu"] <= 0.75 * frugal[1]["cpu"]),
+                (f"{count} peers: download CPU/GiB <= 2x SHA-1 cost", f"{d['cpu']:.2f} vs {sha_cost:.2f} = {d['cpu'] / sha_cost:.2f}x", d["cpu"] <= 2 * sha_cost),
+                (f"{count} peers: RssAnon < 32 MiB downloading {p40['size_mib']} MiB (issue: 1 GiB from 50 peers)", fmt_mib(d["anon"]), d["anon"] < 32 * MIB),
+            ]
+    if up:
+        med = peers40_medians(up)
+        lines += [f"## Seeding to {count} rate-limited leechers", "",
+                  f"Each client seeds the {p40['size_mib']} MiB torrent to {count} libtorrent leechers (one `lt.session` each, on "
+                  f"127.0.0.2-{count + 1}, each download-limited to {rate} KiB/s) that dial it; they never upload (no unchoke "
+                  "slots, no tracker, no PEX), so every byte comes from the seeder under test. Measured over "
+                  f"{p40['secs']} s from {p40['warmup']} s after the first byte: payload the leechers received (hash-checked "
+                  "by them), and the seeder's CPU, wakeups and RssAnon. The rate is each client's own choice of how many "
+                  "leechers to unchoke at once.", "",
+                  "| seeder | median MiB/s | median CPU-s/GiB | median wakeups/GiB | peak RssAnon | leechers connected | receiving at the end | verified |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c, m in med.items():
+            lines.append(f"| {c} | {m['mibs']:.1f} | {m['cpu']:.2f} | {m['wakeups']:.0f} | {fmt_mib(m['anon'])} | "
+                         f"{', '.join(map(str, m['peers']))} | {', '.join(map(str, m['moving']))} | {'all' if m['ok'] else 'NO'} |")
+        lines.append("")
+        lines += peers40_failures(up)
+        others = {c: m for c, m in med.items() if not c.startswith("dropseed")}
+        if "dropseed" in med and others:
+            d = med["dropseed"]
+            frugal = min(others.items(), key=lambda kv: kv[1]["cpu"])
+            targets.append((f"{count} leechers: seeding CPU/GiB <= 0.5x most frugal reference", f"{d['cpu']:.2f} vs {frugal[0]} {frugal[1]['cpu']:.2f} = {d['cpu'] / frugal[1]['cpu']:.2f}x", d["cpu"] <= 0.5 * frugal[1]["cpu"]))
+    return lines, targets
 
 
 # ---------------------------------------------------------------- scale
@@ -726,7 +973,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--torrents", type=int, default=500)
     ap.add_argument("--clients", default="dropseed,dropseed-enc,dropseed-utp,aria2,transmission,libtorrent,libtorrent-utp")
-    ap.add_argument("--skip", default="", help="comma list of: download,magnet,seeding,scale")
+    ap.add_argument("--skip", default="", help="comma list of: download,magnet,seeding,scale,peers40-down,peers40-up")
     ap.add_argument("--magnet-rounds", type=int, default=1)
     ap.add_argument("--out", help="the report (default bench/results.md; with --scale, bench/scale-DATE.md)")
     ap.add_argument("--scale", help="only the scale comparison with transmission-daemon, for these N (e.g. 500,2000)")
@@ -734,8 +981,16 @@ def main():
     ap.add_argument("--idle-secs", type=int, default=60, help="the idle CPU window of --scale")
     ap.add_argument("--settle-secs", type=int, default=SETTLE_SECS, help="--scale: from the first idle window to the steady one")
     ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")
+    ap.add_argument("--dropseed-config", default="", help="TOML appended to every dropseed config (tables not already there: [storage], [limits]...)")
     ap.add_argument("--base-bin", help="another dropseed build, run as client 'dropseed-base' beside the others")
     ap.add_argument("--work", default=str(ROOT / "bench/work"))
+    ap.add_argument("--sha1speed", default=str(ROOT / "target/release/examples/sha1speed"), help="the sha1speed example binary")
+    ap.add_argument("--peers40-count", type=int, default=40, help="peers of the many-real-peers rows")
+    ap.add_argument("--peers40-size-mib", type=int, default=1024, help="payload of the many-real-peers rows")
+    ap.add_argument("--peers40-rate-kib", type=int, default=512, help="KiB/s limit of each of those peers")
+    ap.add_argument("--peers40-secs", type=int, default=60, help="measuring window of the seeding-to-many row")
+    ap.add_argument("--peers40-warmup", type=int, default=5, help="seconds from the first byte to that window")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     clients = args.clients.split(",")
@@ -744,6 +999,7 @@ def main():
     if args.base_bin:
         Dropseed.BINS["dropseed-base"] = Path(args.base_bin).resolve()
         clients.insert(1, "dropseed-base")
+    Dropseed.EXTRA = args.dropseed_config
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -752,35 +1008,29 @@ def main():
     if args.scale:
         return scale_main(args, work, cores)
     args.out = args.out or str(ROOT / "bench/results.md")
-    size = args.size_mib * MIB
-    sha1_speed = float(subprocess.run([str(ROOT / "target/release/examples/sha1speed")], capture_output=True, text=True, check=True).stdout)
+    sha1_speed = float(subprocess.run([args.sha1speed], capture_output=True, text=True, check=True).stdout)
     print(f"sha1 crate, one core: {sha1_speed / MIB:.0f} MiB/s; cores: {cores}", flush=True)
 
     tracker = Tracker(work)
-    data = work / "src" / "payload.bin"
-    data.parent.mkdir()
-    rng = random.Random(1)
-    with open(data, "wb") as f:
-        for _ in range(args.size_mib):
-            f.write(rng.randbytes(MIB))
-    torrent = work / "payload.torrent"
-    subprocess.run(["mktorrent", "-a", tracker.url, "-l", "20", "-o", str(torrent), str(data)],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    h = info_hash_of(torrent)
-    tracker.allow([h])
-    magnet = f"magnet:?xt=urn:btih:{h}&dn={data.name}&tr={urllib.parse.quote(tracker.url, safe='')}"
-    ctx = {"work": work, "torrent": torrent, "magnet": magnet, "size": size, "sha1": sha1_file(data), "hash": h,
-           "name": data.name, "data": data, "tracker": tracker, "seeders": []}
-    results = {"download": {}, "magnet": {}, "seeding": {}, "scale": None, "recheck": None}
+    helpers = []
+    ctx = {"work": work, "tracker": tracker, "seeders": [], "helpers": helpers}
+    if not {"download", "magnet", "seeding"} <= skip:
+        ctx.update(make_payload(work, "payload.bin", args.size_mib, tracker))
+    p40 = None
+    if not {"peers40-down", "peers40-up"} <= skip:
+        p40 = {**ctx, **make_payload(work, "peers40.bin", args.peers40_size_mib, tracker), "count": args.peers40_count,
+               "rate": args.peers40_rate_kib * 1024, "secs": args.peers40_secs, "warmup": args.peers40_warmup,
+               "size_mib": args.peers40_size_mib, "seeders": []}
+    results = {"download": {}, "magnet": {}, "seeding": {}, "scale": None, "recheck": None, "peers40-down": {}, "peers40-up": {}}
     try:
         if "download" not in skip or "magnet" not in skip:
             for i in range(2):
                 d = work / f"lt-seed{i}"
                 d.mkdir()
-                os.link(data, d / data.name)
-                p, _ = lt_start("seed", torrent, d)
+                os.link(ctx["data"], d / ctx["name"])
+                p, _ = lt_start("seed", ctx["torrent"], d)
                 ctx["seeders"].append(p)
-            wait(lambda: scrape(tracker.port, h)[0] >= 2, 300, "two libtorrent seeders")
+            wait(lambda: scrape(tracker.port, ctx["hash"])[0] >= 2, 300, "two libtorrent seeders")
             phases = [(kind, n) for kind, n in (("download", args.rounds), ("magnet", args.magnet_rounds)) if kind not in skip]
             for kind, rounds in phases:
                 for r in range(rounds):
@@ -803,19 +1053,42 @@ def main():
                     print(f"round {r + 1} seeding {c:12} {res['mibs']:7.1f} MiB/s  {res['cpu_per_gib']:5.2f} CPU-s/GiB  ok={res['ok']}", flush=True)
                     if res["recheck"] and c == "dropseed":
                         results["recheck"] = res["recheck"]
+        if "peers40-down" not in skip:
+            peers40_down(p40, clients, args.rounds, results["peers40-down"])
+        if "peers40-up" not in skip:
+            peers40_up(p40, clients, args.rounds, results["peers40-up"])
         if "scale" not in skip:
             results["scale"] = scale_run(work, tracker, [args.torrents], 30)[0]
             s = results["scale"]
             print(f"scale {s['count']} torrents: idle CPU {s['idle_cpu_pct']:.2f}%  anon {fmt_mib(s['anon'])}", flush=True)
     finally:
-        for p in ctx["seeders"]:
+        for p in ctx["seeders"] + helpers:
             kill(p)
         kill(tracker.proc)
-    report = render(results, args, sha1_speed, cores)
+    report = render(results, args, sha1_speed, cores, p40)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
     print(report)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def make_payload(work, name, size_mib, tracker):
+    """`size_mib` MiB of random data in work/src/NAME, its torrent (1 MiB
+    pieces) announcing to `tracker`, allowed there; the ctx keys for it."""
+    data = work / "src" / name
+    data.parent.mkdir(exist_ok=True)
+    rng = random.Random(size_mib * 7 + len(name))
+    with open(data, "wb") as f:
+        for _ in range(size_mib):
+            f.write(rng.randbytes(MIB))
+    torrent = work / (Path(name).stem + ".torrent")
+    subprocess.run(["mktorrent", "-a", tracker.url, "-l", "20", "-o", str(torrent), str(data)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    h = info_hash_of(torrent)
+    tracker.allow([h])
+    magnet = f"magnet:?xt=urn:btih:{h}&dn={data.name}&tr={urllib.parse.quote(tracker.url, safe='')}"
+    return {"torrent": torrent, "magnet": magnet, "size": size_mib * MIB, "sha1": sha1_file(data), "hash": h,
+            "name": data.name, "data": data}
 
 
 def scale_main(args, work, cores):
@@ -836,11 +1109,15 @@ def scale_main(args, work, cores):
     shutil.rmtree(work, ignore_errors=True)
 
 
-def render(res, args, sha1_speed, cores):
+def render(res, args, sha1_speed, cores, p40=None):
     lines = [f"# dropseed benchmark", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cores} cores, loopback; payload {args.size_mib} MiB, "
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cores} cores, loopback, with "
+             f"`scripts/bench {' '.join(sys.argv[1:])}`; "
+             f"{'' if {'download', 'magnet', 'seeding'} <= set(args.skip.split(',')) else f'payload {args.size_mib} MiB, '}"
              f"1 MiB pieces; {args.rounds} rounds, clients alternating. sha1 crate single-core: {sha1_speed / MIB:.0f} MiB/s "
              f"({GIB / sha1_speed:.2f} CPU-s/GiB).", ""]
+    if args.note:
+        lines += ["Notes:", "", *[f"- {n}" for n in args.note], ""]
     targets = []
     dl = res["download"]
     if dl:
@@ -904,6 +1181,10 @@ def render(res, args, sha1_speed, cores):
         lines += ["## Scale", "", f"{s['count']} seeding torrents in one daemon: idle CPU {s['idle_cpu_pct']:.2f}% of one core, "
                   f"RssAnon {fmt_mib(s['anon'])}.", ""]
         targets.append((f"RssAnon < 64 MiB with {s['count']} torrents", fmt_mib(s["anon"]), s["anon"] < 64 * MIB))
+    if p40:
+        more, more_targets = render_peers40(res, p40, GIB / sha1_speed)
+        lines += more
+        targets += more_targets
     if targets:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
         for name, measured, ok in targets:
