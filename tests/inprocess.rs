@@ -1322,6 +1322,23 @@ async fn a_torrent_stops_at_its_own_share_limits() {
     a.session.shutdown().await;
 }
 
+/// An idle seeder ticks every 30 s but wakes for its seeding time limit:
+/// it stops within a tick of the limit, not at the idle tick after it
+/// (the wake-up was computed from the seconds counted at the tick before,
+/// up to 30 s stale: a 35 s limit stopped it at about 61 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_seeder_stops_within_a_tick_of_its_seeding_time_limit() {
+    let a = Node::start_with(|c| c.seeding.seed_time_limit = dropseed::config::Span(35)).await;
+    payload_tree(&a.download_dir(), "tree", TREE, 8);
+    let meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    let hash = meta.info_hash.hex();
+    assert_eq!(a.session.add_metainfo(meta).await.unwrap(), AddOutcome::Added);
+    let t = a.wait_state(&hash, TorrentState::Stopped, Duration::from_secs(90)).await;
+    let seeded = t.times.seeding_secs;
+    assert!((35..=37).contains(&seeded), "stopped after {seeded} s seeded; the limit is 35 s");
+    a.session.shutdown().await;
+}
+
 /// A save path's folder is reached from the configured folder holding it,
 /// one name at a time: replaced by a link (its files moved outside, the
 /// same inodes), nothing outside is deleted, before or after a restart.

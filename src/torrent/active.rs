@@ -303,19 +303,17 @@ impl<'a> Active<'a> {
         None
     }
 
-    /// Once a second (every few when idle): rates, choking, dialling,
+    /// Once a second (idle, up to every 30 s): rates, choking, dialling,
     /// seeding time and limits, stalls, the resume record.
     async fn on_tick(&mut self, downloading: bool) -> (Instant, Option<Outcome>) {
         let now = Instant::now();
         let env = &self.shared.env;
         let config = env.config();
         let seeding = self.shared.is_complete();
-        let idle = seeding && self.peers.is_empty() && !self.book.has_queued();
         // Each lock taken alone: a guard in the literal below would live
-        // to the end of the statement, across `wake_by`'s locks.
+        // to the end of the statement.
         let have = self.shared.lock().have().count();
         let force_start = self.shared.status_cell().record.force_start;
-        let wake_by = idle.then(|| self.wake_by(now)).flatten();
         let facts = clock::Facts {
             received: self.shared.received.load(Ordering::Relaxed),
             sent: self.shared.uploaded.load(Ordering::Relaxed),
@@ -324,8 +322,6 @@ impl<'a> Active<'a> {
             // A forced download never yields its slot: it would get it back at once.
             others_queued: env.queued().load(Ordering::Relaxed) > 0 && !force_start,
             seeding,
-            idle,
-            wake_by,
             stall_after: Duration::from_secs(config.limits.stall_secs),
             save_every: Duration::from_secs(config.storage.resume_interval_secs),
         };
@@ -340,14 +336,14 @@ impl<'a> Active<'a> {
         }
         if let Some(quiet) = plan.stalled {
             tracing::debug!(torrent = %self.shared.name(), quiet = %human_duration(quiet.as_secs()), "download stalled");
-            return (plan.next_tick, Some(Outcome::Stalled));
+            return (now, Some(Outcome::Stalled));
         }
         if plan.choke {
             self.choke_round(now);
         }
         self.dial_learned(now);
         if let Some(e) = self.shared.lock().take_disk_error() {
-            return (plan.next_tick, Some(Outcome::DiskFailed(e)));
+            return (now, Some(Outcome::DiskFailed(e)));
         }
         // Limits wait for the data to be delivered to its complete folder.
         if self.counts_seeding() {
@@ -362,19 +358,23 @@ impl<'a> Active<'a> {
                 let action = config.seeding.action;
                 tracing::info!(torrent = %self.shared.name(), reason = %why, action = ?action, "seeding limit reached");
                 self.shared.run_hook(HookEvent::SeedingDone);
-                return (plan.next_tick, Some(Outcome::LimitReached));
+                return (now, Some(Outcome::LimitReached));
             }
         }
+        // After this tick's dialling: idle, it has nothing to do until
+        // `wake_by`, computed from what this tick counted.
+        let idle = seeding && self.peers.is_empty() && !self.book.has_queued();
         if seeding && now >= self.next_presence_check {
             self.next_presence_check = now + if idle { PRESENCE_IDLE_EVERY } else { PRESENCE_EVERY };
             if let Some(missing) = self.files_gone().await {
-                return (plan.next_tick, Some(Outcome::DataMissing(missing)));
+                return (now, Some(Outcome::DataMissing(missing)));
             }
         }
         if plan.save {
             self.shared.save_resume(false).await;
         }
-        (plan.next_tick, None)
+        let wake_by = if idle { self.wake_by(now) } else { None };
+        (self.clock.next_tick(now, idle, wake_by), None)
     }
 
     /// Whether seeding time counts (and seeding limits apply): complete,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 pub const TICK: Duration = Duration::from_secs(1);
 /// A seeding torrent with no peers and none to call wakes at most this
-/// often (sooner when something falls due: [`Facts::wake_by`]); what wakes
+/// often (sooner when something falls due: [`ActiveClock::next_tick`]); what wakes
 /// it otherwise (a peer, a tracker's list, a command) does not wait for a
 /// tick, so ten thousand idle torrents cost next to nothing.
 pub const IDLE_TICK: Duration = Duration::from_secs(30);
@@ -53,13 +53,8 @@ pub struct Facts {
     /// Other torrents wait for a download slot.
     pub others_queued: bool,
     pub seeding: bool,
-    /// Seeding with no peers and nobody to dial.
-    pub idle: bool,
     /// Payload bytes sent so far.
     pub sent: u64,
-    /// The soonest thing an idle torrent must wake for (a dial retry, a
-    /// presence check, a seeding limit), if any.
-    pub wake_by: Option<Instant>,
     /// `limits.stall_secs`.
     pub stall_after: Duration,
     /// `storage.resume_interval_secs`.
@@ -71,7 +66,6 @@ pub struct Facts {
 pub struct Plan {
     /// Since the previous tick, for rates.
     pub elapsed: Duration,
-    pub next_tick: Instant,
     pub choke: bool,
     /// The download got nothing for this long and should yield its slot.
     pub stalled: Option<Duration>,
@@ -160,12 +154,20 @@ impl ActiveClock {
         if save {
             self.saved(now, f.have, (f.received, f.sent));
         }
-        let next_tick = match (f.idle, f.wake_by) {
+        Plan { elapsed, choke, stalled, seeded_secs, active_secs, save }
+    }
+
+    /// When to tick after the tick at `now`: in a second, or for an
+    /// `idle` torrent (seeding, no peers, nobody to dial) at most
+    /// [`IDLE_TICK`] later, by `wake_by`, the soonest thing it must wake
+    /// for (a dial retry, a presence check, a seeding limit). Asked once
+    /// the tick's own counting is done, so `wake_by` is not a tick stale.
+    pub fn next_tick(&self, now: Instant, idle: bool, wake_by: Option<Instant>) -> Instant {
+        match (idle, wake_by) {
             (false, _) => now + TICK,
             (true, Some(by)) => on_grid(by.clamp(now + TICK, now + IDLE_TICK), self.grid, IDLE_GRID),
             (true, None) => on_grid(now + IDLE_TICK, self.grid, IDLE_GRID),
-        };
-        Plan { elapsed, next_tick, choke, stalled, seeded_secs, active_secs, save }
+        }
     }
 
     pub fn choked(&mut self, now: Instant) {
@@ -191,9 +193,7 @@ mod tests {
             downloading: true,
             others_queued: false,
             seeding: false,
-            idle: false,
             sent: 0,
-            wake_by: None,
             stall_after: Duration::from_secs(30),
             save_every: Duration::from_secs(10),
         }
@@ -285,27 +285,22 @@ mod tests {
     #[test]
     fn idle_seeders_tick_seldom_but_wake_for_what_falls_due() {
         let t0 = Instant::now();
-        let mut c = ActiveClock::on(t0, (0, 0), 0, 0.0, t0);
+        let c = ActiveClock::on(t0, (0, 0), 0, 0.0, t0);
         let now = t0 + secs(1);
-        let idle = Facts { idle: true, ..facts() };
-        assert_eq!(c.tick(now, idle).next_tick, now + IDLE_TICK);
-        assert_eq!(c.tick(now, facts()).next_tick, now + TICK);
-        let retry = Facts { wake_by: Some(now + secs(7)), ..idle };
-        assert_eq!(c.tick(now, retry).next_tick, now + secs(7));
-        let overdue = Facts { wake_by: Some(now), ..idle };
-        assert_eq!(c.tick(now, overdue).next_tick, now + TICK, "never a busy loop");
-        let far = Facts { wake_by: Some(now + secs(3600)), ..idle };
-        assert_eq!(c.tick(now, far).next_tick, now + IDLE_TICK);
+        assert_eq!(c.next_tick(now, true, None), now + IDLE_TICK);
+        assert_eq!(c.next_tick(now, false, None), now + TICK);
+        assert_eq!(c.next_tick(now, true, Some(now + secs(7))), now + secs(7), "a retry");
+        assert_eq!(c.next_tick(now, true, Some(now)), now + TICK, "never a busy loop");
+        assert_eq!(c.next_tick(now, true, Some(now + secs(3600))), now + IDLE_TICK);
     }
 
     #[test]
     fn idle_ticks_of_different_torrents_fall_together_on_the_grid() {
         let epoch = Instant::now();
         let ms = Duration::from_millis;
-        let idle = Facts { idle: true, ..facts() };
         let next = |started: Duration| {
-            let mut c = ActiveClock::on(epoch + started, (0, 0), 0, 0.0, epoch);
-            c.tick(epoch + started + secs(1), idle).next_tick
+            let c = ActiveClock::on(epoch + started, (0, 0), 0, 0.0, epoch);
+            c.next_tick(epoch + started + secs(1), true, None)
         };
         assert_eq!(next(ms(120)), next(ms(870)), "started 750 ms apart, woken together");
         assert_eq!(next(ms(120)), epoch + secs(32));
