@@ -1339,6 +1339,27 @@ async fn an_idle_seeder_stops_within_a_tick_of_its_seeding_time_limit() {
     a.session.shutdown().await;
 }
 
+/// The seeding and running time an idle seeder showed between its seldom
+/// ticks is kept when it stops: a pause never turns them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_time_shown_between_idle_ticks_survives_a_pause() {
+    let a = Node::start().await;
+    payload_tree(&a.download_dir(), "tree", TREE, 9);
+    let meta = make_torrent(&a.download_dir(), "tree", PIECE_256K);
+    let hash = meta.info_hash.hex();
+    assert_eq!(a.session.add_metainfo(meta.clone()).await.unwrap(), AddOutcome::Added);
+    let shown = a.wait_for(&hash, "5 s seeded", Duration::from_secs(30), |t| t.times.seeding_secs >= 5).await;
+    a.session.command(meta.info_hash, Cmd::Pause).await.unwrap();
+    let paused = a.wait_state(&hash, TorrentState::Paused, Duration::from_secs(30)).await;
+    assert!(
+        paused.times.seeding_secs >= shown.times.seeding_secs && paused.times.active_secs >= shown.times.active_secs,
+        "shown {:?}, then paused {:?}",
+        shown.times,
+        paused.times
+    );
+    a.session.shutdown().await;
+}
+
 /// A save path's folder is reached from the configured folder holding it,
 /// one name at a time: replaced by a link (its files moved outside, the
 /// same inodes), nothing outside is deleted, before or after a restart.

@@ -461,7 +461,7 @@ impl<'a> Active<'a> {
             let mut s = self.shared.status_cell();
             s.download_rate = 0;
             s.upload_rate = 0;
-            s.uncounted = None;
+            s.count_uncounted();
         }
         self.shared.save_resume(true).await;
     }

@@ -251,6 +251,13 @@ impl StatusCell {
             None => (active, seeding),
         }
     }
+
+    /// Puts the time not yet counted into the record, as the status showed
+    /// it (the active phase ends: it must not go back).
+    pub fn count_uncounted(&mut self) {
+        (self.record.active_secs, self.record.seeding_secs) = self.times();
+        self.uncounted = None;
+    }
 }
 
 impl TorrentShared {
