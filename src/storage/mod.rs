@@ -558,6 +558,19 @@ impl TorrentStorage {
         result
     }
 
+    /// Pieces whose pages may not be on the disk yet though this storage
+    /// never wrote them: a previous run wrote them and ended before it
+    /// flushed them (its record lists them as unverified). The next
+    /// [`TorrentStorage::flush`] of each syncs it before it is claimed.
+    pub fn flush_before_claiming(&self, pieces: impl IntoIterator<Item = usize>) {
+        let mut written = crate::locks::locked(&self.written);
+        for p in pieces {
+            if p < written.len() {
+                written.set(p);
+            }
+        }
+    }
+
     /// SHA-1 of piece `index` as it is on disk (padding hashes as zeros),
     /// without copying it out first where the backend allows.
     pub fn hash_piece(&self, index: usize) -> io::Result<[u8; 20]> {
@@ -1130,6 +1143,24 @@ mod tests {
             assert_eq!(s.flushes(), 1, "{kind:?}: and only once");
             assert_eq!(std::fs::read(dir.path().join("tri/b")).unwrap(), [4u8; 16]);
         }
+    }
+
+    #[test]
+    fn pieces_a_crash_left_unflushed_are_flushed_once_verified_though_not_written_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = three();
+        std::fs::create_dir(dir.path().join("tri")).unwrap();
+        for n in ["a", "b", "c"] {
+            std::fs::write(dir.path().join("tri").join(n), [3u8; 16]).unwrap();
+        }
+        let s = TorrentStorage::open(&at(dir.path(), &meta), &meta, BackendKind::Mmap).unwrap();
+        // The last run wrote piece 1 and was killed before flushing it: its
+        // pages may still wait for writeback.
+        s.flush_before_claiming([1]);
+        for p in 0..3 {
+            s.flush(p * 16, 16).unwrap();
+        }
+        assert_eq!(s.flushes(), 1, "the crash's piece is flushed, the others are not");
     }
 
     #[test]

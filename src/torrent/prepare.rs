@@ -401,6 +401,9 @@ fn pieces_to_check(
         }
     }
     if let Some(c) = &candidates {
+        // Written by the last run but maybe not flushed: synced before the
+        // record claims them, though this run never writes them.
+        storage.flush_before_claiming(c.iter_ones());
         set.extend(c.iter_ones());
     }
     set.into_iter().collect()
