@@ -1360,6 +1360,25 @@ async fn seeding_time_shown_between_idle_ticks_survives_a_pause() {
     a.session.shutdown().await;
 }
 
+/// An idle seeder (its next tick up to 30 s away) that a leecher dials
+/// is busy at once: it ticks again within a second, so its rates and
+/// choking (and a tracker's list past the first few dials) do not wait
+/// for the idle tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_seeder_ticks_again_soon_after_a_peer_arrives() {
+    let (a, meta) = seeder(31).await;
+    let hash = meta.info_hash.hex();
+    // Past its first tick: idle, the next one is about 30 s on.
+    a.wait_for(&hash, "idle", Duration::from_secs(30), |t| t.times.seeding_secs >= 2).await;
+    let b = Node::start().await;
+    assert_eq!(b.session.add_magnet(magnet_of(&meta, vec![a.addr()])).await.unwrap(), AddOutcome::Added);
+    b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(20)).await;
+    let seen = a.wait_for(&hash, "the upload seen", Duration::from_secs(5), |t| t.times.last_active > 0).await;
+    assert!(seen.times.seeding_secs < 25, "seen at the idle tick only: {:?}", seen.times);
+    b.session.shutdown().await;
+    a.session.shutdown().await;
+}
+
 /// A save path's folder is reached from the configured folder holding it,
 /// one name at a time: replaced by a link (its files moved outside, the
 /// same inodes), nothing outside is deleted, before or after a restart.

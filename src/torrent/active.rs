@@ -212,6 +212,12 @@ impl<'a> Active<'a> {
                     next_tick = next;
                 }
             }
+            // An idle torrent woken by a peer (one dialling in, one ending,
+            // a tracker's list with more than one tick's dials) ticks again
+            // in a second, not at its idle tick.
+            if !self.idle() {
+                next_tick = next_tick.min(Instant::now() + clock::TICK);
+            }
         }
     }
 
@@ -363,7 +369,7 @@ impl<'a> Active<'a> {
         }
         // After this tick's dialling: idle, it has nothing to do until
         // `wake_by`, computed from what this tick counted.
-        let idle = seeding && self.peers.is_empty() && !self.book.has_queued();
+        let idle = self.idle();
         if seeding && now >= self.next_presence_check {
             self.next_presence_check = now + if idle { PRESENCE_IDLE_EVERY } else { PRESENCE_EVERY };
             if let Some(missing) = self.files_gone().await {
@@ -375,6 +381,11 @@ impl<'a> Active<'a> {
         }
         let wake_by = if idle { self.wake_by(now) } else { None };
         (self.clock.next_tick(now, idle, wake_by), None)
+    }
+
+    /// Seeding with no peers and nobody to dial: it ticks seldom.
+    fn idle(&self) -> bool {
+        self.shared.is_complete() && self.peers.is_empty() && !self.book.has_queued()
     }
 
     /// Whether seeding time counts (and seeding limits apply): complete,
