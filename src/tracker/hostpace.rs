@@ -77,10 +77,20 @@ pub struct HostPacer {
 #[derive(Debug)]
 pub struct Slot {
     pub wait: Duration,
-    /// The host's bucket (none when hosts are not paced).
-    key: Option<String>,
+    /// The host's bucket (none when hosts are not paced), with its instant
+    /// before and after this reservation.
+    key: Option<(String, Taken)>,
     /// Taken from the bucket of starts too.
-    start: bool,
+    start: Option<Taken>,
+}
+
+/// A bucket's instant before and after one reservation: given back while
+/// nobody reserved after it, the bucket is as it was (a start slot far
+/// out pushes its host's instant just as far).
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    before: Option<Instant>,
+    after: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -109,20 +119,22 @@ impl HostPacer {
     pub fn reserve(&self, host: &str, start: bool, now: Instant) -> Slot {
         let mut state = locked(&self.state);
         let mut at = now;
-        let start = start && self.start_rate.is_some();
+        let mut started = None;
         if let (true, Some(rate)) = (start, self.start_rate) {
-            let (tat, slot) = rate.take(state.starts, now);
+            let before = state.starts;
+            let (tat, slot) = rate.take(before, now);
             state.starts = Some(tat);
-            at = slot;
+            (at, started) = (slot, Some(Taken { before, after: tat }));
         }
         let mut key = None;
         if let Some(rate) = self.host_rate {
             let k = state.key(host, now);
-            let (tat, slot) = rate.take(state.hosts.get(k.as_str()).copied(), at);
+            let before = state.hosts.get(k.as_str()).copied();
+            let (tat, slot) = rate.take(before, at);
             state.hosts.insert(k.clone(), tat);
-            (at, key) = (slot, Some(k));
+            (at, key) = (slot, Some((k, Taken { before, after: tat })));
         }
-        Slot { wait: at - now, key, start }
+        Slot { wait: at - now, key, start: started }
     }
 
     /// How long an announce to `host` asked for at `now` waits for its slot.
@@ -135,16 +147,23 @@ impl HostPacer {
     /// hold back the one resumed after them.
     pub fn give_back(&self, slot: &Slot, now: Instant) {
         let mut state = locked(&self.state);
-        let back = |tat: &mut Instant, rate: Option<Rate>| {
+        // The last reserved: the bucket as it was; else one step less.
+        let back = |tat: &mut Instant, taken: Taken, rate: Option<Rate>| {
             if let (Some(rate), true) = (rate, *tat > now) {
-                *tat = tat.checked_sub(rate.every).map_or(now, |t| t.max(now));
+                *tat = match taken.before {
+                    Some(before) if *tat == taken.after => before.max(now),
+                    None if *tat == taken.after => now,
+                    _ => tat.checked_sub(rate.every).map_or(now, |t| t.max(now)),
+                };
             }
         };
-        if let Some(tat) = slot.key.as_ref().and_then(|k| state.hosts.get_mut(k)) {
-            back(tat, self.host_rate);
+        if let Some((k, taken)) = &slot.key {
+            if let Some(tat) = state.hosts.get_mut(k) {
+                back(tat, *taken, self.host_rate);
+            }
         }
-        if let Some(tat) = state.starts.as_mut().filter(|_| slot.start) {
-            back(tat, self.start_rate);
+        if let (Some(tat), Some(taken)) = (state.starts.as_mut(), slot.start) {
+            back(tat, taken, self.start_rate);
         }
     }
 
@@ -270,6 +289,21 @@ mod tests {
         // Given back long after, a slot changes nothing.
         pacer.give_back(&next, t0 + Duration::from_secs(60));
         assert_eq!(pacer.slot("t.example", false, t0 + Duration::from_secs(60)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_start_given_back_leaves_its_host_as_it_was() {
+        let pacer = HostPacer::new(10);
+        let t0 = Instant::now();
+        // 500 torrents of other hosts start first: a start now waits 8 s.
+        for i in 0..500 {
+            pacer.slot(&format!("h{i}.example"), true, t0);
+        }
+        let start = pacer.reserve("x.example", true, t0);
+        assert!(start.wait >= Duration::from_secs(8), "{:?}", start.wait);
+        // Paused before its slot: x.example's bucket was never used.
+        pacer.give_back(&start, t0 + ms(10));
+        assert_eq!(pacer.slot("x.example", false, t0 + ms(10)), Duration::ZERO, "x.example held back for nothing");
     }
 
     #[tokio::test]
