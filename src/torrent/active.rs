@@ -39,9 +39,10 @@ const DHT_SEEDING_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Peer tasks get this long to end on their own before they are aborted.
 const PEERS_DRAIN: Duration = Duration::from_secs(5);
 /// How often a seeding torrent with peers looks whether its files are
-/// still there, and one without (nothing reads them; ten thousand idle
-/// torrents would otherwise stat files hundreds of times a second).
+/// still there.
 const PRESENCE_EVERY: Duration = Duration::from_secs(60);
+/// The same for an idle one: nothing reads its files, and ten thousand
+/// idle torrents would otherwise stat files hundreds of times a second.
 const PRESENCE_IDLE_EVERY: Duration = Duration::from_secs(300);
 
 /// An outgoing connection's end: its address, whether it is worth dialling
