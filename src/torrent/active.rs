@@ -187,6 +187,8 @@ impl<'a> Active<'a> {
                     if let Some(o) = self.on_moved(moved).await {
                         return Some(o);
                     }
+                    // Seeding time counts from now: a tick marks the start.
+                    next_tick = Instant::now();
                 }
                 Some(ended) = self.peers.join_next(), if !self.peers.is_empty() => {
                     if let Ok(Some((addr, retry, lasted, how))) = ended {
@@ -321,6 +323,7 @@ impl<'a> Active<'a> {
         // to the end of the statement.
         let have = self.shared.lock().have().count();
         let force_start = self.shared.status_cell().record.force_start;
+        let counted = self.counts_seeding();
         let facts = clock::Facts {
             received: self.shared.received.load(Ordering::Relaxed),
             sent: self.shared.uploaded.load(Ordering::Relaxed),
@@ -328,14 +331,14 @@ impl<'a> Active<'a> {
             downloading,
             // A forced download never yields its slot: it would get it back at once.
             others_queued: env.queued().load(Ordering::Relaxed) > 0 && !force_start,
-            seeding,
+            seeding: counted,
             stall_after: Duration::from_secs(config.limits.stall_secs),
             save_every: Duration::from_secs(config.storage.resume_interval_secs),
         };
         let plan = self.clock.tick(now, facts);
         self.update_rates(plan.elapsed);
         // What the record has not counted yet shows in the status.
-        let uncounted = super::Uncounted { since: now, seeding: self.counts_seeding() };
+        let uncounted = super::Uncounted { since: now, seeding: counted };
         {
             let mut s = self.shared.status_cell();
             s.record.active_secs += plan.active_secs;
@@ -353,7 +356,7 @@ impl<'a> Active<'a> {
             return (now, Some(Outcome::DiskFailed(e)));
         }
         // Limits wait for the data to be delivered to its complete folder.
-        if self.counts_seeding() {
+        if counted {
             let uploaded = self.shared.uploaded.load(Ordering::Relaxed);
             let moved = std::mem::replace(&mut self.last_uploaded, uploaded) != uploaded;
             {

@@ -52,6 +52,7 @@ pub struct Facts {
     pub downloading: bool,
     /// Other torrents wait for a download slot.
     pub others_queued: bool,
+    /// Seeding time counts: complete and delivered to its folder.
     pub seeding: bool,
     /// Payload bytes sent so far.
     pub sent: u64,
@@ -88,6 +89,10 @@ pub struct ActiveClock {
     last_saved_moved: (u64, u64),
     /// Where idle ticks' grid starts ([`grid_epoch`] outside tests).
     grid: Instant,
+    /// Whether seeding counted at the last tick (None before the first):
+    /// an interval counts as seeding only if it began seeding, so the
+    /// tick that finds the data delivered does not count the move.
+    was_seeding: Option<bool>,
     /// Seeding time not yet counted in whole seconds.
     seeding_carry: Duration,
     /// Running time not yet counted in whole seconds.
@@ -112,6 +117,7 @@ impl ActiveClock {
             last_save: now.checked_sub(back).unwrap_or(now),
             last_saved_have: have,
             last_saved_moved: moved,
+            was_seeding: None,
             seeding_carry: Duration::ZERO,
             active_carry: Duration::ZERO,
         }
@@ -137,7 +143,8 @@ impl ActiveClock {
         let stalled = (f.downloading && f.others_queued && quiet >= f.stall_after).then_some(quiet);
         let choke = self.since_choke(now) >= CHOKE_EVERY;
         let mut seeded_secs = 0;
-        if f.seeding {
+        let began_seeding = self.was_seeding.replace(f.seeding).unwrap_or(f.seeding);
+        if f.seeding && began_seeding {
             self.seeding_carry += elapsed;
             seeded_secs = self.seeding_carry.as_secs();
             self.seeding_carry -= Duration::from_secs(seeded_secs);
@@ -242,6 +249,18 @@ mod tests {
             total += c.tick(t0 + Duration::from_millis(700 * i), f).seeded_secs;
         }
         assert_eq!(total, 7);
+    }
+
+    #[test]
+    fn seeding_counts_from_the_tick_the_data_was_delivered_not_before() {
+        let t0 = Instant::now();
+        let mut c = ActiveClock::new(t0, (0, 0), 0, 0.0);
+        let moving = Facts { seeding: false, downloading: false, ..facts() };
+        let settled = Facts { seeding: true, ..moving };
+        assert_eq!(c.tick(t0 + secs(1), moving).seeded_secs, 0);
+        // An idle tick 30 s on finds the move done: those 30 s were the move's.
+        assert_eq!(c.tick(t0 + secs(31), settled).seeded_secs, 0, "the move counted as seeding");
+        assert_eq!(c.tick(t0 + secs(32), settled).seeded_secs, 1);
     }
 
     #[test]
