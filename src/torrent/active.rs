@@ -389,7 +389,8 @@ impl<'a> Active<'a> {
 
     /// Seeding with no peers and nobody to dial: it ticks seldom.
     fn idle(&self) -> bool {
-        self.shared.is_complete() && self.peers.is_empty() && !self.book.has_queued()
+        // The lock last: asked after every event, busy torrents stop at peers.
+        self.peers.is_empty() && !self.book.has_queued() && self.shared.is_complete()
     }
 
     /// Whether seeding time counts (and seeding limits apply): complete,
