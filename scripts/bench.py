@@ -742,16 +742,26 @@ def idle_cpu(pid, secs):
 
 
 SETTLE_SECS = 120
+# dropseed's default `announces_per_host`: N torrents on one tracker host
+# take N / ANNOUNCE_PACE seconds to make their first announces.
+ANNOUNCE_PACE = 10
 
 
-def idle_figures(pid, idle_secs, at_tracker):
+def steady_start(n, idle_secs):
+    """Seconds from the first idle window's end to the steady one: at least
+    SETTLE_SECS, and past every first announce (N / ANNOUNCE_PACE s after the
+    adds, and 30 s more), so "steady" is idle, not announcing."""
+    return max(SETTLE_SECS, n // ANNOUNCE_PACE + 30 - 10 - idle_secs)
+
+
+def idle_figures(pid, n, idle_secs, at_tracker):
     """Idle CPU over `idle_secs` twice: from 10 s after the last torrent
     seeds (what adding them leaves behind: first announces, dials), and
-    again from SETTLE_SECS later (steady idle); memory and descriptors at
+    again from steady_start later (steady idle); memory and descriptors at
     the end."""
     time.sleep(10)
     after_add = idle_cpu(pid, idle_secs)
-    time.sleep(SETTLE_SECS)
+    time.sleep(steady_start(n, idle_secs))
     steady = idle_cpu(pid, idle_secs)
     return {"idle_after_add_pct": after_add, "idle_cpu_pct": steady, "anon": rss_anon(pid), "fds": open_fds(pid),
             "tracker": at_tracker()}
@@ -867,7 +877,7 @@ def scale_dropseed(work, data, torrents, idle_secs, at_tracker, running=None):
         rates["dl_during"] = (running.got(ds, running.hash) - b0) / added
         ds.request({"cmd": "remove", "id": running.hash, "delete_data": True})
         running.stop_seeder()
-    res = {"added_secs": added, **rates, **idle_figures(ds.proc.pid, idle_secs, at_tracker)}
+    res = {"added_secs": added, **rates, **idle_figures(ds.proc.pid, n, idle_secs, at_tracker)}
     cli = [str(ds.bin), "status", "--json", "-c", str(ds.config)]
     res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     ds.stop()
@@ -889,9 +899,9 @@ def scale_transmission(work, data, torrents, idle_secs, at_tracker):
     for i in range(0, n, 100):
         for t in torrents[i:i + 100]:
             rpc.call("torrent-add", metainfo=__import__("base64").b64encode(Path(t).read_bytes()).decode(), **{"download-dir": str(data)})
-    wait(lambda: rpc.seeding() == n, 900, f"transmission: {n} torrents seeding", every=1)
+    wait(lambda: rpc.seeding() == n, 3600, f"transmission: {n} torrents seeding", every=1)
     added = time.time() - t0
-    res = {"added_secs": added, **idle_figures(proc.pid, idle_secs, at_tracker)}
+    res = {"added_secs": added, **idle_figures(proc.pid, n, idle_secs, at_tracker)}
     cli = ["transmission-remote", str(rpc_port), "-l"]
     res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     kill(proc)
@@ -900,7 +910,7 @@ def scale_transmission(work, data, torrents, idle_secs, at_tracker):
     proc = subprocess.Popen(["transmission-daemon", "-f", "-g", str(home)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait(lambda: _port_open(rpc_port), 60, "transmission rpc", every=0.05)
     res["socket_secs"] = time.time() - t0
-    wait(lambda: rpc.seeding() == n, 900, f"transmission: {n} torrents seeding after a restart", every=0.2)
+    wait(lambda: rpc.seeding() == n, 3600, f"transmission: {n} torrents seeding after a restart", every=0.2)
     res["restart_secs"] = time.time() - t0
     kill(proc)
     shutil.rmtree(home, ignore_errors=True)
@@ -946,7 +956,8 @@ def render_scale(rows, idle_secs, cores, command):
              "N complete torrents (half one 40 KiB file, half a folder of three files; 16 KiB pieces), every one "
              "announcing to one local opentracker, seeded by each daemon alone in turn from the same data. "
              f"Idle CPU: % of one core over {idle_secs} s, measured from 10 s after the last torrent seeds (after add) "
-             f"and again {SETTLE_SECS} s after that window (steady). RssAnon and open file descriptors at the end. `status`: median of 3 runs of `dropseed status --json` / "
+             f"and again {SETTLE_SECS} s after that window, or later, once every torrent has made its first announce "
+             f"(N / {ANNOUNCE_PACE} s after the adds plus 30 s, at dropseed's default `announces_per_host`), for both daemons alike (steady). RssAnon and open file descriptors at the end. `status`: median of 3 runs of `dropseed status --json` / "
              "`transmission-remote -l` (process start included). Restart: from starting the daemon on its resume "
              "records to every torrent seeding (control socket / RPC port up in brackets). At tracker: of a sample of the "
              "torrents, how many opentracker lists a seeder for at the end of the idle window. Running download: "
