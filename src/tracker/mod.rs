@@ -96,16 +96,19 @@ pub async fn run(
             }
             continue;
         }
+        // Boxed, like the sends and `stopped` below: they live only while
+        // they run, and this task's idle future stays small (ten thousand
+        // torrents each keep one).
         let (wait, peers) = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = a.announce(&cfg) => r,
+            r = Box::pin(a.announce(&cfg)) => r,
         };
         // The torrent may be stopping and no longer reading: never wait on it
         // past the cancel, so `stopped` still goes out.
         if !peers.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                sent = peers_tx.send(peers) => if sent.is_err() { return },
+                sent = Box::pin(peers_tx.send(peers)) => if sent.is_err() { return },
             }
         }
         tokio::select! {
@@ -117,7 +120,7 @@ pub async fn run(
             }
         }
     }
-    a.stop(&cfg).await;
+    Box::pin(a.stop(&cfg)).await;
 }
 
 /// One torrent's announce state across its trackers.
@@ -504,6 +507,39 @@ mod tests {
     use crate::types::{InfoHash, PeerId};
     use http::TrackerError;
     use std::sync::atomic::Ordering::SeqCst;
+
+    struct Zero;
+    impl TransferCounters for Zero {
+        fn uploaded(&self) -> u64 {
+            0
+        }
+        fn downloaded(&self) -> u64 {
+            0
+        }
+        fn left(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn an_idle_announce_loop_is_small() {
+        // Every seeding torrent keeps one: announces and `stopped` are
+        // boxed while they run, so they add nothing to its idle size.
+        let cfg = TrackerConfig {
+            info_hash: InfoHash([1; 20]),
+            name: "t".into(),
+            peer_id: PeerId::generate(),
+            port: 6881,
+            tiers: vec![vec!["http://127.0.0.1:1/announce".into()]],
+            numwant: 50,
+            book: Arc::new(AnnounceBook::default()),
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        let (_done, done_rx) = watch::channel(false);
+        let fut = run(cfg, reqwest::Client::new(), Arc::new(Zero), tx, done_rx, CancellationToken::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1024, "{size}");
+    }
 
     #[test]
     fn logged_tracker_urls_keep_no_passkey() {
