@@ -184,7 +184,7 @@ impl Dht {
         self: Arc<Self>,
         info_hash: InfoHash,
         port: u16,
-        found_tx: mpsc::Sender<Vec<SocketAddr>>,
+        found_tx: mpsc::Sender<crate::tracker::PeerList>,
         cancel: CancellationToken,
         mut every: impl FnMut(usize) -> Duration,
     ) {
@@ -199,7 +199,7 @@ impl Dht {
             if !found.is_empty() {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    sent = found_tx.send(found) => if sent.is_err() { return },
+                    sent = found_tx.send(Box::new(found)) => if sent.is_err() { return },
                 }
             }
             tokio::select! {

@@ -41,7 +41,7 @@ const TTL: u32 = 1;
 
 /// Where an announced torrent's peers go: the channel its active phase reads
 /// tracker and DHT peers from.
-type PeerSink = mpsc::Sender<Vec<SocketAddr>>;
+type PeerSink = mpsc::Sender<crate::tracker::PeerList>;
 
 pub struct Lsd {
     socket: UdpSocket,
@@ -211,7 +211,7 @@ impl Lsd {
         for hash in &announce.hashes {
             if let Some(sink) = roster.get(hash) {
                 // A full channel means the torrent has peers to dial already.
-                let _ = sink.try_send(vec![peer]);
+                let _ = sink.try_send(Box::new(vec![peer]));
                 tracing::debug!(hash = %hash.short(), %peer, "LSD peer");
             }
         }

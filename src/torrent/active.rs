@@ -85,7 +85,7 @@ struct Helpers {
     dht: Option<JoinHandle<()>>,
     /// The torrent's place in LSD's roster (public torrents only).
     lsd: Option<crate::lsd::Registration>,
-    peers_rx: mpsc::Receiver<Vec<SocketAddr>>,
+    peers_rx: mpsc::Receiver<tracker::PeerList>,
 }
 
 pub(super) async fn run(
@@ -100,9 +100,9 @@ pub(super) async fn run(
     a.add_candidates(remembered);
     // Complete already (a check found every piece after a restart): the
     // handoff that completion would have started starts now.
-    a.start_handoff().await;
+    Box::pin(a.start_handoff()).await;
     let outcome = a.run(ctl, slot, &mut helpers.peers_rx).await;
-    a.stop(helpers).await;
+    Box::pin(a.stop(helpers)).await;
     outcome
 }
 
@@ -169,7 +169,7 @@ impl<'a> Active<'a> {
         &mut self,
         ctl: &mut Control<'_>,
         slot: &mut Option<Slot>,
-        peers_rx: &mut mpsc::Receiver<Vec<SocketAddr>>,
+        peers_rx: &mut mpsc::Receiver<tracker::PeerList>,
     ) -> Option<Outcome> {
         let mut have_rx = self.shared.have_tx.subscribe();
         let mut next_tick = self.clock.first_tick();
@@ -180,11 +180,11 @@ impl<'a> Active<'a> {
                     Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked | Outcome::Relocate(_))) => return Some(o),
                     Command::Outcome(_) => {}
                 },
-                Some(list) = peers_rx.recv() => self.add_candidates(list),
+                Some(list) = peers_rx.recv() => self.add_candidates(*list),
                 moved = async { (&mut self.handoff.as_mut().unwrap().0).await }, if self.handoff.is_some() => {
                     self.handoff = None;
                     let moved = moved.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                    if let Some(o) = self.on_moved(moved).await {
+                    if let Some(o) = Box::pin(self.on_moved(moved)).await {
                         return Some(o);
                     }
                     // Seeding time counts from now: a tick marks the start.
@@ -198,7 +198,7 @@ impl<'a> Active<'a> {
                 }
                 r = have_rx.changed() => {
                     r.ok()?;
-                    if let Some(o) = self.on_new_piece(slot).await {
+                    if let Some(o) = Box::pin(self.on_new_piece(slot)).await {
                         return Some(o);
                     }
                 }
@@ -208,7 +208,9 @@ impl<'a> Active<'a> {
                     }
                 }
                 _ = tokio::time::sleep_until(next_tick.into()) => {
-                    let (next, outcome) = self.on_tick(slot.is_some()).await;
+                    // Boxed, like the other rare events here: the idle future
+                    // of every torrent stays small.
+                    let (next, outcome) = Box::pin(self.on_tick(slot.is_some())).await;
                     if outcome.is_some() {
                         return outcome;
                     }

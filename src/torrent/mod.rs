@@ -215,7 +215,9 @@ pub struct TorrentShared {
     pub upload_limit: ratelimit::RateLimiter,
     /// Counts phase changes; `pause` and `resume` wait on it to report the
     /// state reached.
-    phase_changes: watch::Sender<u64>,
+    /// Made by the first subscriber: most torrents never have one, and
+    /// a channel costs 350 bytes.
+    phase_changes: OnceLock<watch::Sender<u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,7 +299,7 @@ impl TorrentShared {
                 uncounted: None,
             }),
             storage: OnceLock::new(),
-            phase_changes: watch::Sender::new(0),
+            phase_changes: OnceLock::new(),
             saving: Mutex::new(()),
             recheck_asked: AtomicBool::new(false),
             moving: Mutex::new(()),
@@ -347,7 +349,7 @@ impl TorrentShared {
     /// Wakes on every phase change: subscribe before sending a command to
     /// see the phase it leads to.
     pub fn phase_changes(&self) -> watch::Receiver<u64> {
-        self.phase_changes.subscribe()
+        self.phase_changes.get_or_init(|| watch::Sender::new(0)).subscribe()
     }
 
     /// Held while the data moves or is deleted, on the blocking thread
@@ -480,7 +482,11 @@ impl TorrentShared {
             s.record.hold = phase.hold();
             s.phase = phase;
         }
-        self.phase_changes.send_modify(|n| *n += 1);
+        // No sender yet: no one to tell (a later subscriber waits for the
+        // next change, as it would have).
+        if let Some(changes) = self.phase_changes.get() {
+            changes.send_modify(|n| *n += 1);
+        }
     }
 
     pub fn state(&self) -> TorrentState {

@@ -8,7 +8,7 @@
 
 use crate::locks::locked;
 use crate::types::InfoHash;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -19,7 +19,9 @@ pub struct ShareIndex {
 
 #[derive(Default)]
 struct Inner {
-    by_key: HashMap<Key, HashSet<InfoHash>>,
+    /// The torrents filed under a key: nearly always one, so a list (one
+    /// small allocation) rather than a set (a table per key).
+    by_key: HashMap<Key, Vec<InfoHash>>,
     keys: HashMap<InfoHash, Vec<Key>>,
 }
 
@@ -40,7 +42,10 @@ impl ShareIndex {
         let mut inner = locked(&self.inner);
         inner.remove(&hash);
         for k in &keys {
-            inner.by_key.entry(k.clone()).or_default().insert(hash);
+            let hashes = inner.by_key.entry(k.clone()).or_default();
+            if !hashes.contains(&hash) {
+                hashes.push(hash);
+            }
         }
         inner.keys.insert(hash, keys);
     }
@@ -70,9 +75,9 @@ impl ShareIndex {
 impl Inner {
     fn remove(&mut self, hash: &InfoHash) {
         for k in self.keys.remove(hash).unwrap_or_default() {
-            if let Some(set) = self.by_key.get_mut(&k) {
-                set.remove(hash);
-                if set.is_empty() {
+            if let Some(hashes) = self.by_key.get_mut(&k) {
+                hashes.retain(|h| h != hash);
+                if hashes.is_empty() {
                     self.by_key.remove(&k);
                 }
             }

@@ -42,6 +42,11 @@ pub trait TransferCounters: Send + Sync {
     }
 }
 
+/// Peer addresses handed to a torrent (by its trackers, the DHT, LSD and
+/// PEX), boxed: each torrent's channel of them allocates a block of 32
+/// slots from the start, 256 bytes so, where bare lists took 768.
+pub type PeerList = Box<Vec<SocketAddr>>;
+
 pub struct TrackerConfig {
     pub info_hash: InfoHash,
     pub name: String,
@@ -70,7 +75,7 @@ pub async fn run(
     cfg: TrackerConfig,
     client: reqwest::Client,
     counters: Arc<dyn TransferCounters>,
-    peers_tx: mpsc::Sender<Vec<SocketAddr>>,
+    peers_tx: mpsc::Sender<PeerList>,
     mut completed_rx: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
@@ -96,16 +101,19 @@ pub async fn run(
             }
             continue;
         }
+        // Boxed, like the sends and `stopped` below: they live only while
+        // they run, and this task's idle future stays small (ten thousand
+        // torrents each keep one).
         let (wait, peers) = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = a.announce(&cfg) => r,
+            r = Box::pin(a.announce(&cfg)) => r,
         };
         // The torrent may be stopping and no longer reading: never wait on it
         // past the cancel, so `stopped` still goes out.
         if !peers.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                sent = peers_tx.send(peers) => if sent.is_err() { return },
+                sent = Box::pin(peers_tx.send(Box::new(peers))) => if sent.is_err() { return },
             }
         }
         tokio::select! {
@@ -117,7 +125,7 @@ pub async fn run(
             }
         }
     }
-    a.stop(&cfg).await;
+    Box::pin(a.stop(&cfg)).await;
 }
 
 /// One torrent's announce state across its trackers.
@@ -504,6 +512,45 @@ mod tests {
     use crate::types::{InfoHash, PeerId};
     use http::TrackerError;
     use std::sync::atomic::Ordering::SeqCst;
+
+    struct Zero;
+    impl TransferCounters for Zero {
+        fn uploaded(&self) -> u64 {
+            0
+        }
+        fn downloaded(&self) -> u64 {
+            0
+        }
+        fn left(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn a_peer_list_message_is_small() {
+        // Every torrent's peer channel allocates 32 of them up front.
+        assert_eq!(std::mem::size_of::<PeerList>(), 8);
+    }
+
+    #[test]
+    fn an_idle_announce_loop_is_small() {
+        // Every seeding torrent keeps one: announces and `stopped` are
+        // boxed while they run, so they add nothing to its idle size.
+        let cfg = TrackerConfig {
+            info_hash: InfoHash([1; 20]),
+            name: "t".into(),
+            peer_id: PeerId::generate(),
+            port: 6881,
+            tiers: vec![vec!["http://127.0.0.1:1/announce".into()]],
+            numwant: 50,
+            book: Arc::new(AnnounceBook::default()),
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        let (_done, done_rx) = watch::channel(false);
+        let fut = run(cfg, reqwest::Client::new(), Arc::new(Zero), tx, done_rx, CancellationToken::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1024, "{size}");
+    }
 
     #[test]
     fn logged_tracker_urls_keep_no_passkey() {
