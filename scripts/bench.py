@@ -901,7 +901,7 @@ def scale_transmission(work, data, torrents, idle_secs, at_tracker):
             rpc.call("torrent-add", metainfo=__import__("base64").b64encode(Path(t).read_bytes()).decode(), **{"download-dir": str(data)})
     wait(lambda: rpc.seeding() == n, 3600, f"transmission: {n} torrents seeding", every=1)
     added = time.time() - t0
-    res = {"added_secs": added, **idle_figures(proc.pid, n, idle_secs, at_tracker)}
+    res = {"added_secs": added, **idle_figures(proc.pid, 0, idle_secs, at_tracker)}  # its announces go out during its adds
     cli = ["transmission-remote", str(rpc_port), "-l"]
     res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     kill(proc)
@@ -957,7 +957,8 @@ def render_scale(rows, idle_secs, cores, command):
              "announcing to one local opentracker, seeded by each daemon alone in turn from the same data. "
              f"Idle CPU: % of one core over {idle_secs} s, measured from 10 s after the last torrent seeds (after add) "
              f"and again {SETTLE_SECS} s after that window, or later, once every torrent has made its first announce "
-             f"(N / {ANNOUNCE_PACE} s after the adds plus 30 s, at dropseed's default `announces_per_host`), for both daemons alike (steady). RssAnon and open file descriptors at the end. `status`: median of 3 runs of `dropseed status --json` / "
+             f"(for dropseed N / {ANNOUNCE_PACE} s after the adds plus 30 s, at its default `announces_per_host`; transmission announces as it adds, "
+             "more slowly) (steady). RssAnon and open file descriptors at the end. `status`: median of 3 runs of `dropseed status --json` / "
              "`transmission-remote -l` (process start included). Restart: from starting the daemon on its resume "
              "records to every torrent seeding (control socket / RPC port up in brackets). At tracker: of a sample of the "
              "torrents, how many opentracker lists a seeder for at the end of the idle window. Running download: "
