@@ -45,7 +45,8 @@ pub(super) struct Download {
     outstanding: HashSet<BlockRef>,
     pipeline: usize,
     /// The picker gave fewer blocks than the pipeline had room for at the
-    /// last fill: the pipeline is short of blocks, not of depth.
+    /// last fill: the pipeline is short of blocks, not of depth, and is not
+    /// grown (slow start) but cut back to what the peer's rate needs.
     short: bool,
     /// Our pipeline's ceiling: ours, or the peer's `reqq` if lower.
     max_pipeline: usize,
@@ -136,7 +137,16 @@ impl Download {
         self.bytes_this_tick = 0;
         let snubbed = !self.peer_choking && !self.outstanding.is_empty() && now - self.last_block > SNUB_AFTER;
         handle.snubbed.store(snubbed, Ordering::Relaxed);
-        self.pipeline = if snubbed { 1 } else { pipeline_for(self.rate, self.max_pipeline) };
+        let target = pipeline_for(self.rate, self.max_pipeline);
+        self.pipeline = match (snubbed, self.short) {
+            (true, _) => 1,
+            // The picker ran short (the piece buffer is full): a pipeline
+            // deeper than the rate needs holds buffer others wait for.
+            (false, true) => target,
+            // Deeper than the rate says is kept while blocks are plenty: a
+            // peer far away needs a round trip's worth, whatever its rate.
+            (false, false) => target.max(self.pipeline.min(self.max_pipeline)),
+        };
     }
 
     /// BEP 6: a fast peer's choke leaves our requests to be answered, each
@@ -327,10 +337,10 @@ fn smoothed(rate: u64, bytes: u64) -> u64 {
     }
 }
 
-/// The pipeline for a peer delivering `rate` bytes per second: about a
-/// second of its data, enough to ride out a rate limiter's bursts. It follows
-/// the rate down as well as up, so a slow peer holds no more of the piece
-/// buffer than it needs; slow start grows it between ticks.
+/// The pipeline for a peer delivering `rate` bytes per second: half a
+/// second of its data, enough to ride out a rate limiter's bursts, and no
+/// more of the piece buffer than a slow peer needs (slow start grows it
+/// between ticks).
 fn pipeline_for(rate: u64, max_pipeline: usize) -> usize {
     ((rate * PIPELINE_MILLIS / 1000 / BLOCK_LEN as u64) as usize).clamp(MIN_PIPELINE.min(max_pipeline), max_pipeline)
 }
@@ -361,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pipeline_holds_half_a_second_of_the_peers_rate_down_as_well_as_up() {
+    fn the_pipeline_for_a_rate_is_half_a_second_of_it() {
         let kib = 1024;
         // A peer limited to 512 KiB/s: 16 blocks, not the 32 it started with.
         assert_eq!(pipeline_for(512 * kib, MAX_PIPELINE), 16);
@@ -372,6 +382,22 @@ mod tests {
         // The first second's bytes are the rate, not a quarter of it.
         assert_eq!(smoothed(0, 512 * kib), 512 * kib);
         assert_eq!(smoothed(512 * kib, 0), 384 * kib);
+    }
+
+    #[test]
+    fn a_deep_pipeline_is_cut_back_to_the_rate_only_when_the_picker_runs_short() {
+        let handle = PeerHandle::new([1; 20], None);
+        let t0 = Instant::now();
+        let ticked = |short: bool| {
+            let mut d = fast_download(&[block(1, 0)]);
+            d.pipeline = 64;
+            d.short = short;
+            d.bytes_this_tick = 512 * 1024;
+            d.on_tick(t0, &handle);
+            d.pipeline
+        };
+        assert_eq!(ticked(false), 64, "blocks are plenty: a far peer keeps its round trip's worth");
+        assert_eq!(ticked(true), 16, "the buffer is full: half a second of the peer's rate");
     }
 
     #[test]
