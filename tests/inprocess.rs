@@ -999,7 +999,10 @@ async fn slow_seeder(to: SocketAddr, meta: Metainfo, data: Arc<Vec<u8>>, delay: 
     use dropseed::wire::{self, Handshake, Message};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
-    let ours = Handshake::new(meta.info_hash, dropseed::types::PeerId([7; 20]), false);
+    // A peer id of its own (from its port), so several may connect at once.
+    let mut id = [7; 20];
+    id[..2].copy_from_slice(&s.local_addr().unwrap().port().to_be_bytes());
+    let ours = Handshake::new(meta.info_hash, dropseed::types::PeerId(id), false);
     s.write_all(&ours.encode()).await.unwrap();
     let mut theirs = [0u8; 68];
     s.read_exact(&mut theirs).await.unwrap();
@@ -1682,4 +1685,46 @@ async fn our_own_address_from_a_tracker_is_learnt_and_not_dialled_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     a.session.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// 13. Many slow peers: their capacity is used, not the piece buffer's
+// ---------------------------------------------------------------------------
+
+/// Issue #29: a seedbox downloading from many rate-limited peers. Each
+/// [`slow_seeder`] serves one 16 KiB block per 40 ms (about 400 KiB/s, its
+/// requests in a FIFO as a rate-limited libtorrent peer does), with 1 MiB
+/// pieces and the smallest piece buffer (four pieces). The pieces in flight
+/// are shared by all peers, so each peer only needs about half a second of
+/// requests queued; a pipeline that grows while the picker has nothing to
+/// give lets a few peers take the whole buffer for seconds while the others
+/// wait, and the download ran at a fraction of what the peers offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slow_peers_are_all_kept_busy() {
+    let _serial = SERIAL.lock().await;
+    const PEERS: usize = 12;
+    const MIB: u64 = 24;
+    let delay = Duration::from_millis(40);
+    let src = tempfile::tempdir().unwrap();
+    common::payload(&src.path().join("many.bin"), MIB << 20, 93);
+    let meta = make_torrent(src.path(), "many.bin", 1 << 20);
+    let data = Arc::new(std::fs::read(src.path().join("many.bin")).unwrap());
+    let b = Node::start_with(|c| {
+        c.limits.max_peers_per_ip = PEERS;
+        c.storage.piece_buffer = ByteSize(1 << 20);
+    })
+    .await;
+    assert_eq!(b.session.add_metainfo(meta.clone()).await.unwrap(), AddOutcome::Added);
+    let hash = meta.info_hash.hex();
+    b.wait_state(&hash, TorrentState::Downloading, Duration::from_secs(30)).await;
+    let t0 = Instant::now();
+    let peers: Vec<_> =
+        (0..PEERS).map(|_| tokio::spawn(slow_seeder(b.addr(), meta.clone(), data.clone(), delay))).collect();
+    b.wait_state(&hash, TorrentState::Seeding, Duration::from_secs(120)).await;
+    let got = MIB as f64 / t0.elapsed().as_secs_f64();
+    b.session.shutdown().await;
+    peers.iter().for_each(|p| p.abort());
+    let offered = PEERS as f64 * 16.0 / 1024.0 / delay.as_secs_f64();
+    eprintln!("{PEERS} slow peers offering {offered:.2} MiB/s in all: downloaded at {got:.2} MiB/s");
+    assert!(got >= 0.75 * offered, "{got:.2} MiB/s of the {offered:.2} the peers offer");
 }

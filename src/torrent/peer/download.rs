@@ -19,6 +19,8 @@ const SNUB_AFTER: Duration = Duration::from_secs(60);
 const MIN_PIPELINE: usize = 8;
 const MAX_PIPELINE: usize = 256;
 const START_PIPELINE: usize = 32;
+/// A peer's data kept requested, in milliseconds of its rate.
+const PIPELINE_MILLIS: u64 = 500;
 /// A fast peer that chokes us has this long to answer our requests (block or
 /// reject) before they are cancelled and given back to the picker.
 const CHOKED_REQUESTS_HELD: Duration = Duration::from_secs(30);
@@ -42,6 +44,10 @@ pub(super) struct Download {
     strays: StrayRejects,
     outstanding: HashSet<BlockRef>,
     pipeline: usize,
+    /// The picker gave fewer blocks than the pipeline had room for at the
+    /// last fill: the pipeline is short of blocks, not of depth, and is not
+    /// grown (slow start) but cut back to what the peer's rate needs.
+    short: bool,
     /// Our pipeline's ceiling: ours, or the peer's `reqq` if lower.
     max_pipeline: usize,
     last_block: Instant,
@@ -65,6 +71,7 @@ impl Default for Download {
             strays: StrayRejects::default(),
             outstanding: HashSet::new(),
             pipeline: START_PIPELINE,
+            short: false,
             max_pipeline: MAX_PIPELINE,
             last_block: Instant::now(),
             bytes_this_tick: 0,
@@ -126,17 +133,19 @@ impl Download {
     }
 
     pub(super) fn on_tick(&mut self, now: Instant, handle: &PeerHandle) {
-        // Smoothed rate sets the pipeline depth: about half a second of data.
-        self.rate = (self.rate * 3 + self.bytes_this_tick) / 4;
+        self.rate = smoothed(self.rate, self.bytes_this_tick);
         self.bytes_this_tick = 0;
         let snubbed = !self.peer_choking && !self.outstanding.is_empty() && now - self.last_block > SNUB_AFTER;
         handle.snubbed.store(snubbed, Ordering::Relaxed);
-        self.pipeline = if snubbed {
-            1
-        } else {
-            ((self.rate / 2 / BLOCK_LEN as u64) as usize)
-                .clamp(MIN_PIPELINE, MAX_PIPELINE)
-                .max(self.pipeline.min(MAX_PIPELINE))
+        let target = pipeline_for(self.rate, self.max_pipeline);
+        self.pipeline = match (snubbed, self.short) {
+            (true, _) => 1,
+            // The picker ran short (the piece buffer is full): a pipeline
+            // deeper than the rate needs holds buffer others wait for.
+            (false, true) => target,
+            // Deeper than the rate says is kept while blocks are plenty: a
+            // peer far away needs a round trip's worth, whatever its rate.
+            (false, false) => target.max(self.pipeline.min(self.max_pipeline)),
         };
     }
 
@@ -286,8 +295,11 @@ impl Download {
         if self.peer_choking && self.allowed.is_empty() {
             return;
         }
-        // Grow the pipeline while the peer keeps it drained (slow start).
-        if self.outstanding.len() < self.pipeline / 2 && self.pipeline < self.max_pipeline {
+        // Grow the pipeline while the peer keeps it drained (slow start), but
+        // not when it drained because the picker had no blocks to give: a
+        // pipeline grown then takes the whole piece buffer at the next fill
+        // and holds it for seconds at a slow peer while the others wait.
+        if !self.short && self.outstanding.len() < self.pipeline / 2 && self.pipeline < self.max_pipeline {
             self.pipeline += 4;
         }
         let want = self.pipeline - self.outstanding.len();
@@ -298,6 +310,7 @@ impl Download {
             let mut inner = shared.lock();
             inner.picker_mut().pick(key, &pickable, want, &|b| outstanding.contains(b), &mut picked);
         }
+        self.short = picked.len() < want;
         for b in picked {
             self.outstanding.insert(b);
             out.push_small(&Message::Request(b));
@@ -313,6 +326,23 @@ impl Download {
             inner.picker_mut().request_dropped(&b);
         }
     }
+}
+
+/// The smoothed rate after a tick that brought `bytes`; the first sample is
+/// taken as it is, so a new peer's rate is not underestimated for seconds.
+fn smoothed(rate: u64, bytes: u64) -> u64 {
+    match rate {
+        0 => bytes,
+        _ => (rate * 3 + bytes) / 4,
+    }
+}
+
+/// The pipeline for a peer delivering `rate` bytes per second: half a
+/// second of its data, enough to ride out a rate limiter's bursts, and no
+/// more of the piece buffer than a slow peer needs (slow start grows it
+/// between ticks).
+fn pipeline_for(rate: u64, max_pipeline: usize) -> usize {
+    ((rate * PIPELINE_MILLIS / 1000 / BLOCK_LEN as u64) as usize).clamp(MIN_PIPELINE.min(max_pipeline), max_pipeline)
 }
 
 /// In endgame, a block that arrived is cancelled at every other peer.
@@ -338,6 +368,36 @@ mod tests {
         let mut d = Download { fast: true, peer_choking: false, am_interested: true, ..Download::default() };
         d.outstanding.extend(outstanding.iter().copied());
         d
+    }
+
+    #[test]
+    fn the_pipeline_for_a_rate_is_half_a_second_of_it() {
+        let kib = 1024;
+        // A peer limited to 512 KiB/s: 16 blocks, not the 32 it started with.
+        assert_eq!(pipeline_for(512 * kib, MAX_PIPELINE), 16);
+        assert_eq!(pipeline_for(0, MAX_PIPELINE), MIN_PIPELINE);
+        assert_eq!(pipeline_for(1 << 30, MAX_PIPELINE), MAX_PIPELINE);
+        assert_eq!(pipeline_for(1 << 30, 5), 5, "the peer's reqq bounds it");
+        assert_eq!(pipeline_for(0, 5), 5);
+        // The first second's bytes are the rate, not a quarter of it.
+        assert_eq!(smoothed(0, 512 * kib), 512 * kib);
+        assert_eq!(smoothed(512 * kib, 0), 384 * kib);
+    }
+
+    #[test]
+    fn a_deep_pipeline_is_cut_back_to_the_rate_only_when_the_picker_runs_short() {
+        let handle = PeerHandle::new([1; 20], None);
+        let t0 = Instant::now();
+        let ticked = |short: bool| {
+            let mut d = fast_download(&[block(1, 0)]);
+            d.pipeline = 64;
+            d.short = short;
+            d.bytes_this_tick = 512 * 1024;
+            d.on_tick(t0, &handle);
+            d.pipeline
+        };
+        assert_eq!(ticked(false), 64, "blocks are plenty: a far peer keeps its round trip's worth");
+        assert_eq!(ticked(true), 16, "the buffer is full: half a second of the peer's rate");
     }
 
     #[test]
