@@ -68,9 +68,13 @@ impl OutQueue {
     }
 
     pub fn push_small(&mut self, msg: &Message<'_>) {
-        let before = self.small_buffer().len();
-        wire::encode(msg, self.small_buffer());
-        self.total += self.small_buffer().len() - before;
+        // One buffer throughout: asking again after the message could give
+        // a new one (this one just passed its 4 KiB).
+        let buf = self.small_buffer();
+        let before = buf.len();
+        wire::encode(msg, buf);
+        let added = buf.len() - before;
+        self.total += added;
     }
 
     /// Appends a few bytes (a piece message's header) to the small buffer.
@@ -186,5 +190,27 @@ mod tests {
         }
         q.advance(4);
         assert!(q.is_empty() && q.next().is_none());
+    }
+
+    /// Small messages past a buffer's 4 KiB go on in a new buffer: every
+    /// byte is counted once, whichever buffer it went to.
+    #[test]
+    fn small_messages_across_buffers_are_counted_exactly() {
+        let mut q = OutQueue::new(false);
+        let reject = Message::RejectRequest(crate::wire::BlockRef { piece: 1, offset: 0, len: 16384 });
+        let mut one = Vec::new();
+        wire::encode(&reject, &mut one);
+        for n in 1..=1000 {
+            q.push_small(&reject);
+            assert_eq!(q.len(), n * one.len());
+        }
+        let mut queued = 0;
+        while let Some(Next::Bytes { slices, .. }) = q.next() {
+            let n: usize = slices.iter().map(|s| s.len()).sum();
+            queued += n;
+            q.advance(n);
+        }
+        assert_eq!(queued, 1000 * one.len());
+        assert!(q.is_empty());
     }
 }
