@@ -95,7 +95,7 @@ fn two_thousand_multi_file_torrents_seed_under_a_limit_of_1024_descriptors() {
     // Announces unpaced: at the default 10 a second to one host, the last
     // of 2,000 would reach the tracker 200 s after the adds (pacing has its
     // own tests in trackers.rs and tracker::hostpace).
-    let mut d = Dropseed::new(&format!("[network]\nannounces_per_host = 0\n[storage]\nmax_open_files = {BUDGET}\n"));
+    let mut d = Dropseed::new(&format!("announces_per_host = 0\n[storage]\nmax_open_files = {BUDGET}\n"));
     d.nofile = Some(NOFILE);
     let t0 = std::time::Instant::now();
     let staged = d.dir.path().join("staged");
