@@ -73,7 +73,7 @@ pub struct HostPacer {
     state: Mutex<State>,
 }
 
-/// A reserved slot: how long to wait for it, and the buckets it came from.
+/// A reserved slot: how long to wait for it, and the bucket it came from.
 #[derive(Debug)]
 pub struct Slot {
     pub wait: Duration,
@@ -85,8 +85,7 @@ pub struct Slot {
 }
 
 /// A bucket's instant before and after one reservation: given back while
-/// nobody reserved after it, the bucket is as it was (a start slot far
-/// out pushes its host's instant just as far).
+/// nobody reserved after it, the bucket is as it was.
 #[derive(Debug, Clone, Copy)]
 struct Taken {
     before: Option<Instant>,
@@ -114,32 +113,37 @@ impl HostPacer {
         HostPacer { host_rate: Rate::per_second(per_host), start_rate, state: Mutex::default() }
     }
 
-    /// Reserves the slot of an announce to `host` asked for at `now` (a
-    /// torrent's first with `start`).
-    pub fn reserve(&self, host: &str, start: bool, now: Instant) -> Slot {
+    /// Reserves a start slot (a torrent's first announce) asked for at
+    /// `now`, from the session-wide bucket of starts only: its host's slot
+    /// is reserved when the start slot comes, so that 5,000 starts queued
+    /// here do not push that host's bucket 8 minutes out and hold back the
+    /// re-announces of its torrents already running.
+    fn reserve_start(&self, now: Instant) -> Slot {
         let mut state = locked(&self.state);
-        let mut at = now;
-        let mut started = None;
-        if let (true, Some(rate)) = (start, self.start_rate) {
-            let before = state.starts;
-            let (tat, slot) = rate.take(before, now);
-            state.starts = Some(tat);
-            (at, started) = (slot, Some(Taken { before, after: tat }));
-        }
-        let mut key = None;
-        if let Some(rate) = self.host_rate {
-            let k = state.key(host, now);
-            let before = state.hosts.get(k.as_str()).copied();
-            let (tat, slot) = rate.take(before, at);
-            state.hosts.insert(k.clone(), tat);
-            (at, key) = (slot, Some((k, Taken { before, after: tat })));
-        }
-        Slot { wait: at - now, key, start: started }
+        let Some(rate) = self.start_rate else { return Slot { wait: Duration::ZERO, key: None, start: None } };
+        let before = state.starts;
+        let (tat, at) = rate.take(before, now);
+        state.starts = Some(tat);
+        Slot { wait: at - now, key: None, start: Some(Taken { before, after: tat }) }
     }
 
-    /// How long an announce to `host` asked for at `now` waits for its slot.
-    pub fn slot(&self, host: &str, start: bool, now: Instant) -> Duration {
-        self.reserve(host, start, now).wait
+    /// Reserves the slot of an announce to `host` asked for at `now`.
+    fn reserve_host(&self, host: &str, now: Instant) -> Slot {
+        let mut state = locked(&self.state);
+        let Some(rate) = self.host_rate else { return Slot { wait: Duration::ZERO, key: None, start: None } };
+        let k = state.key(host, now);
+        let before = state.hosts.get(k.as_str()).copied();
+        let (tat, at) = rate.take(before, now);
+        state.hosts.insert(k.clone(), tat);
+        Slot { wait: at - now, key: Some((k, Taken { before, after: tat })), start: None }
+    }
+
+    /// How long an announce to `host` asked for at `now` (a torrent's first
+    /// with `start`) waits, its slots reserved as [`HostPacer::wait`] would.
+    #[cfg(test)]
+    fn slot(&self, host: &str, start: bool, now: Instant) -> Duration {
+        let started = if start { self.reserve_start(now).wait } else { Duration::ZERO };
+        started + self.reserve_host(host, now + started).wait
     }
 
     /// A slot no longer waited for (its torrent stopped meanwhile) goes back
@@ -167,24 +171,33 @@ impl HostPacer {
         }
     }
 
-    /// Waits for the slot of an announce to `host` (see
-    /// [`HostPacer::reserve`]); dropped before it, gives the slot back.
+    /// Waits for the slot of an announce to `host`: a start waits for its
+    /// start slot first, then everything for its host's. Dropped before a
+    /// slot comes, gives it back.
     pub async fn wait(&self, host: &str, start: bool) {
+        if start {
+            self.wait_for(|pacer| pacer.reserve_start(now())).await;
+        }
+        self.wait_for(|pacer| pacer.reserve_host(host, now())).await;
+    }
+
+    async fn wait_for(&self, reserve: impl FnOnce(&HostPacer) -> Slot) {
         /// Gives the slot back unless the wait ran to its end.
         struct Waiting<'p>(&'p HostPacer, Option<Slot>);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
                 if let Some(slot) = self.1.take() {
-                    self.0.give_back(&slot, Instant::now());
+                    self.0.give_back(&slot, now());
                 }
             }
         }
-        let slot = self.reserve(host, start, Instant::now());
+        let slot = reserve(self);
         if slot.wait.is_zero() {
             return;
         }
+        let wait = slot.wait;
         let mut waiting = Waiting(self, Some(slot));
-        tokio::time::sleep(waiting.1.as_ref().map_or(Duration::ZERO, |s| s.wait)).await;
+        tokio::time::sleep(wait).await;
         waiting.1 = None;
     }
 
@@ -193,6 +206,11 @@ impl HostPacer {
     fn hosts(&self) -> usize {
         locked(&self.state).hosts.len()
     }
+}
+
+/// Now on tokio's clock (the one its sleeps follow, paused in tests).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl State {
@@ -278,13 +296,13 @@ mod tests {
     fn slots_given_back_go_to_the_next_to_ask() {
         let pacer = HostPacer::new(10);
         let t0 = Instant::now();
-        let slots: Vec<Slot> = (0..100).map(|_| pacer.reserve("t.example", true, t0)).collect();
+        let slots: Vec<Slot> = (0..100).map(|_| pacer.reserve_host("t.example", t0)).collect();
         assert_eq!(pacer.slot("t.example", false, t0), ms(8100), "behind 100 reserved");
         // Those waiting (all but the burst) are paused meanwhile.
         for s in slots.iter().filter(|s| !s.wait.is_zero()) {
             pacer.give_back(s, t0 + ms(10));
         }
-        let next = pacer.reserve("t.example", true, t0 + ms(10));
+        let next = pacer.reserve_host("t.example", t0 + ms(10));
         assert!(next.wait <= ms(200), "not held back by the abandoned: {:?}", next.wait);
         // Given back long after, a slot changes nothing.
         pacer.give_back(&next, t0 + Duration::from_secs(60));
@@ -292,18 +310,20 @@ mod tests {
     }
 
     #[test]
-    fn a_start_given_back_leaves_its_host_as_it_was() {
+    fn a_start_given_back_goes_to_the_next_start() {
         let pacer = HostPacer::new(10);
         let t0 = Instant::now();
         // 500 torrents of other hosts start first: a start now waits 8 s.
         for i in 0..500 {
             pacer.slot(&format!("h{i}.example"), true, t0);
         }
-        let start = pacer.reserve("x.example", true, t0);
+        let start = pacer.reserve_start(t0);
         assert!(start.wait >= Duration::from_secs(8), "{:?}", start.wait);
-        // Paused before its slot: x.example's bucket was never used.
+        // Paused before its slot: the next start has it.
         pacer.give_back(&start, t0 + ms(10));
-        assert_eq!(pacer.slot("x.example", false, t0 + ms(10)), Duration::ZERO, "x.example held back for nothing");
+        assert_eq!(pacer.reserve_start(t0 + ms(10)).wait, start.wait - ms(10));
+        // Its host was never asked for a slot.
+        assert_eq!(pacer.slot("x.example", false, t0 + ms(10)), Duration::ZERO);
     }
 
     #[tokio::test]
@@ -340,5 +360,29 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         assert_eq!(pacer.slot("new.example", false, later), Duration::ZERO);
         assert!(pacer.hosts() <= 2, "{}", pacer.hosts());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn starts_queued_for_a_host_do_not_hold_back_its_running_torrents() {
+        let pacer = std::sync::Arc::new(HostPacer::new(10));
+        // 1,000 torrents of one tracker start together: 100 s of its slots.
+        let starts: Vec<_> = (0..1000)
+            .map(|_| {
+                let pacer = pacer.clone();
+                tokio::spawn(async move { pacer.wait("t.example", true).await })
+            })
+            .collect();
+        // Each runs to its first sleep (the scheduler runs 61 at a turn).
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        // A torrent of that tracker already running re-announces meanwhile:
+        // it waits behind the starts sent so far (a burst of 100 at most),
+        // not behind every start still queued.
+        let t0 = tokio::time::Instant::now();
+        pacer.wait("t.example", false).await;
+        let waited = t0.elapsed();
+        assert!(waited < Duration::from_secs(15), "held back {waited:?}");
+        drop(starts);
     }
 }
