@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -184,7 +184,7 @@ impl Dht {
         self: Arc<Self>,
         info_hash: InfoHash,
         port: u16,
-        found_tx: mpsc::Sender<crate::tracker::PeerList>,
+        found_tx: flume::Sender<crate::tracker::PeerList>,
         cancel: CancellationToken,
         mut every: impl FnMut(usize) -> Duration,
     ) {
@@ -199,7 +199,7 @@ impl Dht {
             if !found.is_empty() {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    sent = found_tx.send(Box::new(found)) => if sent.is_err() { return },
+                    sent = found_tx.send_async(Box::new(found)) => if sent.is_err() { return },
                 }
             }
             tokio::select! {

@@ -31,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,7 @@ const TTL: u32 = 1;
 
 /// Where an announced torrent's peers go: the channel its active phase reads
 /// tracker and DHT peers from.
-type PeerSink = mpsc::Sender<crate::tracker::PeerList>;
+type PeerSink = flume::Sender<crate::tracker::PeerList>;
 
 pub struct Lsd {
     socket: UdpSocket,

@@ -25,7 +25,7 @@ pub(super) enum Entry {
 
 pub(super) struct TorrentEntry {
     pub shared: Arc<TorrentShared>,
-    pub cmd: mpsc::Sender<Cmd>,
+    pub cmd: flume::Sender<Cmd>,
     pub cancel: CancellationToken,
     pub task: JoinHandle<Exit>,
 }

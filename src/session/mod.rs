@@ -193,7 +193,7 @@ impl Session {
     fn start_torrent(self: &Arc<Self>, meta: Arc<Metainfo>, record: ResumeRecord) -> Arc<TorrentShared> {
         let hash = meta.info_hash;
         let shared = TorrentShared::new(meta, self.env.clone(), record);
-        let (cmd, cmd_rx) = mpsc::channel(32);
+        let (cmd, cmd_rx) = flume::bounded(32);
         let cancel = self.cancel.child_token();
         let removals = self.removals.clone();
         // Spawned under the registry's lock, so that nothing the task does
@@ -567,7 +567,7 @@ impl Session {
             Cmd::Pause => true,
             Cmd::Resume => false,
             _ => {
-                sender.send(cmd).await.map_err(|_| SessionError::Gone(hash))?;
+                sender.send_async(cmd).await.map_err(|_| SessionError::Gone(hash))?;
                 return Ok(CommandOutcome::Rechecking(named));
             }
         };
@@ -581,7 +581,7 @@ impl Session {
         }
         // Subscribed before the command goes, so its phase change is seen.
         let mut changes = shared.phase_changes();
-        sender.send(cmd).await.map_err(|_| SessionError::Gone(hash))?;
+        sender.send_async(cmd).await.map_err(|_| SessionError::Gone(hash))?;
         let deadline = tokio::time::Instant::now() + STATE_WAIT;
         loop {
             let changed = tokio::time::timeout_at(deadline, changes.changed()).await;

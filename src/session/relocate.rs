@@ -62,7 +62,7 @@ impl Session {
             return Ok(Relocation::AlreadyThere(named));
         };
         let to = target.top();
-        sender.send(Cmd::Relocate(Box::new(target))).await.map_err(|_| SessionError::Gone(hash))?;
+        sender.send_async(Cmd::Relocate(Box::new(target))).await.map_err(|_| SessionError::Gone(hash))?;
         Ok(Relocation::Started(named, to))
     }
 }

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -85,7 +85,7 @@ struct Helpers {
     dht: Option<JoinHandle<()>>,
     /// The torrent's place in LSD's roster (public torrents only).
     lsd: Option<crate::lsd::Registration>,
-    peers_rx: mpsc::Receiver<tracker::PeerList>,
+    peers_rx: flume::Receiver<tracker::PeerList>,
 }
 
 pub(super) async fn run(
@@ -134,7 +134,7 @@ impl<'a> Active<'a> {
     /// downloading, seldom while seeding) and LSD announces.
     fn start_helpers(&self) -> Helpers {
         let (shared, env) = (self.shared, &self.shared.env);
-        let (peers_tx, peers_rx) = mpsc::channel(16);
+        let (peers_tx, peers_rx) = flume::bounded(16);
         let cfg = TrackerConfig {
             info_hash: shared.meta.info_hash,
             name: shared.meta.name.clone(),
@@ -169,7 +169,7 @@ impl<'a> Active<'a> {
         &mut self,
         ctl: &mut Control<'_>,
         slot: &mut Option<Slot>,
-        peers_rx: &mut mpsc::Receiver<tracker::PeerList>,
+        peers_rx: &mut flume::Receiver<tracker::PeerList>,
     ) -> Option<Outcome> {
         let mut have_rx = self.shared.have_tx.subscribe();
         let mut next_tick = self.clock.first_tick();
@@ -180,7 +180,7 @@ impl<'a> Active<'a> {
                     Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked | Outcome::Relocate(_))) => return Some(o),
                     Command::Outcome(_) => {}
                 },
-                Some(list) = peers_rx.recv() => self.add_candidates(*list),
+                Ok(list) = peers_rx.recv_async() => self.add_candidates(*list),
                 moved = async { (&mut self.handoff.as_mut().unwrap().0).await }, if self.handoff.is_some() => {
                     self.handoff = None;
                     let moved = moved.unwrap_or_else(|e| Err(std::io::Error::other(e)));

@@ -70,7 +70,7 @@ struct Ctx {
     result: Mutex<Option<Vec<u8>>>,
     /// Cancelled once the metadata is whole (or the magnet goes away).
     done: CancellationToken,
-    discovered: mpsc::Sender<crate::tracker::PeerList>,
+    discovered: flume::Sender<crate::tracker::PeerList>,
     /// Woken when blocks go back to the pool (a peer left, an attempt failed).
     blocks_freed: tokio::sync::Notify,
     good_peers: Mutex<Vec<SocketAddr>>,
@@ -138,7 +138,7 @@ pub async fn run(
 ) -> Option<Fetched> {
     let hash = magnet.info_hash;
     let done = cancel.child_token();
-    let (discovered, mut discovered_rx) = mpsc::channel::<crate::tracker::PeerList>(16);
+    let (discovered, mut discovered_rx) = flume::bounded::<crate::tracker::PeerList>(16);
     let ctx = Arc::new(Ctx {
         hash,
         env,
@@ -267,7 +267,7 @@ impl Connections {
         ctx: &Arc<Ctx>,
         magnet: &Magnet,
         incoming: &mut mpsc::Receiver<IncomingPeer>,
-        discovered: &mut mpsc::Receiver<crate::tracker::PeerList>,
+        discovered: &mut flume::Receiver<crate::tracker::PeerList>,
     ) {
         self.book.heard(magnet.peers.iter().copied(), Instant::now());
         let mut next_tick = tokio::time::Instant::now() + BUSY_TICK;
@@ -276,7 +276,7 @@ impl Connections {
             ctx.progress.peers.store(self.tasks.len(), Ordering::Relaxed);
             tokio::select! {
                 _ = ctx.done.cancelled() => return,
-                Some(list) = discovered.recv() => self.book.heard(*list, Instant::now()),
+                Ok(list) = discovered.recv_async() => self.book.heard(*list, Instant::now()),
                 Some(r) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Ok((addr, dialled)) = r {
                         self.connected.remove(&addr);

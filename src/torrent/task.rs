@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+
 use tokio_util::sync::CancellationToken;
 
 const ERROR_RETRY: Duration = Duration::from_secs(60);
@@ -66,7 +66,7 @@ impl TransferCounters for TorrentShared {
 
 /// The commands a phase waits on, and the cancellation that ends them all.
 pub(super) struct Control<'a> {
-    pub cmds: &'a mut mpsc::Receiver<Cmd>,
+    pub cmds: &'a mut flume::Receiver<Cmd>,
     pub cancel: &'a CancellationToken,
     /// Set when the user asks for a recheck (the torrent's flag).
     pub recheck_asked: &'a std::sync::atomic::AtomicBool,
@@ -78,7 +78,7 @@ impl Control<'_> {
     pub async fn next(&mut self) -> Result<Command, ()> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(()),
-            cmd = self.cmds.recv() => Ok(match cmd.ok_or(())? {
+            cmd = self.cmds.recv_async() => Ok(match cmd.map_err(|_| ())? {
                 Cmd::Pause => Command::Outcome(Outcome::Paused),
                 Cmd::Resume => Command::Outcome(Outcome::Resumed),
                 Cmd::Recheck => {
@@ -100,7 +100,7 @@ pub(super) enum Command {
     Incoming(Transport, SocketAddr, Handshake),
 }
 
-pub async fn run(shared: Arc<TorrentShared>, mut cmds: mpsc::Receiver<Cmd>, cancel: CancellationToken) -> Exit {
+pub async fn run(shared: Arc<TorrentShared>, mut cmds: flume::Receiver<Cmd>, cancel: CancellationToken) -> Exit {
     let mut phase = shared.status_cell().phase.clone();
     let mut slot: Option<Slot> = None;
     let mut ctl = Control { cmds: &mut cmds, cancel: &cancel, recheck_asked: &shared.recheck_asked };

@@ -22,7 +22,7 @@ use pace::AnnounceBook;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Counters the tracker reports, read fresh for every announce.
@@ -75,7 +75,7 @@ pub async fn run(
     cfg: TrackerConfig,
     client: reqwest::Client,
     counters: Arc<dyn TransferCounters>,
-    peers_tx: mpsc::Sender<PeerList>,
+    peers_tx: flume::Sender<PeerList>,
     mut completed_rx: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
@@ -113,7 +113,7 @@ pub async fn run(
         if !peers.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                sent = Box::pin(peers_tx.send(Box::new(peers))) => if sent.is_err() { return },
+                sent = peers_tx.send_async(Box::new(peers)) => if sent.is_err() { return },
             }
         }
         tokio::select! {
@@ -545,7 +545,7 @@ mod tests {
             numwant: 50,
             book: Arc::new(AnnounceBook::default()),
         };
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = flume::bounded(1);
         let (_done, done_rx) = watch::channel(false);
         let fut = run(cfg, reqwest::Client::new(), Arc::new(Zero), tx, done_rx, CancellationToken::new());
         let size = std::mem::size_of_val(&fut);
