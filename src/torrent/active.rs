@@ -67,7 +67,9 @@ struct Active<'a> {
     /// Peers known from the last run (or a magnet's x.pe), tried again when
     /// the torrent is alone.
     remembered: Vec<SocketAddr>,
-    completed_tx: watch::Sender<bool>,
+    /// Turns true when the torrent completes, for its announce loop; none
+    /// when it was complete from the start (see [`tracker::Completion`]).
+    completed_tx: Option<watch::Sender<bool>>,
     /// When the phase began and what had been downloaded then, for the
     /// completion line.
     started: (Instant, u64),
@@ -122,7 +124,7 @@ impl<'a> Active<'a> {
             rate_window: VecDeque::new(),
             last_totals: totals,
             remembered,
-            completed_tx: watch::Sender::new(complete),
+            completed_tx: (!complete).then(|| watch::Sender::new(false)),
             started: (Instant::now(), totals.0),
             handoff: None,
             next_presence_check: Instant::now() + PRESENCE_EVERY,
@@ -145,7 +147,10 @@ impl<'a> Active<'a> {
             book: env.announces().clone(),
         };
         let counters = shared.clone() as Arc<dyn TransferCounters>;
-        let completed = self.completed_tx.subscribe();
+        let completed = match &self.completed_tx {
+            Some(tx) => tracker::Completion::Pending(tx.subscribe()),
+            None => tracker::Completion::Done,
+        };
         let tracker = tokio::spawn(
             tracker::run(cfg, env.http().clone(), counters, peers_tx.clone(), completed, self.child.clone())
                 .in_current_span(),
@@ -233,7 +238,9 @@ impl<'a> Active<'a> {
         }
         *slot = None;
         self.shared.env.queue().leave(&self.shared.meta.info_hash);
-        self.completed_tx.send_replace(true);
+        if let Some(tx) = &self.completed_tx {
+            tx.send_replace(true);
+        }
         self.shared.status_cell().record.completed_at = now_unix();
         let secs = self.started.0.elapsed().as_secs_f64().max(0.001);
         let got = self.shared.received.load(Ordering::Relaxed).saturating_sub(self.started.1);

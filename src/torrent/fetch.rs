@@ -218,7 +218,7 @@ fn start_discovery(ctx: &Ctx, magnet: &Magnet, tiers: &[Vec<String>]) -> JoinSet
         helpers.spawn(
             async move {
                 let _never_completed = never_completed;
-                tracker::run(cfg, http, counters.clone(), tx, completed_rx, d).await;
+                tracker::run(cfg, http, counters.clone(), tx, tracker::Completion::Pending(completed_rx), d).await;
                 // The `stopped` announce counts too.
                 counters.persist().await;
             }

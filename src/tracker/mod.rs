@@ -68,25 +68,52 @@ const QUICK_RETRY_FOR: Duration = Duration::from_secs(5 * 60);
 /// Peers taken from one announce reply; a tracker may list far more.
 const MAX_PEERS_PER_REPLY: usize = 200;
 
+/// Whether a torrent is complete, as its announce loop sees it.
+pub enum Completion {
+    /// Complete when its active phase began: most of a seedbox's torrents,
+    /// which then keep no channel (350 bytes each).
+    Done,
+    /// A channel that turns true when the last piece is verified.
+    Pending(watch::Receiver<bool>),
+}
+
+impl Completion {
+    fn is_complete(&self) -> bool {
+        match self {
+            Completion::Done => true,
+            Completion::Pending(rx) => *rx.borrow(),
+        }
+    }
+
+    /// Resolves when the value may have changed, or with an error once the
+    /// sender is gone; never for `Done`.
+    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        match self {
+            Completion::Done => std::future::pending().await,
+            Completion::Pending(rx) => rx.changed().await,
+        }
+    }
+}
+
 /// Runs until `cancel`; then sends `stopped` (bounded in time) if `started`
-/// was ever accepted. `completed` is sent when `completed_rx` turns true.
+/// was ever accepted. `completed` is sent when `completion` turns true.
 /// An announce under way is abandoned at once on `cancel`.
 pub async fn run(
     cfg: TrackerConfig,
     client: reqwest::Client,
     counters: Arc<dyn TransferCounters>,
     peers_tx: flume::Sender<PeerList>,
-    mut completed_rx: watch::Receiver<bool>,
+    mut completion: Completion,
     cancel: CancellationToken,
 ) {
-    let Some(mut a) = Announcer::new(&cfg, client, counters, *completed_rx.borrow()) else {
+    let Some(mut a) = Announcer::new(&cfg, client, counters, completion.is_complete()) else {
         return;
     };
     cfg.book.show_trackers(cfg.info_hash, &a.tiers);
     // `dropseed reannounce` cuts a wait short; the pace still holds.
     let reannounce = cfg.book.waker(cfg.info_hash);
     loop {
-        if *completed_rx.borrow() && !a.completed_sent && a.started {
+        if completion.is_complete() && !a.completed_sent && a.started {
             a.next_event = Event::Completed;
         }
         let now = now_unix();
@@ -95,7 +122,7 @@ pub async fn run(
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_secs(at - now)) => {}
-                changed = completed_rx.changed(), if !a.completed_sent => {
+                changed = completion.changed(), if !a.completed_sent => {
                     if changed.is_err() { break; }
                 }
             }
@@ -120,7 +147,7 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
             _ = reannounce.notified() => {}
-            changed = completed_rx.changed(), if !a.completed_sent => {
+            changed = completion.changed(), if !a.completed_sent => {
                 if changed.is_err() { break; }
             }
         }
@@ -547,7 +574,14 @@ mod tests {
         };
         let (tx, _rx) = flume::bounded(1);
         let (_done, done_rx) = watch::channel(false);
-        let fut = run(cfg, reqwest::Client::new(), Arc::new(Zero), tx, done_rx, CancellationToken::new());
+        let fut = run(
+            cfg,
+            reqwest::Client::new(),
+            Arc::new(Zero),
+            tx,
+            Completion::Pending(done_rx),
+            CancellationToken::new(),
+        );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1024, "{size}");
     }
