@@ -99,7 +99,7 @@ impl Completion {
 /// was ever accepted. `completed` is sent when `completion` turns true.
 /// An announce under way is abandoned at once on `cancel`.
 pub async fn run(
-    cfg: TrackerConfig,
+    mut cfg: TrackerConfig,
     client: reqwest::Client,
     counters: Arc<dyn TransferCounters>,
     peers_tx: flume::Sender<PeerList>,
@@ -109,6 +109,9 @@ pub async fn run(
     let Some(mut a) = Announcer::new(&cfg, client, counters, completion.is_complete()) else {
         return;
     };
+    // The announcer has the usable ones; this copy would stay for the
+    // torrent's whole life.
+    cfg.tiers = Vec::new();
     cfg.book.show_trackers(cfg.info_hash, &a.tiers);
     // `dropseed reannounce` cuts a wait short; the pace still holds.
     let reannounce = cfg.book.waker(cfg.info_hash);
@@ -415,9 +418,15 @@ pub fn usable_tiers(listed: &[Vec<String>]) -> Vec<Vec<String>> {
     let mut seen = std::collections::HashSet::new();
     let mut tiers: Vec<Vec<String>> = listed
         .iter()
-        .map(|t| t.iter().filter(|u| supported(u) && seen.insert(u.to_string())).cloned().collect())
+        .map(|t| t.iter().filter(|u| supported(u) && seen.insert(u.to_string())).cloned().collect::<Vec<_>>())
+        .filter(|t| !t.is_empty())
+        .map(|mut t| {
+            // A filter collects room for 4: every torrent keeps these.
+            t.shrink_to_fit();
+            t
+        })
         .collect();
-    tiers.retain(|t: &Vec<String>| !t.is_empty());
+    tiers.shrink_to_fit();
     tiers
 }
 
