@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

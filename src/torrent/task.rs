@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
 const ERROR_RETRY: Duration = Duration::from_secs(60);
@@ -313,7 +312,8 @@ pub(super) fn limit_reached(shared: &TorrentShared) -> Option<String> {
 mod tests {
     #[test]
     fn a_command_is_small() {
-        // Each torrent's command channel allocates 32 of them up front.
+        // Each torrent's command channel keeps room for a few of them once
+        // it has carried one.
         assert!(std::mem::size_of::<super::Cmd>() <= 16, "{}", std::mem::size_of::<super::Cmd>());
     }
 
