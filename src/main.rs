@@ -365,11 +365,18 @@ fn runtime() -> tokio::runtime::Runtime {
 /// KiB: under an upload's steady stream of block buffers glibc gave the
 /// memory back and faulted it in again many times a second (a fifth of
 /// TCP seeding's CPU).
+///
+/// One arena per core, not glibc's eight: tokio's workers each keep one,
+/// and the blocking threads that parse and set up added torrents would
+/// otherwise each leave records in an arena of their own, half-used pages
+/// no trim can hand back (500 seeding torrents: 9.0 -> 8.4 MiB anonymous).
 fn tune_allocator() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     // SAFETY: mallopt only tunes the allocator; called before other threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, i32::try_from(cores).unwrap_or(i32::MAX));
     }
 }
 
