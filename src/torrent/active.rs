@@ -176,7 +176,9 @@ impl<'a> Active<'a> {
         slot: &mut Option<Slot>,
         peers_rx: &mut flume::Receiver<tracker::PeerList>,
     ) -> Option<Outcome> {
-        let mut have_rx = self.shared.have_tx.subscribe();
+        // Only completion is watched for: a torrent complete already has no
+        // need of the channel, and most never make one (see `have_changes`).
+        let mut have_rx = (!self.shared.is_complete()).then(|| self.shared.have_changes());
         let mut next_tick = self.clock.first_tick();
         loop {
             tokio::select! {
@@ -201,7 +203,7 @@ impl<'a> Active<'a> {
                         self.book.made(addr, how);
                     }
                 }
-                r = have_rx.changed() => {
+                r = async { have_rx.as_mut().unwrap().changed().await }, if have_rx.is_some() => {
                     r.ok()?;
                     if let Some(o) = Box::pin(self.on_new_piece(slot)).await {
                         return Some(o);

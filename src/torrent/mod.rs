@@ -192,8 +192,11 @@ pub struct TorrentShared {
     wasted: AtomicU64,
     /// Fast-extension (BEP 6) messages sent and received, this session.
     fast: fast::FastCounters,
-    /// Count of verified pieces; peers wait on it to send `have`.
-    have_tx: watch::Sender<usize>,
+    /// Count of verified pieces: peers wait on it to send `have`, a
+    /// downloading torrent's active phase to notice completion. Made by the
+    /// first subscriber: a torrent seeding since it started, with no peer,
+    /// has none (a channel costs 350 bytes).
+    have_changes: OnceLock<watch::Sender<usize>>,
     /// Woken when a read or write of the data failed: the torrent task then
     /// takes the error (kept in [`Inner`]) into `error`.
     disk_trouble: Notify,
@@ -287,7 +290,7 @@ impl TorrentShared {
             received: AtomicU64::new(0),
             wasted: AtomicU64::new(0),
             fast: fast::FastCounters::default(),
-            have_tx: watch::Sender::new(have.count()),
+            have_changes: OnceLock::new(),
             disk_trouble: Notify::new(),
             inner: Mutex::new(Inner::new(have, picker, verified)),
             status: Mutex::new(StatusCell {
@@ -344,6 +347,19 @@ impl TorrentShared {
 
     pub fn meta(&self) -> &Arc<Metainfo> {
         &self.meta
+    }
+
+    /// Wakes on each verified piece (and after a check): subscribe before
+    /// reading what the torrent has.
+    pub(crate) fn have_changes(&self) -> watch::Receiver<usize> {
+        self.have_changes.get_or_init(|| watch::Sender::new(self.lock().have().count())).subscribe()
+    }
+
+    /// Tells the subscribers, if there are any, that `count` pieces are verified.
+    fn have_changed(&self, count: usize) {
+        if let Some(tx) = self.have_changes.get() {
+            tx.send_replace(count);
+        }
     }
 
     /// Wakes on every phase change: subscribe before sending a command to
@@ -535,7 +551,7 @@ impl TorrentShared {
             inner.mark_verified(index, len, Instant::now());
             let count = inner.have().count();
             drop(inner);
-            self.have_tx.send_replace(count);
+            self.have_changed(count);
             return;
         }
         self.corrupt.fetch_add(len as u64, Ordering::Relaxed);

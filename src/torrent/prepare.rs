@@ -65,7 +65,7 @@ pub async fn prepare(shared: &Arc<TorrentShared>, recheck: bool) -> Result<(), S
     let total = to_check.len();
     let Checked { good, first_error } = hash_pieces(shared, &storage, to_check).await;
     let count = shared.lock().have().count();
-    shared.have_tx.send_replace(count);
+    shared.have_changed(count);
     tracing::info!(
         torrent = %shared.name(),
         checked = total,
@@ -253,7 +253,7 @@ async fn first_place(shared: &Arc<TorrentShared>) -> Result<Place, String> {
         let (count, have) = (inner.have().count(), inner.have().as_bytes().to_vec());
         drop(inner);
         shared.status_cell().record.have = have;
-        shared.have_tx.send_replace(count);
+        shared.have_changed(count);
         return Ok(candidate);
     }
     tracing::info!(torrent = %shared.name(), other = %candidate.top().display(),

@@ -10,7 +10,7 @@
 //! Life of a block we download: `Download::fill` asks the picker for blocks,
 //! `Request`s go out; a `Piece` is copied into the picker's piece buffer; a
 //! completed piece goes to the disk pool for hashing and writing; its
-//! verification bumps `have_tx`, and every peer sends `have`.
+//! verification bumps `have_changes`, and every peer sends `have`.
 //!
 //! Life of a block we upload: a valid `Request` from an unchoked peer is
 //! queued (capped at [`MAX_QUEUED_REQUESTS`]); batches are read from storage
@@ -84,7 +84,7 @@ pub enum Wake {
 impl PeerConn {
     pub fn new(shared: Arc<TorrentShared>, handle: Arc<PeerHandle>, key: PeerKey, theirs: Handshake) -> PeerConn {
         let n = shared.meta.piece_count();
-        let have_rx = shared.have_tx.subscribe();
+        let have_rx = shared.have_changes();
         let fast = theirs.supports_fast();
         PeerConn {
             shared,
