@@ -131,11 +131,10 @@ pub struct Sent {
 /// Every torrent's and magnet's record, by info hash.
 #[derive(Default)]
 pub struct AnnounceBook {
-    records: Mutex<HashMap<InfoHash, AnnounceRecord>>,
-    /// What each torrent's trackers last said, for display.
-    views: Mutex<HashMap<InfoHash, Vec<TrackerView>>>,
-    /// Wakes a torrent's announce loop (`dropseed reannounce`).
-    wakers: Mutex<HashMap<InfoHash, Arc<Notify>>>,
+    /// What the book keeps of each torrent, in one entry (four maps kept
+    /// 190 bytes per torrent): made by its first use, swept with all it
+    /// holds once the torrent is retired and its floor has passed.
+    torrents: Mutex<HashMap<InfoHash, Kept>>,
     /// Removed torrents, kept until their floor has passed (removed and
     /// added again at once, a torrent still waits), then dropped.
     retired: Mutex<Vec<InfoHash>>,
@@ -146,85 +145,73 @@ pub struct AnnounceBook {
     hosts: Mutex<HashMap<String, HostTally>>,
     /// Paces announces per tracker host across the session.
     pacer: super::hostpace::HostPacer,
-    /// Each torrent's swarm as its tracker last counted it.
-    swarms: Mutex<HashMap<InfoHash, Swarm>>,
+}
+
+/// What the book keeps of one torrent.
+#[derive(Default)]
+struct Kept {
+    /// Its announces' record, once anything announced, saved or restored one.
+    record: Option<AnnounceRecord>,
+    /// What each of its trackers last said, for display.
+    views: Vec<TrackerView>,
+    /// Wakes its announce loop (`dropseed reannounce`).
+    waker: Option<Arc<Notify>>,
+    /// Its swarm as its tracker last counted it.
+    swarm: Option<Swarm>,
+}
+
+impl Kept {
+    /// The record, made with a fresh key if there is none.
+    fn record(&mut self) -> &mut AnnounceRecord {
+        self.record.get_or_insert_with(AnnounceRecord::fresh)
+    }
 }
 
 impl AnnounceBook {
-    /// `swarms`, locked.
-    fn swarms(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Swarm>> {
-        crate::locks::locked(&self.swarms)
+    /// `torrents`, locked.
+    fn torrents(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Kept>> {
+        crate::locks::locked(&self.torrents)
+    }
+
+    /// `retired`, locked.
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<InfoHash>> {
+        crate::locks::locked(&self.retired)
+    }
+
+    /// `hosts`, locked.
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostTally>> {
+        crate::locks::locked(&self.hosts)
     }
 
     /// A tracker counted `hash`'s swarm; the newest answer wins. Only for
-    /// a torrent the book knows (its announce loop ran): a scrape reply
-    /// cannot make the map grow past the session's torrents.
+    /// a torrent the book has a record of (its announce loop ran): a scrape
+    /// reply cannot make the map grow past the session's torrents.
     pub fn swarm_seen(&self, hash: InfoHash, swarm: Swarm) {
-        if !self.records().contains_key(&hash) {
+        let mut torrents = self.torrents();
+        let Some(kept) = torrents.get_mut(&hash).filter(|k| k.record.is_some()) else {
             return;
-        }
-        let mut swarms = self.swarms();
-        let known = swarms.entry(hash).or_insert(swarm);
-        if known.at <= swarm.at {
-            *known = swarm;
+        };
+        if kept.swarm.is_none_or(|known| known.at <= swarm.at) {
+            kept.swarm = Some(swarm);
         }
     }
 
     /// What a tracker last counted of `hash`'s swarm.
     pub fn swarm(&self, hash: InfoHash) -> Option<Swarm> {
-        self.swarms().get(&hash).copied()
+        self.torrents().get(&hash).and_then(|k| k.swarm)
     }
 
     /// What a scrape round asks for: each torrent a tracker holds active
     /// with no count newer than `fresh` seconds, and the URL of the
     /// tracker it announces to (the last that answered, else its first).
     pub fn scrape_targets(&self, now: u64, fresh: u64) -> Vec<(InfoHash, String)> {
-        let records = self.records();
-        let views = self.views();
-        let swarms = self.swarms();
-        let due = |h: &InfoHash| {
-            records.get(h).is_some_and(|r| r.active) && swarms.get(h).is_none_or(|s| s.at + fresh <= now)
-        };
+        let due = |k: &Kept| k.record.is_some_and(|r| r.active) && k.swarm.is_none_or(|s| s.at + fresh <= now);
         let in_use = |vs: &[TrackerView]| {
             let answered = vs.iter().filter(|v| v.result.as_ref().is_some_and(|r| !r.starts_with("error")));
             answered.max_by_key(|v| v.attempt).or(vs.first()).map(|v| v.url.clone())
         };
-        views.iter().filter(|(h, _)| due(h)).filter_map(|(h, vs)| Some((*h, in_use(vs)?))).collect()
-    }
-}
-
-impl AnnounceBook {
-    /// `hosts`, locked.
-    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostTally>> {
-        crate::locks::locked(&self.hosts)
-    }
-}
-
-impl AnnounceBook {
-    /// `retired`, locked.
-    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<InfoHash>> {
-        crate::locks::locked(&self.retired)
-    }
-}
-
-impl AnnounceBook {
-    /// `wakers`, locked.
-    fn wakers(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Arc<Notify>>> {
-        crate::locks::locked(&self.wakers)
-    }
-}
-
-impl AnnounceBook {
-    /// `views`, locked.
-    fn views(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Vec<TrackerView>>> {
-        crate::locks::locked(&self.views)
-    }
-}
-
-impl AnnounceBook {
-    /// `records`, locked.
-    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, AnnounceRecord>> {
-        crate::locks::locked(&self.records)
+        let torrents = self.torrents();
+        torrents.iter().filter(|(_, k)| due(k)).filter_map(|(h, k)| Some((*h, in_use(&k.views)?))).collect()
     }
 }
 
@@ -254,7 +241,7 @@ impl AnnounceBook {
 
     /// The record for `hash`, made (with a fresh key) if there is none.
     pub fn get(&self, hash: InfoHash) -> AnnounceRecord {
-        *self.records().entry(hash).or_insert_with(AnnounceRecord::fresh)
+        *self.torrents().entry(hash).or_default().record()
     }
 
     /// Takes a persisted record, unless the session already knows newer.
@@ -262,10 +249,10 @@ impl AnnounceBook {
         if record.key == 0 {
             return;
         }
-        let mut records = self.records();
-        let known = records.entry(hash).or_insert(record);
-        if known.last_at < record.last_at {
-            *known = record;
+        let mut torrents = self.torrents();
+        let kept = torrents.entry(hash).or_default();
+        if kept.record.is_none_or(|known| known.last_at < record.last_at) {
+            kept.record = Some(record);
         }
     }
 
@@ -274,21 +261,21 @@ impl AnnounceBook {
     pub fn sending(&self, hash: InfoHash, at: u64, event: Event) {
         self.announced(hash, at, None);
         if event != Event::Stopped {
-            self.records().entry(hash).or_insert_with(AnnounceRecord::fresh).active = true;
+            self.torrents().entry(hash).or_default().record().active = true;
         }
     }
 
     /// A tracker answered our `stopped`: it no longer holds us.
     pub fn stopped(&self, hash: InfoHash) {
-        if let Some(r) = self.records().get_mut(&hash) {
+        if let Some(r) = self.torrents().get_mut(&hash).and_then(|k| k.record.as_mut()) {
             r.active = false;
         }
     }
 
     /// A tracker answered an announce at `at`.
     pub fn announced(&self, hash: InfoHash, at: u64, min_interval: Option<u64>) {
-        let mut records = self.records();
-        let r = records.entry(hash).or_insert_with(AnnounceRecord::fresh);
+        let mut torrents = self.torrents();
+        let r = torrents.entry(hash).or_default().record();
         r.last_at = at;
         if let Some(m) = min_interval {
             r.min_interval = m;
@@ -307,26 +294,25 @@ impl AnnounceBook {
     }
 
     /// Drops what the book keeps of every retired torrent whose floor has
-    /// passed: its record, its trackers' views and its waker.
+    /// passed: its record, its trackers' views, its waker and its swarm.
     pub fn sweep(&self, now: u64) {
         let mut retired = self.retired();
-        let mut records = self.records();
+        let mut torrents = self.torrents();
         retired.retain(|h| {
-            if records.get(h).is_some_and(|r| r.last_at.min(now) + FLOOR_SECS >= now) {
+            let record = torrents.get(h).and_then(|k| k.record);
+            if record.is_some_and(|r| r.last_at.min(now) + FLOOR_SECS >= now) {
                 return true;
             }
-            records.remove(h);
-            self.swarms().remove(h);
-            self.views().remove(h);
-            self.wakers().remove(h);
+            torrents.remove(h);
             false
         });
     }
 
     /// The trackers of a torrent whose announce loop starts.
     pub fn show_trackers(&self, hash: InfoHash, tiers: &[Vec<String>]) {
-        let mut views = self.views();
-        let known = views.remove(&hash).unwrap_or_default();
+        let mut torrents = self.torrents();
+        let kept = torrents.entry(hash).or_default();
+        let known = std::mem::take(&mut kept.views);
         let mut fresh: Vec<_> = tiers
             .iter()
             .enumerate()
@@ -339,14 +325,15 @@ impl AnnounceBook {
         // Collected from a flat map, it has room for 4 at least (576 bytes
         // kept by every torrent with one tracker).
         fresh.shrink_to_fit();
-        views.insert(hash, fresh);
+        kept.views = fresh;
     }
 
     /// Changes what is shown of one tracker of a torrent.
     /// Records an attempt on one tracker, numbered after every earlier one.
     pub fn update_tracker(&self, hash: InfoHash, url: &str, change: impl FnOnce(&mut TrackerView)) {
         let attempt = self.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if let Some(v) = self.views().get_mut(&hash).and_then(|vs| vs.iter_mut().find(|v| v.url == url)) {
+        let mut torrents = self.torrents();
+        if let Some(v) = torrents.get_mut(&hash).and_then(|k| k.views.iter_mut().find(|v| v.url == url)) {
             change(v);
             v.attempt = attempt;
         }
@@ -367,18 +354,18 @@ impl AnnounceBook {
     }
 
     pub fn trackers(&self, hash: InfoHash) -> Vec<TrackerView> {
-        self.views().get(&hash).cloned().unwrap_or_default()
+        self.torrents().get(&hash).map(|k| k.views.clone()).unwrap_or_default()
     }
 
     /// The notification a torrent's announce loop waits on besides its timer.
     pub fn waker(&self, hash: InfoHash) -> Arc<Notify> {
-        self.wakers().entry(hash).or_default().clone()
+        self.torrents().entry(hash).or_default().waker.get_or_insert_default().clone()
     }
 
-    /// How many torrents each map holds: records, views, wakers, retired.
+    /// How many torrents the book keeps, and how many of them are retired.
     #[cfg(test)]
-    pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        (self.records().len(), self.views().len(), self.wakers().len(), self.retired().len())
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.torrents().len(), self.retired().len())
     }
 
     /// A torrent (back) in the session: what the book has of it stays.
@@ -445,9 +432,9 @@ mod tests {
         assert!(book.get(other).active, "so is what the tracker may still hold");
         // Removed: kept while it holds announces back, then dropped.
         book.retire(other, 110);
-        assert_eq!(book.records().get(&other).map(|r| r.key), Some(9), "kept within the floor");
+        assert_eq!(book.torrents().get(&other).and_then(|k| k.record).map(|r| r.key), Some(9), "kept within the floor");
         book.retire(InfoHash([3; 20]), 131);
-        assert_eq!(book.records().get(&other), None, "dropped once the floor passed");
+        assert!(book.torrents().get(&other).is_none(), "dropped once the floor passed");
         assert_ne!(book.get(other).key, 9, "a new life, a new key");
     }
 
@@ -469,7 +456,7 @@ mod tests {
         book.swarm_seen(InfoHash([6; 20]), Swarm::default());
         assert_eq!(book.swarm(InfoHash([6; 20])), None, "a hash the book does not know is not kept");
         book.sweep(1000);
-        assert_eq!(book.sizes(), (0, 0, 0, 0), "gone with everything it had");
+        assert_eq!(book.sizes(), (0, 0), "gone with everything it had");
         assert_eq!(book.swarm(h), None);
     }
 
