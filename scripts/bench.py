@@ -754,15 +754,27 @@ def steady_start(n, idle_secs):
     return max(SETTLE_SECS, n // ANNOUNCE_PACE + 30 - 10 - idle_secs)
 
 
-def idle_figures(pid, n, idle_secs, at_tracker):
+# --perf-steady: where dropseed's steady window is recorded with perf.
+PERF_STEADY = None
+
+
+def idle_figures(pid, n, idle_secs, at_tracker, profile=None):
     """Idle CPU over `idle_secs` twice: from 10 s after the last torrent
     seeds (what adding them leaves behind: first announces, dials), and
     again from steady_start later (steady idle); memory and descriptors at
-    the end."""
+    the end. With `profile`, perf records the steady window (call graphs,
+    every thread) into that file."""
     time.sleep(10)
     after_add = idle_cpu(pid, idle_secs)
     time.sleep(steady_start(n, idle_secs))
+    perf = None
+    if profile:
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(pid), "-o", f"{profile}-{n}.data"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     steady = idle_cpu(pid, idle_secs)
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
     return {"idle_after_add_pct": after_add, "idle_cpu_pct": steady, "anon": rss_anon(pid), "fds": open_fds(pid),
             "tracker": at_tracker()}
 
@@ -877,7 +889,7 @@ def scale_dropseed(work, data, torrents, idle_secs, at_tracker, running=None):
         rates["dl_during"] = (running.got(ds, running.hash) - b0) / added
         ds.request({"cmd": "remove", "id": running.hash, "delete_data": True})
         running.stop_seeder()
-    res = {"added_secs": added, **rates, **idle_figures(ds.proc.pid, n, idle_secs, at_tracker)}
+    res = {"added_secs": added, **rates, **idle_figures(ds.proc.pid, n, idle_secs, at_tracker, PERF_STEADY)}
     cli = [str(ds.bin), "status", "--json", "-c", str(ds.config)]
     res["status_secs"] = statistics.median(timed(lambda: subprocess.run(cli, capture_output=True, check=True)) for _ in range(3))
     ds.stop()
@@ -992,6 +1004,7 @@ def main():
     ap.add_argument("--scale-clients", default="dropseed,transmission", help="--scale: which daemons to run")
     ap.add_argument("--idle-secs", type=int, default=60, help="the idle CPU window of --scale")
     ap.add_argument("--settle-secs", type=int, default=SETTLE_SECS, help="--scale: from the first idle window to the steady one")
+    ap.add_argument("--perf-steady", help="--scale: record dropseed's steady idle window with perf into PREFIX-N.data")
     ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")
     ap.add_argument("--dropseed-config", default="", help="TOML appended to every dropseed config (tables not already there: [storage], [limits]...)")
     ap.add_argument("--base-bin", help="another dropseed build, run as client 'dropseed-base' beside the others")
@@ -1104,8 +1117,9 @@ def make_payload(work, name, size_mib, tracker):
 
 
 def scale_main(args, work, cores):
-    global SETTLE_SECS
+    global SETTLE_SECS, PERF_STEADY
     SETTLE_SECS = args.settle_secs
+    PERF_STEADY = args.perf_steady
     counts = [int(n) for n in args.scale.split(",")]
     tracker = Tracker(work)
     try:

@@ -41,9 +41,18 @@ const PEERS_DRAIN: Duration = Duration::from_secs(5);
 /// How often a seeding torrent with peers looks whether its files are
 /// still there.
 const PRESENCE_EVERY: Duration = Duration::from_secs(60);
-/// The same for an idle one: nothing reads its files, and ten thousand
-/// idle torrents would otherwise stat files hundreds of times a second.
-const PRESENCE_IDLE_EVERY: Duration = Duration::from_secs(300);
+/// The same for an idle one: nothing reads its files, so it looks seldom,
+/// and again as soon as it has a peer or an address to dial (see
+/// [`Active::presence_due`]). Each look walks the files' paths without
+/// following links: every five minutes, that was most of ten thousand
+/// idle torrents' CPU.
+const PRESENCE_IDLE_EVERY: Duration = Duration::from_secs(30 * 60);
+
+/// See [`Active::presence_due`]: `next` is when the last check set the next
+/// one, `checked_idle` whether that check was made idle.
+fn presence_due(now: Instant, next: Instant, checked_idle: bool, idle: bool) -> bool {
+    now >= next || (checked_idle && !idle)
+}
 
 /// An outgoing connection's end: its address, whether it is worth dialling
 /// again, how long it lasted, and how it was made (if it was).
@@ -77,6 +86,8 @@ struct Active<'a> {
     handoff: Option<(JoinHandle<std::io::Result<Place>>, Arc<MoveControl>)>,
     /// When a settled, complete torrent next checks its files are there.
     next_presence_check: Instant,
+    /// The last presence check was made idle, at the idle interval.
+    presence_checked_idle: bool,
     /// The upload counter at the last tick (for the idle-seeding limit).
     last_uploaded: u64,
 }
@@ -128,6 +139,7 @@ impl<'a> Active<'a> {
             started: (Instant::now(), totals.0),
             handoff: None,
             next_presence_check: Instant::now() + PRESENCE_EVERY,
+            presence_checked_idle: false,
             last_uploaded: shared.uploaded.load(Ordering::Relaxed),
         }
     }
@@ -385,8 +397,9 @@ impl<'a> Active<'a> {
         // After this tick's dialling: idle, it has nothing to do until
         // `wake_by`, computed from what this tick counted.
         let idle = self.idle();
-        if seeding && now >= self.next_presence_check {
+        if seeding && self.presence_due(now, idle) {
             self.next_presence_check = now + if idle { PRESENCE_IDLE_EVERY } else { PRESENCE_EVERY };
+            self.presence_checked_idle = idle;
             if let Some(missing) = self.files_gone().await {
                 return (now, Some(Outcome::DataMissing(missing)));
             }
@@ -396,6 +409,14 @@ impl<'a> Active<'a> {
         }
         let wake_by = if idle { self.wake_by(now) } else { None };
         (self.clock.next_tick(now, idle, wake_by), None)
+    }
+
+    /// Whether the files' presence is to be checked at this tick: when the
+    /// interval is up, or the first busy tick after a check made idle (an
+    /// idle seeder's files may have gone half an hour ago; a peer must not
+    /// be served from what replaced them).
+    fn presence_due(&self, now: Instant, idle: bool) -> bool {
+        presence_due(now, self.next_presence_check, self.presence_checked_idle, idle)
     }
 
     /// Seeding with no peers and nobody to dial: it ticks seldom.
@@ -668,6 +689,16 @@ fn choke_inputs(handles: &[(PeerKey, Arc<PeerHandle>)], seeding: bool, secs: f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_seeder_checks_its_files_seldom_but_at_once_when_a_peer_comes() {
+        let now = Instant::now();
+        let later = now + PRESENCE_IDLE_EVERY;
+        assert!(!presence_due(now, later, true, true), "idle, not yet due");
+        assert!(presence_due(now, later, true, false), "busy after an idle check: now");
+        assert!(!presence_due(now, now + PRESENCE_EVERY, false, false), "busy, checked busy: at its interval");
+        assert!(presence_due(later, later, true, true), "due");
+    }
 
     #[test]
     fn a_peer_redialled_at_the_same_address_starts_from_zero() {

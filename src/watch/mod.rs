@@ -147,6 +147,39 @@ pub struct WatchFolder {
     folders_changed: bool,
     /// A category folder could not be given an inotify watch (said once).
     warned_no_watch: bool,
+    /// The folders' modification times before the last whole scan; none
+    /// when that scan left files for the next (see [`Self::poll_may_skip`]).
+    listed_stamps: Option<Vec<FolderStamp>>,
+    /// Polls skipped in a row since the last scan.
+    polls_skipped: u32,
+}
+
+/// Every this many polls the folder is scanned whatever its stamps say
+/// (see [`poll_may_skip`]).
+const FULL_SCAN_EVERY_POLLS: u32 = 6;
+
+/// A folder and its modification time, when it could be read.
+type FolderStamp = (PathBuf, Option<SystemTime>);
+
+/// The modification times of `folders` (links not followed).
+fn folder_stamps(folders: impl Iterator<Item = PathBuf>) -> Vec<FolderStamp> {
+    folders
+        .map(|f| {
+            let modified = std::fs::symlink_metadata(&f).and_then(|m| m.modified()).ok();
+            (f, modified)
+        })
+        .collect()
+}
+
+/// Whether a poll, with inotify watching and nothing waiting to settle,
+/// can skip its scan: no folder's modification time moved since the last
+/// whole scan (`listed`), so no file came, went or was renamed. Ten
+/// thousand handled files cost a listing of ten milliseconds at every poll
+/// otherwise. Every [`FULL_SCAN_EVERY_POLLS`]th poll scans anyway: a file
+/// rewritten in place on a network filesystem (inotify silent, the folder's
+/// time unchanged) is still seen within a few polls.
+fn poll_may_skip(skipped: u32, listed: Option<&[FolderStamp]>, now: impl FnOnce() -> Vec<FolderStamp>) -> bool {
+    skipped + 1 < FULL_SCAN_EVERY_POLLS && listed.is_some_and(|l| l == now().as_slice())
 }
 
 /// Parses a dropped file into what it adds.
@@ -223,6 +256,8 @@ impl WatchFolder {
             categories: Categories::new(),
             folders_changed: false,
             warned_no_watch: false,
+            listed_stamps: None,
+            polls_skipped: 0,
         }
     }
 
@@ -261,7 +296,9 @@ impl WatchFolder {
                 }
                 Ok(Msg::Seen(path, complete)) => self.seen(&path, complete),
                 Err(RecvTimeoutError::Timeout) if last_full.elapsed() >= self.poll || self.folders_changed => {
-                    self.scan();
+                    if self.folders_changed || !self.poll_may_skip() {
+                        self.scan();
+                    }
                     last_full = Instant::now();
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -326,11 +363,29 @@ impl WatchFolder {
         }
     }
 
+    /// Whether a poll can skip its scan (see [`poll_may_skip`]).
+    fn poll_may_skip(&mut self) -> bool {
+        let listed = self.listed_stamps.as_deref();
+        let skip = self.inotify.is_some()
+            && self.pending.is_empty()
+            && poll_may_skip(self.polls_skipped, listed, || self.folder_stamps());
+        self.polls_skipped = if skip { self.polls_skipped + 1 } else { 0 };
+        skip
+    }
+
+    /// The watch folder and the category folders taken, with their
+    /// modification times.
+    fn folder_stamps(&self) -> Vec<FolderStamp> {
+        folder_stamps(std::iter::once(self.dir.clone()).chain(self.categories.in_scan_order()))
+    }
+
     /// Lists the folder, takes in its category folders and considers the
     /// candidate files: the folder's own, then the categories' from where
     /// the last scan's budget ran out.
     pub fn scan(&mut self) {
         self.folders_changed = false;
+        // Taken before the listing: a change while it runs shows next poll.
+        let stamps_before = self.folder_stamps();
         let Some(entries) = self.list_watch_folder() else { return };
         let config = self.session.env.config();
         let mut root = Listing::new(MAX_FILES_PER_FOLDER);
@@ -366,6 +421,11 @@ impl WatchFolder {
         let listed = |p: &PathBuf| scan.present.contains(p) || !p.parent().is_some_and(|f| scan.listed.contains(f));
         self.pending.retain(|p, _| listed(p));
         self.kept.retain(listed);
+        // Unless every folder was listed whole, the next poll scans (and
+        // when this scan took in or let go of categories, the stamps of
+        // the next poll name other folders, and it scans too).
+        let whole = scan.listed.len() == order.len() + 1;
+        self.listed_stamps = whole.then_some(stamps_before);
     }
 
     fn list_watch_folder(&mut self) -> Option<std::fs::ReadDir> {
@@ -721,5 +781,30 @@ mod tests {
         ] {
             assert_eq!(kind_of(&Path::new("/w").join(ignored)), None, "{ignored}");
         }
+    }
+
+    #[test]
+    fn a_poll_skips_its_scan_only_while_no_folder_changed_and_not_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = dir.path().join("tv");
+        std::fs::create_dir(&cat).unwrap();
+        let stamps = || folder_stamps([dir.path().to_path_buf(), cat.clone()].into_iter());
+        let listed = stamps();
+        assert!(listed.iter().all(|(_, t)| t.is_some()));
+        assert!(poll_may_skip(0, Some(&listed), stamps), "nothing changed");
+        assert!(!poll_may_skip(0, None, stamps), "the last scan was not whole");
+        assert!(!poll_may_skip(FULL_SCAN_EVERY_POLLS - 1, Some(&listed), stamps), "a full scan is due");
+        // A drop renamed into a category folder moves that folder's time
+        // (set here: two changes within one clock tick may share one).
+        let before = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::open(&cat).unwrap().set_modified(before).unwrap();
+        let listed = stamps();
+        std::fs::write(cat.join("a.torrent.part"), b"x").unwrap();
+        std::fs::rename(cat.join("a.torrent.part"), cat.join("a.torrent")).unwrap();
+        assert!(!poll_may_skip(0, Some(&listed), stamps), "a file came");
+        // A category folder gone or replaced: the stamps name other folders.
+        let listed = stamps();
+        let fewer = || folder_stamps(std::iter::once(dir.path().to_path_buf()));
+        assert!(!poll_may_skip(0, Some(&listed), fewer));
     }
 }
