@@ -154,7 +154,7 @@ impl Session {
     async fn relabel(&self, hash: InfoHash, change: &LabelChange) -> Result<Named, SessionError> {
         let named = self.named(&hash)?;
         let target = match self.registry().get_mut(&hash) {
-            Some(Entry::Torrent(t)) => Target::Torrent(t.shared.clone()),
+            Some(Entry::Torrent(t)) => Target::Torrent(t.shared.clone(), t.cmd.clone()),
             Some(Entry::Magnet(m)) => {
                 let o = &mut m.opts;
                 let labels =
@@ -168,7 +168,7 @@ impl Session {
             None => return Err(not_managed(&hash)),
         };
         match target {
-            Target::Torrent(shared) => {
+            Target::Torrent(shared, cmd) => {
                 let changed = {
                     shared.with_record(|record| {
                         change.apply(Labels {
@@ -181,6 +181,11 @@ impl Session {
                 };
                 if changed && !shared.save_resume(false).await {
                     return Err(SessionError::Io(format!("{named}: the change could not be saved (see the log)")));
+                }
+                if changed && matches!(change, LabelChange::Share(_)) {
+                    // An idle seeder ticks every few minutes: new limits
+                    // are weighed now. (A full queue wakes it anyway.)
+                    let _ = cmd.try_send(crate::torrent::task::Cmd::Wake);
                 }
             }
             Target::Magnet(magnet) => {
@@ -197,6 +202,6 @@ impl Session {
 
 /// What `relabel` writes, taken under the registry's lock.
 enum Target {
-    Torrent(std::sync::Arc<crate::torrent::TorrentShared>),
+    Torrent(std::sync::Arc<crate::torrent::TorrentShared>, flume::Sender<crate::torrent::task::Cmd>),
     Magnet(Box<(crate::magnet::Magnet, bool, AddOptions)>),
 }

@@ -196,6 +196,7 @@ impl<'a> Active<'a> {
             tokio::select! {
                 cmd = ctl.next() => match cmd.ok()? {
                     Command::Incoming(stream, addr, hs) => self.accept(stream, addr, hs),
+                    Command::Wake => next_tick = Instant::now(),
                     Command::Outcome(o @ (Outcome::Paused | Outcome::RecheckAsked | Outcome::Relocate(_))) => return Some(o),
                     Command::Outcome(_) => {}
                 },

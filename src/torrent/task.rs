@@ -34,6 +34,9 @@ pub enum Cmd {
     /// see `relocate.rs`.
     Relocate(Box<crate::storage::Place>),
     Incoming(Box<(Transport, SocketAddr, Handshake)>),
+    /// Something the active phase weighs at its ticks changed (the
+    /// torrent's share limits): tick now, not at the next idle tick.
+    Wake,
 }
 
 /// What the session learns when a torrent task ends.
@@ -89,6 +92,7 @@ impl Control<'_> {
                     let (t, addr, hs) = *incoming;
                     Command::Incoming(t, addr, hs)
                 }
+                Cmd::Wake => Command::Wake,
             }),
         }
     }
@@ -97,6 +101,8 @@ impl Control<'_> {
 pub(super) enum Command {
     Outcome(Outcome),
     Incoming(Transport, SocketAddr, Handshake),
+    /// Tick now (only the active phase ticks).
+    Wake,
 }
 
 pub async fn run(shared: Arc<TorrentShared>, mut cmds: flume::Receiver<Cmd>, cancel: CancellationToken) -> Exit {
