@@ -2,7 +2,7 @@
 """dropseed's benchmark against the clients users would otherwise pick.
 
     scripts/bench [--size-mib N] [--rounds N] [--torrents N] [--out FILE]
-    scripts/bench --scale 500,2000 [--idle-secs 60]
+    scripts/bench --scale 500,2000 [--idle-secs 300]
 
 Everything runs on 127.0.0.1: opentracker, two libtorrent seeders, and each
 downloader in turn, alternating, for several rounds. Reported per client:
@@ -1002,7 +1002,7 @@ def main():
     ap.add_argument("--out", help="the report (default bench/results.md; with --scale, bench/scale-DATE.md)")
     ap.add_argument("--scale", help="only the scale comparison with transmission-daemon, for these N (e.g. 500,2000)")
     ap.add_argument("--scale-clients", default="dropseed,transmission", help="--scale: which daemons to run")
-    ap.add_argument("--idle-secs", type=int, default=60, help="the idle CPU window of --scale")
+    ap.add_argument("--idle-secs", type=int, default=300, help="the idle CPU window of --scale (300 s spans an idle seeder's 5-minute tick)")
     ap.add_argument("--settle-secs", type=int, default=SETTLE_SECS, help="--scale: from the first idle window to the steady one")
     ap.add_argument("--perf-steady", help="--scale: record dropseed's steady idle window with perf into PREFIX-N.data")
     ap.add_argument("--bin", help="the dropseed binary to run (default: this tree's release build)")

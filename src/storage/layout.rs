@@ -41,7 +41,7 @@ impl Layout {
     }
 
     #[cfg(test)]
-    fn from_parts(files: &[(u64, bool)], piece_length: u64) -> Layout {
+    pub(crate) fn from_parts(files: &[(u64, bool)], piece_length: u64) -> Layout {
         let mut offset = 0;
         let files = files
             .iter()

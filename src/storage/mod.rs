@@ -143,13 +143,23 @@ pub struct DiskSurvey {
     pub replaced_files: Vec<usize>,
 }
 
-/// The stamp of file `i` of `meta` as found in the open place folder
-/// `dir`, reached without a link; None when absent, a link, under one or
-/// not a regular file.
-fn found_in(dir: Option<&OwnedFd>, place: &Place, meta: &Metainfo, i: usize) -> Option<FileStamp> {
+/// File `i` of `meta` as found in the open place folder.
+struct Found<'m> {
+    /// The folder holding it, open.
+    folder: OwnedFd,
+    /// Its name in that folder.
+    name: &'m str,
+    stamp: FileStamp,
+}
+
+/// File `i` of `meta` in the open place folder `dir`, reached without a
+/// link; None when absent, a link, under one or not a regular file. One
+/// walk of its path serves every look at it.
+fn found_in<'m>(dir: Option<&OwnedFd>, place: &'m Place, meta: &'m Metainfo, i: usize) -> Option<Found<'m>> {
     let (dirs, name) = nofollow::names(place, meta, i);
-    let at = nofollow::walk(dir?.as_fd(), &dirs).ok()?;
-    nofollow::stamp_at(at.as_fd(), name).ok().flatten()
+    let folder = nofollow::walk(dir?.as_fd(), &dirs).ok()?;
+    let stamp = nofollow::stamp_at(folder.as_fd(), name).ok().flatten()?;
+    Some(Found { folder, name, stamp })
 }
 
 /// Looks at what is on disk for `meta` without changing anything (a link
@@ -161,7 +171,7 @@ pub fn survey(place: &Place, meta: &Metainfo) -> DiskSurvey {
         if f.padding {
             continue;
         }
-        let len = found_in(dir.as_ref(), place, meta, i).map_or(0, |st| st.size);
+        let len = found_in(dir.as_ref(), place, meta, i).map_or(0, |f| f.stamp.size);
         if len > 0 {
             s.existing_files.push(i);
         }
@@ -377,16 +387,10 @@ impl TorrentStorage {
     /// (an importer moved or retagged them). Blocking (a stat per file).
     pub fn files_gone(&self, place: &Place, meta: &Metainfo) -> Vec<usize> {
         let dir = nofollow::open_place_dir(place, false).ok();
-        // A link (or one on the way) is not the file: gone. One walk per
-        // file serves both looks (ten thousand idle torrents spent most of
-        // their idle CPU walking each path twice).
-        let changed = |i: usize, length: u64| {
-            let (dirs, name) = nofollow::names(place, meta, i);
-            let Some(at) = dir.as_ref().and_then(|d| nofollow::walk(d.as_fd(), &dirs).ok()) else { return true };
-            match nofollow::stamp_at(at.as_fd(), name).ok().flatten() {
-                None => true,
-                Some(m) => m.size != length || self.replaced(i, &m, || birth(at.as_fd(), name)),
-            }
+        // A link (or one on the way) is not the file: gone.
+        let changed = |i: usize, length: u64| match found_in(dir.as_ref(), place, meta, i) {
+            None => true,
+            Some(f) => f.stamp.size != length || self.replaced(i, &f.stamp, || birth(f.folder.as_fd(), f.name)),
         };
         meta.files.iter().enumerate().filter(|(i, f)| !f.padding && changed(*i, f.length)).map(|(i, _)| i).collect()
     }

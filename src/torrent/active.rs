@@ -43,15 +43,36 @@ const PEERS_DRAIN: Duration = Duration::from_secs(5);
 const PRESENCE_EVERY: Duration = Duration::from_secs(60);
 /// The same for an idle one: nothing reads its files, so it looks seldom,
 /// and again as soon as it has a peer or an address to dial (see
-/// [`Active::presence_due`]). Each look walks the files' paths without
+/// [`PresenceCheck::due`]). Each look walks the files' paths without
 /// following links: every five minutes, that was most of ten thousand
 /// idle torrents' CPU.
 const PRESENCE_IDLE_EVERY: Duration = Duration::from_secs(30 * 60);
 
-/// See [`Active::presence_due`]: `next` is when the last check set the next
-/// one, `checked_idle` whether that check was made idle.
-fn presence_due(now: Instant, next: Instant, checked_idle: bool, idle: bool) -> bool {
-    now >= next || (checked_idle && !idle)
+/// When a settled, complete torrent next checks its files are there.
+#[derive(Clone, Copy, Debug)]
+struct PresenceCheck {
+    next: Instant,
+    /// The last check was made idle, at the idle interval.
+    made_idle: bool,
+}
+
+impl PresenceCheck {
+    fn first(now: Instant) -> Self {
+        Self { next: now + PRESENCE_EVERY, made_idle: false }
+    }
+
+    /// Whether the files are to be checked now: when the interval is up,
+    /// or at the first busy tick after a check made idle (an idle seeder's
+    /// files may have gone half an hour ago; a peer must not be served
+    /// from what replaced them).
+    fn due(&self, now: Instant, idle: bool) -> bool {
+        now >= self.next || (self.made_idle && !idle)
+    }
+
+    /// A check is made now.
+    fn made(now: Instant, idle: bool) -> Self {
+        Self { next: now + if idle { PRESENCE_IDLE_EVERY } else { PRESENCE_EVERY }, made_idle: idle }
+    }
 }
 
 /// An outgoing connection's end: its address, whether it is worth dialling
@@ -84,10 +105,7 @@ struct Active<'a> {
     started: (Instant, u64),
     /// The move to the complete folder, while it runs.
     handoff: Option<(JoinHandle<std::io::Result<Place>>, Arc<MoveControl>)>,
-    /// When a settled, complete torrent next checks its files are there.
-    next_presence_check: Instant,
-    /// The last presence check was made idle, at the idle interval.
-    presence_checked_idle: bool,
+    presence: PresenceCheck,
     /// The upload counter at the last tick (for the idle-seeding limit).
     last_uploaded: u64,
 }
@@ -138,8 +156,7 @@ impl<'a> Active<'a> {
             completed_tx: (!complete).then(|| watch::Sender::new(false)),
             started: (Instant::now(), totals.0),
             handoff: None,
-            next_presence_check: Instant::now() + PRESENCE_EVERY,
-            presence_checked_idle: false,
+            presence: PresenceCheck::first(Instant::now()),
             last_uploaded: shared.uploaded.load(Ordering::Relaxed),
         }
     }
@@ -398,9 +415,8 @@ impl<'a> Active<'a> {
         // After this tick's dialling: idle, it has nothing to do until
         // `wake_by`, computed from what this tick counted.
         let idle = self.idle();
-        if seeding && self.presence_due(now, idle) {
-            self.next_presence_check = now + if idle { PRESENCE_IDLE_EVERY } else { PRESENCE_EVERY };
-            self.presence_checked_idle = idle;
+        if seeding && self.presence.due(now, idle) {
+            self.presence = PresenceCheck::made(now, idle);
             if let Some(missing) = self.files_gone().await {
                 return (now, Some(Outcome::DataMissing(missing)));
             }
@@ -410,14 +426,6 @@ impl<'a> Active<'a> {
         }
         let wake_by = if idle { self.wake_by(now) } else { None };
         (self.clock.next_tick(now, idle, wake_by), None)
-    }
-
-    /// Whether the files' presence is to be checked at this tick: when the
-    /// interval is up, or the first busy tick after a check made idle (an
-    /// idle seeder's files may have gone half an hour ago; a peer must not
-    /// be served from what replaced them).
-    fn presence_due(&self, now: Instant, idle: bool) -> bool {
-        presence_due(now, self.next_presence_check, self.presence_checked_idle, idle)
     }
 
     /// Seeding with no peers and nobody to dial: it ticks seldom.
@@ -443,7 +451,7 @@ impl<'a> Active<'a> {
             let by_idle = left(limits.idle_secs, s.record.seed_idle_secs);
             by_time.into_iter().chain(by_idle).min()
         });
-        [self.book.next_retry(), Some(self.next_presence_check), limit.flatten()].into_iter().flatten().min()
+        [self.book.next_retry(), Some(self.presence.next), limit.flatten()].into_iter().flatten().min()
     }
 
     /// Files of a complete torrent in its settled place that left it (an
@@ -694,11 +702,14 @@ mod tests {
     #[test]
     fn an_idle_seeder_checks_its_files_seldom_but_at_once_when_a_peer_comes() {
         let now = Instant::now();
-        let later = now + PRESENCE_IDLE_EVERY;
-        assert!(!presence_due(now, later, true, true), "idle, not yet due");
-        assert!(presence_due(now, later, true, false), "busy after an idle check: now");
-        assert!(!presence_due(now, now + PRESENCE_EVERY, false, false), "busy, checked busy: at its interval");
-        assert!(presence_due(later, later, true, true), "due");
+        let idle = PresenceCheck::made(now, true);
+        assert_eq!(idle.next, now + PRESENCE_IDLE_EVERY);
+        assert!(!idle.due(now, true), "idle, not yet due");
+        assert!(idle.due(now, false), "busy after an idle check: now");
+        let busy = PresenceCheck::made(now, false);
+        assert!(!busy.due(now, false), "busy, checked busy: at its interval");
+        assert!(busy.due(now + PRESENCE_EVERY, false), "busy, due");
+        assert!(idle.due(idle.next, true), "idle, due");
     }
 
     #[test]

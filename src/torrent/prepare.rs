@@ -17,6 +17,7 @@
 //! piece either as the record had it or as the check found it.
 
 use super::{handoff, piece_matches, TorrentShared};
+use crate::storage::layout::Layout;
 use crate::storage::Place;
 use crate::storage::{self, TorrentStorage};
 use crate::types::{human_bytes, Bitfield};
@@ -368,10 +369,28 @@ fn with_links(mut storage: TorrentStorage, linked: &[u32], files: usize) -> Torr
     storage
 }
 
-/// All pieces on a recheck; for a torrent without a record, those touching
-/// files that already held data; otherwise the claimed pieces of files that
-/// were missing or short. Plus, always, pieces written but not flushed
-/// before a crash.
+/// The pieces a start hashes, and those of them to sync before a record
+/// claims them (their pages may hold data this process never wrote).
+#[derive(Debug, Default, PartialEq)]
+struct ToCheck {
+    hash: Vec<usize>,
+    sync_first: Vec<usize>,
+}
+
+/// What this start knows before it looks at the pieces.
+enum Start<'a> {
+    Recheck,
+    /// Shared data: nothing is served that this torrent has not verified.
+    ReadOnly {
+        have: &'a Bitfield,
+    },
+    /// No record: whatever is on disk was put there by someone else.
+    Fresh,
+    FromRecord {
+        have: &'a Bitfield,
+    },
+}
+
 fn pieces_to_check(
     shared: &TorrentShared,
     storage: &TorrentStorage,
@@ -384,29 +403,50 @@ fn pieces_to_check(
         (s.record.have.iter().any(|&b| b != 0), Bitfield::from_bytes(&s.record.unverified, meta.piece_count()))
     };
     let inner = shared.lock();
-    let layout = storage.layout();
-    let mut set = BTreeSet::new();
-    if recheck {
-        set.extend(0..meta.piece_count());
-    } else if storage.read_only {
-        // Shared data: nothing is served that this torrent has not verified.
-        set.extend((0..meta.piece_count()).filter(|&p| !inner.have().get(p)));
-    } else if !had_record {
-        for &f in &survey.existing_files {
-            set.extend(layout.pieces_of_file(f));
+    let start = match () {
+        () if recheck => Start::Recheck,
+        () if storage.read_only => Start::ReadOnly { have: inner.have() },
+        () if !had_record => Start::Fresh,
+        () => Start::FromRecord { have: inner.have() },
+    };
+    let plan = plan_check(start, storage.layout(), survey, candidates.as_ref());
+    storage.flush_before_claiming(plan.sync_first);
+    plan.hash
+}
+
+/// All pieces on a recheck; for a torrent without a record, those touching
+/// files that already held data (synced first: a copy or a crashed run may
+/// have left them in the page cache only); otherwise the claimed pieces of
+/// files that were missing, short or replaced. Plus, always, the
+/// `candidates`: pieces the last run wrote but may not have flushed.
+fn plan_check(
+    start: Start<'_>,
+    layout: &Layout,
+    survey: &storage::DiskSurvey,
+    candidates: Option<&Bitfield>,
+) -> ToCheck {
+    let pieces = layout.piece_count();
+    let mut hash = BTreeSet::new();
+    let mut sync_first = Vec::new();
+    match start {
+        Start::Recheck => hash.extend(0..pieces),
+        Start::ReadOnly { have } => hash.extend((0..pieces).filter(|&p| !have.get(p))),
+        Start::Fresh => {
+            sync_first.extend(survey.existing_files.iter().flat_map(|&f| layout.pieces_of_file(f)));
+            hash.extend(sync_first.iter().copied());
         }
-    } else {
-        for &f in survey.short_files.iter().chain(&survey.replaced_files) {
-            set.extend(layout.pieces_of_file(f).filter(|&p| inner.have().get(p)));
+        Start::FromRecord { have } => {
+            for &f in survey.short_files.iter().chain(&survey.replaced_files) {
+                hash.extend(layout.pieces_of_file(f).filter(|&p| have.get(p)));
+            }
         }
     }
-    if let Some(c) = &candidates {
-        // Written by the last run but maybe not flushed: synced before the
-        // record claims them, though this run never writes them.
-        storage.flush_before_claiming(c.iter_ones());
-        set.extend(c.iter_ones());
+    if let Some(c) = candidates {
+        // Never written by this run either.
+        sync_first.extend(c.iter_ones());
+        hash.extend(c.iter_ones());
     }
-    set.into_iter().collect()
+    ToCheck { hash: hash.into_iter().collect(), sync_first }
 }
 
 /// What a check found.
@@ -455,5 +495,42 @@ async fn hash_pieces(shared: &Arc<TorrentShared>, storage: &Arc<TorrentStorage>,
                 checked.first_error.get_or_insert_with(|| format!("checking piece {p}: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files of 20, 12 and 32 bytes in pieces of 16: file 0 is in pieces 0
+    /// and 1, file 1 in piece 1, file 2 in pieces 2 and 3.
+    fn layout() -> Layout {
+        Layout::from_parts(&[(20, false), (12, false), (32, false)], 16)
+    }
+
+    #[test]
+    fn a_fresh_add_syncs_the_data_it_finds_before_claiming_it() {
+        let survey = storage::DiskSurvey { existing_files: vec![0, 2], ..Default::default() };
+        let plan = plan_check(Start::Fresh, &layout(), &survey, None);
+        assert_eq!(plan.hash, vec![0, 1, 2, 3]);
+        assert_eq!(plan.sync_first, vec![0, 1, 2, 3], "someone else's data may be in the page cache only");
+    }
+
+    #[test]
+    fn a_start_from_a_record_hashes_only_claimed_pieces_of_changed_files_and_syncs_only_candidates() {
+        let mut have = Bitfield::new(4);
+        [0, 2].iter().for_each(|&p| {
+            have.set(p);
+        });
+        let mut candidates = Bitfield::new(4);
+        candidates.set(3);
+        let survey = storage::DiskSurvey { existing_files: vec![0, 1, 2], short_files: vec![2], ..Default::default() };
+        let plan = plan_check(Start::FromRecord { have: &have }, &layout(), &survey, Some(&candidates));
+        assert_eq!(plan.hash, vec![2, 3], "file 2's claimed piece, and the candidate");
+        assert_eq!(plan.sync_first, vec![3]);
+        let plan = plan_check(Start::ReadOnly { have: &have }, &layout(), &survey, None);
+        assert_eq!(plan.hash, vec![1, 3], "shared data: every piece not verified here");
+        assert!(plan.sync_first.is_empty(), "shared data is never written, nor synced");
+        assert_eq!(plan_check(Start::Recheck, &layout(), &survey, None).hash, vec![0, 1, 2, 3]);
     }
 }
