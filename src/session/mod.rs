@@ -138,6 +138,7 @@ impl Session {
             Box::new(move || weak.upgrade().map(|s| s.all_torrents()).unwrap_or_default());
         session.env.set_match_sources(sources);
         session.restore().await;
+        session.env.announces().restoring_done();
         session.env.metrics().start_counting(&session.statuses());
         session.tasks.spawn(listener::accept_loop(session.clone(), listener, udp.incoming));
         let (book, http) = (session.env.announces().clone(), session.env.http().clone());

@@ -82,7 +82,8 @@ impl Env {
         let match_checks = Semaphore::new((disk.threads() / 2).max(1));
         let budget = crate::storage::pool::raise_fd_limit(config.storage.max_open_files);
         crate::storage::pool::FilePool::global().set_budget(budget);
-        let announces = crate::tracker::pace::AnnounceBook::with_host_rate(config.network.announces_per_host);
+        let announces = crate::tracker::pace::AnnounceBook::with_host_rate(config.network.announces_per_host)
+            .journaled(&config.paths.state_dir);
         Ok(Env {
             peer_id: PeerId::generate(),
             listen_port,

@@ -10,6 +10,7 @@
 
 pub mod hostpace;
 pub mod http;
+pub mod journal;
 pub mod pace;
 pub mod scrape;
 pub mod udp;
@@ -331,11 +332,17 @@ impl Announcer {
         show_attempts(cfg, &params, attempts, None);
     }
 
-    /// Notes (and saves) the time of an announce before it goes out: one
-    /// that never reaches the tracker only delays the next by the floor.
+    /// Notes the time of an announce before it goes out (one that never
+    /// reaches the tracker only delays the next by the floor): in the
+    /// announce journal, or with a resume save when the announce makes a
+    /// tracker hold us (the record must say so across a restart) or the
+    /// journal cannot be written.
     async fn mark_sent(&self, cfg: &TrackerConfig, event: Event) {
-        cfg.book.sending(cfg.info_hash, now_unix(), event);
-        self.counters.clone().persist().await;
+        let at = now_unix();
+        let now_active = cfg.book.sending(cfg.info_hash, at, event);
+        if now_active || !cfg.book.journal(cfg.info_hash, at).await {
+            self.counters.clone().persist().await;
+        }
     }
 
     /// An announce's parameters, with this session's counters read now.

@@ -22,6 +22,7 @@
 //!   sends it.
 
 use super::http::Event;
+use super::journal::Journal;
 use crate::types::InfoHash;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -145,6 +146,12 @@ pub struct AnnounceBook {
     hosts: Mutex<HashMap<String, HostTally>>,
     /// Paces announces per tracker host across the session.
     pacer: super::hostpace::HostPacer,
+    /// Where announce times go between resume saves (none in tests that
+    /// need no restart).
+    journal: Option<Arc<Journal>>,
+    /// What the journal held at start, taken into the records restored
+    /// (then dropped: see [`AnnounceBook::restoring_done`]).
+    recalled: Mutex<HashMap<InfoHash, u64>>,
 }
 
 /// What the book keeps of one torrent.
@@ -234,6 +241,35 @@ impl AnnounceBook {
         AnnounceBook { pacer: super::hostpace::HostPacer::new(per_host), ..AnnounceBook::default() }
     }
 
+    /// Keeps announce times in the announce journal of `state_dir`, and
+    /// takes those it holds from an earlier life into the records restored.
+    pub fn journaled(mut self, state_dir: &std::path::Path) -> AnnounceBook {
+        self.recalled = Mutex::new(Journal::read(state_dir));
+        self.journal = Some(Arc::new(Journal::new(state_dir)));
+        self
+    }
+
+    /// Every record of the state folder is restored: what the journal held
+    /// is no longer needed.
+    pub fn restoring_done(&self) {
+        *crate::locks::locked(&self.recalled) = HashMap::new();
+    }
+
+    /// Notes in the journal that `hash` announces at `at`; false without
+    /// a journal or when it could not be written (the caller then saves
+    /// the record instead).
+    pub async fn journal(&self, hash: InfoHash, at: u64) -> bool {
+        let Some(journal) = self.journal.clone() else { return false };
+        match tokio::task::spawn_blocking(move || journal.note(hash, at)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "announce journal not written: the resume record keeps the time");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The session's per-host announce pacer.
     pub fn pacer(&self) -> &super::hostpace::HostPacer {
         &self.pacer
@@ -244,10 +280,14 @@ impl AnnounceBook {
         *self.torrents().entry(hash).or_default().record()
     }
 
-    /// Takes a persisted record, unless the session already knows newer.
-    pub fn restore(&self, hash: InfoHash, record: AnnounceRecord) {
+    /// Takes a persisted record, unless the session already knows newer;
+    /// an announce the journal holds that is newer than the record counts.
+    pub fn restore(&self, hash: InfoHash, mut record: AnnounceRecord) {
         if record.key == 0 {
             return;
+        }
+        if let Some(&at) = crate::locks::locked(&self.recalled).get(&hash) {
+            record.last_at = record.last_at.max(at);
         }
         let mut torrents = self.torrents();
         let kept = torrents.entry(hash).or_default();
@@ -258,11 +298,15 @@ impl AnnounceBook {
 
     /// An announce carrying `event` goes out at `at`: it counts for the
     /// pace, and anything but `stopped` may make us active at the tracker.
-    pub fn sending(&self, hash: InfoHash, at: u64, event: Event) {
+    /// True when it makes us active now (we were not).
+    pub fn sending(&self, hash: InfoHash, at: u64, event: Event) -> bool {
         self.announced(hash, at, None);
-        if event != Event::Stopped {
-            self.torrents().entry(hash).or_default().record().active = true;
+        if event == Event::Stopped {
+            return false;
         }
+        let mut torrents = self.torrents();
+        let record = torrents.entry(hash).or_default().record();
+        !std::mem::replace(&mut record.active, true)
     }
 
     /// A tracker answered our `stopped`: it no longer holds us.
@@ -377,6 +421,32 @@ impl AnnounceBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_announce_that_makes_us_active_asks_for_a_save() {
+        let (book, h) = (AnnounceBook::default(), InfoHash([7; 20]));
+        assert!(book.sending(h, 100, Event::Started), "the first: the record must say a tracker holds us");
+        assert!(!book.sending(h, 2000, Event::None), "a re-announce changes nothing but the time");
+        assert!(!book.sending(h, 3000, Event::Stopped));
+        book.stopped(h);
+        assert!(book.sending(h, 4000, Event::Started), "active again after a stopped was answered");
+    }
+
+    #[test]
+    fn a_restart_keeps_the_floor_of_an_announce_only_the_journal_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, other) = (InfoHash([7; 20]), InfoHash([8; 20]));
+        Journal::new(dir.path()).note(h, 5000).unwrap();
+        let book = AnnounceBook::default().journaled(dir.path());
+        // The record was saved at the announce that made us active; the
+        // re-announce at 5000 went only to the journal before a kill -9.
+        book.restore(h, AnnounceRecord { key: 9, last_at: 1000, min_interval: 0, active: true });
+        assert_eq!(book.get(h).last_at, 5000);
+        assert_eq!(book.get(h).pace(Event::Started, 5005), 5000 + FLOOR_SECS + 1, "the floor holds");
+        book.restoring_done();
+        book.restore(other, AnnounceRecord { key: 3, last_at: 1000, min_interval: 0, active: true });
+        assert_eq!(book.get(other).last_at, 1000, "a record without a journal line is as saved");
+    }
 
     #[test]
     fn host_tallies_count_failures_and_stop_naming_hosts_at_the_cap() {
