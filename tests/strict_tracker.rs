@@ -299,8 +299,34 @@ fn a_magnet_keeps_the_floor_across_a_kill9() {
     d.kill9();
     d.start();
     tracker.wait_event(1, "started", Duration::from_secs(45));
-    // Again: this `started` changed nothing in the magnet's record (a
-    // tracker held it already), so only the announce journal has its time.
+    assert!(d.cli(&["remove", hash]).status.success());
+    tracker.wait_event(2, "stopped", Duration::from_secs(10));
+    let ledger = tracker.ledger.lock().unwrap();
+    let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
+    assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
+    assert_eq!(events, ["started", "started", "stopped"]);
+    // Removing the magnet leaves nothing of it in state_dir.
+    let left: Vec<_> = std::fs::read_dir(d.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with(hash)), "{left:?}");
+}
+
+/// Issue #23, 16: killed (-9) after its `started`, restarted, then paused
+/// while its new `started` waits for the floor. The tracker still holds the
+/// torrent active from the first life (the announce record says it heard a
+/// `started` and no `stopped`), so it must hear `stopped` now, not keep a
+/// ghost peer until it times out.
+#[test]
+fn a_reannounce_keeps_the_floor_across_a_kill9() {
+    let tracker = StrictTracker::start();
+    let work = common::tempdir();
+    let hash = "5eed5eed5eed5eed5eed5eed5eed5eed5eed0002";
+    let magnet = work.path().join("again.magnet");
+    std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{hash}&dn=again&tr={}\n", tracker.url())).unwrap();
+    let mut d = Dropseed::start_with("");
+    d.drop_file(&magnet, "again.magnet");
+    tracker.wait_event(0, "started", Duration::from_secs(30));
+    // At the tracker's interval, a regular announce (no event).
+    tracker.wait_event(1, "", Duration::from_secs(INTERVAL + 30));
     d.kill9();
     d.start();
     tracker.wait_event(2, "started", Duration::from_secs(45));
@@ -309,10 +335,7 @@ fn a_magnet_keeps_the_floor_across_a_kill9() {
     let ledger = tracker.ledger.lock().unwrap();
     let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
     assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
-    assert_eq!(events, ["started", "started", "started", "stopped"]);
-    // Removing the magnet leaves nothing of it in state_dir.
-    let left: Vec<_> = std::fs::read_dir(d.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with(hash)), "{left:?}");
+    assert_eq!(events, ["started", "", "started", "stopped"]);
 }
 
 /// Issue #23, 16: killed (-9) after its `started`, restarted, then paused

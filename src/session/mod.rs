@@ -137,6 +137,9 @@ impl Session {
         let sources: crate::torrent::MatchSources =
             Box::new(move || weak.upgrade().map(|s| s.all_torrents()).unwrap_or_default());
         session.env.set_match_sources(sources);
+        let state_dir = session.env.state_dir().to_path_buf();
+        let journaled = tokio::task::spawn_blocking(move || crate::tracker::journal::Journal::read(&state_dir));
+        session.env.announces().recall(journaled.await.unwrap_or_default());
         session.restore().await;
         session.env.announces().restoring_done();
         session.env.metrics().start_counting(&session.statuses());

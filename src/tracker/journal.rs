@@ -48,11 +48,13 @@ impl Journal {
     pub fn note(&self, hash: InfoHash, at: u64) -> io::Result<()> {
         let line = format!("{} {at}\n", hash.hex());
         let mut open = crate::locks::locked(&self.open);
-        if open.as_ref().is_some_and(|(_, len)| *len >= ROTATE_AT) {
-            *open = None;
-            std::fs::rename(self.dir.join(JOURNAL_FILE), self.dir.join(JOURNAL_OLD))?;
-        }
-        if open.is_none() {
+        let full = open.as_ref().map(|(_, len)| *len >= ROTATE_AT);
+        if full != Some(false) {
+            if full == Some(true) {
+                // Failing, it fails the note (the caller saves the record
+                // instead) and is tried again at the next.
+                std::fs::rename(self.dir.join(JOURNAL_FILE), self.dir.join(JOURNAL_OLD))?;
+            }
             let file = OpenOptions::new().create(true).append(true).open(self.dir.join(JOURNAL_FILE))?;
             let len = file.metadata()?.len();
             *open = Some((file, len));

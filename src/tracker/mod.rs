@@ -333,14 +333,15 @@ impl Announcer {
     }
 
     /// Notes the time of an announce before it goes out (one that never
-    /// reaches the tracker only delays the next by the floor): in the
-    /// announce journal, or with a resume save when the announce makes a
-    /// tracker hold us (the record must say so across a restart) or the
-    /// journal cannot be written.
+    /// reaches the tracker only delays the next by the floor). A `started`
+    /// (once per run of the torrent) or an announce that makes a tracker
+    /// hold us saves the resume record, so it carries the key and `active`
+    /// across a restart; the regular re-announces only go in the announce
+    /// journal (unless it cannot be written).
     async fn mark_sent(&self, cfg: &TrackerConfig, event: Event) {
         let at = now_unix();
         let now_active = cfg.book.sending(cfg.info_hash, at, event);
-        if now_active || !cfg.book.journal(cfg.info_hash, at).await {
+        if now_active || event == Event::Started || !cfg.book.journal(cfg.info_hash, at).await {
             self.counters.clone().persist().await;
         }
     }

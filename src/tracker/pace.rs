@@ -241,12 +241,16 @@ impl AnnounceBook {
         AnnounceBook { pacer: super::hostpace::HostPacer::new(per_host), ..AnnounceBook::default() }
     }
 
-    /// Keeps announce times in the announce journal of `state_dir`, and
-    /// takes those it holds from an earlier life into the records restored.
+    /// Keeps announce times in the announce journal of `state_dir`.
     pub fn journaled(mut self, state_dir: &std::path::Path) -> AnnounceBook {
-        self.recalled = Mutex::new(Journal::read(state_dir));
         self.journal = Some(Arc::new(Journal::new(state_dir)));
         self
+    }
+
+    /// Takes what the journal held from an earlier life ([`Journal::read`])
+    /// into the records restored next.
+    pub fn recall(&self, times: HashMap<InfoHash, u64>) {
+        *crate::locks::locked(&self.recalled) = times;
     }
 
     /// Every record of the state folder is restored: what the journal held
@@ -281,13 +285,18 @@ impl AnnounceBook {
     }
 
     /// Takes a persisted record, unless the session already knows newer;
-    /// an announce the journal holds that is newer than the record counts.
+    /// an announce the journal holds that is newer than the record counts
+    /// (even for a record that never saved one: unreadable, or written
+    /// blank when a magnet became a torrent).
     pub fn restore(&self, hash: InfoHash, mut record: AnnounceRecord) {
+        if let Some(&at) = crate::locks::locked(&self.recalled).get(&hash) {
+            if record.key == 0 {
+                record = AnnounceRecord::fresh();
+            }
+            record.last_at = record.last_at.max(at);
+        }
         if record.key == 0 {
             return;
-        }
-        if let Some(&at) = crate::locks::locked(&self.recalled).get(&hash) {
-            record.last_at = record.last_at.max(at);
         }
         let mut torrents = self.torrents();
         let kept = torrents.entry(hash).or_default();
@@ -438,11 +447,20 @@ mod tests {
         let (h, other) = (InfoHash([7; 20]), InfoHash([8; 20]));
         Journal::new(dir.path()).note(h, 5000).unwrap();
         let book = AnnounceBook::default().journaled(dir.path());
+        book.recall(Journal::read(dir.path()));
         // The record was saved at the announce that made us active; the
         // re-announce at 5000 went only to the journal before a kill -9.
         book.restore(h, AnnounceRecord { key: 9, last_at: 1000, min_interval: 0, active: true });
         assert_eq!(book.get(h).last_at, 5000);
         assert_eq!(book.get(h).pace(Event::Started, 5005), 5000 + FLOOR_SECS + 1, "the floor holds");
+        // A record written blank (a magnet become a torrent) still gets
+        // the journal's time.
+        let blank = InfoHash([9; 20]);
+        Journal::new(dir.path()).note(blank, 6000).unwrap();
+        book.recall(Journal::read(dir.path()));
+        book.restore(blank, AnnounceRecord::default());
+        assert_eq!(book.get(blank).last_at, 6000);
+        assert_ne!(book.get(blank).key, 0);
         book.restoring_done();
         book.restore(other, AnnounceRecord { key: 3, last_at: 1000, min_interval: 0, active: true });
         assert_eq!(book.get(other).last_at, 1000, "a record without a journal line is as saved");
