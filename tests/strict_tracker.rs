@@ -68,6 +68,25 @@ impl StrictTracker {
         self.ledger.lock().unwrap().ours.clone()
     }
 
+    /// The events of dropseed's announces, once none of them was a
+    /// violation.
+    fn events_without_violation(&self) -> Vec<String> {
+        let ledger = self.ledger.lock().unwrap();
+        let events: Vec<String> = ledger.ours.iter().map(|a| a.event.clone()).collect();
+        assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
+        events
+    }
+
+    /// A daemon given a magnet of `hash`, named `name`, that only this
+    /// tracker knows of (nobody has it: it keeps announcing for peers).
+    fn magnet_daemon(&self, work: &std::path::Path, hash: &str, name: &str) -> Dropseed {
+        let magnet = work.join(format!("{name}.magnet"));
+        std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{hash}&dn={name}&tr={}\n", self.url())).unwrap();
+        let d = Dropseed::start_with("");
+        d.drop_file(&magnet, &format!("{name}.magnet"));
+        d
+    }
+
     /// Waits for dropseed's next announce carrying `event`, after `count`
     /// announces were seen.
     fn wait_event(&self, count: usize, event: &str, limit: Duration) {
@@ -272,10 +291,8 @@ fn a_whole_life_against_a_strict_tracker_commits_no_violation() {
     assert!(d.cli(&["remove", &hash]).status.success());
     tracker.wait_event(n + 1, "stopped", Duration::from_secs(10));
 
-    let ledger = tracker.ledger.lock().unwrap();
-    let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
-    assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
-    assert_eq!(events.iter().filter(|e| **e == "completed").count(), 1, "{events:?}");
+    let events = tracker.events_without_violation();
+    assert_eq!(events.iter().filter(|e| *e == "completed").count(), 1, "{events:?}");
     // Four announce sessions (start, resume, restart, restart after kill -9)
     // each log the standing warning once, however many announces they make.
     let log = d.log_text();
@@ -288,12 +305,8 @@ fn a_whole_life_against_a_strict_tracker_commits_no_violation() {
 fn a_magnet_keeps_the_floor_across_a_kill9() {
     let tracker = StrictTracker::start();
     let work = common::tempdir();
-    // Nobody has this torrent: the magnet keeps announcing for peers.
     let hash = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
-    let magnet = work.path().join("lonely.magnet");
-    std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{hash}&dn=lonely&tr={}\n", tracker.url())).unwrap();
-    let mut d = Dropseed::start_with("");
-    d.drop_file(&magnet, "lonely.magnet");
+    let mut d = tracker.magnet_daemon(work.path(), hash, "lonely");
     tracker.wait_event(0, "started", Duration::from_secs(30));
     // Killed right after its `started`: the restart must remember it.
     d.kill9();
@@ -301,29 +314,21 @@ fn a_magnet_keeps_the_floor_across_a_kill9() {
     tracker.wait_event(1, "started", Duration::from_secs(45));
     assert!(d.cli(&["remove", hash]).status.success());
     tracker.wait_event(2, "stopped", Duration::from_secs(10));
-    let ledger = tracker.ledger.lock().unwrap();
-    let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
-    assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
-    assert_eq!(events, ["started", "started", "stopped"]);
+    assert_eq!(tracker.events_without_violation(), ["started", "started", "stopped"]);
     // Removing the magnet leaves nothing of it in state_dir.
     let left: Vec<_> = std::fs::read_dir(d.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().starts_with(hash)), "{left:?}");
 }
 
-/// Issue #23, 16: killed (-9) after its `started`, restarted, then paused
-/// while its new `started` waits for the floor. The tracker still holds the
-/// torrent active from the first life (the announce record says it heard a
-/// `started` and no `stopped`), so it must hear `stopped` now, not keep a
-/// ghost peer until it times out.
+/// A regular re-announce saves no resume record: its time is only in the
+/// announce journal. Killed right after one, the restart must still wait
+/// for the floor.
 #[test]
 fn a_reannounce_keeps_the_floor_across_a_kill9() {
     let tracker = StrictTracker::start();
     let work = common::tempdir();
     let hash = "5eed5eed5eed5eed5eed5eed5eed5eed5eed0002";
-    let magnet = work.path().join("again.magnet");
-    std::fs::write(&magnet, format!("magnet:?xt=urn:btih:{hash}&dn=again&tr={}\n", tracker.url())).unwrap();
-    let mut d = Dropseed::start_with("");
-    d.drop_file(&magnet, "again.magnet");
+    let mut d = tracker.magnet_daemon(work.path(), hash, "again");
     tracker.wait_event(0, "started", Duration::from_secs(30));
     // At the tracker's interval, a regular announce (no event).
     tracker.wait_event(1, "", Duration::from_secs(INTERVAL + 30));
@@ -332,10 +337,7 @@ fn a_reannounce_keeps_the_floor_across_a_kill9() {
     tracker.wait_event(2, "started", Duration::from_secs(45));
     assert!(d.cli(&["remove", hash]).status.success());
     tracker.wait_event(3, "stopped", Duration::from_secs(10));
-    let ledger = tracker.ledger.lock().unwrap();
-    let events: Vec<&str> = ledger.ours.iter().map(|a| a.event.as_str()).collect();
-    assert!(ledger.violations.is_empty(), "violations: {:#?}\nannounces: {events:?}", ledger.violations);
-    assert_eq!(events, ["started", "", "started", "stopped"]);
+    assert_eq!(tracker.events_without_violation(), ["started", "", "started", "stopped"]);
 }
 
 /// Issue #23, 16: killed (-9) after its `started`, restarted, then paused

@@ -14,8 +14,8 @@
 //! hold far more than the last 30 s.
 //!
 //! The resume record still carries the announce record (key, `min
-//! interval`, whether a tracker holds us): it is saved whenever that
-//! changes, and at every regular save.
+//! interval`, whether a tracker holds us): it is saved at each `started`,
+//! whenever a tracker comes to hold us, and at every regular save.
 
 use crate::types::InfoHash;
 use std::collections::HashMap;

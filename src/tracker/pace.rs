@@ -256,7 +256,7 @@ impl AnnounceBook {
     /// Every record of the state folder is restored: what the journal held
     /// is no longer needed.
     pub fn restoring_done(&self) {
-        *crate::locks::locked(&self.recalled) = HashMap::new();
+        self.recall(HashMap::new());
     }
 
     /// Notes in the journal that `hash` announces at `at`; false without
